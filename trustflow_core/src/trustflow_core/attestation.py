@@ -1,0 +1,320 @@
+"""Attestation contract: reports, attributes, policies, attesters and verifiers.
+
+The values mirror the upstream ``secretflowapis.v2.sdc`` UAL messages
+(``UnifiedAttestationReport``, ``UnifiedAttestationAttributes``,
+``UnifiedAttestationPolicy``) as plain frozen dataclasses, so plugins never
+import generated protobuf code. JSON produced by :meth:`Report.to_dict` and
+friends uses the wire field names.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from .backend import Backend
+from .errors import InvalidInput, VerificationError
+
+REPORT_VERSION = "1.0"
+PASSPORT = "Passport"
+BACKGROUND_CHECK = "BackgroundCheck"
+REPORT_TYPES = (PASSPORT, BACKGROUND_CHECK)
+#: Largest user data an attester binds into a report (bytes 0..31 of the 64-byte report data).
+MAX_USER_DATA = 32
+
+
+def _strict_fields(cls: type, data: Mapping[str, Any], what: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise InvalidInput(f"{what} must be a JSON object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InvalidInput(f"{what} has unknown field(s) {unknown}")
+    return {k: v for k, v in data.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Report:
+    """A ``UnifiedAttestationReport``: platform name plus platform-specific JSON evidence."""
+
+    str_tee_platform: str
+    json_report: str
+    str_report_version: str = REPORT_VERSION
+    str_report_type: str = PASSPORT
+    json_nested_reports: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        """Wire JSON (protobuf field names), empty strings omitted like protobuf-JSON printers do."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        """Parse wire JSON; unknown keys and non-string values raise :class:`InvalidInput`."""
+        values = _strict_fields(cls, data, "attestation report")
+        for key, value in values.items():
+            if not isinstance(value, str):
+                raise InvalidInput(f"attestation report field {key!r} must be a string")
+        if not values.get("str_tee_platform"):
+            raise InvalidInput("attestation report has no str_tee_platform")
+        values.setdefault("json_report", "")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """``UnifiedAttestationAttributes``: what a verifier extracted from evidence (all strings)."""
+
+    str_tee_platform: str = ""
+    hex_platform_hw_version: str = ""
+    hex_platform_sw_version: str = ""
+    hex_secure_flags: str = ""
+    hex_platform_measurement: str = ""
+    hex_boot_measurement: str = ""
+    str_tee_name: str = ""
+    str_tee_identity: str = ""
+    hex_ta_measurement: str = ""
+    hex_ta_dyn_measurement: str = ""
+    hex_signer: str = ""
+    hex_prod_id: str = ""
+    str_min_isvsvn: str = ""
+    bool_debug_disabled: str = ""
+    hex_user_data: str = ""
+    hex_hash_or_pem_pubkey: str = ""
+    hex_nonce: str = ""
+    hex_spid: str = ""
+    str_verified_time: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        """Non-empty fields by wire name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Attributes:
+        values = _strict_fields(cls, data, "attestation attributes")
+        return cls(**{k: str(v) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A ``UnifiedAttestationPolicy`` plus our explicit ``allow_simulation`` switch.
+
+    A report is accepted iff **some** entry of ``main_attributes`` matches all of its
+    non-empty fields (the intended upstream semantics, without its early-exit bug).
+    Simulated evidence is rejected unless ``allow_simulation`` is true.
+    """
+
+    main_attributes: tuple[Attributes, ...] = ()
+    allow_simulation: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+        """Parse upstream policy JSON (``pem_public_key`` and ``nested_policies`` are ignored,
+        as every upstream verifier ignores them) plus ``allow_simulation``."""
+        if not isinstance(data, Mapping):
+            raise InvalidInput("attestation policy must be a JSON object")
+        unknown = sorted(
+            set(data) - {"main_attributes", "allow_simulation", "pem_public_key", "nested_policies"}
+        )
+        if unknown:
+            raise InvalidInput(f"attestation policy has unknown field(s) {unknown}")
+        entries = data.get("main_attributes") or []
+        if not isinstance(entries, list):
+            raise InvalidInput("attestation policy main_attributes must be a list")
+        allow = data.get("allow_simulation", False)
+        if not isinstance(allow, bool):
+            raise InvalidInput("attestation policy allow_simulation must be true or false")
+        return cls(tuple(Attributes.from_dict(e) for e in entries), allow)
+
+    def with_user_data(self, user_data: bytes) -> Policy:
+        """Return a copy whose every entry also requires ``hex_user_data == user_data.hex()``.
+
+        With no entries, the result has one entry requiring only the user data.
+        """
+        hex_data = user_data.hex()
+        entries = self.main_attributes or (Attributes(),)
+        return Policy(
+            tuple(_replace(e, hex_user_data=hex_data) for e in entries), self.allow_simulation
+        )
+
+
+def _replace(attrs: Attributes, **changes: str) -> Attributes:
+    return Attributes(**{**attrs.__dict__, **changes})
+
+
+@dataclass(frozen=True)
+class VerifiedReport:
+    """What :meth:`Verifier.verify` returns: the attributes that matched the policy."""
+
+    attributes: Attributes
+    simulated: bool
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def user_data(self) -> bytes:
+        """The 32 bytes of report data the attester bound (``hex_user_data``)."""
+        return bytes.fromhex(self.attributes.hex_user_data)
+
+
+def ra_user_data(cert_pem: bytes, suffix: bytes) -> bytes:
+    """The RA binding digest: ``SHA-256(cert_pem || "." || suffix)`` (crypto-formats §6).
+
+    ``suffix`` is the UTF-8 nonce for GetRaCert, or the serialized ``ResourceRequest``
+    for GetDataKeys / GetTlsAsset.
+    """
+    return hashlib.sha256(cert_pem + b"." + suffix).digest()
+
+
+# ---- policy matching -------------------------------------------------------------------------
+
+_EQUALITY_FIELDS = (
+    "str_tee_platform",
+    "hex_platform_hw_version",
+    "hex_platform_sw_version",
+    "hex_secure_flags",
+    "hex_platform_measurement",
+    "hex_boot_measurement",
+    "hex_ta_measurement",
+    "hex_ta_dyn_measurement",
+    "hex_signer",
+    "hex_prod_id",
+    "hex_user_data",
+    "hex_nonce",
+)
+
+
+def _entry_mismatches(actual: Attributes, expected: Attributes) -> list[str]:
+    problems = []
+    for name in _EQUALITY_FIELDS:
+        want = getattr(expected, name)
+        got = getattr(actual, name)
+        if want and not hmac.compare_digest(want.lower().encode(), got.lower().encode()):
+            problems.append(f"{name}: expected {want}, got {got or '(empty)'}")
+    if expected.str_min_isvsvn:
+        try:
+            ok = int(actual.str_min_isvsvn) >= int(expected.str_min_isvsvn)
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append(
+                f"str_min_isvsvn: expected >= {expected.str_min_isvsvn}, "
+                f"got {actual.str_min_isvsvn or '(empty)'}"
+            )
+    if expected.bool_debug_disabled and _truthy(expected.bool_debug_disabled) != _truthy(
+        actual.bool_debug_disabled
+    ):
+        problems.append(
+            f"bool_debug_disabled: expected {expected.bool_debug_disabled}, "
+            f"got {actual.bool_debug_disabled or '(empty)'}"
+        )
+    if expected.hex_hash_or_pem_pubkey:
+        # Upstream semantics: the policy holds the PEM, the report the SHA-256 of it.
+        want = hashlib.sha256(expected.hex_hash_or_pem_pubkey.encode()).hexdigest()
+        if not hmac.compare_digest(want, actual.hex_hash_or_pem_pubkey.lower()):
+            problems.append("hex_hash_or_pem_pubkey: report is not bound to the policy's key")
+    return problems
+
+
+def _truthy(value: str) -> bool:
+    return value.lower() in ("true", "1")
+
+
+def match_policy(actual: Attributes, policy: Policy) -> None:
+    """Raise :class:`VerificationError` (check ``"policy"``) unless some entry of ``policy``
+    matches ``actual``. The message lists, per entry, every field that differed."""
+    if not policy.main_attributes:
+        raise VerificationError("policy", "the policy has no main_attributes entry")
+    reports = []
+    for i, expected in enumerate(policy.main_attributes):
+        problems = _entry_mismatches(actual, expected)
+        if not problems:
+            return
+        reports.append(f"#{i}: " + "; ".join(problems))
+    raise VerificationError("policy", "no policy entry matches: " + " | ".join(reports))
+
+
+# ---- backends --------------------------------------------------------------------------------
+
+
+class Attester(Backend, abc.ABC):
+    """Produces attestation reports on one TEE platform."""
+
+    kind: ClassVar[str] = "attester"
+    #: ``str_tee_platform`` of the reports this attester produces (e.g. ``"TDX"``).
+    platform: ClassVar[str]
+
+    @abc.abstractmethod
+    async def generate(self, user_data: bytes, *, report_type: str = PASSPORT) -> Report:
+        """Return a fresh report binding ``user_data``.
+
+        ``user_data`` (at most :data:`MAX_USER_DATA` bytes) is placed left-aligned and
+        zero-filled in bytes 0..31 of the platform's 64-byte report data, so a verifier
+        exposes it as the 64-hex-char ``hex_user_data``. Longer input or an unknown
+        ``report_type`` raises :class:`InvalidInput`; platform failures raise
+        :class:`BackendUnavailable`.
+        """
+
+
+def check_generate_args(user_data: bytes, report_type: str) -> bytes:
+    """Validate :meth:`Attester.generate` arguments; return the 32-byte padded user data."""
+    if report_type not in REPORT_TYPES:
+        raise InvalidInput(f"report_type must be one of {REPORT_TYPES}, got {report_type!r}")
+    if len(user_data) > MAX_USER_DATA:
+        raise InvalidInput(f"user_data is {len(user_data)} bytes; at most {MAX_USER_DATA} fit")
+    return user_data.ljust(MAX_USER_DATA, b"\0")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a verifier's platform check established: the attributes and extra details."""
+
+    attributes: Attributes
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Verifier(Backend, abc.ABC):
+    """Checks reports of one TEE platform and matches them against a policy."""
+
+    kind: ClassVar[str] = "verifier"
+    #: ``str_tee_platform`` this verifier accepts (exact, case-sensitive).
+    platform: ClassVar[str]
+
+    @abc.abstractmethod
+    async def check_evidence(self, report: Report, *, now: datetime) -> Evidence:
+        """Verify the platform evidence in ``report`` (signatures, chains, collateral valid at
+        ``now``) and return the attributes it proves. Raise :class:`VerificationError` naming the
+        failed check; never return unverified attributes."""
+
+    async def verify(
+        self, report: Report, policy: Policy, *, now: datetime | None = None
+    ) -> VerifiedReport:
+        """Verify ``report`` completely and return what it proves, or raise
+        :class:`VerificationError`. Not to be overridden: it enforces the report envelope,
+        the simulation rule and policy matching for every platform."""
+        if report.str_report_version != REPORT_VERSION:
+            raise VerificationError(
+                "report_version",
+                f"expected {REPORT_VERSION!r}, got {report.str_report_version!r}",
+            )
+        if report.str_report_type not in REPORT_TYPES:
+            raise VerificationError(
+                "report_type", f"expected one of {REPORT_TYPES}, got {report.str_report_type!r}"
+            )
+        if report.str_tee_platform != self.platform:
+            raise VerificationError(
+                "platform",
+                f"{type(self).__name__} verifies {self.platform!r} reports, "
+                f"got {report.str_tee_platform!r}",
+            )
+        if self.simulated and not policy.allow_simulation:
+            raise VerificationError(
+                "simulation",
+                f"{self.platform!r} evidence is simulated and the policy does not allow simulation",
+            )
+        evidence = await self.check_evidence(report, now=now or datetime.now(timezone.utc))
+        match_policy(evidence.attributes, policy)
+        return VerifiedReport(evidence.attributes, self.simulated, evidence.details)

@@ -1,0 +1,29 @@
+"""The core's own plugin: the ``static`` key exchange and the core CLI commands."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import click
+
+    from .hookspecs import Register
+    from .keyexchange import KeyExchange
+
+
+@hookimpl
+def trustflow_register_key_exchanges(register: Register[type[KeyExchange]]) -> None:
+    from .static_keys import StaticKeyExchange
+
+    register(StaticKeyExchange)
+
+
+@hookimpl
+def trustflow_add_commands(cli: click.Group) -> None:
+    from .cli.attest import attest
+    from .cli.util import util
+
+    cli.add_command(util)
+    cli.add_command(attest)

@@ -1,0 +1,257 @@
+"""The typed facade over the plugin hooks: which backends are installed, choosing one,
+and reporting plugins. Roles and commands use these functions, never ``pm.hook`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pluggy
+
+from .attestation import Attester, Verifier
+from .backend import Backend
+from .channel import EnvelopeChannel, TransportChannel
+from .errors import BackendNotFound, BackendUnavailable, PluginError
+from .keyexchange import KeyExchange
+from .manager import TrustflowPluginManager
+from .storage import Storage
+
+B = TypeVar("B", bound=Backend)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of backend: its registration hook, base class(es) and environment override."""
+
+    name: str
+    hook: str
+    bases: tuple[type[Backend], ...]
+    env: str
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("attester", "trustflow_register_attesters", (Attester,), "TRUSTFLOW_TEE"),
+        Kind("verifier", "trustflow_register_verifiers", (Verifier,), "TRUSTFLOW_VERIFIER"),
+        Kind(
+            "key_exchange",
+            "trustflow_register_key_exchanges",
+            (KeyExchange,),
+            "TRUSTFLOW_KEY_EXCHANGE",
+        ),
+        Kind("storage", "trustflow_register_storages", (Storage,), "TRUSTFLOW_STORAGE"),
+        Kind(
+            "channel",
+            "trustflow_register_channels",
+            (EnvelopeChannel, TransportChannel),
+            "TRUSTFLOW_CHANNEL",
+        ),
+    )
+}
+
+#: Which distribution provides the well-known backend names, for install hints.
+KNOWN_PROVIDERS: dict[str, str] = {
+    "sim": "trustflow-tee-sim",
+    "tdx": "trustflow-tee-tdx",
+    "csv": "trustflow-tee-csv",
+    "local": "trustflow-storage-local",
+    "oss": "trustflow-storage-oss",
+    "s3": "trustflow-storage-oss",
+    "jwe": "trustflow-channel-jwe",
+    "mtls": "trustflow-channel-mtls",
+}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One backend class and the plugin that registered it."""
+
+    cls: type[Backend]
+    plugin: str
+
+
+def registrations(pm: pluggy.PluginManager, kind: str) -> dict[str, Registration]:
+    """Every backend of ``kind`` by name. Raises :class:`PluginError` for a class of the wrong
+    type, a missing ``name`` or a name registered twice (naming both modules)."""
+    spec = KINDS[kind]
+    found: dict[str, Registration] = {}
+    caller = getattr(pm.hook, spec.hook)
+    for impl in reversed(caller.get_hookimpls()):  # registration order
+
+        def register(cls: Any, _plugin: str = impl.plugin_name) -> None:
+            _check_class(spec, cls, _plugin)
+            previous = found.get(cls.name)
+            if previous is not None:
+                raise PluginError(
+                    f"{kind} backend name {cls.name!r} is registered twice: by "
+                    f"{previous.cls.__module__}.{previous.cls.__qualname__} (plugin "
+                    f"{previous.plugin!r}) and {cls.__module__}.{cls.__qualname__} "
+                    f"(plugin {_plugin!r})"
+                )
+            found[cls.name] = Registration(cls, _plugin)
+
+        impl.function(*[register for _ in impl.argnames])
+    if kind == "verifier":
+        _check_unique_platforms(found)
+    return found
+
+
+def _check_class(spec: Kind, cls: Any, plugin: str) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, spec.bases)):
+        wanted = " or ".join(b.__name__ for b in spec.bases)
+        raise PluginError(f"plugin {plugin!r} registered {cls!r} as a {spec.name}; need a {wanted}")
+    if not isinstance(getattr(cls, "name", None), str) or not cls.name:
+        raise PluginError(f"plugin {plugin!r} registered {cls.__qualname__} without a name")
+
+
+def _check_unique_platforms(found: Mapping[str, Registration]) -> None:
+    seen: dict[str, str] = {}
+    for name, reg in found.items():
+        platform = reg.cls.platform  # type: ignore[attr-defined]
+        if platform in seen:
+            raise PluginError(
+                f"verifiers {seen[platform]!r} and {name!r} both claim platform {platform!r}"
+            )
+        seen[platform] = name
+
+
+def backends(pm: pluggy.PluginManager, kind: str) -> dict[str, type[Backend]]:
+    """Backend classes of ``kind`` by name."""
+    return {name: reg.cls for name, reg in registrations(pm, kind).items()}
+
+
+def _not_found(kind: str, name: str, installed: Mapping[str, Any]) -> BackendNotFound:
+    hint = KNOWN_PROVIDERS.get(name)
+    install = f" Is {hint} installed?" if hint else ""
+    return BackendNotFound(
+        f"no {kind.replace('_', ' ')} backend {name!r}; installed: {sorted(installed)}."
+        f"{install} See 'trustflow plugins'"
+    )
+
+
+def get_backend_class(pm: pluggy.PluginManager, kind: str, name: str | None = None) -> type[Any]:
+    """Choose a backend class of ``kind``.
+
+    Order: the explicit ``name``; else the kind's environment variable (e.g. ``TRUSTFLOW_TEE``);
+    else the viable, non-simulated backend with the highest ``priority``. Simulated backends are
+    only ever used when named. Unknown names raise :class:`BackendNotFound` with an install
+    hint; a named backend that is not viable raises :class:`BackendUnavailable`.
+    """
+    installed = backends(pm, kind)
+    name = name or os.environ.get(KINDS[kind].env) or None
+    if name is not None:
+        cls = installed.get(name)
+        if cls is None:
+            raise _not_found(kind, name, installed)
+        reason = cls.unviable_reason()
+        if reason is not None:
+            raise BackendUnavailable(f"{kind} backend {name!r} cannot run here: {reason}")
+        return cls
+    candidates = [c for c in installed.values() if not c.simulated and c.viable()]
+    if not candidates:
+        raise BackendUnavailable(
+            f"no usable {kind.replace('_', ' ')} backend on this host "
+            f"(installed: {sorted(installed)}; simulated backends must be named explicitly)"
+        )
+    return max(candidates, key=lambda c: c.priority)
+
+
+def verifier_for_platform(pm: pluggy.PluginManager, platform: str) -> type[Verifier]:
+    """The verifier class for a report's exact ``str_tee_platform``."""
+    for cls in backends(pm, "verifier").values():
+        if cls.platform == platform:  # type: ignore[attr-defined]
+            return cls  # type: ignore[return-value]
+    known = sorted(c.platform for c in backends(pm, "verifier").values())  # type: ignore[attr-defined]
+    raise BackendNotFound(
+        f"no verifier for TEE platform {platform!r}; installed verifiers handle {known}. "
+        "See 'trustflow plugins'"
+    )
+
+
+def storage_for_uri(pm: pluggy.PluginManager, uri: str) -> type[Storage]:
+    """The highest-priority viable storage class serving ``uri``'s scheme (``file`` when the
+    URI has none)."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+    candidates = [
+        c
+        for c in backends(pm, "storage").values()
+        if scheme in c.schemes  # type: ignore[attr-defined]
+    ]
+    usable = [c for c in candidates if c.viable()]
+    if not usable:
+        hint = KNOWN_PROVIDERS.get("local" if scheme == "file" else scheme)
+        extra = f" Is {hint} installed?" if hint and not candidates else ""
+        raise BackendNotFound(f"no usable storage backend for {scheme}:// URIs.{extra}")
+    return max(usable, key=lambda c: c.priority)  # type: ignore[return-value]
+
+
+# ---- reporting -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    kind: str
+    name: str
+    cls: str
+    viable: bool
+    reason: str | None
+    simulated: bool
+    priority: float
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    dist: str
+    version: str
+    module: str
+    hooks: tuple[str, ...]
+    backends: tuple[BackendInfo, ...] = ()
+    error: str | None = None
+    file: str | None = field(default=None)
+
+
+def list_plugins(pm: TrustflowPluginManager) -> list[PluginInfo]:
+    """Every plugin the manager loaded (and, with lenient loading, failed to load), with its
+    distribution, version, hooks and backends (with viability on this host)."""
+    per_plugin: dict[str, list[BackendInfo]] = {}
+    for kind in KINDS:
+        for name, reg in registrations(pm, kind).items():
+            cls = reg.cls
+            reason = cls.unviable_reason()
+            per_plugin.setdefault(reg.plugin, []).append(
+                BackendInfo(
+                    kind,
+                    name,
+                    f"{cls.__module__}.{cls.__qualname__}",
+                    reason is None,
+                    reason,
+                    cls.simulated,
+                    cls.priority,
+                )
+            )
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked
+            continue
+        source = pm.sources.get(name)
+        hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
+        infos.append(
+            PluginInfo(
+                name=name,
+                dist=source.dist if source else "?",
+                version=source.version if source else "?",
+                module=getattr(plugin, "__name__", repr(plugin)),
+                hooks=hooks,
+                backends=tuple(per_plugin.get(name, ())),
+                file=getattr(plugin, "__file__", None),
+            )
+        )
+    infos.extend(
+        PluginInfo(f.name, f.dist, f.version, "?", (), (), f.error) for f in pm.load_failures
+    )
+    return sorted(infos, key=lambda i: (i.name != "core", i.name))
