@@ -49,7 +49,7 @@ class Report:
     json_nested_reports: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        """Wire JSON (protobuf field names), empty strings omitted like protobuf-JSON printers do."""
+        """Wire JSON (protobuf field names), empty strings omitted as protobuf printers do."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
 
     @classmethod

@@ -34,7 +34,7 @@ class Backend:
 
     @classmethod
     def unviable_reason(cls) -> str | None:
-        """Return why the backend cannot work on this host, or None when it can. Must never raise."""
+        """Why the backend cannot work on this host, or None when it can. Never raises."""
         return None
 
     @classmethod

@@ -25,7 +25,7 @@ class BackendUnavailable(TrustflowError, RuntimeError):
 
 
 class UnsupportedOperation(TrustflowError, NotImplementedError):
-    """The backend does not offer this operation (for example a static key source asked for TLS assets)."""
+    """The backend does not offer this operation (e.g. TLS assets from static keys)."""
 
 
 class ObjectNotFound(TrustflowError, FileNotFoundError):
