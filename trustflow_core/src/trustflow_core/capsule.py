@@ -1,0 +1,421 @@
+"""The data-capsule file format (crypto-formats §8): streaming reader and writer.
+
+Compatible with upstream ``cms_util encrypt-file`` / ``decrypt-file``, the Data Capsule Proxy
+and TEEAPPS. All integers are little-endian::
+
+    header (20 bytes):  u32 version = 1 | u32 schema = 1 | u64 block_count N | u32 block_len = 8192
+    N blocks, each block_len bytes except the last (which may be shorter):
+        u8 iv_len = 12  | IV, zero-padded to 32 bytes
+        u8 tag_len = 16 | GCM tag, zero-padded to 32 bytes
+        AES-GCM ciphertext of one plaintext chunk (at most 8192 - 66 = 8126 bytes), empty AAD
+
+The key length selects the cipher: 16 bytes AES-128, 24 bytes AES-192, 32 bytes AES-256
+(the C++ upstream accepts only 16 and 32; the Python upstream also takes 24). Other lengths
+raise :class:`~trustflow_core.errors.InvalidInput`.
+
+Memory use is bounded by one block (``block_len`` of the file, at most :data:`MAX_BLOCK_LEN`)
+plus the size of the caller's reads, independent of the file size.
+
+Writer
+  Fresh random 12-byte IV per block, 16-byte tag, blocks of exactly ``8192`` bytes except the
+  last; the file size is :func:`encrypted_size`. **Empty plaintext** is written as
+  ``block_count = 1`` and one 66-byte block whose ciphertext is empty (just the GCM tag of
+  nothing). Both upstream readers accept that file. We never write upstream Python's empty
+  file (``block_count = 0`` plus one empty block, quirk 52), which upstream itself cannot read.
+
+Reader
+  Everything is checked before any plaintext leaves a block, and every failure raises
+  :class:`~trustflow_core.errors.CapsuleFormatError` naming the problem:
+
+  * the file must hold the 20-byte header; version and schema must be 1 (upstream readers skip
+    both fields; we are stricter);
+  * ``block_len`` must be at least 66 (the block header) and at most :data:`MAX_BLOCK_LEN`
+    (upstream writers always use 8192);
+  * the file length must match the header: ``(N-1)*block_len + 66 <= file_len - 20 <=
+    N*block_len``. So whole blocks cut off the end (truncation at a block boundary) and
+    appended blocks are detected; bytes appended to or cut from a short last block make that
+    block fail authentication;
+  * ``block_count = 0`` is accepted only in upstream Python's empty-file shape (exactly one
+    66-byte block follows, which must authenticate as the empty plaintext): it decrypts to
+    empty plaintext (quirk 52);
+  * per block: ``iv_len`` must be 8..32 (the C++ upstream insists on 12; upstream Python
+    accepts anything up to 32, but GCM in ``cryptography`` needs at least 8 bytes) and
+    ``tag_len`` must be 16; the padding after IV and tag must be zero (both upstream writers
+    write zeros; upstream readers do not look); a block is at least 66 bytes;
+  * GCM failure -> ``block N failed authentication (wrong key or tampered data)``.
+
+Limits of the format (quirk 51): the header is not authenticated and blocks carry no index and
+no AAD, so **swapping or duplicating whole blocks of one file, or splicing blocks of two files
+encrypted with the same key, is undetectable** by any reader. Only per-block GCM protects the
+data. A header field altered so that the header still matches the file length (e.g. version
+left as is) goes unnoticed, since its values are the only ones allowed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import CapsuleFormatError, InvalidInput
+from .fileio import atomic_writer
+
+HEADER = struct.Struct("<IIQI")
+HEADER_LEN = HEADER.size  # 20
+VERSION = 1
+SCHEMA = 1
+BLOCK_LEN = 0x2000
+FIELD_LEN = 32
+BLOCK_HEADER_LEN = 1 + FIELD_LEN + 1 + FIELD_LEN  # 66
+CHUNK_LEN = BLOCK_LEN - BLOCK_HEADER_LEN  # 8126 plaintext bytes per block
+IV_LEN = 12
+TAG_LEN = 16
+MIN_IV_LEN = 8
+MAX_BLOCK_LEN = 1 << 20
+KEY_LENGTHS = (16, 24, 32)
+_TAG_OFFSET = 1 + FIELD_LEN  # 33: tag_len byte
+_IO_CHUNK = 8 * CHUNK_LEN
+
+Progress = Callable[[int], None]
+"""Called with the number of source bytes consumed since the previous call."""
+
+
+def _cipher(key: bytes) -> AESGCM:
+    if len(key) not in KEY_LENGTHS:
+        raise InvalidInput(f"data key must be 16, 24 or 32 bytes long, got {len(key)} bytes")
+    return AESGCM(key)
+
+
+def block_count(plaintext_len: int) -> int:
+    """Number of blocks our writer uses for ``plaintext_len`` bytes (at least 1)."""
+    if plaintext_len < 0:
+        raise InvalidInput(f"plaintext length must not be negative, got {plaintext_len}")
+    return max(1, -(-plaintext_len // CHUNK_LEN))
+
+
+def encrypted_size(plaintext_len: int) -> int:
+    """Exact size of the file our writer produces for ``plaintext_len`` bytes."""
+    return HEADER_LEN + BLOCK_HEADER_LEN * block_count(plaintext_len) + plaintext_len
+
+
+class CapsuleEncryptor:
+    """Incremental writer: :attr:`header` first, then what :meth:`update` and :meth:`finalize`
+    return, in order. The total fed must equal ``plaintext_len`` (the header records the
+    block count), else :class:`InvalidInput`."""
+
+    def __init__(self, key: bytes, plaintext_len: int) -> None:
+        self._aead = _cipher(key)
+        self._blocks = block_count(plaintext_len)
+        self._expected = plaintext_len
+        self._fed = 0
+        self._pending = bytearray()
+        self._finalized = False
+        self.header = HEADER.pack(VERSION, SCHEMA, self._blocks, BLOCK_LEN)
+
+    def _block(self, chunk: bytes | bytearray | memoryview) -> bytes:
+        iv = secrets.token_bytes(IV_LEN)
+        sealed = self._aead.encrypt(iv, bytes(chunk), None)
+        ciphertext, tag = sealed[:-TAG_LEN], sealed[-TAG_LEN:]
+        return b"".join(
+            (
+                bytes((IV_LEN,)),
+                iv.ljust(FIELD_LEN, b"\0"),
+                bytes((TAG_LEN,)),
+                tag.ljust(FIELD_LEN, b"\0"),
+                ciphertext,
+            )
+        )
+
+    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Feed plaintext; return the blocks completed so far (possibly ``b""``)."""
+        if self._finalized:
+            raise InvalidInput("encryptor already finalized")
+        self._fed += len(data)
+        if self._fed > self._expected:
+            raise InvalidInput(f"plaintext is longer than the declared {self._expected} bytes")
+        self._pending += data
+        full = len(self._pending) - len(self._pending) % CHUNK_LEN
+        view = memoryview(self._pending)
+        out = b"".join(self._block(view[i : i + CHUNK_LEN]) for i in range(0, full, CHUNK_LEN))
+        view.release()
+        del self._pending[:full]
+        return out
+
+    def finalize(self) -> bytes:
+        """Return the last, short block (or the single empty block for empty plaintext)."""
+        if self._finalized:
+            raise InvalidInput("encryptor already finalized")
+        self._finalized = True
+        if self._fed != self._expected:
+            raise InvalidInput(
+                f"plaintext ended after {self._fed} of the declared {self._expected} bytes"
+            )
+        if self._pending or self._expected == 0:
+            return self._block(self._pending)
+        return b""
+
+
+class CapsuleDecryptor:
+    """Incremental reader of a capsule of exactly ``file_len`` bytes: feed the file's bytes
+    in order to :meth:`update`, which returns the plaintext of every block completed so far
+    (each only after it authenticated); then call :meth:`finalize`, which raises if the
+    input ended early."""
+
+    def __init__(self, key: bytes, file_len: int) -> None:
+        self._aead = _cipher(key)
+        self._file_len = file_len
+        if file_len < HEADER_LEN:
+            raise CapsuleFormatError(
+                f"header too short: the file has {file_len} bytes, the header needs {HEADER_LEN}"
+            )
+        self._fed = 0
+        self._buffer = bytearray()
+        self._header_done = False
+        self._count = 0  # blocks in the file, known once the header is parsed
+        self._block_len = 0
+        self._last_len = 0
+        self._next_index = 1
+        self._finalized = False
+
+    def _parse_header(self, header: bytes) -> None:
+        version, schema, count, block_len = HEADER.unpack(header)
+        if version != VERSION:
+            raise CapsuleFormatError(f"unsupported version {version} (expected {VERSION})")
+        if schema != SCHEMA:
+            raise CapsuleFormatError(f"unsupported schema {schema} (expected {SCHEMA})")
+        if block_len == 0:
+            raise CapsuleFormatError("header block_len is 0")
+        if block_len < BLOCK_HEADER_LEN:
+            raise CapsuleFormatError(
+                f"header block_len {block_len} is shorter than the {BLOCK_HEADER_LEN}-byte "
+                "block header"
+            )
+        if block_len > MAX_BLOCK_LEN:
+            raise CapsuleFormatError(
+                f"header block_len {block_len} exceeds the supported maximum {MAX_BLOCK_LEN}"
+            )
+        body = self._file_len - HEADER_LEN
+        if count == 0:
+            # Upstream Python's empty file (quirk 52): block_count 0 and one empty block.
+            if body != BLOCK_HEADER_LEN:
+                raise CapsuleFormatError(
+                    f"header block_count is 0 but {body} bytes of block data follow "
+                    f"(only the {BLOCK_HEADER_LEN}-byte empty block is allowed)"
+                )
+            count = 1
+        elif not (count - 1) * block_len + BLOCK_HEADER_LEN <= body <= count * block_len:
+            raise CapsuleFormatError(
+                f"header block_count {count} with block_len {block_len} does not match the "
+                f"{body} bytes of block data (file truncated or extended)"
+            )
+        self._count = count
+        self._block_len = block_len
+        self._last_len = body - (count - 1) * block_len
+        self._header_done = True
+
+    def _next_block_len(self) -> int:
+        return self._last_len if self._next_index == self._count else self._block_len
+
+    def _open_block(self, block: memoryview) -> bytes:
+        index = self._next_index
+        iv_len = block[0]
+        tag_len = block[_TAG_OFFSET]
+        if not MIN_IV_LEN <= iv_len <= FIELD_LEN:
+            raise CapsuleFormatError(
+                f"block {index}: iv_len {iv_len} is outside {MIN_IV_LEN}..{FIELD_LEN}"
+            )
+        if tag_len != TAG_LEN:
+            raise CapsuleFormatError(f"block {index}: tag_len {tag_len} is not {TAG_LEN}")
+        iv_field = block[1:_TAG_OFFSET]
+        tag_field = block[_TAG_OFFSET + 1 : BLOCK_HEADER_LEN]
+        for name, field, used in (("IV", iv_field, iv_len), ("tag", tag_field, tag_len)):
+            padding = bytes(field[used:])
+            if not hmac.compare_digest(padding, bytes(len(padding))):
+                raise CapsuleFormatError(f"block {index}: non-zero padding after the {name}")
+        sealed = bytes(block[BLOCK_HEADER_LEN:]) + bytes(tag_field[:tag_len])
+        try:
+            plaintext = self._aead.decrypt(bytes(iv_field[:iv_len]), sealed, None)
+        except InvalidTag:
+            raise CapsuleFormatError(
+                f"block {index} failed authentication (wrong key or tampered data)"
+            ) from None
+        self._next_index += 1
+        return plaintext
+
+    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Feed the next bytes of the file; return the plaintext of completed blocks."""
+        if self._finalized:
+            raise CapsuleFormatError("decryptor already finalized")
+        self._fed += len(data)
+        if self._fed > self._file_len:
+            raise CapsuleFormatError(
+                f"input is longer than the declared file length {self._file_len}"
+            )
+        self._buffer += data
+        out: list[bytes] = []
+        if not self._header_done:
+            if len(self._buffer) < HEADER_LEN:
+                return b""
+            self._parse_header(bytes(self._buffer[:HEADER_LEN]))
+            del self._buffer[:HEADER_LEN]
+        start = 0
+        view = memoryview(self._buffer)
+        try:
+            while self._next_index <= self._count:
+                size = self._next_block_len()
+                if len(view) - start < size:
+                    break
+                out.append(self._open_block(view[start : start + size]))
+                start += size
+        finally:
+            view.release()
+        del self._buffer[:start]
+        return b"".join(out)
+
+    def finalize(self) -> None:
+        """Check that the whole file was fed and every block decrypted."""
+        self._finalized = True
+        if self._fed != self._file_len or not self._header_done:
+            raise CapsuleFormatError(
+                f"input ended after {self._fed} of the declared {self._file_len} bytes"
+            )
+        if self._next_index <= self._count:
+            raise CapsuleFormatError(f"block {self._next_index} is missing")
+
+
+def _read_exactly(src: BinaryIO, length: int, progress: Progress | None) -> Iterator[bytes]:
+    """Yield up to ``length`` bytes of ``src`` in chunks; the caller detects a short read."""
+    remaining = length
+    while remaining:
+        data = src.read(min(_IO_CHUNK, remaining))
+        if not data:
+            return
+        remaining -= len(data)
+        if progress:
+            progress(len(data))
+        yield data
+
+
+def encrypt_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    key: bytes,
+    plaintext_len: int,
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Encrypt exactly ``plaintext_len`` bytes of ``src`` into ``dst``; return bytes written.
+
+    Raises :class:`InvalidInput` if the key length is wrong or ``src`` holds fewer or more
+    bytes than declared.
+    """
+    enc = CapsuleEncryptor(key, plaintext_len)
+    written = dst.write(enc.header) or 0
+    for data in _read_exactly(src, plaintext_len, progress):
+        written += dst.write(enc.update(data)) or 0
+    written += dst.write(enc.finalize()) or 0
+    if src.read(1):
+        raise InvalidInput(f"source is longer than the declared {plaintext_len} bytes")
+    return written
+
+
+def decrypt_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    key: bytes,
+    file_len: int,
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Decrypt the capsule in ``src`` (exactly ``file_len`` bytes) into ``dst``; return the
+    plaintext length. Raises :class:`CapsuleFormatError` (see the module docstring); what was
+    already written to ``dst`` must then be discarded by the caller.
+    """
+    dec = CapsuleDecryptor(key, file_len)
+    written = 0
+    for data in _read_exactly(src, file_len, progress):
+        written += dst.write(dec.update(data)) or 0
+    dec.finalize()
+    if src.read(1):
+        raise CapsuleFormatError(f"source is longer than the declared file length {file_len}")
+    return written
+
+
+def _check_distinct(src_path: Path, dst_path: Path) -> None:
+    same = src_path.resolve() == dst_path.resolve()
+    if not same and dst_path.exists():
+        same = os.path.samefile(src_path, dst_path)
+    if same:
+        raise InvalidInput(
+            f"source and destination are the same file ({src_path}); "
+            "use the in-place variant to replace a file"
+        )
+
+
+def _transform(
+    src_path: Path,
+    dst_path: Path,
+    run: Callable[[BinaryIO, BinaryIO, int], int],
+    mode: int,
+) -> int:
+    with open(src_path, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        with atomic_writer(dst_path, mode=mode) as dst:
+            return run(src, dst, size)
+
+
+def encrypt_file(
+    src_path: str | os.PathLike[str],
+    dst_path: str | os.PathLike[str],
+    key: bytes,
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Encrypt file ``src_path`` to ``dst_path`` (replaced atomically, mode 0644); return the
+    capsule size. Source and destination must be different files."""
+    src, dst = Path(src_path), Path(dst_path)
+    _check_distinct(src, dst)
+    return _transform(
+        src, dst, lambda s, d, n: encrypt_stream(s, d, key, n, progress=progress), 0o644
+    )
+
+
+def decrypt_file(
+    src_path: str | os.PathLike[str],
+    dst_path: str | os.PathLike[str],
+    key: bytes,
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Decrypt capsule ``src_path`` to ``dst_path`` (replaced atomically, mode 0600); return the
+    plaintext length. On any error ``dst_path`` is left untouched and no partial file remains.
+    Source and destination must be different files."""
+    src, dst = Path(src_path), Path(dst_path)
+    _check_distinct(src, dst)
+    return _transform(
+        src, dst, lambda s, d, n: decrypt_stream(s, d, key, n, progress=progress), 0o600
+    )
+
+
+def encrypt_file_inplace(
+    path: str | os.PathLike[str], key: bytes, *, progress: Progress | None = None
+) -> int:
+    """Replace plaintext file ``path`` atomically by its capsule (mode 0644)."""
+    p = Path(path)
+    return _transform(p, p, lambda s, d, n: encrypt_stream(s, d, key, n, progress=progress), 0o644)
+
+
+def decrypt_file_inplace(
+    path: str | os.PathLike[str], key: bytes, *, progress: Progress | None = None
+) -> int:
+    """Replace capsule ``path`` atomically by its plaintext (mode 0600); on error the capsule
+    stays as it was."""
+    p = Path(path)
+    return _transform(p, p, lambda s, d, n: decrypt_stream(s, d, key, n, progress=progress), 0o600)
