@@ -1,0 +1,178 @@
+"""JSON dialects and canonical binary form of the wire messages (spec wire-formats.md §8).
+
+The same protobuf message is JSON-encoded differently by each upstream peer; a role must emit what
+its peer expects and accept what its peer sends:
+
+``"sdk"``
+    Python SDK (``json_format.MessageToJson``): pretty, 2-space indent, keys are the json_names
+    (snake_case; ``protected`` for ``protected_header``), fields with default values omitted,
+    non-ASCII escaped, int64 as strings.
+``"serde"``
+    Rust Capsule Manager (serde over prost structs): compact, every field present in declaration
+    order (defaults included, unset sub-message ``null``, empty repeated ``[]``), keys are proto
+    field names except ``protected``, enums and 64-bit integers as JSON numbers. Use this for CM
+    responses. Messages with ``oneof`` fields are refused (the CM's messages have none).
+``"brpc"``
+    brpc HTTP servers (RA proxy, Data Capsule Proxy): compact, proto field names, proto3
+    default scalars, empty repeated and unset sub-messages omitted, enums by name, 64-bit
+    integers as numbers.
+    A success reply therefore reads ``{"status":{"message":"success"}}``.
+``"cpp"``
+    C++ proxies and TEEAPPS (``MessageToJsonString`` with ``always_print_primitive_fields``):
+    compact, json_names, every scalar and repeated field printed, unset sub-messages omitted.
+
+:func:`parse_json` accepts all of them. :func:`serialize_canonical` gives the bytes that the
+remote-attestation binding hashes (crypto-formats.md §6).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Literal, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from trustflow_core.errors import InvalidInput, UnsupportedOperation
+
+__all__ = ["STYLES", "Style", "parse_json", "serialize_canonical", "to_json"]
+
+Style = Literal["sdk", "serde", "brpc", "cpp"]
+STYLES: tuple[Style, ...] = ("sdk", "serde", "brpc", "cpp")
+
+M = TypeVar("M", bound=Message)
+
+# serde renames only this field (API build.rs `rename = "protected"`); all other keys are the
+# proto field names.
+_SERDE_RENAMES = {"protected_header": "protected"}
+_INT64_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def to_json(msg: Message, *, style: Style) -> str:
+    """Encode ``msg`` as JSON text in the dialect ``style`` (see the module docstring).
+
+    Raises InvalidInput for an unknown style and UnsupportedOperation for a ``"serde"`` encoding
+    of a message that has a ``oneof``.
+    """
+    if style == "sdk":
+        return json_format.MessageToJson(msg, indent=2)
+    if style == "cpp":
+        obj = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
+    elif style in ("serde", "brpc"):
+        obj = _walk(msg, serde=style == "serde")
+    else:
+        raise InvalidInput(f"unknown JSON style {style!r}; expected one of {', '.join(STYLES)}")
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_json(data: str | bytes, message_cls: type[M], *, ignore_unknown: bool = False) -> M:
+    """Parse a JSON object into a new ``message_cls``.
+
+    Keys may be json_names or proto field names; ``null`` and missing keys leave a field unset.
+    Unknown keys raise unless ``ignore_unknown`` (the Rust CM and brpc ignore them; the SDK and the
+    C++ proxies do not). Raises InvalidInput naming the message type and the problem for invalid
+    UTF-8, invalid JSON, duplicate keys, a top level that is not an object, unknown keys and values
+    of the wrong type.
+    """
+    name = message_cls.DESCRIPTOR.full_name
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidInput(f"{name}: not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"{name}: JSON top level must be an object, got {type(obj).__name__}")
+    msg = message_cls()
+    try:
+        json_format.ParseDict(obj, msg, ignore_unknown_fields=ignore_unknown)
+    except (json_format.ParseError, RecursionError) as exc:
+        raise InvalidInput(f"{name}: {exc}") from None
+    return msg
+
+
+def serialize_canonical(msg: Message) -> bytes:
+    """Binary protobuf encoding identical to prost's, for hashing into report data.
+
+    Fields in ascending number order, proto3 defaults omitted, map entries sorted
+    (``deterministic=True``), unknown fields dropped (prost never keeps them). ``msg`` itself is
+    not modified.
+    """
+    clean = type(msg)()
+    clean.CopyFrom(msg)
+    clean.DiscardUnknownFields()
+    return clean.SerializeToString(deterministic=True)
+
+
+# ---- helpers ----
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def _walk(msg: Message, *, serde: bool) -> dict[str, Any]:
+    """Dict for the serde (every field) or brpc (set fields only) dialect, keyed by field name."""
+    desc = msg.DESCRIPTOR
+    if serde and desc.oneofs:
+        raise UnsupportedOperation(f"serde JSON of {desc.full_name}: oneof fields not supported")
+    out: dict[str, Any] = {}
+    for field in desc.fields:
+        key = _SERDE_RENAMES.get(field.name, field.name) if serde else field.name
+        value = getattr(msg, field.name)
+        if _is_map(field):
+            value_field = field.message_type.fields_by_name["value"]
+            if value or serde:
+                out[key] = {k: _scalar_or_msg(value_field, v, serde) for k, v in value.items()}
+        elif field.is_repeated:
+            if value or serde:
+                out[key] = [_scalar_or_msg(field, v, serde) for v in value]
+        elif field.has_presence:
+            if msg.HasField(field.name):
+                out[key] = _scalar_or_msg(field, value, serde)
+            elif serde:
+                out[key] = None
+        elif serde or value != field.default_value:
+            out[key] = _scalar_or_msg(field, value, serde)
+    return out
+
+
+def _scalar_or_msg(field: FieldDescriptor, value: Any, serde: bool) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return _walk(value, serde=serde)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        if serde:
+            return value  # prost stores enums as i32
+        known = field.enum_type.values_by_number.get(value)
+        return known.name if known else value
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return base64.b64encode(value).decode("ascii")
+    if field.type in _INT64_TYPES:
+        return int(value)
+    return value
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return (
+        field.type == FieldDescriptor.TYPE_MESSAGE
+        and field.message_type.GetOptions().map_entry
+        and field.is_repeated
+    )
