@@ -24,7 +24,10 @@ Writer
   file (``block_count = 0`` plus one empty block, quirk 52), which upstream itself cannot read.
 
 Reader
-  Everything is checked before any plaintext leaves a block, and every failure raises
+  The header is checked against the file length before any block is read, and a block's
+  plaintext is released only after that block authenticated (the streaming functions may
+  already have emitted earlier blocks when a later one fails; :func:`decrypt_file` writes
+  atomically, so it leaves nothing behind). Every failure raises
   :class:`~trustflow_core.errors.CapsuleFormatError` naming the problem:
 
   * the file must hold the 20-byte header; version and schema must be 1 (upstream readers skip
@@ -44,11 +47,11 @@ Reader
     write zeros; upstream readers do not look); a block is at least 66 bytes;
   * GCM failure -> ``block N failed authentication (wrong key or tampered data)``.
 
-Limits of the format (quirk 51): the header is not authenticated and blocks carry no index and
-no AAD, so **swapping or duplicating whole blocks of one file, or splicing blocks of two files
-encrypted with the same key, is undetectable** by any reader. Only per-block GCM protects the
-data. A header field altered so that the header still matches the file length (e.g. version
-left as is) goes unnoticed, since its values are the only ones allowed.
+Limits of the format (quirk 51): blocks carry no index and no AAD, so **swapping or
+duplicating whole blocks of one file, or splicing blocks of two files encrypted with the same
+key, is undetectable** by any reader; only per-block GCM protects the data. The header is not
+authenticated either, but each of its fields is fixed or checked against the file length, and
+a changed ``block_len`` misaligns the blocks so that GCM fails.
 """
 
 from __future__ import annotations
@@ -119,9 +122,9 @@ class CapsuleEncryptor:
         self._finalized = False
         self.header = HEADER.pack(VERSION, SCHEMA, self._blocks, BLOCK_LEN)
 
-    def _block(self, chunk: bytes | bytearray | memoryview) -> bytes:
+    def _block(self, chunk: bytes | bytearray) -> bytes:
         iv = secrets.token_bytes(IV_LEN)
-        sealed = self._aead.encrypt(iv, bytes(chunk), None)
+        sealed = self._aead.encrypt(iv, chunk, None)
         ciphertext, tag = sealed[:-TAG_LEN], sealed[-TAG_LEN:]
         return b"".join(
             (
@@ -142,9 +145,9 @@ class CapsuleEncryptor:
             raise InvalidInput(f"plaintext is longer than the declared {self._expected} bytes")
         self._pending += data
         full = len(self._pending) - len(self._pending) % CHUNK_LEN
-        view = memoryview(self._pending)
-        out = b"".join(self._block(view[i : i + CHUNK_LEN]) for i in range(0, full, CHUNK_LEN))
-        view.release()
+        out = b"".join(
+            self._block(self._pending[i : i + CHUNK_LEN]) for i in range(0, full, CHUNK_LEN)
+        )
         del self._pending[:full]
         return out
 
@@ -223,7 +226,7 @@ class CapsuleDecryptor:
     def _next_block_len(self) -> int:
         return self._last_len if self._next_index == self._count else self._block_len
 
-    def _open_block(self, block: memoryview) -> bytes:
+    def _open_block(self, block: bytes) -> bytes:
         index = self._next_index
         iv_len = block[0]
         tag_len = block[_TAG_OFFSET]
@@ -236,12 +239,12 @@ class CapsuleDecryptor:
         iv_field = block[1:_TAG_OFFSET]
         tag_field = block[_TAG_OFFSET + 1 : BLOCK_HEADER_LEN]
         for name, field, used in (("IV", iv_field, iv_len), ("tag", tag_field, tag_len)):
-            padding = bytes(field[used:])
+            padding = field[used:]
             if not hmac.compare_digest(padding, bytes(len(padding))):
                 raise CapsuleFormatError(f"block {index}: non-zero padding after the {name}")
-        sealed = bytes(block[BLOCK_HEADER_LEN:]) + bytes(tag_field[:tag_len])
+        sealed = block[BLOCK_HEADER_LEN:] + tag_field[:tag_len]
         try:
-            plaintext = self._aead.decrypt(bytes(iv_field[:iv_len]), sealed, None)
+            plaintext = self._aead.decrypt(iv_field[:iv_len], sealed, None)
         except InvalidTag:
             raise CapsuleFormatError(
                 f"block {index} failed authentication (wrong key or tampered data)"
@@ -266,16 +269,12 @@ class CapsuleDecryptor:
             self._parse_header(bytes(self._buffer[:HEADER_LEN]))
             del self._buffer[:HEADER_LEN]
         start = 0
-        view = memoryview(self._buffer)
-        try:
-            while self._next_index <= self._count:
-                size = self._next_block_len()
-                if len(view) - start < size:
-                    break
-                out.append(self._open_block(view[start : start + size]))
-                start += size
-        finally:
-            view.release()
+        while self._next_index <= self._count:
+            size = self._next_block_len()
+            if len(self._buffer) - start < size:
+                break
+            out.append(self._open_block(bytes(self._buffer[start : start + size])))
+            start += size
         del self._buffer[:start]
         return b"".join(out)
 

@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import hmac
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -123,8 +124,7 @@ def _progress(path: Path, quiet: bool, label: str) -> Iterator[capsule.Progress 
     if quiet or size < PROGRESS_THRESHOLD:
         yield None
         return
-    stderr = click.get_text_stream("stderr")
-    with click.progressbar(length=size, label=label, file=stderr) as bar:
+    with click.progressbar(length=size, label=label, file=sys.stderr) as bar:
         yield bar.update
 
 
