@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -318,3 +318,43 @@ class Verifier(Backend, abc.ABC):
         evidence = await self.check_evidence(report, now=now or datetime.now(timezone.utc))
         match_policy(evidence.attributes, policy)
         return VerifiedReport(evidence.attributes, self.simulated, evidence.details)
+
+
+# ---- absent reports (the upstream "sim" convention) ------------------------------------------
+
+
+async def verify_optional(
+    report: Report | None,
+    policy: Policy,
+    verifier_for: Callable[[str], Verifier],
+    *,
+    upstream_sim: bool,
+    now: datetime | None = None,
+) -> VerifiedReport:
+    """Verify a report that a peer may have omitted (attestation-sim.md §2, quirk 29).
+
+    Upstream "sim" peers send **no** ``attestation_report``. With a report present, this is
+    ``await verifier_for(report.str_tee_platform).verify(report, policy, now=now)``: a present
+    report is always verified, in simulation too. ``verifier_for`` maps a platform string to a
+    ready verifier instance (the caller owns its lifetime); its errors (e.g.
+    :class:`~trustflow_core.errors.BackendNotFound`) propagate unchanged.
+
+    With ``report`` None, the result is ``VerifiedReport(Attributes(), simulated=True,
+    details={"report": "absent"})`` only when the caller accepts the upstream sim convention
+    (``upstream_sim``) **and** the policy sets ``allow_simulation``; otherwise
+    :class:`VerificationError` with check ``"missing_report"``. Such a result proves nothing:
+    its attributes are empty, so :attr:`VerifiedReport.user_data` is ``b""``.
+    """
+    if report is not None:
+        return await verifier_for(report.str_tee_platform).verify(report, policy, now=now)
+    if not upstream_sim:
+        raise VerificationError(
+            "missing_report", "no attestation report was sent and upstream sim mode is off"
+        )
+    if not policy.allow_simulation:
+        raise VerificationError(
+            "missing_report",
+            "no attestation report was sent (upstream sim) and the policy does not allow "
+            "simulation",
+        )
+    return VerifiedReport(Attributes(), simulated=True, details={"report": "absent"})

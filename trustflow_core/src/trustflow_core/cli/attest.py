@@ -1,6 +1,212 @@
+"""``trustflow attest``: produce and check UnifiedAttestationReports with installed backends.
+
+* ``trustflow attest report --plat sim --user-data HEX [--out FILE]`` prints (or writes) the
+  report as wire JSON.
+* ``trustflow attest verify --report FILE [--policy FILE] [--user-data HEX]
+  [--allow-simulation] [--time ISO8601] [--json]`` prints a verdict; exit status 0 only when
+  the report is accepted, 1 otherwise (errors included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
 import click
+
+from ..errors import InvalidInput, VerificationError
+
+_SETTINGS_HELP = "YAML/JSON mapping of backend settings (as in the config file section)."
+
+
+def _parse_hex(value: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{what} must be hex, got {value!r}") from exc
+
+
+def _load_mapping(path: str, what: str, *, yaml_ok: bool = True) -> Mapping[str, Any]:
+    """A JSON (or, with ``yaml_ok``, YAML) file holding a mapping ("-" = stdin)."""
+    import yaml
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        if not yaml_ok:
+            raise InvalidInput(f"{what} {path} is not JSON: {exc}") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as yaml_exc:
+            raise InvalidInput(f"{what} {path} is not YAML/JSON: {yaml_exc}") from yaml_exc
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise InvalidInput(f"{what} {path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidInput(f"--time must be ISO 8601, got {value!r}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 @click.group()
 def attest() -> None:
-    """TODO."""
+    """Generate and verify attestation reports (UnifiedAttestationReport JSON)."""
+
+
+@attest.command()
+@click.option(
+    "--plat",
+    default=None,
+    help="Attester backend name (e.g. sim, tdx, csv). Default: $TRUSTFLOW_TEE, else the best "
+    "usable non-simulated attester.",
+)
+@click.option("--user-data", required=True, help="Hex of at most 32 bytes to bind.")
+@click.option(
+    "--report-type",
+    type=click.Choice(["Passport", "BackgroundCheck"]),
+    default="Passport",
+    show_default=True,
+)
+@click.option("--settings", "settings_file", default=None, help=_SETTINGS_HELP)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write here.")
+def report(
+    plat: str | None,
+    user_data: str,
+    report_type: str,
+    settings_file: str | None,
+    out: str | None,
+) -> None:
+    """Generate a report binding USER_DATA and print it as wire JSON."""
+    from ..attestation import Attester
+    from ..fileio import atomic_write_bytes
+    from ..manager import get_plugin_manager
+    from ..registry import get_backend_class
+
+    data = _parse_hex(user_data, "--user-data")
+    settings = _load_mapping(settings_file, "settings file") if settings_file else {}
+    cls: type[Attester] = get_backend_class(get_plugin_manager(), "attester", plat)
+
+    async def generate() -> Any:
+        async with cls.from_settings(settings) as attester:
+            return await attester.generate(data, report_type=report_type)
+
+    text = json.dumps(asyncio.run(generate()).to_dict(), indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write_bytes(out, text.encode())
+        click.echo(f"wrote {cls.platform} report to {out}", err=True)
+
+
+@attest.command()
+@click.option("--report", "report_file", required=True, help="Report JSON file ('-' = stdin).")
+@click.option(
+    "--plat",
+    default=None,
+    help="Verifier backend name. Default: the verifier for the report's str_tee_platform.",
+)
+@click.option(
+    "--policy",
+    "policy_file",
+    default=None,
+    help="UnifiedAttestationPolicy YAML/JSON (main_attributes, allow_simulation). Default: "
+    "only the report's platform is required.",
+)
+@click.option(
+    "--user-data",
+    default=None,
+    help="Require this hex user data (zero-padded to 32 bytes) in every policy entry.",
+)
+@click.option("--allow-simulation", is_flag=True, help="Accept simulated evidence.")
+@click.option("--time", "at", default=None, help="Verify as of this ISO 8601 time.")
+@click.option("--settings", "settings_file", default=None, help=_SETTINGS_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable verdict.")
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    report_file: str,
+    plat: str | None,
+    policy_file: str | None,
+    user_data: str | None,
+    allow_simulation: bool,
+    at: str | None,
+    settings_file: str | None,
+    as_json: bool,
+) -> None:
+    """Verify a report against a policy and print the verdict (exit 0 only if accepted)."""
+    from ..attestation import MAX_USER_DATA, Attributes, Policy, Report, Verifier
+    from ..manager import get_plugin_manager
+    from ..registry import get_backend_class, verifier_for_platform
+
+    now = _parse_time(at) if at else None
+    settings = _load_mapping(settings_file, "settings file") if settings_file else {}
+    policy = Policy.from_dict(_load_mapping(policy_file, "policy")) if policy_file else None
+    required = _parse_hex(user_data, "--user-data") if user_data is not None else None
+    try:
+        report = Report.from_dict(_load_mapping(report_file, "report", yaml_ok=False))
+    except InvalidInput as exc:
+        _print_verdict(VerificationError("format", str(exc)), None, as_json)
+        ctx.exit(1)
+
+    if policy is None:
+        policy = Policy((Attributes(str_tee_platform=report.str_tee_platform),))
+    if required is not None:
+        if len(required) > MAX_USER_DATA:
+            raise InvalidInput(f"--user-data is {len(required)} bytes; at most 32 are bound")
+        policy = policy.with_user_data(required.ljust(MAX_USER_DATA, b"\0"))
+    if allow_simulation:
+        policy = dataclasses.replace(policy, allow_simulation=True)
+
+    pm = get_plugin_manager()
+    cls: type[Verifier] = (
+        get_backend_class(pm, "verifier", plat)
+        if plat
+        else verifier_for_platform(pm, report.str_tee_platform)
+    )
+
+    async def check() -> Any:
+        async with cls.from_settings(settings) as verifier:
+            return await verifier.verify(report, policy, now=now)
+
+    try:
+        verified = asyncio.run(check())
+    except VerificationError as exc:
+        _print_verdict(exc, None, as_json)
+        ctx.exit(1)
+    _print_verdict(None, verified, as_json)
+
+
+def _print_verdict(error: VerificationError | None, verified: Any, as_json: bool) -> None:
+    attributes = verified.attributes.to_dict() if verified is not None else {}
+    if as_json:
+        verdict = {
+            "verdict": "rejected" if error else "accepted",
+            "check": error.check if error else None,
+            "message": error.detail if error else "",
+            "simulated": bool(verified and verified.simulated),
+            "attributes": attributes,
+        }
+        click.echo(json.dumps(verdict, indent=2))
+        return
+    if error is not None:
+        click.echo(f"rejected: check {error.check!r} failed: {error.detail}")
+        return
+    click.echo("accepted" + (" (SIMULATED evidence)" if verified.simulated else ""))
+    for name, value in attributes.items():
+        click.echo(f"  {name}: {value}")

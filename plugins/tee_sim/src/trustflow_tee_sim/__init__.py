@@ -1,0 +1,8 @@
+"""Trustflow's simulated TEE (``sim`` attester and verifier, platform ``"SIM"``).
+
+For development and tests only: reports are signed by a software "platform key" kept in a
+file, so they prove nothing about hardware. Verifiers reject them unless the policy sets
+``allow_simulation``. Upstream peers never see ``SIM`` reports (attestation-sim.md §2).
+"""
+
+from __future__ import annotations

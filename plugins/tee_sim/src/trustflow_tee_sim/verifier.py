@@ -1,0 +1,125 @@
+"""``SimVerifier``: checks SIM reports (see :mod:`.report`) against trusted platform keys."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from trustflow_core.attestation import Attributes, Evidence, Report, Verifier
+from trustflow_core.errors import InvalidInput, VerificationError
+from typing_extensions import Self
+
+from . import keys
+from ._settings import check_keys, optional_path
+from .report import PLATFORM, open_report
+
+#: How far a report's timestamp may lie in the verifier's future.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+class SimVerifier(Verifier):
+    """Simulated verifier (``name = "sim"``, platform ``"SIM"``).
+
+    A report is accepted when its format is exact, its body is signed by the platform key it
+    names, that key is trusted, and its timestamp is not in the future (beyond
+    :data:`MAX_CLOCK_SKEW`) nor older than ``max_age_seconds``. The core then applies the
+    simulation rule and the policy.
+
+    Settings (all optional):
+
+    * ``trusted_platform_keys`` -- list of PEM texts or PEM file paths (public or private keys);
+    * ``platform_key_file`` -- when ``trusted_platform_keys`` is not given, trust this key
+      file's public key (default :func:`trustflow_tee_sim.keys.default_key_file`, read at each
+      verification; it is never created by the verifier);
+    * ``max_age_seconds`` -- reject reports older than this (default: no limit).
+    """
+
+    name: ClassVar[str] = "sim"
+    platform: ClassVar[str] = PLATFORM
+    simulated: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        trusted_keys: list[ec.EllipticCurvePublicKey] | None = None,
+        *,
+        key_file: Path | None = None,
+        max_age: timedelta | None = None,
+    ) -> None:
+        if trusted_keys is not None and key_file is not None:
+            raise InvalidInput("sim verifier: give trusted_platform_keys or platform_key_file")
+        self.trusted_keys = trusted_keys
+        self.key_file = key_file or keys.default_key_file()
+        self.max_age = max_age
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
+        settings = settings or {}
+        check_keys(
+            "sim verifier",
+            settings,
+            {"trusted_platform_keys", "platform_key_file", "max_age_seconds"},
+        )
+        trusted = settings.get("trusted_platform_keys")
+        if trusted is not None:
+            if not isinstance(trusted, (list, tuple)):
+                raise InvalidInput("sim verifier setting 'trusted_platform_keys' must be a list")
+            trusted = [keys.load_trusted_key(entry) for entry in trusted]
+        max_age = settings.get("max_age_seconds")
+        if max_age is not None:
+            if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age <= 0:
+                raise InvalidInput("sim verifier setting 'max_age_seconds' must be positive")
+            max_age = timedelta(seconds=max_age)
+        key_file = optional_path("sim verifier", settings, "platform_key_file")
+        return cls(trusted, key_file=key_file, max_age=max_age)
+
+    def _trusted(self) -> list[ec.EllipticCurvePublicKey]:
+        if self.trusted_keys is not None:
+            return self.trusted_keys
+        key = keys.load_private_key(self.key_file)
+        if key is None:
+            raise VerificationError(
+                "platform_key",
+                f"no trusted sim platform key: {self.key_file} does not exist "
+                "(set trusted_platform_keys, or generate a sim report on this host first)",
+            )
+        return [key.public_key()]
+
+    async def check_evidence(self, report: Report, *, now: datetime) -> Evidence:
+        body = open_report(report.json_report)
+        platform_key = body.public_key
+        if not keys.is_trusted(platform_key, self._trusted()):
+            raise VerificationError(
+                "platform_key", "the report is signed by a sim platform key that is not trusted"
+            )
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=timezone.utc)
+        issued = body.timestamp
+        if issued > now + MAX_CLOCK_SKEW:
+            raise VerificationError(
+                "timestamp", f"report issued at {body.str_timestamp}, after {now.isoformat()}"
+            )
+        if self.max_age is not None and now - issued > self.max_age:
+            raise VerificationError(
+                "timestamp",
+                f"report issued at {body.str_timestamp} is older than "
+                f"{self.max_age.total_seconds():g} s",
+            )
+        attributes = Attributes(
+            str_tee_platform=PLATFORM,
+            hex_platform_measurement=body.hex_platform_measurement,
+            hex_boot_measurement=body.hex_boot_measurement,
+            hex_ta_measurement=body.hex_ta_measurement,
+            bool_debug_disabled=body.bool_debug_disabled,
+            hex_user_data=body.hex_user_data,
+            hex_hash_or_pem_pubkey=body.hex_hash_or_pem_pubkey,
+            str_verified_time=now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        details = {
+            "timestamp": body.str_timestamp,
+            "platform_key_sha256": hashlib.sha256(keys.spki_der(platform_key)).hexdigest(),
+        }
+        return Evidence(attributes, details)
