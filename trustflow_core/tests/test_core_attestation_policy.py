@@ -99,6 +99,9 @@ def test_with_user_data_adds_the_binding_to_every_entry():
     with pytest.raises(VerificationError, match="hex_user_data"):
         match_policy(ACTUAL, p.with_user_data(b"\x22" * 32))
     assert Policy().with_user_data(b"\x11" * 32).main_attributes[0].hex_user_data == "11" * 32
+    assert Policy().with_user_data(b"\x11").main_attributes[0].hex_user_data == "11" + "00" * 31
+    with pytest.raises(InvalidInput, match="at most 32"):
+        Policy().with_user_data(b"\x11" * 33)
 
 
 def test_policy_parsing_is_strict():

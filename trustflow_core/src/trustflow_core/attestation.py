@@ -131,11 +131,14 @@ class Policy:
         return cls(tuple(Attributes.from_dict(e) for e in entries), allow)
 
     def with_user_data(self, user_data: bytes) -> Policy:
-        """Return a copy whose every entry also requires ``hex_user_data == user_data.hex()``.
+        """Return a copy whose every entry also requires the report's user data to be
+        ``user_data`` (zero-filled to 32 bytes, as attesters place it).
 
         With no entries, the result has one entry requiring only the user data.
         """
-        hex_data = user_data.hex()
+        if len(user_data) > MAX_USER_DATA:
+            raise InvalidInput(f"user_data is {len(user_data)} bytes; at most {MAX_USER_DATA} fit")
+        hex_data = user_data.ljust(MAX_USER_DATA, b"\0").hex()
         entries = self.main_attributes or (Attributes(),)
         return Policy(
             tuple(_replace(e, hex_user_data=hex_data) for e in entries), self.allow_simulation
