@@ -1,0 +1,107 @@
+"""The ``jwe`` envelope-channel backend."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from trustflow_core.channel import (
+    EnvelopeChannel,
+    Jwe,
+    Jws,
+    OpenedEnvelope,
+    SealedEnvelope,
+    VerifiedJws,
+)
+from trustflow_core.errors import InvalidInput
+
+from . import jws as _jws
+from .rfc import KEY_ALGS as RFC_ALGS
+from .rfc import RfcDialect
+from .upstream import OAEP_HASHES, UpstreamDialect
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+PROFILES = ("rfc", "upstream")
+DEFAULT_ALGS = {"rfc": "RSA-OAEP-256", "upstream": "RSA-OAEP"}
+ALLOWED_ALGS = {"rfc": tuple(RFC_ALGS), "upstream": tuple(sorted(OAEP_HASHES))}
+
+
+class JweChannel(EnvelopeChannel):
+    """JWE/JWS message envelopes in one of two profiles.
+
+    * ``upstream`` — wire-compatible with the upstream Capsule Manager, Python SDK, C++ proxies
+      and Trustflow Envoy (crypto-formats §2-§4). The protected header is NOT authenticated
+      (quirk 1); ``open`` accepts RSA-OAEP/RSA-OAEP-256 with A128GCM/A256GCM and any IV length;
+      ``seal`` writes ``RSA-OAEP`` (SHA-1) + A128GCM as the CM does for responses, or
+      ``RSA-OAEP-256`` with ``alg: RSA-OAEP-256`` (for clients of an Envoy-style gateway);
+      ``seal_reply``/``open_reply`` are the Envoy response form.
+    * ``rfc`` (default) — RFC 7516 via jwcrypto: RSA-OAEP-256 + A256GCM, every byte
+      authenticated; replies use ``alg: dir`` under the request's content key.
+
+    JWS (:meth:`sign`/:meth:`verify`) is the same in both profiles: RS256 with an ``x5c``
+    chain that is checked for signatures only (see :mod:`trustflow_channel_jwe.jws`).
+
+    Settings: ``profile`` (``"rfc"`` | ``"upstream"``), ``alg`` (the request key transport
+    :meth:`seal` writes: ``"RSA-OAEP-256"`` | ``"RSA-OAEP"``; default ``RSA-OAEP-256`` for rfc,
+    ``RSA-OAEP`` for upstream). The backend holds no keys.
+    """
+
+    name: ClassVar[str] = "jwe"
+
+    def __init__(self, profile: str = "rfc", alg: str | None = None) -> None:
+        if profile not in PROFILES:
+            raise InvalidInput(f"channel 'jwe': profile must be one of {PROFILES}, got {profile!r}")
+        alg = DEFAULT_ALGS[profile] if alg is None else alg
+        if alg not in ALLOWED_ALGS[profile]:
+            raise InvalidInput(
+                f"channel 'jwe': alg for profile {profile!r} must be one of "
+                f"{ALLOWED_ALGS[profile]}, got {alg!r}"
+            )
+        self.profile = profile
+        self.alg = alg
+        self._dialect: UpstreamDialect | RfcDialect = (
+            UpstreamDialect(alg) if profile == "upstream" else RfcDialect(alg)
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
+        """Build from ``{"profile": ..., "alg": ...}``; unknown keys or values raise
+        :class:`~trustflow_core.errors.InvalidInput`."""
+        settings = dict(settings or {})
+        unknown = sorted(set(settings) - {"profile", "alg"})
+        if unknown:
+            raise InvalidInput(f"channel 'jwe' got unknown setting(s) {unknown}")
+        for key, value in settings.items():
+            if not isinstance(value, str):
+                raise InvalidInput(f"channel 'jwe' setting {key!r} must be a string")
+        return cls(**settings)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(profile={self.profile!r}, alg={self.alg!r})"
+
+    def seal(self, plaintext: bytes, recipient: RSAPublicKey) -> SealedEnvelope:
+        return self._dialect.seal(plaintext, recipient)
+
+    def open(self, jwe: Jwe, private_key: RSAPrivateKey) -> OpenedEnvelope:
+        return self._dialect.open(jwe, private_key)
+
+    def seal_reply(self, plaintext: bytes, cek: bytes) -> Jwe:
+        return self._dialect.seal_reply(plaintext, cek)
+
+    def open_reply(self, jwe: Jwe, cek: bytes) -> bytes:
+        return self._dialect.open_reply(jwe, cek)
+
+    def sign(
+        self,
+        payload: bytes,
+        private_key: RSAPrivateKey,
+        chain: Sequence[x509.Certificate] = (),
+    ) -> Jws:
+        return _jws.sign(payload, private_key, chain)
+
+    def verify(self, jws: Jws, *, public_key: RSAPublicKey | None = None) -> VerifiedJws:
+        return _jws.verify(jws, public_key)

@@ -1,0 +1,164 @@
+"""JWS as the upstream system uses it (crypto-formats §3); also plain RFC 7515 for RS256.
+
+* Header ``{"alg":"RS256","x5c":[...]}`` (compact when we write it), ``x5c`` omitted for an
+  empty chain; entries are standard base64 **with** padding of DER, leaf first.
+* Signature: RSASSA-PKCS1-v1_5/SHA-256 over ``ASCII(protected + "." + payload)``. Members are
+  decoded strictly, so the transmitted strings equal the upstream CM's re-encoding (quirk 9).
+* ``PS256`` (RSASSA-PSS/SHA-256, MGF1-SHA-256, salt = 32 bytes) is also accepted, as the CM
+  does; ``none``, ``HS*`` and ``ES*``/``EdDSA`` are refused with specific messages.
+* The ``x5c`` chain is checked like the upstream CM: certificate *i* must be signed by
+  certificate *i+1* — signatures only, **no** validity period, CA, key-usage, name-chaining or
+  trust-anchor checks (quirk 14; upstream certificates are short-lived and self-signed).
+  Identity is the caller's business: the party id of the LAST certificate
+  (:func:`trustflow_core.identity.party_id_of_chain`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import MappingProxyType
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from trustflow_core.channel import Jws, VerifiedJws
+from trustflow_core.errors import EnvelopeError
+
+from .codec import (
+    b64std_decode,
+    b64std_encode,
+    b64url_decode,
+    b64url_encode,
+    compact_json,
+    header_string,
+    parse_json_object,
+)
+
+HEADER = "JWS protected header"
+_ACCEPTED_ALGS: dict[str, padding.AsymmetricPadding] = {
+    "RS256": padding.PKCS1v15(),
+    "PS256": padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+}
+
+
+def _spki(key: Any) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def sign(payload: bytes, private_key: RSAPrivateKey, chain: Sequence[x509.Certificate] = ()) -> Jws:
+    """RS256 JWS of ``payload``; ``chain`` (leaf first) goes into ``x5c`` and its leaf must
+    hold the signing key's public key."""
+    if not isinstance(private_key, RSAPrivateKey):
+        raise EnvelopeError(f"JWS signing key must be an RSA key, got {type(private_key)}")
+    header: dict[str, Any] = {"alg": "RS256"}
+    if chain:
+        if _spki(chain[0].public_key()) != _spki(private_key.public_key()):
+            raise EnvelopeError("chain[0] does not hold the public key of the signing key")
+        header["x5c"] = [
+            b64std_encode(cert.public_bytes(serialization.Encoding.DER)) for cert in chain
+        ]
+    protected = b64url_encode(compact_json(header))
+    encoded_payload = b64url_encode(payload)
+    signing_input = f"{protected}.{encoded_payload}".encode("ascii")
+    signature = private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    return Jws(protected=protected, payload=encoded_payload, signature=b64url_encode(signature))
+
+
+def _signature_padding(header: dict[str, Any]) -> padding.AsymmetricPadding:
+    alg = header_string(header, "alg", HEADER)
+    if alg in _ACCEPTED_ALGS:
+        return _ACCEPTED_ALGS[alg]
+    if alg.lower() == "none":
+        raise EnvelopeError("JWS alg 'none' (unsigned) is not accepted")
+    if alg.startswith("HS"):
+        raise EnvelopeError(f"JWS alg {alg!r} is a shared-secret MAC and is not accepted")
+    if alg.startswith("ES") or alg == "EdDSA":
+        raise EnvelopeError(f"JWS alg {alg!r} is not supported (RSA signatures only)")
+    raise EnvelopeError(f"JWS alg {alg!r} is not supported; use one of {sorted(_ACCEPTED_ALGS)}")
+
+
+def _parse_x5c(header: dict[str, Any]) -> tuple[x509.Certificate, ...]:
+    if "x5c" not in header:
+        return ()
+    entries = header["x5c"]
+    if not isinstance(entries, list) or not entries:
+        raise EnvelopeError("JWS header x5c must be a non-empty list of certificates")
+    chain = []
+    for i, entry in enumerate(entries):
+        der = b64std_decode(entry, f"JWS header x5c[{i}]")
+        try:
+            chain.append(x509.load_der_x509_certificate(der))
+        except ValueError as exc:
+            raise EnvelopeError(f"JWS header x5c[{i}] is not a DER X.509 certificate") from exc
+    return tuple(chain)
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s key verifies ``cert``'s signature (nothing else is checked)."""
+    key = issuer.public_key()
+    hash_alg = cert.signature_hash_algorithm
+    params = cert.signature_algorithm_parameters
+    data, signature = cert.tbs_certificate_bytes, cert.signature
+    try:
+        if isinstance(key, RSAPublicKey) and isinstance(params, padding.AsymmetricPadding):
+            if hash_alg is None:
+                return False
+            key.verify(signature, data, params, hash_alg)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
+            key.verify(signature, data, params)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(signature, data)
+        else:
+            return False
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def check_chain(chain: Sequence[x509.Certificate]) -> None:
+    """Raise unless every certificate is signed by the next one (crypto-formats §3)."""
+    for i in range(len(chain) - 1):
+        if not _signed_by(chain[i], chain[i + 1]):
+            raise EnvelopeError(f"x5c[{i + 1}] does not sign x5c[{i}]")
+
+
+def verify(jws: Jws, public_key: RSAPublicKey | None = None) -> VerifiedJws:
+    """Verify ``jws`` and return its payload, chain and header.
+
+    With ``public_key=None`` the header must carry ``x5c``; the chain is checked and
+    ``x5c[0]``'s key verifies the signature. With a ``public_key`` that key verifies; an
+    ``x5c``, if present, is still checked and its leaf must hold that same key, so the returned
+    chain always belongs to the signer.
+    """
+    header_json = b64url_decode(jws.protected, "JWS member 'protected'")
+    payload = b64url_decode(jws.payload, "JWS member 'payload'")
+    signature = b64url_decode(jws.signature, "JWS member 'signature'")
+    header = parse_json_object(header_json, HEADER)
+    if "crit" in header:
+        raise EnvelopeError("JWS header member 'crit' is not supported")
+    sig_padding = _signature_padding(header)
+    chain = _parse_x5c(header)
+    check_chain(chain)
+    if public_key is None:
+        if not chain:
+            raise EnvelopeError("JWS header has no x5c and no public key was given to verify it")
+        key = chain[0].public_key()
+        if not isinstance(key, RSAPublicKey):
+            raise EnvelopeError("x5c[0] does not hold an RSA public key")
+    else:
+        if not isinstance(public_key, RSAPublicKey):
+            raise EnvelopeError(f"JWS verification key must be RSA, got {type(public_key)}")
+        if chain and _spki(chain[0].public_key()) != _spki(public_key):
+            raise EnvelopeError("x5c[0] does not hold the public key the JWS is verified with")
+        key = public_key
+    signing_input = f"{jws.protected}.{jws.payload}".encode("ascii")
+    try:
+        key.verify(signature, signing_input, sig_padding, hashes.SHA256())
+    except InvalidSignature:
+        raise EnvelopeError("JWS signature does not verify") from None
+    return VerifiedJws(payload, chain, MappingProxyType(header))
