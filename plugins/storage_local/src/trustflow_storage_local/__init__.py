@@ -1,0 +1,3 @@
+"""Trustflow storage backend ``local``: ``file://`` URIs and absolute paths, confined to roots."""
+
+from __future__ import annotations

@@ -1,0 +1,18 @@
+"""Hook implementations of ``trustflow-storage-local`` (cheap imports only)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from trustflow_core import hookimpl
+
+if TYPE_CHECKING:
+    from trustflow_core.hookspecs import Register
+    from trustflow_core.storage import Storage
+
+
+@hookimpl
+def trustflow_register_storages(register: Register[type[Storage]]) -> None:
+    from .storage import LocalStorage
+
+    register(LocalStorage)
