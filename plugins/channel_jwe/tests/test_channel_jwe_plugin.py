@@ -10,7 +10,8 @@ from trustflow_core.registry import backends, get_backend_class, list_plugins
 from trustflow_channel_jwe.channel import JweChannel
 
 
-def test_channel_jwe_plugin_is_installed() -> None:
+def test_channel_jwe_plugin_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe")  # not affected by other plugins
     pm = get_plugin_manager()
     infos = {info.name: info for info in list_plugins(pm)}
     assert "channel_jwe" in infos, sorted(infos)

@@ -3,7 +3,9 @@
 Unlike the upstream dialect, the GCM AAD is ``ASCII(protected)`` (plus ``"." + aad`` when the
 ``aad`` member is present), so every byte of every member is authenticated. Requests use
 ``RSA-OAEP-256`` (or ``RSA-OAEP``) key transport; replies use ``alg: "dir"`` under the
-request's content key. IVs must be 96 bits and tags 128 bits (RFC 7518 §5.3).
+request's content key. IVs must be 96 bits and tags 128 bits (RFC 7518 §5.3). As in the
+``Jwe`` dataclass, an empty member means an absent one (``aad``; ``encrypted_key`` with
+``dir``): drop empty members before handing the JSON to another RFC 7516 library.
 
 Sealing uses :class:`jwcrypto.jwe.JWE`. Opening uses jwcrypto's JWA algorithm objects on
 strictly decoded members: ``JWE.decrypt`` cannot return an empty plaintext (it treats ``b""``
