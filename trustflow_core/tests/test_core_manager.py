@@ -12,13 +12,13 @@ from trustflow_core.errors import PluginError
 from trustflow_core.manager import get_plugin_manager
 
 PLUGIN_SOURCE = textwrap.dedent(
-    '''
+    """
     from trustflow_core import hookimpl
 
     @hookimpl
     def trustflow_register_storages(register):
         pass
-    '''
+    """
 )
 
 

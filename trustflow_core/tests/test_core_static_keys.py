@@ -205,17 +205,12 @@ def test_unknown_settings_are_invalid(settings: dict[str, Any]) -> None:
         StaticKeyExchange.from_settings(settings)
 
 
-_NEEDS_FIX = "static_keys.py does not validate this yet (see the storage_local helper report)"
-
-
-@pytest.mark.xfail(strict=True, reason=_NEEDS_FIX)
 @pytest.mark.parametrize("keys", ["uri=key", ["ab"], 5])
 def test_keys_setting_that_is_not_a_mapping_is_invalid(keys: Any) -> None:
     with pytest.raises(InvalidInput, match="mapping"):
         StaticKeyExchange.from_settings({"keys": keys})
 
 
-@pytest.mark.xfail(strict=True, reason=_NEEDS_FIX)
 @pytest.mark.parametrize("content", ["5", '["ab"]', '"text"'])
 def test_keys_file_that_is_not_an_object_is_invalid(tmp_path: Path, content: str) -> None:
     keys_file = tmp_path / "keys.json"
@@ -224,7 +219,6 @@ def test_keys_file_that_is_not_an_object_is_invalid(tmp_path: Path, content: str
         StaticKeyExchange.from_settings({"keys_file": str(keys_file)})
 
 
-@pytest.mark.xfail(strict=True, reason=_NEEDS_FIX)
 @pytest.mark.asyncio
 async def test_result_key_of_bad_length_is_refused(tmp_path: Path) -> None:
     """Otherwise the keys_file would be rewritten with a key that from_settings rejects."""

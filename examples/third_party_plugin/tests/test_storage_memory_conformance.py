@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
+import pytest_asyncio
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import list_plugins, storage_for_uri
 from trustflow_core.testing.storage import StorageConformance
+
 from trustflow_storage_memory.backend import MemoryStorage
 
 
@@ -19,11 +20,11 @@ def test_storage_memory_plugin_is_installed():
 
 
 class TestMemoryStorageConformance(StorageConformance):
-    @pytest.fixture
+    @pytest_asyncio.fixture
     async def storage(self):
         async with MemoryStorage.from_settings({}) as backend:
             yield backend
 
     @pytest.fixture
-    async def base_uri(self):
-        return "mem://bucket/prefix/"
+    def base_uri(self, request):
+        return f"mem://bucket/{request.node.name}/"

@@ -32,6 +32,15 @@ def _decode_key(uri: str, value: Any) -> bytes:
     return key
 
 
+def _mapping(source: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidInput(
+            f"{source} must be a mapping resource_uri -> data_key_b64 (a JSON object), "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
 class StaticKeyExchange(KeyExchange):
     """Keys from configuration. See the module docstring for settings."""
 
@@ -52,10 +61,11 @@ class StaticKeyExchange(KeyExchange):
         keys_file = Path(settings["keys_file"]) if settings.get("keys_file") else None
         if keys_file is not None and keys_file.exists():
             try:
-                table.update(json.loads(keys_file.read_text()))
+                loaded = json.loads(keys_file.read_text())
             except (OSError, ValueError) as exc:
                 raise InvalidInput(f"cannot read keys_file {keys_file}: {exc}") from exc
-        table.update(settings.get("keys") or {})
+            table.update(_mapping(f"keys_file {keys_file}", loaded))
+        table.update(_mapping("setting 'keys'", settings.get("keys") or {}))
         return cls({uri: _decode_key(uri, v) for uri, v in table.items()}, keys_file)
 
     async def get_data_keys(self, request: ResourceRequest) -> list[DataKey]:
@@ -68,6 +78,11 @@ class StaticKeyExchange(KeyExchange):
         raise UnsupportedOperation("the static key exchange has no TLS assets")
 
     async def register_result_key(self, result: ResultKey) -> None:
+        if len(result.key) not in (16, 24, 32):
+            raise InvalidInput(
+                f"result key of {result.resource_uri!r} is {len(result.key)} bytes; "
+                "need 16, 24 or 32"
+            )
         async with self._lock:
             if result.resource_uri in self._keys:
                 raise InvalidInput(f"resource {result.resource_uri!r} already has a key")

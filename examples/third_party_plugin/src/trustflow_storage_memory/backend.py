@@ -26,9 +26,7 @@ class MemoryStorage(Storage):
     def __init__(self) -> None:
         self._objects: dict[str, bytes] = {}
 
-    async def read(
-        self, uri: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE
-    ) -> AsyncIterator[bytes]:
+    async def read(self, uri: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> AsyncIterator[bytes]:
         data = self._objects.get(_key(uri))
         if data is None:
             raise ObjectNotFound(f"no object {uri!r}")

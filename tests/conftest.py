@@ -1,0 +1,1 @@
+pytest_plugins = ["trustflow_core.testing.fixtures"]
