@@ -15,15 +15,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from trustflow_core import capsule
 from trustflow_core.errors import CapsuleFormatError, InvalidInput
+from trustflow_core.testing.fixtures import compat_vectors_dir
 
-COMPAT = Path(
-    os.environ.get(
-        "TRUSTFLOW_COMPAT_DIR", Path(__file__).resolve().parents[3] / "shared/testdata/compat"
-    )
-)
-needs_compat = pytest.mark.skipif(
-    not (COMPAT / "manifest.json").is_file(), reason=f"no compat vectors in {COMPAT}"
-)
+COMPAT = compat_vectors_dir()
 
 
 def _manifest_data() -> dict[str, dict]:
@@ -59,7 +53,6 @@ def _independent_decrypt(blob: bytes, key: bytes) -> tuple[int, list[int], bytes
 # ---- upstream vectors ----------------------------------------------------------------------
 
 
-@needs_compat
 @pytest.mark.parametrize("name", sorted(_manifest_data()) or ["<none>"])
 def test_core_capsule_decrypts_every_compat_vector(name: str, tmp_path: Path) -> None:
     entry = _manifest_data()[name]
@@ -78,7 +71,6 @@ def test_core_capsule_decrypts_every_compat_vector(name: str, tmp_path: Path) ->
     assert out.stat().st_mode & 0o777 == 0o600
 
 
-@needs_compat
 def test_core_capsule_upstream_empty_file_is_empty_plaintext_but_authenticated() -> None:
     """Quirk 52: block_count 0 + one empty block is accepted as empty plaintext, and its
     GCM tag is still checked."""
@@ -93,7 +85,6 @@ def test_core_capsule_upstream_empty_file_is_empty_plaintext_but_authenticated()
         capsule.decrypt_stream(io.BytesIO(blob), io.BytesIO(), wrong, len(blob))
 
 
-@needs_compat
 def test_core_capsule_our_files_have_upstream_sizes() -> None:
     """For every vector, our writer produces a file of the upstream length."""
     for entry in _manifest_data().values():

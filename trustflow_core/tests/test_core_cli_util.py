@@ -22,20 +22,12 @@ from trustflow_core import capsule
 from trustflow_core.cli import build_cli
 from trustflow_core.cli import util as util_module
 from trustflow_core.identity import party_id_of_key
+from trustflow_core.testing.fixtures import compat_vectors_dir
 
-COMPAT = Path(
-    os.environ.get(
-        "TRUSTFLOW_COMPAT_DIR", Path(__file__).resolve().parents[3] / "shared/testdata/compat"
-    )
-)
-needs_compat = pytest.mark.skipif(
-    not (COMPAT / "manifest.json").is_file(), reason=f"no compat vectors in {COMPAT}"
-)
+COMPAT = compat_vectors_dir()
 
 
 def _manifest() -> dict:
-    if not (COMPAT / "manifest.json").is_file():
-        return {"data": {}, "parties": {}}
     return json.loads((COMPAT / "manifest.json").read_text())
 
 
@@ -127,7 +119,6 @@ def test_core_cli_util_rsa_keypair_json_days_force(tmp_path: Path) -> None:
     assert key.stat().st_mode & 0o777 == 0o600
 
 
-@needs_compat
 @pytest.mark.parametrize("party", sorted(_manifest()["parties"]) or ["<none>"])
 def test_core_cli_util_party_id_of_compat_certs(party: str) -> None:
     info = _manifest()["parties"][party]
@@ -137,7 +128,6 @@ def test_core_cli_util_party_id_of_compat_certs(party: str) -> None:
     assert json.loads(result.stdout) == {"party_id": info["party_id"]}
 
 
-@needs_compat
 def test_core_cli_util_party_id_uses_last_cert() -> None:
     parties = _manifest()["parties"]
     a, c = parties["alice"], parties["carol"]
@@ -200,7 +190,6 @@ def test_core_cli_util_data_key_output_file(tmp_path: Path) -> None:
 # ---- encrypt / decrypt ---------------------------------------------------------------------
 
 
-@needs_compat
 @pytest.mark.parametrize("name", sorted(_manifest()["data"]) or ["<none>"])
 def test_core_cli_util_decrypts_compat_files(name: str, tmp_path: Path) -> None:
     entry = _manifest()["data"][name]
@@ -217,7 +206,6 @@ def test_core_cli_util_decrypts_compat_files(name: str, tmp_path: Path) -> None:
     assert out.stat().st_mode & 0o777 == 0o600
 
 
-@needs_compat
 def test_core_cli_util_default_names_and_key_file(tmp_path: Path) -> None:
     [entry] = [e for n, e in _manifest()["data"].items() if n == "small.csv.enc"]
     src = tmp_path / "small.csv"
@@ -246,7 +234,6 @@ def test_core_cli_util_default_names_and_key_file(tmp_path: Path) -> None:
     assert out.read_bytes() == src.read_bytes()
 
 
-@needs_compat
 def test_core_cli_util_inplace_on_compat_file(tmp_path: Path) -> None:
     entry = _manifest()["data"]["small.csv.inplace.enc"]
     path = tmp_path / "f"

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,17 +15,10 @@ from trustflow_core import wire
 from trustflow_core.errors import InvalidInput
 from trustflow_core.proto.secretflowapis.v2.sdc import jwt_pb2
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm
+from trustflow_core.testing.fixtures import compat_vectors_dir
 
-COMPAT = Path(
-    os.environ.get(
-        "TRUSTFLOW_COMPAT_DIR",
-        Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "compat",
-    )
-)
+COMPAT = compat_vectors_dir()
 RPC = COMPAT / "rpc"
-
-if not (COMPAT / "manifest.json").is_file():
-    pytest.skip(f"compat vectors not found in {COMPAT}", allow_module_level=True)
 
 MANIFEST: dict[str, Any] = json.loads((COMPAT / "manifest.json").read_text(encoding="utf-8"))
 FLOW: list[dict[str, Any]] = MANIFEST["rpc_flow"]

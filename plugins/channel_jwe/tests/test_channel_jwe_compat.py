@@ -10,8 +10,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,17 +27,13 @@ from trustflow_core.testing.channel import (
     tamper_positions,
     unb64url,
 )
+from trustflow_core.testing.fixtures import compat_vectors_dir
 
 from trustflow_channel_jwe.channel import JweChannel
 
-COMPAT = Path(os.environ.get("TRUSTFLOW_COMPAT_DIR", "/work/shared/testdata/compat"))
+COMPAT = compat_vectors_dir()
 RPC = COMPAT / "rpc"
-MANIFEST: dict[str, Any] = (
-    json.loads((COMPAT / "manifest.json").read_text())
-    if (COMPAT / "manifest.json").is_file()
-    else {}
-)
-pytestmark = pytest.mark.skipif(not MANIFEST, reason=f"no compat vectors at {COMPAT}")
+MANIFEST: dict[str, Any] = json.loads((COMPAT / "manifest.json").read_text())
 
 FLOW: list[dict[str, Any]] = MANIFEST.get("rpc_flow", [])
 RESPONSES = [e for e in FLOW if e.get("response_recipient")]

@@ -3,9 +3,8 @@
     pytest_plugins = ["trustflow_core.testing.fixtures"]
 
 * ``pm`` — a fresh plugin manager with only the core plugin (no entry points).
-* ``compat_dir`` — the upstream compatibility vectors directory: ``$TRUSTFLOW_COMPAT_DIR``,
-  else ``shared/testdata/compat`` found by walking up from the pytest root directory (and from
-  this package); tests using it are skipped when it cannot be found.
+* ``compat_dir`` — the upstream compatibility vectors directory (:func:`compat_vectors_dir`).
+  The vectors are required: when they cannot be found, tests using them fail, never skip.
 * ``compat_manifest`` — its parsed ``manifest.json`` (a fresh copy per test).
 """
 
@@ -41,21 +40,32 @@ def find_compat_dir(*starts: Path) -> Path | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def compat_dir(pytestconfig: pytest.Config) -> Path:
+def compat_vectors_dir() -> Path:
+    """The compat vectors: ``$TRUSTFLOW_COMPAT_DIR``, else the first
+    ``<ancestor>/shared/testdata/compat`` above the working directory or this package.
+    Raises :class:`FileNotFoundError` saying how to provide them. Usable at import time
+    (for parametrization)."""
     configured = os.environ.get(COMPAT_ENV)
     if configured:
         path = Path(configured)
         if not (path / "manifest.json").is_file():
-            pytest.fail(f"{COMPAT_ENV}={configured!r} has no manifest.json", pytrace=False)
+            raise FileNotFoundError(f"{COMPAT_ENV}={configured!r} has no manifest.json")
         return path
-    found = find_compat_dir(pytestconfig.rootpath.resolve(), Path(__file__).resolve().parent)
+    found = find_compat_dir(Path.cwd().resolve(), Path(__file__).resolve().parent)
     if found is None:
-        pytest.skip(
+        raise FileNotFoundError(
             f"compat vectors not found: set {COMPAT_ENV} or place them at "
             f"../{COMPAT_RELATIVE.as_posix()} next to the repository"
         )
     return found
+
+
+@pytest.fixture(scope="session")
+def compat_dir() -> Path:
+    try:
+        return compat_vectors_dir()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
