@@ -47,7 +47,7 @@ def compat_vectors_dir() -> Path:
     (for parametrization)."""
     configured = os.environ.get(COMPAT_ENV)
     if configured:
-        path = Path(configured)
+        path = Path(configured).resolve()
         if not (path / "manifest.json").is_file():
             raise FileNotFoundError(f"{COMPAT_ENV}={configured!r} has no manifest.json")
         return path
