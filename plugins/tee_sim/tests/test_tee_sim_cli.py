@@ -175,3 +175,13 @@ def test_report_settings_file(run, tmp_path):
     verdict = json.loads(verify(run, out, "--allow-simulation", "--json").stdout)
     assert verdict["attributes"]["hex_ta_measurement"] == "ab"
     assert verdict["attributes"]["bool_debug_disabled"] == "false"
+
+
+def test_verify_quote_with_a_backend_that_cannot_wrap_raw_evidence(tmp_path):
+    quote = tmp_path / "q.bin"
+    quote.write_bytes(b"\0" * 64)
+    result = CliRunner().invoke(
+        build_cli(), ["attest", "verify", "--quote", str(quote), "--plat", "sim"]
+    )
+    assert result.exit_code == 1
+    assert "cannot wrap raw evidence" in result.output

@@ -286,6 +286,17 @@ class Verifier(Backend, abc.ABC):
     #: ``str_tee_platform`` this verifier accepts (exact, case-sensitive).
     platform: ClassVar[str]
 
+    @classmethod
+    def report_from_evidence(cls, evidence: bytes, *, endorsements: bytes | None = None) -> Report:
+        """Wrap raw platform evidence (a TDX quote, a CSV attestation report, ...) and optional
+        endorsements (collateral, a certificate chain) into a :class:`Report` in the upstream
+        layout, so tools can verify evidence produced outside Trustflow. Raise
+        :class:`InvalidInput` for unusable input. The default raises
+        :class:`~trustflow_core.errors.UnsupportedOperation`."""
+        from .errors import UnsupportedOperation
+
+        raise UnsupportedOperation(f"the {cls.name!r} verifier cannot wrap raw evidence files")
+
     @abc.abstractmethod
     async def check_evidence(self, report: Report, *, now: datetime) -> Evidence:
         """Verify the platform evidence in ``report`` (signatures, chains, collateral valid at

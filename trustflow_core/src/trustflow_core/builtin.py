@@ -1,4 +1,5 @@
-"""The core's own plugin: the ``static`` key exchange and the core CLI commands."""
+"""The core's own plugin: the ``static`` key exchange, the core CLI commands and the roles'
+commands (see :mod:`trustflow_core.roles`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def trustflow_register_key_exchanges(register: Register[type[KeyExchange]]) -> N
 def trustflow_add_commands(cli: click.Group) -> None:
     from .cli.attest import attest
     from .cli.util import util
+    from .roles import add_role_commands
 
     cli.add_command(util)
     cli.add_command(attest)
+    add_role_commands(cli)

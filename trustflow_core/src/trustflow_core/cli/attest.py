@@ -2,9 +2,11 @@
 
 * ``trustflow attest report --plat sim --user-data HEX [--out FILE]`` prints (or writes) the
   report as wire JSON.
-* ``trustflow attest verify --report FILE [--policy FILE] [--user-data HEX]
-  [--allow-simulation] [--time ISO8601] [--json]`` prints a verdict; exit status 0 only when
-  the report is accepted, 1 otherwise (errors included).
+* ``trustflow attest verify --report FILE | --quote FILE --plat P [--collateral FILE]
+  [--policy FILE] [--user-data HEX] [--allow-simulation] [--time ISO8601] [--json]`` prints a
+  verdict; exit status 0 only when the evidence is accepted, 1 otherwise (errors included).
+  ``--quote`` takes raw platform evidence (a TDX quote, a CSV report), wrapped into a report by
+  the verifier's ``report_from_evidence``; ``--collateral``/``--certs`` add its endorsements.
 """
 
 from __future__ import annotations
@@ -115,7 +117,21 @@ def report(
 
 
 @attest.command()
-@click.option("--report", "report_file", required=True, help="Report JSON file ('-' = stdin).")
+@click.option("--report", "report_file", default=None, help="Report JSON file ('-' = stdin).")
+@click.option(
+    "--quote",
+    "quote_file",
+    default=None,
+    help="Raw platform evidence file (e.g. a TDX quote, a CSV report) instead of --report; "
+    "needs --plat.",
+)
+@click.option(
+    "--collateral",
+    "--certs",
+    "endorsements_file",
+    default=None,
+    help="Endorsements for --quote: collateral JSON (TDX) or certificate chain (CSV).",
+)
 @click.option(
     "--plat",
     default=None,
@@ -140,7 +156,9 @@ def report(
 @click.pass_context
 def verify(
     ctx: click.Context,
-    report_file: str,
+    report_file: str | None,
+    quote_file: str | None,
+    endorsements_file: str | None,
     plat: str | None,
     policy_file: str | None,
     user_data: str | None,
@@ -158,8 +176,26 @@ def verify(
     settings = _load_mapping(settings_file, "settings file") if settings_file else {}
     policy = Policy.from_dict(_load_mapping(policy_file, "policy")) if policy_file else None
     required = _parse_hex(user_data, "--user-data") if user_data is not None else None
+    if (report_file is None) == (quote_file is None):
+        raise click.UsageError("give exactly one of --report and --quote")
+    if quote_file is not None and not plat:
+        raise click.UsageError("--quote needs --plat to know the evidence format")
+    if endorsements_file is not None and quote_file is None:
+        raise click.UsageError("--collateral/--certs go with --quote")
+    pm = get_plugin_manager()
     try:
-        report = Report.from_dict(_load_mapping(report_file, "report", yaml_ok=False))
+        if quote_file is not None:
+            cls: type[Verifier] = get_backend_class(pm, "verifier", plat)
+            endorsements = _read_bytes(endorsements_file) if endorsements_file else None
+            report = cls.report_from_evidence(_read_bytes(quote_file), endorsements=endorsements)
+        else:
+            assert report_file is not None
+            report = Report.from_dict(_load_mapping(report_file, "report", yaml_ok=False))
+            cls = (
+                get_backend_class(pm, "verifier", plat)
+                if plat
+                else verifier_for_platform(pm, report.str_tee_platform)
+            )
     except InvalidInput as exc:
         _print_verdict(VerificationError("format", str(exc)), None, as_json)
         ctx.exit(1)
@@ -173,13 +209,6 @@ def verify(
     if allow_simulation:
         policy = dataclasses.replace(policy, allow_simulation=True)
 
-    pm = get_plugin_manager()
-    cls: type[Verifier] = (
-        get_backend_class(pm, "verifier", plat)
-        if plat
-        else verifier_for_platform(pm, report.str_tee_platform)
-    )
-
     async def check() -> Any:
         async with cls.from_settings(settings) as verifier:
             return await verifier.verify(report, policy, now=now)
@@ -192,6 +221,13 @@ def verify(
     _print_verdict(None, verified, as_json)
 
 
+def _read_bytes(path: str) -> bytes:
+    try:
+        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from exc
+
+
 def _print_verdict(error: VerificationError | None, verified: Any, as_json: bool) -> None:
     attributes = verified.attributes.to_dict() if verified is not None else {}
     if as_json:
@@ -201,6 +237,7 @@ def _print_verdict(error: VerificationError | None, verified: Any, as_json: bool
             "message": error.detail if error else "",
             "simulated": bool(verified and verified.simulated),
             "attributes": attributes,
+            "details": dict(verified.details) if verified is not None else {},
         }
         click.echo(json.dumps(verdict, indent=2))
         return
@@ -209,4 +246,6 @@ def _print_verdict(error: VerificationError | None, verified: Any, as_json: bool
         return
     click.echo("accepted" + (" (SIMULATED evidence)" if verified.simulated else ""))
     for name, value in attributes.items():
+        click.echo(f"  {name}: {value}")
+    for name, value in verified.details.items():
         click.echo(f"  {name}: {value}")
