@@ -1,0 +1,210 @@
+"""The policy engine (capsule-manager.md §6) with constraints in CEL (``cel-python``).
+
+A request for one resource is allowed when **any** rule of the resource's policy matches:
+
+1. the initiator is one of the rule's ``grantee_party_ids`` (exact string);
+2. the rule has an ``op_constraints`` entry for ``"*"`` or for the request's ``op_name``;
+3. the rule's ``columns`` contain ``"*"`` or every requested column;
+4. every non-blank constraint of the entries whose ``op_name`` equals the request op *exactly*
+   evaluates to ``true`` (``"*"`` entries are not evaluated for a concrete op -- quirk 42);
+5. every ``global_constraints`` string (blank ones fail) evaluates to ``true``.
+
+Constraints are CEL expressions over one variable ``r`` (:func:`evaluation_object`); the
+upstream Rhai examples (``r.env.tee.platform=="sgx"``, ``&&``, ``||``, ``!``, comparisons,
+member access and indexing) are valid CEL with the same meaning. Compile or evaluation errors,
+and non-boolean results, make the rule fail. They are never ``eval``-ed.
+
+:func:`derive_result_policy` is the lineage merge of §6.5 (quirk 40, reproduced).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CMError, Kind
+
+log = logging.getLogger(__name__)
+
+MAX_CONSTRAINT_CHARS = 4096
+_CEL_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class OpConstraint:
+    op_name: str
+    constraints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A policy rule (``secretflowapis.v2.sdc.capsule_manager.Rule``)."""
+
+    rule_id: str = ""
+    grantee_party_ids: tuple[str, ...] = ()
+    op_constraints: tuple[OpConstraint, ...] = ()
+    columns: tuple[str, ...] = ()
+    global_constraints: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule_id": self.rule_id,
+            "grantee_party_ids": list(self.grantee_party_ids),
+            "op_constraints": [
+                {"op_name": o.op_name, "constraints": list(o.constraints)}
+                for o in self.op_constraints
+            ],
+            "columns": list(self.columns),
+            "global_constraints": list(self.global_constraints),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Rule:
+        def strings(value: Any, what: str) -> tuple[str, ...]:
+            if value is None:
+                return ()
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise CMError(Kind.INVALID_ARGUMENT, f"rule {what} must be a list of strings")
+            return tuple(value)
+
+        ops = data.get("op_constraints") or []
+        if not isinstance(ops, list) or not all(isinstance(o, Mapping) for o in ops):
+            raise CMError(Kind.INVALID_ARGUMENT, "rule op_constraints must be a list of objects")
+        rule_id = data.get("rule_id") or ""
+        if not isinstance(rule_id, str):
+            raise CMError(Kind.INVALID_ARGUMENT, "rule_id must be a string")
+        return cls(
+            rule_id=rule_id,
+            grantee_party_ids=strings(data.get("grantee_party_ids"), "grantee_party_ids"),
+            op_constraints=tuple(
+                OpConstraint(
+                    str(o.get("op_name") or ""), strings(o.get("constraints"), "constraints")
+                )
+                for o in ops
+            ),
+            columns=strings(data.get("columns"), "columns"),
+            global_constraints=strings(data.get("global_constraints"), "global_constraints"),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Rule:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """One single-resource request (§6.1). ``env`` is None when absent."""
+
+    resource_uri: str
+    initiator_party_id: str
+    scope: str
+    op_name: str
+    columns: tuple[str, ...] = ()
+    attrs: str = ""
+    env: Mapping[str, Any] | None = field(default=None)
+
+
+def evaluation_object(req: AccessRequest) -> dict[str, Any]:
+    """The object ``r`` constraints see (§6.3); ``env`` only when present, ``attrs`` the raw
+    resource attrs string (quirk 41)."""
+    obj: dict[str, Any] = {
+        "resource_uri": req.resource_uri,
+        "columns": list(req.columns),
+        "initiator_party_id": req.initiator_party_id,
+        "scope": req.scope,
+        "op_name": req.op_name,
+        "attrs": req.attrs,
+    }
+    if req.env is not None:
+        obj["env"] = dict(req.env)
+    return obj
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(expression: str) -> Any:
+    import celpy
+
+    with _CEL_LOCK:  # the lark parser is not thread-safe
+        env = celpy.Environment()
+        return env.program(env.compile(expression))
+
+
+def evaluate(expression: str, r: Mapping[str, Any]) -> bool:
+    """True iff ``expression`` compiles and evaluates to the boolean true with ``r`` bound."""
+    import celpy
+
+    if len(expression) > MAX_CONSTRAINT_CHARS:
+        log.info("constraint longer than %d chars refused", MAX_CONSTRAINT_CHARS)
+        return False
+    try:
+        program = _compiled(expression)
+        result = program.evaluate({"r": celpy.json_to_cel(dict(r))})
+    except Exception as exc:  # any CEL failure makes the rule fail
+        log.info("constraint %r failed: %s", expression, exc)
+        return False
+    return isinstance(result, celpy.celtypes.BoolType) and bool(result)
+
+
+def rule_matches(rule: Rule, req: AccessRequest, r: Mapping[str, Any]) -> bool:
+    if req.initiator_party_id not in rule.grantee_party_ids:
+        return False
+    if not any(o.op_name in ("*", req.op_name) for o in rule.op_constraints):
+        return False
+    if "*" not in rule.columns and not all(c in rule.columns for c in req.columns):
+        return False
+    for op in rule.op_constraints:
+        if op.op_name != req.op_name:
+            continue
+        for constraint in op.constraints:
+            if constraint.strip() and not evaluate(constraint, r):
+                return False
+    return all(evaluate(c, r) for c in rule.global_constraints)
+
+
+def allows(rules: Sequence[Rule], req: AccessRequest) -> bool:
+    """Whether any rule (in stored order) allows ``req``."""
+    r = evaluation_object(req)
+    return any(rule_matches(rule, req, r) for rule in rules)
+
+
+def _merge(left: Sequence[Rule], right: Sequence[Rule]) -> list[Rule]:
+    merged = []
+    for lrule in left:
+        for rrule in right:
+            right_ops = {o.op_name for o in rrule.op_constraints}
+            globals_ = list(dict.fromkeys(lrule.global_constraints + rrule.global_constraints))
+            merged.append(
+                Rule(
+                    rule_id="",
+                    grantee_party_ids=tuple(
+                        g for g in lrule.grantee_party_ids if g in rrule.grantee_party_ids
+                    ),
+                    op_constraints=tuple(o for o in lrule.op_constraints if o.op_name in right_ops),
+                    columns=("*",),
+                    global_constraints=tuple(globals_),
+                )
+            )
+    return merged
+
+
+def derive_result_policy(ancestor_rules: Sequence[Sequence[Rule]]) -> list[Rule]:
+    """§6.5: copy the first ancestor's rules with blank ids; merge each further ancestor
+    pairwise (grantee intersection, left op constraints whose op the right also names,
+    ``columns=["*"]``, union of global constraints). No ancestors: no rules."""
+    if not ancestor_rules:
+        return []
+    result = [
+        Rule("", r.grantee_party_ids, r.op_constraints, r.columns, r.global_constraints)
+        for r in ancestor_rules[0]
+    ]
+    for rules in ancestor_rules[1:]:
+        result = _merge(result, rules)
+    return result

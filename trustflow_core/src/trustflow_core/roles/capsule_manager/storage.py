@@ -1,0 +1,473 @@
+"""The Capsule Manager's transactional store (SQLAlchemy 2, synchronous; call it from a thread).
+
+URLs: ``sqlite:///<data dir>/cm.db`` (default), ``postgresql+psycopg://...``,
+``mysql+pymysql://...``. The schema is created on start. Every mutating method runs in ONE
+transaction: it either applies completely or not at all (a request killed mid-flight leaves
+nothing half-written). Races between concurrent writers (two first inserts of the same row)
+surface as integrity errors and the whole transaction is retried, so the checks (owner, already
+exists) always see committed state. SQLite write transactions start with ``BEGIN IMMEDIATE``.
+
+Ownership rules (sound where upstream is lax, quirks 35, 36, 38, 50):
+
+* a data record (``data_uuid``) belongs to the party that first stored a key for it; nobody
+  else may store or delete its keys, nor create, change or delete its policies;
+* a policy ``(scope, data_uuid)`` belongs to its creator;
+* result keys are stored together with their derived policy, or not at all.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, delete, event, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .errors import CMError, Kind
+from .policy import Rule
+from .sealing import Sealer
+from .storage_models import (
+    SCHEMA_VERSION,
+    Base,
+    Cert,
+    DataKeyRow,
+    DataRecord,
+    Meta,
+    PolicyRow,
+    RuleRow,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+KEYS_TABLE = "cm_data_keys"
+_CHECK_PLAINTEXT = b"trustflow-cm storage key check"
+MAX_ATTEMPTS = 6
+
+
+@dataclass(frozen=True)
+class StoredPolicy:
+    data_uuid: str
+    scope: str
+    owner_party_id: str
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    data_uuid: str
+    owner_party_id: str
+    parents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NewKey:
+    resource_uri: str
+    data_uuid: str
+    data_key_b64: str
+
+    def __repr__(self) -> str:
+        return f"NewKey(resource_uri={self.resource_uri!r}, data_key_b64=<hidden>)"
+
+
+def _sqlite_engines(url: str) -> tuple[Engine, Engine]:
+    def make(begin: str) -> Engine:
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)
+
+        return engine
+
+    return make("BEGIN IMMEDIATE"), make("BEGIN")
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True
+    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    return any(
+        s in text
+        for s in ("deadlock", "database is locked", "could not serialize", "lock wait timeout")
+    )
+
+
+class Store:
+    """All persistent Capsule Manager state. Thread-safe; methods block (use a thread)."""
+
+    def __init__(self, url: str, sealer: Sealer, *, pool_size: int = 16) -> None:
+        self.url = url
+        self._sealer = sealer
+        if url.startswith("sqlite"):
+            self._write_engine, self._read_engine = _sqlite_engines(url)
+            self._sqlite_write_lock: threading.Lock | None = threading.Lock()
+        else:
+            engine = create_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+            self._write_engine = self._read_engine = engine
+            self._sqlite_write_lock = None
+        self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._read = sessionmaker(self._read_engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"Store({self._write_engine.url.render_as_string(hide_password=True)!r})"
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create missing tables and check the storage key against the stored check value
+        (written on first start). Raise :class:`CMError` (Data Integrity Violated) when the
+        database was sealed under another storage key."""
+        Base.metadata.create_all(self._write_engine)
+
+        def check(session: Session) -> None:
+            row = session.get(Meta, "storage_key_check")
+            if row is None:
+                nonce, sealed = self._sealer.seal(_CHECK_PLAINTEXT, "cm_meta", "check")
+                session.add(Meta(name="storage_key_check", value=nonce + sealed))
+                session.add(Meta(name="schema_version", value=SCHEMA_VERSION.encode()))
+                return
+            plain = self._sealer.open(row.value[:12], row.value[12:], "cm_meta", "check")
+            if not hmac.compare_digest(plain, _CHECK_PLAINTEXT):
+                raise CMError(Kind.DATA_INTEGRITY, "storage key check value differs")
+
+        try:
+            self._tx(check)
+        except CMError as exc:
+            raise CMError(
+                Kind.DATA_INTEGRITY,
+                "the database was sealed under a different storage key "
+                f"(share the storage key file between replicas): {exc.detail}",
+            ) from None
+
+    def close(self) -> None:
+        self._write_engine.dispose()
+        self._read_engine.dispose()
+
+    # ---- transactions ----------------------------------------------------------------------
+
+    def _tx(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in one write transaction, retrying on races (integrity errors,
+        deadlocks). :class:`CMError` from ``fn`` rolls back and propagates."""
+        delay = 0.005
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                if self._sqlite_write_lock is not None:
+                    with self._sqlite_write_lock, self._write.begin() as session:
+                        return fn(session)
+                with self._write.begin() as session:
+                    return fn(session)
+            except (IntegrityError, OperationalError) as exc:
+                if attempt + 1 == MAX_ATTEMPTS or not _is_retryable(exc):
+                    log.warning("store transaction failed: %s", type(exc).__name__)
+                    raise CMError(Kind.INTERNAL, "storage conflict, try again") from None
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _ro(self, fn: Callable[[Session], T]) -> T:
+        with self._read.begin() as session:
+            return fn(session)
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _owned_record(session: Session, data_uuid: str, owner: str) -> DataRecord | None:
+        record = session.get(DataRecord, data_uuid)
+        if record is not None and not hmac.compare_digest(
+            record.owner_party_id.encode(), owner.encode()
+        ):
+            raise CMError(Kind.ASSERT, f"party_id {owner} is wrong")
+        return record
+
+    @staticmethod
+    def _policy_row(session: Session, scope: str, data_uuid: str) -> PolicyRow | None:
+        return session.scalars(
+            select(PolicyRow).where(PolicyRow.scope == scope, PolicyRow.data_uuid == data_uuid)
+        ).first()
+
+    @staticmethod
+    def _rules(session: Session, policy_id: int) -> tuple[Rule, ...]:
+        rows = session.scalars(
+            select(RuleRow).where(RuleRow.policy_id == policy_id).order_by(RuleRow.id)
+        )
+        return tuple(Rule.from_json(row.body_json) for row in rows)
+
+    def _stored(self, session: Session, row: PolicyRow) -> StoredPolicy:
+        return StoredPolicy(
+            row.data_uuid, row.scope, row.owner_party_id, self._rules(session, row.id)
+        )
+
+    def _put_key(self, session: Session, key: NewKey) -> None:
+        nonce, sealed = self._sealer.seal(key.data_key_b64.encode(), KEYS_TABLE, key.resource_uri)
+        row = session.get(DataKeyRow, key.resource_uri)
+        if row is None:
+            session.add(DataKeyRow(**_key_columns(key, nonce, sealed)))
+        else:
+            row.data_uuid, row.nonce, row.sealed_key = key.data_uuid, nonce, sealed
+        session.flush()
+
+    def _replace_rules(
+        self, session: Session, scope: str, data_uuid: str, owner: str, rules: Iterable[Rule]
+    ) -> None:
+        row = self._policy_row(session, scope, data_uuid)
+        if row is None:
+            row = PolicyRow(scope=scope, data_uuid=data_uuid, owner_party_id=owner)
+            session.add(row)
+            session.flush()
+        else:
+            session.execute(delete(RuleRow).where(RuleRow.policy_id == row.id))
+            row.owner_party_id = owner
+        for rule in rules:
+            session.add(RuleRow(policy_id=row.id, rule_id=rule.rule_id, body_json=rule.to_json()))
+        session.flush()
+
+    # ---- certificates ----------------------------------------------------------------------
+
+    def register_cert(self, party_id: str, public_key_pem: str) -> None:
+        def op(session: Session) -> None:
+            if session.get(Cert, party_id) is not None:
+                raise CMError(Kind.ALREADY_EXISTS, f"party_id {party_id} public_key has stored.")
+            session.add(Cert(party_id=party_id, public_key_pem=public_key_pem))
+            session.flush()
+
+        self._tx(op)
+
+    def registered_key(self, party_id: str) -> str | None:
+        return self._ro(lambda s: c.public_key_pem if (c := s.get(Cert, party_id)) else None)
+
+    # ---- data keys -------------------------------------------------------------------------
+
+    def create_data_keys(self, owner: str, keys: Sequence[NewKey]) -> None:
+        """Store (or overwrite) keys; all or nothing. A data_uuid owned by another party
+        refuses the whole request (Assert, 13)."""
+
+        def op(session: Session) -> None:
+            for key in keys:
+                if self._owned_record(session, key.data_uuid, owner) is None:
+                    session.add(DataRecord(data_uuid=key.data_uuid, owner_party_id=owner))
+                    session.flush()
+                self._put_key(session, key)
+
+        self._tx(op)
+
+    def delete_data_key(self, owner: str, data_uuid: str, resource_uri: str) -> None:
+        def op(session: Session) -> None:
+            if self._owned_record(session, data_uuid, owner) is None:
+                return
+            session.execute(delete(DataKeyRow).where(DataKeyRow.resource_uri == resource_uri))
+
+        self._tx(op)
+
+    def get_keys(self, resource_uris: Sequence[str]) -> dict[str, str]:
+        """``resource_uri -> data_key_b64`` for the URIs that have a key."""
+
+        def op(session: Session) -> list[DataKeyRow]:
+            return list(
+                session.scalars(
+                    select(DataKeyRow).where(DataKeyRow.resource_uri.in_(set(resource_uris)))
+                )
+            )
+
+        rows = self._ro(op)
+        return {
+            row.resource_uri: self._sealer.open(
+                row.nonce, row.sealed_key, KEYS_TABLE, row.resource_uri
+            ).decode()
+            for row in rows
+        }
+
+    def data_info(self, data_uuid: str) -> DataInfo | None:
+        def op(session: Session) -> DataInfo | None:
+            row = session.get(DataRecord, data_uuid)
+            if row is None:
+                return None
+            return DataInfo(row.data_uuid, row.owner_party_id, tuple(json.loads(row.parents_json)))
+
+        return self._ro(op)
+
+    def original_owners(self, data_uuid: str) -> set[str]:
+        """Owners of the lineage roots above ``data_uuid`` (itself when it has no parents).
+        A missing record on the way: NotFound ``data_uuid <x> has be not stored``."""
+
+        def op(session: Session) -> set[str]:
+            owners: set[str] = set()
+            seen: set[str] = set()
+            stack = [data_uuid]
+            while stack:
+                current = stack.pop()
+                if current in seen:
+                    continue
+                seen.add(current)
+                row = session.get(DataRecord, current)
+                if row is None:
+                    raise CMError(Kind.NOT_FOUND, f"data_uuid {current} has be not stored")
+                parents = json.loads(row.parents_json)
+                if parents:
+                    stack.extend(reversed(parents))
+                else:
+                    owners.add(row.owner_party_id)
+            return owners
+
+        return self._ro(op)
+
+    def create_result_key(
+        self,
+        owner: str,
+        key: NewKey,
+        scope: str,
+        ancestors: Sequence[str],
+        derive: Callable[[Sequence[Sequence[Rule]]], list[Rule]],
+    ) -> None:
+        """Store a result key, its lineage and its derived policy in one transaction.
+        An existing key for the same resource_uri: Already existed; a missing ancestor policy:
+        NotFound ``data policy is empty.`` (and nothing is stored)."""
+
+        def op(session: Session) -> None:
+            if session.get(DataKeyRow, key.resource_uri) is not None:
+                raise CMError(Kind.ALREADY_EXISTS, f"resource {key.resource_uri} has a key")
+            ancestor_rules = []
+            for uuid in ancestors:
+                row = self._policy_row(session, scope, uuid)
+                if row is None:
+                    raise CMError(Kind.NOT_FOUND, "data policy is empty.")
+                ancestor_rules.append(self._rules(session, row.id))
+            record = self._owned_record(session, key.data_uuid, owner)
+            if record is None:
+                session.add(
+                    DataRecord(
+                        data_uuid=key.data_uuid,
+                        owner_party_id=owner,
+                        parents_json=json.dumps(list(ancestors)),
+                    )
+                )
+                session.flush()
+            else:
+                parents = sorted(set(json.loads(record.parents_json)) | set(ancestors))
+                record.parents_json = json.dumps(parents)
+            self._put_key(session, key)
+            existing = self._policy_row(session, scope, key.data_uuid)
+            if existing is not None and existing.owner_party_id != owner:
+                raise CMError(Kind.ASSERT, "party_id is wrong")
+            self._replace_rules(session, scope, key.data_uuid, owner, derive(ancestor_rules))
+
+        self._tx(op)
+
+    # ---- policies --------------------------------------------------------------------------
+
+    def _check_policy_owner(
+        self, session: Session, scope: str, data_uuid: str, owner: str
+    ) -> PolicyRow | None:
+        self._owned_record(session, data_uuid, owner)
+        row = self._policy_row(session, scope, data_uuid)
+        if row is not None and not hmac.compare_digest(row.owner_party_id.encode(), owner.encode()):
+            raise CMError(Kind.ASSERT, "party_id is wrong")
+        return row
+
+    def put_policy(self, owner: str, scope: str, data_uuid: str, rules: Sequence[Rule]) -> None:
+        """Create or replace the policy ``(scope, data_uuid)``."""
+
+        def op(session: Session) -> None:
+            self._check_policy_owner(session, scope, data_uuid, owner)
+            self._replace_rules(session, scope, data_uuid, owner, rules)
+
+        self._tx(op)
+
+    def add_rule(self, owner: str, scope: str, data_uuid: str, rule: Rule) -> None:
+        """Append a rule, creating the policy when there is none."""
+
+        def op(session: Session) -> None:
+            row = self._check_policy_owner(session, scope, data_uuid, owner)
+            if row is None:
+                self._replace_rules(session, scope, data_uuid, owner, [rule])
+                return
+            session.add(RuleRow(policy_id=row.id, rule_id=rule.rule_id, body_json=rule.to_json()))
+            session.flush()
+
+        self._tx(op)
+
+    def delete_policy(self, owner: str, scope: str, data_uuid: str) -> None:
+        def op(session: Session) -> None:
+            row = self._check_policy_owner(session, scope, data_uuid, owner)
+            if row is None:
+                return
+            session.execute(delete(RuleRow).where(RuleRow.policy_id == row.id))
+            session.delete(row)
+
+        self._tx(op)
+
+    def delete_rule(self, owner: str, scope: str, data_uuid: str, rule_id: str) -> None:
+        def op(session: Session) -> None:
+            row = self._check_policy_owner(session, scope, data_uuid, owner)
+            if row is None:
+                return
+            session.execute(
+                delete(RuleRow).where(RuleRow.policy_id == row.id, RuleRow.rule_id == rule_id)
+            )
+
+        self._tx(op)
+
+    def list_policies(self, owner: str, scope: str) -> list[StoredPolicy]:
+        def op(session: Session) -> list[StoredPolicy]:
+            rows = session.scalars(
+                select(PolicyRow)
+                .where(PolicyRow.owner_party_id == owner, PolicyRow.scope == scope)
+                .order_by(PolicyRow.id)
+            )
+            return [self._stored(session, r) for r in rows]
+
+        return self._ro(op)
+
+    def get_policy(self, scope: str, data_uuid: str) -> StoredPolicy | None:
+        def op(session: Session) -> StoredPolicy | None:
+            row = self._policy_row(session, scope, data_uuid)
+            return None if row is None else self._stored(session, row)
+
+        return self._ro(op)
+
+    def access_view(
+        self, scope: str, data_uuids: Iterable[str]
+    ) -> dict[str, tuple[DataInfo | None, StoredPolicy | None]]:
+        """For GetDataKeys: each data_uuid's record and policy, read in one transaction."""
+
+        def op(session: Session) -> dict[str, tuple[DataInfo | None, StoredPolicy | None]]:
+            out: dict[str, tuple[DataInfo | None, StoredPolicy | None]] = {}
+            for uuid in dict.fromkeys(data_uuids):
+                rec = session.get(DataRecord, uuid)
+                info = (
+                    DataInfo(rec.data_uuid, rec.owner_party_id, tuple(json.loads(rec.parents_json)))
+                    if rec
+                    else None
+                )
+                prow = self._policy_row(session, scope, uuid)
+                policy = self._stored(session, prow) if prow else None
+                out[uuid] = (info, policy)
+            return out
+
+        return self._ro(op)
+
+
+def _key_columns(key: NewKey, nonce: bytes, sealed: bytes) -> dict[str, Any]:
+    return {
+        "resource_uri": key.resource_uri,
+        "data_uuid": key.data_uuid,
+        "nonce": nonce,
+        "sealed_key": sealed,
+    }

@@ -1,0 +1,71 @@
+"""SQLAlchemy schema of the Capsule Manager store (created on start; see docs/capsule-manager.md).
+
+| table | key | holds |
+|---|---|---|
+| ``cm_meta`` | name | schema version, storage-key check value |
+| ``cm_certs`` | party_id | SPKI PEM of the registered chain's last certificate |
+| ``cm_data`` | data_uuid | owner party id, lineage parents (JSON list) |
+| ``cm_data_keys`` | resource_uri | data_uuid, sealed data key (nonce + AES-GCM) |
+| ``cm_policies`` | id; unique (scope, data_uuid) | owner party id |
+| ``cm_rules`` | id (insertion order = rule order) | policy id, rule_id, rule JSON |
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = "1"
+PARTY_ID_LEN = 64
+UUID_LEN = 255
+URI_LEN = 512
+SCOPE_LEN = 255
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "cm_meta"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Cert(Base):
+    __tablename__ = "cm_certs"
+    party_id: Mapped[str] = mapped_column(String(PARTY_ID_LEN), primary_key=True)
+    public_key_pem: Mapped[str] = mapped_column(Text)
+
+
+class DataRecord(Base):
+    __tablename__ = "cm_data"
+    data_uuid: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    owner_party_id: Mapped[str] = mapped_column(String(PARTY_ID_LEN))
+    parents_json: Mapped[str] = mapped_column(Text, default="[]")
+
+
+class DataKeyRow(Base):
+    __tablename__ = "cm_data_keys"
+    resource_uri: Mapped[str] = mapped_column(String(URI_LEN), primary_key=True)
+    data_uuid: Mapped[str] = mapped_column(String(UUID_LEN), index=True)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    sealed_key: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PolicyRow(Base):
+    __tablename__ = "cm_policies"
+    __table_args__ = (UniqueConstraint("scope", "data_uuid", name="uq_cm_policy_scope_uuid"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(SCOPE_LEN))
+    data_uuid: Mapped[str] = mapped_column(String(UUID_LEN))
+    owner_party_id: Mapped[str] = mapped_column(String(PARTY_ID_LEN), index=True)
+
+
+class RuleRow(Base):
+    __tablename__ = "cm_rules"
+    __table_args__ = (Index("ix_cm_rules_policy", "policy_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("cm_policies.id", ondelete="CASCADE"))
+    rule_id: Mapped[str] = mapped_column(String(255))
+    body_json: Mapped[str] = mapped_column(Text)

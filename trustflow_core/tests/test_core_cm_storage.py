@@ -1,0 +1,252 @@
+"""Capsule Manager store: every backend (SQLite file, PostgreSQL, MariaDB), atomicity,
+ownership, sealing at rest, restart."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from trustflow_core.roles.capsule_manager.errors import CMError, Kind
+from trustflow_core.roles.capsule_manager.policy import OpConstraint, Rule, derive_result_policy
+from trustflow_core.roles.capsule_manager.sealing import Sealer, load_or_create_key
+from trustflow_core.roles.capsule_manager.storage import NewKey, Store
+from trustflow_core.roles.capsule_manager.testdb import BACKENDS, throwaway_database
+
+ALICE, BOB = "A" * 52, "B" * 52
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def db_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    with throwaway_database(request.param, tmp_path_factory.mktemp("db")) as url:
+        yield url
+
+
+@pytest.fixture
+def key() -> bytes:
+    return os.urandom(32)
+
+
+@pytest.fixture
+def store(db_url: str, key: bytes) -> Iterator[Store]:
+    # each test gets an empty schema
+    s = Store(db_url, Sealer(key))
+    from trustflow_core.roles.capsule_manager.storage_models import Base
+
+    Base.metadata.drop_all(s._write_engine)
+    s.create_schema()
+    yield s
+    s.close()
+
+
+def uid() -> str:
+    return "d-" + os.urandom(6).hex()
+
+
+def nk(uri: str, b64: str = "AAAAAAAAAAAAAAAAAAAAAA==") -> NewKey:
+    return NewKey(uri, uri.split("/")[0], b64)
+
+
+RULE = Rule("r1", (BOB,), (OpConstraint("psi", ("r.op_name == 'psi'",)),), ("*",), ())
+
+
+def test_keys_roundtrip_and_overwrite(store: Store) -> None:
+    u = uid()
+    store.create_data_keys(ALICE, [nk(u, "a2V5MQ=="), nk(f"{u}/p1", "a2V5Mg==")])
+    assert store.get_keys([u, f"{u}/p1", "missing"]) == {u: "a2V5MQ==", f"{u}/p1": "a2V5Mg=="}
+    store.create_data_keys(ALICE, [nk(u, "a2V5Mw==")])
+    assert store.get_keys([u]) == {u: "a2V5Mw=="}
+    info = store.data_info(u)
+    assert info is not None and info.owner_party_id == ALICE and info.parents == ()
+
+
+def test_other_owner_refused_all_or_nothing(store: Store) -> None:
+    u, v = uid(), uid()
+    store.create_data_keys(ALICE, [nk(u)])
+    with pytest.raises(CMError) as err:
+        store.create_data_keys(BOB, [nk(v), nk(u, "Ym9i")])
+    assert err.value.kind is Kind.ASSERT
+    assert store.data_info(v) is None  # nothing of the failed request stayed
+    assert store.get_keys([u, v]) == {u: "AAAAAAAAAAAAAAAAAAAAAA=="}
+    with pytest.raises(CMError):
+        store.delete_data_key(BOB, u, u)
+    store.delete_data_key(ALICE, u, u)
+    assert store.get_keys([u]) == {}
+
+
+def test_keys_are_sealed_at_rest(store: Store, db_url: str) -> None:
+    u = uid()
+    secret = "c2VjcmV0LWtleS1ieXRlcw=="
+    store.create_data_keys(ALICE, [nk(u, secret)])
+    with store._read_engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT sealed_key, nonce FROM cm_data_keys WHERE resource_uri = :u"), {"u": u}
+        ).one()
+    assert secret.encode() not in bytes(row[0])
+    assert len(bytes(row[1])) == 12
+
+
+def test_sealed_value_moved_to_another_row_does_not_open(store: Store) -> None:
+    u, v = uid(), uid()
+    store.create_data_keys(ALICE, [nk(u, "a2V5MQ=="), nk(v, "a2V5Mg==")])
+    with store._write_engine.begin() as conn:
+        sealed, nonce = conn.execute(
+            text("SELECT sealed_key, nonce FROM cm_data_keys WHERE resource_uri = :u"), {"u": u}
+        ).one()
+        conn.execute(
+            text("UPDATE cm_data_keys SET sealed_key = :s, nonce = :n WHERE resource_uri = :v"),
+            {"s": sealed, "n": nonce, "v": v},
+        )
+    with pytest.raises(CMError) as err:
+        store.get_keys([v])
+    assert err.value.kind is Kind.DATA_INTEGRITY
+
+
+def test_wrong_storage_key_refused_at_start(store: Store, db_url: str) -> None:
+    other = Store(db_url, Sealer(os.urandom(32)))
+    try:
+        with pytest.raises(CMError, match="different storage key"):
+            other.create_schema()
+    finally:
+        other.close()
+
+
+def test_policies_rules_and_ownership(store: Store) -> None:
+    u = uid()
+    store.create_data_keys(ALICE, [nk(u)])
+    store.put_policy(ALICE, "default", u, [RULE])
+    rule2 = Rule("r2", (BOB,), (OpConstraint("*"),), ("a",))
+    store.add_rule(ALICE, "default", u, rule2)
+    store.add_rule(ALICE, "default", u, rule2)  # duplicates allowed, appended in order
+    p = store.get_policy("default", u)
+    assert p is not None and [r.rule_id for r in p.rules] == ["r1", "r2", "r2"]
+    assert p.rules[0] == RULE
+    assert store.get_policy("other", u) is None
+    for attempt in (
+        lambda: store.put_policy(BOB, "default", u, []),
+        lambda: store.add_rule(BOB, "default", u, RULE),
+        lambda: store.delete_rule(BOB, "default", u, "r1"),
+        lambda: store.delete_policy(BOB, "default", u),
+    ):
+        with pytest.raises(CMError) as err:
+            attempt()
+        assert err.value.kind is Kind.ASSERT
+    store.delete_rule(ALICE, "default", u, "r2")
+    p = store.get_policy("default", u)
+    assert p is not None and [r.rule_id for r in p.rules] == ["r1"]
+    assert [x.data_uuid for x in store.list_policies(ALICE, "default")] == [u]
+    assert store.list_policies(BOB, "default") == []
+    store.delete_policy(ALICE, "default", u)
+    store.delete_policy(ALICE, "default", u)  # absent: no-op
+    assert store.get_policy("default", u) is None
+
+
+def test_policy_for_unregistered_data_then_other_owner(store: Store) -> None:
+    u = uid()
+    store.add_rule(ALICE, "s", u, RULE)  # creates the policy
+    with pytest.raises(CMError):
+        store.add_rule(BOB, "s", u, RULE)
+
+
+def test_certs(store: Store) -> None:
+    store.register_cert(ALICE, "PEM-A")
+    with pytest.raises(CMError) as err:
+        store.register_cert(ALICE, "PEM-X")
+    assert err.value.kind is Kind.ALREADY_EXISTS
+    assert store.registered_key(ALICE) == "PEM-A"
+    assert store.registered_key(BOB) is None
+
+
+def test_result_key_lineage_atomic(store: Store) -> None:
+    a, b, res = uid(), uid(), uid()
+    store.create_data_keys(ALICE, [nk(a)])
+    store.create_data_keys(BOB, [nk(b)])
+    store.put_policy(ALICE, "s", a, [RULE])
+    # missing ancestor policy: nothing stored
+    with pytest.raises(CMError) as err:
+        store.create_result_key("", nk(res), "s", [a, b], derive_result_policy)
+    assert err.value.kind is Kind.NOT_FOUND
+    assert store.data_info(res) is None and store.get_keys([res]) == {}
+    store.put_policy(BOB, "s", b, [RULE])
+    store.create_result_key("", nk(res), "s", [a, b], derive_result_policy)
+    info = store.data_info(res)
+    assert info is not None and info.parents == (a, b)
+    p = store.get_policy("s", res)
+    assert p is not None and p.rules[0].columns == ("*",) and p.rules[0].rule_id == ""
+    assert store.original_owners(res) == {ALICE, BOB}
+    with pytest.raises(CMError) as err:
+        store.create_result_key("", nk(res), "s", [a], derive_result_policy)
+    assert err.value.kind is Kind.ALREADY_EXISTS
+
+
+def test_original_owners_missing_record(store: Store) -> None:
+    with pytest.raises(CMError, match="has be not stored"):
+        store.original_owners(uid())
+
+
+def test_concurrent_first_writers_one_owner(store: Store) -> None:
+    u = uid()
+    outcomes: list[str] = []
+
+    def write(owner: str) -> None:
+        try:
+            store.create_data_keys(owner, [nk(u)])
+            outcomes.append(owner)
+        except CMError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=write, args=(o,)) for o in (ALICE, BOB) * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    info = store.data_info(u)
+    assert info is not None
+    assert outcomes.count(info.owner_party_id) == 4 and outcomes.count("refused") == 4
+
+
+def test_restart_keeps_everything(db_url: str, key: bytes) -> None:
+    u = uid()
+    first = Store(db_url, Sealer(key))
+    from trustflow_core.roles.capsule_manager.storage_models import Base
+
+    Base.metadata.drop_all(first._write_engine)
+    first.create_schema()
+    first.create_data_keys(ALICE, [nk(u, "a2V5MQ==")])
+    first.put_policy(ALICE, "default", u, [RULE])
+    first.close()
+    second = Store(db_url, Sealer(key))
+    second.create_schema()
+    assert second.get_keys([u]) == {u: "a2V5MQ=="}
+    p = second.get_policy("default", u)
+    assert p is not None and p.rules == (RULE,)
+    second.close()
+
+
+def test_storage_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "storage.key"
+    key = load_or_create_key(path)
+    assert len(key) == 32 and path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_key(path) == key
+    path.write_text("not base64!")
+    with pytest.raises(ValueError, match="base64"):
+        load_or_create_key(path)
+    assert "hidden" in repr(Sealer(key))
+
+
+def test_throwaway_databases_are_dropped(tmp_path: Path) -> None:
+    from trustflow_core.roles.capsule_manager.testdb import admin_url
+
+    with throwaway_database("postgresql") as url:
+        name = url.rsplit("/", 1)[1]
+    engine = create_engine(admin_url("postgresql"))
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+        assert rows.first() is None
+    engine.dispose()
