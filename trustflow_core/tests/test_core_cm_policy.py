@@ -1,0 +1,169 @@
+"""Policy engine: rule matching (capsule-manager.md §6.2), CEL constraints, lineage merge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trustflow_core.roles.capsule_manager.policy import (
+    AccessRequest,
+    OpConstraint,
+    Rule,
+    allows,
+    derive_result_policy,
+    evaluate,
+    evaluation_object,
+)
+
+BOB, EVE = "B" * 52, "E" * 52
+SGX_ENV = {
+    "request_time": "2024-06-01T12:00:00Z",
+    "tee": {"platform": "sgx", "sgx": {"mr_enclave": "aa11", "mr_signer": "bb22"}},
+}
+
+
+def req(**kw: object) -> AccessRequest:
+    base: dict[str, object] = {
+        "resource_uri": "d1",
+        "initiator_party_id": BOB,
+        "scope": "default",
+        "op_name": "psi",
+        "columns": ("id",),
+        "env": SGX_ENV,
+    }
+    base.update(kw)
+    return AccessRequest(**base)  # type: ignore[arg-type]
+
+
+def rule(**kw: object) -> Rule:
+    base: dict[str, object] = {
+        "rule_id": "r",
+        "grantee_party_ids": (BOB,),
+        "op_constraints": (OpConstraint("psi"),),
+        "columns": ("id", "age"),
+        "global_constraints": (),
+    }
+    base.update(kw)
+    return Rule(**base)  # type: ignore[arg-type]
+
+
+def test_basic_grant_and_each_refusal() -> None:
+    assert allows([rule()], req())
+    assert not allows([rule()], req(initiator_party_id=EVE))  # wrong party
+    assert not allows([rule()], req(op_name="xgb"))  # wrong op
+    assert not allows([rule()], req(columns=("salary",)))  # column not granted
+    assert allows([rule()], req(columns=()))  # no columns requested
+    assert allows([rule(columns=("*",))], req(columns=("salary",)))
+    assert not allows([rule(op_constraints=())], req())  # no op entries: nothing allowed
+    assert not allows([], req())
+    assert allows([rule(grantee_party_ids=(EVE,)), rule()], req())  # any rule
+
+
+def test_op_constraints_and_wildcard() -> None:
+    pinned = (OpConstraint("psi", ('r.env.tee.sgx.mr_enclave == "aa11"',)),)
+    assert allows([rule(op_constraints=pinned)], req())
+    wrong = (OpConstraint("psi", ('r.env.tee.sgx.mr_enclave == "ffff"',)),)
+    assert not allows([rule(op_constraints=wrong)], req())
+    # "*" entries allow any op and their constraints are not evaluated for a concrete op
+    star = (OpConstraint("*", ("false",)),)
+    assert allows([rule(op_constraints=star)], req(op_name="anything"))
+    blank = (OpConstraint("psi", ("", "  ")),)
+    assert allows([rule(op_constraints=blank)], req())  # blank op constraints skipped
+
+
+def test_global_constraints() -> None:
+    assert allows([rule(global_constraints=('r.env.tee.platform == "sgx"',))], req())
+    assert not allows([rule(global_constraints=('r.env.tee.platform == "tdx"',))], req())
+    assert not allows([rule(global_constraints=("",))], req())  # blank fails closed
+    # env absent: member access errors -> rule fails
+    assert not allows([rule(global_constraints=('r.env.tee.platform == "sgx"',))], req(env=None))
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ('r.op_name == "psi" && r.scope == "default"', True),
+        ('r.op_name == "psi" || r.missing.x == 1', True),  # short circuit
+        ('!(r.op_name == "psi")', False),
+        ('r.columns[0] == "id"', True),
+        ('r["scope"] == "default"', True),
+        ("1 + 2 * 3 == 7", True),
+        ('"ab" + "c" == "abc"', True),
+        ('"abc" < "abd"', True),
+        ("r.op_name", False),  # not a boolean
+        ("r.op_name ==", False),  # does not compile
+        ("r.nope.deeper == 1", False),  # error
+        ('r.attrs == ""', True),
+        ('__import__("os").system("true")', False),  # not Python
+    ],
+)
+def test_cel_expressions(expr: str, expected: bool) -> None:
+    assert evaluate(expr, evaluation_object(req())) is expected
+
+
+def test_evaluation_object_shape() -> None:
+    r = evaluation_object(req(attrs='{"k": 1}'))
+    assert r["attrs"] == '{"k": 1}'  # kept as a string (quirk 41)
+    assert r["env"]["tee"]["platform"] == "sgx"
+    assert "env" not in evaluation_object(req(env=None))
+
+
+def test_rule_json_roundtrip() -> None:
+    r = rule(global_constraints=("x",), op_constraints=(OpConstraint("psi", ("a", "b")),))
+    assert Rule.from_json(r.to_json()) == r
+    assert Rule.from_dict(
+        {"rule_id": "x", "op_constraints": [{"op_name": "o", "constraints": None}]}
+    ).op_constraints == (OpConstraint("o"),)
+
+
+def test_merge_one_ancestor_copies_with_blank_ids() -> None:
+    a = [rule(rule_id="a1"), rule(rule_id="a2", columns=("x",))]
+    merged = derive_result_policy([a])
+    assert [m.rule_id for m in merged] == ["", ""]
+    assert merged[1].columns == ("x",)
+
+
+def test_merge_two_ancestors() -> None:
+    left = [
+        rule(
+            rule_id="l",
+            grantee_party_ids=(BOB, EVE),
+            op_constraints=(OpConstraint("psi", ("c1",)), OpConstraint("xgb")),
+            columns=("id",),
+            global_constraints=("g1",),
+        )
+    ]
+    right = [
+        rule(
+            rule_id="r",
+            grantee_party_ids=(EVE, "Z"),
+            op_constraints=(OpConstraint("xgb", ("c2",)),),
+            global_constraints=("g2", "g1"),
+        ),
+        rule(rule_id="r2", grantee_party_ids=(BOB,), op_constraints=(OpConstraint("lr"),)),
+    ]
+    merged = derive_result_policy([left, right])
+    assert len(merged) == 2
+    first = merged[0]
+    assert first.rule_id == "" and first.grantee_party_ids == (EVE,)
+    assert first.op_constraints == (OpConstraint("xgb"),)  # left's constraints only
+    assert first.columns == ("*",)
+    assert set(first.global_constraints) == {"g1", "g2"}
+    assert merged[1].grantee_party_ids == (BOB,) and merged[1].op_constraints == ()
+    assert derive_result_policy([]) == []
+
+
+def test_compat_policy_rules_parse(compat_dir: Path) -> None:
+    request = json.loads((compat_dir / "rpc" / "create_data_policy.request.json").read_text())
+    rules = [Rule.from_dict(r) for r in request["policy"]["rules"]]
+    assert rules and all(r.rule_id for r in rules)
+    grantee = rules[0].grantee_party_ids[0]
+    op = rules[0].op_constraints[-1].op_name
+    # the compat policy requires r.env.tee.platform == "sim"
+    sim_env = {"request_time": "2024-06-01T12:00:00Z", "tee": {"platform": "sim", "sim": {}}}
+    ok = AccessRequest("u", grantee, "default", op, (), "", sim_env)
+    assert allows(rules, ok) is all(
+        evaluate(g, evaluation_object(ok)) for g in rules[0].global_constraints
+    )
