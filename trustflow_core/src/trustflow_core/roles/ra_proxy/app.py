@@ -1,0 +1,70 @@
+"""``create_app(settings, pm)``: the RA Proxy as an aiohttp application.
+
+Routes: ``POST /RaProxy/GetRaCert`` (and the full-name path), ``GET /health`` (``OK``),
+``GET /-/plugins``. Errors follow the brpc proxy: a body that is not valid JSON of
+``GetRaCertRequest`` gets 400, a failed report generation 500; both ``text/plain`` with the
+reason, plus brpc's error-code header on 500s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from ...errors import InvalidInput, TrustflowError
+from ...manager import TrustflowPluginManager
+from ...registry import get_backend_class
+from . import handlers
+from .keys import PLUGIN_MANAGER, SERVICE
+from .settings import RaProxySettings
+
+log = logging.getLogger("trustflow.ra_proxy")
+#: brpc's error-code header and EINTERNAL, sent with every 500 as the upstream proxy does.
+BRPC_ERROR_HEADER = "x-bd-error-code"
+BRPC_EINTERNAL = "2001"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except InvalidInput as exc:
+        return web.Response(status=400, text=f"{exc}\n", content_type="text/plain")
+    except TrustflowError as exc:
+        log.error("%s %s failed: %s", request.method, request.path, exc)
+        return web.Response(
+            status=500,
+            text=f"{exc}\n",
+            content_type="text/plain",
+            headers={BRPC_ERROR_HEADER: BRPC_EINTERNAL},
+        )
+
+
+def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.Application:
+    """Build the app; the certificate is read and the attester opened at startup (a missing
+    backend or unreadable certificate fails startup)."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app[PLUGIN_MANAGER] = pm
+
+    async def backends(app: web.Application) -> AsyncIterator[None]:
+        cert_pem = settings.read_cert()
+        if settings.upstream_sim:
+            app[SERVICE] = handlers.RaCertService(cert_pem, None)
+            yield
+            return
+        cls = get_backend_class(pm, "attester", settings.plat)
+        async with cls.from_settings(settings.attester_settings) as attester:
+            app[SERVICE] = handlers.RaCertService(cert_pem, attester)
+            log.info("RA proxy: attester %r (platform %s)", cls.name, cls.platform)
+            yield
+
+    app.cleanup_ctx.append(backends)
+    for path in handlers.GET_RA_CERT_PATHS:
+        app.router.add_post(path, handlers.get_ra_cert)
+    app.router.add_get("/health", handlers.health)
+    app.router.add_get("/-/plugins", handlers.plugins)
+    return app

@@ -1,0 +1,88 @@
+"""``trustflow ra-proxy``: the RA Proxy server (upstream flags accepted in both spellings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@click.command("ra-proxy")
+@click.option(
+    "--cert-path",
+    "--cert_path",
+    "cert_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="app.crt",
+    show_default=True,
+    help="App certificate PEM: returned as `cert` and bound into every report.",
+)
+@click.option(
+    "--plat",
+    default="sim",
+    show_default=True,
+    help="Attester backend (sim, tdx, csv, ...; see 'trustflow plugins').",
+)
+@click.option(
+    "--upstream-sim",
+    is_flag=True,
+    help="With --plat sim: send no report at all, like the upstream sim proxy "
+    "(default: a verifiable SIM report).",
+)
+@click.option(
+    "--settings",
+    "settings_file",
+    default=None,
+    help="YAML/JSON mapping of attester backend settings.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8010, show_default=True)
+@click.option("--log-path", "--log_path", "log_path", default=None, help="Log file (else stderr).")
+@click.option(
+    "--log-level",
+    "--log_level",
+    "log_level",
+    type=click.Choice(LOG_LEVELS),
+    default="info",
+    show_default=True,
+)
+def ra_proxy(
+    cert_path: Path,
+    plat: str,
+    upstream_sim: bool,
+    settings_file: str | None,
+    host: str,
+    port: int,
+    log_path: str | None,
+    log_level: str,
+) -> None:
+    """Serve POST /RaProxy/GetRaCert: the app certificate plus an attestation report binding
+    SHA-256(cert || "." || nonce), and GET /health."""
+    import asyncio
+
+    from ...cli.attest import _load_mapping
+    from ...manager import get_plugin_manager
+    from .app import create_app
+    from .serve import serve, setup_logging
+    from .settings import RaProxySettings
+
+    setup_logging(log_path, log_level)
+    settings = RaProxySettings(
+        cert_path=cert_path,
+        plat=plat,
+        upstream_sim=upstream_sim,
+        attester_settings=_load_mapping(settings_file, "settings file") if settings_file else {},
+        host=host,
+        port=port,
+    )
+    app = create_app(settings, get_plugin_manager())
+
+    def started(bound: int) -> None:
+        click.echo(f"ra-proxy listening on http://{host}:{bound}", err=True)
+
+    asyncio.run(serve(app, host, port, on_started=started))
+
+
+COMMANDS: list[click.Command] = [ra_proxy]

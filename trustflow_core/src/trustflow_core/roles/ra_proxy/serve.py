@@ -1,0 +1,70 @@
+"""Run aiohttp applications until SIGINT/SIGTERM (shared by the ``trustflow`` server commands)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start ``app`` on ``host:port`` (port 0 = any free port); return the runner and the port."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1]
+    return runner, int(bound)
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    on_started: Callable[[int], None] | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+) -> None:
+    """Serve ``app`` until ``shutdown_trigger`` returns, then clean up."""
+    runner, bound = await start_site(app, host, port)
+    try:
+        if on_started is not None:
+            on_started(bound)
+        await shutdown_trigger()
+    finally:
+        await runner.cleanup()
+
+
+def setup_logging(log_path: str | None, level: str = "info") -> None:
+    """Log the ``trustflow`` loggers to ``log_path`` (appending) or, when None, to stderr."""
+    import logging
+
+    handler: logging.Handler = (
+        logging.FileHandler(log_path, encoding="utf-8") if log_path else logging.StreamHandler()
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
+    logger = logging.getLogger("trustflow")
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
