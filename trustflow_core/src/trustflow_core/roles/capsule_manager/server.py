@@ -1,0 +1,140 @@
+"""Assembling and running the Capsule Manager: identity, store, channel, attester, verifiers,
+and the ``grpc.aio`` server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ...attestation import Attester, Verifier
+from ...errors import BackendNotFound, InvalidInput
+from ...manager import get_plugin_manager
+from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
+from ...registry import get_backend_class, verifier_for_platform
+from . import identity_keys
+from .envelope import Envelopes
+from .sealing import Sealer, load_or_create_key
+from .service import CapsuleManagerService
+from .settings import CMSettings
+from .storage import Store
+
+log = logging.getLogger(__name__)
+NO_ATTESTER = ("none", "")
+
+
+class CapsuleManager:
+    """A running Capsule Manager. ``await start()`` returns the bound port; ``await stop()``.
+
+    ``pm`` is the plugin manager to take backends from (default: all installed plugins).
+    """
+
+    def __init__(self, settings: CMSettings, *, pm: Any = None) -> None:
+        self.settings = settings
+        self.pm = pm if pm is not None else get_plugin_manager()
+        self.server: grpc.aio.Server | None = None
+        self.store: Store | None = None
+        self.port: int | None = None
+        self._verifiers: dict[str, Verifier] = {}
+
+    # ---- parts -----------------------------------------------------------------------------
+
+    def _attester(self) -> Attester | None:
+        plat = self.settings.plat
+        if plat in NO_ATTESTER:
+            return None
+        try:
+            cls = get_backend_class(self.pm, "attester", plat)
+        except BackendNotFound:
+            if plat == "sim":  # upstream sim CMs return no report at all
+                log.warning("no 'sim' attester installed: GetRaCert returns no report")
+                return None
+            raise
+        return cls.from_settings(self.settings.attester or None)  # type: ignore[no-any-return]
+
+    def _verifier_for(self, platform: str) -> Verifier:
+        verifier = self._verifiers.get(platform)
+        if verifier is None:
+            cls = verifier_for_platform(self.pm, platform)
+            verifier = cls.from_settings(self.settings.verifiers.get(cls.name) or None)
+            self._verifiers[platform] = verifier
+        return verifier
+
+    def _channel(self) -> Any:
+        cls = get_backend_class(self.pm, "channel", "jwe")
+        return cls.from_settings({"profile": "upstream"})
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        s = self.settings
+        key_file, cert_file, storage_key_file = s.key_paths
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        identity = await asyncio.to_thread(identity_keys.load_or_create, key_file, cert_file)
+        storage_key = await asyncio.to_thread(load_or_create_key, storage_key_file)
+        self.store = Store(s.db_url, Sealer(storage_key))
+        await asyncio.to_thread(self.store.create_schema)
+        self.identity = identity
+        service = CapsuleManagerService(
+            store=self.store,
+            envelopes=Envelopes(self._channel(), identity.private_key),
+            identity=identity,
+            attester=self._attester(),
+            verifier_for=self._verifier_for,
+            policy=s.attestation_policy(),
+            allow_upstream_sim=s.allow_upstream_sim,
+        )
+        self.service = service
+        self.server = grpc.aio.server()
+        cm_grpc.add_CapsuleManagerServicer_to_server(service, self.server)
+        address = f"{s.host}:{s.port}"
+        if s.tls is None:
+            port = self.server.add_insecure_port(address)
+        else:
+            port = self.server.add_secure_port(address, _server_credentials(s))
+        if port == 0:
+            raise InvalidInput(f"cannot listen on {address}")
+        await self.server.start()
+        self.port = port
+        log.info("capsule manager %s listening on %s:%d", identity.party_id, s.host, port)
+        return port
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+        for verifier in self._verifiers.values():
+            await verifier.aclose()
+        self._verifiers.clear()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    async def __aenter__(self) -> CapsuleManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"{what} {path}: {exc.strerror or exc}") from None
+
+
+def _server_credentials(s: CMSettings) -> grpc.ServerCredentials:
+    assert s.tls is not None
+    pair = (_read(s.tls.key_file, "TLS key"), _read(s.tls.cert_file, "TLS certificate"))
+    if s.tls.client_ca_file is None:
+        return grpc.ssl_server_credentials([pair])
+    return grpc.ssl_server_credentials(
+        [pair],
+        root_certificates=_read(s.tls.client_ca_file, "TLS client CA"),
+        require_client_auth=True,
+    )

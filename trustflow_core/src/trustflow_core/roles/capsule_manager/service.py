@@ -1,0 +1,431 @@
+"""The 13 RPCs of ``secretflowapis.v2.sdc.capsule_manager.CapsuleManager``
+(capsule-manager.md §5, with the fixes listed in docs/capsule-manager.md).
+
+Every outcome is in band: gRPC status OK, ``status{code, message}`` in the response. Blocking
+work (RSA, SQL, CEL) runs in worker threads; attestation verification is awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from ...attestation import Attester, Policy, VerifiedReport, ra_user_data, verify_optional
+from ...errors import BackendNotFound, BackendUnavailable, InvalidInput, VerificationError
+from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
+from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
+from ...wire import serialize_canonical
+from .certs import spki_pem, verified_chain_party
+from .convert import check_data_key_b64, policy_to_pb, report_from_pb, report_to_pb, rule_from_pb
+from .envelope import Envelopes, OpenedRequest, error_status, ok_status, recipient_from_cert_pem
+from .errors import CMError, Kind
+from .identity_keys import CMIdentity
+from .policy import AccessRequest, allows, derive_result_policy
+from .resource_uri import parse_resource_uri
+from .storage import NewKey, Store
+from .votes import verify_export_certificate
+
+log = logging.getLogger(__name__)
+monitor = logging.getLogger("trustflow.capsule_manager.monitor")
+T = TypeVar("T")
+MAX_NONCE_CHARS = 4096
+PLATFORM_IDENTITY: dict[str, tuple[str, dict[str, str]]] = {
+    "SGX_DCAP": ("sgx", {"mr_enclave": "hex_ta_measurement", "mr_signer": "hex_signer"}),
+    "TDX": (
+        "tdx",
+        {
+            "mr_plat": "hex_platform_measurement",
+            "mr_boot": "hex_boot_measurement",
+            "mr_ta": "hex_ta_measurement",
+        },
+    ),
+    "CSV": ("csv", {"mr_boot": "hex_boot_measurement"}),
+    # our extension: simulated reports carry the TDX-like triple
+    "SIM": (
+        "sim",
+        {
+            "mr_plat": "hex_platform_measurement",
+            "mr_boot": "hex_boot_measurement",
+            "mr_ta": "hex_ta_measurement",
+        },
+    ),
+}
+
+VerifierFor = Callable[[str], Any]
+
+
+def _rpc(name: str) -> Callable[..., Any]:
+    """Turn CMError (and anything unexpected) into an in-band status; log one monitor line."""
+
+    def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(fn)
+        async def handler(self: CapsuleManagerService, request: Any, context: Any) -> Any:
+            started = time.perf_counter()
+            response_cls = (
+                cm_pb2.GetRaCertResponse if name == "get_ra_cert" else cm_pb2.EncryptedResponse
+            )
+            try:
+                response = await fn(self, request)
+            except CMError as err:
+                response = response_cls(status=error_status(err))
+            except Exception:
+                log.exception("%s failed unexpectedly", name)
+                response = response_cls(
+                    status=error_status(CMError(Kind.INTERNAL, "internal error"))
+                )
+            elapsed = (time.perf_counter() - started) * 1000
+            ok = "Y" if response.status.code == 0 else "N"
+            monitor.info("|%s|%s|%.1f|%r", name, ok, elapsed, response.status.message)
+            return response
+
+        return handler
+
+    return wrap
+
+
+def _status_only() -> cm_pb2.EncryptedResponse:
+    return cm_pb2.EncryptedResponse(status=ok_status())
+
+
+def _parse_env(text: str) -> dict[str, Any] | None:
+    """Client ``env`` (upstream sim only): ``{"request_time"?, "tee"?: {"platform", ...}}``."""
+    if not text:
+        return None
+    try:
+        env = json.loads(text)
+    except ValueError:
+        raise CMError(Kind.DECODE, "env is not JSON") from None
+    if not isinstance(env, dict):
+        raise CMError(Kind.DECODE, "env must be a JSON object")
+    tee = env.get("tee")
+    if tee is not None and (not isinstance(tee, dict) or not isinstance(tee.get("platform"), str)):
+        raise CMError(Kind.DECODE, "env.tee needs a string platform")
+    request_time = env.get("request_time", "")
+    if not isinstance(request_time, str):
+        raise CMError(Kind.DECODE, "env.request_time must be an RFC 3339 string")
+    out: dict[str, Any] = {"request_time": request_time}
+    if tee is not None:
+        out["tee"] = tee
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
+    """The RPC handlers. ``verifier_for`` maps a report platform to a verifier instance."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        envelopes: Envelopes,
+        identity: CMIdentity,
+        attester: Attester | None,
+        verifier_for: VerifierFor,
+        policy: Policy,
+        allow_upstream_sim: bool,
+    ) -> None:
+        self.store = store
+        self.envelopes = envelopes
+        self.identity = identity
+        self.attester = attester
+        self.verifier_for = verifier_for
+        self.policy = policy
+        self.allow_upstream_sim = allow_upstream_sim
+
+    async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+    async def _open(self, request: cm_pb2.EncryptedRequest) -> OpenedRequest:
+        return await self._thread(self.envelopes.open, request)
+
+    async def _attest(self, report_pb: Any, has_report: bool, digest: bytes) -> VerifiedReport:
+        """Verify an app report bound to ``digest`` (§7). Absent report: only with
+        ``allow_upstream_sim``."""
+        report = report_from_pb(report_pb) if has_report else None
+        policy = self.policy.with_user_data(digest)
+        if report is None:
+            policy = Policy(policy.main_attributes, allow_simulation=True)
+        try:
+            return await verify_optional(
+                report, policy, self.verifier_for, upstream_sim=self.allow_upstream_sim
+            )
+        except BackendNotFound as exc:
+            raise CMError(Kind.INVALID_ARGUMENT, f"parse report attributes failed: {exc}") from None
+        except (InvalidInput, BackendUnavailable) as exc:
+            raise CMError(Kind.INVALID_ARGUMENT, f"parse report attributes failed: {exc}") from None
+        except VerificationError as exc:
+            raise CMError(
+                Kind.PERMISSION_DENIED, f"attestation report verify failed: {exc}"
+            ) from None
+
+    # ---- RA --------------------------------------------------------------------------------
+
+    @_rpc("get_ra_cert")
+    async def GetRaCert(self, request: cm_pb2.GetRaCertRequest) -> cm_pb2.GetRaCertResponse:
+        if len(request.nonce) > MAX_NONCE_CHARS:
+            raise CMError(Kind.INVALID_ARGUMENT, f"nonce longer than {MAX_NONCE_CHARS} chars")
+        response = cm_pb2.GetRaCertResponse(status=ok_status(), cert=self.identity.cert_pem)
+        if self.attester is not None:
+            digest = hashlib.sha256(
+                self.identity.cert_pem.encode() + b"." + request.nonce.encode()
+            ).digest()
+            try:
+                report = await self.attester.generate(digest)
+            except Exception as exc:
+                raise CMError(
+                    Kind.INTERNAL, f"runified_attestation_generate_auth_report err: {exc}"
+                ) from None
+            response.attestation_report.CopyFrom(report_to_pb(report))
+        return response
+
+    # ---- apps ------------------------------------------------------------------------------
+
+    def _env_for(self, verified: VerifiedReport, client_env: str) -> dict[str, Any] | None:
+        if verified.details.get("report") == "absent":
+            return _parse_env(client_env)
+        attrs = verified.attributes
+        mapping = PLATFORM_IDENTITY.get(attrs.str_tee_platform)
+        if mapping is None:
+            raise CMError(Kind.UNSUPPORTED, "unsupported platform")
+        name, fields = mapping
+        identity = {k: getattr(attrs, v).lower() for k, v in fields.items()}
+        return {"request_time": _now(), "tee": {"platform": name, name: identity}}
+
+    @_rpc("get_data_keys")
+    async def GetDataKeys(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        opened = await self._open(request)
+        inner: cm_pb2.GetDataKeysRequest = opened.parse(cm_pb2.GetDataKeysRequest)
+        if not inner.HasField("resource_request"):
+            raise CMError(Kind.DECODE, "resource_request is missing")
+        rr = inner.resource_request
+        _parse_env(rr.env)  # malformed env is refused before attestation, as upstream
+        recipient = recipient_from_cert_pem(inner.cert)
+        digest = ra_user_data(inner.cert.encode(), serialize_canonical(rr))
+        verified = await self._attest(
+            inner.attestation_report, inner.HasField("attestation_report"), digest
+        )
+        env = self._env_for(verified, rr.env)
+        uris = [r.resource_uri for r in rr.resources]
+        keys = await self._thread(self._authorize_and_fetch, rr, env, uris)
+        response = cm_pb2.GetDataKeysResponse(
+            data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
+            cert=self.identity.cert_pem,
+        )
+        return await self._thread(self.envelopes.seal, response, recipient)
+
+    def _authorize_and_fetch(
+        self, rr: cm_pb2.ResourceRequest, env: dict[str, Any] | None, uris: list[str]
+    ) -> dict[str, str]:
+        if not uris:
+            raise CMError(Kind.INVALID_ARGUMENT, "resource_request has no resources")
+        parsed = [parse_resource_uri(u) for u in uris]
+        view = self.store.access_view(rr.scope, (p.data_uuid for p in parsed))
+        for res, p in zip(rr.resources, parsed, strict=True):
+            info, policy = view[p.data_uuid]
+            if info is None:
+                raise CMError(Kind.NOT_FOUND, "party id is not existed")
+            if policy is None:
+                raise CMError(Kind.NOT_FOUND, "data policy is empty.")
+            if info.owner_party_id != policy.owner_party_id:
+                raise CMError(
+                    Kind.ASSERT,
+                    f"the owner of data key {info.owner_party_id} != the owner of data policy "
+                    f"{policy.owner_party_id}",
+                )
+            access = AccessRequest(
+                resource_uri=res.resource_uri,
+                initiator_party_id=rr.initiator_party_id,
+                scope=rr.scope,
+                op_name=rr.op_name,
+                columns=tuple(res.columns),
+                attrs=res.attrs,
+                env=env,
+            )
+            if not allows(policy.rules, access):
+                raise CMError(
+                    Kind.PERMISSION_DENIED,
+                    f"request is not satisfied with the policy {p.data_uuid}.",
+                )
+        keys = self.store.get_keys(uris)
+        if any(u not in keys for u in uris):
+            raise CMError(Kind.NOT_FOUND, "data_keys not found.")
+        return keys
+
+    @_rpc("get_tls_asset")
+    async def GetTlsAsset(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        raise CMError(Kind.UNSUPPORTED, "GetTlsAsset is not implemented by this Capsule Manager")
+
+    @_rpc("create_result_data_key")
+    async def CreateResultDataKey(
+        self, request: cm_pb2.EncryptedRequest
+    ) -> cm_pb2.EncryptedResponse:
+        opened = await self._open(request)
+        inner: cm_pb2.CreateResultDataKeyRequest = opened.parse(cm_pb2.CreateResultDataKeyRequest)
+        if not inner.HasField("body"):
+            raise CMError(Kind.INVALID_ARGUMENT, "request body is empty")
+        body = inner.body
+        digest = hashlib.sha256(serialize_canonical(body)).digest()
+        await self._attest(inner.attestation_report, inner.HasField("attestation_report"), digest)
+        uri = parse_resource_uri(body.resource_uri)
+        check_data_key_b64(body.data_key_b64, body.resource_uri)
+        for ancestor in body.ancestor_uuids:
+            parse_resource_uri(ancestor)
+        key = NewKey(body.resource_uri, uri.data_uuid, body.data_key_b64)
+        await self._thread(
+            self.store.create_result_key,
+            body.owner_id,
+            key,
+            body.scope,
+            list(body.ancestor_uuids),
+            derive_result_policy,
+        )
+        return _status_only()
+
+    # ---- data keys (owners) ----------------------------------------------------------------
+
+    @_rpc("create_data_keys")
+    async def CreateDataKeys(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        def work() -> None:
+            opened = self.envelopes.open(request)
+            inner = opened.parse(cm_pb2.CreateDataKeysRequest)
+            self.envelopes.authenticate(opened, inner.owner_party_id, missing=Kind.INVALID_ARGUMENT)
+            keys = []
+            for dk in inner.data_keys:
+                uri = parse_resource_uri(dk.resource_uri)
+                check_data_key_b64(dk.data_key_b64, dk.resource_uri)
+                keys.append(NewKey(dk.resource_uri, uri.data_uuid, dk.data_key_b64))
+            self.store.create_data_keys(inner.owner_party_id, keys)
+
+        await self._thread(work)
+        return _status_only()
+
+    @_rpc("delete_data_key")
+    async def DeleteDataKey(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        def work() -> None:
+            opened = self.envelopes.open(request)
+            inner = opened.parse(cm_pb2.DeleteDataKeyRequest)
+            self.envelopes.authenticate(opened, inner.owner_party_id, missing=Kind.INVALID_ARGUMENT)
+            uri = parse_resource_uri(inner.resource_uri)
+            self.store.delete_data_key(inner.owner_party_id, uri.data_uuid, inner.resource_uri)
+
+        await self._thread(work)
+        return _status_only()
+
+    @_rpc("get_export_data_key")
+    async def GetExportDataKey(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        def work() -> cm_pb2.EncryptedResponse:
+            opened = self.envelopes.open(request)
+            inner = opened.parse(cm_pb2.GetExportDataKeyRequest)
+            verified = self.envelopes.authenticate(
+                opened, inner.request_party_id, missing=Kind.INVALID_ARGUMENT
+            )
+            uri = parse_resource_uri(inner.resource_uri)
+            owners = self.store.original_owners(uri.data_uuid)
+            verify_export_certificate(
+                inner.data_export_certificate, inner.request_party_id, inner.resource_uri, owners
+            )
+            keys = self.store.get_keys([inner.resource_uri])
+            if inner.resource_uri not in keys:
+                raise CMError(Kind.NOT_FOUND, "data_keys not found.")
+            response = cm_pb2.GetExportDataKeyResponse(
+                data_key=cm_pb2.DataKey(
+                    resource_uri=inner.resource_uri, data_key_b64=keys[inner.resource_uri]
+                )
+            )
+            return self.envelopes.seal(response, verified.chain[0].public_key())
+
+        return await self._thread(work)
+
+    @_rpc("register_cert")
+    async def RegisterCert(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        def work() -> None:
+            inner = self.envelopes.open(request).parse(cm_pb2.RegisterCertRequest)
+            if not inner.certs or not inner.owner_party_id:
+                raise CMError(Kind.ASSERT, "certs or party_id is empty")
+            chain, party = verified_chain_party(list(inner.certs))
+            if party != inner.owner_party_id:
+                raise CMError(
+                    Kind.ASSERT,
+                    f"party_id {inner.owner_party_id} is wrong derived from public key",
+                )
+            self.store.register_cert(party, spki_pem(chain[-1]))
+
+        await self._thread(work)
+        return _status_only()
+
+    # ---- policies (owners) -----------------------------------------------------------------
+
+    def _owner_request(self, request: cm_pb2.EncryptedRequest, cls: type[Any]) -> Any:
+        opened = self.envelopes.open(request)
+        inner = opened.parse(cls)
+        self.envelopes.authenticate(opened, inner.owner_party_id, missing=Kind.NOT_FOUND)
+        return inner
+
+    @_rpc("create_data_policy")
+    async def CreateDataPolicy(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        def work() -> None:
+            inner = self._owner_request(request, cm_pb2.CreateDataPolicyRequest)
+            if not inner.HasField("policy"):
+                raise CMError(Kind.NOT_FOUND, "policy is empty.")
+            uuid = parse_resource_uri(inner.policy.data_uuid).data_uuid
+            rules = [rule_from_pb(r) for r in inner.policy.rules]
+            self.store.put_policy(inner.owner_party_id, inner.scope, uuid, rules)
+
+        await self._thread(work)
+        return _status_only()
+
+    @_rpc("list_data_policy")
+    async def ListDataPolicy(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        def work() -> cm_pb2.EncryptedResponse:
+            opened = self.envelopes.open(request)
+            inner = opened.parse(cm_pb2.ListDataPolicyRequest)
+            verified = self.envelopes.authenticate(
+                opened, inner.owner_party_id, missing=Kind.NOT_FOUND
+            )
+            policies = self.store.list_policies(inner.owner_party_id, inner.scope)
+            response = cm_pb2.ListDataPolicyResponse(policies=[policy_to_pb(p) for p in policies])
+            return self.envelopes.seal(response, verified.chain[0].public_key())
+
+        return await self._thread(work)
+
+    @_rpc("add_data_rule")
+    async def AddDataRule(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        def work() -> None:
+            inner = self._owner_request(request, cm_pb2.AddDataRuleRequest)
+            if not inner.HasField("rule"):
+                raise CMError(Kind.NOT_FOUND, "policy is empty.")
+            uuid = parse_resource_uri(inner.data_uuid).data_uuid
+            self.store.add_rule(inner.owner_party_id, inner.scope, uuid, rule_from_pb(inner.rule))
+
+        await self._thread(work)
+        return _status_only()
+
+    @_rpc("delete_data_policy")
+    async def DeleteDataPolicy(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        def work() -> None:
+            inner = self._owner_request(request, cm_pb2.DeleteDataPolicyRequest)
+            uuid = parse_resource_uri(inner.data_uuid).data_uuid
+            self.store.delete_policy(inner.owner_party_id, inner.scope, uuid)
+
+        await self._thread(work)
+        return _status_only()
+
+    @_rpc("delete_data_rule")
+    async def DeleteDataRule(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        def work() -> None:
+            inner = self._owner_request(request, cm_pb2.DeleteDataRuleRequest)
+            uuid = parse_resource_uri(inner.data_uuid).data_uuid
+            self.store.delete_rule(inner.owner_party_id, inner.scope, uuid, inner.rule_id)
+
+        await self._thread(work)
+        return _status_only()
