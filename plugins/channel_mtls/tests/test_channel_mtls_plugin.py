@@ -1,0 +1,43 @@
+"""Wiring and settings of the ``mtls`` transport-channel backend."""
+
+from __future__ import annotations
+
+import pytest
+from trustflow_core.errors import InvalidInput
+from trustflow_core.manager import get_plugin_manager
+from trustflow_core.registry import backends, get_backend_class, list_plugins
+
+from trustflow_channel_mtls.channel import MtlsChannel
+
+
+def test_channel_mtls_plugin_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_mtls")
+    pm = get_plugin_manager()
+    infos = {info.name: info for info in list_plugins(pm)}
+    assert "channel_mtls" in infos, sorted(infos)
+    info = infos["channel_mtls"]
+    assert info.dist == "trustflow-channel-mtls"
+    assert info.error is None
+    assert "trustflow_register_channels" in info.hooks
+    assert [(b.kind, b.name, b.viable) for b in info.backends] == [("channel", "mtls", True)]
+    assert backends(pm, "channel")["mtls"] is MtlsChannel
+    assert get_backend_class(pm, "channel", "mtls") is MtlsChannel
+
+
+def test_default_and_explicit_settings() -> None:
+    assert MtlsChannel.from_settings(None).min_version == "TLSv1.2"
+    assert MtlsChannel.from_settings({"min_version": "TLSv1.3"}).min_version == "TLSv1.3"
+    assert repr(MtlsChannel()) == "MtlsChannel(min_version='TLSv1.2')"
+
+
+@pytest.mark.parametrize(
+    ("settings", "mentions"),
+    [
+        ({"min_version": "TLSv1.1"}, "min_version"),
+        ({"min_version": 1.2}, "min_version"),
+        ({"verify": False}, "verify"),
+    ],
+)
+def test_bad_settings_raise_invalid_input(settings: dict[str, object], mentions: str) -> None:
+    with pytest.raises(InvalidInput, match=mentions):
+        MtlsChannel.from_settings(settings)
