@@ -1,0 +1,83 @@
+"""``trustflow gateway``: the reverse proxy with the JWE filter (the Trustflow Envoy role)."""
+
+from __future__ import annotations
+
+import click
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        old, sep, new = value.partition("=")
+        if not sep or not old or not new:
+            raise click.BadParameter(f"expected OLD=NEW, got {value!r}", param_hint=option)
+        pairs[old] = new
+    return pairs
+
+
+@click.command("gateway")
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Native gateway YAML or an Envoy static config (envoy.yml).",
+)
+@click.option(
+    "--map-address",
+    multiple=True,
+    metavar="FROM=TO",
+    help="Rewrite an address of the config, e.g. ra-proxy:50002=127.0.0.1:50002 or "
+    "0.0.0.0=127.0.0.1 (repeatable).",
+)
+@click.option(
+    "--map-path",
+    multiple=True,
+    metavar="OLD=NEW",
+    help="Rewrite a file path prefix of the config, e.g. /shared/deploy=./deploy (repeatable).",
+)
+@click.option("--log-path", "--log_path", "log_path", default=None, help="Log file (else stderr).")
+@click.option(
+    "--log-level",
+    "--log_level",
+    "log_level",
+    type=click.Choice(LOG_LEVELS),
+    default="info",
+    show_default=True,
+)
+def gateway(
+    config_file: str,
+    map_address: tuple[str, ...],
+    map_path: tuple[str, ...],
+    log_path: str | None,
+    log_level: str,
+) -> None:
+    """Serve the listeners of CONFIG: prefix routes to clusters, the JWE filter (opens client
+    envelopes, seals app replies), TCP proxying; GET /healthz and /-/plugins on HTTP listeners."""
+    import asyncio
+
+    from ...manager import get_plugin_manager
+    from ..ra_proxy.serve import setup_logging, wait_for_signal
+    from .config import load_config
+    from .server import Gateway
+
+    setup_logging(log_path, log_level)
+    config = load_config(
+        config_file,
+        address_map=_pairs(map_address, "--map-address"),
+        path_map=_pairs(map_path, "--map-path"),
+    )
+
+    async def run() -> None:
+        async with Gateway(config, get_plugin_manager()) as gw:
+            for name, address in gw.addresses.items():
+                click.echo(f"gateway listener {name} on {address}", err=True)
+            await wait_for_signal()
+
+    asyncio.run(run())
+
+
+COMMANDS: list[click.Command] = [gateway]

@@ -1,0 +1,249 @@
+"""The HTTP listener: prefix routing, the JWE filter, streaming pass-through.
+
+* ``GET /healthz`` → ``OK``; ``GET /-/plugins`` → the plugin listing (both answered by the
+  gateway itself, before routing).
+* No matching prefix → 404. Upstream unreachable → 502; no answer within ``request_timeout``
+  → 504. All local replies are ``text/plain`` with the reason.
+* On a listener with the JWE filter, a body starting with ``{`` is buffered (at most
+  ``max_body_bytes``, else 413) and classified (:mod:`.jwe_filter`): envelopes are opened
+  (400 when they do not open — the app never sees them), the plaintext is forwarded and the
+  app's reply is sealed under the request's content key (also at most ``max_body_bytes``, else
+  502). A route with ``require_jwe`` answers 415 to anything but an envelope. Every other
+  body, and every body on a listener without the filter, is streamed through unbuffered, and
+  so is the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .config import Cluster, GatewayConfig, Listener
+from .jwe_filter import JOSE_JSON, EnvelopeRejected, JweFilter, OpenedRequest, classify
+from .upstreams import Upstreams
+
+log = logging.getLogger("trustflow.gateway")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "content-length",
+    }
+)
+SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+_WS = b" \t\r\n"
+CHUNK = 64 * 1024
+
+
+def _text(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=message + "\n", content_type="text/plain")
+
+
+def _forward_headers(headers: CIMultiDictProxy[str], peer: str | None) -> CIMultiDict[str]:
+    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP)
+    if peer:
+        prior = headers.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    return out
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_limited(stream: aiohttp.StreamReader, head: bytes, limit: int) -> bytes:
+    buf = bytearray(head)
+    if len(buf) > limit:
+        raise BodyTooLarge
+    while chunk := await stream.readany():
+        buf += chunk
+        if len(buf) > limit:
+            raise BodyTooLarge
+    return bytes(buf)
+
+
+async def _chain(head: bytes, stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    while chunk := await stream.readany():
+        yield chunk
+
+
+class HttpProxy:
+    """Request handler of one HTTP listener."""
+
+    def __init__(
+        self,
+        listener: Listener,
+        config: GatewayConfig,
+        upstreams: Upstreams,
+        jwe: JweFilter | None,
+        plugin_listing: Any = None,
+    ) -> None:
+        self.listener = listener
+        self.config = config
+        self.upstreams = upstreams
+        self.jwe = jwe
+        self._plugin_listing = plugin_listing
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path == "/healthz":
+            return web.Response(text="OK\n", content_type="text/plain")
+        if request.method == "GET" and request.path == "/-/plugins":
+            return web.json_response([asdict(p) for p in self._plugin_listing or ()])
+        route = self.listener.route_for(request.path)
+        if route is None:
+            return _text(404, f"no route for {request.path}")
+        cluster = self.upstreams.clusters[route.cluster]
+        if route.require_jwe and not request.body_exists:
+            return _text(415, f"{route.prefix} accepts only JWE envelopes; the request has no body")
+        if self.jwe is None or not request.body_exists:
+            body = request.content if request.body_exists else None
+            return await self._forward(request, cluster, body)
+        head = await self._peek(request)
+        if not head.lstrip(_WS).startswith(b"{"):
+            if route.require_jwe:
+                return _text(
+                    415, f"{route.prefix} accepts only JWE envelopes; the body is not JSON"
+                )
+            return await self._forward(request, cluster, _chain(head, request.content))
+        limit = self.config.max_body_bytes
+        try:
+            if (request.content_length or 0) > limit:
+                raise BodyTooLarge
+            body = await _read_limited(request.content, head, limit)
+        except BodyTooLarge:
+            return _text(413, f"request body larger than {limit} bytes")
+        try:
+            jwe = classify(body)
+            if jwe is None:
+                if route.require_jwe:
+                    return _text(415, f"{route.prefix} accepts only JWE envelopes; got other JSON")
+                return await self._forward(request, cluster, body)
+            opened = self.jwe.open(jwe, request.content_type)
+        except EnvelopeRejected as exc:
+            log.info("%s %s: %s", request.method, request.path, exc)
+            return _text(400, str(exc))
+        return await self._forward(request, cluster, opened.plaintext, opened)
+
+    async def _peek(self, request: web.Request) -> bytes:
+        """Read until the first non-whitespace byte (or EOF, or ``max_body_bytes``)."""
+        chunks = []
+        size = 0
+        while chunk := await request.content.readany():
+            chunks.append(chunk)
+            size += len(chunk)
+            if chunk.lstrip(_WS) or size > self.config.max_body_bytes:
+                break
+        return b"".join(chunks)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        cluster: Cluster,
+        body: Any,
+        opened: OpenedRequest | None = None,
+    ) -> web.StreamResponse:
+        address = self.upstreams.pick(cluster.name)
+        url = URL(f"http://{address}{request.raw_path}", encoded=True)
+        headers = _forward_headers(request.headers, request.remote)
+        if isinstance(body, bytes) and len(body) > CHUNK:
+            body = io.BytesIO(body)  # aiohttp warns that big bytes bodies block the loop
+        if opened is not None:
+            headers["Accept-Encoding"] = "identity"  # the reply is sealed byte for byte
+        elif isinstance(body, aiohttp.StreamReader | AsyncIterator) and request.content_length:
+            headers["Content-Length"] = str(request.content_length)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=cluster.connect_timeout, sock_read=self.config.request_timeout
+        )
+        try:
+            async with self.upstreams.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=timeout,
+                skip_auto_headers=SKIP_AUTO,
+            ) as upstream:
+                if opened is not None:
+                    return await self._sealed_reply(upstream, opened)
+                return await self._streamed_reply(request, upstream)
+        except aiohttp.ConnectionTimeoutError:
+            return _text(502, f"upstream {cluster.name} ({address}): connect timed out")
+        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+            return _text(
+                504,
+                f"upstream {cluster.name} ({address}) did not answer within "
+                f"{self.config.request_timeout:g} s",
+            )
+        except aiohttp.ClientConnectorError as exc:
+            return _text(502, f"upstream {cluster.name} ({address}) unreachable: {exc.os_error}")
+        except aiohttp.ClientError as exc:
+            return _text(502, f"upstream {cluster.name} ({address}) failed: {exc!r}")
+
+    async def _sealed_reply(
+        self, upstream: aiohttp.ClientResponse, opened: OpenedRequest
+    ) -> web.StreamResponse:
+        assert self.jwe is not None
+        limit = self.config.max_body_bytes
+        try:
+            payload = await _read_limited(upstream.content, b"", limit)
+        except BodyTooLarge:
+            return _text(502, f"app reply larger than {limit} bytes cannot be sealed")
+        headers = _forward_headers(upstream.headers, None)
+        if opened.profile == "rfc":
+            headers["Content-Type"] = JOSE_JSON
+        return web.Response(
+            status=upstream.status,
+            reason=upstream.reason,
+            body=self.jwe.seal_reply(opened, payload),
+            headers=headers,
+        )
+
+    async def _streamed_reply(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        reply = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=_forward_headers(upstream.headers, None),
+        )
+        if upstream.content_length is not None:
+            reply.content_length = upstream.content_length
+        await reply.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await reply.write(chunk)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("upstream reply to %s broke off: %r", request.path, exc)
+            reply.force_close()
+            return reply
+        await reply.write_eof()
+        return reply
+
+
+def create_app(proxy: HttpProxy, max_header_bytes: int = 64 * 1024) -> web.Application:
+    """One aiohttp application per HTTP listener; every path and method goes to ``proxy``."""
+    app = web.Application(handler_args={"max_field_size": max_header_bytes})
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app

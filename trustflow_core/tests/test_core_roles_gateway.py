@@ -1,0 +1,488 @@
+"""Gateway role: config parsing (native and the upstream Envoy files), the JWE filter rules, and
+the proxy over real loopback sockets with a recording upstream app."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from trustflow_core.channel import Jwe
+from trustflow_core.errors import InvalidInput, UnsupportedOperation
+from trustflow_core.manager import get_plugin_manager
+from trustflow_core.registry import get_backend_class
+from trustflow_core.roles.gateway.config import load_config, parse_config
+from trustflow_core.roles.gateway.jwe_filter import EnvelopeRejected, choose_profile, classify
+from trustflow_core.roles.gateway.server import Gateway
+from trustflow_core.roles.ra_proxy.serve import start_site
+
+ENVOY_DIR = Path(os.environ.get("TRUSTFLOW_ENVOY_SAMPLES", "/work/shared/testdata/envoy"))
+if not (ENVOY_DIR / "online-envoy.yml").is_file():  # next to the repository, wherever it is
+    ENVOY_DIR = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "envoy"
+
+
+def b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory):
+    """An RSA-2048 app key and self-signed cert written as carol.key / carol.crt."""
+    directory = tmp_path_factory.mktemp("deploy")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "carol")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "carol.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "carol.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return directory, key
+
+
+@pytest.fixture
+def pm(monkeypatch):
+    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "tee_sim,channel_jwe")
+    return get_plugin_manager()
+
+
+# ---- configuration -----------------------------------------------------------------------------
+
+
+def test_online_envoy_sample_parses_with_rewrites():
+    config = load_config(
+        ENVOY_DIR / "online-envoy.yml",
+        address_map={"0.0.0.0": "127.0.0.1", "ra-proxy": "127.0.0.1:1111", "teeapp": "127.0.0.2"},
+        path_map={"/shared/deploy": "/tmp/deploy"},
+    )
+    (listener,) = config.listeners
+    assert listener.kind == "http"
+    assert (listener.address.host, listener.address.port) == ("127.0.0.1", 50001)
+    assert [(r.prefix, r.cluster) for r in listener.routes] == [
+        ("/RaProxy", "ra_proxy_cluster"),
+        ("/teeapp", "teeapp_cluster"),
+    ]
+    assert listener.jwe is not None
+    assert listener.jwe.cert_path == Path("/tmp/deploy/carol.crt")
+    assert listener.jwe.private_key_path == Path("/tmp/deploy/carol.key")
+    assert str(config.clusters["ra_proxy_cluster"].endpoints[0]) == "127.0.0.1:1111"
+    assert str(config.clusters["teeapp_cluster"].endpoints[0]) == "127.0.0.2:8000"
+    assert config.clusters["teeapp_cluster"].connect_timeout == 0.25
+    assert listener.route_for("/teeapp/x").cluster == "teeapp_cluster"
+    assert listener.route_for("/other") is None
+
+
+@pytest.mark.parametrize("name", ["interact-bob-envoy.yml", "interact-carol-envoy.yml"])
+def test_interact_envoy_samples_parse_tcp_proxy_and_tls(name):
+    config = load_config(ENVOY_DIR / name, address_map={"0.0.0.0": "127.0.0.1"})
+    ingress, egress = config.listeners
+    assert (ingress.kind, egress.kind) == ("tcp", "tcp")
+    assert ingress.tls is not None and ingress.tls["require_client_certificate"] is True
+    assert egress.tls is None
+    assert config.clusters[egress.tcp_cluster].tls is not None
+    assert config.clusters[ingress.tcp_cluster].tls is None
+
+
+NATIVE = {
+    "listeners": [
+        {
+            "name": "public",
+            "address": "127.0.0.1:0",
+            "routes": [{"prefix": "/teeapp", "cluster": "app"}],
+        }
+    ],
+    "clusters": {"app": {"endpoints": ["127.0.0.1:9"]}},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"clusters": {}}, "unknown cluster 'app'"),
+        ({"extra": 1}, "unknown key(s) ['extra']"),
+        ({"request_timeout": "soon"}, "duration must look like"),
+        ({"max_body_bytes": 0}, "max_body_bytes must be a positive integer"),
+        ({"listeners": []}, "no listeners"),
+        ({"clusters": {"app": {"endpoints": ["nohost"]}}}, "expected 'host:port'"),
+        ({"clusters": {"app": {"endpoints": ["h:99999"]}}}, "port must be 0..65535"),
+        (
+            {
+                "listeners": [
+                    {"address": "127.0.0.1:0", "routes": [{"prefix": "x", "cluster": "app"}]}
+                ]
+            },
+            "prefix must start with '/'",
+        ),
+        (
+            {
+                "listeners": [
+                    {
+                        "address": "127.0.0.1:0",
+                        "routes": [{"prefix": "/", "cluster": "app", "require_jwe": True}],
+                    }
+                ]
+            },
+            "require_jwe routes but no jwe filter",
+        ),
+    ],
+)
+def test_native_config_errors_name_the_problem(change, fragment):
+    with pytest.raises(InvalidInput) as info:
+        parse_config({**NATIVE, **change})
+    assert fragment in str(info.value)
+
+
+def test_envoy_config_refuses_what_it_cannot_honour(tmp_path):
+    text = (ENVOY_DIR / "online-envoy.yml").read_text()
+    for old, new, fragment in [
+        ('{ prefix: "/teeapp" }', '{ safe_regex: {regex: ".*"} }', "only prefix route matches"),
+        ("name: envoy.filters.http.router", "name: envoy.filters.http.lua", "unsupported HTTP"),
+        ("connect_timeout: 0.25s", "connect_timeout: fast", "duration must look like"),
+    ]:
+        assert old in text
+        path = tmp_path / "envoy.yml"
+        path.write_text(text.replace(old, new, 1))
+        with pytest.raises(InvalidInput) as info:
+            load_config(path)
+        assert fragment in str(info.value)
+
+
+# ---- JWE filter rules --------------------------------------------------------------------------
+
+
+def test_classify_follows_the_upstream_rule_and_rejects_damaged_envelopes():
+    assert classify(b'{"nonce": "abc"}') is None
+    assert classify(b'{"protected": "x", "extra": 1}') is None  # foreign key: plain
+    assert classify(b"[1, 2]") is None
+    assert classify(b"{not json") is None
+    assert classify(b"{}") == Jwe("", "", "", "", "", "")  # upstream: {} is an envelope
+    jwe = classify(b'{"protected_header": "p", "iv": "i", "aad": null}')
+    assert (jwe.protected, jwe.iv, jwe.aad) == ("p", "i", "")
+    for damaged in (b'{"protected": "eyJ", "encrypted_key": "ab', b'{"iv": "a", "iv": "b"}'):
+        with pytest.raises(EnvelopeRejected, match="malformed or truncated JWE"):
+            classify(damaged)
+
+
+def test_profile_choice():
+    upstream = b64u(json.dumps({"alg": "RSA-OAEP-256", "enc": "A128GCM"}).encode())
+    rfc = b64u(b'{"alg":"RSA-OAEP-256","enc":"A256GCM"}')
+    assert choose_profile(Jwe(upstream, "", "", "", ""), "application/json") == "upstream"
+    assert choose_profile(Jwe(upstream, "", "", "", ""), "application/jose+json") == "rfc"
+    assert choose_profile(Jwe(rfc, "", "", "", ""), "application/json") == "rfc"
+    assert choose_profile(Jwe("%%%", "", "", "", ""), "") == "upstream"
+
+
+# ---- the proxy over loopback ------------------------------------------------------------------
+
+
+class Recorder:
+    """The upstream app: records what reaches it."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        self.peers: set[tuple] = set()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/teeapp{tail:.*}", self.echo)
+        app.router.add_get("/slow", self.slow)
+        app.router.add_get("/big", self.big)
+        return app
+
+    async def echo(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append((request.method, request.path_qs, dict(request.headers), body))
+        self.peers.add(request.transport.get_extra_info("peername"))
+        status = int(request.query.get("status", "200"))
+        return web.Response(
+            status=status,
+            body=b"I got your message: " + body,
+            headers={"X-App": "yes"},
+            content_type="application/json",
+        )
+
+    async def slow(self, request: web.Request) -> web.Response:
+        self.requests.append(("GET", "/slow", {}, b""))
+        await asyncio.sleep(1.5)
+        return web.Response(text="late")
+
+    async def big(self, request: web.Request) -> web.StreamResponse:
+        reply = web.StreamResponse()
+        await reply.prepare(request)
+        for i in range(64):
+            await reply.write(bytes([i]) * 65536)
+        await reply.write_eof()
+        return reply
+
+
+@contextlib.asynccontextmanager
+async def stack(pm, identity, recorder, **options):
+    directory, _ = identity
+    runner, app_port = await start_site(recorder.app(), "127.0.0.1", 0)
+    routes = [
+        {"prefix": "/teeapp/strict", "cluster": "app", "require_jwe": True},
+        {"prefix": "/teeapp", "cluster": "app"},
+        {"prefix": "/slow", "cluster": "app"},
+        {"prefix": "/big", "cluster": "app"},
+        {"prefix": "/down", "cluster": "down"},
+    ]
+    with contextlib.closing(__import__("socket").socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]  # nothing listens there after close
+    config = parse_config(
+        {
+            "listeners": [
+                {
+                    "name": "public",
+                    "address": "127.0.0.1:0",
+                    "routes": routes,
+                    "jwe": {"cert_path": "carol.crt", "private_key_path": "carol.key"},
+                },
+                {"name": "plain", "address": "127.0.0.1:0", "routes": routes[1:]},
+            ],
+            "clusters": {
+                "app": {"endpoints": [f"127.0.0.1:{app_port}"]},
+                "down": {"endpoints": [f"127.0.0.1:{closed_port}"], "connect_timeout": 1},
+            },
+            **options,
+        },
+        base=directory,
+    )
+    try:
+        async with (
+            Gateway(config, pm) as gw,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session,
+        ):
+            urls = {name: f"http://{address}" for name, address in gw.addresses.items()}
+            yield urls, session
+    finally:
+        await runner.cleanup()
+
+
+async def call(session, method, url, body=None, headers=None):
+    async with session.request(method, url, data=body, headers=headers) as r:
+        return r.status, r.headers, await r.read()
+
+
+@pytest.mark.asyncio
+async def test_plain_requests_pass_through_unchanged(pm, identity):
+    recorder = Recorder()
+    async with stack(pm, identity, recorder) as (urls, session):
+        for listener in ("public", "plain"):
+            body = b'{"nonce": "abc"}'
+            status, headers, data = await call(
+                session,
+                "PUT",
+                urls[listener] + "/teeapp/x?q=1&r=%20",
+                body,
+                {"X-Custom": "v", "Content-Type": "application/json"},
+            )
+            assert (status, data, headers["X-App"]) == (200, b"I got your message: " + body, "yes")
+            method, path_qs, seen, got = recorder.requests[-1]
+            assert (method, path_qs, got) == ("PUT", "/teeapp/x?q=1&r=%20", body)
+            assert seen["X-Custom"] == "v"
+            assert seen["Content-Type"] == "application/json"
+            assert "X-Forwarded-For" in seen
+        status, _, data = await call(session, "GET", urls["public"] + "/teeapp?status=503")
+        assert (status, data) == (503, b"I got your message: ")
+
+
+@pytest.mark.asyncio
+async def test_large_bodies_stream_both_ways(pm, identity):
+    recorder = Recorder()
+    payload = os.urandom(8 * 1024 * 1024)
+    async with stack(pm, identity, recorder, max_body_bytes=65536) as (urls, session):
+        status, _, data = await call(
+            session, "POST", urls["public"] + "/teeapp", io.BytesIO(payload)
+        )
+        assert status == 200
+        assert hashlib.sha256(recorder.requests[-1][3]).digest() == hashlib.sha256(payload).digest()
+        assert data == b"I got your message: " + payload
+
+        async def chunks():
+            for _ in range(4):
+                yield b"x" * 100_000
+
+        status, _, _ = await call(session, "POST", urls["public"] + "/teeapp", chunks())
+        assert status == 200 and recorder.requests[-1][3] == b"x" * 400_000
+        status, _, data = await call(session, "GET", urls["public"] + "/big")
+        assert status == 200
+        assert data == b"".join(bytes([i]) * 65536 for i in range(64))
+
+
+@pytest.mark.asyncio
+async def test_local_replies(pm, identity):
+    recorder = Recorder()
+    async with stack(pm, identity, recorder, request_timeout=0.5, max_body_bytes=1000) as (
+        urls,
+        session,
+    ):
+        status, headers, data = await call(session, "GET", urls["public"] + "/healthz")
+        assert (status, data) == (200, b"OK\n")
+        status, _, data = await call(session, "GET", urls["public"] + "/-/plugins")
+        assert "channel_jwe" in {p["name"] for p in json.loads(data)}
+        status, headers, data = await call(session, "GET", urls["public"] + "/nowhere")
+        assert (status, data) == (404, b"no route for /nowhere\n")
+        assert headers["Content-Type"].startswith("text/plain")
+        status, _, data = await call(session, "GET", urls["public"] + "/down")
+        assert status == 502 and b"unreachable" in data
+        status, _, data = await call(session, "GET", urls["public"] + "/slow")
+        assert status == 504 and b"did not answer within 0.5 s" in data
+        before = len(recorder.requests)
+        big_json = b'{"nonce": "' + b"a" * 2000 + b'"}'
+        status, _, data = await call(session, "POST", urls["public"] + "/teeapp", big_json)
+        assert (status, data) == (413, b"request body larger than 1000 bytes\n")
+        for body in (b"plain text", b'{"nonce": 1}', None):
+            status, _, data = await call(session, "POST", urls["public"] + "/teeapp/strict", body)
+            assert status == 415 and b"accepts only JWE envelopes" in data
+        assert len(recorder.requests) == before
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("profile", ["upstream", "rfc"])
+async def test_envelopes_are_opened_forwarded_and_replies_sealed(pm, identity, profile):
+    _, key = identity
+    recorder = Recorder()
+    settings = {"profile": profile}
+    if profile == "upstream":
+        settings["alg"] = "RSA-OAEP-256"
+    channel = get_backend_class(pm, "channel", "jwe").from_settings(settings)
+    content_type = "application/jose+json" if profile == "rfc" else "application/json"
+    async with stack(pm, identity, recorder) as (urls, session):
+        for path, status_want in (("/teeapp/strict", 200), ("/teeapp?status=500", 500)):
+            sealed = channel.seal(b"hello", key.public_key())
+            status, headers, data = await call(
+                session,
+                "POST",
+                urls["public"] + path,
+                json.dumps(sealed.jwe.to_dict()).encode(),
+                {"Content-Type": content_type},
+            )
+            assert status == status_want
+            assert recorder.requests[-1][3] == b"hello"
+            assert recorder.requests[-1][2]["Content-Length"] == "5"
+            reply = json.loads(data)
+            assert channel.open_reply(Jwe.from_dict(reply), sealed.cek) == (
+                b"I got your message: hello"
+            )
+            assert headers["X-App"] == "yes"
+            if profile == "upstream":
+                assert list(reply) == [
+                    "protected",
+                    "encrypted_key",
+                    "iv",
+                    "ciphertext",
+                    "tag",
+                    "aad",
+                ]
+                assert reply["encrypted_key"] == "" and reply["aad"] == ""
+                assert headers["Content-Type"] == "application/json"
+            else:
+                assert headers["Content-Type"] == "application/jose+json"
+
+
+@pytest.mark.asyncio
+async def test_connections_to_the_app_are_kept_alive(pm, identity):
+    recorder = Recorder()
+    async with stack(pm, identity, recorder) as (urls, session):
+        for _ in range(20):
+            status, _, _ = await call(session, "POST", urls["public"] + "/teeapp", b"x")
+            assert status == 200
+    assert len(recorder.peers) == 1
+
+
+@pytest.mark.asyncio
+async def test_tcp_proxy_listener(pm):
+    async def echo(reader, writer):
+        data = await reader.read()
+        writer.write(data[::-1])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = parse_config(
+        {
+            "listeners": [{"name": "tcp", "address": "127.0.0.1:0", "tcp_proxy": "echo"}],
+            "clusters": {"echo": {"endpoints": [f"127.0.0.1:{port}"]}},
+        }
+    )
+    try:
+        async with Gateway(config, pm) as gw:
+            address = gw.addresses["tcp"]
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            writer.write(b"hello tcp")
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 5) == b"pct olleh"
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_tls_listener_needs_an_ssl_factory(pm):
+    config = load_config(
+        ENVOY_DIR / "interact-bob-envoy.yml", address_map={"0.0.0.0": "127.0.0.1:0"}
+    )
+    with pytest.raises(UnsupportedOperation, match="needs the mTLS channel"):
+        async with Gateway(config, pm):
+            pass
+
+
+@pytest.mark.asyncio
+async def test_jwe_filter_refuses_a_key_that_does_not_match_the_cert(pm, identity, tmp_path):
+    directory, _ = identity
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "other.key").write_bytes(
+        other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    config = parse_config(
+        {
+            **NATIVE,
+            "listeners": [
+                {
+                    **NATIVE["listeners"][0],
+                    "jwe": {
+                        "cert_path": str(directory / "carol.crt"),
+                        "private_key_path": str(tmp_path / "other.key"),
+                    },
+                }
+            ],
+        }
+    )
+    with pytest.raises(InvalidInput, match="does not belong to"):
+        async with Gateway(config, pm):
+            pass
