@@ -1,0 +1,18 @@
+"""Hook implementations of the ``tee_tdx`` plugin (imports nothing heavy)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from trustflow_core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from trustflow_core.attestation import Verifier
+    from trustflow_core.hookspecs import Register
+
+
+@hookimpl
+def trustflow_register_verifiers(register: Register[type[Verifier]]) -> None:
+    from .verifier import TdxVerifier
+
+    register(TdxVerifier)

@@ -1,0 +1,220 @@
+"""``TdxVerifier``: full DCAP verification of TDX reports and the TDX -> UAL attribute mapping.
+
+Attributes (attestation-sim.md §4.3, with TDX's real DEBUG bit instead of quirk 24's 0x2):
+
+* ``hex_platform_measurement`` = MRSEAM || MRSIGNERSEAM || MRTD || MRCONFIGID || MROWNER ||
+  MROWNERCONFIG; ``hex_boot_measurement`` = RTMR0 || RTMR1; ``hex_ta_measurement`` = RTMR2 ||
+  RTMR3; ``hex_user_data`` / ``hex_hash_or_pem_pubkey`` = REPORTDATA[0:32] / [32:64];
+* ``bool_debug_disabled`` = ``"false"`` iff TDATTRIBUTES bit 0 (DEBUG) is set;
+* ``hex_secure_flags`` (our addition, empty upstream) = TDATTRIBUTES || XFAM as they appear in
+  the quote (16 bytes, little endian), so policies can pin attributes and XFAM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar
+
+from trustflow_core.attestation import Attributes, Evidence, Report, Verifier
+from trustflow_core.errors import InvalidInput, VerificationError
+from typing_extensions import Self
+
+from . import PLATFORM
+from .collateral import Collateral
+from .pccs import PccsClient
+from .quote import TdBody
+from .report import make_report, open_report
+from .tcb import NOT_SUPPORTED, STATUSES
+from .verify import UNKNOWN, QuoteVerdict, verify_quote, verify_quote_crypto
+
+#: TCB statuses accepted unless the ``accepted_tcb_statuses`` setting says otherwise.
+DEFAULT_ACCEPTED = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+)
+_SETTINGS = {
+    "accepted_tcb_statuses",
+    "collateral_file",
+    "pccs_url",
+    "root_ca_crl_url",
+    "pccs_timeout_seconds",
+    "require_collateral",
+    "require_crls",
+    "allow_debug_td",
+}
+
+
+def _flag(settings: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = settings.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"tdx verifier setting {key!r} must be true or false")
+    return value
+
+
+def load_collateral_file(path: str | Path) -> Collateral:
+    """A collateral bundle file (dcap-qvl ``QuoteCollateralV3`` or ``SgxQlQveCollateral``)."""
+    try:
+        text = Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read collateral file {path}: {exc}") from exc
+    return Collateral.from_json(text)
+
+
+def attributes_of(body: TdBody, now: datetime) -> Attributes:
+    """The UAL attributes a verified TD body proves."""
+    return Attributes(
+        str_tee_platform=PLATFORM,
+        hex_platform_measurement=(
+            body.mr_seam
+            + body.mr_signer_seam
+            + body.mr_td
+            + body.mr_config_id
+            + body.mr_owner
+            + body.mr_owner_config
+        ).hex(),
+        hex_boot_measurement=(body.rtmr0 + body.rtmr1).hex(),
+        hex_ta_measurement=(body.rtmr2 + body.rtmr3).hex(),
+        hex_secure_flags=(body.td_attributes + body.xfam).hex(),
+        bool_debug_disabled="false" if body.debug else "true",
+        hex_user_data=body.report_data[:32].hex(),
+        hex_hash_or_pem_pubkey=body.report_data[32:].hex(),
+        str_verified_time=now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+class TdxVerifier(Verifier):
+    """Verifier of ``TDX`` reports (``name = "tdx"``). Works on any host.
+
+    Collateral comes from the report (Passport ``json_collateral``), else ``collateral_file``,
+    else the PCCS at ``pccs_url``. Settings (all optional):
+
+    * ``accepted_tcb_statuses`` -- list of acceptable TCB statuses (default
+      :data:`DEFAULT_ACCEPTED`; ``TcbNotSupported`` can never be accepted);
+    * ``collateral_file`` -- a bundle file; ``pccs_url`` / ``root_ca_crl_url`` /
+      ``pccs_timeout_seconds`` (default 10) -- a PCS/PCCS to fetch from (cached per FMSPC);
+    * ``require_collateral`` (default true) -- without collateral, reject (check
+      ``"collateral"``); when false the quote is checked cryptographically only and reported
+      with ``tcb_status: Unknown``, which must be in ``accepted_tcb_statuses`` to pass;
+    * ``require_crls`` (default true) -- reject collateral without PCK or root CA CRL;
+    * ``allow_debug_td`` (default false) -- accept debug TDs (then ``bool_debug_disabled`` is
+      ``"false"`` and a policy can still reject them).
+    """
+
+    name: ClassVar[str] = "tdx"
+    platform: ClassVar[str] = PLATFORM
+
+    def __init__(
+        self,
+        *,
+        accepted_tcb_statuses: tuple[str, ...] = DEFAULT_ACCEPTED,
+        collateral: Collateral | None = None,
+        pccs: PccsClient | None = None,
+        require_collateral: bool = True,
+        require_crls: bool = True,
+        allow_debug_td: bool = False,
+    ) -> None:
+        bad = sorted(set(accepted_tcb_statuses) - (set(STATUSES) | {UNKNOWN}))
+        if bad or NOT_SUPPORTED in accepted_tcb_statuses:
+            raise InvalidInput(
+                f"tdx verifier: accepted_tcb_statuses has unusable value(s) "
+                f"{bad or [NOT_SUPPORTED]}; known: {[s for s in STATUSES if s != NOT_SUPPORTED]}"
+            )
+        self.accepted = frozenset(accepted_tcb_statuses)
+        self.collateral = collateral
+        self.pccs = pccs
+        self.require_collateral = require_collateral
+        self.require_crls = require_crls
+        self.allow_debug_td = allow_debug_td
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
+        settings = settings or {}
+        if not isinstance(settings, Mapping):
+            raise InvalidInput("tdx verifier settings must be a mapping")
+        unknown = sorted(set(settings) - _SETTINGS)
+        if unknown:
+            raise InvalidInput(f"tdx verifier got unknown setting(s) {unknown}")
+        accepted = settings.get("accepted_tcb_statuses", DEFAULT_ACCEPTED)
+        if not isinstance(accepted, (list, tuple)) or not all(isinstance(s, str) for s in accepted):
+            raise InvalidInput("tdx verifier setting 'accepted_tcb_statuses' must be a list")
+        path = settings.get("collateral_file")
+        collateral = load_collateral_file(path) if path else None
+        pccs = None
+        if settings.get("pccs_url"):
+            timeout = settings.get("pccs_timeout_seconds", 10)
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+                raise InvalidInput("tdx verifier setting 'pccs_timeout_seconds' must be > 0")
+            pccs = PccsClient(
+                settings["pccs_url"],
+                timeout=float(timeout),
+                root_ca_crl_url=settings.get("root_ca_crl_url"),
+            )
+        return cls(
+            accepted_tcb_statuses=tuple(accepted),
+            collateral=collateral,
+            pccs=pccs,
+            require_collateral=_flag(settings, "require_collateral", True),
+            require_crls=_flag(settings, "require_crls", True),
+            allow_debug_td=_flag(settings, "allow_debug_td", False),
+        )
+
+    async def aclose(self) -> None:
+        if self.pccs is not None:
+            await self.pccs.aclose()
+
+    @classmethod
+    def report_from_evidence(cls, evidence: bytes, *, endorsements: bytes | None = None) -> Report:
+        """A Passport report for a raw quote file and an optional collateral bundle file."""
+        collateral = Collateral.from_json(endorsements) if endorsements is not None else None
+        if not evidence:
+            raise InvalidInput("the quote file is empty")
+        return make_report(evidence, collateral)
+
+    async def _collateral(
+        self, quote: bytes, bundled: Collateral | None, now: datetime
+    ) -> Collateral | None:
+        if bundled is not None:
+            return bundled
+        if self.collateral is not None:
+            return self.collateral
+        if self.pccs is not None:
+            _, _, pck, ca = verify_quote_crypto(quote, now)
+            return await self.pccs.collateral(pck.fmspc, ca, now)
+        return None
+
+    async def appraise(
+        self, quote: bytes, bundled: Collateral | None, now: datetime
+    ) -> QuoteVerdict:
+        """Verify ``quote`` with the collateral in use and apply the status/debug rules."""
+        collateral = await self._collateral(quote, bundled, now)
+        verdict = verify_quote(quote, collateral, now, require_crls=self.require_crls)
+        if collateral is None and self.require_collateral:
+            raise VerificationError(
+                "collateral",
+                "no collateral (none in the report, no collateral_file, no pccs_url): "
+                "the quote verifies but its TCB status cannot be established",
+            )
+        if verdict.tcb_status not in self.accepted:
+            ids = f" (advisories {', '.join(verdict.advisory_ids)})" if verdict.advisory_ids else ""
+            raise VerificationError(
+                "tcb_status",
+                f"TCB status {verdict.tcb_status}{ids} is not accepted "
+                f"(accepted: {sorted(self.accepted)})",
+            )
+        if verdict.quote.body.debug and not self.allow_debug_td:
+            raise VerificationError(
+                "td_debug",
+                f"the TD is debuggable (TDATTRIBUTES {verdict.quote.body.td_attributes_u64:#x} "
+                "has bit 0 DEBUG set)",
+            )
+        return verdict
+
+    async def check_evidence(self, report: Report, *, now: datetime) -> Evidence:
+        now = now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now
+        quote, bundled = open_report(report.json_report)
+        verdict = await self.appraise(quote, bundled, now)
+        return Evidence(attributes_of(verdict.quote.body, now), verdict.details())
