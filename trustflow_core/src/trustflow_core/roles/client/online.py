@@ -1,0 +1,232 @@
+"""``OnlineClient``: the whole client side of the online scenario.
+
+1. ``GetRaCert`` with a fresh nonce (32 random bytes, hex) through the gateway.
+2. Verify the report: the verifier for its platform checks the evidence and the user's policy
+   (platform, measurements, ...; simulated evidence only with ``allow_simulation``); then the
+   report's user data must equal ``SHA-256(cert || "." || nonce)`` — so a report made for
+   another nonce or another certificate is refused.
+3. Take the app's RSA public key from the attested certificate.
+4. Seal the request (``rfc`` profile by default, sent as ``application/jose+json``;
+   ``upstream`` = the ``jwe_client.py`` dialect: RSA-OAEP-256, A128GCM, 12-byte IV, empty AAD,
+   ``application/json``), send it, open the reply with the request's content key.
+
+Every failed check raises :class:`~trustflow_core.errors.VerificationError` whose ``check``
+names it (``ra_proxy``, ``cert``, ``missing_report``, ``user_data``, ``policy``, ``platform``,
+``simulation``, ...) and whose message says what was expected and what came; transport
+failures raise :class:`OnlineError`; a reply that does not open raises
+:class:`~trustflow_core.errors.EnvelopeError`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from ...attestation import Attributes, Policy, Report, VerifiedReport, ra_user_data, verify_optional
+from ...channel import EnvelopeChannel, Jwe
+from ...errors import EnvelopeError, InvalidInput, TrustflowError, VerificationError
+from ...manager import TrustflowPluginManager
+from ...registry import get_backend_class, verifier_for_platform
+
+RA_PATH = "/RaProxy/GetRaCert"
+PROFILES = ("rfc", "upstream")
+JOSE_JSON = "application/jose+json"
+
+
+class OnlineError(TrustflowError):
+    """The RA proxy or gateway could not be reached or answered with an HTTP error."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+@dataclass(frozen=True)
+class AttestedApp:
+    """What attestation established: the app certificate, its key, the verified report."""
+
+    cert_pem: bytes
+    public_key: RSAPublicKey
+    verified: VerifiedReport
+    nonce: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An opened reply: HTTP status, the envelope as received, the plaintext."""
+
+    status: int
+    envelope: Mapping[str, str]
+    plaintext: bytes = field(repr=False)
+
+
+class OnlineClient:
+    """``async with OnlineClient(url, policy=...) as client: reply = await client.request(...)``.
+
+    ``policy`` constrains the report (platform, measurements, ``allow_simulation``); its user
+    data is filled in per call. ``upstream_sim`` accepts a reply without any report (the
+    upstream sim RA Proxy) — only together with ``policy.allow_simulation``, and it proves
+    nothing about the app. ``verifier_settings`` maps a verifier name to its settings.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        policy: Policy,
+        pm: TrustflowPluginManager,
+        profile: str = "rfc",
+        upstream_sim: bool = False,
+        verifier_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        timeout: float = 30.0,
+        ra_path: str = RA_PATH,
+    ) -> None:
+        if profile not in PROFILES:
+            raise InvalidInput(f"profile must be one of {PROFILES}, got {profile!r}")
+        self.base_url = base_url.rstrip("/")
+        self.policy = policy
+        self.pm = pm
+        self.profile = profile
+        self.upstream_sim = upstream_sim
+        self.verifier_settings = dict(verifier_settings or {})
+        self.ra_path = ra_path
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        settings = {"profile": profile}
+        if profile == "upstream":
+            settings["alg"] = "RSA-OAEP-256"  # what the gateway (Envoy) decrypts
+        self.channel: EnvelopeChannel = get_backend_class(pm, "channel", "jwe").from_settings(
+            settings
+        )
+        self.app: AttestedApp | None = None
+
+    async def __aenter__(self) -> OnlineClient:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("use OnlineClient as 'async with OnlineClient(...) as client'")
+        return self._session
+
+    async def _post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes, str]:
+        url = self.base_url + path
+        try:
+            async with self.session.post(
+                url, data=body, headers={"Content-Type": content_type}
+            ) as resp:
+                return resp.status, await resp.read(), resp.content_type
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise OnlineError(f"POST {url} failed: {exc!r}") from exc
+
+    async def get_ra_cert(self, nonce: str) -> dict[str, Any]:
+        """Call GetRaCert; return the reply JSON (brpc dialect)."""
+        body = json.dumps({"nonce": nonce}).encode()
+        status, data, _ = await self._post(self.ra_path, body, "application/json")
+        text = data.decode("utf-8", "replace")
+        if status != 200:
+            raise OnlineError(f"GetRaCert: HTTP {status}: {text.strip()}", status, text)
+        try:
+            reply = json.loads(data)
+        except ValueError as exc:
+            raise VerificationError("ra_proxy", f"GetRaCert reply is not JSON: {exc}") from None
+        if not isinstance(reply, dict):
+            raise VerificationError("ra_proxy", "GetRaCert reply is not a JSON object")
+        status_obj = reply.get("status") or {}
+        code = status_obj.get("code", 0) if isinstance(status_obj, dict) else None
+        if code != 0:
+            raise VerificationError("ra_proxy", f"GetRaCert status {status_obj!r}, expected code 0")
+        return reply
+
+    async def attest(self) -> AttestedApp:
+        """Steps 1-3: fetch, verify and bind the report; remember and return the app."""
+        nonce = secrets.token_hex(32)
+        reply = await self.get_ra_cert(nonce)
+        cert = reply.get("cert")
+        if not isinstance(cert, str) or not cert:
+            raise VerificationError("cert", "GetRaCert reply has no cert")
+        cert_pem = cert.encode("utf-8")
+        raw_report = reply.get("attestation_report")
+        try:
+            report = None if raw_report is None else Report.from_dict(raw_report)
+        except InvalidInput as exc:
+            raise VerificationError("report_format", str(exc)) from None
+        verified = await self._verify(report)
+        if report is not None:
+            expected = ra_user_data(cert_pem, nonce.encode("utf-8")).hex()
+            got = verified.attributes.hex_user_data.lower()
+            if not hmac.compare_digest(expected, got):
+                raise VerificationError(
+                    "user_data",
+                    f"the report binds {got or '(nothing)'}, expected SHA-256(cert || '.' || "
+                    f"nonce) = {expected}: it was made for another nonce or another certificate",
+                )
+        try:
+            public_key = x509.load_pem_x509_certificate(cert_pem).public_key()
+        except ValueError as exc:
+            raise VerificationError("cert", f"cert is not a PEM X.509 certificate: {exc}") from None
+        if not isinstance(public_key, RSAPublicKey):
+            raise VerificationError("cert", f"cert key is {type(public_key).__name__}, not RSA")
+        self.app = AttestedApp(cert_pem, public_key, verified, nonce)
+        return self.app
+
+    async def _verify(self, report: Report | None) -> VerifiedReport:
+        policy = self.policy
+        if not policy.main_attributes:
+            policy = Policy((Attributes(),), policy.allow_simulation)
+        verifiers = []
+
+        def verifier_for(platform: str) -> Any:
+            cls = verifier_for_platform(self.pm, platform)
+            verifier = cls.from_settings(self.verifier_settings.get(cls.name, {}))
+            verifiers.append(verifier)
+            return verifier
+
+        try:
+            return await verify_optional(
+                report, policy, verifier_for, upstream_sim=self.upstream_sim
+            )
+        finally:
+            for verifier in verifiers:
+                await verifier.aclose()
+
+    async def request(
+        self, path: str, body: bytes, *, content_type: str = "application/json"
+    ) -> Reply:
+        """Seal ``body`` to the attested app (attesting first if needed), POST it to ``path``,
+        open the reply. ``content_type`` is sent in the upstream profile; the rfc profile sends
+        ``application/jose+json``."""
+        app = self.app or await self.attest()
+        sealed = self.channel.seal(body, app.public_key)
+        members = sealed.jwe.to_dict()
+        if self.profile == "rfc":
+            members = {k: v for k, v in members.items() if v}
+            content_type = JOSE_JSON
+        status, data, _ = await self._post(path, json.dumps(members).encode(), content_type)
+        text = data.decode("utf-8", "replace")
+        try:
+            envelope = json.loads(data)
+            jwe = Jwe.from_dict(envelope)
+        except (ValueError, EnvelopeError):
+            raise OnlineError(
+                f"POST {path}: HTTP {status}, reply is not a JWE envelope: {text.strip()[:500]}",
+                status,
+                text,
+            ) from None
+        plaintext = self.channel.open_reply(jwe, sealed.cek)
+        return Reply(status, envelope, plaintext)

@@ -1,0 +1,1 @@
+"""``trustflow demo``: end-to-end scenarios on loopback with temporary keys."""
