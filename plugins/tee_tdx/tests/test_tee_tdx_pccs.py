@@ -1,0 +1,198 @@
+"""Collateral from a PCCS: a loopback aiohttp server serving the test collateral the way PCS
+does (response bodies + URL-encoded issuer-chain headers); caching by FMSPC until nextUpdate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from urllib.parse import quote as urlquote
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from conftest import collateral_from_files, evaluations, read, when
+from trustflow_core.attestation import Attributes, Policy
+from trustflow_core.errors import VerificationError
+
+from trustflow_tee_tdx import certs
+from trustflow_tee_tdx.collateral import Collateral
+from trustflow_tee_tdx.pccs import PccsClient, expiry
+from trustflow_tee_tdx.report import make_report
+from trustflow_tee_tdx.verifier import TdxVerifier
+
+GOOD = "tdx/dcap-qvl/tdx_quote"
+
+
+def _good() -> dict:
+    return next(
+        ev for n, _, ev in evaluations() if n == GOOD and ev["expected_status"] == "UpToDate"
+    )
+
+
+def _der(crl: bytes) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return certs.load_crl(crl, "crl").public_bytes(Encoding.DER)
+
+
+class FakePccs:
+    """Serves one collateral set; records requests; can be told to fail or stall."""
+
+    def __init__(self, collateral: Collateral) -> None:
+        self.c = collateral
+        self.paths: list[str] = []
+        self.fail_with: int | None = None
+        self.stall = 0.0
+        self.release = asyncio.Event()
+
+    def fmspc(self) -> str:
+        import json
+
+        return json.loads(self.c.tcb_info)["fmspc"]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.paths.append(request.path_qs)
+        if self.stall:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.release.wait(), self.stall)
+        if self.fail_with:
+            return web.Response(status=self.fail_with)
+        c = self.c
+        path = request.path
+        if path == "/tdx/certification/v4/tcb":
+            if request.query.get("fmspc", "").upper() != self.fmspc().upper():
+                return web.Response(status=404)
+            body = b'{"tcbInfo":' + c.tcb_info + b',"signature":"'
+            body += c.tcb_info_signature.hex().encode() + b'"}'
+            chain = c.tcb_info_issuer_chain
+            return web.Response(body=body, headers={"TCB-Info-Issuer-Chain": urlquote(chain)})
+        if path == "/tdx/certification/v4/qe/identity":
+            body = b'{"enclaveIdentity":' + c.qe_identity + b',"signature":"'
+            body += c.qe_identity_signature.hex().encode() + b'"}'
+            chain = c.qe_identity_issuer_chain
+            return web.Response(
+                body=body, headers={"SGX-Enclave-Identity-Issuer-Chain": urlquote(chain)}
+            )
+        if path == "/sgx/certification/v4/pckcrl" and request.query.get("ca") == "platform":
+            return web.Response(
+                body=_der(c.pck_crl),
+                headers={"SGX-PCK-CRL-Issuer-Chain": urlquote(c.pck_crl_issuer_chain)},
+            )
+        if path == "/sgx/certification/v4/rootcacrl":
+            return web.Response(body=_der(c.root_ca_crl))
+        return web.Response(status=404)
+
+
+@pytest_asyncio.fixture
+async def pccs() -> AsyncIterator[tuple[FakePccs, str]]:
+    fake = FakePccs(collateral_from_files(_good()["collateral"]["files"]))
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", fake.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield fake, f"http://127.0.0.1:{port}"
+    finally:
+        fake.release.set()
+        await runner.cleanup()
+
+
+POLICY = Policy((Attributes(str_tee_platform="TDX"),))
+
+
+@pytest.mark.asyncio
+async def test_verifier_fetches_collateral_and_caches_it(pccs) -> None:
+    fake, url = pccs
+    report = make_report(read(GOOD), None)
+    now = when(_good()["verify_time"])
+    async with TdxVerifier.from_settings({"pccs_url": url}) as verifier:
+        verified = await verifier.verify(report, POLICY, now=now)
+        assert verified.details["tcb_status"] == "UpToDate"
+        assert verified.details["revocation"] == "checked"
+        assert len(fake.paths) == 4
+        assert any(p.endswith(f"fmspc={fake.fmspc().upper()}") for p in fake.paths)
+        await verifier.verify(report, POLICY, now=now + timedelta(days=1))
+        assert len(fake.paths) == 4, "cached collateral was fetched again"
+
+
+@pytest.mark.asyncio
+async def test_cache_expires_at_next_update(pccs) -> None:
+    fake, url = pccs
+    client = PccsClient(url, timeout=5)
+    try:
+        fmspc = bytes.fromhex(fake.fmspc())
+        now = when(_good()["verify_time"])
+        first = await client.collateral(fmspc, "platform", now)
+        ends = expiry(first)
+        assert ends is not None and ends > now
+        await client.collateral(fmspc, "platform", ends - timedelta(seconds=1))
+        assert client.requests == 4
+        await client.collateral(fmspc, "platform", ends)
+        assert client.requests == 8
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_pccs_collateral_equals_the_bundle(pccs) -> None:
+    fake, url = pccs
+    client = PccsClient(url)
+    try:
+        got = await client.collateral(bytes.fromhex(fake.fmspc()), "platform", when("2025-07-01"))
+    finally:
+        await client.aclose()
+    assert got.tcb_info == fake.c.tcb_info
+    assert got.qe_identity_signature == fake.c.qe_identity_signature
+    assert got.tcb_info_issuer_chain == fake.c.tcb_info_issuer_chain
+    assert _der(got.pck_crl) == _der(fake.c.pck_crl)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("status", [404, 500, 503])
+async def test_pccs_errors_reject_with_collateral_check(pccs, status: int) -> None:
+    fake, url = pccs
+    fake.fail_with = status
+    async with TdxVerifier.from_settings({"pccs_url": url}) as verifier:
+        with pytest.raises(VerificationError) as info:
+            await verifier.verify(make_report(read(GOOD), None), POLICY, now=when("2025-07-01"))
+    assert info.value.check == "collateral" and str(status) in info.value.detail
+
+
+@pytest.mark.asyncio
+async def test_pccs_timeout_rejects_quickly(pccs) -> None:
+    fake, url = pccs
+    fake.stall = 5
+    settings = {"pccs_url": url, "pccs_timeout_seconds": 0.2}
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async with TdxVerifier.from_settings(settings) as verifier:
+        with pytest.raises(VerificationError) as info:
+            await verifier.verify(make_report(read(GOOD), None), POLICY, now=when("2025-07-01"))
+    assert info.value.check == "collateral"
+    assert loop.time() - start < 3
+
+
+@pytest.mark.asyncio
+async def test_unknown_platform_gets_no_collateral(pccs) -> None:
+    """A quote of another FMSPC: the PCCS answers 404, verification fails closed."""
+    _, url = pccs
+    report = make_report(read("tdx/trustee/tdx_quote_5.dat"), None)
+    async with TdxVerifier.from_settings({"pccs_url": url}) as verifier:
+        with pytest.raises(VerificationError) as info:
+            await verifier.verify(report, POLICY, now=when("2026-03-01"))
+    assert info.value.check == "collateral"
+
+
+@pytest.mark.asyncio
+async def test_report_collateral_wins_over_pccs(pccs) -> None:
+    fake, url = pccs
+    collateral = collateral_from_files(_good()["collateral"]["files"])
+    report = make_report(read(GOOD), collateral)
+    async with TdxVerifier.from_settings({"pccs_url": url}) as verifier:
+        await verifier.verify(report, POLICY, now=when(_good()["verify_time"]))
+    assert fake.paths == []
