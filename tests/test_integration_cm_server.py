@@ -1,0 +1,474 @@
+"""The Capsule Manager's RPCs over real gRPC on 127.0.0.1, against SQLite, PostgreSQL and
+MariaDB: every RPC's success and refusal paths, owner isolation, app attestation (SIM reports
+from the tee_sim plugin) and policy enforcement."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from trustflow_core.attestation import ra_user_data
+from trustflow_core.manager import get_plugin_manager
+from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+    capsule_manager_pb2 as cm_pb2,
+)
+from trustflow_core.registry import get_backend_class
+from trustflow_core.roles.capsule_manager.client import (
+    CapsuleManagerClient,
+    CapsuleManagerError,
+    Credentials,
+)
+from trustflow_core.roles.capsule_manager.convert import report_to_pb
+from trustflow_core.roles.capsule_manager.server import CapsuleManager
+from trustflow_core.roles.capsule_manager.settings import CMSettings
+from trustflow_core.roles.capsule_manager.testdb import BACKENDS, throwaway_database
+from trustflow_core.roles.capsule_manager.votes import sign_vote_request, vote_result, voter_sign
+from trustflow_core.wire import serialize_canonical
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+SCOPE = "default"
+
+
+def make_party(cn: str) -> Credentials:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .sign(key, hashes.SHA256())
+    )
+    return Credentials(key, (cert,))
+
+
+@dataclasses.dataclass
+class World:
+    cm: CapsuleManager
+    client: CapsuleManagerClient
+    alice: Credentials
+    bob: Credentials
+    carol: Credentials
+    app: Credentials
+    attester: Any
+    pm: Any
+
+
+@pytest.fixture(scope="module")
+def sim_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    mp = pytest.MonkeyPatch()
+    sim_dir = tmp_path_factory.mktemp("sim")
+    mp.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_sim")
+    mp.setenv("TRUSTFLOW_SIM_DIR", str(sim_dir))
+    yield sim_dir
+    mp.undo()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def db_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    with throwaway_database(request.param, tmp_path_factory.mktemp("db")) as url:
+        yield url
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(
+    sim_env: Path, db_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
+    pm = get_plugin_manager()
+    settings = CMSettings(
+        port=0, plat="sim", data_dir=tmp_path_factory.mktemp("cm"), storage_url=db_url
+    )
+    cm = CapsuleManager(settings, pm=pm)
+    port = await cm.start()
+    client = CapsuleManagerClient(f"127.0.0.1:{port}", pm=pm, verify_sim=True)
+    attester = get_backend_class(pm, "attester", "sim").from_settings()
+    w = World(
+        cm,
+        client,
+        make_party("alice"),
+        make_party("bob"),
+        make_party("carol"),
+        make_party("app"),
+        attester,
+        pm,
+    )
+    try:
+        yield w
+    finally:
+        await client.aclose()
+        await cm.stop()
+
+
+def uid() -> str:
+    return "d-" + os.urandom(6).hex()
+
+
+def key_b64() -> str:
+    return base64.b64encode(os.urandom(16)).decode()
+
+
+def rule(
+    grantee: str, op: str = "psi", columns: tuple[str, ...] = ("*",), **kw: Any
+) -> cm_pb2.Rule:
+    return cm_pb2.Rule(
+        rule_id=kw.get("rule_id", "r1"),
+        grantee_party_ids=[grantee],
+        op_constraints=[
+            cm_pb2.Rule.OpConstraint(op_name=op, constraints=kw.get("constraints", []))
+        ],
+        columns=list(columns),
+        global_constraints=kw.get("global_constraints", []),
+    )
+
+
+def rr(
+    initiator: str,
+    uris: list[str],
+    op: str = "psi",
+    scope: str = SCOPE,
+    columns: tuple[str, ...] = (),
+) -> cm_pb2.ResourceRequest:
+    return cm_pb2.ResourceRequest(
+        initiator_party_id=initiator,
+        scope=scope,
+        op_name=op,
+        resources=[
+            cm_pb2.ResourceRequest.Resource(resource_uri=u, columns=list(columns)) for u in uris
+        ],
+    )
+
+
+async def report_for(w: World, app: Credentials, request: cm_pb2.ResourceRequest) -> Any:
+    digest = ra_user_data(app.chain_pems[0].encode(), serialize_canonical(request))
+    return report_to_pb(await w.attester.generate(digest))
+
+
+async def owned(
+    w: World, owner: Credentials, *rules: cm_pb2.Rule, n: int = 1
+) -> list[tuple[str, str]]:
+    keys = [(uid(), key_b64()) for _ in range(n)]
+    await w.client.create_data_keys(owner, keys)
+    for uuid, _ in keys:
+        await w.client.create_data_policy(owner, SCOPE, uuid, list(rules))
+    return keys
+
+
+async def refused(code: int, coro: Any, match: str = "") -> CapsuleManagerError:
+    with pytest.raises(CapsuleManagerError) as err:
+        await coro
+    assert err.value.code == code, err.value.message
+    assert match in err.value.message
+    return err.value
+
+
+# ---- GetRaCert ------------------------------------------------------------------------------
+
+
+async def test_get_ra_cert_report_bound_to_cert_and_nonce(world: World) -> None:
+    cert, report = await world.client.get_ra_cert("nonce-1")  # verify_sim=True checks it
+    assert "BEGIN CERTIFICATE" in cert and report is not None
+    assert report.str_tee_platform == "SIM"
+    verifier = get_backend_class(world.pm, "verifier", "sim").from_settings()
+    verified = await verifier.verify(report, world.client.policy)
+    expected = hashlib.sha256(cert.encode() + b".nonce-1").hexdigest()
+    assert verified.attributes.hex_user_data == expected
+
+
+# ---- certs ----------------------------------------------------------------------------------
+
+
+async def test_register_cert(world: World) -> None:
+    party = make_party("fresh")
+    await world.client.register_cert(party)
+    await refused(13, world.client.register_cert(party), "has stored")
+    # a chain whose owner id does not derive from it
+    req = cm_pb2.RegisterCertRequest(owner_party_id=world.alice.party_id, certs=party.chain_pems)
+    await refused(13, world.client.request("RegisterCert", req, party), "wrong derived")
+    req = cm_pb2.RegisterCertRequest(owner_party_id="", certs=[])
+    await refused(13, world.client.request("RegisterCert", req, party), "empty")
+
+
+# ---- data keys ------------------------------------------------------------------------------
+
+
+async def test_create_data_keys_and_owner_isolation(world: World) -> None:
+    c, alice, bob = world.client, world.alice, world.bob
+    uuid = uid()
+    await c.create_data_keys(alice, [(uuid, key_b64()), (f"{uuid}/part1", key_b64())])
+    await refused(13, c.create_data_keys(bob, [(uuid, key_b64())]), "is wrong")
+    other = uid()
+    # all or nothing: bob's own new uuid is not stored either
+    await refused(13, c.create_data_keys(bob, [(other, key_b64()), (uuid, key_b64())]))
+    assert world.cm.store is not None and world.cm.store.data_info(other) is None
+    await refused(3, c.create_data_keys(alice, [("", key_b64())]), "data uuid is empty")
+    await refused(3, c.create_data_keys(alice, [(uid(), "not base64!")]))
+    await refused(13, c.delete_data_key(bob, uuid), "is wrong")
+    await c.delete_data_key(alice, f"{uuid}/part1")
+    assert world.cm.store.get_keys([f"{uuid}/part1"]) == {}
+
+
+async def test_owner_rpcs_need_matching_signature(world: World) -> None:
+    c, alice, bob = world.client, world.alice, world.bob
+    # bob signs a request naming alice as owner
+    req = cm_pb2.CreateDataKeysRequest(
+        owner_party_id=alice.party_id,
+        data_keys=[cm_pb2.DataKey(resource_uri=uid(), data_key_b64=key_b64())],
+    )
+    await refused(13, c.request("CreateDataKeys", req, bob), "wrong derived from public key")
+    # unsigned requests
+    envelope = await c.envelope(req, alice)
+    envelope.has_signature = False
+    sealed = c.channel.seal(serialize_json(req), await c.cm_public_key()).jwe
+    envelope.message.protected_header = sealed.protected
+    envelope.message.encrypted_key = sealed.encrypted_key
+    envelope.message.iv, envelope.message.ciphertext = sealed.iv, sealed.ciphertext
+    envelope.message.tag = sealed.tag
+    response = await c._call("CreateDataKeys", envelope)
+    assert response.status.code == 3 and "Missing signature" in response.status.message
+    response = await c._call("CreateDataPolicy", envelope)
+    assert response.status.code == 13 and "Missing signature" in response.status.message
+
+
+def serialize_json(msg: Any) -> bytes:
+    from trustflow_core.wire import to_json
+
+    return to_json(msg, style="sdk").encode()
+
+
+async def test_tampered_or_empty_envelope(world: World) -> None:
+    c = world.client
+    req = cm_pb2.ListDataPolicyRequest(owner_party_id=world.alice.party_id, scope=SCOPE)
+    envelope = await c.envelope(req, world.alice)
+    ct = bytearray(base64.urlsafe_b64decode(envelope.message.ciphertext + "=="))
+    ct[3] ^= 1
+    envelope.message.ciphertext = base64.urlsafe_b64encode(bytes(ct)).decode().rstrip("=")
+    response = await c._call("ListDataPolicy", envelope)
+    assert response.status.code == 13 and not response.HasField("message")
+    response = await c._call("ListDataPolicy", cm_pb2.EncryptedRequest())
+    assert response.status.code == 13 and "Request content" in response.status.message
+    bad = await c.envelope(req, world.alice)
+    bad.message.protected_header = (
+        base64.urlsafe_b64encode(b'{"alg":"dir","enc":"A128GCM"}').decode().rstrip("=")
+    )
+    assert (await c._call("ListDataPolicy", bad)).status.code == 2
+    bad.message.protected_header = (
+        base64.urlsafe_b64encode(b'{"alg":"RSA-OAEP","enc":"A192GCM"}').decode().rstrip("=")
+    )
+    assert (await c._call("ListDataPolicy", bad)).status.code == 12
+
+
+# ---- policies -------------------------------------------------------------------------------
+
+
+async def test_policy_lifecycle_and_isolation(world: World) -> None:
+    c, alice, bob = world.client, world.alice, world.bob
+    [(uuid, _)] = await owned(world, alice, rule(bob.party_id, rule_id="r1"))
+    await c.add_data_rule(alice, SCOPE, uuid, rule(bob.party_id, op="xgb", rule_id="r2"))
+    policies = {p.data_uuid: p for p in await c.list_data_policies(alice, SCOPE)}
+    assert [r.rule_id for r in policies[uuid].rules] == ["r1", "r2"]
+    assert uuid not in {p.data_uuid for p in await c.list_data_policies(bob, SCOPE)}
+    assert uuid not in {p.data_uuid for p in await c.list_data_policies(alice, "other-scope")}
+    for attempt in (
+        c.create_data_policy(bob, SCOPE, uuid, [rule(bob.party_id)]),
+        c.add_data_rule(bob, SCOPE, uuid, rule(bob.party_id)),
+        c.delete_data_rule(bob, SCOPE, uuid, "r1"),
+        c.delete_data_policy(bob, SCOPE, uuid),
+    ):
+        await refused(13, attempt, "is wrong")
+    await c.delete_data_rule(alice, SCOPE, uuid, "r2")
+    policies = {p.data_uuid: p for p in await c.list_data_policies(alice, SCOPE)}
+    assert [r.rule_id for r in policies[uuid].rules] == ["r1"]
+    await c.delete_data_policy(alice, SCOPE, uuid)
+    await c.delete_data_policy(alice, SCOPE, uuid)  # absent: success
+    assert uuid not in {p.data_uuid for p in await c.list_data_policies(alice, SCOPE)}
+    req = cm_pb2.CreateDataPolicyRequest(owner_party_id=alice.party_id, scope=SCOPE)
+    await refused(13, c.request("CreateDataPolicy", req, alice), "policy is empty")
+    req2 = cm_pb2.AddDataRuleRequest(owner_party_id=alice.party_id, scope=SCOPE, data_uuid=uuid)
+    await refused(13, c.request("AddDataRule", req2, alice), "policy is empty")
+
+
+# ---- GetDataKeys ----------------------------------------------------------------------------
+
+
+async def test_get_data_keys_grant_and_refusals(world: World) -> None:
+    c, alice, bob, app = world.client, world.alice, world.bob, world.app
+    pinned = 'r.env.tee.platform == "sim"'
+    keys = await owned(
+        world, alice, rule(bob.party_id, columns=("id", "age"), global_constraints=[pinned]), n=2
+    )
+    uris = [u for u, _ in keys]
+    ok = rr(bob.party_id, uris, columns=("id",))
+    got = await c.get_data_keys(app, ok, await report_for(world, app, ok))
+    assert [(k.resource_uri, k.data_key_b64) for k in got] == keys
+
+    async def denied(code: int, request: cm_pb2.ResourceRequest, match: str = "") -> None:
+        await refused(
+            code, c.get_data_keys(app, request, await report_for(world, app, request)), match
+        )
+
+    await denied(7, rr(world.carol.party_id, uris), "not satisfied")  # wrong party
+    await denied(7, rr(bob.party_id, uris, op="xgb"))  # wrong op
+    await denied(13, rr(bob.party_id, uris, scope="other"), "data policy is empty")  # scope
+    await denied(7, rr(bob.party_id, uris, columns=("salary",)))  # columns
+    await denied(13, rr(bob.party_id, [uid()]), "party id is not existed")  # unknown
+    await denied(13, rr(bob.party_id, [*uris, f"{uris[0]}/nokey"]), "data_keys not found")
+    # no report: refused unless upstream sim is allowed
+    await refused(7, c.get_data_keys(app, ok, None), "attestation report verify failed")
+    # a report made for another cert (replayed by a different app) does not bind
+    other_app = make_party("other-app")
+    replay = await report_for(world, other_app, ok)
+    await refused(7, c.get_data_keys(app, ok, replay), "hex_user_data")
+    # a report for another request
+    await refused(
+        7, c.get_data_keys(app, ok, await report_for(world, app, rr(bob.party_id, uris[:1])))
+    )
+    # tampered report
+    tampered = await report_for(world, app, ok)
+    tampered.json_report = tampered.json_report.replace('"hex_user_data', '"hex_user_dato')
+    await refused(7, c.get_data_keys(app, ok, tampered))
+    # unknown platform
+    alien = await report_for(world, app, ok)
+    alien.str_tee_platform = "NOPE"
+    await refused(3, c.get_data_keys(app, ok, alien), "parse report attributes failed")
+
+
+async def test_measurement_and_platform_constraints(world: World) -> None:
+    c, alice, bob, app = world.client, world.alice, world.bob, world.app
+    good = await report_for(world, app, rr(bob.party_id, ["x"]))
+    import json
+
+    body = json.loads(json.loads(good.json_report)["json_body"])
+    mr_ta = body["hex_ta_measurement"]
+    keys = await owned(
+        world, alice, rule(bob.party_id, constraints=[f'r.env.tee.sim.mr_ta == "{mr_ta}"'])
+    )
+    request = rr(bob.party_id, [keys[0][0]])
+    assert await c.get_data_keys(app, request, await report_for(world, app, request))
+    wrong = await owned(
+        world, alice, rule(bob.party_id, constraints=['r.env.tee.sim.mr_ta == "00"'])
+    )
+    request = rr(bob.party_id, [wrong[0][0]])
+    await refused(7, c.get_data_keys(app, request, await report_for(world, app, request)))
+    tdx_only = await owned(
+        world, alice, rule(bob.party_id, global_constraints=['r.env.tee.platform == "tdx"'])
+    )
+    request = rr(bob.party_id, [tdx_only[0][0]])
+    await refused(7, c.get_data_keys(app, request, await report_for(world, app, request)))
+
+
+async def test_get_tls_asset_unimplemented_in_band(world: World) -> None:
+    request = rr(world.bob.party_id, [uid()])
+    await refused(12, world.client.get_tls_asset(world.app, request, None))
+
+
+# ---- results and export ---------------------------------------------------------------------
+
+
+async def result_report(world: World, body: cm_pb2.CreateResultDataKeyRequest.Body) -> Any:
+    digest = hashlib.sha256(serialize_canonical(body)).digest()
+    return report_to_pb(await world.attester.generate(digest))
+
+
+async def test_result_key_gets_merged_policy(world: World) -> None:
+    c, alice, bob, carol, app = world.client, world.alice, world.bob, world.carol, world.app
+    [(a, _)] = await owned(
+        world, alice, rule(carol.party_id, columns=("id",), global_constraints=["true"])
+    )
+    [(b, _)] = await owned(
+        world, bob, rule(carol.party_id, global_constraints=['r.scope == "default"'])
+    )
+    result, result_key = uid(), key_b64()
+    body = cm_pb2.CreateResultDataKeyRequest.Body(
+        owner_id="",
+        resource_uri=result,
+        scope=SCOPE,
+        data_key_b64=result_key,
+        ancestor_uuids=[a, b],
+    )
+    await c.create_result_data_key(app, body, await result_report(world, body))
+    assert world.cm.store is not None
+    policy = world.cm.store.get_policy(SCOPE, result)
+    assert policy is not None and len(policy.rules) == 1
+    merged = policy.rules[0]
+    assert merged.grantee_party_ids == (carol.party_id,) and merged.columns == ("*",)
+    assert set(merged.global_constraints) == {"true", 'r.scope == "default"'}
+    request = rr(carol.party_id, [result])
+    got = await c.get_data_keys(app, request, await report_for(world, app, request))
+    assert got[0].data_key_b64 == result_key
+    # twice: refused, the first key stays
+    await refused(
+        13, c.create_result_data_key(app, body, await result_report(world, body)), "Already existed"
+    )
+    # a report bound to another body
+    other = cm_pb2.CreateResultDataKeyRequest.Body(
+        resource_uri=uid(), scope=SCOPE, data_key_b64=key_b64(), ancestor_uuids=[a]
+    )
+    await refused(7, c.create_result_data_key(app, other, await result_report(world, body)))
+    # missing ancestor policy: nothing stored
+    lost = cm_pb2.CreateResultDataKeyRequest.Body(
+        resource_uri=uid(), scope="nope", data_key_b64=key_b64(), ancestor_uuids=[a]
+    )
+    await refused(
+        13,
+        c.create_result_data_key(app, lost, await result_report(world, lost)),
+        "data policy is empty",
+    )
+    assert world.cm.store.data_info(lost.resource_uri) is None
+    empty = cm_pb2.CreateResultDataKeyRequest()
+    await refused(3, c.request("CreateResultDataKey", empty, app), "request body is empty")
+
+
+def export_certificate(requester: Credentials, uri: str, voters: list[Credentials]) -> str:
+    fields = {
+        "type": "TEE_DOWNLOAD",
+        "approved_threshold": len(voters),
+        "approved_action": f"tee/download,{uri}",
+    }
+    signed = sign_vote_request(fields, requester.chain_pems, requester.private_key)
+    invites = [
+        voter_sign(
+            {"action": "APPROVE"}, signed["vote_request_signature"], v.chain_pems, v.private_key
+        )
+        for v in voters
+    ]
+    return vote_result(signed, invites)
+
+
+async def test_export_needs_all_original_owners(world: World) -> None:
+    c, alice, bob, carol, app = world.client, world.alice, world.bob, world.carol, world.app
+    [(a, _)] = await owned(world, alice, rule(carol.party_id))
+    [(b, _)] = await owned(world, bob, rule(carol.party_id))
+    result, result_key = uid(), key_b64()
+    body = cm_pb2.CreateResultDataKeyRequest.Body(
+        resource_uri=result, scope=SCOPE, data_key_b64=result_key, ancestor_uuids=[a, b]
+    )
+    await c.create_result_data_key(app, body, await result_report(world, body))
+    both = export_certificate(carol, result, [alice, bob])
+    assert await c.get_export_data_key(carol, result, both) == result_key
+    only_alice = export_certificate(carol, result, [alice, alice])
+    await refused(13, c.get_export_data_key(carol, result, only_alice), "not all ancestors")
+    # the certificate names carol; bob cannot use it
+    await refused(13, c.get_export_data_key(bob, result, both), "wrong derived")
+    await refused(13, c.get_export_data_key(carol, result, "{}"))
+    await refused(13, c.get_export_data_key(carol, uid(), both), "has be not stored")
+    # an owner exports own data without votes
+    own = export_certificate(alice, a, [])
+    assert await c.get_export_data_key(alice, a, own)

@@ -1,0 +1,381 @@
+"""Python client API of the Capsule Manager (owners and TEE apps).
+
+Requests are built like the upstream SDK builds them (crypto-formats §2-§4): inner request JSON
+signed as an RS256 JWS with ``x5c`` = the caller's chain, sealed to the CM certificate's key
+with the ``jwe`` channel's upstream profile (RSA-OAEP, A128GCM, 12-byte IV). Responses are
+opened with the caller's key and parsed strictly. The CM certificate comes from ``GetRaCert``
+once per client; unless ``tee_plat`` is ``"sim"`` its report is verified against
+``tee_constraints`` and bound to the certificate and a fresh nonce.
+
+Refusals raise :class:`CapsuleManagerError` (``code``, ``message``, ``kind``); an unreachable
+CM raises :class:`~trustflow_core.errors.BackendUnavailable`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from google.protobuf.message import Message
+
+from ...attestation import Attributes, Policy, Report, ra_user_data
+from ...channel import Jwe
+from ...errors import (
+    AccessDenied,
+    BackendUnavailable,
+    EnvelopeError,
+    InvalidInput,
+    ObjectNotFound,
+    TrustflowError,
+    UnsupportedOperation,
+    VerificationError,
+)
+from ...identity import party_id_of_chain
+from ...proto.secretflowapis.v2.sdc import jwt_pb2, ual_pb2
+from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
+from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
+from ...wire import parse_json, to_json
+from .convert import report_from_pb
+from .errors import Kind, kind_of_message
+
+M = TypeVar("M", bound=Message)
+TEE_PLATFORMS = {"sgx": "SGX_DCAP", "tdx": "TDX", "csv": "CSV", "sim": "SIM"}
+
+
+class CapsuleManagerError(TrustflowError):
+    """The CM refused a request (in-band ``status.code != 0``)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"capsule manager refused (code {code}): {message}")
+        self.code = code
+        self.message = message
+        self.kind = kind_of_message(message)
+
+    def as_contract_error(self) -> TrustflowError:
+        """The matching contract error (AccessDenied, ObjectNotFound, InvalidInput,
+        UnsupportedOperation), or self."""
+        if self.code == 7:
+            return AccessDenied(str(self))
+        if self.code == 12:
+            return UnsupportedOperation(str(self))
+        if self.code == 3 or self.kind is Kind.ALREADY_EXISTS:
+            return InvalidInput(str(self))
+        if self.kind is Kind.NOT_FOUND:
+            return ObjectNotFound(str(self))
+        return self
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A party's key and certificate chain (leaf first)."""
+
+    private_key: RSAPrivateKey = field(repr=False)
+    chain: tuple[x509.Certificate, ...]
+
+    @property
+    def party_id(self) -> str:
+        return party_id_of_chain(self.chain)
+
+    @property
+    def chain_pems(self) -> list[str]:
+        return [c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain]
+
+    @classmethod
+    def from_files(cls, private_key_file: Path, cert_files: Sequence[Path]) -> Credentials:
+        try:
+            key = serialization.load_pem_private_key(private_key_file.read_bytes(), None)
+            chain: list[x509.Certificate] = []
+            for path in cert_files:
+                chain.extend(x509.load_pem_x509_certificates(path.read_bytes()))
+        except OSError as exc:
+            raise ObjectNotFound(f"{exc.filename}: {exc.strerror}") from None
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"cannot load credentials: {exc}") from None
+        if not isinstance(key, RSAPrivateKey):
+            raise InvalidInput(f"{private_key_file} is not an RSA private key")
+        if not chain:
+            raise InvalidInput("no certificate given")
+        return cls(key, tuple(chain))
+
+
+def constraints_policy(tee_plat: str, constraints: Mapping[str, str | None]) -> Policy:
+    """The report policy the upstream SDK applies to the CM (cli.md §5.1)."""
+    if tee_plat not in TEE_PLATFORMS:
+        raise InvalidInput(f"tee_plat must be one of {sorted(TEE_PLATFORMS)}, got {tee_plat!r}")
+    c = {k: v or "" for k, v in constraints.items()}
+    attrs: dict[str, str] = {"str_tee_platform": TEE_PLATFORMS[tee_plat]}
+    if tee_plat in ("sgx", "tdx", "sim"):
+        attrs["bool_debug_disabled"] = "true"
+    if tee_plat == "sgx":
+        attrs |= {"hex_ta_measurement": c.get("mr_ta", ""), "hex_signer": c.get("mr_signer", "")}
+    elif tee_plat in ("tdx", "sim"):
+        attrs |= {
+            "hex_platform_measurement": c.get("mr_plat", ""),
+            "hex_boot_measurement": c.get("mr_boot", ""),
+            "hex_ta_measurement": c.get("mr_ta", ""),
+        }
+    elif tee_plat == "csv":
+        attrs["hex_boot_measurement"] = c.get("mr_boot", "")
+    return Policy((Attributes(**attrs),), allow_simulation=tee_plat == "sim")
+
+
+class CapsuleManagerClient:
+    """An async client. Use ``async with CapsuleManagerClient(...) as cm``.
+
+    ``verify_sim``: with ``tee_plat="sim"``, also verify a SIM report when the CM sends one
+    (upstream sim clients verify nothing).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tee_plat: str = "sim",
+        tee_constraints: Mapping[str, str | None] | None = None,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        timeout: float = 30.0,
+        pm: Any = None,
+        verify_sim: bool = False,
+    ) -> None:
+        self.target = target
+        self.tee_plat = tee_plat
+        self.policy = constraints_policy(tee_plat, tee_constraints or {})
+        self.timeout = timeout
+        self.verify_sim = verify_sim
+        self._pm = pm
+        self._grpc = (
+            grpc.aio.secure_channel(target, channel_credentials)
+            if channel_credentials is not None
+            else grpc.aio.insecure_channel(target)
+        )
+        self._stub = cm_grpc.CapsuleManagerStub(self._grpc)
+        self._jwe: Any = None
+        self._cm_cert_pem: str | None = None
+
+    async def __aenter__(self) -> CapsuleManagerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._grpc.close()
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    @property
+    def pm(self) -> Any:
+        if self._pm is None:
+            from ...manager import get_plugin_manager
+
+            self._pm = get_plugin_manager()
+        return self._pm
+
+    @property
+    def channel(self) -> Any:
+        if self._jwe is None:
+            from ...registry import get_backend_class
+
+            cls = get_backend_class(self.pm, "channel", "jwe")
+            self._jwe = cls.from_settings({"profile": "upstream"})
+        return self._jwe
+
+    async def _call(self, method: str, request: Message) -> Any:
+        try:
+            return await getattr(self._stub, method)(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise BackendUnavailable(
+                f"capsule manager {self.target}: {method} failed: {exc.code().name} "
+                f"{exc.details() or ''}".strip()
+            ) from None
+
+    async def get_ra_cert(self, nonce: str | None = None) -> tuple[str, Report | None]:
+        """``(cm_cert_pem, report)``, the report verified unless ``tee_plat`` is sim."""
+        nonce = nonce if nonce is not None else secrets.token_hex(32)
+        response = await self._call("GetRaCert", cm_pb2.GetRaCertRequest(nonce=nonce))
+        if response.status.code != 0:
+            raise CapsuleManagerError(response.status.code, response.status.message)
+        report = (
+            report_from_pb(response.attestation_report)
+            if response.HasField("attestation_report")
+            else None
+        )
+        if self.tee_plat != "sim" or (self.verify_sim and report is not None):
+            await self._verify_cm(response.cert, nonce, report)
+        return response.cert, report
+
+    async def _verify_cm(self, cert_pem: str, nonce: str, report: Report | None) -> None:
+        from ...registry import verifier_for_platform
+
+        if report is None:
+            raise VerificationError("missing_report", "the capsule manager sent no report")
+        policy = self.policy.with_user_data(ra_user_data(cert_pem.encode(), nonce.encode()))
+        verifier = verifier_for_platform(self.pm, report.str_tee_platform).from_settings()
+        async with verifier:
+            await verifier.verify(report, policy)
+
+    async def cm_cert_pem(self) -> str:
+        if self._cm_cert_pem is None:
+            self._cm_cert_pem, _ = await self.get_ra_cert()
+        return self._cm_cert_pem
+
+    async def cm_public_key(self) -> RSAPublicKey:
+        cert = x509.load_pem_x509_certificate((await self.cm_cert_pem()).encode())
+        key = cert.public_key()
+        if not isinstance(key, RSAPublicKey):
+            raise VerificationError("cm_cert", "the capsule manager key is not RSA")
+        return key
+
+    async def envelope(self, inner: Message, creds: Credentials) -> cm_pb2.EncryptedRequest:
+        payload = to_json(inner, style="sdk").encode()
+        jws = self.channel.sign(payload, creds.private_key, creds.chain)
+        plaintext = json.dumps(jws.to_dict(), separators=(",", ":")).encode()
+        jwe = self.channel.seal(plaintext, await self.cm_public_key()).jwe
+        return cm_pb2.EncryptedRequest(
+            message=jwt_pb2.Jwe(
+                protected_header=jwe.protected,
+                encrypted_key=jwe.encrypted_key,
+                iv=jwe.iv,
+                ciphertext=jwe.ciphertext,
+                tag=jwe.tag,
+                aad=jwe.aad,
+            ),
+            has_signature=True,
+        )
+
+    def _open(self, response: cm_pb2.EncryptedResponse, creds: Credentials, cls: type[M]) -> M:
+        if not response.HasField("message"):
+            raise EnvelopeError("capsule manager response has no message")
+        m = response.message
+        jwe = Jwe(m.protected_header, m.encrypted_key, m.iv, m.ciphertext, m.tag, m.aad)
+        plaintext = self.channel.open(jwe, creds.private_key).plaintext
+        return parse_json(plaintext, cls)
+
+    async def request(
+        self,
+        method: str,
+        inner: Message,
+        creds: Credentials,
+        response_cls: type[M] | None = None,
+    ) -> M | None:
+        """Send one enveloped request; return the opened inner response (or None)."""
+        response = await self._call(method, await self.envelope(inner, creds))
+        if response.status.code != 0:
+            raise CapsuleManagerError(response.status.code, response.status.message)
+        return None if response_cls is None else self._open(response, creds, response_cls)
+
+    # ---- owner API -------------------------------------------------------------------------
+
+    async def register_cert(self, creds: Credentials, scheme: str = "RSA") -> None:
+        req = cm_pb2.RegisterCertRequest(
+            owner_party_id=creds.party_id, certs=creds.chain_pems, scheme=scheme
+        )
+        await self.request("RegisterCert", req, creds)
+
+    async def create_data_keys(self, creds: Credentials, keys: Sequence[tuple[str, str]]) -> None:
+        req = cm_pb2.CreateDataKeysRequest(
+            owner_party_id=creds.party_id,
+            data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=k) for u, k in keys],
+        )
+        await self.request("CreateDataKeys", req, creds)
+
+    async def delete_data_key(self, creds: Credentials, resource_uri: str) -> None:
+        req = cm_pb2.DeleteDataKeyRequest(owner_party_id=creds.party_id, resource_uri=resource_uri)
+        await self.request("DeleteDataKey", req, creds)
+
+    async def create_data_policy(
+        self, creds: Credentials, scope: str, data_uuid: str, rules: Sequence[cm_pb2.Rule]
+    ) -> None:
+        req = cm_pb2.CreateDataPolicyRequest(
+            owner_party_id=creds.party_id,
+            scope=scope,
+            policy=cm_pb2.Policy(data_uuid=data_uuid, rules=list(rules)),
+        )
+        await self.request("CreateDataPolicy", req, creds)
+
+    async def list_data_policies(self, creds: Credentials, scope: str) -> list[cm_pb2.Policy]:
+        req = cm_pb2.ListDataPolicyRequest(owner_party_id=creds.party_id, scope=scope)
+        resp = await self.request("ListDataPolicy", req, creds, cm_pb2.ListDataPolicyResponse)
+        assert resp is not None
+        return list(resp.policies)
+
+    async def add_data_rule(
+        self, creds: Credentials, scope: str, data_uuid: str, rule: cm_pb2.Rule
+    ) -> None:
+        req = cm_pb2.AddDataRuleRequest(
+            owner_party_id=creds.party_id, scope=scope, data_uuid=data_uuid, rule=rule
+        )
+        await self.request("AddDataRule", req, creds)
+
+    async def delete_data_rule(
+        self, creds: Credentials, scope: str, data_uuid: str, rule_id: str
+    ) -> None:
+        req = cm_pb2.DeleteDataRuleRequest(
+            owner_party_id=creds.party_id, scope=scope, data_uuid=data_uuid, rule_id=rule_id
+        )
+        await self.request("DeleteDataRule", req, creds)
+
+    async def delete_data_policy(self, creds: Credentials, scope: str, data_uuid: str) -> None:
+        req = cm_pb2.DeleteDataPolicyRequest(
+            owner_party_id=creds.party_id, scope=scope, data_uuid=data_uuid
+        )
+        await self.request("DeleteDataPolicy", req, creds)
+
+    async def get_export_data_key(
+        self, creds: Credentials, resource_uri: str, data_export_certificate: str
+    ) -> str:
+        req = cm_pb2.GetExportDataKeyRequest(
+            request_party_id=creds.party_id,
+            resource_uri=resource_uri,
+            data_export_certificate=data_export_certificate,
+        )
+        resp = await self.request("GetExportDataKey", req, creds, cm_pb2.GetExportDataKeyResponse)
+        assert resp is not None
+        return resp.data_key.data_key_b64
+
+    # ---- app API ---------------------------------------------------------------------------
+
+    async def get_data_keys(
+        self,
+        app: Credentials,
+        resource_request: cm_pb2.ResourceRequest,
+        report: ual_pb2.UnifiedAttestationReport | None,
+    ) -> list[cm_pb2.DataKey]:
+        req = cm_pb2.GetDataKeysRequest(cert=app.chain_pems[0], resource_request=resource_request)
+        if report is not None:
+            req.attestation_report.CopyFrom(report)
+        resp = await self.request("GetDataKeys", req, app, cm_pb2.GetDataKeysResponse)
+        assert resp is not None
+        return list(resp.data_keys)
+
+    async def create_result_data_key(
+        self,
+        app: Credentials,
+        body: cm_pb2.CreateResultDataKeyRequest.Body,
+        report: ual_pb2.UnifiedAttestationReport | None,
+    ) -> None:
+        req = cm_pb2.CreateResultDataKeyRequest(body=body)
+        if report is not None:
+            req.attestation_report.CopyFrom(report)
+        await self.request("CreateResultDataKey", req, app)
+
+    async def get_tls_asset(
+        self,
+        app: Credentials,
+        resource_request: cm_pb2.ResourceRequest,
+        report: ual_pb2.UnifiedAttestationReport | None,
+    ) -> cm_pb2.GetTlsAssetResponse:
+        req = cm_pb2.GetTlsAssetRequest(cert=app.chain_pems[0], resource_request=resource_request)
+        if report is not None:
+            req.attestation_report.CopyFrom(report)
+        resp = await self.request("GetTlsAsset", req, app, cm_pb2.GetTlsAssetResponse)
+        assert resp is not None
+        return resp

@@ -1,0 +1,201 @@
+"""The ``capsule_manager`` key exchange: a TEE app's client of the Capsule Manager.
+
+``get_data_keys`` sends ``GetDataKeys`` with an attestation report binding
+``SHA-256(app_cert_pem || "." || serialize(ResourceRequest))`` (crypto-formats §6);
+``register_result_key`` sends ``CreateResultDataKey`` with a report binding
+``SHA-256(serialize(Body))``. Responses are sealed to the app key, which never leaves the app.
+
+Settings:
+
+* ``endpoint`` (required) -- ``host:port`` of the CM;
+* ``attester`` -- attester backend name (``sim``, ``tdx``, ...); absent or ``none``: no report
+  (only accepted by a CM started with ``--allow-upstream-sim``);
+* ``attester_settings`` -- mapping passed to the attester;
+* ``private_key_file`` / ``cert_file`` -- the app identity (default: a fresh RSA-3072 key and
+  self-signed certificate per instance, as TEEAPPS does);
+* ``tee_plat`` / ``tee_constraints`` -- how the CM's own report is checked (default ``sim``:
+  not checked, like upstream sim clients);
+* ``owner_id`` -- ``owner_id`` of registered result keys (default ``""`` as upstream apps);
+* ``timeout`` -- seconds per call (default 30).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from typing_extensions import Self
+
+from ...attestation import Attester, ra_user_data
+from ...errors import InvalidInput
+from ...keyexchange import DataKey, KeyExchange, ResourceRequest, ResultKey, TlsAsset
+from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
+from ...wire import serialize_canonical
+from .client import CapsuleManagerClient, CapsuleManagerError, Credentials
+from .convert import report_to_pb
+
+SETTINGS = {
+    "endpoint",
+    "attester",
+    "attester_settings",
+    "private_key_file",
+    "cert_file",
+    "tee_plat",
+    "tee_constraints",
+    "owner_id",
+    "timeout",
+}
+
+
+def ephemeral_credentials(common_name: str = "TeeApps") -> Credentials:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    return Credentials(key, (cert,))
+
+
+def resource_request_pb(request: ResourceRequest) -> cm_pb2.ResourceRequest:
+    return cm_pb2.ResourceRequest(
+        initiator_party_id=request.initiator_party_id,
+        scope=request.scope,
+        op_name=request.op_name,
+        resources=[
+            cm_pb2.ResourceRequest.Resource(
+                resource_uri=r.resource_uri, columns=list(r.columns), attrs=r.attrs
+            )
+            for r in request.resources
+        ],
+        env=request.env,
+        global_attrs=request.global_attrs,
+    )
+
+
+class CapsuleManagerKeyExchange(KeyExchange):
+    """Data keys from a Capsule Manager after attestation and policy. See the module doc."""
+
+    name: ClassVar[str] = "capsule_manager"
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        attester: Attester | None = None,
+        credentials: Credentials | None = None,
+        tee_plat: str = "sim",
+        tee_constraints: Mapping[str, str | None] | None = None,
+        owner_id: str = "",
+        timeout: float = 30.0,
+        pm: Any = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.attester = attester
+        self.credentials = credentials or ephemeral_credentials()
+        self.owner_id = owner_id
+        self.client = CapsuleManagerClient(
+            endpoint, tee_plat=tee_plat, tee_constraints=tee_constraints, timeout=timeout, pm=pm
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(endpoint={self.endpoint!r})"
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
+        s = dict(settings or {})
+        unknown = sorted(set(s) - SETTINGS)
+        if unknown:
+            raise InvalidInput(f"key exchange 'capsule_manager' got unknown setting(s) {unknown}")
+        endpoint = s.get("endpoint")
+        if not isinstance(endpoint, str) or not endpoint:
+            raise InvalidInput("key exchange 'capsule_manager' needs 'endpoint' (host:port)")
+        from ...manager import get_plugin_manager
+        from ...registry import get_backend_class
+
+        pm = get_plugin_manager()
+        attester = None
+        name = s.get("attester")
+        if name not in (None, "", "none"):
+            attester = get_backend_class(pm, "attester", name).from_settings(
+                s.get("attester_settings")
+            )
+        creds = None
+        if s.get("private_key_file") or s.get("cert_file"):
+            if not (s.get("private_key_file") and s.get("cert_file")):
+                raise InvalidInput("give both private_key_file and cert_file")
+            creds = Credentials.from_files(Path(s["private_key_file"]), [Path(s["cert_file"])])
+        timeout = s.get("timeout", 30.0)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise InvalidInput("key exchange 'capsule_manager': timeout must be > 0")
+        return cls(
+            endpoint,
+            attester=attester,
+            credentials=creds,
+            tee_plat=s.get("tee_plat", "sim"),
+            tee_constraints=s.get("tee_constraints"),
+            owner_id=s.get("owner_id", ""),
+            timeout=float(timeout),
+            pm=pm,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _report(self, digest: bytes) -> Any:
+        if self.attester is None:
+            return None
+        return report_to_pb(await self.attester.generate(digest))
+
+    async def get_data_keys(self, request: ResourceRequest) -> list[DataKey]:
+        rr = resource_request_pb(request)
+        cert_pem = self.credentials.chain_pems[0].encode()
+        report = await self._report(ra_user_data(cert_pem, serialize_canonical(rr)))
+        try:
+            keys = await self.client.get_data_keys(self.credentials, rr, report)
+        except CapsuleManagerError as exc:
+            raise exc.as_contract_error() from None
+        wanted = [r.resource_uri for r in request.resources]
+        if [k.resource_uri for k in keys] != wanted:
+            raise InvalidInput("capsule manager returned keys for other resources than asked")
+        return [DataKey(k.resource_uri, base64.b64decode(k.data_key_b64)) for k in keys]
+
+    async def get_tls_asset(self, request: ResourceRequest) -> TlsAsset:
+        rr = resource_request_pb(request)
+        cert_pem = self.credentials.chain_pems[0].encode()
+        report = await self._report(ra_user_data(cert_pem, serialize_canonical(rr)))
+        try:
+            resp = await self.client.get_tls_asset(self.credentials, rr, report)
+        except CapsuleManagerError as exc:
+            raise exc.as_contract_error() from None
+        return TlsAsset(resp.tls_asset.cert.encode(), resp.tls_asset.private_key.encode())
+
+    async def register_result_key(self, result: ResultKey) -> None:
+        import hashlib
+
+        body = cm_pb2.CreateResultDataKeyRequest.Body(
+            owner_id=result.owner_id or self.owner_id,
+            resource_uri=result.resource_uri,
+            scope=result.scope,
+            data_key_b64=base64.b64encode(result.key).decode(),
+            ancestor_uuids=list(result.ancestor_uuids),
+        )
+        report = await self._report(hashlib.sha256(serialize_canonical(body)).digest())
+        try:
+            await self.client.create_result_data_key(self.credentials, body, report)
+        except CapsuleManagerError as exc:
+            raise exc.as_contract_error() from None
