@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+from cryptography.x509.verification import PolicyBuilder, Store
+from cryptography.x509.verification import VerificationError as X509VerificationError
 
 from trustflow_core import tls_asset as ta
 from trustflow_core.errors import InvalidInput, ObjectNotFound, VerificationError
@@ -144,6 +146,13 @@ def test_certificate_profiles() -> None:
         ExtendedKeyUsageOID.SERVER_AUTH,
         ExtendedKeyUsageOID.CLIENT_AUTH,
     }
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    group_hex = ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value.removeprefix(
+        "group-"
+    )
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        ta.member_uri(group_hex, party_id_of_key(BOB.public_key()))
+    ]
     aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert aki.key_identifier == ski.digest
@@ -156,6 +165,20 @@ def test_certificate_profiles() -> None:
     assert asset.private_key_pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")  # PKCS#8
     assert key_of(asset).curve.name == "secp256r1"
     assert asset.cert_pem.count(b"-----BEGIN CERTIFICATE-----") == 2
+
+
+def test_an_independent_rfc5280_verifier_accepts_members_only() -> None:
+    """cryptography's own (non-OpenSSL) path validation, client-auth policy."""
+    ca = chain(issue())[1]
+    verifier = PolicyBuilder().store(Store([ca])).time(NOW).build_client_verifier()
+    for member in (BOB, CAROL):
+        verified = verifier.verify(chain(issue(member))[0], [])
+        assert verified.chain[-1] == ca
+    for stranger in (issue(op_name="psi"), issue(issuer_secret=b"other cm")):
+        with pytest.raises(X509VerificationError):
+            verifier.verify(chain(stranger)[0], [])
+    with pytest.raises(X509VerificationError):  # expired leaf of the group
+        verifier.verify(chain(issue(now=NOW - 2 * ta.DEFAULT_LEAF_LIFETIME))[0], [])
 
 
 def test_leaf_validity_windows() -> None:
@@ -251,6 +274,67 @@ def test_flipped_character_in_a_certificate_is_refused(block: int) -> None:
     with pytest.raises(VerificationError) as err:
         ta.validate_tls_asset(tampered, now=NOW)
     assert err.value.check in {"certificate", "chain", "key_match"}
+
+
+def test_every_changed_base64_character_of_the_certificate_file_is_refused() -> None:
+    """Exhaustive: each position of each PEM body, one character changed. Either the file is
+    refused with a VerificationError, or it decodes to the very same certificates (spare
+    bits of the last base64 quantum)."""
+    asset = issue()
+    original = [c.public_bytes(serialization.Encoding.DER) for c in chain(asset)]
+    pem = asset.cert_pem
+    positions = [
+        i
+        for i, line in _body_lines(pem)
+        for i in range(i, i + len(line))
+        if pem[i : i + 1] not in (b"=", b"\n")
+    ]
+    assert len(positions) > 800
+    refused = 0
+    for index in positions:
+        data = bytearray(pem)
+        data[index] = ord("B") if data[index] == ord("A") else ord("A")
+        tampered = dataclasses.replace(asset, cert_pem=bytes(data))
+        try:
+            ta.validate_tls_asset(tampered, now=NOW)
+        except VerificationError:
+            refused += 1
+            continue
+        assert [c.public_bytes(serialization.Encoding.DER) for c in chain(tampered)] == original
+    assert refused >= len(positions) - 8
+
+
+def test_every_changed_base64_character_of_the_key_file_is_refused() -> None:
+    asset = issue()
+    pem = asset.private_key_pem
+    positions = [
+        i
+        for i, line in _body_lines(pem)
+        for i in range(i, i + len(line))
+        if pem[i : i + 1] not in (b"=", b"\n")
+    ]
+    unchanged = 0
+    for index in positions:
+        data = bytearray(pem)
+        data[index] = ord("B") if data[index] == ord("A") else ord("A")
+        tampered = dataclasses.replace(asset, private_key_pem=bytes(data))
+        try:
+            ta.validate_tls_asset(tampered, now=NOW)
+        except VerificationError as exc:
+            assert exc.check in {"key", "key_match"}
+            continue
+        assert key_of(tampered).private_numbers() == key_of(asset).private_numbers()
+        unchanged += 1
+    assert unchanged <= 4
+
+
+def _body_lines(pem: bytes) -> list[tuple[int, bytes]]:
+    out, offset = [], 0
+    for line in pem.split(b"\n"):
+        if line and not line.startswith(b"-----"):
+            out.append((offset, line))
+        offset += len(line) + 1
+    return out
 
 
 def test_every_flipped_character_of_the_leaf_signature_is_refused() -> None:

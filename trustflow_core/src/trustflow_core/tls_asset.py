@@ -209,6 +209,13 @@ def _leaf_window(
     return window, EPOCH + window * lifetime
 
 
+def member_uri(group_hex: str, party_id: str) -> str:
+    """The leaf's subjectAltName URI ``urn:trustflow:group:<group id hex>:party:<party id>``.
+    Informational (nobody matches names, quirk 19); it also makes the leaf a complete RFC 5280
+    end-entity certificate for strict verifiers."""
+    return f"urn:trustflow:group:{group_hex}:party:{party_id}"
+
+
 def group_ca_certificate(
     data_key: bytes, *, scope: str, data_uuid: str, op_name: str, issuer_secret: bytes = b""
 ) -> x509.Certificate:
@@ -246,6 +253,7 @@ def issue_group_asset(
     ca = _group_ca(data_key, GroupId(scope, data_uuid, op_name), issuer_secret)
     window, start = _leaf_window(now, leaf_lifetime)
     member = hashlib.sha256(_spki(member_public_key)).digest()
+    party = party_id_of_key(member_public_key)
     leaf_info = member + window.to_bytes(8, "big")
     key = _p256_key(ca.seed, b"leaf-key\x00" + leaf_info)
     ca_public = ca.key.public_key()
@@ -255,7 +263,7 @@ def issue_group_asset(
             _name(
                 (NameOID.ORGANIZATION_NAME, ORGANIZATION),
                 (NameOID.ORGANIZATIONAL_UNIT_NAME, f"group-{ca.group_hex}"),
-                (NameOID.COMMON_NAME, party_id_of_key(member_public_key)),
+                (NameOID.COMMON_NAME, party),
             )
         )
         .issuer_name(ca.cert.subject)
@@ -265,6 +273,12 @@ def issue_group_asset(
         .not_valid_after(start + 2 * leaf_lifetime)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(member_uri(ca.group_hex, party))]
+            ),
+            critical=False,
+        )
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -330,8 +344,17 @@ def _parse_chain(cert_pem: bytes) -> list[x509.Certificate]:
         raise VerificationError("certificate", "no PEM certificate found")
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise VerificationError("certificate", f"cannot parse the PEM certificates: {exc}") from exc
+    for index, cert in enumerate(chain):
+        try:  # parsed lazily: touch what the checks read so damage surfaces here
+            cert.public_key()
+            _ = cert.subject, cert.issuer, cert.extensions
+            _ = cert.not_valid_before_utc, cert.not_valid_after_utc
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise VerificationError(
+                "certificate", f"certificate {index} is damaged: {exc}"
+            ) from exc
     blocks = cert_pem.count(_BEGIN)
     if blocks != len(chain):
         raise VerificationError(
