@@ -77,7 +77,7 @@ def test_pinned_root_is_the_bundled_hrk(certs, expected):
         expected["csv/csv-rs/hrk.cert"]["pub_x"],
         expected["csv/csv-rs/hrk.cert"]["pub_y"],
     )
-    assert chain.HRK_KEY_ID == hrk.key_id
+    assert hrk.key_id == chain.HRK_KEY_ID
 
 
 def test_full_chain_verifies(certs, report_raw):

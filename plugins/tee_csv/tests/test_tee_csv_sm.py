@@ -7,7 +7,17 @@ from typing import Any
 import pytest
 from gmssl.sm2 import CryptSM2, default_ecc_table
 
-from trustflow_tee_csv.sm import SM2_CURVE, Curve, hmac_sm3, sm2_verify, sm2_z, sm3
+from trustflow_tee_csv.sm import SM2_CURVE, Curve, hmac_sm3, sm2_engine, sm2_verify, sm2_z, sm3
+
+ENGINES = [
+    "gmssl",
+    pytest.param(
+        "openssl",
+        marks=pytest.mark.skipif(
+            sm2_engine() != "openssl", reason="no libcrypto with SM2 on this host"
+        ),
+    ),
+]
 
 DEFAULT_LIBRARY_ID = b"1234567812345678"
 
@@ -75,7 +85,8 @@ def test_gbt_signature_rejects_changes(gbt, gbt_curve):
     assert not sm2_verify(x, y ^ 1, user_id, message, r, s, gbt_curve)  # off the curve
 
 
-def test_hygon_hrk_vector_needs_the_hygon_id(hrk_vector, vectors):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_hygon_hrk_vector_needs_the_hygon_id(hrk_vector, vectors, engine):
     hrk = (vectors / "csv-rs" / "hrk.cert").read_bytes()
     message = hrk[:576]
     assert sm3(message).hex() == hrk_vector["message_sm3"]
@@ -83,8 +94,9 @@ def test_hygon_hrk_vector_needs_the_hygon_id(hrk_vector, vectors):
     user_id = hrk_vector["id_ascii"].encode()
     assert sm2_z(user_id, x, y).hex() == hrk_vector["za"]
     r, s = h(hrk_vector["r"]), h(hrk_vector["s"])
-    assert sm2_verify(x, y, user_id, message, r, s)
-    assert not sm2_verify(x, y, DEFAULT_LIBRARY_ID, message, r, s)
+    assert sm2_verify(x, y, user_id, message, r, s, engine=engine)
+    assert not sm2_verify(x, y, DEFAULT_LIBRARY_ID, message, r, s, engine=engine)
+    assert not sm2_verify(x, y, user_id, message[:-1], r, s, engine=engine)
 
 
 def test_gmssl_default_id_pitfall_is_real(hrk_vector, vectors):
@@ -99,12 +111,14 @@ def test_gmssl_default_id_pitfall_is_real(hrk_vector, vectors):
     ("r", "s"),
     [(0, 1), (1, 0), (SM2_CURVE.n, 1), (1, SM2_CURVE.n), (1, SM2_CURVE.n - 1)],
 )
-def test_out_of_range_signatures_are_rejected(hrk_vector, r, s):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_out_of_range_signatures_are_rejected(hrk_vector, r, s, engine):
     x, y = h(hrk_vector["pub_x"]), h(hrk_vector["pub_y"])
-    assert not sm2_verify(x, y, b"HYGON-SSD-HRK", b"m", r, s)
+    assert not sm2_verify(x, y, b"HYGON-SSD-HRK", b"m", r, s, engine=engine)
 
 
-def test_keys_whose_hex_starts_with_04_work():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_keys_whose_hex_starts_with_04_work(engine):
     """gmssl's constructor lstrip("04")-s public keys; sm2_verify must not be affected.
     Private key 11 gives a public x whose hex starts with "04"."""
     engine = CryptSM2(private_key=f"{11:064x}", public_key="")
@@ -115,5 +129,33 @@ def test_keys_whose_hex_starts_with_04_work():
     e = sm3(sm2_z(user_id, x, y) + message)
     signature = engine.sign(e, f"{0x1234567:064x}")
     r, s = h(signature[:64]), h(signature[64:])
-    assert sm2_verify(x, y, user_id, message, r, s)
-    assert not sm2_verify(x, y, user_id, message + b".", r, s)
+    assert sm2_verify(x, y, user_id, message, r, s, engine=engine)
+    assert not sm2_verify(x, y, user_id, message + b".", r, s, engine=engine)
+
+
+@pytest.mark.skipif(sm2_engine() != "openssl", reason="no libcrypto with SM2 on this host")
+def test_engines_agree_on_the_real_chain(vectors):
+    """Both engines accept the genuine HSK signature and reject every one-bit change of its
+    signed bytes at a spread of positions."""
+    hsk = (vectors / "csv-rs" / "hsk.cert").read_bytes()
+    from trustflow_tee_csv.chain import HRK
+    from trustflow_tee_csv.structs import CaCert
+
+    cert = CaCert.parse(hsk, "HSK")
+    for position in [None, *range(0, 576, 37)]:
+        signed = bytearray(cert.signed)
+        if position is not None:
+            signed[position] ^= 0x01
+        results = {
+            engine: sm2_verify(
+                HRK.x, HRK.y, HRK.user_id, bytes(signed), cert.r, cert.s, engine=engine
+            )
+            for engine in ("gmssl", "openssl")
+        }
+        assert results == {"gmssl": position is None, "openssl": position is None}, position
+
+
+def test_openssl_engine_cannot_take_other_curves(gbt, gbt_curve):
+    x, y = h(gbt["pub_x"]), h(gbt["pub_y"])
+    with pytest.raises(RuntimeError):
+        sm2_verify(x, y, b"A", b"m", h(gbt["r"]), h(gbt["s"]), gbt_curve, engine="openssl")

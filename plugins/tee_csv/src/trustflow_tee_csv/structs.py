@@ -4,6 +4,11 @@
 All integers are little endian. EC coordinates and signature halves sit in 72-byte slots
 holding a little-endian number; only 32 bytes are meaningful on the SM2 curve, so a slot whose
 upper 40 bytes are not zero is malformed (it would encode a number >= 2**256).
+
+Certificates must be canonical where no signature protects them: the reserved bytes after the
+signature(s) are zero and an empty signature slot is usage ``0x1000`` (or 0), algorithm 0 and
+zero values -- as in every genuine certificate examined. So any change to a certificate is
+detected, not only changes to its signed part.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ ALGO_SM2_SA = 0x0004
 ALGO_SM2_DH = 0x0005
 
 USAGE_HRK = 0x0000
+USAGE_INVALID = 0x1000
 USAGE_HSK = 0x0013
 USAGE_OCA = 0x1001
 USAGE_PEK = 0x1002
@@ -55,6 +61,12 @@ def le_slot(data: bytes, offset: int, what: str) -> int:
     if len(slot) != SLOT or any(slot[32:]):
         raise VerificationError("format", f"{what}: malformed 72-byte little-endian value")
     return int.from_bytes(slot[:32], "little")
+
+
+def require_zero(data: bytes, start: int, end: int, what: str) -> None:
+    """Reject non-zero bytes in the unsigned reserved range ``[start, end)``."""
+    if any(data[start:end]):
+        raise VerificationError("format", f"{what}: reserved bytes {start}..{end} are not zero")
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,7 @@ class CaCert:
         if len(raw) != CA_CERT_SIZE:
             raise VerificationError("format", f"{what}: {len(raw)} bytes, expected {CA_CERT_SIZE}")
         version, key_id, certifying_id, usage = struct.unpack_from("<I16s16sI", raw, 0)
+        require_zero(raw, 720, CA_CERT_SIZE, what)
         return cls(
             raw=bytes(raw),
             version=version,
@@ -151,6 +164,9 @@ class CsvCert:
             if sig_algo in (ALGO_SM2_SA, ALGO_SM2_DH):
                 r = le_slot(raw, off + 8, f"{what} sig{i} r")
                 s = le_slot(raw, off + 8 + SLOT, f"{what} sig{i} s")
+            elif sig_usage not in (0, USAGE_INVALID) or sig_algo or any(raw[off + 8 : off + 152]):
+                raise VerificationError("format", f"{what}: signature slot {i} is not empty")
+            require_zero(raw, off + 152, off + 520, what)
             sigs.append(Signature(sig_usage, sig_algo, r, s))
         return cls(
             raw=bytes(raw),
