@@ -1,0 +1,111 @@
+"""``create_app(settings, pm)``: the Data Capsule Proxy as an aiohttp application.
+
+Routes: ``POST /DataCapsuleProxy/GetInputData``, ``POST /DataCapsuleProxy/PutResultData`` (also
+under the full service name) and ``GET /health`` (``OK``).
+
+Errors (``text/plain``, the reason as body): malformed request 400, path or endpoint outside
+what is allowed 403, missing input 404, input that is no valid data capsule or fails
+authentication (wrong key, tampering) 422; everything else 500 with brpc's error-code header,
+as upstream answers every failure. Tracebacks are logged, never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from ...errors import AccessDenied, CapsuleFormatError, InvalidInput, ObjectNotFound, TrustflowError
+from ...identity import load_pem_chain, party_id_of_chain
+from ...manager import TrustflowPluginManager
+from ...registry import get_backend_class
+from . import handlers
+from .appkeys import SERVICE
+from .keysource import KeySource
+from .service import DataCapsuleProxy
+from .settings import DataCapsuleProxySettings
+
+log = logging.getLogger("trustflow.data_capsule_proxy")
+BRPC_ERROR_HEADER = "x-bd-error-code"
+BRPC_EINTERNAL = "2001"
+STATUS = (
+    (InvalidInput, 400),
+    (AccessDenied, 403),
+    (ObjectNotFound, 404),
+    (CapsuleFormatError, 422),
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _plain(status: int, text: str) -> web.Response:
+    headers = {BRPC_ERROR_HEADER: BRPC_EINTERNAL} if status >= 500 else None
+    return web.Response(status=status, text=f"{text}\n", content_type="text/plain", headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except TrustflowError as exc:
+        status = next((code for cls, code in STATUS if isinstance(exc, cls)), 500)
+        log.log(
+            logging.ERROR if status >= 500 else logging.WARNING,
+            "%s %s: %s",
+            request.method,
+            request.path,
+            exc,
+        )
+        return _plain(status, str(exc))
+    except OSError as exc:
+        log.error("%s %s: I/O error: %s", request.method, request.path, exc)
+        return _plain(500, f"I/O error: {exc.strerror or exc}")
+    except Exception:
+        log.exception("%s %s: internal error", request.method, request.path)
+        return _plain(500, "internal error (see the proxy log)")
+
+
+def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -> web.Application:
+    """Build the app. At startup the certificate is read (party id), the key exchange and the
+    local storage are chosen through the registry; a failure there fails startup."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+
+    async def backends(app: web.Application) -> AsyncIterator[None]:
+        party_id = party_id_of_chain(load_pem_chain(settings.read_cert()))
+        exchange_cls = get_backend_class(pm, "key_exchange", settings.key_exchange)
+        keys = KeySource(
+            exchange_cls,
+            settings.exchange_settings(),
+            cm_endpoint=settings.cm_endpoint,
+            allowed_endpoints=settings.allowed_cm_endpoints,
+            party_id=party_id,
+            timeout=settings.key_timeout,
+        )
+        local_cls = get_backend_class(pm, "storage", "local")
+        local = local_cls.from_settings(
+            {"roots": list(settings.allowed_roots), "chunk_size": settings.chunk_size}
+        )
+        async with local:
+            try:
+                app[SERVICE] = DataCapsuleProxy(settings, pm, local, keys)
+                log.info(
+                    "data capsule proxy: key exchange %r, roots %s, result format %s",
+                    exchange_cls.name,
+                    list(settings.allowed_roots),
+                    settings.result_format,
+                )
+                if not settings.s3_endpoints:
+                    log.warning("no object-store endpoint allow-list: any endpoint is accepted")
+                yield
+            finally:
+                await keys.aclose()
+
+    app.cleanup_ctx.append(backends)
+    for service in handlers.SERVICE_NAMES:
+        app.router.add_post(f"/{service}/GetInputData", handlers.get_input_data)
+        app.router.add_post(f"/{service}/PutResultData", handlers.put_result_data)
+    app.router.add_get("/health", handlers.health)
+    return app

@@ -1,0 +1,12 @@
+"""Typed application keys of the Data Capsule Proxy app."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .service import DataCapsuleProxy
+
+SERVICE: web.AppKey[DataCapsuleProxy] = web.AppKey("dcp_service")

@@ -1,0 +1,145 @@
+"""``trustflow data-capsule-proxy``: the Data Capsule Proxy server (upstream flags accepted in
+both spellings, plus confinement and key-exchange options)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@click.command("data-capsule-proxy")
+@click.option(
+    "--cert-path",
+    "--cert_path",
+    "cert_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="app.crt",
+    show_default=True,
+    help="App certificate PEM (party id, RA binding).",
+)
+@click.option(
+    "--private-key-path",
+    "--private_key_path",
+    "private_key_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="app.key",
+    show_default=True,
+    help="App private key PEM.",
+)
+@click.option("--plat", default="sim", show_default=True, help="sim = send no attestation report.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8010, show_default=True)
+@click.option(
+    "--cm-endpoint",
+    "--cm_endpoint",
+    "cm_endpoint",
+    default="127.0.0.1:8888",
+    show_default=True,
+    help="Default Capsule Manager endpoint (host:port).",
+)
+@click.option(
+    "--allowed-cm-endpoint",
+    "allowed_cm_endpoints",
+    multiple=True,
+    help="Another CM endpoint a request may name (repeatable).",
+)
+@click.option(
+    "--key-exchange",
+    default="capsule_manager",
+    show_default=True,
+    help="Key-exchange backend (see 'trustflow plugins'), e.g. capsule_manager or static.",
+)
+@click.option(
+    "--key-exchange-settings",
+    "key_exchange_settings",
+    default=None,
+    help="YAML/JSON file with the key-exchange backend's settings.",
+)
+@click.option(
+    "--allowed-root",
+    "allowed_roots",
+    multiple=True,
+    required=True,
+    type=click.Path(file_okay=False, exists=True, resolve_path=False),
+    help="Directory request paths must resolve into (repeatable, required).",
+)
+@click.option(
+    "--s3-endpoint",
+    "s3_endpoints",
+    multiple=True,
+    help="Object-store endpoint (host[:port]) requests may use (repeatable; none = any).",
+)
+@click.option(
+    "--result-format",
+    type=click.Choice(["v1", "v2"]),
+    default="v1",
+    show_default=True,
+    help="v1 = upstream data capsule; v2 = authenticated (block order, truncation, header).",
+)
+@click.option("--log-path", "--log_path", "log_path", default=None, help="Log file (else stderr).")
+@click.option(
+    "--log-level",
+    "--log_level",
+    "log_level",
+    type=click.Choice(LOG_LEVELS),
+    default="info",
+    show_default=True,
+)
+def data_capsule_proxy(
+    cert_path: Path,
+    private_key_path: Path,
+    plat: str,
+    host: str,
+    port: int,
+    cm_endpoint: str,
+    allowed_cm_endpoints: tuple[str, ...],
+    key_exchange: str,
+    key_exchange_settings: str | None,
+    allowed_roots: tuple[str, ...],
+    s3_endpoints: tuple[str, ...],
+    result_format: str,
+    log_path: str | None,
+    log_level: str,
+) -> None:
+    """Serve POST /DataCapsuleProxy/GetInputData and /DataCapsuleProxy/PutResultData (decrypt
+    inputs with released keys; encrypt, store and register results) and GET /health."""
+    import asyncio
+    import os
+
+    from ...cli.attest import _load_mapping
+    from ...manager import get_plugin_manager
+    from ..ra_proxy.serve import serve, setup_logging
+    from .app import create_app
+    from .settings import DataCapsuleProxySettings
+
+    setup_logging(log_path, log_level)
+    settings = DataCapsuleProxySettings(
+        cert_path=cert_path,
+        private_key_path=private_key_path,
+        allowed_roots=tuple(os.path.abspath(r) for r in allowed_roots),
+        plat=plat,
+        key_exchange=key_exchange,
+        key_exchange_settings=(
+            _load_mapping(key_exchange_settings, "key exchange settings")
+            if key_exchange_settings
+            else {}
+        ),
+        cm_endpoint=cm_endpoint,
+        allowed_cm_endpoints=allowed_cm_endpoints,
+        s3_endpoints=s3_endpoints,
+        result_format=result_format,
+        host=host,
+        port=port,
+    )
+    app = create_app(settings, get_plugin_manager())
+
+    def started(bound: int) -> None:
+        click.echo(f"data-capsule-proxy listening on http://{host}:{bound}", err=True)
+
+    asyncio.run(serve(app, host, port, on_started=started))
+
+
+COMMANDS: list[click.Command] = [data_capsule_proxy]

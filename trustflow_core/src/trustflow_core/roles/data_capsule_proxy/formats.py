@@ -1,0 +1,240 @@
+"""Result formats of the proxy: upstream's data capsule (``v1``, :mod:`trustflow_core.capsule`)
+and our authenticated ``v2``; readers auto-detect which one a file is.
+
+``v2`` is the segmented streaming-AEAD construction of Tink's ``AesGcmHkdfStreaming`` (nOAE,
+Hoang et al. 2015) with our framing. It fixes what upstream's format cannot detect (quirks:
+blocks reordered, dropped, duplicated, spliced from another file, or the file truncated at a
+block boundary)::
+
+    header (56 bytes): magic "TFCAPS\\x00\\x02" | u32 segment_len | u64 plaintext_len |
+                       32-byte random salt | 4 reserved zero bytes   (integers big-endian)
+    segments: AES-GCM(subkey, nonce_i, chunk_i, aad = header) = ciphertext || 16-byte tag
+      subkey  = HKDF-SHA256(ikm = data key, salt, info = "trustflow data capsule v2"),
+                as long as the data key (16, 24 or 32 bytes)
+      nonce_i = u64 segment index (from 0) || u32 final flag (1 on the last segment, else 0)
+      chunks: ``segment_len`` plaintext bytes each, the last 0..segment_len; at least one segment
+
+The header is authenticated as AAD of every segment; the index and final flag in the nonce
+make reordering, dropping and truncation fail authentication; the per-file salt makes segments
+of another file (same data key) fail. The file length must equal
+``56 + plaintext_len + 16 * segment_count`` before any segment is opened.
+
+Detection: upstream files start with u32 LE version 1 (``01 00 00 00``); v2 files with the
+magic. Anything else is refused.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ... import capsule
+from ...errors import CapsuleFormatError, InvalidInput
+
+FORMATS = ("v1", "v2")
+MAGIC = b"TFCAPS\x00\x02"
+V1_PREFIX = struct.pack("<I", 1)
+HEADER = struct.Struct(">8sIQ32s4s")
+HEADER_LEN = HEADER.size  # 56
+TAG_LEN = 16
+SEGMENT_LEN = 1 << 20
+MAX_SEGMENT_LEN = 1 << 24
+INFO = b"trustflow data capsule v2"
+
+
+def _subkey(key: bytes, salt: bytes) -> AESGCM:
+    if len(key) not in capsule.KEY_LENGTHS:
+        raise InvalidInput(f"data key must be 16, 24 or 32 bytes long, got {len(key)} bytes")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=len(key), salt=salt, info=INFO)
+    return AESGCM(hkdf.derive(key))
+
+
+def _segments(plaintext_len: int, segment_len: int) -> int:
+    return max(1, -(-plaintext_len // segment_len))
+
+
+def _nonce(index: int, final: bool) -> bytes:
+    return struct.pack(">QI", index, 1 if final else 0)
+
+
+def v2_size(plaintext_len: int, segment_len: int = SEGMENT_LEN) -> int:
+    """Exact size of a v2 file for ``plaintext_len`` bytes."""
+    return HEADER_LEN + plaintext_len + TAG_LEN * _segments(plaintext_len, segment_len)
+
+
+class V2Encryptor:
+    """Incremental v2 writer: :attr:`header`, then :meth:`update` outputs, then
+    :meth:`finalize`. Exactly ``plaintext_len`` bytes must be fed."""
+
+    def __init__(self, key: bytes, plaintext_len: int, segment_len: int = SEGMENT_LEN) -> None:
+        import secrets
+
+        if plaintext_len < 0 or not 1 <= segment_len <= MAX_SEGMENT_LEN:
+            raise InvalidInput("bad plaintext length or segment length")
+        salt = secrets.token_bytes(32)
+        self.header = HEADER.pack(MAGIC, segment_len, plaintext_len, salt, bytes(4))
+        self._aead = _subkey(key, salt)
+        self._segment_len = segment_len
+        self._count = _segments(plaintext_len, segment_len)
+        self._expected = plaintext_len
+        self._fed = 0
+        self._index = 0
+        self._pending = bytearray()
+        self._done = False
+
+    def _seal(self, chunk: bytes | bytearray) -> bytes:
+        final = self._index == self._count - 1
+        out = self._aead.encrypt(_nonce(self._index, final), bytes(chunk), self.header)
+        self._index += 1
+        return out
+
+    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        if self._done:
+            raise InvalidInput("encryptor already finalized")
+        self._fed += len(data)
+        if self._fed > self._expected:
+            raise InvalidInput(f"plaintext is longer than the declared {self._expected} bytes")
+        self._pending += data
+        out = []
+        # keep the last segment back until finalize: it carries the final flag
+        while len(self._pending) > self._segment_len or (
+            len(self._pending) == self._segment_len and self._index < self._count - 1
+        ):
+            out.append(self._seal(self._pending[: self._segment_len]))
+            del self._pending[: self._segment_len]
+        return b"".join(out)
+
+    def finalize(self) -> bytes:
+        if self._done:
+            raise InvalidInput("encryptor already finalized")
+        self._done = True
+        if self._fed != self._expected:
+            raise InvalidInput(
+                f"plaintext ended after {self._fed} of the declared {self._expected} bytes"
+            )
+        return self._seal(self._pending)
+
+
+class V2Decryptor:
+    """Incremental v2 reader of a file of exactly ``file_len`` bytes; releases a segment's
+    plaintext only after it authenticated. Errors raise CapsuleFormatError."""
+
+    def __init__(self, key: bytes, file_len: int) -> None:
+        self._key = key
+        self._file_len = file_len
+        self._buffer = bytearray()
+        self._header: bytes | None = None
+        self._aead: AESGCM | None = None
+        self._fed = 0
+        self._index = 0
+        self._count = 0
+        self._segment_len = 0
+        self._plaintext_len = 0
+        if file_len < HEADER_LEN + TAG_LEN:
+            raise CapsuleFormatError(f"v2 file of {file_len} bytes is shorter than header + tag")
+
+    def _parse_header(self, header: bytes) -> None:
+        magic, segment_len, plaintext_len, salt, reserved = HEADER.unpack(header)
+        if magic != MAGIC:
+            raise CapsuleFormatError("not a v2 data capsule (bad magic)")
+        if reserved != bytes(4):
+            raise CapsuleFormatError("v2 header: reserved bytes are not zero")
+        if not 1 <= segment_len <= MAX_SEGMENT_LEN:
+            raise CapsuleFormatError(f"v2 header: segment_len {segment_len} is out of range")
+        count = _segments(plaintext_len, segment_len)
+        expected = HEADER_LEN + plaintext_len + TAG_LEN * count
+        if expected != self._file_len:
+            raise CapsuleFormatError(
+                f"v2 header declares {plaintext_len} plaintext bytes ({expected}-byte file) but "
+                f"the file has {self._file_len} bytes (truncated or extended)"
+            )
+        self._header = header
+        self._aead = _subkey(self._key, salt)
+        self._segment_len, self._plaintext_len, self._count = segment_len, plaintext_len, count
+
+    def _segment_size(self) -> int:
+        if self._index < self._count - 1:
+            return self._segment_len + TAG_LEN
+        return self._plaintext_len - self._segment_len * (self._count - 1) + TAG_LEN
+
+    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        self._fed += len(data)
+        if self._fed > self._file_len:
+            raise CapsuleFormatError(f"input is longer than the declared {self._file_len} bytes")
+        self._buffer += data
+        if self._header is None:
+            if len(self._buffer) < HEADER_LEN:
+                return b""
+            self._parse_header(bytes(self._buffer[:HEADER_LEN]))
+            del self._buffer[:HEADER_LEN]
+        out = []
+        start = 0
+        while self._index < self._count:
+            size = self._segment_size()
+            if len(self._buffer) - start < size:
+                break
+            sealed = bytes(self._buffer[start : start + size])
+            final = self._index == self._count - 1
+            try:
+                out.append(self._aead.decrypt(_nonce(self._index, final), sealed, self._header))
+            except InvalidTag:
+                raise CapsuleFormatError(
+                    f"v2 segment {self._index} failed authentication (wrong key, tampered, "
+                    "reordered or truncated data)"
+                ) from None
+            self._index += 1
+            start += size
+        del self._buffer[:start]
+        return b"".join(out)
+
+    def finalize(self) -> None:
+        if self._header is None or self._fed != self._file_len or self._index != self._count:
+            raise CapsuleFormatError(f"input ended after {self._fed} of {self._file_len} bytes")
+
+
+class AutoDecryptor:
+    """Detects v1 or v2 from the first bytes, then delegates."""
+
+    def __init__(self, key: bytes, file_len: int) -> None:
+        self._key, self._file_len = key, file_len
+        self._head = bytearray()
+        self._inner: capsule.CapsuleDecryptor | V2Decryptor | None = None
+        self.format: str | None = None
+        if file_len < len(MAGIC):
+            raise CapsuleFormatError(f"a {file_len}-byte file is no data capsule")
+
+    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+        if self._inner is None:
+            self._head += data
+            if len(self._head) < len(MAGIC):
+                return b""
+            if bytes(self._head[: len(MAGIC)]) == MAGIC:
+                self._inner, self.format = V2Decryptor(self._key, self._file_len), "v2"
+            elif bytes(self._head[:4]) == V1_PREFIX:
+                self._inner = capsule.CapsuleDecryptor(self._key, self._file_len)
+                self.format = "v1"
+            else:
+                raise CapsuleFormatError("unknown data capsule format (neither v1 nor v2)")
+            data, self._head = bytes(self._head), bytearray()
+        return self._inner.update(data)
+
+    def finalize(self) -> None:
+        if self._inner is None:
+            raise CapsuleFormatError("input ended before the format could be detected")
+        self._inner.finalize()
+
+
+def open_reader(key: bytes, file_len: int) -> AutoDecryptor:
+    return AutoDecryptor(key, file_len)
+
+
+def open_writer(fmt: str, key: bytes, plaintext_len: int) -> capsule.CapsuleEncryptor | V2Encryptor:
+    if fmt == "v1":
+        return capsule.CapsuleEncryptor(key, plaintext_len)
+    if fmt == "v2":
+        return V2Encryptor(key, plaintext_len)
+    raise InvalidInput(f"unknown result format {fmt!r}; expected one of {FORMATS}")

@@ -1,0 +1,257 @@
+"""GetInputData and PutResultData (proxies.md §3.4-§3.8), streaming and all-or-nothing.
+
+Differences from the upstream binary, all deliberate:
+
+* Every local path must resolve inside ``--allowed-root`` directories (no ``..``, no symbolic
+  link leaving the roots); object-store endpoints must be on the allow-list when one is set.
+* Requests are validated before anything is fetched or written: a missing ``dest_config``,
+  an empty ``scope`` or ``ancestor_uuids`` (with a ``resource_uri``) is a 400 up front, where
+  upstream checks after writing.
+* Object-store inputs are decrypted straight from the stream: no ciphertext copy in ``/tmp``.
+  ``S3Config.type`` ``MINIO`` selects the ``s3`` backend, ``OSS``/unspecified the ``oss`` one;
+  ``secure`` as sent, ``cert_check`` true unless sent as false.
+* Output is all-or-nothing: local outputs are staged and renamed into place together
+  (:class:`~.paths.StagedOutput`); object-store outputs are atomic per object and the objects
+  of a failed request are deleted. The result key is registered only after every output is
+  stored; if the registration fails, the outputs of the request are removed again (the key is
+  lost, so they could not be read), and the request can simply be retried.
+* ``need_decrypt`` / ``need_encrypt``: absent → true; explicitly false → copy unchanged
+  without a key (and registering a key for unencrypted output is refused).
+* Readers auto-detect the upstream and the v2 format; results use ``--result-format``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Collection
+from typing import Any
+
+from ...errors import AccessDenied, InvalidInput, ObjectNotFound
+from ...manager import TrustflowPluginManager
+from ...registry import get_backend_class
+from ...storage import ObjectInfo, Storage
+from .keysource import KeySource, decode_key
+from .paths import Roots, StagedOutput, basename, relative_name
+from .settings import DataCapsuleProxySettings
+from .transfer import copying, decrypting, encrypting, transformed, write_file
+
+log = logging.getLogger("trustflow.data_capsule_proxy")
+MINIO = 2  # S3StorageType.S3_STORAGE_TYPE_MINIO
+RESULT_KEY_LEN = 16  # upstream: 16 random bytes when no data_key_b64 is given
+
+
+class DataCapsuleProxy:
+    """The proxy's logic, independent of HTTP. ``present`` arguments are the top-level JSON keys
+    the client sent with a non-null value (to tell an absent bool from ``false``)."""
+
+    def __init__(
+        self,
+        settings: DataCapsuleProxySettings,
+        pm: TrustflowPluginManager,
+        local: Storage,
+        keys: KeySource,
+    ) -> None:
+        self.settings = settings
+        self.pm = pm
+        self.roots = Roots(settings.allowed_roots)
+        self.local = local
+        self.keys = keys
+
+    # ---- GetInputData ------------------------------------------------------------------------
+
+    async def get_input_data(self, req: Any, present: Collection[str], s3_present: Any) -> None:
+        decrypt = req.need_decrypt if "need_decrypt" in present else True
+        dest = req.dest_config.path
+        if not dest:
+            raise InvalidInput("dest_config.path is empty")
+        self.roots.resolve(dest, "dest_config.path")
+        source_kind = req.WhichOneof("source_config")
+        if source_kind is None:
+            raise InvalidInput("Source config not found in request")
+        if decrypt and req.WhichOneof("data_key_config") is None:
+            raise InvalidInput("Data key config not found in request")
+        direct = (
+            decode_key(req.data_key_b64, "data_key_b64")
+            if decrypt and req.WhichOneof("data_key_config") == "data_key_b64"
+            else None
+        )
+        async with self._source(req, source_kind, s3_present) as (storage, base):
+            plan = _plan(base, await storage.list(base), "source")
+            jobs = []
+            for info, name in plan:
+                encrypted = decrypt and name.endswith(".enc")
+                out = name[: -len(".enc")] if encrypted else name
+                if not basename(out):
+                    raise InvalidInput(f"input {info.uri!r} has no name left without '.enc'")
+                jobs.append((info, out, encrypted))
+            key = direct
+            if key is None and any(encrypted for _, _, encrypted in jobs):
+                key = await self.keys.data_key(req.cm_resource_config)
+            staged = await asyncio.to_thread(StagedOutput, self.roots, dest)
+            try:
+                for info, out, encrypted in jobs:
+                    path = await asyncio.to_thread(staged.path_for, out)
+                    make = decrypting(key, info.size) if encrypted else copying  # type: ignore[arg-type]
+                    await write_file(path, transformed(self._read(storage, info.uri), make))
+                final = await asyncio.to_thread(staged.commit)
+            finally:
+                await asyncio.to_thread(staged.discard)
+        log.info("GetInputData: %d file(s) into %s (decrypt=%s)", len(final), dest, decrypt)
+
+    # ---- PutResultData -----------------------------------------------------------------------
+
+    async def put_result_data(self, req: Any, present: Collection[str], s3_present: Any) -> None:
+        encrypt = req.need_encrypt if "need_encrypt" in present else True
+        source = req.source_config.path
+        if not source:
+            raise InvalidInput("source_config.path is empty")
+        self.roots.resolve(source, "source_config.path")
+        dest_kind = req.WhichOneof("dest_config")
+        if dest_kind is None:
+            raise InvalidInput("Dest config not found in request")
+        if dest_kind == "local_fs_config":
+            if not req.local_fs_config.path:
+                raise InvalidInput("local_fs_config.path is empty")
+            self.roots.resolve(req.local_fs_config.path, "local_fs_config.path")
+        result = req.cm_result_config
+        register = bool(result.resource_uri)
+        if register:
+            if not encrypt:
+                raise InvalidInput("cannot register a result key for output that is not encrypted")
+            if not result.scope:
+                raise InvalidInput("cm_result_config.scope can not be empty")
+            if not result.ancestor_uuids:
+                raise InvalidInput("cm_result_config.ancestor_uuids can not be empty")
+        key = (
+            decode_key(req.data_key_b64, "data_key_b64")
+            if req.data_key_b64
+            else os.urandom(RESULT_KEY_LEN)
+        )
+        plan = _plan(source, await self.local.list(source), "source_config.path")
+        jobs = [(info, name + ".enc" if encrypt else name) for info, name in plan]
+
+        def make(info: ObjectInfo) -> Callable:
+            if not encrypt:
+                return copying
+            return encrypting(key, info.size, self.settings.result_format)
+
+        if dest_kind == "local_fs_config":
+            await self._put_local(
+                req.local_fs_config.path, jobs, make, result if register else None, key
+            )
+        else:
+            await self._put_object(
+                req.s3_config, s3_present, jobs, make, result if register else None, key
+            )
+
+    async def _put_local(
+        self, dest: str, jobs: list, make: Callable, result: Any, key: bytes
+    ) -> None:
+        staged = await asyncio.to_thread(StagedOutput, self.roots, dest, "local_fs_config.path")
+        try:
+            for info, out in jobs:
+                path = await asyncio.to_thread(staged.path_for, out)
+                await write_file(
+                    path, transformed(self._read(self.local, info.uri), make(info)), 0o644
+                )
+            final = await asyncio.to_thread(staged.commit)
+        finally:
+            await asyncio.to_thread(staged.discard)
+        if result is not None:
+            try:
+                await self.keys.register(result, key)
+            except BaseException:
+                for path in final:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                raise
+        log.info("PutResultData: %d file(s) into %s", len(final), dest)
+
+    async def _put_object(
+        self, config: Any, s3_present: Any, jobs: list, make: Callable, result: Any, key: bytes
+    ) -> None:
+        async with self._object_storage(config, s3_present) as (storage, base):
+            written: list[str] = []
+            try:
+                for info, out in jobs:
+                    uri = f"{base.rstrip('/')}/{out}"
+                    await storage.write(
+                        uri, transformed(self._read(self.local, info.uri), make(info))
+                    )
+                    written.append(uri)
+                if result is not None:
+                    await self.keys.register(result, key)
+            except BaseException:
+                for uri in written:
+                    with contextlib.suppress(Exception):
+                        await storage.delete(uri)
+                raise
+        log.info("PutResultData: %d object(s) into %s", len(written), base)
+
+    # ---- sources -----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _source(
+        self, req: Any, kind: str, s3_present: Any
+    ) -> AsyncIterator[tuple[Storage, str]]:
+        if kind == "local_fs_config":
+            path = req.local_fs_config.path
+            if not path:
+                raise InvalidInput("local_fs_config.path is empty")
+            self.roots.resolve(path, "local_fs_config.path")
+            yield self.local, path
+            return
+        async with self._object_storage(req.s3_config, s3_present) as opened:
+            yield opened
+
+    @contextlib.asynccontextmanager
+    async def _object_storage(
+        self, config: Any, present: Any
+    ) -> AsyncIterator[tuple[Storage, str]]:
+        """The object-store backend for an ``S3Config`` and the URI of its ``path``."""
+        if not config.endpoint or not config.bucket:
+            raise InvalidInput("s3_config.endpoint and s3_config.bucket are required")
+        self._check_endpoint(config.endpoint)
+        name = "s3" if config.type == MINIO else "oss"
+        cls = get_backend_class(self.pm, "storage", name)
+        settings = {
+            "endpoint": config.endpoint,
+            "bucket": config.bucket,
+            "access_key_id": config.access_key_id,
+            "access_key_secret": config.access_key_secret,
+            "sts_token": config.sts_token,
+            "region": config.region,
+            "secure": config.secure,
+            "cert_check": config.cert_check if "cert_check" in present else True,
+            "chunk_size": self.settings.chunk_size,
+        }
+        scheme = cls.schemes[0]
+        path = config.path.strip("/")
+        async with cls.from_settings(settings) as storage:
+            yield storage, f"{scheme}://{config.bucket}/{path}"
+
+    def _check_endpoint(self, endpoint: str) -> None:
+        allowed = self.settings.s3_endpoints
+        if not allowed:
+            return
+        bare = endpoint.split("://", 1)[-1].rstrip("/").lower()
+        if bare not in {a.split("://", 1)[-1].rstrip("/").lower() for a in allowed}:
+            raise AccessDenied(
+                f"object-store endpoint {endpoint!r} is not on the allow-list (--s3-endpoint)"
+            )
+
+    def _read(self, storage: Storage, uri: str) -> AsyncIterator[bytes]:
+        return storage.read(uri, chunk_size=self.settings.chunk_size)
+
+
+def _plan(base: str, found: list[ObjectInfo], what: str) -> list[tuple[ObjectInfo, str]]:
+    """Output names: a single object keeps its base name, a directory/prefix the relative
+    paths below it."""
+    if not found:
+        raise ObjectNotFound(f"{what} {base!r} does not exist (or holds no files)")
+    if len(found) == 1 and found[0].uri.rstrip("/") == base.rstrip("/"):
+        return [(found[0], basename(found[0].uri))]
+    return [(info, relative_name(base, info.uri)) for info in found]

@@ -1,0 +1,72 @@
+"""Settings of the Data Capsule Proxy role."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...errors import InvalidInput
+from .formats import FORMATS
+
+
+@dataclass(frozen=True)
+class DataCapsuleProxySettings:
+    """What ``trustflow data-capsule-proxy`` is started with.
+
+    * ``cert_path`` / ``private_key_path`` -- the app certificate (party id source, RA binding)
+      and key; given to the ``capsule_manager`` key exchange.
+    * ``allowed_roots`` -- directories every local path of a request must resolve into.
+    * ``plat`` -- attestation platform handed to the ``capsule_manager`` key exchange
+      (``sim`` = no report, as upstream).
+    * ``key_exchange`` / ``key_exchange_settings`` -- backend name (registry) and its settings.
+      For ``capsule_manager`` the settings default ``endpoint``, ``cert_path``,
+      ``private_key_path`` and ``plat`` to the values above.
+    * ``cm_endpoint`` / ``allowed_cm_endpoints`` -- default CM endpoint and the others a
+      request may name.
+    * ``s3_endpoints`` -- allow-list of object-store endpoints (``host[:port]``); empty = any.
+    * ``result_format`` -- ``v1`` (upstream-compatible, default) or ``v2`` (authenticated).
+    """
+
+    cert_path: Path
+    private_key_path: Path
+    allowed_roots: tuple[str, ...]
+    plat: str = "sim"
+    key_exchange: str = "capsule_manager"
+    key_exchange_settings: Mapping[str, Any] = field(default_factory=dict)
+    cm_endpoint: str = "127.0.0.1:8888"
+    allowed_cm_endpoints: tuple[str, ...] = ()
+    s3_endpoints: tuple[str, ...] = ()
+    result_format: str = "v1"
+    host: str = "127.0.0.1"
+    port: int = 8010
+    max_body_bytes: int = 1 << 20
+    key_timeout: float = 30.0
+    chunk_size: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.result_format not in FORMATS:
+            raise InvalidInput(
+                f"result format must be one of {FORMATS}, got {self.result_format!r}"
+            )
+        if not 0 <= self.port <= 65535:
+            raise InvalidInput(f"port must be 0..65535, got {self.port}")
+        if not self.allowed_roots:
+            raise InvalidInput("give at least one --allowed-root directory")
+
+    def read_cert(self) -> bytes:
+        try:
+            return self.cert_path.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read --cert-path {self.cert_path}: {exc}") from exc
+
+    def exchange_settings(self) -> dict[str, Any]:
+        """The key exchange's settings, with the CM defaults described above."""
+        settings = dict(self.key_exchange_settings)
+        if self.key_exchange == "capsule_manager":
+            settings.setdefault("endpoint", self.cm_endpoint)
+            settings.setdefault("cert_path", str(self.cert_path))
+            settings.setdefault("private_key_path", str(self.private_key_path))
+            settings.setdefault("plat", self.plat)
+        return settings
