@@ -99,19 +99,22 @@ class CsvAttester(Attester):
         try:
             csv = CsvReport.parse(page)
             chain.check_report_fields(csv)
-            chip_id = chip_id_of(csv)
         except VerificationError as exc:
             raise BackendUnavailable(f"the CSV firmware returned a bad report: {exc}") from exc
         if not hmac.compare_digest(csv.mnonce, mnonce):
             raise BackendUnavailable("the CSV report does not carry the mnonce we sent")
-        if not hmac.compare_digest(csv.user_data, data):
-            raise BackendUnavailable("the CSV report does not carry the report data we sent")
         try:
             chain.check_mac(csv)
         except VerificationError as exc:
             raise BackendUnavailable(
                 "the CSV report MAC does not verify: PEK or chip id altered in transit"
             ) from exc
+        if not hmac.compare_digest(csv.user_data, data):
+            raise BackendUnavailable("the CSV report does not carry the report data we sent")
+        try:
+            chip_id = chip_id_of(csv)
+        except VerificationError as exc:
+            raise BackendUnavailable(f"the CSV firmware returned a bad report: {exc}") from exc
         hsk = cek = b""
         if report_type == PASSPORT and self.sources.configured:
             try:
