@@ -1,0 +1,170 @@
+"""The online scenario as real processes, as an operator runs it: ``trustflow ra-proxy``,
+``examples/online/demo_http_server.py``, ``trustflow gateway -c online-envoy.yml`` (addresses
+and paths rewritten to loopback) and ``trustflow client``; plus ``trustflow demo online``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "examples" / "online" / "demo_http_server.py"
+ENVOY_SAMPLE = (
+    Path(os.environ.get("TRUSTFLOW_ENVOY_SAMPLES", REPO.parent / "shared" / "testdata" / "envoy"))
+    / "online-envoy.yml"
+)
+TRUSTFLOW = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {
+        **os.environ,
+        "TRUSTFLOW_SIM_DIR": str(tmp_path / "sim"),
+        "TRUSTFLOW_LOAD_PLUGINS": "tee_sim,channel_jwe",
+    }
+
+
+def run(env, *args, check=True):
+    return subprocess.run(
+        [TRUSTFLOW, *args], env=env, capture_output=True, text=True, timeout=60, check=check
+    )
+
+
+def wait_ready(proc: subprocess.Popen, url: str | None, port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args} exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            if url is None:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{proc.args} did not become ready")
+
+
+@pytest.fixture
+def deployment(env, tmp_path):
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    run(
+        env,
+        "util",
+        "generate-rsa-keypair",
+        "--private-key-file",
+        str(deploy / "carol.key"),
+        "--cert-file",
+        str(deploy / "carol.crt"),
+    )
+    app_port, ra_port, gw_port = free_port(), free_port(), free_port()
+    commands = [
+        ([sys.executable, str(APP), "--port", str(app_port)], None, app_port),
+        (
+            [
+                TRUSTFLOW,
+                "ra-proxy",
+                "--cert_path",
+                str(deploy / "carol.crt"),
+                "--plat",
+                "sim",
+                "--port",
+                str(ra_port),
+                "--log_path",
+                str(tmp_path / "ra_proxy.log"),
+            ],
+            f"http://127.0.0.1:{ra_port}/health",
+            ra_port,
+        ),
+        (
+            [
+                TRUSTFLOW,
+                "gateway",
+                "-c",
+                str(ENVOY_SAMPLE),
+                "--map-address",
+                f"0.0.0.0:50001=127.0.0.1:{gw_port}",
+                "--map-address",
+                f"ra-proxy:50002=127.0.0.1:{ra_port}",
+                "--map-address",
+                f"teeapp:8000=127.0.0.1:{app_port}",
+                "--map-path",
+                f"/shared/deploy={deploy}",
+            ],
+            f"http://127.0.0.1:{gw_port}/healthz",
+            gw_port,
+        ),
+    ]
+    procs = []
+    try:
+        for argv, url, port in commands:
+            proc = subprocess.Popen(
+                argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            procs.append(proc)
+            wait_ready(proc, url, port)
+        yield f"http://127.0.0.1:{gw_port}", procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+
+
+def test_cli_client_both_profiles_then_clean_shutdown(env, deployment):
+    url, procs = deployment
+    for extra in ([], ["--compat"]):
+        done = run(env, "client", "--url", url, "--data", "hello", "--allow-simulation", *extra)
+        lines = done.stdout.splitlines()
+        assert lines[0].startswith("Response: {'protected': '")
+        assert lines[1] == "Response Raw: I got your message: hello"
+        assert "SIM report verified" in done.stderr
+    refused = run(env, "client", "--url", url, check=False)
+    assert refused.returncode == 1
+    assert "simulation:" in refused.stderr and "does not allow simulation" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    wrong = run(env, "client", "--url", url, "--allow-simulation", "--platform", "TDX", check=False)
+    assert wrong.returncode == 1
+    assert "str_tee_platform: expected TDX, got SIM" in wrong.stderr
+    _, ra_proxy, gateway = procs
+    for proc in (ra_proxy, gateway):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert "Traceback" not in proc.stderr.read()
+
+
+def test_demo_online_command():
+    env = {**os.environ, "TRUSTFLOW_LOAD_PLUGINS": "tee_sim,channel_jwe"}
+    done = run(env, "demo", "online")
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("Response: {'protected': 'eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0'")
+    assert lines[1] == "Response Raw: I got your message: hello"
+    assert "gateway  on http://127.0.0.1:" in done.stderr
