@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from trustflow_core.channel import TransportChannel
 from trustflow_core.errors import ObjectNotFound, VerificationError
+from trustflow_core.identity import party_id_of_key
 from trustflow_core.keyexchange import TlsAsset
 from trustflow_core.testing.transport import (
     DATA_UUID,
@@ -31,6 +32,7 @@ from trustflow_core.testing.transport import (
 from trustflow_core.tls_asset import (
     TlsAssetWatcher,
     issue_group_asset,
+    peer_party_id,
     validate_tls_asset,
     write_tls_asset,
 )
@@ -173,6 +175,8 @@ async def test_reload_keeps_connections_and_new_ones_use_the_new_asset(
     first = await connect(group_asset("carol"))
     assert await first.echo(b"before") == b"before"
     assert first.server_leaf == leaf_der(group_asset("bob"))
+    ssl_object = first.writer.get_extra_info("ssl_object")
+    assert peer_party_id(ssl_object) == party_id_of_key(member_key("bob").public_key())
     assert watcher.check() is False  # nothing changed
 
     renewed = later_leaf("bob")

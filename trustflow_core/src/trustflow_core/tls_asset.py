@@ -506,6 +506,17 @@ def write_tls_asset(
     return info
 
 
+def peer_party_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    """The party id a connected group peer's leaf names (its subject CN), for logs and
+    access decisions; None when the peer sent no certificate or the CN is absent. Only
+    meaningful after the handshake verified the peer against the group CA."""
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
 # ---- reload -----------------------------------------------------------------------------------
 
 

@@ -143,7 +143,8 @@ def raw_context(
     if max_version is not None:
         ctx.maximum_version = max_version
     if asset is not None:
-        cert, key = tmp / f"raw-{os.urandom(4).hex()}.crt", tmp / "raw.key"
+        stem = f"raw-{os.urandom(4).hex()}"
+        cert, key = tmp / f"{stem}.crt", tmp / f"{stem}.key"
         cert.write_bytes(asset.cert_pem)
         key.write_bytes(asset.private_key_pem)
         ctx.load_cert_chain(cert, key)
