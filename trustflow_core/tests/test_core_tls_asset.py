@@ -237,8 +237,32 @@ def test_valid_asset_info() -> None:
     assert info.leaf is info.chain[0] and info.anchor is info.chain[1]
     assert info.not_after == info.leaf.not_valid_after_utc
     assert info.not_before == info.leaf.not_valid_before_utc
-    assert info.refresh_at() == info.not_before + (info.not_after - info.not_before) / 2
+    assert info.refresh_at(0.5) == info.not_before + (info.not_after - info.not_before) / 2
     assert info.anchor_pem.encode() in asset.cert_pem
+
+
+@pytest.mark.parametrize("lifetime_minutes", [10, 60, 720])
+@pytest.mark.parametrize("position", [0.0, 0.3, 0.999])
+def test_refresh_at_yields_a_new_leaf_before_expiry(lifetime_minutes: int, position: float) -> None:
+    """Fetching at refresh_at() must give a different, valid leaf: no same-window refetch
+    loop, no gap."""
+    lifetime = datetime.timedelta(minutes=lifetime_minutes)
+    start = ta.EPOCH + ((NOW - ta.EPOCH) // lifetime) * lifetime
+    issued_at = start + lifetime * position
+    first = issue(now=issued_at, leaf_lifetime=lifetime)
+    info = ta.validate_tls_asset(first, now=issued_at)
+    when = info.refresh_at()
+    assert issued_at < when < info.not_after
+    second = issue(now=when, leaf_lifetime=lifetime)
+    assert second != first
+    later = ta.validate_tls_asset(second, now=when)
+    assert later.not_after > info.not_after
+    assert later.refresh_at() > when
+
+
+def test_validate_refuses_naive_now() -> None:
+    with pytest.raises(InvalidInput, match="timezone"):
+        ta.validate_tls_asset(issue(), now=datetime.datetime(2026, 11, 27, 16))
 
 
 def test_upstream_shape_identical_self_signed_asset_is_valid() -> None:

@@ -330,8 +330,13 @@ class AssetInfo:
         """SHA-256 of the anchor's DER, lowercase hex: the group's public identifier."""
         return self.anchor.fingerprint(hashes.SHA256()).hex()
 
-    def refresh_at(self, fraction: float = 0.5) -> datetime.datetime:
-        """When to fetch a new asset: ``fraction`` of the way through the validity window."""
+    def refresh_at(self, fraction: float = 0.75) -> datetime.datetime:
+        """When to fetch a new asset: ``fraction`` of the way through the validity window.
+
+        For an issued leaf (valid from ``window start - 5 min`` to ``start + 2 * lifetime``)
+        the default 0.75 falls after the next window has begun, so the fetch returns a new
+        leaf (fetching earlier in the same window returns the same bytes), with a quarter of
+        the validity (half a lifetime) left as margin."""
         return self.not_before + (self.not_after - self.not_before) * fraction
 
 
@@ -429,6 +434,8 @@ def validate_tls_asset(asset: TlsAsset, *, now: datetime.datetime | None = None)
     (every certificate is valid at ``now``).
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
+    if now.tzinfo is None:
+        raise InvalidInput("tls asset: now must be timezone-aware")
     chain = _parse_chain(asset.cert_pem)
     key = _parse_key(asset.private_key_pem)
     if not hmac.compare_digest(_spki(key.public_key()), _spki(chain[0].public_key())):
