@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import ssl
+import tempfile
+
 import pytest
 from trustflow_core.errors import InvalidInput
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import backends, get_backend_class, list_plugins
+from trustflow_core.testing.transport import group_asset
 
+from trustflow_channel_mtls import channel as module
 from trustflow_channel_mtls.channel import MtlsChannel
 
 
@@ -41,3 +47,24 @@ def test_default_and_explicit_settings() -> None:
 def test_bad_settings_raise_invalid_input(settings: dict[str, object], mentions: str) -> None:
     with pytest.raises(InvalidInput, match=mentions):
         MtlsChannel.from_settings(settings)
+
+
+def test_temporary_directory_fallback_builds_working_contexts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where memory files are unavailable the chain goes through a private temporary
+    directory, removed right after loading."""
+    made: list[str] = []
+    real = tempfile.TemporaryDirectory
+
+    class Recording(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            made.append(self.name)
+
+    monkeypatch.setattr(module, "_load_chain_from_memory", lambda ctx, asset: False)
+    monkeypatch.setattr(module.tempfile, "TemporaryDirectory", Recording)
+    ctx = MtlsChannel().server_ssl_context(group_asset("bob"))
+    assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED
+    assert len(made) == 1
+    assert not os.path.exists(made[0])

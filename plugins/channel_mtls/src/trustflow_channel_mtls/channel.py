@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import ssl
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,29 +23,36 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 """TLS 1.2 suites: forward-secret AEAD only (TLS 1.3 suites are all AEAD + ECDHE)."""
 
 
-@contextlib.contextmanager
-def _pem_files(asset: TlsAsset) -> Iterator[tuple[str, str]]:
-    """Paths OpenSSL can read the chain and key from (``load_cert_chain`` takes paths only).
+def _load_chain_from_memory(ctx: ssl.SSLContext, asset: TlsAsset) -> bool:
+    """Load the chain and key through anonymous memory files (``memfd``, Linux with /proc),
+    so the key never touches a file system. False when that is not possible here."""
+    if not (hasattr(os, "memfd_create") and sys.platform.startswith("linux")):
+        return False
+    fds = []
+    try:
+        for name, data in (("tls.crt", asset.cert_pem), ("tls.key", asset.private_key_pem)):
+            fds.append(os.memfd_create(name, os.MFD_CLOEXEC))
+            os.write(fds[-1], data)
+        ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+    except (FileNotFoundError, PermissionError):  # no /proc, or a sandbox refusing memfd
+        return False
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return True
 
-    On Linux the bytes live in anonymous memory files (``memfd``), so the key never touches a
-    file system; elsewhere in a private temporary directory (0700, key 0600) removed at exit.
-    """
-    if hasattr(os, "memfd_create") and sys.platform.startswith("linux"):
-        fds = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("tls.crt", "tls.key")]
-        try:
-            for fd, data in zip(fds, (asset.cert_pem, asset.private_key_pem), strict=True):
-                os.write(fd, data)
-            yield f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}"
-        finally:
-            for fd in fds:
-                os.close(fd)
+
+def _load_chain(ctx: ssl.SSLContext, asset: TlsAsset) -> None:
+    """``load_cert_chain`` takes paths only: memory files when possible, else a private
+    temporary directory (0700, key 0600) removed right after loading."""
+    if _load_chain_from_memory(ctx, asset):
         return
     with tempfile.TemporaryDirectory(prefix="trustflow-mtls-") as tmp:
         cert, key = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
         cert.write_bytes(asset.cert_pem)
         key.touch(mode=0o600)
         key.write_bytes(asset.private_key_pem)
-        yield str(cert), str(key)
+        ctx.load_cert_chain(cert, key)
 
 
 class MtlsChannel(TransportChannel):
@@ -124,8 +130,7 @@ class MtlsChannel(TransportChannel):
     @staticmethod
     def _load(ctx: ssl.SSLContext, asset: TlsAsset, info: AssetInfo) -> None:
         try:
-            with _pem_files(asset) as (cert_path, key_path):
-                ctx.load_cert_chain(cert_path, key_path)
+            _load_chain(ctx, asset)
             ctx.load_verify_locations(cadata=info.anchor_pem)
         except ssl.SSLError as exc:
             raise VerificationError(
