@@ -2,7 +2,9 @@
 
 Commands (kebab-case like upstream): ``generate-rsa-keypair``, ``generate-party-id``,
 ``generate-data-key-b64``, ``encrypt-file``, ``decrypt-file``, ``encrypt-file-inplace``,
-``decrypt-file-inplace``. Differences from upstream, all deliberate:
+``decrypt-file-inplace``, and the data-export vote tools ``sign-vote-request``, ``voter-sign``,
+``generate-vote-result`` (byte-identical bodies and signatures to upstream).
+Differences from upstream, all deliberate:
 
 * data keys are decoded strictly (canonical standard base64 of 16, 24 or 32 bytes), where
   upstream silently accepts garbage; ``--data-key-file`` is an alternative to putting the
@@ -350,3 +352,127 @@ def decrypt_file_inplace(
     key = _resolve_key(data_key_b64, data_key_file)
     with _progress(path, quiet, "decrypting") as progress, _file_errors():
         capsule.decrypt_file_inplace(path, key, progress=progress)
+
+
+# ---- data-export votes (crypto-formats §11) ---------------------------------------------------
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    with _file_errors():
+        text = path.read_text()
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path} is not valid YAML: {exc}") from None
+
+
+def _write_yaml(path: Path, data: Any) -> None:
+    import yaml
+
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1 << 16)
+    with _file_errors():
+        atomic_write_bytes(path, text.encode(), mode=0o644)
+
+
+def _signer(spec: dict[str, Any], where: str) -> tuple[list[str], Any]:
+    """Pop ``cert_chain_file`` (list of PEM paths) and ``private_key_file`` from ``spec``;
+    return (PEM texts, RSA key or None)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    files = spec.pop("cert_chain_file", None)
+    key_file = spec.pop("private_key_file", None)
+    if isinstance(files, str):
+        files = [files]
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise InvalidInput(f"{where}: cert_chain_file must be a list of PEM files")
+    with _file_errors():
+        chain = [Path(f).read_text() for f in files]
+    for path, pem in zip(files, chain, strict=True):
+        try:
+            load_pem_chain(pem.encode())
+        except InvalidInput as exc:
+            raise InvalidInput(f"{where}: {path}: {exc}") from None
+    if key_file is None:
+        return chain, None
+    with _file_errors():
+        key_pem = Path(key_file).read_bytes()
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"{where}: private_key_file {key_file}: {exc}") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise InvalidInput(f"{where}: private_key_file {key_file} is not an RSA key")
+    return chain, key
+
+
+@util.command("sign-vote-request")
+@click.option("--vote-request-file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--signed-vote-request-file", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+def sign_vote_request(vote_request_file: Path, signed_vote_request_file: Path) -> None:
+    """Sign a data-export vote request (vote_request: type, approved_threshold,
+    approved_action, cert_chain_file, private_key_file) like upstream cms_util."""
+    from ..roles.capsule_manager import votes
+
+    doc = _read_yaml(vote_request_file)
+    spec = doc.get("vote_request") if isinstance(doc, dict) else None
+    if not isinstance(spec, dict):
+        raise InvalidInput(f"{vote_request_file}: no vote_request mapping")
+    chain, key = _signer(spec, str(vote_request_file))
+    _write_yaml(signed_vote_request_file, votes.sign_vote_request(spec, chain, key))
+
+
+@util.command("voter-sign")
+@click.option("--voter-file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--signed-voter-file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def voter_sign(voter_file: Path, signed_voter_file: Path) -> None:
+    """Sign a vote (vote_request_signature, action, cert_chain_file, private_key_file)."""
+    from ..roles.capsule_manager import votes
+
+    spec = _read_yaml(voter_file)
+    if not isinstance(spec, dict):
+        raise InvalidInput(f"{voter_file}: not a mapping")
+    request_signature = spec.pop("vote_request_signature", None)
+    if not isinstance(request_signature, str) or not request_signature:
+        raise InvalidInput(f"{voter_file}: vote_request_signature is required")
+    chain, key = _signer(spec, str(voter_file))
+    if key is None:
+        raise InvalidInput(f"{voter_file}: private_key_file is required")
+    _write_yaml(signed_voter_file, votes.voter_sign(spec, request_signature, chain, key))
+
+
+@util.command("generate-vote-result")
+@click.option(
+    "--signed-vote-request-file", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--signed-voter-files",
+    required=True,
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+@click.option("--vote-result-file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def generate_vote_result(
+    signed_vote_request_file: Path, signed_voter_files: tuple[Path, ...], vote_result_file: Path
+) -> None:
+    """Combine a signed vote request and signed votes into the data-export certificate."""
+    from ..roles.capsule_manager import votes
+
+    request = _read_yaml(signed_vote_request_file)
+    needed = ("cert_chain", "body", "vote_request_signature")
+    if not isinstance(request, dict) or any(k not in request for k in needed):
+        raise InvalidInput(f"{signed_vote_request_file}: needs {', '.join(needed)}")
+    voters = []
+    for path in signed_voter_files:
+        voter = _read_yaml(path)
+        if not isinstance(voter, dict) or any(
+            k not in voter for k in ("cert_chain", "body", "voter_signature")
+        ):
+            raise InvalidInput(f"{path}: needs cert_chain, body, voter_signature")
+        voters.append(voter)
+    with _file_errors():
+        atomic_write_bytes(vote_result_file, votes.vote_result(request, voters).encode())

@@ -151,12 +151,9 @@ class CapsuleManagerClient:
         self.timeout = timeout
         self.verify_sim = verify_sim
         self._pm = pm
-        self._grpc = (
-            grpc.aio.secure_channel(target, channel_credentials)
-            if channel_credentials is not None
-            else grpc.aio.insecure_channel(target)
-        )
-        self._stub = cm_grpc.CapsuleManagerStub(self._grpc)
+        self._channel_credentials = channel_credentials
+        self._grpc: grpc.aio.Channel | None = None  # made on first use, inside the event loop
+        self._stub: cm_grpc.CapsuleManagerStub | None = None
         self._jwe: Any = None
         self._cm_cert_pem: str | None = None
 
@@ -167,7 +164,9 @@ class CapsuleManagerClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._grpc.close()
+        if self._grpc is not None:
+            await self._grpc.close()
+            self._grpc = self._stub = None
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -189,6 +188,14 @@ class CapsuleManagerClient:
         return self._jwe
 
     async def _call(self, method: str, request: Message) -> Any:
+        if self._stub is None:
+            creds = self._channel_credentials
+            self._grpc = (
+                grpc.aio.secure_channel(self.target, creds)
+                if creds is not None
+                else grpc.aio.insecure_channel(self.target)
+            )
+            self._stub = cm_grpc.CapsuleManagerStub(self._grpc)
         try:
             return await getattr(self._stub, method)(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:

@@ -72,7 +72,7 @@ class CapsuleManager:
     async def start(self) -> int:
         s = self.settings
         key_file, cert_file, storage_key_file = s.key_paths
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         identity = await asyncio.to_thread(identity_keys.load_or_create, key_file, cert_file)
         storage_key = await asyncio.to_thread(load_or_create_key, storage_key_file)
         self.store = Store(s.db_url, Sealer(storage_key))
@@ -138,3 +138,26 @@ def _server_credentials(s: CMSettings) -> grpc.ServerCredentials:
         root_certificates=_read(s.tls.client_ca_file, "TLS client CA"),
         require_client_auth=True,
     )
+
+
+async def serve(settings: CMSettings) -> None:
+    """Run until SIGINT/SIGTERM; print one line with the address and identity."""
+    import signal
+
+    import click
+
+    cm = CapsuleManager(settings)
+    port = await cm.start()
+    click.echo(
+        f"capsule manager listening on {settings.host}:{port} "
+        f"(party id {cm.identity.party_id}, storage {cm.store!r})",
+        err=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await cm.stop(grace=2.0)

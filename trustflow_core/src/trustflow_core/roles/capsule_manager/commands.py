@@ -1,0 +1,73 @@
+"""Command-line entry points of the Capsule Manager role (cheap to import):
+``trustflow capsule-manager`` (the server) and ``trustflow cms`` (the owner CLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .cms_cli import cms
+
+
+@click.command("capsule-manager")
+@click.option(
+    "-c",
+    "--config-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="YAML settings (see docs/capsule-manager.md); flags override it.",
+)
+@click.option("--host", help="Listen address (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="gRPC port (default 8888; 0: any).")
+@click.option("--plat", help="TEE backend for the CM's own report: sim, tdx, csv, ... or none.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--storage-url", help="SQLAlchemy URL (default sqlite:///<data dir>/cm.db).")
+@click.option("--private-key-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--cert-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--storage-key-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--allow-upstream-sim/--no-allow-upstream-sim",
+    default=None,
+    help="Accept app requests that carry NO attestation report (upstream sim clients).",
+)
+@click.option("--log-level", default="info", show_default=True)
+def capsule_manager(
+    config_file: Path | None,
+    host: str | None,
+    port: int | None,
+    plat: str | None,
+    data_dir: Path | None,
+    storage_url: str | None,
+    private_key_file: Path | None,
+    cert_file: Path | None,
+    storage_key_file: Path | None,
+    allow_upstream_sim: bool | None,
+    log_level: str,
+) -> None:
+    """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
+    import asyncio
+    import logging
+
+    from .server import serve
+    from .settings import load_settings
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = load_settings(
+        config_file,
+        host=host,
+        port=port,
+        plat=plat,
+        data_dir=data_dir,
+        storage_url=storage_url,
+        private_key_file=private_key_file,
+        cert_file=cert_file,
+        storage_key_file=storage_key_file,
+        allow_upstream_sim=allow_upstream_sim,
+    )
+    asyncio.run(serve(settings))
+
+
+COMMANDS: list[click.Command] = [capsule_manager, cms]
