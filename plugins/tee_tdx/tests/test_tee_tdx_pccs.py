@@ -4,20 +4,17 @@ does (response bodies + URL-encoded issuer-chain headers); caching by FMSPC unti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from urllib.parse import quote as urlquote
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from conftest import collateral_from_files, evaluations, read, when
+from tee_tdx_fakes import FakePccs, serve_pccs
 from trustflow_core.attestation import Attributes, Policy
 from trustflow_core.errors import VerificationError
 
 from trustflow_tee_tdx import certs
-from trustflow_tee_tdx.collateral import Collateral
 from trustflow_tee_tdx.pccs import PccsClient, expiry
 from trustflow_tee_tdx.report import make_report
 from trustflow_tee_tdx.verifier import TdxVerifier
@@ -31,75 +28,17 @@ def _good() -> dict:
     )
 
 
+@pytest_asyncio.fixture
+async def pccs() -> AsyncIterator[tuple[FakePccs, str]]:
+    fake = FakePccs(collateral_from_files(_good()["collateral"]["files"]))
+    async with serve_pccs(fake) as url:
+        yield fake, url
+
+
 def _der(crl: bytes) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     return certs.load_crl(crl, "crl").public_bytes(Encoding.DER)
-
-
-class FakePccs:
-    """Serves one collateral set; records requests; can be told to fail or stall."""
-
-    def __init__(self, collateral: Collateral) -> None:
-        self.c = collateral
-        self.paths: list[str] = []
-        self.fail_with: int | None = None
-        self.stall = 0.0
-        self.release = asyncio.Event()
-
-    def fmspc(self) -> str:
-        import json
-
-        return json.loads(self.c.tcb_info)["fmspc"]
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.paths.append(request.path_qs)
-        if self.stall:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.release.wait(), self.stall)
-        if self.fail_with:
-            return web.Response(status=self.fail_with)
-        c = self.c
-        path = request.path
-        if path == "/tdx/certification/v4/tcb":
-            if request.query.get("fmspc", "").upper() != self.fmspc().upper():
-                return web.Response(status=404)
-            body = b'{"tcbInfo":' + c.tcb_info + b',"signature":"'
-            body += c.tcb_info_signature.hex().encode() + b'"}'
-            chain = c.tcb_info_issuer_chain
-            return web.Response(body=body, headers={"TCB-Info-Issuer-Chain": urlquote(chain)})
-        if path == "/tdx/certification/v4/qe/identity":
-            body = b'{"enclaveIdentity":' + c.qe_identity + b',"signature":"'
-            body += c.qe_identity_signature.hex().encode() + b'"}'
-            chain = c.qe_identity_issuer_chain
-            return web.Response(
-                body=body, headers={"SGX-Enclave-Identity-Issuer-Chain": urlquote(chain)}
-            )
-        if path == "/sgx/certification/v4/pckcrl" and request.query.get("ca") == "platform":
-            return web.Response(
-                body=_der(c.pck_crl),
-                headers={"SGX-PCK-CRL-Issuer-Chain": urlquote(c.pck_crl_issuer_chain)},
-            )
-        if path == "/sgx/certification/v4/rootcacrl":
-            return web.Response(body=_der(c.root_ca_crl))
-        return web.Response(status=404)
-
-
-@pytest_asyncio.fixture
-async def pccs() -> AsyncIterator[tuple[FakePccs, str]]:
-    fake = FakePccs(collateral_from_files(_good()["collateral"]["files"]))
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield fake, f"http://127.0.0.1:{port}"
-    finally:
-        fake.release.set()
-        await runner.cleanup()
 
 
 POLICY = Policy((Attributes(str_tee_platform="TDX"),))

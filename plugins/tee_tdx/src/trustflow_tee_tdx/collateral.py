@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from trustflow_core.errors import InvalidInput
@@ -200,3 +201,12 @@ def _crl_text(crl: bytes | None) -> bytes | None:
     if stripped.startswith(b"-----BEGIN") or re.fullmatch(rb"[0-9a-fA-F]+", stripped):
         return stripped
     return crl.hex().encode()
+
+
+def load_collateral_file(path: str | Path) -> Collateral:
+    """A collateral bundle file (dcap-qvl ``QuoteCollateralV3`` or ``SgxQlQveCollateral``)."""
+    try:
+        text = Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read collateral file {path}: {exc}") from exc
+    return Collateral.from_json(text)

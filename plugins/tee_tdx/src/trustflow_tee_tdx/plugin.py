@@ -7,8 +7,15 @@ from typing import TYPE_CHECKING
 from trustflow_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from trustflow_core.attestation import Verifier
+    from trustflow_core.attestation import Attester, Verifier
     from trustflow_core.hookspecs import Register
+
+
+@hookimpl
+def trustflow_register_attesters(register: Register[type[Attester]]) -> None:
+    from .attester import TdxAttester
+
+    register(TdxAttester)
 
 
 @hookimpl

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, ClassVar
 
 from trustflow_core.attestation import Attributes, Evidence, Report, Verifier
@@ -22,7 +21,7 @@ from trustflow_core.errors import InvalidInput, VerificationError
 from typing_extensions import Self
 
 from . import PLATFORM
-from .collateral import Collateral
+from .collateral import Collateral, load_collateral_file
 from .pccs import PccsClient
 from .quote import TdBody
 from .report import make_report, open_report
@@ -53,15 +52,6 @@ def _flag(settings: Mapping[str, Any], key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise InvalidInput(f"tdx verifier setting {key!r} must be true or false")
     return value
-
-
-def load_collateral_file(path: str | Path) -> Collateral:
-    """A collateral bundle file (dcap-qvl ``QuoteCollateralV3`` or ``SgxQlQveCollateral``)."""
-    try:
-        text = Path(path).expanduser().read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read collateral file {path}: {exc}") from exc
-    return Collateral.from_json(text)
 
 
 def attributes_of(body: TdBody, now: datetime) -> Attributes:
