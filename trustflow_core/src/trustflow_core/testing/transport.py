@@ -132,7 +132,6 @@ def raw_context(
     server: bool,
     trust: TlsAsset,
     tmp: Path,
-    max_version: ssl.TLSVersion | None = None,
 ) -> ssl.SSLContext:
     """A context built with plain ``ssl`` and no asset checks (a misbehaving peer): presents
     ``asset`` (nothing when None) and trusts the last certificate of ``trust``."""
@@ -140,8 +139,6 @@ def raw_context(
     if not server:
         ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
-    if max_version is not None:
-        ctx.maximum_version = max_version
     if asset is not None:
         stem = f"raw-{os.urandom(4).hex()}"
         cert, key = tmp / f"{stem}.crt", tmp / f"{stem}.key"
