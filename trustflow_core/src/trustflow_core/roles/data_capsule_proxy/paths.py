@@ -10,8 +10,9 @@ link may point anywhere inside the roots but never outside them. Reading goes th
 complete renames them into place. Any error before that removes the staging directory, so the
 destination never shows a partial file, and a directory request shows none of its files. The
 renames replace symbolic links instead of following them, and each target's parent directory
-must resolve inside the roots. If the process is killed, a staging directory may remain; it
-is hidden and never holds a file under its final name.
+must resolve inside the roots. If the process is killed, its staging directory remains (hidden,
+never holding a file under its final name) until the next request into the same directory
+removes it: staging names carry the process id, and those of dead processes are swept.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class StagedOutput:
         os.makedirs(self.dest, exist_ok=True)
         if not roots.contains(os.path.realpath(self.dest)):  # changed under us
             raise AccessDenied(f"{what} {dest_dir!r} resolves outside the allowed roots")
-        self.stage = tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.dest)
+        sweep_stale_stages(self.dest)
+        self.stage = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=self.dest)
         self.names: list[str] = []
 
     def __enter__(self) -> StagedOutput:
@@ -126,6 +128,28 @@ class StagedOutput:
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.stage)
+
+
+def sweep_stale_stages(directory: str) -> None:
+    """Remove staging directories in ``directory`` left by proxy processes that no longer
+    exist (killed mid-request). Their names carry the creating process id."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            if not entry.name.startswith(STAGE_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                continue
+            pid_text = entry.name[len(STAGE_PREFIX) :].split("-", 1)[0]
+            if pid_text.isdigit() and not _alive(int(pid_text)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dirs(dirs: Iterable[str]) -> None:
