@@ -12,10 +12,12 @@ from aiohttp import web
 
 @dataclass
 class KdsStandIn:
-    """Serves ``bundles[chip]``; 404 for unknown chips. ``delay`` stalls every answer."""
+    """Serves ``bundles[chip]``; 404 for unknown chips. ``delay`` stalls every answer;
+    ``chunk`` > 0 streams the body in pieces of that size."""
 
     bundles: Mapping[str, bytes]
     delay: float = 0.0
+    chunk: int = 0
     requests: list[str] = field(default_factory=list)
     url: str = ""
 
@@ -27,7 +29,15 @@ class KdsStandIn:
         body = self.bundles.get(chip)
         if body is None:
             return web.Response(status=404, text=f"no certificate for {chip}")
-        return web.Response(body=body, content_type="application/octet-stream")
+        if not self.chunk:
+            return web.Response(body=body, content_type="application/octet-stream")
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for start in range(0, len(body), self.chunk):
+            await response.write(body[start : start + self.chunk])
+            await asyncio.sleep(0.001)
+        await response.write_eof()
+        return response
 
 
 @asynccontextmanager

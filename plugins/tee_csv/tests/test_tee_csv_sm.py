@@ -159,3 +159,10 @@ def test_openssl_engine_cannot_take_other_curves(gbt, gbt_curve):
     x, y = h(gbt["pub_x"]), h(gbt["pub_y"])
     with pytest.raises(RuntimeError):
         sm2_verify(x, y, b"A", b"m", h(gbt["r"]), h(gbt["s"]), gbt_curve, engine="openssl")
+
+
+def test_openssl_self_test_refuses_broken_engines():
+    from trustflow_tee_csv import _openssl
+
+    assert not _openssl._self_test(lambda *args: True)
+    assert not _openssl._self_test(lambda *args: False)

@@ -156,6 +156,14 @@ async def test_loopback_kds_is_asked_once_per_chip(bare_report, hsk_cek_raw, rep
 
 
 @pytest.mark.asyncio
+async def test_loopback_kds_streaming_small_chunks(bare_report, hsk_cek_raw, report_expected):
+    chip = report_expected["chip_id"]
+    async with serve_kds(KdsStandIn({chip: hsk_cek_raw}, chunk=100)) as kds:
+        verified = await verify(bare_report, {"kds_url": kds.url})
+    assert verified.details["cert_chain_source"] == "kds"
+
+
+@pytest.mark.asyncio
 async def test_trustee_evidence_through_kds_needs_its_chips_certs(trustee_report, hsk_cek_raw):
     """The trustee chip's HSK/CEK are not in the test data (only the csv-rs chip's are), so
     the stand-in cannot serve them: the verifier reports that the KDS does not have them.

@@ -6,7 +6,8 @@ uses for ``pkeyutl -verify -digest sm3 -pkeyopt distid:<ID>``: the key is loaded
 ``EVP_PKEY_CTX_set1_id`` and ``EVP_DigestVerify`` computes ``SM3(Z_A || M)`` and checks the
 DER signature. Only the recommended SM2 curve is possible here.
 
-:func:`load` returns None when no usable libcrypto is found; callers then use gmssl.
+:func:`load` returns None when no usable libcrypto is found, or when it fails a known-answer
+self-test (e.g. builds with SM2 disabled); callers then use gmssl.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 # SEQUENCE { SEQUENCE { id-ecPublicKey, sm2p256v1 }, BIT STRING 04 || x || y }
 _SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a811ccf5501822d034200") + b"\x04"
 
+# Known answer made with gmssl (an independent implementation): private key 0x5ec0de..., signer
+# ID "TRUSTFLOW-SELFTEST", nonce k = 0x1d1d....
+_KAT_X = 0x468B2BD2F192E11237D6D702E678A2B67254886191F63D65F63E07F8E503B964
+_KAT_Y = 0xA9DC35339238BCA71C1102AE1BE41BF2F04848A9C4341826333E83BC8CE77593
+_KAT_ID = b"TRUSTFLOW-SELFTEST"
+_KAT_MESSAGE = b"trustflow csv sm2 engine self-test"
+_KAT_R = 0x46E1DDF3D63F23E76A70C8D2FAC443966081BC03159001DF29A1B9F249AB4087
+_KAT_S = 0x51430474CB4325E7455999607EC8A1547831405B4CF0A713F988A7E82EFC6BE3
+
 Verify = Callable[[int, int, bytes, bytes, int, int], bool]
 _loaded: tuple[Verify | None] | None = None
 _lock = threading.Lock()
@@ -31,8 +41,21 @@ def load() -> Verify | None:
     global _loaded
     with _lock:
         if _loaded is None:
-            _loaded = (_bind(),)
+            verify = _bind()
+            if verify is not None and not _self_test(verify):
+                verify = None
+            _loaded = (verify,)
         return _loaded[0]
+
+
+def _self_test(verify: Verify) -> bool:
+    try:
+        good = verify(_KAT_X, _KAT_Y, _KAT_ID, _KAT_MESSAGE, _KAT_R, _KAT_S)
+        bad = verify(_KAT_X, _KAT_Y, _KAT_ID, _KAT_MESSAGE + b"!", _KAT_R, _KAT_S)
+        wrong_id = verify(_KAT_X, _KAT_Y, b"1234567812345678", _KAT_MESSAGE, _KAT_R, _KAT_S)
+    except (OSError, MemoryError, ValueError):
+        return False
+    return good and not bad and not wrong_id
 
 
 def _bind() -> Verify | None:

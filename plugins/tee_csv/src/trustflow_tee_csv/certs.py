@@ -88,7 +88,7 @@ class KdsClient:
         for _attempt in range(self.retries + 1):
             try:
                 async with self._session.get(url, params={"snumber": chip_id}) as response:
-                    body = await response.content.read(HSK_CEK_SIZE + 1)
+                    body = await _read_at_most(response, HSK_CEK_SIZE + 1)
                     if response.status != 200:
                         problem = f"HTTP {response.status}"
                         if response.status < 500:
@@ -109,6 +109,17 @@ class KdsClient:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes when it is longer (never reads past them)."""
+    body = b""
+    while len(body) < limit:
+        chunk = await response.content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body
 
 
 class CertSources:
