@@ -112,3 +112,13 @@ def test_bad_evidence_is_a_format_rejection(run, tmp_path):
     result = run("attest", "verify", "--quote", junk, "--plat", "csv", "--json")
     assert result.exit_code == 1
     assert json.loads(result.stdout)["check"] == "format"
+
+
+def test_report_json_as_quote_takes_certs(run, files, tmp_path):
+    """A chainless CSV report JSON plus --certs (the way to add HSK/CEK to a stored report)."""
+    bare = CsvVerifier.report_from_evidence(files["report"].read_bytes())
+    path = tmp_path / "bare.json"
+    path.write_text(json.dumps(bare.to_dict()))
+    assert run("attest", "verify", "--report", path).exit_code == 1
+    result = run("attest", "verify", "--quote", path, "--plat", "csv", "--certs", files["certs"])
+    assert result.exit_code == 0, result.output

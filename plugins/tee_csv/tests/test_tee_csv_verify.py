@@ -237,6 +237,9 @@ def test_bad_settings_are_invalid_input(settings):
         b"{not json",
         b'{"x": 1}',
         b'{"attestation_report": {"magic": [1], "flags": 1, "data": []}}',
+        b'{"attestation_report": {"data": [300]}}',
+        b'{"str_tee_platform": "TDX", "json_report": "{}"}',
+        b'{"b64_quote": "AAAA", "extra": 1}',
     ],
 )
 def test_unusable_raw_evidence_is_invalid_input(evidence):

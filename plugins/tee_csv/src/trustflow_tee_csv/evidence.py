@@ -124,9 +124,10 @@ def check_chip_id(chip_id: str) -> str:
 
 
 def parse_raw_evidence(evidence: bytes) -> CsvEvidence:
-    """Raw evidence: a report (2548 bytes or a 4096-byte page), a CSV ``json_report``, or a
-    trustee/guest-components JSON evidence (``attestation_report{magic, flags, data}``,
-    ``serial_number``). Raises :class:`InvalidInput`."""
+    """Raw evidence: a report (2548 bytes or a 4096-byte page), a CSV ``json_report``, a whole
+    CSV ``UnifiedAttestationReport`` JSON, or trustee/guest-components JSON evidence
+    (``attestation_report{magic, flags, data}``, ``serial_number``). Raises
+    :class:`InvalidInput`."""
     stripped = evidence.lstrip()
     if not stripped.startswith(b"{"):
         return CsvEvidence(bytes(evidence))
@@ -134,6 +135,10 @@ def parse_raw_evidence(evidence: bytes) -> CsvEvidence:
         doc = json.loads(evidence)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"CSV evidence is neither a binary report nor JSON: {exc}") from exc
+    if isinstance(doc, dict) and "json_report" in doc:  # a whole UnifiedAttestationReport
+        if doc.get("str_tee_platform") != "CSV" or not isinstance(doc["json_report"], str):
+            raise InvalidInput("the attestation report is not a CSV report")
+        return parse_raw_evidence(doc["json_report"].encode())
     if isinstance(doc, dict) and "b64_quote" in doc:
         try:
             return CsvEvidence.from_json(evidence.decode())
