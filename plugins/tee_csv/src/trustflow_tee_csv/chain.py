@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TypeVar
@@ -149,10 +150,11 @@ def split_hsk_cek(bundle: bytes) -> tuple[bytes, bytes]:
 class ChainCache:
     """Remembers certificates that verified, keyed by their bytes (HSK alone, then HSK and CEK
     together), so a verifier pays their SM2 checks once per chip. Only successes are kept;
-    each map is a bounded LRU."""
+    each map is a bounded LRU. Safe to use from several threads."""
 
     def __init__(self, size: int = 64) -> None:
         self._size = size
+        self._lock = threading.Lock()
         self._hsks: OrderedDict[bytes, CaCert] = OrderedDict()
         self._pairs: OrderedDict[bytes, Endorsement] = OrderedDict()
         self._peks: OrderedDict[bytes, CsvCert] = OrderedDict()
@@ -177,15 +179,16 @@ class ChainCache:
             found = self._put(self._peks, key, verify_pek(pek_raw, endorsement.cek))
         return found
 
-    @staticmethod
-    def _get(entries: OrderedDict[bytes, _T], key: bytes) -> _T | None:
-        found = entries.get(key)
-        if found is not None:
-            entries.move_to_end(key)
-        return found
+    def _get(self, entries: OrderedDict[bytes, _T], key: bytes) -> _T | None:
+        with self._lock:
+            found = entries.get(key)
+            if found is not None:
+                entries.move_to_end(key)
+            return found
 
     def _put(self, entries: OrderedDict[bytes, _T], key: bytes, value: _T) -> _T:
-        entries[key] = value
-        if len(entries) > self._size:
-            entries.popitem(last=False)
-        return value
+        with self._lock:
+            entries[key] = value
+            if len(entries) > self._size:
+                entries.popitem(last=False)
+            return value
