@@ -20,6 +20,7 @@ KIT_CLASSES = {
     "KeyExchangeConformance",
     "StorageConformance",
     "EnvelopeChannelConformance",
+    "TransportChannelConformance",
 }
 EXPECTED = {
     "core": ("trustflow-core", {("key_exchange", "static")}),
@@ -27,6 +28,7 @@ EXPECTED = {
     "storage_local": ("trustflow-storage-local", {("storage", "local")}),
     "channel_jwe": ("trustflow-channel-jwe", {("channel", "jwe")}),
     "storage_memory": ("trustflow-storage-memory", {("storage", "memory")}),
+    "channel_mtls": ("trustflow-channel-mtls", {("channel", "mtls")}),
 }
 
 

@@ -141,7 +141,10 @@ class EnvelopeChannel(Backend, abc.ABC):
 
 
 class TransportChannel(Backend, abc.ABC):
-    """Builds TLS contexts for mutually authenticated connections from a group TLS asset."""
+    """Builds TLS contexts for mutually authenticated connections from a group TLS asset.
+
+    An unusable asset (damaged, certificate and key not matching, expired) raises
+    :class:`~trustflow_core.errors.VerificationError`."""
 
     kind: ClassVar[str] = "channel"
 
