@@ -52,6 +52,8 @@ HOP_BY_HOP = frozenset(
 SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 _WS = b" \t\r\n"
 CHUNK = 64 * 1024
+#: Bodies of known length up to this size are relayed in one piece instead of streamed.
+SMALL = 64 * 1024
 
 
 def _text(status: int, message: str) -> web.Response:
@@ -117,7 +119,11 @@ class HttpProxy:
         if route.require_jwe and not request.body_exists:
             return _text(415, f"{route.prefix} accepts only JWE envelopes; the request has no body")
         if self.jwe is None or not request.body_exists:
-            body = request.content if request.body_exists else None
+            body: Any = None
+            if request.body_exists:
+                length = request.content_length
+                small = length is not None and length <= SMALL
+                body = await request.read() if small else request.content
             return await self._forward(request, cluster, body)
         head = await self._peek(request)
         if not head.lstrip(_WS).startswith(b"{"):
@@ -172,21 +178,25 @@ class HttpProxy:
             headers["Accept-Encoding"] = "identity"  # the reply is sealed byte for byte
         elif isinstance(body, aiohttp.StreamReader | AsyncIterator) and request.content_length:
             headers["Content-Length"] = str(request.content_length)
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=cluster.connect_timeout, sock_read=self.config.request_timeout
-        )
         try:
-            async with self.upstreams.session.request(
+            async with self.upstreams.sessions[cluster.name].request(
                 request.method,
                 url,
                 headers=headers,
                 data=body,
                 allow_redirects=False,
-                timeout=timeout,
                 skip_auto_headers=SKIP_AUTO,
             ) as upstream:
                 if opened is not None:
                     return await self._sealed_reply(upstream, opened)
+                length = upstream.content_length
+                if length is not None and length <= SMALL:
+                    return web.Response(
+                        status=upstream.status,
+                        reason=upstream.reason,
+                        body=await upstream.read(),
+                        headers=_forward_headers(upstream.headers, None),
+                    )
                 return await self._streamed_reply(request, upstream)
         except aiohttp.ConnectionTimeoutError:
             return _text(502, f"upstream {cluster.name} ({address}): connect timed out")

@@ -70,7 +70,9 @@ class Gateway:
         from ...registry import list_plugins
 
         try:
-            self._upstreams = upstreams = Upstreams(self.config.clusters)
+            self._upstreams = upstreams = Upstreams(
+                self.config.clusters, self.config.request_timeout
+            )
             listing = list_plugins(self.pm)
             for listener in self.config.listeners:
                 server_ssl = self._ssl(listener.tls, True, f"listener {listener.name!r}")

@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""Gateway throughput on loopback, all measured in one run (bounded: well under a minute).
+
+Scenarios, each driven for ``--duration`` seconds by ``--concurrency`` keep-alive clients:
+
+  (a) client -> app directly
+  (b) client -> gateway (no JWE filter) -> app
+  (c) client -> gateway (JWE filter, upstream dialect: RSA-OAEP-256 + A128GCM) -> app,
+      every reply opened and checked by the client
+
+plus the RSA-OAEP-SHA256 private-key decryption ceiling of one core with the same key.
+The app and the gateway run as separate processes (``trustflow gateway``); the load generator
+is this process. Envelopes for (c) are sealed before the run (a pool of fresh CEKs), so the
+client's cost is the same small HTTP work as in (a) and (b).
+
+    .venv/bin/python benchmarks/gateway.py [--duration 6] [--concurrency 32] [--key-bits 3072]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+APP_CODE = """
+import sys
+from aiohttp import web
+from trustflow_core.roles.demo.teeapp import create_app
+web.run_app(create_app(), host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args[:3]} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} did not open")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rsa_ceiling(key, seconds: float) -> float:
+    """RSA-OAEP-SHA256 private-key decryptions per second on this core."""
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    ciphertext = key.public_key().encrypt(os.urandom(16), oaep)
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for _ in range(20):
+            key.decrypt(ciphertext, oaep)
+        count += 20
+    return count / elapsed
+
+
+async def drive(
+    url: str,
+    bodies: list[tuple[bytes, Callable[[bytes], None]]],
+    duration: float,
+    concurrency: int,
+) -> dict[str, float]:
+    """POST bodies round-robin for ``duration`` s; return req/s and latency percentiles."""
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker(offset: int) -> None:
+            nonlocal errors
+            i = offset
+            while time.perf_counter() < stop:
+                body, check = bodies[i % len(bodies)]
+                i += concurrency
+                t0 = time.perf_counter()
+                async with session.post(
+                    url, data=body, headers={"Content-Type": "application/json"}
+                ) as r:
+                    data = await r.read()
+                    ok = r.status == 200
+                latencies.append(time.perf_counter() - t0)
+                if ok:
+                    check(data)
+                else:
+                    errors += 1
+
+        # warm-up: open the connections
+        stop = time.perf_counter() + 0.5
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        warmup = len(latencies)
+        latencies.clear()
+        start = time.perf_counter()
+        stop = start + duration
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "errors": errors,
+        "requests": len(latencies),
+        "warmup_requests": warmup,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per scenario")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--key-bits", type=int, default=3072, choices=(2048, 3072, 4096))
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    if args.duration * 3 + 3 > 50:
+        parser.error("--duration must keep the whole run under a minute (at most 15)")
+
+    from trustflow_core.manager import get_plugin_manager
+    from trustflow_core.registry import get_backend_class
+
+    env = {**os.environ, "TRUSTFLOW_LOAD_PLUGINS": "tee_sim,channel_jwe"}
+    os.environ.update(env)
+    trustflow = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="trustflow-bench-") as tmp:
+        work = Path(tmp)
+        from cryptography import x509
+        from trustflow_core.cli import util
+
+        util.RSA_BITS = args.key_bits  # the benchmark's key size
+        key_pem, cert_pem, _ = util.generate_self_signed(days=1)
+        (work / "app.key").write_bytes(key_pem)
+        (work / "app.key").chmod(0o600)
+        (work / "app.crt").write_bytes(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        public_key = x509.load_pem_x509_certificate(cert_pem).public_key()
+        app_port, plain_port, jwe_port = free_port(), free_port(), free_port()
+        config = {
+            "listeners": [
+                {
+                    "name": "plain",
+                    "address": f"127.0.0.1:{plain_port}",
+                    "routes": [{"prefix": "/teeapp", "cluster": "app"}],
+                },
+                {
+                    "name": "jwe",
+                    "address": f"127.0.0.1:{jwe_port}",
+                    "routes": [{"prefix": "/teeapp", "cluster": "app", "require_jwe": True}],
+                    "jwe": {"cert_path": "app.crt", "private_key_path": "app.key"},
+                },
+            ],
+            "clusters": {"app": {"endpoints": [f"127.0.0.1:{app_port}"]}},
+        }
+        (work / "gateway.yml").write_text(json.dumps(config))
+        try:
+            procs.append(subprocess.Popen([sys.executable, "-c", APP_CODE, str(app_port)], env=env))
+            wait_port(app_port, procs[-1])
+            procs.append(
+                subprocess.Popen(
+                    [trustflow, "gateway", "-c", str(work / "gateway.yml"), "--log-level", "error"],
+                    env=env,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            wait_port(jwe_port, procs[-1])
+
+            channel = get_backend_class(get_plugin_manager(), "channel", "jwe").from_settings(
+                {"profile": "upstream", "alg": "RSA-OAEP-256"}
+            )
+            expected = b"I got your message: hello\n"
+
+            def plain_check(data: bytes) -> None:
+                assert data == expected, data
+
+            def sealed(i: int) -> tuple[bytes, Callable[[bytes], None]]:
+                envelope = channel.seal(b"hello", public_key)
+
+                def check(data: bytes) -> None:
+                    reply = channel.open_reply(_jwe(json.loads(data)), envelope.cek)
+                    assert reply == expected, reply
+
+                return json.dumps(envelope.jwe.to_dict()).encode(), check
+
+            plain_bodies = [(b"hello", plain_check)]
+            jwe_bodies = [sealed(i) for i in range(512)]
+            ceiling = rsa_ceiling(key, 1.5)
+            results = {}
+            for name, port, bodies in (
+                ("a_direct", app_port, plain_bodies),
+                ("b_gateway_plain", plain_port, plain_bodies),
+                ("c_gateway_jwe", jwe_port, jwe_bodies),
+            ):
+                before = [cpu_seconds(p.pid) for p in procs]
+                result = asyncio.run(
+                    drive(
+                        f"http://127.0.0.1:{port}/teeapp",
+                        bodies,
+                        args.duration,
+                        args.concurrency,
+                    )
+                )
+                used = [cpu_seconds(p.pid) - b for p, b in zip(procs, before, strict=True)]
+                total = result["requests"] + result["warmup_requests"]
+                result["app_cpu_us_per_req"] = 1e6 * used[0] / total
+                result["gateway_cpu_us_per_req"] = 1e6 * used[1] / total
+                results[name] = result
+            ceiling = max(ceiling, rsa_ceiling(key, 1.5))
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    ratio_b = results["b_gateway_plain"]["rps"] / results["a_direct"]["rps"]
+    ratio_c = results["c_gateway_jwe"]["rps"] / ceiling
+    summary = {
+        **results,
+        "rsa_oaep_sha256_decrypt_per_s_one_core": ceiling,
+        "key_bits": args.key_bits,
+        "concurrency": args.concurrency,
+        "b_over_a": ratio_b,
+        "c_over_rsa_ceiling": ratio_c,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(
+        f"loopback, {args.concurrency} keep-alive clients, {args.duration:g} s per scenario, "
+        f"RSA-{args.key_bits} app key, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'scenario':<28}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
+        f"{'app CPU us/req':>16}{'gateway CPU us/req':>20}"
+    )
+    labels = {
+        "a_direct": "(a) client -> app",
+        "b_gateway_plain": "(b) via gateway, no JWE",
+        "c_gateway_jwe": "(c) via gateway, JWE",
+    }
+    for name, label in labels.items():
+        r = results[name]
+        print(
+            f"{label:<28}{r['rps']:>8.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>7}"
+            f"{r['app_cpu_us_per_req']:>16.0f}{r['gateway_cpu_us_per_req']:>20.0f}"
+        )
+    print(f"RSA-OAEP-SHA256 decrypt ceiling, one core: {ceiling:.0f} ops/s")
+    print(f"(b)/(a) = {ratio_b:.0%}   (target >= 50%)")
+    print(f"(c)/RSA ceiling = {ratio_c:.0%}   (target >= 50%)")
+    cost = results["c_gateway_jwe"]["gateway_cpu_us_per_req"]
+    print(
+        f"gateway CPU per JWE request {cost:.0f} us vs one RSA decryption "
+        f"{1e6 / ceiling:.0f} us: CPU-bound JWE ceiling of one gateway core "
+        f"= {1e6 / cost / ceiling:.0%} of the RSA ceiling"
+    )
+
+
+def _jwe(members: dict):
+    from trustflow_core.channel import Jwe
+
+    return Jwe.from_dict(members)
+
+
+if __name__ == "__main__":
+    main()
