@@ -90,7 +90,13 @@ def parse_pem_chain(text: bytes, check: str) -> list[bytes]:
 
     Anything but certificate blocks separated by newlines, non-canonical base64 included, is
     rejected with ``check``: one changed byte must never leave the same certificates.
+    Results are cached by the exact text.
     """
+    return list(_parse_pem_chain(bytes(text), check))
+
+
+@lru_cache(maxsize=128)
+def _parse_pem_chain(text: bytes, check: str) -> tuple[bytes, ...]:
     text = text.rstrip(b"\0")
     ders, offset = [], 0
     while offset < len(text):
@@ -113,7 +119,7 @@ def parse_pem_chain(text: bytes, check: str) -> list[bytes]:
             load_der_cert(der)
         except (ValueError, TypeError) as exc:
             raise VerificationError(check, f"unparsable certificate: {exc}") from exc
-    return ders
+    return tuple(ders)
 
 
 @lru_cache(maxsize=1)
@@ -156,7 +162,8 @@ def verify_chain(ders: list[bytes], now: datetime, check: str) -> list[x509.Cert
 
     The last certificate must be byte-identical to the pinned root (a chain may also stop one
     short of it, in which case the pinned root is appended). Every link's signature and issuer
-    name, every validity period at ``now``, and CA basic constraints on issuers are checked.
+    name, every validity period at ``now``, and CA basic constraints on issuers are checked
+    (the time-independent part is cached by the exact DER bytes).
     """
     root = pinned_root_der()
     if ders[-1] != root:
@@ -165,8 +172,11 @@ def verify_chain(ders: list[bytes], now: datetime, check: str) -> list[x509.Cert
         if common_name(load_der_cert(ders[-1])) == "Intel SGX Root CA":
             raise VerificationError(check, "the chain's root is not the pinned Intel SGX Root CA")
         ders = [*ders, root]
+    problem = _chain_problem(tuple(ders))
+    if problem:
+        raise VerificationError(check, problem)
     certs = [load_der_cert(der) for der in ders]
-    for i, cert in enumerate(certs):
+    for cert in certs:
         if not valid_at(cert, now):
             start, end = cert.not_valid_before_utc.isoformat(), cert.not_valid_after_utc.isoformat()
             raise VerificationError(
@@ -174,14 +184,20 @@ def verify_chain(ders: list[bytes], now: datetime, check: str) -> list[x509.Cert
                 f"certificate {common_name(cert)!r} is not valid at {now.isoformat()} ("
                 f"{start} .. {end})",
             )
-        issuer_der = ders[i + 1] if i + 1 < len(ders) else ders[i]
-        if not _issued_by(ders[i], issuer_der):
-            raise VerificationError(
-                check, f"certificate {common_name(cert)!r} is not signed by its issuer"
-            )
-        if i > 0 and not _is_ca(cert):
-            raise VerificationError(check, f"issuer {common_name(cert)!r} is not a CA")
     return certs
+
+
+@lru_cache(maxsize=128)
+def _chain_problem(ders: tuple[bytes, ...]) -> str | None:
+    """What is wrong with the links of a chain ending in its self-signed root, or None."""
+    for i, der in enumerate(ders):
+        cert = load_der_cert(der)
+        issuer_der = ders[i + 1] if i + 1 < len(ders) else der
+        if not _issued_by(der, issuer_der):
+            return f"certificate {common_name(cert)!r} is not signed by its issuer"
+        if i > 0 and not _is_ca(cert):
+            return f"issuer {common_name(cert)!r} is not a CA"
+    return None
 
 
 # ---- CRLs ---------------------------------------------------------------------------------
@@ -212,8 +228,8 @@ def _load_crl(data: bytes, check: str) -> x509.CertificateRevocationList:
 
 
 @lru_cache(maxsize=64)
-def _crl_signed_by(crl_der: bytes, issuer_der: bytes) -> bool:
-    crl = x509.load_der_x509_crl(crl_der)
+def _crl_signed_by(data: bytes, issuer_der: bytes) -> bool:
+    crl = _load_crl(data, "crl")
     issuer = load_der_cert(issuer_der)
     if crl.issuer != issuer.subject:
         return False
@@ -222,17 +238,14 @@ def _crl_signed_by(crl_der: bytes, issuer_der: bytes) -> bool:
 
 
 def check_crl(
-    crl: x509.CertificateRevocationList,
-    issuer: x509.Certificate,
-    now: datetime,
-    what: str,
-) -> None:
-    """Raise (check ``"crl"``) unless ``crl`` is signed by ``issuer`` and current at ``now``;
-    raise ``"collateral_expired"`` when ``now`` is outside its window."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    if not _crl_signed_by(crl.public_bytes(Encoding.DER), issuer.public_bytes(Encoding.DER)):
-        raise VerificationError("crl", f"the {what} is not signed by {common_name(issuer)!r}")
+    data: bytes, issuer_der: bytes, now: datetime, what: str
+) -> x509.CertificateRevocationList:
+    """The CRL in ``data`` after checking it is signed by the certificate ``issuer_der``
+    (check ``"crl"``) and current at ``now`` (else ``"collateral_expired"``)."""
+    crl = load_crl(data, "crl")
+    if not _crl_signed_by(bytes(data), issuer_der):
+        issuer = common_name(load_der_cert(issuer_der))
+        raise VerificationError("crl", f"the {what} is not signed by {issuer!r}")
     next_update = crl.next_update_utc
     if next_update is None or not crl.last_update_utc <= now <= next_update:
         raise VerificationError(
@@ -240,6 +253,7 @@ def check_crl(
             f"the {what} is not current at {now.isoformat()} "
             f"({crl.last_update_utc.isoformat()} .. {next_update})",
         )
+    return crl
 
 
 def is_revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
@@ -306,6 +320,14 @@ def _pairs(content: bytes) -> dict[str, tuple[int, bytes]]:
 
 def pck_info(leaf: x509.Certificate) -> PckInfo:
     """Decode the SGX extension (OID 1.2.840.113741.1.13.1) of a PCK leaf certificate."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return _pck_info(leaf.public_bytes(Encoding.DER))
+
+
+@lru_cache(maxsize=64)
+def _pck_info(der: bytes) -> PckInfo:
+    leaf = load_der_cert(der)
     base = SGX_EXTENSION_OID.dotted_string
     try:
         ext = leaf.extensions.get_extension_for_oid(SGX_EXTENSION_OID).value
@@ -325,3 +347,28 @@ def pck_info(leaf: x509.Certificate) -> PckInfo:
         raise VerificationError(
             "pck_chain", f"PCK certificate has no usable SGX extension: {exc}"
         ) from exc
+
+
+def clear_caches() -> None:
+    """Forget every cached certificate, CRL and signature result (benchmarks, tests)."""
+    for cached in (
+        p256_key,
+        load_der_cert,
+        _parse_pem_chain,
+        _issued_by,
+        _chain_problem,
+        _load_crl,
+        _crl_signed_by,
+        _pck_info,
+        signed_by_key,
+    ):
+        cached.cache_clear()
+
+
+@lru_cache(maxsize=64)
+def signed_by_key(key_der: bytes, raw_rs: bytes, message: bytes) -> bool:
+    """:func:`ecdsa_ok` for collateral (TCB info, QE identity), cached by exact bytes."""
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    key = load_der_public_key(key_der)
+    return isinstance(key, ec.EllipticCurvePublicKey) and ecdsa_ok(key, raw_rs, message)

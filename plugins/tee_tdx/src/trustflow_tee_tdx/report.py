@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from functools import lru_cache
 
 from trustflow_core.attestation import PASSPORT, Report
 from trustflow_core.errors import InvalidInput, VerificationError
@@ -58,7 +59,13 @@ def open_report(json_report: str) -> tuple[bytes, Collateral | None]:
         return quote, None
     if not isinstance(text, str):
         raise VerificationError("format", "json_collateral must be a string")
+    return quote, _collateral(text)
+
+
+@lru_cache(maxsize=32)
+def _collateral(text: str) -> Collateral:
+    """Parse bundled collateral; reports from one platform repeat the same text (cached)."""
     try:
-        return quote, Collateral.from_json(text)
+        return Collateral.from_json(text)
     except InvalidInput as exc:
         raise VerificationError("format", f"json_collateral: {exc}") from exc

@@ -11,6 +11,7 @@ import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from trustflow_core.errors import VerificationError
@@ -38,6 +39,12 @@ _CONFIG = ("ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded")
 
 
 def load_json(raw: bytes, check: str) -> dict[str, Any]:
+    """Parse a JSON object (cached by exact bytes: callers must not modify the result)."""
+    return _load_json(bytes(raw), check)
+
+
+@lru_cache(maxsize=32)
+def _load_json(raw: bytes, check: str) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -283,3 +290,7 @@ def evaluate(
         advisories += qe_level.advisory_ids
     unique = tuple(dict.fromkeys(advisories))
     return TcbResult(status, unique, date, platform, module_id, module_level, qe_level)
+
+
+def clear_caches() -> None:
+    _load_json.cache_clear()

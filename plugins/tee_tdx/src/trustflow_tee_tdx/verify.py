@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from trustflow_core.errors import VerificationError
 
 from . import certs, tcb
@@ -60,6 +61,10 @@ class QuoteVerdict:
         if self.tcb_evaluation_data_number is not None:
             result["tcb_evaluation_data_number"] = self.tcb_evaluation_data_number
         return result
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
 
 
 def _utc(now: datetime) -> datetime:
@@ -114,7 +119,8 @@ def _signed_json(
     chain = certs.verify_chain(certs.parse_pem_chain(chain_pem, check), now, check)
     if certs.common_name(chain[0]) != "Intel SGX TCB Signing":
         raise VerificationError(check, "not signed by the Intel SGX TCB Signing certificate")
-    if not certs.ecdsa_ok(chain[0].public_key(), signature, body):  # type: ignore[arg-type]
+    key_der = chain[0].public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if not certs.signed_by_key(key_der, signature, body):
         raise VerificationError(check, "signature does not verify")
     data = tcb.load_json(body, check)
     try:
@@ -136,13 +142,11 @@ def _check_revocation(
 ) -> str:
     leaf, ca, root = chain
     if collateral.root_ca_crl is not None:
-        root_crl = certs.load_crl(collateral.root_ca_crl, "crl")
-        certs.check_crl(root_crl, root, now, "root CA CRL")
+        root_crl = certs.check_crl(collateral.root_ca_crl, _der(root), now, "root CA CRL")
         if certs.is_revoked(root_crl, ca):
             raise VerificationError("revoked", f"{certs.common_name(ca)!r} is revoked")
     if collateral.pck_crl is not None:
-        pck_crl = certs.load_crl(collateral.pck_crl, "crl")
-        certs.check_crl(pck_crl, ca, now, "PCK CRL")
+        pck_crl = certs.check_crl(collateral.pck_crl, _der(ca), now, "PCK CRL")
         if certs.is_revoked(pck_crl, leaf):
             raise VerificationError("revoked", "the PCK certificate is revoked")
     complete = collateral.root_ca_crl is not None and collateral.pck_crl is not None
@@ -200,3 +204,9 @@ def verify_quote(
         revocation,
         evaluation if isinstance(evaluation, int) else None,
     )
+
+
+def clear_caches() -> None:
+    """Forget every cached certificate, CRL, collateral signature and parsed JSON."""
+    certs.clear_caches()
+    tcb.clear_caches()
