@@ -14,7 +14,6 @@ from trustflow_core.cli import build_cli
         ([], "exactly one of --report and --quote"),
         (["--report", "r.json", "--quote", "q.bin"], "exactly one of --report and --quote"),
         (["--quote", "q.bin"], "--quote needs --plat"),
-        (["--report", "r.json", "--collateral", "c.json"], "go with --quote"),
     ],
 )
 def test_verify_argument_errors_are_usage_errors(args, message):

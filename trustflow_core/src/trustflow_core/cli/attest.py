@@ -130,7 +130,7 @@ def report(
     "--certs",
     "endorsements_file",
     default=None,
-    help="Endorsements for --quote: collateral JSON (TDX) or certificate chain (CSV).",
+    help="Endorsements for the evidence: collateral JSON (TDX) or certificate chain (CSV).",
 )
 @click.option(
     "--plat",
@@ -180,8 +180,6 @@ def verify(
         raise click.UsageError("give exactly one of --report and --quote")
     if quote_file is not None and not plat:
         raise click.UsageError("--quote needs --plat to know the evidence format")
-    if endorsements_file is not None and quote_file is None:
-        raise click.UsageError("--collateral/--certs go with --quote")
     pm = get_plugin_manager()
     try:
         if quote_file is not None:
@@ -196,6 +194,11 @@ def verify(
                 if plat
                 else verifier_for_platform(pm, report.str_tee_platform)
             )
+            if endorsements_file is not None:  # endorsements for a report that lacks them
+                report = cls.report_from_evidence(
+                    json.dumps(report.to_dict()).encode(),
+                    endorsements=_read_bytes(endorsements_file),
+                )
     except InvalidInput as exc:
         _print_verdict(VerificationError("format", str(exc)), None, as_json)
         ctx.exit(1)

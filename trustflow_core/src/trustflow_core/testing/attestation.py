@@ -31,7 +31,7 @@ Optional fixtures have strict defaults; override them to describe the backend:
   relabelled);
 * ``expected_attributes`` -- attribute values ``good_report`` must yield (default ``{}``);
 * ``exposes_debug_flag`` -- whether ``bool_debug_disabled`` is always ``"true"``/``"false"``
-  (default True; CSV sets it to ``""``);
+  (default True);
 * ``supported_report_types`` (attesters) -- default both ``Passport`` and ``BackgroundCheck``.
 """
 
