@@ -1,0 +1,431 @@
+"""End to end with the real commands: ``trustflow capsule-manager --plat sim --port 0`` (no
+config file) in a subprocess, owners alice and bob driving it with ``trustflow cms`` and
+``trustflow util``, a SIM-attested app using the ``capsule_manager`` key exchange, result keys
+with lineage, export with votes, restart safety and a request killed mid-flight."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from trustflow_core.cli import build_cli
+from trustflow_core.errors import AccessDenied, ObjectNotFound
+from trustflow_core.keyexchange import Resource, ResourceRequest, ResultKey
+from trustflow_core.manager import get_plugin_manager
+from trustflow_core.registry import get_backend_class
+from trustflow_core.roles.capsule_manager.keyexchange import CapsuleManagerKeyExchange
+from trustflow_core.roles.capsule_manager.testdb import throwaway_database
+
+TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
+SCOPE = "default"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    mp = pytest.MonkeyPatch()
+    values = {
+        "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim",
+        "TRUSTFLOW_SIM_DIR": str(tmp_path_factory.mktemp("sim")),
+    }
+    for k, v in values.items():
+        mp.setenv(k, v)
+    yield {**os.environ, **values}
+    mp.undo()
+
+
+class Server:
+    """``trustflow capsule-manager`` as a subprocess."""
+
+    def __init__(self, env: dict[str, str], data_dir: Path, *extra: str) -> None:
+        self.env, self.data_dir, self.extra = env, data_dir, extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.lines: list[str] = []
+        self._drain: threading.Thread | None = None
+
+    def _read_rest(self) -> None:
+        """Keep reading the server's log so it never blocks on a full pipe."""
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def start(self) -> Server:
+        args = [TRUSTFLOW, "capsule-manager", "--plat", "sim", "--port", "0"]
+        args += ["--data-dir", str(self.data_dir), *self.extra]
+        self.proc = subprocess.Popen(args, env=self.env, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise AssertionError(f"capsule manager exited: {self.proc.wait()}")
+            self.lines.append(line)
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                self._drain = threading.Thread(target=self._read_rest, daemon=True)
+                self._drain.start()
+                return self
+        raise AssertionError("capsule manager did not start")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(30)
+        if self._drain is not None:
+            self._drain.join(10)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return code
+
+
+@pytest.fixture(scope="module")
+def cli(env: dict[str, str]) -> Any:
+    group = build_cli()
+    runner = CliRunner()
+
+    def run(*args: str, expect: int = 0) -> str:
+        result = runner.invoke(group, list(args), catch_exceptions=False)
+        assert result.exit_code == expect, result.output
+        return result.output
+
+    return run
+
+
+def owner_yaml(path: Path, target: str, name: str, d: Path, **sections: Any) -> Path:
+    config = {
+        "host": target,
+        "tee_plat": "sim",
+        "tee_constraints": {"mr_plat": None, "mr_boot": None, "mr_ta": None, "mr_signer": None},
+        "root_ca_file": None,
+        "private_key_file": None,
+        "cert_chain_file": None,
+        "common": {
+            "party_id": None,
+            "cert_pems_file": [str(d / f"{name}.crt")],
+            "scheme": "RSA",
+            "private_key_file": str(d / f"{name}.key"),
+        },
+        **sections,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def grant(rule_id: str, grantee: str, op: str = "psi", **kw: Any) -> dict[str, Any]:
+    return {
+        "rule_id": rule_id,
+        "grantee_party_ids": [grantee],
+        "columns": kw.get("columns", ["id", "age"]),
+        "global_constraints": kw.get("global_constraints", ['r.env.tee.platform == "sim"']),
+        "op_constraints": [{"op_name": op, "constraints": kw.get("constraints")}],
+    }
+
+
+_APP: list[Any] = []
+
+
+def make_kx(target: str) -> CapsuleManagerKeyExchange:
+    """The app's key exchange (one app identity for the whole module)."""
+    from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
+
+    if not _APP:
+        _APP.append(ephemeral_credentials())
+    pm = get_plugin_manager()
+    attester = get_backend_class(pm, "attester", "sim").from_settings()
+    return CapsuleManagerKeyExchange(target, attester=attester, pm=pm, credentials=_APP[0])
+
+
+def get_keys(target: str, request: ResourceRequest) -> list[Any]:
+    async def go() -> list[Any]:
+        async with make_kx(target) as kx:
+            return await kx.get_data_keys(request)
+
+    return asyncio.run(go())
+
+
+def test_owner_flow_end_to_end(cli: Any, env: dict[str, str], tmp_path: Path) -> None:
+    d = tmp_path
+    ids = {}
+    for name in ("alice", "bob", "carol"):
+        ids[name] = cli(
+            "util",
+            "generate-rsa-keypair",
+            "--private-key-file",
+            str(d / f"{name}.key"),
+            "--cert-file",
+            str(d / f"{name}.crt"),
+        ).strip()
+    key_a, key_b = (cli("util", "generate-data-key-b64").strip() for _ in range(2))
+    uuid_a, uuid_b = (f"e2e-{n}-{os.urandom(4).hex()}" for n in "ab")
+    server = Server(env, d / "cm").start()
+    try:
+        alice = owner_yaml(
+            d / "alice.yaml",
+            server.target,
+            "alice",
+            d,
+            register_data_keys={"data_keys": [{"resource_uri": uuid_a, "data_key_b64": key_a}]},
+            register_data_policy={
+                "scope": SCOPE,
+                "data_uuid": uuid_a,
+                "rules": [grant("r1", ids["carol"])],
+            },
+            add_data_rule={
+                "scope": SCOPE,
+                "data_uuid": uuid_a,
+                "rule": grant("r2", ids["carol"], "xgb"),
+            },
+            delete_data_rule={"scope": SCOPE, "data_uuid": uuid_a, "rule_id": "r2"},
+            get_data_policys={"scope": SCOPE},
+            delete_data_policy={"scope": SCOPE, "data_uuid": uuid_a},
+            delete_data_key={"resource_uri": uuid_a},
+        )
+        bob = owner_yaml(
+            d / "bob.yaml",
+            server.target,
+            "bob",
+            d,
+            register_data_keys={"data_keys": [{"resource_uri": uuid_b, "data_key_b64": key_b}]},
+            register_data_policy={
+                "scope": SCOPE,
+                "data_uuid": uuid_b,
+                "rules": [grant("b1", ids["carol"], columns=["*"])],
+            },
+            get_data_policys={"scope": SCOPE},
+        )
+        pem = cli("cms", "--config-file", str(alice), "get-public-key")
+        assert pem.startswith("-----BEGIN PUBLIC KEY-----")
+        for config in (alice, bob):
+            assert "registered certificate" in cli(
+                "cms", "--config-file", str(config), "register-cert"
+            )
+            cli("cms", "--config-file", str(config), "register-data-keys")
+            cli("cms", "--config-file", str(config), "register-data-policy")
+        cli("cms", "--config-file", str(alice), "add-data-rule")
+        listed = json.loads(cli("cms", "--config-file", str(alice), "--json", "get-data-policys"))
+        assert [[r["rule_id"] for r in p["rules"]] for p in listed] == [["r1", "r2"]]
+        cli("cms", "--config-file", str(alice), "delete-data-rule")
+        human = cli("cms", "--config-file", str(alice), "get-data-policys")
+        assert uuid_a in human and "'r2'" not in human
+        # bob cannot see or touch alice's policy
+        assert uuid_a not in cli("cms", "--config-file", str(bob), "get-data-policys")
+
+        # the app, initiated by carol, gets exactly the keys the rules allow
+        ok = ResourceRequest(
+            ids["carol"], SCOPE, "psi", (Resource(uuid_a, ("id",)), Resource(uuid_b))
+        )
+        keys = get_keys(server.target, ok)
+        assert [base64.b64encode(k.key).decode() for k in keys] == [key_a, key_b]
+        for bad, error in (
+            (ResourceRequest(ids["bob"], SCOPE, "psi", ok.resources), AccessDenied),
+            (ResourceRequest(ids["carol"], SCOPE, "xgb", ok.resources), AccessDenied),
+            (ResourceRequest(ids["carol"], "other", "psi", ok.resources), ObjectNotFound),
+            (
+                ResourceRequest(ids["carol"], SCOPE, "psi", (Resource(uuid_a, ("salary",)),)),
+                AccessDenied,
+            ),
+        ):
+            with pytest.raises(error):
+                get_keys(server.target, bad)
+
+        # a result with two ancestors carries the merged policy
+        result_uri, result_key = f"e2e-result-{os.urandom(4).hex()}", os.urandom(16)
+
+        async def register_result() -> None:
+            async with make_kx(server.target) as kx:
+                await kx.register_result_key(
+                    ResultKey(result_uri, SCOPE, result_key, (uuid_a, uuid_b))
+                )
+
+        asyncio.run(register_result())
+        got = get_keys(
+            server.target, ResourceRequest(ids["carol"], SCOPE, "psi", (Resource(result_uri),))
+        )
+        assert got[0].key == result_key
+        with pytest.raises(AccessDenied):
+            get_keys(
+                server.target, ResourceRequest(ids["bob"], SCOPE, "psi", (Resource(result_uri),))
+            )
+
+        # export: carol needs both alice's and bob's votes
+        (d / "vote_request.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "vote_request": {
+                        "type": "TEE_DOWNLOAD",
+                        "approved_threshold": 2,
+                        "approved_action": f"tee/download,{result_uri}",
+                        "cert_chain_file": [str(d / "carol.crt")],
+                        "private_key_file": str(d / "carol.key"),
+                    }
+                },
+                sort_keys=False,
+            )
+        )
+        cli(
+            "util",
+            "sign-vote-request",
+            "--vote-request-file",
+            str(d / "vote_request.yaml"),
+            "--signed-vote-request-file",
+            str(d / "vote_request.signed.yaml"),
+        )
+        signed = yaml.safe_load((d / "vote_request.signed.yaml").read_text())
+        for voter in ("alice", "bob"):
+            (d / f"voter_{voter}.yaml").write_text(
+                yaml.safe_dump(
+                    {
+                        "vote_request_signature": signed["vote_request_signature"],
+                        "action": "APPROVE",
+                        "cert_chain_file": [str(d / f"{voter}.crt")],
+                        "private_key_file": str(d / f"{voter}.key"),
+                    },
+                    sort_keys=False,
+                )
+            )
+            cli(
+                "util",
+                "voter-sign",
+                "--voter-file",
+                str(d / f"voter_{voter}.yaml"),
+                "--signed-voter-file",
+                str(d / f"voter_{voter}.signed.yaml"),
+            )
+        for name, voters in (("all", ("alice", "bob")), ("alice_only", ("alice",))):
+            files = [
+                a
+                for v in voters
+                for a in ("--signed-voter-files", str(d / f"voter_{v}.signed.yaml"))
+            ]
+            cli(
+                "util",
+                "generate-vote-result",
+                "--signed-vote-request-file",
+                str(d / "vote_request.signed.yaml"),
+                *files,
+                "--vote-result-file",
+                str(d / f"result_{name}.json"),
+            )
+        carol = owner_yaml(d / "carol.yaml", server.target, "carol", d)
+        for name, expect in (("all", 0), ("alice_only", 1)):
+            config = yaml.safe_load(carol.read_text())
+            config["get_export_data_key_b64"] = {
+                "party_id": None,
+                "resource_uri": result_uri,
+                "data_export_certificate_file": str(d / f"result_{name}.json"),
+            }
+            carol.write_text(yaml.safe_dump(config))
+            out = cli("cms", "--config-file", str(carol), "get-export-data-key-b64", expect=expect)
+            if expect == 0:
+                assert out.strip() == base64.b64encode(result_key).decode()
+            else:
+                assert "not all ancestors are voting" in out and "Traceback" not in out
+                assert len(out.strip().splitlines()) == 1
+
+        # restart: keys, policies and rules survive
+        assert server.stop() == 0
+        server = Server(env, d / "cm").start()
+        for config in (alice, bob, carol):
+            text = config.read_text().replace(
+                re.search(r"127\.0\.0\.1:\d+", config.read_text()).group(0), server.target
+            )  # type: ignore[union-attr]
+            config.write_text(text)
+        listed = json.loads(cli("cms", "--config-file", str(alice), "--json", "get-data-policys"))
+        assert [[r["rule_id"] for r in p["rules"]] for p in listed] == [["r1"]]
+        keys = get_keys(server.target, ok)
+        assert [base64.b64encode(k.key).decode() for k in keys] == [key_a, key_b]
+
+        # deletions
+        cli("cms", "--config-file", str(alice), "delete-data-policy")
+        with pytest.raises(ObjectNotFound):
+            get_keys(server.target, ok)
+        cli("cms", "--config-file", str(alice), "delete-data-key")
+        # errors are one line, exit code 1
+        out = cli("cms", "--config-file", str(d / "missing.yaml"), "get-public-key", expect=1)
+        assert out.startswith("Error:") and len(out.strip().splitlines()) == 1
+        out = cli("cms", "--config-file", str(bob), "delete-data-rule", expect=1)
+        assert out.startswith("Error:")
+    finally:
+        server.stop()
+
+
+async def send_and_kill(server: Server, owner: Any, keys: list[Any], delay: float) -> None:
+    from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
+
+    async with CapsuleManagerClient(server.target, timeout=30) as client:
+        await client.cm_public_key()
+        task = asyncio.ensure_future(client.create_data_keys(owner, keys))
+        await asyncio.sleep(delay)
+        assert server.proc is not None
+        server.proc.kill()  # SIGKILL mid-flight
+        with contextlib.suppress(Exception):
+            await task
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_killed_mid_flight_leaves_nothing_half_applied(
+    backend: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A CreateDataKeys of many keys is SIGKILLed half-way through its measured duration:
+    afterwards either every key or none is stored, and the CM restarts cleanly."""
+    from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
+    from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
+    from trustflow_core.roles.capsule_manager.sealing import Sealer, load_or_create_key
+    from trustflow_core.roles.capsule_manager.storage import Store
+
+    owner = ephemeral_credentials("owner")
+    n = 2000
+
+    def batch(prefix: str) -> list[tuple[str, str]]:
+        return [(f"{prefix}{i}", base64.b64encode(os.urandom(16)).decode()) for i in range(n)]
+
+    def stored(url: str, keys: list[tuple[str, str]]) -> int:
+        store = Store(url, Sealer(load_or_create_key(tmp_path / "cm" / "storage.key")))
+        try:
+            return len(store.get_keys([u for u, _ in keys]))
+        finally:
+            store.close()
+
+    with throwaway_database(backend, tmp_path) as url:
+        extra = ("--storage-url", url)
+        server = Server(env, tmp_path / "cm", *extra).start()
+        full = batch("full-")
+
+        async def timed() -> float:
+            async with CapsuleManagerClient(server.target, timeout=60) as client:
+                await client.cm_public_key()
+                started = time.perf_counter()
+                await client.create_data_keys(owner, full)
+                return time.perf_counter() - started
+
+        duration = asyncio.run(timed())
+        assert server.stop() == 0
+        assert stored(url, full) == n
+        killed = batch("killed-")
+        server = Server(env, tmp_path / "cm", *extra).start()
+        asyncio.run(send_and_kill(server, owner, killed, duration / 2))
+        server.stop(signal.SIGKILL)
+        assert stored(url, killed) in (0, n)
+        server = Server(env, tmp_path / "cm", *extra).start()  # restarts cleanly
+        assert server.stop() == 0
+        assert stored(url, full) == n
