@@ -25,6 +25,8 @@ from trustflow_core.roles.data_capsule_proxy.formats import (
 )
 
 SEG = 1000  # small segments keep the tests fast
+FIRST = SEG - HEADER_LEN - TAG_LEN  # plaintext bytes of the first segment
+REST = SEG - TAG_LEN  # plaintext bytes of the others
 
 
 def encrypt_v2(key: bytes, data: bytes, segment_len: int = SEG, feed: int = 333) -> bytes:
@@ -43,10 +45,9 @@ def decrypt(key: bytes, blob: bytes, feed: int = 777) -> bytes:
     return b"".join(out)
 
 
-def segments(blob: bytes, plaintext_len: int, segment_len: int = SEG) -> list[bytes]:
-    body = blob[HEADER_LEN:]
-    size = segment_len + TAG_LEN
-    return [body[i : i + size] for i in range(0, len(body), size)]
+def segments(blob: bytes) -> list[bytes]:
+    """The sealed segments: boundaries at multiples of SEG (the first one after the header)."""
+    return [blob[HEADER_LEN:SEG]] + [blob[i : i + SEG] for i in range(SEG, len(blob), SEG)]
 
 
 @pytest.mark.parametrize("length", [0, 1, SEG - 1, SEG, SEG + 1, 3 * SEG, 5 * SEG + 17])
@@ -73,30 +74,37 @@ def _expect_failure(key: bytes, blob: bytes, match: str = "") -> None:
         decrypt(key, blob)
 
 
+def test_v2_segment_boundaries_are_aligned():
+    data = os.urandom(FIRST + 2 * REST + 5)
+    blob = encrypt_v2(os.urandom(16), data)
+    assert [len(s) for s in segments(blob)] == [SEG - HEADER_LEN, SEG, SEG, 5 + TAG_LEN]
+
+
 def test_v2_detects_swapped_segments():
-    key, data = os.urandom(16), os.urandom(4 * SEG)
+    key, data = os.urandom(16), os.urandom(FIRST + 3 * REST)
     blob = encrypt_v2(key, data)
-    segs = segments(blob, len(data))
-    swapped = blob[:HEADER_LEN] + segs[1] + segs[0] + b"".join(segs[2:])
-    _expect_failure(key, swapped, "segment 0 failed authentication")
+    segs = segments(blob)
+    swapped = blob[:HEADER_LEN] + segs[0] + segs[2] + segs[1] + segs[3]
+    _expect_failure(key, swapped, "segment 1 failed authentication")
 
 
 def test_v2_detects_duplicated_segment_and_truncation_at_a_boundary():
-    key, data = os.urandom(16), os.urandom(4 * SEG)
+    key, data = os.urandom(16), os.urandom(FIRST + 3 * REST)
     blob = encrypt_v2(key, data)
-    segs = segments(blob, len(data))
+    segs = segments(blob)
     # drop the last segment and fix the header's length so the sizes agree: the now-last
-    # segment was not sealed as final
-    short = struct.pack(">8sIQ", MAGIC, SEG, 3 * SEG) + blob[20:HEADER_LEN] + b"".join(segs[:3])
-    _expect_failure(key, short, "failed authentication")
-    duplicated = blob[:HEADER_LEN] + segs[0] + segs[0] + b"".join(segs[2:])
-    _expect_failure(key, duplicated, "segment 1 failed authentication")
+    # segment was not sealed as final (and the header no longer matches the AAD)
+    header = struct.pack(">8sIQ", MAGIC, SEG, FIRST + 2 * REST) + blob[20:HEADER_LEN]
+    _expect_failure(key, header + b"".join(segs[:3]), "failed authentication")
+    duplicated = blob[:HEADER_LEN] + segs[0] + segs[1] + segs[1] + segs[3]
+    _expect_failure(key, duplicated, "segment 2 failed authentication")
 
 
 def test_v2_detects_plain_truncation_and_extension():
-    key, data = os.urandom(16), os.urandom(2 * SEG + 5)
+    key, data = os.urandom(16), os.urandom(FIRST + REST + 5)
     blob = encrypt_v2(key, data)
     _expect_failure(key, blob[: -TAG_LEN - 5], "truncated or extended")
+    _expect_failure(key, blob[:-1], "truncated or extended")
     _expect_failure(key, blob + b"\0", "truncated or extended")
 
 
@@ -110,7 +118,7 @@ def test_v2_detects_header_tampering_and_splicing_between_files():
     salt = bytearray(blob)
     salt[30] ^= 1
     _expect_failure(key, bytes(salt), "failed authentication")
-    spliced = blob[:HEADER_LEN] + segments(other, 2 * SEG)[0] + segments(blob, 2 * SEG)[1]
+    spliced = blob[:HEADER_LEN] + segments(other)[0] + b"".join(segments(blob)[1:])
     _expect_failure(key, spliced, "segment 0 failed authentication")
 
 
@@ -127,8 +135,9 @@ def test_v2_releases_nothing_before_a_segment_authenticates():
     key, data = os.urandom(16), os.urandom(3 * SEG)
     blob = encrypt_v2(key, data)
     dec = V2Decryptor(key, len(blob))
-    assert dec.update(blob[: HEADER_LEN + SEG]) == b""  # segment 0 not complete yet
-    assert dec.update(blob[HEADER_LEN + SEG : HEADER_LEN + SEG + TAG_LEN]) == data[:SEG]
+    assert dec.update(blob[: SEG - 1]) == b""  # segment 0 not complete yet
+    assert dec.update(blob[SEG - 1 : SEG]) == data[:FIRST]
+    assert dec.update(blob[SEG : 2 * SEG]) == data[FIRST : FIRST + REST]
 
 
 def test_v2_writer_refuses_wrong_lengths():

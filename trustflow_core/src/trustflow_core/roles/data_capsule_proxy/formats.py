@@ -8,16 +8,18 @@ block boundary)::
 
     header (56 bytes): magic "TFCAPS\\x00\\x02" | u32 segment_len | u64 plaintext_len |
                        32-byte random salt | 4 reserved zero bytes   (integers big-endian)
-    segments: AES-GCM(subkey, nonce_i, chunk_i, aad = header) = ciphertext || 16-byte tag
+    segments i = 0..n-1: AES-GCM(subkey, nonce_i, chunk_i, aad = header) = ciphertext || tag
       subkey  = HKDF-SHA256(ikm = data key, salt, info = "trustflow data capsule v2"),
                 as long as the data key (16, 24 or 32 bytes)
-      nonce_i = u64 segment index (from 0) || u32 final flag (1 on the last segment, else 0)
-      chunks: ``segment_len`` plaintext bytes each, the last 0..segment_len; at least one segment
+      nonce_i = u64 segment index || u32 final flag (1 on the last segment, else 0)
+      every segment but the last is exactly ``segment_len`` bytes of ciphertext+tag, the first
+      one counting the header too (so segment boundaries fall on multiples of segment_len:
+      aligned reads decrypt without copying); the last holds the rest (at least the tag)
 
 The header is authenticated as AAD of every segment; the index and final flag in the nonce
 make reordering, dropping and truncation fail authentication; the per-file salt makes segments
-of another file (same data key) fail. The file length must equal
-``56 + plaintext_len + 16 * segment_count`` before any segment is opened.
+of another file (same data key) fail. The file length must equal what ``plaintext_len`` and
+``segment_len`` give (:func:`v2_size`) before any segment is opened.
 
 Detection: upstream files start with u32 LE version 1 (``01 00 00 00``); v2 files with the
 magic. Anything else is refused.
@@ -42,8 +44,11 @@ HEADER = struct.Struct(">8sIQ32s4s")
 HEADER_LEN = HEADER.size  # 56
 TAG_LEN = 16
 SEGMENT_LEN = 1 << 20
+MIN_SEGMENT_LEN = HEADER_LEN + TAG_LEN + 1
 MAX_SEGMENT_LEN = 1 << 24
 INFO = b"trustflow data capsule v2"
+
+Buffer = bytes | bytearray | memoryview
 
 
 def _subkey(key: bytes, salt: bytes) -> AESGCM:
@@ -53,8 +58,14 @@ def _subkey(key: bytes, salt: bytes) -> AESGCM:
     return AESGCM(hkdf.derive(key))
 
 
-def _segments(plaintext_len: int, segment_len: int) -> int:
-    return max(1, -(-plaintext_len // segment_len))
+def _layout(plaintext_len: int, segment_len: int) -> tuple[int, int, int]:
+    """``(segments, plaintext bytes of the first segment, of the others)`` (all but the last
+    are full)."""
+    first = segment_len - HEADER_LEN - TAG_LEN
+    rest = segment_len - TAG_LEN
+    if plaintext_len <= first:
+        return 1, first, rest
+    return 1 + -(-(plaintext_len - first) // rest), first, rest
 
 
 def _nonce(index: int, final: bool) -> bytes:
@@ -63,7 +74,8 @@ def _nonce(index: int, final: bool) -> bytes:
 
 def v2_size(plaintext_len: int, segment_len: int = SEGMENT_LEN) -> int:
     """Exact size of a v2 file for ``plaintext_len`` bytes."""
-    return HEADER_LEN + plaintext_len + TAG_LEN * _segments(plaintext_len, segment_len)
+    count, _, _ = _layout(plaintext_len, segment_len)
+    return HEADER_LEN + plaintext_len + TAG_LEN * count
 
 
 class V2Encryptor:
@@ -73,40 +85,57 @@ class V2Encryptor:
     def __init__(self, key: bytes, plaintext_len: int, segment_len: int = SEGMENT_LEN) -> None:
         import secrets
 
-        if plaintext_len < 0 or not 1 <= segment_len <= MAX_SEGMENT_LEN:
-            raise InvalidInput("bad plaintext length or segment length")
+        if plaintext_len < 0:
+            raise InvalidInput(f"plaintext length must not be negative, got {plaintext_len}")
+        if not MIN_SEGMENT_LEN <= segment_len <= MAX_SEGMENT_LEN:
+            raise InvalidInput(f"segment length {segment_len} is out of range")
         salt = secrets.token_bytes(32)
         self.header = HEADER.pack(MAGIC, segment_len, plaintext_len, salt, bytes(4))
         self._aead = _subkey(key, salt)
-        self._segment_len = segment_len
-        self._count = _segments(plaintext_len, segment_len)
+        self._count, self._first, self._rest = _layout(plaintext_len, segment_len)
         self._expected = plaintext_len
         self._fed = 0
         self._index = 0
         self._pending = bytearray()
         self._done = False
 
-    def _seal(self, chunk: bytes | bytearray) -> bytes:
+    def _want(self) -> int:
+        """Plaintext bytes of the next segment if it is not the last, else -1."""
+        if self._index >= self._count - 1:
+            return -1
+        return self._first if self._index == 0 else self._rest
+
+    def _seal(self, chunk: Buffer) -> bytes:
         final = self._index == self._count - 1
-        out = self._aead.encrypt(_nonce(self._index, final), bytes(chunk), self.header)
+        out = self._aead.encrypt(_nonce(self._index, final), chunk, self.header)
         self._index += 1
         return out
 
-    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+    def update(self, data: Buffer) -> bytes:
         if self._done:
             raise InvalidInput("encryptor already finalized")
         self._fed += len(data)
         if self._fed > self._expected:
             raise InvalidInput(f"plaintext is longer than the declared {self._expected} bytes")
-        self._pending += data
+        view = memoryview(data).cast("B")
         out = []
-        # keep the last segment back until finalize: it carries the final flag
-        while len(self._pending) > self._segment_len or (
-            len(self._pending) == self._segment_len and self._index < self._count - 1
-        ):
-            out.append(self._seal(self._pending[: self._segment_len]))
-            del self._pending[: self._segment_len]
-        return b"".join(out)
+        while (want := self._want()) > 0:
+            if self._pending:
+                take = want - len(self._pending)
+                self._pending += view[:take]
+                view = view[take:]
+                if len(self._pending) < want:
+                    break
+                out.append(self._seal(self._pending))
+                self._pending = bytearray()
+            elif len(view) >= want:
+                out.append(self._seal(view[:want]))
+                view = view[want:]
+            else:
+                break
+        if len(view):
+            self._pending += view  # the last segment waits for finalize: it carries the flag
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def finalize(self) -> bytes:
         if self._done:
@@ -132,8 +161,7 @@ class V2Decryptor:
         self._fed = 0
         self._index = 0
         self._count = 0
-        self._segment_len = 0
-        self._plaintext_len = 0
+        self._sizes: tuple[int, int, int] = (0, 0, 0)
         if file_len < HEADER_LEN + TAG_LEN:
             raise CapsuleFormatError(f"v2 file of {file_len} bytes is shorter than header + tag")
 
@@ -143,10 +171,9 @@ class V2Decryptor:
             raise CapsuleFormatError("not a v2 data capsule (bad magic)")
         if reserved != bytes(4):
             raise CapsuleFormatError("v2 header: reserved bytes are not zero")
-        if not 1 <= segment_len <= MAX_SEGMENT_LEN:
+        if not MIN_SEGMENT_LEN <= segment_len <= MAX_SEGMENT_LEN:
             raise CapsuleFormatError(f"v2 header: segment_len {segment_len} is out of range")
-        count = _segments(plaintext_len, segment_len)
-        expected = HEADER_LEN + plaintext_len + TAG_LEN * count
+        expected = v2_size(plaintext_len, segment_len)
         if expected != self._file_len:
             raise CapsuleFormatError(
                 f"v2 header declares {plaintext_len} plaintext bytes ({expected}-byte file) but "
@@ -154,42 +181,59 @@ class V2Decryptor:
             )
         self._header = header
         self._aead = _subkey(self._key, salt)
-        self._segment_len, self._plaintext_len, self._count = segment_len, plaintext_len, count
+        count, first, rest = _layout(plaintext_len, segment_len)
+        last = plaintext_len - (first + rest * (count - 2) if count > 1 else 0)
+        self._count = count
+        self._sizes = (first + TAG_LEN, rest + TAG_LEN, last + TAG_LEN)
 
     def _segment_size(self) -> int:
-        if self._index < self._count - 1:
-            return self._segment_len + TAG_LEN
-        return self._plaintext_len - self._segment_len * (self._count - 1) + TAG_LEN
+        first, rest, last = self._sizes
+        if self._index == self._count - 1:
+            return last
+        return first if self._index == 0 else rest
 
-    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+    def _open(self, sealed: Buffer) -> bytes:
+        final = self._index == self._count - 1
+        try:
+            plain = self._aead.decrypt(_nonce(self._index, final), sealed, self._header)
+        except InvalidTag:
+            raise CapsuleFormatError(
+                f"v2 segment {self._index} failed authentication (wrong key, tampered, "
+                "reordered or truncated data)"
+            ) from None
+        self._index += 1
+        return plain
+
+    def update(self, data: Buffer) -> bytes:
         self._fed += len(data)
         if self._fed > self._file_len:
             raise CapsuleFormatError(f"input is longer than the declared {self._file_len} bytes")
-        self._buffer += data
+        view = memoryview(data).cast("B")
         if self._header is None:
+            take = HEADER_LEN - len(self._buffer)
+            self._buffer += view[:take]
+            view = view[take:]
             if len(self._buffer) < HEADER_LEN:
                 return b""
-            self._parse_header(bytes(self._buffer[:HEADER_LEN]))
-            del self._buffer[:HEADER_LEN]
+            self._parse_header(bytes(self._buffer))
+            self._buffer = bytearray()
         out = []
-        start = 0
-        while self._index < self._count:
+        while len(view) and self._index < self._count:
             size = self._segment_size()
-            if len(self._buffer) - start < size:
-                break
-            sealed = bytes(self._buffer[start : start + size])
-            final = self._index == self._count - 1
-            try:
-                out.append(self._aead.decrypt(_nonce(self._index, final), sealed, self._header))
-            except InvalidTag:
-                raise CapsuleFormatError(
-                    f"v2 segment {self._index} failed authentication (wrong key, tampered, "
-                    "reordered or truncated data)"
-                ) from None
-            self._index += 1
-            start += size
-        del self._buffer[:start]
-        return b"".join(out)
+            if self._buffer:
+                take = size - len(self._buffer)
+                self._buffer += view[:take]
+                view = view[take:]
+                if len(self._buffer) == size:
+                    out.append(self._open(self._buffer))
+                    self._buffer = bytearray()
+            elif len(view) >= size:
+                out.append(self._open(view[:size]))
+                view = view[size:]
+            else:
+                self._buffer += view
+                view = view[len(view) :]
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def finalize(self) -> None:
         if self._header is None or self._fed != self._file_len or self._index != self._count:
