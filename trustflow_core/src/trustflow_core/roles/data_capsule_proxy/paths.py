@@ -110,12 +110,16 @@ class StagedOutput:
         for rel in self.names:
             target = os.path.join(self.dest, rel)
             parent = os.path.dirname(target)
-            try:
-                os.makedirs(parent, exist_ok=True)
-            except (FileExistsError, NotADirectoryError) as exc:
-                raise InvalidInput(f"cannot place {rel!r}: a parent is not a directory") from exc
-            if not self.roots.contains(os.path.realpath(parent)):
-                raise AccessDenied(f"output {rel!r} would land outside the allowed roots")
+            for check in ("before", "after"):  # realpath resolves links in the existing prefix
+                if not self.roots.contains(os.path.realpath(parent)):
+                    raise AccessDenied(f"output {rel!r} would land outside the allowed roots")
+                if check == "before":
+                    try:
+                        os.makedirs(parent, exist_ok=True)
+                    except (FileExistsError, NotADirectoryError) as exc:
+                        raise InvalidInput(
+                            f"cannot place {rel!r}: a parent is not a directory"
+                        ) from exc
             if os.path.isdir(target) and not os.path.islink(target):
                 raise InvalidInput(f"cannot write {target!r}: it is a directory")
             final.append(target)
