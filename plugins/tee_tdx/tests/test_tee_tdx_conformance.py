@@ -42,11 +42,13 @@ class TestTdxVerifierConformance(VerifierConformance):
     @pytest.fixture
     def tamper(self):
         def tamper(report):
+            """Every byte of the signed region, signature, attestation key, QE report, its
+            signature and the QE auth data flipped (every byte of the whole quote, PCK chain
+            included, is flipped for every vector in test_tee_tdx_quote.py)."""
             quote, collateral = open_report(report.json_report)
-            length = parse_quote(quote).length
-            return [
-                make_report(bad + quote[length:], collateral) for bad in flipped(quote[:length])
-            ]
+            parsed = parse_quote(quote)
+            end = len(parsed.signed) + 4 + 128 + 6 + 384 + 64 + 2 + len(parsed.qe_auth_data)
+            return [make_report(bad + quote[end:], collateral) for bad in flipped(quote[:end])]
 
         return tamper
 
@@ -92,10 +94,7 @@ class TestTdxVerifierConformanceCollateralFromFile(TestTdxVerifierConformance):
     def tamper(self):
         def tamper(report):
             quote, _ = open_report(report.json_report)
-            parsed = parse_quote(quote)
-            # A lighter sweep here: the signed region and the QE report (the full sweep runs
-            # in the class above and in test_tee_tdx_quote.py).
-            end = len(parsed.signed) + 4 + 128 + 6 + 384 + 64
+            end = len(parse_quote(quote).signed)  # the signed region (lighter sweep)
             return [
                 dataclasses.replace(
                     make_report(bad + quote[end:], None), str_report_type="BackgroundCheck"

@@ -21,7 +21,7 @@ def test_tee_tdx_plugin_is_installed() -> None:
     info = plugins["tee_tdx"]
     assert info.dist == "trustflow-tee-tdx"
     names = {(b.kind, b.name) for b in info.backends}
-    assert ("verifier", "tdx") in names
+    assert names == {("verifier", "tdx"), ("attester", "tdx")}
 
 
 @pytest.mark.parametrize(
@@ -35,6 +35,8 @@ def test_tee_tdx_plugin_is_installed() -> None:
         {"pccs_url": "ftp://x"},
         {"pccs_url": "http://127.0.0.1:1", "pccs_timeout_seconds": 0},
         {"collateral_file": "/nonexistent/collateral.json"},
+        {"min_tcb_evaluation_data_number": -1},
+        {"min_tcb_evaluation_data_number": "17"},
     ],
 )
 def test_bad_settings_are_rejected(settings: dict) -> None:

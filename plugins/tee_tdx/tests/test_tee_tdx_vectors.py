@@ -193,3 +193,20 @@ def test_collateral_of_another_platform_is_rejected() -> None:
             read("tdx/dcap-qvl/tdx_quote_outdated"), collateral, when("2026-03-01T00:00:00Z")
         )
     assert info.value.check in ("collateral_expired", "tcb_info")
+
+
+@pytest.mark.asyncio
+async def test_min_tcb_evaluation_data_number() -> None:
+    name, ev = _good()
+    collateral = collateral_from_files(ev["collateral"]["files"])
+    report = make_report(read(name), collateral)
+    policy = Policy((Attributes(str_tee_platform="TDX"),))
+    now = when(ev["verify_time"])
+    verified = await TdxVerifier.from_settings({}).verify(report, policy, now=now)
+    number = verified.details["tcb_evaluation_data_number"]
+    ok = TdxVerifier.from_settings({"min_tcb_evaluation_data_number": number})
+    await ok.verify(report, policy, now=now)
+    newer = TdxVerifier.from_settings({"min_tcb_evaluation_data_number": number + 1})
+    with pytest.raises(VerificationError) as info:
+        await newer.verify(report, policy, now=now)
+    assert info.value.check == "tcb_info" and "evaluation" in info.value.detail

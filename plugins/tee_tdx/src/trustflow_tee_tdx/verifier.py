@@ -44,6 +44,7 @@ _SETTINGS = {
     "require_collateral",
     "require_crls",
     "allow_debug_td",
+    "min_tcb_evaluation_data_number",
 }
 
 
@@ -91,7 +92,9 @@ class TdxVerifier(Verifier):
       with ``tcb_status: Unknown``, which must be in ``accepted_tcb_statuses`` to pass;
     * ``require_crls`` (default true) -- reject collateral without PCK or root CA CRL;
     * ``allow_debug_td`` (default false) -- accept debug TDs (then ``bool_debug_disabled`` is
-      ``"false"`` and a policy can still reject them).
+      ``"false"`` and a policy can still reject them);
+    * ``min_tcb_evaluation_data_number`` (default 0: any) -- reject TCB info older than this
+      TCB recovery event.
     """
 
     name: ClassVar[str] = "tdx"
@@ -106,6 +109,7 @@ class TdxVerifier(Verifier):
         require_collateral: bool = True,
         require_crls: bool = True,
         allow_debug_td: bool = False,
+        min_tcb_evaluation_data_number: int = 0,
     ) -> None:
         bad = sorted(set(accepted_tcb_statuses) - (set(STATUSES) | {UNKNOWN}))
         if bad or NOT_SUPPORTED in accepted_tcb_statuses:
@@ -119,6 +123,7 @@ class TdxVerifier(Verifier):
         self.require_collateral = require_collateral
         self.require_crls = require_crls
         self.allow_debug_td = allow_debug_td
+        self.min_evaluation = min_tcb_evaluation_data_number
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
@@ -143,7 +148,13 @@ class TdxVerifier(Verifier):
                 timeout=float(timeout),
                 root_ca_crl_url=settings.get("root_ca_crl_url"),
             )
+        minimum = settings.get("min_tcb_evaluation_data_number", 0)
+        if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
+            raise InvalidInput(
+                "tdx verifier setting 'min_tcb_evaluation_data_number' must be an integer >= 0"
+            )
         return cls(
+            min_tcb_evaluation_data_number=minimum,
             accepted_tcb_statuses=tuple(accepted),
             collateral=collateral,
             pccs=pccs,
@@ -187,6 +198,13 @@ class TdxVerifier(Verifier):
                 "collateral",
                 "no collateral (none in the report, no collateral_file, no pccs_url): "
                 "the quote verifies but its TCB status cannot be established",
+            )
+        evaluation = verdict.tcb_evaluation_data_number
+        if self.min_evaluation and (evaluation is None or evaluation < self.min_evaluation):
+            raise VerificationError(
+                "tcb_info",
+                f"TCB evaluation data number {evaluation} is below the required "
+                f"{self.min_evaluation} (collateral too old for this policy)",
             )
         if verdict.tcb_status not in self.accepted:
             ids = f" (advisories {', '.join(verdict.advisory_ids)})" if verdict.advisory_ids else ""
