@@ -1,0 +1,119 @@
+"""Scenario 2 (scenarios.md §2) on loopback with the static key exchange in place of the Capsule
+Manager: a PSI app process asks the Data Capsule Proxy process for alice's and bob's inputs
+(encrypted by the upstream tool), joins them on ``id``, puts the result; the result key is
+registered with both inputs as ancestors, and the result decrypts with it."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import subprocess
+import sys
+
+from test_integration_offline_proxy import make_cert
+from test_integration_offline_proxy_cli import free_port, start, stop
+from trustflow_core.capsule import decrypt_file
+
+APP = r"""
+import csv, json, sys, urllib.request
+from trustflow_core.proto.secretflowapis.v2.sdc.data_capsule_proxy import (
+    data_capsule_proxy_pb2 as pb,
+)
+from trustflow_core.wire import to_json
+
+url, data = sys.argv[1], sys.argv[2]
+
+def call(method, message):
+    body = to_json(message, style="sdk").encode()  # what upstream psi.py sends (MessageToJson)
+    req = urllib.request.Request(f"{url}/DataCapsuleProxy/{method}", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        reply = json.loads(r.read())
+    assert reply == {"status": {"message": "success"}}, reply
+
+for party in ("alice", "bob"):
+    req = pb.GetInputDataRequest()
+    req.cm_resource_config.endpoint = "127.0.0.1:1"
+    req.cm_resource_config.scope = "default"
+    req.cm_resource_config.op_name = "psi"
+    req.cm_resource_config.resource_uri = f"breast_cancer_{party}"
+    req.local_fs_config.path = f"{data}/{party}.csv.enc"
+    req.dest_config.path = data
+    call("GetInputData", req)
+
+def rows(name):
+    with open(f"{data}/{name}", newline="") as f:
+        return list(csv.reader(f))
+
+alice, bob = rows("alice.csv"), rows("bob.csv")
+bob_by_id = {r[0]: r for r in bob[1:]}
+with open(f"{data}/join.csv", "w", newline="") as f:
+    out = csv.writer(f)
+    out.writerow(alice[0] + [f"bob_{c}" for c in bob[0][1:]])
+    for r in alice[1:]:
+        if r[0] in bob_by_id:
+            out.writerow(r + bob_by_id[r[0]][1:])
+
+req = pb.PutResultDataRequest()
+req.cm_result_config.endpoint = "127.0.0.1:1"
+req.cm_result_config.scope = "default"
+req.cm_result_config.resource_uri = "join_uuid"
+req.cm_result_config.ancestor_uuids.extend(["breast_cancer_alice", "breast_cancer_bob"])
+req.source_config.path = f"{data}/join.csv"
+req.local_fs_config.path = data
+call("PutResultData", req)
+"""
+
+
+def expected_join(alice: str, bob: str) -> bytes:
+    a, b = list(csv.reader(io.StringIO(alice))), list(csv.reader(io.StringIO(bob)))
+    by_id = {r[0]: r for r in b[1:]}
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(a[0] + [f"bob_{c}" for c in b[0][1:]])
+    for r in a[1:]:
+        if r[0] in by_id:
+            writer.writerow(r + by_id[r[0]][1:])
+    return out.getvalue().encode()
+
+
+def test_psi_app_through_the_proxy(tmp_path, compat_dir, compat_manifest):
+    data = tmp_path / "data"
+    data.mkdir()
+    make_cert(tmp_path)
+    inputs = {"alice": "small.csv.enc", "bob": "large.csv.enc"}
+    keys = {}
+    for party, vector in inputs.items():
+        entry = compat_manifest["data"][vector]
+        (data / f"{party}.csv.enc").write_bytes((compat_dir / "data" / vector).read_bytes())
+        keys[f"breast_cancer_{party}"] = (compat_dir / entry["key_b64_file"]).read_text().strip()
+    keys_file = tmp_path / "keys.json"
+    (tmp_path / "kx.json").write_text(json.dumps({"keys": keys, "keys_file": str(keys_file)}))
+
+    port = free_port()
+    proxy = start(tmp_path, data, port)
+    try:
+        app = subprocess.run(
+            [sys.executable, "-c", APP, f"http://127.0.0.1:{port}", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        stop(proxy)
+    assert app.returncode == 0, app.stderr
+
+    plain = {
+        p: (compat_dir / compat_manifest["data"][v]["plaintext"]).read_text()
+        for p, v in inputs.items()
+    }
+    assert (data / "alice.csv").read_text() == plain["alice"]
+    assert (data / "bob.csv").read_text() == plain["bob"]
+    stored = json.loads(keys_file.read_text())
+    result_key = base64.b64decode(stored["join_uuid"])
+    decrypt_file(data / "join.csv.enc", tmp_path / "join.check", result_key)
+    joined = (tmp_path / "join.check").read_bytes()
+    assert joined == expected_join(plain["alice"], plain["bob"])
+    assert joined.count(b"\n") > 1  # the inputs share ids
