@@ -501,6 +501,21 @@ async def test_source_changing_during_encryption_leaves_nothing(proxy, world, mo
     assert not world["keys_file"].exists()
 
 
+async def test_staging_directories_in_a_source_are_skipped(proxy, world):
+    src = world["root"] / "mixed"
+    stage = src / f"{STAGE_PREFIX}999999-x"
+    stage.mkdir(parents=True)
+    (stage / "half.bin").write_bytes(b"partial plaintext of another request")
+    (src / "done.txt").write_bytes(b"complete")
+    body = {
+        "need_decrypt": False,
+        "local_fs_config": {"path": str(src)},
+        "dest_config": {"path": str(world["out"])},
+    }
+    assert (await post(proxy, GET, body))[0] == 200
+    assert files_below(world["out"]) == ["done.txt"]
+
+
 async def test_no_staging_directory_survives_a_request(proxy, world):
     body = {
         "data_key_b64": world["keys"]["small.csv.enc"],

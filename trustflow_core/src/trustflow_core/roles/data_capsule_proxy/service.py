@@ -18,6 +18,9 @@ Differences from the upstream binary, all deliberate:
 * ``need_decrypt`` / ``need_encrypt``: absent → true; explicitly false → copy unchanged
   without a key (and registering a key for unencrypted output is refused).
 * Readers auto-detect the upstream and the v2 format; results use ``--result-format``.
+* An object-store ``path`` selects the object with that key and the objects below ``path/``
+  (directory semantics), where upstream's plain prefix match also picks ``pathX…`` keys.
+* Staging directories (``.tflow-stage-*``) inside a source directory are skipped.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from ...manager import TrustflowPluginManager
 from ...registry import get_backend_class
 from ...storage import ObjectInfo, Storage
 from .keysource import KeySource, decode_key
-from .paths import Roots, StagedOutput, basename, relative_name
+from .paths import STAGE_PREFIX, Roots, StagedOutput, basename, relative_name
 from .settings import DataCapsuleProxySettings
 from .transfer import copying, decrypting, encrypting, transformed, write_file
 
@@ -254,4 +257,14 @@ def _plan(base: str, found: list[ObjectInfo], what: str) -> list[tuple[ObjectInf
         raise ObjectNotFound(f"{what} {base!r} does not exist (or holds no files)")
     if len(found) == 1 and found[0].uri.rstrip("/") == base.rstrip("/"):
         return [(found[0], basename(found[0].uri))]
-    return [(info, relative_name(base, info.uri)) for info in found]
+    named = [(info, relative_name(base, info.uri)) for info in found]
+    # never read another request's staging area (partial output) as input
+    return [
+        (info, name)
+        for info, name in named
+        if not any(part.startswith(STAGE_PREFIX) for part in name.split("/"))
+    ] or _nothing(base, what)
+
+
+def _nothing(base: str, what: str) -> list[tuple[ObjectInfo, str]]:
+    raise ObjectNotFound(f"{what} {base!r} holds no files")
