@@ -145,6 +145,7 @@ class FakePccs:
         self.paths: list[str] = []
         self.fail_with: int | None = None
         self.stall = 0.0
+        self.garbage = False
         self.release = asyncio.Event()
 
     def fmspc(self) -> str:
@@ -158,6 +159,8 @@ class FakePccs:
         if self.fail_with:
             return web.Response(status=self.fail_with)
         c, path = self.c, request.path
+        if self.garbage:
+            return web.Response(body=b'{"tcbInfo": nope', headers={"TCB-Info-Issuer-Chain": "x"})
         if path == "/tdx/certification/v4/tcb":
             if request.query.get("fmspc", "").upper() != self.fmspc().upper():
                 return web.Response(status=404)

@@ -135,3 +135,13 @@ async def test_report_collateral_wins_over_pccs(pccs) -> None:
     async with TdxVerifier.from_settings({"pccs_url": url}) as verifier:
         await verifier.verify(report, POLICY, now=when(_good()["verify_time"]))
     assert fake.paths == []
+
+
+@pytest.mark.asyncio
+async def test_malformed_pccs_answers_are_rejected(pccs) -> None:
+    fake, url = pccs
+    fake.garbage = True
+    async with TdxVerifier.from_settings({"pccs_url": url}) as verifier:
+        with pytest.raises(VerificationError) as info:
+            await verifier.verify(make_report(read(GOOD), None), POLICY, now=when("2025-07-01"))
+    assert info.value.check == "collateral"

@@ -95,16 +95,7 @@ class TdxAttester(Attester):
             ConfigfsTsm(root) if interface == "configfs" else TdxGuestDevice(device)
         )
         path = settings.get("collateral_file")
-        pccs = None
-        if settings.get("pccs_url"):
-            timeout = settings.get("pccs_timeout_seconds", 10)
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-                raise InvalidInput("tdx attester setting 'pccs_timeout_seconds' must be > 0")
-            pccs = PccsClient(
-                settings["pccs_url"],
-                timeout=float(timeout),
-                root_ca_crl_url=settings.get("root_ca_crl_url"),
-            )
+        pccs = PccsClient.from_settings(settings, "tdx attester")
         return cls(source, collateral=load_collateral_file(path) if path else None, pccs=pccs)
 
     async def aclose(self) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -72,6 +74,21 @@ class PccsClient:
         self._lock = asyncio.Lock()
         #: Number of HTTP requests made (for tests and diagnostics).
         self.requests = 0
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], what: str) -> PccsClient | None:
+        """A client for the ``pccs_url`` / ``root_ca_crl_url`` / ``pccs_timeout_seconds``
+        backend settings, or None without ``pccs_url``."""
+        if not settings.get("pccs_url"):
+            return None
+        timeout = settings.get("pccs_timeout_seconds", 10)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidInput(f"{what} setting 'pccs_timeout_seconds' must be > 0")
+        return cls(
+            settings["pccs_url"],
+            timeout=float(timeout),
+            root_ca_crl_url=settings.get("root_ca_crl_url"),
+        )
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -138,16 +138,7 @@ class TdxVerifier(Verifier):
             raise InvalidInput("tdx verifier setting 'accepted_tcb_statuses' must be a list")
         path = settings.get("collateral_file")
         collateral = load_collateral_file(path) if path else None
-        pccs = None
-        if settings.get("pccs_url"):
-            timeout = settings.get("pccs_timeout_seconds", 10)
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-                raise InvalidInput("tdx verifier setting 'pccs_timeout_seconds' must be > 0")
-            pccs = PccsClient(
-                settings["pccs_url"],
-                timeout=float(timeout),
-                root_ca_crl_url=settings.get("root_ca_crl_url"),
-            )
+        pccs = PccsClient.from_settings(settings, "tdx verifier")
         minimum = settings.get("min_tcb_evaluation_data_number", 0)
         if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
             raise InvalidInput(
