@@ -117,3 +117,114 @@ def test_psi_app_through_the_proxy(tmp_path, compat_dir, compat_manifest):
     joined = (tmp_path / "join.check").read_bytes()
     assert joined == expected_join(plain["alice"], plain["bob"])
     assert joined.count(b"\n") > 1  # the inputs share ids
+
+
+APP_S3 = r"""
+import csv, json, sys, urllib.request
+
+url, data, s3 = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+
+def call(method, body):
+    req = urllib.request.Request(f"{url}/DataCapsuleProxy/{method}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert json.loads(r.read()) == {"status": {"message": "success"}}
+
+for party in ("alice", "bob"):
+    call("GetInputData", {
+        "cm_resource_config": {"scope": "default", "op_name": "psi",
+                               "resource_uri": f"breast_cancer_{party}"},
+        "s3_config": {**s3, "path": f"inputs/{party}.csv.enc"},
+        "dest_config": {"path": data},
+    })
+rows = {}
+for party in ("alice", "bob"):
+    with open(f"{data}/{party}.csv", newline="") as f:
+        rows[party] = list(csv.reader(f))
+bob_by_id = {r[0]: r for r in rows["bob"][1:]}
+with open(f"{data}/join.csv", "w", newline="") as f:
+    out = csv.writer(f)
+    out.writerow(rows["alice"][0] + [f"bob_{c}" for c in rows["bob"][0][1:]])
+    for r in rows["alice"][1:]:
+        if r[0] in bob_by_id:
+            out.writerow(r + bob_by_id[r[0]][1:])
+call("PutResultData", {
+    "cm_result_config": {"scope": "default", "resource_uri": "join_uuid",
+                         "ancestor_uuids": ["breast_cancer_alice", "breast_cancer_bob"]},
+    "source_config": {"path": f"{data}/join.csv"},
+    "s3_config": {**s3, "path": "results"},
+})
+"""
+
+
+def test_psi_app_through_the_proxy_with_s3(tmp_path, compat_dir, compat_manifest):
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from trustflow_core.capsule import CapsuleDecryptor
+
+    moto_port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    server.start()
+    try:
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{moto_port}",
+            aws_access_key_id="ak",
+            aws_secret_access_key="sk",
+            region_name="us-east-1",
+        )
+        client.create_bucket(Bucket="psi-bucket")
+        data = tmp_path / "data"
+        data.mkdir()
+        make_cert(tmp_path)
+        inputs = {"alice": "small.csv.enc", "bob": "large.csv.enc"}
+        keys = {}
+        for party, vector in inputs.items():
+            entry = compat_manifest["data"][vector]
+            blob = (compat_dir / "data" / vector).read_bytes()
+            client.put_object(Bucket="psi-bucket", Key=f"inputs/{party}.csv.enc", Body=blob)
+            keys[f"breast_cancer_{party}"] = (
+                (compat_dir / entry["key_b64_file"]).read_text().strip()
+            )
+        keys_file = tmp_path / "keys.json"
+        (tmp_path / "kx.json").write_text(json.dumps({"keys": keys, "keys_file": str(keys_file)}))
+        s3 = {
+            "endpoint": f"127.0.0.1:{moto_port}",
+            "bucket": "psi-bucket",
+            "access_key_id": "ak",
+            "access_key_secret": "sk",
+            "type": "S3_STORAGE_TYPE_MINIO",
+            "secure": False,
+        }
+        port = free_port()
+        proxy = start(tmp_path, data, port, "--s3-endpoint", f"127.0.0.1:{moto_port}")
+        try:
+            app = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    APP_S3,
+                    f"http://127.0.0.1:{port}",
+                    str(data),
+                    json.dumps(s3),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            stop(proxy)
+        assert app.returncode == 0, app.stderr
+        key = base64.b64decode(json.loads(keys_file.read_text())["join_uuid"])
+        blob = client.get_object(Bucket="psi-bucket", Key="results/join.csv.enc")["Body"].read()
+        client.close()
+    finally:
+        server.stop()
+    dec = CapsuleDecryptor(key, len(blob))
+    joined = dec.update(blob)
+    dec.finalize()
+    plain = {
+        p: (compat_dir / compat_manifest["data"][v]["plaintext"]).read_text()
+        for p, v in inputs.items()
+    }
+    assert joined == expected_join(plain["alice"], plain["bob"])
