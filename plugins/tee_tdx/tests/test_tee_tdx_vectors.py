@@ -210,3 +210,49 @@ async def test_min_tcb_evaluation_data_number() -> None:
     with pytest.raises(VerificationError) as info:
         await newer.verify(report, policy, now=now)
     assert info.value.check == "tcb_info" and "evaluation" in info.value.detail
+
+
+@pytest.mark.asyncio
+async def test_policy_pins_td_measurements_attributes_and_xfam() -> None:
+    """MRTD / MRCONFIGID / MROWNER / RTMRs / TDATTRIBUTES / XFAM expectations go through the
+    UAL attributes (values from expected.json); one changed MRTD byte is a policy mismatch."""
+    from conftest import expected_tdx
+
+    name, ev = _good()
+    body = expected_tdx()[name]["body"]
+    report = make_report(read(name), collateral_from_files(ev["collateral"]["files"]))
+    platform = "".join(
+        body[k]
+        for k in (
+            "mr_seam",
+            "mr_signer_seam",
+            "mr_td",
+            "mr_config_id",
+            "mr_owner",
+            "mr_owner_config",
+        )
+    )
+    pinned = Attributes(
+        str_tee_platform="TDX",
+        hex_platform_measurement=platform.upper(),
+        hex_boot_measurement=body["rtmr0"] + body["rtmr1"],
+        hex_ta_measurement=body["rtmr2"] + body["rtmr3"],
+        hex_secure_flags=body["td_attributes"] + body["xfam"],
+        bool_debug_disabled="true",
+        hex_user_data=body["report_data"][:64],
+    )
+    verifier = TdxVerifier.from_settings({})
+    now = when(ev["verify_time"])
+    await verifier.verify(report, Policy((pinned,)), now=now)
+    mrtd_at = 2 * (48 + 48)
+    flipped = (
+        platform[:mrtd_at] + ("0" if platform[mrtd_at] != "0" else "1") + platform[mrtd_at + 1 :]
+    )
+    wrong = dataclasses.replace(pinned, hex_platform_measurement=flipped)
+    with pytest.raises(VerificationError) as info:
+        await verifier.verify(report, Policy((wrong,)), now=now)
+    assert info.value.check == "policy" and "hex_platform_measurement" in info.value.detail
+    xfam = dataclasses.replace(pinned, hex_secure_flags=body["td_attributes"] + "00" * 8)
+    with pytest.raises(VerificationError) as info:
+        await verifier.verify(report, Policy((xfam,)), now=now)
+    assert "hex_secure_flags" in info.value.detail
