@@ -538,3 +538,54 @@ async def test_encrypted_input_made_by_our_writer_round_trips(proxy, world):
     }
     assert (await post(proxy, GET, body))[0] == 200
     assert (world["out"] / "mine.bin").read_bytes() == plain.read_bytes()
+
+
+async def test_oversized_body_is_413(proxy):
+    import io
+
+    http, url = proxy
+    body = io.BytesIO(b"{" + b" " * (2 << 20) + b"}")
+    async with http.post(url + GET, data=body) as r:
+        assert r.status == 413
+
+
+@pytest.mark.parametrize("fmt", ["v1", "v2"])
+async def test_memory_is_bounded_independently_of_file_size(world, pm, fmt):
+    """Python allocations while a 48 MiB file is encrypted and decrypted stay a few chunks."""
+    import tracemalloc
+
+    key_b64 = base64.b64encode(os.urandom(16)).decode()
+    src = world["root"] / "big.bin"
+    with open(src, "wb") as f:
+        for _ in range(48):
+            f.write(os.urandom(1 << 20))
+    settings = settings_for(world, result_format=fmt)
+    async with running_proxy(settings, pm) as url, aiohttp.ClientSession() as http:
+        tracemalloc.start()
+        try:
+            for path, body in (
+                (
+                    PUT,
+                    {
+                        "data_key_b64": key_b64,
+                        "source_config": {"path": str(src)},
+                        "local_fs_config": {"path": str(world["out"])},
+                    },
+                ),
+                (
+                    GET,
+                    {
+                        "data_key_b64": key_b64,
+                        "local_fs_config": {"path": str(world["out"] / "big.bin.enc")},
+                        "dest_config": {"path": str(world["out"] / "plain")},
+                    },
+                ),
+            ):
+                async with http.post(url + path, json=body) as r:
+                    assert r.status == 200, await r.text()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert (world["out"] / "plain" / "big.bin").read_bytes() == src.read_bytes()
+    print(f"{fmt}: peak Python allocations {peak / (1 << 20):.1f} MiB")
+    assert peak < 16 << 20, f"peak Python allocations {peak / (1 << 20):.1f} MiB"
