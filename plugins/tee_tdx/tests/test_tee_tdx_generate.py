@@ -282,3 +282,18 @@ async def test_passport_collateral_from_pccs(configfs) -> None:
     assert isinstance(bundled, Collateral)
     assert bundled.tcb_info == fake.c.tcb_info
     assert dataclasses.replace(bundled, pck_crl=None) != bundled
+
+
+@pytest.mark.skipif(not TdxAttester.viable(), reason="needs an Intel TDX guest")
+@pytest.mark.asyncio
+async def test_real_td_quote_verifies_cryptographically() -> None:
+    """On TDX hardware: a fresh quote binds the user data and verifies (crypto-only here: the
+    host's collateral source is not known to the test)."""
+    async with TdxAttester.from_settings({}) as attester:
+        report = await attester.generate(b"hardware", report_type="BackgroundCheck")
+    verifier = TdxVerifier.from_settings(
+        {"require_collateral": False, "accepted_tcb_statuses": ["Unknown"]}
+    )
+    policy = Policy((Attributes(str_tee_platform="TDX"),)).with_user_data(b"hardware")
+    verified = await verifier.verify(report, policy)
+    assert verified.attributes.bool_debug_disabled == "true"
