@@ -66,9 +66,13 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
+    """User + system CPU time so far of a process and its live children (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        total += sum(cpu_seconds(int(c)) for c in children.read_text().split())
+    return total
 
 
 def rsa_ceiling(key, seconds: float) -> float:
@@ -138,6 +142,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per scenario")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--key-bits", type=int, default=3072, choices=(2048, 3072, 4096))
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     if args.duration * 3 + 3 > 50:
@@ -185,7 +190,16 @@ def main() -> None:
             wait_port(app_port, procs[-1])
             procs.append(
                 subprocess.Popen(
-                    [trustflow, "gateway", "-c", str(work / "gateway.yml"), "--log-level", "error"],
+                    [
+                        trustflow,
+                        "gateway",
+                        "-c",
+                        str(work / "gateway.yml"),
+                        "--log-level",
+                        "error",
+                        "--workers",
+                        str(args.workers),
+                    ],
                     env=env,
                     stderr=subprocess.DEVNULL,
                 )

@@ -110,6 +110,8 @@ def deployment(env, tmp_path):
                 f"teeapp:8000=127.0.0.1:{app_port}",
                 "--map-path",
                 f"/shared/deploy={deploy}",
+                "--workers",
+                "2",
             ],
             f"http://127.0.0.1:{gw_port}/healthz",
             gw_port,

@@ -39,6 +39,14 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     metavar="OLD=NEW",
     help="Rewrite a file path prefix of the config, e.g. /shared/deploy=./deploy (repeatable).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes sharing the listening ports (SO_REUSEPORT), like Envoy's worker threads; "
+    "e.g. the number of cores.",
+)
 @click.option("--log-path", "--log_path", "log_path", default=None, help="Log file (else stderr).")
 @click.option(
     "--log-level",
@@ -52,6 +60,7 @@ def gateway(
     config_file: str,
     map_address: tuple[str, ...],
     map_path: tuple[str, ...],
+    workers: int,
     log_path: str | None,
     log_level: str,
 ) -> None:
@@ -71,13 +80,24 @@ def gateway(
         path_map=_pairs(map_path, "--map-path"),
     )
 
-    async def run() -> None:
-        async with Gateway(config, get_plugin_manager()) as gw:
-            for name, address in gw.addresses.items():
-                click.echo(f"gateway listener {name} on {address}", err=True)
+    if workers > 1 and any(lst.address.port == 0 for lst in config.listeners):
+        raise click.BadParameter("port 0 cannot be shared by workers", param_hint="--workers")
+
+    async def run(announce: bool) -> None:
+        async with Gateway(config, get_plugin_manager(), reuse_port=workers > 1) as gw:
+            if announce:
+                for name, address in gw.addresses.items():
+                    click.echo(
+                        f"gateway listener {name} on {address} ({workers} workers)", err=True
+                    )
             await wait_for_signal()
 
-    asyncio.run(run())
+    if workers == 1:
+        asyncio.run(run(True))
+        return
+    from .workers import run_workers
+
+    run_workers(workers, lambda first: asyncio.run(run(first)))
 
 
 COMMANDS: list[click.Command] = [gateway]

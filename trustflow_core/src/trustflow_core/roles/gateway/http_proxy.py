@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -25,9 +23,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from .config import Cluster, GatewayConfig, Listener
+from .h1client import UpstreamConnectTimeout, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .jwe_filter import JOSE_JSON, EnvelopeRejected, JweFilter, OpenedRequest, classify
 from .upstreams import Upstreams
 
@@ -49,7 +47,6 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 _WS = b" \t\r\n"
 CHUNK = 64 * 1024
 #: Bodies of known length up to this size are relayed in one piece instead of streamed.
@@ -166,86 +163,92 @@ class HttpProxy:
         self,
         request: web.Request,
         cluster: Cluster,
-        body: Any,
+        body: bytes | aiohttp.StreamReader | AsyncIterator[bytes] | None,
         opened: OpenedRequest | None = None,
     ) -> web.StreamResponse:
         address = self.upstreams.pick(cluster.name)
-        url = URL(f"http://{address}{request.raw_path}", encoded=True)
         headers = _forward_headers(request.headers, request.remote)
-        if isinstance(body, bytes) and len(body) > CHUNK:
-            body = io.BytesIO(body)  # aiohttp warns that big bytes bodies block the loop
+        if "Host" not in headers:
+            headers["Host"] = str(address)
         if opened is not None:
             headers["Accept-Encoding"] = "identity"  # the reply is sealed byte for byte
-        elif isinstance(body, aiohttp.StreamReader | AsyncIterator) and request.content_length:
-            headers["Content-Length"] = str(request.content_length)
+        if isinstance(body, aiohttp.StreamReader):
+            body = _chain(b"", body)
         try:
-            async with self.upstreams.sessions[cluster.name].request(
+            upstream = await self.upstreams.client.request(
+                address,
                 request.method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                skip_auto_headers=SKIP_AUTO,
-            ) as upstream:
-                if opened is not None:
-                    return await self._sealed_reply(upstream, opened)
-                length = upstream.content_length
-                if length is not None and length <= SMALL:
-                    return web.Response(
-                        status=upstream.status,
-                        reason=upstream.reason,
-                        body=await upstream.read(),
-                        headers=_forward_headers(upstream.headers, None),
-                    )
-                return await self._streamed_reply(request, upstream)
-        except aiohttp.ConnectionTimeoutError:
+                request.raw_path,
+                list(headers.items()),
+                body,
+                content_length=request.content_length,
+                connect_timeout=cluster.connect_timeout,
+                read_timeout=self.config.request_timeout,
+            )
+        except UpstreamConnectTimeout:
             return _text(502, f"upstream {cluster.name} ({address}): connect timed out")
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+        except UpstreamTimeout:
             return _text(
                 504,
                 f"upstream {cluster.name} ({address}) did not answer within "
                 f"{self.config.request_timeout:g} s",
             )
-        except aiohttp.ClientConnectorError as exc:
-            return _text(502, f"upstream {cluster.name} ({address}) unreachable: {exc.os_error}")
-        except aiohttp.ClientError as exc:
-            return _text(502, f"upstream {cluster.name} ({address}) failed: {exc!r}")
+        except UpstreamError as exc:
+            return _text(502, f"upstream {cluster.name} ({address}) unreachable: {exc}")
+        try:
+            if opened is not None:
+                return await self._sealed_reply(upstream, opened)
+            length = upstream.content_length
+            if length is not None and length <= SMALL:
+                return web.Response(
+                    status=upstream.status,
+                    reason=upstream.reason or None,
+                    body=await upstream.read(SMALL),
+                    headers=_forward_headers(upstream.headers, None),
+                )
+            return await self._streamed_reply(request, upstream)
+        except UpstreamTimeout:
+            return _text(504, f"upstream {cluster.name} ({address}) stalled mid-reply")
+        except UpstreamError as exc:
+            return _text(502, f"upstream {cluster.name} ({address}) failed: {exc}")
+        finally:
+            upstream.release()
 
     async def _sealed_reply(
-        self, upstream: aiohttp.ClientResponse, opened: OpenedRequest
+        self, upstream: UpstreamResponse, opened: OpenedRequest
     ) -> web.StreamResponse:
         assert self.jwe is not None
         limit = self.config.max_body_bytes
         try:
-            payload = await _read_limited(upstream.content, b"", limit)
-        except BodyTooLarge:
+            payload = await upstream.read(limit)
+        except OverflowError:
             return _text(502, f"app reply larger than {limit} bytes cannot be sealed")
         headers = _forward_headers(upstream.headers, None)
         if opened.profile == "rfc":
             headers["Content-Type"] = JOSE_JSON
         return web.Response(
             status=upstream.status,
-            reason=upstream.reason,
+            reason=upstream.reason or None,
             body=self.jwe.seal_reply(opened, payload),
             headers=headers,
         )
 
     async def _streamed_reply(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+        self, request: web.Request, upstream: UpstreamResponse
     ) -> web.StreamResponse:
         reply = web.StreamResponse(
             status=upstream.status,
-            reason=upstream.reason,
+            reason=upstream.reason or None,
             headers=_forward_headers(upstream.headers, None),
         )
         if upstream.content_length is not None:
             reply.content_length = upstream.content_length
         await reply.prepare(request)
         try:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
+            async for chunk in upstream.iter_chunks():
                 await reply.write(chunk)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            log.warning("upstream reply to %s broke off: %r", request.path, exc)
+        except UpstreamError as exc:
+            log.warning("upstream reply to %s broke off: %s", request.path, exc)
             reply.force_close()
             return reply
         await reply.write_eof()

@@ -30,7 +30,8 @@ SslFactory = Callable[[Mapping[str, Any], bool], ssl.SSLContext]
 
 class Gateway:
     """``async with Gateway(config, pm) as gw:`` serves until the block ends;
-    ``gw.addresses[listener_name]`` is the bound address (useful with port 0)."""
+    ``gw.addresses[listener_name]`` is the bound address (useful with port 0).
+    ``reuse_port`` lets several gateway processes share the listening ports (workers)."""
 
     def __init__(
         self,
@@ -38,10 +39,12 @@ class Gateway:
         pm: TrustflowPluginManager,
         *,
         ssl_factory: SslFactory | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
         self.pm = pm
         self.ssl_factory = ssl_factory
+        self.reuse_port = reuse_port
         self.addresses: dict[str, Address] = {}
         self._runners: list[web.AppRunner] = []
         self._servers: list[asyncio.Server] = []
@@ -85,7 +88,11 @@ class Gateway:
                         self._ssl(cluster.tls, False, f"cluster {cluster.name!r}"),
                     )
                     server = await asyncio.start_server(
-                        proxy.handle, listener.address.host, listener.address.port, ssl=server_ssl
+                        proxy.handle,
+                        listener.address.host,
+                        listener.address.port,
+                        ssl=server_ssl,
+                        reuse_port=self.reuse_port or None,
                     )
                     self._servers.append(server)
                     port = server.sockets[0].getsockname()[1]
@@ -105,6 +112,7 @@ class Gateway:
                         listener.address.port,
                         ssl_context=server_ssl,
                         reuse_address=True,
+                        reuse_port=self.reuse_port or None,
                     )
                     await site.start()
                     port = runner.addresses[-1][1]

@@ -1,25 +1,20 @@
-"""Keep-alive connection pools to the upstream clusters, with round-robin endpoint choice."""
+"""The upstream clusters: round-robin endpoint choice and keep-alive pools (:mod:`.h1client`)."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping
 
-import aiohttp
-
 from .config import Address, Cluster
+from .h1client import H1Client
 
-#: Connections kept per upstream endpoint.
+#: Idle connections kept per upstream endpoint.
 DEFAULT_POOL_SIZE = 128
 
 
 class Upstreams:
-    """Keep-alive pools (one shared connector, ``pool_size`` connections per endpoint) and one
-    ``aiohttp.ClientSession`` per cluster carrying its timeouts: ``connect_timeout`` to
-    connect, ``request_timeout`` for each read (so for the answer to start).
-
-    Bodies are relayed byte for byte: no automatic decompression, no cookies, no redirects.
-    """
+    """Every cluster of the config and one :class:`~.h1client.H1Client` (a keep-alive pool
+    per endpoint) shared by all listeners."""
 
     def __init__(
         self,
@@ -28,29 +23,14 @@ class Upstreams:
         pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         self.clusters = dict(clusters)
+        self.request_timeout = request_timeout
         self._cycles: dict[str, Iterator[Address]] = {
             name: itertools.cycle(c.endpoints) for name, c in self.clusters.items()
         }
-        self._connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=pool_size, keepalive_timeout=30, ttl_dns_cache=60
-        )
-        self.sessions = {
-            name: aiohttp.ClientSession(
-                connector=self._connector,
-                connector_owner=False,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=cluster.connect_timeout, sock_read=request_timeout
-                ),
-            )
-            for name, cluster in self.clusters.items()
-        }
+        self.client = H1Client(pool_size)
 
     def pick(self, cluster: str) -> Address:
         return next(self._cycles[cluster])
 
     async def close(self) -> None:
-        for session in self.sessions.values():
-            await session.close()
-        await self._connector.close()
+        self.client.close()
