@@ -29,7 +29,11 @@ EXPECTED = {
     "channel_jwe": ("trustflow-channel-jwe", {("channel", "jwe")}),
     "storage_memory": ("trustflow-storage-memory", {("storage", "memory")}),
     "channel_mtls": ("trustflow-channel-mtls", {("channel", "mtls")}),
+    "tee_tdx": ("trustflow-tee-tdx", {("attester", "tdx"), ("verifier", "tdx")}),
+    "tee_csv": ("trustflow-tee-csv", {("attester", "csv"), ("verifier", "csv")}),
 }
+#: Backends that need TEE hardware: on a plain host they must say so, with a reason.
+HARDWARE = {("attester", "tdx"), ("attester", "csv")}
 
 
 def trustflow(*args: str) -> str:
@@ -43,7 +47,11 @@ def test_trustflow_plugins_json_lists_every_installed_plugin():
     for name, (dist, backends) in EXPECTED.items():
         assert listed[name]["dist"] == dist
         assert {(b["kind"], b["name"]) for b in listed[name]["backends"]} == backends
-        assert all(b["viable"] for b in listed[name]["backends"])
+        for backend in listed[name]["backends"]:
+            if (backend["kind"], backend["name"]) in HARDWARE:
+                assert backend["viable"] or backend["reason"]
+            else:
+                assert backend["viable"], backend
         assert listed[name]["error"] is None
 
 
