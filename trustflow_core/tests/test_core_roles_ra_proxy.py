@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import hashlib
@@ -14,8 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from trustflow_core.attestation import Policy, Report
+from trustflow_core.attestation import Attester, Policy, Report
 from trustflow_core.errors import BackendNotFound, InvalidInput
+from trustflow_core.hookspecs import hookimpl
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import verifier_for_platform
 from trustflow_core.roles.ra_proxy.app import create_app
@@ -201,3 +203,30 @@ async def test_startup_fails_for_unknown_platform_or_bad_cert(pm, cert_file, tmp
 async def test_upstream_sim_requires_plat_sim(cert_file):
     with pytest.raises(InvalidInput, match="--upstream-sim needs --plat sim"):
         RaProxySettings(cert_file, plat="tdx", upstream_sim=True)
+
+
+class _SlowAttester(Attester):
+    """A platform whose report generation hangs (a stuck TEE driver)."""
+
+    name = "slow"
+    platform = "SLOW"
+
+    async def generate(self, user_data: bytes, *, report_type: str = "Passport") -> Report:
+        await asyncio.sleep(30)
+        raise AssertionError("not reached")
+
+
+class _SlowPlugin:
+    @hookimpl
+    def trustflow_register_attesters(self, register):
+        register(_SlowAttester)
+
+
+async def test_a_hanging_attester_times_out_with_500(pm, cert_file):
+    pm.register(_SlowPlugin(), name="slow_test_plugin")
+    settings = RaProxySettings(cert_file, plat="slow", port=0, report_timeout=0.2)
+    async with running(settings, pm) as session:
+        status, headers, data = await post(session, "/RaProxy/GetRaCert", b'{"nonce": "x"}')
+    assert status == 500
+    assert headers["x-bd-error-code"] == "2001"
+    assert "report generation took longer than 0.2 s" in data.decode()

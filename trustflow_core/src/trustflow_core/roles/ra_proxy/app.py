@@ -58,7 +58,7 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
             return
         cls = get_backend_class(pm, "attester", settings.plat)
         async with cls.from_settings(settings.attester_settings) as attester:
-            app[SERVICE] = handlers.RaCertService(cert_pem, attester)
+            app[SERVICE] = handlers.RaCertService(cert_pem, attester, settings.report_timeout)
             log.info("RA proxy: attester %r (platform %s)", cls.name, cls.platform)
             yield
 

@@ -23,6 +23,7 @@ class RaProxySettings:
     * ``attester_settings`` -- the attester backend's settings mapping.
     * ``host``/``port`` -- where to listen (port 0 = any free port).
     * ``max_body_bytes`` -- largest accepted request body.
+    * ``report_timeout`` -- seconds a report generation may take (then HTTP 500).
     """
 
     cert_path: Path
@@ -32,6 +33,7 @@ class RaProxySettings:
     host: str = "127.0.0.1"
     port: int = 8010
     max_body_bytes: int = 64 * 1024
+    report_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if self.upstream_sim and self.plat != "sim":
