@@ -29,7 +29,13 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
     show_default=True,
     help="App private key PEM.",
 )
-@click.option("--plat", default="sim", show_default=True, help="sim = send no attestation report.")
+@click.option(
+    "--plat",
+    default="sim",
+    show_default=True,
+    help="Attester for CM requests: sim (verifiable SIM reports), tdx, csv, ...; "
+    "none = no report (upstream --plat sim).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8010, show_default=True)
 @click.option(

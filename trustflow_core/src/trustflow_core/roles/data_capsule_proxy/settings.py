@@ -18,11 +18,14 @@ class DataCapsuleProxySettings:
     * ``cert_path`` / ``private_key_path`` -- the app certificate (party id source, RA binding)
       and key; given to the ``capsule_manager`` key exchange.
     * ``allowed_roots`` -- directories every local path of a request must resolve into.
-    * ``plat`` -- attestation platform handed to the ``capsule_manager`` key exchange
-      (``sim`` = no report, as upstream).
+    * ``plat`` -- the attester backend whose reports the ``capsule_manager`` key exchange sends
+      (``sim``: the ``tee_sim`` attester's verifiable SIM reports; ``tdx``, ``csv``, ...;
+      ``none``: no report at all, which is what upstream's ``--plat sim`` does and which only a
+      CM started with ``--allow-upstream-sim`` accepts).
     * ``key_exchange`` / ``key_exchange_settings`` -- backend name (registry) and its settings.
-      For ``capsule_manager`` the settings default ``endpoint``, ``cert_path``,
-      ``private_key_path`` and ``plat`` to the values above.
+      For ``capsule_manager`` the settings default ``endpoint`` (``cm_endpoint``),
+      ``cert_file``/``private_key_file`` (the app identity above, an RSA key), ``attester``
+      (``plat``) and ``timeout`` (``key_timeout``).
     * ``cm_endpoint`` / ``allowed_cm_endpoints`` -- default CM endpoint and the others a
       request may name.
     * ``s3_endpoints`` -- allow-list of object-store endpoints (``host[:port]``); empty = any.
@@ -66,7 +69,8 @@ class DataCapsuleProxySettings:
         settings = dict(self.key_exchange_settings)
         if self.key_exchange == "capsule_manager":
             settings.setdefault("endpoint", self.cm_endpoint)
-            settings.setdefault("cert_path", str(self.cert_path))
-            settings.setdefault("private_key_path", str(self.private_key_path))
-            settings.setdefault("plat", self.plat)
+            settings.setdefault("cert_file", str(self.cert_path))
+            settings.setdefault("private_key_file", str(self.private_key_path))
+            settings.setdefault("attester", self.plat)
+            settings.setdefault("timeout", self.key_timeout)
         return settings
