@@ -13,7 +13,8 @@ The app and the gateway run as separate processes (``trustflow gateway``); the l
 is this process. Envelopes for (c) are sealed before the run (a pool of fresh CEKs), so the
 client's cost is the same small HTTP work as in (a) and (b).
 
-    .venv/bin/python benchmarks/gateway.py [--duration 6] [--concurrency 32] [--key-bits 3072]
+    .venv/bin/python benchmarks/gateway.py [--duration 6] [--concurrency 16] [--key-bits 3072]
+        [--workers N]   # gateway processes; default one per CPU
 """
 
 from __future__ import annotations
@@ -140,9 +141,14 @@ async def drive(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per scenario")
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--key-bits", type=int, default=3072, choices=(2048, 3072, 4096))
-    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="gateway worker processes (default: one per CPU, as Envoy's --concurrency)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     if args.duration * 3 + 3 > 50:
@@ -262,6 +268,7 @@ def main() -> None:
         "rsa_oaep_sha256_decrypt_per_s_one_core": ceiling,
         "key_bits": args.key_bits,
         "concurrency": args.concurrency,
+        "gateway_workers": args.workers,
         "b_over_a": ratio_b,
         "c_over_rsa_ceiling": ratio_c,
     }

@@ -47,9 +47,19 @@ class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     reused: bool = False
+    timed_out: bool = False
 
     def close(self) -> None:
         self.writer.close()
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        self.writer.transport.abort()
+
+    def deadline(self, seconds: float) -> asyncio.TimerHandle:
+        """Abort the connection unless the returned timer is cancelled within ``seconds``
+        (cheaper than ``asyncio.wait_for``, which creates a task per call)."""
+        return asyncio.get_running_loop().call_later(seconds, self._expire)
 
 
 @dataclass
@@ -126,10 +136,15 @@ class UpstreamResponse:
         return bytes(buf)
 
     async def _wait(self, aw):  # type: ignore[no-untyped-def]
+        timer = self._conn.deadline(self._timeout)
         try:
-            return await asyncio.wait_for(aw, self._timeout)
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"no data within {self._timeout:g} s") from None
+            return await aw
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if self._conn.timed_out:
+                raise UpstreamTimeout(f"no data within {self._timeout:g} s") from None
+            raise
+        finally:
+            timer.cancel()
 
     def release(self) -> None:
         if self._done and self._keep_alive and not self._until_close:
@@ -271,27 +286,27 @@ class H1Client:
             conn = pool.get() if attempt == 0 else None
             if conn is None:
                 conn = await _connect(address, connect_timeout)
+            timer = conn.deadline(read_timeout)
             try:
                 await _send(conn, head, body, chunked)
-                status, reason, reply_headers = await asyncio.wait_for(
-                    _read_head(conn), read_timeout
+                status, reason, reply_headers = await _read_head(conn)
+            except (UpstreamError, ConnectionError, OSError) as exc:
+                conn.close()
+                if conn.timed_out:
+                    raise UpstreamTimeout(f"no answer within {read_timeout:g} s") from None
+                stale = isinstance(exc, _StaleConnection) or (
+                    conn.reused and not isinstance(exc, UpstreamError)
                 )
-            except _StaleConnection:
-                conn.close()
-                if replayable and attempt == 0:
+                if stale and replayable and attempt == 0:
                     continue
-                raise UpstreamError("upstream closed the connection before answering") from None
-            except asyncio.TimeoutError:
-                conn.close()
-                raise UpstreamTimeout(f"no answer within {read_timeout:g} s") from None
-            except (ConnectionError, OSError) as exc:
-                conn.close()
-                if conn.reused and replayable and attempt == 0:
-                    continue
+                if isinstance(exc, UpstreamError) and not isinstance(exc, _StaleConnection):
+                    raise
                 raise UpstreamError(f"connection failed: {exc!r}") from None
             except BaseException:
                 conn.close()
                 raise
+            finally:
+                timer.cancel()
             return _response(conn, pool, method, status, reason, reply_headers, read_timeout)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -57,12 +57,9 @@ def _text(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message + "\n", content_type="text/plain")
 
 
-def _forward_headers(headers: CIMultiDictProxy[str], peer: str | None) -> CIMultiDict[str]:
-    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP)
-    if peer:
-        prior = headers.get("X-Forwarded-For")
-        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    return out
+def _forward_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> list[tuple[str, str]]:
+    """The end-to-end headers (hop-by-hop and framing headers dropped), in order."""
+    return [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP]
 
 
 class BodyTooLarge(Exception):
@@ -167,11 +164,18 @@ class HttpProxy:
         opened: OpenedRequest | None = None,
     ) -> web.StreamResponse:
         address = self.upstreams.pick(cluster.name)
-        headers = _forward_headers(request.headers, request.remote)
-        if "Host" not in headers:
-            headers["Host"] = str(address)
-        if opened is not None:
-            headers["Accept-Encoding"] = "identity"  # the reply is sealed byte for byte
+        headers = _forward_headers(request.headers)
+        prior = request.headers.get("X-Forwarded-For")
+        if request.remote:
+            headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
+            headers.append(
+                ("X-Forwarded-For", f"{prior}, {request.remote}" if prior else request.remote)
+            )
+        if "Host" not in request.headers:
+            headers.append(("Host", str(address)))
+        if opened is not None:  # the reply is sealed byte for byte
+            headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
+            headers.append(("Accept-Encoding", "identity"))
         if isinstance(body, aiohttp.StreamReader):
             body = _chain(b"", body)
         try:
@@ -179,7 +183,7 @@ class HttpProxy:
                 address,
                 request.method,
                 request.raw_path,
-                list(headers.items()),
+                headers,
                 body,
                 content_length=request.content_length,
                 connect_timeout=cluster.connect_timeout,
@@ -204,7 +208,7 @@ class HttpProxy:
                     status=upstream.status,
                     reason=upstream.reason or None,
                     body=await upstream.read(SMALL),
-                    headers=_forward_headers(upstream.headers, None),
+                    headers=_forward_headers(upstream.headers),
                 )
             return await self._streamed_reply(request, upstream)
         except UpstreamTimeout:
@@ -223,7 +227,7 @@ class HttpProxy:
             payload = await upstream.read(limit)
         except OverflowError:
             return _text(502, f"app reply larger than {limit} bytes cannot be sealed")
-        headers = _forward_headers(upstream.headers, None)
+        headers = CIMultiDict(_forward_headers(upstream.headers))
         if opened.profile == "rfc":
             headers["Content-Type"] = JOSE_JSON
         return web.Response(
@@ -239,7 +243,7 @@ class HttpProxy:
         reply = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason or None,
-            headers=_forward_headers(upstream.headers, None),
+            headers=_forward_headers(upstream.headers),
         )
         if upstream.content_length is not None:
             reply.content_length = upstream.content_length
