@@ -277,7 +277,7 @@ def main() -> None:
         return
     print(
         f"loopback, {args.concurrency} keep-alive clients, {args.duration:g} s per scenario, "
-        f"RSA-{args.key_bits} app key, {os.cpu_count()} CPUs"
+        f"RSA-{args.key_bits} app key, {os.cpu_count()} CPUs, {args.workers} gateway worker(s)"
     )
     print(
         f"{'scenario':<28}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
