@@ -215,13 +215,17 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             inner.attestation_report, inner.HasField("attestation_report"), digest
         )
         env = self._env_for(verified, rr.env)
-        uris = [r.resource_uri for r in rr.resources]
-        keys = await self._thread(self._authorize_and_fetch, rr, env, uris)
-        response = cm_pb2.GetDataKeysResponse(
-            data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
-            cert=self.identity.cert_pem,
-        )
-        return await self._thread(self.envelopes.seal, response, recipient)
+
+        def work() -> cm_pb2.EncryptedResponse:
+            uris = [r.resource_uri for r in rr.resources]
+            keys = self._authorize_and_fetch(rr, env, uris)
+            response = cm_pb2.GetDataKeysResponse(
+                data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
+                cert=self.identity.cert_pem,
+            )
+            return self.envelopes.seal(response, recipient)
+
+        return await self._thread(work)
 
     def _authorize_and_fetch(
         self, rr: cm_pb2.ResourceRequest, env: dict[str, Any] | None, uris: list[str]
@@ -229,7 +233,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         if not uris:
             raise CMError(Kind.INVALID_ARGUMENT, "resource_request has no resources")
         parsed = [parse_resource_uri(u) for u in uris]
-        view = self.store.access_view(rr.scope, (p.data_uuid for p in parsed))
+        view, sealed = self.store.access_view(rr.scope, (p.data_uuid for p in parsed), uris)
         for res, p in zip(rr.resources, parsed, strict=True):
             info, policy = view[p.data_uuid]
             if info is None:
@@ -256,10 +260,9 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                     Kind.PERMISSION_DENIED,
                     f"request is not satisfied with the policy {p.data_uuid}.",
                 )
-        keys = self.store.get_keys(uris)
-        if any(u not in keys for u in uris):
+        if any(u not in sealed for u in uris):
             raise CMError(Kind.NOT_FOUND, "data_keys not found.")
-        return keys
+        return {u: sealed.open(u) for u in uris}
 
     @_rpc("get_tls_asset")
     async def GetTlsAsset(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:

@@ -17,6 +17,7 @@ Ownership rules (sound where upstream is lax, quirks 35, 36, 38, 50):
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, delete, event, select
+from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -206,9 +207,9 @@ class Store:
     @staticmethod
     def _rules(session: Session, policy_id: int) -> tuple[Rule, ...]:
         rows = session.scalars(
-            select(RuleRow).where(RuleRow.policy_id == policy_id).order_by(RuleRow.id)
+            select(RuleRow.body_json).where(RuleRow.policy_id == policy_id).order_by(RuleRow.id)
         )
-        return tuple(Rule.from_json(row.body_json) for row in rows)
+        return tuple(_rule(text) for text in rows)
 
     def _stored(self, session: Session, row: PolicyRow) -> StoredPolicy:
         return StoredPolicy(
@@ -258,13 +259,44 @@ class Store:
     def create_data_keys(self, owner: str, keys: Sequence[NewKey]) -> None:
         """Store (or overwrite) keys; all or nothing. A data_uuid owned by another party
         refuses the whole request (Assert, 13)."""
+        by_uri = {k.resource_uri: k for k in keys}  # a repeated URI: the last one wins
+        uuids = {k.data_uuid for k in by_uri.values()}
 
         def op(session: Session) -> None:
-            for key in keys:
-                if self._owned_record(session, key.data_uuid, owner) is None:
-                    session.add(DataRecord(data_uuid=key.data_uuid, owner_party_id=owner))
-                    session.flush()
-                self._put_key(session, key)
+            owners = dict(
+                session.execute(
+                    select(DataRecord.data_uuid, DataRecord.owner_party_id).where(
+                        DataRecord.data_uuid.in_(uuids)
+                    )
+                ).all()
+            )
+            for stored_owner in owners.values():
+                if not hmac.compare_digest(stored_owner.encode(), owner.encode()):
+                    raise CMError(Kind.ASSERT, f"party_id {owner} is wrong")
+            new = [
+                {"data_uuid": u, "owner_party_id": owner, "parents_json": "[]"}
+                for u in sorted(uuids - set(owners))
+            ]
+            if new:
+                session.execute(insert(DataRecord), new)
+            present = set(
+                session.scalars(
+                    select(DataKeyRow.resource_uri).where(DataKeyRow.resource_uri.in_(by_uri))
+                )
+            )
+            inserts = []
+            for uri, key in by_uri.items():
+                nonce, sealed = self._sealer.seal(key.data_key_b64.encode(), KEYS_TABLE, uri)
+                if uri in present:
+                    session.execute(
+                        update(DataKeyRow)
+                        .where(DataKeyRow.resource_uri == uri)
+                        .values(data_uuid=key.data_uuid, nonce=nonce, sealed_key=sealed)
+                    )
+                else:
+                    inserts.append(_key_columns(key, nonce, sealed))
+            if inserts:
+                session.execute(insert(DataKeyRow), inserts)
 
         self._tx(op)
 
@@ -443,25 +475,82 @@ class Store:
         return self._ro(op)
 
     def access_view(
-        self, scope: str, data_uuids: Iterable[str]
-    ) -> dict[str, tuple[DataInfo | None, StoredPolicy | None]]:
-        """For GetDataKeys: each data_uuid's record and policy, read in one transaction."""
-
-        def op(session: Session) -> dict[str, tuple[DataInfo | None, StoredPolicy | None]]:
-            out: dict[str, tuple[DataInfo | None, StoredPolicy | None]] = {}
-            for uuid in dict.fromkeys(data_uuids):
-                rec = session.get(DataRecord, uuid)
-                info = (
-                    DataInfo(rec.data_uuid, rec.owner_party_id, tuple(json.loads(rec.parents_json)))
-                    if rec
-                    else None
+        self, scope: str, data_uuids: Iterable[str], resource_uris: Iterable[str] = ()
+    ) -> tuple[dict[str, tuple[DataInfo | None, StoredPolicy | None]], SealedKeys]:
+        """For GetDataKeys, in one read transaction: each data_uuid's record and policy in
+        ``scope``, and the still-sealed keys of ``resource_uris`` (open them with
+        :meth:`SealedKeys.open` only after the request is authorized)."""
+        uuids = list(dict.fromkeys(data_uuids))
+        uris = list(dict.fromkeys(resource_uris))
+        with self._read_engine.connect() as conn, conn.begin():
+            records = {
+                row.data_uuid: DataInfo(
+                    row.data_uuid, row.owner_party_id, tuple(json.loads(row.parents_json))
                 )
-                prow = self._policy_row(session, scope, uuid)
-                policy = self._stored(session, prow) if prow else None
-                out[uuid] = (info, policy)
-            return out
+                for row in conn.execute(
+                    select(DataRecord.__table__).where(DataRecord.data_uuid.in_(uuids))
+                )
+            }
+            policies = {
+                row.id: row
+                for row in conn.execute(
+                    select(PolicyRow.__table__).where(
+                        PolicyRow.scope == scope, PolicyRow.data_uuid.in_(uuids)
+                    )
+                )
+            }
+            rules: dict[int, list[Rule]] = {pid: [] for pid in policies}
+            if policies:
+                for pid, body in conn.execute(
+                    select(RuleRow.policy_id, RuleRow.body_json)
+                    .where(RuleRow.policy_id.in_(list(policies)))
+                    .order_by(RuleRow.id)
+                ):
+                    rules[pid].append(_rule(body))
+            sealed = (
+                {
+                    row.resource_uri: (bytes(row.nonce), bytes(row.sealed_key))
+                    for row in conn.execute(
+                        select(
+                            DataKeyRow.resource_uri, DataKeyRow.nonce, DataKeyRow.sealed_key
+                        ).where(DataKeyRow.resource_uri.in_(uris))
+                    )
+                }
+                if uris
+                else {}
+            )
+        by_uuid = {
+            row.data_uuid: StoredPolicy(
+                row.data_uuid, row.scope, row.owner_party_id, tuple(rules[pid])
+            )
+            for pid, row in policies.items()
+        }
+        view = {u: (records.get(u), by_uuid.get(u)) for u in uuids}
+        return view, SealedKeys(self._sealer, sealed)
 
-        return self._ro(op)
+
+class SealedKeys:
+    """Sealed data keys read by :meth:`Store.access_view`."""
+
+    def __init__(self, sealer: Sealer, rows: dict[str, tuple[bytes, bytes]]) -> None:
+        self._sealer = sealer
+        self._rows = rows
+
+    def __repr__(self) -> str:
+        return f"SealedKeys({sorted(self._rows)!r})"
+
+    def __contains__(self, uri: object) -> bool:
+        return uri in self._rows
+
+    def open(self, uri: str) -> str:
+        nonce, sealed = self._rows[uri]
+        return self._sealer.open(nonce, sealed, KEYS_TABLE, uri).decode()
+
+
+@functools.lru_cache(maxsize=8192)
+def _rule(body_json: str) -> Rule:
+    """Parsed rules are immutable, so equal JSON texts share one parsed value."""
+    return Rule.from_json(body_json)
 
 
 def _key_columns(key: NewKey, nonce: bytes, sealed: bytes) -> dict[str, Any]:

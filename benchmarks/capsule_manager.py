@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Capsule Manager throughput on loopback, SQLite and PostgreSQL, in one run (well under a
+minute): GetDataKeys/s and CreateDataKeys/s with ``--clients`` concurrent clients, p50/p99
+latency, and the ratio to the per-core ceiling of the RSA private-key operations each request
+needs on the CM (one RSA-OAEP decryption of the request's content key with the CM's RSA-3072
+key; everything else the CM does is public-key or symmetric), measured in the same run.
+
+The CM runs as its own process (``trustflow capsule-manager --plat sim``); this process is the
+load generator. Requests are built before the clock starts (GetDataKeys: SIM-attested, one
+pool reused; CreateDataKeys: one fresh request per call, 4 keys each), so the clients only do
+gRPC work during the measurement.
+
+    .venv/bin/python benchmarks/capsule_manager.py [--seconds 5] [--clients 16]
+        [--backends sqlite,postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
+
+
+@contextmanager
+def capsule_manager(data_dir: Path, url: str, env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    args = [TRUSTFLOW, "capsule-manager", "--plat", "sim", "--port", "0", "--data-dir"]
+    args += [str(data_dir), "--storage-url", url, "--log-level", "warning"]
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    port = None
+    for line in proc.stderr:
+        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if found:
+            port = int(found.group(1))
+            break
+    if port is None:
+        raise SystemExit(f"capsule manager exited with {proc.wait()}")
+    drain = threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True)  # type: ignore[union-attr]
+    drain.start()
+    try:
+        yield f"127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rsa_ceiling(key_pem: bytes, seconds: float = 1.5) -> float:
+    """RSA-OAEP decryptions per second on one core with the CM's key."""
+    key = serialization.load_pem_private_key(key_pem, None)
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+    blob = key.public_key().encrypt(os.urandom(16), oaep)  # type: ignore[union-attr]
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        key.decrypt(blob, oaep)  # type: ignore[union-attr]
+        count += 1
+    return count / (time.perf_counter() - started)
+
+
+async def drive(
+    call: Callable[[Any], Any], requests: list[Any], clients: int, seconds: float, reuse: bool
+) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+    index = 0
+
+    async def worker() -> None:
+        nonlocal index
+        while time.perf_counter() < stop:
+            if not reuse and index >= len(requests):
+                return
+            request = requests[index % len(requests)]
+            index += 1
+            started = time.perf_counter()
+            response = await call(request)
+            latencies.append(time.perf_counter() - started)
+            if response.status.code != 0:
+                raise SystemExit(f"request refused: {response.status.message}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return len(latencies) / (time.perf_counter() - started), latencies
+
+
+async def run_backend(
+    name: str, url: str, args: argparse.Namespace, env: dict[str, str]
+) -> dict[str, Any]:
+    from trustflow_core.attestation import ra_user_data
+    from trustflow_core.manager import get_plugin_manager
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2 as cm_pb2,
+    )
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2_grpc as cm_grpc,
+    )
+    from trustflow_core.registry import get_backend_class
+    from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
+    from trustflow_core.roles.capsule_manager.convert import report_to_pb
+    from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
+    from trustflow_core.wire import serialize_canonical
+
+    pm = get_plugin_manager()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        capsule_manager(Path(tmp), url, env) as (target, pid),
+    ):
+        owner, app = ephemeral_credentials("owner"), ephemeral_credentials("app")
+        uuid = f"bench-{os.urandom(4).hex()}"
+        async with CapsuleManagerClient(target, pm=pm) as client:
+            await client.create_data_keys(
+                owner, [(uuid, base64.b64encode(os.urandom(16)).decode())]
+            )
+            rule = cm_pb2.Rule(
+                rule_id="r",
+                grantee_party_ids=[app.party_id],
+                columns=["*"],
+                global_constraints=['r.env.tee.platform == "sim"'],
+            )
+            rule.op_constraints.add(op_name="bench")
+            await client.create_data_policy(owner, "default", uuid, [rule])
+            rr = cm_pb2.ResourceRequest(
+                initiator_party_id=app.party_id, scope="default", op_name="bench"
+            )
+            rr.resources.add(resource_uri=uuid)
+            attester = get_backend_class(pm, "attester", "sim").from_settings()
+            digest = ra_user_data(app.chain_pems[0].encode(), serialize_canonical(rr))
+            report = report_to_pb(await attester.generate(digest))
+            gdk = cm_pb2.GetDataKeysRequest(cert=app.chain_pems[0], resource_request=rr)
+            gdk.attestation_report.CopyFrom(report)
+            get_pool = [await client.envelope(gdk, app) for _ in range(64)]
+            create_pool = []
+            for i in range(args.create_requests):
+                req = cm_pb2.CreateDataKeysRequest(owner_party_id=owner.party_id)
+                for j in range(4):
+                    req.data_keys.add(
+                        resource_uri=f"{uuid}-c{i}/p{j}",
+                        data_key_b64=base64.b64encode(os.urandom(16)).decode(),
+                    )
+                create_pool.append(await client.envelope(req, owner))
+        cm_key = (Path(tmp) / "cm.key").read_bytes()
+        ceiling_before = rsa_ceiling(cm_key)  # the CM is idle now
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = cm_grpc.CapsuleManagerStub(channel)
+            await drive(stub.GetDataKeys, get_pool, args.clients, 0.5, True)  # warm-up
+            cpu0 = cpu_seconds(pid)
+            get_rate, get_lat = await drive(
+                stub.GetDataKeys, get_pool, args.clients, args.seconds, True
+            )
+            cpu1 = cpu_seconds(pid)
+            create_rate, create_lat = await drive(
+                stub.CreateDataKeys, create_pool, args.clients, args.seconds, False
+            )
+            cpu2 = cpu_seconds(pid)
+        ceiling = max(ceiling_before, rsa_ceiling(cm_key))  # the better (less disturbed) one
+    return {
+        "backend": name,
+        "ceiling": ceiling,
+        "GetDataKeys": (get_rate, get_lat, (cpu1 - cpu0) / max(1, len(get_lat))),
+        "CreateDataKeys": (create_rate, create_lat, (cpu2 - cpu1) / max(1, len(create_lat))),
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--create-requests", type=int, default=600)
+    args = parser.parse_args()
+    from trustflow_core.roles.capsule_manager.testdb import throwaway_database
+
+    env = {**os.environ, "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim"}
+    results = []
+    with tempfile.TemporaryDirectory() as sim_dir:
+        env["TRUSTFLOW_SIM_DIR"] = os.environ["TRUSTFLOW_SIM_DIR"] = sim_dir
+        os.environ["TRUSTFLOW_LOAD_PLUGINS"] = env["TRUSTFLOW_LOAD_PLUGINS"]
+        for name in args.backends.split(","):
+            with (
+                tempfile.TemporaryDirectory() as dbdir,
+                throwaway_database(name, Path(dbdir)) as url,
+            ):
+                results.append(asyncio.run(run_backend(name, url, args, env)))
+    print(
+        f"capsule manager, {args.clients} concurrent clients, {args.seconds:.0f} s per RPC, "
+        f"{os.cpu_count()} cores; 1 RSA-3072 private op per request"
+    )
+    print(
+        f"{'backend':<11} {'rpc':<15} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'RSA ceiling/core':>17} {'ratio':>7} {'CM CPU ms/req':>14} {'CPU ratio':>10}"
+    )
+    for r in results:
+        for rpc in ("GetDataKeys", "CreateDataKeys"):
+            rate, lat, cpu = r[rpc]
+            print(
+                f"{r['backend']:<11} {rpc:<15} {rate:8.1f} {pct(lat, 0.5):8.1f} "
+                f"{pct(lat, 0.99):8.1f} {r['ceiling']:17.1f} {rate / r['ceiling']:7.0%} "
+                f"{cpu * 1000:14.2f} {1 / r['ceiling'] / cpu:10.0%}"
+            )
+    print(
+        "ratio = req/s / RSA-3072 decryptions/s of one core (measured in this run); CPU ratio ="
+        " RSA time per request / CPU time the CM process spent per request"
+    )
+
+
+if __name__ == "__main__":
+    main()
