@@ -260,3 +260,85 @@ async def test_endpoint_not_allowed_is_403(proxy, data):
     status, text = await post(proxy, GET, get_body("alice", data, endpoint="127.0.0.2:1"))
     assert status == 403
     assert "allowed-cm-endpoint" in text
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+async def test_psi_with_s3_inputs_and_result(cm_world, tmp_path, compat_dir_module, moto_endpoint):
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{moto_endpoint}",
+        aws_access_key_id="ak",
+        aws_secret_access_key="sk",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket="cm-psi")
+    for party, vector in INPUTS.items():
+        blob = (compat_dir_module / "data" / vector).read_bytes()
+        client.put_object(Bucket="cm-psi", Key=f"in/{party}.csv.enc", Body=blob)
+    work = tmp_path / "work"
+    work.mkdir()
+    s3 = {
+        "endpoint": moto_endpoint,
+        "bucket": "cm-psi",
+        "access_key_id": "ak",
+        "access_key_secret": "sk",
+        "type": "S3_STORAGE_TYPE_MINIO",
+    }
+    settings = DataCapsuleProxySettings(
+        cert_path=cm_world["home"] / "carol.crt",
+        private_key_path=cm_world["home"] / "carol.key",
+        allowed_roots=(str(work),),
+        key_exchange="capsule_manager",
+        cm_endpoint=cm_world["target"],
+        s3_endpoints=(moto_endpoint,),
+    )
+    uuid = f"join_s3_{os.urandom(4).hex()}"
+    async with running_proxy(settings, plugin_manager()) as url, aiohttp.ClientSession() as http:
+        for party in INPUTS:
+            body = {
+                "cm_resource_config": {
+                    "scope": SCOPE,
+                    "op_name": "psi",
+                    "resource_uri": f"breast_cancer_{party}",
+                },
+                "s3_config": {**s3, "path": f"in/{party}.csv.enc"},
+                "dest_config": {"path": str(work)},
+            }
+            async with http.post(url + GET, json=body) as r:
+                assert r.status == 200, await r.text()
+        joined = expected_join((work / "alice.csv").read_text(), (work / "bob.csv").read_text())
+        (work / "join.csv").write_bytes(joined)
+        body = {
+            "cm_result_config": {
+                "scope": SCOPE,
+                "resource_uri": uuid,
+                "ancestor_uuids": ["breast_cancer_alice", "breast_cancer_bob"],
+            },
+            "source_config": {"path": str(work / "join.csv")},
+            "s3_config": {**s3, "path": "out"},
+        }
+        async with http.post(url + PUT, json=body) as r:
+            assert r.status == 200, await r.text()
+    blob = client.get_object(Bucket="cm-psi", Key="out/join.csv.enc")["Body"].read()
+    client.close()
+    (tmp_path / "join.csv.enc").write_bytes(blob)
+    decrypt_file(
+        tmp_path / "join.csv.enc", tmp_path / "join.check", await carol_key(cm_world, uuid)
+    )
+    assert (tmp_path / "join.check").read_bytes() == joined
