@@ -245,11 +245,17 @@ def _other_cert(tmp_path) -> str:
 
 
 def _tamper_report(reply: dict) -> dict:
-    report = json.loads(reply["attestation_report"]["json_report"])
-    report["json_body"] = report["json_body"].replace(
-        '"hex_ta_measurement":"', '"hex_ta_measurement":"00'
-    )
-    reply["attestation_report"]["json_report"] = json.dumps(report)
+    """Change one hex digit of the signed body's user data (still well-formed)."""
+    text = reply["attestation_report"]["json_report"]
+    marker = '\\"hex_user_data\\":\\"'  # inside the escaped json_body string
+    at = text.index(marker) + len(marker)
+    digit = "1" if text[at] == "0" else "0"
+    reply["attestation_report"]["json_report"] = text[:at] + digit + text[at + 1 :]
+    return reply
+
+
+def _other_platform(reply: dict) -> dict:
+    reply["attestation_report"]["str_tee_platform"] = "NOPE"
     return reply
 
 
@@ -258,7 +264,8 @@ def _tamper_report(reply: dict) -> dict:
     [
         ({"request": lambda r: {**r, "nonce": "0" * 64}}, "user_data", "another nonce"),
         ({"reply": "OTHER_CERT"}, "user_data", "another certificate"),
-        ({"reply": _tamper_report}, None, ""),
+        ({"reply": _tamper_report}, "signature", "not signed by its platform key"),
+        ({"reply": _other_platform}, "platform", "no verifier for TEE platform 'NOPE'"),
         (
             {"reply": lambda r: {k: v for k, v in r.items() if k != "attestation_report"}},
             "missing_report",
@@ -281,8 +288,7 @@ async def test_attestation_tampering_is_caught_before_anything_is_sent(
     ):
         with pytest.raises(VerificationError) as info:
             await online.request("/teeapp", b"secret")
-    if check:
-        assert info.value.check == check
+    assert info.value.check == check
     assert fragment in str(info.value)
     assert "Traceback" not in str(info.value)
     assert app.seen == []

@@ -32,7 +32,13 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from ...attestation import Attributes, Policy, Report, VerifiedReport, ra_user_data, verify_optional
 from ...channel import EnvelopeChannel, Jwe
-from ...errors import EnvelopeError, InvalidInput, TrustflowError, VerificationError
+from ...errors import (
+    BackendNotFound,
+    EnvelopeError,
+    InvalidInput,
+    TrustflowError,
+    VerificationError,
+)
 from ...manager import TrustflowPluginManager
 from ...registry import get_backend_class, verifier_for_platform
 
@@ -192,7 +198,10 @@ class OnlineClient:
         verifiers = []
 
         def verifier_for(platform: str) -> Any:
-            cls = verifier_for_platform(self.pm, platform)
+            try:
+                cls = verifier_for_platform(self.pm, platform)
+            except BackendNotFound as exc:
+                raise VerificationError("platform", str(exc)) from None
             verifier = cls.from_settings(self.verifier_settings.get(cls.name, {}))
             verifiers.append(verifier)
             return verifier
