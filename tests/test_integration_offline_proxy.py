@@ -589,3 +589,18 @@ async def test_memory_is_bounded_independently_of_file_size(world, pm, fmt):
     assert (world["out"] / "plain" / "big.bin").read_bytes() == src.read_bytes()
     print(f"{fmt}: peak Python allocations {peak / (1 << 20):.1f} MiB")
     assert peak < 16 << 20, f"peak Python allocations {peak / (1 << 20):.1f} MiB"
+
+
+async def test_bad_key_exchange_settings_fail_startup(world, pm):
+    from trustflow_core.errors import InvalidInput
+
+    settings = DataCapsuleProxySettings(
+        cert_path=world["cert"],
+        private_key_path=world["key"],
+        allowed_roots=(str(world["root"]),),
+        key_exchange="static",
+        key_exchange_settings={"keys": {"r": "not base64!"}},
+    )
+    with pytest.raises(InvalidInput, match="base64"):
+        async with running_proxy(settings, pm):
+            pass

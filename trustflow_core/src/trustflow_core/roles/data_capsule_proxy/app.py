@@ -90,6 +90,7 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
         )
         async with local:
             try:
+                await keys.open_default()
                 app[SERVICE] = DataCapsuleProxy(settings, pm, local, keys)
                 log.info(
                     "data capsule proxy: key exchange %r, roots %s, result format %s",

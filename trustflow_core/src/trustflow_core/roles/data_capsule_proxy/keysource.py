@@ -78,6 +78,11 @@ class KeySource:
                 self._instances[key] = await self.cls.from_settings(settings).__aenter__()
             return self._instances[key]
 
+    async def open_default(self) -> None:
+        """Build the instance for the default endpoint now, so that bad settings fail start-up
+        instead of the first request."""
+        await self._instance("")
+
     async def _deadline(self, what: str, coro: Any) -> Any:
         try:
             return await asyncio.wait_for(coro, self.timeout)
