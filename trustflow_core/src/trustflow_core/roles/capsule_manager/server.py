@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from sqlalchemy.exc import SQLAlchemyError
 
 from ...attestation import Attester, Verifier
-from ...errors import BackendNotFound, InvalidInput
+from ...errors import BackendNotFound, BackendUnavailable, InvalidInput
 from ...manager import get_plugin_manager
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...registry import get_backend_class, verifier_for_platform
 from . import identity_keys
 from .envelope import Envelopes
+from .errors import CMError
 from .sealing import Sealer, load_or_create_key
 from .service import CapsuleManagerService
 from .settings import CMSettings
@@ -75,8 +77,14 @@ class CapsuleManager:
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         identity = await asyncio.to_thread(identity_keys.load_or_create, key_file, cert_file)
         storage_key = await asyncio.to_thread(load_or_create_key, storage_key_file)
-        self.store = Store(s.db_url, Sealer(storage_key))
-        await asyncio.to_thread(self.store.create_schema)
+        try:
+            self.store = Store(s.db_url, Sealer(storage_key))
+            await asyncio.to_thread(self.store.create_schema)
+        except CMError as exc:
+            raise BackendUnavailable(f"storage {s.db_url}: {exc.detail}") from None
+        except (SQLAlchemyError, ImportError) as exc:
+            detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise BackendUnavailable(f"storage {s.db_url} is not usable: {detail}") from None
         self.identity = identity
         service = CapsuleManagerService(
             store=self.store,
@@ -91,12 +99,15 @@ class CapsuleManager:
         self.server = grpc.aio.server()
         cm_grpc.add_CapsuleManagerServicer_to_server(service, self.server)
         address = f"{s.host}:{s.port}"
-        if s.tls is None:
-            port = self.server.add_insecure_port(address)
-        else:
-            port = self.server.add_secure_port(address, _server_credentials(s))
+        try:
+            if s.tls is None:
+                port = self.server.add_insecure_port(address)
+            else:
+                port = self.server.add_secure_port(address, _server_credentials(s))
+        except RuntimeError as exc:
+            raise BackendUnavailable(f"cannot listen on {address}: {exc}") from None
         if port == 0:
-            raise InvalidInput(f"cannot listen on {address}")
+            raise BackendUnavailable(f"cannot listen on {address}")
         await self.server.start()
         self.port = port
         log.info("capsule manager %s listening on %s:%d", identity.party_id, s.host, port)
@@ -147,7 +158,11 @@ async def serve(settings: CMSettings) -> None:
     import click
 
     cm = CapsuleManager(settings)
-    port = await cm.start()
+    try:
+        port = await cm.start()
+    except BaseException:
+        await cm.stop(grace=0)
+        raise
     click.echo(
         f"capsule manager listening on {settings.host}:{port} "
         f"(party id {cm.identity.party_id}, storage {cm.store!r})",
