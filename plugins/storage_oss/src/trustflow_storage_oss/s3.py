@@ -132,11 +132,18 @@ class S3Storage(ObjectStorage):
     # ---- errors ------------------------------------------------------------------------------
 
     def _transient(self, exc: BaseException) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore import exceptions as e
 
-        if isinstance(exc, ClientError):
+        if isinstance(exc, e.ClientError):
             return _code(exc) in TRANSIENT or _status(exc) >= 500
-        return isinstance(exc, BotoCoreError) and not isinstance(exc, NoCredentialsError)
+        network = (
+            e.EndpointConnectionError,
+            e.ConnectTimeoutError,
+            e.HTTPClientError,
+            e.ResponseStreamingError,
+            e.IncompleteReadError,
+        )
+        return isinstance(exc, network)
 
     def _translate(self, exc: BaseException, what: str) -> BaseException:
         from botocore.exceptions import BotoCoreError, ClientError
