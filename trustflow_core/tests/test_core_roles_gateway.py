@@ -486,3 +486,21 @@ async def test_jwe_filter_refuses_a_key_that_does_not_match_the_cert(pm, identit
     with pytest.raises(InvalidInput, match="does not belong to"):
         async with Gateway(config, pm):
             pass
+
+
+@pytest.mark.asyncio
+async def test_a_stalled_request_body_gets_408(pm, identity):
+    recorder = Recorder()
+    async with stack(pm, identity, recorder, request_timeout=0.3) as (urls, _):
+        for listener, start in (("public", b'{"protected": "'), ("plain", b"hello")):
+            host, port = urls[listener].removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /teeapp HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + start)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 408 ")
+            body = await asyncio.wait_for(reader.read(200), 5)
+            assert b"request body not received within 0.3 s" in body
+            writer.close()
+            await writer.wait_closed()
+    assert recorder.requests == []

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -66,21 +67,37 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def _read_limited(stream: aiohttp.StreamReader, head: bytes, limit: int) -> bytes:
+class BodyTimeout(Exception):
+    """The client stopped sending its request body."""
+
+
+async def _readany(stream: aiohttp.StreamReader, timeout: float) -> bytes:
+    """The next chunk of a request body, waiting at most ``timeout`` seconds."""
+    if stream.is_eof():  # everything already received: no wait, no timer
+        return await stream.readany()
+    try:
+        return await asyncio.wait_for(stream.readany(), timeout)
+    except asyncio.TimeoutError:
+        raise BodyTimeout from None
+
+
+async def _read_limited(
+    stream: aiohttp.StreamReader, head: bytes, limit: int, timeout: float
+) -> bytes:
     buf = bytearray(head)
     if len(buf) > limit:
         raise BodyTooLarge
-    while chunk := await stream.readany():
+    while chunk := await _readany(stream, timeout):
         buf += chunk
         if len(buf) > limit:
             raise BodyTooLarge
     return bytes(buf)
 
 
-async def _chain(head: bytes, stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+async def _chain(head: bytes, stream: aiohttp.StreamReader, timeout: float) -> AsyncIterator[bytes]:
     if head:
         yield head
-    while chunk := await stream.readany():
+    while chunk := await _readany(stream, timeout):
         yield chunk
 
 
@@ -102,6 +119,13 @@ class HttpProxy:
         self._plugin_listing = plugin_listing
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except BodyTimeout:
+            return _text(408, f"request body not received within {self.config.request_timeout:g} s")
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        timeout = self.config.request_timeout
         if request.method == "GET" and request.path == "/healthz":
             return web.Response(text="OK\n", content_type="text/plain")
         if request.method == "GET" and request.path == "/-/plugins":
@@ -117,7 +141,11 @@ class HttpProxy:
             if request.body_exists:
                 length = request.content_length
                 small = length is not None and length <= SMALL
-                body = await request.read() if small else request.content
+                body = (
+                    await _read_limited(request.content, b"", SMALL, timeout)
+                    if small
+                    else (request.content)
+                )
             return await self._forward(request, cluster, body)
         head = await self._peek(request)
         if not head.lstrip(_WS).startswith(b"{"):
@@ -125,12 +153,12 @@ class HttpProxy:
                 return _text(
                     415, f"{route.prefix} accepts only JWE envelopes; the body is not JSON"
                 )
-            return await self._forward(request, cluster, _chain(head, request.content))
+            return await self._forward(request, cluster, _chain(head, request.content, timeout))
         limit = self.config.max_body_bytes
         try:
             if (request.content_length or 0) > limit:
                 raise BodyTooLarge
-            body = await _read_limited(request.content, head, limit)
+            body = await _read_limited(request.content, head, limit, timeout)
         except BodyTooLarge:
             return _text(413, f"request body larger than {limit} bytes")
         try:
@@ -149,7 +177,7 @@ class HttpProxy:
         """Read until the first non-whitespace byte (or EOF, or ``max_body_bytes``)."""
         chunks = []
         size = 0
-        while chunk := await request.content.readany():
+        while chunk := await _readany(request.content, self.config.request_timeout):
             chunks.append(chunk)
             size += len(chunk)
             if chunk.lstrip(_WS) or size > self.config.max_body_bytes:
@@ -177,7 +205,7 @@ class HttpProxy:
             headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
             headers.append(("Accept-Encoding", "identity"))
         if isinstance(body, aiohttp.StreamReader):
-            body = _chain(b"", body)
+            body = _chain(b"", body, self.config.request_timeout)
         try:
             upstream = await self.upstreams.client.request(
                 address,
