@@ -188,3 +188,14 @@ async def test_confinement_to_bucket_and_path(s3_settings, bucket):
         assert await storage.list(f"s3://{bucket}/jail") == [
             ObjectInfo(f"s3://{bucket}/jail/in.txt", 2)
         ]
+
+
+async def test_folder_markers_are_not_listed(s3_settings, bucket):
+    client = boto(s3_settings["endpoint"])
+    client.put_object(Bucket=bucket, Key="dir/", Body=b"")
+    client.put_object(Bucket=bucket, Key="dir/file.txt", Body=b"abc")
+    client.close()
+    async with S3Storage.from_settings(s3_settings) as storage:
+        assert await storage.list(f"s3://{bucket}/dir") == [
+            ObjectInfo(f"s3://{bucket}/dir/file.txt", 3)
+        ]

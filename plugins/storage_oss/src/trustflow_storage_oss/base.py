@@ -21,6 +21,7 @@ Memory
 Listing
   Directory semantics: ``list("s3://b/d")`` and ``list("s3://b/d/")`` return the objects below
   ``d/``; ``list`` of a URI naming an object returns that object (and any below ``key/``).
+  Keys ending in ``/`` (the empty "folder" markers some consoles create) are not listed.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class ObjectStorage(Storage, abc.ABC):
         infos = [
             ObjectInfo(base + k, size)
             for k, size in found
-            if directory or k == key or k.startswith(key + "/")
+            if (directory or k == key or k.startswith(key + "/")) and not k.endswith("/")
         ]
         return sorted(infos, key=lambda info: info.uri)
 
