@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -77,7 +79,9 @@ def gateway(
     config = load_config(
         config_file,
         address_map=_pairs(map_address, "--map-address"),
-        path_map=_pairs(map_path, "--map-path"),
+        path_map={
+            old: str(Path(new).resolve()) for old, new in _pairs(map_path, "--map-path").items()
+        },
     )
 
     if workers > 1 and any(lst.address.port == 0 for lst in config.listeners):
