@@ -1,0 +1,31 @@
+"""The offline demo (CM + Data Capsule Proxy + PSI app process, local disk and S3 variants)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from test_integration_offline_psi import expected_join
+from trustflow_core.roles.data_capsule_proxy.demo import run_offline, sample_tables
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(autouse=True)
+def plugins(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_sim,storage_local,storage_oss")
+    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
+
+
+@pytest.mark.parametrize("s3", [False, True], ids=["local", "s3"])
+async def test_offline_demo(tmp_path, s3):
+    steps: list[str] = []
+    result = await run_offline(s3=s3, work=tmp_path / "work", say=steps.append)
+    alice, bob = (t.decode() for t in sample_tables())
+    assert result.joined_csv == expected_join(alice, bob)
+    rows = list(csv.reader(io.StringIO(result.joined_csv.decode())))
+    assert result.rows == len(rows) - 1 > 0
+    assert result.result_location.startswith("s3://" if s3 else str(tmp_path))
+    assert any("carol" in step for step in steps)
+    assert "joined" in result.app_output
