@@ -167,3 +167,38 @@ def test_compat_policy_rules_parse(compat_dir: Path) -> None:
     assert allows(rules, ok) is all(
         evaluate(g, evaluation_object(ok)) for g in rules[0].global_constraints
     )
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        'r.env.tee.platform == "sgx"',
+        'r.env.tee.platform=="sgx"',
+        'r.env.tee.platform == "tdx"',
+        'r.env.tee.sgx.mr_enclave == "aa11"',
+        'r.env.tee.sgx.missing == "aa11"',
+        'r.env.request_time.x == "a"',  # member of a string: error
+        'r.columns == "id"',  # a list is not a string
+        'r.scope == ""',
+        'r.op_name == "psi"',
+        'r.attrs == "psi"',
+        'r.nope == "x"',
+        ' r.scope  ==  "default" ',
+    ],
+)
+def test_fast_equality_path_matches_cel(expr: str) -> None:
+    from trustflow_core.roles.capsule_manager.policy import _cel, _simple_equality
+
+    for env in (SGX_ENV, None):
+        r = evaluation_object(req(env=env))
+        fast = _simple_equality(expr, r)
+        assert fast is not None, expr
+        assert fast is _cel(expr, r), (expr, env)
+
+
+def test_fast_path_declines_other_shapes() -> None:
+    from trustflow_core.roles.capsule_manager.policy import _simple_equality
+
+    r = evaluation_object(req())
+    for expr in ('r.in == "x"', 'r.scope == "a\\"b"', 'r.scope != "x"', 'r["scope"] == "x"'):
+        assert _simple_equality(expr, r) is None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -137,13 +138,68 @@ def _compiled(expression: str) -> Any:
         return env.program(env.compile(expression))
 
 
+# ``r.a.b == "literal"`` -- the shape of nearly every real constraint -- is decided without the
+# CEL interpreter, with exactly CEL's result: a missing member is an error (false), a value of
+# another type does not compare to a string (false).
+_SIMPLE_EQ = re.compile(r'\s*r((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*==\s*"([^"\\\n]*)"\s*')
+_CEL_RESERVED = frozenset(
+    [
+        "true",
+        "false",
+        "null",
+        "in",
+        "as",
+        "break",
+        "const",
+        "continue",
+        "else",
+        "for",
+        "function",
+        "if",
+        "import",
+        "let",
+        "loop",
+        "package",
+        "namespace",
+        "return",
+        "var",
+        "void",
+        "while",
+    ]
+)
+
+
+def _simple_equality(expression: str, r: Mapping[str, Any]) -> bool | None:
+    match = _SIMPLE_EQ.fullmatch(expression)
+    if match is None:
+        return None
+    names = match.group(1)[1:].split(".")
+    if any(n in _CEL_RESERVED for n in names):
+        return None
+    value: Any = r
+    for name in names:
+        if not isinstance(value, Mapping) or name not in value:
+            return False
+        value = value[name]
+    return isinstance(value, str) and value == match.group(2)
+
+
 def evaluate(expression: str, r: Mapping[str, Any]) -> bool:
     """True iff ``expression`` compiles and evaluates to the boolean true with ``r`` bound."""
-    import celpy
 
     if len(expression) > MAX_CONSTRAINT_CHARS:
         log.info("constraint longer than %d chars refused", MAX_CONSTRAINT_CHARS)
         return False
+    fast = _simple_equality(expression, r)
+    if fast is not None:
+        return fast
+    return _cel(expression, r)
+
+
+def _cel(expression: str, r: Mapping[str, Any]) -> bool:
+    """Evaluate with the CEL interpreter (no fast path)."""
+    import celpy
+
     try:
         program = _compiled(expression)
         result = program.evaluate({"r": celpy.json_to_cel(dict(r))})

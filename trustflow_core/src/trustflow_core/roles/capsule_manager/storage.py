@@ -27,7 +27,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -487,34 +496,19 @@ class Store:
                 row.data_uuid: DataInfo(
                     row.data_uuid, row.owner_party_id, tuple(json.loads(row.parents_json))
                 )
-                for row in conn.execute(
-                    select(DataRecord.__table__).where(DataRecord.data_uuid.in_(uuids))
-                )
+                for row in conn.execute(_RECORDS, {"uuids": uuids})
             }
-            policies = {
-                row.id: row
-                for row in conn.execute(
-                    select(PolicyRow.__table__).where(
-                        PolicyRow.scope == scope, PolicyRow.data_uuid.in_(uuids)
-                    )
-                )
-            }
-            rules: dict[int, list[Rule]] = {pid: [] for pid in policies}
-            if policies:
-                for pid, body in conn.execute(
-                    select(RuleRow.policy_id, RuleRow.body_json)
-                    .where(RuleRow.policy_id.in_(list(policies)))
-                    .order_by(RuleRow.id)
-                ):
-                    rules[pid].append(_rule(body))
+            policies: dict[int, Any] = {}
+            rules: dict[int, list[Rule]] = {}
+            for row in conn.execute(_POLICIES_WITH_RULES, {"scope": scope, "uuids": uuids}):
+                policies.setdefault(row.id, row)
+                bucket = rules.setdefault(row.id, [])
+                if row.body_json is not None:
+                    bucket.append(_rule(row.body_json))
             sealed = (
                 {
                     row.resource_uri: (bytes(row.nonce), bytes(row.sealed_key))
-                    for row in conn.execute(
-                        select(
-                            DataKeyRow.resource_uri, DataKeyRow.nonce, DataKeyRow.sealed_key
-                        ).where(DataKeyRow.resource_uri.in_(uris))
-                    )
+                    for row in conn.execute(_SEALED_KEYS, {"uris": uris})
                 }
                 if uris
                 else {}
@@ -545,6 +539,30 @@ class SealedKeys:
     def open(self, uri: str) -> str:
         nonce, sealed = self._rows[uri]
         return self._sealer.open(nonce, sealed, KEYS_TABLE, uri).decode()
+
+
+# Hot-path statements, built once so SQLAlchemy reuses their compiled form.
+_RECORDS = select(DataRecord.__table__).where(
+    DataRecord.data_uuid.in_(bindparam("uuids", expanding=True))
+)
+_POLICIES_WITH_RULES = (
+    select(
+        PolicyRow.id,
+        PolicyRow.data_uuid,
+        PolicyRow.scope,
+        PolicyRow.owner_party_id,
+        RuleRow.body_json,
+    )
+    .outerjoin(RuleRow, RuleRow.policy_id == PolicyRow.id)
+    .where(
+        PolicyRow.scope == bindparam("scope"),
+        PolicyRow.data_uuid.in_(bindparam("uuids", expanding=True)),
+    )
+    .order_by(PolicyRow.id, RuleRow.id)
+)
+_SEALED_KEYS = select(DataKeyRow.resource_uri, DataKeyRow.nonce, DataKeyRow.sealed_key).where(
+    DataKeyRow.resource_uri.in_(bindparam("uris", expanding=True))
+)
 
 
 @functools.lru_cache(maxsize=8192)
