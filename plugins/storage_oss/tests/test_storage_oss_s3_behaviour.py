@@ -3,6 +3,7 @@ translation (missing bucket/object, refused credentials, server down), confineme
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -199,3 +200,59 @@ async def test_folder_markers_are_not_listed(s3_settings, bucket):
         assert await storage.list(f"s3://{bucket}/dir") == [
             ObjectInfo(f"s3://{bucket}/dir/file.txt", 3)
         ]
+
+
+class FlakyRelay:
+    """A loopback TCP relay to the moto server that drops its first ``failures`` connections
+    (the client sees a reset: a transient network error), then relays faithfully."""
+
+    def __init__(self, target: str, failures: int) -> None:
+        self.host, port = target.removeprefix("http://").split(":")
+        self.target_port = int(port)
+        self.failures = failures
+        self.accepted = 0
+
+    async def __aenter__(self) -> FlakyRelay:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _handle(self, reader, writer) -> None:
+        self.accepted += 1
+        if self.accepted <= self.failures:
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
+
+        async def pipe(src, dst) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_transient_errors_are_retried_with_backoff(s3_settings, bucket):
+    async with FlakyRelay(s3_settings["endpoint"], failures=2) as relay:
+        settings = {**s3_settings, "endpoint": f"http://127.0.0.1:{relay.port}"}
+        settings.update(retries=4, retry_backoff=0.05)
+        async with S3Storage.from_settings(settings) as storage:
+            uri = f"s3://{bucket}/flaky.bin"
+            await storage.write_bytes(uri, b"made it")
+            assert await storage.read_bytes(uri) == b"made it"
+        assert relay.accepted >= 3
+    async with FlakyRelay(s3_settings["endpoint"], failures=10) as relay:
+        settings = {**s3_settings, "endpoint": f"http://127.0.0.1:{relay.port}"}
+        settings.update(retries=3, retry_backoff=0.01)
+        async with S3Storage.from_settings(settings) as storage:
+            with pytest.raises(BackendUnavailable):
+                await storage.write_bytes(f"s3://{bucket}/never.bin", b"x")
+        assert relay.accepted == 3  # exactly the configured attempts
