@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -504,3 +505,33 @@ async def test_a_stalled_request_body_gets_408(pm, identity):
             writer.close()
             await writer.wait_closed()
     assert recorder.requests == []
+
+
+@pytest.mark.asyncio
+async def test_a_client_leaving_mid_body_is_handled_quietly(pm, identity, caplog):
+    caplog.set_level(logging.INFO, logger="trustflow.gateway")
+    recorder = Recorder()
+    async with stack(pm, identity, recorder) as (urls, session):
+        for listener in ("public", "plain"):
+            for length, sent in ((100, b"x" * 50), (200_000, b"y" * 70_000)):
+                host, port = urls[listener].removeprefix("http://").split(":")
+                _, writer = await asyncio.open_connection(host, int(port))
+                writer.write(
+                    b"POST /teeapp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length
+                    + sent
+                )
+                await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+        await asyncio.sleep(0.3)
+        status, _, _ = await call(session, "POST", urls["public"] + "/teeapp", b"still fine")
+        assert status == 200
+    assert [r[3] for r in recorder.requests] == [b"still fine"]
+    # the app may log its aborted request; the gateway logs no error or traceback
+    gateway_errors = [
+        r
+        for r in caplog.records
+        if r.levelname == "ERROR" and "roles/gateway" in logging.Formatter().format(r)
+    ]
+    assert gateway_errors == []
+    assert "client left mid-body" in caplog.text

@@ -71,14 +71,20 @@ class BodyTimeout(Exception):
     """The client stopped sending its request body."""
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its request body was complete."""
+
+
 async def _readany(stream: aiohttp.StreamReader, timeout: float) -> bytes:
     """The next chunk of a request body, waiting at most ``timeout`` seconds."""
-    if stream.is_eof():  # everything already received: no wait, no timer
-        return await stream.readany()
     try:
+        if stream.is_eof():  # everything already received: no wait, no timer
+            return await stream.readany()
         return await asyncio.wait_for(stream.readany(), timeout)
     except asyncio.TimeoutError:
         raise BodyTimeout from None
+    except (ConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise ClientGone(str(exc)) from None
 
 
 async def _read_limited(
@@ -123,6 +129,9 @@ class HttpProxy:
             return await self._handle(request)
         except BodyTimeout:
             return _text(408, f"request body not received within {self.config.request_timeout:g} s")
+        except ClientGone as exc:
+            log.info("%s %s: client left mid-body: %s", request.method, request.path, exc)
+            return _text(400, "incomplete request body")
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         timeout = self.config.request_timeout
