@@ -215,6 +215,7 @@ class Recorder:
         app.router.add_route("*", "/teeapp{tail:.*}", self.echo)
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/big", self.big)
+        app.router.add_post("/big", self.big)
         return app
 
     async def echo(self, request: web.Request) -> web.Response:
@@ -535,3 +536,19 @@ async def test_a_client_leaving_mid_body_is_handled_quietly(pm, identity, caplog
     ]
     assert gateway_errors == []
     assert "client left mid-body" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_an_app_reply_too_large_to_seal_is_502(pm, identity):
+    _, key = identity
+    channel = get_backend_class(pm, "channel", "jwe").from_settings({"profile": "rfc"})
+    sealed = channel.seal(b"hello", key.public_key())
+    async with stack(pm, identity, Recorder(), max_body_bytes=65536) as (urls, session):
+        status, _, data = await call(
+            session,
+            "POST",
+            urls["public"] + "/big",
+            json.dumps(sealed.jwe.to_dict()).encode(),
+            {"Content-Type": "application/jose+json"},
+        )
+    assert (status, data) == (502, b"app reply larger than 65536 bytes cannot be sealed\n")
