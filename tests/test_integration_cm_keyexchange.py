@@ -103,10 +103,6 @@ class TestCapsuleManagerKeyExchangeConformance(KeyExchangeConformance):
     def denied_or_unknown_request(self, setup: dict[str, Any]) -> ResourceRequest:
         return ResourceRequest(setup["bob"], SCOPE, "psi", (Resource(setup["denied"]),))
 
-    @pytest.fixture
-    def supports_tls_assets(self) -> bool:
-        return False
-
 
 @pytest.mark.asyncio
 async def test_refusals_map_to_contract_errors(setup: dict[str, Any]) -> None:

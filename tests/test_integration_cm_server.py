@@ -374,9 +374,32 @@ async def test_measurement_and_platform_constraints(world: World) -> None:
     await refused(7, c.get_data_keys(app, request, await report_for(world, app, request)))
 
 
-async def test_get_tls_asset_unimplemented_in_band(world: World) -> None:
-    request = rr(world.bob.party_id, [uid()])
-    await refused(12, world.client.get_tls_asset(world.app, request, None))
+async def test_get_tls_asset_group(world: World) -> None:
+    from trustflow_core.identity import party_id_of_key
+    from trustflow_core.keyexchange import TlsAsset
+    from trustflow_core.tls_asset import validate_tls_asset
+
+    c, alice, bob, app = world.client, world.alice, world.bob, world.app
+    [(uuid, _)] = await owned(world, alice, rule(bob.party_id, op="interact"))
+    request = rr(bob.party_id, [uuid], op="interact")
+    response = await c.get_tls_asset(app, request, await report_for(world, app, request))
+    asset = TlsAsset(response.tls_asset.cert.encode(), response.tls_asset.private_key.encode())
+    info = validate_tls_asset(asset)
+    cn = info.leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert cn == party_id_of_key(app.chain[0].public_key())  # the attested app
+    assert [k.resource_uri for k in response.data_keys] == [uuid]
+    # a second member of the same group gets a leaf under the same group CA
+    other = make_party("member-2")
+    second = await c.get_tls_asset(other, request, await report_for(world, other, request))
+    info2 = validate_tls_asset(
+        TlsAsset(second.tls_asset.cert.encode(), second.tls_asset.private_key.encode())
+    )
+    assert info2.anchor_fingerprint == info.anchor_fingerprint
+    assert info2.leaf.public_key() != info.leaf.public_key()
+    # refused like GetDataKeys: wrong op, no report
+    wrong = rr(bob.party_id, [uuid], op="psi")
+    await refused(7, c.get_tls_asset(app, wrong, await report_for(world, app, wrong)))
+    await refused(7, c.get_tls_asset(app, request, None))
 
 
 # ---- results and export ---------------------------------------------------------------------

@@ -94,6 +94,7 @@ class CapsuleManager:
             verifier_for=self._verifier_for,
             policy=s.attestation_policy(),
             allow_upstream_sim=s.allow_upstream_sim,
+            tls_issuer_secret=tls_issuer_secret(storage_key),
         )
         self.service = service
         self.server = grpc.aio.server()
@@ -130,6 +131,21 @@ class CapsuleManager:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def tls_issuer_secret(storage_key: bytes) -> bytes:
+    """The group-TLS ``issuer_secret`` (docs/tls-asset.md §4), derived from the storage key so
+    replicas sharing the storage key issue the same group CAs, and members holding the data
+    key cannot."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"trustflow-cm/v1",
+        info=b"group tls issuer secret",
+    ).derive(storage_key)
 
 
 def _read(path: Path, what: str) -> bytes:

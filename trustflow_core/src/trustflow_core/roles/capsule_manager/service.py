@@ -8,6 +8,7 @@ work (RSA, SQL, CEL) runs in worker threads; attestation verification is awaited
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import json
@@ -133,6 +134,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         verifier_for: VerifierFor,
         policy: Policy,
         allow_upstream_sim: bool,
+        tls_issuer_secret: bytes = b"",
     ) -> None:
         self.store = store
         self.envelopes = envelopes
@@ -141,6 +143,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         self.verifier_for = verifier_for
         self.policy = policy
         self.allow_upstream_sim = allow_upstream_sim
+        self.tls_issuer_secret = tls_issuer_secret
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(fn, *args)
@@ -266,7 +269,51 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
 
     @_rpc("get_tls_asset")
     async def GetTlsAsset(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
-        raise CMError(Kind.UNSUPPORTED, "GetTlsAsset is not implemented by this Capsule Manager")
+        """Authorized exactly like GetDataKeys; the asset is the communication group's
+        (docs/tls-asset.md): group of (scope, first resource, op), leaf for the attested
+        ``cert``'s key, sealed to that key."""
+        opened = await self._open(request)
+        inner: cm_pb2.GetTlsAssetRequest = opened.parse(cm_pb2.GetTlsAssetRequest)
+        if not inner.HasField("resource_request"):
+            raise CMError(Kind.DECODE, "resource_request is missing")
+        rr = inner.resource_request
+        _parse_env(rr.env)
+        recipient = recipient_from_cert_pem(inner.cert)
+        digest = ra_user_data(inner.cert.encode(), serialize_canonical(rr))
+        verified = await self._attest(
+            inner.attestation_report, inner.HasField("attestation_report"), digest
+        )
+        env = self._env_for(verified, rr.env)
+
+        def work() -> cm_pb2.EncryptedResponse:
+            from ...tls_asset import issue_group_asset
+
+            uris = [r.resource_uri for r in rr.resources]
+            keys = self._authorize_and_fetch(rr, env, uris)
+            try:
+                asset = issue_group_asset(
+                    base64.b64decode(keys[uris[0]]),
+                    scope=rr.scope,
+                    data_uuid=uris[0],
+                    op_name=rr.op_name,
+                    member_public_key=recipient,
+                    now=datetime.now(timezone.utc),
+                    issuer_secret=self.tls_issuer_secret,
+                )
+            except InvalidInput as exc:
+                raise CMError(Kind.INVALID_ARGUMENT, str(exc)) from None
+            except BackendUnavailable as exc:
+                raise CMError(Kind.UNSUPPORTED, str(exc)) from None
+            response = cm_pb2.GetTlsAssetResponse(
+                data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
+                tls_asset=cm_pb2.TlsAsset(
+                    cert=asset.cert_pem.decode(), private_key=asset.private_key_pem.decode()
+                ),
+                cert=self.identity.cert_pem,
+            )
+            return self.envelopes.seal(response, recipient)
+
+        return await self._thread(work)
 
     @_rpc("create_result_data_key")
     async def CreateResultDataKey(
