@@ -552,3 +552,24 @@ async def test_an_app_reply_too_large_to_seal_is_502(pm, identity):
             {"Content-Type": "application/jose+json"},
         )
     assert (status, data) == (502, b"app reply larger than 65536 bytes cannot be sealed\n")
+
+
+@pytest.mark.asyncio
+async def test_a_client_leaving_mid_reply_is_handled_quietly(pm, identity, caplog):
+    caplog.set_level(logging.INFO, logger="trustflow.gateway")
+    async with stack(pm, identity, Recorder()) as (urls, session):
+        host, port = urls["plain"].removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await reader.readexactly(100_000)
+        writer.transport.abort()
+        await asyncio.sleep(0.5)
+        status, _, _ = await call(session, "GET", urls["plain"] + "/healthz")
+        assert status == 200
+    assert "client left during the reply to /big" in caplog.text
+    assert not [
+        r
+        for r in caplog.records
+        if r.levelname == "ERROR" and "roles/gateway" in logging.Formatter().format(r)
+    ]

@@ -288,11 +288,13 @@ class HttpProxy:
         try:
             async for chunk in upstream.iter_chunks():
                 await reply.write(chunk)
+            await reply.write_eof()
         except UpstreamError as exc:
             log.warning("upstream reply to %s broke off: %s", request.path, exc)
             reply.force_close()
-            return reply
-        await reply.write_eof()
+        except ConnectionError as exc:  # the client left; the upstream connection is dropped
+            log.info("client left during the reply to %s: %s", request.path, exc)
+            reply.force_close()
         return reply
 
 
