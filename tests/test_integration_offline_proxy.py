@@ -604,3 +604,29 @@ async def test_bad_key_exchange_settings_fail_startup(world, pm):
     with pytest.raises(InvalidInput, match="base64"):
         async with running_proxy(settings, pm):
             pass
+
+
+async def test_directory_of_many_files_round_trips(proxy, world):
+    src = world["root"] / "many"
+    expected = {}
+    for i in range(7):
+        rel = f"d{i % 3}/f{i}.bin"
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        expected[rel] = os.urandom(i * 50_000 + 1)
+        (src / rel).write_bytes(expected[rel])
+    key_b64 = base64.b64encode(os.urandom(32)).decode()
+    body = {
+        "data_key_b64": key_b64,
+        "source_config": {"path": str(src)},
+        "local_fs_config": {"path": str(world["out"] / "enc")},
+    }
+    assert (await post(proxy, PUT, body))[0] == 200
+    assert files_below(world["out"] / "enc") == sorted(f"{rel}.enc" for rel in expected)
+    body = {
+        "data_key_b64": key_b64,
+        "local_fs_config": {"path": str(world["out"] / "enc")},
+        "dest_config": {"path": str(world["out"] / "dec")},
+    }
+    assert (await post(proxy, GET, body))[0] == 200
+    for rel, data in expected.items():
+        assert (world["out"] / "dec" / rel).read_bytes() == data

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 from ...errors import AccessDenied, InvalidInput, ObjectNotFound
@@ -44,6 +44,8 @@ from .transfer import copying, decrypting, encrypting, transformed, write_file
 log = logging.getLogger("trustflow.data_capsule_proxy")
 MINIO = 2  # S3StorageType.S3_STORAGE_TYPE_MINIO
 RESULT_KEY_LEN = 16  # upstream: 16 random bytes when no data_key_b64 is given
+#: Files of one directory request processed at once (upstream: all concurrently).
+PARALLEL_FILES = 2
 
 
 class DataCapsuleProxy:
@@ -95,10 +97,13 @@ class DataCapsuleProxy:
                 key = await self.keys.data_key(req.cm_resource_config)
             staged = await asyncio.to_thread(StagedOutput, self.roots, dest)
             try:
-                for info, out, encrypted in jobs:
+
+                async def one(info: ObjectInfo, out: str, encrypted: bool) -> None:
                     path = await asyncio.to_thread(staged.path_for, out)
                     make = decrypting(key, info.size) if encrypted else copying  # type: ignore[arg-type]
                     await write_file(path, transformed(self._read(storage, info.uri), make))
+
+                await bounded([lambda j=job: one(*j) for job in jobs])
                 final = await asyncio.to_thread(staged.commit)
             finally:
                 await asyncio.to_thread(staged.discard)
@@ -155,11 +160,13 @@ class DataCapsuleProxy:
     ) -> None:
         staged = await asyncio.to_thread(StagedOutput, self.roots, dest, "local_fs_config.path")
         try:
-            for info, out in jobs:
+
+            async def one(info: ObjectInfo, out: str) -> None:
                 path = await asyncio.to_thread(staged.path_for, out)
-                await write_file(
-                    path, transformed(self._read(self.local, info.uri), make(info)), 0o644
-                )
+                source = transformed(self._read(self.local, info.uri), make(info))
+                await write_file(path, source, 0o644)
+
+            await bounded([lambda j=job: one(*j) for job in jobs])
             final = await asyncio.to_thread(staged.commit)
         finally:
             await asyncio.to_thread(staged.discard)
@@ -179,12 +186,14 @@ class DataCapsuleProxy:
         async with self._object_storage(config, s3_present) as (storage, base):
             written: list[str] = []
             try:
-                for info, out in jobs:
+
+                async def one(info: ObjectInfo, out: str) -> None:
                     uri = f"{base.rstrip('/')}/{out}"
-                    await storage.write(
-                        uri, transformed(self._read(self.local, info.uri), make(info))
-                    )
-                    written.append(uri)
+                    source = transformed(self._read(self.local, info.uri), make(info))
+                    await storage.write(uri, source)
+                    written.append(uri)  # deleted again if the request fails later
+
+                await bounded([lambda j=job: one(*j) for job in jobs])
                 if result is not None:
                     await self.keys.register(result, key)
             except BaseException:
@@ -248,6 +257,25 @@ class DataCapsuleProxy:
 
     def _read(self, storage: Storage, uri: str) -> AsyncIterator[bytes]:
         return storage.read(uri, chunk_size=self.settings.chunk_size)
+
+
+async def bounded(jobs: list[Callable[[], Awaitable[None]]], limit: int = PARALLEL_FILES) -> None:
+    """Run ``jobs`` with at most ``limit`` at a time; on the first failure cancel the rest,
+    wait for them, and raise it."""
+    gate = asyncio.Semaphore(limit)
+
+    async def run(job: Callable[[], Awaitable[None]]) -> None:
+        async with gate:
+            await job()
+
+    tasks = [asyncio.ensure_future(run(job)) for job in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _plan(base: str, found: list[ObjectInfo], what: str) -> list[tuple[ObjectInfo, str]]:
