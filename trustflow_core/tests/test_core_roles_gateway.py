@@ -102,10 +102,18 @@ def test_online_envoy_sample_parses_with_rewrites():
 
 @pytest.mark.parametrize("name", ["interact-bob-envoy.yml", "interact-carol-envoy.yml"])
 def test_interact_envoy_samples_parse_tcp_proxy_and_tls(name):
-    config = load_config(ENVOY_DIR / name, address_map={"0.0.0.0": "127.0.0.1"})
+    config = load_config(
+        ENVOY_DIR / name,
+        address_map={"0.0.0.0": "127.0.0.1"},
+        path_map={"/shared/deploy": "/tmp/group"},
+    )
     ingress, egress = config.listeners
     assert (ingress.kind, egress.kind) == ("tcp", "tcp")
     assert ingress.tls is not None and ingress.tls["require_client_certificate"] is True
+    common = ingress.tls["common_tls_context"]
+    assert common["tls_certificates"][0]["certificate_chain"]["filename"] == "/tmp/group/tls.crt"
+    assert common["tls_certificates"][0]["private_key"]["filename"] == "/tmp/group/tls.key"
+    assert common["validation_context"]["trusted_ca"]["filename"] == "/tmp/group/tls.crt"
     assert egress.tls is None
     assert config.clusters[egress.tcp_cluster].tls is not None
     assert config.clusters[ingress.tcp_cluster].tls is None

@@ -391,7 +391,7 @@ def _parse_envoy(data: Mapping[str, Any], rw: _Rewrites) -> GatewayConfig:
             name,
             tuple(endpoints),
             _duration(timeout, f"{what}: connect_timeout"),
-            _tls_context(spec.get("transport_socket"), f"{what}: transport_socket"),
+            _tls_context(spec.get("transport_socket"), rw, f"{what}: transport_socket"),
         )
     listeners = []
     for i, spec in enumerate(_list(static.get("listeners"), f"{rw.where}: listeners")):
@@ -399,13 +399,30 @@ def _parse_envoy(data: Mapping[str, Any], rw: _Rewrites) -> GatewayConfig:
     return GatewayConfig(tuple(listeners), clusters, source=rw.where)
 
 
-def _tls_context(socket: Any, what: str) -> Mapping[str, Any] | None:
+def _tls_context(socket: Any, rw: _Rewrites, what: str) -> Mapping[str, Any] | None:
+    """The TLS context dict of a transport socket, with every ``filename`` rewritten (and made
+    absolute) like the other paths of the config."""
     if socket is None:
         return None
     socket = _mapping(socket, what)
     if socket.get("name") != "envoy.transport_sockets.tls":
         raise InvalidInput(f"{what}: unsupported transport socket {socket.get('name')!r}")
-    return _mapping(socket.get("typed_config") or {}, f"{what}: typed_config")
+    return _rewrite_filenames(
+        _mapping(socket.get("typed_config") or {}, f"{what}: typed_config"), rw, what
+    )
+
+
+def _rewrite_filenames(obj: Any, rw: _Rewrites, what: str) -> Any:
+    if isinstance(obj, Mapping):
+        return {
+            k: str(rw.path(v, f"{what}: filename"))
+            if k == "filename"
+            else _rewrite_filenames(v, rw, what)
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [_rewrite_filenames(v, rw, what) for v in obj]
+    return obj
 
 
 def _envoy_listener(spec: Mapping[str, Any], i: int, rw: _Rewrites) -> Listener:
@@ -416,7 +433,7 @@ def _envoy_listener(spec: Mapping[str, Any], i: int, rw: _Rewrites) -> Listener:
     if len(chains) != 1:
         raise InvalidInput(f"{what}: exactly one filter chain is supported, got {len(chains)}")
     chain = _mapping(chains[0], f"{what}: filter_chains[0]")
-    tls = _tls_context(chain.get("transport_socket"), f"{what}: transport_socket")
+    tls = _tls_context(chain.get("transport_socket"), rw, f"{what}: transport_socket")
     filters = _list(chain.get("filters"), f"{what}: filters")
     if len(filters) != 1:
         raise InvalidInput(f"{what}: exactly one network filter is supported, got {len(filters)}")
