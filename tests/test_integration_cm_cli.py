@@ -388,13 +388,16 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
 ) -> None:
     """A CreateDataKeys of many keys is SIGKILLed half-way through its measured duration:
     afterwards either every key or none is stored, and the CM restarts cleanly."""
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2 as cm_pb2,
+    )
     from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
     from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
     from trustflow_core.roles.capsule_manager.sealing import Sealer, load_or_create_key
     from trustflow_core.roles.capsule_manager.storage import Store
 
     owner = ephemeral_credentials("owner")
-    n = 2000
+    n = 1500
 
     def batch(prefix: str) -> list[tuple[str, str]]:
         return [(f"{prefix}{i}", base64.b64encode(os.urandom(16)).decode()) for i in range(n)]
@@ -411,9 +414,14 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
         server = Server(env, tmp_path / "cm", *extra).start()
         full = batch("full-")
 
+        rule = cm_pb2.Rule(rule_id="kept", grantee_party_ids=[owner.party_id], columns=["*"])
+        rule.op_constraints.add(op_name="op", constraints=['r.scope == "s"'])
+
         async def timed() -> float:
             async with CapsuleManagerClient(server.target, timeout=60) as client:
-                await client.cm_public_key()
+                await client.create_data_keys(owner, [("policy-data", full[0][1])])
+                await client.create_data_policy(owner, "s", "policy-data", [rule])
+                await client.add_data_rule(owner, "s", "policy-data", rule)
                 started = time.perf_counter()
                 await client.create_data_keys(owner, full)
                 return time.perf_counter() - started
@@ -421,11 +429,34 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
         duration = asyncio.run(timed())
         assert server.stop() == 0
         assert stored(url, full) == n
+
         killed = batch("killed-")
         server = Server(env, tmp_path / "cm", *extra).start()
         asyncio.run(send_and_kill(server, owner, killed, duration / 2))
         server.stop(signal.SIGKILL)
         assert stored(url, killed) in (0, n)
+
+        async def policies() -> list[Any]:
+            async with CapsuleManagerClient(server.target) as client:
+                return await client.list_data_policies(owner, "s")
+
         server = Server(env, tmp_path / "cm", *extra).start()  # restarts cleanly
+        listed = asyncio.run(policies())
         assert server.stop() == 0
         assert stored(url, full) == n
+        assert [(p.data_uuid, [r.rule_id for r in p.rules]) for p in listed] == [
+            ("policy-data", ["kept", "kept"])
+        ]
+        assert listed[0].rules[0].op_constraints[0].constraints == ['r.scope == "s"']
+
+        async def policies() -> list[Any]:
+            async with CapsuleManagerClient(server.target) as client:
+                return await client.list_data_policies(owner, "s")
+
+        server = Server(env, tmp_path / "cm", *extra).start()
+        listed = asyncio.run(policies())
+        server.stop()
+        assert [(p.data_uuid, [r.rule_id for r in p.rules]) for p in listed] == [
+            ("policy-data", ["kept", "kept"])
+        ]
+        assert listed[0].rules[0].op_constraints[0].constraints == ['r.scope == "s"']

@@ -158,6 +158,24 @@ def test_mtls(tmp_path: Path) -> None:
             asyncio.run(call(grpc.ssl_channel_credentials(root)))
         with pytest.raises(BackendUnavailable):  # plaintext to a TLS port
             asyncio.run(call(None))
+        # the owner CLI over mTLS (upstream YAML: root_ca_file, private_key_file, cert_chain_file)
+        config = tmp_path / "owner.yaml"
+        tls_keys = {
+            "root_ca_file": str(tmp_path / "ca.crt"),
+            "private_key_file": str(tmp_path / "client.key"),
+            "cert_chain_file": str(tmp_path / "client.crt"),
+        }
+        config.write_text(json.dumps({"host": target, "tee_plat": "sim", **tls_keys}))
+        result = CliRunner().invoke(
+            build_cli(), ["cms", "--config-file", str(config), "get-public-key"]
+        )
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("-----BEGIN PUBLIC KEY-----")
+        config.write_text(json.dumps({"host": target, "tee_plat": "sim"}))  # no TLS: refused
+        result = CliRunner().invoke(
+            build_cli(), ["cms", "--config-file", str(config), "get-public-key"]
+        )
+        assert result.exit_code == 1 and result.output.startswith("Error:")
 
 
 def test_settings_file_and_overrides(tmp_path: Path) -> None:

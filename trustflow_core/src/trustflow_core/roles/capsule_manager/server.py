@@ -173,6 +173,10 @@ async def serve(settings: CMSettings) -> None:
 
     import click
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the "listening" line is printed
+        loop.add_signal_handler(sig, stop.set)
     cm = CapsuleManager(settings)
     try:
         port = await cm.start()
@@ -184,10 +188,6 @@ async def serve(settings: CMSettings) -> None:
         f"(party id {cm.identity.party_id}, storage {cm.store!r})",
         err=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:

@@ -59,6 +59,8 @@ T = TypeVar("T")
 KEYS_TABLE = "cm_data_keys"
 _CHECK_PLAINTEXT = b"trustflow-cm storage key check"
 MAX_ATTEMPTS = 6
+#: Seconds to wait for a database connection (server or pool).
+CONNECT_TIMEOUT = 10
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,14 @@ class Store:
             self._write_engine, self._read_engine = _sqlite_engines(url)
             self._sqlite_write_lock: threading.Lock | None = threading.Lock()
         else:
+            connect_args = {"connect_timeout": CONNECT_TIMEOUT}
             engine = create_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_timeout=CONNECT_TIMEOUT,
+                connect_args=connect_args,
             )
             self._write_engine = self._read_engine = engine
             self._sqlite_write_lock = None
