@@ -101,9 +101,10 @@ def setup(tmp_path):
 def test_killed_mid_put_result_leaves_nothing_then_retry_succeeds(setup):
     tmp, root, keys_file = setup
     result = root / "result.bin"
+    block = os.urandom(1 << 20)
     with open(result, "wb") as f:  # large enough that encrypting takes a while
-        for _ in range(256):
-            f.write(os.urandom(1 << 20))
+        for _ in range(160):
+            f.write(block)
     body = {
         "data_key_b64": base64.b64encode(os.urandom(16)).decode(),
         "cm_result_config": {"scope": "default", "resource_uri": "res", "ancestor_uuids": ["a"]},
