@@ -86,11 +86,19 @@ class CapsuleManager:
             detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             raise BackendUnavailable(f"storage {s.db_url} is not usable: {detail}") from None
         self.identity = identity
+        attester = self._attester()
+        if attester is not None:  # like upstream production: fail at start, not per request
+            try:
+                await attester.generate(bytes(32))
+            except Exception as exc:
+                raise BackendUnavailable(
+                    f"attester {s.plat!r} cannot produce reports on this host: {exc}"
+                ) from None
         service = CapsuleManagerService(
             store=self.store,
             envelopes=Envelopes(self._channel(), identity.private_key),
             identity=identity,
-            attester=self._attester(),
+            attester=attester,
             verifier_for=self._verifier_for,
             policy=s.attestation_policy(),
             allow_upstream_sim=s.allow_upstream_sim,
