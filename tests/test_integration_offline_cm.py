@@ -28,7 +28,6 @@ from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.registry import backends
 from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
 from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
 from trustflow_core.roles.capsule_manager.keyexchange import (
@@ -37,30 +36,14 @@ from trustflow_core.roles.capsule_manager.keyexchange import (
 )
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.data_capsule_proxy.harness import running_proxy
+from trustflow_core.roles.data_capsule_proxy.plugins import plugin_manager
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
-
-from trustflow_core import hookimpl
 
 pytestmark = pytest.mark.asyncio
 SCOPE = "default"
 INPUTS = {"alice": "small.csv.enc", "bob": "large.csv.enc"}
 GET = "/DataCapsuleProxy/GetInputData"
 PUT = "/DataCapsuleProxy/PutResultData"
-
-
-class _CapsuleManagerKeyExchangePlugin:
-    """Registers the capsule_manager key exchange while the core does not do so itself yet."""
-
-    @hookimpl
-    def trustflow_register_key_exchanges(self, register) -> None:
-        register(CapsuleManagerKeyExchange)
-
-
-def plugin_manager():
-    pm = get_plugin_manager()
-    if "capsule_manager" not in backends(pm, "key_exchange"):
-        pm.register(_CapsuleManagerKeyExchangePlugin(), name="test_capsule_manager_kx")
-    return pm
 
 
 def dead_endpoint() -> str:

@@ -116,9 +116,9 @@ def data_capsule_proxy(
     import os
 
     from ...cli.attest import _load_mapping
-    from ...manager import get_plugin_manager
     from ..ra_proxy.serve import serve, setup_logging
     from .app import create_app
+    from .plugins import plugin_manager
     from .settings import DataCapsuleProxySettings
 
     setup_logging(log_path, log_level)
@@ -140,7 +140,7 @@ def data_capsule_proxy(
         host=host,
         port=port,
     )
-    app = create_app(settings, get_plugin_manager())
+    app = create_app(settings, plugin_manager())
 
     def started(bound: int) -> None:
         click.echo(f"data-capsule-proxy listening on http://{host}:{bound}", err=True)

@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import serialization
 
 from ... import capsule
 from ...keyexchange import Resource, ResourceRequest
-from ...manager import TrustflowPluginManager, get_plugin_manager
-from ...registry import backends, get_backend_class
+from ...registry import get_backend_class
 from .harness import running_proxy
+from .plugins import plugin_manager
 from .settings import DataCapsuleProxySettings
 
 SCOPE = "default"
@@ -56,22 +56,6 @@ def sample_tables(seed: int = 7) -> tuple[bytes, bytes]:
     ]
     bob = ["id,score,label"] + [f"{i},{(i * 13) % 100},{i % 2}" for i in range(0, 60, 3)]
     return ("\n".join(alice) + "\n").encode(), ("\n".join(bob) + "\n").encode()
-
-
-def _pm() -> TrustflowPluginManager:
-    pm = get_plugin_manager()
-    if "capsule_manager" not in backends(pm, "key_exchange"):
-        # until the core plugin registers the CM client itself
-        from ...hookspecs import hookimpl
-        from ..capsule_manager.keyexchange import CapsuleManagerKeyExchange
-
-        class _Register:
-            @hookimpl
-            def trustflow_register_key_exchanges(self, register: Any) -> None:
-                register(CapsuleManagerKeyExchange)
-
-        pm.register(_Register(), name="data_capsule_proxy_demo_cm_kx")
-    return pm
 
 
 def _write_identity(directory: Path, creds: Any, name: str) -> tuple[Path, Path]:
@@ -146,7 +130,7 @@ async def _run(work: Path, s3_endpoint: str | None, say: Callable[[str], None]) 
     from ..capsule_manager.client import CapsuleManagerClient
     from ..capsule_manager.keyexchange import CapsuleManagerKeyExchange, ephemeral_credentials
 
-    pm = _pm()
+    pm = plugin_manager()
     data, ids = work / "data", work / "identities"
     data.mkdir(parents=True, exist_ok=True)
     ids.mkdir(exist_ok=True)
