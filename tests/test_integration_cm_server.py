@@ -192,6 +192,12 @@ async def test_get_ra_cert_report_bound_to_cert_and_nonce(world: World) -> None:
     assert verified.attributes.hex_user_data == expected
 
 
+async def test_get_ra_cert_refuses_oversized_nonce(world: World) -> None:
+    response = await world.client._call("GetRaCert", cm_pb2.GetRaCertRequest(nonce="n" * 5000))
+    assert response.status.code == 3 and not response.cert
+    assert not response.HasField("attestation_report")
+
+
 # ---- certs ----------------------------------------------------------------------------------
 
 
