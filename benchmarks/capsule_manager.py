@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import subprocess
@@ -62,9 +63,17 @@ def capsule_manager(data_dir: Path, url: str, env: dict[str, str]) -> Iterator[t
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its children (the extra workers)."""
+    total = 0.0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def rsa_ceiling(key_pem: bytes, seconds: float = 1.5) -> float:
@@ -80,13 +89,14 @@ def rsa_ceiling(key_pem: bytes, seconds: float = 1.5) -> float:
 
 
 async def drive(
-    call: Callable[[Any], Any], requests: list[Any], clients: int, seconds: float, reuse: bool
+    calls: list[Callable[[Any], Any]], requests: list[Any], seconds: float, reuse: bool
 ) -> tuple[float, list[float]]:
+    """One worker per entry of ``calls`` (each its own connection)."""
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
     index = 0
 
-    async def worker() -> None:
+    async def worker(call: Callable[[Any], Any]) -> None:
         nonlocal index
         while time.perf_counter() < stop:
             if not reuse and index >= len(requests):
@@ -100,12 +110,12 @@ async def drive(
                 raise SystemExit(f"request refused: {response.status.message}")
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(clients)))
+    await asyncio.gather(*(worker(call) for call in calls))
     return len(latencies) / (time.perf_counter() - started), latencies
 
 
 async def run_backend(
-    name: str, url: str, args: argparse.Namespace, env: dict[str, str]
+    name: str, url: str, args: argparse.Namespace, env: dict[str, str], workers: int
 ) -> dict[str, Any]:
     from trustflow_core.attestation import ra_user_data
     from trustflow_core.manager import get_plugin_manager
@@ -161,21 +171,25 @@ async def run_backend(
                 create_pool.append(await client.envelope(req, owner))
         cm_key = (Path(tmp) / "cm.key").read_bytes()
         ceiling_before = rsa_ceiling(cm_key)  # the CM is idle now
-        async with grpc.aio.insecure_channel(target) as channel:
-            stub = cm_grpc.CapsuleManagerStub(channel)
-            await drive(stub.GetDataKeys, get_pool, args.clients, 0.5, True)  # warm-up
+        # one connection per client (a local subchannel pool each), as separate clients have
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(args.clients)]
+        stubs = [cm_grpc.CapsuleManagerStub(c) for c in channels]
+        gets = [s.GetDataKeys for s in stubs]
+        creates = [s.CreateDataKeys for s in stubs]
+        try:
+            await drive(gets, get_pool, 0.5, True)  # warm-up
             cpu0 = cpu_seconds(pid)
-            get_rate, get_lat = await drive(
-                stub.GetDataKeys, get_pool, args.clients, args.seconds, True
-            )
+            get_rate, get_lat = await drive(gets, get_pool, args.seconds, True)
             cpu1 = cpu_seconds(pid)
-            create_rate, create_lat = await drive(
-                stub.CreateDataKeys, create_pool, args.clients, args.seconds, False
-            )
+            create_rate, create_lat = await drive(creates, create_pool, args.seconds, False)
             cpu2 = cpu_seconds(pid)
+        finally:
+            for c in channels:
+                await c.close()
         ceiling = max(ceiling_before, rsa_ceiling(cm_key))  # the better (less disturbed) one
     return {
-        "backend": name,
+        "backend": f"{name} x{workers}",
         "ceiling": ceiling,
         "GetDataKeys": (get_rate, get_lat, (cpu1 - cpu0) / max(1, len(get_lat))),
         "CreateDataKeys": (create_rate, create_lat, (cpu2 - cpu1) / max(1, len(create_lat))),
@@ -192,7 +206,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--create-requests", type=int, default=600)
+    parser.add_argument("--create-requests", type=int, default=800)
+    parser.add_argument(
+        "--workers", default="1,2", help="CM server processes to measure, comma-separated"
+    )
     args = parser.parse_args()
     from trustflow_core.roles.capsule_manager.testdb import throwaway_database
 
@@ -202,24 +219,25 @@ def main() -> None:
         env["TRUSTFLOW_SIM_DIR"] = os.environ["TRUSTFLOW_SIM_DIR"] = sim_dir
         os.environ["TRUSTFLOW_LOAD_PLUGINS"] = env["TRUSTFLOW_LOAD_PLUGINS"]
         for name in args.backends.split(","):
-            with (
-                tempfile.TemporaryDirectory() as dbdir,
-                throwaway_database(name, Path(dbdir)) as url,
-            ):
-                results.append(asyncio.run(run_backend(name, url, args, env)))
+            for workers in (int(w) for w in args.workers.split(",")):
+                with (
+                    tempfile.TemporaryDirectory() as dbdir,
+                    throwaway_database(name, Path(dbdir)) as url,
+                ):
+                    results.append(asyncio.run(run_backend(name, url, args, env, workers)))
     print(
         f"capsule manager, {args.clients} concurrent clients, {args.seconds:.0f} s per RPC, "
         f"{os.cpu_count()} cores; 1 RSA-3072 private op per request"
     )
     print(
-        f"{'backend':<11} {'rpc':<15} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'backend':<14} {'rpc':<15} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'RSA ceiling/core':>17} {'ratio':>7} {'CM CPU ms/req':>14} {'CPU ratio':>10}"
     )
     for r in results:
         for rpc in ("GetDataKeys", "CreateDataKeys"):
             rate, lat, cpu = r[rpc]
             print(
-                f"{r['backend']:<11} {rpc:<15} {rate:8.1f} {pct(lat, 0.5):8.1f} "
+                f"{r['backend']:<14} {rpc:<15} {rate:8.1f} {pct(lat, 0.5):8.1f} "
                 f"{pct(lat, 0.99):8.1f} {r['ceiling']:17.1f} {rate / r['ceiling']:7.0%} "
                 f"{cpu * 1000:14.2f} {1 / r['ceiling'] / cpu:10.0%}"
             )

@@ -460,3 +460,43 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
             ("policy-data", ["kept", "kept"])
         ]
         assert listed[0].rules[0].op_constraints[0].constraints == ['r.scope == "s"']
+
+
+def test_workers_share_the_port_and_stop_together(env: dict[str, str], tmp_path: Path) -> None:
+    import grpc
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2 as cm_pb2,
+    )
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2_grpc as cm_grpc,
+    )
+
+    server = Server(env, tmp_path / "cm", "--workers", "2").start()
+    assert server.proc is not None
+    children_file = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+    deadline = time.monotonic() + 30
+    children: list[int] = []
+    while time.monotonic() < deadline and not children:
+        children = [int(p) for p in children_file.read_text().split()]
+        time.sleep(0.2)
+    assert children, "no worker process"
+
+    async def calls() -> set[str]:
+        certs = set()
+        for _ in range(8):  # separate connections
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            async with grpc.aio.insecure_channel(server.target, options=options) as channel:
+                stub = cm_grpc.CapsuleManagerStub(channel)
+                response = await stub.GetRaCert(cm_pb2.GetRaCertRequest(nonce="n"), timeout=30)
+                assert response.status.code == 0
+                certs.add(response.cert)
+        return certs
+
+    assert len(asyncio.run(calls())) == 1  # one identity, whichever process answered
+    assert server.stop() == 0
+    time.sleep(0.5)
+    for pid in children:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        )

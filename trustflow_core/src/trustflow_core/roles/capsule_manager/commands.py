@@ -30,6 +30,13 @@ from .cms_cli import cms
     default=None,
     help="Accept app requests that carry NO attestation report (upstream sim clients).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the port (they share keys and database).",
+)
 @click.option("--log-level", default="info", show_default=True)
 def capsule_manager(
     config_file: Path | None,
@@ -42,6 +49,7 @@ def capsule_manager(
     cert_file: Path | None,
     storage_key_file: Path | None,
     allow_upstream_sim: bool | None,
+    workers: int,
     log_level: str,
 ) -> None:
     """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
@@ -67,7 +75,7 @@ def capsule_manager(
         storage_key_file=storage_key_file,
         allow_upstream_sim=allow_upstream_sim,
     )
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, workers=workers))
 
 
 COMMANDS: list[click.Command] = [capsule_manager, cms]

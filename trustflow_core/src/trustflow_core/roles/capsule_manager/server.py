@@ -175,8 +175,16 @@ def _server_credentials(s: CMSettings) -> grpc.ServerCredentials:
     )
 
 
-async def serve(settings: CMSettings) -> None:
-    """Run until SIGINT/SIGTERM; print one line with the address and identity."""
+async def serve(settings: CMSettings, *, workers: int = 1) -> None:
+    """Run until SIGINT/SIGTERM; print one line with the address and identity.
+
+    ``workers > 1`` starts that many server processes on the same port (``SO_REUSEPORT``; the
+    kernel spreads connections over them). They share the identity and storage-key files and
+    the database, so any of them can answer any request; the extra ones exit with this one.
+    """
+    import dataclasses
+    import multiprocessing
+    import os
     import signal
 
     import click
@@ -191,12 +199,43 @@ async def serve(settings: CMSettings) -> None:
     except BaseException:
         await cm.stop(grace=0)
         raise
+    children = []
+    context = multiprocessing.get_context("spawn")
+    for _ in range(workers - 1):
+        child = context.Process(
+            target=_worker_main,
+            args=(dataclasses.replace(settings, port=port), os.getpid()),
+            daemon=True,
+        )
+        child.start()
+        children.append(child)
     click.echo(
         f"capsule manager listening on {settings.host}:{port} "
-        f"(party id {cm.identity.party_id}, storage {cm.store!r})",
+        f"(party id {cm.identity.party_id}, storage {cm.store!r}, {workers} worker(s))",
         err=True,
     )
     try:
         await stop.wait()
     finally:
+        for child in children:
+            child.terminate()
         await cm.stop(grace=2.0)
+        for child in children:
+            await asyncio.to_thread(child.join, 10)
+
+
+def _worker_main(settings: CMSettings, parent_pid: int) -> None:
+    """An extra server process; exits when its parent is gone."""
+    import os
+
+    async def run() -> None:
+        cm = CapsuleManager(settings)
+        await cm.start()
+        try:
+            while os.getppid() == parent_pid:
+                await asyncio.sleep(1.0)
+        finally:
+            await cm.stop(grace=0.5)
+
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(run())
