@@ -116,6 +116,7 @@ def data_capsule_proxy(
     import os
 
     from ...cli.attest import _load_mapping
+    from ...manager import get_plugin_manager
     from ..ra_proxy.serve import serve, setup_logging
     from .app import create_app
     from .plugins import plugin_manager
@@ -140,7 +141,9 @@ def data_capsule_proxy(
         host=host,
         port=port,
     )
-    app = create_app(settings, plugin_manager())
+    # only the CM client needs ensuring; other backends keep the process lean
+    pm = plugin_manager() if key_exchange == "capsule_manager" else get_plugin_manager()
+    app = create_app(settings, pm)
 
     def started(bound: int) -> None:
         click.echo(f"data-capsule-proxy listening on http://{host}:{bound}", err=True)
