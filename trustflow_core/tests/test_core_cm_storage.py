@@ -185,6 +185,17 @@ def test_result_key_lineage_atomic(store: Store) -> None:
     assert err.value.kind is Kind.ALREADY_EXISTS
 
 
+def test_result_key_cannot_enter_original_data(store: Store) -> None:
+    a = uid()
+    store.create_data_keys(ALICE, [nk(a)])
+    store.put_policy(ALICE, "s", a, [RULE])
+    with pytest.raises(CMError, match="not result data"):  # even claiming alice as owner
+        store.create_result_key(ALICE, nk(f"{a}/result"), "s", [a], derive_result_policy)
+    policy = store.get_policy("s", a)
+    assert policy is not None and policy.rules == (RULE,)
+    assert store.get_keys([f"{a}/result"]) == {}
+
+
 def test_original_owners_missing_record(store: Store) -> None:
     with pytest.raises(CMError, match="has be not stored"):
         store.original_owners(uid())

@@ -387,7 +387,8 @@ class Store:
     ) -> None:
         """Store a result key, its lineage and its derived policy in one transaction.
         An existing key for the same resource_uri: Already existed; a missing ancestor policy:
-        NotFound ``data policy is empty.`` (and nothing is stored)."""
+        NotFound ``data policy is empty.`` (and nothing is stored). Results never go into an
+        owner's original data (a record without parents): Assert."""
 
         def op(session: Session) -> None:
             if session.get(DataKeyRow, key.resource_uri) is not None:
@@ -409,7 +410,10 @@ class Store:
                 )
                 session.flush()
             else:
-                parents = sorted(set(json.loads(record.parents_json)) | set(ancestors))
+                existing_parents = json.loads(record.parents_json)
+                if not existing_parents:  # an owner's original data, not a result
+                    raise CMError(Kind.ASSERT, f"data_uuid {key.data_uuid} is not result data")
+                parents = sorted(set(existing_parents) | set(ancestors))
                 record.parents_json = json.dumps(parents)
             self._put_key(session, key)
             existing = self._policy_row(session, scope, key.data_uuid)
