@@ -193,3 +193,92 @@ def test_tampering_refused(people: dict[str, Any]) -> None:
         with pytest.raises(CMError) as err:
             verify_export_certificate(junk, req, "u", owners)
         assert err.value.code == 13
+
+
+def test_util_vote_commands_reproduce_cms_util(
+    ctx: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from trustflow_core.cli.util import util
+
+    d = ctx["dir"]
+    monkeypatch.chdir(d)  # the YAML files name keys relative to the compat directory
+    runner = CliRunner()
+
+    def run(*args: str) -> None:
+        result = runner.invoke(util, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+    run(
+        "sign-vote-request",
+        "--vote-request-file",
+        "votes/vote_request.yaml",
+        "--signed-vote-request-file",
+        str(tmp_path / "req.yaml"),
+    )
+    expected = yaml.safe_load((d / "votes" / "vote_request.signed.yaml").read_text())
+    assert yaml.safe_load((tmp_path / "req.yaml").read_text()) == expected
+    run(
+        "voter-sign",
+        "--voter-file",
+        "votes/voter_alice.yaml",
+        "--signed-voter-file",
+        str(tmp_path / "alice.yaml"),
+    )
+    expected = yaml.safe_load((d / "votes" / "voter_alice.signed.yaml").read_text())
+    assert yaml.safe_load((tmp_path / "alice.yaml").read_text()) == expected
+    run(
+        "generate-vote-result",
+        "--signed-vote-request-file",
+        str(tmp_path / "req.yaml"),
+        "--signed-voter-files",
+        str(tmp_path / "alice.yaml"),
+        "--vote-result-file",
+        str(tmp_path / "result.json"),
+    )
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result == json.loads((d / "votes" / "vote_result.json").read_text())
+
+
+def test_util_vote_commands_errors(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from trustflow_core.cli import TrustflowGroup
+    from trustflow_core.cli.util import util
+
+    group = TrustflowGroup(name="trustflow")
+    group.add_command(util)
+    bad = tmp_path / "bad.yaml"
+    for text, match in (
+        ("vote_request: {type: X}\n", "cert_chain_file"),
+        ("nothing: here\n", "no vote_request"),
+        ("vote_request: [\n", "not valid YAML"),
+    ):
+        bad.write_text(text)
+        result = CliRunner().invoke(
+            group,
+            [
+                "util",
+                "sign-vote-request",
+                "--vote-request-file",
+                str(bad),
+                "--signed-vote-request-file",
+                str(tmp_path / "o.yaml"),
+            ],
+        )
+        assert result.exit_code == 1 and match in result.output, result.output
+        assert "Traceback" not in result.output
+    bad.write_text("action: APPROVE\n")
+    result = CliRunner().invoke(
+        group,
+        [
+            "util",
+            "voter-sign",
+            "--voter-file",
+            str(bad),
+            "--signed-voter-file",
+            str(tmp_path / "v"),
+        ],
+    )
+    assert result.exit_code == 1 and "vote_request_signature" in result.output
