@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Install Trustflow and its plugins into .venv, then show the framework working:
-# the installed plugins, party keys, a data key, a file encrypted into the upstream
-# data-capsule format and back, and a simulated attestation report verified.
+# Install Trustflow and all its plugins into .venv, then run the main job: the installed
+# plugins, the online scenario (attested JWE service), the offline scenario (PSI task with
+# result registration), and the owner's local tools (keys, a file encrypted into the upstream
+# data-capsule format and back, a simulated attestation report verified).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check \
-    -e ./trustflow_core -e ./plugins/tee_sim -e ./plugins/storage_local -e ./plugins/channel_jwe
+    -e ./trustflow_core -e ./plugins/tee_sim -e ./plugins/tee_tdx -e ./plugins/tee_csv \
+    -e ./plugins/storage_local -e ./plugins/storage_oss \
+    -e ./plugins/channel_jwe -e ./plugins/channel_mtls
 TF=.venv/bin/trustflow
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/trustflow-demo.XXXXXX")
 export TRUSTFLOW_SIM_DIR="$WORK/sim"
 run() { echo; echo "\$ trustflow $*"; "$TF" "$@"; }
 
 run plugins
+run demo online
+run demo offline
 run util generate-rsa-keypair --private-key-file "$WORK/alice.key" --cert-file "$WORK/alice.crt"
 run util generate-party-id --cert-file "$WORK/alice.crt"
 KEY=$("$TF" util generate-data-key-b64 --bit-len 256)

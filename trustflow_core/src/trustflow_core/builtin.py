@@ -1,4 +1,4 @@
-"""The core's own plugin: the ``static`` key exchange, the core CLI commands and the roles'
+"""The core's own plugin: the ``static`` and ``capsule_manager`` key exchanges, the core CLI commands and the roles'
 commands (see :mod:`trustflow_core.roles`)."""
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ if TYPE_CHECKING:
 
 @hookimpl
 def trustflow_register_key_exchanges(register: Register[type[KeyExchange]]) -> None:
+    from .roles.capsule_manager.keyexchange import CapsuleManagerKeyExchange
     from .static_keys import StaticKeyExchange
 
     register(StaticKeyExchange)
+    register(CapsuleManagerKeyExchange)
 
 
 @hookimpl
