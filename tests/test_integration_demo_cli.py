@@ -4,7 +4,6 @@ test_integration_offline_demo.py)."""
 from __future__ import annotations
 
 from click.testing import CliRunner
-
 from trustflow_core.cli import build_cli
 
 

@@ -23,7 +23,7 @@ KIT_CLASSES = {
     "TransportChannelConformance",
 }
 EXPECTED = {
-    "core": ("trustflow-core", {("key_exchange", "static")}),
+    "core": ("trustflow-core", {("key_exchange", "static"), ("key_exchange", "capsule_manager")}),
     "tee_sim": ("trustflow-tee-sim", {("attester", "sim"), ("verifier", "sim")}),
     "storage_local": ("trustflow-storage-local", {("storage", "local")}),
     "channel_jwe": ("trustflow-channel-jwe", {("channel", "jwe")}),
@@ -31,6 +31,7 @@ EXPECTED = {
     "channel_mtls": ("trustflow-channel-mtls", {("channel", "mtls")}),
     "tee_tdx": ("trustflow-tee-tdx", {("attester", "tdx"), ("verifier", "tdx")}),
     "tee_csv": ("trustflow-tee-csv", {("attester", "csv"), ("verifier", "csv")}),
+    "storage_oss": ("trustflow-storage-oss", {("storage", "s3"), ("storage", "oss")}),
 }
 #: Backends that need TEE hardware: on a plain host they must say so, with a reason.
 HARDWARE = {("attester", "tdx"), ("attester", "csv")}

@@ -156,4 +156,4 @@ def test_list_plugins_reports_backends_with_viability(pm):
     by_name = {b.name: b for b in info["p"].backends}
     assert by_name["ok"].viable and by_name["ok"].reason is None
     assert not by_name["nope"].viable and by_name["nope"].reason == "no device"
-    assert [b.name for b in info["core"].backends] == ["static"]
+    assert [b.name for b in info["core"].backends] == ["static", "capsule_manager"]
