@@ -36,7 +36,6 @@ from trustflow_core.roles.capsule_manager.keyexchange import (
 )
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.data_capsule_proxy.harness import running_proxy
-from trustflow_core.roles.data_capsule_proxy.plugins import plugin_manager
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
 
 pytestmark = pytest.mark.asyncio
@@ -132,7 +131,7 @@ async def proxy(cm_world, data) -> AsyncIterator[tuple[aiohttp.ClientSession, st
     )
     timeout = aiohttp.ClientTimeout(total=60)
     async with (
-        running_proxy(settings, plugin_manager()) as url,
+        running_proxy(settings, get_plugin_manager()) as url,
         aiohttp.ClientSession(timeout=timeout) as http,
     ):
         yield http, url, dead
@@ -292,7 +291,10 @@ async def test_psi_with_s3_inputs_and_result(cm_world, tmp_path, compat_dir_modu
         s3_endpoints=(moto_endpoint,),
     )
     uuid = f"join_s3_{os.urandom(4).hex()}"
-    async with running_proxy(settings, plugin_manager()) as url, aiohttp.ClientSession() as http:
+    async with (
+        running_proxy(settings, get_plugin_manager()) as url,
+        aiohttp.ClientSession() as http,
+    ):
         for party in INPUTS:
             body = {
                 "cm_resource_config": {

@@ -1,5 +1,5 @@
-"""The core's own plugin: the ``static`` and ``capsule_manager`` key exchanges, the core CLI commands and the roles'
-commands (see :mod:`trustflow_core.roles`)."""
+"""The core's own plugin: the ``static`` and ``capsule_manager`` key exchanges, the core CLI
+commands and the roles' commands (see :mod:`trustflow_core.roles`)."""
 
 from __future__ import annotations
 

@@ -119,7 +119,6 @@ def data_capsule_proxy(
     from ...manager import get_plugin_manager
     from ..ra_proxy.serve import serve, setup_logging
     from .app import create_app
-    from .plugins import plugin_manager
     from .settings import DataCapsuleProxySettings
 
     setup_logging(log_path, log_level)
@@ -142,7 +141,7 @@ def data_capsule_proxy(
         port=port,
     )
     # only the CM client needs ensuring; other backends keep the process lean
-    pm = plugin_manager() if key_exchange == "capsule_manager" else get_plugin_manager()
+    pm = get_plugin_manager()
     app = create_app(settings, pm)
 
     def started(bound: int) -> None:

@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import serialization
 
 from ... import capsule
 from ...keyexchange import Resource, ResourceRequest
+from ...manager import get_plugin_manager
 from ...registry import get_backend_class
 from .harness import running_proxy
-from .plugins import plugin_manager
 from .settings import DataCapsuleProxySettings
 
 SCOPE = "default"
@@ -130,7 +130,7 @@ async def _run(work: Path, s3_endpoint: str | None, say: Callable[[str], None]) 
     from ..capsule_manager.client import CapsuleManagerClient
     from ..capsule_manager.keyexchange import CapsuleManagerKeyExchange, ephemeral_credentials
 
-    pm = plugin_manager()
+    pm = get_plugin_manager()
     data, ids = work / "data", work / "identities"
     data.mkdir(parents=True, exist_ok=True)
     ids.mkdir(exist_ok=True)
