@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--create-requests", type=int, default=800)
     parser.add_argument(
-        "--workers", default="1,2", help="CM server processes to measure, comma-separated"
+        "--workers", default="1", help="CM server processes to measure, comma-separated (e.g. 1,2)"
     )
     args = parser.parse_args()
     from trustflow_core.roles.capsule_manager.testdb import throwaway_database

@@ -280,13 +280,8 @@ class Store:
         uuids = {k.data_uuid for k in by_uri.values()}
 
         def op(session: Session) -> None:
-            owners = dict(
-                session.execute(
-                    select(DataRecord.data_uuid, DataRecord.owner_party_id).where(
-                        DataRecord.data_uuid.in_(uuids)
-                    )
-                ).all()
-            )
+            conn = session.connection()  # Core statements: no ORM bookkeeping on the hot path
+            owners = dict(conn.execute(_OWNERS, {"uuids": list(uuids)}).all())
             for stored_owner in owners.values():
                 if not hmac.compare_digest(stored_owner.encode(), owner.encode()):
                     raise CMError(Kind.ASSERT, f"party_id {owner} is wrong")
@@ -295,25 +290,26 @@ class Store:
                 for u in sorted(uuids - set(owners))
             ]
             if new:
-                session.execute(insert(DataRecord), new)
-            present = set(
-                session.scalars(
-                    select(DataKeyRow.resource_uri).where(DataKeyRow.resource_uri.in_(by_uri))
-                )
-            )
-            inserts = []
+                conn.execute(_INSERT_RECORD, new)
+            present = set(conn.scalars(_PRESENT_KEYS, {"uris": list(by_uri)}))
+            inserts, updates = [], []
             for uri, key in by_uri.items():
                 nonce, sealed = self._sealer.seal(key.data_key_b64.encode(), KEYS_TABLE, uri)
                 if uri in present:
-                    session.execute(
-                        update(DataKeyRow)
-                        .where(DataKeyRow.resource_uri == uri)
-                        .values(data_uuid=key.data_uuid, nonce=nonce, sealed_key=sealed)
+                    updates.append(
+                        {
+                            "b_uri": uri,
+                            "b_uuid": key.data_uuid,
+                            "b_nonce": nonce,
+                            "b_sealed": sealed,
+                        }
                     )
                 else:
                     inserts.append(_key_columns(key, nonce, sealed))
             if inserts:
-                session.execute(insert(DataKeyRow), inserts)
+                conn.execute(_INSERT_KEY, inserts)
+            if updates:
+                conn.execute(_UPDATE_KEY, updates)
 
         self._tx(op)
 
@@ -571,6 +567,21 @@ _POLICIES_WITH_RULES = (
         PolicyRow.data_uuid.in_(bindparam("uuids", expanding=True)),
     )
     .order_by(PolicyRow.id, RuleRow.id)
+)
+_OWNERS = select(DataRecord.data_uuid, DataRecord.owner_party_id).where(
+    DataRecord.data_uuid.in_(bindparam("uuids", expanding=True))
+)
+_PRESENT_KEYS = select(DataKeyRow.resource_uri).where(
+    DataKeyRow.resource_uri.in_(bindparam("uris", expanding=True))
+)
+_INSERT_RECORD = insert(DataRecord.__table__)
+_INSERT_KEY = insert(DataKeyRow.__table__)
+_UPDATE_KEY = (
+    update(DataKeyRow.__table__)
+    .where(DataKeyRow.__table__.c.resource_uri == bindparam("b_uri"))
+    .values(
+        data_uuid=bindparam("b_uuid"), nonce=bindparam("b_nonce"), sealed_key=bindparam("b_sealed")
+    )
 )
 _SEALED_KEYS = select(DataKeyRow.resource_uri, DataKeyRow.nonce, DataKeyRow.sealed_key).where(
     DataKeyRow.resource_uri.in_(bindparam("uris", expanding=True))
