@@ -117,6 +117,19 @@ def test_wrong_storage_key_refused_at_start(store: Store, db_url: str) -> None:
         other.close()
 
 
+def test_other_schema_version_refused(store: Store, db_url: str, key: bytes) -> None:
+    with store._write_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE cm_meta SET value = :v WHERE name = 'schema_version'"), {"v": b"0"}
+        )
+    other = Store(db_url, Sealer(key))
+    try:
+        with pytest.raises(CMError, match="schema version 0"):
+            other.create_schema()
+    finally:
+        other.close()
+
+
 def test_policies_rules_and_ownership(store: Store) -> None:
     u = uid()
     store.create_data_keys(ALICE, [nk(u)])

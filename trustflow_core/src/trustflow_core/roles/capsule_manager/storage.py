@@ -63,6 +63,10 @@ MAX_ATTEMPTS = 6
 CONNECT_TIMEOUT = 10
 
 
+class SchemaMismatch(Exception):
+    """The database was created by an incompatible version."""
+
+
 @dataclass(frozen=True)
 class StoredPolicy:
     data_uuid: str
@@ -162,12 +166,21 @@ class Store:
                 session.add(Meta(name="storage_key_check", value=nonce + sealed))
                 session.add(Meta(name="schema_version", value=SCHEMA_VERSION.encode()))
                 return
+            version = session.get(Meta, "schema_version")
+            found = version.value.decode() if version is not None else "?"
+            if found != SCHEMA_VERSION:
+                raise SchemaMismatch(
+                    f"database schema version {found}, this Capsule Manager needs "
+                    f"{SCHEMA_VERSION} (no automatic migration between them)"
+                )
             plain = self._sealer.open(row.value[:12], row.value[12:], "cm_meta", "check")
             if not hmac.compare_digest(plain, _CHECK_PLAINTEXT):
                 raise CMError(Kind.DATA_INTEGRITY, "storage key check value differs")
 
         try:
             self._tx(check)
+        except SchemaMismatch as exc:
+            raise CMError(Kind.DATA_INTEGRITY, str(exc)) from None
         except CMError as exc:
             raise CMError(
                 Kind.DATA_INTEGRITY,
