@@ -253,6 +253,29 @@ def test_restart_keeps_everything(db_url: str, key: bytes) -> None:
     second.close()
 
 
+def test_survives_dropped_server_connections(store: Store, db_url: str) -> None:
+    """Pooled connections killed by the server (restart, idle timeout) are replaced."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("server-side connection kill is exercised on PostgreSQL")
+    from trustflow_core.roles.capsule_manager.testdb import admin_url
+
+    u = uid()
+    store.create_data_keys(ALICE, [nk(u)])
+    store.put_policy(ALICE, "s", u, [RULE])
+    database = db_url.rsplit("/", 1)[1]
+    admin = create_engine(admin_url("postgresql"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+            {"d": database},
+        )
+    admin.dispose()
+    view, sealed = store.access_view("s", [u], [u])
+    assert view[u][1] is not None and sealed.open(u)
+    store.create_data_keys(ALICE, [nk(f"{u}/p")])
+    assert store.get_policy("s", u) is not None
+
+
 def test_storage_key_file(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "storage.key"
     key = load_or_create_key(path)

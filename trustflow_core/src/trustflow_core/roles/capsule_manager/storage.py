@@ -61,6 +61,8 @@ _CHECK_PLAINTEXT = b"trustflow-cm storage key check"
 MAX_ATTEMPTS = 6
 #: Seconds to wait for a database connection (server or pool).
 CONNECT_TIMEOUT = 10
+#: Seconds after which pooled connections are replaced.
+POOL_RECYCLE = 1800
 
 
 class SchemaMismatch(Exception):
@@ -115,7 +117,7 @@ def _sqlite_engines(url: str) -> tuple[Engine, Engine]:
 
 
 def _is_retryable(exc: DBAPIError) -> bool:
-    if isinstance(exc, IntegrityError):
+    if isinstance(exc, IntegrityError) or exc.connection_invalidated:
         return True
     text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
     return any(
@@ -134,12 +136,14 @@ class Store:
             self._write_engine, self._read_engine = _sqlite_engines(url)
             self._sqlite_write_lock: threading.Lock | None = threading.Lock()
         else:
+            # No pre-ping (a round trip per transaction): a connection found dead is
+            # invalidated by SQLAlchemy and the operation is retried once on a fresh one.
             connect_args = {"connect_timeout": CONNECT_TIMEOUT}
             engine = create_engine(
                 url,
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                pool_pre_ping=True,
+                pool_recycle=POOL_RECYCLE,
                 pool_timeout=CONNECT_TIMEOUT,
                 connect_args=connect_args,
             )
@@ -214,8 +218,11 @@ class Store:
         raise AssertionError("unreachable")
 
     def _ro(self, fn: Callable[[Session], T]) -> T:
-        with self._read.begin() as session:
-            return fn(session)
+        def run() -> T:
+            with self._read.begin() as session:
+                return fn(session)
+
+        return _retry_dead_connection(run)
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -512,6 +519,11 @@ class Store:
         :meth:`SealedKeys.open` only after the request is authorized)."""
         uuids = list(dict.fromkeys(data_uuids))
         uris = list(dict.fromkeys(resource_uris))
+        return _retry_dead_connection(lambda: self._access_view(scope, uuids, uris))
+
+    def _access_view(
+        self, scope: str, uuids: list[str], uris: list[str]
+    ) -> tuple[dict[str, tuple[DataInfo | None, StoredPolicy | None]], SealedKeys]:
         with self._read_engine.connect() as conn, conn.begin():
             records = {
                 row.data_uuid: DataInfo(
@@ -542,6 +554,16 @@ class Store:
         }
         view = {u: (records.get(u), by_uuid.get(u)) for u in uuids}
         return view, SealedKeys(self._sealer, sealed)
+
+
+def _retry_dead_connection(fn: Callable[[], T]) -> T:
+    """Run a read; once more when the pooled connection turned out to be dead."""
+    try:
+        return fn()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return fn()
 
 
 class SealedKeys:
