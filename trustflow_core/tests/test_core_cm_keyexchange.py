@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+
 from trustflow_core.errors import AccessDenied, InvalidInput, ObjectNotFound
 from trustflow_core.keyexchange import Resource, ResourceRequest
 from trustflow_core.manager import get_plugin_manager
