@@ -15,13 +15,15 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from cryptography import x509
 
 from ...errors import AccessDenied, CapsuleFormatError, InvalidInput, ObjectNotFound, TrustflowError
-from ...identity import load_pem_chain, party_id_of_chain
+from ...identity import load_pem_chain, party_id_of_chain, party_id_of_key
 from ...manager import TrustflowPluginManager
 from ...registry import get_backend_class
 from . import handlers
-from .appkeys import SERVICE
+from .appkeys import SERVICE, TLS_FETCHER
+from .cm_init import TlsAssetFetcher
 from .keysource import KeySource
 from .service import DataCapsuleProxy
 from .settings import DataCapsuleProxySettings
@@ -68,13 +70,45 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _plain(500, "internal error (see the proxy log)")
 
 
+class CmInitError(TrustflowError):
+    """Start-up failed fetching or writing the ``--cm-init-config`` TLS asset; the cause is
+    chained."""
+
+
+async def _start_cm_init(
+    settings: DataCapsuleProxySettings, keys: KeySource, chain: list[x509.Certificate]
+) -> TlsAssetFetcher | None:
+    config = settings.cm_init
+    if config is None:
+        return None
+    fetcher = TlsAssetFetcher(
+        keys.tls_asset,
+        config,
+        party_id_of_chain(chain),
+        member_id=party_id_of_key(chain[0].public_key()),
+        refresh_fraction=settings.tls_refresh_fraction,
+        retry_interval=settings.tls_retry_interval,
+    )
+    try:
+        await fetcher.fetch(startup=True)
+    except TrustflowError as exc:
+        raise CmInitError(
+            f"{config.source}: cannot get the TLS asset for {config.describe()}: {exc}"
+        ) from exc
+    fetcher.start()
+    return fetcher
+
+
 def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -> web.Application:
     """Build the app. At startup the certificate is read (party id), the key exchange and the
-    local storage are chosen through the registry; a failure there fails startup."""
+    local storage are chosen through the registry, and with ``settings.cm_init`` the TLS asset
+    is fetched and written (then refreshed in the background); a failure there fails startup
+    (:class:`CmInitError` for the TLS asset)."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
-        party_id = party_id_of_chain(load_pem_chain(settings.read_cert()))
+        chain = load_pem_chain(settings.read_cert())
+        party_id = party_id_of_chain(chain)
         exchange_cls = get_backend_class(pm, "key_exchange", settings.key_exchange)
         keys = KeySource(
             exchange_cls,
@@ -89,8 +123,12 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
             {"roots": list(settings.allowed_roots), "chunk_size": settings.chunk_size}
         )
         async with local:
+            fetcher = None
             try:
                 await keys.open_default()
+                fetcher = await _start_cm_init(settings, keys, chain)
+                if fetcher is not None:
+                    app[TLS_FETCHER] = fetcher
                 app[SERVICE] = DataCapsuleProxy(settings, pm, local, keys)
                 log.info(
                     "data capsule proxy: key exchange %r, roots %s, result format %s",
@@ -102,6 +140,8 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
                     log.warning("no object-store endpoint allow-list: any endpoint is accepted")
                 yield
             finally:
+                if fetcher is not None:
+                    await fetcher.aclose()
                 await keys.aclose()
 
     app.cleanup_ctx.append(backends)

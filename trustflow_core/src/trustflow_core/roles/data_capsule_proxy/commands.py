@@ -85,6 +85,15 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
     show_default=True,
     help="v1 = upstream data capsule; v2 = authenticated (block order, truncation, header).",
 )
+@click.option(
+    "--cm-init-config",
+    "--cm_init_config",
+    "cm_init_config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="cm_init.yaml: fetch the communication-group TLS asset from the CM before serving "
+    "(written to its tls_cert_path / tls_key_path, re-fetched before expiry).",
+)
 @click.option("--log-path", "--log_path", "log_path", default=None, help="Log file (else stderr).")
 @click.option(
     "--log-level",
@@ -107,47 +116,56 @@ def data_capsule_proxy(
     allowed_roots: tuple[str, ...],
     s3_endpoints: tuple[str, ...],
     result_format: str,
+    cm_init_config: Path | None,
     log_path: str | None,
     log_level: str,
 ) -> None:
     """Serve POST /DataCapsuleProxy/GetInputData and /DataCapsuleProxy/PutResultData (decrypt
-    inputs with released keys; encrypt, store and register results) and GET /health."""
+    inputs with released keys; encrypt, store and register results) and GET /health.
+    A start-up failure (bad settings, TLS asset refused) is one line on stderr and exit 1."""
     import asyncio
     import os
 
     from ...cli.attest import _load_mapping
+    from ...errors import TrustflowError
     from ...manager import get_plugin_manager
     from ..ra_proxy.serve import serve, setup_logging
     from .app import create_app
+    from .cm_init import load_cm_init
     from .settings import DataCapsuleProxySettings
 
     setup_logging(log_path, log_level)
-    settings = DataCapsuleProxySettings(
-        cert_path=cert_path,
-        private_key_path=private_key_path,
-        allowed_roots=tuple(os.path.abspath(r) for r in allowed_roots),
-        plat=plat,
-        key_exchange=key_exchange,
-        key_exchange_settings=(
-            _load_mapping(key_exchange_settings, "key exchange settings")
-            if key_exchange_settings
-            else {}
-        ),
-        cm_endpoint=cm_endpoint,
-        allowed_cm_endpoints=allowed_cm_endpoints,
-        s3_endpoints=s3_endpoints,
-        result_format=result_format,
-        host=host,
-        port=port,
-    )
-    # only the CM client needs ensuring; other backends keep the process lean
-    pm = get_plugin_manager()
-    app = create_app(settings, pm)
+    try:
+        cm_init = load_cm_init(cm_init_config) if cm_init_config else None
+        settings = DataCapsuleProxySettings(
+            cert_path=cert_path,
+            private_key_path=private_key_path,
+            allowed_roots=tuple(os.path.abspath(r) for r in allowed_roots),
+            plat=plat,
+            key_exchange=key_exchange,
+            key_exchange_settings=(
+                _load_mapping(key_exchange_settings, "key exchange settings")
+                if key_exchange_settings
+                else {}
+            ),
+            cm_endpoint=cm_endpoint,
+            allowed_cm_endpoints=allowed_cm_endpoints,
+            s3_endpoints=s3_endpoints,
+            result_format=result_format,
+            host=host,
+            port=port,
+            cm_init=cm_init,
+        )
+        app = create_app(settings, get_plugin_manager())
 
-    def started(bound: int) -> None:
-        click.echo(f"data-capsule-proxy listening on http://{host}:{bound}", err=True)
+        def started(bound: int) -> None:
+            click.echo(f"data-capsule-proxy listening on http://{host}:{bound}", err=True)
 
-    asyncio.run(serve(app, host, port, on_started=started))
+        asyncio.run(serve(app, host, port, on_started=started))
+    except TrustflowError as exc:
+        raise click.ClickException(f"data-capsule-proxy: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"data-capsule-proxy: {exc.strerror or exc}") from None
 
 
 COMMANDS: list[click.Command] = [data_capsule_proxy]

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import AccessDenied, BackendUnavailable, InvalidInput, ObjectNotFound
-from ...keyexchange import DataKey, KeyExchange, Resource, ResourceRequest, ResultKey
+from ...keyexchange import DataKey, KeyExchange, Resource, ResourceRequest, ResultKey, TlsAsset
 
 log = logging.getLogger("trustflow.data_capsule_proxy")
 ENDPOINT_BACKENDS = frozenset({"capsule_manager"})
@@ -106,6 +106,11 @@ class KeySource:
         if not keys:
             raise ObjectNotFound(f"Data keys empty for {config.resource_uri!r}")
         return keys[0].key
+
+    async def tls_asset(self, request: ResourceRequest) -> TlsAsset:
+        """The communication-group TLS asset from the default endpoint (``--cm-init-config``)."""
+        exchange = await self._instance("")
+        return await self._deadline("GetTlsAsset", exchange.get_tls_asset(request))
 
     async def register(self, config: Any, key: bytes) -> None:
         """Register a result key (CreateResultDataKey) with its lineage."""

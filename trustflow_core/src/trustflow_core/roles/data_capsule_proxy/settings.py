@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ...capsule_formats import FORMATS
 from ...errors import InvalidInput
-from .formats import FORMATS
+
+if TYPE_CHECKING:
+    from .cm_init import CmInitConfig
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class DataCapsuleProxySettings:
       request may name.
     * ``s3_endpoints`` -- allow-list of object-store endpoints (``host[:port]``); empty = any.
     * ``result_format`` -- ``v1`` (upstream-compatible, default) or ``v2`` (authenticated).
+    * ``cm_init`` -- a parsed ``--cm-init-config``: fetch the group TLS asset before serving
+      and keep it fresh (:mod:`.cm_init`); ``tls_refresh_fraction`` / ``tls_retry_interval``
+      tune the re-fetch.
     """
 
     cert_path: Path
@@ -47,6 +53,9 @@ class DataCapsuleProxySettings:
     max_body_bytes: int = 1 << 20
     key_timeout: float = 30.0
     chunk_size: int = 1 << 20
+    cm_init: CmInitConfig | None = None
+    tls_refresh_fraction: float = 0.75
+    tls_retry_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if self.result_format not in FORMATS:
