@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from trustflow_core.capsule import decrypt_file, encrypt_file
+from trustflow_core.capsule_v2 import MAGIC
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.roles.data_capsule_proxy.formats import MAGIC
 from trustflow_core.roles.data_capsule_proxy.harness import running_proxy
 from trustflow_core.roles.data_capsule_proxy.paths import STAGE_PREFIX
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings

@@ -13,6 +13,10 @@ Differences from upstream, all deliberate:
   ``--days`` (upstream: 30) and refuses to overwrite files without ``--force``;
 * outputs are replaced atomically, so a failed decryption leaves nothing behind, and
   in-place variants never lose the original;
+* ``encrypt-file`` / ``encrypt-file-inplace`` take ``--format v1|v2``: ``v1`` (default) is
+  upstream's data capsule, ``v2`` our authenticated format (:mod:`trustflow_core.capsule_v2`)
+  that upstream tools cannot read; ``decrypt-file`` / ``decrypt-file-inplace`` detect the
+  format (:mod:`trustflow_core.capsule_formats`);
 * errors are one ``Error: ...`` line with exit code 1 (upstream: an ``AssertionError``
   traceback).
 """
@@ -31,7 +35,7 @@ from typing import Any, TextIO
 
 import click
 
-from .. import capsule
+from .. import capsule, capsule_formats
 from ..errors import AccessDenied, InvalidInput, ObjectNotFound, TrustflowError
 from ..fileio import atomic_write_bytes
 from ..identity import load_pem_chain, party_id_of_chain, party_id_of_key
@@ -115,6 +119,15 @@ def _resolve_key(data_key_b64: str | None, data_key_file: TextIO | None) -> byte
 
 
 _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+_format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(capsule_formats.FORMATS),
+    default=capsule_formats.DEFAULT_FORMAT,
+    show_default=True,
+    help="v1: upstream's data capsule (upstream tools read it); v2: authenticated (detects "
+    "reordered, dropped or truncated blocks; read by trustflow only).",
+)
 _json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -294,19 +307,21 @@ def generate_data_key_b64(
 @_src_path()
 @_dest_path(".enc")
 @_key_options
+@_format_option
 @_quiet_option
 def encrypt_file(
     source_file: Path,
     dest_file: Path | None,
     data_key_b64: str | None,
     data_key_file: TextIO | None,
+    fmt: str,
     quiet: bool,
 ) -> None:
-    """Encrypt a file into the data-capsule format."""
+    """Encrypt a file into a data capsule (format v1 unless --format v2)."""
     key = _resolve_key(data_key_b64, data_key_file)
     dest = dest_file or Path(f"{source_file}.enc")
     with _progress(source_file, quiet, "encrypting") as progress, _file_errors():
-        capsule.encrypt_file(source_file, dest, key, progress=progress)
+        capsule_formats.encrypt_file(source_file, dest, key, fmt=fmt, progress=progress)
 
 
 @util.command("decrypt-file")
@@ -321,24 +336,26 @@ def decrypt_file(
     data_key_file: TextIO | None,
     quiet: bool,
 ) -> None:
-    """Decrypt a data-capsule file (output mode 0600; nothing is written if it fails)."""
+    """Decrypt a data capsule, v1 or v2 (detected); output mode 0600, nothing is written if
+    it fails."""
     key = _resolve_key(data_key_b64, data_key_file)
     dest = dest_file or Path(f"{source_file}.dec")
     with _progress(source_file, quiet, "decrypting") as progress, _file_errors():
-        capsule.decrypt_file(source_file, dest, key, progress=progress)
+        capsule_formats.decrypt_file(source_file, dest, key, progress=progress)
 
 
 @util.command("encrypt-file-inplace")
 @click.option("--file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @_key_options
+@_format_option
 @_quiet_option
 def encrypt_file_inplace(
-    path: Path, data_key_b64: str | None, data_key_file: TextIO | None, quiet: bool
+    path: Path, data_key_b64: str | None, data_key_file: TextIO | None, fmt: str, quiet: bool
 ) -> None:
-    """Replace a file by its data capsule (atomically)."""
+    """Replace a file by its data capsule (atomically; format v1 unless --format v2)."""
     key = _resolve_key(data_key_b64, data_key_file)
     with _progress(path, quiet, "encrypting") as progress, _file_errors():
-        capsule.encrypt_file_inplace(path, key, progress=progress)
+        capsule_formats.encrypt_file_inplace(path, key, fmt=fmt, progress=progress)
 
 
 @util.command("decrypt-file-inplace")
@@ -348,10 +365,11 @@ def encrypt_file_inplace(
 def decrypt_file_inplace(
     path: Path, data_key_b64: str | None, data_key_file: TextIO | None, quiet: bool
 ) -> None:
-    """Replace a data capsule by its plaintext (atomically, mode 0600; untouched on error)."""
+    """Replace a data capsule, v1 or v2 (detected), by its plaintext (atomically, mode
+    0600; untouched on error)."""
     key = _resolve_key(data_key_b64, data_key_file)
     with _progress(path, quiet, "decrypting") as progress, _file_errors():
-        capsule.decrypt_file_inplace(path, key, progress=progress)
+        capsule_formats.decrypt_file_inplace(path, key, progress=progress)
 
 
 # ---- data-export votes (crypto-formats §11) ---------------------------------------------------

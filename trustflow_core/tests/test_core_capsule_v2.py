@@ -1,6 +1,5 @@
-"""Result formats of the Data Capsule Proxy: the authenticated v2 format (round trips, every
-kind of tampering upstream's format misses), and auto-detection of upstream v1 files (the
-compat vectors)."""
+"""The authenticated v2 data-capsule format (round trips, every kind of tampering upstream's
+format misses) and format auto-detection of upstream v1 files (the compat vectors)."""
 
 from __future__ import annotations
 
@@ -12,17 +11,16 @@ import struct
 import pytest
 
 from trustflow_core import capsule
-from trustflow_core.errors import CapsuleFormatError, InvalidInput
-from trustflow_core.roles.data_capsule_proxy.formats import (
+from trustflow_core.capsule_formats import AutoDecryptor, detect_format, open_writer
+from trustflow_core.capsule_v2 import (
     HEADER_LEN,
     MAGIC,
     TAG_LEN,
-    AutoDecryptor,
     V2Decryptor,
     V2Encryptor,
-    open_writer,
     v2_size,
 )
+from trustflow_core.errors import CapsuleFormatError, InvalidInput
 
 SEG = 1000  # small segments keep the tests fast
 FIRST = SEG - HEADER_LEN - TAG_LEN  # plaintext bytes of the first segment
@@ -182,5 +180,14 @@ def test_v1_writer_is_the_upstream_format():
     blob = writer.header + writer.update(data) + writer.finalize()
     assert len(blob) == capsule.encrypted_size(len(data))
     assert decrypt(key, blob) == data
-    with pytest.raises(InvalidInput, match="unknown result format"):
+    with pytest.raises(InvalidInput, match="unknown data capsule format"):
         open_writer("v3", key, 1)
+
+
+def test_detect_format_by_prefix():
+    key = os.urandom(16)
+    assert detect_format(encrypt_v2(key, b"x")[:8]) == "v2"
+    assert detect_format(capsule.CapsuleEncryptor(key, 1).header[:8]) == "v1"
+    for head in (MAGIC[:7], b"\x01\x00\x00", b"\x02\x00\x00\x00" + bytes(4), MAGIC[:-1] + b"\x03"):
+        with pytest.raises(CapsuleFormatError, match="neither v1 nor v2"):
+            detect_format(head)

@@ -1,0 +1,239 @@
+"""The authenticated data-capsule format ``v2`` (ours): streaming writer and reader.
+
+Upstream's format (``v1``, :mod:`trustflow_core.capsule`) cannot detect blocks reordered,
+dropped, duplicated, spliced from another file, or the file truncated at a block boundary
+(quirk 51). ``v2`` is the segmented streaming-AEAD construction of Tink's
+``AesGcmHkdfStreaming`` (nOAE, Hoang et al. 2015) with our framing::
+
+    header (56 bytes): magic "TFCAPS\\x00\\x02" | u32 segment_len | u64 plaintext_len |
+                       32-byte random salt | 4 reserved zero bytes   (integers big-endian)
+    segments i = 0..n-1: AES-GCM(subkey, nonce_i, chunk_i, aad = header) = ciphertext || tag
+      subkey  = HKDF-SHA256(ikm = data key, salt, info = "trustflow data capsule v2"),
+                as long as the data key (16, 24 or 32 bytes)
+      nonce_i = u64 segment index || u32 final flag (1 on the last segment, else 0)
+      every segment but the last is exactly ``segment_len`` bytes of ciphertext+tag, the first
+      one counting the header too (so segment boundaries fall on multiples of segment_len:
+      aligned reads decrypt without copying); the last holds the rest (at least the tag)
+
+The header is authenticated as AAD of every segment; the index and final flag in the nonce
+make reordering, dropping and truncation fail authentication; the per-file salt makes segments
+of another file (same data key) fail. The file length must equal what ``plaintext_len`` and
+``segment_len`` give (:func:`v2_size`) before any segment is opened. A segment's plaintext is
+released only after it authenticated; memory is bounded by one segment (at most
+:data:`MAX_SEGMENT_LEN`) plus the caller's reads. Every reader failure raises
+:class:`~trustflow_core.errors.CapsuleFormatError` naming the problem; bad writer use or a
+wrong key length raises :class:`~trustflow_core.errors.InvalidInput`.
+
+Format detection and file-level helpers for both formats: :mod:`trustflow_core.capsule_formats`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from . import capsule
+from .errors import CapsuleFormatError, InvalidInput
+
+MAGIC = b"TFCAPS\x00\x02"
+HEADER = struct.Struct(">8sIQ32s4s")
+HEADER_LEN = HEADER.size  # 56
+TAG_LEN = 16
+SEGMENT_LEN = 1 << 20
+MIN_SEGMENT_LEN = HEADER_LEN + TAG_LEN + 1
+MAX_SEGMENT_LEN = 1 << 24
+INFO = b"trustflow data capsule v2"
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _subkey(key: bytes, salt: bytes) -> AESGCM:
+    if len(key) not in capsule.KEY_LENGTHS:
+        raise InvalidInput(f"data key must be 16, 24 or 32 bytes long, got {len(key)} bytes")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=len(key), salt=salt, info=INFO)
+    return AESGCM(hkdf.derive(key))
+
+
+def _layout(plaintext_len: int, segment_len: int) -> tuple[int, int, int]:
+    """``(segments, plaintext bytes of the first segment, of the others)`` (all but the last
+    are full)."""
+    first = segment_len - HEADER_LEN - TAG_LEN
+    rest = segment_len - TAG_LEN
+    if plaintext_len <= first:
+        return 1, first, rest
+    return 1 + -(-(plaintext_len - first) // rest), first, rest
+
+
+def _nonce(index: int, final: bool) -> bytes:
+    return struct.pack(">QI", index, 1 if final else 0)
+
+
+def v2_size(plaintext_len: int, segment_len: int = SEGMENT_LEN) -> int:
+    """Exact size of a v2 file for ``plaintext_len`` bytes."""
+    count, _, _ = _layout(plaintext_len, segment_len)
+    return HEADER_LEN + plaintext_len + TAG_LEN * count
+
+
+class V2Encryptor:
+    """Incremental v2 writer: :attr:`header`, then :meth:`update` outputs, then
+    :meth:`finalize`. Exactly ``plaintext_len`` bytes must be fed."""
+
+    def __init__(self, key: bytes, plaintext_len: int, segment_len: int = SEGMENT_LEN) -> None:
+        if plaintext_len < 0:
+            raise InvalidInput(f"plaintext length must not be negative, got {plaintext_len}")
+        if not MIN_SEGMENT_LEN <= segment_len <= MAX_SEGMENT_LEN:
+            raise InvalidInput(f"segment length {segment_len} is out of range")
+        salt = secrets.token_bytes(32)
+        self.header = HEADER.pack(MAGIC, segment_len, plaintext_len, salt, bytes(4))
+        self._aead = _subkey(key, salt)
+        self._count, self._first, self._rest = _layout(plaintext_len, segment_len)
+        self._expected = plaintext_len
+        self._fed = 0
+        self._index = 0
+        self._pending = bytearray()
+        self._done = False
+
+    def _want(self) -> int:
+        """Plaintext bytes of the next segment if it is not the last, else -1."""
+        if self._index >= self._count - 1:
+            return -1
+        return self._first if self._index == 0 else self._rest
+
+    def _seal(self, chunk: Buffer) -> bytes:
+        final = self._index == self._count - 1
+        out = self._aead.encrypt(_nonce(self._index, final), chunk, self.header)
+        self._index += 1
+        return out
+
+    def update(self, data: Buffer) -> bytes:
+        if self._done:
+            raise InvalidInput("encryptor already finalized")
+        self._fed += len(data)
+        if self._fed > self._expected:
+            raise InvalidInput(f"plaintext is longer than the declared {self._expected} bytes")
+        view = memoryview(data).cast("B")
+        out = []
+        while (want := self._want()) > 0:
+            if self._pending:
+                take = want - len(self._pending)
+                self._pending += view[:take]
+                view = view[take:]
+                if len(self._pending) < want:
+                    break
+                out.append(self._seal(self._pending))
+                self._pending = bytearray()
+            elif len(view) >= want:
+                out.append(self._seal(view[:want]))
+                view = view[want:]
+            else:
+                break
+        if len(view):
+            self._pending += view  # the last segment waits for finalize: it carries the flag
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def finalize(self) -> bytes:
+        if self._done:
+            raise InvalidInput("encryptor already finalized")
+        self._done = True
+        if self._fed != self._expected:
+            raise InvalidInput(
+                f"plaintext ended after {self._fed} of the declared {self._expected} bytes"
+            )
+        return self._seal(self._pending)
+
+
+class V2Decryptor:
+    """Incremental v2 reader of a file of exactly ``file_len`` bytes; releases a segment's
+    plaintext only after it authenticated. Errors raise CapsuleFormatError."""
+
+    def __init__(self, key: bytes, file_len: int) -> None:
+        self._key = key
+        self._file_len = file_len
+        self._buffer = bytearray()
+        self._header: bytes | None = None
+        self._aead: AESGCM | None = None
+        self._fed = 0
+        self._index = 0
+        self._count = 0
+        self._sizes: tuple[int, int, int] = (0, 0, 0)
+        if file_len < HEADER_LEN + TAG_LEN:
+            raise CapsuleFormatError(f"v2 file of {file_len} bytes is shorter than header + tag")
+
+    def _parse_header(self, header: bytes) -> None:
+        magic, segment_len, plaintext_len, salt, reserved = HEADER.unpack(header)
+        if magic != MAGIC:
+            raise CapsuleFormatError("not a v2 data capsule (bad magic)")
+        if reserved != bytes(4):
+            raise CapsuleFormatError("v2 header: reserved bytes are not zero")
+        if not MIN_SEGMENT_LEN <= segment_len <= MAX_SEGMENT_LEN:
+            raise CapsuleFormatError(f"v2 header: segment_len {segment_len} is out of range")
+        expected = v2_size(plaintext_len, segment_len)
+        if expected != self._file_len:
+            raise CapsuleFormatError(
+                f"v2 header declares {plaintext_len} plaintext bytes ({expected}-byte file) but "
+                f"the file has {self._file_len} bytes (truncated or extended)"
+            )
+        self._header = header
+        self._aead = _subkey(self._key, salt)
+        count, first, rest = _layout(plaintext_len, segment_len)
+        last = plaintext_len - (first + rest * (count - 2) if count > 1 else 0)
+        self._count = count
+        self._sizes = (first + TAG_LEN, rest + TAG_LEN, last + TAG_LEN)
+
+    def _segment_size(self) -> int:
+        first, rest, last = self._sizes
+        if self._index == self._count - 1:
+            return last
+        return first if self._index == 0 else rest
+
+    def _open(self, sealed: Buffer) -> bytes:
+        final = self._index == self._count - 1
+        try:
+            plain = self._aead.decrypt(_nonce(self._index, final), sealed, self._header)
+        except InvalidTag:
+            raise CapsuleFormatError(
+                f"v2 segment {self._index} failed authentication (wrong key, tampered, "
+                "reordered or truncated data)"
+            ) from None
+        self._index += 1
+        return plain
+
+    def update(self, data: Buffer) -> bytes:
+        self._fed += len(data)
+        if self._fed > self._file_len:
+            raise CapsuleFormatError(f"input is longer than the declared {self._file_len} bytes")
+        view = memoryview(data).cast("B")
+        if self._header is None:
+            take = HEADER_LEN - len(self._buffer)
+            self._buffer += view[:take]
+            view = view[take:]
+            if len(self._buffer) < HEADER_LEN:
+                return b""
+            self._parse_header(bytes(self._buffer))
+            self._buffer = bytearray()
+        out = []
+        while len(view) and self._index < self._count:
+            size = self._segment_size()
+            if self._buffer:
+                take = size - len(self._buffer)
+                self._buffer += view[:take]
+                view = view[take:]
+                if len(self._buffer) == size:
+                    out.append(self._open(self._buffer))
+                    self._buffer = bytearray()
+            elif len(view) >= size:
+                out.append(self._open(view[:size]))
+                view = view[size:]
+            else:
+                self._buffer += view
+                view = view[len(view) :]
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def finalize(self) -> None:
+        if self._header is None or self._fed != self._file_len or self._index != self._count:
+            raise CapsuleFormatError(f"input ended after {self._fed} of {self._file_len} bytes")
