@@ -239,18 +239,22 @@ async def ra_proxy(pm: Any, cert: Path, plat: str, attester_settings: Mapping[st
     return await start_site(create_app(settings, pm), "127.0.0.1", 0)
 
 
+def resource_request(initiator: str = "someone") -> cm_pb2.ResourceRequest:
+    return cm_pb2.ResourceRequest(
+        initiator_party_id=initiator,
+        scope="default",
+        op_name="psi",
+        resources=[cm_pb2.ResourceRequest.Resource(resource_uri="d-" + secrets.token_hex(6))],
+    )
+
+
 async def assert_binding_refused(
     client: CapsuleManagerClient, report: Report, bound: bytes
 ) -> None:
     """GetDataKeys with ``report`` (genuine, binding ``bound``) is refused with the CM's
     PERMISSION_DENIED and exactly one mismatch: this request's binding."""
     app = make_party("app")
-    request = cm_pb2.ResourceRequest(
-        initiator_party_id=app.party_id,
-        scope="default",
-        op_name="psi",
-        resources=[cm_pb2.ResourceRequest.Resource(resource_uri="d-" + secrets.token_hex(6))],
-    )
+    request = resource_request(app.party_id)
     with pytest.raises(CapsuleManagerError) as info:
         await client.get_data_keys(app, request, report_to_pb(report))
     wanted = ra_user_data(app.chain_pems[0].encode(), serialize_canonical(request)).hex()
@@ -377,6 +381,21 @@ async def test_capsule_manager_plat_tdx(plugin_env, tmp_path, tdx_guest) -> None
                 genuine, cm.settings.attestation_policy().with_user_data(own)
             )
             await assert_binding_refused(raw, genuine, own)
+
+            # The same quote as a Passport with its (bundled) vector collateral: the CM
+            # checks it at its own clock, after the collateral's nextUpdate.
+            collateral_file, _ = tdx_collateral_case()
+            passport = TdxVerifier.report_from_evidence(
+                read(TDX_QUOTE), endorsements=collateral_file.read_bytes()
+            )
+            with pytest.raises(CapsuleManagerError) as expired:
+                await raw.get_data_keys(
+                    make_party("app"), resource_request(), report_to_pb(passport)
+                )
+            assert expired.value.code == Kind.PERMISSION_DENIED.value[0]
+            assert "attestation report verify failed: collateral_expired: " in (
+                expired.value.message
+            )
     finally:
         await cm.stop()
 
