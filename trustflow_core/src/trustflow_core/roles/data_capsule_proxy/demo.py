@@ -4,10 +4,11 @@ offline``, tests and docs.
 Steps: start a Capsule Manager (SIM attestation, platform key in the work directory); alice and
 bob each write a CSV, encrypt it (upstream data-capsule format), upload its key and a policy
 granting carol's app the ``psi`` op on a SIM TEE; start carol's Data Capsule Proxy
-(``capsule_manager`` key exchange); run :mod:`.psi_app` as a separate process, which gets both
-inputs through the proxy, joins them on ``id`` and puts the result; the proxy registers the
-result key with both inputs as ancestors; finally carol, whom the derived policy allows, gets
-the result key from the CM and decrypts the result. With ``s3=True`` the inputs and the result
+(``capsule_manager`` key exchange); run :mod:`.psi_app` (``examples/offline/psi_app.py``) as a
+separate process, which gets both inputs through the proxy, joins them on ``id`` and puts the
+result; the proxy registers the result key with both inputs as ancestors; finally carol, whom
+the derived policy allows, gets the result key from the CM and decrypts the result (either
+result format). With ``s3=True`` the inputs and the result
 live in a bucket of a loopback S3 server (moto, from ``trustflow-storage-oss[test]``).
 """
 
@@ -113,19 +114,26 @@ async def _capsule_manager(work: Path, platform_key: Path, pm: Any) -> AsyncIter
 
 
 async def run_offline(
-    *, s3: bool = False, work: Path | None = None, say: Callable[[str], None] = lambda _: None
+    *,
+    s3: bool = False,
+    work: Path | None = None,
+    say: Callable[[str], None] = lambda _: None,
+    result_format: str = "v1",
 ) -> OfflineResult:
-    """Run the scenario in ``work`` (default: a temporary directory) and return its result."""
+    """Run the scenario in ``work`` (default: a temporary directory) and return its result.
+    The proxy writes the result in ``result_format`` (``v1`` upstream's, ``v2`` ours)."""
     if work is None:
         with tempfile.TemporaryDirectory(prefix="trustflow-offline-") as tmp:
-            return await run_offline(s3=s3, work=Path(tmp), say=say)
+            return await run_offline(s3=s3, work=Path(tmp), say=say, result_format=result_format)
     with contextlib.ExitStack() as stack:
         endpoint = stack.enter_context(_moto()) if s3 else None
-        return await _run(work, endpoint, say)
+        return await _run(work, endpoint, say, result_format)
     raise AssertionError("unreachable")
 
 
-async def _run(work: Path, s3_endpoint: str | None, say: Callable[[str], None]) -> OfflineResult:
+async def _run(
+    work: Path, s3_endpoint: str | None, say: Callable[[str], None], result_format: str
+) -> OfflineResult:
     from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
     from ..capsule_manager.client import CapsuleManagerClient
     from ..capsule_manager.keyexchange import CapsuleManagerKeyExchange, ephemeral_credentials
@@ -185,6 +193,7 @@ async def _run(work: Path, s3_endpoint: str | None, say: Callable[[str], None]) 
             key_exchange_settings={"attester_settings": {"platform_key_file": str(platform_key)}},
             cm_endpoint=target,
             s3_endpoints=(s3_endpoint,) if s3_endpoint else (),
+            result_format=result_format,
         )
         async with running_proxy(settings, pm) as proxy_url:
             say(f"data capsule proxy (carol's app) on {proxy_url}")

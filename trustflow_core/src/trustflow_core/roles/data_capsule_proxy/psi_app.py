@@ -1,9 +1,12 @@
 """A small PSI "TEE app" like upstream's ``examples/offline-sample/teeapp/psi.py``: asks its Data
 Capsule Proxy for alice's and bob's inputs, joins them on ``id``, puts the result and has its key
-registered with both inputs as ancestors. Only the standard library; it speaks plain HTTP+JSON.
+registered with both inputs as ancestors. Only the standard library; it speaks plain HTTP+JSON,
+so the file runs on its own in an app image without trustflow installed. It is the example
+``examples/offline/psi_app.py`` (a symlink to this file) and what ``trustflow demo offline`` runs.
 
-    python -m trustflow_core.roles.data_capsule_proxy.psi_app --proxy http://127.0.0.1:50003 \\
+    python psi_app.py --proxy http://127.0.0.1:50003 \\
         --data /shared/data [--cm-endpoint HOST:PORT] [--s3-config JSON]
+    python -m trustflow_core.roles.data_capsule_proxy.psi_app ...   # the same, installed
 
 Without ``--s3-config`` the inputs are ``<data>/alice.csv.enc`` and ``<data>/bob.csv.enc`` and
 the result is ``<data>/join.csv.enc``; with it, the inputs are ``inputs/<party>.csv.enc`` and the
@@ -39,6 +42,9 @@ def call(proxy: str, method: str, body: dict[str, Any]) -> None:
         raise SystemExit(
             f"{method} failed: HTTP {exc.code}: {exc.read().decode().strip()}"
         ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SystemExit(f"{method} failed: proxy {proxy} unreachable: {reason}") from None
     if answer != {"status": {"message": "success"}}:
         raise SystemExit(f"{method}: unexpected reply {answer}")
 
