@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from trustflow_core import capsule
+from trustflow_core import capsule, capsule_formats
 from trustflow_core.capsule_formats import AutoDecryptor, detect_format, open_writer
 from trustflow_core.capsule_v2 import (
     HEADER_LEN,
@@ -191,3 +191,16 @@ def test_detect_format_by_prefix():
     for head in (MAGIC[:7], b"\x01\x00\x00", b"\x02\x00\x00\x00" + bytes(4), MAGIC[:-1] + b"\x03"):
         with pytest.raises(CapsuleFormatError, match="neither v1 nor v2"):
             detect_format(head)
+
+
+def test_format_file_functions_refuse_bad_input_before_writing(tmp_path):
+    src, dst = tmp_path / "p", tmp_path / "c"
+    src.write_bytes(b"abc")
+    with pytest.raises(InvalidInput, match="unknown data capsule format 'v3'"):
+        capsule_formats.encrypt_file(src, dst, os.urandom(16), fmt="v3")
+    with pytest.raises(InvalidInput, match="16, 24 or 32"):
+        capsule_formats.encrypt_file_inplace(src, os.urandom(20), fmt="v2")
+    with pytest.raises(InvalidInput, match="same file"):
+        capsule_formats.decrypt_file(src, src, os.urandom(16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+    assert src.read_bytes() == b"abc"
