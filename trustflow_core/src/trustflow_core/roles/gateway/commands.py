@@ -49,6 +49,14 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     help="Processes sharing the listening ports (SO_REUSEPORT), like Envoy's worker threads; "
     "e.g. the number of cores.",
 )
+@click.option(
+    "--tls-reload-interval",
+    type=click.FloatRange(0.05, 3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between checks of the mTLS asset files (tls.crt / tls.key); changed files "
+    "are reloaded without closing a listener.",
+)
 @click.option("--log-path", "--log_path", "log_path", default=None, help="Log file (else stderr).")
 @click.option(
     "--log-level",
@@ -63,16 +71,20 @@ def gateway(
     map_address: tuple[str, ...],
     map_path: tuple[str, ...],
     workers: int,
+    tls_reload_interval: float,
     log_path: str | None,
     log_level: str,
 ) -> None:
     """Serve the listeners of CONFIG: prefix routes to clusters, the JWE filter (opens client
-    envelopes, seals app replies), TCP proxying; GET /healthz and /-/plugins on HTTP listeners."""
+    envelopes, seals app replies), TCP proxying, mTLS ingress listeners and egress clusters
+    (group TLS asset, mtls channel); GET /healthz and /-/plugins on HTTP listeners.
+    A missing, tampered or mismatched TLS asset is refused before anything listens."""
     import asyncio
 
     from ...manager import get_plugin_manager
     from ..ra_proxy.serve import setup_logging, wait_for_signal
     from .config import load_config
+    from .mtls import check_assets
     from .server import Gateway
 
     setup_logging(log_path, log_level)
@@ -87,8 +99,15 @@ def gateway(
     if workers > 1 and any(lst.address.port == 0 for lst in config.listeners):
         raise click.BadParameter("port 0 cannot be shared by workers", param_hint="--workers")
 
+    check_assets(config, get_plugin_manager())  # one clear error before any worker starts
+
     async def run(announce: bool) -> None:
-        async with Gateway(config, get_plugin_manager(), reuse_port=workers > 1) as gw:
+        async with Gateway(
+            config,
+            get_plugin_manager(),
+            reuse_port=workers > 1,
+            tls_reload_interval=tls_reload_interval,
+        ) as gw:
             if announce:
                 for name, address in gw.addresses.items():
                     click.echo(

@@ -14,16 +14,24 @@ Native form::
       - name: egress
         address: 127.0.0.1:31001
         tcp_proxy: peer               # TCP listener: every connection goes to this cluster
+      - name: mtls_ingress            # mTLS ingress: requires a group client certificate
+        address: 127.0.0.1:30001
+        tcp_proxy: teeapp
+        tls: {cert_path: tls.crt, private_key_path: tls.key}   # min_version: TLSv1.3 optional
     clusters:
       ra_proxy: {endpoints: ["127.0.0.1:50002"], connect_timeout: 0.25}
       teeapp: {endpoints: ["127.0.0.1:8000"]}
+      peer:                           # mTLS egress: the upstream connection is mutual TLS
+        endpoints: ["127.0.0.1:40001"]
+        tls: {cert_path: tls.crt, private_key_path: tls.key}
     max_body_bytes: 16777216          # largest buffered (JSON / JWE) body, either direction
     request_timeout: 15               # seconds to wait for an upstream answer
 
 Relative file paths are relative to the config file. ``address_map`` rewrites addresses
 (``"host:port"`` or ``"host"`` → ``"host:port"``/``"host"``) and ``path_map`` rewrites path
 prefixes, so a deployment file can run on loopback with local key files. TLS transport sockets
-are parsed into ``tls`` (kept verbatim) for the mTLS channel; they are not served yet.
+are kept as Envoy TLS context mappings in ``tls`` (filenames rewritten); a native ``tls`` entry
+is turned into the same shape. :mod:`.mtls` serves them with the ``mtls`` channel.
 """
 
 from __future__ import annotations
@@ -293,7 +301,10 @@ def _parse_native(data: Mapping[str, Any], rw: _Rewrites) -> GatewayConfig:
             raise InvalidInput(f"{what}: no endpoints")
         timeout = spec.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         clusters[name] = Cluster(
-            name, endpoints, _duration(timeout, f"{what}: connect_timeout"), spec.get("tls")
+            name,
+            endpoints,
+            _duration(timeout, f"{what}: connect_timeout"),
+            _native_tls(spec.get("tls"), rw, False, f"{what}: tls"),
         )
     listeners = []
     for i, spec in enumerate(_list(data.get("listeners"), f"{rw.where}: listeners")):
@@ -316,7 +327,7 @@ def _parse_native(data: Mapping[str, Any], rw: _Rewrites) -> GatewayConfig:
                 routes=routes,
                 jwe=jwe,
                 tcp_cluster=spec.get("tcp_proxy"),
-                tls=spec.get("tls"),
+                tls=_native_tls(spec.get("tls"), rw, True, f"{what}: tls"),
             )
         )
     return GatewayConfig(
@@ -328,6 +339,40 @@ def _parse_native(data: Mapping[str, Any], rw: _Rewrites) -> GatewayConfig:
         ),
         source=rw.where,
     )
+
+
+NATIVE_TLS_VERSIONS = {"TLSv1.2": "TLSv1_2", "TLSv1.3": "TLSv1_3"}
+
+
+def _native_tls(spec: Any, rw: _Rewrites, server_side: bool, what: str) -> Mapping[str, Any] | None:
+    """``{cert_path, private_key_path, min_version?}`` → the Envoy TLS context of the upstream
+    interact configs (the certificate file is also the trusted CA file; servers require a
+    client certificate)."""
+    if spec is None:
+        return None
+    spec = _mapping(spec, what)
+    _no_unknown(spec, {"cert_path", "private_key_path", "min_version"}, what)
+    cert = str(rw.path(spec.get("cert_path"), f"{what}: cert_path"))
+    key = str(rw.path(spec.get("private_key_path"), f"{what}: private_key_path"))
+    version = spec.get("min_version", "TLSv1.2")
+    if version not in NATIVE_TLS_VERSIONS:
+        raise InvalidInput(
+            f"{what}: min_version must be one of {sorted(NATIVE_TLS_VERSIONS)}, got {version!r}"
+        )
+    kind = "Downstream" if server_side else "Upstream"
+    context: dict[str, Any] = {
+        "@type": f"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{kind}TlsContext",
+        "common_tls_context": {
+            "tls_certificates": [
+                {"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}
+            ],
+            "validation_context": {"trusted_ca": {"filename": cert}},
+            "tls_params": {"tls_minimum_protocol_version": NATIVE_TLS_VERSIONS[version]},
+        },
+    }
+    if server_side:
+        context["require_client_certificate"] = True
+    return context
 
 
 def _positive_int(value: Any, where: str) -> int:

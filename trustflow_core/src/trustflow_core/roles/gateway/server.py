@@ -1,7 +1,11 @@
 """``Gateway``: starts every listener of a :class:`~.config.GatewayConfig` and stops them.
 
-TLS listeners and TLS clusters need an ``ssl_factory(tls_context, server_side) ->
-ssl.SSLContext`` (the mTLS channel will provide it); without one they are refused at start.
+TLS listeners (mTLS ingress) and TLS clusters (mTLS egress, ``tcp_proxy`` listeners only) get
+their SSL contexts from the ``mtls`` channel backend through :class:`~.mtls.MtlsContexts`, which
+reloads certificates when the asset files change (every ``tls_reload_interval`` seconds)
+without closing a listener. A tampered, mismatched or missing asset fails :meth:`Gateway.start`.
+``ssl_factory(tls_context, server_side) -> ssl.SSLContext`` replaces that with fixed contexts
+(no reload).
 """
 
 from __future__ import annotations
@@ -17,21 +21,25 @@ from aiohttp import web
 
 from ...errors import UnsupportedOperation
 from ...manager import TrustflowPluginManager
-from .config import Address, GatewayConfig, Listener
+from .config import Address, Cluster, GatewayConfig, Listener
 from .http_proxy import HttpProxy, create_app
 from .jwe_filter import PROFILES, JweFilter
+from .mtls import DEFAULT_RELOAD_INTERVAL, MtlsContexts
 from .tcp_proxy import TcpProxy
 from .upstreams import Upstreams
 
 log = logging.getLogger("trustflow.gateway")
 
 SslFactory = Callable[[Mapping[str, Any], bool], ssl.SSLContext]
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a TLS listener waits for a client's handshake."""
 
 
 class Gateway:
     """``async with Gateway(config, pm) as gw:`` serves until the block ends;
     ``gw.addresses[listener_name]`` is the bound address (useful with port 0).
-    ``reuse_port`` lets several gateway processes share the listening ports (workers)."""
+    ``reuse_port`` lets several gateway processes share the listening ports (workers).
+    ``gw.mtls`` (after start) holds the asset watchers of the TLS listeners and clusters."""
 
     def __init__(
         self,
@@ -40,25 +48,40 @@ class Gateway:
         *,
         ssl_factory: SslFactory | None = None,
         reuse_port: bool = False,
+        tls_reload_interval: float = DEFAULT_RELOAD_INTERVAL,
     ) -> None:
         self.config = config
         self.pm = pm
         self.ssl_factory = ssl_factory
         self.reuse_port = reuse_port
+        self.tls_reload_interval = tls_reload_interval
+        self.mtls: MtlsContexts | None = None
         self.addresses: dict[str, Address] = {}
         self._runners: list[web.AppRunner] = []
         self._servers: list[asyncio.Server] = []
+        self._tcp_proxies: list[TcpProxy] = []
         self._upstreams: Upstreams | None = None
 
-    def _ssl(self, tls: Mapping[str, Any] | None, server_side: bool, what: str) -> Any:
-        if tls is None:
+    def _contexts(self) -> MtlsContexts:
+        if self.mtls is None:
+            self.mtls = MtlsContexts(self.pm, interval=self.tls_reload_interval)
+        return self.mtls
+
+    def _server_ssl(self, listener: Listener) -> ssl.SSLContext | None:
+        if listener.tls is None:
             return None
-        if self.ssl_factory is None:
-            raise UnsupportedOperation(
-                f"{what} uses TLS ({tls.get('@type', 'tls context')}); TLS needs the mTLS "
-                "channel, which this gateway was not given"
-            )
-        return self.ssl_factory(tls, server_side)
+        what = f"listener {listener.name!r}"
+        if self.ssl_factory is not None:
+            return self.ssl_factory(listener.tls, True)
+        return self._contexts().server_context(listener.tls, what)
+
+    def _client_ssl(self, cluster: Cluster) -> Callable[[], ssl.SSLContext] | None:
+        if cluster.tls is None:
+            return None
+        if self.ssl_factory is not None:
+            context = self.ssl_factory(cluster.tls, False)
+            return lambda: context
+        return self._contexts().client_contexts(cluster.tls, f"cluster {cluster.name!r}")
 
     def _jwe_filter(self, listener: Listener) -> JweFilter | None:
         if listener.jwe is None:
@@ -78,28 +101,29 @@ class Gateway:
             )
             listing = list_plugins(self.pm)
             for listener in self.config.listeners:
-                server_ssl = self._ssl(listener.tls, True, f"listener {listener.name!r}")
+                server_ssl = self._server_ssl(listener)
                 if listener.kind == "tcp":
                     assert listener.tcp_cluster is not None
                     cluster = self.config.clusters[listener.tcp_cluster]
-                    proxy = TcpProxy(
-                        cluster,
-                        upstreams,
-                        self._ssl(cluster.tls, False, f"cluster {cluster.name!r}"),
-                    )
+                    proxy = TcpProxy(cluster, upstreams, self._client_ssl(cluster))
+                    self._tcp_proxies.append(proxy)
                     server = await asyncio.start_server(
                         proxy.handle,
                         listener.address.host,
                         listener.address.port,
                         ssl=server_ssl,
+                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT if server_ssl else None,
                         reuse_port=self.reuse_port or None,
                     )
                     self._servers.append(server)
                     port = server.sockets[0].getsockname()[1]
                 else:
                     for route in listener.routes:
-                        cluster = self.config.clusters[route.cluster]
-                        self._ssl(cluster.tls, False, f"cluster {cluster.name!r}")
+                        if self.config.clusters[route.cluster].tls is not None:
+                            raise UnsupportedOperation(
+                                f"listener {listener.name!r}: cluster {route.cluster!r} uses "
+                                "TLS, which only tcp_proxy listeners support"
+                            )
                     http = HttpProxy(
                         listener, self.config, upstreams, self._jwe_filter(listener), listing
                     )
@@ -120,9 +144,13 @@ class Gateway:
                 log.info(
                     "gateway listener %s (%s) on %s",
                     listener.name,
-                    listener.kind + (" + jwe" if listener.jwe else ""),
+                    listener.kind
+                    + (" + jwe" if listener.jwe else "")
+                    + (" + mtls" if listener.tls else ""),
                     self.addresses[listener.name],
                 )
+            if self.mtls is not None:
+                self.mtls.start()
         except BaseException:
             await self.stop()
             raise
@@ -132,6 +160,9 @@ class Gateway:
             server.close()
             if hasattr(server, "close_clients"):  # Python 3.13+
                 server.close_clients()
+        for proxy in self._tcp_proxies:
+            await proxy.aclose()
+        self._tcp_proxies.clear()
         for runner in self._runners:
             await runner.cleanup()
         for server in self._servers:
@@ -143,6 +174,8 @@ class Gateway:
         if self._upstreams is not None:
             await self._upstreams.close()
             self._upstreams = None
+        if self.mtls is not None:
+            await self.mtls.aclose()
 
     async def __aenter__(self) -> Gateway:
         await self.start()

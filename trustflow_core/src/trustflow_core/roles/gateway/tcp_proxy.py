@@ -1,6 +1,12 @@
 """The TCP listener (upstream ``envoy.filters.network.tcp_proxy``): every accepted connection
 is joined to a new connection to the cluster; bytes are copied both ways, half-closes are
-passed on, and either side closing ends both."""
+passed on between plain connections, and either side closing ends both.
+
+asyncio's TLS transports cannot half-close, so an end of input that must go into a TLS
+connection (mTLS ingress or egress) closes that connection once the pending bytes are written;
+the peer gateway then closes its side too. Request/response protocols that keep the
+connection open (HTTP) are unaffected; "send, shut down writing, then read the answer" does not
+work across an mTLS hop."""
 
 from __future__ import annotations
 
@@ -8,12 +14,14 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 
 from .config import Cluster
 from .upstreams import Upstreams
 
 log = logging.getLogger("trustflow.gateway")
 CHUNK = 64 * 1024
+CLOSE_TIMEOUT = 2.0
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -23,26 +31,45 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
+        else:  # TLS: no half-close, see the module docstring
+            writer.close()
     except (ConnectionError, OSError):
         writer.close()
 
 
 class TcpProxy:
-    """Connection handler of one TCP listener; ``upstream_ssl`` is for TLS clusters (mTLS)."""
+    """Connection handler of one TCP listener. ``upstream_ssl`` (TLS clusters, mTLS egress)
+    returns the client context for each new upstream connection, so reloaded certificates are
+    used from the next connection on. The TLS handshake gets ``handshake_timeout`` seconds on
+    top of the cluster's connect timeout; a refused handshake closes the downstream connection."""
 
     def __init__(
-        self, cluster: Cluster, upstreams: Upstreams, upstream_ssl: ssl.SSLContext | None = None
+        self,
+        cluster: Cluster,
+        upstreams: Upstreams,
+        upstream_ssl: Callable[[], ssl.SSLContext] | None = None,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.cluster = cluster
         self.upstreams = upstreams
         self.upstream_ssl = upstream_ssl
+        self.handshake_timeout = handshake_timeout
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         address = self.upstreams.pick(self.cluster.name)
+        timeout = self.cluster.connect_timeout
+        tls: dict[str, object] = {}
+        if self.upstream_ssl is not None:
+            tls = {"ssl": self.upstream_ssl(), "ssl_handshake_timeout": self.handshake_timeout}
+            timeout += self.handshake_timeout
         try:
             up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(address.host, address.port, ssl=self.upstream_ssl),
-                self.cluster.connect_timeout,
+                asyncio.open_connection(address.host, address.port, **tls), timeout
             )
         except (OSError, asyncio.TimeoutError) as exc:
             log.warning("tcp_proxy: cannot reach %s (%s): %r", self.cluster.name, address, exc)
@@ -53,5 +80,14 @@ class TcpProxy:
         finally:
             for w in (up_writer, writer):
                 w.close()
-                with contextlib.suppress(ConnectionError, OSError):
-                    await w.wait_closed()
+            for w in (up_writer, writer):
+                with contextlib.suppress(ConnectionError, OSError, asyncio.TimeoutError):
+                    await asyncio.wait_for(w.wait_closed(), CLOSE_TIMEOUT)
+
+    async def aclose(self, timeout: float = 2.0) -> None:
+        """End every open tunnel (cancel its handler, which closes both connections)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
