@@ -53,4 +53,35 @@ def offline(s3: bool, quiet: bool) -> None:
     click.echo(result.joined_csv.decode("utf-8", "replace"), nl=False)
 
 
+@demo.command("interact")
+@click.option("--quiet", is_flag=True, help="Do not describe the steps on stderr.")
+def interact(quiet: bool) -> None:
+    """Capsule Manager + two Data Capsule Proxies (cm-init: group TLS asset) + two gateways
+    (mTLS ingress/egress) + bob's and carol's apps: each app says hello to the other through
+    mutual TLS; prints each app's line as the upstream interact sample does."""
+    import asyncio
+
+    import aiohttp
+
+    from ...errors import TrustflowError
+    from .interact import run_interact
+
+    def say(text: str) -> None:
+        if not quiet:
+            click.echo(text, err=True)
+
+    try:
+        result = asyncio.run(run_interact(say=say))
+    except (
+        TrustflowError,
+        RuntimeError,
+        OSError,
+        aiohttp.ClientError,
+        asyncio.TimeoutError,
+    ) as exc:
+        raise click.ClickException(f"demo interact failed: {exc}") from None
+    for line in result.lines.values():
+        click.echo(line)
+
+
 COMMANDS: list[click.Command] = [demo]
