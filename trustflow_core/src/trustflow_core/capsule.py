@@ -289,7 +289,7 @@ class CapsuleDecryptor:
             raise CapsuleFormatError(f"block {self._next_index} is missing")
 
 
-def _read_exactly(src: BinaryIO, length: int, progress: Progress | None) -> Iterator[bytes]:
+def read_exactly(src: BinaryIO, length: int, progress: Progress | None) -> Iterator[bytes]:
     """Yield up to ``length`` bytes of ``src`` in chunks; the caller detects a short read."""
     remaining = length
     while remaining:
@@ -317,7 +317,7 @@ def encrypt_stream(
     """
     enc = CapsuleEncryptor(key, plaintext_len)
     written = dst.write(enc.header) or 0
-    for data in _read_exactly(src, plaintext_len, progress):
+    for data in read_exactly(src, plaintext_len, progress):
         written += dst.write(enc.update(data)) or 0
     written += dst.write(enc.finalize()) or 0
     if src.read(1):
@@ -339,7 +339,7 @@ def decrypt_stream(
     """
     dec = CapsuleDecryptor(key, file_len)
     written = 0
-    for data in _read_exactly(src, file_len, progress):
+    for data in read_exactly(src, file_len, progress):
         written += dst.write(dec.update(data)) or 0
     dec.finalize()
     if src.read(1):
@@ -347,7 +347,8 @@ def decrypt_stream(
     return written
 
 
-def _check_distinct(src_path: Path, dst_path: Path) -> None:
+def check_distinct(src_path: Path, dst_path: Path) -> None:
+    """Raise :class:`InvalidInput` when both paths name the same file (also via links)."""
     same = src_path.resolve() == dst_path.resolve()
     if not same and dst_path.exists():
         same = os.path.samefile(src_path, dst_path)
@@ -358,12 +359,14 @@ def _check_distinct(src_path: Path, dst_path: Path) -> None:
         )
 
 
-def _transform(
+def transform_file(
     src_path: Path,
     dst_path: Path,
     run: Callable[[BinaryIO, BinaryIO, int], int],
     mode: int,
 ) -> int:
+    """Run ``run(src, dst, source_size)`` from ``src_path`` into an atomic writer for
+    ``dst_path`` created with ``mode``; nothing is left at ``dst_path`` if it raises."""
     with open(src_path, "rb") as src:
         size = os.fstat(src.fileno()).st_size
         with atomic_writer(dst_path, mode=mode) as dst:
@@ -380,8 +383,8 @@ def encrypt_file(
     """Encrypt file ``src_path`` to ``dst_path`` (replaced atomically, mode 0644); return the
     capsule size. Source and destination must be different files."""
     src, dst = Path(src_path), Path(dst_path)
-    _check_distinct(src, dst)
-    return _transform(
+    check_distinct(src, dst)
+    return transform_file(
         src, dst, lambda s, d, n: encrypt_stream(s, d, key, n, progress=progress), 0o644
     )
 
@@ -397,8 +400,8 @@ def decrypt_file(
     plaintext length. On any error ``dst_path`` is left untouched and no partial file remains.
     Source and destination must be different files."""
     src, dst = Path(src_path), Path(dst_path)
-    _check_distinct(src, dst)
-    return _transform(
+    check_distinct(src, dst)
+    return transform_file(
         src, dst, lambda s, d, n: decrypt_stream(s, d, key, n, progress=progress), 0o600
     )
 
@@ -408,7 +411,9 @@ def encrypt_file_inplace(
 ) -> int:
     """Replace plaintext file ``path`` atomically by its capsule (mode 0644)."""
     p = Path(path)
-    return _transform(p, p, lambda s, d, n: encrypt_stream(s, d, key, n, progress=progress), 0o644)
+    return transform_file(
+        p, p, lambda s, d, n: encrypt_stream(s, d, key, n, progress=progress), 0o644
+    )
 
 
 def decrypt_file_inplace(
@@ -417,4 +422,6 @@ def decrypt_file_inplace(
     """Replace capsule ``path`` atomically by its plaintext (mode 0600); on error the capsule
     stays as it was."""
     p = Path(path)
-    return _transform(p, p, lambda s, d, n: decrypt_stream(s, d, key, n, progress=progress), 0o600)
+    return transform_file(
+        p, p, lambda s, d, n: decrypt_stream(s, d, key, n, progress=progress), 0o600
+    )

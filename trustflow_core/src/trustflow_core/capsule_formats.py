@@ -101,7 +101,7 @@ def encrypt_stream(
     return the bytes written. A source shorter or longer than declared raises InvalidInput."""
     writer = open_writer(fmt, key, plaintext_len)
     written = dst.write(writer.header) or 0
-    for data in capsule._read_exactly(src, plaintext_len, progress):
+    for data in capsule.read_exactly(src, plaintext_len, progress):
         written += dst.write(writer.update(data)) or 0
     written += dst.write(writer.finalize()) or 0
     if src.read(1):
@@ -121,7 +121,7 @@ def decrypt_stream(
     ``dst``; return the plaintext length. On CapsuleFormatError the caller discards ``dst``."""
     reader = open_reader(key, file_len)
     written = 0
-    for data in capsule._read_exactly(src, file_len, progress):
+    for data in capsule.read_exactly(src, file_len, progress):
         written += dst.write(reader.update(data)) or 0
     reader.finalize()
     if src.read(1):
@@ -140,8 +140,8 @@ def encrypt_file(
     """Encrypt file ``src_path`` to ``dst_path`` in format ``fmt``; return the capsule size."""
     open_writer(fmt, key, 0)  # refuse a bad format or key before touching any file
     src, dst = Path(src_path), Path(dst_path)
-    capsule._check_distinct(src, dst)
-    return capsule._transform(
+    capsule.check_distinct(src, dst)
+    return capsule.transform_file(
         src, dst, lambda s, d, n: encrypt_stream(s, d, key, n, fmt=fmt, progress=progress), 0o644
     )
 
@@ -156,8 +156,8 @@ def decrypt_file(
     """Decrypt capsule ``src_path`` (either format) to ``dst_path``; return the plaintext
     length. On any error ``dst_path`` is left untouched and no partial file remains."""
     src, dst = Path(src_path), Path(dst_path)
-    capsule._check_distinct(src, dst)
-    return capsule._transform(
+    capsule.check_distinct(src, dst)
+    return capsule.transform_file(
         src, dst, lambda s, d, n: decrypt_stream(s, d, key, n, progress=progress), 0o600
     )
 
@@ -172,7 +172,7 @@ def encrypt_file_inplace(
     """Replace plaintext file ``path`` atomically by its capsule in format ``fmt``."""
     open_writer(fmt, key, 0)
     p = Path(path)
-    return capsule._transform(
+    return capsule.transform_file(
         p, p, lambda s, d, n: encrypt_stream(s, d, key, n, fmt=fmt, progress=progress), 0o644
     )
 
@@ -183,6 +183,6 @@ def decrypt_file_inplace(
     """Replace capsule ``path`` (either format) atomically by its plaintext; on error the
     capsule stays as it was."""
     p = Path(path)
-    return capsule._transform(
+    return capsule.transform_file(
         p, p, lambda s, d, n: decrypt_stream(s, d, key, n, progress=progress), 0o600
     )
