@@ -1,0 +1,91 @@
+"""``examples/interact`` as shipped: the parties' ``cm_init.yaml`` and ``envoy.yml`` (ports
+rewritten to free loopback ports) with the real Capsule Manager, Data Capsule Proxies, gateways
+and the example ``app.py`` processes; each app prints the upstream line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from test_integration_interact_cm_init import settings_for, start, world  # noqa: F401
+from trustflow_core.manager import get_plugin_manager
+from trustflow_core.roles.data_capsule_proxy.cm_init import load_cm_init
+from trustflow_core.roles.gateway.config import load_config
+from trustflow_core.roles.gateway.server import Gateway
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "interact"
+# the example's loopback ports: party -> (app, ingress, egress)
+PORTS = {"bob": (8000, 30001, 31001), "carol": (8001, 40001, 41001)}
+PEER = {"bob": "carol", "carol": "bob"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def first_response(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    while line := await proc.stdout.readline():
+        if line.startswith(b"response: "):
+            return line.decode().rstrip("\n")
+    raise AssertionError("the app ended without a response line")
+
+
+@pytest.mark.asyncio
+async def test_example_configs_and_app_talk_over_mtls(world, start, tmp_path) -> None:  # noqa: F811
+    pm = get_plugin_manager()
+    new = {p: tuple(free_port() for _ in range(3)) for p in PORTS}
+    for party in PORTS:
+        shutil.copytree(EXAMPLE / party, tmp_path / party)
+        settings = settings_for(world, tmp_path / party, party)
+        config = load_cm_init(tmp_path / party / "cm_init.yaml")  # as shipped: deploy/tls.*
+        assert config.tls_cert_path == tmp_path / party / "deploy" / "tls.crt"
+        await start(type(settings)(**{**settings.__dict__, "cm_init": config}))
+        assert config.tls_key_path.exists()
+    procs = []
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for party in PORTS:
+                mapping = {
+                    f"127.0.0.1:{old}": f"127.0.0.1:{port}"
+                    for old, port in zip(PORTS[party], new[party], strict=True)
+                }
+                mapping[f"127.0.0.1:{PORTS[PEER[party]][1]}"] = f"127.0.0.1:{new[PEER[party]][1]}"
+                gw = load_config(tmp_path / party / "envoy.yml", address_map=mapping)
+                await stack.enter_async_context(Gateway(gw, pm))
+            for party in PORTS:
+                app_port, _, egress = new[party]
+                args = [
+                    str(EXAMPLE / "app.py"),
+                    "--name", party.capitalize(),
+                    "--port", str(app_port),
+                    "--peer", f"http://127.0.0.1:{egress}/teeapp",
+                    "--interval", "0.3",
+                ]  # fmt: skip
+                procs.append(
+                    await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        *args,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.DEVNULL,
+                    )
+                )
+            lines = await asyncio.wait_for(asyncio.gather(*map(first_response, procs)), 30)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+    hello = {p: json.dumps({"message": f"Hello from {p.capitalize()}!"}) for p in PORTS}
+    assert lines == [
+        f"response:  Hi, I'm Carol. I got your message: {hello['bob']}",
+        f"response:  Hi, I'm Bob. I got your message: {hello['carol']}",
+    ]
