@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import os
 import socket
 import ssl
@@ -19,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from trustflow_core.errors import InvalidInput, UnsupportedOperation, VerificationError
 from trustflow_core.keyexchange import TlsAsset
@@ -229,6 +232,17 @@ async def test_bob_and_carol_talk_both_ways_over_mtls(pm, tmp_path, group_key, k
         # the ingress really is TLS: a plain client gets nothing through
         assert await ask(carol.ingress, b"plain") == b""
         assert carol.app.connections == 1
+
+
+@pytest.mark.asyncio
+async def test_the_ingress_logs_the_authenticated_peer_party(pm, tmp_path, group_key, caplog):
+    bob_tls = asset(group_key)
+    leaf = x509.load_pem_x509_certificates(bob_tls.cert_pem)[0]
+    bob_party = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    caplog.set_level(logging.DEBUG, logger="trustflow.gateway")
+    async with pair(pm, tmp_path, bob_tls, asset(group_key)) as (bob, _):
+        assert await ask(bob.egress, b"hi") == b"carol got: hi\n"
+    assert f"mTLS peer {bob_party}" in caplog.text
 
 
 @pytest.mark.asyncio

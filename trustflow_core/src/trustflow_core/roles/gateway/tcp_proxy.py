@@ -16,11 +16,12 @@ import logging
 import ssl
 from collections.abc import Callable
 
+from ...tls_asset import peer_party_id
 from .config import Cluster
 from .upstreams import Upstreams
 
 log = logging.getLogger("trustflow.gateway")
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 CLOSE_TIMEOUT = 2.0
 
 
@@ -61,6 +62,9 @@ class TcpProxy:
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        peer = writer.get_extra_info("ssl_object")
+        if peer is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("tcp_proxy %s: mTLS peer %s", self.cluster.name, peer_party_id(peer))
         address = self.upstreams.pick(self.cluster.name)
         timeout = self.cluster.connect_timeout
         tls: dict[str, object] = {}
