@@ -30,7 +30,7 @@ from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import get_backend_class
 from trustflow_core.roles.gateway.config import GatewayConfig, load_config, parse_config
 from trustflow_core.roles.gateway.server import Gateway
-from trustflow_core.testing.transport import flip_pem_byte, impostor_asset
+from trustflow_core.testing.transport import flip_pem_byte, impostor_asset, raw_context
 from trustflow_core.tls_asset import issue_group_asset, write_tls_asset
 
 ENVOY_DIR = Path(os.environ.get("TRUSTFLOW_ENVOY_SAMPLES", "/work/shared/testdata/envoy"))
@@ -326,6 +326,25 @@ async def test_an_outsider_fails_the_tls_handshake_with_an_ingress(pm, tmp_path,
                 asyncio.open_connection("127.0.0.1", carol.ingress, ssl=anonymous), TIMEOUT
             )
         assert carol.app.connections == 1
+
+
+@pytest.mark.asyncio
+async def test_a_member_whose_leaf_expired_is_refused(pm, tmp_path, group_key):
+    """A former member (grant deleted, so no refresh): same group CA, leaf expired."""
+    bob_tls = asset(group_key)
+    stale = asset(group_key, when=now() - datetime.timedelta(days=2))
+    async with pair(pm, tmp_path, bob_tls, asset(group_key)) as (_, carol):
+        ctx = raw_context(stale, server=False, trust=bob_tls, tmp=tmp_path)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", carol.ingress, ssl=ctx), TIMEOUT
+            )
+        fresh = raw_context(asset(group_key), server=False, trust=bob_tls, tmp=tmp_path)
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", carol.ingress, ssl=fresh), TIMEOUT
+        )
+        writer.close()
 
 
 # ---- reload ----------------------------------------------------------------------------------
