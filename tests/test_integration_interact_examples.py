@@ -89,3 +89,49 @@ async def test_example_configs_and_app_talk_over_mtls(world, start, tmp_path) ->
         f"response:  Hi, I'm Carol. I got your message: {hello['bob']}",
         f"response:  Hi, I'm Bob. I got your message: {hello['carol']}",
     ]
+
+
+@pytest.mark.asyncio
+async def test_refreshed_asset_is_reloaded_by_the_running_gateways(world, start, tmp_path):  # noqa: F811
+    """The proxies rewrite the files on every refresh (fraction 0: every 0.3 s); the gateways
+    pick up each new pair without closing a listener and the apps keep talking."""
+    from trustflow_core.roles.demo import interact_app
+    from trustflow_core.roles.demo.interact import gateway_config
+    from trustflow_core.roles.ra_proxy.serve import start_site
+
+    pm = get_plugin_manager()
+    fetchers, runners, deploy, app_ports = {}, [], {}, {}
+    for party in PORTS:
+        settings = settings_for(
+            world, tmp_path / party, party, tls_refresh_fraction=0.0, tls_retry_interval=0.3
+        )
+        fetchers[party] = await start(settings)
+        deploy[party] = settings.cm_init.tls_cert_path.parent
+        runner, app_ports[party] = await start_site(
+            interact_app.create_app(party.capitalize()), "127.0.0.1", 0
+        )
+        runners.append(runner)
+    try:
+        bob_ingress = free_port()
+        carol_cfg = gateway_config(deploy["carol"], 0, app_ports["carol"], bob_ingress)
+        async with Gateway(carol_cfg, pm, tls_reload_interval=0.1) as carol:
+            carol_ingress = carol.addresses["mtls_ingress"].port
+            bob_cfg = gateway_config(deploy["bob"], bob_ingress, app_ports["bob"], carol_ingress)
+            async with Gateway(bob_cfg, pm, tls_reload_interval=0.1) as bob:
+                egress = f"http://{bob.addresses['mtls_egress']}/teeapp"
+                first = await interact_app.say_hello("Bob", egress)
+                assert carol.mtls is not None and bob.mtls is not None
+                before = [w.generation for gw in (bob, carol) for w in gw.mtls.watchers.values()]
+                fetches = {p: f.fetches for p, f in fetchers.items()}
+                for _ in range(100):
+                    now = [w.generation for gw in (bob, carol) for w in gw.mtls.watchers.values()]
+                    if all(n > b for n, b in zip(now, before, strict=True)):
+                        break
+                    await asyncio.sleep(0.1)
+                assert all(n > b for n, b in zip(now, before, strict=True)), (before, now)
+                assert all(f.fetches > fetches[p] for p, f in fetchers.items())
+                assert all(f.failures == 0 for f in fetchers.values())
+                assert await interact_app.say_hello("Bob", egress) == first
+    finally:
+        for runner in runners:
+            await runner.cleanup()
