@@ -162,8 +162,8 @@ def data_capsule_proxy(
             click.echo(f"data-capsule-proxy listening on http://{host}:{bound}", err=True)
 
         asyncio.run(serve(app, host, port, on_started=started))
-    except TrustflowError as exc:
-        raise click.ClickException(f"data-capsule-proxy: {exc}") from None
+    except TrustflowError as exc:  # one line, whatever the cause's message holds
+        raise click.ClickException(f"data-capsule-proxy: {' '.join(str(exc).split())}") from None
     except OSError as exc:
         raise click.ClickException(f"data-capsule-proxy: {exc.strerror or exc}") from None
 
