@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install Trustflow and all its plugins into .venv, then run the main job: the installed
 # plugins, the online scenario (attested JWE service), the offline scenario (PSI task with
-# result registration), and the owner's local tools (keys, a file encrypted into the upstream
+# result registration), the interact scenario (two apps over mTLS), and the owner's local tools (keys, a file encrypted into the upstream
 # data-capsule format and back, a simulated attestation report verified).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,7 @@ run() { echo; echo "\$ trustflow $*"; "$TF" "$@"; }
 run plugins
 run demo online
 run demo offline
+run demo interact
 run util generate-rsa-keypair --private-key-file "$WORK/alice.key" --cert-file "$WORK/alice.crt"
 run util generate-party-id --cert-file "$WORK/alice.crt"
 KEY=$("$TF" util generate-data-key-b64 --bit-len 256)
