@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install Trustflow and all its plugins into .venv, then run the main job: the installed
-# plugins, the online scenario (attested JWE service), the offline scenario (PSI task with
-# result registration), the interact scenario (two apps over mTLS), and the owner's local tools (keys, a file encrypted into the upstream
-# data-capsule format and back, a simulated attestation report verified).
+# plugins; the three scenarios — online (attested JWE service), offline (PSI task with result
+# registration), interact (two apps over mTLS); and the owner's local tools (keys, a file
+# encrypted into the upstream data-capsule format and back, a sim attestation verified).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
