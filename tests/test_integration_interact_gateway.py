@@ -47,13 +47,20 @@ def member_asset(data_key: bytes) -> TlsAsset:
     )
 
 
-async def line_app(name: str) -> asyncio.Server:
+async def line_app(name: str, connections: set[asyncio.StreamWriter]) -> asyncio.Server:
+    """A line echo server; open connections are kept in ``connections`` so the test can
+    close them (Python 3.11's ``Server.close`` leaves accepted connections open)."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while line := await reader.readline():
-                writer.write(f"{name} got: ".encode() + line)
-                await writer.drain()
-        writer.close()
+        connections.add(writer)
+        try:
+            with contextlib.suppress(ConnectionError, OSError):
+                while line := await reader.readline():
+                    writer.write(f"{name} got: ".encode() + line)
+                    await writer.drain()
+        finally:
+            connections.discard(writer)
+            writer.close()
 
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
@@ -86,7 +93,8 @@ async def wait_port(port: int, proc: subprocess.Popen) -> None:
 @contextlib.asynccontextmanager
 async def interact(tmp_path: Path, data_key: bytes) -> AsyncIterator[dict[str, dict]]:
     ports = {who: {"in": free_port(), "out": free_port()} for who in ("bob", "carol")}
-    apps = {who: await line_app(who) for who in ("bob", "carol")}
+    connections: set[asyncio.StreamWriter] = set()
+    apps = {who: await line_app(who, connections) for who in ("bob", "carol")}
     procs: dict[str, subprocess.Popen] = {}
     parties: dict[str, dict] = {}
     try:
@@ -141,6 +149,11 @@ async def interact(tmp_path: Path, data_key: bytes) -> AsyncIterator[dict[str, d
                 proc.stderr.close()
         for app in apps.values():
             app.close()
+        for writer in list(connections):
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+        for app in apps.values():
             await app.wait_closed()
 
 
