@@ -29,6 +29,7 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.registry import get_backend_class
+from trustflow_core.roles._server import start_site
 from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
 from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, Credentials
 from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
@@ -37,7 +38,6 @@ from trustflow_core.roles.data_capsule_proxy.app import CmInitError, create_app
 from trustflow_core.roles.data_capsule_proxy.appkeys import TLS_FETCHER
 from trustflow_core.roles.data_capsule_proxy.cm_init import load_cm_init, parse_cm_init
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
-from trustflow_core.roles.ra_proxy.serve import start_site
 from trustflow_core.tls_asset import load_tls_asset
 
 SCOPE = "default"

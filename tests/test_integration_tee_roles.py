@@ -45,6 +45,7 @@ from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
+from trustflow_core.roles._server import start_site
 from trustflow_core.roles.capsule_manager.client import (
     CapsuleManagerClient,
     CapsuleManagerError,
@@ -56,7 +57,6 @@ from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.client.online import OnlineClient
 from trustflow_core.roles.ra_proxy.app import create_app
-from trustflow_core.roles.ra_proxy.serve import start_site
 from trustflow_core.roles.ra_proxy.settings import RaProxySettings
 from trustflow_core.testing.fixtures import compat_vectors_dir
 from trustflow_core.wire import serialize_canonical

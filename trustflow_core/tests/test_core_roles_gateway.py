@@ -26,10 +26,10 @@ from trustflow_core.channel import Jwe
 from trustflow_core.errors import InvalidInput, UnsupportedOperation
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import get_backend_class
+from trustflow_core.roles._server import start_site
 from trustflow_core.roles.gateway.config import load_config, parse_config
 from trustflow_core.roles.gateway.jwe_filter import EnvelopeRejected, choose_profile, classify
 from trustflow_core.roles.gateway.server import Gateway
-from trustflow_core.roles.ra_proxy.serve import start_site
 
 ENVOY_DIR = Path(os.environ.get("TRUSTFLOW_ENVOY_SAMPLES", "/work/shared/testdata/envoy"))
 if not (ENVOY_DIR / "online-envoy.yml").is_file():  # next to the repository, wherever it is

@@ -20,8 +20,8 @@ from trustflow_core.errors import BackendNotFound, InvalidInput
 from trustflow_core.hookspecs import hookimpl
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import verifier_for_platform
+from trustflow_core.roles._server import start_site
 from trustflow_core.roles.ra_proxy.app import create_app
-from trustflow_core.roles.ra_proxy.serve import start_site
 from trustflow_core.roles.ra_proxy.settings import RaProxySettings
 
 pytestmark = pytest.mark.asyncio

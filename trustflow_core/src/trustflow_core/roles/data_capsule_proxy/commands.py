@@ -129,7 +129,7 @@ def data_capsule_proxy(
     from ...cli.attest import _load_mapping
     from ...errors import TrustflowError
     from ...manager import get_plugin_manager
-    from ..ra_proxy.serve import serve, setup_logging
+    from .._server import serve, setup_logging
     from .app import create_app
     from .cm_init import load_cm_init
     from .settings import DataCapsuleProxySettings

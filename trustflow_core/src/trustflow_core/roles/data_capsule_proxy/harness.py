@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ...manager import TrustflowPluginManager
-from ..ra_proxy.serve import start_site
+from .._server import start_site
 from .app import create_app
 from .settings import DataCapsuleProxySettings
 

@@ -30,9 +30,9 @@ import yaml
 from aiohttp import web
 
 from ...manager import TrustflowPluginManager, get_plugin_manager
+from .._server import start_site
 from ..gateway.config import Address, Cluster, GatewayConfig, Listener
 from ..gateway.server import Gateway
-from ..ra_proxy.serve import start_site
 from . import interact_app
 
 LOOPBACK = "127.0.0.1"

@@ -20,11 +20,11 @@ from aiohttp import web
 from ...attestation import Policy
 from ...fileio import atomic_write_bytes
 from ...manager import TrustflowPluginManager, get_plugin_manager
+from .._server import start_site
 from ..client.online import OnlineClient, Reply
 from ..gateway.config import Address, Cluster, GatewayConfig, JweFilterConfig, Listener, Route
 from ..gateway.server import Gateway
 from ..ra_proxy.app import create_app as create_ra_proxy
-from ..ra_proxy.serve import start_site
 from ..ra_proxy.settings import RaProxySettings
 from . import teeapp
 

@@ -82,7 +82,7 @@ def gateway(
     import asyncio
 
     from ...manager import get_plugin_manager
-    from ..ra_proxy.serve import setup_logging, wait_for_signal
+    from .._server import setup_logging, wait_for_signal
     from .config import load_config
     from .mtls import check_assets
     from .server import Gateway

@@ -64,8 +64,8 @@ def ra_proxy(
 
     from ...cli.attest import _load_mapping
     from ...manager import get_plugin_manager
+    from .._server import serve, setup_logging
     from .app import create_app
-    from .serve import serve, setup_logging
     from .settings import RaProxySettings
 
     setup_logging(log_path, log_level)

@@ -1,4 +1,5 @@
-"""Run aiohttp applications until SIGINT/SIGTERM (shared by the ``trustflow`` server commands)."""
+"""The one server runner of the roles: start aiohttp sites, run until SIGINT/SIGTERM, stop
+cleanly (shared by every ``trustflow`` server command, the demos and the tests)."""
 
 from __future__ import annotations
 
