@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+from .._options import log_options
 
 
 @click.command("data-capsule-proxy")
@@ -94,15 +94,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
     help="cm_init.yaml: fetch the communication-group TLS asset from the CM before serving "
     "(written to its tls_cert_path / tls_key_path, re-fetched before expiry).",
 )
-@click.option("--log-path", "--log_path", "log_path", default=None, help="Log file (else stderr).")
-@click.option(
-    "--log-level",
-    "--log_level",
-    "log_level",
-    type=click.Choice(LOG_LEVELS),
-    default="info",
-    show_default=True,
-)
+@log_options
 def data_capsule_proxy(
     cert_path: Path,
     private_key_path: Path,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+from .._options import log_options
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -57,15 +57,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     help="Seconds between checks of the mTLS asset files (tls.crt / tls.key); changed files "
     "are reloaded without closing a listener.",
 )
-@click.option("--log-path", "--log_path", "log_path", default=None, help="Log file (else stderr).")
-@click.option(
-    "--log-level",
-    "--log_level",
-    "log_level",
-    type=click.Choice(LOG_LEVELS),
-    default="info",
-    show_default=True,
-)
+@log_options
 def gateway(
     config_file: str,
     map_address: tuple[str, ...],

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+from .._options import log_options
 
 
 @click.command("ra-proxy")
@@ -39,15 +39,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8010, show_default=True)
-@click.option("--log-path", "--log_path", "log_path", default=None, help="Log file (else stderr).")
-@click.option(
-    "--log-level",
-    "--log_level",
-    "log_level",
-    type=click.Choice(LOG_LEVELS),
-    default="info",
-    show_default=True,
-)
+@log_options
 def ra_proxy(
     cert_path: Path,
     plat: str,
