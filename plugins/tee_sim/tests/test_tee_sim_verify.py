@@ -264,6 +264,22 @@ async def test_without_a_local_key_nothing_is_trusted(verifier, sim_dir, tmp_pat
     assert not (sim_dir / "platform_key.pem").exists()  # the verifier creates no key
 
 
+@pytest.mark.asyncio
+async def test_one_verifier_follows_a_replaced_platform_key_file(verifier, sim_dir):
+    """The parsed key file is cached, but a new key in the file is what gets trusted next."""
+    old_report = await SimAttester.from_settings({}).generate(USER_DATA)
+    await verifier.verify(old_report, policy())
+    key_file = sim_dir / "platform_key.pem"
+    replacement = key_file.with_name("new.pem")
+    load_or_create_private_key(replacement)
+    replacement.replace(key_file)
+    new_report = await SimAttester.from_settings({}).generate(USER_DATA)
+    assert (await rejection(verifier, old_report)).check == "platform_key"
+    await verifier.verify(new_report, policy())
+    key_file.unlink()
+    assert "does not exist" in (await rejection(verifier, new_report)).detail
+
+
 # ---- strict format (signed correctly by the trusted key, but malformed) -------------------------
 
 

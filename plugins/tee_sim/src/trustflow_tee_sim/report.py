@@ -25,6 +25,7 @@ levels must be byte-for-byte canonical, so every changed byte of ``json_report``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -94,20 +95,12 @@ class SimBody:
 
     @property
     def timestamp(self) -> datetime:
-        return datetime.strptime(self.str_timestamp, TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
+        return _parse_timestamp(self.str_timestamp)
 
     @property
     def public_key(self) -> ec.EllipticCurvePublicKey:
         """The platform key the body names (VerificationError "format" unless P-256)."""
-        try:
-            key = serialization.load_pem_public_key(self.pem_platform_public_key.encode("ascii"))
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise VerificationError(
-                "format", "pem_platform_public_key is not a PEM public key"
-            ) from exc
-        if not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)):
-            raise VerificationError("format", "pem_platform_public_key is not a P-256 EC key")
-        return key
+        return _platform_key(self.pem_platform_public_key)
 
     @classmethod
     def parse(cls, text: str) -> SimBody:
@@ -144,6 +137,25 @@ class SimBody:
             raise VerificationError("format", "str_timestamp is not a valid date") from exc
         body.public_key  # noqa: B018 -- validates the key
         return body
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_timestamp(text: str) -> datetime:
+    return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
+
+
+@functools.lru_cache(maxsize=64)
+def _platform_key(pem: str) -> ec.EllipticCurvePublicKey:
+    """Parsed once per PEM text: a host signs all its reports with one platform key."""
+    try:
+        key = serialization.load_pem_public_key(pem.encode("ascii"))
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise VerificationError(
+            "format", "pem_platform_public_key is not a PEM public key"
+        ) from exc
+    if not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)):
+        raise VerificationError("format", "pem_platform_public_key is not a P-256 EC key")
+    return key
 
 
 def sign(body: SimBody, key: ec.EllipticCurvePrivateKey) -> str:

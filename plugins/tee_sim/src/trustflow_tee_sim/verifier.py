@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -33,8 +34,8 @@ class SimVerifier(Verifier):
 
     * ``trusted_platform_keys`` -- list of PEM texts or PEM file paths (public or private keys);
     * ``platform_key_file`` -- when ``trusted_platform_keys`` is not given, trust this key
-      file's public key (default :func:`trustflow_tee_sim.keys.default_key_file`, read at each
-      verification; it is never created by the verifier);
+      file's public key (default :func:`trustflow_tee_sim.keys.default_key_file`, read again
+      whenever the file changes; it is never created by the verifier);
     * ``max_age_seconds`` -- reject reports older than this (default: no limit).
     """
 
@@ -54,6 +55,7 @@ class SimVerifier(Verifier):
         self.trusted_keys = trusted_keys
         self.key_file = key_file or keys.default_key_file()
         self.max_age = max_age
+        self._file_key: tuple[tuple[int, int, int], ec.EllipticCurvePublicKey] | None = None
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
@@ -77,8 +79,16 @@ class SimVerifier(Verifier):
         return cls(trusted, key_file=key_file, max_age=max_age)
 
     def _trusted(self) -> list[ec.EllipticCurvePublicKey]:
+        """The trusted keys; the key file is parsed again only when its stat changes."""
         if self.trusted_keys is not None:
             return self.trusted_keys
+        try:
+            st = os.stat(self.key_file)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None  # missing or unreadable: the loader names the problem
+        if stamp is not None and self._file_key is not None and self._file_key[0] == stamp:
+            return [self._file_key[1]]
         key = keys.load_private_key(self.key_file)
         if key is None:
             raise VerificationError(
@@ -86,7 +96,9 @@ class SimVerifier(Verifier):
                 f"no trusted sim platform key: {self.key_file} does not exist "
                 "(set trusted_platform_keys, or generate a sim report on this host first)",
             )
-        return [key.public_key()]
+        public = key.public_key()
+        self._file_key = (stamp, public) if stamp is not None else None
+        return [public]
 
     async def check_evidence(self, report: Report, *, now: datetime) -> Evidence:
         body = open_report(report.json_report)
