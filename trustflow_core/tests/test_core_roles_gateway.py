@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import gzip
 import hashlib
 import io
 import json
@@ -322,6 +323,36 @@ async def test_plain_requests_pass_through_unchanged(pm, identity):
             assert "X-Forwarded-For" in seen
         status, _, data = await call(session, "GET", urls["public"] + "/teeapp?status=503")
         assert (status, data) == (503, b"I got your message: ")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("listener", ["public", "plain"])
+async def test_compressed_request_bodies_are_relayed_as_sent(pm, identity, listener):
+    """The gateway must not decode Content-Encoding: the app gets the bytes the client sent."""
+    recorder = Recorder()
+    text = b"row,value\n" * 2000
+    async with stack(pm, identity, recorder) as (urls, session):
+        for body in (gzip.compress(text), io.BytesIO(gzip.compress(text))):  # sized / streamed
+            status, _, data = await call(
+                session,
+                "POST",
+                urls[listener] + "/teeapp/gz",
+                body,
+                {"Content-Encoding": "gzip", "Content-Type": "text/csv"},
+            )
+            assert (status, data) == (200, b"I got your message: " + text)
+            assert recorder.requests[-1][2]["Content-Encoding"] == "gzip"
+
+
+@pytest.mark.asyncio
+async def test_head_replies_keep_the_apps_content_length(pm, identity):
+    recorder = Recorder()
+    async with stack(pm, identity, recorder) as (urls, session):
+        direct = await call(session, "GET", urls["plain"] + "/teeapp/h")
+        status, headers, data = await call(session, "HEAD", urls["plain"] + "/teeapp/h")
+        assert (status, data) == (200, b"")
+        assert headers["Content-Length"] == str(len(direct[2]))
+        assert recorder.requests[-1][0] == "HEAD"
 
 
 @pytest.mark.asyncio

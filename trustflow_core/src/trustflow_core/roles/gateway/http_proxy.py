@@ -124,7 +124,7 @@ class HttpProxy:
         self.jwe = jwe
         self._plugin_listing = plugin_listing
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             return await self._handle(request)
         except BodyTimeout:
@@ -133,7 +133,7 @@ class HttpProxy:
             log.info("%s %s: client left mid-body: %s", request.method, request.path, exc)
             return _text(400, "incomplete request body")
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         timeout = self.config.request_timeout
         if request.method == "GET" and request.path == "/healthz":
             return web.Response(text="OK\n", content_type="text/plain")
@@ -182,7 +182,7 @@ class HttpProxy:
             return _text(400, str(exc))
         return await self._forward(request, cluster, opened.plaintext, opened)
 
-    async def _peek(self, request: web.Request) -> bytes:
+    async def _peek(self, request: web.BaseRequest) -> bytes:
         """Read until the first non-whitespace byte (or EOF, or ``max_body_bytes``)."""
         chunks = []
         size = 0
@@ -195,7 +195,7 @@ class HttpProxy:
 
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         cluster: Cluster,
         body: bytes | aiohttp.StreamReader | AsyncIterator[bytes] | None,
         opened: OpenedRequest | None = None,
@@ -241,11 +241,15 @@ class HttpProxy:
                 return await self._sealed_reply(upstream, opened)
             length = upstream.content_length
             if length is not None and length <= SMALL:
+                headers = _forward_headers(upstream.headers)
+                declared = upstream.headers.get("Content-Length")
+                if declared is not None and (request.method == "HEAD" or upstream.status == 304):
+                    headers.append(("Content-Length", declared))  # the size of the GET answer
                 return web.Response(
                     status=upstream.status,
                     reason=upstream.reason or None,
                     body=await upstream.read(SMALL),
-                    headers=_forward_headers(upstream.headers),
+                    headers=headers,
                 )
             return await self._streamed_reply(request, upstream)
         except UpstreamTimeout:
@@ -275,7 +279,7 @@ class HttpProxy:
         )
 
     async def _streamed_reply(
-        self, request: web.Request, upstream: UpstreamResponse
+        self, request: web.BaseRequest, upstream: UpstreamResponse
     ) -> web.StreamResponse:
         reply = web.StreamResponse(
             status=upstream.status,
@@ -298,8 +302,13 @@ class HttpProxy:
         return reply
 
 
-def create_app(proxy: HttpProxy, max_header_bytes: int = 64 * 1024) -> web.Application:
-    """One aiohttp application per HTTP listener; every path and method goes to ``proxy``."""
-    app = web.Application(handler_args={"max_field_size": max_header_bytes})
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    return app
+def create_server(proxy: HttpProxy, max_header_bytes: int = 64 * 1024) -> web.Server:
+    """One low-level aiohttp server per HTTP listener: every request goes to ``proxy`` (no
+    router, no middlewares, no access log). Bodies are relayed as sent: the server does not
+    decode ``Content-Encoding`` (the app does, or the envelope check refuses the body)."""
+    return web.Server(
+        proxy.handle,
+        max_field_size=max_header_bytes,
+        auto_decompress=False,
+        access_log=None,
+    )

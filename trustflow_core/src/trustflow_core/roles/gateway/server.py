@@ -22,7 +22,7 @@ from aiohttp import web
 from ...errors import UnsupportedOperation
 from ...manager import TrustflowPluginManager
 from .config import Address, Cluster, GatewayConfig, Listener
-from .http_proxy import HttpProxy, create_app
+from .http_proxy import HttpProxy, create_server
 from .jwe_filter import PROFILES, JweFilter
 from .mtls import DEFAULT_RELOAD_INTERVAL, MtlsContexts
 from .tcp_proxy import TcpProxy
@@ -57,7 +57,7 @@ class Gateway:
         self.tls_reload_interval = tls_reload_interval
         self.mtls: MtlsContexts | None = None
         self.addresses: dict[str, Address] = {}
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
         self._servers: list[asyncio.Server] = []
         self._tcp_proxies: list[TcpProxy] = []
         self._upstreams: Upstreams | None = None
@@ -127,7 +127,7 @@ class Gateway:
                     http = HttpProxy(
                         listener, self.config, upstreams, self._jwe_filter(listener), listing
                     )
-                    runner = web.AppRunner(create_app(http), handle_signals=False, access_log=None)
+                    runner = web.ServerRunner(create_server(http), handle_signals=False)
                     await runner.setup()
                     self._runners.append(runner)
                     site = web.TCPSite(
