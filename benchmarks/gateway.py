@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Gateway throughput on loopback, all measured in one run (bounded: well under a minute).
 
-Scenarios, each driven for ``--duration`` seconds by ``--concurrency`` keep-alive clients:
+Scenarios, each driven for ``--duration`` seconds by ``--concurrency`` keep-alive clients, in
+``--rounds`` interleaved slices (a, b, c, a, b, c, ...) so that drift of the machine's speed
+during the run does not favour one scenario:
 
   (a) client -> app directly
   (b) client -> gateway (no JWE filter) -> app
@@ -13,7 +15,8 @@ The app and the gateway run as separate processes (``trustflow gateway``); the l
 is this process. Envelopes for (c) are sealed before the run (a pool of fresh CEKs), so the
 client's cost is the same small HTTP work as in (a) and (b).
 
-    .venv/bin/python benchmarks/gateway.py [--duration 6] [--concurrency 16] [--key-bits 3072]
+    .venv/bin/python benchmarks/gateway.py [--duration 6] [--rounds 3] [--concurrency 16]
+        [--key-bits 3072]
         [--workers N]   # gateway processes; default one per CPU
 """
 
@@ -93,8 +96,9 @@ async def drive(
     bodies: list[tuple[bytes, Callable[[bytes], None]]],
     duration: float,
     concurrency: int,
-) -> dict[str, float]:
-    """POST bodies round-robin for ``duration`` s; return req/s and latency percentiles."""
+) -> dict:
+    """POST bodies round-robin for ``duration`` s (after a short warm-up on new connections);
+    return the latencies, the measured time and the error count."""
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -127,14 +131,20 @@ async def drive(
         stop = start + duration
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - start
-    latencies.sort()
+    return {"latencies": latencies, "elapsed": elapsed, "errors": errors, "warmup": warmup}
+
+
+def summarize(slices: list[dict]) -> dict[str, float]:
+    """req/s over all slices of a scenario (total requests / total measured time), latency
+    percentiles over all their requests."""
+    latencies = sorted(x for s in slices for x in s["latencies"])
     return {
-        "rps": len(latencies) / elapsed,
+        "rps": len(latencies) / sum(s["elapsed"] for s in slices),
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
-        "errors": errors,
+        "errors": sum(s["errors"] for s in slices),
         "requests": len(latencies),
-        "warmup_requests": warmup,
+        "warmup_requests": sum(s["warmup"] for s in slices),
     }
 
 
@@ -142,6 +152,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per scenario")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved slices each scenario is split into"
+    )
     parser.add_argument("--key-bits", type=int, default=3072, choices=(2048, 3072, 4096))
     parser.add_argument(
         "--workers",
@@ -151,8 +164,10 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
-    if args.duration * 3 + 3 > 50:
-        parser.error("--duration must keep the whole run under a minute (at most 15)")
+    if args.duration * 3 + args.rounds * 3 * 0.5 + 3 > 50:
+        parser.error("--duration and --rounds must keep the whole run under a minute")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     from trustflow_core.manager import get_plugin_manager
     from trustflow_core.registry import get_backend_class
@@ -232,25 +247,36 @@ def main() -> None:
             plain_bodies = [(b"hello", plain_check)]
             jwe_bodies = [sealed(i) for i in range(512)]
             ceiling = rsa_ceiling(key, 1.5)
-            results = {}
-            for name, port, bodies in (
-                ("a_direct", app_port, plain_bodies),
-                ("b_gateway_plain", plain_port, plain_bodies),
-                ("c_gateway_jwe", jwe_port, jwe_bodies),
-            ):
-                before = [cpu_seconds(p.pid) for p in procs]
-                result = asyncio.run(
-                    drive(
-                        f"http://127.0.0.1:{port}/teeapp",
-                        bodies,
-                        args.duration,
-                        args.concurrency,
+            scenarios = {
+                "a_direct": (app_port, plain_bodies),
+                "b_gateway_plain": (plain_port, plain_bodies),
+                "c_gateway_jwe": (jwe_port, jwe_bodies),
+            }
+            slices: dict[str, list[dict]] = {name: [] for name in scenarios}
+            cpu = {name: [0.0, 0.0] for name in scenarios}
+            # interleaved rounds (a, b, c, a, b, c, ...): a machine that speeds up or slows
+            # down during the run affects every scenario alike, not just one of them
+            for _ in range(args.rounds):
+                for name, (port, bodies) in scenarios.items():
+                    before = [cpu_seconds(p.pid) for p in procs]
+                    slices[name].append(
+                        asyncio.run(
+                            drive(
+                                f"http://127.0.0.1:{port}/teeapp",
+                                bodies,
+                                args.duration / args.rounds,
+                                args.concurrency,
+                            )
+                        )
                     )
-                )
-                used = [cpu_seconds(p.pid) - b for p, b in zip(procs, before, strict=True)]
+                    for i, (p, b) in enumerate(zip(procs, before, strict=True)):
+                        cpu[name][i] += cpu_seconds(p.pid) - b
+            results = {}
+            for name in scenarios:
+                result = summarize(slices[name])
                 total = result["requests"] + result["warmup_requests"]
-                result["app_cpu_us_per_req"] = 1e6 * used[0] / total
-                result["gateway_cpu_us_per_req"] = 1e6 * used[1] / total
+                result["app_cpu_us_per_req"] = 1e6 * cpu[name][0] / total
+                result["gateway_cpu_us_per_req"] = 1e6 * cpu[name][1] / total
                 results[name] = result
             ceiling = max(ceiling, rsa_ceiling(key, 1.5))
         finally:
@@ -276,7 +302,8 @@ def main() -> None:
         print(json.dumps(summary, indent=2))
         return
     print(
-        f"loopback, {args.concurrency} keep-alive clients, {args.duration:g} s per scenario, "
+        f"loopback, {args.concurrency} keep-alive clients, {args.duration:g} s per scenario "
+        f"in {args.rounds} interleaved rounds, "
         f"RSA-{args.key_bits} app key, {os.cpu_count()} CPUs, {args.workers} gateway worker(s)"
     )
     print(
