@@ -160,6 +160,40 @@ def test_policies_rules_and_ownership(store: Store) -> None:
     assert store.get_policy("default", u) is None
 
 
+def test_access_view_reads_records_policies_and_sealed_keys(store: Store) -> None:
+    """GetDataKeys' one read, for several resources at once, on every backend."""
+    a, b, lonely, missing = uid(), uid(), uid(), uid()
+    store.create_data_keys(ALICE, [nk(a, "a2V5QQ=="), nk(f"{a}/part", "a2V5UA==")])
+    store.create_data_keys(BOB, [nk(b, "a2V5Qg==")])
+    store.create_data_keys(ALICE, [nk(lonely)])
+    rule2 = Rule("r2", (ALICE,), (OpConstraint("*"),), ("c",))
+    store.put_policy(ALICE, "s", a, [RULE, rule2])
+    store.put_policy(BOB, "s", b, [])
+    store.put_policy(BOB, "other", b, [RULE])
+    uuids = [a, b, lonely, missing, a]
+    uris = [a, f"{a}/part", b, f"{missing}/x"]
+    view, sealed = store.access_view("s", uuids, uris)
+    assert list(view) == [a, b, lonely, missing]
+    (info_a, policy_a), (info_b, policy_b) = view[a], view[b]
+    assert info_a is not None and (info_a.owner_party_id, info_a.parents) == (ALICE, ())
+    assert policy_a is not None and policy_a.rules == (RULE, rule2)
+    assert (policy_a.scope, policy_a.owner_party_id) == ("s", ALICE)
+    assert info_b is not None and info_b.owner_party_id == BOB
+    assert policy_b is not None and policy_b.rules == ()  # a policy without rules
+    assert view[lonely][0] is not None and view[lonely][1] is None
+    assert view[missing] == (None, None)
+    assert [u for u in uris if u in sealed] == [a, f"{a}/part", b]
+    assert (sealed.open(a), sealed.open(f"{a}/part"), sealed.open(b)) == (
+        "a2V5QQ==",
+        "a2V5UA==",
+        "a2V5Qg==",
+    )
+    view, sealed = store.access_view("s", [], [a])
+    assert view == {} and a not in sealed
+    view, sealed = store.access_view("s", [a], [])
+    assert view[a][1] is not None and a not in sealed
+
+
 def test_policy_for_unregistered_data_then_other_owner(store: Store) -> None:
     u = uid()
     store.add_rule(ALICE, "s", u, RULE)  # creates the policy

@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .access_reads import read_access_rows
 from .errors import CMError, Kind
 from .policy import Rule
 from .sealing import Sealer
@@ -519,40 +520,26 @@ class Store:
         :meth:`SealedKeys.open` only after the request is authorized)."""
         uuids = list(dict.fromkeys(data_uuids))
         uris = list(dict.fromkeys(resource_uris))
-        return _retry_dead_connection(lambda: self._access_view(scope, uuids, uris))
-
-    def _access_view(
-        self, scope: str, uuids: list[str], uris: list[str]
-    ) -> tuple[dict[str, tuple[DataInfo | None, StoredPolicy | None]], SealedKeys]:
-        with self._read_engine.connect() as conn, conn.begin():
-            records = {
-                row.data_uuid: DataInfo(
-                    row.data_uuid, row.owner_party_id, tuple(json.loads(row.parents_json))
-                )
-                for row in conn.execute(_RECORDS, {"uuids": uuids})
-            }
-            policies: dict[int, Any] = {}
-            rules: dict[int, list[Rule]] = {}
-            for row in conn.execute(_POLICIES_WITH_RULES, {"scope": scope, "uuids": uuids}):
-                policies.setdefault(row.id, row)
-                bucket = rules.setdefault(row.id, [])
-                if row.body_json is not None:
-                    bucket.append(_rule(row.body_json))
-            sealed = (
-                {
-                    row.resource_uri: (bytes(row.nonce), bytes(row.sealed_key))
-                    for row in conn.execute(_SEALED_KEYS, {"uris": uris})
-                }
-                if uris
-                else {}
-            )
+        if not uuids:
+            return {}, SealedKeys(self._sealer, {})
+        record_rows, policy_rows, key_rows = read_access_rows(self._read_engine, scope, uuids, uris)
+        records = {
+            data_uuid: DataInfo(data_uuid, owner, tuple(json.loads(parents)))
+            for data_uuid, owner, parents in record_rows
+        }
+        owners: dict[int, tuple[str, str]] = {}
+        rules: dict[int, list[Rule]] = {}
+        for policy_id, data_uuid, owner, body_json in policy_rows:
+            owners.setdefault(policy_id, (data_uuid, owner))
+            bucket = rules.setdefault(policy_id, [])
+            if body_json is not None:
+                bucket.append(_rule(body_json))
         by_uuid = {
-            row.data_uuid: StoredPolicy(
-                row.data_uuid, row.scope, row.owner_party_id, tuple(rules[pid])
-            )
-            for pid, row in policies.items()
+            data_uuid: StoredPolicy(data_uuid, scope, owner, tuple(rules[policy_id]))
+            for policy_id, (data_uuid, owner) in owners.items()
         }
         view = {u: (records.get(u), by_uuid.get(u)) for u in uuids}
+        sealed = {uri: (bytes(nonce), bytes(key)) for uri, nonce, key in key_rows}
         return view, SealedKeys(self._sealer, sealed)
 
 
@@ -585,24 +572,6 @@ class SealedKeys:
 
 
 # Hot-path statements, built once so SQLAlchemy reuses their compiled form.
-_RECORDS = select(DataRecord.__table__).where(
-    DataRecord.data_uuid.in_(bindparam("uuids", expanding=True))
-)
-_POLICIES_WITH_RULES = (
-    select(
-        PolicyRow.id,
-        PolicyRow.data_uuid,
-        PolicyRow.scope,
-        PolicyRow.owner_party_id,
-        RuleRow.body_json,
-    )
-    .outerjoin(RuleRow, RuleRow.policy_id == PolicyRow.id)
-    .where(
-        PolicyRow.scope == bindparam("scope"),
-        PolicyRow.data_uuid.in_(bindparam("uuids", expanding=True)),
-    )
-    .order_by(PolicyRow.id, RuleRow.id)
-)
 _OWNERS = select(DataRecord.data_uuid, DataRecord.owner_party_id).where(
     DataRecord.data_uuid.in_(bindparam("uuids", expanding=True))
 )
@@ -617,9 +586,6 @@ _UPDATE_KEY = (
     .values(
         data_uuid=bindparam("b_uuid"), nonce=bindparam("b_nonce"), sealed_key=bindparam("b_sealed")
     )
-)
-_SEALED_KEYS = select(DataKeyRow.resource_uri, DataKeyRow.nonce, DataKeyRow.sealed_key).where(
-    DataKeyRow.resource_uri.in_(bindparam("uris", expanding=True))
 )
 
 
