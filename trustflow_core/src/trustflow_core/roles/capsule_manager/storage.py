@@ -21,7 +21,6 @@ import functools
 import hmac
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from .storage_models import (
     PolicyRow,
     RuleRow,
 )
+from .writer_lock import WriterLock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,7 +135,7 @@ class Store:
         self._sealer = sealer
         if url.startswith("sqlite"):
             self._write_engine, self._read_engine = _sqlite_engines(url)
-            self._sqlite_write_lock: threading.Lock | None = threading.Lock()
+            self._sqlite_write_lock: WriterLock | None = WriterLock(self._write_engine.url.database)
         else:
             # No pre-ping (a round trip per transaction): a connection found dead is
             # invalidated by SQLAlchemy and the operation is retried once on a fresh one.
@@ -196,6 +196,8 @@ class Store:
     def close(self) -> None:
         self._write_engine.dispose()
         self._read_engine.dispose()
+        if self._sqlite_write_lock is not None:
+            self._sqlite_write_lock.close()
 
     # ---- transactions ----------------------------------------------------------------------
 
