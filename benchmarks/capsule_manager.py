@@ -3,7 +3,9 @@
 minute): GetDataKeys/s and CreateDataKeys/s with ``--clients`` concurrent clients, p50/p99
 latency, and the ratio to the per-core ceiling of the RSA private-key operations each request
 needs on the CM (one RSA-OAEP decryption of the request's content key with the CM's RSA-3072
-key; everything else the CM does is public-key or symmetric), measured in the same run.
+key; everything else the CM does is public-key or symmetric), measured in the same run: the
+ceiling and the two RPCs take turns in ``--rounds`` slices, so drift of the machine's speed
+during the run affects them alike.
 
 The CM runs as its own process (``trustflow capsule-manager --plat sim``), once with one server
 process and once with one per core (``--workers``: the deployment form on a multi-core host;
@@ -13,7 +15,7 @@ clock starts (GetDataKeys: SIM-attested, one pool reused; CreateDataKeys: one fr
 call, 4 keys each), so the clients only do gRPC work during the measurement.
 
     .venv/bin/python benchmarks/capsule_manager.py [--seconds 5] [--clients 16]
-        [--backends sqlite,postgresql] [--workers 1,2]
+        [--backends sqlite,postgresql] [--workers 1,2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -81,22 +83,28 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def rsa_ceiling(key_pem: bytes, seconds: float = 1.5) -> float:
-    """RSA-OAEP decryptions per second on one core with the CM's key."""
+def rsa_decryptor(key_pem: bytes) -> Callable[[float], tuple[int, float]]:
+    """``run(seconds) -> (decryptions, elapsed)``: RSA-OAEP decryptions with the CM's key on
+    one core of this process."""
     key = serialization.load_pem_private_key(key_pem, None)
     oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
     blob = key.public_key().encrypt(os.urandom(16), oaep)  # type: ignore[union-attr]
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        key.decrypt(blob, oaep)  # type: ignore[union-attr]
-        count += 1
-    return count / (time.perf_counter() - started)
+
+    def run(seconds: float) -> tuple[int, float]:
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            key.decrypt(blob, oaep)  # type: ignore[union-attr]
+            count += 1
+        return count, time.perf_counter() - started
+
+    return run
 
 
 async def drive(
     calls: list[Callable[[Any], Any]], requests: list[Any], seconds: float, reuse: bool
 ) -> tuple[float, list[float]]:
-    """One worker per entry of ``calls`` (each its own connection)."""
+    """One worker per entry of ``calls`` (each its own connection), for ``seconds`` or, when
+    not ``reuse``, until every request was sent once; return (elapsed, latencies)."""
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
     index = 0
@@ -116,7 +124,7 @@ async def drive(
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(call) for call in calls))
-    return len(latencies) / (time.perf_counter() - started), latencies
+    return time.perf_counter() - started, latencies
 
 
 async def run_backend(
@@ -174,31 +182,50 @@ async def run_backend(
                         data_key_b64=base64.b64encode(os.urandom(16)).decode(),
                     )
                 create_pool.append(await client.envelope(req, owner))
-        cm_key = (Path(tmp) / "cm.key").read_bytes()
-        ceiling_before = rsa_ceiling(cm_key)  # the CM is idle now
+        decrypt = rsa_decryptor((Path(tmp) / "cm.key").read_bytes())
         # one connection per client (a local subchannel pool each), as separate clients have
         options = [("grpc.use_local_subchannel_pool", 1)]
         channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(args.clients)]
         stubs = [cm_grpc.CapsuleManagerStub(c) for c in channels]
-        gets = [s.GetDataKeys for s in stubs]
-        creates = [s.CreateDataKeys for s in stubs]
+        calls = {
+            "GetDataKeys": [s.GetDataKeys for s in stubs],
+            "CreateDataKeys": [s.CreateDataKeys for s in stubs],
+        }
+        pools = {"GetDataKeys": get_pool, "CreateDataKeys": create_pool}
+        totals: dict[str, dict[str, Any]] = {
+            rpc: {"elapsed": 0.0, "latencies": [], "cm_cpu": 0.0, "own_cpu": 0.0} for rpc in calls
+        }
+        decryptions, decrypt_time = 0, 0.0
         try:
-            await drive(gets, get_pool, 0.5, True)  # warm-up
-            cpu0, own0 = cpu_seconds(pid), time.process_time()
-            get_rate, get_lat = await drive(gets, get_pool, args.seconds, True)
-            cpu1, own1 = cpu_seconds(pid), time.process_time()
-            create_rate, create_lat = await drive(creates, create_pool, args.seconds, False)
-            cpu2, own2 = cpu_seconds(pid), time.process_time()
+            await drive(calls["GetDataKeys"], get_pool, 0.5, True)  # warm-up
+            # interleaved rounds (RSA ceiling, GetDataKeys, CreateDataKeys, ...): a machine
+            # whose speed drifts during the run affects the ceiling and the RPCs alike
+            for round_ in range(args.rounds):
+                count, took = decrypt(0.5)  # the CM is idle meanwhile
+                decryptions, decrypt_time = decryptions + count, decrypt_time + took
+                for rpc, pool in pools.items():
+                    reuse = rpc == "GetDataKeys"
+                    chunk = pool if reuse else pool[round_ :: args.rounds]
+                    cpu0, own0 = cpu_seconds(pid), time.process_time()
+                    elapsed, latencies = await drive(
+                        calls[rpc], chunk, args.seconds / args.rounds, reuse
+                    )
+                    total = totals[rpc]
+                    total["elapsed"] += elapsed
+                    total["latencies"] += latencies
+                    total["cm_cpu"] += cpu_seconds(pid) - cpu0
+                    total["own_cpu"] += time.process_time() - own0
         finally:
             for c in channels:
                 await c.close()
-        ceiling = max(ceiling_before, rsa_ceiling(cm_key))  # the better (less disturbed) one
-    return {
+    result: dict[str, Any] = {
         "backend": f"{name} x{workers}",
-        "ceiling": ceiling,
-        "GetDataKeys": (get_rate, get_lat, (cpu1 - cpu0, own1 - own0)),
-        "CreateDataKeys": (create_rate, create_lat, (cpu2 - cpu1, own2 - own1)),
+        "ceiling": decryptions / decrypt_time,
     }
+    for rpc, total in totals.items():
+        rate = len(total["latencies"]) / total["elapsed"]
+        result[rpc] = (rate, total["latencies"], (total["cm_cpu"], total["own_cpu"]))
+    return result
 
 
 def pct(values: list[float], q: float) -> float:
@@ -211,7 +238,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--create-requests", type=int, default=800)
+    parser.add_argument("--create-requests", type=int, default=1500)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved slices each measurement is split into"
+    )
     parser.add_argument(
         "--workers",
         default=",".join(dict.fromkeys(["1", str(os.cpu_count() or 1)])),
@@ -235,7 +265,8 @@ def main() -> None:
                     results.append(asyncio.run(run_backend(name, url, args, env, workers)))
     print(
         f"capsule manager, {args.clients} concurrent clients, {args.seconds:.0f} s per RPC, "
-        f"{os.cpu_count()} cores; 1 RSA-3072 private op per request"
+        f"{os.cpu_count()} cores, {args.rounds} interleaved rounds; "
+        "1 RSA-3072 private op per request"
     )
     print(
         f"{'backend':<14} {'rpc':<15} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
