@@ -76,6 +76,10 @@ def test_other_owner_refused_all_or_nothing(store: Store) -> None:
     assert store.get_keys([u, v]) == {u: "AAAAAAAAAAAAAAAAAAAAAA=="}
     with pytest.raises(CMError):
         store.delete_data_key(BOB, u, u)
+    b = uid()
+    store.create_data_keys(BOB, [nk(b)])
+    store.delete_data_key(BOB, b, u)  # bob's record named, alice's key: not deleted
+    assert u in store.get_keys([u])
     store.delete_data_key(ALICE, u, u)
     assert store.get_keys([u]) == {}
 

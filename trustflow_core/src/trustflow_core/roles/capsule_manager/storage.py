@@ -340,7 +340,11 @@ class Store:
         def op(session: Session) -> None:
             if self._owned_record(session, data_uuid, owner) is None:
                 return
-            session.execute(delete(DataKeyRow).where(DataKeyRow.resource_uri == resource_uri))
+            session.execute(
+                delete(DataKeyRow).where(
+                    DataKeyRow.resource_uri == resource_uri, DataKeyRow.data_uuid == data_uuid
+                )
+            )
 
         self._tx(op)
 
