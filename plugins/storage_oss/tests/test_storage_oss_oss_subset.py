@@ -10,6 +10,7 @@ and multipart uploads (same XML namespace problem).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 
@@ -63,3 +64,18 @@ async def test_failed_small_write_sends_nothing(oss, bucket):
         await oss.write(uri, failing(os.urandom(3000), 1000))
     with pytest.raises(ObjectNotFound):
         await oss.stat(uri)
+
+
+@pytest.mark.parametrize("signature", ["abcd/efgh/ijkl/mnop/qrs=", "plainsignatureAAAAAAAAAAAA="])
+async def test_the_test_server_serves_every_oss_signature_as_s3(moto_endpoint, bucket, signature):
+    """An OSS signature with four '/' once made moto route a request to no backend (500)."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{moto_endpoint}/{bucket}",
+        method="HEAD",
+        headers={"Authorization": f"OSS test-access-key:{signature}"},
+    )
+    reply = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+    with reply:
+        assert reply.status == 200
