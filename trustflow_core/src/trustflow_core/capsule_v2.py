@@ -193,6 +193,7 @@ class V2Decryptor:
 
     def _open(self, sealed: Buffer) -> bytes:
         final = self._index == self._count - 1
+        assert self._aead is not None, "the header is read first"
         try:
             plain = self._aead.decrypt(_nonce(self._index, final), sealed, self._header)
         except InvalidTag:

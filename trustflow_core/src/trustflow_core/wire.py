@@ -129,12 +129,19 @@ def _no_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON")
 
 
+#: A field descriptor: protobuf's pure-Python class or its upb one, which types-protobuf keeps
+#: apart (and types ``message_type``/``enum_type`` as optional even where the type guarantees
+#: them).
+_Field = Any
+
+
 def _walk(msg: Message, *, serde: bool) -> dict[str, Any]:
     """Dict for the serde (every field) or brpc (set fields only) dialect, keyed by field name."""
     desc = msg.DESCRIPTOR
     if serde and desc.oneofs:
         raise UnsupportedOperation(f"serde JSON of {desc.full_name}: oneof fields not supported")
     out: dict[str, Any] = {}
+    field: _Field
     for field in desc.fields:
         key = _SERDE_RENAMES.get(field.name, field.name) if serde else field.name
         value = getattr(msg, field.name)
@@ -155,7 +162,7 @@ def _walk(msg: Message, *, serde: bool) -> dict[str, Any]:
     return out
 
 
-def _scalar_or_msg(field: FieldDescriptor, value: Any, serde: bool) -> Any:
+def _scalar_or_msg(field: _Field, value: Any, serde: bool) -> Any:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return _walk(value, serde=serde)
     if field.type == FieldDescriptor.TYPE_ENUM:
@@ -170,8 +177,8 @@ def _scalar_or_msg(field: FieldDescriptor, value: Any, serde: bool) -> Any:
     return value
 
 
-def _is_map(field: FieldDescriptor) -> bool:
-    return (
+def _is_map(field: _Field) -> bool:
+    return bool(
         field.type == FieldDescriptor.TYPE_MESSAGE
         and field.message_type.GetOptions().map_entry
         and field.is_repeated

@@ -45,9 +45,10 @@ _ACCEPTED_ALGS: dict[str, padding.AsymmetricPadding] = {
 
 
 def _spki(key: Any) -> bytes:
-    return key.public_bytes(
+    spki: bytes = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return spki
 
 
 def sign(payload: bytes, private_key: RSAPrivateKey, chain: Sequence[x509.Certificate] = ()) -> Jws:

@@ -72,7 +72,10 @@ def _decrypt_content(jwe: Jwe, parts: DecodedJwe, enc: str, cek: bytes) -> bytes
     if jwe.aad:
         aad += b"." + jwe.aad.encode("ascii")
     try:
-        return JWA.encryption_alg(enc).decrypt(cek, aad, parts.iv, parts.ciphertext, parts.tag)
+        plaintext: bytes = JWA.encryption_alg(enc).decrypt(
+            cek, aad, parts.iv, parts.ciphertext, parts.tag
+        )
+        return plaintext
     except InvalidTag:
         raise EnvelopeError(
             "JWE does not authenticate: wrong content key, or a member was altered"

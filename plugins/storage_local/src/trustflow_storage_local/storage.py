@@ -22,6 +22,7 @@ removed and the destination keeps its old content. All file system work runs in 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import errno
 import os
@@ -114,10 +115,10 @@ class LocalStorage(Storage):
         loc = self._locate_object(uri)
         return ObjectInfo(uri, _regular_file_stat(loc.real, uri).st_size)
 
-    async def list(self, uri: str) -> list[ObjectInfo]:
+    async def list(self, uri: str) -> builtins.list[ObjectInfo]:
         return await asyncio.to_thread(self._list, uri)
 
-    def _list(self, uri: str) -> list[ObjectInfo]:
+    def _list(self, uri: str) -> builtins.list[ObjectInfo]:
         loc = self._roots.locate(uri)
         try:
             st = os.stat(loc.real)
@@ -131,11 +132,11 @@ class LocalStorage(Storage):
         found = [ObjectInfo(loc.uri(path), size) for path, size in self._walk(loc)]
         return sorted(found, key=lambda info: info.uri)
 
-    def _walk(self, top: Location) -> list[tuple[str, int]]:
+    def _walk(self, top: Location) -> builtins.list[tuple[str, int]]:
         """``(caller-notation path, size)`` of the files below ``top``: regular files and
         links to regular files inside the roots; temporary files and links to directories
         are skipped."""
-        found: list[tuple[str, int]] = []
+        found: builtins.list[tuple[str, int]] = []
         pending = [(top.real, top.path)]
         while pending:
             real_dir, shown_dir = pending.pop()

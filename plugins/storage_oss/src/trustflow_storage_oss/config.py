@@ -190,7 +190,9 @@ def check_key(key: str, what: str) -> None:
         raise InvalidInput(f"{what}: object key has an empty segment ('//' or a leading '/')")
 
 
-def _number(backend: str, s: Mapping[str, Any], name: str, default: Any, low: float, kind: type):
+def _number(
+    backend: str, s: Mapping[str, Any], name: str, default: Any, low: float, kind: type
+) -> Any:
     value = s.get(name, default)
     bad = isinstance(value, bool) or not isinstance(value, (int, float))
     if bad or (kind is int and not isinstance(value, int)) or not math.isfinite(value):

@@ -70,7 +70,8 @@ class OssStorage(ObjectStorage):
         self._bucket(bucket).put_object(key, data)
 
     def _open(self, bucket: str, key: str) -> BinaryIO:
-        return self._bucket(bucket).get_object(key)
+        body: BinaryIO = self._bucket(bucket).get_object(key)
+        return body
 
     def _head(self, bucket: str, key: str) -> int:
         return int(self._bucket(bucket).head_object(key).content_length)
@@ -98,10 +99,12 @@ class OssStorage(ObjectStorage):
         return True
 
     def _mpu_start(self, bucket: str, key: str) -> str:
-        return self._bucket(bucket).init_multipart_upload(key).upload_id
+        upload: str = self._bucket(bucket).init_multipart_upload(key).upload_id
+        return upload
 
     def _mpu_part(self, bucket: str, key: str, upload: str, number: int, data: bytes) -> str:
-        return self._bucket(bucket).upload_part(key, upload, number, data).etag
+        etag: str = self._bucket(bucket).upload_part(key, upload, number, data).etag
+        return etag
 
     def _mpu_complete(
         self, bucket: str, key: str, upload: str, parts: list[tuple[int, str]]

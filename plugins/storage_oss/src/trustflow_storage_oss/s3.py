@@ -82,7 +82,8 @@ class S3Storage(ObjectStorage):
         self._client.put_object(Bucket=bucket, Key=key, Body=data)
 
     def _open(self, bucket: str, key: str) -> BinaryIO:
-        return self._client.get_object(Bucket=bucket, Key=key)["Body"]
+        body: BinaryIO = self._client.get_object(Bucket=bucket, Key=key)["Body"]
+        return body
 
     def _head(self, bucket: str, key: str) -> int:
         return int(self._client.head_object(Bucket=bucket, Key=key)["ContentLength"])
@@ -108,13 +109,15 @@ class S3Storage(ObjectStorage):
         return True
 
     def _mpu_start(self, bucket: str, key: str) -> str:
-        return self._client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        upload: str = self._client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        return upload
 
     def _mpu_part(self, bucket: str, key: str, upload: str, number: int, data: bytes) -> str:
         reply = self._client.upload_part(
             Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=data
         )
-        return reply["ETag"]
+        etag: str = reply["ETag"]
+        return etag
 
     def _mpu_complete(
         self, bucket: str, key: str, upload: str, parts: list[tuple[int, str]]

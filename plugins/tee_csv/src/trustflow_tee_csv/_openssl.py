@@ -110,7 +110,10 @@ def _bind() -> Verify | None:
             if lib.EVP_DigestVerifyInit(mctx, None, lib.EVP_sm3(), None, pkey) != 1:
                 return False
             signature = encode_dss_signature(r, s)
-            return lib.EVP_DigestVerify(mctx, signature, len(signature), message, len(message)) == 1
+            verified: int = lib.EVP_DigestVerify(
+                mctx, signature, len(signature), message, len(message)
+            )
+            return verified == 1
         finally:
             lib.ERR_clear_error()
             if mctx:

@@ -164,6 +164,10 @@ class EchoServer:
     peer_certs: list[bytes | None] = field(default_factory=list)
 
 
+#: The ``start_echo_server`` fixture: start an echo server with this server context.
+StartEcho = Callable[[ssl.SSLContext], Awaitable[EchoServer]]
+
+
 async def connect(
     port: int, ctx: ssl.SSLContext
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -304,7 +308,7 @@ class TransportChannelConformance:
     @pytest_asyncio.fixture
     async def start_echo_server(
         self,
-    ) -> AsyncIterator[Callable[[ssl.SSLContext], Awaitable[EchoServer]]]:
+    ) -> AsyncIterator[StartEcho]:
         servers: list[EchoServer] = []
 
         async def start(ctx: ssl.SSLContext) -> EchoServer:
@@ -355,7 +359,10 @@ class TransportChannelConformance:
 
     @pytest.mark.asyncio
     async def test_members_talk_both_ways(
-        self, channel: TransportChannel, member_assets: tuple[TlsAsset, TlsAsset], start_echo_server
+        self,
+        channel: TransportChannel,
+        member_assets: tuple[TlsAsset, TlsAsset],
+        start_echo_server: StartEcho,
     ) -> None:
         for server_asset, client_asset in (member_assets, member_assets[::-1]):
             server = await start_echo_server(channel.server_ssl_context(server_asset))
@@ -370,7 +377,10 @@ class TransportChannelConformance:
 
     @pytest.mark.asyncio
     async def test_many_connections_share_one_server_context(
-        self, channel: TransportChannel, member_assets: tuple[TlsAsset, TlsAsset], start_echo_server
+        self,
+        channel: TransportChannel,
+        member_assets: tuple[TlsAsset, TlsAsset],
+        start_echo_server: StartEcho,
     ) -> None:
         server = await start_echo_server(channel.server_ssl_context(member_assets[0]))
         client_ctx = channel.client_ssl_context(member_assets[1])
@@ -392,7 +402,7 @@ class TransportChannelConformance:
         outsider_asset: TlsAsset,
         other_group_asset: TlsAsset,
         expired_member_asset: TlsAsset,
-        start_echo_server,
+        start_echo_server: StartEcho,
         tmp_path: Path,
     ) -> None:
         server = await start_echo_server(channel.server_ssl_context(member_assets[0]))
@@ -422,7 +432,7 @@ class TransportChannelConformance:
         outsider_asset: TlsAsset,
         other_group_asset: TlsAsset,
         expired_member_asset: TlsAsset,
-        start_echo_server,
+        start_echo_server: StartEcho,
         tmp_path: Path,
     ) -> None:
         if kind == "expired_member":
@@ -454,7 +464,7 @@ class TransportChannelConformance:
         self,
         channel: TransportChannel,
         member_assets: tuple[TlsAsset, TlsAsset],
-        start_echo_server,
+        start_echo_server: StartEcho,
         tmp_path: Path,
     ) -> None:
         server = await start_echo_server(channel.server_ssl_context(member_assets[0]))
@@ -474,7 +484,7 @@ class TransportChannelConformance:
         version: int,
         channel: TransportChannel,
         member_assets: tuple[TlsAsset, TlsAsset],
-        start_echo_server,
+        start_echo_server: StartEcho,
     ) -> None:
         ctx = channel.server_ssl_context(member_assets[0])
         server = await start_echo_server(ctx)

@@ -85,13 +85,13 @@ def _read(
             if dialect.name == "sqlite":  # its connections run with isolation_level=None
                 cursor.execute("BEGIN")
             cursor.execute(records_sql, tuple(uuids))
-            records = cursor.fetchall()
+            records = list(cursor.fetchall())
             cursor.execute(policies_sql, (scope, *uuids))
-            policies = cursor.fetchall()
+            policies = list(cursor.fetchall())
             keys: list[Row] = []
             if uris:
                 cursor.execute(keys_sql, tuple(uris))
-                keys = cursor.fetchall()
+                keys = list(cursor.fetchall())
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, connection.driver_connection, cursor):
                 connection.invalidate(exc)

@@ -194,9 +194,10 @@ def get_public_key(c: Context) -> None:
 
     async def go(client: Any) -> str:
         key = await client.cm_public_key()
-        return key.public_bytes(
+        pem: str = key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ).decode()
+        return pem
 
     pem = c.run(go)
     c.emit(pem.rstrip("\n"), {"public_key": pem})

@@ -108,6 +108,7 @@ class CapsuleManager:
         self.server = grpc.aio.server()
         cm_grpc.add_CapsuleManagerServicer_to_server(service, self.server)
         address = f"{s.host}:{s.port}"
+        port: int
         try:
             if s.tls is None:
                 port = self.server.add_insecure_port(address)

@@ -18,7 +18,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
 from ...attestation import Attester, Policy, VerifiedReport, ra_user_data, verify_optional
+from ...channel import VerifiedJws
 from ...errors import BackendNotFound, BackendUnavailable, InvalidInput, VerificationError
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
@@ -89,6 +92,14 @@ def _rpc(name: str) -> Callable[..., Any]:
         return handler
 
     return wrap
+
+
+def _signer_key(verified: VerifiedJws) -> RSAPublicKey:
+    """The RSA key that replies to a signed request are sealed to: the JWS leaf's."""
+    key = verified.chain[0].public_key()
+    if not isinstance(key, RSAPublicKey):
+        raise CMError(Kind.CRYPTO, "the signer's certificate does not hold an RSA public key")
+    return key
 
 
 def _status_only() -> cm_pb2.EncryptedResponse:
@@ -392,7 +403,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                     resource_uri=inner.resource_uri, data_key_b64=keys[inner.resource_uri]
                 )
             )
-            return self.envelopes.seal(response, verified.chain[0].public_key())
+            return self.envelopes.seal(response, _signer_key(verified))
 
         return await self._thread(work)
 
@@ -444,7 +455,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             )
             policies = self.store.list_policies(inner.owner_party_id, inner.scope)
             response = cm_pb2.ListDataPolicyResponse(policies=[policy_to_pb(p) for p in policies])
-            return self.envelopes.seal(response, verified.chain[0].public_key())
+            return self.envelopes.seal(response, _signer_key(verified))
 
         return await self._thread(work)
 

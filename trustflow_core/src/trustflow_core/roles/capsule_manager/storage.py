@@ -24,10 +24,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     Engine,
+    Table,
     bindparam,
     create_engine,
     delete,
@@ -584,11 +585,13 @@ _OWNERS = select(DataRecord.data_uuid, DataRecord.owner_party_id).where(
 _PRESENT_KEYS = select(DataKeyRow.resource_uri).where(
     DataKeyRow.resource_uri.in_(bindparam("uris", expanding=True))
 )
-_INSERT_RECORD = insert(DataRecord.__table__)
-_INSERT_KEY = insert(DataKeyRow.__table__)
+_DATA_TABLE = cast(Table, DataRecord.__table__)
+_KEYS_TABLE = cast(Table, DataKeyRow.__table__)
+_INSERT_RECORD = insert(_DATA_TABLE)
+_INSERT_KEY = insert(_KEYS_TABLE)
 _UPDATE_KEY = (
-    update(DataKeyRow.__table__)
-    .where(DataKeyRow.__table__.c.resource_uri == bindparam("b_uri"))
+    update(_KEYS_TABLE)
+    .where(_KEYS_TABLE.c.resource_uri == bindparam("b_uri"))
     .values(
         data_uuid=bindparam("b_uuid"), nonce=bindparam("b_nonce"), sealed_key=bindparam("b_sealed")
     )

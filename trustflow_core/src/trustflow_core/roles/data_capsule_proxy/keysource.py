@@ -110,7 +110,8 @@ class KeySource:
     async def tls_asset(self, request: ResourceRequest) -> TlsAsset:
         """The communication-group TLS asset from the default endpoint (``--cm-init-config``)."""
         exchange = await self._instance("")
-        return await self._deadline("GetTlsAsset", exchange.get_tls_asset(request))
+        asset: TlsAsset = await self._deadline("GetTlsAsset", exchange.get_tls_asset(request))
+        return asset
 
     async def register(self, config: Any, key: bytes) -> None:
         """Register a result key (CreateResultDataKey) with its lineage."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -103,7 +104,7 @@ class DataCapsuleProxy:
                     make = decrypting(key, info.size) if encrypted else copying  # type: ignore[arg-type]
                     await write_file(path, transformed(self._read(storage, info.uri), make))
 
-                await bounded([lambda j=job: one(*j) for job in jobs])
+                await bounded([functools.partial(one, *job) for job in jobs])
                 final = await asyncio.to_thread(staged.commit)
             finally:
                 await asyncio.to_thread(staged.discard)
@@ -166,7 +167,7 @@ class DataCapsuleProxy:
                 source = transformed(self._read(self.local, info.uri), make(info))
                 await write_file(path, source, 0o644)
 
-            await bounded([lambda j=job: one(*j) for job in jobs])
+            await bounded([functools.partial(one, *job) for job in jobs])
             final = await asyncio.to_thread(staged.commit)
         finally:
             await asyncio.to_thread(staged.discard)
@@ -193,7 +194,7 @@ class DataCapsuleProxy:
                     await storage.write(uri, source)
                     written.append(uri)  # deleted again if the request fails later
 
-                await bounded([lambda j=job: one(*j) for job in jobs])
+                await bounded([functools.partial(one, *job) for job in jobs])
                 if result is not None:
                     await self.keys.register(result, key)
             except BaseException:

@@ -452,9 +452,10 @@ def _tls_context(socket: Any, rw: _Rewrites, what: str) -> Mapping[str, Any] | N
     socket = _mapping(socket, what)
     if socket.get("name") != "envoy.transport_sockets.tls":
         raise InvalidInput(f"{what}: unsupported transport socket {socket.get('name')!r}")
-    return _rewrite_filenames(
+    tls: Mapping[str, Any] = _rewrite_filenames(
         _mapping(socket.get("typed_config") or {}, f"{what}: typed_config"), rw, what
     )
+    return tls
 
 
 def _rewrite_filenames(obj: Any, rw: _Rewrites, what: str) -> Any:

@@ -123,7 +123,7 @@ class UpstreamResponse:
             raise OverflowError(self.content_length)
         if self.content_length is not None and self.content_length <= CHUNK:
             try:
-                data = await self._wait(self._conn.reader.readexactly(self.content_length))
+                data: bytes = await self._wait(self._conn.reader.readexactly(self.content_length))
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 raise UpstreamError(f"upstream reply broke off: {exc!r}") from None
             self._done = True
@@ -201,7 +201,9 @@ def _head(method: str, target: str, headers: list[tuple[str, str]], framing: str
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def _send(conn: _Conn, head: bytes, body: bytes | AsyncIterable[bytes] | None, chunked: bool):
+async def _send(
+    conn: _Conn, head: bytes, body: bytes | AsyncIterable[bytes] | None, chunked: bool
+) -> None:
     writer = conn.writer
     if body is None or isinstance(body, bytes):
         writer.write(head + body if body else head)

@@ -67,13 +67,18 @@ class TcpProxy:
             log.debug("tcp_proxy %s: mTLS peer %s", self.cluster.name, peer_party_id(peer))
         address = self.upstreams.pick(self.cluster.name)
         timeout = self.cluster.connect_timeout
-        tls: dict[str, object] = {}
-        if self.upstream_ssl is not None:
-            tls = {"ssl": self.upstream_ssl(), "ssl_handshake_timeout": self.handshake_timeout}
+        ssl = None if self.upstream_ssl is None else self.upstream_ssl()
+        if ssl is not None:
             timeout += self.handshake_timeout
         try:
             up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(address.host, address.port, **tls), timeout
+                asyncio.open_connection(
+                    address.host,
+                    address.port,
+                    ssl=ssl,
+                    ssl_handshake_timeout=self.handshake_timeout if ssl is not None else None,
+                ),
+                timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
             log.warning("tcp_proxy: cannot reach %s (%s): %r", self.cluster.name, address, exc)
