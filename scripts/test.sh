@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite: every tox env (one per distribution, integration, lint, typecheck,
-# proto drift),
-# two at a time, then one summary line over all of them. Extra arguments go to pytest.
+# proto drift), two at a time, then one summary line over all of them. Extra arguments go to
+# pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
