@@ -39,6 +39,7 @@ from .votes import verify_export_certificate
 log = logging.getLogger(__name__)
 monitor = logging.getLogger("trustflow.capsule_manager.monitor")
 T = TypeVar("T")
+AppRequest = TypeVar("AppRequest", cm_pb2.GetDataKeysRequest, cm_pb2.GetTlsAssetRequest)
 MAX_NONCE_CHARS = 4096
 PLATFORM_IDENTITY: dict[str, tuple[str, dict[str, str]]] = {
     "SGX_DCAP": ("sgx", {"mr_enclave": "hex_ta_measurement", "mr_signer": "hex_signer"}),
@@ -215,20 +216,29 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         identity = {k: getattr(attrs, v).lower() for k, v in fields.items()}
         return {"request_time": _now(), "tee": {"platform": name, name: identity}}
 
-    @_rpc("get_data_keys")
-    async def GetDataKeys(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+    async def _attested_app(
+        self, request: cm_pb2.EncryptedRequest, message: type[AppRequest]
+    ) -> tuple[cm_pb2.ResourceRequest, RSAPublicKey, dict[str, Any] | None]:
+        """Open an app's request (GetDataKeys, GetTlsAsset) and check its report, bound to the
+        app ``cert`` and the serialized resource request (§7). Returns the resource request,
+        the cert's key (replies are sealed to it) and the policy ``env``. A malformed ``env``
+        is refused before attestation, as upstream."""
         opened = await self._open(request)
-        inner: cm_pb2.GetDataKeysRequest = opened.parse(cm_pb2.GetDataKeysRequest)
+        inner = opened.parse(message)
         if not inner.HasField("resource_request"):
             raise CMError(Kind.DECODE, "resource_request is missing")
         rr = inner.resource_request
-        _parse_env(rr.env)  # malformed env is refused before attestation, as upstream
+        _parse_env(rr.env)
         recipient = recipient_from_cert_pem(inner.cert)
         digest = ra_user_data(inner.cert.encode(), serialize_canonical(rr))
         verified = await self._attest(
             inner.attestation_report, inner.HasField("attestation_report"), digest
         )
-        env = self._env_for(verified, rr.env)
+        return rr, recipient, self._env_for(verified, rr.env)
+
+    @_rpc("get_data_keys")
+    async def GetDataKeys(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
+        rr, recipient, env = await self._attested_app(request, cm_pb2.GetDataKeysRequest)
 
         def work() -> cm_pb2.EncryptedResponse:
             uris = [r.resource_uri for r in rr.resources]
@@ -283,18 +293,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         """Authorized exactly like GetDataKeys; the asset is the communication group's
         (docs/tls-asset.md): group of (scope, first resource, op), leaf for the attested
         ``cert``'s key, sealed to that key."""
-        opened = await self._open(request)
-        inner: cm_pb2.GetTlsAssetRequest = opened.parse(cm_pb2.GetTlsAssetRequest)
-        if not inner.HasField("resource_request"):
-            raise CMError(Kind.DECODE, "resource_request is missing")
-        rr = inner.resource_request
-        _parse_env(rr.env)
-        recipient = recipient_from_cert_pem(inner.cert)
-        digest = ra_user_data(inner.cert.encode(), serialize_canonical(rr))
-        verified = await self._attest(
-            inner.attestation_report, inner.HasField("attestation_report"), digest
-        )
-        env = self._env_for(verified, rr.env)
+        rr, recipient, env = await self._attested_app(request, cm_pb2.GetTlsAssetRequest)
 
         def work() -> cm_pb2.EncryptedResponse:
             from ...tls_asset import issue_group_asset
