@@ -345,6 +345,37 @@ async def test_compressed_request_bodies_are_relayed_as_sent(pm, identity, liste
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("listener", ["public", "plain"])
+async def test_expect_100_continue_is_answered_before_the_body(pm, identity, listener):
+    """Clients such as curl send ``Expect: 100-continue`` with larger bodies and wait for it."""
+    recorder = Recorder()
+    body = b'{"n": "' + b"x" * 4000 + b'"}'
+    async with stack(pm, identity, recorder) as (urls, _session):
+        host, port = urls[listener].removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = (
+            f"POST /teeapp/e HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+        )
+        writer.write(head.encode())
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        writer.write(body)
+        reply = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert reply.startswith(b"HTTP/1.1 200")
+        writer.write(
+            f"POST /teeapp/e HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n"
+            "Expect: something-else\r\nConnection: close\r\n\r\n".encode()
+        )
+        rest = await asyncio.wait_for(reader.read(), 5)
+        assert b"HTTP/1.1 417" in rest and b"unsupported Expect: something-else" in rest
+        writer.close()
+        await writer.wait_closed()
+    assert recorder.requests[-1][3] == body and "Expect" not in recorder.requests[-1][2]
+    assert len(recorder.requests) == 1
+
+
+@pytest.mark.asyncio
 async def test_head_replies_keep_the_apps_content_length(pm, identity):
     recorder = Recorder()
     async with stack(pm, identity, recorder) as (urls, session):

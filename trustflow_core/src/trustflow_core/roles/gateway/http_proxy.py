@@ -22,7 +22,7 @@ from dataclasses import asdict
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import Cluster, GatewayConfig, Listener
@@ -145,6 +145,12 @@ class HttpProxy:
         cluster = self.upstreams.clusters[route.cluster]
         if route.require_jwe and not request.body_exists:
             return _text(415, f"{route.prefix} accepts only JWE envelopes; the request has no body")
+        expect = request.headers.get("Expect")
+        if expect is not None and request.version == HttpVersion11:  # answered here (hop by hop)
+            if expect.lower() != "100-continue":
+                return _text(417, f"unsupported Expect: {expect}")
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the reply proper has not started
         if self.jwe is None or not request.body_exists:
             body: Any = None
             if request.body_exists:
