@@ -62,7 +62,7 @@ import secrets
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -315,14 +315,7 @@ def encrypt_stream(
     Raises :class:`InvalidInput` if the key length is wrong or ``src`` holds fewer or more
     bytes than declared.
     """
-    enc = CapsuleEncryptor(key, plaintext_len)
-    written = dst.write(enc.header) or 0
-    for data in read_exactly(src, plaintext_len, progress):
-        written += dst.write(enc.update(data)) or 0
-    written += dst.write(enc.finalize()) or 0
-    if src.read(1):
-        raise InvalidInput(f"source is longer than the declared {plaintext_len} bytes")
-    return written
+    return write_capsule(CapsuleEncryptor(key, plaintext_len), src, dst, plaintext_len, progress)
 
 
 def decrypt_stream(
@@ -337,11 +330,58 @@ def decrypt_stream(
     plaintext length. Raises :class:`CapsuleFormatError` (see the module docstring); what was
     already written to ``dst`` must then be discarded by the caller.
     """
-    dec = CapsuleDecryptor(key, file_len)
+    return read_capsule(CapsuleDecryptor(key, file_len), src, dst, file_len, progress)
+
+
+class StreamWriter(Protocol):
+    """An encryptor of some capsule format: ``header``, then ``update``s and ``finalize``."""
+
+    @property
+    def header(self) -> bytes: ...
+    def update(self, data: bytes) -> bytes: ...
+    def finalize(self) -> bytes: ...
+
+
+class StreamReader(Protocol):
+    """A decryptor of some capsule format: ``update``s, then ``finalize`` (which checks)."""
+
+    def update(self, data: bytes) -> bytes: ...
+    def finalize(self) -> object: ...
+
+
+def write_capsule(
+    writer: StreamWriter,
+    src: BinaryIO,
+    dst: BinaryIO,
+    plaintext_len: int,
+    progress: Progress | None = None,
+) -> int:
+    """Pump exactly ``plaintext_len`` bytes of ``src`` through ``writer`` into ``dst`` (any
+    format); return the bytes written. A source shorter or longer than declared raises
+    :class:`InvalidInput`."""
+    written = dst.write(writer.header) or 0
+    for data in read_exactly(src, plaintext_len, progress):
+        written += dst.write(writer.update(data)) or 0
+    written += dst.write(writer.finalize()) or 0
+    if src.read(1):
+        raise InvalidInput(f"source is longer than the declared {plaintext_len} bytes")
+    return written
+
+
+def read_capsule(
+    reader: StreamReader,
+    src: BinaryIO,
+    dst: BinaryIO,
+    file_len: int,
+    progress: Progress | None = None,
+) -> int:
+    """Pump exactly ``file_len`` bytes of capsule ``src`` through ``reader`` into ``dst`` (any
+    format); return the plaintext length. :class:`CapsuleFormatError` when it does not open
+    or ``src`` is longer; what was written to ``dst`` must then be discarded."""
     written = 0
     for data in read_exactly(src, file_len, progress):
-        written += dst.write(dec.update(data)) or 0
-    dec.finalize()
+        written += dst.write(reader.update(data)) or 0
+    reader.finalize()
     if src.read(1):
         raise CapsuleFormatError(f"source is longer than the declared file length {file_len}")
     return written

@@ -100,13 +100,7 @@ def encrypt_stream(
     """Encrypt exactly ``plaintext_len`` bytes of ``src`` into ``dst`` in format ``fmt``;
     return the bytes written. A source shorter or longer than declared raises InvalidInput."""
     writer = open_writer(fmt, key, plaintext_len)
-    written = dst.write(writer.header) or 0
-    for data in capsule.read_exactly(src, plaintext_len, progress):
-        written += dst.write(writer.update(data)) or 0
-    written += dst.write(writer.finalize()) or 0
-    if src.read(1):
-        raise InvalidInput(f"source is longer than the declared {plaintext_len} bytes")
-    return written
+    return capsule.write_capsule(writer, src, dst, plaintext_len, progress)
 
 
 def decrypt_stream(
@@ -119,14 +113,7 @@ def decrypt_stream(
 ) -> int:
     """Decrypt the capsule (either format) in ``src``, exactly ``file_len`` bytes, into
     ``dst``; return the plaintext length. On CapsuleFormatError the caller discards ``dst``."""
-    reader = open_reader(key, file_len)
-    written = 0
-    for data in capsule.read_exactly(src, file_len, progress):
-        written += dst.write(reader.update(data)) or 0
-    reader.finalize()
-    if src.read(1):
-        raise CapsuleFormatError(f"source is longer than the declared file length {file_len}")
-    return written
+    return capsule.read_capsule(open_reader(key, file_len), src, dst, file_len, progress)
 
 
 def encrypt_file(
