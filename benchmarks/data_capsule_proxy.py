@@ -36,11 +36,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.x509.oid import NameOID
 
 MiB = 1 << 20
 MB = 1e6
@@ -90,18 +88,11 @@ def raw_gcm(total: int, call: int) -> float:
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:
+    from trustflow_core.identity import self_signed_cert
+
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
+    cert = self_signed_cert(
+        key, "bench", backdate=datetime.timedelta(days=1), lifetime=datetime.timedelta(days=1)
     )
     cert_path, key_path = directory / "app.crt", directory / "app.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

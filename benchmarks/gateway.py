@@ -181,8 +181,7 @@ def main() -> None:
         from cryptography import x509
         from trustflow_core.cli import util
 
-        util.RSA_BITS = args.key_bits  # the benchmark's key size
-        key_pem, cert_pem, _ = util.generate_self_signed(days=1)
+        key_pem, cert_pem, _ = util.generate_self_signed(days=1, key_bits=args.key_bits)
         (work / "app.key").write_bytes(key_pem)
         (work / "app.key").chmod(0o600)
         (work / "app.crt").write_bytes(cert_pem)

@@ -12,11 +12,11 @@ import secrets
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from trustflow_core.attestation import Policy, Report, ra_user_data
 from trustflow_core.errors import VerificationError
+from trustflow_core.identity import self_signed_cert
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import get_backend_class, verifier_for_platform
 
@@ -26,17 +26,8 @@ pytestmark = pytest.mark.asyncio
 @pytest.fixture(scope="module")
 def app_identity():
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "teeapp")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
+    cert = self_signed_cert(
+        key, "teeapp", backdate=datetime.timedelta(days=1), lifetime=datetime.timedelta(days=30)
     )
     return key, cert.public_bytes(serialization.Encoding.PEM)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime
 import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -15,9 +14,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from trustflow_core.attestation import ra_user_data
 from trustflow_core.manager import get_plugin_manager
@@ -31,6 +27,7 @@ from trustflow_core.roles.capsule_manager.client import (
     Credentials,
 )
 from trustflow_core.roles.capsule_manager.convert import report_to_pb
+from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.capsule_manager.testdb import BACKENDS, throwaway_database
@@ -42,20 +39,7 @@ SCOPE = "default"
 
 
 def make_party(cn: str) -> Credentials:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .sign(key, hashes.SHA256())
-    )
-    return Credentials(key, (cert,))
+    return ephemeral_credentials(cn, key_size=2048)  # 2048 bits: faster tests
 
 
 @dataclasses.dataclass

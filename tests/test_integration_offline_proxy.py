@@ -15,12 +15,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from trustflow_core.capsule import decrypt_file, encrypt_file
 from trustflow_core.capsule_v2 import MAGIC
+from trustflow_core.identity import self_signed_cert
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.data_capsule_proxy.harness import running_proxy
 from trustflow_core.roles.data_capsule_proxy.paths import STAGE_PREFIX
@@ -34,17 +33,8 @@ SUCCESS = {"status": {"message": "success"}}
 
 def make_cert(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "carol")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
+    cert = self_signed_cert(
+        key, "carol", backdate=datetime.timedelta(days=1), lifetime=datetime.timedelta(days=30)
     )
     cert_path, key_path = directory / "app.crt", directory / "app.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -34,10 +34,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from trustflow_core.attestation import Attributes, Policy, Report, ra_user_data
 from trustflow_core.errors import VerificationError
 from trustflow_core.hookspecs import hookimpl
@@ -53,6 +50,7 @@ from trustflow_core.roles.capsule_manager.client import (
 )
 from trustflow_core.roles.capsule_manager.convert import report_to_pb
 from trustflow_core.roles.capsule_manager.errors import Kind
+from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.client.online import OnlineClient
@@ -209,20 +207,7 @@ def guest_pm(*attesters: type) -> Any:
 
 
 def make_party(cn: str) -> Credentials:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .sign(key, hashes.SHA256())
-    )
-    return Credentials(key, (cert,))
+    return ephemeral_credentials(cn, key_size=2048)  # 2048 bits: faster tests
 
 
 def app_cert_file(tmp_path: Path) -> Path:

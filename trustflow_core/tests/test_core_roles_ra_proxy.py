@@ -10,14 +10,13 @@ import json
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from trustflow_core.attestation import Attester, Policy, Report
 from trustflow_core.errors import BackendNotFound, InvalidInput
 from trustflow_core.hookspecs import hookimpl
+from trustflow_core.identity import self_signed_cert
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import verifier_for_platform
 from trustflow_core.roles._server import start_site
@@ -30,18 +29,7 @@ pytestmark = pytest.mark.asyncio
 @pytest.fixture(scope="module")
 def cert_pem() -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "carol")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_cert(key, "carol", backdate=datetime.timedelta(days=1))
     return cert.public_bytes(serialization.Encoding.PEM)
 
 

@@ -6,12 +6,15 @@ The party id of a certificate chain is that of its LAST certificate (crypto-form
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.x509.oid import NameOID
 
 from .errors import InvalidInput
 
@@ -38,3 +41,27 @@ def load_pem_chain(pem: bytes) -> list[x509.Certificate]:
     except ValueError as exc:
         raise InvalidInput(f"not a PEM certificate bundle: {exc}") from exc
     return certs
+
+
+def self_signed_cert(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    common_name: str,
+    *,
+    backdate: datetime.timedelta = datetime.timedelta(0),
+    lifetime: datetime.timedelta = datetime.timedelta(days=365),
+) -> x509.Certificate:
+    """A self-signed certificate (SHA-256, random serial, no extensions) for ``key``: subject
+    and issuer ``CN=common_name``, valid from now minus ``backdate`` until now plus
+    ``lifetime``. The form of upstream's ``generate-rsa-keypair`` (crypto-formats §7)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - backdate)
+        .not_valid_after(now + lifetime)
+        .sign(key, hashes.SHA256())
+    )

@@ -38,7 +38,7 @@ import click
 from .. import capsule, capsule_formats
 from ..errors import AccessDenied, InvalidInput, ObjectNotFound, TrustflowError
 from ..fileio import atomic_write_bytes
-from ..identity import load_pem_chain, party_id_of_chain, party_id_of_key
+from ..identity import load_pem_chain, party_id_of_chain, party_id_of_key, self_signed_cert
 
 PROGRESS_THRESHOLD = 4 * 1024 * 1024
 """Files at least this large get a progress bar on stderr (unless ``--quiet``)."""
@@ -165,27 +165,20 @@ def _dest_path(default_suffix: str) -> Callable[..., Any]:
 # ---- identities ----------------------------------------------------------------------------
 
 
-def generate_self_signed(days: int) -> tuple[bytes, bytes, str]:
-    """A fresh RSA-3072 key and self-signed certificate like upstream ``generate-rsa-keypair``
-    (crypto-formats §7): CN=capsule-manager, SHA256withRSA, random serial, valid from one day
-    ago for ``days`` days. Returns (PKCS#8 PEM key, PEM certificate, party id)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+def generate_self_signed(days: int, *, key_bits: int = RSA_BITS) -> tuple[bytes, bytes, str]:
+    """A fresh RSA key (3072 bits unless ``key_bits``) and self-signed certificate like
+    upstream ``generate-rsa-keypair`` (crypto-formats §7): CN=capsule-manager, SHA256withRSA,
+    random serial, valid from one day ago for ``days`` days. Returns (PKCS#8 PEM key, PEM
+    certificate, party id)."""
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CERT_COMMON_NAME)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .sign(key, hashes.SHA256())
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_bits)
+    cert = self_signed_cert(
+        key,
+        CERT_COMMON_NAME,
+        backdate=datetime.timedelta(days=1),
+        lifetime=datetime.timedelta(days=days),
     )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,

@@ -27,14 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from typing_extensions import Self
 
 from ...attestation import Attester, ra_user_data
 from ...errors import InvalidInput
+from ...identity import self_signed_cert
 from ...keyexchange import DataKey, KeyExchange, ResourceRequest, ResultKey, TlsAsset
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...wire import serialize_canonical
@@ -54,20 +52,10 @@ SETTINGS = {
 }
 
 
-def ephemeral_credentials(common_name: str = "TeeApps") -> Credentials:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
+def ephemeral_credentials(common_name: str = "TeeApps", *, key_size: int = 3072) -> Credentials:
+    """A fresh RSA key and a self-signed certificate for it (valid for a year)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    cert = self_signed_cert(key, common_name, backdate=datetime.timedelta(minutes=5))
     return Credentials(key, (cert,))
 
 
