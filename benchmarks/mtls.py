@@ -27,7 +27,6 @@ import contextlib
 import datetime
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 
 import yaml
+from _loopback import free_port, wait_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -76,24 +76,6 @@ async def main():
 asyncio.run(main())
 """
 TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise SystemExit(f"{proc.args[:3]} exited with {proc.returncode}: {err}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"port {port} did not open")
 
 
 # ---- load -------------------------------------------------------------------------------------

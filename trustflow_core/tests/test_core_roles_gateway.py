@@ -18,13 +18,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from trustflow_core.channel import Jwe
 from trustflow_core.errors import InvalidInput, UnsupportedOperation
+from trustflow_core.identity import self_signed_cert
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import get_backend_class
 from trustflow_core.roles._server import start_site
@@ -46,18 +45,7 @@ def identity(tmp_path_factory):
     """An RSA-2048 app key and self-signed cert written as carol.key / carol.crt."""
     directory = tmp_path_factory.mktemp("deploy")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "carol")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_cert(key, "carol", backdate=datetime.timedelta(days=1))
     (directory / "carol.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (directory / "carol.key").write_bytes(
         key.private_bytes(
