@@ -170,3 +170,39 @@ def test_demo_online_command():
     assert lines[0].startswith("Response: {'protected': 'eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0'")
     assert lines[1] == "Response Raw: I got your message: hello"
     assert "gateway  on http://127.0.0.1:" in done.stderr
+
+
+def test_servers_on_a_port_in_use_fail_with_one_line(env, tmp_path):
+    """Every HTTP server role names the address it cannot bind; no traceback."""
+    env = {**env, "TRUSTFLOW_LOAD_PLUGINS": "tee_sim,channel_jwe,storage_local"}
+    run(
+        env,
+        "util",
+        "generate-rsa-keypair",
+        "--private-key-file",
+        str(tmp_path / "app.key"),
+        "--cert-file",
+        str(tmp_path / "app.crt"),
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gateway.yml"
+        config.write_text(
+            f"listeners:\n  - name: a\n    address: 127.0.0.1:{port}\n"
+            "    routes: [{prefix: /, cluster: app}]\n"
+            'clusters:\n  app: {endpoints: ["127.0.0.1:9"]}\n'
+        )
+        cert, key = str(tmp_path / "app.crt"), str(tmp_path / "app.key")
+        dcp = ["data-capsule-proxy", "--cert-path", cert, "--private-key-path", key]
+        dcp += ["--allowed-root", str(tmp_path), "--cm-endpoint", "127.0.0.1:9"]
+        for args in (
+            ["ra-proxy", "--plat", "sim", "--cert-path", cert, "--port", str(port)],
+            ["gateway", "-c", str(config)],
+            [*dcp, "--port", str(port)],
+        ):
+            done = run(env, *args, check=False)
+            assert done.returncode == 1, (args, done.stderr)
+            assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+            assert "Traceback" not in done.stderr

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
+
+from ..errors import BackendUnavailable
 
 
 async def wait_for_signal() -> None:
@@ -26,13 +29,27 @@ async def wait_for_signal() -> None:
                 loop.remove_signal_handler(sig)
 
 
+@contextlib.contextmanager
+def binding(host: str, port: int) -> Iterator[None]:
+    """Turn a failure to bind ``host:port`` (in use, not an address of this host, no
+    permission) into :class:`BackendUnavailable` naming the address: one line for the user,
+    not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise BackendUnavailable(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start ``app`` on ``host:port`` (port 0 = any free port); return the runner and the port."""
+    """Start ``app`` on ``host:port`` (port 0 = any free port); return the runner and the port.
+    Raises :class:`BackendUnavailable` when the address cannot be bound."""
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
+        with binding(host, port):
+            await site.start()
     except BaseException:
         await runner.cleanup()
         raise

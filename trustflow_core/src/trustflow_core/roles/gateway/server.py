@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ...errors import UnsupportedOperation
 from ...manager import TrustflowPluginManager
+from .._server import binding
 from .config import Address, Cluster, GatewayConfig, Listener
 from .http_proxy import HttpProxy, create_server
 from .jwe_filter import PROFILES, JweFilter
@@ -107,14 +108,15 @@ class Gateway:
                     cluster = self.config.clusters[listener.tcp_cluster]
                     proxy = TcpProxy(cluster, upstreams, self._client_ssl(cluster))
                     self._tcp_proxies.append(proxy)
-                    server = await asyncio.start_server(
-                        proxy.handle,
-                        listener.address.host,
-                        listener.address.port,
-                        ssl=server_ssl,
-                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT if server_ssl else None,
-                        reuse_port=self.reuse_port or None,
-                    )
+                    with binding(listener.address.host, listener.address.port):
+                        server = await asyncio.start_server(
+                            proxy.handle,
+                            listener.address.host,
+                            listener.address.port,
+                            ssl=server_ssl,
+                            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if server_ssl else None,
+                            reuse_port=self.reuse_port or None,
+                        )
                     self._servers.append(server)
                     port = server.sockets[0].getsockname()[1]
                 else:
@@ -138,7 +140,8 @@ class Gateway:
                         reuse_address=True,
                         reuse_port=self.reuse_port or None,
                     )
-                    await site.start()
+                    with binding(listener.address.host, listener.address.port):
+                        await site.start()
                     port = runner.addresses[-1][1]
                 self.addresses[listener.name] = Address(listener.address.host, int(port))
                 log.info(
