@@ -33,6 +33,7 @@ from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.capsule_manager.testdb import BACKENDS, throwaway_database
 from trustflow_core.roles.capsule_manager.votes import sign_vote_request, vote_result, voter_sign
 from trustflow_core.wire import serialize_canonical
+from trustflow_tee_sim.report import DEFAULT_MEASUREMENTS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SCOPE = "default"
@@ -426,10 +427,21 @@ async def test_result_key_gets_merged_policy(world: World) -> None:
     request = rr(carol.party_id, [result])
     got = await c.get_data_keys(app, request, await report_for(world, app, request))
     assert got[0].data_key_b64 == result_key
-    # twice: refused, the first key stays
+    # the identical registration again (a client's retry): accepted, nothing changes
+    await c.create_result_data_key(app, body, await result_report(world, body))
+    again = await c.get_data_keys(app, request, await report_for(world, app, request))
+    assert again[0].data_key_b64 == result_key
+    # another key for the same resource: refused, the first key stays
+    changed = cm_pb2.CreateResultDataKeyRequest.Body()
+    changed.CopyFrom(body)
+    changed.data_key_b64 = key_b64()
     await refused(
-        13, c.create_result_data_key(app, body, await result_report(world, body)), "Already existed"
+        13,
+        c.create_result_data_key(app, changed, await result_report(world, changed)),
+        "Already existed",
     )
+    again = await c.get_data_keys(app, request, await report_for(world, app, request))
+    assert again[0].data_key_b64 == result_key
     # a report bound to another body
     other = cm_pb2.CreateResultDataKeyRequest.Body(
         resource_uri=uid(), scope=SCOPE, data_key_b64=key_b64(), ancestor_uuids=[a]
@@ -447,6 +459,122 @@ async def test_result_key_gets_merged_policy(world: World) -> None:
     assert world.cm.store.data_info(lost.resource_uri) is None
     empty = cm_pb2.CreateResultDataKeyRequest()
     await refused(3, c.request("CreateResultDataKey", empty, app), "request body is empty")
+
+
+# ---- result registration: what an attested but unauthorised app can do ----------------------
+
+GOOD_TA = DEFAULT_MEASUREMENTS["hex_ta_measurement"]
+EVIL_TA = "ee" * 32
+
+
+def pinned_rule(grantee: str) -> cm_pb2.Rule:
+    """Releases to ``grantee``'s psi only in an app measured as GOOD_TA."""
+    return rule(grantee, global_constraints=[f'r.env.tee.sim.mr_ta == "{GOOD_TA}"'])
+
+
+@pytest.fixture(scope="module")
+def evil_app(world: World) -> tuple[Credentials, Any]:
+    """Mallory's app: attested by the same (sim) platform, another measurement."""
+    attester = get_backend_class(world.pm, "attester", "sim").from_settings(
+        {"measurements": {"hex_ta_measurement": EVIL_TA}}
+    )
+    return make_party("mallory-app"), attester
+
+
+async def report_by(attester: Any, body: cm_pb2.CreateResultDataKeyRequest.Body) -> Any:
+    digest = hashlib.sha256(serialize_canonical(body)).digest()
+    return report_to_pb(await attester.generate(digest))
+
+
+async def test_result_takeover_refused(world: World, evil_app: tuple[Credentials, Any]) -> None:
+    """Mallory's attested app names alice's existing result (a new partition of it) with its
+    own data as ancestor: refused, alice's result keeps its rules and its key stays alice's
+    app's alone (finding 1: this used to replace the result's rules with mallory's)."""
+    c, alice, carol, app = world.client, world.alice, world.carol, world.app
+    mallory = make_party("mallory")
+    evil, evil_attester = evil_app
+    [(a, _)] = await owned(world, alice, pinned_rule(carol.party_id))
+    [(m, _)] = await owned(world, mallory, rule(mallory.party_id))
+    result, result_key = uid(), key_b64()
+    body = cm_pb2.CreateResultDataKeyRequest.Body(
+        owner_id=alice.party_id,
+        resource_uri=result,
+        scope=SCOPE,
+        data_key_b64=result_key,
+        ancestor_uuids=[a],
+    )
+    await c.create_result_data_key(app, body, await result_report(world, body))
+    assert world.cm.store is not None
+    rules_before = world.cm.store.get_policy(SCOPE, result)
+    for target in (f"{result}/part9", result):
+        attack = cm_pb2.CreateResultDataKeyRequest.Body(
+            owner_id=alice.party_id,
+            resource_uri=target,
+            scope=SCOPE,
+            data_key_b64=key_b64(),
+            ancestor_uuids=[m],
+        )
+        await refused(
+            13,
+            c.create_result_data_key(evil, attack, await report_by(evil_attester, attack)),
+            "already registered",
+        )
+    assert world.cm.store.get_policy(SCOPE, result) == rules_before
+    assert world.cm.store.get_keys([f"{result}/part9"]) == {}
+    steal = rr(mallory.party_id, [result])
+    digest = ra_user_data(evil.chain_pems[0].encode(), serialize_canonical(steal))
+    evil_report = report_to_pb(await evil_attester.generate(digest))
+    await refused(7, c.get_data_keys(evil, steal, evil_report))
+    mine = rr(carol.party_id, [result])
+    got = await c.get_data_keys(app, mine, await report_for(world, app, mine))
+    assert got[0].data_key_b64 == result_key
+
+
+async def test_result_ancestors_must_be_released_to_the_app(
+    world: World, evil_app: tuple[Credentials, Any]
+) -> None:
+    """An app may name as ancestors only data whose policy releases it to this app: mallory's
+    app cannot hang a result under alice's data (alice's rules pin another measurement)."""
+    c, alice, carol, app = world.client, world.alice, world.carol, world.app
+    evil, evil_attester = evil_app
+    [(a, _)] = await owned(world, alice, pinned_rule(carol.party_id))
+    body = cm_pb2.CreateResultDataKeyRequest.Body(
+        resource_uri=uid(), scope=SCOPE, data_key_b64=key_b64(), ancestor_uuids=[a]
+    )
+    await refused(
+        7,
+        c.create_result_data_key(evil, body, await report_by(evil_attester, body)),
+        f"ancestor {a}: its policy does not release it to this app",
+    )
+    assert world.cm.store is not None and world.cm.store.data_info(body.resource_uri) is None
+    # the app alice's rules name registers the same result
+    await c.create_result_data_key(app, body, await result_report(world, body))
+    assert world.cm.store.data_info(body.resource_uri) is not None
+    # a policy without rules releases to nobody
+    [(closed, _)] = await owned(world, alice)
+    shut = cm_pb2.CreateResultDataKeyRequest.Body(
+        resource_uri=uid(), scope=SCOPE, data_key_b64=key_b64(), ancestor_uuids=[closed]
+    )
+    await refused(7, c.create_result_data_key(app, shut, await result_report(world, shut)))
+
+
+async def test_policy_claims_an_unregistered_uuid(world: World) -> None:
+    """Finding 9: a policy on a data_uuid nobody registered claims it for its creator, so the
+    keys and the policies of a data_uuid always have one owner; another party learns that the
+    uuid is taken when it stores keys, instead of storing keys it can never govern."""
+    c, alice = world.client, world.alice
+    mallory = make_party("squatter")
+    u = uid()
+    await c.create_data_policy(mallory, SCOPE, u, [rule(mallory.party_id)])
+    await refused(13, c.create_data_keys(alice, [(u, key_b64())]), "is wrong")
+    await refused(13, c.create_data_policy(alice, SCOPE, u, [rule(alice.party_id)]), "is wrong")
+    assert world.cm.store is not None
+    info = world.cm.store.data_info(u)
+    assert info is not None and info.owner_party_id == mallory.party_id
+    assert world.cm.store.get_keys([u]) == {}
+    # the uuid's owner goes on as usual
+    await c.create_data_keys(mallory, [(u, key_b64())])
+    await c.add_data_rule(mallory, SCOPE, u, rule(alice.party_id, rule_id="r2"))
 
 
 def export_certificate(requester: Credentials, uri: str, voters: list[Credentials]) -> str:

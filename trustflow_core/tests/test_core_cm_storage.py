@@ -56,6 +56,11 @@ def nk(uri: str, b64: str = "AAAAAAAAAAAAAAAAAAAAAA==") -> NewKey:
 RULE = Rule("r1", (BOB,), (OpConstraint("psi", ("r.op_name == 'psi'",)),), ("*",), ())
 
 
+def anyone(_uuid: str, _rules: object) -> bool:
+    """A ``releasable`` check that releases every ancestor."""
+    return True
+
+
 def test_keys_roundtrip_and_overwrite(store: Store) -> None:
     u = uid()
     store.create_data_keys(ALICE, [nk(u, "a2V5MQ=="), nk(f"{u}/p1", "a2V5Mg==")])
@@ -198,11 +203,37 @@ def test_access_view_reads_records_policies_and_sealed_keys(store: Store) -> Non
     assert view[a][1] is not None and a not in sealed
 
 
-def test_policy_for_unregistered_data_then_other_owner(store: Store) -> None:
+def test_policy_for_unregistered_data_claims_it(store: Store) -> None:
     u = uid()
-    store.add_rule(ALICE, "s", u, RULE)  # creates the policy
+    store.add_rule(ALICE, "s", u, RULE)  # creates the policy and claims the uuid
+    info = store.data_info(u)
+    assert info is not None and info.owner_party_id == ALICE
+    for attempt in (
+        lambda: store.add_rule(BOB, "s", u, RULE),
+        lambda: store.put_policy(BOB, "other", u, [RULE]),
+        lambda: store.create_data_keys(BOB, [nk(u)]),
+    ):
+        with pytest.raises(CMError) as err:
+            attempt()
+        assert err.value.kind is Kind.ASSERT
+    store.create_data_keys(ALICE, [nk(u)])
+    store.delete_policy(BOB, "s", uid())  # nothing there: no-op, claims nothing
+
+
+def test_owner_takes_over_a_policy_left_by_another_party(store: Store) -> None:
+    """A database written before policies claimed their uuid can hold bob's policy on alice's
+    data: alice (the data's owner) can replace it; bob can no longer touch it."""
+    from trustflow_core.roles.capsule_manager.storage_models import PolicyRow
+
+    u = uid()
+    store.create_data_keys(ALICE, [nk(u)])
+    with store._write.begin() as session:
+        session.add(PolicyRow(scope="s", data_uuid=u, owner_party_id=BOB))
     with pytest.raises(CMError):
         store.add_rule(BOB, "s", u, RULE)
+    store.put_policy(ALICE, "s", u, [RULE])
+    policy = store.get_policy("s", u)
+    assert policy is not None and policy.owner_party_id == ALICE and policy.rules == (RULE,)
 
 
 def test_certs(store: Store) -> None:
@@ -221,19 +252,54 @@ def test_result_key_lineage_atomic(store: Store) -> None:
     store.put_policy(ALICE, "s", a, [RULE])
     # missing ancestor policy: nothing stored
     with pytest.raises(CMError) as err:
-        store.create_result_key("", nk(res), "s", [a, b], derive_result_policy)
+        store.create_result_key("", nk(res), "s", [a, b], derive_result_policy, anyone)
     assert err.value.kind is Kind.NOT_FOUND
     assert store.data_info(res) is None and store.get_keys([res]) == {}
     store.put_policy(BOB, "s", b, [RULE])
-    store.create_result_key("", nk(res), "s", [a, b], derive_result_policy)
+    store.create_result_key("", nk(res), "s", [a, b], derive_result_policy, anyone)
     info = store.data_info(res)
     assert info is not None and info.parents == (a, b)
     p = store.get_policy("s", res)
     assert p is not None and p.rules[0].columns == ("*",) and p.rules[0].rule_id == ""
     assert store.original_owners(res) == {ALICE, BOB}
-    with pytest.raises(CMError) as err:
-        store.create_result_key("", nk(res), "s", [a], derive_result_policy)
-    assert err.value.kind is Kind.ALREADY_EXISTS
+    # the identical registration again: a retry, nothing changes
+    assert not store.create_result_key("", nk(res), "s", [b, a], derive_result_policy, anyone)
+    assert store.get_policy("s", res) == p
+    # anything else under the same data_uuid: refused
+    for other in (
+        lambda: store.create_result_key("", nk(res), "s", [a], derive_result_policy, anyone),
+        lambda: store.create_result_key(
+            "", nk(res, "AQEBAQEBAQEBAQEBAQEBAQ=="), "s", [a, b], derive_result_policy, anyone
+        ),
+        lambda: store.create_result_key(ALICE, nk(res), "s", [a, b], derive_result_policy, anyone),
+        lambda: store.create_result_key(
+            "", nk(f"{res}/part2"), "s", [a, b], derive_result_policy, anyone
+        ),
+    ):
+        with pytest.raises(CMError) as err:
+            other()
+        assert err.value.kind is Kind.ALREADY_EXISTS
+    assert store.get_policy("s", res) == p and store.get_keys([f"{res}/part2"]) == {}
+
+
+def test_result_key_ancestors_checked_in_the_transaction(store: Store) -> None:
+    a, b = uid(), uid()
+    store.create_data_keys(ALICE, [nk(a)])
+    store.put_policy(ALICE, "s", a, [RULE])
+    store.create_data_keys(BOB, [nk(b)])
+    store.put_policy(BOB, "s", b, [])
+    seen: list[tuple[str, object]] = []
+
+    def only_a(uuid: str, rules: object) -> bool:
+        seen.append((uuid, rules))
+        return uuid == a
+
+    res = uid()
+    with pytest.raises(CMError, match=f"ancestor {b}") as err:
+        store.create_result_key("", nk(res), "s", [a, b], derive_result_policy, only_a)
+    assert err.value.kind is Kind.PERMISSION_DENIED
+    assert seen == [(a, (RULE,)), (b, ())]
+    assert store.data_info(res) is None and store.get_keys([res]) == {}
 
 
 def test_result_key_cannot_enter_original_data(store: Store) -> None:
@@ -241,7 +307,7 @@ def test_result_key_cannot_enter_original_data(store: Store) -> None:
     store.create_data_keys(ALICE, [nk(a)])
     store.put_policy(ALICE, "s", a, [RULE])
     with pytest.raises(CMError, match="not result data"):  # even claiming alice as owner
-        store.create_result_key(ALICE, nk(f"{a}/result"), "s", [a], derive_result_policy)
+        store.create_result_key(ALICE, nk(f"{a}/result"), "s", [a], derive_result_policy, anyone)
     policy = store.get_policy("s", a)
     assert policy is not None and policy.rules == (RULE,)
     assert store.get_keys([f"{a}/result"]) == {}

@@ -231,6 +231,23 @@ def allows(rules: Sequence[Rule], req: AccessRequest) -> bool:
     return any(rule_matches(rule, req, r) for rule in rules)
 
 
+def releases_to_app(
+    rules: Sequence[Rule], resource_uri: str, scope: str, env: Mapping[str, Any] | None
+) -> bool:
+    """Whether ``rules`` would release ``resource_uri`` to an app attested as ``env`` for some
+    request it could make: some rule, for one of its grantees and one of its ops, allows a
+    GetDataKeys request without columns or attrs from that app. This is the check on the
+    ancestors of a result (CreateResultDataKey names no initiator and no op; in GetDataKeys
+    both are the app's own claims, so the attested ``env`` is what identifies the app)."""
+    for rule in rules:
+        for grantee in rule.grantee_party_ids:
+            for op in rule.op_constraints:
+                req = AccessRequest(resource_uri, grantee, scope, op.op_name, env=env)
+                if rule_matches(rule, req, evaluation_object(req)):
+                    return True
+    return False
+
+
 def _merge(left: Sequence[Rule], right: Sequence[Rule]) -> list[Rule]:
     merged = []
     for lrule in left:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ from .convert import check_data_key_b64, policy_to_pb, report_from_pb, report_to
 from .envelope import Envelopes, OpenedRequest, error_status, ok_status, recipient_from_cert_pem
 from .errors import CMError, Kind
 from .identity_keys import CMIdentity
-from .policy import AccessRequest, allows, derive_result_policy
+from .policy import AccessRequest, Rule, allows, derive_result_policy, releases_to_app
 from .resource_uri import parse_resource_uri
 from .storage import NewKey, Store
 from .votes import verify_export_certificate
@@ -335,12 +335,19 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             raise CMError(Kind.INVALID_ARGUMENT, "request body is empty")
         body = inner.body
         digest = hashlib.sha256(serialize_canonical(body)).digest()
-        await self._attest(inner.attestation_report, inner.HasField("attestation_report"), digest)
+        verified = await self._attest(
+            inner.attestation_report, inner.HasField("attestation_report"), digest
+        )
+        env = self._env_for(verified, "")
         uri = parse_resource_uri(body.resource_uri)
         check_data_key_b64(body.data_key_b64, body.resource_uri)
         for ancestor in body.ancestor_uuids:
             parse_resource_uri(ancestor)
         key = NewKey(body.resource_uri, uri.data_uuid, body.data_key_b64)
+
+        def releasable(ancestor: str, rules: Sequence[Rule]) -> bool:
+            return releases_to_app(rules, ancestor, body.scope, env)
+
         await self._thread(
             self.store.create_result_key,
             body.owner_id,
@@ -348,6 +355,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             body.scope,
             list(body.ancestor_uuids),
             derive_result_policy,
+            releasable,
         )
         return _status_only()
 

@@ -9,10 +9,11 @@ exists) always see committed state. SQLite write transactions start with ``BEGIN
 
 Ownership rules (sound where upstream is lax, quirks 35, 36, 38, 50):
 
-* a data record (``data_uuid``) belongs to the party that first stored a key for it; nobody
-  else may store or delete its keys, nor create, change or delete its policies;
-* a policy ``(scope, data_uuid)`` belongs to its creator;
-* result keys are stored together with their derived policy, or not at all.
+* a data record (``data_uuid``) belongs to the party that first stored a key or a policy for
+  it; nobody else may store or delete its keys, nor create, change or delete its policies;
+* a result is registered once, under a new data_uuid, with ancestors whose policies release
+  them to the registering app; its key is stored together with its derived policy, or not
+  at all (:meth:`Store.create_result_key`).
 """
 
 from __future__ import annotations
@@ -408,61 +409,117 @@ class Store:
         scope: str,
         ancestors: Sequence[str],
         derive: Callable[[Sequence[Sequence[Rule]]], list[Rule]],
-    ) -> None:
-        """Store a result key, its lineage and its derived policy in one transaction.
-        An existing key for the same resource_uri: Already existed; a missing ancestor policy:
-        NotFound ``data policy is empty.`` (and nothing is stored). Results never go into an
-        owner's original data (a record without parents): Assert."""
+        releasable: Callable[[str, Sequence[Rule]], bool],
+    ) -> bool:
+        """Register a result: its key, lineage and derived policy, in one transaction.
 
-        def op(session: Session) -> None:
-            if session.get(DataKeyRow, key.resource_uri) is not None:
-                raise CMError(Kind.ALREADY_EXISTS, f"resource {key.resource_uri} has a key")
-            ancestor_rules = []
-            for uuid in ancestors:
-                row = self._policy_row(session, scope, uuid)
-                if row is None:
-                    raise CMError(Kind.NOT_FOUND, "data policy is empty.")
-                ancestor_rules.append(self._rules(session, row.id))
-            record = self._owned_record(session, key.data_uuid, owner)
-            if record is None:
-                session.add(
-                    DataRecord(
-                        data_uuid=key.data_uuid,
-                        owner_party_id=owner,
-                        parents_json=json.dumps(list(ancestors)),
-                    )
-                )
-                session.flush()
-            else:
-                existing_parents = json.loads(record.parents_json)
-                if not existing_parents:  # an owner's original data, not a result
+        The rule (docs/capsule-manager.md, "Result registration"):
+
+        * a result is registered once, under a data_uuid nobody holds yet; repeating the
+          identical registration (same resource, key, owner, ancestors) is a retry and changes
+          nothing (returns False; True when stored). Anything else naming an existing data_uuid
+          is refused: Already existed for a result, Assert for an owner's original data;
+        * every ancestor needs a policy in ``scope`` (NotFound ``data policy is empty.``) owned
+          by the ancestor's owner, and ``releasable(ancestor_uuid, rules)`` must say that the
+          policy releases the ancestor to the calling app (PermissionDenied) -- evaluated
+          here, on the rules the derived policy is made of;
+        * nothing is stored unless all of this holds.
+        """
+
+        def op(session: Session) -> bool:
+            record = session.get(DataRecord, key.data_uuid)
+            if record is not None:
+                if self._same_result(session, record, owner, key, ancestors):
+                    return False
+                if not json.loads(record.parents_json):
                     raise CMError(Kind.ASSERT, f"data_uuid {key.data_uuid} is not result data")
-                parents = sorted(set(existing_parents) | set(ancestors))
-                record.parents_json = json.dumps(parents)
+                raise CMError(
+                    Kind.ALREADY_EXISTS,
+                    f"result {key.data_uuid} is already registered "
+                    "(a result is registered once, under a new data_uuid)",
+                )
+            ancestor_rules = [self._ancestor_rules(session, scope, u) for u in ancestors]
+            for uuid, rules in zip(ancestors, ancestor_rules, strict=True):
+                if not releasable(uuid, rules):
+                    raise CMError(
+                        Kind.PERMISSION_DENIED,
+                        f"ancestor {uuid}: its policy does not release it to this app",
+                    )
+            if self._policy_row(session, scope, key.data_uuid) is not None:
+                raise CMError(Kind.ASSERT, f"data_uuid {key.data_uuid} has a policy of its own")
+            session.add(
+                DataRecord(
+                    data_uuid=key.data_uuid,
+                    owner_party_id=owner,
+                    parents_json=json.dumps(list(ancestors)),
+                )
+            )
+            session.flush()
             self._put_key(session, key)
-            existing = self._policy_row(session, scope, key.data_uuid)
-            if existing is not None and existing.owner_party_id != owner:
-                raise CMError(Kind.ASSERT, "party_id is wrong")
             self._replace_rules(session, scope, key.data_uuid, owner, derive(ancestor_rules))
+            return True
 
-        self._tx(op)
+        return self._tx(op)
+
+    def _same_result(
+        self,
+        session: Session,
+        record: DataRecord,
+        owner: str,
+        key: NewKey,
+        ancestors: Sequence[str],
+    ) -> bool:
+        """Whether ``record`` already holds exactly this registration (a client's retry)."""
+        row = session.get(DataKeyRow, key.resource_uri)
+        if row is None or record.owner_party_id != owner:
+            return False
+        if sorted(set(json.loads(record.parents_json))) != sorted(set(ancestors)):
+            return False
+        stored = self._sealer.open(row.nonce, row.sealed_key, KEYS_TABLE, row.resource_uri)
+        return hmac.compare_digest(stored, key.data_key_b64.encode())
+
+    def _ancestor_rules(self, session: Session, scope: str, data_uuid: str) -> tuple[Rule, ...]:
+        row = self._policy_row(session, scope, data_uuid)
+        if row is None:
+            raise CMError(Kind.NOT_FOUND, "data policy is empty.")
+        record = session.get(DataRecord, data_uuid)
+        if record is not None and record.owner_party_id != row.owner_party_id:
+            raise CMError(
+                Kind.ASSERT,
+                f"the owner of data key {record.owner_party_id} != the owner of data policy "
+                f"{row.owner_party_id}",
+            )
+        return self._rules(session, row.id)
 
     # ---- policies --------------------------------------------------------------------------
 
     def _check_policy_owner(
-        self, session: Session, scope: str, data_uuid: str, owner: str
+        self, session: Session, scope: str, data_uuid: str, owner: str, *, claim: bool = False
     ) -> PolicyRow | None:
-        self._owned_record(session, data_uuid, owner)
+        """The policy ``(scope, data_uuid)`` that ``owner`` may change (None: there is none).
+
+        The data_uuid's owner decides, whoever made the policy: another party's data is
+        refused (Assert); on the caller's own data a policy left by another party (possible in
+        databases written before policies claimed their data_uuid) is taken over. An unclaimed
+        data_uuid is claimed by the caller when ``claim`` (creating or extending a policy),
+        so that the keys and the policies of a data_uuid always have one owner."""
+        record = self._owned_record(session, data_uuid, owner)
         row = self._policy_row(session, scope, data_uuid)
-        if row is not None and not hmac.compare_digest(row.owner_party_id.encode(), owner.encode()):
-            raise CMError(Kind.ASSERT, "party_id is wrong")
+        if record is None:
+            if row is not None and not _same_party(row.owner_party_id, owner):
+                raise CMError(Kind.ASSERT, "party_id is wrong")
+            if claim:
+                session.add(DataRecord(data_uuid=data_uuid, owner_party_id=owner))
+                session.flush()
+        elif row is not None and not _same_party(row.owner_party_id, owner):
+            row.owner_party_id = owner
         return row
 
     def put_policy(self, owner: str, scope: str, data_uuid: str, rules: Sequence[Rule]) -> None:
         """Create or replace the policy ``(scope, data_uuid)``."""
 
         def op(session: Session) -> None:
-            self._check_policy_owner(session, scope, data_uuid, owner)
+            self._check_policy_owner(session, scope, data_uuid, owner, claim=True)
             self._replace_rules(session, scope, data_uuid, owner, rules)
 
         self._tx(op)
@@ -471,7 +528,7 @@ class Store:
         """Append a rule, creating the policy when there is none."""
 
         def op(session: Session) -> None:
-            row = self._check_policy_owner(session, scope, data_uuid, owner)
+            row = self._check_policy_owner(session, scope, data_uuid, owner, claim=True)
             if row is None:
                 self._replace_rules(session, scope, data_uuid, owner, [rule])
                 return
@@ -596,6 +653,10 @@ _UPDATE_KEY = (
         data_uuid=bindparam("b_uuid"), nonce=bindparam("b_nonce"), sealed_key=bindparam("b_sealed")
     )
 )
+
+
+def _same_party(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
 
 
 @functools.lru_cache(maxsize=8192)
