@@ -34,6 +34,7 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
     update,
 )
@@ -42,6 +43,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .access_reads import read_access_rows
 from .errors import CMError, Kind
+from .freshness import RequestMark
+from .migrations import SchemaMismatch, migrate
 from .policy import Rule
 from .sealing import Sealer
 from .storage_models import (
@@ -52,6 +55,7 @@ from .storage_models import (
     DataRecord,
     Meta,
     PolicyRow,
+    RequestRow,
     RuleRow,
 )
 from .writer_lock import WriterLock
@@ -65,10 +69,6 @@ MAX_ATTEMPTS = 6
 CONNECT_TIMEOUT = 10
 #: Seconds after which pooled connections are replaced.
 POOL_RECYCLE = 1800
-
-
-class SchemaMismatch(Exception):
-    """The database was created by an incompatible version."""
 
 
 @dataclass(frozen=True)
@@ -160,9 +160,15 @@ class Store:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create missing tables and check the storage key against the stored check value
-        (written on first start). Raise :class:`CMError` (Data Integrity Violated) when the
-        database was sealed under another storage key."""
+        """Migrate a database of an older schema version (:mod:`.migrations`, one
+        transaction), create missing tables and check the storage key against the stored check
+        value (written on first start). Raise :class:`CMError` (Data Integrity Violated) when
+        the database is of an unknown or newer version, or sealed under another storage key."""
+        try:
+            if inspect(self._write_engine).has_table(Meta.__tablename__):
+                self._tx(migrate)
+        except SchemaMismatch as exc:
+            raise CMError(Kind.DATA_INTEGRITY, str(exc)) from None
         Base.metadata.create_all(self._write_engine)
 
         def check(session: Session) -> None:
@@ -220,6 +226,19 @@ class Store:
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def _apply(self, op: Callable[[Session], None], request: RequestMark | None) -> None:
+        """Run ``op`` in one write transaction (:meth:`_tx`) that also records ``request``
+        (an owner request: :mod:`.freshness`). A request already recorded is a replay or a
+        client retry: nothing is applied (the caller answers as the first time). A ``jti``
+        already used by the party with another envelope: Invalid Argument. Two identical
+        requests at once: the second insert of the digest fails, the retry sees it."""
+
+        def once(session: Session) -> None:
+            if request is None or _record(session, request):
+                op(session)
+
+        self._tx(once)
 
     def _ro(self, fn: Callable[[Session], T]) -> T:
         def run() -> T:
@@ -297,7 +316,9 @@ class Store:
 
     # ---- data keys -------------------------------------------------------------------------
 
-    def create_data_keys(self, owner: str, keys: Sequence[NewKey]) -> None:
+    def create_data_keys(
+        self, owner: str, keys: Sequence[NewKey], request: RequestMark | None = None
+    ) -> None:
         """Store (or overwrite) keys; all or nothing. A data_uuid owned by another party
         refuses the whole request (Assert, 13)."""
         by_uri = {k.resource_uri: k for k in keys}  # a repeated URI: the last one wins
@@ -335,9 +356,15 @@ class Store:
             if updates:
                 conn.execute(_UPDATE_KEY, updates)
 
-        self._tx(op)
+        self._apply(op, request)
 
-    def delete_data_key(self, owner: str, data_uuid: str, resource_uri: str) -> None:
+    def delete_data_key(
+        self,
+        owner: str,
+        data_uuid: str,
+        resource_uri: str,
+        request: RequestMark | None = None,
+    ) -> None:
         def op(session: Session) -> None:
             if self._owned_record(session, data_uuid, owner) is None:
                 return
@@ -347,7 +374,7 @@ class Store:
                 )
             )
 
-        self._tx(op)
+        self._apply(op, request)
 
     def get_keys(self, resource_uris: Sequence[str]) -> dict[str, str]:
         """``resource_uri -> data_key_b64`` for the URIs that have a key."""
@@ -458,16 +485,30 @@ class Store:
             raise CMError(Kind.ASSERT, "party_id is wrong")
         return row
 
-    def put_policy(self, owner: str, scope: str, data_uuid: str, rules: Sequence[Rule]) -> None:
+    def put_policy(
+        self,
+        owner: str,
+        scope: str,
+        data_uuid: str,
+        rules: Sequence[Rule],
+        request: RequestMark | None = None,
+    ) -> None:
         """Create or replace the policy ``(scope, data_uuid)``."""
 
         def op(session: Session) -> None:
             self._check_policy_owner(session, scope, data_uuid, owner)
             self._replace_rules(session, scope, data_uuid, owner, rules)
 
-        self._tx(op)
+        self._apply(op, request)
 
-    def add_rule(self, owner: str, scope: str, data_uuid: str, rule: Rule) -> None:
+    def add_rule(
+        self,
+        owner: str,
+        scope: str,
+        data_uuid: str,
+        rule: Rule,
+        request: RequestMark | None = None,
+    ) -> None:
         """Append a rule, creating the policy when there is none."""
 
         def op(session: Session) -> None:
@@ -478,9 +519,11 @@ class Store:
             session.add(RuleRow(policy_id=row.id, rule_id=rule.rule_id, body_json=rule.to_json()))
             session.flush()
 
-        self._tx(op)
+        self._apply(op, request)
 
-    def delete_policy(self, owner: str, scope: str, data_uuid: str) -> None:
+    def delete_policy(
+        self, owner: str, scope: str, data_uuid: str, request: RequestMark | None = None
+    ) -> None:
         def op(session: Session) -> None:
             row = self._check_policy_owner(session, scope, data_uuid, owner)
             if row is None:
@@ -488,9 +531,16 @@ class Store:
             session.execute(delete(RuleRow).where(RuleRow.policy_id == row.id))
             session.delete(row)
 
-        self._tx(op)
+        self._apply(op, request)
 
-    def delete_rule(self, owner: str, scope: str, data_uuid: str, rule_id: str) -> None:
+    def delete_rule(
+        self,
+        owner: str,
+        scope: str,
+        data_uuid: str,
+        rule_id: str,
+        request: RequestMark | None = None,
+    ) -> None:
         def op(session: Session) -> None:
             row = self._check_policy_owner(session, scope, data_uuid, owner)
             if row is None:
@@ -499,7 +549,7 @@ class Store:
                 delete(RuleRow).where(RuleRow.policy_id == row.id, RuleRow.rule_id == rule_id)
             )
 
-        self._tx(op)
+        self._apply(op, request)
 
     def list_policies(self, owner: str, scope: str) -> list[StoredPolicy]:
         def op(session: Session) -> list[StoredPolicy]:
@@ -548,6 +598,30 @@ class Store:
         view = {u: (records.get(u), by_uuid.get(u)) for u in uuids}
         sealed = {uri: (bytes(nonce), bytes(key)) for uri, nonce, key in key_rows}
         return view, SealedKeys(self._sealer, sealed)
+
+
+def _record(session: Session, request: RequestMark) -> bool:
+    """Record ``request``; False when its digest is recorded already."""
+    if session.get(RequestRow, request.digest) is not None:
+        return False
+    if request.jti is not None:
+        used = session.scalars(
+            select(RequestRow.digest).where(
+                RequestRow.party_id == request.party_id, RequestRow.jti == request.jti
+            )
+        ).first()
+        if used is not None:
+            raise CMError(Kind.INVALID_ARGUMENT, f"JWS header jti {request.jti!r} was already used")
+    session.add(
+        RequestRow(
+            digest=request.digest,
+            party_id=request.party_id,
+            jti=request.jti,
+            created=int(time.time()),
+        )
+    )
+    session.flush()
+    return True
 
 
 def _retry_dead_connection(fn: Callable[[], T]) -> T:
