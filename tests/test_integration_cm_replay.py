@@ -14,8 +14,10 @@ import base64
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +38,8 @@ from trustflow_core.wire import to_json
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SCOPE = "default"
+#: A database written by the schema-1 CM (storage key bytes 0..31).
+V1_DATABASE = Path(__file__).parents[1] / "trustflow_core" / "tests" / "data" / "cm_schema_v1.db"
 
 
 @dataclasses.dataclass
@@ -166,6 +170,11 @@ async def grantees(w: World, uuid: str) -> list[list[str]]:
     return [list(r.grantee_party_ids) for p in policies if p.data_uuid == uuid for r in p.rules]
 
 
+def stored_keys(w: World, uri: str) -> dict[str, str]:
+    assert w.cm.store is not None
+    return w.cm.store.get_keys([uri])
+
+
 async def new_data(w: World) -> str:
     uuid = uid()
     await w.client.create_data_keys(w.alice, [(uuid, key_b64())])
@@ -194,11 +203,11 @@ async def test_replayed_delete_key_does_not_delete_recreated_key(w: World, style
     request = cm_pb2.DeleteDataKeyRequest(owner_party_id=w.alice.party_id, resource_uri=uuid)
     captured = await capture(w, style, request, w.alice)
     assert (await send(w, "DeleteDataKey", captured)).code == 0
-    assert w.cm.store.get_keys([uuid]) == {}
+    assert stored_keys(w, uuid) == {}
     recreated = key_b64()
     await w.client.create_data_keys(w.alice, [(uuid, recreated)])
     assert (await send(w, "DeleteDataKey", captured)).code == 0
-    assert w.cm.store.get_keys([uuid]) == {uuid: recreated}
+    assert stored_keys(w, uuid) == {uuid: recreated}
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -301,3 +310,33 @@ async def test_requests_without_claims_keep_working(w: World) -> None:
         request = await sealed(w, policy_request(w.alice, uuid, grantee), w.alice, None)
         assert (await send(w, "CreateDataPolicy", request)).code == 0
     assert await grantees(w, uuid) == [[w.alice.party_id]]
+
+
+async def test_cm_starts_on_a_schema_1_database(sim_env: None, tmp_path: Path) -> None:
+    """A data directory written by the schema-1 CM: the CM migrates it at start, serves its
+    keys, and replays against it are recognised."""
+    data_dir = tmp_path / "cm"
+    data_dir.mkdir(mode=0o700)
+    shutil.copy(V1_DATABASE, data_dir / "cm.db")
+    (data_dir / "storage.key").write_bytes(base64.b64encode(bytes(range(32))) + b"\n")
+    pm = get_plugin_manager()
+    cm = CapsuleManager(CMSettings(port=0, plat="sim", data_dir=data_dir), pm=pm)
+    port = await cm.start()
+    client = CapsuleManagerClient(f"127.0.0.1:{port}", pm=pm)
+    store = cm.store
+    assert store is not None
+    try:
+        assert store.get_keys(["d-v1"]) == {"d-v1": "a2V5MQ=="}
+        alice, carol = (ephemeral_credentials(n, key_size=2048) for n in ("alice", "carol"))
+        w = World(cm, client, alice, carol)
+        uuid = await new_data(w)
+        request = cm_pb2.DeleteDataKeyRequest(owner_party_id=w.alice.party_id, resource_uri=uuid)
+        captured = await capture(w, "upstream", request, w.alice)
+        assert (await send(w, "DeleteDataKey", captured)).code == 0
+        recreated = key_b64()
+        await w.client.create_data_keys(w.alice, [(uuid, recreated)])
+        assert (await send(w, "DeleteDataKey", captured)).code == 0
+        assert store.get_keys([uuid]) == {uuid: recreated}
+    finally:
+        await client.aclose()
+        await cm.stop()

@@ -16,6 +16,7 @@ Two layers:
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Mapping
@@ -77,7 +78,7 @@ def check_claims(
     now = time.time() if now is None else now
     if "iat" in header:
         iat = header["iat"]
-        if isinstance(iat, bool) or not isinstance(iat, int | float):
+        if isinstance(iat, bool) or not isinstance(iat, int | float) or not math.isfinite(iat):
             raise _refuse("iat", "must be a NumericDate (seconds since the epoch)")
         if iat > now + window.max_future:
             raise _refuse("iat", f"lies more than {window.max_future} s in the future")

@@ -165,7 +165,7 @@ class Store:
         value (written on first start). Raise :class:`CMError` (Data Integrity Violated) when
         the database is of an unknown or newer version, or sealed under another storage key."""
         try:
-            if inspect(self._write_engine).has_table(Meta.__tablename__):
+            if inspect(self._read_engine).has_table(Meta.__tablename__):
                 self._tx(migrate)
         except SchemaMismatch as exc:
             raise CMError(Kind.DATA_INTEGRITY, str(exc)) from None
