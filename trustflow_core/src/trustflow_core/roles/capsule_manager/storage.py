@@ -29,12 +29,14 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import (
     Engine,
     Table,
+    and_,
     bindparam,
     create_engine,
     delete,
     event,
     insert,
     inspect,
+    or_,
     select,
     update,
 )
@@ -602,25 +604,23 @@ class Store:
 
 def _record(session: Session, request: RequestMark) -> bool:
     """Record ``request``; False when its digest is recorded already."""
-    if session.get(RequestRow, request.digest) is not None:
+    conn = session.connection()  # Core statements: this runs on every owner mutation
+    seen = conn.execute(
+        _SEEN_REQUEST, {"digest": request.digest, "party": request.party_id, "jti": request.jti}
+    ).all()
+    if any(digest == request.digest for (digest,) in seen):
         return False
-    if request.jti is not None:
-        used = session.scalars(
-            select(RequestRow.digest).where(
-                RequestRow.party_id == request.party_id, RequestRow.jti == request.jti
-            )
-        ).first()
-        if used is not None:
-            raise CMError(Kind.INVALID_ARGUMENT, f"JWS header jti {request.jti!r} was already used")
-    session.add(
-        RequestRow(
-            digest=request.digest,
-            party_id=request.party_id,
-            jti=request.jti,
-            created=int(time.time()),
-        )
+    if seen:
+        raise CMError(Kind.INVALID_ARGUMENT, f"JWS header jti {request.jti!r} was already used")
+    conn.execute(
+        _INSERT_REQUEST,
+        {
+            "digest": request.digest,
+            "party_id": request.party_id,
+            "jti": request.jti,
+            "created": int(time.time()),
+        },
     )
-    session.flush()
     return True
 
 
@@ -663,6 +663,17 @@ _DATA_TABLE = cast(Table, DataRecord.__table__)
 _KEYS_TABLE = cast(Table, DataKeyRow.__table__)
 _INSERT_RECORD = insert(_DATA_TABLE)
 _INSERT_KEY = insert(_KEYS_TABLE)
+_REQUESTS_TABLE = cast(Table, RequestRow.__table__)
+_SEEN_REQUEST = select(_REQUESTS_TABLE.c.digest).where(
+    or_(
+        _REQUESTS_TABLE.c.digest == bindparam("digest"),
+        and_(
+            _REQUESTS_TABLE.c.party_id == bindparam("party"),
+            _REQUESTS_TABLE.c.jti == bindparam("jti"),
+        ),
+    )
+)
+_INSERT_REQUEST = insert(_REQUESTS_TABLE)
 _UPDATE_KEY = (
     update(_KEYS_TABLE)
     .where(_KEYS_TABLE.c.resource_uri == bindparam("b_uri"))
