@@ -6,6 +6,8 @@ transaction: it either applies completely or not at all (a request killed mid-fl
 nothing half-written). Races between concurrent writers (two first inserts of the same row)
 surface as integrity errors and the whole transaction is retried, so the checks (owner, already
 exists) always see committed state. SQLite write transactions start with ``BEGIN IMMEDIATE``.
+The owner mutations take an optional :class:`~.freshness.RequestMark`, recorded in the same
+transaction as the effect; a request recorded before is not applied again (replay protection).
 
 Ownership rules (sound where upstream is lax, quirks 35, 36, 38, 50):
 
