@@ -358,3 +358,20 @@ def test_sign_refuses_chain_of_another_key() -> None:
     cert = make_cert(other, other, "other", "other")
     with pytest.raises(EnvelopeError, match="chain"):
         JweChannel().sign(b"x", key, [cert])
+
+
+def test_sign_claims_follow_alg_and_x5c() -> None:
+    """Extra header claims (the CM's ``iat``/``jti``) come after ``alg``/``x5c``; without them
+    the header stays upstream's ``{"alg":"RS256","x5c":[...]}``."""
+    key = rsa_test_key("claims")
+    cert = make_cert(key, key, "leaf", "leaf")
+    plain = JweChannel().sign(b"x", key, [cert])
+    claimed = JweChannel().sign(b"x", key, [cert], claims={"iat": 1700000000, "jti": "j-1"})
+    verified = JweChannel().verify(claimed)
+    assert list(verified.header) == ["alg", "x5c", "iat", "jti"]
+    assert verified.header["iat"] == 1700000000 and verified.header["jti"] == "j-1"
+    assert list(JweChannel().verify(plain).header) == ["alg", "x5c"]
+    assert list(json.loads(unb64url(plain.protected))) == ["alg", "x5c"]
+    for name in ("alg", "x5c", "crit"):
+        with pytest.raises(EnvelopeError, match=name):
+            JweChannel().sign(b"x", key, [cert], claims={name: "none"})

@@ -129,8 +129,11 @@ class EnvelopeChannel(Backend, abc.ABC):
         payload: bytes,
         private_key: RSAPrivateKey,
         chain: Sequence[x509.Certificate] = (),
+        *,
+        claims: Mapping[str, Any] | None = None,
     ) -> Jws:
-        """Sign ``payload`` (RS256); ``chain`` (leaf first, leaf = signer) goes into ``x5c``."""
+        """Sign ``payload`` (RS256); ``chain`` (leaf first, leaf = signer) goes into ``x5c``;
+        ``claims`` are extra protected-header members (e.g. ``iat``/``jti``)."""
 
     @abc.abstractmethod
     def verify(self, jws: Jws, *, public_key: RSAPublicKey | None = None) -> VerifiedJws:

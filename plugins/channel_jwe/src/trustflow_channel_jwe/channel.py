@@ -100,8 +100,10 @@ class JweChannel(EnvelopeChannel):
         payload: bytes,
         private_key: RSAPrivateKey,
         chain: Sequence[x509.Certificate] = (),
+        *,
+        claims: Mapping[str, Any] | None = None,
     ) -> Jws:
-        return _jws.sign(payload, private_key, chain)
+        return _jws.sign(payload, private_key, chain, claims=claims)
 
     def verify(self, jws: Jws, *, public_key: RSAPublicKey | None = None) -> VerifiedJws:
         return _jws.verify(jws, public_key)

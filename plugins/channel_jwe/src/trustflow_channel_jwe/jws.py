@@ -1,7 +1,9 @@
 """JWS as the upstream system uses it (crypto-formats §3); also plain RFC 7515 for RS256.
 
 * Header ``{"alg":"RS256","x5c":[...]}`` (compact when we write it), ``x5c`` omitted for an
-  empty chain; entries are standard base64 **with** padding of DER, leaf first.
+  empty chain; entries are standard base64 **with** padding of DER, leaf first. Extra header
+  ``claims`` (e.g. the freshness claims ``iat``/``jti``) follow them; without claims the
+  header is byte-for-byte upstream's.
 * Signature: RSASSA-PKCS1-v1_5/SHA-256 over ``ASCII(protected + "." + payload)``. Members are
   decoded strictly, so the transmitted strings equal the upstream CM's re-encoding (quirk 9).
 * ``PS256`` (RSASSA-PSS/SHA-256, MGF1-SHA-256, salt = 32 bytes) is also accepted, as the CM
@@ -15,7 +17,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -51,9 +53,16 @@ def _spki(key: Any) -> bytes:
     return spki
 
 
-def sign(payload: bytes, private_key: RSAPrivateKey, chain: Sequence[x509.Certificate] = ()) -> Jws:
+def sign(
+    payload: bytes,
+    private_key: RSAPrivateKey,
+    chain: Sequence[x509.Certificate] = (),
+    *,
+    claims: Mapping[str, Any] | None = None,
+) -> Jws:
     """RS256 JWS of ``payload``; ``chain`` (leaf first) goes into ``x5c`` and its leaf must
-    hold the signing key's public key."""
+    hold the signing key's public key. ``claims`` are added to the protected header after
+    ``alg`` and ``x5c`` (which they may not replace)."""
     if not isinstance(private_key, RSAPrivateKey):
         raise EnvelopeError(f"JWS signing key must be an RSA key, got {type(private_key)}")
     header: dict[str, Any] = {"alg": "RS256"}
@@ -63,6 +72,10 @@ def sign(payload: bytes, private_key: RSAPrivateKey, chain: Sequence[x509.Certif
         header["x5c"] = [
             b64std_encode(cert.public_bytes(serialization.Encoding.DER)) for cert in chain
         ]
+    for name, value in (claims or {}).items():
+        if name in ("alg", "x5c", "crit"):
+            raise EnvelopeError(f"JWS claim {name!r} may not be set as an extra header member")
+        header[name] = value
     protected = b64url_encode(compact_json(header))
     encoded_payload = b64url_encode(payload)
     signing_input = f"{protected}.{encoded_payload}".encode("ascii")

@@ -1,7 +1,8 @@
 """Python client API of the Capsule Manager (owners and TEE apps).
 
 Requests are built like the upstream SDK builds them (crypto-formats §2-§4): inner request JSON
-signed as an RS256 JWS with ``x5c`` = the caller's chain, sealed to the CM certificate's key
+signed as an RS256 JWS with ``x5c`` = the caller's chain and the freshness claims ``iat``/``jti``
+(which the CM checks; the upstream SDK sends none), sealed to the CM certificate's key
 with the ``jwe`` channel's upstream profile (RSA-OAEP, A128GCM, 12-byte IV). Responses are
 opened with the caller's key and parsed strictly. The CM certificate comes from ``GetRaCert``
 once per client; unless ``tee_plat`` is ``"sim"`` its report is verified against
@@ -45,6 +46,7 @@ from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_g
 from ...wire import parse_json, to_json
 from .convert import report_from_pb
 from .errors import Kind, kind_of_message
+from .freshness import new_claims
 
 M = TypeVar("M", bound=Message)
 TEE_PLATFORMS = {"sgx": "SGX_DCAP", "tdx": "TDX", "csv": "CSV", "sim": "SIM"}
@@ -243,7 +245,7 @@ class CapsuleManagerClient:
 
     async def envelope(self, inner: Message, creds: Credentials) -> cm_pb2.EncryptedRequest:
         payload = to_json(inner, style="sdk").encode()
-        jws = self.channel.sign(payload, creds.private_key, creds.chain)
+        jws = self.channel.sign(payload, creds.private_key, creds.chain, claims=new_claims())
         plaintext = json.dumps(jws.to_dict(), separators=(",", ":")).encode()
         jwe = self.channel.seal(plaintext, await self.cm_public_key()).jwe
         return cm_pb2.EncryptedRequest(

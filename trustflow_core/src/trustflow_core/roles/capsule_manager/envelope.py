@@ -26,6 +26,7 @@ from ...proto.secretflowapis.v2.sdc import jwt_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...wire import parse_json, to_json
 from .errors import CMError, Kind
+from .freshness import DEFAULT_WINDOW, FreshnessWindow, check_claims, request_digest
 
 KEY_ALGS = {"RSA-OAEP", "RSA-OAEP-256"}
 OTHER_RFC_ALGS = {
@@ -105,11 +106,13 @@ def _check_jws_header(header: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class OpenedRequest:
-    """A decrypted request: the inner request JSON and the JWS it came in (if any)."""
+    """A decrypted request: the inner request JSON, the JWS it came in (if any) and the
+    envelope's :func:`~.freshness.request_digest`."""
 
     inner: bytes
     jws: Jws | None
     jws_header: dict[str, Any] | None
+    digest: str
 
     def parse(self, message_cls: type[Any]) -> Any:
         """The inner request (proto field names; unknown keys ignored, as the Rust CM)."""
@@ -121,11 +124,18 @@ class OpenedRequest:
 
 class Envelopes:
     """Opens requests addressed to the CM key and seals responses (RSA-OAEP SHA-1, A128GCM,
-    12-byte IV, empty AAD -- the only form the C++ proxies can read)."""
+    12-byte IV, empty AAD -- the only form the C++ proxies can read). ``freshness`` bounds
+    the ``iat`` claim of signed requests that carry one."""
 
-    def __init__(self, channel: EnvelopeChannel, private_key: RSAPrivateKey) -> None:
+    def __init__(
+        self,
+        channel: EnvelopeChannel,
+        private_key: RSAPrivateKey,
+        freshness: FreshnessWindow = DEFAULT_WINDOW,
+    ) -> None:
         self._channel = channel
         self._key = private_key
+        self._freshness = freshness
 
     def open(self, request: cm_pb2.EncryptedRequest) -> OpenedRequest:
         if not request.HasField("message"):
@@ -139,8 +149,13 @@ class Envelopes:
             raise CMError(Kind.CRYPTO, str(exc)) from None
         if len(plaintext) > MAX_INNER_BYTES:
             raise CMError(Kind.DECODE, "request too large")
+        digest = request_digest(
+            _b64url(m.iv, "JWE iv"),
+            _b64url(m.tag, "JWE tag"),
+            _b64url(m.ciphertext, "JWE ciphertext"),
+        )
         if not request.has_signature:
-            return OpenedRequest(plaintext, None, None)
+            return OpenedRequest(plaintext, None, None, digest)
         obj = _json_object(plaintext, "JWS")
         members = {}
         for name in ("protected", "payload", "signature"):
@@ -151,11 +166,13 @@ class Envelopes:
         jws = Jws(**members)
         header = _json_object(_b64url(jws.protected, "JWS protected header"), "JWS header")
         payload = _b64url(jws.payload, "JWS payload")
-        return OpenedRequest(payload, jws, header)
+        return OpenedRequest(payload, jws, header, digest)
 
     def authenticate(self, opened: OpenedRequest, party_id: str, *, missing: Kind) -> VerifiedJws:
-        """Verify the JWS (x5c chain, signature by x5c[0]) and that ``party_id`` is the party
-        id of the chain's last certificate. ``missing`` is the kind for an unsigned request."""
+        """Verify the JWS (x5c chain, signature by x5c[0]), that ``party_id`` is the party
+        id of the chain's last certificate and the freshness claims ``iat``/``jti`` when
+        present (:func:`~.freshness.check_claims`). ``missing`` is the kind for an unsigned
+        request."""
         if opened.jws is None or opened.jws_header is None:
             raise CMError(missing, "Missing signature")
         if "x5c" not in opened.jws_header:
@@ -169,6 +186,7 @@ class Envelopes:
             raise CMError(kind, f"Signature verify failed. ({text})") from None
         if party_id_of_chain(verified.chain) != party_id:
             raise CMError(Kind.ASSERT, f"party_id {party_id} is wrong derived from public key")
+        check_claims(verified.header, self._freshness)
         return verified
 
     def seal(self, inner: Message, recipient: RSAPublicKey) -> cm_pb2.EncryptedResponse:

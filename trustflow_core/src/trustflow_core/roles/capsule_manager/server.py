@@ -96,7 +96,7 @@ class CapsuleManager:
                 ) from None
         service = CapsuleManagerService(
             store=self.store,
-            envelopes=Envelopes(self._channel(), identity.private_key),
+            envelopes=Envelopes(self._channel(), identity.private_key, s.freshness),
             identity=identity,
             attester=attester,
             verifier_for=self._verifier_for,

@@ -30,6 +30,7 @@ from .certs import spki_pem, verified_chain_party
 from .convert import check_data_key_b64, policy_to_pb, report_from_pb, report_to_pb, rule_from_pb
 from .envelope import Envelopes, OpenedRequest, error_status, ok_status, recipient_from_cert_pem
 from .errors import CMError, Kind
+from .freshness import RequestMark
 from .identity_keys import CMIdentity
 from .policy import AccessRequest, Rule, allows, derive_result_policy, releases_to_app
 from .resource_uri import parse_resource_uri
@@ -364,15 +365,15 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
     @_rpc("create_data_keys")
     async def CreateDataKeys(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
         def work() -> None:
-            opened = self.envelopes.open(request)
-            inner = opened.parse(cm_pb2.CreateDataKeysRequest)
-            self.envelopes.authenticate(opened, inner.owner_party_id, missing=Kind.INVALID_ARGUMENT)
+            inner, mark = self._owner_request(
+                request, cm_pb2.CreateDataKeysRequest, missing=Kind.INVALID_ARGUMENT
+            )
             keys = []
             for dk in inner.data_keys:
                 uri = parse_resource_uri(dk.resource_uri)
                 check_data_key_b64(dk.data_key_b64, dk.resource_uri)
                 keys.append(NewKey(dk.resource_uri, uri.data_uuid, dk.data_key_b64))
-            self.store.create_data_keys(inner.owner_party_id, keys)
+            self.store.create_data_keys(inner.owner_party_id, keys, mark)
 
         await self._thread(work)
         return _status_only()
@@ -380,11 +381,13 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
     @_rpc("delete_data_key")
     async def DeleteDataKey(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
         def work() -> None:
-            opened = self.envelopes.open(request)
-            inner = opened.parse(cm_pb2.DeleteDataKeyRequest)
-            self.envelopes.authenticate(opened, inner.owner_party_id, missing=Kind.INVALID_ARGUMENT)
+            inner, mark = self._owner_request(
+                request, cm_pb2.DeleteDataKeyRequest, missing=Kind.INVALID_ARGUMENT
+            )
             uri = parse_resource_uri(inner.resource_uri)
-            self.store.delete_data_key(inner.owner_party_id, uri.data_uuid, inner.resource_uri)
+            self.store.delete_data_key(
+                inner.owner_party_id, uri.data_uuid, inner.resource_uri, mark
+            )
 
         await self._thread(work)
         return _status_only()
@@ -433,21 +436,25 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
 
     # ---- policies (owners) -----------------------------------------------------------------
 
-    def _owner_request(self, request: cm_pb2.EncryptedRequest, cls: type[Any]) -> Any:
+    def _owner_request(
+        self, request: cm_pb2.EncryptedRequest, cls: type[Any], *, missing: Kind = Kind.NOT_FOUND
+    ) -> tuple[Any, RequestMark]:
+        """Open and authenticate a mutating owner request; return it and the mark the store
+        records with its effect (replay protection, :mod:`.freshness`)."""
         opened = self.envelopes.open(request)
         inner = opened.parse(cls)
-        self.envelopes.authenticate(opened, inner.owner_party_id, missing=Kind.NOT_FOUND)
-        return inner
+        verified = self.envelopes.authenticate(opened, inner.owner_party_id, missing=missing)
+        return inner, RequestMark(opened.digest, inner.owner_party_id, verified.header.get("jti"))
 
     @_rpc("create_data_policy")
     async def CreateDataPolicy(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
         def work() -> None:
-            inner = self._owner_request(request, cm_pb2.CreateDataPolicyRequest)
+            inner, mark = self._owner_request(request, cm_pb2.CreateDataPolicyRequest)
             if not inner.HasField("policy"):
                 raise CMError(Kind.NOT_FOUND, "policy is empty.")
             uuid = parse_resource_uri(inner.policy.data_uuid).data_uuid
             rules = [rule_from_pb(r) for r in inner.policy.rules]
-            self.store.put_policy(inner.owner_party_id, inner.scope, uuid, rules)
+            self.store.put_policy(inner.owner_party_id, inner.scope, uuid, rules, mark)
 
         await self._thread(work)
         return _status_only()
@@ -469,11 +476,12 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
     @_rpc("add_data_rule")
     async def AddDataRule(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
         def work() -> None:
-            inner = self._owner_request(request, cm_pb2.AddDataRuleRequest)
+            inner, mark = self._owner_request(request, cm_pb2.AddDataRuleRequest)
             if not inner.HasField("rule"):
                 raise CMError(Kind.NOT_FOUND, "policy is empty.")
             uuid = parse_resource_uri(inner.data_uuid).data_uuid
-            self.store.add_rule(inner.owner_party_id, inner.scope, uuid, rule_from_pb(inner.rule))
+            rule = rule_from_pb(inner.rule)
+            self.store.add_rule(inner.owner_party_id, inner.scope, uuid, rule, mark)
 
         await self._thread(work)
         return _status_only()
@@ -481,9 +489,9 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
     @_rpc("delete_data_policy")
     async def DeleteDataPolicy(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
         def work() -> None:
-            inner = self._owner_request(request, cm_pb2.DeleteDataPolicyRequest)
+            inner, mark = self._owner_request(request, cm_pb2.DeleteDataPolicyRequest)
             uuid = parse_resource_uri(inner.data_uuid).data_uuid
-            self.store.delete_policy(inner.owner_party_id, inner.scope, uuid)
+            self.store.delete_policy(inner.owner_party_id, inner.scope, uuid, mark)
 
         await self._thread(work)
         return _status_only()
@@ -491,9 +499,9 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
     @_rpc("delete_data_rule")
     async def DeleteDataRule(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
         def work() -> None:
-            inner = self._owner_request(request, cm_pb2.DeleteDataRuleRequest)
+            inner, mark = self._owner_request(request, cm_pb2.DeleteDataRuleRequest)
             uuid = parse_resource_uri(inner.data_uuid).data_uuid
-            self.store.delete_rule(inner.owner_party_id, inner.scope, uuid, inner.rule_id)
+            self.store.delete_rule(inner.owner_party_id, inner.scope, uuid, inner.rule_id, mark)
 
         await self._thread(work)
         return _status_only()

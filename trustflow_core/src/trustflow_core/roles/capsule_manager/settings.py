@@ -20,6 +20,9 @@ attestation:               # how app reports (GetDataKeys, CreateResultDataKey) 
   allow_simulation: <true when plat is sim>   # accept SIM reports
   main_attributes:            # platforms/measurements allowed (any entry matching suffices)
     - {str_tee_platform: TDX, bool_debug_disabled: "true", hex_ta_measurement: "..."}
+requests:                  # freshness claims (iat) of signed owner requests that carry them
+  max_age_seconds: 600       # iat may be at most this old
+  max_future_seconds: 300    # and at most this far ahead (clock skew)
 attester: {}               # settings of the `plat` attester backend
 verifiers: {sim: {}}       # settings per verifier backend name
 ```
@@ -37,6 +40,7 @@ import yaml
 
 from ...attestation import Attributes, Policy
 from ...errors import InvalidInput
+from .freshness import FreshnessWindow
 
 TOP_KEYS = {
     "host",
@@ -47,6 +51,7 @@ TOP_KEYS = {
     "key",
     "tls",
     "attestation",
+    "requests",
     "attester",
     "verifiers",
 }
@@ -78,6 +83,7 @@ class CMSettings:
     allow_upstream_sim: bool = False
     allow_simulation: bool | None = None
     main_attributes: tuple[Attributes, ...] | None = None
+    freshness: FreshnessWindow = field(default_factory=FreshnessWindow)
     attester: Mapping[str, Any] = field(default_factory=dict)
     verifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -134,6 +140,28 @@ def _bool(value: Any, what: str) -> bool | None:
     raise InvalidInput(f"config: {what} must be true or false")
 
 
+def _seconds(value: Any, default: int, what: str) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"config: {what} must be a whole number of seconds >= 0")
+    return value
+
+
+def _freshness(section: Mapping[str, Any]) -> FreshnessWindow | None:
+    if not section:
+        return None
+    default = FreshnessWindow()
+    return FreshnessWindow(
+        max_future=_seconds(
+            section.get("max_future_seconds"), default.max_future, "requests.max_future_seconds"
+        ),
+        max_age=_seconds(
+            section.get("max_age_seconds"), default.max_age, "requests.max_age_seconds"
+        ),
+    )
+
+
 def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
     """Read ``config_file`` (optional) and apply non-None ``overrides`` (flag values)."""
     data: Mapping[str, Any] = {}
@@ -156,6 +184,7 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
         data, "attestation", {"allow_upstream_sim", "allow_simulation", "main_attributes"}
     )
     verifiers = _section(data, "verifiers", set(data.get("verifiers") or {}))
+    requests = _section(data, "requests", {"max_age_seconds", "max_future_seconds"})
     tls_settings = None
     if tls:
         cert, tkey = (
@@ -187,6 +216,7 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
         ),
         "allow_simulation": _bool(att.get("allow_simulation"), "attestation.allow_simulation"),
         "main_attributes": main,
+        "freshness": _freshness(requests),
         "attester": data.get("attester"),
         "verifiers": dict(verifiers) or None,
     }

@@ -6,6 +6,8 @@ transaction: it either applies completely or not at all (a request killed mid-fl
 nothing half-written). Races between concurrent writers (two first inserts of the same row)
 surface as integrity errors and the whole transaction is retried, so the checks (owner, already
 exists) always see committed state. SQLite write transactions start with ``BEGIN IMMEDIATE``.
+The owner mutations take an optional :class:`~.freshness.RequestMark`, recorded in the same
+transaction as the effect; a request recorded before is not applied again (replay protection).
 
 Ownership rules (sound where upstream is lax, quirks 35, 36, 38, 50):
 
@@ -30,11 +32,14 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import (
     Engine,
     Table,
+    and_,
     bindparam,
     create_engine,
     delete,
     event,
     insert,
+    inspect,
+    or_,
     select,
     update,
 )
@@ -43,6 +48,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .access_reads import read_access_rows
 from .errors import CMError, Kind
+from .freshness import RequestMark
+from .migrations import SchemaMismatch, migrate
 from .policy import Rule
 from .sealing import Sealer
 from .storage_models import (
@@ -53,6 +60,7 @@ from .storage_models import (
     DataRecord,
     Meta,
     PolicyRow,
+    RequestRow,
     RuleRow,
 )
 from .writer_lock import WriterLock
@@ -66,10 +74,6 @@ MAX_ATTEMPTS = 6
 CONNECT_TIMEOUT = 10
 #: Seconds after which pooled connections are replaced.
 POOL_RECYCLE = 1800
-
-
-class SchemaMismatch(Exception):
-    """The database was created by an incompatible version."""
 
 
 @dataclass(frozen=True)
@@ -161,9 +165,15 @@ class Store:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create missing tables and check the storage key against the stored check value
-        (written on first start). Raise :class:`CMError` (Data Integrity Violated) when the
-        database was sealed under another storage key."""
+        """Migrate a database of an older schema version (:mod:`.migrations`, one
+        transaction), create missing tables and check the storage key against the stored check
+        value (written on first start). Raise :class:`CMError` (Data Integrity Violated) when
+        the database is of an unknown or newer version, or sealed under another storage key."""
+        try:
+            if inspect(self._read_engine).has_table(Meta.__tablename__):
+                self._tx(migrate)
+        except SchemaMismatch as exc:
+            raise CMError(Kind.DATA_INTEGRITY, str(exc)) from None
         Base.metadata.create_all(self._write_engine)
 
         def check(session: Session) -> None:
@@ -221,6 +231,19 @@ class Store:
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def _apply(self, op: Callable[[Session], None], request: RequestMark | None) -> None:
+        """Run ``op`` in one write transaction (:meth:`_tx`) that also records ``request``
+        (an owner request: :mod:`.freshness`). A request already recorded is a replay or a
+        client retry: nothing is applied (the caller answers as the first time). A ``jti``
+        already used by the party with another envelope: Invalid Argument. Two identical
+        requests at once: the second insert of the digest fails, the retry sees it."""
+
+        def once(session: Session) -> None:
+            if request is None or _record(session, request):
+                op(session)
+
+        self._tx(once)
 
     def _ro(self, fn: Callable[[Session], T]) -> T:
         def run() -> T:
@@ -298,7 +321,9 @@ class Store:
 
     # ---- data keys -------------------------------------------------------------------------
 
-    def create_data_keys(self, owner: str, keys: Sequence[NewKey]) -> None:
+    def create_data_keys(
+        self, owner: str, keys: Sequence[NewKey], request: RequestMark | None = None
+    ) -> None:
         """Store (or overwrite) keys; all or nothing. A data_uuid owned by another party
         refuses the whole request (Assert, 13)."""
         by_uri = {k.resource_uri: k for k in keys}  # a repeated URI: the last one wins
@@ -336,9 +361,15 @@ class Store:
             if updates:
                 conn.execute(_UPDATE_KEY, updates)
 
-        self._tx(op)
+        self._apply(op, request)
 
-    def delete_data_key(self, owner: str, data_uuid: str, resource_uri: str) -> None:
+    def delete_data_key(
+        self,
+        owner: str,
+        data_uuid: str,
+        resource_uri: str,
+        request: RequestMark | None = None,
+    ) -> None:
         def op(session: Session) -> None:
             if self._owned_record(session, data_uuid, owner) is None:
                 return
@@ -348,7 +379,7 @@ class Store:
                 )
             )
 
-        self._tx(op)
+        self._apply(op, request)
 
     def get_keys(self, resource_uris: Sequence[str]) -> dict[str, str]:
         """``resource_uri -> data_key_b64`` for the URIs that have a key."""
@@ -515,16 +546,30 @@ class Store:
             row.owner_party_id = owner
         return row
 
-    def put_policy(self, owner: str, scope: str, data_uuid: str, rules: Sequence[Rule]) -> None:
+    def put_policy(
+        self,
+        owner: str,
+        scope: str,
+        data_uuid: str,
+        rules: Sequence[Rule],
+        request: RequestMark | None = None,
+    ) -> None:
         """Create or replace the policy ``(scope, data_uuid)``."""
 
         def op(session: Session) -> None:
             self._check_policy_owner(session, scope, data_uuid, owner, claim=True)
             self._replace_rules(session, scope, data_uuid, owner, rules)
 
-        self._tx(op)
+        self._apply(op, request)
 
-    def add_rule(self, owner: str, scope: str, data_uuid: str, rule: Rule) -> None:
+    def add_rule(
+        self,
+        owner: str,
+        scope: str,
+        data_uuid: str,
+        rule: Rule,
+        request: RequestMark | None = None,
+    ) -> None:
         """Append a rule, creating the policy when there is none."""
 
         def op(session: Session) -> None:
@@ -535,9 +580,11 @@ class Store:
             session.add(RuleRow(policy_id=row.id, rule_id=rule.rule_id, body_json=rule.to_json()))
             session.flush()
 
-        self._tx(op)
+        self._apply(op, request)
 
-    def delete_policy(self, owner: str, scope: str, data_uuid: str) -> None:
+    def delete_policy(
+        self, owner: str, scope: str, data_uuid: str, request: RequestMark | None = None
+    ) -> None:
         def op(session: Session) -> None:
             row = self._check_policy_owner(session, scope, data_uuid, owner)
             if row is None:
@@ -545,9 +592,16 @@ class Store:
             session.execute(delete(RuleRow).where(RuleRow.policy_id == row.id))
             session.delete(row)
 
-        self._tx(op)
+        self._apply(op, request)
 
-    def delete_rule(self, owner: str, scope: str, data_uuid: str, rule_id: str) -> None:
+    def delete_rule(
+        self,
+        owner: str,
+        scope: str,
+        data_uuid: str,
+        rule_id: str,
+        request: RequestMark | None = None,
+    ) -> None:
         def op(session: Session) -> None:
             row = self._check_policy_owner(session, scope, data_uuid, owner)
             if row is None:
@@ -556,7 +610,7 @@ class Store:
                 delete(RuleRow).where(RuleRow.policy_id == row.id, RuleRow.rule_id == rule_id)
             )
 
-        self._tx(op)
+        self._apply(op, request)
 
     def list_policies(self, owner: str, scope: str) -> list[StoredPolicy]:
         def op(session: Session) -> list[StoredPolicy]:
@@ -607,6 +661,28 @@ class Store:
         return view, SealedKeys(self._sealer, sealed)
 
 
+def _record(session: Session, request: RequestMark) -> bool:
+    """Record ``request``; False when its digest is recorded already."""
+    conn = session.connection()  # Core statements: this runs on every owner mutation
+    seen = conn.execute(
+        _SEEN_REQUEST, {"digest": request.digest, "party": request.party_id, "jti": request.jti}
+    ).all()
+    if any(digest == request.digest for (digest,) in seen):
+        return False
+    if seen:
+        raise CMError(Kind.INVALID_ARGUMENT, f"JWS header jti {request.jti!r} was already used")
+    conn.execute(
+        _INSERT_REQUEST,
+        {
+            "digest": request.digest,
+            "party_id": request.party_id,
+            "jti": request.jti,
+            "created": int(time.time()),
+        },
+    )
+    return True
+
+
 def _retry_dead_connection(fn: Callable[[], T]) -> T:
     """Run a read; once more when the pooled connection turned out to be dead."""
     try:
@@ -646,6 +722,17 @@ _DATA_TABLE = cast(Table, DataRecord.__table__)
 _KEYS_TABLE = cast(Table, DataKeyRow.__table__)
 _INSERT_RECORD = insert(_DATA_TABLE)
 _INSERT_KEY = insert(_KEYS_TABLE)
+_REQUESTS_TABLE = cast(Table, RequestRow.__table__)
+_SEEN_REQUEST = select(_REQUESTS_TABLE.c.digest).where(
+    or_(
+        _REQUESTS_TABLE.c.digest == bindparam("digest"),
+        and_(
+            _REQUESTS_TABLE.c.party_id == bindparam("party"),
+            _REQUESTS_TABLE.c.jti == bindparam("jti"),
+        ),
+    )
+)
+_INSERT_REQUEST = insert(_REQUESTS_TABLE)
 _UPDATE_KEY = (
     update(_KEYS_TABLE)
     .where(_KEYS_TABLE.c.resource_uri == bindparam("b_uri"))

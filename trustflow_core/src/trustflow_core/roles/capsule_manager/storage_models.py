@@ -8,18 +8,32 @@
 | ``cm_data_keys`` | resource_uri | data_uuid, sealed data key (nonce + AES-GCM) |
 | ``cm_policies`` | id; unique (scope, data_uuid) | owner party id |
 | ``cm_rules`` | id (insertion order = rule order) | policy id, rule_id, rule JSON |
+| ``cm_requests`` | digest; unique (party_id, jti) | accepted mutating owner requests (v2) |
+
+Schema versions and the steps between them: :mod:`.migrations`.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 PARTY_ID_LEN = 64
 UUID_LEN = 255
 URI_LEN = 512
 SCOPE_LEN = 255
+DIGEST_LEN = 64
+JTI_LEN = 128
 
 
 class Base(DeclarativeBase):
@@ -69,3 +83,16 @@ class RuleRow(Base):
     policy_id: Mapped[int] = mapped_column(ForeignKey("cm_policies.id", ondelete="CASCADE"))
     rule_id: Mapped[str] = mapped_column(String(255))
     body_json: Mapped[str] = mapped_column(Text)
+
+
+class RequestRow(Base):
+    """An accepted mutating owner request (replay protection, :mod:`.freshness`): the hex
+    digest of its envelope, the signer, its ``jti`` (NULL without one; NULLs never collide
+    in a unique constraint) and when it was applied (epoch seconds)."""
+
+    __tablename__ = "cm_requests"
+    __table_args__ = (UniqueConstraint("party_id", "jti", name="uq_cm_requests_party_jti"),)
+    digest: Mapped[str] = mapped_column(String(DIGEST_LEN), primary_key=True)
+    party_id: Mapped[str] = mapped_column(String(PARTY_ID_LEN))
+    jti: Mapped[str | None] = mapped_column(String(JTI_LEN), nullable=True)
+    created: Mapped[int] = mapped_column(BigInteger)
