@@ -2,8 +2,12 @@
 
 * ``GET /healthz`` → ``OK``; ``GET /-/plugins`` → the plugin listing (both answered by the
   gateway itself, before routing).
+* A target whose path is not in normal form (dot segments, ``//``, encoded ``/``; see
+  :mod:`.paths`) → 400; routes match the percent-decoded path, the target is forwarded as sent.
 * No matching prefix → 404. Upstream unreachable → 502; no answer within ``request_timeout``
-  → 504. All local replies are ``text/plain`` with the reason.
+  → 504; the upstream's address and the OS error go to the log, not to the client. All local
+  replies are ``text/plain`` with the reason.
+* Headers named by ``Connection`` are dropped with the hop-by-hop ones, both ways.
 * On a listener with the JWE filter, a body starting with ``{`` is buffered (at most
   ``max_body_bytes``, else 413) and classified (:mod:`.jwe_filter`): envelopes are opened
   (400 when they do not open — the app never sees them), the plaintext is forwarded and the
@@ -28,6 +32,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .config import Cluster, GatewayConfig, Listener
 from .h1client import UpstreamConnectTimeout, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .jwe_filter import JOSE_JSON, EnvelopeRejected, JweFilter, OpenedRequest, classify
+from .paths import BadTarget, routing_path
 from .upstreams import Upstreams
 
 log = logging.getLogger("trustflow.gateway")
@@ -59,8 +64,15 @@ def _text(status: int, message: str) -> web.Response:
 
 
 def _forward_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> list[tuple[str, str]]:
-    """The end-to-end headers (hop-by-hop and framing headers dropped), in order."""
-    return [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP]
+    """The end-to-end headers, in order: hop-by-hop and framing headers dropped, and so is
+    every header the message's ``Connection`` header names (RFC 9110 §7.6.1)."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+    }
+    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
+    return [(k, v) for k, v in headers.items() if k.lower() not in drop]
 
 
 class BodyTooLarge(Exception):
@@ -135,13 +147,17 @@ class HttpProxy:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         timeout = self.config.request_timeout
-        if request.method == "GET" and request.path == "/healthz":
+        try:
+            path = routing_path(request.raw_path)
+        except BadTarget as exc:
+            return _text(400, f"refused request target: {exc}")
+        if request.method == "GET" and path == "/healthz":
             return web.Response(text="OK\n", content_type="text/plain")
-        if request.method == "GET" and request.path == "/-/plugins":
+        if request.method == "GET" and path == "/-/plugins":
             return web.json_response([asdict(p) for p in self._plugin_listing or ()])
-        route = self.listener.route_for(request.path)
+        route = self.listener.route_for(path)
         if route is None:
-            return _text(404, f"no route for {request.path}")
+            return _text(404, f"no route for {path}")
         cluster = self.upstreams.clusters[route.cluster]
         if route.require_jwe and not request.body_exists:
             return _text(415, f"{route.prefix} accepts only JWE envelopes; the request has no body")
@@ -214,7 +230,7 @@ class HttpProxy:
             headers.append(
                 ("X-Forwarded-For", f"{prior}, {request.remote}" if prior else request.remote)
             )
-        if "Host" not in request.headers:
+        if not any(k.lower() == "host" for k, _ in headers):
             headers.append(("Host", str(address)))
         if opened is not None:  # the reply is sealed byte for byte
             headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
@@ -233,15 +249,14 @@ class HttpProxy:
                 read_timeout=self.config.request_timeout,
             )
         except UpstreamConnectTimeout:
-            return _text(502, f"upstream {cluster.name} ({address}): connect timed out")
+            log.warning("upstream %s (%s): connect timed out", cluster.name, address)
+            return _text(502, "upstream unreachable: connect timed out")
         except UpstreamTimeout:
-            return _text(
-                504,
-                f"upstream {cluster.name} ({address}) did not answer within "
-                f"{self.config.request_timeout:g} s",
-            )
+            log.warning("upstream %s (%s): no answer in time", cluster.name, address)
+            return _text(504, f"upstream did not answer within {self.config.request_timeout:g} s")
         except UpstreamError as exc:
-            return _text(502, f"upstream {cluster.name} ({address}) unreachable: {exc}")
+            log.warning("upstream %s (%s) unreachable: %s", cluster.name, address, exc)
+            return _text(502, "upstream unreachable")
         try:
             if opened is not None:
                 return await self._sealed_reply(upstream, opened)
@@ -259,9 +274,11 @@ class HttpProxy:
                 )
             return await self._streamed_reply(request, upstream)
         except UpstreamTimeout:
-            return _text(504, f"upstream {cluster.name} ({address}) stalled mid-reply")
+            log.warning("upstream %s (%s) stalled mid-reply", cluster.name, address)
+            return _text(504, "upstream stalled mid-reply")
         except UpstreamError as exc:
-            return _text(502, f"upstream {cluster.name} ({address}) failed: {exc}")
+            log.warning("upstream %s (%s) failed mid-reply: %s", cluster.name, address, exc)
+            return _text(502, "upstream failed mid-reply")
         finally:
             upstream.release()
 
