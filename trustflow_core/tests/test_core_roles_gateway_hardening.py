@@ -1,6 +1,7 @@
 """Gateway hardening, through a real gateway on 127.0.0.1 in front of a real app server:
-request targets that an app normalising paths would read differently, ``Connection``-named
-headers, and 502 replies that must not describe the inside."""
+slow and idle connections and connection caps (also under a low descriptor limit), request
+targets that an app normalising paths would read differently, ``Connection``-named headers,
+and 502 replies that must not describe the inside."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import datetime
 import logging
 import posixpath
 import re
+import resource
+import shutil
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
@@ -55,6 +62,7 @@ class NormalisingApp:
         self.seen: list[tuple[str, dict[str, str], bytes]] = []
         self.connections = 0
         self.server: asyncio.Server | None = None
+        self.release = asyncio.Event()  # answers to /hold wait for it
 
     async def __aenter__(self) -> int:
         self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
@@ -81,6 +89,8 @@ class NormalisingApp:
                 headers = dict(f.split(": ", 1) for f in fields)
                 body = await reader.readexactly(int(headers.get("Content-Length", "0")))
                 self.seen.append((self.normalise(target), headers, body))
+                if self.normalise(target) == "/hold":
+                    await self.release.wait()
                 reply = b"served " + self.normalise(target).encode()
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
@@ -149,6 +159,271 @@ def post(target: str, body: bytes, extra: str = "") -> bytes:
         f"POST {target} HTTP/1.1\r\nHost: gw\r\nContent-Type: text/plain\r\n"
         f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
     ).encode() + body
+
+
+# ---- finding 4: slow, idle and too many connections -------------------------------------------
+
+ENVOY_DIR = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "envoy"
+
+
+def test_connection_limits_in_the_native_and_envoy_configs(tmp_path):
+    from trustflow_core.errors import InvalidInput
+    from trustflow_core.roles.gateway.config import load_config
+
+    native = {
+        "listeners": [
+            {"name": "h", "address": "127.0.0.1:0", "routes": [{"prefix": "/", "cluster": "a"}]},
+            {"name": "t", "address": "127.0.0.1:0", "tcp_proxy": "a", "idle_timeout": "0s"},
+        ],
+        "clusters": {"a": {"endpoints": ["127.0.0.1:9"]}},
+    }
+    http, tcp = parse_config(native).listeners
+    assert (http.request_headers_timeout, http.idle_timeout, http.max_connections) == (10, 60, None)
+    assert (tcp.request_headers_timeout, tcp.idle_timeout) == (0, 0)  # 0 = off
+    for change, fragment in (
+        ({"max_connections": 0}, "max_connections must be a positive integer"),
+        ({"idle_timeout": -1}, "duration must be positive"),
+        ({"request_headers_timeout": 1}, "request_headers_timeout is for HTTP listeners"),
+    ):
+        listeners = [native["listeners"][0], {**native["listeners"][1], **change}]
+        with pytest.raises(InvalidInput, match=fragment):
+            parse_config({**native, "listeners": listeners})
+
+    text = (ENVOY_DIR / "online-envoy.yml").read_text()
+    old = "    - filters:\n      - name: envoy.filters.network.http_connection_manager\n"
+    assert old in text
+    text = text.replace(
+        old,
+        "    - filters:\n      - name: envoy.filters.network.connection_limit\n"
+        "        typed_config: {stat_prefix: cl, max_connections: 300}\n"
+        "      - name: envoy.filters.network.http_connection_manager\n",
+    ).replace(
+        "          codec_type: AUTO\n",
+        "          codec_type: AUTO\n          request_headers_timeout: 2.5s\n"
+        "          common_http_protocol_options: {idle_timeout: 30s}\n",
+    )
+    (tmp_path / "envoy.yml").write_text(text)
+    (listener,) = load_config(tmp_path / "envoy.yml").listeners
+    assert (listener.request_headers_timeout, listener.idle_timeout) == (2.5, 30)
+    assert listener.max_connections == 300
+    (tcp_listener, _) = load_config(ENVOY_DIR / "interact-bob-envoy.yml").listeners
+    assert tcp_listener.idle_timeout == 3600  # Envoy's tcp_proxy default
+
+
+HALF_SENT = b"GET /open HTTP/1.1\r\nHost: gw\r\nX-Slow: "
+
+
+async def half_sent(address, count):
+    """``count`` connections that each sent part of a request head and then nothing."""
+    connections = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        writer.write(HALF_SENT)
+        connections.append((reader, writer))
+    for _, writer in connections:
+        await writer.drain()
+    return connections
+
+
+async def closed_by_peer(reader, timeout) -> bytes:
+    """What the peer sent before closing; fails if it does not close within ``timeout``."""
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+@pytest.mark.asyncio
+async def test_half_sent_connections_are_closed_after_the_headers_timeout(pm, deploy):
+    app = NormalisingApp()
+    async with (
+        app as app_port,
+        gateway(pm, deploy, app_port, request_headers_timeout=0.5) as address,
+    ):
+        connections = await half_sent(address, 200)
+        started = time.monotonic()
+        replies = await asyncio.gather(*(closed_by_peer(r, 10) for r, _ in connections))
+        assert time.monotonic() - started < 8
+        for reply in replies:
+            assert reply.startswith(b"HTTP/1.1 408 Request Timeout")
+            assert reply.endswith(b"request headers not received within 0.5 s\n")
+        for _, writer in connections:
+            writer.close()
+        status, _, body = await exchange(address, post("/open", b"still served"))
+        assert (status, body) == (200, b"served /open")
+    assert [path for path, _, _ in app.seen] == ["/open"]
+
+
+@pytest.mark.asyncio
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(pm, deploy):
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port, idle_timeout=0.5) as address:
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        writer.write(b"GET /open HTTP/1.1\r\nHost: gw\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await closed_by_peer(reader, 5) == b"served /open"
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_at_the_cap_idle_connections_make_room_and_busy_ones_do_not(pm, deploy):
+    app = NormalisingApp()
+    async with (
+        app as app_port,
+        gateway(pm, deploy, app_port, max_connections=20, request_headers_timeout=60) as address,
+    ):
+        connections = await half_sent(address, 20)
+        await asyncio.sleep(0.2)
+        # a real request still gets through: the oldest half-sent connection makes room
+        status, _, body = await exchange(address, post("/open", b"x"))
+        assert (status, body) == (200, b"served /open")
+        assert await closed_by_peer(connections[0][0], 5) == b""
+        for _, writer in connections:
+            writer.close()
+        await asyncio.sleep(0.2)
+        # twenty requests in progress: the next connection is refused with a reason
+        held = [asyncio.create_task(exchange(address, post("/hold", b"x"))) for _ in range(20)]
+        while len([p for p, _, _ in app.seen if p == "/hold"]) < 20:
+            await asyncio.sleep(0.05)
+        status, _, body = await exchange(address, post("/open", b"x"))
+        assert (status, body) == (503, b"too many connections, try again\n")
+        app.release.set()
+        assert {status for status, _, _ in await asyncio.gather(*held)} == {200}
+    assert [p for p, _, _ in app.seen].count("/open") == 1
+
+
+class TcpEcho:
+    """A TCP app that echoes and counts its open connections."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.accepted = 0
+
+    async def serve(self, reader, writer):
+        self.open += 1
+        self.accepted += 1
+        try:
+            while data := await reader.read(1024):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def tcp_gateway(pm, **listener_options):
+    echo = TcpEcho()
+    server = await asyncio.start_server(echo.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = parse_config(
+        {
+            "listeners": [
+                {"name": "tcp", "address": "127.0.0.1:0", "tcp_proxy": "echo", **listener_options}
+            ],
+            "clusters": {"echo": {"endpoints": [f"127.0.0.1:{port}"]}},
+        }
+    )
+    try:
+        async with Gateway(config, pm) as gw:
+            yield gw.addresses["tcp"], echo
+    finally:
+        server.close()
+
+
+@pytest.mark.asyncio
+async def test_idle_tcp_clients_are_closed_with_their_app_connection(pm):
+    async with tcp_gateway(pm, idle_timeout=0.5) as (address, echo):
+        clients = []
+        for i in range(5):
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            writer.write(b"ping %d" % i)
+            assert await asyncio.wait_for(reader.readexactly(6), 5) == b"ping %d" % i
+            clients.append((reader, writer))
+        assert echo.open == 5
+        for reader, _ in clients:
+            assert await closed_by_peer(reader, 5) == b""
+        await asyncio.sleep(0.2)
+        assert echo.open == 0  # the app connections are released too
+        for _, writer in clients:
+            writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_busy_tcp_tunnel_outlives_the_idle_timeout(pm):
+    async with tcp_gateway(pm, idle_timeout=0.5) as (address, _):
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        for _ in range(8):  # 1.6 s of traffic, never 0.5 s of silence
+            writer.write(b"beat")
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"beat"
+            await asyncio.sleep(0.2)
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_tcp_connections_over_the_cap_are_closed_before_reaching_the_app(pm):
+    async with tcp_gateway(pm, max_connections=3) as (address, echo):
+        clients = [await asyncio.open_connection(address.host, address.port) for _ in range(5)]
+        for i, (reader, writer) in enumerate(clients[:3]):
+            writer.write(b"ok %d" % i)
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ok %d" % i
+        for reader, _ in clients[3:]:
+            assert await closed_by_peer(reader, 5) == b""
+        assert echo.accepted == 3
+        for _, writer in clients:
+            writer.close()
+
+
+TRUSTFLOW = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"
+
+
+def test_with_few_descriptors_healthz_answers_through_a_connection_flood(tmp_path):
+    """A gateway process limited to 200 descriptors, 300 half-sent connections: it keeps
+    accepting, and /healthz answers at once."""
+    port = free_port()
+    (tmp_path / "gw.yaml").write_text(
+        f"listeners: [{{name: public, address: '127.0.0.1:{port}', "
+        "routes: [{prefix: /, cluster: app}]}]\n"
+        f"clusters: {{app: {{endpoints: ['127.0.0.1:{free_port()}']}}}}\n"
+    )
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    log = (tmp_path / "gw.log").open("w")
+    proc = subprocess.Popen(
+        [TRUSTFLOW, "gateway", "-c", str(tmp_path / "gw.yaml")],
+        preexec_fn=low_limit,
+        stderr=log,
+    )
+    flood = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(HALF_SENT)
+            flood.append(sock)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"OK\n")
+        assert proc.poll() is None
+    finally:
+        for sock in flood:
+            sock.close()
+        proc.terminate()
+        proc.wait(10)
+        log.close()
 
 
 # ---- finding 6: require_jwe cannot be bypassed with a non-normal target -------------------------

@@ -27,9 +27,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import HttpVersion11, web
+from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import Cluster, GatewayConfig, Listener
+from .guard import MAX_DEFAULT_CONNECTIONS, HttpGuard
 from .h1client import UpstreamConnectTimeout, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .jwe_filter import JOSE_JSON, EnvelopeRejected, JweFilter, OpenedRequest, classify
 from .paths import BadTarget, routing_path
@@ -57,6 +59,8 @@ _WS = b" \t\r\n"
 CHUNK = 64 * 1024
 #: Bodies of known length up to this size are relayed in one piece instead of streamed.
 SMALL = 64 * 1024
+#: aiohttp's keep-alive timeout when the listener's idle timeout is off.
+NEVER = 10.0**9
 
 
 def _text(status: int, message: str) -> web.Response:
@@ -129,14 +133,21 @@ class HttpProxy:
         upstreams: Upstreams,
         jwe: JweFilter | None,
         plugin_listing: Any = None,
+        max_connections: int = MAX_DEFAULT_CONNECTIONS,
     ) -> None:
         self.listener = listener
+        self.guard = HttpGuard(
+            listener.name,
+            listener.max_connections or max_connections,
+            listener.request_headers_timeout or 0.0,
+        )
         self.config = config
         self.upstreams = upstreams
         self.jwe = jwe
         self._plugin_listing = plugin_listing
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.guard.busy(request.transport)
         try:
             return await self._handle(request)
         except BodyTimeout:
@@ -144,6 +155,8 @@ class HttpProxy:
         except ClientGone as exc:
             log.info("%s %s: client left mid-body: %s", request.method, request.path, exc)
             return _text(400, "incomplete request body")
+        finally:
+            self.guard.idle(request.transport)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         timeout = self.config.request_timeout
@@ -325,13 +338,36 @@ class HttpProxy:
         return reply
 
 
+class _GuardedServer(web.Server):
+    """An aiohttp low-level server that reports each connection to an :class:`HttpGuard`."""
+
+    def __init__(self, guard: HttpGuard, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.guard.opened(transport)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        transport = handler.transport
+        super().connection_lost(handler, exc)
+        if transport is not None:
+            self.guard.closed(transport)
+
+
 def create_server(proxy: HttpProxy, max_header_bytes: int = 64 * 1024) -> web.Server:
     """One low-level aiohttp server per HTTP listener: every request goes to ``proxy`` (no
-    router, no middlewares, no access log). Bodies are relayed as sent: the server does not
-    decode ``Content-Encoding`` (the app does, or the envelope check refuses the body)."""
-    return web.Server(
+    router, no middlewares, no access log), every connection is watched by ``proxy.guard``
+    and closed after the listener's ``idle_timeout`` without a request. Bodies are relayed as
+    sent: the server does not decode ``Content-Encoding`` (the app does, or the envelope check
+    refuses the body)."""
+    idle = proxy.listener.idle_timeout or NEVER
+    return _GuardedServer(
+        proxy.guard,
         proxy.handle,
         max_field_size=max_header_bytes,
         auto_decompress=False,
         access_log=None,
+        keepalive_timeout=idle,
     )
