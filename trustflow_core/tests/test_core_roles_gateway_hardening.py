@@ -6,8 +6,10 @@ and 502 replies that must not describe the inside."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
+import json
 import logging
 import posixpath
 import re
@@ -504,3 +506,175 @@ async def test_a_502_does_not_tell_the_client_the_upstream_address(pm, deploy, c
         )
     assert (status, body) == (502, b"upstream unreachable\n")
     assert "127.0.0.1" in caplog.text and "down" in caplog.text  # the operator gets the detail
+
+
+# ---- finding 16: replayed and stale RFC envelopes ----------------------------------------------
+
+
+def rfc_envelope(public_key, plaintext: bytes, **claims) -> bytes:
+    """An RFC 7516 envelope with ``claims`` in its (authenticated) protected header, built with
+    jwcrypto as any client could."""
+    from jwcrypto.jwe import JWE
+    from jwcrypto.jwk import JWK
+
+    header = {"alg": "RSA-OAEP-256", "enc": "A256GCM", **claims}
+    token = JWE(plaintext, protected=json.dumps(header), algs=["RSA-OAEP-256", "A256GCM"])
+    token.add_recipient(JWK.from_pyca(public_key))
+    return token.serialize().encode()
+
+
+def post_jwe(target: str, body: bytes, content_type: str = "application/jose+json") -> bytes:
+    return (
+        f"POST {target} HTTP/1.1\r\nHost: gw\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+@pytest.mark.asyncio
+async def test_a_replayed_rfc_envelope_is_refused_and_a_fresh_one_passes(pm, deploy):
+    from trustflow_core.registry import get_backend_class
+
+    _, key = deploy
+    channel = get_backend_class(pm, "channel", "jwe").from_settings({"profile": "rfc"})
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        captured = json.dumps(channel.seal(b"pay 100", key.public_key()).jwe.to_dict()).encode()
+        status, _, _ = await exchange(address, post_jwe("/sealed", captured))
+        assert status == 200
+        status, _, body = await exchange(address, post_jwe("/sealed", captured))
+        assert (status, body) == (409, b"replayed JWE: this jti was already accepted\n")
+        fresh = json.dumps(channel.seal(b"pay 100", key.public_key()).jwe.to_dict()).encode()
+        status, _, _ = await exchange(address, post_jwe("/sealed", fresh))
+        assert status == 200
+        # the claims are authenticated: a replay with a new jti does not open
+        members = json.loads(captured)
+        header = json.loads(base64.urlsafe_b64decode(members["protected"] + "=="))
+        header["jti"] = "another"
+        members["protected"] = base64.urlsafe_b64encode(json.dumps(header).encode()).decode()
+        status, _, body = await exchange(address, post_jwe("/sealed", json.dumps(members).encode()))
+        assert status == 400 and b"JWE envelope rejected (rfc profile)" in body
+    assert [b for _, _, b in app.seen] == [b"pay 100", b"pay 100"]
+
+
+@pytest.mark.asyncio
+async def test_stale_or_future_iat_and_malformed_claims_are_refused(pm, deploy):
+    _, key = deploy
+    now = int(time.time())
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        for claims, status_want, message in (
+            ({"iat": now - 3600, "jti": "a"}, 400, b"stale JWE: iat is 36"),
+            ({"iat": now + 3600, "jti": "b"}, 400, b"s in the future"),
+            ({"iat": "yesterday", "jti": "c"}, 400, b"'iat' must be a number"),
+            ({"iat": now, "jti": ""}, 400, b"'jti' must be a string"),
+            ({"iat": now}, 400, b"'jti' must be a string"),
+            ({"iat": now - 5, "jti": "d"}, 200, b""),
+        ):
+            body = rfc_envelope(key.public_key(), b"x", **claims)
+            status, _, reply = await exchange(address, post_jwe("/sealed", body))
+            assert status == status_want and message in reply, (claims, reply)
+    assert len(app.seen) == 1
+
+
+@pytest.mark.asyncio
+async def test_freshness_modes_and_the_unchanged_upstream_profile(pm, deploy):
+    from trustflow_core.registry import get_backend_class
+
+    _, key = deploy
+    upstream = get_backend_class(pm, "channel", "jwe").from_settings(
+        {"profile": "upstream", "alg": "RSA-OAEP-256"}
+    )
+    old_style = rfc_envelope(key.public_key(), b"no claims")  # an RFC client without iat/jti
+    sealed = json.dumps(upstream.seal(b"upstream", key.public_key()).jwe.to_dict()).encode()
+    app = NormalisingApp()
+    async with app as app_port:
+        async with gateway(pm, deploy, app_port) as address:  # optional (default)
+            for body, content_type in ((old_style, "application/jose+json"),) + (
+                (sealed, "application/json"),
+            ) * 2:  # upstream has no freshness: a resent upstream envelope still passes
+                status, _, _ = await exchange(address, post_jwe("/sealed", body, content_type))
+                assert status == 200
+        jwe = {
+            "cert_path": "app.crt",
+            "private_key_path": "app.key",
+            "freshness": {"mode": "required"},
+        }
+        async with gateway(pm, deploy, app_port, jwe=jwe) as address:
+            status, _, body = await exchange(address, post_jwe("/sealed", old_style))
+            assert status == 400 and b"'iat' must be a number" in body
+            status, _, body = await exchange(
+                address, post_jwe("/sealed", sealed, "application/json")
+            )
+            assert status == 400 and b"requires replay-protected envelopes" in body
+        jwe["freshness"] = "off"
+        async with gateway(pm, deploy, app_port, jwe=jwe) as address:
+            replayable = rfc_envelope(key.public_key(), b"x", iat=int(time.time()), jti="z")
+            for _ in range(2):
+                status, _, _ = await exchange(address, post_jwe("/sealed", replayable))
+                assert status == 200
+
+
+@pytest.mark.asyncio
+async def test_a_full_replay_cache_raises_its_floor_instead_of_forgetting(pm, deploy):
+    _, key = deploy
+    now = int(time.time())
+    jwe = {
+        "cert_path": "app.crt",
+        "private_key_path": "app.key",
+        "freshness": {"mode": "required", "cache_size": 3, "window": 120},
+    }
+    envelopes = [
+        rfc_envelope(key.public_key(), b"%d" % i, iat=now - age, jti=f"id{i}")
+        for i, age in enumerate((30, 20, 10, 0))
+    ]
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port, jwe=jwe) as address:
+        for body in envelopes:  # the fourth evicts id0 (the oldest iat): floor = now - 30
+            status, _, _ = await exchange(address, post_jwe("/sealed", body))
+            assert status == 200
+        status, _, reply = await exchange(address, post_jwe("/sealed", envelopes[0]))
+        assert status == 400 and b"older than the replay cache can vouch for" in reply
+        for body in envelopes[1:]:
+            status, _, reply = await exchange(address, post_jwe("/sealed", body))
+            assert status == 409
+        late = rfc_envelope(key.public_key(), b"late", iat=now - 40, jti="new")
+        status, _, reply = await exchange(address, post_jwe("/sealed", late))
+        assert status == 400 and b"older than the replay cache" in reply
+        fresh = rfc_envelope(key.public_key(), b"fresh", iat=now, jti="fresh")
+        status, _, _ = await exchange(address, post_jwe("/sealed", fresh))
+        assert status == 200
+    assert [b for _, _, b in app.seen] == [b"0", b"1", b"2", b"3", b"fresh"]
+
+
+def test_freshness_config():
+    from trustflow_core.errors import InvalidInput
+
+    base = {
+        "listeners": [
+            {
+                "address": "127.0.0.1:0",
+                "routes": [{"prefix": "/", "cluster": "a"}],
+                "jwe": {"cert_path": "c", "private_key_path": "k"},
+            }
+        ],
+        "clusters": {"a": {"endpoints": ["127.0.0.1:9"]}},
+    }
+
+    def freshness(value):
+        listener = {**base["listeners"][0]}
+        listener["jwe"] = {**listener["jwe"], "freshness": value}
+        return parse_config({**base, "listeners": [listener]}).listeners[0].jwe.freshness
+
+    default = parse_config(base).listeners[0].jwe.freshness
+    assert (default.mode, default.window, default.cache_size) == ("optional", 300, 100_000)
+    assert freshness("required").mode == "required"
+    got = freshness({"mode": "off", "window": "90s", "cache_size": 10})
+    assert (got.mode, got.window, got.cache_size) == ("off", 90, 10)
+    for bad, fragment in (
+        ("sometimes", "mode must be one of"),
+        ({"cache_size": 0}, "cache_size must be a positive integer"),
+        ({"window": 0}, "duration must be positive"),
+        ({"ttl": 1}, "unknown key(s) ['ttl']"),
+    ):
+        with pytest.raises(InvalidInput, match=re.escape(fragment)):
+            freshness(bad)

@@ -11,6 +11,7 @@ Native form::
           - {prefix: /RaProxy, cluster: ra_proxy}
           - {prefix: /teeapp, cluster: teeapp, require_jwe: true}   # only envelopes
         jwe: {cert_path: app.crt, private_key_path: app.key}   # optional
+        # jwe: {..., freshness: required}  # or {mode, window, cache_size}; see .freshness
       - name: egress
         address: 127.0.0.1:31001
         tcp_proxy: peer               # TCP listener: every connection goes to this cluster
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InvalidInput
+from .freshness import DEFAULT_FRESHNESS, MODES, FreshnessConfig
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 15.0
@@ -103,10 +105,12 @@ class Route:
 
 @dataclass(frozen=True)
 class JweFilterConfig:
-    """The JWE filter's key material (upstream ``JweConfig``)."""
+    """The JWE filter's key material (upstream ``JweConfig``) and the replay protection of
+    RFC-profile envelopes (:mod:`.freshness`; our extension)."""
 
     cert_path: Path
     private_key_path: Path
+    freshness: FreshnessConfig = DEFAULT_FRESHNESS
 
 
 @dataclass(frozen=True)
@@ -463,11 +467,31 @@ def _native_route(spec: Any, what: str) -> Route:
 
 
 def _jwe_config(spec: Mapping[str, Any], rw: _Rewrites, what: str) -> JweFilterConfig:
-    _no_unknown(spec, {"cert_path", "private_key_path", "@type"}, what)
+    _no_unknown(spec, {"cert_path", "private_key_path", "freshness", "@type"}, what)
     return JweFilterConfig(
         cert_path=rw.path(spec.get("cert_path"), f"{what}: cert_path"),
         private_key_path=rw.path(spec.get("private_key_path"), f"{what}: private_key_path"),
+        freshness=_freshness(spec.get("freshness"), f"{what}: freshness"),
     )
+
+
+def _freshness(spec: Any, what: str) -> FreshnessConfig:
+    """``freshness: MODE`` or ``freshness: {mode, window, cache_size}`` (all optional)."""
+    if spec is None:
+        return FreshnessConfig()
+    if isinstance(spec, str):
+        spec = {"mode": spec}
+    spec = _mapping(spec, what)
+    _no_unknown(spec, {"mode", "window", "cache_size"}, what)
+    default = FreshnessConfig()
+    mode = spec.get("mode", default.mode)
+    if mode not in MODES:
+        raise InvalidInput(f"{what}: mode must be one of {list(MODES)}, got {mode!r}")
+    size = spec.get("cache_size", default.cache_size)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InvalidInput(f"{what}: cache_size must be a positive integer, got {size!r}")
+    window = _duration(spec.get("window", default.window), f"{what}: window")
+    return FreshnessConfig(mode, window, size)
 
 
 # ---- Envoy static config subset ---------------------------------------------------------------

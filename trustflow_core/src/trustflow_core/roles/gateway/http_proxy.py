@@ -214,7 +214,7 @@ class HttpProxy:
             opened = self.jwe.open(jwe, request.content_type)
         except EnvelopeRejected as exc:
             log.info("%s %s: %s", request.method, request.path, exc)
-            return _text(400, str(exc))
+            return _text(exc.status, str(exc))
         return await self._forward(request, cluster, opened.plaintext, opened)
 
     async def _peek(self, request: web.BaseRequest) -> bytes:
