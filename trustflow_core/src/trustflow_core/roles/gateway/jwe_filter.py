@@ -18,6 +18,10 @@ Choosing the profile of an envelope, per request (one RSA operation, no trial de
 3. else ``upstream`` (what ``jwe_client.py`` and the Python SDK send: ``application/json``,
    ``{"alg": "RSA-OAEP-256", "enc": "A128GCM"}``, GCM AAD = decoded ``aad``).
 
+After opening, an RFC envelope's ``iat``/``jti`` claims are checked against the listener's
+replay cache (:mod:`.freshness`: replay → 409, stale → 400); upstream envelopes are untouched
+unless the listener requires freshness.
+
 Replies: ``upstream`` → the Envoy form, all six members in order, app ``Content-Type`` kept;
 ``rfc`` → ``alg: dir`` under the request's content key, empty members dropped,
 ``Content-Type: application/jose+json``.
