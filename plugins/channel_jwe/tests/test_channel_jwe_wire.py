@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwcrypto.jwe import JWE
 from jwcrypto.jwk import JWK
 from trustflow_core.channel import Jwe
+from trustflow_core.errors import EnvelopeError
 from trustflow_core.testing.channel import rsa_test_key
 
 from trustflow_channel_jwe.channel import JweChannel
@@ -81,6 +83,28 @@ def test_rfc_seal_is_read_by_a_plain_rfc_library() -> None:
     token = JWE()
     token.deserialize(json.dumps(flattened), key=JWK.from_pyca(key))
     assert token.plaintext == PAYLOAD
+
+
+def test_rfc_requests_carry_authenticated_freshness_claims() -> None:
+    """iat and jti (for the gateway's replay check) are in the protected header, new for every
+    seal, and authenticated: a header with another jti does not open."""
+    key = rsa_test_key("recipient")
+    before = int(time.time())
+    first, second = (JweChannel().seal(PAYLOAD, key.public_key()) for _ in range(2))
+    headers = [json.loads(unpadded_url_decode(s.jwe.protected)) for s in (first, second)]
+    for header in headers:
+        assert set(header) == {"alg", "enc", "iat", "jti"}
+        assert before <= header["iat"] <= int(time.time())
+        assert len(header["jti"]) == 22  # 128 random bits, base64url
+    assert headers[0]["jti"] != headers[1]["jti"]
+    assert JweChannel().open(first.jwe, key).header["jti"] == headers[0]["jti"]
+    altered = {**headers[0], "jti": headers[1]["jti"]}
+    members = {k: v for k, v in first.jwe.to_dict().items() if v}
+    members["protected"] = (
+        base64.urlsafe_b64encode(json.dumps(altered).encode()).decode().rstrip("=")
+    )
+    with pytest.raises(EnvelopeError, match="does not authenticate"):
+        JweChannel().open(Jwe.from_dict(members), key)
 
 
 def test_rfc_open_reads_what_a_plain_rfc_library_writes() -> None:

@@ -40,7 +40,8 @@ class JweChannel(EnvelopeChannel):
       ``RSA-OAEP-256`` with ``alg: RSA-OAEP-256`` (for clients of an Envoy-style gateway);
       ``seal_reply``/``open_reply`` are the Envoy response form.
     * ``rfc`` (default) — RFC 7516 via jwcrypto: RSA-OAEP-256 + A256GCM, every byte
-      authenticated; replies use ``alg: dir`` under the request's content key.
+      authenticated; requests carry ``iat`` and ``jti`` in the protected header (for replay
+      checks by the receiver); replies use ``alg: dir`` under the request's content key.
 
     JWS (:meth:`sign`/:meth:`verify`) is the same in both profiles: RS256 with an ``x5c``
     chain that is checked for signatures only (see :mod:`trustflow_channel_jwe.jws`).

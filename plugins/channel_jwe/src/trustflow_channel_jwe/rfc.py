@@ -7,6 +7,12 @@ request's content key. IVs must be 96 bits and tags 128 bits (RFC 7518 §5.3). A
 ``Jwe`` dataclass, an empty member means an absent one (``aad``; ``encrypted_key`` with
 ``dir``): drop empty members before handing the JSON to another RFC 7516 library.
 
+Every request :meth:`RfcDialect.seal` writes carries ``iat`` (seconds since the epoch) and
+``jti`` (128 random bits, base64url) in its protected header, so a receiver can refuse a
+replayed or stale envelope (the gateway does: ``roles/gateway/freshness.py``); the header is
+authenticated, so neither can be changed without breaking the envelope. ``open`` returns
+them with the rest of the header and checks nothing about them itself.
+
 Sealing uses :class:`jwcrypto.jwe.JWE`. Opening uses jwcrypto's JWA algorithm objects on
 strictly decoded members: ``JWE.decrypt`` cannot return an empty plaintext (it treats ``b""``
 as failure), and its base64url decoder is lenient.
@@ -15,6 +21,8 @@ as failure), and its base64url decoder is lenient.
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from types import MappingProxyType
 from typing import Any
 
@@ -101,7 +109,13 @@ class RfcDialect:
     def seal(self, plaintext: bytes, recipient: RSAPublicKey) -> SealedEnvelope:
         if not isinstance(recipient, RSAPublicKey):
             raise EnvelopeError(f"recipient must be an RSA public key, got {type(recipient)}")
-        protected = compact_json({"alg": self.alg, "enc": self.enc}).decode("ascii")
+        header = {
+            "alg": self.alg,
+            "enc": self.enc,
+            "iat": int(time.time()),
+            "jti": secrets.token_urlsafe(16),
+        }
+        protected = compact_json(header).decode("ascii")
         token = JWE(plaintext, protected=protected, algs=[self.alg, self.enc])
         token.add_recipient(JWK.from_pyca(recipient))
         return SealedEnvelope(_to_jwe(token), token.cek)

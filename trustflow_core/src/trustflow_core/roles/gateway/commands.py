@@ -90,6 +90,12 @@ def gateway(
 
     if workers > 1 and any(lst.address.port == 0 for lst in config.listeners):
         raise click.BadParameter("port 0 cannot be shared by workers", param_hint="--workers")
+    if workers > 1 and any(lst.jwe and lst.jwe.freshness.mode != "off" for lst in config.listeners):
+        click.echo(
+            "warning: each worker has its own JWE replay cache; a replay that reaches another "
+            "worker is not recognised (run one worker where replay protection matters)",
+            err=True,
+        )
 
     check_assets(config, get_plugin_manager())  # one clear error before any worker starts
 

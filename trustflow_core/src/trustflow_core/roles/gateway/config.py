@@ -11,6 +11,7 @@ Native form::
           - {prefix: /RaProxy, cluster: ra_proxy}
           - {prefix: /teeapp, cluster: teeapp, require_jwe: true}   # only envelopes
         jwe: {cert_path: app.crt, private_key_path: app.key}   # optional
+        # jwe: {..., freshness: required}  # or {mode, window, cache_size}; see .freshness
       - name: egress
         address: 127.0.0.1:31001
         tcp_proxy: peer               # TCP listener: every connection goes to this cluster
@@ -18,6 +19,8 @@ Native form::
         address: 127.0.0.1:30001
         tcp_proxy: teeapp
         tls: {cert_path: tls.crt, private_key_path: tls.key}   # min_version: TLSv1.3 optional
+        idle_timeout: 600             # optional, any listener (see "Connection limits" below)
+        max_connections: 200
     clusters:
       ra_proxy: {endpoints: ["127.0.0.1:50002"], connect_timeout: 0.25}
       teeapp: {endpoints: ["127.0.0.1:8000"]}
@@ -32,6 +35,18 @@ Relative file paths are relative to the config file. ``address_map`` rewrites ad
 prefixes, so a deployment file can run on loopback with local key files. TLS transport sockets
 are kept as Envoy TLS context mappings in ``tls`` (filenames rewritten); a native ``tls`` entry
 is turned into the same shape. :mod:`.mtls` serves them with the ``mtls`` channel.
+
+Connection limits, per listener (Envoy names; a duration of 0 turns a timeout off):
+
+* ``request_headers_timeout`` (HTTP, default 10 s): a new connection must deliver its first
+  request head within this time, else it gets 408 and is closed. Envoy: the
+  ``http_connection_manager`` field of that name.
+* ``idle_timeout`` (HTTP default 60 s: no request in progress; TCP default 3600 s: no byte
+  either way): the connection is closed, and for TCP the app connection with it. Envoy:
+  ``common_http_protocol_options.idle_timeout`` and ``tcp_proxy.idle_timeout``.
+* ``max_connections`` (default: derived from the descriptor limit, see :mod:`.guard`): open
+  downstream connections. Envoy: an ``envoy.filters.network.connection_limit`` filter before
+  the listener's filter.
 """
 
 from __future__ import annotations
@@ -43,15 +58,20 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InvalidInput
+from .freshness import DEFAULT_FRESHNESS, MODES, FreshnessConfig
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 15.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_HEADERS_TIMEOUT = 10.0
+DEFAULT_HTTP_IDLE_TIMEOUT = 60.0
+DEFAULT_TCP_IDLE_TIMEOUT = 3600.0
 JWE_FILTER_NAMES = ("jwe", "envoy.filters.http.jwe")
 JWE_CONFIG_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwe.v1.JweConfig"
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 ROUTER = "envoy.filters.http.router"
+CONNECTION_LIMIT = "envoy.filters.network.connection_limit"
 
 
 @dataclass(frozen=True)
@@ -85,16 +105,20 @@ class Route:
 
 @dataclass(frozen=True)
 class JweFilterConfig:
-    """The JWE filter's key material (upstream ``JweConfig``)."""
+    """The JWE filter's key material (upstream ``JweConfig``) and the replay protection of
+    RFC-profile envelopes (:mod:`.freshness`; our extension)."""
 
     cert_path: Path
     private_key_path: Path
+    freshness: FreshnessConfig = DEFAULT_FRESHNESS
 
 
 @dataclass(frozen=True)
 class Listener:
     """An HTTP listener (``routes``, optional ``jwe``) or a TCP one (``tcp_cluster``).
-    ``tls`` is an Envoy DownstreamTlsContext or None."""
+    ``tls`` is an Envoy DownstreamTlsContext or None. Timeouts are seconds: None = the default
+    for the listener's kind, 0 = off. ``max_connections`` None = derived from the descriptor
+    limit when the gateway starts (:func:`.guard.default_max_connections`)."""
 
     name: str
     address: Address
@@ -102,6 +126,25 @@ class Listener:
     jwe: JweFilterConfig | None = None
     tcp_cluster: str | None = None
     tls: Mapping[str, Any] | None = None
+    request_headers_timeout: float | None = None
+    idle_timeout: float | None = None
+    max_connections: int | None = None
+
+    def __post_init__(self) -> None:
+        tcp = self.tcp_cluster is not None
+        if self.request_headers_timeout is None:
+            object.__setattr__(
+                self, "request_headers_timeout", 0.0 if tcp else DEFAULT_HEADERS_TIMEOUT
+            )
+        elif tcp and self.request_headers_timeout:
+            raise InvalidInput(
+                f"listener {self.name!r}: request_headers_timeout is for HTTP listeners"
+            )
+        if self.idle_timeout is None:
+            default = DEFAULT_TCP_IDLE_TIMEOUT if tcp else DEFAULT_HTTP_IDLE_TIMEOUT
+            object.__setattr__(self, "idle_timeout", default)
+        if self.max_connections is not None and self.max_connections < 1:
+            raise InvalidInput(f"listener {self.name!r}: max_connections must be at least 1")
 
     @property
     def kind(self) -> str:
@@ -214,8 +257,9 @@ def _list(value: Any, what: str) -> list[Any]:
     return value
 
 
-def _duration(value: Any, what: str) -> float:
-    """Seconds from a number or an Envoy duration string (``"0.25s"``)."""
+def _duration(value: Any, what: str, *, zero_is_off: bool = False) -> float:
+    """Seconds from a number or an Envoy duration string (``"0.25s"``); 0 only when
+    ``zero_is_off`` (a timeout that can be turned off)."""
     if isinstance(value, str):
         match = re.fullmatch(r"(\d+(?:\.\d+)?)(s|ms)", value.strip())
         if not match:
@@ -226,9 +270,25 @@ def _duration(value: Any, what: str) -> float:
         seconds = float(value)
     else:
         raise InvalidInput(f"{what}: duration must be a number of seconds, got {value!r}")
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not zero_is_off):
         raise InvalidInput(f"{what}: duration must be positive, got {value!r}")
     return seconds
+
+
+def _limits(spec: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """The connection-limit keyword arguments of :class:`Listener` present in ``spec``."""
+    limits: dict[str, Any] = {}
+    for key in ("request_headers_timeout", "idle_timeout"):
+        if spec.get(key) is not None:
+            limits[key] = _duration(spec[key], f"{what}: {key}", zero_is_off=True)
+    if spec.get("max_connections") is not None:
+        value = spec["max_connections"]
+        if isinstance(value, str) and value.isdigit():  # Envoy's JSON form of a uint64
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidInput(f"{what}: max_connections must be a positive integer, got {value!r}")
+        limits["max_connections"] = value
+    return limits
 
 
 def load_config(
@@ -276,7 +336,17 @@ def parse_config(
 # ---- native form -------------------------------------------------------------------------------
 
 _NATIVE_TOP = {"listeners", "clusters", "max_body_bytes", "request_timeout"}
-_NATIVE_LISTENER = {"name", "address", "routes", "jwe", "tcp_proxy", "tls"}
+_NATIVE_LISTENER = {
+    "name",
+    "address",
+    "routes",
+    "jwe",
+    "tcp_proxy",
+    "tls",
+    "request_headers_timeout",
+    "idle_timeout",
+    "max_connections",
+}
 _NATIVE_CLUSTER = {"endpoints", "connect_timeout", "tls"}
 
 
@@ -328,6 +398,7 @@ def _parse_native(data: Mapping[str, Any], rw: _Rewrites) -> GatewayConfig:
                 jwe=jwe,
                 tcp_cluster=spec.get("tcp_proxy"),
                 tls=_native_tls(spec.get("tls"), rw, True, f"{what}: tls"),
+                **_limits(spec, what),
             )
         )
     return GatewayConfig(
@@ -396,11 +467,31 @@ def _native_route(spec: Any, what: str) -> Route:
 
 
 def _jwe_config(spec: Mapping[str, Any], rw: _Rewrites, what: str) -> JweFilterConfig:
-    _no_unknown(spec, {"cert_path", "private_key_path", "@type"}, what)
+    _no_unknown(spec, {"cert_path", "private_key_path", "freshness", "@type"}, what)
     return JweFilterConfig(
         cert_path=rw.path(spec.get("cert_path"), f"{what}: cert_path"),
         private_key_path=rw.path(spec.get("private_key_path"), f"{what}: private_key_path"),
+        freshness=_freshness(spec.get("freshness"), f"{what}: freshness"),
     )
+
+
+def _freshness(spec: Any, what: str) -> FreshnessConfig:
+    """``freshness: MODE`` or ``freshness: {mode, window, cache_size}`` (all optional)."""
+    if spec is None:
+        return FreshnessConfig()
+    if isinstance(spec, str):
+        spec = {"mode": spec}
+    spec = _mapping(spec, what)
+    _no_unknown(spec, {"mode", "window", "cache_size"}, what)
+    default = FreshnessConfig()
+    mode = spec.get("mode", default.mode)
+    if mode not in MODES:
+        raise InvalidInput(f"{what}: mode must be one of {list(MODES)}, got {mode!r}")
+    size = spec.get("cache_size", default.cache_size)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InvalidInput(f"{what}: cache_size must be a positive integer, got {size!r}")
+    window = _duration(spec.get("window", default.window), f"{what}: window")
+    return FreshnessConfig(mode, window, size)
 
 
 # ---- Envoy static config subset ---------------------------------------------------------------
@@ -481,15 +572,26 @@ def _envoy_listener(spec: Mapping[str, Any], i: int, rw: _Rewrites) -> Listener:
     chain = _mapping(chains[0], f"{what}: filter_chains[0]")
     tls = _tls_context(chain.get("transport_socket"), rw, f"{what}: transport_socket")
     filters = _list(chain.get("filters"), f"{what}: filters")
+    limits: dict[str, Any] = {}
+    if filters and _mapping(filters[0], f"{what}: filters[0]").get("name") == CONNECTION_LIMIT:
+        limit = _mapping(filters[0].get("typed_config") or {}, f"{what}: connection_limit")
+        if limit.get("max_connections") is None:
+            raise InvalidInput(f"{what}: connection_limit needs max_connections")
+        limits = _limits({"max_connections": limit["max_connections"]}, what)
+        filters = filters[1:]
     if len(filters) != 1:
-        raise InvalidInput(f"{what}: exactly one network filter is supported, got {len(filters)}")
+        raise InvalidInput(
+            f"{what}: exactly one network filter (after an optional {CONNECTION_LIMIT}) is "
+            f"supported, got {len(filters)}"
+        )
     network = _mapping(filters[0], f"{what}: filters[0]")
     config = _mapping(network.get("typed_config") or {}, f"{what}: typed_config")
     if network.get("name") == TCP_PROXY:
         cluster = config.get("cluster")
         if not isinstance(cluster, str):
             raise InvalidInput(f"{what}: tcp_proxy needs a cluster name")
-        return Listener(name, address, tcp_cluster=cluster, tls=tls)
+        limits |= _limits({"idle_timeout": config.get("idle_timeout")}, what)
+        return Listener(name, address, tcp_cluster=cluster, tls=tls, **limits)
     if network.get("name") != HCM:
         raise InvalidInput(
             f"{what}: unsupported network filter {network.get('name')!r}; "
@@ -518,4 +620,14 @@ def _envoy_listener(spec: Mapping[str, Any], i: int, rw: _Rewrites) -> Listener:
             jwe = _jwe_config(typed, rw, f"{what}: jwe filter")
         elif filter_name != ROUTER:
             raise InvalidInput(f"{what}: unsupported HTTP filter {filter_name!r}")
-    return Listener(name, address, routes=tuple(routes), jwe=jwe, tls=tls)
+    protocol = _mapping(
+        config.get("common_http_protocol_options") or {}, f"{what}: common_http_protocol_options"
+    )
+    limits |= _limits(
+        {
+            "request_headers_timeout": config.get("request_headers_timeout"),
+            "idle_timeout": protocol.get("idle_timeout"),
+        },
+        what,
+    )
+    return Listener(name, address, routes=tuple(routes), jwe=jwe, tls=tls, **limits)

@@ -2,8 +2,12 @@
 
 * ``GET /healthz`` → ``OK``; ``GET /-/plugins`` → the plugin listing (both answered by the
   gateway itself, before routing).
+* A target whose path is not in normal form (dot segments, ``//``, encoded ``/``; see
+  :mod:`.paths`) → 400; routes match the percent-decoded path, the target is forwarded as sent.
 * No matching prefix → 404. Upstream unreachable → 502; no answer within ``request_timeout``
-  → 504. All local replies are ``text/plain`` with the reason.
+  → 504; the upstream's address and the OS error go to the log, not to the client. All local
+  replies are ``text/plain`` with the reason.
+* Headers named by ``Connection`` are dropped with the hop-by-hop ones, both ways.
 * On a listener with the JWE filter, a body starting with ``{`` is buffered (at most
   ``max_body_bytes``, else 413) and classified (:mod:`.jwe_filter`): envelopes are opened
   (400 when they do not open — the app never sees them), the plaintext is forwarded and the
@@ -23,11 +27,14 @@ from typing import Any
 
 import aiohttp
 from aiohttp import HttpVersion11, web
+from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import Cluster, GatewayConfig, Listener
+from .guard import MAX_DEFAULT_CONNECTIONS, HttpGuard
 from .h1client import UpstreamConnectTimeout, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .jwe_filter import JOSE_JSON, EnvelopeRejected, JweFilter, OpenedRequest, classify
+from .paths import BadTarget, routing_path
 from .upstreams import Upstreams
 
 log = logging.getLogger("trustflow.gateway")
@@ -52,6 +59,8 @@ _WS = b" \t\r\n"
 CHUNK = 64 * 1024
 #: Bodies of known length up to this size are relayed in one piece instead of streamed.
 SMALL = 64 * 1024
+#: aiohttp's keep-alive timeout when the listener's idle timeout is off.
+NEVER = 10.0**9
 
 
 def _text(status: int, message: str) -> web.Response:
@@ -59,8 +68,15 @@ def _text(status: int, message: str) -> web.Response:
 
 
 def _forward_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> list[tuple[str, str]]:
-    """The end-to-end headers (hop-by-hop and framing headers dropped), in order."""
-    return [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP]
+    """The end-to-end headers, in order: hop-by-hop and framing headers dropped, and so is
+    every header the message's ``Connection`` header names (RFC 9110 §7.6.1)."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+    }
+    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
+    return [(k, v) for k, v in headers.items() if k.lower() not in drop]
 
 
 class BodyTooLarge(Exception):
@@ -117,14 +133,21 @@ class HttpProxy:
         upstreams: Upstreams,
         jwe: JweFilter | None,
         plugin_listing: Any = None,
+        max_connections: int = MAX_DEFAULT_CONNECTIONS,
     ) -> None:
         self.listener = listener
+        self.guard = HttpGuard(
+            listener.name,
+            listener.max_connections or max_connections,
+            listener.request_headers_timeout or 0.0,
+        )
         self.config = config
         self.upstreams = upstreams
         self.jwe = jwe
         self._plugin_listing = plugin_listing
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.guard.busy(request.transport)
         try:
             return await self._handle(request)
         except BodyTimeout:
@@ -132,16 +155,22 @@ class HttpProxy:
         except ClientGone as exc:
             log.info("%s %s: client left mid-body: %s", request.method, request.path, exc)
             return _text(400, "incomplete request body")
+        finally:
+            self.guard.idle(request.transport)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         timeout = self.config.request_timeout
-        if request.method == "GET" and request.path == "/healthz":
+        try:
+            path = routing_path(request.raw_path)
+        except BadTarget as exc:
+            return _text(400, f"refused request target: {exc}")
+        if request.method == "GET" and path == "/healthz":
             return web.Response(text="OK\n", content_type="text/plain")
-        if request.method == "GET" and request.path == "/-/plugins":
+        if request.method == "GET" and path == "/-/plugins":
             return web.json_response([asdict(p) for p in self._plugin_listing or ()])
-        route = self.listener.route_for(request.path)
+        route = self.listener.route_for(path)
         if route is None:
-            return _text(404, f"no route for {request.path}")
+            return _text(404, f"no route for {path}")
         cluster = self.upstreams.clusters[route.cluster]
         if route.require_jwe and not request.body_exists:
             return _text(415, f"{route.prefix} accepts only JWE envelopes; the request has no body")
@@ -185,7 +214,7 @@ class HttpProxy:
             opened = self.jwe.open(jwe, request.content_type)
         except EnvelopeRejected as exc:
             log.info("%s %s: %s", request.method, request.path, exc)
-            return _text(400, str(exc))
+            return _text(exc.status, str(exc))
         return await self._forward(request, cluster, opened.plaintext, opened)
 
     async def _peek(self, request: web.BaseRequest) -> bytes:
@@ -214,7 +243,7 @@ class HttpProxy:
             headers.append(
                 ("X-Forwarded-For", f"{prior}, {request.remote}" if prior else request.remote)
             )
-        if "Host" not in request.headers:
+        if not any(k.lower() == "host" for k, _ in headers):
             headers.append(("Host", str(address)))
         if opened is not None:  # the reply is sealed byte for byte
             headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
@@ -233,15 +262,14 @@ class HttpProxy:
                 read_timeout=self.config.request_timeout,
             )
         except UpstreamConnectTimeout:
-            return _text(502, f"upstream {cluster.name} ({address}): connect timed out")
+            log.warning("upstream %s (%s): connect timed out", cluster.name, address)
+            return _text(502, "upstream unreachable: connect timed out")
         except UpstreamTimeout:
-            return _text(
-                504,
-                f"upstream {cluster.name} ({address}) did not answer within "
-                f"{self.config.request_timeout:g} s",
-            )
+            log.warning("upstream %s (%s): no answer in time", cluster.name, address)
+            return _text(504, f"upstream did not answer within {self.config.request_timeout:g} s")
         except UpstreamError as exc:
-            return _text(502, f"upstream {cluster.name} ({address}) unreachable: {exc}")
+            log.warning("upstream %s (%s) unreachable: %s", cluster.name, address, exc)
+            return _text(502, "upstream unreachable")
         try:
             if opened is not None:
                 return await self._sealed_reply(upstream, opened)
@@ -259,9 +287,11 @@ class HttpProxy:
                 )
             return await self._streamed_reply(request, upstream)
         except UpstreamTimeout:
-            return _text(504, f"upstream {cluster.name} ({address}) stalled mid-reply")
+            log.warning("upstream %s (%s) stalled mid-reply", cluster.name, address)
+            return _text(504, "upstream stalled mid-reply")
         except UpstreamError as exc:
-            return _text(502, f"upstream {cluster.name} ({address}) failed: {exc}")
+            log.warning("upstream %s (%s) failed mid-reply: %s", cluster.name, address, exc)
+            return _text(502, "upstream failed mid-reply")
         finally:
             upstream.release()
 
@@ -308,13 +338,36 @@ class HttpProxy:
         return reply
 
 
+class _GuardedServer(web.Server):
+    """An aiohttp low-level server that reports each connection to an :class:`HttpGuard`."""
+
+    def __init__(self, guard: HttpGuard, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.guard.opened(transport)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        transport = handler.transport
+        super().connection_lost(handler, exc)
+        if transport is not None:
+            self.guard.closed(transport)
+
+
 def create_server(proxy: HttpProxy, max_header_bytes: int = 64 * 1024) -> web.Server:
     """One low-level aiohttp server per HTTP listener: every request goes to ``proxy`` (no
-    router, no middlewares, no access log). Bodies are relayed as sent: the server does not
-    decode ``Content-Encoding`` (the app does, or the envelope check refuses the body)."""
-    return web.Server(
+    router, no middlewares, no access log), every connection is watched by ``proxy.guard``
+    and closed after the listener's ``idle_timeout`` without a request. Bodies are relayed as
+    sent: the server does not decode ``Content-Encoding`` (the app does, or the envelope check
+    refuses the body)."""
+    idle = proxy.listener.idle_timeout or NEVER
+    return _GuardedServer(
+        proxy.guard,
         proxy.handle,
         max_field_size=max_header_bytes,
         auto_decompress=False,
         access_log=None,
+        keepalive_timeout=idle,
     )

@@ -18,6 +18,10 @@ Choosing the profile of an envelope, per request (one RSA operation, no trial de
 3. else ``upstream`` (what ``jwe_client.py`` and the Python SDK send: ``application/json``,
    ``{"alg": "RSA-OAEP-256", "enc": "A128GCM"}``, GCM AAD = decoded ``aad``).
 
+After opening, an RFC envelope's ``iat``/``jti`` claims are checked against the listener's
+replay cache (:mod:`.freshness`: replay → 409, stale → 400); upstream envelopes are untouched
+unless the listener requires freshness.
+
 Replies: ``upstream`` → the Envoy form, all six members in order, app ``Content-Type`` kept;
 ``rfc`` → ``alg: dir`` under the request's content key, empty members dropped,
 ``Content-Type: application/jose+json``.
@@ -39,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from ...channel import EnvelopeChannel, Jwe
 from ...errors import EnvelopeError, InvalidInput
 from .config import JweFilterConfig
+from .freshness import DEFAULT_FRESHNESS, FreshnessConfig, NotFresh, ReplayGuard
 
 JOSE_JSON = "application/jose+json"
 PROFILES = ("upstream", "rfc")
@@ -55,7 +60,12 @@ _FIRST_KEY = re.compile(rb'\s*\{\s*"([a-z_]{1,20})"')
 
 
 class EnvelopeRejected(Exception):
-    """The request carried an envelope we will not forward; ``str()`` is the client message."""
+    """The request carried an envelope we will not forward; ``str()`` is the client message,
+    ``status`` the HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -116,11 +126,18 @@ def choose_profile(jwe: Jwe, content_type: str) -> str:
 
 class JweFilter:
     """Opens request envelopes with the app private key and seals replies under the request's
-    content key, through the ``jwe`` envelope channel (one instance per profile)."""
+    content key, through the ``jwe`` envelope channel (one instance per profile); refuses
+    replayed and stale RFC envelopes through a :class:`~.freshness.ReplayGuard`."""
 
-    def __init__(self, private_key: RSAPrivateKey, channels: Mapping[str, EnvelopeChannel]):
+    def __init__(
+        self,
+        private_key: RSAPrivateKey,
+        channels: Mapping[str, EnvelopeChannel],
+        freshness: FreshnessConfig = DEFAULT_FRESHNESS,
+    ):
         self._key = private_key
         self._channels = dict(channels)
+        self.replay = ReplayGuard(freshness)
 
     def __repr__(self) -> str:
         return f"JweFilter(profiles={sorted(self._channels)})"
@@ -149,15 +166,19 @@ class JweFilter:
             raise InvalidInput(
                 f"jwe filter: {config.private_key_path} does not belong to {config.cert_path}"
             )
-        return cls(key, channels)
+        return cls(key, channels, config.freshness)
 
     def open(self, jwe: Jwe, content_type: str) -> OpenedRequest:
-        """Decrypt; :class:`EnvelopeRejected` says which check failed."""
+        """Decrypt and check freshness; :class:`EnvelopeRejected` says which check failed."""
         profile = choose_profile(jwe, content_type)
         try:
             opened = self._channels[profile].open(jwe, self._key)
         except EnvelopeError as exc:
             raise EnvelopeRejected(f"JWE envelope rejected ({profile} profile): {exc}") from None
+        try:
+            self.replay.check(profile, opened.header)
+        except NotFresh as exc:
+            raise EnvelopeRejected(str(exc), exc.status) from None
         return OpenedRequest(profile, opened.plaintext, opened.cek)
 
     def seal_reply(self, request: OpenedRequest, payload: bytes) -> bytes:

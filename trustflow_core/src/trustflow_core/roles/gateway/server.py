@@ -23,6 +23,7 @@ from ...errors import UnsupportedOperation
 from ...manager import TrustflowPluginManager
 from .._server import binding
 from .config import Address, Cluster, GatewayConfig, Listener
+from .guard import default_max_connections
 from .http_proxy import HttpProxy, create_server
 from .jwe_filter import PROFILES, JweFilter
 from .mtls import DEFAULT_RELOAD_INTERVAL, MtlsContexts
@@ -101,12 +102,19 @@ class Gateway:
                 self.config.clusters, self.config.request_timeout
             )
             listing = list_plugins(self.pm)
+            default_cap = default_max_connections(len(self.config.listeners))
             for listener in self.config.listeners:
                 server_ssl = self._server_ssl(listener)
                 if listener.kind == "tcp":
                     assert listener.tcp_cluster is not None
                     cluster = self.config.clusters[listener.tcp_cluster]
-                    proxy = TcpProxy(cluster, upstreams, self._client_ssl(cluster))
+                    proxy = TcpProxy(
+                        cluster,
+                        upstreams,
+                        self._client_ssl(cluster),
+                        max_connections=listener.max_connections or default_cap,
+                        idle_timeout=listener.idle_timeout or 0.0,
+                    )
                     self._tcp_proxies.append(proxy)
                     with binding(listener.address.host, listener.address.port):
                         server = await asyncio.start_server(
@@ -127,7 +135,12 @@ class Gateway:
                                 "TLS, which only tcp_proxy listeners support"
                             )
                     http = HttpProxy(
-                        listener, self.config, upstreams, self._jwe_filter(listener), listing
+                        listener,
+                        self.config,
+                        upstreams,
+                        self._jwe_filter(listener),
+                        listing,
+                        max_connections=default_cap,
                     )
                     runner = web.ServerRunner(create_server(http), handle_signals=False)
                     await runner.setup()

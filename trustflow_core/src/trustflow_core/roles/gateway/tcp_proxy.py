@@ -2,6 +2,10 @@
 is joined to a new connection to the cluster; bytes are copied both ways, half-closes are
 passed on between plain connections, and either side closing ends both.
 
+Limits: at most ``max_connections`` tunnels (a connection over the cap is closed before any
+upstream connection is made), and a tunnel with no byte in either direction for
+``idle_timeout`` seconds is closed, upstream connection included (Envoy's ``idle_timeout``).
+
 asyncio's TLS transports cannot half-close, so an end of input that must go into a TLS
 connection (mTLS ingress or egress) closes that connection once the pending bytes are written;
 the peer gateway then closes its side too. Request/response protocols that keep the
@@ -25,9 +29,41 @@ CHUNK = 256 * 1024
 CLOSE_TIMEOUT = 2.0
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+class _IdleWatch:
+    """Closes ``writers`` once no byte went either way for ``timeout`` seconds: one timer per
+    tunnel, re-armed lazily from the time of the last byte."""
+
+    def __init__(self, timeout: float, writers: tuple[asyncio.StreamWriter, ...]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.timeout = timeout
+        self.writers = writers
+        self.last = self._loop.time()
+        self.expired = False
+        self._timer = self._loop.call_at(self.last + timeout, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        due = self.last + self.timeout
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check)
+            return
+        self.expired = True
+        for writer in self.writers:
+            writer.transport.abort()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, watch: _IdleWatch | None
+) -> None:
     try:
         while data := await reader.read(CHUNK):
+            if watch is not None:
+                watch.touch()
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
@@ -50,14 +86,27 @@ class TcpProxy:
         upstreams: Upstreams,
         upstream_ssl: Callable[[], ssl.SSLContext] | None = None,
         handshake_timeout: float = 10.0,
+        *,
+        max_connections: int,
+        idle_timeout: float,
     ) -> None:
         self.cluster = cluster
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self.upstreams = upstreams
         self.upstream_ssl = upstream_ssl
         self.handshake_timeout = handshake_timeout
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._tasks) >= self.max_connections:
+            log.warning(
+                "tcp_proxy %s: %d tunnels open, refusing a connection",
+                self.cluster.name,
+                len(self._tasks),
+            )
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -84,9 +133,16 @@ class TcpProxy:
             log.warning("tcp_proxy: cannot reach %s (%s): %r", self.cluster.name, address, exc)
             writer.close()
             return
+        watch = _IdleWatch(self.idle_timeout, (writer, up_writer)) if self.idle_timeout else None
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(_pipe(reader, up_writer, watch), _pipe(up_reader, writer, watch))
         finally:
+            if watch is not None:
+                watch.cancel()
+                if watch.expired:
+                    log.info(
+                        "tcp_proxy %s: idle for %g s, closed", self.cluster.name, watch.timeout
+                    )
             for w in (up_writer, writer):
                 w.close()
             for w in (up_writer, writer):

@@ -1,0 +1,680 @@
+"""Gateway hardening, through a real gateway on 127.0.0.1 in front of a real app server:
+slow and idle connections and connection caps (also under a low descriptor limit), request
+targets that an app normalising paths would read differently, ``Connection``-named headers,
+and 502 replies that must not describe the inside."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import json
+import logging
+import posixpath
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from trustflow_core.identity import self_signed_cert
+from trustflow_core.manager import get_plugin_manager
+from trustflow_core.roles.gateway.config import parse_config
+from trustflow_core.roles.gateway.server import Gateway
+
+
+@pytest.fixture(scope="module")
+def deploy(tmp_path_factory):
+    """An RSA-2048 app key and self-signed cert written as app.key / app.crt."""
+    directory = tmp_path_factory.mktemp("deploy")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = self_signed_cert(key, "app", backdate=datetime.timedelta(days=1))
+    (directory / "app.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "app.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return directory, key
+
+
+@pytest.fixture
+def pm(monkeypatch):
+    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "tee_sim,channel_jwe")
+    return get_plugin_manager()
+
+
+class NormalisingApp:
+    """A minimal HTTP/1.1 app that, like many frameworks, serves the *normalised* path:
+    percent-decoded, slashes merged, dot segments removed. It records what it served and
+    answers with a header it names in ``Connection``."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str], bytes]] = []
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self.release = asyncio.Event()  # answers to /hold wait for it
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        if hasattr(self.server, "close_clients"):
+            self.server.close_clients()
+
+    @staticmethod
+    def normalise(target: str) -> str:
+        path = re.sub("/+", "/", unquote(target.partition("?")[0]))
+        return posixpath.normpath(path)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line, *fields = head.decode("latin-1").split("\r\n")[:-2]
+                target = line.split(" ")[1]
+                headers = dict(f.split(": ", 1) for f in fields)
+                body = await reader.readexactly(int(headers.get("Content-Length", "0")))
+                self.seen.append((self.normalise(target), headers, body))
+                if self.normalise(target) == "/hold":
+                    await self.release.wait()
+                reply = b"served " + self.normalise(target).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                    b"Connection: keep-alive, X-App-Hop\r\nX-App-Hop: internal\r\n"
+                    b"X-App-Kept: yes\r\nContent-Length: %d\r\n\r\n" % len(reply) + reply
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there after close
+
+
+@contextlib.asynccontextmanager
+async def gateway(pm, deploy, app_port, **listener_options):
+    directory, _ = deploy
+    config = parse_config(
+        {
+            "listeners": [
+                {
+                    "name": "public",
+                    "address": "127.0.0.1:0",
+                    "routes": [
+                        {"prefix": "/sealed", "cluster": "app", "require_jwe": True},
+                        {"prefix": "/down", "cluster": "down"},
+                        {"prefix": "/", "cluster": "app"},
+                    ],
+                    "jwe": {"cert_path": "app.crt", "private_key_path": "app.key"},
+                    **listener_options,
+                }
+            ],
+            "clusters": {
+                "app": {"endpoints": [f"127.0.0.1:{app_port}"]},
+                "down": {"endpoints": [f"127.0.0.1:{free_port()}"], "connect_timeout": 1},
+            },
+        },
+        base=directory,
+    )
+    async with Gateway(config, pm) as gw:
+        yield gw.addresses["public"]
+
+
+async def exchange(address, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send one raw request (which must ask to close the connection); return the reply."""
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    line, *fields = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v for k, v in (f.split(": ", 1) for f in fields)}
+    return int(line.split(" ")[1]), headers, body
+
+
+def post(target: str, body: bytes, extra: str = "") -> bytes:
+    return (
+        f"POST {target} HTTP/1.1\r\nHost: gw\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+    ).encode() + body
+
+
+# ---- finding 4: slow, idle and too many connections -------------------------------------------
+
+ENVOY_DIR = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "envoy"
+
+
+def test_connection_limits_in_the_native_and_envoy_configs(tmp_path):
+    from trustflow_core.errors import InvalidInput
+    from trustflow_core.roles.gateway.config import load_config
+
+    native = {
+        "listeners": [
+            {"name": "h", "address": "127.0.0.1:0", "routes": [{"prefix": "/", "cluster": "a"}]},
+            {"name": "t", "address": "127.0.0.1:0", "tcp_proxy": "a", "idle_timeout": "0s"},
+        ],
+        "clusters": {"a": {"endpoints": ["127.0.0.1:9"]}},
+    }
+    http, tcp = parse_config(native).listeners
+    assert (http.request_headers_timeout, http.idle_timeout, http.max_connections) == (10, 60, None)
+    assert (tcp.request_headers_timeout, tcp.idle_timeout) == (0, 0)  # 0 = off
+    for change, fragment in (
+        ({"max_connections": 0}, "max_connections must be a positive integer"),
+        ({"idle_timeout": -1}, "duration must be positive"),
+        ({"request_headers_timeout": 1}, "request_headers_timeout is for HTTP listeners"),
+    ):
+        listeners = [native["listeners"][0], {**native["listeners"][1], **change}]
+        with pytest.raises(InvalidInput, match=fragment):
+            parse_config({**native, "listeners": listeners})
+
+    text = (ENVOY_DIR / "online-envoy.yml").read_text()
+    old = "    - filters:\n      - name: envoy.filters.network.http_connection_manager\n"
+    assert old in text
+    text = text.replace(
+        old,
+        "    - filters:\n      - name: envoy.filters.network.connection_limit\n"
+        "        typed_config: {stat_prefix: cl, max_connections: 300}\n"
+        "      - name: envoy.filters.network.http_connection_manager\n",
+    ).replace(
+        "          codec_type: AUTO\n",
+        "          codec_type: AUTO\n          request_headers_timeout: 2.5s\n"
+        "          common_http_protocol_options: {idle_timeout: 30s}\n",
+    )
+    (tmp_path / "envoy.yml").write_text(text)
+    (listener,) = load_config(tmp_path / "envoy.yml").listeners
+    assert (listener.request_headers_timeout, listener.idle_timeout) == (2.5, 30)
+    assert listener.max_connections == 300
+    (tcp_listener, _) = load_config(ENVOY_DIR / "interact-bob-envoy.yml").listeners
+    assert tcp_listener.idle_timeout == 3600  # Envoy's tcp_proxy default
+
+
+HALF_SENT = b"GET /open HTTP/1.1\r\nHost: gw\r\nX-Slow: "
+
+
+async def half_sent(address, count):
+    """``count`` connections that each sent part of a request head and then nothing."""
+    connections = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        writer.write(HALF_SENT)
+        connections.append((reader, writer))
+    for _, writer in connections:
+        await writer.drain()
+    return connections
+
+
+async def closed_by_peer(reader, timeout) -> bytes:
+    """What the peer sent before closing; fails if it does not close within ``timeout``."""
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+@pytest.mark.asyncio
+async def test_half_sent_connections_are_closed_after_the_headers_timeout(pm, deploy):
+    app = NormalisingApp()
+    async with (
+        app as app_port,
+        gateway(pm, deploy, app_port, request_headers_timeout=0.5) as address,
+    ):
+        connections = await half_sent(address, 200)
+        started = time.monotonic()
+        replies = await asyncio.gather(*(closed_by_peer(r, 10) for r, _ in connections))
+        assert time.monotonic() - started < 8
+        for reply in replies:
+            assert reply.startswith(b"HTTP/1.1 408 Request Timeout")
+            assert reply.endswith(b"request headers not received within 0.5 s\n")
+        for _, writer in connections:
+            writer.close()
+        status, _, body = await exchange(address, post("/open", b"still served"))
+        assert (status, body) == (200, b"served /open")
+    assert [path for path, _, _ in app.seen] == ["/open"]
+
+
+@pytest.mark.asyncio
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(pm, deploy):
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port, idle_timeout=0.5) as address:
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        writer.write(b"GET /open HTTP/1.1\r\nHost: gw\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await closed_by_peer(reader, 5) == b"served /open"
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_at_the_cap_idle_connections_make_room_and_busy_ones_do_not(pm, deploy):
+    app = NormalisingApp()
+    async with (
+        app as app_port,
+        gateway(pm, deploy, app_port, max_connections=20, request_headers_timeout=60) as address,
+    ):
+        connections = await half_sent(address, 20)
+        await asyncio.sleep(0.2)
+        # a real request still gets through: the oldest half-sent connection makes room
+        status, _, body = await exchange(address, post("/open", b"x"))
+        assert (status, body) == (200, b"served /open")
+        assert await closed_by_peer(connections[0][0], 5) == b""
+        for _, writer in connections:
+            writer.close()
+        await asyncio.sleep(0.2)
+        # twenty requests in progress: the next connection is refused with a reason
+        held = [asyncio.create_task(exchange(address, post("/hold", b"x"))) for _ in range(20)]
+        while len([p for p, _, _ in app.seen if p == "/hold"]) < 20:
+            await asyncio.sleep(0.05)
+        status, _, body = await exchange(address, post("/open", b"x"))
+        assert (status, body) == (503, b"too many connections, try again\n")
+        app.release.set()
+        assert {status for status, _, _ in await asyncio.gather(*held)} == {200}
+    assert [p for p, _, _ in app.seen].count("/open") == 1
+
+
+class TcpEcho:
+    """A TCP app that echoes and counts its open connections."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.accepted = 0
+
+    async def serve(self, reader, writer):
+        self.open += 1
+        self.accepted += 1
+        try:
+            while data := await reader.read(1024):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def tcp_gateway(pm, **listener_options):
+    echo = TcpEcho()
+    server = await asyncio.start_server(echo.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = parse_config(
+        {
+            "listeners": [
+                {"name": "tcp", "address": "127.0.0.1:0", "tcp_proxy": "echo", **listener_options}
+            ],
+            "clusters": {"echo": {"endpoints": [f"127.0.0.1:{port}"]}},
+        }
+    )
+    try:
+        async with Gateway(config, pm) as gw:
+            yield gw.addresses["tcp"], echo
+    finally:
+        server.close()
+
+
+@pytest.mark.asyncio
+async def test_idle_tcp_clients_are_closed_with_their_app_connection(pm):
+    async with tcp_gateway(pm, idle_timeout=0.5) as (address, echo):
+        clients = []
+        for i in range(5):
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            writer.write(b"ping %d" % i)
+            assert await asyncio.wait_for(reader.readexactly(6), 5) == b"ping %d" % i
+            clients.append((reader, writer))
+        assert echo.open == 5
+        for reader, _ in clients:
+            assert await closed_by_peer(reader, 5) == b""
+        await asyncio.sleep(0.2)
+        assert echo.open == 0  # the app connections are released too
+        for _, writer in clients:
+            writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_busy_tcp_tunnel_outlives_the_idle_timeout(pm):
+    async with tcp_gateway(pm, idle_timeout=0.5) as (address, _):
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        for _ in range(8):  # 1.6 s of traffic, never 0.5 s of silence
+            writer.write(b"beat")
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"beat"
+            await asyncio.sleep(0.2)
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_tcp_connections_over_the_cap_are_closed_before_reaching_the_app(pm):
+    async with tcp_gateway(pm, max_connections=3) as (address, echo):
+        clients = [await asyncio.open_connection(address.host, address.port) for _ in range(5)]
+        for i, (reader, writer) in enumerate(clients[:3]):
+            writer.write(b"ok %d" % i)
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ok %d" % i
+        for reader, _ in clients[3:]:
+            assert await closed_by_peer(reader, 5) == b""
+        assert echo.accepted == 3
+        for _, writer in clients:
+            writer.close()
+
+
+TRUSTFLOW = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"
+
+
+def test_with_few_descriptors_healthz_answers_through_a_connection_flood(tmp_path):
+    """A gateway process limited to 200 descriptors, 300 half-sent connections: it keeps
+    accepting, and /healthz answers at once."""
+    port = free_port()
+    (tmp_path / "gw.yaml").write_text(
+        f"listeners: [{{name: public, address: '127.0.0.1:{port}', "
+        "routes: [{prefix: /, cluster: app}]}]\n"
+        f"clusters: {{app: {{endpoints: ['127.0.0.1:{free_port()}']}}}}\n"
+    )
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    log = (tmp_path / "gw.log").open("w")
+    proc = subprocess.Popen(
+        [TRUSTFLOW, "gateway", "-c", str(tmp_path / "gw.yaml")],
+        preexec_fn=low_limit,
+        stderr=log,
+    )
+    flood = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(HALF_SENT)
+            flood.append(sock)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"OK\n")
+        assert proc.poll() is None
+    finally:
+        for sock in flood:
+            sock.close()
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+# ---- finding 6: require_jwe cannot be bypassed with a non-normal target -------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/./sealed",
+        "/x/../sealed",
+        "//sealed",
+        "/%2e/sealed",
+        "/x/%2E%2E/sealed",
+        "/x/..;/sealed",
+        "/x%2F..%2Fsealed",
+        "/x/..\\sealed",
+    ],
+)
+async def test_a_non_normal_target_never_reaches_a_require_jwe_resource(pm, deploy, target):
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        status, _, body = await exchange(address, post(target, b"plaintext secret"))
+    assert status == 400, body
+    assert b"refused request target" in body
+    assert app.seen == []
+
+
+@pytest.mark.asyncio
+async def test_normal_targets_are_routed_on_the_decoded_path_and_forwarded_as_sent(pm, deploy):
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        status, _, body = await exchange(address, post("/se%61led", b"plaintext"))
+        assert status == 415 and b"accepts only JWE envelopes" in body
+        status, _, body = await exchange(address, post("/open/a%20b/?x=/../y", b"hi"))
+        assert (status, body) == (200, b"served /open/a b")
+        status, _, body = await exchange(
+            address, b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+        )
+        assert (status, body) == (200, b"OK\n")
+    assert [path for path, _, _ in app.seen] == ["/open/a b"]
+
+
+# ---- finding 11: headers named in Connection are hop-by-hop ----------------------------------
+
+
+@pytest.mark.asyncio
+async def test_headers_named_in_connection_are_dropped_both_ways(pm, deploy):
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        status, headers, body = await exchange(
+            address,
+            post(
+                "/open",
+                b"hi",
+                "X-Client-Hop: secret\r\nX-Kept: yes\r\nConnection: X-Client-Hop, x-other\r\n"
+                "X-Other: 1\r\n",
+            ),
+        )
+    assert (status, body) == (200, b"served /open")
+    ((_, seen, _),) = app.seen
+    assert seen["X-Kept"] == "yes"
+    assert "X-Client-Hop" not in seen and "X-Other" not in seen
+    assert headers["x-app-kept"] == "yes"
+    assert "x-app-hop" not in headers
+
+
+# ---- finding 12: a 502 says nothing about the inside ------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_502_does_not_tell_the_client_the_upstream_address(pm, deploy, caplog):
+    caplog.set_level(logging.WARNING, logger="trustflow.gateway")
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        status, _, body = await exchange(
+            address, b"GET /down HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+        )
+    assert (status, body) == (502, b"upstream unreachable\n")
+    assert "127.0.0.1" in caplog.text and "down" in caplog.text  # the operator gets the detail
+
+
+# ---- finding 16: replayed and stale RFC envelopes ----------------------------------------------
+
+
+def rfc_envelope(public_key, plaintext: bytes, **claims) -> bytes:
+    """An RFC 7516 envelope with ``claims`` in its (authenticated) protected header, built with
+    jwcrypto as any client could."""
+    from jwcrypto.jwe import JWE
+    from jwcrypto.jwk import JWK
+
+    header = {"alg": "RSA-OAEP-256", "enc": "A256GCM", **claims}
+    token = JWE(plaintext, protected=json.dumps(header), algs=["RSA-OAEP-256", "A256GCM"])
+    token.add_recipient(JWK.from_pyca(public_key))
+    return token.serialize().encode()
+
+
+def post_jwe(target: str, body: bytes, content_type: str = "application/jose+json") -> bytes:
+    return (
+        f"POST {target} HTTP/1.1\r\nHost: gw\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+@pytest.mark.asyncio
+async def test_a_replayed_rfc_envelope_is_refused_and_a_fresh_one_passes(pm, deploy):
+    from trustflow_core.registry import get_backend_class
+
+    _, key = deploy
+    channel = get_backend_class(pm, "channel", "jwe").from_settings({"profile": "rfc"})
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        captured = json.dumps(channel.seal(b"pay 100", key.public_key()).jwe.to_dict()).encode()
+        status, _, _ = await exchange(address, post_jwe("/sealed", captured))
+        assert status == 200
+        status, _, body = await exchange(address, post_jwe("/sealed", captured))
+        assert (status, body) == (409, b"replayed JWE: this jti was already accepted\n")
+        fresh = json.dumps(channel.seal(b"pay 100", key.public_key()).jwe.to_dict()).encode()
+        status, _, _ = await exchange(address, post_jwe("/sealed", fresh))
+        assert status == 200
+        # the claims are authenticated: a replay with a new jti does not open
+        members = json.loads(captured)
+        header = json.loads(base64.urlsafe_b64decode(members["protected"] + "=="))
+        header["jti"] = "another"
+        members["protected"] = base64.urlsafe_b64encode(json.dumps(header).encode()).decode()
+        status, _, body = await exchange(address, post_jwe("/sealed", json.dumps(members).encode()))
+        assert status == 400 and b"JWE envelope rejected (rfc profile)" in body
+    assert [b for _, _, b in app.seen] == [b"pay 100", b"pay 100"]
+
+
+@pytest.mark.asyncio
+async def test_stale_or_future_iat_and_malformed_claims_are_refused(pm, deploy):
+    _, key = deploy
+    now = int(time.time())
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        for claims, status_want, message in (
+            ({"iat": now - 3600, "jti": "a"}, 400, b"stale JWE: iat is 36"),
+            ({"iat": now + 3600, "jti": "b"}, 400, b"s in the future"),
+            ({"iat": "yesterday", "jti": "c"}, 400, b"'iat' must be a number"),
+            ({"iat": now, "jti": ""}, 400, b"'jti' must be a string"),
+            ({"iat": now}, 400, b"'jti' must be a string"),
+            ({"iat": now - 5, "jti": "d"}, 200, b""),
+        ):
+            body = rfc_envelope(key.public_key(), b"x", **claims)
+            status, _, reply = await exchange(address, post_jwe("/sealed", body))
+            assert status == status_want and message in reply, (claims, reply)
+    assert len(app.seen) == 1
+
+
+@pytest.mark.asyncio
+async def test_freshness_modes_and_the_unchanged_upstream_profile(pm, deploy):
+    from trustflow_core.registry import get_backend_class
+
+    _, key = deploy
+    upstream = get_backend_class(pm, "channel", "jwe").from_settings(
+        {"profile": "upstream", "alg": "RSA-OAEP-256"}
+    )
+    old_style = rfc_envelope(key.public_key(), b"no claims")  # an RFC client without iat/jti
+    sealed = json.dumps(upstream.seal(b"upstream", key.public_key()).jwe.to_dict()).encode()
+    app = NormalisingApp()
+    async with app as app_port:
+        async with gateway(pm, deploy, app_port) as address:  # optional (default)
+            for body, content_type in ((old_style, "application/jose+json"),) + (
+                (sealed, "application/json"),
+            ) * 2:  # upstream has no freshness: a resent upstream envelope still passes
+                status, _, _ = await exchange(address, post_jwe("/sealed", body, content_type))
+                assert status == 200
+        jwe = {
+            "cert_path": "app.crt",
+            "private_key_path": "app.key",
+            "freshness": {"mode": "required"},
+        }
+        async with gateway(pm, deploy, app_port, jwe=jwe) as address:
+            status, _, body = await exchange(address, post_jwe("/sealed", old_style))
+            assert status == 400 and b"'iat' must be a number" in body
+            status, _, body = await exchange(
+                address, post_jwe("/sealed", sealed, "application/json")
+            )
+            assert status == 400 and b"requires replay-protected envelopes" in body
+        jwe["freshness"] = "off"
+        async with gateway(pm, deploy, app_port, jwe=jwe) as address:
+            replayable = rfc_envelope(key.public_key(), b"x", iat=int(time.time()), jti="z")
+            for _ in range(2):
+                status, _, _ = await exchange(address, post_jwe("/sealed", replayable))
+                assert status == 200
+
+
+@pytest.mark.asyncio
+async def test_a_full_replay_cache_raises_its_floor_instead_of_forgetting(pm, deploy):
+    _, key = deploy
+    now = int(time.time())
+    jwe = {
+        "cert_path": "app.crt",
+        "private_key_path": "app.key",
+        "freshness": {"mode": "required", "cache_size": 3, "window": 120},
+    }
+    envelopes = [
+        rfc_envelope(key.public_key(), b"%d" % i, iat=now - age, jti=f"id{i}")
+        for i, age in enumerate((30, 20, 10, 0))
+    ]
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port, jwe=jwe) as address:
+        for body in envelopes:  # the fourth evicts id0 (the oldest iat): floor = now - 30
+            status, _, _ = await exchange(address, post_jwe("/sealed", body))
+            assert status == 200
+        status, _, reply = await exchange(address, post_jwe("/sealed", envelopes[0]))
+        assert status == 400 and b"older than the replay cache can vouch for" in reply
+        for body in envelopes[1:]:
+            status, _, reply = await exchange(address, post_jwe("/sealed", body))
+            assert status == 409
+        late = rfc_envelope(key.public_key(), b"late", iat=now - 40, jti="new")
+        status, _, reply = await exchange(address, post_jwe("/sealed", late))
+        assert status == 400 and b"older than the replay cache" in reply
+        fresh = rfc_envelope(key.public_key(), b"fresh", iat=now, jti="fresh")
+        status, _, _ = await exchange(address, post_jwe("/sealed", fresh))
+        assert status == 200
+    assert [b for _, _, b in app.seen] == [b"0", b"1", b"2", b"3", b"fresh"]
+
+
+def test_freshness_config():
+    from trustflow_core.errors import InvalidInput
+
+    base = {
+        "listeners": [
+            {
+                "address": "127.0.0.1:0",
+                "routes": [{"prefix": "/", "cluster": "a"}],
+                "jwe": {"cert_path": "c", "private_key_path": "k"},
+            }
+        ],
+        "clusters": {"a": {"endpoints": ["127.0.0.1:9"]}},
+    }
+
+    def freshness(value):
+        listener = {**base["listeners"][0]}
+        listener["jwe"] = {**listener["jwe"], "freshness": value}
+        return parse_config({**base, "listeners": [listener]}).listeners[0].jwe.freshness
+
+    default = parse_config(base).listeners[0].jwe.freshness
+    assert (default.mode, default.window, default.cache_size) == ("optional", 300, 100_000)
+    assert freshness("required").mode == "required"
+    got = freshness({"mode": "off", "window": "90s", "cache_size": 10})
+    assert (got.mode, got.window, got.cache_size) == ("off", 90, 10)
+    for bad, fragment in (
+        ("sometimes", "mode must be one of"),
+        ({"cache_size": 0}, "cache_size must be a positive integer"),
+        ({"window": 0}, "duration must be positive"),
+        ({"ttl": 1}, "unknown key(s) ['ttl']"),
+    ):
+        with pytest.raises(InvalidInput, match=re.escape(fragment)):
+            freshness(bad)
