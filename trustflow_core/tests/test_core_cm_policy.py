@@ -202,3 +202,45 @@ def test_fast_path_declines_other_shapes() -> None:
     r = evaluation_object(req())
     for expr in ('r.in == "x"', 'r.scope == "a\\"b"', 'r.scope != "x"', 'r["scope"] == "x"'):
         assert _simple_equality(expr, r) is None
+
+
+# ---- cost bound (constraint_cost, constraint_sandbox) ---------------------------------------
+
+DIGITS = "[0,1,2,3,4,5,6,7,8,9]"
+NESTED = f"{DIGITS}.map(a,{DIGITS}.map(b,{DIGITS}.map(c,{DIGITS}.map(d,{DIGITS}.map(e,0)))))!=[]"
+
+
+@pytest.mark.parametrize(
+    ("expr", "comprehension_depth", "in_process"),
+    [
+        ('r.env.tee.platform == "sgx"', 0, True),
+        ('size(r.columns) == 1 && r.scope.startsWith("def") && has(r.env)', 0, True),
+        ('r.columns.all(c, c in ["id"])', 1, False),
+        (f"{DIGITS}.map(x, x).map(y, y) == {DIGITS}", 1, False),  # chained, not nested
+        (f"{DIGITS}.exists(x, {DIGITS}.all(y, y >= 0))", 2, False),
+        (NESTED, 5, False),
+        ('"a" + "b" == "ab"', 0, False),  # concatenation copies
+        ('r.scope.matches("d.*")', 0, False),  # a regular expression
+    ],
+)
+def test_constraint_shape(expr: str, comprehension_depth: int, in_process: bool) -> None:
+    from trustflow_core.roles.capsule_manager.constraint_cost import parse
+
+    shape = parse(expr).shape
+    assert shape is not None
+    assert shape.comprehension_depth == comprehension_depth
+    assert shape.in_process is in_process
+    assert parse("r.op_name ==").shape is None  # does not parse
+
+
+def test_check_rule_names_rule_constraint_and_limit() -> None:
+    from trustflow_core.roles.capsule_manager.constraint_cost import check_rule
+    from trustflow_core.roles.capsule_manager.errors import CMError, Kind
+
+    check_rule(rule(global_constraints=('r.env.tee.platform == "sgx"', "r.op_name ==")))
+    with pytest.raises(CMError) as err:
+        check_rule(rule(rule_id="x", op_constraints=(OpConstraint("psi", ("true", NESTED)),)))
+    assert err.value.kind is Kind.INVALID_ARGUMENT
+    assert err.value.detail == (
+        "rule 'x': constraint 2 of op 'psi' has comprehension nesting depth 5, over the limit of 1"
+    )

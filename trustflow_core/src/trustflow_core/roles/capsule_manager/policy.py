@@ -12,7 +12,8 @@ A request for one resource is allowed when **any** rule of the resource's policy
 Constraints are CEL expressions over one variable ``r`` (:func:`evaluation_object`); the
 upstream Rhai examples (``r.env.tee.platform=="sgx"``, ``&&``, ``||``, ``!``, comparisons,
 member access and indexing) are valid CEL with the same meaning. Compile or evaluation errors,
-and non-boolean results, make the rule fail. They are never ``eval``-ed.
+and non-boolean results, make the rule fail. They are never ``eval``-ed. :mod:`.constraint_cost`
+bounds them statically at policy creation.
 
 :func:`derive_result_policy` is the lineage merge of §6.5 (quirk 40, reproduced).
 """
@@ -23,17 +24,14 @@ import functools
 import json
 import logging
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .constraint_cost import MAX_CHARS, parse
 from .errors import CMError, Kind
 
 log = logging.getLogger(__name__)
-
-MAX_CONSTRAINT_CHARS = 4096
-_CEL_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -133,9 +131,10 @@ def evaluation_object(req: AccessRequest) -> dict[str, Any]:
 def _compiled(expression: str) -> Any:
     import celpy
 
-    with _CEL_LOCK:  # the lark parser is not thread-safe
-        env = celpy.Environment()
-        return env.program(env.compile(expression))
+    tree = parse(expression).tree
+    if tree is None:
+        raise ValueError("does not compile")
+    return celpy.Environment().program(tree)
 
 
 # ``r.a.b == "literal"`` -- the shape of nearly every real constraint -- is decided without the
@@ -187,8 +186,8 @@ def _simple_equality(expression: str, r: Mapping[str, Any]) -> bool | None:
 def evaluate(expression: str, r: Mapping[str, Any]) -> bool:
     """True iff ``expression`` compiles and evaluates to the boolean true with ``r`` bound."""
 
-    if len(expression) > MAX_CONSTRAINT_CHARS:
-        log.info("constraint longer than %d chars refused", MAX_CONSTRAINT_CHARS)
+    if len(expression) > MAX_CHARS:
+        log.info("constraint longer than %d chars refused", MAX_CHARS)
         return False
     fast = _simple_equality(expression, r)
     if fast is not None:

@@ -27,6 +27,7 @@ from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 a
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...wire import serialize_canonical
 from .certs import spki_pem, verified_chain_party
+from .constraint_cost import check_rule
 from .convert import check_data_key_b64, policy_to_pb, report_from_pb, report_to_pb, rule_from_pb
 from .envelope import Envelopes, OpenedRequest, error_status, ok_status, recipient_from_cert_pem
 from .errors import CMError, Kind
@@ -439,6 +440,8 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 raise CMError(Kind.NOT_FOUND, "policy is empty.")
             uuid = parse_resource_uri(inner.policy.data_uuid).data_uuid
             rules = [rule_from_pb(r) for r in inner.policy.rules]
+            for rule in rules:
+                check_rule(rule)
             self.store.put_policy(inner.owner_party_id, inner.scope, uuid, rules)
 
         await self._thread(work)
@@ -465,7 +468,9 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             if not inner.HasField("rule"):
                 raise CMError(Kind.NOT_FOUND, "policy is empty.")
             uuid = parse_resource_uri(inner.data_uuid).data_uuid
-            self.store.add_rule(inner.owner_party_id, inner.scope, uuid, rule_from_pb(inner.rule))
+            rule = rule_from_pb(inner.rule)
+            check_rule(rule)
+            self.store.add_rule(inner.owner_party_id, inner.scope, uuid, rule)
 
         await self._thread(work)
         return _status_only()
