@@ -16,6 +16,7 @@ benchmark.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -25,6 +26,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -225,3 +227,41 @@ async def test_legitimate_constraints_still_accepted_and_enforced(
     ]
     uuid = await new_data(client, ALICE, rule("r", global_constraints=allowed))
     assert [k.resource_uri for k in await get_keys(client, uuid)] == [uuid]
+
+
+# ---- run-time budget ------------------------------------------------------------------------
+
+
+async def test_planted_costly_rule_is_refused_within_the_budget(
+    client: CapsuleManagerClient, server: Server
+) -> None:
+    uuid = await new_data(client, ALICE, rule("planted", global_constraints=["true"]))
+    assert await get_keys(client, uuid)
+    plant(server, uuid, "planted", PLANTED)
+    fast = CapsuleManagerClient(server.target, pm=get_plugin_manager(), timeout=PROMPT)
+    async with fast:
+        started = time.monotonic()
+        message = await refused(7, get_keys(fast, uuid))
+        assert time.monotonic() - started < PROMPT
+    assert "not satisfied with the policy" in message
+    await asyncio.sleep(0.5)
+    overruns = [line for line in server.lines if "exceeded its budget" in line]
+    assert len(overruns) == 1 and "rule 'planted'" in overruns[0], overruns
+    assert PLANTED not in "".join(server.lines)  # the expression is not logged
+
+
+async def test_costly_requests_do_not_starve_other_owners(
+    client: CapsuleManagerClient, server: Server
+) -> None:
+    costly = await new_data(client, ALICE, rule("planted", global_constraints=["true"]))
+    plant(server, costly, "planted", PLANTED)
+    attackers = [asyncio.create_task(get_keys(client, costly)) for _ in range(6)]
+    await asyncio.sleep(1.0)  # in flight
+    fast = CapsuleManagerClient(server.target, pm=get_plugin_manager(), timeout=PROMPT)
+    async with fast:
+        started = time.monotonic()
+        uuid = await new_data(fast, BOB, rule("bob", global_constraints=['r.scope == "default"']))
+        assert [k.resource_uri for k in await get_keys(fast, uuid)] == [uuid]
+        assert time.monotonic() - started < PROMPT
+    for task in attackers:
+        await refused(7, task)

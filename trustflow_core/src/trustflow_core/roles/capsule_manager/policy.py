@@ -12,14 +12,18 @@ A request for one resource is allowed when **any** rule of the resource's policy
 Constraints are CEL expressions over one variable ``r`` (:func:`evaluation_object`); the
 upstream Rhai examples (``r.env.tee.platform=="sgx"``, ``&&``, ``||``, ``!``, comparisons,
 member access and indexing) are valid CEL with the same meaning. Compile or evaluation errors,
-and non-boolean results, make the rule fail. They are never ``eval``-ed. :mod:`.constraint_cost`
-bounds them statically at policy creation.
+and non-boolean results, make the rule fail. They are never ``eval``-ed.
+
+Cost: :mod:`.constraint_cost` bounds constraints statically (at policy creation); at evaluation,
+constraints that are not cheap by construction run in :mod:`.constraint_sandbox`'s worker
+processes within the request's :class:`Budget`. A rule whose evaluation runs out of budget fails.
 
 :func:`derive_result_policy` is the lineage merge of §6.5 (quirk 40, reproduced).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
@@ -29,9 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .constraint_cost import MAX_CHARS, parse
+from .constraint_sandbox import Budget, BudgetExceeded, Sandbox
 from .errors import CMError, Kind
 
 log = logging.getLogger(__name__)
+
+_SANDBOX = Sandbox()
+atexit.register(_SANDBOX.close)
 
 
 @dataclass(frozen=True)
@@ -183,20 +191,29 @@ def _simple_equality(expression: str, r: Mapping[str, Any]) -> bool | None:
     return isinstance(value, str) and value == match.group(2)
 
 
-def evaluate(expression: str, r: Mapping[str, Any]) -> bool:
-    """True iff ``expression`` compiles and evaluates to the boolean true with ``r`` bound."""
+def evaluate(expression: str, r: Mapping[str, Any], budget: Budget | None = None) -> bool:
+    """True iff ``expression`` compiles and evaluates to the boolean true with ``r`` bound.
+    Raises :class:`BudgetExceeded` when ``budget`` (default: a fresh one) runs out first."""
 
     if len(expression) > MAX_CHARS:
         log.info("constraint longer than %d chars refused", MAX_CHARS)
         return False
+    budget = budget if budget is not None else Budget()
+    budget.check()
     fast = _simple_equality(expression, r)
     if fast is not None:
         return fast
-    return _cel(expression, r)
+    shape = parse(expression).shape
+    if shape is None:
+        log.info("constraint %r does not compile", expression)
+        return False
+    if shape.in_process:
+        return evaluate_cel(expression, r)
+    return _SANDBOX.evaluate(expression, r, budget)
 
 
-def _cel(expression: str, r: Mapping[str, Any]) -> bool:
-    """Evaluate with the CEL interpreter (no fast path)."""
+def evaluate_cel(expression: str, r: Mapping[str, Any]) -> bool:
+    """Evaluate with the CEL interpreter, in this process (no fast path, no budget)."""
     import celpy
 
     try:
@@ -208,26 +225,35 @@ def _cel(expression: str, r: Mapping[str, Any]) -> bool:
     return isinstance(result, celpy.celtypes.BoolType) and bool(result)
 
 
-def rule_matches(rule: Rule, req: AccessRequest, r: Mapping[str, Any]) -> bool:
+def rule_matches(rule: Rule, req: AccessRequest, r: Mapping[str, Any], budget: Budget) -> bool:
     if req.initiator_party_id not in rule.grantee_party_ids:
         return False
     if not any(o.op_name in ("*", req.op_name) for o in rule.op_constraints):
         return False
     if "*" not in rule.columns and not all(c in rule.columns for c in req.columns):
         return False
-    for op in rule.op_constraints:
-        if op.op_name != req.op_name:
-            continue
-        for constraint in op.constraints:
-            if constraint.strip() and not evaluate(constraint, r):
-                return False
-    return all(evaluate(c, r) for c in rule.global_constraints)
+    constraints = [
+        c
+        for op in rule.op_constraints
+        if op.op_name == req.op_name
+        for c in op.constraints
+        if c.strip()
+    ]
+    try:
+        return all(evaluate(c, r, budget) for c in [*constraints, *rule.global_constraints])
+    except BudgetExceeded as exc:
+        if budget.first_report():
+            log.warning("%s: rule %r of %s fails", exc, rule.rule_id, req.resource_uri)
+        return False
 
 
-def allows(rules: Sequence[Rule], req: AccessRequest) -> bool:
-    """Whether any rule (in stored order) allows ``req``."""
+def allows(rules: Sequence[Rule], req: AccessRequest, budget: Budget | None = None) -> bool:
+    """Whether any rule (in stored order) allows ``req``. ``budget`` bounds the evaluation of
+    constraints (default: a fresh :class:`Budget`); pass one to share it between the resources
+    of a request."""
     r = evaluation_object(req)
-    return any(rule_matches(rule, req, r) for rule in rules)
+    budget = budget if budget is not None else Budget()
+    return any(rule_matches(rule, req, r, budget) for rule in rules)
 
 
 def _merge(left: Sequence[Rule], right: Sequence[Rule]) -> list[Rule]:

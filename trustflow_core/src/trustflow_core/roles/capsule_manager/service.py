@@ -28,6 +28,7 @@ from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_g
 from ...wire import serialize_canonical
 from .certs import spki_pem, verified_chain_party
 from .constraint_cost import check_rule
+from .constraint_sandbox import Budget
 from .convert import check_data_key_b64, policy_to_pb, report_from_pb, report_to_pb, rule_from_pb
 from .envelope import Envelopes, OpenedRequest, error_status, ok_status, recipient_from_cert_pem
 from .errors import CMError, Kind
@@ -259,6 +260,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             raise CMError(Kind.INVALID_ARGUMENT, "resource_request has no resources")
         parsed = [parse_resource_uri(u) for u in uris]
         view, sealed = self.store.access_view(rr.scope, (p.data_uuid for p in parsed), uris)
+        budget = Budget()  # one for all the resources of the request
         for res, p in zip(rr.resources, parsed, strict=True):
             info, policy = view[p.data_uuid]
             if info is None:
@@ -280,7 +282,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 attrs=res.attrs,
                 env=env,
             )
-            if not allows(policy.rules, access):
+            if not allows(policy.rules, access, budget):
                 raise CMError(
                     Kind.PERMISSION_DENIED,
                     f"request is not satisfied with the policy {p.data_uuid}.",
