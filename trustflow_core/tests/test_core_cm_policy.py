@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,13 +189,13 @@ def test_compat_policy_rules_parse(compat_dir: Path) -> None:
     ],
 )
 def test_fast_equality_path_matches_cel(expr: str) -> None:
-    from trustflow_core.roles.capsule_manager.policy import _cel, _simple_equality
+    from trustflow_core.roles.capsule_manager.policy import _simple_equality, evaluate_cel
 
     for env in (SGX_ENV, None):
         r = evaluation_object(req(env=env))
         fast = _simple_equality(expr, r)
         assert fast is not None, expr
-        assert fast is _cel(expr, r), (expr, env)
+        assert fast is evaluate_cel(expr, r), (expr, env)
 
 
 def test_fast_path_declines_other_shapes() -> None:
@@ -202,3 +204,95 @@ def test_fast_path_declines_other_shapes() -> None:
     r = evaluation_object(req())
     for expr in ('r.in == "x"', 'r.scope == "a\\"b"', 'r.scope != "x"', 'r["scope"] == "x"'):
         assert _simple_equality(expr, r) is None
+
+
+# ---- cost bound (constraint_cost, constraint_sandbox) ---------------------------------------
+
+DIGITS = "[0,1,2,3,4,5,6,7,8,9]"
+NESTED = f"{DIGITS}.map(a,{DIGITS}.map(b,{DIGITS}.map(c,{DIGITS}.map(d,{DIGITS}.map(e,0)))))!=[]"
+
+
+@pytest.mark.parametrize(
+    ("expr", "comprehension_depth", "in_process"),
+    [
+        ('r.env.tee.platform == "sgx"', 0, True),
+        ('size(r.columns) == 1 && r.scope.startsWith("def") && has(r.env)', 0, True),
+        ('r.columns.all(c, c in ["id"])', 1, False),
+        (f"{DIGITS}.map(x, x).map(y, y) == {DIGITS}", 1, False),  # chained, not nested
+        (f"{DIGITS}.exists(x, {DIGITS}.all(y, y >= 0))", 2, False),
+        (NESTED, 5, False),
+        ('"a" + "b" == "ab"', 0, False),  # concatenation copies
+        ('r.scope.matches("d.*")', 0, False),  # a regular expression
+    ],
+)
+def test_constraint_shape(expr: str, comprehension_depth: int, in_process: bool) -> None:
+    from trustflow_core.roles.capsule_manager.constraint_cost import parse
+
+    shape = parse(expr).shape
+    assert shape is not None
+    assert shape.comprehension_depth == comprehension_depth
+    assert shape.in_process is in_process
+    assert parse("r.op_name ==").shape is None  # does not parse
+
+
+def test_check_rule_names_rule_constraint_and_limit() -> None:
+    from trustflow_core.roles.capsule_manager.constraint_cost import check_rule
+    from trustflow_core.roles.capsule_manager.errors import CMError, Kind
+
+    check_rule(rule(global_constraints=('r.env.tee.platform == "sgx"', "r.op_name ==")))
+    with pytest.raises(CMError) as err:
+        check_rule(rule(rule_id="x", op_constraints=(OpConstraint("psi", ("true", NESTED)),)))
+    assert err.value.kind is Kind.INVALID_ARGUMENT
+    assert err.value.detail == (
+        "rule 'x': constraint 2 of op 'psi' has comprehension nesting depth 5, over the limit of 1"
+    )
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Any]:
+    from trustflow_core.roles.capsule_manager.constraint_sandbox import Sandbox
+
+    pool = Sandbox(workers=1)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        'r.columns.all(c, c in ["id", "age"])',
+        'r.columns.exists(c, c == "salary")',
+        '"ab" + "c" == "abc"',
+        'r.env.tee.sgx.mr_enclave.matches("^aa")',
+        "r.columns.map(c, c)",  # not a boolean
+        "r.nope.all(c, true)",  # error
+        "",  # does not parse
+    ],
+)
+def test_sandbox_agrees_with_in_process(sandbox: Any, expr: str) -> None:
+    from trustflow_core.roles.capsule_manager.constraint_sandbox import Budget
+    from trustflow_core.roles.capsule_manager.policy import evaluate_cel
+
+    r = evaluation_object(req())
+    assert sandbox.evaluate(expr, r, Budget(60)) is evaluate_cel(expr, r)
+
+
+def test_sandbox_stops_an_overrun_and_recovers(sandbox: Any) -> None:
+    from trustflow_core.roles.capsule_manager.constraint_sandbox import Budget, BudgetExceeded
+
+    r = evaluation_object(req())
+    sandbox.evaluate("true", r, Budget(60))  # the worker is up: the next budget is all evaluation
+    with pytest.raises(BudgetExceeded):
+        sandbox.evaluate(NESTED, r, Budget(0.2))  # 10**5 evaluations: seconds
+    assert sandbox.evaluate('r.columns.all(c, c == "id")', r, Budget(60)) is True
+
+
+def test_exhausted_budget_fails_rules_that_need_evaluation() -> None:
+    from trustflow_core.roles.capsule_manager.constraint_sandbox import Budget
+
+    spent = Budget(0)
+    constrained = rule(global_constraints=('r.env.tee.platform == "sgx"',))
+    assert not allows([constrained], req(), spent)
+    assert allows([constrained, rule()], req(), spent)  # no constraint: nothing to evaluate

@@ -6,7 +6,9 @@ Modules, one concept each:
 * :mod:`.resource_uri` -- ``{data_uuid}[/partition[/segment[/shard]]]``.
 * :mod:`.sealing` -- the storage key and at-rest sealing of data keys.
 * :mod:`.storage_models`, :mod:`.storage` -- SQLAlchemy schema and transactional store.
-* :mod:`.policy` -- rules, CEL constraints, lineage merge.
+* :mod:`.policy` -- rules, CEL constraints, lineage merge; :mod:`.constraint_cost` -- the
+  static cost bound of a constraint; :mod:`.constraint_sandbox` -- the run-time budget (worker
+  processes).
 * :mod:`.votes` -- data-export certificates (signing and verification).
 * :mod:`.envelope` -- opening requests, authenticating JWS, sealing responses.
 * :mod:`.service` -- the 13 RPCs; :mod:`.server` -- the ``grpc.aio`` server.

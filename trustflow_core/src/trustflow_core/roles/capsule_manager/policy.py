@@ -14,26 +14,32 @@ upstream Rhai examples (``r.env.tee.platform=="sgx"``, ``&&``, ``||``, ``!``, co
 member access and indexing) are valid CEL with the same meaning. Compile or evaluation errors,
 and non-boolean results, make the rule fail. They are never ``eval``-ed.
 
+Cost: :mod:`.constraint_cost` bounds constraints statically (at policy creation); at evaluation,
+constraints that are not cheap by construction run in :mod:`.constraint_sandbox`'s worker
+processes within the request's :class:`Budget`. A rule whose evaluation runs out of budget fails.
+
 :func:`derive_result_policy` is the lineage merge of §6.5 (quirk 40, reproduced).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .constraint_cost import MAX_CHARS, parse
+from .constraint_sandbox import Budget, BudgetExceeded, Sandbox
 from .errors import CMError, Kind
 
 log = logging.getLogger(__name__)
 
-MAX_CONSTRAINT_CHARS = 4096
-_CEL_LOCK = threading.Lock()
+_SANDBOX = Sandbox()
+atexit.register(_SANDBOX.close)
 
 
 @dataclass(frozen=True)
@@ -133,9 +139,10 @@ def evaluation_object(req: AccessRequest) -> dict[str, Any]:
 def _compiled(expression: str) -> Any:
     import celpy
 
-    with _CEL_LOCK:  # the lark parser is not thread-safe
-        env = celpy.Environment()
-        return env.program(env.compile(expression))
+    tree = parse(expression).tree
+    if tree is None:
+        raise ValueError("does not compile")
+    return celpy.Environment().program(tree)
 
 
 # ``r.a.b == "literal"`` -- the shape of nearly every real constraint -- is decided without the
@@ -184,20 +191,29 @@ def _simple_equality(expression: str, r: Mapping[str, Any]) -> bool | None:
     return isinstance(value, str) and value == match.group(2)
 
 
-def evaluate(expression: str, r: Mapping[str, Any]) -> bool:
-    """True iff ``expression`` compiles and evaluates to the boolean true with ``r`` bound."""
+def evaluate(expression: str, r: Mapping[str, Any], budget: Budget | None = None) -> bool:
+    """True iff ``expression`` compiles and evaluates to the boolean true with ``r`` bound.
+    Raises :class:`BudgetExceeded` when ``budget`` (default: a fresh one) runs out first."""
 
-    if len(expression) > MAX_CONSTRAINT_CHARS:
-        log.info("constraint longer than %d chars refused", MAX_CONSTRAINT_CHARS)
+    if len(expression) > MAX_CHARS:
+        log.info("constraint longer than %d chars refused", MAX_CHARS)
         return False
+    budget = budget if budget is not None else Budget()
+    budget.check()
     fast = _simple_equality(expression, r)
     if fast is not None:
         return fast
-    return _cel(expression, r)
+    shape = parse(expression).shape
+    if shape is None:
+        log.info("constraint %r does not compile", expression)
+        return False
+    if shape.in_process:
+        return evaluate_cel(expression, r)
+    return _SANDBOX.evaluate(expression, r, budget)
 
 
-def _cel(expression: str, r: Mapping[str, Any]) -> bool:
-    """Evaluate with the CEL interpreter (no fast path)."""
+def evaluate_cel(expression: str, r: Mapping[str, Any]) -> bool:
+    """Evaluate with the CEL interpreter, in this process (no fast path, no budget)."""
     import celpy
 
     try:
@@ -209,41 +225,56 @@ def _cel(expression: str, r: Mapping[str, Any]) -> bool:
     return isinstance(result, celpy.celtypes.BoolType) and bool(result)
 
 
-def rule_matches(rule: Rule, req: AccessRequest, r: Mapping[str, Any]) -> bool:
+def rule_matches(rule: Rule, req: AccessRequest, r: Mapping[str, Any], budget: Budget) -> bool:
     if req.initiator_party_id not in rule.grantee_party_ids:
         return False
     if not any(o.op_name in ("*", req.op_name) for o in rule.op_constraints):
         return False
     if "*" not in rule.columns and not all(c in rule.columns for c in req.columns):
         return False
-    for op in rule.op_constraints:
-        if op.op_name != req.op_name:
-            continue
-        for constraint in op.constraints:
-            if constraint.strip() and not evaluate(constraint, r):
-                return False
-    return all(evaluate(c, r) for c in rule.global_constraints)
+    constraints = [
+        c
+        for op in rule.op_constraints
+        if op.op_name == req.op_name
+        for c in op.constraints
+        if c.strip()
+    ]
+    try:
+        return all(evaluate(c, r, budget) for c in [*constraints, *rule.global_constraints])
+    except BudgetExceeded as exc:
+        if budget.first_report():
+            log.warning("%s: rule %r of %s fails", exc, rule.rule_id, req.resource_uri)
+        return False
 
 
-def allows(rules: Sequence[Rule], req: AccessRequest) -> bool:
-    """Whether any rule (in stored order) allows ``req``."""
+def allows(rules: Sequence[Rule], req: AccessRequest, budget: Budget | None = None) -> bool:
+    """Whether any rule (in stored order) allows ``req``. ``budget`` bounds the evaluation of
+    constraints (default: a fresh :class:`Budget`); pass one to share it between the resources
+    of a request."""
     r = evaluation_object(req)
-    return any(rule_matches(rule, req, r) for rule in rules)
+    budget = budget if budget is not None else Budget()
+    return any(rule_matches(rule, req, r, budget) for rule in rules)
 
 
 def releases_to_app(
-    rules: Sequence[Rule], resource_uri: str, scope: str, env: Mapping[str, Any] | None
+    rules: Sequence[Rule],
+    resource_uri: str,
+    scope: str,
+    env: Mapping[str, Any] | None,
+    budget: Budget | None = None,
 ) -> bool:
     """Whether ``rules`` would release ``resource_uri`` to an app attested as ``env`` for some
     request it could make: some rule, for one of its grantees and one of its ops, allows a
     GetDataKeys request without columns or attrs from that app. This is the check on the
     ancestors of a result (CreateResultDataKey names no initiator and no op; in GetDataKeys
-    both are the app's own claims, so the attested ``env`` is what identifies the app)."""
+    both are the app's own claims, so the attested ``env`` is what identifies the app).
+    ``budget`` bounds the evaluation as in :func:`allows`."""
+    budget = budget if budget is not None else Budget()
     for rule in rules:
         for grantee in rule.grantee_party_ids:
             for op in rule.op_constraints:
                 req = AccessRequest(resource_uri, grantee, scope, op.op_name, env=env)
-                if rule_matches(rule, req, evaluation_object(req)):
+                if rule_matches(rule, req, evaluation_object(req), budget):
                     return True
     return False
 

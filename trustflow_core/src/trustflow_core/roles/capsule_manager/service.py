@@ -27,6 +27,8 @@ from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 a
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...wire import serialize_canonical
 from .certs import spki_pem, verified_chain_party
+from .constraint_cost import check_rule
+from .constraint_sandbox import Budget
 from .convert import check_data_key_b64, policy_to_pb, report_from_pb, report_to_pb, rule_from_pb
 from .envelope import Envelopes, OpenedRequest, error_status, ok_status, recipient_from_cert_pem
 from .errors import CMError, Kind
@@ -259,6 +261,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             raise CMError(Kind.INVALID_ARGUMENT, "resource_request has no resources")
         parsed = [parse_resource_uri(u) for u in uris]
         view, sealed = self.store.access_view(rr.scope, (p.data_uuid for p in parsed), uris)
+        budget = Budget()  # one for all the resources of the request
         for res, p in zip(rr.resources, parsed, strict=True):
             info, policy = view[p.data_uuid]
             if info is None:
@@ -280,7 +283,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 attrs=res.attrs,
                 env=env,
             )
-            if not allows(policy.rules, access):
+            if not allows(policy.rules, access, budget):
                 raise CMError(
                     Kind.PERMISSION_DENIED,
                     f"request is not satisfied with the policy {p.data_uuid}.",
@@ -346,8 +349,10 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             parse_resource_uri(ancestor)
         key = NewKey(body.resource_uri, uri.data_uuid, body.data_key_b64)
 
+        budget = Budget()  # one for all the ancestors of the request
+
         def releasable(ancestor: str, rules: Sequence[Rule]) -> bool:
-            return releases_to_app(rules, ancestor, body.scope, env)
+            return releases_to_app(rules, ancestor, body.scope, env, budget)
 
         await self._thread(
             self.store.create_result_key,
@@ -454,6 +459,8 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 raise CMError(Kind.NOT_FOUND, "policy is empty.")
             uuid = parse_resource_uri(inner.policy.data_uuid).data_uuid
             rules = [rule_from_pb(r) for r in inner.policy.rules]
+            for rule in rules:
+                check_rule(rule)
             self.store.put_policy(inner.owner_party_id, inner.scope, uuid, rules, mark)
 
         await self._thread(work)
@@ -481,6 +488,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 raise CMError(Kind.NOT_FOUND, "policy is empty.")
             uuid = parse_resource_uri(inner.data_uuid).data_uuid
             rule = rule_from_pb(inner.rule)
+            check_rule(rule)
             self.store.add_rule(inner.owner_party_id, inner.scope, uuid, rule, mark)
 
         await self._thread(work)
