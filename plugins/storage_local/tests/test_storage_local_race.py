@@ -23,7 +23,9 @@ ROUNDS = 20000
 def snapshot(directory: Path) -> tuple[int, dict[str, bytes]]:
     """The directory's mtime and every file's content (a created or removed entry changes
     the mtime even if it is gone again)."""
-    files = {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")}
+    files = {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
     return directory.stat().st_mtime_ns, files
 
 

@@ -100,9 +100,9 @@ class DataCapsuleProxy:
             try:
 
                 async def one(info: ObjectInfo, out: str, encrypted: bool) -> None:
-                    path = await asyncio.to_thread(staged.path_for, out)
+                    file = await asyncio.to_thread(staged.create, out)
                     make = decrypting(key, info.size) if encrypted else copying  # type: ignore[arg-type]
-                    await write_file(path, transformed(self._read(storage, info.uri), make))
+                    await write_file(file, transformed(self._read(storage, info.uri), make))
 
                 await bounded([functools.partial(one, *job) for job in jobs])
                 final = await asyncio.to_thread(staged.commit)
@@ -163,9 +163,9 @@ class DataCapsuleProxy:
         try:
 
             async def one(info: ObjectInfo, out: str) -> None:
-                path = await asyncio.to_thread(staged.path_for, out)
+                file = await asyncio.to_thread(staged.create, out, 0o644)
                 source = transformed(self._read(self.local, info.uri), make(info))
-                await write_file(path, source, 0o644)
+                await write_file(file, source)
 
             await bounded([functools.partial(one, *job) for job in jobs])
             final = await asyncio.to_thread(staged.commit)
@@ -177,7 +177,7 @@ class DataCapsuleProxy:
             except BaseException:
                 for path in final:
                     with contextlib.suppress(OSError):
-                        os.unlink(path)
+                        await asyncio.to_thread(self.roots.remove, path)
                 raise
         log.info("PutResultData: %d file(s) into %s", len(final), dest)
 
