@@ -60,6 +60,8 @@ class Roots:
             return self.confined.resolve(path)
         except AccessDenied as exc:
             raise AccessDenied(f"{what} {exc}") from None
+        except NotADirectoryError:
+            raise InvalidInput(f"{what} {path!r}: a parent is not a directory") from None
 
     def remove(self, path: str) -> None:
         """Remove the file ``path`` (a link itself, never its target)."""
