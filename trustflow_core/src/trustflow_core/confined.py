@@ -161,10 +161,6 @@ class ConfinedRoots:
         spellings |= {(tuple(_parts(real)), real) for real in self.real}
         self._spellings = sorted(spellings, key=lambda item: -len(item[0]))
 
-    def contains(self, real: str) -> bool:
-        """Whether the resolved path ``real`` is a root or lies below one (lexically)."""
-        return any(real == root or real.startswith(root.rstrip("/") + "/") for root in self.real)
-
     # ---- operations ----------------------------------------------------------------------
 
     def resolve(self, path: str) -> str:
@@ -183,19 +179,14 @@ class ConfinedRoots:
         flags |= os.O_NOFOLLOW | os.O_CLOEXEC
         return self._final(path, follow, False, lambda d, n: os.open(n, flags, mode, dir_fd=d.fd))
 
-    def stat(self, path: str, *, follow: bool = True) -> os.stat_result:
-        """The status of ``path``; with ``follow``, of a link's (confined) target."""
-        return self._final(path, follow, False, _lstat_no_link)
+    def stat(self, path: str) -> os.stat_result:
+        """The status of ``path`` (of a link's confined target)."""
+        return self._final(path, True, False, _lstat_no_link)
 
-    def opendir(self, path: str, *, create: bool = False, follow: bool = True) -> Dir:
-        """Open the directory ``path``; with ``create``, make it and its parents if missing."""
-        return self._final(path, follow, create, lambda d, n: _as_dir(d, n, create))
-
-    def parent(self, path: str, *, create: bool = False, follow: bool = True) -> tuple[Dir, str]:
-        """The open directory holding the last component of ``path`` and that component's name
-        (``"."`` for a root itself); the last component itself is not resolved."""
-        parent, name = self._parent(path, follow, create)
-        return parent, name or "."
+    def opendir(self, path: str, *, create: bool = False) -> Dir:
+        """Open the directory ``path`` (a link's confined target); with ``create``, make it
+        and its parents if missing."""
+        return self._final(path, True, create, lambda d, n: _as_dir(d, n, create))
 
     def unlink(self, path: str, *, follow: bool = True) -> None:
         """Remove the file ``path``; with ``follow``, a link's (confined) target, else the link
@@ -209,10 +200,10 @@ class ConfinedRoots:
         self._final(path, follow, False, remove)
 
     def begin_write(
-        self, path: str, *, mode: int = 0o600, temp_suffix: str = ".tmp", create: bool = True
+        self, path: str, *, mode: int = 0o600, temp_suffix: str = ".tmp"
     ) -> AtomicWrite:
-        """Start an atomic write of ``path`` (a link's confined target if it is one; parents
-        made with ``create``): a temporary file ``.<name>.<random><temp_suffix>`` with
+        """Start an atomic write of ``path`` (a link's confined target if it is one; missing
+        parents are made): a temporary file ``.<name>.<random><temp_suffix>`` with
         permissions ``mode`` in the destination's directory. A directory at ``path`` raises
         IsADirectoryError."""
 
@@ -234,7 +225,7 @@ class ConfinedRoots:
                 kept.close()
                 raise
 
-        return self._final(path, True, create, begin)
+        return self._final(path, True, True, begin)
 
     def files(self, top: Dir) -> list[tuple[str, int]]:
         """``(path relative to top, size)`` of the regular files below the open directory
@@ -254,7 +245,7 @@ class ConfinedRoots:
                             if stat.S_ISDIR(st.st_mode):
                                 pending.append((shown + "/", current.child(name)))
                             elif stat.S_ISLNK(st.st_mode):
-                                st = self.stat(posixpath.join(current.path, name))
+                                st = self._link_target(posixpath.join(current.path, name))
                         except (AccessDenied, FileNotFoundError, NotADirectoryError):
                             continue
                         if stat.S_ISREG(st.st_mode):
@@ -267,6 +258,14 @@ class ConfinedRoots:
                 if opened is not top:
                     opened.close()
         return found
+
+    def _link_target(self, path: str) -> os.stat_result:
+        """The status of the link ``path``'s confined target; AccessDenied for any failure
+        (leaving the roots, dangling, unreadable), so listings skip it."""
+        try:
+            return self.stat(path)
+        except OSError as exc:
+            raise AccessDenied(f"{path!r}: {exc}") from None
 
     # ---- resolution ----------------------------------------------------------------------
 
