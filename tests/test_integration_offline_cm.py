@@ -288,7 +288,7 @@ async def test_psi_with_s3_inputs_and_result(cm_world, tmp_path, compat_dir_modu
         allowed_roots=(str(work),),
         key_exchange="capsule_manager",
         cm_endpoint=cm_world["target"],
-        s3_endpoints=(moto_endpoint,),
+        allowed_object_store_endpoints=(moto_endpoint,),
     )
     uuid = f"join_s3_{os.urandom(4).hex()}"
     async with (

@@ -1,6 +1,7 @@
 """``trustflow data-capsule-proxy`` as a real process: upstream flag spellings, /health, and a
 proxy killed (SIGKILL) in the middle of PutResultData leaves no output and no key; after a
-restart the same request succeeds and the dead process's staging directory is swept."""
+restart the same request succeeds and the dead process's staging directory is swept. Object
+stores are reached only at ``--allowed-object-store-endpoint`` endpoints."""
 
 from __future__ import annotations
 
@@ -156,6 +157,31 @@ def test_startup_failure_is_one_clear_line(setup):
     assert proc.returncode != 0
     assert "missing.crt" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_object_store_endpoints_come_only_from_the_allow_list_flag(setup):
+    tmp, root, _ = setup
+    (root / "r.txt").write_bytes(b"result")
+    allowed, other = free_port(), free_port()  # nothing listens on either
+
+    def body(port: int) -> dict:
+        config = {"endpoint": f"127.0.0.1:{port}", "bucket": "bucket", "path": "out"}
+        config["type"] = "S3_STORAGE_TYPE_MINIO"
+        return {"need_encrypt": False, "source_config": {"path": str(root / "r.txt")},
+                "s3_config": config}  # fmt: skip
+
+    port = free_port()
+    proc = start(tmp, root, port, "--allowed-object-store-endpoint", f"127.0.0.1:{allowed}")
+    try:
+        refused = put(port, body(other))
+        failed = put(port, body(allowed))  # allowed, so tried: the store is down
+    finally:
+        stop(proc)
+    assert refused[0] == 403, refused
+    assert "--allowed-object-store-endpoint" in refused[1]
+    assert failed == (500, "object store: write 's3://bucket/out/r.txt' failed "
+                           "(the cause is in the proxy's log)\n")  # fmt: skip
+    assert f"127.0.0.1:{allowed}" in (tmp / "dcp.log").read_text()
 
 
 def _staged_bytes(directory: Path) -> int:

@@ -139,7 +139,7 @@ async def proxy(world, relay) -> AsyncIterator[tuple[aiohttp.ClientSession, str]
         allowed_roots=(str(world["root"]),),
         key_exchange="static",
         key_exchange_settings={"keys": world["keys"], "keys_file": str(world["keys_file"])},
-        s3_endpoints=(f"127.0.0.1:{relay.port}",),
+        allowed_object_store_endpoints=(f"127.0.0.1:{relay.port}",),
     )
     timeout = aiohttp.ClientTimeout(total=120)
     async with (
@@ -250,7 +250,8 @@ async def test_upload_dying_midway_leaves_nothing_and_registers_nothing(proxy, r
     relay.cut_after = 3 << 20  # every connection dies after 3 MiB: no 8 MiB part gets through
     status, text = await post(proxy, PUT, body)
     assert status == 500, text
-    assert "s3 storage" in text
+    assert text.startswith("object store: write 's3://")
+    assert_no_connection_details(text, relay.port)
     assert objects(s3) == []
     assert not world["keys_file"].exists()
     relay.cut_after = None  # recovery: the same request now succeeds
@@ -262,7 +263,7 @@ async def test_upload_dying_midway_leaves_nothing_and_registers_nothing(proxy, r
     # ...or, had the abort failed too, would stay invisible (checked above: no object)
 
 
-async def test_store_down_is_a_clear_error_and_writes_nothing(proxy, relay, s3, world):
+async def test_store_down_is_a_clear_error_and_writes_nothing(proxy, relay, s3, world, caplog):
     s3[0].put_object(Bucket=s3[1], Key="x/small.csv.enc", Body=b"irrelevant")
     relay.down = True
     body = {
@@ -272,21 +273,100 @@ async def test_store_down_is_a_clear_error_and_writes_nothing(proxy, relay, s3, 
     }
     status, text = await post(proxy, GET, body)
     assert status == 500
-    assert f"127.0.0.1:{relay.port}" in text
+    assert text.startswith("object store: list 's3://") and "proxy's log" in text
+    assert_no_connection_details(text, relay.port)
+    assert f"object store 127.0.0.1:{relay.port}: list" in caplog.text  # the cause is logged
     assert not (world["root"] / "dest").exists() or os.listdir(world["root"] / "dest") == []
 
 
-async def test_endpoint_outside_the_allow_list_is_403(proxy, relay, s3, world):
-    config = s3_config(relay, s3[1], "x")
-    config["endpoint"] = f"127.0.0.1:{relay.port + 1}"
-    body = {
-        "data_key_b64": world["keys"]["small.csv.enc"],
-        "s3_config": config,
-        "dest_config": {"path": str(world["root"])},
-    }
-    status, text = await post(proxy, GET, body)
-    assert status == 403
-    assert "allow-list" in text
+@contextlib.contextmanager
+def listener() -> Iterator[socket.socket]:
+    """A listening socket on 127.0.0.1 that never accepts: a connection attempt to it would
+    wait in its backlog."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        yield sock
+
+
+def connection_attempted(sock: socket.socket) -> bool:
+    try:
+        conn, _ = sock.accept()
+    except BlockingIOError:
+        return False
+    conn.close()
+    return True
+
+
+def assert_no_connection_details(text: str, port: int) -> None:
+    for detail in ("127.0.0.1", "localhost", str(port), "Errno", "refused", "onnect", "http"):
+        assert detail not in text, (detail, text)
+
+
+@contextlib.asynccontextmanager
+async def proxy_allowing(
+    world, *endpoints: str
+) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    settings = DataCapsuleProxySettings(
+        cert_path=world["cert"],
+        private_key_path=world["key"],
+        allowed_roots=(str(world["root"]),),
+        key_exchange="static",
+        key_exchange_settings={"keys": world["keys"], "keys_file": str(world["keys_file"])},
+        allowed_object_store_endpoints=endpoints,
+    )
+    async with (
+        running_proxy(settings, get_plugin_manager()) as url,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http,
+    ):
+        yield http, url
+
+
+@pytest.mark.parametrize("allowed", ["none configured", "another one configured"])
+async def test_endpoint_not_allowed_is_refused_without_connecting(world, relay, allowed):
+    endpoints = () if allowed == "none configured" else (f"127.0.0.1:{relay.port}",)
+    with listener() as sock:
+        port = sock.getsockname()[1]
+        config = s3_config(relay, "some-bucket", "x")
+        config["endpoint"] = f"127.0.0.1:{port}"
+        get = {
+            "need_decrypt": False,
+            "s3_config": config,
+            "dest_config": {"path": str(world["root"])},
+        }
+        (world["root"] / "r.txt").write_bytes(b"result")
+        put = {
+            "need_encrypt": False,
+            "source_config": {"path": str(world["root"] / "r.txt")},
+            "s3_config": config,
+        }
+        async with proxy_allowing(world, *endpoints) as proxy:
+            for route, body in ((GET, get), (PUT, put)):
+                request = asyncio.ensure_future(post(proxy, route, body))
+                done, _ = await asyncio.wait({request}, timeout=5)
+                assert not connection_attempted(sock), f"{route}: the proxy connected to {port}"
+                assert done, f"{route}: no answer"
+                status, text = request.result()
+                assert status == 403, text
+                assert "is not allowed" in text and "--allowed-object-store-endpoint" in text
+                assert "allowed_object_store_endpoints" in text
+
+
+async def test_allowed_but_dead_endpoint_reply_has_no_connection_details(world, relay, caplog):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]  # closed again below: nothing listens there
+    config = s3_config(relay, "some-bucket", "x/small.csv.enc")
+    config["endpoint"] = f"127.0.0.1:{dead}"
+    body = {"need_decrypt": False, "s3_config": config, "dest_config": {"path": str(world["root"])}}
+    async with proxy_allowing(world, f"127.0.0.1:{dead}") as proxy:
+        status, text = await post(proxy, GET, body)
+    assert status == 500
+    listed = "'s3://some-bucket/x/small.csv.enc'"
+    assert text == f"object store: list {listed} failed (the cause is in the proxy's log)\n"
+    assert_no_connection_details(text, dead)
+    assert f"127.0.0.1:{dead}" in caplog.text
 
 
 async def test_missing_object_and_bucket(proxy, relay, s3, world):
@@ -299,4 +379,5 @@ async def test_missing_object_and_bucket(proxy, relay, s3, world):
     body["s3_config"]["bucket"] = "no-such-bucket-dcp"
     status, text = await post(proxy, GET, body)
     assert status == 500
-    assert "bucket" in text
+    assert text.startswith("object store: list 's3://no-such-bucket-dcp/nothing/here' failed")
+    assert_no_connection_details(text, relay.port)

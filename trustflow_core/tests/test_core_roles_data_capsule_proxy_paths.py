@@ -13,7 +13,6 @@ from trustflow_core.roles.data_capsule_proxy.paths import (
     STAGE_PREFIX,
     Roots,
     StagedOutput,
-    sweep_stale_stages,
 )
 
 
@@ -59,7 +58,7 @@ def test_staged_output_appears_only_on_commit(layout):
     dest = root / "dest"
     with StagedOutput(roots, str(dest)) as staged:
         for rel in ("a.txt", "sub/b.txt"):
-            with open(staged.path_for(rel), "wb") as f:
+            with staged.create(rel) as f:
                 f.write(rel.encode())
         visible = [n for n in os.listdir(dest) if not n.startswith(STAGE_PREFIX)]
         assert visible == []
@@ -75,7 +74,7 @@ def test_staged_output_discarded_on_error(layout):
     dest.mkdir()
     (dest / "old.txt").write_bytes(b"old")
     with pytest.raises(RuntimeError), StagedOutput(roots, str(dest)) as staged:
-        with open(staged.path_for("old.txt"), "wb") as f:
+        with staged.create("old.txt") as f:
             f.write(b"new")
         raise RuntimeError("failed before commit")
     assert os.listdir(dest) == ["old.txt"]
@@ -87,10 +86,10 @@ def test_staged_output_refuses_bad_names_and_collisions(layout):
     with StagedOutput(roots, str(root / "d")) as staged:
         for bad in ("", "/abs", "a/../b", "a//b", "./a", f"{STAGE_PREFIX}x/y"):
             with pytest.raises(InvalidInput):
-                staged.path_for(bad)
-        staged.path_for("same")
+                staged.create(bad)
+        staged.create("same").close()
         with pytest.raises(InvalidInput, match="same output"):
-            staged.path_for("same")
+            staged.create("same")
 
 
 def test_commit_replaces_a_symlink_instead_of_following_it(layout):
@@ -100,7 +99,7 @@ def test_commit_replaces_a_symlink_instead_of_following_it(layout):
     (outside / "victim").write_bytes(b"victim")
     (dest / "out.txt").symlink_to(outside / "victim")
     with StagedOutput(roots, str(dest)) as staged:
-        with open(staged.path_for("out.txt"), "wb") as f:
+        with staged.create("out.txt") as f:
             f.write(b"result")
         staged.commit()
     assert (outside / "victim").read_bytes() == b"victim"
@@ -114,9 +113,9 @@ def test_commit_refuses_a_subdirectory_link_leaving_the_roots(layout):
     dest.mkdir()
     (dest / "sub").symlink_to(outside, target_is_directory=True)
     with StagedOutput(roots, str(dest)) as staged:
-        with open(staged.path_for("sub/deeper/y.txt"), "wb") as f:
+        with staged.create("sub/deeper/y.txt") as f:
             f.write(b"y")
-        with open(staged.path_for("sub/x.txt"), "wb") as f:
+        with staged.create("sub/x.txt") as f:
             f.write(b"x")
         with pytest.raises(AccessDenied):
             staged.commit()
@@ -132,14 +131,15 @@ def test_destination_outside_or_a_file_is_refused(layout):
         StagedOutput(roots, str(root / "file"))
 
 
-def test_sweep_removes_stages_of_dead_processes_only(tmp_path):
+def test_sweep_removes_stages_of_dead_processes_only(layout):
+    roots, root, _ = layout
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    stale = tmp_path / f"{STAGE_PREFIX}{dead.stdout.strip()}-abc"
-    mine = tmp_path / f"{STAGE_PREFIX}{os.getpid()}-def"
+    stale = root / f"{STAGE_PREFIX}{dead.stdout.strip()}-abc"
+    mine = root / f"{STAGE_PREFIX}{os.getpid()}-def"
     for d in (stale, mine):
-        d.mkdir()
-        (d / "partial").write_bytes(b"plaintext")
-    sweep_stale_stages(str(tmp_path))
-    assert not stale.exists()
-    assert mine.exists()
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "partial").write_bytes(b"plaintext")
+    with StagedOutput(roots, str(root)):  # a new request into the directory sweeps it
+        assert not stale.exists()
+        assert mine.exists()

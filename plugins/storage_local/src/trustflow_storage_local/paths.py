@@ -1,17 +1,16 @@
-"""From URIs to local paths, and confinement of those paths to the configured roots.
+"""From URIs to local paths.
 
 Accepted URIs are ``file:///abs/path`` (also ``file://localhost/abs/path``; percent-encoded
 bytes are decoded) and plain absolute paths (taken literally). Paths with ``..`` segments are
-refused outright, whatever they would resolve to. Every path is resolved with
-:func:`os.path.realpath` and must then lie inside one of the roots (also resolved), so a
-symbolic link may point anywhere inside the roots but never outside them.
+refused outright, whatever they would resolve to. Confinement of the paths to the roots is
+:mod:`trustflow_core.confined`'s: every component is opened beneath a root's directory
+descriptor, and a symbolic link may point anywhere inside the roots but never outside them.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
@@ -29,12 +28,10 @@ def is_temp_name(name: str) -> bool:
 @dataclass(frozen=True)
 class Location:
     """A requested location: its lexically normalised absolute ``path`` (as the caller named
-    it, for building URIs), whether the caller used a ``file://`` URI, and ``real``, the fully
-    resolved path, which lies inside a root."""
+    it, for building URIs) and whether the caller used a ``file://`` URI."""
 
     path: str
     file_uri: bool
-    real: str
 
     def uri(self, path: str | None = None) -> str:
         """The URI of ``path`` (default: this location) in the caller's notation."""
@@ -46,8 +43,8 @@ class Location:
         return posixpath.join(self.path, name)
 
 
-def parse(uri: str) -> tuple[str, bool]:
-    """Return ``(absolute path, is_file_uri)`` for ``uri``. Raises :class:`InvalidInput` for
+def parse(uri: str) -> Location:
+    """Return the :class:`Location` ``uri`` names. Raises :class:`InvalidInput` for
     other schemes, remote hosts, queries, fragments and relative paths, and
     :class:`AccessDenied` for ``..`` segments."""
     if not isinstance(uri, str) or not uri:
@@ -78,26 +75,4 @@ def parse(uri: str) -> tuple[str, bool]:
     if ".." in path.split("/"):
         raise AccessDenied(f"storage path {uri!r} contains a '..' segment")
     normal = posixpath.normpath(path)
-    return ("/" + normal.lstrip("/")), file_uri
-
-
-class Roots:
-    """The resolved directories a local storage may touch."""
-
-    def __init__(self, roots: Iterable[str]) -> None:
-        self.real = tuple(os.path.realpath(r) for r in roots)
-
-    def contains(self, real: str) -> bool:
-        """Whether the resolved path ``real`` is one of the roots or lies below one."""
-        return any(real == root or real.startswith(root + "/") for root in self.real)
-
-    def locate(self, uri: str) -> Location:
-        """Parse ``uri`` and resolve it; a result outside every root raises
-        :class:`AccessDenied` naming the URI. Touches the file system (``realpath``)."""
-        path, file_uri = parse(uri)
-        real = os.path.realpath(path)
-        if not self.contains(real):
-            raise AccessDenied(
-                f"{uri!r} resolves to {real!r}, outside the storage roots {list(self.real)}"
-            )
-        return Location(path, file_uri, real)
+    return Location("/" + normal.lstrip("/"), file_uri)

@@ -8,38 +8,40 @@ Settings:
 * ``file_mode`` (optional, default ``0o600``): permissions of written files; an int or an
   octal string such as ``"0640"``.
 
-Confinement rules are in :mod:`trustflow_storage_local.paths`. Symbolic links that stay inside
-the roots are followed (reading, writing, stat and delete act on the link's target); links that
-leave the roots are refused with :class:`~trustflow_core.errors.AccessDenied`. Files are opened
-with ``O_NOFOLLOW`` on the already resolved path, so a link swapped in after resolution is
-refused too. ``list`` does not descend into symbolic links to directories.
+URIs are parsed by :mod:`trustflow_storage_local.paths`; every file system operation goes
+through :class:`trustflow_core.confined.ConfinedRoots`, which opens each path component beneath a
+root's directory descriptor without letting the kernel follow a link. Symbolic links that stay
+inside the roots are followed (reading, writing, stat and delete act on the link's target);
+links that leave the roots are refused with :class:`~trustflow_core.errors.AccessDenied`, also
+when a directory is swapped for such a link while the operation runs. ``list`` does not descend
+into symbolic links to directories.
 
 Writes go to a hidden temporary file (``.<name>.<random>.tflow-tmp``) in the destination
-directory, are fsynced and renamed over the destination; on any error the temporary file is
-removed and the destination keeps its old content. All file system work runs in worker threads.
+directory, are fsynced and renamed over the destination (all through directory descriptors); on
+any error the temporary file is removed and the destination keeps its old content. All file
+system work runs in worker threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import errno
 import os
+import posixpath
 import stat
-import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, BinaryIO, ClassVar, TypeVar
 
-from trustflow_core.errors import AccessDenied, InvalidInput, ObjectNotFound
+from trustflow_core.confined import AtomicWrite, ConfinedRoots
+from trustflow_core.errors import AccessDenied, InvalidInput, ObjectNotFound, TrustflowError
 from trustflow_core.storage import DEFAULT_CHUNK_SIZE, ObjectInfo, Storage
 from typing_extensions import Self
 
-from .paths import TEMP_SUFFIX, Location, Roots, is_temp_name
+from .paths import TEMP_SUFFIX, Location, is_temp_name, parse
 
 SETTINGS = ("roots", "chunk_size", "file_mode")
 T = TypeVar("T")
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class LocalStorage(Storage):
@@ -55,7 +57,7 @@ class LocalStorage(Storage):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         file_mode: int | str = 0o600,
     ) -> None:
-        self._roots = Roots(_check_roots(roots))
+        self._roots = ConfinedRoots(_check_roots(roots))
         self.chunk_size = _check_chunk_size(chunk_size)
         self.file_mode = _check_mode(file_mode)
 
@@ -96,7 +98,9 @@ class LocalStorage(Storage):
     def _open_for_read(self, uri: str) -> BinaryIO:
         loc = self._locate_object(uri)
         try:
-            fd = os.open(loc.real, _OPEN_FLAGS)
+            fd = self._roots.open(loc.path, os.O_RDONLY | os.O_NONBLOCK)
+        except TrustflowError:
+            raise
         except OSError as exc:
             raise _translate(exc, uri) from exc
         try:
@@ -113,108 +117,74 @@ class LocalStorage(Storage):
 
     def _stat(self, uri: str) -> ObjectInfo:
         loc = self._locate_object(uri)
-        return ObjectInfo(uri, _regular_file_stat(loc.real, uri).st_size)
+        return ObjectInfo(uri, self._regular_file_stat(loc.path, uri).st_size)
 
     async def list(self, uri: str) -> builtins.list[ObjectInfo]:
         return await asyncio.to_thread(self._list, uri)
 
     def _list(self, uri: str) -> builtins.list[ObjectInfo]:
-        loc = self._roots.locate(uri)
+        loc = parse(uri)
         try:
-            st = os.stat(loc.real)
+            st = self._roots.stat(loc.path)
+            if stat.S_ISREG(st.st_mode):
+                hidden = is_temp_name(posixpath.basename(loc.path))
+                return [] if hidden else [ObjectInfo(loc.uri(), st.st_size)]
+            if not stat.S_ISDIR(st.st_mode):
+                return []
+            with self._roots.opendir(loc.path) as top:
+                files = self._roots.files(top)
         except (FileNotFoundError, NotADirectoryError):
-            return []
-        if stat.S_ISREG(st.st_mode):
-            hidden = is_temp_name(os.path.basename(loc.path))
-            return [] if hidden else [ObjectInfo(loc.uri(), st.st_size)]
-        if not stat.S_ISDIR(st.st_mode):
-            return []
-        found = [ObjectInfo(loc.uri(path), size) for path, size in self._walk(loc)]
+            return []  # absent, or removed while we looked
+        except PermissionError as exc:
+            raise AccessDenied(f"cannot list {uri!r}: permission denied") from exc
+        found = [
+            ObjectInfo(loc.uri(loc.child(rel)), size)
+            for rel, size in files
+            if not is_temp_name(posixpath.basename(rel))
+        ]
         return sorted(found, key=lambda info: info.uri)
-
-    def _walk(self, top: Location) -> builtins.list[tuple[str, int]]:
-        """``(caller-notation path, size)`` of the files below ``top``: regular files and
-        links to regular files inside the roots; temporary files and links to directories
-        are skipped."""
-        found: builtins.list[tuple[str, int]] = []
-        pending = [(top.real, top.path)]
-        while pending:
-            real_dir, shown_dir = pending.pop()
-            try:
-                with os.scandir(real_dir) as entries:
-                    listing = list(entries)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # removed while we walked
-            except PermissionError as exc:
-                raise AccessDenied(f"cannot list {shown_dir!r}: permission denied") from exc
-            for entry in listing:
-                shown = f"{shown_dir.rstrip('/')}/{entry.name}"
-                with contextlib.suppress(FileNotFoundError):
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append((entry.path, shown))
-                    elif entry.is_file(follow_symlinks=False):
-                        if not is_temp_name(entry.name):
-                            found.append((shown, entry.stat(follow_symlinks=False).st_size))
-                    elif entry.is_symlink():
-                        target = os.path.realpath(entry.path)
-                        if self._roots.contains(target) and os.path.isfile(target):
-                            found.append((shown, os.stat(target).st_size))
-        return found
 
     # ---- writing ---------------------------------------------------------------------------
 
     async def write(self, uri: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
-        target, tmp, f = await _acquire(
-            lambda: self._begin_write(uri), lambda begun: _discard(begun[2], begun[1])
-        )
+        begun = await _acquire(lambda: self._begin_write(uri), AtomicWrite.discard)
         size = 0
         try:
             async for chunk in chunks:
                 if not isinstance(chunk, (bytes, bytearray, memoryview)):
                     raise InvalidInput(f"write to {uri!r}: chunks must be bytes, got {chunk!r:.40}")
-                await asyncio.to_thread(f.write, chunk)
+                await asyncio.to_thread(begun.file.write, chunk)
                 size += memoryview(chunk).nbytes
-            await asyncio.to_thread(_commit, f, tmp, target, uri)
+            await asyncio.to_thread(_commit, begun, uri)
         except BaseException:
-            _discard(f, tmp)
+            begun.discard()
             raise
         return ObjectInfo(uri, size)
 
-    def _begin_write(self, uri: str) -> tuple[str, str, BinaryIO]:
-        """Create the destination's parent directories and a hidden temporary file there;
-        return ``(resolved destination, temporary path, open temporary file)``."""
+    def _begin_write(self, uri: str) -> AtomicWrite:
+        """Create the destination's parent directories and a hidden temporary file there."""
         loc = self._locate_object(uri)
-        parent, name = os.path.split(loc.real)
-        if os.path.isdir(loc.real):
-            raise InvalidInput(f"cannot write {uri!r}: it is a directory")
         try:
-            os.makedirs(parent, exist_ok=True)
+            return self._roots.begin_write(loc.path, mode=self.file_mode, temp_suffix=TEMP_SUFFIX)
+        except IsADirectoryError:
+            raise InvalidInput(f"cannot write {uri!r}: it is a directory") from None
         except (FileExistsError, NotADirectoryError) as exc:
             raise InvalidInput(f"cannot write {uri!r}: a parent is not a directory") from exc
-        except OSError as exc:
-            raise _translate(exc, uri) from exc
-        if os.path.realpath(parent) != parent:  # a link appeared after resolution
-            raise AccessDenied(f"cannot write {uri!r}: {parent!r} changed into a symbolic link")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name[:64]}.", suffix=TEMP_SUFFIX, dir=parent)
-        except OSError as exc:
-            raise _translate(exc, uri) from exc
-        try:
-            os.fchmod(fd, self.file_mode)
-            return loc.real, tmp, os.fdopen(fd, "wb")
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
+        except TrustflowError:
             raise
+        except OSError as exc:
+            raise _translate(exc, uri) from exc
 
     async def delete(self, uri: str) -> None:
         await asyncio.to_thread(self._delete, uri)
 
     def _delete(self, uri: str) -> None:
         loc = self._locate_object(uri)
-        _regular_file_stat(loc.real, uri)
+        self._regular_file_stat(loc.path, uri)
         try:
-            os.unlink(loc.real)
+            self._roots.unlink(loc.path)
+        except TrustflowError:
+            raise
         except OSError as exc:
             raise _translate(exc, uri) from exc
 
@@ -224,10 +194,21 @@ class LocalStorage(Storage):
         """Locate a URI naming one object (not a directory prefix, not a temporary file)."""
         if isinstance(uri, str) and uri.endswith("/"):
             raise InvalidInput(f"{uri!r} names a directory, not an object")
-        loc = self._roots.locate(uri)
-        if is_temp_name(os.path.basename(loc.path)):
+        loc = parse(uri)
+        if is_temp_name(posixpath.basename(loc.path)):
             raise InvalidInput(f"{uri!r}: names like '.*{TEMP_SUFFIX}' are reserved")
         return loc
+
+    def _regular_file_stat(self, path: str, uri: str) -> os.stat_result:
+        try:
+            st = self._roots.stat(path)
+        except TrustflowError:
+            raise
+        except OSError as exc:
+            raise _translate(exc, uri) from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise ObjectNotFound(f"{uri!r} is not a regular file")
+        return st
 
 
 def _check_roots(roots: Any) -> list[str]:
@@ -268,16 +249,6 @@ def _check_mode(mode: Any) -> int:
     return mode
 
 
-def _regular_file_stat(real: str, uri: str) -> os.stat_result:
-    try:
-        st = os.stat(real)
-    except OSError as exc:
-        raise _translate(exc, uri) from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise ObjectNotFound(f"{uri!r} is not a regular file")
-    return st
-
-
 def _translate(exc: OSError, uri: str) -> Exception:
     """The Trustflow error for an OS error on ``uri`` (other OS errors are returned as is)."""
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
@@ -291,29 +262,14 @@ def _translate(exc: OSError, uri: str) -> Exception:
     return exc
 
 
-def _commit(f: BinaryIO, tmp: str, target: str, uri: str) -> None:
-    """fsync the temporary file, rename it over ``target`` and fsync the directory."""
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
+def _commit(begun: AtomicWrite, uri: str) -> None:
+    """fsync the temporary file, rename it over the destination and fsync the directory."""
     try:
-        os.replace(tmp, target)
+        begun.commit()
+    except TrustflowError:
+        raise
     except OSError as exc:
         raise _translate(exc, uri) from exc
-    dir_fd = os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _discard(f: BinaryIO, tmp: str) -> None:
-    """Close and remove an abandoned temporary file. Closing a buffered file waits for a
-    write still running in a worker thread, so the file is never removed under it."""
-    with contextlib.suppress(OSError, ValueError):
-        f.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
 
 
 def _close(f: BinaryIO) -> None:

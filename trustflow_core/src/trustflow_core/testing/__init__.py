@@ -15,5 +15,5 @@ from __future__ import annotations
 
 import pytest
 
-for _kit in ("attestation", "channel", "keyexchange", "storage", "transport", "fixtures"):
+for _kit in ("attestation", "channel", "keyexchange", "storage", "transport", "fixtures", "races"):
     pytest.register_assert_rewrite(f"trustflow_core.testing.{_kit}")

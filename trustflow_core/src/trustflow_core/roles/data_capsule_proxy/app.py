@@ -136,8 +136,8 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
                     list(settings.allowed_roots),
                     settings.result_format,
                 )
-                if not settings.s3_endpoints:
-                    log.warning("no object-store endpoint allow-list: any endpoint is accepted")
+                if not settings.allowed_object_store_endpoints:
+                    log.info("object storage off: no --allowed-object-store-endpoint given")
                 yield
             finally:
                 if fetcher is not None:

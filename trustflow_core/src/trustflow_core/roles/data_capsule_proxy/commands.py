@@ -73,10 +73,12 @@ from .._options import log_options
     help="Directory request paths must resolve into (repeatable, required).",
 )
 @click.option(
+    "--allowed-object-store-endpoint",
     "--s3-endpoint",
-    "s3_endpoints",
+    "allowed_object_store_endpoints",
     multiple=True,
-    help="Object-store endpoint (host[:port]) requests may use (repeatable; none = any).",
+    help="Object-store endpoint (host[:port]) a request's s3_config may name (repeatable; "
+    "none = object storage refused).",
 )
 @click.option(
     "--result-format",
@@ -106,7 +108,7 @@ def data_capsule_proxy(
     key_exchange: str,
     key_exchange_settings: str | None,
     allowed_roots: tuple[str, ...],
-    s3_endpoints: tuple[str, ...],
+    allowed_object_store_endpoints: tuple[str, ...],
     result_format: str,
     cm_init_config: Path | None,
     log_path: str | None,
@@ -142,7 +144,7 @@ def data_capsule_proxy(
             ),
             cm_endpoint=cm_endpoint,
             allowed_cm_endpoints=allowed_cm_endpoints,
-            s3_endpoints=s3_endpoints,
+            allowed_object_store_endpoints=allowed_object_store_endpoints,
             result_format=result_format,
             host=host,
             port=port,

@@ -192,7 +192,7 @@ async def _run(
             key_exchange="capsule_manager",
             key_exchange_settings={"attester_settings": {"platform_key_file": str(platform_key)}},
             cm_endpoint=target,
-            s3_endpoints=(s3_endpoint,) if s3_endpoint else (),
+            allowed_object_store_endpoints=(s3_endpoint,) if s3_endpoint else (),
             result_format=result_format,
         )
         async with running_proxy(settings, pm) as proxy_url:

@@ -3,7 +3,9 @@
 Differences from the upstream binary, all deliberate:
 
 * Every local path must resolve inside ``--allowed-root`` directories (no ``..``, no symbolic
-  link leaving the roots); object-store endpoints must be on the allow-list when one is set.
+  link leaving the roots); an object-store endpoint must be one configured with
+  ``--allowed-object-store-endpoint`` (none by default), and store errors reach the client
+  without connection details (:mod:`.objectstore`).
 * Requests are validated before anything is fetched or written: a missing ``dest_config``,
   an empty ``scope`` or ``ancestor_uuids`` (with a ``resource_uri``) is a 400 up front, where
   upstream checks after writing.
@@ -33,17 +35,16 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
-from ...errors import AccessDenied, InvalidInput, ObjectNotFound
+from ...errors import InvalidInput, ObjectNotFound
 from ...manager import TrustflowPluginManager
-from ...registry import get_backend_class
 from ...storage import ObjectInfo, Storage
 from .keysource import KeySource, decode_key
+from .objectstore import open_object_store
 from .paths import STAGE_PREFIX, Roots, StagedOutput, basename, relative_name
 from .settings import DataCapsuleProxySettings
 from .transfer import copying, decrypting, encrypting, transformed, write_file
 
 log = logging.getLogger("trustflow.data_capsule_proxy")
-MINIO = 2  # S3StorageType.S3_STORAGE_TYPE_MINIO
 RESULT_KEY_LEN = 16  # upstream: 16 random bytes when no data_key_b64 is given
 #: Files of one directory request processed at once (upstream: all concurrently).
 PARALLEL_FILES = 2
@@ -100,9 +101,9 @@ class DataCapsuleProxy:
             try:
 
                 async def one(info: ObjectInfo, out: str, encrypted: bool) -> None:
-                    path = await asyncio.to_thread(staged.path_for, out)
+                    file = await asyncio.to_thread(staged.create, out)
                     make = decrypting(key, info.size) if encrypted else copying  # type: ignore[arg-type]
-                    await write_file(path, transformed(self._read(storage, info.uri), make))
+                    await write_file(file, transformed(self._read(storage, info.uri), make))
 
                 await bounded([functools.partial(one, *job) for job in jobs])
                 final = await asyncio.to_thread(staged.commit)
@@ -163,9 +164,9 @@ class DataCapsuleProxy:
         try:
 
             async def one(info: ObjectInfo, out: str) -> None:
-                path = await asyncio.to_thread(staged.path_for, out)
+                file = await asyncio.to_thread(staged.create, out, 0o644)
                 source = transformed(self._read(self.local, info.uri), make(info))
-                await write_file(path, source, 0o644)
+                await write_file(file, source)
 
             await bounded([functools.partial(one, *job) for job in jobs])
             final = await asyncio.to_thread(staged.commit)
@@ -177,14 +178,15 @@ class DataCapsuleProxy:
             except BaseException:
                 for path in final:
                     with contextlib.suppress(OSError):
-                        os.unlink(path)
+                        await asyncio.to_thread(self.roots.remove, path)
                 raise
         log.info("PutResultData: %d file(s) into %s", len(final), dest)
 
     async def _put_object(
         self, config: Any, s3_present: Any, jobs: list, make: Callable, result: Any, key: bytes
     ) -> None:
-        async with self._object_storage(config, s3_present) as (storage, base):
+        async with open_object_store(self.settings, self.pm, config, s3_present) as opened:
+            storage, base = opened
             written: list[str] = []
             try:
 
@@ -217,44 +219,8 @@ class DataCapsuleProxy:
             self.roots.resolve(path, "local_fs_config.path")
             yield self.local, path
             return
-        async with self._object_storage(req.s3_config, s3_present) as opened:
+        async with open_object_store(self.settings, self.pm, req.s3_config, s3_present) as opened:
             yield opened
-
-    @contextlib.asynccontextmanager
-    async def _object_storage(
-        self, config: Any, present: Any
-    ) -> AsyncIterator[tuple[Storage, str]]:
-        """The object-store backend for an ``S3Config`` and the URI of its ``path``."""
-        if not config.endpoint or not config.bucket:
-            raise InvalidInput("s3_config.endpoint and s3_config.bucket are required")
-        self._check_endpoint(config.endpoint)
-        name = "s3" if config.type == MINIO else "oss"
-        cls = get_backend_class(self.pm, "storage", name)
-        settings = {
-            "endpoint": config.endpoint,
-            "bucket": config.bucket,
-            "access_key_id": config.access_key_id,
-            "access_key_secret": config.access_key_secret,
-            "sts_token": config.sts_token,
-            "region": config.region,
-            "secure": config.secure,
-            "cert_check": config.cert_check if "cert_check" in present else True,
-            "chunk_size": self.settings.chunk_size,
-        }
-        scheme = cls.schemes[0]
-        path = config.path.strip("/")
-        async with cls.from_settings(settings) as storage:
-            yield storage, f"{scheme}://{config.bucket}/{path}"
-
-    def _check_endpoint(self, endpoint: str) -> None:
-        allowed = self.settings.s3_endpoints
-        if not allowed:
-            return
-        bare = endpoint.split("://", 1)[-1].rstrip("/").lower()
-        if bare not in {a.split("://", 1)[-1].rstrip("/").lower() for a in allowed}:
-            raise AccessDenied(
-                f"object-store endpoint {endpoint!r} is not on the allow-list (--s3-endpoint)"
-            )
 
     def _read(self, storage: Storage, uri: str) -> AsyncIterator[bytes]:
         return storage.read(uri, chunk_size=self.settings.chunk_size)

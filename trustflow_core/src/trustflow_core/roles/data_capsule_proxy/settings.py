@@ -31,7 +31,10 @@ class DataCapsuleProxySettings:
       (``plat``) and ``timeout`` (``key_timeout``).
     * ``cm_endpoint`` / ``allowed_cm_endpoints`` -- default CM endpoint and the others a
       request may name.
-    * ``s3_endpoints`` -- allow-list of object-store endpoints (``host[:port]``); empty = any.
+    * ``allowed_object_store_endpoints`` -- the only object-store endpoints (``host[:port]``,
+      a scheme is ignored) a request's ``s3_config`` may name; empty (the default) = object
+      storage is refused. Deny by default: otherwise a request could make the proxy connect
+      to any address.
     * ``result_format`` -- ``v1`` (upstream-compatible, default) or ``v2`` (authenticated).
     * ``cm_init`` -- a parsed ``--cm-init-config``: fetch the group TLS asset before serving
       and keep it fresh (:mod:`.cm_init`); ``tls_refresh_fraction`` / ``tls_retry_interval``
@@ -46,7 +49,7 @@ class DataCapsuleProxySettings:
     key_exchange_settings: Mapping[str, Any] = field(default_factory=dict)
     cm_endpoint: str = "127.0.0.1:8888"
     allowed_cm_endpoints: tuple[str, ...] = ()
-    s3_endpoints: tuple[str, ...] = ()
+    allowed_object_store_endpoints: tuple[str, ...] = ()
     result_format: str = "v1"
     host: str = "127.0.0.1"
     port: int = 8010
@@ -66,6 +69,17 @@ class DataCapsuleProxySettings:
             raise InvalidInput(f"port must be 0..65535, got {self.port}")
         if not self.allowed_roots:
             raise InvalidInput("give at least one --allowed-root directory")
+        for endpoint in self.allowed_object_store_endpoints:
+            if not bare_endpoint(endpoint):
+                raise InvalidInput(f"allowed object-store endpoint {endpoint!r} is not host[:port]")
+
+    def object_store_allowed(self, endpoint: str) -> bool:
+        """Whether a request may name the object-store ``endpoint`` (compared as
+        :func:`bare_endpoint`)."""
+        bare = bare_endpoint(endpoint)
+        return bool(bare) and bare in {
+            bare_endpoint(allowed) for allowed in self.allowed_object_store_endpoints
+        }
 
     def read_cert(self) -> bytes:
         try:
@@ -83,3 +97,8 @@ class DataCapsuleProxySettings:
             settings.setdefault("attester", self.plat)
             settings.setdefault("timeout", self.key_timeout)
         return settings
+
+
+def bare_endpoint(endpoint: str) -> str:
+    """``host[:port]`` of an endpoint, lower-cased, without a scheme or trailing ``/``."""
+    return endpoint.split("://", 1)[-1].rstrip("/").lower().strip()

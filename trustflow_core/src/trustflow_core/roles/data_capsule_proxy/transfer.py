@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from ...errors import CapsuleFormatError, InvalidInput
 
@@ -67,14 +67,11 @@ async def transformed(
         yield tail
 
 
-async def write_file(path: str, chunks: AsyncIterable[bytes], mode: int = 0o600) -> int:
-    """Write ``chunks`` to a new file ``path`` (exclusive create, no symlink following) and
-    fsync it; return its size. The caller removes the file on failure (it lives in staging)."""
-    fd = await asyncio.to_thread(
-        os.open, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode
-    )
+async def write_file(out: BinaryIO, chunks: AsyncIterable[bytes]) -> int:
+    """Write ``chunks`` to ``out`` (a new staged file), fsync and close it; return its size.
+    The caller removes the file on failure (it lives in staging)."""
     size = 0
-    with os.fdopen(fd, "wb") as out:
+    with out:
         async for chunk in chunks:
             await asyncio.to_thread(out.write, chunk)
             size += len(chunk)
