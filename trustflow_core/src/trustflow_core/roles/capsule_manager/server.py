@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,6 +26,14 @@ from .storage import Store
 
 log = logging.getLogger(__name__)
 NO_ATTESTER = ("none", "")
+
+
+class LogSettings(NamedTuple):
+    """The arguments of :func:`roles._server.setup_logging`, handed to ``--workers``."""
+
+    log_path: str | None = None
+    level: str = "warning"
+    levels_for: tuple[tuple[str, str], ...] = ()
 
 
 class CapsuleManager:
@@ -76,7 +84,9 @@ class CapsuleManager:
         key_file, cert_file, storage_key_file = s.key_paths
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         identity = await asyncio.to_thread(identity_keys.load_or_create, key_file, cert_file)
+        log.debug("identity %s from %s and %s", identity.party_id, key_file, cert_file)
         storage_key = await asyncio.to_thread(load_or_create_key, storage_key_file)
+        log.debug("storage key from %s", storage_key_file)
         try:
             self.store = Store(s.db_url, Sealer(storage_key))
             await asyncio.to_thread(self.store.create_schema)
@@ -85,6 +95,7 @@ class CapsuleManager:
         except (SQLAlchemyError, ImportError) as exc:
             detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             raise BackendUnavailable(f"storage {s.db_url} is not usable: {detail}") from None
+        log.debug("storage %r ready", self.store)
         self.identity = identity
         attester = self._attester()
         if attester is not None:  # like upstream production: fail at start, not per request
@@ -176,12 +187,15 @@ def _server_credentials(s: CMSettings) -> grpc.ServerCredentials:
     )
 
 
-async def serve(settings: CMSettings, *, workers: int = 1) -> None:
+async def serve(
+    settings: CMSettings, *, workers: int = 1, log_settings: LogSettings | None = None
+) -> None:
     """Run until SIGINT/SIGTERM; print one line with the address and identity.
 
     ``workers > 1`` starts that many server processes on the same port (``SO_REUSEPORT``; the
     kernel spreads connections over them). They share the identity and storage-key files and
-    the database, so any of them can answer any request; the extra ones exit with this one.
+    the database, so any of them can answer any request; the extra ones exit with this one and
+    log as ``log_settings`` says (default: warnings to stderr).
     """
     import dataclasses
     import multiprocessing
@@ -201,11 +215,12 @@ async def serve(settings: CMSettings, *, workers: int = 1) -> None:
         await cm.stop(grace=0)
         raise
     children = []
+    worker_logs = log_settings or LogSettings()
     context = multiprocessing.get_context("spawn")
     for _ in range(workers - 1):
         child = context.Process(
             target=_worker_main,
-            args=(dataclasses.replace(settings, port=port), os.getpid()),
+            args=(dataclasses.replace(settings, port=port), os.getpid(), worker_logs),
             daemon=True,
         )
         child.start()
@@ -225,9 +240,11 @@ async def serve(settings: CMSettings, *, workers: int = 1) -> None:
             await asyncio.to_thread(child.join, 10)
 
 
-def _worker_main(settings: CMSettings, parent_pid: int) -> None:
+def _worker_main(settings: CMSettings, parent_pid: int, log_settings: LogSettings) -> None:
     """An extra server process; exits when its parent is gone."""
     import os
+
+    from .._server import setup_logging
 
     async def run() -> None:
         cm = CapsuleManager(settings)
@@ -238,5 +255,5 @@ def _worker_main(settings: CMSettings, parent_pid: int) -> None:
         finally:
             await cm.stop(grace=0.5)
 
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging(*log_settings)
     asyncio.run(run())

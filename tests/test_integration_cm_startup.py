@@ -1,0 +1,155 @@
+"""The Capsule Manager command's start-up and operation, each through ``trustflow
+capsule-manager`` in a subprocess on 127.0.0.1: log levels scoped to the project's loggers,
+private modes of the data directory and database, one CM per port, and storage-URL errors that
+name the problem without the password."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from trustflow_core.attestation import ra_user_data
+from trustflow_core.manager import get_plugin_manager
+from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+    capsule_manager_pb2 as cm_pb2,
+)
+from trustflow_core.registry import get_backend_class
+from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, CapsuleManagerError
+from trustflow_core.roles.capsule_manager.convert import report_to_pb
+from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
+from trustflow_core.wire import serialize_canonical
+
+TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
+LISTENING = re.compile(r"capsule manager listening on 127\.0\.0\.1:(\d+)")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    mp = pytest.MonkeyPatch()
+    values = {
+        "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim",
+        "TRUSTFLOW_SIM_DIR": str(tmp_path_factory.mktemp("sim")),
+    }
+    for k, v in values.items():
+        mp.setenv(k, v)
+    yield {**os.environ, **values}
+    mp.undo()
+
+
+class CM:
+    """``trustflow capsule-manager`` in a subprocess, its stderr in a file (a debug log may be
+    large; a file never blocks the server)."""
+
+    def __init__(self, env: dict[str, str], data_dir: Path, *args: str) -> None:
+        self.log = data_dir.parent / f"{data_dir.name}.stderr"
+        with self.log.open("w") as err:
+            self.proc = subprocess.Popen(
+                [TRUSTFLOW, "capsule-manager", "--plat", "sim", "--data-dir", str(data_dir), *args],
+                env=env,
+                stderr=err,
+                stdout=subprocess.DEVNULL,
+            )
+        self.port = 0
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_listening(self, timeout: float = 60) -> CM:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = LISTENING.search(self.output())
+            if found:
+                self.port = int(found.group(1))
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited with {self.proc.returncode}: {self.output()}")
+            time.sleep(0.1)
+        raise AssertionError(f"not listening after {timeout} s: {self.output()}")
+
+    def exit_code(self, timeout: float = 60) -> int:
+        """Wait for the process to end by itself (a CM that keeps running fails the test)."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"still running after {timeout} s: {self.output()}") from None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> CM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def grant_and_get_keys(target: str, times: int) -> None:
+    """An owner stores a key with a CEL-constrained rule; a SIM-attested app gets the key
+    ``times`` times (each request evaluates the rule's constraints)."""
+    pm = get_plugin_manager()
+    owner, app = ephemeral_credentials("owner", key_size=2048), ephemeral_credentials("app")
+    uuid = "log-" + os.urandom(4).hex()
+    async with CapsuleManagerClient(target, pm=pm) as client:
+        await client.create_data_keys(owner, [(uuid, base64.b64encode(os.urandom(16)).decode())])
+        rule = cm_pb2.Rule(rule_id="r", grantee_party_ids=[app.party_id], columns=["*"])
+        rule.op_constraints.add(op_name="op", constraints=['r.op_name.startsWith("o")'])
+        rule.global_constraints.append('r.env.tee.platform == "sim" && size(r.scope) > 0')
+        await client.create_data_policy(owner, "default", uuid, [rule])
+        rr = cm_pb2.ResourceRequest(initiator_party_id=app.party_id, scope="default", op_name="op")
+        rr.resources.add(resource_uri=uuid)
+        attester = get_backend_class(pm, "attester", "sim").from_settings()
+        digest = ra_user_data(app.chain_pems[0].encode(), serialize_canonical(rr))
+        report = report_to_pb(await attester.generate(digest))
+        for _ in range(times):
+            keys = await client.get_data_keys(app, rr, report)
+            assert [k.resource_uri for k in keys] == [uuid]
+        rr.op_name = "other"  # the constraint refuses: evaluated, not just looked up
+        digest = ra_user_data(app.chain_pems[0].encode(), serialize_canonical(rr))
+        report = report_to_pb(await attester.generate(digest))
+        with pytest.raises(CapsuleManagerError):
+            await client.get_data_keys(app, rr, report)
+
+
+# ---- finding 8: --log-level debug is the project's, not every library's -------------------
+
+
+def test_debug_level_logs_the_project_not_the_cel_library(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    with CM(env, tmp_path / "cm", "--port", "0", "--log-level", "debug") as cm:
+        cm.wait_listening()
+        asyncio.run(grant_and_get_keys(cm.target, 3))
+    lines = cm.output().splitlines()
+    library = [line for line in lines if "celpy" in line or "sqlalchemy" in line]
+    assert library == [], (len(library), library[:3])
+    served = [line for line in lines if "|get_data_keys|" in line]
+    assert len(served) == 4, lines[-20:]  # the project's monitor lines (INFO)
+    debug = [line for line in lines if "DEBUG" in line and "capsule_manager.server" in line]
+    assert any("storage" in line for line in debug), lines[:10]  # and its DEBUG lines
+
+
+def test_log_level_for_names_a_library_logger(env: dict[str, str], tmp_path: Path) -> None:
+    args = ["--port", "0", "--log-level", "warning", "--log-level-for", "celpy=debug"]
+    log_file = tmp_path / "cm.log"
+    with CM(env, tmp_path / "cm", *args, "--log-path", str(log_file)) as cm:
+        cm.wait_listening()
+        asyncio.run(grant_and_get_keys(cm.target, 1))
+    text = log_file.read_text()
+    assert "[DEBUG] [celpy" in text
+    assert "|get_data_keys|" not in text  # the project's INFO lines stay off at warning
