@@ -153,3 +153,79 @@ def test_log_level_for_names_a_library_logger(env: dict[str, str], tmp_path: Pat
     text = log_file.read_text()
     assert "[DEBUG] [celpy" in text
     assert "|get_data_keys|" not in text  # the project's INFO lines stay off at warning
+
+
+# ---- finding 15: the storage URL's password is never shown; a missing driver names the extra
+
+
+def run_cm(env: dict[str, str], *args: str, block: str = "") -> subprocess.CompletedProcess[str]:
+    """``trustflow capsule-manager ARGS`` to its end, in a Python whose imports of the
+    comma-separated modules ``block`` fail (as when a driver is not installed)."""
+    code = "import sys\n"
+    code += "".join(f"sys.modules[{name!r}] = None\n" for name in block.split(",") if name)
+    code += "from trustflow_core.cli import main\nmain(sys.argv[1:])\n"
+    return subprocess.run(
+        [sys.executable, "-c", code, "capsule-manager", "--plat", "none", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql+psycopg://user:s3cret@127.0.0.1:1/db",  # nothing listens on port 1
+            "postgresql+psycopg://user:***@127.0.0.1:1/db is not usable: connection failed",
+        ),
+        (
+            "postgresql+psycopg://user:s3cret@127.0.0.1:x/db",
+            "postgresql+psycopg://user:***@127.0.0.1:x/db is not a valid SQLAlchemy URL",
+        ),
+        (
+            "mysql+pymysql://user:s3cr@t@127.0.0.1:1/db",  # an unencoded '@' in the password
+            "mysql+pymysql://user:***@127.0.0.1:1/db is not usable",
+        ),
+        (
+            "postgresql+psycopg://user@127.0.0.1:1/db?password=s3cret",
+            "postgresql+psycopg://user@127.0.0.1:1/db?password=*** is not usable",
+        ),
+    ],
+)
+def test_storage_url_password_is_redacted(
+    env: dict[str, str], tmp_path: Path, url: str, shown: str
+) -> None:
+    done = run_cm(env, "--port", "0", "--data-dir", str(tmp_path), "--storage-url", url)
+    assert done.returncode == 1
+    assert "s3cr" not in done.stderr + done.stdout
+    assert done.stderr.startswith("Error: storage") and shown in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_settings_repr_hides_the_password() -> None:
+    from trustflow_core.roles.capsule_manager.settings import CMSettings
+
+    settings = CMSettings(storage_url="postgresql+psycopg://cm:s3cret@db.local:5432/cm")
+    assert "s3cret" not in repr(settings) and "cm:***@db.local:5432/cm" in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "block", "extra"),
+    [
+        ("postgresql+psycopg://user:s3cret@127.0.0.1:1/db", "psycopg", "postgresql"),
+        ("mysql+pymysql://user:s3cret@127.0.0.1:1/db", "pymysql", "mysql"),
+        ("mariadb+pymysql://user@127.0.0.1:1/db", "pymysql", "mysql"),
+    ],
+)
+def test_missing_driver_names_the_extra(
+    env: dict[str, str], tmp_path: Path, url: str, block: str, extra: str
+) -> None:
+    args = ["--port", "0", "--data-dir", str(tmp_path), "--storage-url", url]
+    done = run_cm(env, *args, block=block)
+    assert done.returncode == 1
+    line = f"its database driver {block!r} cannot be imported; "
+    line += f"install it with: pip install 'trustflow-core[{extra}]'"
+    assert done.stderr.startswith("Error: storage") and done.stderr.strip().endswith(line)
+    assert "s3cret" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

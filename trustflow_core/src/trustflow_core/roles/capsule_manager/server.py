@@ -16,7 +16,7 @@ from ...errors import BackendNotFound, BackendUnavailable, InvalidInput
 from ...manager import get_plugin_manager
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...registry import get_backend_class, verifier_for_platform
-from . import identity_keys
+from . import identity_keys, storage_url
 from .envelope import Envelopes
 from .errors import CMError
 from .sealing import Sealer, load_or_create_key
@@ -87,14 +87,21 @@ class CapsuleManager:
         log.debug("identity %s from %s and %s", identity.party_id, key_file, cert_file)
         storage_key = await asyncio.to_thread(load_or_create_key, storage_key_file)
         log.debug("storage key from %s", storage_key_file)
+        url = storage_url.parse(s.db_url)
+        shown = storage_url.redact(s.db_url, s.db_url)
         try:
             self.store = Store(s.db_url, Sealer(storage_key))
             await asyncio.to_thread(self.store.create_schema)
         except CMError as exc:
-            raise BackendUnavailable(f"storage {s.db_url}: {exc.detail}") from None
-        except (SQLAlchemyError, ImportError) as exc:
+            detail = storage_url.redact(exc.detail, s.db_url)
+            raise BackendUnavailable(f"storage {shown}: {detail}") from None
+        except ImportError as exc:
+            hint = storage_url.missing_driver(url, exc)
+            raise BackendUnavailable(f"storage {shown} is not usable: {hint}") from None
+        except SQLAlchemyError as exc:
             detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            raise BackendUnavailable(f"storage {s.db_url} is not usable: {detail}") from None
+            detail = storage_url.redact(detail, s.db_url)
+            raise BackendUnavailable(f"storage {shown} is not usable: {detail}") from None
         log.debug("storage %r ready", self.store)
         self.identity = identity
         attester = self._attester()
