@@ -229,3 +229,53 @@ def test_missing_driver_names_the_extra(
     line += f"install it with: pip install 'trustflow-core[{extra}]'"
     assert done.stderr.startswith("Error: storage") and done.stderr.strip().endswith(line)
     assert "s3cret" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+# ---- finding 13: the data directory is 0700, the database and keys 0600 -------------------
+
+PRIVATE = ("cm.db", "cm.db-wal", "cm.db-shm", "cm.db.writer-lock", "cm.key", "storage.key")
+
+
+def modes(data_dir: Path) -> dict[str, int]:
+    names = [".", *PRIVATE, "cm.crt"]
+    return {n: (data_dir / n).stat().st_mode & 0o777 for n in names if (data_dir / n).exists()}
+
+
+def test_new_data_dir_is_private(env: dict[str, str], tmp_path: Path) -> None:
+    data_dir = tmp_path / "cm"
+    old_umask = os.umask(0o022)  # the usual umask: new files 0644 unless made private
+    try:
+        with CM(env, data_dir, "--port", "0") as cm:
+            cm.wait_listening()
+            asyncio.run(grant_and_get_keys(cm.target, 1))  # writes: -wal and -shm exist
+            found = modes(data_dir)
+    finally:
+        os.umask(old_umask)
+    assert found == {".": 0o700, **dict.fromkeys(PRIVATE, 0o600), "cm.crt": 0o644}
+    assert "tightened" not in cm.output()
+
+
+def test_existing_lax_data_dir_is_tightened_on_start(env: dict[str, str], tmp_path: Path) -> None:
+    import sqlite3
+
+    data_dir = tmp_path / "cm"
+    with CM(env, data_dir, "--port", "0") as cm:  # a data directory from an earlier run ...
+        cm.wait_listening()
+    os.chmod(data_dir, 0o755)  # ... left open to everyone, as older versions did
+    for name in ("cm.db", "cm.db.writer-lock", "cm.key", "storage.key"):
+        os.chmod(data_dir / name, 0o644)
+    db = sqlite3.connect(data_dir / "cm.db")  # -wal and -shm (0644) exist while it is open
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("SELECT count(*) FROM cm_meta").fetchone()
+        assert modes(data_dir)["cm.db-wal"] == 0o644 and modes(data_dir)["cm.db-shm"] == 0o644
+        with CM(env, data_dir, "--port", "0") as cm:
+            cm.wait_listening()
+            found = modes(data_dir)
+    finally:
+        db.close()
+    assert found == {".": 0o700, **dict.fromkeys(PRIVATE, 0o600), "cm.crt": 0o644}
+    out = cm.output()
+    assert f"tightened {data_dir} from mode 0755 to 0700" in out, out
+    for name in PRIVATE:
+        assert f"tightened {data_dir / name} from mode 0644 to 0600" in out, (name, out)

@@ -16,7 +16,7 @@ from ...errors import BackendNotFound, BackendUnavailable, InvalidInput
 from ...manager import get_plugin_manager
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...registry import get_backend_class, verifier_for_platform
-from . import identity_keys, storage_url
+from . import identity_keys, private_files, storage_url
 from .envelope import Envelopes
 from .errors import CMError
 from .sealing import Sealer, load_or_create_key
@@ -82,12 +82,15 @@ class CapsuleManager:
     async def start(self) -> int:
         s = self.settings
         key_file, cert_file, storage_key_file = s.key_paths
-        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        url = storage_url.parse(s.db_url)
+        database = storage_url.sqlite_file(url)
+        await asyncio.to_thread(
+            private_files.secure, s.data_dir, (key_file, storage_key_file), database
+        )
         identity = await asyncio.to_thread(identity_keys.load_or_create, key_file, cert_file)
         log.debug("identity %s from %s and %s", identity.party_id, key_file, cert_file)
         storage_key = await asyncio.to_thread(load_or_create_key, storage_key_file)
         log.debug("storage key from %s", storage_key_file)
-        url = storage_url.parse(s.db_url)
         shown = storage_url.redact(s.db_url, s.db_url)
         try:
             self.store = Store(s.db_url, Sealer(storage_key))

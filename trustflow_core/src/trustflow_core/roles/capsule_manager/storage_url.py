@@ -8,6 +8,7 @@ settings and store) goes through :func:`redact`.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -86,3 +87,13 @@ def missing_driver(url: URL, exc: ImportError) -> str:
                 f"{dialect}+{known}://... after: pip install 'trustflow-core[{extra}]'"
             )
     return f"its database driver {module!r} cannot be imported"
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL; None for other databases and in-memory SQLite."""
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:") or url.query.get("mode") == "memory":
+        return None  # a URI filename: SQLite resolves it
+    return Path(database)
