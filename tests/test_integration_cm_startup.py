@@ -279,3 +279,111 @@ def test_existing_lax_data_dir_is_tightened_on_start(env: dict[str, str], tmp_pa
     assert f"tightened {data_dir} from mode 0755 to 0700" in out, out
     for name in PRIVATE:
         assert f"tightened {data_dir / name} from mode 0644 to 0600" in out, (name, out)
+
+
+# ---- finding 14: one Capsule Manager per port; --workers share it only among themselves ---
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listening_pids(port: int, pids: list[int]) -> set[int]:
+    """Which of ``pids`` hold a socket listening on TCP ``port`` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    holders = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    holders.add(pid)
+            except OSError:
+                continue
+    return holders
+
+
+def worker_pids(cm: CM, count: int) -> list[int]:
+    children = Path(f"/proc/{cm.proc.pid}/task/{cm.proc.pid}/children")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        # multiprocessing's resource tracker is a child too: keep those that serve
+        found = [int(p) for p in children.read_text().split()]
+        serving = listening_pids(cm.port, found)
+        if len(serving) == count:
+            return sorted(serving)
+        time.sleep(0.2)
+    raise AssertionError(f"{count} workers did not start: {cm.output()}")
+
+
+def assert_refused(cm: CM, port: int, reason: str) -> None:
+    assert cm.exit_code(30) == 1
+    assert cm.output() == f"Error: cannot listen on 127.0.0.1:{port}: {reason}\n"
+
+
+async def ra_certs(target: str, connections: int) -> set[str]:
+    """GetRaCert over ``connections`` separate connections; the certificates seen."""
+    import grpc
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2_grpc as cm_grpc,
+    )
+
+    certs = set()
+    for _ in range(connections):
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        async with grpc.aio.insecure_channel(target, options=options) as channel:
+            stub = cm_grpc.CapsuleManagerStub(channel)
+            response = await stub.GetRaCert(cm_pb2.GetRaCertRequest(nonce="n"), timeout=30)
+            assert response.status.code == 0
+            certs.add(response.cert)
+    return certs
+
+
+@pytest.mark.parametrize("first_workers", ["1", "2"])
+def test_second_cm_on_a_port_in_use_is_refused(
+    env: dict[str, str], tmp_path: Path, first_workers: str
+) -> None:
+    port = free_port()
+    args = ["--port", str(port)]
+    with CM(env, tmp_path / "a", *args, "--workers", first_workers) as first:
+        first.wait_listening()
+        certs = asyncio.run(ra_certs(first.target, 2))
+        with CM(env, tmp_path / "b", *args) as second:  # another broker, another database
+            assert_refused(second, port, "Address already in use")
+        with CM(env, tmp_path / "c", *args, "--workers", "2") as third:
+            reason = "Address already in use"
+            if first_workers == "2":
+                reason = "another Capsule Manager with --workers serves this port"
+            assert_refused(third, port, reason)
+        assert asyncio.run(ra_certs(first.target, 8)) == certs  # the first one still serves
+
+
+def test_cm_on_a_port_a_plain_socket_listens_on_is_refused(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            with CM(env, tmp_path / workers, "--port", str(port), "--workers", workers) as cm:
+                assert_refused(cm, port, "Address already in use")
+
+
+def test_workers_share_the_port_among_themselves(env: dict[str, str], tmp_path: Path) -> None:
+    with CM(env, tmp_path / "cm", "--port", str(free_port()), "--workers", "2") as cm:
+        cm.wait_listening()
+        workers = worker_pids(cm, 1)
+        assert listening_pids(cm.port, [cm.proc.pid, *workers]) == {cm.proc.pid, *workers}
+        assert len(asyncio.run(ra_certs(cm.target, 8))) == 1  # one identity in both processes
+        asyncio.run(grant_and_get_keys(cm.target, 4))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +17,7 @@ from ...errors import BackendNotFound, BackendUnavailable, InvalidInput
 from ...manager import get_plugin_manager
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...registry import get_backend_class, verifier_for_platform
-from . import identity_keys, private_files, storage_url
+from . import identity_keys, port_claim, private_files, storage_url
 from .envelope import Envelopes
 from .errors import CMError
 from .sealing import Sealer, load_or_create_key
@@ -40,10 +41,17 @@ class CapsuleManager:
     """A running Capsule Manager. ``await start()`` returns the bound port; ``await stop()``.
 
     ``pm`` is the plugin manager to take backends from (default: all installed plugins).
+    ``sharing`` says how the port is bound (:mod:`.port_claim`): ``exclusive`` (the default:
+    start fails while anything listens there), ``first`` of several ``--workers`` processes
+    or a ``worker`` joining it.
     """
 
-    def __init__(self, settings: CMSettings, *, pm: Any = None) -> None:
+    def __init__(
+        self, settings: CMSettings, *, pm: Any = None, sharing: port_claim.Sharing = "exclusive"
+    ) -> None:
         self.settings = settings
+        self.sharing = sharing
+        self._claim: socket.socket | None = None
         self.pm = pm if pm is not None else get_plugin_manager()
         self.server: grpc.aio.Server | None = None
         self.store: Store | None = None
@@ -80,7 +88,19 @@ class CapsuleManager:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> int:
+        """Bind and serve; return the port. On failure everything started is stopped again."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> int:
         s = self.settings
+        if self.sharing == "first" and s.port:
+            self._claim = port_claim.claim(s.host, s.port)
+        if self.sharing != "worker" and s.port:
+            port_claim.check_free(s.host, s.port)  # fail before any work; bind decides below
         key_file, cert_file, storage_key_file = s.key_paths
         url = storage_url.parse(s.db_url)
         database = storage_url.sqlite_file(url)
@@ -126,7 +146,8 @@ class CapsuleManager:
             tls_issuer_secret=tls_issuer_secret(storage_key),
         )
         self.service = service
-        self.server = grpc.aio.server()
+        reuse_port = int(self.sharing != "exclusive")
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", reuse_port)])
         cm_grpc.add_CapsuleManagerServicer_to_server(service, self.server)
         address = f"{s.host}:{s.port}"
         port: int
@@ -135,10 +156,12 @@ class CapsuleManager:
                 port = self.server.add_insecure_port(address)
             else:
                 port = self.server.add_secure_port(address, _server_credentials(s))
-        except RuntimeError as exc:
-            raise BackendUnavailable(f"cannot listen on {address}: {exc}") from None
+        except RuntimeError:
+            port = 0
         if port == 0:
-            raise BackendUnavailable(f"cannot listen on {address}")
+            raise port_claim.refusal(s.host, s.port, port_claim.bind_error(s.host, s.port))
+        if self.sharing == "first" and not s.port:  # a port the kernel just chose
+            self._claim = port_claim.claim(s.host, port)
         await self.server.start()
         self.port = port
         log.info("capsule manager %s listening on %s:%d", identity.party_id, s.host, port)
@@ -154,6 +177,9 @@ class CapsuleManager:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self._claim is not None:
+            self._claim.close()
+            self._claim = None
 
     async def __aenter__(self) -> CapsuleManager:
         await self.start()
@@ -203,7 +229,8 @@ async def serve(
     """Run until SIGINT/SIGTERM; print one line with the address and identity.
 
     ``workers > 1`` starts that many server processes on the same port (``SO_REUSEPORT``; the
-    kernel spreads connections over them). They share the identity and storage-key files and
+    kernel spreads connections over them; no other process may listen there, see
+    :mod:`.port_claim`). They share the identity and storage-key files and
     the database, so any of them can answer any request; the extra ones exit with this one and
     log as ``log_settings`` says (default: warnings to stderr).
     """
@@ -218,7 +245,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the "listening" line is printed
         loop.add_signal_handler(sig, stop.set)
-    cm = CapsuleManager(settings)
+    cm = CapsuleManager(settings, sharing="first" if workers > 1 else "exclusive")
     try:
         port = await cm.start()
     except BaseException:
@@ -257,7 +284,7 @@ def _worker_main(settings: CMSettings, parent_pid: int, log_settings: LogSetting
     from .._server import setup_logging
 
     async def run() -> None:
-        cm = CapsuleManager(settings)
+        cm = CapsuleManager(settings, sharing="worker")
         await cm.start()
         try:
             while os.getppid() == parent_pid:
