@@ -189,7 +189,8 @@ async def soak(target: str, proc: subprocess.Popen[str], args: argparse.Namespac
                 continue
             samples.append(sample(proc.pid, tally.requests))
             await asyncio.sleep(min(args.interval, max(0.0, stop - now)))
-        samples.append(sample(proc.pid, tally.requests))
+        if proc.poll() is None:
+            samples.append(sample(proc.pid, tally.requests))
 
     try:
         await asyncio.gather(sampler(), *(run_client(i, c) for i, c in enumerate(clients)))
