@@ -12,8 +12,32 @@ F = TypeVar("F", bound=Callable[..., object])
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+def _logger_levels(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for value in values:
+        name, sep, level = value.partition("=")
+        if not sep or not name or level.lower() not in LOG_LEVELS:
+            raise click.BadParameter(f"{value!r}: expected LOGGER=LEVEL, LEVEL one of {LOG_LEVELS}")
+        pairs.append((name, level.lower()))
+    return tuple(pairs)
+
+
 def log_options(command: F) -> F:
-    """Add ``--log-path/--log_path`` and ``--log-level/--log_level`` (upstream spellings too)."""
+    """Add ``--log-path/--log_path``, ``--log-level/--log_level`` (upstream spellings too) and
+    ``--log-level-for LOGGER=LEVEL``; pass them to :func:`roles._server.setup_logging`.
+
+    ``--log-level`` sets the project's loggers only; third-party libraries (grpc, SQLAlchemy,
+    the CEL library, aiohttp, ...) stay at WARNING unless ``--log-level-for`` names them."""
+    command = click.option(
+        "--log-level-for",
+        "log_levels_for",
+        multiple=True,
+        callback=_logger_levels,
+        metavar="LOGGER=LEVEL",
+        help="Level of one logger, e.g. a library's (celpy=debug); repeatable.",
+    )(command)
     command = click.option(
         "--log-level",
         "--log_level",
@@ -21,6 +45,7 @@ def log_options(command: F) -> F:
         type=click.Choice(LOG_LEVELS),
         default="info",
         show_default=True,
+        help="Level of the project's loggers (libraries stay at warning).",
     )(command)
     return click.option(
         "--log-path", "--log_path", "log_path", default=None, help="Log file (else stderr)."

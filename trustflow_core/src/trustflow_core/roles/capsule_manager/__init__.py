@@ -12,6 +12,9 @@ Modules, one concept each:
 * :mod:`.votes` -- data-export certificates (signing and verification).
 * :mod:`.envelope` -- opening requests, authenticating JWS, sealing responses.
 * :mod:`.service` -- the 13 RPCs; :mod:`.server` -- the ``grpc.aio`` server.
+* :mod:`.storage_url` -- the storage URL shown without its password, missing-driver hints.
+* :mod:`.private_files` -- data directory 0700, database and keys 0600.
+* :mod:`.port_claim` -- one Capsule Manager per port (``--workers`` share it among themselves).
 * :mod:`.client` -- the Python client API (owners and apps); :mod:`.keyexchange` -- the
   ``capsule_manager`` KeyExchange backend; :mod:`.cms_cli` -- ``trustflow cms``.
 """

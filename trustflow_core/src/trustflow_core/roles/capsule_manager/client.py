@@ -133,7 +133,8 @@ class CapsuleManagerClient:
     """An async client. Use ``async with CapsuleManagerClient(...) as cm``.
 
     ``verify_sim``: with ``tee_plat="sim"``, also verify a SIM report when the CM sends one
-    (upstream sim clients verify nothing).
+    (upstream sim clients verify nothing). ``channel_options``: gRPC channel arguments, e.g.
+    ``[("grpc.use_local_subchannel_pool", 1)]`` for a connection of this client's own.
     """
 
     def __init__(
@@ -143,6 +144,7 @@ class CapsuleManagerClient:
         tee_plat: str = "sim",
         tee_constraints: Mapping[str, str | None] | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
         timeout: float = 30.0,
         pm: Any = None,
         verify_sim: bool = False,
@@ -154,6 +156,7 @@ class CapsuleManagerClient:
         self.verify_sim = verify_sim
         self._pm = pm
         self._channel_credentials = channel_credentials
+        self._channel_options = list(channel_options)
         self._grpc: grpc.aio.Channel | None = None  # made on first use, inside the event loop
         self._stub: cm_grpc.CapsuleManagerStub | None = None
         self._jwe: Any = None
@@ -193,9 +196,9 @@ class CapsuleManagerClient:
         if self._stub is None:
             creds = self._channel_credentials
             self._grpc = (
-                grpc.aio.secure_channel(self.target, creds)
+                grpc.aio.secure_channel(self.target, creds, self._channel_options)
                 if creds is not None
-                else grpc.aio.insecure_channel(self.target)
+                else grpc.aio.insecure_channel(self.target, self._channel_options)
             )
             self._stub = cm_grpc.CapsuleManagerStub(self._grpc)
         try:

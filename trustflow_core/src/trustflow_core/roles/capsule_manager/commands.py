@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .._options import log_options
 from .cms_cli import cms
 
 
@@ -37,7 +38,7 @@ from .cms_cli import cms
     show_default=True,
     help="Server processes sharing the port (they share keys and database).",
 )
-@click.option("--log-level", default="info", show_default=True)
+@log_options
 def capsule_manager(
     config_file: Path | None,
     host: str | None,
@@ -50,19 +51,19 @@ def capsule_manager(
     storage_key_file: Path | None,
     allow_upstream_sim: bool | None,
     workers: int,
+    log_path: str | None,
     log_level: str,
+    log_levels_for: tuple[tuple[str, str], ...],
 ) -> None:
     """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
     import asyncio
-    import logging
 
-    from .server import serve
+    from .._server import setup_logging
+    from .server import LogSettings, serve
     from .settings import load_settings
 
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_settings = LogSettings(log_path, log_level, log_levels_for)
+    setup_logging(*log_settings)
     settings = load_settings(
         config_file,
         host=host,
@@ -75,7 +76,7 @@ def capsule_manager(
         storage_key_file=storage_key_file,
         allow_upstream_sim=allow_upstream_sim,
     )
-    asyncio.run(serve(settings, workers=workers))
+    asyncio.run(serve(settings, workers=workers, log_settings=log_settings))
 
 
 COMMANDS: list[click.Command] = [capsule_manager, cms]

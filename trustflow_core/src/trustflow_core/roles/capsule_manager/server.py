@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,7 +17,7 @@ from ...errors import BackendNotFound, BackendUnavailable, InvalidInput
 from ...manager import get_plugin_manager
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...registry import get_backend_class, verifier_for_platform
-from . import identity_keys
+from . import identity_keys, port_claim, private_files, storage_url
 from .envelope import Envelopes
 from .errors import CMError
 from .sealing import Sealer, load_or_create_key
@@ -28,14 +29,29 @@ log = logging.getLogger(__name__)
 NO_ATTESTER = ("none", "")
 
 
+class LogSettings(NamedTuple):
+    """The arguments of :func:`roles._server.setup_logging`, handed to ``--workers``."""
+
+    log_path: str | None = None
+    level: str = "warning"
+    levels_for: tuple[tuple[str, str], ...] = ()
+
+
 class CapsuleManager:
     """A running Capsule Manager. ``await start()`` returns the bound port; ``await stop()``.
 
     ``pm`` is the plugin manager to take backends from (default: all installed plugins).
+    ``sharing`` says how the port is bound (:mod:`.port_claim`): ``exclusive`` (the default:
+    start fails while anything listens there), ``first`` of several ``--workers`` processes
+    or a ``worker`` joining it.
     """
 
-    def __init__(self, settings: CMSettings, *, pm: Any = None) -> None:
+    def __init__(
+        self, settings: CMSettings, *, pm: Any = None, sharing: port_claim.Sharing = "exclusive"
+    ) -> None:
         self.settings = settings
+        self.sharing = sharing
+        self._claim: socket.socket | None = None
         self.pm = pm if pm is not None else get_plugin_manager()
         self.server: grpc.aio.Server | None = None
         self.store: Store | None = None
@@ -72,19 +88,44 @@ class CapsuleManager:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> int:
+        """Bind and serve; return the port. On failure everything started is stopped again."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> int:
         s = self.settings
+        if self.sharing == "first" and s.port:
+            self._claim = port_claim.claim(s.host, s.port)
+        if self.sharing != "worker" and s.port:
+            port_claim.check_free(s.host, s.port)  # fail before any work; bind decides below
         key_file, cert_file, storage_key_file = s.key_paths
-        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        url = storage_url.parse(s.db_url)
+        database = storage_url.sqlite_file(url)
+        await asyncio.to_thread(
+            private_files.secure, s.data_dir, (key_file, storage_key_file), database
+        )
         identity = await asyncio.to_thread(identity_keys.load_or_create, key_file, cert_file)
+        log.debug("identity %s from %s and %s", identity.party_id, key_file, cert_file)
         storage_key = await asyncio.to_thread(load_or_create_key, storage_key_file)
+        log.debug("storage key from %s", storage_key_file)
+        shown = storage_url.redact(s.db_url, s.db_url)
         try:
             self.store = Store(s.db_url, Sealer(storage_key))
             await asyncio.to_thread(self.store.create_schema)
         except CMError as exc:
-            raise BackendUnavailable(f"storage {s.db_url}: {exc.detail}") from None
-        except (SQLAlchemyError, ImportError) as exc:
+            detail = storage_url.redact(exc.detail, s.db_url)
+            raise BackendUnavailable(f"storage {shown}: {detail}") from None
+        except ImportError as exc:
+            hint = storage_url.missing_driver(url, exc)
+            raise BackendUnavailable(f"storage {shown} is not usable: {hint}") from None
+        except SQLAlchemyError as exc:
             detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            raise BackendUnavailable(f"storage {s.db_url} is not usable: {detail}") from None
+            detail = storage_url.redact(detail, s.db_url)
+            raise BackendUnavailable(f"storage {shown} is not usable: {detail}") from None
+        log.debug("storage %r ready", self.store)
         self.identity = identity
         attester = self._attester()
         if attester is not None:  # like upstream production: fail at start, not per request
@@ -105,7 +146,8 @@ class CapsuleManager:
             tls_issuer_secret=tls_issuer_secret(storage_key),
         )
         self.service = service
-        self.server = grpc.aio.server()
+        reuse_port = int(self.sharing != "exclusive")
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", reuse_port)])
         cm_grpc.add_CapsuleManagerServicer_to_server(service, self.server)
         address = f"{s.host}:{s.port}"
         port: int
@@ -114,10 +156,12 @@ class CapsuleManager:
                 port = self.server.add_insecure_port(address)
             else:
                 port = self.server.add_secure_port(address, _server_credentials(s))
-        except RuntimeError as exc:
-            raise BackendUnavailable(f"cannot listen on {address}: {exc}") from None
+        except RuntimeError:
+            port = 0
         if port == 0:
-            raise BackendUnavailable(f"cannot listen on {address}")
+            raise port_claim.refusal(s.host, s.port, port_claim.bind_error(s.host, s.port))
+        if self.sharing == "first" and not s.port:  # a port the kernel just chose
+            self._claim = port_claim.claim(s.host, port)
         await self.server.start()
         self.port = port
         log.info("capsule manager %s listening on %s:%d", identity.party_id, s.host, port)
@@ -133,6 +177,9 @@ class CapsuleManager:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self._claim is not None:
+            self._claim.close()
+            self._claim = None
 
     async def __aenter__(self) -> CapsuleManager:
         await self.start()
@@ -176,12 +223,16 @@ def _server_credentials(s: CMSettings) -> grpc.ServerCredentials:
     )
 
 
-async def serve(settings: CMSettings, *, workers: int = 1) -> None:
+async def serve(
+    settings: CMSettings, *, workers: int = 1, log_settings: LogSettings | None = None
+) -> None:
     """Run until SIGINT/SIGTERM; print one line with the address and identity.
 
     ``workers > 1`` starts that many server processes on the same port (``SO_REUSEPORT``; the
-    kernel spreads connections over them). They share the identity and storage-key files and
-    the database, so any of them can answer any request; the extra ones exit with this one.
+    kernel spreads connections over them; no other process may listen there, see
+    :mod:`.port_claim`). They share the identity and storage-key files and
+    the database, so any of them can answer any request; the extra ones exit with this one and
+    log as ``log_settings`` says (default: warnings to stderr).
     """
     import dataclasses
     import multiprocessing
@@ -194,18 +245,19 @@ async def serve(settings: CMSettings, *, workers: int = 1) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the "listening" line is printed
         loop.add_signal_handler(sig, stop.set)
-    cm = CapsuleManager(settings)
+    cm = CapsuleManager(settings, sharing="first" if workers > 1 else "exclusive")
     try:
         port = await cm.start()
     except BaseException:
         await cm.stop(grace=0)
         raise
     children = []
+    worker_logs = log_settings or LogSettings()
     context = multiprocessing.get_context("spawn")
     for _ in range(workers - 1):
         child = context.Process(
             target=_worker_main,
-            args=(dataclasses.replace(settings, port=port), os.getpid()),
+            args=(dataclasses.replace(settings, port=port), os.getpid(), worker_logs),
             daemon=True,
         )
         child.start()
@@ -225,12 +277,14 @@ async def serve(settings: CMSettings, *, workers: int = 1) -> None:
             await asyncio.to_thread(child.join, 10)
 
 
-def _worker_main(settings: CMSettings, parent_pid: int) -> None:
+def _worker_main(settings: CMSettings, parent_pid: int, log_settings: LogSettings) -> None:
     """An extra server process; exits when its parent is gone."""
     import os
 
+    from .._server import setup_logging
+
     async def run() -> None:
-        cm = CapsuleManager(settings)
+        cm = CapsuleManager(settings, sharing="worker")
         await cm.start()
         try:
             while os.getppid() == parent_pid:
@@ -238,5 +292,5 @@ def _worker_main(settings: CMSettings, parent_pid: int) -> None:
         finally:
             await cm.stop(grace=0.5)
 
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging(*log_settings)
     asyncio.run(run())

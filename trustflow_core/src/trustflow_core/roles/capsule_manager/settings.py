@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,14 @@ class CMSettings:
     freshness: FreshnessWindow = field(default_factory=FreshnessWindow)
     attester: Mapping[str, Any] = field(default_factory=dict)
     verifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # the storage URL's password never shows
+        from .storage_url import redact
+
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.storage_url:
+            shown["storage_url"] = redact(self.storage_url, self.storage_url)
+        return f"CMSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
     def db_url(self) -> str:

@@ -113,6 +113,7 @@ def data_capsule_proxy(
     cm_init_config: Path | None,
     log_path: str | None,
     log_level: str,
+    log_levels_for: tuple[tuple[str, str], ...],
 ) -> None:
     """Serve POST /DataCapsuleProxy/GetInputData and /DataCapsuleProxy/PutResultData (decrypt
     inputs with released keys; encrypt, store and register results) and GET /health.
@@ -128,7 +129,7 @@ def data_capsule_proxy(
     from .cm_init import load_cm_init
     from .settings import DataCapsuleProxySettings
 
-    setup_logging(log_path, log_level)
+    setup_logging(log_path, log_level, log_levels_for)
     try:
         cm_init = load_cm_init(cm_init_config) if cm_init_config else None
         settings = DataCapsuleProxySettings(

@@ -66,6 +66,7 @@ def gateway(
     tls_reload_interval: float,
     log_path: str | None,
     log_level: str,
+    log_levels_for: tuple[tuple[str, str], ...],
 ) -> None:
     """Serve the listeners of CONFIG: prefix routes to clusters, the JWE filter (opens client
     envelopes, seals app replies), TCP proxying, mTLS ingress listeners and egress clusters
@@ -79,7 +80,7 @@ def gateway(
     from .mtls import check_assets
     from .server import Gateway
 
-    setup_logging(log_path, log_level)
+    setup_logging(log_path, log_level, log_levels_for)
     config = load_config(
         config_file,
         address_map=_pairs(map_address, "--map-address"),

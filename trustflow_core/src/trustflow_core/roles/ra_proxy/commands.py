@@ -49,6 +49,7 @@ def ra_proxy(
     port: int,
     log_path: str | None,
     log_level: str,
+    log_levels_for: tuple[tuple[str, str], ...],
 ) -> None:
     """Serve POST /RaProxy/GetRaCert: the app certificate plus an attestation report binding
     SHA-256(cert || "." || nonce), and GET /health."""
@@ -60,7 +61,7 @@ def ra_proxy(
     from .app import create_app
     from .settings import RaProxySettings
 
-    setup_logging(log_path, log_level)
+    setup_logging(log_path, log_level, log_levels_for)
     settings = RaProxySettings(
         cert_path=cert_path,
         plat=plat,
