@@ -235,7 +235,7 @@ def main() -> None:
         "(default: 1 and one per core)",
     )
     args = parser.parse_args()
-    from trustflow_core.roles.capsule_manager.testdb import throwaway_database
+    from trustflow_core.testing.databases import throwaway_database
 
     env = {**os.environ, "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim"}
     results = []

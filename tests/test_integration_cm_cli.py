@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +28,10 @@ from trustflow_core.keyexchange import Resource, ResourceRequest, ResultKey
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import get_backend_class
 from trustflow_core.roles.capsule_manager.keyexchange import CapsuleManagerKeyExchange
-from trustflow_core.roles.capsule_manager.testdb import throwaway_database
+from trustflow_core.testing.databases import throwaway_database
 
 TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
 SCOPE = "default"
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    mp = pytest.MonkeyPatch()
-    values = {
-        "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim",
-        "TRUSTFLOW_SIM_DIR": str(tmp_path_factory.mktemp("sim")),
-    }
-    for k, v in values.items():
-        mp.setenv(k, v)
-    yield {**os.environ, **values}
-    mp.undo()
 
 
 class Server:
@@ -99,7 +85,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def cli(env: dict[str, str]) -> Any:
+def cli(sim_env: dict[str, str]) -> Any:
     group = build_cli()
     runner = CliRunner()
 
@@ -163,7 +149,7 @@ def get_keys(target: str, request: ResourceRequest) -> list[Any]:
     return asyncio.run(go())
 
 
-def test_owner_flow_end_to_end(cli: Any, env: dict[str, str], tmp_path: Path) -> None:
+def test_owner_flow_end_to_end(cli: Any, sim_env: dict[str, str], tmp_path: Path) -> None:
     d = tmp_path
     ids = {}
     for name in ("alice", "bob", "carol"):
@@ -177,7 +163,7 @@ def test_owner_flow_end_to_end(cli: Any, env: dict[str, str], tmp_path: Path) ->
         ).strip()
     key_a, key_b = (cli("util", "generate-data-key-b64").strip() for _ in range(2))
     uuid_a, uuid_b = (f"e2e-{n}-{os.urandom(4).hex()}" for n in "ab")
-    server = Server(env, d / "cm").start()
+    server = Server(sim_env, d / "cm").start()
     try:
         alice = owner_yaml(
             d / "alice.yaml",
@@ -344,7 +330,7 @@ def test_owner_flow_end_to_end(cli: Any, env: dict[str, str], tmp_path: Path) ->
 
         # restart: keys, policies and rules survive
         assert server.stop() == 0
-        server = Server(env, d / "cm").start()
+        server = Server(sim_env, d / "cm").start()
         for config in (alice, bob, carol):
             text = config.read_text().replace(
                 re.search(r"127\.0\.0\.1:\d+", config.read_text()).group(0), server.target
@@ -384,7 +370,7 @@ async def send_and_kill(server: Server, owner: Any, keys: list[Any], delay: floa
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_killed_mid_flight_leaves_nothing_half_applied(
-    backend: str, env: dict[str, str], tmp_path: Path
+    backend: str, sim_env: dict[str, str], tmp_path: Path
 ) -> None:
     """A CreateDataKeys of many keys is SIGKILLed half-way through its measured duration:
     afterwards either every key or none is stored, and the CM restarts cleanly."""
@@ -411,7 +397,7 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
 
     with throwaway_database(backend, tmp_path) as url:
         extra = ("--storage-url", url)
-        server = Server(env, tmp_path / "cm", *extra).start()
+        server = Server(sim_env, tmp_path / "cm", *extra).start()
         full = batch("full-")
 
         rule = cm_pb2.Rule(rule_id="kept", grantee_party_ids=[owner.party_id], columns=["*"])
@@ -431,7 +417,7 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
         assert stored(url, full) == n
 
         killed = batch("killed-")
-        server = Server(env, tmp_path / "cm", *extra).start()
+        server = Server(sim_env, tmp_path / "cm", *extra).start()
         asyncio.run(send_and_kill(server, owner, killed, duration / 2))
         server.stop(signal.SIGKILL)
         assert stored(url, killed) in (0, n)
@@ -440,7 +426,7 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
             async with CapsuleManagerClient(server.target) as client:
                 return await client.list_data_policies(owner, "s")
 
-        server = Server(env, tmp_path / "cm", *extra).start()  # restarts cleanly
+        server = Server(sim_env, tmp_path / "cm", *extra).start()  # restarts cleanly
         listed = asyncio.run(policies())
         assert server.stop() == 0
         assert stored(url, full) == n
@@ -453,7 +439,7 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
             async with CapsuleManagerClient(server.target) as client:
                 return await client.list_data_policies(owner, "s")
 
-        server = Server(env, tmp_path / "cm", *extra).start()
+        server = Server(sim_env, tmp_path / "cm", *extra).start()
         listed = asyncio.run(policies())
         server.stop()
         assert [(p.data_uuid, [r.rule_id for r in p.rules]) for p in listed] == [
@@ -462,7 +448,7 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
         assert listed[0].rules[0].op_constraints[0].constraints == ['r.scope == "s"']
 
 
-def test_workers_share_the_port_and_stop_together(env: dict[str, str], tmp_path: Path) -> None:
+def test_workers_share_the_port_and_stop_together(sim_env: dict[str, str], tmp_path: Path) -> None:
     import grpc
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
         capsule_manager_pb2 as cm_pb2,
@@ -471,7 +457,7 @@ def test_workers_share_the_port_and_stop_together(env: dict[str, str], tmp_path:
         capsule_manager_pb2_grpc as cm_grpc,
     )
 
-    server = Server(env, tmp_path / "cm", "--workers", "2").start()
+    server = Server(sim_env, tmp_path / "cm", "--workers", "2").start()
     assert server.proc is not None
     children_file = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
     deadline = time.monotonic() + 30

@@ -8,7 +8,6 @@ import base64
 import datetime
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,7 @@ from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, Ca
 from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager.settings import CMSettings, TlsSettings, load_settings
 
-
-@pytest.fixture(scope="module", autouse=True)
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_sim")
-    mp.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path_factory.mktemp("sim")))
-    yield
-    mp.undo()
-
+pytestmark = pytest.mark.usefixtures("sim_env")
 
 OWNER = ephemeral_credentials("owner")
 APP = ephemeral_credentials("app")

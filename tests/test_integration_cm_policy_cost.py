@@ -100,21 +100,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    mp = pytest.MonkeyPatch()
-    values = {
-        "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim",
-        "TRUSTFLOW_SIM_DIR": str(tmp_path_factory.mktemp("sim")),
-    }
-    for k, v in values.items():
-        mp.setenv(k, v)
-    yield {**os.environ, **values}
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def server(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cm = Server(env, tmp_path_factory.mktemp("cm"))
+def server(sim_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    cm = Server(sim_env, tmp_path_factory.mktemp("cm"))
     try:
         yield cm
     finally:

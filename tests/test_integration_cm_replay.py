@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, Cr
 from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
-from trustflow_core.roles.capsule_manager.testdb import BACKENDS, throwaway_database
 from trustflow_core.wire import to_json
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -48,23 +47,6 @@ class World:
     client: CapsuleManagerClient
     alice: Credentials
     carol: Credentials
-
-
-@pytest.fixture(scope="module")
-def sim_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_sim")
-    mp.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path_factory.mktemp("sim")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def db_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    with throwaway_database(request.param, tmp_path_factory.mktemp("db")) as url:
-        yield url
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

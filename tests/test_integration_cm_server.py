@@ -8,7 +8,7 @@ import base64
 import dataclasses
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from trustflow_core.roles.capsule_manager.convert import report_to_pb
 from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
-from trustflow_core.roles.capsule_manager.testdb import BACKENDS, throwaway_database
 from trustflow_core.roles.capsule_manager.votes import sign_vote_request, vote_result, voter_sign
 from trustflow_core.wire import serialize_canonical
 from trustflow_tee_sim.report import DEFAULT_MEASUREMENTS
@@ -53,24 +52,6 @@ class World:
     app: Credentials
     attester: Any
     pm: Any
-
-
-@pytest.fixture(scope="module")
-def sim_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    mp = pytest.MonkeyPatch()
-    sim_dir = tmp_path_factory.mktemp("sim")
-    mp.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_sim")
-    mp.setenv("TRUSTFLOW_SIM_DIR", str(sim_dir))
-    yield sim_dir
-    mp.undo()
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def db_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    with throwaway_database(request.param, tmp_path_factory.mktemp("db")) as url:
-        yield url
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,19 +29,6 @@ from trustflow_core.wire import serialize_canonical
 
 TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
 LISTENING = re.compile(r"capsule manager listening on 127\.0\.0\.1:(\d+)")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    mp = pytest.MonkeyPatch()
-    values = {
-        "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim",
-        "TRUSTFLOW_SIM_DIR": str(tmp_path_factory.mktemp("sim")),
-    }
-    for k, v in values.items():
-        mp.setenv(k, v)
-    yield {**os.environ, **values}
-    mp.undo()
 
 
 class CM:
@@ -130,9 +116,9 @@ async def grant_and_get_keys(target: str, times: int) -> None:
 
 
 def test_debug_level_logs_the_project_not_the_cel_library(
-    env: dict[str, str], tmp_path: Path
+    sim_env: dict[str, str], tmp_path: Path
 ) -> None:
-    with CM(env, tmp_path / "cm", "--port", "0", "--log-level", "debug") as cm:
+    with CM(sim_env, tmp_path / "cm", "--port", "0", "--log-level", "debug") as cm:
         cm.wait_listening()
         asyncio.run(grant_and_get_keys(cm.target, 3))
     lines = cm.output().splitlines()
@@ -144,10 +130,10 @@ def test_debug_level_logs_the_project_not_the_cel_library(
     assert any("storage" in line for line in debug), lines[:10]  # and its DEBUG lines
 
 
-def test_log_level_for_names_a_library_logger(env: dict[str, str], tmp_path: Path) -> None:
+def test_log_level_for_names_a_library_logger(sim_env: dict[str, str], tmp_path: Path) -> None:
     args = ["--port", "0", "--log-level", "warning", "--log-level-for", "celpy=debug"]
     log_file = tmp_path / "cm.log"
-    with CM(env, tmp_path / "cm", *args, "--log-path", str(log_file)) as cm:
+    with CM(sim_env, tmp_path / "cm", *args, "--log-path", str(log_file)) as cm:
         cm.wait_listening()
         asyncio.run(grant_and_get_keys(cm.target, 1))
     text = log_file.read_text()
@@ -195,9 +181,9 @@ def run_cm(env: dict[str, str], *args: str, block: str = "") -> subprocess.Compl
     ],
 )
 def test_storage_url_password_is_redacted(
-    env: dict[str, str], tmp_path: Path, url: str, shown: str
+    sim_env: dict[str, str], tmp_path: Path, url: str, shown: str
 ) -> None:
-    done = run_cm(env, "--port", "0", "--data-dir", str(tmp_path), "--storage-url", url)
+    done = run_cm(sim_env, "--port", "0", "--data-dir", str(tmp_path), "--storage-url", url)
     assert done.returncode == 1
     assert "s3cr" not in done.stderr + done.stdout
     assert done.stderr.startswith("Error: storage") and shown in done.stderr, done.stderr
@@ -220,10 +206,10 @@ def test_settings_repr_hides_the_password() -> None:
     ],
 )
 def test_missing_driver_names_the_extra(
-    env: dict[str, str], tmp_path: Path, url: str, block: str, extra: str
+    sim_env: dict[str, str], tmp_path: Path, url: str, block: str, extra: str
 ) -> None:
     args = ["--port", "0", "--data-dir", str(tmp_path), "--storage-url", url]
-    done = run_cm(env, *args, block=block)
+    done = run_cm(sim_env, *args, block=block)
     assert done.returncode == 1
     line = f"its database driver {block!r} cannot be imported; "
     line += f"install it with: pip install 'trustflow-core[{extra}]'"
@@ -241,11 +227,11 @@ def modes(data_dir: Path) -> dict[str, int]:
     return {n: (data_dir / n).stat().st_mode & 0o777 for n in names if (data_dir / n).exists()}
 
 
-def test_new_data_dir_is_private(env: dict[str, str], tmp_path: Path) -> None:
+def test_new_data_dir_is_private(sim_env: dict[str, str], tmp_path: Path) -> None:
     data_dir = tmp_path / "cm"
     old_umask = os.umask(0o022)  # the usual umask: new files 0644 unless made private
     try:
-        with CM(env, data_dir, "--port", "0") as cm:
+        with CM(sim_env, data_dir, "--port", "0") as cm:
             cm.wait_listening()
             asyncio.run(grant_and_get_keys(cm.target, 1))  # writes: -wal and -shm exist
             found = modes(data_dir)
@@ -255,11 +241,13 @@ def test_new_data_dir_is_private(env: dict[str, str], tmp_path: Path) -> None:
     assert "tightened" not in cm.output()
 
 
-def test_existing_lax_data_dir_is_tightened_on_start(env: dict[str, str], tmp_path: Path) -> None:
+def test_existing_lax_data_dir_is_tightened_on_start(
+    sim_env: dict[str, str], tmp_path: Path
+) -> None:
     import sqlite3
 
     data_dir = tmp_path / "cm"
-    with CM(env, data_dir, "--port", "0") as cm:  # a data directory from an earlier run ...
+    with CM(sim_env, data_dir, "--port", "0") as cm:  # a data directory from an earlier run ...
         cm.wait_listening()
     os.chmod(data_dir, 0o755)  # ... left open to everyone, as older versions did
     for name in ("cm.db", "cm.db.writer-lock", "cm.key", "storage.key"):
@@ -269,7 +257,7 @@ def test_existing_lax_data_dir_is_tightened_on_start(env: dict[str, str], tmp_pa
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("SELECT count(*) FROM cm_meta").fetchone()
         assert modes(data_dir)["cm.db-wal"] == 0o644 and modes(data_dir)["cm.db-shm"] == 0o644
-        with CM(env, data_dir, "--port", "0") as cm:
+        with CM(sim_env, data_dir, "--port", "0") as cm:
             cm.wait_listening()
             found = modes(data_dir)
     finally:
@@ -349,16 +337,16 @@ async def ra_certs(target: str, connections: int) -> set[str]:
 
 @pytest.mark.parametrize("first_workers", ["1", "2"])
 def test_second_cm_on_a_port_in_use_is_refused(
-    env: dict[str, str], tmp_path: Path, first_workers: str
+    sim_env: dict[str, str], tmp_path: Path, first_workers: str
 ) -> None:
     port = free_port()
     args = ["--port", str(port)]
-    with CM(env, tmp_path / "a", *args, "--workers", first_workers) as first:
+    with CM(sim_env, tmp_path / "a", *args, "--workers", first_workers) as first:
         first.wait_listening()
         certs = asyncio.run(ra_certs(first.target, 2))
-        with CM(env, tmp_path / "b", *args) as second:  # another broker, another database
+        with CM(sim_env, tmp_path / "b", *args) as second:  # another broker, another database
             assert_refused(second, port, "Address already in use")
-        with CM(env, tmp_path / "c", *args, "--workers", "2") as third:
+        with CM(sim_env, tmp_path / "c", *args, "--workers", "2") as third:
             reason = "Address already in use"
             if first_workers == "2":
                 reason = "another Capsule Manager with --workers serves this port"
@@ -367,7 +355,7 @@ def test_second_cm_on_a_port_in_use_is_refused(
 
 
 def test_cm_on_a_port_a_plain_socket_listens_on_is_refused(
-    env: dict[str, str], tmp_path: Path
+    sim_env: dict[str, str], tmp_path: Path
 ) -> None:
     import socket
 
@@ -376,12 +364,12 @@ def test_cm_on_a_port_a_plain_socket_listens_on_is_refused(
         taken.listen()
         port = taken.getsockname()[1]
         for workers in ("1", "2"):
-            with CM(env, tmp_path / workers, "--port", str(port), "--workers", workers) as cm:
+            with CM(sim_env, tmp_path / workers, "--port", str(port), "--workers", workers) as cm:
                 assert_refused(cm, port, "Address already in use")
 
 
-def test_workers_share_the_port_among_themselves(env: dict[str, str], tmp_path: Path) -> None:
-    with CM(env, tmp_path / "cm", "--port", str(free_port()), "--workers", "2") as cm:
+def test_workers_share_the_port_among_themselves(sim_env: dict[str, str], tmp_path: Path) -> None:
+    with CM(sim_env, tmp_path / "cm", "--port", str(free_port()), "--workers", "2") as cm:
         cm.wait_listening()
         workers = worker_pids(cm, 1)
         assert listening_pids(cm.port, [cm.proc.pid, *workers]) == {cm.proc.pid, *workers}

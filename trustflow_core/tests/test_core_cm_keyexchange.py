@@ -33,16 +33,9 @@ SCOPE = "default"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_sim")
-    mp.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path_factory.mktemp("sim")))
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def setup(env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def setup(
+    sim_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     """A CM with alice's two resources granted to bob for op 'psi', and app credentials."""
     settings = CMSettings(port=0, data_dir=tmp_path_factory.mktemp("cm"))
     owner, bob = ephemeral_credentials("alice"), ephemeral_credentials("bob")

@@ -26,7 +26,6 @@ from trustflow_core.roles.capsule_manager.sealing import Sealer
 from trustflow_core.roles.capsule_manager.settings import load_settings
 from trustflow_core.roles.capsule_manager.storage import NewKey, Store
 from trustflow_core.roles.capsule_manager.storage_models import SCHEMA_VERSION, Base, RequestRow
-from trustflow_core.roles.capsule_manager.testdb import BACKENDS, throwaway_database
 
 ALICE, BOB = "A" * 52, "B" * 52
 DATA = Path(__file__).parent / "data"
@@ -44,14 +43,6 @@ def mark(party: str = ALICE, jti: str | None = None) -> RequestMark:
 
 def uid() -> str:
     return "d-" + os.urandom(6).hex()
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def db_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    with throwaway_database(request.param, tmp_path_factory.mktemp("db")) as url:
-        yield url
 
 
 @pytest.fixture

@@ -15,17 +15,9 @@ from trustflow_core.roles.capsule_manager.errors import CMError, Kind
 from trustflow_core.roles.capsule_manager.policy import OpConstraint, Rule, derive_result_policy
 from trustflow_core.roles.capsule_manager.sealing import Sealer, load_or_create_key
 from trustflow_core.roles.capsule_manager.storage import NewKey, Store
-from trustflow_core.roles.capsule_manager.testdb import BACKENDS, throwaway_database
+from trustflow_core.testing.databases import throwaway_database
 
 ALICE, BOB = "A" * 52, "B" * 52
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def db_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    with throwaway_database(request.param, tmp_path_factory.mktemp("db")) as url:
-        yield url
 
 
 @pytest.fixture
@@ -361,7 +353,7 @@ def test_survives_dropped_server_connections(store: Store, db_url: str) -> None:
     """Pooled connections killed by the server (restart, idle timeout) are replaced."""
     if not db_url.startswith("postgresql"):
         pytest.skip("server-side connection kill is exercised on PostgreSQL")
-    from trustflow_core.roles.capsule_manager.testdb import admin_url
+    from trustflow_core.testing.databases import admin_url
 
     u = uid()
     store.create_data_keys(ALICE, [nk(u)])
@@ -392,7 +384,7 @@ def test_storage_key_file(tmp_path: Path) -> None:
 
 
 def test_throwaway_databases_are_dropped(tmp_path: Path) -> None:
-    from trustflow_core.roles.capsule_manager.testdb import admin_url
+    from trustflow_core.testing.databases import admin_url
 
     with throwaway_database("postgresql") as url:
         name = url.rsplit("/", 1)[1]

@@ -1,4 +1,5 @@
-"""Throwaway databases on the PostgreSQL and MariaDB/MySQL servers, for tests and benchmarks.
+"""Throwaway databases (a SQLite file, or one on the PostgreSQL and MariaDB/MySQL servers) for
+the Capsule Manager's tests and benchmarks.
 
 Admin URLs come from ``TRUSTFLOW_CM_POSTGRES_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``) and ``TRUSTFLOW_CM_MYSQL_ADMIN_URL``
@@ -13,8 +14,6 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-
-from sqlalchemy import create_engine, make_url, text
 
 ADMIN_URLS = {
     "postgresql": (
@@ -35,6 +34,8 @@ def admin_url(kind: str) -> str:
 def throwaway_database(kind: str, tmp_dir: Path | None = None) -> Iterator[str]:
     """Yield the URL of a fresh, empty database of ``kind`` (``sqlite``, ``postgresql``,
     ``mysql``) and drop it afterwards."""
+    from sqlalchemy import create_engine, make_url, text
+
     name = f"trustflow_cm_test_{secrets.token_hex(6)}"
     if kind == "sqlite":
         if tmp_dir is None:
