@@ -188,9 +188,12 @@ async def test_startup_fails_for_unknown_platform_or_bad_cert(pm, cert_file, tmp
             pass
 
 
-async def test_upstream_sim_requires_plat_sim(cert_file):
-    with pytest.raises(InvalidInput, match="--upstream-sim needs --plat sim"):
-        RaProxySettings(cert_file, plat="tdx", upstream_sim=True)
+async def test_upstream_sim_requires_a_simulated_attester(pm, cert_file):
+    settings = RaProxySettings(cert_file, plat="slow", upstream_sim=True, port=0)
+    pm.register(_SlowPlugin(), name="slow")
+    with pytest.raises(InvalidInput, match="--upstream-sim needs a simulated attester"):
+        async with running(settings, pm):
+            pass
 
 
 class _SlowAttester(Attester):
