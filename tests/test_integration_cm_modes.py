@@ -104,6 +104,22 @@ def test_plat_none_returns_no_report(tmp_path: Path) -> None:
         assert report is None and "BEGIN CERTIFICATE" in cert
 
 
+def test_no_attester_named_and_no_development_default_returns_no_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without tee_sim (the development default), a CM with no ``plat`` is an upstream sim CM:
+    no report; a client with no ``tee_plat`` checks nothing, as upstream sim clients."""
+    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe")
+    with BackgroundCapsuleManager(CMSettings(port=0, data_dir=tmp_path)) as cm:
+
+        async def go() -> tuple[str, Any]:
+            async with CapsuleManagerClient(cm.target) as client:
+                return await client.get_ra_cert("n")
+
+        cert, report = asyncio.run(go())
+        assert report is None and "BEGIN CERTIFICATE" in cert
+
+
 def _cert(
     name: str, key: rsa.RSAPrivateKey, issuer: tuple[x509.Name, rsa.RSAPrivateKey] | None, ca: bool
 ) -> x509.Certificate:
