@@ -18,11 +18,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from trustflow_core.attestation import Attributes
 from trustflow_core.cli import build_cli
 from trustflow_core.errors import BackendUnavailable, InvalidInput
+from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
+from trustflow_core.registry import backends
 from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
 from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, CapsuleManagerError
 from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
@@ -83,6 +86,22 @@ def test_upstream_sim_clients_without_report(allow: bool, tmp_path: Path) -> Non
 
 def test_plat_none_returns_no_report(tmp_path: Path) -> None:
     with BackgroundCapsuleManager(CMSettings(port=0, data_dir=tmp_path, plat="none")) as cm:
+
+        async def go() -> tuple[str, Any]:
+            async with CapsuleManagerClient(cm.target) as client:
+                return await client.get_ra_cert("n")
+
+        cert, report = asyncio.run(go())
+        assert report is None and "BEGIN CERTIFICATE" in cert
+
+
+def test_no_attester_named_and_no_development_default_returns_no_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without tee_sim (the development default), a CM with no ``plat`` is an upstream sim CM:
+    no report; a client with no ``tee_plat`` checks nothing, as upstream sim clients."""
+    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe")
+    with BackgroundCapsuleManager(CMSettings(port=0, data_dir=tmp_path)) as cm:
 
         async def go() -> tuple[str, Any]:
             async with CapsuleManagerClient(cm.target) as client:
@@ -179,17 +198,22 @@ def test_settings_file_and_overrides(tmp_path: Path) -> None:
     s = load_settings(config, port=1234)
     assert s.port == 1234 and s.plat == "none" and s.db_url == "sqlite:///x.db"
     assert s.allow_upstream_sim is True
-    policy = s.attestation_policy()
+    verifiers = backends(get_plugin_manager(), "verifier").values()
+    policy = s.attestation_policy(verifiers, attester_simulated=False)
     assert policy.main_attributes[0].hex_ta_measurement == "aa"
     assert policy.allow_simulation is False
     default = load_settings(None, data_dir=tmp_path)
     assert default.db_url == f"sqlite:///{tmp_path / 'cm.db'}"
-    assert {a.str_tee_platform for a in default.attestation_policy().main_attributes} == {
-        "SGX_DCAP",
-        "TDX",
-        "CSV",
-        "SIM",
-    }
+    # Default entries come from the installed verifiers (an SGX backend would add its own);
+    # simulated ones only when simulation is allowed.
+    with_sim = default.attestation_policy(verifiers, attester_simulated=True)
+    assert with_sim.allow_simulation is True
+    assert set(with_sim.main_attributes) == {v.acceptance_entry() for v in verifiers}
+    assert Attributes(str_tee_platform="SIM", bool_debug_disabled="true") in set(
+        with_sim.main_attributes
+    )
+    real = default.attestation_policy(verifiers, attester_simulated=False)
+    assert set(real.main_attributes) == {v.acceptance_entry() for v in verifiers if not v.simulated}
     for bad, match in (
         ("nonsense: 1\n", "unknown key"),
         ("port: many\n", "port"),

@@ -28,6 +28,7 @@ EXPECTED = {
     "storage_local": ("trustflow-storage-local", {("storage", "local")}),
     "channel_jwe": ("trustflow-channel-jwe", {("channel", "jwe")}),
     "storage_memory": ("trustflow-storage-memory", {("storage", "memory")}),
+    "tee_mirage": ("trustflow-tee-mirage", {("attester", "mirage"), ("verifier", "mirage")}),
     "channel_mtls": ("trustflow-channel-mtls", {("channel", "mtls")}),
     "tee_tdx": ("trustflow-tee-tdx", {("attester", "tdx"), ("verifier", "tdx")}),
     "tee_csv": ("trustflow-tee-csv", {("attester", "csv"), ("verifier", "csv")}),

@@ -194,7 +194,8 @@ def pretend_csv_guest(
 def plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("TRUSTFLOW_TEE", "TRUSTFLOW_VERIFIER", "TRUSTFLOW_DISABLE_PLUGIN_AUTOLOAD"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_tdx,tee_csv")
+    # tee_sim for the unverified ("sim", i.e. simulated) CM clients that inspect raw reports
+    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_tdx,tee_csv,tee_sim")
 
 
 def guest_pm(*attesters: type) -> Any:
@@ -363,7 +364,7 @@ async def test_capsule_manager_plat_tdx(plugin_env, tmp_path, tdx_guest) -> None
             genuine = TdxVerifier.report_from_evidence(read(TDX_QUOTE))
             own = parse_quote(read(TDX_QUOTE)).body.report_data[:32]
             await TdxVerifier.from_settings(crypto_only).verify(
-                genuine, cm.settings.attestation_policy().with_user_data(own)
+                genuine, cm.service.policy.with_user_data(own)
             )
             await assert_binding_refused(raw, genuine, own)
 

@@ -188,9 +188,28 @@ async def test_startup_fails_for_unknown_platform_or_bad_cert(pm, cert_file, tmp
             pass
 
 
-async def test_upstream_sim_requires_plat_sim(cert_file):
-    with pytest.raises(InvalidInput, match="--upstream-sim needs --plat sim"):
-        RaProxySettings(cert_file, plat="tdx", upstream_sim=True)
+async def test_upstream_sim_without_plat_needs_no_attester_installed(cert_file, cert_pem):
+    bare = get_plugin_manager(load_entrypoints=False)  # no TEE plugin at all
+    settings = RaProxySettings(cert_file, upstream_sim=True, port=0)
+    async with running(settings, bare) as session:
+        status, _, data = await post(session, "/RaProxy/GetRaCert", b'{"nonce": "x"}')
+    assert status == 200
+    assert json.loads(data) == {"status": {"message": "success"}, "cert": cert_pem.decode()}
+
+
+async def test_no_plat_and_no_development_default_fails_startup(cert_file):
+    bare = get_plugin_manager(load_entrypoints=False)
+    with pytest.raises(BackendNotFound, match="no development default attester"):
+        async with running(RaProxySettings(cert_file, port=0), bare):
+            pass
+
+
+async def test_upstream_sim_requires_a_simulated_attester(pm, cert_file):
+    settings = RaProxySettings(cert_file, plat="slow", upstream_sim=True, port=0)
+    pm.register(_SlowPlugin(), name="slow")
+    with pytest.raises(InvalidInput, match="--upstream-sim needs a simulated attester"):
+        async with running(settings, pm):
+            pass
 
 
 class _SlowAttester(Attester):

@@ -244,11 +244,19 @@ def match_policy(actual: Attributes, policy: Policy) -> None:
 
 
 class Attester(Backend, abc.ABC):
-    """Produces attestation reports on one TEE platform."""
+    """Produces attestation reports on one TEE platform.
+
+    A simulated attester (``simulated = True``) follows the upstream simulation conventions
+    where a role offers them (e.g. the RA proxy's ``--upstream-sim``: no report at all).
+    ``development_default = True`` makes it the attester roles use when none is named; at most
+    one installed attester may say so, and only a simulated one (tee_sim's does).
+    """
 
     kind: ClassVar[str] = "attester"
     #: ``str_tee_platform`` of the reports this attester produces (e.g. ``"TDX"``).
     platform: ClassVar[str]
+    #: Whether roles use this backend when configuration names none (simulated backends only).
+    development_default: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def generate(self, user_data: bytes, *, report_type: str = PASSPORT) -> Report:
@@ -280,11 +288,70 @@ class Evidence:
 
 
 class Verifier(Backend, abc.ABC):
-    """Checks reports of one TEE platform and matches them against a policy."""
+    """Checks reports of one TEE platform and matches them against a policy.
+
+    Besides checking evidence, a verifier class declares what the roles need to know about its
+    platform, so that no role names a platform:
+
+    * ``tee_name`` and ``identity_fields`` -- the identity the Capsule Manager exposes to data
+      owners' policies after verifying an app report: ``r.env.tee.platform == tee_name`` and
+      ``r.env.tee.<tee_name>.<field>`` = the lowercase hex of the attribute ``identity_fields``
+      maps ``field`` to (see :meth:`policy_identity`). An empty ``tee_name`` (the default)
+      means the platform exposes no policy identity: the CM refuses its apps with
+      "unsupported platform", as upstream does for platforms it does not know.
+    * ``constraint_fields`` -- the names of the owner CLI's ``tee_constraints`` (checked against
+      the Capsule Manager's own report) and the attributes they pin; None (the default) means
+      the same as ``identity_fields``.
+    * ``debug_flag`` -- whether the platform reports a debug flag; then every default
+      acceptance entry requires ``bool_debug_disabled = "true"`` (:meth:`acceptance_entry`).
+    * ``simulated`` -- simulated evidence; rejected unless a policy sets ``allow_simulation``,
+      and a client whose CM platform is simulated follows the upstream simulation convention
+      (the CM's report is not checked).
+    * ``development_default`` -- as for :class:`Attester`.
+    """
 
     kind: ClassVar[str] = "verifier"
     #: ``str_tee_platform`` this verifier accepts (exact, case-sensitive).
     platform: ClassVar[str]
+    #: The platform's name in policies' ``env.tee`` (``r.env.tee.platform``); "" = none.
+    tee_name: ClassVar[str] = ""
+    #: Policy identity field (``r.env.tee.<tee_name>.<field>``) -> attribute name.
+    identity_fields: ClassVar[Mapping[str, str]] = {}
+    #: ``tee_constraints`` name -> attribute name; None = ``identity_fields``.
+    constraint_fields: ClassVar[Mapping[str, str] | None] = None
+    #: Whether reports carry ``bool_debug_disabled`` (then acceptance requires ``"true"``).
+    debug_flag: ClassVar[bool] = False
+    #: Whether roles use this backend when configuration names none (simulated backends only).
+    development_default: ClassVar[bool] = False
+
+    @classmethod
+    def acceptance_entry(cls, **pinned: str) -> Attributes:
+        """A policy entry accepting this platform's reports: ``str_tee_platform``, debug
+        disabled when the platform has a debug flag, plus the ``pinned`` attribute values
+        (empty values pin nothing). The Capsule Manager's default policy is one such entry per
+        installed verifier; the CM client pins the owner's ``tee_constraints`` this way."""
+        values = {"str_tee_platform": cls.platform}
+        if cls.debug_flag:
+            values["bool_debug_disabled"] = "true"
+        return Attributes(**{**values, **{k: v for k, v in pinned.items() if v}})
+
+    @classmethod
+    def constraints_entry(cls, constraints: Mapping[str, str | None]) -> Attributes:
+        """:meth:`acceptance_entry` pinning the named ``constraints`` (names per
+        ``constraint_fields``; names this platform does not have are ignored, as upstream)."""
+        names = cls.identity_fields if cls.constraint_fields is None else cls.constraint_fields
+        return cls.acceptance_entry(
+            **{attr: constraints.get(name) or "" for name, attr in names.items()}
+        )
+
+    @classmethod
+    def policy_identity(cls, attributes: Attributes) -> dict[str, Any] | None:
+        """``env.tee`` for a verified report: ``{"platform": tee_name, tee_name: {field:
+        lowercase value}}``; None when the platform declares no ``tee_name``."""
+        if not cls.tee_name:
+            return None
+        identity = {f: getattr(attributes, a).lower() for f, a in cls.identity_fields.items()}
+        return {"platform": cls.tee_name, cls.tee_name: identity}
 
     @classmethod
     def report_from_evidence(cls, evidence: bytes, *, endorsements: bytes | None = None) -> Report:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import pluggy
 
-from .attestation import Attester, Verifier
+from .attestation import Attester, Attributes, Verifier
 from .backend import Backend
 from .channel import EnvelopeChannel, TransportChannel
 from .errors import BackendNotFound, BackendUnavailable, PluginError
@@ -53,11 +53,9 @@ KINDS: dict[str, Kind] = {
     )
 }
 
-#: Which distribution provides the well-known backend names, for install hints.
+#: Which distribution provides the well-known storage and channel names, for install hints.
+#: TEE backends (attesters, verifiers) follow the naming convention ``trustflow-tee-<name>``.
 KNOWN_PROVIDERS: dict[str, str] = {
-    "sim": "trustflow-tee-sim",
-    "tdx": "trustflow-tee-tdx",
-    "csv": "trustflow-tee-csv",
     "local": "trustflow-storage-local",
     "oss": "trustflow-storage-oss",
     "s3": "trustflow-storage-oss",
@@ -97,6 +95,10 @@ def registrations(pm: pluggy.PluginManager, kind: str) -> dict[str, Registration
         impl.function(*[register for _ in impl.argnames])
     if kind == "verifier":
         _check_unique_platforms(found)
+        for reg in found.values():
+            _check_verifier_knowledge(reg.cls, reg.plugin)  # type: ignore[arg-type]
+    if kind in ("attester", "verifier"):
+        _check_development_default(kind, found)
     return found
 
 
@@ -119,6 +121,55 @@ def _check_unique_platforms(found: Mapping[str, Registration]) -> None:
         seen[platform] = name
 
 
+def _check_verifier_knowledge(cls: type[Verifier], plugin: str) -> None:
+    """The policy identity a verifier declares must name real attributes."""
+    known = {f.name for f in fields(Attributes)}
+    declared = {**cls.identity_fields, **(cls.constraint_fields or {})}
+    bad = sorted(attr for attr in declared.values() if attr not in known)
+    if bad:
+        raise PluginError(
+            f"verifier {cls.name!r} (plugin {plugin!r}) maps policy fields to unknown "
+            f"attribute(s) {bad}"
+        )
+    if cls.identity_fields and not cls.tee_name:
+        raise PluginError(f"verifier {cls.name!r} (plugin {plugin!r}) has no tee_name")
+
+
+def _check_development_default(kind: str, found: Mapping[str, Registration]) -> None:
+    marked = sorted(n for n, r in found.items() if getattr(r.cls, "development_default", False))
+    if len(marked) > 1:
+        raise PluginError(f"{kind} backends {marked} all claim to be the development default")
+    for name in marked:
+        if not found[name].cls.simulated:
+            raise PluginError(
+                f"{kind} backend {name!r} claims to be the development default but is not simulated"
+            )
+
+
+def development_default(pm: pluggy.PluginManager, kind: str) -> type[Backend] | None:
+    """The installed attester or verifier that roles use when configuration names none
+    (the one whose class sets ``development_default``), or None."""
+    for cls in backends(pm, kind).values():
+        if getattr(cls, "development_default", False):
+            return cls
+    return None
+
+
+def attester_class(pm: pluggy.PluginManager, name: str | None) -> type[Attester] | None:
+    """The attester a role was configured with: ``name``, or with None the development
+    default (None when no installed attester is one)."""
+    if name is None:
+        return development_default(pm, "attester")  # type: ignore[return-value]
+    return get_backend_class(pm, "attester", name)
+
+
+def verifier_class(pm: pluggy.PluginManager, name: str | None) -> type[Verifier] | None:
+    """Like :func:`attester_class`, for verifiers."""
+    if name is None:
+        return development_default(pm, "verifier")  # type: ignore[return-value]
+    return get_backend_class(pm, "verifier", name)
+
+
 def backends(pm: pluggy.PluginManager, kind: str) -> dict[str, type[Backend]]:
     """Backend classes of ``kind`` by name."""
     return {name: reg.cls for name, reg in registrations(pm, kind).items()}
@@ -126,6 +177,8 @@ def backends(pm: pluggy.PluginManager, kind: str) -> dict[str, type[Backend]]:
 
 def _not_found(kind: str, name: str, installed: Mapping[str, Any]) -> BackendNotFound:
     hint = KNOWN_PROVIDERS.get(name)
+    if kind in ("attester", "verifier"):
+        hint = f"trustflow-tee-{name}"
     install = f" Is {hint} installed?" if hint else ""
     return BackendNotFound(
         f"no {kind.replace('_', ' ')} backend {name!r}; installed: {sorted(installed)}."

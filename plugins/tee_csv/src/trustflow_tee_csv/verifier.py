@@ -45,6 +45,10 @@ class CsvVerifier(Verifier):
 
     name: ClassVar[str] = "csv"
     platform: ClassVar[str] = PLATFORM
+    #: Data owners' policies see ``r.env.tee.csv.mr_boot`` (upstream name); CSV reports carry
+    #: no debug flag, so acceptance does not require one.
+    tee_name: ClassVar[str] = "csv"
+    identity_fields: ClassVar[Mapping[str, str]] = {"mr_boot": "hex_boot_measurement"}
 
     def __init__(self, sources: CertSources | None = None, *, allow_debug: bool = False) -> None:
         self.sources = sources or CertSources()

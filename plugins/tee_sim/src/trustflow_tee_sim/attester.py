@@ -34,6 +34,8 @@ class SimAttester(Attester):
     name: ClassVar[str] = "sim"
     platform: ClassVar[str] = PLATFORM
     simulated: ClassVar[bool] = True
+    #: Roles use ``sim`` when configuration names no TEE (as upstream defaults to ``--plat sim``).
+    development_default: ClassVar[bool] = True
 
     def __init__(
         self,

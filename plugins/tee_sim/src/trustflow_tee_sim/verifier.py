@@ -42,6 +42,16 @@ class SimVerifier(Verifier):
     name: ClassVar[str] = "sim"
     platform: ClassVar[str] = PLATFORM
     simulated: ClassVar[bool] = True
+    #: Roles use ``sim`` when configuration names no TEE (as upstream defaults to ``--plat sim``).
+    development_default: ClassVar[bool] = True
+    #: Our extension: policies see the TDX-like triple ``r.env.tee.sim.{mr_plat, mr_boot, mr_ta}``.
+    tee_name: ClassVar[str] = "sim"
+    identity_fields: ClassVar[Mapping[str, str]] = {
+        "mr_plat": "hex_platform_measurement",
+        "mr_boot": "hex_boot_measurement",
+        "mr_ta": "hex_ta_measurement",
+    }
+    debug_flag: ClassVar[bool] = True
 
     def __init__(
         self,

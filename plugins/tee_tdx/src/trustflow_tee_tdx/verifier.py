@@ -99,6 +99,14 @@ class TdxVerifier(Verifier):
 
     name: ClassVar[str] = "tdx"
     platform: ClassVar[str] = PLATFORM
+    #: Data owners' policies see ``r.env.tee.tdx.{mr_plat, mr_boot, mr_ta}`` (upstream names).
+    tee_name: ClassVar[str] = "tdx"
+    identity_fields: ClassVar[Mapping[str, str]] = {
+        "mr_plat": "hex_platform_measurement",
+        "mr_boot": "hex_boot_measurement",
+        "mr_ta": "hex_ta_measurement",
+    }
+    debug_flag: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -5,8 +5,9 @@ signed as an RS256 JWS with ``x5c`` = the caller's chain and the freshness claim
 (which the CM checks; the upstream SDK sends none), sealed to the CM certificate's key
 with the ``jwe`` channel's upstream profile (RSA-OAEP, A128GCM, 12-byte IV). Responses are
 opened with the caller's key and parsed strictly. The CM certificate comes from ``GetRaCert``
-once per client; unless ``tee_plat`` is ``"sim"`` its report is verified against
-``tee_constraints`` and bound to the certificate and a fresh nonce.
+once per client; unless ``tee_plat`` names a simulated verifier (the upstream ``sim``
+convention: nothing is checked) its report is verified against ``tee_constraints`` and bound to
+the certificate and a fresh nonce.
 
 Refusals raise :class:`CapsuleManagerError` (``code``, ``message``, ``kind``); an unreachable
 CM raises :class:`~trustflow_core.errors.BackendUnavailable`.
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from google.protobuf.message import Message
 
-from ...attestation import Attributes, Policy, Report, ra_user_data
+from ...attestation import Policy, Report, Verifier, ra_user_data
 from ...channel import Jwe
 from ...errors import (
     AccessDenied,
@@ -49,7 +50,6 @@ from .errors import Kind, kind_of_message
 from .freshness import new_claims
 
 M = TypeVar("M", bound=Message)
-TEE_PLATFORMS = {"sgx": "SGX_DCAP", "tdx": "TDX", "csv": "CSV", "sim": "SIM"}
 
 
 class CapsuleManagerError(TrustflowError):
@@ -108,40 +108,31 @@ class Credentials:
         return cls(key, tuple(chain))
 
 
-def constraints_policy(tee_plat: str, constraints: Mapping[str, str | None]) -> Policy:
-    """The report policy the upstream SDK applies to the CM (cli.md §5.1)."""
-    if tee_plat not in TEE_PLATFORMS:
-        raise InvalidInput(f"tee_plat must be one of {sorted(TEE_PLATFORMS)}, got {tee_plat!r}")
-    c = {k: v or "" for k, v in constraints.items()}
-    attrs: dict[str, str] = {"str_tee_platform": TEE_PLATFORMS[tee_plat]}
-    if tee_plat in ("sgx", "tdx", "sim"):
-        attrs["bool_debug_disabled"] = "true"
-    if tee_plat == "sgx":
-        attrs |= {"hex_ta_measurement": c.get("mr_ta", ""), "hex_signer": c.get("mr_signer", "")}
-    elif tee_plat in ("tdx", "sim"):
-        attrs |= {
-            "hex_platform_measurement": c.get("mr_plat", ""),
-            "hex_boot_measurement": c.get("mr_boot", ""),
-            "hex_ta_measurement": c.get("mr_ta", ""),
-        }
-    elif tee_plat == "csv":
-        attrs["hex_boot_measurement"] = c.get("mr_boot", "")
-    return Policy((Attributes(**attrs),), allow_simulation=tee_plat == "sim")
+def constraints_policy(verifier: type[Verifier], constraints: Mapping[str, str | None]) -> Policy:
+    """The report policy the upstream SDK applies to the CM (cli.md §5.1): the verifier's
+    platform, debug disabled where it has a debug flag, and the ``constraints`` it names
+    (``mr_plat``, ``mr_boot``, ... per its ``constraint_fields``)."""
+    return Policy((verifier.constraints_entry(constraints),), verifier.simulated)
 
 
 class CapsuleManagerClient:
     """An async client. Use ``async with CapsuleManagerClient(...) as cm``.
 
-    ``verify_sim``: with ``tee_plat="sim"``, also verify a SIM report when the CM sends one
-    (upstream sim clients verify nothing). ``channel_options``: gRPC channel arguments, e.g.
-    ``[("grpc.use_local_subchannel_pool", 1)]`` for a connection of this client's own.
+    ``tee_plat`` names the verifier backend of the CM's platform (``tdx``, ``csv``, ...; the
+    upstream CLI's ``tee_plat`` values); None: the development default verifier. A simulated
+    one follows the upstream ``sim`` convention: the CM's report is not checked, unless
+    ``verify_sim`` asks to verify it when the CM sends one. ``tee_constraints`` pin the CM's
+    measurements by the verifier's ``constraint_fields``. An unknown name raises
+    :class:`~trustflow_core.errors.BackendNotFound` on first use. ``channel_options``: gRPC
+    channel arguments, e.g. ``[("grpc.use_local_subchannel_pool", 1)]`` for a connection of
+    this client's own.
     """
 
     def __init__(
         self,
         target: str,
         *,
-        tee_plat: str = "sim",
+        tee_plat: str | None = None,
         tee_constraints: Mapping[str, str | None] | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
@@ -151,7 +142,7 @@ class CapsuleManagerClient:
     ) -> None:
         self.target = target
         self.tee_plat = tee_plat
-        self.policy = constraints_policy(tee_plat, tee_constraints or {})
+        self.tee_constraints = dict(tee_constraints or {})
         self.timeout = timeout
         self.verify_sim = verify_sim
         self._pm = pm
@@ -210,7 +201,7 @@ class CapsuleManagerClient:
             ) from None
 
     async def get_ra_cert(self, nonce: str | None = None) -> tuple[str, Report | None]:
-        """``(cm_cert_pem, report)``, the report verified unless ``tee_plat`` is sim."""
+        """``(cm_cert_pem, report)``, the report verified unless ``tee_plat`` is simulated."""
         nonce = nonce if nonce is not None else secrets.token_hex(32)
         response = await self._call("GetRaCert", cm_pb2.GetRaCertRequest(nonce=nonce))
         if response.status.code != 0:
@@ -220,9 +211,26 @@ class CapsuleManagerClient:
             if response.HasField("attestation_report")
             else None
         )
-        if self.tee_plat != "sim" or (self.verify_sim and report is not None):
+        expected = self.cm_verifier
+        simulated = expected is None or expected.simulated
+        if not simulated or (self.verify_sim and report is not None):
             await self._verify_cm(response.cert, nonce, report)
         return response.cert, report
+
+    @property
+    def cm_verifier(self) -> type[Verifier] | None:
+        """The verifier class ``tee_plat`` names (None: no development default installed)."""
+        from ...registry import verifier_class
+
+        return verifier_class(self.pm, self.tee_plat)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy the CM's report must satisfy, before the binding to cert and nonce."""
+        expected = self.cm_verifier
+        if expected is None:
+            raise VerificationError("platform", "no verifier is configured for the CM's report")
+        return constraints_policy(expected, self.tee_constraints)
 
     async def _verify_cm(self, cert_pem: str, nonce: str, report: Report | None) -> None:
         from ...registry import verifier_for_platform

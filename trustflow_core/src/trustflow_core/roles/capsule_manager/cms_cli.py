@@ -146,7 +146,7 @@ class Context:
             raise InvalidInput("config: tee_constraints must be a mapping")
         return CapsuleManagerClient(
             str(cfg["host"]),
-            tee_plat=str(cfg.get("tee_plat") or "sim"),
+            tee_plat=str(cfg["tee_plat"]) if cfg.get("tee_plat") else None,
             tee_constraints=dict(constraints),
             channel_credentials=creds,
             timeout=self.timeout,
@@ -189,7 +189,7 @@ def cms(ctx: click.Context, config_file: Path, as_json: bool, timeout: float) ->
 @cms.command("get-public-key")
 @pass_ctx
 def get_public_key(c: Context) -> None:
-    """Print the CM public key (PEM); its report is verified unless tee_plat is sim."""
+    """Print the CM public key (PEM); its report is verified unless tee_plat is simulated."""
     from cryptography.hazmat.primitives import serialization
 
     async def go(client: Any) -> str:

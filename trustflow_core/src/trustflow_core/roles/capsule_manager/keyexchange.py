@@ -13,8 +13,8 @@ Settings:
 * ``attester_settings`` -- mapping passed to the attester;
 * ``private_key_file`` / ``cert_file`` -- the app identity (default: a fresh RSA-3072 key and
   self-signed certificate per instance, as TEEAPPS does);
-* ``tee_plat`` / ``tee_constraints`` -- how the CM's own report is checked (default ``sim``:
-  not checked, like upstream sim clients);
+* ``tee_plat`` / ``tee_constraints`` -- how the CM's own report is checked (default: the
+  development default verifier, which is simulated: not checked, like upstream sim clients);
 * ``owner_id`` -- ``owner_id`` of registered result keys (default ``""`` as upstream apps);
 * ``timeout`` -- seconds per call (default 30).
 """
@@ -86,7 +86,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
         *,
         attester: Attester | None = None,
         credentials: Credentials | None = None,
-        tee_plat: str = "sim",
+        tee_plat: str | None = None,
         tee_constraints: Mapping[str, str | None] | None = None,
         owner_id: str = "",
         timeout: float = 30.0,
@@ -134,7 +134,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
             endpoint,
             attester=attester,
             credentials=creds,
-            tee_plat=s.get("tee_plat", "sim"),
+            tee_plat=s.get("tee_plat"),
             tee_constraints=s.get("tee_constraints"),
             owner_id=s.get("owner_id", ""),
             timeout=float(timeout),

@@ -13,10 +13,10 @@ import grpc
 from sqlalchemy.exc import SQLAlchemyError
 
 from ...attestation import Attester, Verifier
-from ...errors import BackendNotFound, BackendUnavailable, InvalidInput
+from ...errors import BackendUnavailable, InvalidInput
 from ...manager import get_plugin_manager
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
-from ...registry import get_backend_class, verifier_for_platform
+from ...registry import attester_class, backends, get_backend_class, verifier_for_platform
 from . import identity_keys, port_claim, private_files, storage_url
 from .envelope import Envelopes
 from .errors import CMError
@@ -60,18 +60,17 @@ class CapsuleManager:
 
     # ---- parts -----------------------------------------------------------------------------
 
-    def _attester(self) -> Attester | None:
+    def _attester_class(self) -> type[Attester] | None:
+        """The configured attester; None for ``plat: none``, and for an unset ``plat`` when no
+        development default is installed (then GetRaCert returns no report, as upstream
+        simulation CMs do)."""
         plat = self.settings.plat
         if plat in NO_ATTESTER:
             return None
-        try:
-            cls = get_backend_class(self.pm, "attester", plat)
-        except BackendNotFound:
-            if plat == "sim":  # upstream sim CMs return no report at all
-                log.warning("no 'sim' attester installed: GetRaCert returns no report")
-                return None
-            raise
-        return cls.from_settings(self.settings.attester or None)  # type: ignore[no-any-return]
+        cls = attester_class(self.pm, plat)
+        if cls is None:
+            log.warning("no attester configured or installed as default: GetRaCert has no report")
+        return cls
 
     def _verifier_for(self, platform: str) -> Verifier:
         verifier = self._verifiers.get(platform)
@@ -127,13 +126,14 @@ class CapsuleManager:
             raise BackendUnavailable(f"storage {shown} is not usable: {detail}") from None
         log.debug("storage %r ready", self.store)
         self.identity = identity
-        attester = self._attester()
+        attester_cls = self._attester_class()
+        attester = None if attester_cls is None else attester_cls.from_settings(s.attester or None)
         if attester is not None:  # like upstream production: fail at start, not per request
             try:
                 await attester.generate(bytes(32))
             except Exception as exc:
                 raise BackendUnavailable(
-                    f"attester {s.plat!r} cannot produce reports on this host: {exc}"
+                    f"attester {type(attester).name!r} cannot produce reports on this host: {exc}"
                 ) from None
         service = CapsuleManagerService(
             store=self.store,
@@ -141,7 +141,12 @@ class CapsuleManager:
             identity=identity,
             attester=attester,
             verifier_for=self._verifier_for,
-            policy=s.attestation_policy(),
+            policy=s.attestation_policy(
+                backends(self.pm, "verifier").values(),  # type: ignore[arg-type]
+                attester_simulated=(
+                    attester_cls.simulated if attester_cls is not None else s.plat is None
+                ),
+            ),
             allow_upstream_sim=s.allow_upstream_sim,
             tls_issuer_secret=tls_issuer_secret(storage_key),
         )

@@ -20,7 +20,14 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from ...attestation import Attester, Policy, VerifiedReport, ra_user_data, verify_optional
+from ...attestation import (
+    Attester,
+    Policy,
+    VerifiedReport,
+    Verifier,
+    ra_user_data,
+    verify_optional,
+)
 from ...channel import VerifiedJws
 from ...errors import BackendNotFound, BackendUnavailable, InvalidInput, VerificationError
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
@@ -44,29 +51,7 @@ monitor = logging.getLogger("trustflow.capsule_manager.monitor")
 T = TypeVar("T")
 AppRequest = TypeVar("AppRequest", cm_pb2.GetDataKeysRequest, cm_pb2.GetTlsAssetRequest)
 MAX_NONCE_CHARS = 4096
-PLATFORM_IDENTITY: dict[str, tuple[str, dict[str, str]]] = {
-    "SGX_DCAP": ("sgx", {"mr_enclave": "hex_ta_measurement", "mr_signer": "hex_signer"}),
-    "TDX": (
-        "tdx",
-        {
-            "mr_plat": "hex_platform_measurement",
-            "mr_boot": "hex_boot_measurement",
-            "mr_ta": "hex_ta_measurement",
-        },
-    ),
-    "CSV": ("csv", {"mr_boot": "hex_boot_measurement"}),
-    # our extension: simulated reports carry the TDX-like triple
-    "SIM": (
-        "sim",
-        {
-            "mr_plat": "hex_platform_measurement",
-            "mr_boot": "hex_boot_measurement",
-            "mr_ta": "hex_ta_measurement",
-        },
-    ),
-}
-
-VerifierFor = Callable[[str], Any]
+VerifierFor = Callable[[str], Verifier]
 
 
 def _rpc(name: str) -> Callable[..., Any]:
@@ -212,12 +197,11 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         if verified.details.get("report") == "absent":
             return _parse_env(client_env)
         attrs = verified.attributes
-        mapping = PLATFORM_IDENTITY.get(attrs.str_tee_platform)
-        if mapping is None:
+        # The verifier that accepted the report declares the identity policies see.
+        tee = type(self.verifier_for(attrs.str_tee_platform)).policy_identity(attrs)
+        if tee is None:
             raise CMError(Kind.UNSUPPORTED, "unsupported platform")
-        name, fields = mapping
-        identity = {k: getattr(attrs, v).lower() for k, v in fields.items()}
-        return {"request_time": _now(), "tee": {"platform": name, name: identity}}
+        return {"request_time": _now(), "tee": tee}
 
     async def _attested_app(
         self, request: cm_pb2.EncryptedRequest, message: type[AppRequest]

@@ -3,7 +3,8 @@
 ```yaml
 host: 127.0.0.1            # listen address (upstream listens on 0.0.0.0)
 port: 8888
-plat: sim                  # attester backend for the CM's own GetRaCert report; "none": no report
+plat: <default>            # attester backend for the CM's own GetRaCert report; "none": no report
+                           # (default: the development default attester, tee_sim's)
 data_dir: ~/.local/share/trustflow/capsule-manager
 storage:
   url: sqlite:///<data_dir>/cm.db      # or postgresql+psycopg://..., mysql+pymysql://...
@@ -17,8 +18,9 @@ tls:                       # optional TLS on the gRPC port; client_ca_file makes
   client_ca_file: clients-ca.pem
 attestation:               # how app reports (GetDataKeys, CreateResultDataKey) are verified
   allow_upstream_sim: false   # accept requests WITHOUT a report (upstream sim clients)
-  allow_simulation: <true when plat is sim>   # accept SIM reports
-  main_attributes:            # platforms/measurements allowed (any entry matching suffices)
+  allow_simulation: <true when the plat attester is simulated>   # accept simulated reports
+  main_attributes:            # platforms/measurements allowed (any entry matching suffices;
+                              # default: each installed verifier's acceptance entry)
     - {str_tee_platform: TDX, bool_debug_disabled: "true", hex_ta_measurement: "..."}
 requests:                  # freshness claims (iat) of signed owner requests that carry them
   max_age_seconds: 600       # iat may be at most this old
@@ -31,14 +33,14 @@ verifiers: {sim: {}}       # settings per verifier backend name
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ...attestation import Attributes, Policy
+from ...attestation import Attributes, Policy, Verifier
 from ...errors import InvalidInput
 from .freshness import FreshnessWindow
 
@@ -73,7 +75,7 @@ class TlsSettings:
 class CMSettings:
     host: str = "127.0.0.1"
     port: int = 8888
-    plat: str = "sim"
+    plat: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
     storage_url: str | None = None
     storage_key_file: Path | None = None
@@ -107,20 +109,20 @@ class CMSettings:
             self.storage_key_file or self.data_dir / "storage.key",
         )
 
-    def attestation_policy(self) -> Policy:
+    def attestation_policy(
+        self, verifiers: Iterable[type[Verifier]], *, attester_simulated: bool
+    ) -> Policy:
         """The policy app reports must satisfy (user-data binding is added per request).
-        Default: any genuine SGX/TDX with debug off, any CSV, and SIM when simulation is
-        allowed (upstream pins no measurement either, quirk 31; owners pin via rules)."""
-        allow_sim = self.plat == "sim" if self.allow_simulation is None else self.allow_simulation
+
+        ``allow_simulation`` defaults to ``attester_simulated`` (whether the CM's own attester
+        is simulated). Default entries: the :meth:`~Verifier.acceptance_entry` of every
+        installed verifier (any genuine report with debug off where the platform has a debug
+        flag), simulated ones only when simulation is allowed. Upstream pins no measurement
+        either (quirk 31); owners pin measurements in their rules (``r.env.tee``)."""
+        allow_sim = attester_simulated if self.allow_simulation is None else self.allow_simulation
         entries = self.main_attributes
         if entries is None:
-            entries = (
-                Attributes(str_tee_platform="SGX_DCAP", bool_debug_disabled="true"),
-                Attributes(str_tee_platform="TDX", bool_debug_disabled="true"),
-                Attributes(str_tee_platform="CSV"),
-            )
-            if allow_sim:
-                entries += (Attributes(str_tee_platform="SIM", bool_debug_disabled="true"),)
+            entries = tuple(v.acceptance_entry() for v in verifiers if allow_sim or not v.simulated)
         return Policy(entries, allow_sim)
 
 

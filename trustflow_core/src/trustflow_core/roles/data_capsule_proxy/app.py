@@ -20,7 +20,7 @@ from cryptography import x509
 from ...errors import AccessDenied, CapsuleFormatError, InvalidInput, ObjectNotFound, TrustflowError
 from ...identity import load_pem_chain, party_id_of_chain, party_id_of_key
 from ...manager import TrustflowPluginManager
-from ...registry import get_backend_class
+from ...registry import attester_class, get_backend_class
 from . import handlers
 from .appkeys import SERVICE, TLS_FETCHER
 from .cm_init import TlsAssetFetcher
@@ -110,9 +110,10 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
         chain = load_pem_chain(settings.read_cert())
         party_id = party_id_of_chain(chain)
         exchange_cls = get_backend_class(pm, "key_exchange", settings.key_exchange)
+        default_attester = None if settings.plat else attester_class(pm, None)
         keys = KeySource(
             exchange_cls,
-            settings.exchange_settings(),
+            settings.exchange_settings(default_attester.name if default_attester else None),
             cm_endpoint=settings.cm_endpoint,
             allowed_endpoints=settings.allowed_cm_endpoints,
             party_id=party_id,

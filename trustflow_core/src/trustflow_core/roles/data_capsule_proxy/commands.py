@@ -31,10 +31,9 @@ from .._options import log_options
 )
 @click.option(
     "--plat",
-    default="sim",
-    show_default=True,
-    help="Attester for CM requests: sim (verifiable SIM reports), tdx, csv, ...; "
-    "none = no report (upstream --plat sim).",
+    default=None,
+    help="Attester for CM requests (see 'trustflow plugins'); none = no report (what upstream's "
+    "simulation mode sends). Default: the development default attester (tee_sim's).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8010, show_default=True)
@@ -100,7 +99,7 @@ from .._options import log_options
 def data_capsule_proxy(
     cert_path: Path,
     private_key_path: Path,
-    plat: str,
+    plat: str | None,
     host: str,
     port: int,
     cm_endpoint: str,

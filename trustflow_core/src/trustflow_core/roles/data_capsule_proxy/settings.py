@@ -22,9 +22,9 @@ class DataCapsuleProxySettings:
       and key; given to the ``capsule_manager`` key exchange.
     * ``allowed_roots`` -- directories every local path of a request must resolve into.
     * ``plat`` -- the attester backend whose reports the ``capsule_manager`` key exchange sends
-      (``sim``: the ``tee_sim`` attester's verifiable SIM reports; ``tdx``, ``csv``, ...;
-      ``none``: no report at all, which is what upstream's ``--plat sim`` does and which only a
-      CM started with ``--allow-upstream-sim`` accepts).
+      (``tdx``, ``csv``, ...; None: the development default attester, tee_sim's verifiable
+      SIM reports; ``none``: no report at all, which is what upstream's ``--plat sim`` does and
+      which only a CM started with ``--allow-upstream-sim`` accepts).
     * ``key_exchange`` / ``key_exchange_settings`` -- backend name (registry) and its settings.
       For ``capsule_manager`` the settings default ``endpoint`` (``cm_endpoint``),
       ``cert_file``/``private_key_file`` (the app identity above, an RSA key), ``attester``
@@ -44,7 +44,7 @@ class DataCapsuleProxySettings:
     cert_path: Path
     private_key_path: Path
     allowed_roots: tuple[str, ...]
-    plat: str = "sim"
+    plat: str | None = None
     key_exchange: str = "capsule_manager"
     key_exchange_settings: Mapping[str, Any] = field(default_factory=dict)
     cm_endpoint: str = "127.0.0.1:8888"
@@ -87,14 +87,16 @@ class DataCapsuleProxySettings:
         except OSError as exc:
             raise InvalidInput(f"cannot read --cert-path {self.cert_path}: {exc}") from exc
 
-    def exchange_settings(self) -> dict[str, Any]:
-        """The key exchange's settings, with the CM defaults described above."""
+    def exchange_settings(self, default_attester: str | None = None) -> dict[str, Any]:
+        """The key exchange's settings, with the CM defaults described above
+        (``default_attester``: the development default attester's name, used when ``plat`` is
+        None)."""
         settings = dict(self.key_exchange_settings)
         if self.key_exchange == "capsule_manager":
             settings.setdefault("endpoint", self.cm_endpoint)
             settings.setdefault("cert_file", str(self.cert_path))
             settings.setdefault("private_key_file", str(self.private_key_path))
-            settings.setdefault("attester", self.plat)
+            settings.setdefault("attester", self.plat or default_attester)
             settings.setdefault("timeout", self.key_timeout)
         return settings
 

@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from ...errors import InvalidInput, TrustflowError
+from ...attestation import Attester
+from ...errors import BackendNotFound, InvalidInput, TrustflowError
 from ...manager import TrustflowPluginManager
-from ...registry import get_backend_class
+from ...registry import attester_class, backends
 from . import handlers
 from .keys import PLUGIN_MANAGER, SERVICE
 from .settings import RaProxySettings
@@ -44,6 +45,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
+def _attester_class(pm: TrustflowPluginManager, settings: RaProxySettings) -> type[Attester] | None:
+    """The configured attester; with ``upstream_sim`` it must be simulated (the upstream sim
+    proxy sends no report), and an unset ``plat`` needs no attester installed."""
+    if settings.upstream_sim and settings.plat is None:
+        return None
+    cls = attester_class(pm, settings.plat)
+    if cls is None:
+        raise BackendNotFound(
+            "no attester named (--plat) and no development default attester installed; "
+            f"installed: {sorted(backends(pm, 'attester'))}. See 'trustflow plugins'"
+        )
+    if settings.upstream_sim and not cls.simulated:
+        raise InvalidInput(f"--upstream-sim needs a simulated attester, got --plat {settings.plat}")
+    return cls
+
+
 def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.Application:
     """Build the app; the certificate is read and the attester opened at startup (a missing
     backend or unreadable certificate fails startup)."""
@@ -52,11 +69,12 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         cert_pem = settings.read_cert()
+        cls = _attester_class(pm, settings)
         if settings.upstream_sim:
             app[SERVICE] = handlers.RaCertService(cert_pem, None)
             yield
             return
-        cls = get_backend_class(pm, "attester", settings.plat)
+        assert cls is not None
         async with cls.from_settings(settings.attester_settings) as attester:
             app[SERVICE] = handlers.RaCertService(cert_pem, attester, settings.report_timeout)
             log.info("RA proxy: attester %r (platform %s)", cls.name, cls.platform)

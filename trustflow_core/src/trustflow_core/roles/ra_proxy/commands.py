@@ -21,15 +21,15 @@ from .._options import log_options
 )
 @click.option(
     "--plat",
-    default="sim",
-    show_default=True,
-    help="Attester backend (sim, tdx, csv, ...; see 'trustflow plugins').",
+    default=None,
+    help="Attester backend (see 'trustflow plugins'). Default: the development default "
+    "attester (tee_sim's).",
 )
 @click.option(
     "--upstream-sim",
     is_flag=True,
-    help="With --plat sim: send no report at all, like the upstream sim proxy "
-    "(default: a verifiable SIM report).",
+    help="With a simulated attester: send no report at all, like the upstream sim proxy "
+    "(default: the attester's verifiable report).",
 )
 @click.option(
     "--settings",
@@ -42,7 +42,7 @@ from .._options import log_options
 @log_options
 def ra_proxy(
     cert_path: Path,
-    plat: str,
+    plat: str | None,
     upstream_sim: bool,
     settings_file: str | None,
     host: str,

@@ -17,9 +17,10 @@ class RaProxySettings:
     * ``cert_path`` -- the app certificate PEM; its exact bytes are returned as ``cert`` and
       hashed into every report (upstream ``--cert_path``).
     * ``plat`` -- attester backend name (``sim``, ``tdx``, ``csv``, ...), chosen through the
-      plugin registry (upstream ``--plat``).
-    * ``upstream_sim`` -- with ``plat == "sim"``: emit **no** report, as the upstream sim proxy
-      does (attestation-sim.md §2). Default: emit our verifiable SIM report.
+      plugin registry (upstream ``--plat``); None: the development default attester.
+    * ``upstream_sim`` -- emit **no** report, as the upstream sim proxy does
+      (attestation-sim.md §2); only with a simulated attester (checked at startup). Default:
+      emit the attester's verifiable report.
     * ``attester_settings`` -- the attester backend's settings mapping.
     * ``host``/``port`` -- where to listen (port 0 = any free port).
     * ``max_body_bytes`` -- largest accepted request body.
@@ -27,7 +28,7 @@ class RaProxySettings:
     """
 
     cert_path: Path
-    plat: str = "sim"
+    plat: str | None = None
     upstream_sim: bool = False
     attester_settings: Mapping[str, Any] = field(default_factory=dict)
     host: str = "127.0.0.1"
@@ -36,8 +37,6 @@ class RaProxySettings:
     report_timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.upstream_sim and self.plat != "sim":
-            raise InvalidInput(f"--upstream-sim needs --plat sim, got --plat {self.plat}")
         if not 0 <= self.port <= 65535:
             raise InvalidInput(f"port must be 0..65535, got {self.port}")
 
