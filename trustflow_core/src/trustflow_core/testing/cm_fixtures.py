@@ -24,7 +24,7 @@ from trustflow_core.testing.databases import BACKENDS, throwaway_database
 def sim_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     values = {
         "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim",
-        "TRUSTFLOW_SIM_DIR": str(tmp_path_factory.mktemp("sim")),
+        "TRUSTFLOW_SIM_DIR": str(tmp_path_factory.mktemp("sim-platform")),
     }
     mp = pytest.MonkeyPatch()
     for name, value in values.items():
