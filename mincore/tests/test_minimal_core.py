@@ -142,8 +142,13 @@ def test_core_alone_role_command_names_the_install(
     assert "Traceback" not in done.stderr + done.stdout
 
 
-def test_core_with_tee_tdx_verifies_the_shared_quote(make_venv: Callable[..., Venv]) -> None:
-    venv = make_venv("trustflow-core", "trustflow-tee-tdx")
+@pytest.fixture(scope="session")
+def core_tdx(make_venv: Callable[..., Venv]) -> Venv:
+    return make_venv("trustflow-core", "trustflow-tee-tdx")
+
+
+def test_core_with_tee_tdx_verifies_the_shared_quote(core_tdx: Venv) -> None:
+    venv = core_tdx
     installed = venv.packages()
     assert "trustflow-tee-tdx" in installed
     assert not installed & FORBIDDEN, sorted(installed & FORBIDDEN)
@@ -166,6 +171,23 @@ def test_core_with_tee_tdx_verifies_the_shared_quote(make_venv: Callable[..., Ve
     assert verdict["verdict"] == "accepted"
     assert verdict["details"]["tcb_status"] == "UpToDate"
     assert verdict["attributes"]["str_tee_platform"] == "TDX"
+
+
+def test_core_with_tee_tdx_names_the_pccs_extra(core_tdx: Venv, tmp_path: Path) -> None:
+    """Fetching collateral from a PCCS is the ``pccs`` extra: without it, one line naming it
+    (nothing is contacted)."""
+    vectors = _attestation_dir()
+    settings = tmp_path / "tdx.yaml"
+    settings.write_text("pccs_url: http://127.0.0.1:9\n")
+    quote = next(n for n, v in json.loads((vectors / "expected.json").read_text())["tdx"].items()
+                 if "quote_len" in v)  # fmt: skip
+    done = core_tdx.trustflow(
+        "attest", "verify", "--plat", "tdx", "--quote", vectors / quote, "--settings", settings
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].endswith("pip install 'trustflow-tee-tdx[pccs]'"), lines[0]
 
 
 def test_core_with_storage_local_passes_the_conformance_kit(
