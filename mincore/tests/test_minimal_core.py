@@ -38,11 +38,12 @@ def _run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProc
 
 @pytest.fixture(scope="session")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Wheels of trustflow-core, trustflow-tee-tdx and trustflow-storage-local."""
+    """Wheels of trustflow-core and the plugins the environments below install."""
     out = tmp_path_factory.mktemp("wheels")
     done = _run(
         sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out,
         REPO / "trustflow_core", REPO / "plugins" / "tee_tdx", REPO / "plugins" / "storage_local",
+        REPO / "plugins" / "channel_jwe",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return out
@@ -115,7 +116,7 @@ def test_core_alone_cli_starts_and_lists_plugins(core_alone: Venv) -> None:
     core = next(p for p in json.loads(listed.stdout) if p["name"] == "core")
     cm = next(b for b in core["backends"] if b["name"] == "capsule_manager")
     assert not cm["viable"]
-    assert "pip install 'trustflow-core[capsule-manager]'" in cm["reason"]
+    assert "pip install 'trustflow-core[data-capsule-proxy]'" in cm["reason"]
 
 
 @pytest.mark.parametrize(
@@ -202,3 +203,29 @@ def test_core_with_storage_local_passes_the_conformance_kit(
     done = _run(venv.bin / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", kit, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+def test_data_capsule_proxy_extra_is_the_client_stack_only(
+    make_venv: Callable[..., Venv], tmp_path: Path
+) -> None:
+    """The Data Capsule Proxy talks to a Capsule Manager as a client: its extra brings gRPC and
+    the JWE channel but not the CM server's SQLAlchemy and CEL, and the ``capsule_manager`` key
+    exchange is usable there."""
+    venv = make_venv("trustflow-core[data-capsule-proxy]")
+    installed = venv.packages()
+    assert {"grpcio", "aiohttp", "protobuf", "trustflow-channel-jwe"} <= installed
+    assert not installed & {"sqlalchemy", "cel-python"}, sorted(installed)
+    listed = venv.trustflow("plugins", "--json")
+    assert listed.returncode == 0, listed.stderr
+    core = next(p for p in json.loads(listed.stdout) if p["name"] == "core")
+    cm = next(b for b in core["backends"] if b["name"] == "capsule_manager")
+    assert cm["viable"], cm
+    # the server's modules import; it stops at the missing certificate, not at a missing package
+    done = venv.trustflow(
+        "data-capsule-proxy", "--allowed-root", tmp_path, "--port", "0",
+        "--cert-path", tmp_path / "missing.crt", "--private-key-path", tmp_path / "missing.key",
+    )  # fmt: skip
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: data-capsule-proxy"), done.stderr
+    assert "missing.crt" in lines[0] and "pip install" not in lines[0], lines[0]

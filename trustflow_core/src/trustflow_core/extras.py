@@ -59,10 +59,11 @@ def _importable(module: str) -> bool:
         return False
 
 
-def missing_extra(extra: str, what: str) -> str | None:
-    """None when every module of ``extra`` is importable, else one line: ``what`` needs the
-    missing modules, and the ``pip install`` to run. Never raises."""
-    missing = [m for m in EXTRAS[extra] if not _importable(m)]
+def missing_extra(extra: str, what: str, modules: tuple[str, ...] | None = None) -> str | None:
+    """None when every module of ``extra`` (or only ``modules``, a part of it) is importable,
+    else one line: ``what`` needs the missing modules, and the ``pip install`` to run. Never
+    raises."""
+    missing = [m for m in (modules or EXTRAS[extra]) if not _importable(m)]
     if not missing:
         return None
     return f"{what} needs {', '.join(missing)}: {install_command(extra)}"

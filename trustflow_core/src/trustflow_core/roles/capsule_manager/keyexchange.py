@@ -90,7 +90,11 @@ class CapsuleManagerKeyExchange(KeyExchange):
 
     @classmethod
     def unviable_reason(cls) -> str | None:
-        return missing_extra("capsule-manager", "the capsule_manager key exchange")
+        return missing_extra(
+            "data-capsule-proxy",
+            "the capsule_manager key exchange",
+            ("grpc", "google.protobuf", "trustflow_channel_jwe"),
+        )
 
     def __init__(
         self,
