@@ -7,8 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+# the all-in-one target: every role's stack (trustflow-core[all]) and every plugin; the plugins
+# come from this repository, so they are named too (the core first: pip resolves its extras'
+# trustflow-* requirements to these paths)
 .venv/bin/python -m pip install -q --disable-pip-version-check \
-    -e ./trustflow_core -e ./plugins/tee_sim -e ./plugins/tee_tdx -e ./plugins/tee_csv \
+    -e './trustflow_core[all]' -e ./plugins/tee_sim -e ./plugins/tee_tdx -e ./plugins/tee_csv \
     -e ./plugins/storage_local -e ./plugins/storage_oss \
     -e ./plugins/channel_jwe -e ./plugins/channel_mtls
 TF=.venv/bin/trustflow

@@ -8,11 +8,12 @@ pinned root, so a wrong or stale source can only make verification fail, never p
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustflow_core.errors import InvalidInput, VerificationError
+from trustflow_core.errors import BackendUnavailable, InvalidInput, VerificationError
 
 from .evidence import check_chip_id
 from .structs import HSK_CEK_SIZE
@@ -51,9 +52,12 @@ class KdsClient:
     """Fetches ``GET <base_url>/hsk_cek?snumber=<chip_id>`` (body: exactly 2916 bytes) with a
     per-request timeout and a few retries, and caches successful bodies per chip id for the
     client's lifetime. The HTTP session is created on first use and closed by :meth:`aclose`.
+    Its HTTP client (aiohttp) is the ``kds`` extra of trustflow-tee-csv.
     """
 
     def __init__(self, base_url: str, *, timeout: float = 5.0, retries: int = 2) -> None:
+        if importlib.util.find_spec("aiohttp") is None:
+            raise BackendUnavailable("kds_url needs aiohttp: pip install 'trustflow-tee-csv[kds]'")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries

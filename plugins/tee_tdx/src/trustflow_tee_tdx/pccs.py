@@ -6,7 +6,8 @@ Paths (below ``base_url``): ``/tdx/certification/v4/tcb?fmspc=<HEX>``,
 &encoding=der`` and ``/sgx/certification/v4/rootcacrl`` (or ``root_ca_crl_url``). Issuer chains
 come URL-encoded in the response headers. Every request has a timeout; any failure raises
 :class:`VerificationError` with check ``"collateral"``. Nothing is fetched from the network
-unless a URL is configured.
+unless a URL is configured. The HTTP client (aiohttp) is the ``pccs`` extra of
+trustflow-tee-tdx: verifying quotes with bundled or file collateral does not need it.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import asyncio
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import aiohttp
-from trustflow_core.errors import InvalidInput, VerificationError
+from trustflow_core.errors import BackendUnavailable, InvalidInput, VerificationError
 
 from . import certs
 from .collateral import Collateral, parse_time
+
+if TYPE_CHECKING:
+    import aiohttp
 
 TCB_CHAIN_HEADERS = ("TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain")
 QE_CHAIN_HEADERS = ("SGX-Enclave-Identity-Issuer-Chain",)
@@ -68,6 +71,12 @@ class PccsClient:
             if root_ca_crl_url
             else f"{self.base_url}/sgx/certification/v4/rootcacrl"
         )
+        try:
+            import aiohttp
+        except ImportError:
+            raise BackendUnavailable(
+                "pccs_url needs aiohttp: pip install 'trustflow-tee-tdx[pccs]'"
+            ) from None
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._cache: dict[tuple[bytes, str], tuple[Collateral, datetime]] = {}
@@ -96,6 +105,8 @@ class PccsClient:
             self._session = None
 
     async def _get(self, url: str, chain_headers: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
+        import aiohttp
+
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         self.requests += 1

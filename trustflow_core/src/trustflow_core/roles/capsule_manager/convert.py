@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import TYPE_CHECKING
 
 from ...attestation import Report
 from ...proto.secretflowapis.v2.sdc import ual_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from .errors import CMError, Kind
-from .policy import OpConstraint, Rule
-from .storage import StoredPolicy
+
+if TYPE_CHECKING:  # the server's modules (CEL, SQLAlchemy): clients convert reports only
+    from .policy import Rule
+    from .storage import StoredPolicy
 
 REPORT_FIELDS = (
     "str_report_version",
@@ -22,6 +25,8 @@ REPORT_FIELDS = (
 
 
 def rule_from_pb(msg: cm_pb2.Rule) -> Rule:
+    from .policy import OpConstraint, Rule
+
     return Rule(
         rule_id=msg.rule_id,
         grantee_party_ids=tuple(msg.grantee_party_ids),

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CMError, Kind
-from .storage_models import JTI_LEN as MAX_JTI_CHARS
+
+#: The longest ``jti`` accepted (the width of the stored column, storage_models.JTI_LEN).
+MAX_JTI_CHARS = 128
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ Settings:
   development default verifier, which is simulated: not checked, like upstream sim clients);
 * ``owner_id`` -- ``owner_id`` of registered result keys (default ``""`` as upstream apps);
 * ``timeout`` -- seconds per call (default 30).
+
+The module imports without the Capsule Manager's stack (grpc, protobuf): the backend is then
+listed as not usable, with the ``pip install`` that provides it.
 """
 
 from __future__ import annotations
@@ -25,19 +28,20 @@ import base64
 import datetime
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typing_extensions import Self
 
 from ...attestation import Attester, ra_user_data
 from ...errors import InvalidInput
+from ...extras import missing_extra
 from ...identity import self_signed_cert
 from ...keyexchange import DataKey, KeyExchange, ResourceRequest, ResultKey, TlsAsset
-from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
-from ...wire import serialize_canonical
-from .client import CapsuleManagerClient, CapsuleManagerError, Credentials
-from .convert import report_to_pb
+
+if TYPE_CHECKING:
+    from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
+    from .client import Credentials
 
 SETTINGS = {
     "endpoint",
@@ -54,12 +58,16 @@ SETTINGS = {
 
 def ephemeral_credentials(common_name: str = "TeeApps", *, key_size: int = 3072) -> Credentials:
     """A fresh RSA key and a self-signed certificate for it (valid for a year)."""
+    from .client import Credentials
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
     cert = self_signed_cert(key, common_name, backdate=datetime.timedelta(minutes=5))
     return Credentials(key, (cert,))
 
 
 def resource_request_pb(request: ResourceRequest) -> cm_pb2.ResourceRequest:
+    from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
+
     return cm_pb2.ResourceRequest(
         initiator_party_id=request.initiator_party_id,
         scope=request.scope,
@@ -80,6 +88,14 @@ class CapsuleManagerKeyExchange(KeyExchange):
 
     name: ClassVar[str] = "capsule_manager"
 
+    @classmethod
+    def unviable_reason(cls) -> str | None:
+        return missing_extra(
+            "data-capsule-proxy",
+            "the capsule_manager key exchange",
+            ("grpc", "google.protobuf", "trustflow_channel_jwe"),
+        )
+
     def __init__(
         self,
         endpoint: str,
@@ -94,6 +110,8 @@ class CapsuleManagerKeyExchange(KeyExchange):
     ) -> None:
         self.endpoint = endpoint
         self.attester = attester
+        from .client import CapsuleManagerClient
+
         self.credentials = credentials or ephemeral_credentials()
         self.owner_id = owner_id
         self.client = CapsuleManagerClient(
@@ -114,6 +132,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
             raise InvalidInput("key exchange 'capsule_manager' needs 'endpoint' (host:port)")
         from ...manager import get_plugin_manager
         from ...registry import get_backend_class
+        from .client import Credentials
 
         pm = get_plugin_manager()
         attester = None
@@ -145,11 +164,16 @@ class CapsuleManagerKeyExchange(KeyExchange):
         await self.client.aclose()
 
     async def _report(self, digest: bytes) -> Any:
+        from .convert import report_to_pb
+
         if self.attester is None:
             return None
         return report_to_pb(await self.attester.generate(digest))
 
     async def get_data_keys(self, request: ResourceRequest) -> list[DataKey]:
+        from ...wire import serialize_canonical
+        from .client import CapsuleManagerError
+
         rr = resource_request_pb(request)
         cert_pem = self.credentials.chain_pems[0].encode()
         report = await self._report(ra_user_data(cert_pem, serialize_canonical(rr)))
@@ -163,6 +187,9 @@ class CapsuleManagerKeyExchange(KeyExchange):
         return [DataKey(k.resource_uri, base64.b64decode(k.data_key_b64)) for k in keys]
 
     async def get_tls_asset(self, request: ResourceRequest) -> TlsAsset:
+        from ...wire import serialize_canonical
+        from .client import CapsuleManagerError
+
         rr = resource_request_pb(request)
         cert_pem = self.credentials.chain_pems[0].encode()
         report = await self._report(ra_user_data(cert_pem, serialize_canonical(rr)))
@@ -174,6 +201,10 @@ class CapsuleManagerKeyExchange(KeyExchange):
 
     async def register_result_key(self, result: ResultKey) -> None:
         import hashlib
+
+        from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
+        from ...wire import serialize_canonical
+        from .client import CapsuleManagerError
 
         body = cm_pb2.CreateResultDataKeyRequest.Body(
             owner_id=result.owner_id or self.owner_id,

@@ -27,13 +27,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .freshness import MAX_JTI_CHARS
+
 SCHEMA_VERSION = "2"
 PARTY_ID_LEN = 64
 UUID_LEN = 255
 URI_LEN = 512
 SCOPE_LEN = 255
 DIGEST_LEN = 64
-JTI_LEN = 128
+JTI_LEN = MAX_JTI_CHARS
 
 
 class Base(DeclarativeBase):
