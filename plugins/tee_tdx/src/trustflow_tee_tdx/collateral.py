@@ -126,7 +126,7 @@ class Collateral:
         """Parse a dcap-qvl ``QuoteCollateralV3`` or an ``SgxQlQveCollateral`` JSON bundle."""
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidInput(f"collateral is not JSON: {exc}") from exc
         return cls.from_mapping(data)
 

@@ -61,7 +61,7 @@ def _b64url(value: str, what: str) -> bytes:
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CMError(Kind.DECODE, f"{what} is not JSON") from None
     if not isinstance(obj, dict):
         raise CMError(Kind.DECODE, f"{what} is not a JSON object")

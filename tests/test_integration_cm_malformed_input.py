@@ -1,9 +1,14 @@
-"""Malformed certificates sent to a real ``trustflow capsule-manager`` process on 127.0.0.1
-(finding 10): owner requests whose JWS ``x5c`` holds a certificate broken in one way
-(unknown key algorithm, bad X.509 version, garbage DER, wrong base64, ...), a RegisterCert
-with such a PEM chain and an app request with such a ``cert``. Each gets an in-band
-``Crypto error`` (13) whose message names the entry on one line, and the CM's log shows no
-traceback."""
+"""Malformed input sent to a real ``trustflow capsule-manager`` process on 127.0.0.1; each
+request gets an in-band status with one line naming the problem, and the CM's log shows no
+traceback (no "internal error").
+
+* Certificates (finding 10): owner requests whose JWS ``x5c`` holds a certificate broken in one
+  way (unknown key algorithm, bad X.509 version, garbage DER, wrong base64, ...), a
+  RegisterCert with such a PEM chain and an app request with such a ``cert``: ``Crypto error``
+  (13) naming the entry.
+* JSON nested deeper than the parser's recursion limit (found by fuzzing): as the JWS, as an
+  app's attestation report (SIM, TDX and CSV verifiers) and as a data export certificate.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf.message import Message
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.proto.secretflowapis.v2.sdc import jwt_pb2
+from trustflow_core.proto.secretflowapis.v2.sdc import jwt_pb2, ual_pb2
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
@@ -35,6 +40,7 @@ from trustflow_core.testing.certs import malformed_certificates, malformed_x5c_e
 from trustflow_core.wire import to_json
 
 TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
 ALICE = ephemeral_credentials("alice", key_size=2048)
 X5C = malformed_x5c_entries(ALICE.chain[0])
 DER = malformed_certificates(ALICE.chain[0])
@@ -89,7 +95,7 @@ def cm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CapsuleManagerProce
     """The CM process; the client's sim verifier trusts its sim platform key (same dir)."""
     mp = pytest.MonkeyPatch()
     tmp = tmp_path_factory.mktemp("cm")
-    mp.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_sim")
+    mp.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_sim,tee_tdx,tee_csv")
     mp.setenv("TRUSTFLOW_SIM_DIR", str(tmp / "sim"))
     server = CapsuleManagerProcess(tmp)
     try:
@@ -208,3 +214,74 @@ def test_malformed_app_cert_is_a_crypto_error(cm: CapsuleManagerProcess, kind: s
     good = base64.b64encode(ALICE.chain[0].public_bytes(Encoding.DER)).decode()
     response = call(cm, "GetDataKeys", signed(request, ALICE, [good]))
     assert_crypto_error(response, "cert")
+
+
+# ---- JSON nested too deeply ------------------------------------------------------------------
+
+
+def sealed_plaintext(plaintext: bytes) -> Any:
+    """An envelope builder: ``plaintext`` sealed to the CM as a signed request's JWE."""
+
+    async def build(client: CapsuleManagerClient) -> cm_pb2.EncryptedRequest:
+        jwe = client.channel.seal(plaintext, await client.cm_public_key()).jwe
+        return cm_pb2.EncryptedRequest(
+            message=jwt_pb2.Jwe(
+                protected_header=jwe.protected,
+                encrypted_key=jwe.encrypted_key,
+                iv=jwe.iv,
+                ciphertext=jwe.ciphertext,
+                tag=jwe.tag,
+            ),
+            has_signature=True,
+        )
+
+    return build
+
+
+def assert_one_line(response: cm_pb2.EncryptedResponse, code: int, text: str) -> None:
+    status = response.status
+    assert status.code == code, status
+    assert "\n" not in status.message and text in status.message, status.message
+
+
+def test_deeply_nested_jws_is_a_decode_error(cm: CapsuleManagerProcess) -> None:
+    response = call(cm, "ListDataPolicy", sealed_plaintext(DEEP_JSON.encode()))
+    assert_one_line(response, 13, "err code: Decode error; err detail: JWS is not JSON")
+
+
+@pytest.mark.parametrize("platform", ["SIM", "TDX", "CSV"])
+def test_deeply_nested_report_is_refused(cm: CapsuleManagerProcess, platform: str) -> None:
+    request = cm_pb2.GetDataKeysRequest(
+        cert=ALICE.chain_pems[0],
+        resource_request=cm_pb2.ResourceRequest(
+            initiator_party_id=ALICE.party_id,
+            scope="default",
+            op_name="psi",
+            resources=[cm_pb2.ResourceRequest.Resource(resource_uri="deep-report")],
+        ),
+        attestation_report=ual_pb2.UnifiedAttestationReport(
+            str_report_version="1.0",
+            str_report_type="Passport",
+            str_tee_platform=platform,
+            json_report=DEEP_JSON,
+        ),
+    )
+    good = base64.b64encode(ALICE.chain[0].public_bytes(Encoding.DER)).decode()
+    response = call(cm, "GetDataKeys", signed(request, ALICE, [good]))
+    assert_one_line(response, 7, "attestation report verify failed: format: ")
+
+
+def test_deeply_nested_export_certificate_is_a_decode_error(cm: CapsuleManagerProcess) -> None:
+    keys = cm_pb2.CreateDataKeysRequest(
+        owner_party_id=ALICE.party_id,
+        data_keys=[cm_pb2.DataKey(resource_uri="deep-export", data_key_b64="A" * 22 + "==")],
+    )
+    good = base64.b64encode(ALICE.chain[0].public_bytes(Encoding.DER)).decode()
+    assert call(cm, "CreateDataKeys", signed(keys, ALICE, [good])).status.code == 0
+    request = cm_pb2.GetExportDataKeyRequest(
+        request_party_id=ALICE.party_id,
+        resource_uri="deep-export",
+        data_export_certificate=DEEP_JSON,
+    )
+    response = call(cm, "GetExportDataKey", signed(request, ALICE, [good]))
+    assert_one_line(response, 13, "data_export_certificate is not JSON")
