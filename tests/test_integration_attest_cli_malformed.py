@@ -21,6 +21,7 @@ DEEP_JSON = '{"a":' * 100_000
         ("csv", "--quote", "CSV evidence is neither a binary report nor JSON"),
         ("tdx", "--collateral", "collateral is not JSON"),
         ("tdx", "--report", "json_report is not JSON"),
+        ("csv", "surrogate", "json_report is not valid Unicode"),
     ],
 )
 def test_deeply_nested_evidence_is_rejected_in_one_line(
@@ -33,6 +34,9 @@ def test_deeply_nested_evidence_is_rejected_in_one_line(
             f'"str_tee_platform":"TDX","json_report":"{DEEP_JSON}"}}'.replace('"a":', '\\"a\\":')
         )
         args = ["--report", str(deep)]
+    elif deep_option == "surrogate":  # a CSV report whose json_report JSON escapes "\ud800"
+        deep.write_text('{"str_tee_platform": "CSV", "json_report": "\\ud800"}')
+        args = ["--quote", str(deep)]
     elif deep_option == "--collateral":
         quote = compat_vectors_dir().parent / "attestation" / "tdx" / "dcap-qvl" / "tdx_quote"
         deep.write_text(DEEP_JSON)

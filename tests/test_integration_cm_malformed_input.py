@@ -249,9 +249,8 @@ def test_deeply_nested_jws_is_a_decode_error(cm: CapsuleManagerProcess) -> None:
     assert_one_line(response, 13, "err code: Decode error; err detail: JWS is not JSON")
 
 
-@pytest.mark.parametrize("platform", ["SIM", "TDX", "CSV"])
-def test_deeply_nested_report_is_refused(cm: CapsuleManagerProcess, platform: str) -> None:
-    request = cm_pb2.GetDataKeysRequest(
+def app_request(platform: str, json_report: str) -> cm_pb2.GetDataKeysRequest:
+    return cm_pb2.GetDataKeysRequest(
         cert=ALICE.chain_pems[0],
         resource_request=cm_pb2.ResourceRequest(
             initiator_party_id=ALICE.party_id,
@@ -263,12 +262,26 @@ def test_deeply_nested_report_is_refused(cm: CapsuleManagerProcess, platform: st
             str_report_version="1.0",
             str_report_type="Passport",
             str_tee_platform=platform,
-            json_report=DEEP_JSON,
+            json_report=json_report,
         ),
     )
+
+
+@pytest.mark.parametrize("platform", ["SIM", "TDX", "CSV"])
+def test_deeply_nested_report_is_refused(cm: CapsuleManagerProcess, platform: str) -> None:
     good = base64.b64encode(ALICE.chain[0].public_bytes(Encoding.DER)).decode()
+    request = app_request(platform, DEEP_JSON)
     response = call(cm, "GetDataKeys", signed(request, ALICE, [good]))
     assert_one_line(response, 7, "attestation report verify failed: format: ")
+
+
+def test_tdx_collateral_with_unpaired_surrogate_is_refused(cm: CapsuleManagerProcess) -> None:
+    """JSON may escape a lone surrogate (``\\ud800``), which no UTF-8 text can hold."""
+    collateral = json.dumps({"pck_crl": "\ud800"})
+    report = json.dumps({"b64_quote": "AAAA", "json_collateral": collateral})
+    good = base64.b64encode(ALICE.chain[0].public_bytes(Encoding.DER)).decode()
+    response = call(cm, "GetDataKeys", signed(app_request("TDX", report), ALICE, [good]))
+    assert_one_line(response, 7, "json_collateral: collateral field 'pck_crl' is not valid Unicode")
 
 
 def test_deeply_nested_export_certificate_is_a_decode_error(cm: CapsuleManagerProcess) -> None:

@@ -138,7 +138,10 @@ def parse_raw_evidence(evidence: bytes) -> CsvEvidence:
     if isinstance(doc, dict) and "json_report" in doc:  # a whole UnifiedAttestationReport
         if doc.get("str_tee_platform") != "CSV" or not isinstance(doc["json_report"], str):
             raise InvalidInput("the attestation report is not a CSV report")
-        return parse_raw_evidence(doc["json_report"].encode())
+        try:
+            return parse_raw_evidence(doc["json_report"].encode())
+        except UnicodeEncodeError:  # an unpaired surrogate escape such as "\ud800"
+            raise InvalidInput("the report's json_report is not valid Unicode") from None
     if isinstance(doc, dict) and "b64_quote" in doc:
         try:
             return CsvEvidence.from_json(evidence.decode())

@@ -147,7 +147,10 @@ class Collateral:
                 continue
             if not isinstance(value, str):
                 raise InvalidInput(f"collateral field {name!r} must be a string")
-            values[name] = value.encode()
+            try:
+                values[name] = value.encode()
+            except UnicodeEncodeError:  # an unpaired surrogate escape such as "\ud800"
+                raise InvalidInput(f"collateral field {name!r} is not valid Unicode") from None
         for name, key in (("tcb_info", "tcbInfo"), ("qe_identity", "enclaveIdentity")):
             raw, sig_name = values.get(name), f"{name}_signature"
             if raw is None:
