@@ -1,7 +1,8 @@
 """Gateway config files the fuzzer found to break the loader, given to the real command
 ``trustflow gateway -c FILE``: each must be refused at once with one ``Error:`` line naming the
-problem (before: a RecursionError traceback, a gateway serving with a NaN/infinite timeout, a
-hang expanding YAML aliases). The inputs are also in ``fuzz/regressions/gateway_config``."""
+problem (before: a RecursionError, OverflowError or ValueError traceback, a gateway serving
+with a NaN/infinite timeout, a hang expanding YAML aliases). The inputs are also in
+``fuzz/regressions/gateway_config``."""
 
 from __future__ import annotations
 
@@ -59,6 +60,11 @@ CASES = {
         "request_timeout: duration must be a positive finite number",
     ),
     "YAML alias bomb in a TLS context": (alias_bomb(), "TLS context has more than 10000 values"),
+    "integer duration beyond any float": (
+        NATIVE.format(connect="9" * 400, request=15),
+        "connect_timeout: duration must be a positive finite number",
+    ),
+    "integer of 5000 digits": ("max_body_bytes: " + "9" * 5000, "is not YAML: Exceeds the limit"),
 }
 
 

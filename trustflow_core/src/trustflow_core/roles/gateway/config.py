@@ -224,7 +224,10 @@ def _duration(value: Any, what: str) -> float:
         number = float(match.group(1))
         seconds = number / 1000 if match.group(2) == "ms" else number
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float
+            seconds = math.inf
     else:
         raise InvalidInput(f"{what}: duration must be a number of seconds, got {value!r}")
     if not 0 < seconds < math.inf:  # NaN fails too
@@ -247,7 +250,7 @@ def load_config(
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"cannot read gateway config {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an int of 5000 digits
         raise InvalidInput(f"gateway config {path} is not YAML: {exc}") from exc
     except RecursionError:
         raise InvalidInput(f"gateway config {path} is nested too deeply") from None
