@@ -14,7 +14,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-import atheris  # type: ignore[import-not-found]
+import atheris  # type: ignore[import-not-found,unused-ignore]
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
                 (corpus / hashlib.sha1(seed).hexdigest()).write_bytes(seed)  # noqa: S324
 
     def one(data: bytes) -> None:
-        with contextlib.suppress(target.allowed):
+        with contextlib.suppress(*target.allowed):
             target.run(data)
 
     atheris.Setup(sys.argv, one)

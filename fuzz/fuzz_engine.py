@@ -221,7 +221,7 @@ def _nest(draw: Any, data: bytearray, seeds: Sequence[bytes]) -> bytearray:
 def _splice(draw: Any, data: bytearray, seeds: Sequence[bytes]) -> bytearray:
     other = draw(st.sampled_from(seeds))
     cut = int(draw(st.integers(0, len(data))))
-    return data[:cut] + other[int(draw(st.integers(0, len(other)))) :]
+    return bytearray(data[:cut] + other[int(draw(st.integers(0, len(other)))) :])
 
 
 MUTATIONS = (_flip, _byte, _integer, _insert, _delete, _truncate, _repeat, _token, _nest, _splice)
