@@ -8,6 +8,9 @@
   decoded strictly, so the transmitted strings equal the upstream CM's re-encoding (quirk 9).
 * ``PS256`` (RSASSA-PSS/SHA-256, MGF1-SHA-256, salt = 32 bytes) is also accepted, as the CM
   does; ``none``, ``HS*`` and ``ES*``/``EdDSA`` are refused with specific messages.
+* Every ``x5c`` entry must be a fully readable certificate (public key and signature
+  algorithm decoded, :func:`trustflow_core.identity.load_der_certificate`); anything else is an
+  :class:`~trustflow_core.errors.EnvelopeError` naming the entry.
 * The ``x5c`` chain is checked like the upstream CM: certificate *i* must be signed by
   certificate *i+1* — signatures only, **no** validity period, CA, key-usage, name-chaining or
   trust-anchor checks (quirk 14; upstream certificates are short-lived and self-signed).
@@ -24,10 +27,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding
+from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from trustflow_core.channel import Jws, VerifiedJws
-from trustflow_core.errors import EnvelopeError
+from trustflow_core.errors import EnvelopeError, InvalidInput
+from trustflow_core.identity import load_der_certificate, signed_by
 
 from .codec import (
     b64std_decode,
@@ -97,6 +101,7 @@ def _signature_padding(header: dict[str, Any]) -> padding.AsymmetricPadding:
 
 
 def _parse_x5c(header: dict[str, Any]) -> tuple[x509.Certificate, ...]:
+    """The ``x5c`` chain, every certificate fully readable (no signature checked yet)."""
     if "x5c" not in header:
         return ()
     entries = header["x5c"]
@@ -104,40 +109,18 @@ def _parse_x5c(header: dict[str, Any]) -> tuple[x509.Certificate, ...]:
         raise EnvelopeError("JWS header x5c must be a non-empty list of certificates")
     chain = []
     for i, entry in enumerate(entries):
-        der = b64std_decode(entry, f"JWS header x5c[{i}]")
+        what = f"JWS header x5c[{i}]"
         try:
-            chain.append(x509.load_der_x509_certificate(der))
-        except ValueError as exc:
-            raise EnvelopeError(f"JWS header x5c[{i}] is not a DER X.509 certificate") from exc
+            chain.append(load_der_certificate(b64std_decode(entry, what), what))
+        except InvalidInput as exc:
+            raise EnvelopeError(str(exc)) from None
     return tuple(chain)
-
-
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """Whether ``issuer``'s key verifies ``cert``'s signature (nothing else is checked)."""
-    key = issuer.public_key()
-    hash_alg = cert.signature_hash_algorithm
-    params = cert.signature_algorithm_parameters
-    data, signature = cert.tbs_certificate_bytes, cert.signature
-    try:
-        if isinstance(key, RSAPublicKey) and isinstance(params, padding.AsymmetricPadding):
-            if hash_alg is None:
-                return False
-            key.verify(signature, data, params, hash_alg)
-        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
-            key.verify(signature, data, params)
-        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-            key.verify(signature, data)
-        else:
-            return False
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
 
 
 def check_chain(chain: Sequence[x509.Certificate]) -> None:
     """Raise unless every certificate is signed by the next one (crypto-formats §3)."""
     for i in range(len(chain) - 1):
-        if not _signed_by(chain[i], chain[i + 1]):
+        if not signed_by(chain[i], chain[i + 1]):
             raise EnvelopeError(f"x5c[{i + 1}] does not sign x5c[{i}]")
 
 

@@ -102,7 +102,7 @@ def _unb64(value: Any, what: str) -> bytes:
 def _object(text: str, what: str, allowed: set[str]) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise VerificationError("format", f"{what} is not JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise VerificationError("format", f"{what} must be a JSON object")
@@ -133,12 +133,15 @@ def parse_raw_evidence(evidence: bytes) -> CsvEvidence:
         return CsvEvidence(bytes(evidence))
     try:
         doc = json.loads(evidence)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidInput(f"CSV evidence is neither a binary report nor JSON: {exc}") from exc
     if isinstance(doc, dict) and "json_report" in doc:  # a whole UnifiedAttestationReport
         if doc.get("str_tee_platform") != "CSV" or not isinstance(doc["json_report"], str):
             raise InvalidInput("the attestation report is not a CSV report")
-        return parse_raw_evidence(doc["json_report"].encode())
+        try:
+            return parse_raw_evidence(doc["json_report"].encode())
+        except UnicodeEncodeError:  # an unpaired surrogate escape such as "\ud800"
+            raise InvalidInput("the report's json_report is not valid Unicode") from None
     if isinstance(doc, dict) and "b64_quote" in doc:
         try:
             return CsvEvidence.from_json(evidence.decode())

@@ -195,7 +195,7 @@ def open_report(json_report: str) -> SimBody:
 def _canonical_object(text: str, what: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise VerificationError("format", f"{what} is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise VerificationError("format", f"{what} must be a JSON object")

@@ -126,7 +126,7 @@ class Collateral:
         """Parse a dcap-qvl ``QuoteCollateralV3`` or an ``SgxQlQveCollateral`` JSON bundle."""
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidInput(f"collateral is not JSON: {exc}") from exc
         return cls.from_mapping(data)
 
@@ -147,7 +147,10 @@ class Collateral:
                 continue
             if not isinstance(value, str):
                 raise InvalidInput(f"collateral field {name!r} must be a string")
-            values[name] = value.encode()
+            try:
+                values[name] = value.encode()
+            except UnicodeEncodeError:  # an unpaired surrogate escape such as "\ud800"
+                raise InvalidInput(f"collateral field {name!r} is not valid Unicode") from None
         for name, key in (("tcb_info", "tcbInfo"), ("qe_identity", "enclaveIdentity")):
             raw, sig_name = values.get(name), f"{name}_signature"
             if raw is None:

@@ -38,7 +38,7 @@ def open_report(json_report: str) -> tuple[bytes, Collateral | None]:
     """
     try:
         data = json.loads(json_report)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise VerificationError("format", f"json_report is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise VerificationError("format", "json_report must be a JSON object")

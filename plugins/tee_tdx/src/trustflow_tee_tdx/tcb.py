@@ -47,7 +47,7 @@ def load_json(raw: bytes, check: str) -> dict[str, Any]:
 def _load_json(raw: bytes, check: str) -> dict[str, Any]:
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise VerificationError(check, f"not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise VerificationError(check, "not a JSON object")

@@ -3,6 +3,8 @@
 A chain is leaf first; certificate *i* must be signed by certificate *i+1*. Only signatures
 are checked (no validity period, CA flag, key usage or trust anchor), because upstream clients
 use short-lived self-signed certificates. Identity = party id of the LAST certificate.
+A certificate that cannot be read completely (:func:`trustflow_core.identity.load_pem_chain`)
+is a Crypto error (13) naming it.
 """
 
 from __future__ import annotations
@@ -12,32 +14,13 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ...identity import party_id_of_chain
+from ...errors import InvalidInput
+from ...identity import load_pem_chain, party_id_of_chain, signed_by
 from .errors import CMError, Kind
 
 MAX_CHAIN = 10
-
-
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    key = issuer.public_key()
-    params = cert.signature_algorithm_parameters
-    hash_alg = cert.signature_hash_algorithm
-    try:
-        if isinstance(key, rsa.RSAPublicKey) and isinstance(params, padding.AsymmetricPadding):
-            if hash_alg is None:
-                return False
-            key.verify(cert.signature, cert.tbs_certificate_bytes, params, hash_alg)
-        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, params)
-        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes)
-        else:
-            return False
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
 
 
 def check_chain(chain: Sequence[x509.Certificate]) -> None:
@@ -47,20 +30,21 @@ def check_chain(chain: Sequence[x509.Certificate]) -> None:
     if len(chain) > MAX_CHAIN:
         raise CMError(Kind.ASSERT, f"cert chain longer than {MAX_CHAIN}")
     for i in range(len(chain) - 1):
-        if not _signed_by(chain[i], chain[i + 1]):
+        if not signed_by(chain[i], chain[i + 1]):
             raise CMError(Kind.ASSERT, f"certification-{i} verify signature failed")
 
 
 def load_pem_list(pems: Sequence[str], what: str = "certs") -> list[x509.Certificate]:
-    """Parse a list of PEM strings (each may hold several certificates), in order."""
+    """Parse a list of PEM strings (each may hold several certificates), in order; every
+    certificate must be fully readable, else Crypto error naming the entry."""
     chain: list[x509.Certificate] = []
     for i, pem in enumerate(pems):
         if not isinstance(pem, str):
             raise CMError(Kind.DECODE, f"{what}[{i}] is not a string")
         try:
-            chain.extend(x509.load_pem_x509_certificates(pem.encode()))
-        except ValueError:
-            raise CMError(Kind.CRYPTO, f"{what}[{i}] is not a PEM certificate") from None
+            chain.extend(load_pem_chain(pem.encode(), f"{what}[{i}]"))
+        except InvalidInput as exc:
+            raise CMError(Kind.CRYPTO, str(exc)) from None
     return chain
 
 

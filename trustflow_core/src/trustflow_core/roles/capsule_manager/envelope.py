@@ -14,13 +14,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from google.protobuf.message import Message
 
 from ...channel import EnvelopeChannel, Jwe, Jws, VerifiedJws
 from ...errors import EnvelopeError, InvalidInput
-from ...identity import party_id_of_chain
+from ...identity import load_pem_chain, party_id_of_chain
 from ...proto.secretflowapis.v2 import status_pb2
 from ...proto.secretflowapis.v2.sdc import jwt_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
@@ -63,7 +62,7 @@ def _b64url(value: str, what: str) -> bytes:
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CMError(Kind.DECODE, f"{what} is not JSON") from None
     if not isinstance(obj, dict):
         raise CMError(Kind.DECODE, f"{what} is not a JSON object")
@@ -214,11 +213,12 @@ def error_status(err: CMError) -> status_pb2.Status:
 
 
 def recipient_from_cert_pem(pem: str, what: str = "cert") -> RSAPublicKey:
+    """The RSA key of the first certificate in ``pem`` (every certificate there must be
+    readable); Crypto error (13) otherwise."""
     try:
-        cert = x509.load_pem_x509_certificate(pem.encode())
-    except ValueError:
-        raise CMError(Kind.CRYPTO, f"{what} is not a PEM X.509 certificate") from None
-    key = cert.public_key()
+        key = load_pem_chain(pem.encode(), what)[0].public_key()
+    except InvalidInput as exc:
+        raise CMError(Kind.CRYPTO, str(exc)) from None
     if not isinstance(key, RSAPublicKey):
         raise CMError(Kind.CRYPTO, f"{what} does not hold an RSA public key")
     return key

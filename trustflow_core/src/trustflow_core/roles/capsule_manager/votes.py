@@ -94,7 +94,7 @@ def _object(value: Any, what: str) -> Mapping[str, Any]:
 def _json_body(raw: bytes, what: str) -> Mapping[str, Any]:
     try:
         return _object(json.loads(raw.decode("utf-8")), what)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CMError(Kind.DECODE, f"{what} is not JSON") from None
 
 
@@ -111,7 +111,7 @@ def parse_certificate(text: str) -> tuple[Mapping[str, Any], list[Mapping[str, A
         raise CMError(Kind.DECODE, "data_export_certificate is too large")
     try:
         doc = _object(json.loads(text), "data_export_certificate")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CMError(Kind.DECODE, "data_export_certificate is not JSON") from None
     request = _object(doc.get("vote_request"), "vote_request")
     invites = doc.get("vote_invite") or []

@@ -51,6 +51,7 @@ Connection limits, per listener (Envoy names; a duration of 0 turns a timeout of
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -267,11 +268,14 @@ def _duration(value: Any, what: str, *, zero_is_off: bool = False) -> float:
         number = float(match.group(1))
         seconds = number / 1000 if match.group(2) == "ms" else number
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float
+            seconds = math.inf
     else:
         raise InvalidInput(f"{what}: duration must be a number of seconds, got {value!r}")
-    if seconds < 0 or (seconds == 0 and not zero_is_off):
-        raise InvalidInput(f"{what}: duration must be positive, got {value!r}")
+    if not 0 <= seconds < math.inf or (seconds == 0 and not zero_is_off):  # NaN fails too
+        raise InvalidInput(f"{what}: duration must be a positive finite number, got {value!r}")
     return seconds
 
 
@@ -306,8 +310,10 @@ def load_config(
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"cannot read gateway config {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an int of 5000 digits
         raise InvalidInput(f"gateway config {path} is not YAML: {exc}") from exc
+    except RecursionError:
+        raise InvalidInput(f"gateway config {path} is nested too deeply") from None
     return parse_config(
         data,
         base=path.resolve().parent,
@@ -549,16 +555,26 @@ def _tls_context(socket: Any, rw: _Rewrites, what: str) -> Mapping[str, Any] | N
     return tls
 
 
-def _rewrite_filenames(obj: Any, rw: _Rewrites, what: str) -> Any:
+MAX_TLS_CONTEXT_NODES = 10_000
+
+
+def _rewrite_filenames(obj: Any, rw: _Rewrites, what: str, budget: list[int] | None = None) -> Any:
+    """A copy of ``obj`` with every ``filename`` rewritten; at most
+    :data:`MAX_TLS_CONTEXT_NODES` values are copied (YAML aliases can make a small file
+    describe an exponentially large tree)."""
+    budget = [MAX_TLS_CONTEXT_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise InvalidInput(f"{what}: TLS context has more than {MAX_TLS_CONTEXT_NODES} values")
     if isinstance(obj, Mapping):
         return {
             k: str(rw.path(v, f"{what}: filename"))
             if k == "filename"
-            else _rewrite_filenames(v, rw, what)
+            else _rewrite_filenames(v, rw, what, budget)
             for k, v in obj.items()
         }
     if isinstance(obj, list):
-        return [_rewrite_filenames(v, rw, what) for v in obj]
+        return [_rewrite_filenames(v, rw, what, budget) for v in obj]
     return obj
 
 
