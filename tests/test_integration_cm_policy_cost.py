@@ -237,6 +237,22 @@ async def test_planted_costly_rule_is_refused_within_the_budget(
     assert PLANTED not in "".join(server.lines)  # the expression is not logged
 
 
+async def test_a_chain_of_failing_operands_runs_under_the_budget(
+    client: CapsuleManagerClient, server: Server
+) -> None:
+    """Found by fuzzing: ``a && a && ...`` is small (it passes the static bound) yet
+    cel-python's evaluator takes exponential time over a chain of error operands (``a`` is
+    not a declared name) -- about 10 s for 21 of them. Such expressions are evaluated under the
+    budget, not in the server process."""
+    chain = "a" + "&&a" * 26
+    uuid = await new_data(client, ALICE, rule("chain", global_constraints=[chain]))
+    fast = CapsuleManagerClient(server.target, pm=get_plugin_manager(), timeout=PROMPT)
+    async with fast:
+        started = time.monotonic()
+        await refused(7, get_keys(fast, uuid))
+        assert time.monotonic() - started < PROMPT
+
+
 async def test_costly_requests_do_not_starve_other_owners(
     client: CapsuleManagerClient, server: Server
 ) -> None:

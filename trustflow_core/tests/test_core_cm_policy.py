@@ -223,6 +223,9 @@ NESTED = f"{DIGITS}.map(a,{DIGITS}.map(b,{DIGITS}.map(c,{DIGITS}.map(d,{DIGITS}.
         (NESTED, 5, False),
         ('"a" + "b" == "ab"', 0, False),  # concatenation copies
         ('r.scope.matches("d.*")', 0, False),  # a regular expression
+        ("a" + "&&a" * 16, 0, False),  # a name other than r: an error in every operand
+        ("&&".join(['r.x == "1"'] * 17), 0, True),  # 16 logical operators
+        ("&&".join(['r.x == "1"'] * 18), 0, False),  # 17: exponential when operands fail
     ],
 )
 def test_constraint_shape(expr: str, comprehension_depth: int, in_process: bool) -> None:

@@ -31,6 +31,10 @@ MAX_CHARS = 4096
 MAX_NODES = 2000
 MAX_DEPTH = 100
 MAX_COMPREHENSION_DEPTH = 1
+#: Logical operators (``&&``, ``||``, ``?:``) an expression may have and still be evaluated in
+#: the server process: cel-python's evaluator is exponential in the length of such a chain when
+#: its operands are errors (an undeclared name, a missing member).
+MAX_IN_PROCESS_LOGIC = 16
 
 COMPREHENSIONS = frozenset(["map", "filter", "all", "exists", "exists_one", "reduce"])
 IN_PROCESS_FUNCTIONS = frozenset(
@@ -50,6 +54,7 @@ IN_PROCESS_FUNCTIONS = frozenset(
     ]
 )
 _CALLS = ("member_dot_arg", "ident_arg", "dot_ident_arg")
+_LOGICAL = ("conditionaland", "conditionalor", "expr")  # expr with 3 children: ?:
 _PARSE_LOCK = threading.Lock()  # the lark parser is not thread-safe
 
 
@@ -62,6 +67,8 @@ class Shape:
     comprehension_depth: int
     functions: frozenset[str]
     concatenates: bool
+    logical_operators: int = 0
+    names: frozenset[str] = frozenset()
 
     def over_limit(self) -> tuple[str, int, int] | None:
         """``(what, value, limit)`` of the first limit this shape exceeds, or None."""
@@ -77,12 +84,15 @@ class Shape:
     @property
     def in_process(self) -> bool:
         """Cheap by construction: no comprehension, no concatenation, only functions of
-        :data:`IN_PROCESS_FUNCTIONS`, within every limit -- its cost is linear in the tree
-        times the request's size."""
+        :data:`IN_PROCESS_FUNCTIONS`, no name but ``r``, at most :data:`MAX_IN_PROCESS_LOGIC`
+        logical operators, within every limit -- its cost is then small whatever the request
+        holds."""
         return (
             self.comprehension_depth == 0
             and not self.concatenates
             and self.functions <= IN_PROCESS_FUNCTIONS
+            and self.names <= {"r"}
+            and self.logical_operators <= MAX_IN_PROCESS_LOGIC
             and self.over_limit() is None
         )
 
@@ -112,8 +122,9 @@ def _measure(tree: Any) -> Shape:
     """Walk the tree without recursion (its depth is not bounded yet)."""
     import lark
 
-    nodes = depth = comprehension_depth = 0
+    nodes = depth = comprehension_depth = logical_operators = 0
     functions: set[str] = set()
+    names: set[str] = set()
     concatenates = False
     stack: list[tuple[Any, int, int]] = [(tree, 1, 0)]
     while stack:
@@ -122,6 +133,10 @@ def _measure(tree: Any) -> Shape:
         depth = max(depth, level)
         comprehension_depth = max(comprehension_depth, nesting)
         concatenates = concatenates or node.data == "addition_add"
+        if node.data in _LOGICAL and len(node.children) > 1:
+            logical_operators += 1
+        if node.data == "ident":
+            names.update(str(t) for t in node.children if isinstance(t, lark.Token))
         name = _called(node)
         if name is not None:
             functions.add(name)
@@ -130,7 +145,15 @@ def _measure(tree: Any) -> Shape:
                 # a comprehension's arguments run once per element: one level deeper
                 deeper = name in COMPREHENSIONS and node.data == "member_dot_arg" and index == 2
                 stack.append((child, level + 1, nesting + 1 if deeper else nesting))
-    return Shape(nodes, depth, comprehension_depth, frozenset(functions), concatenates)
+    return Shape(
+        nodes,
+        depth,
+        comprehension_depth,
+        frozenset(functions),
+        concatenates,
+        logical_operators,
+        frozenset(names),
+    )
 
 
 def _called(node: Any) -> str | None:
