@@ -284,6 +284,15 @@ def test_tdx_collateral_with_unpaired_surrogate_is_refused(cm: CapsuleManagerPro
     assert_one_line(response, 7, "json_collateral: collateral field 'pck_crl' is not valid Unicode")
 
 
+def test_deeply_nested_env_is_a_decode_error(cm: CapsuleManagerProcess) -> None:
+    """An app's ``resource_request.env`` (read before attestation, as upstream)."""
+    request = app_request("SIM", "{}")
+    request.resource_request.env = DEEP_JSON
+    good = base64.b64encode(ALICE.chain[0].public_bytes(Encoding.DER)).decode()
+    response = call(cm, "GetDataKeys", signed(request, ALICE, [good]))
+    assert_one_line(response, 13, "err code: Decode error; err detail: env is not JSON")
+
+
 def test_deeply_nested_export_certificate_is_a_decode_error(cm: CapsuleManagerProcess) -> None:
     keys = cm_pb2.CreateDataKeysRequest(
         owner_party_id=ALICE.party_id,

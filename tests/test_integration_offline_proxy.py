@@ -226,6 +226,7 @@ async def test_unknown_resource_is_404(proxy, world):
     ("body", "status", "message"),
     [
         (b"{not json", 400, "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON"),  # deeper than the parser
         (b"[1, 2]", 400, "JSON object"),
         ({"local_fs_config": {"path": "/x"}}, 400, "dest_config.path is empty"),
         ({"data_key_b64": "AAAA", "dest_config": {"path": "@out"}}, 400, "Source config"),

@@ -577,6 +577,20 @@ async def test_stale_or_future_iat_and_malformed_claims_are_refused(pm, deploy):
 
 
 @pytest.mark.asyncio
+async def test_a_deeply_nested_protected_header_is_a_clear_400(pm, deploy):
+    """Found by fuzzing: the header JSON nested past the parser's recursion limit."""
+    deep = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).rstrip(b"=").decode()
+    members = {"protected": deep, "encrypted_key": "", "iv": "", "ciphertext": "", "tag": ""}
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        status, _, reply = await exchange(
+            address, post_jwe("/sealed", json.dumps(members).encode(), "application/json")
+        )
+    assert status == 400 and b"Traceback" not in reply, (status, reply)
+    assert app.seen == []
+
+
+@pytest.mark.asyncio
 async def test_freshness_modes_and_the_unchanged_upstream_profile(pm, deploy):
     from trustflow_core.registry import get_backend_class
 

@@ -44,7 +44,7 @@ def _load_mapping(path: str, what: str, *, yaml_ok: bool = True) -> Mapping[str,
         raise InvalidInput(f"cannot read {what} {path}: {exc}") from exc
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         if not yaml_ok:
             raise InvalidInput(f"{what} {path} is not JSON: {exc}") from exc
         try:

@@ -101,7 +101,7 @@ def _parse_env(text: str) -> dict[str, Any] | None:
         return None
     try:
         env = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CMError(Kind.DECODE, "env is not JSON") from None
     if not isinstance(env, dict):
         raise CMError(Kind.DECODE, "env must be a JSON object")

@@ -149,7 +149,7 @@ class OnlineClient:
             raise OnlineError(f"GetRaCert: HTTP {status}: {text.strip()}", status, text)
         try:
             reply = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise VerificationError("ra_proxy", f"GetRaCert reply is not JSON: {exc}") from None
         if not isinstance(reply, dict):
             raise VerificationError("ra_proxy", "GetRaCert reply is not a JSON object")
@@ -231,7 +231,7 @@ class OnlineClient:
         try:
             envelope = json.loads(data)
             jwe = Jwe.from_dict(envelope)
-        except (ValueError, EnvelopeError):
+        except (ValueError, RecursionError, EnvelopeError):
             raise OnlineError(
                 f"POST {path}: HTTP {status}, reply is not a JWE envelope: {text.strip()[:500]}",
                 status,

@@ -20,7 +20,7 @@ def _present(body: bytes, message: str) -> tuple[set[str], set[str]]:
     """Top-level keys with a non-null value, and those of ``s3_config``."""
     try:
         obj: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput(f"{message}: body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise InvalidInput(f"{message}: body must be a JSON object")

@@ -108,7 +108,7 @@ def _header_enc(protected: str) -> str | None:
     try:
         raw = base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4))
         header = json.loads(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
     enc = header.get("enc") if isinstance(header, dict) else None
     return enc if isinstance(enc, str) else None
