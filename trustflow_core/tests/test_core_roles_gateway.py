@@ -25,7 +25,7 @@ from trustflow_core.channel import Jwe
 from trustflow_core.errors import InvalidInput, UnsupportedOperation
 from trustflow_core.identity import self_signed_cert
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.registry import get_backend_class
+from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class
 from trustflow_core.roles._server import start_site
 from trustflow_core.roles.gateway.config import load_config, parse_config
 from trustflow_core.roles.gateway.jwe_filter import EnvelopeRejected, choose_profile, classify
@@ -433,7 +433,7 @@ async def test_envelopes_are_opened_forwarded_and_replies_sealed(pm, identity, p
     settings = {"profile": profile}
     if profile == "upstream":
         settings["alg"] = "RSA-OAEP-256"
-    channel = get_backend_class(pm, "channel", "jwe").from_settings(settings)
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings(settings)
     content_type = "application/jose+json" if profile == "rfc" else "application/json"
     async with stack(pm, identity, recorder) as (urls, session):
         for path, status_want in (("/teeapp/strict", 200), ("/teeapp?status=500", 500)):
@@ -599,7 +599,7 @@ async def test_a_client_leaving_mid_body_is_handled_quietly(pm, identity, caplog
 @pytest.mark.asyncio
 async def test_an_app_reply_too_large_to_seal_is_502(pm, identity):
     _, key = identity
-    channel = get_backend_class(pm, "channel", "jwe").from_settings({"profile": "rfc"})
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": "rfc"})
     sealed = channel.seal(b"hello", key.public_key())
     async with stack(pm, identity, Recorder(), max_body_bytes=65536) as (urls, session):
         status, _, data = await call(

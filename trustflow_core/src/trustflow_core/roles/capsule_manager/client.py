@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from google.protobuf.message import Message
 
 from ...attestation import Policy, Report, Verifier, ra_user_data
-from ...channel import Jwe
+from ...channel import EnvelopeChannel, Jwe
 from ...errors import (
     AccessDenied,
     BackendUnavailable,
@@ -150,7 +150,7 @@ class CapsuleManagerClient:
         self._channel_options = list(channel_options)
         self._grpc: grpc.aio.Channel | None = None  # made on first use, inside the event loop
         self._stub: cm_grpc.CapsuleManagerStub | None = None
-        self._jwe: Any = None
+        self._jwe: EnvelopeChannel | None = None
         self._cm_cert_pem: str | None = None
 
     async def __aenter__(self) -> CapsuleManagerClient:
@@ -175,11 +175,11 @@ class CapsuleManagerClient:
         return self._pm
 
     @property
-    def channel(self) -> Any:
+    def channel(self) -> EnvelopeChannel:
         if self._jwe is None:
-            from ...registry import get_backend_class
+            from ...registry import ENVELOPE_CHANNEL, backend_class
 
-            cls = get_backend_class(self.pm, "channel", "jwe")
+            cls = backend_class(self.pm, ENVELOPE_CHANNEL, "jwe")
             self._jwe = cls.from_settings({"profile": "upstream"})
         return self._jwe
 

@@ -113,15 +113,13 @@ class CapsuleManagerKeyExchange(KeyExchange):
         if not isinstance(endpoint, str) or not endpoint:
             raise InvalidInput("key exchange 'capsule_manager' needs 'endpoint' (host:port)")
         from ...manager import get_plugin_manager
-        from ...registry import get_backend_class
+        from ...registry import ATTESTER, backend_class
 
         pm = get_plugin_manager()
         attester = None
         name = s.get("attester")
         if name not in (None, "", "none"):
-            attester = get_backend_class(pm, "attester", name).from_settings(
-                s.get("attester_settings")
-            )
+            attester = backend_class(pm, ATTESTER, name).from_settings(s.get("attester_settings"))
         creds = None
         if s.get("private_key_file") or s.get("cert_file"):
             if not (s.get("private_key_file") and s.get("cert_file")):

@@ -13,10 +13,18 @@ import grpc
 from sqlalchemy.exc import SQLAlchemyError
 
 from ...attestation import Attester, Verifier
+from ...channel import EnvelopeChannel
 from ...errors import BackendUnavailable, InvalidInput
 from ...manager import get_plugin_manager
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
-from ...registry import attester_class, backends, get_backend_class, verifier_for_platform
+from ...registry import (
+    ENVELOPE_CHANNEL,
+    VERIFIER,
+    attester_class,
+    backend_class,
+    backends_of,
+    verifier_for_platform,
+)
 from . import identity_keys, port_claim, private_files, storage_url
 from .envelope import Envelopes
 from .errors import CMError
@@ -80,8 +88,8 @@ class CapsuleManager:
             self._verifiers[platform] = verifier
         return verifier
 
-    def _channel(self) -> Any:
-        cls = get_backend_class(self.pm, "channel", "jwe")
+    def _channel(self) -> EnvelopeChannel:
+        cls = backend_class(self.pm, ENVELOPE_CHANNEL, "jwe")
         return cls.from_settings({"profile": "upstream"})
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -142,7 +150,7 @@ class CapsuleManager:
             attester=attester,
             verifier_for=self._verifier_for,
             policy=s.attestation_policy(
-                backends(self.pm, "verifier").values(),  # type: ignore[arg-type]
+                backends_of(self.pm, VERIFIER).values(),
                 attester_simulated=(
                     attester_cls.simulated if attester_cls is not None else s.plat is None
                 ),

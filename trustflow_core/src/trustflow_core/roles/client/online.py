@@ -40,7 +40,7 @@ from ...errors import (
     VerificationError,
 )
 from ...manager import TrustflowPluginManager
-from ...registry import get_backend_class, verifier_for_platform
+from ...registry import ENVELOPE_CHANNEL, backend_class, verifier_for_platform
 
 RA_PATH = "/RaProxy/GetRaCert"
 PROFILES = ("rfc", "upstream")
@@ -110,7 +110,7 @@ class OnlineClient:
         settings = {"profile": profile}
         if profile == "upstream":
             settings["alg"] = "RSA-OAEP-256"  # what the gateway (Envoy) decrypts
-        self.channel: EnvelopeChannel = get_backend_class(pm, "channel", "jwe").from_settings(
+        self.channel: EnvelopeChannel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings(
             settings
         )
         self.app: AttestedApp | None = None

@@ -20,7 +20,7 @@ from cryptography import x509
 from ...errors import AccessDenied, CapsuleFormatError, InvalidInput, ObjectNotFound, TrustflowError
 from ...identity import load_pem_chain, party_id_of_chain, party_id_of_key
 from ...manager import TrustflowPluginManager
-from ...registry import attester_class, get_backend_class
+from ...registry import KEY_EXCHANGE, STORAGE, attester_class, backend_class
 from . import handlers
 from .appkeys import SERVICE, TLS_FETCHER
 from .cm_init import TlsAssetFetcher
@@ -109,7 +109,7 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
     async def backends(app: web.Application) -> AsyncIterator[None]:
         chain = load_pem_chain(settings.read_cert())
         party_id = party_id_of_chain(chain)
-        exchange_cls = get_backend_class(pm, "key_exchange", settings.key_exchange)
+        exchange_cls = backend_class(pm, KEY_EXCHANGE, settings.key_exchange)
         default_attester = None if settings.plat else attester_class(pm, None)
         keys = KeySource(
             exchange_cls,
@@ -119,7 +119,7 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
             party_id=party_id,
             timeout=settings.key_timeout,
         )
-        local_cls = get_backend_class(pm, "storage", "local")
+        local_cls = backend_class(pm, STORAGE, "local")
         local = local_cls.from_settings(
             {"roots": list(settings.allowed_roots), "chunk_size": settings.chunk_size}
         )

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from ...errors import AccessDenied, BackendUnavailable, InvalidInput, ObjectNotFound
 from ...manager import TrustflowPluginManager
-from ...registry import get_backend_class
+from ...registry import STORAGE, backend_class
 from ...storage import DEFAULT_CHUNK_SIZE, ObjectInfo, Storage
 from .settings import DataCapsuleProxySettings
 
@@ -46,7 +46,7 @@ async def open_object_store(
             f"object-store endpoint {config.endpoint!r} is not allowed: the proxy contacts only "
             f"the endpoints configured with {SETTING}"
         )
-    cls = get_backend_class(pm, "storage", "s3" if config.type == MINIO else "oss")
+    cls = backend_class(pm, STORAGE, "s3" if config.type == MINIO else "oss")
     backend_settings = {
         "endpoint": config.endpoint,
         "bucket": config.bucket,

@@ -152,10 +152,10 @@ class MtlsContexts:
         interval: float = DEFAULT_RELOAD_INTERVAL,
         channel_settings: Mapping[str, Any] | None = None,
     ) -> None:
-        from ...registry import get_backend_class
+        from ...registry import TRANSPORT_CHANNEL, backend_class
 
         try:
-            self._channel_cls = get_backend_class(pm, "channel", "mtls")
+            self._channel_cls = backend_class(pm, TRANSPORT_CHANNEL, "mtls")
         except BackendNotFound as exc:
             raise UnsupportedOperation(
                 f"TLS (listeners, clusters) needs the mTLS channel (plugin channel_mtls): {exc}"

@@ -88,9 +88,9 @@ class Gateway:
     def _jwe_filter(self, listener: Listener) -> JweFilter | None:
         if listener.jwe is None:
             return None
-        from ...registry import get_backend_class
+        from ...registry import ENVELOPE_CHANNEL, backend_class
 
-        cls = get_backend_class(self.pm, "channel", "jwe")
+        cls = backend_class(self.pm, ENVELOPE_CHANNEL, "jwe")
         channels = {p: cls.from_settings({"profile": p}) for p in PROFILES}
         return JweFilter.load(listener.jwe, channels)
 
