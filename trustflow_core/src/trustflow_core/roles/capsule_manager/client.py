@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from cryptography import x509
@@ -48,6 +48,9 @@ from ...wire import parse_json, to_json
 from .convert import report_from_pb
 from .errors import Kind, kind_of_message
 from .freshness import new_claims
+
+if TYPE_CHECKING:
+    from ...manager import TrustflowPluginManager
 
 M = TypeVar("M", bound=Message)
 
@@ -137,7 +140,7 @@ class CapsuleManagerClient:
         channel_credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         timeout: float = 30.0,
-        pm: Any = None,
+        pm: TrustflowPluginManager | None = None,
         verify_sim: bool = False,
     ) -> None:
         self.target = target
@@ -167,7 +170,7 @@ class CapsuleManagerClient:
     # ---- plumbing --------------------------------------------------------------------------
 
     @property
-    def pm(self) -> Any:
+    def pm(self) -> TrustflowPluginManager:
         if self._pm is None:
             from ...manager import get_plugin_manager
 

@@ -25,7 +25,7 @@ import base64
 import datetime
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typing_extensions import Self
@@ -38,6 +38,9 @@ from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 a
 from ...wire import serialize_canonical
 from .client import CapsuleManagerClient, CapsuleManagerError, Credentials
 from .convert import report_to_pb
+
+if TYPE_CHECKING:
+    from ...manager import TrustflowPluginManager
 
 SETTINGS = {
     "endpoint",
@@ -90,7 +93,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
         tee_constraints: Mapping[str, str | None] | None = None,
         owner_id: str = "",
         timeout: float = 30.0,
-        pm: Any = None,
+        pm: TrustflowPluginManager | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.attester = attester
@@ -105,6 +108,16 @@ class CapsuleManagerKeyExchange(KeyExchange):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
+        """Standalone use: the attester, channel and verifiers come from the installed plugins
+        (:func:`~trustflow_core.manager.get_plugin_manager`); roles call :meth:`from_role`."""
+        from ...manager import get_plugin_manager
+
+        return cls.from_role(settings, pm=get_plugin_manager())
+
+    @classmethod
+    def from_role(cls, settings: Mapping[str, Any] | None, *, pm: TrustflowPluginManager) -> Self:
+        """Build with the role's plugin manager ``pm``: the ``attester`` is chosen from it and
+        the CM client uses it for its channel and verifiers."""
         s = dict(settings or {})
         unknown = sorted(set(s) - SETTINGS)
         if unknown:
@@ -112,10 +125,8 @@ class CapsuleManagerKeyExchange(KeyExchange):
         endpoint = s.get("endpoint")
         if not isinstance(endpoint, str) or not endpoint:
             raise InvalidInput("key exchange 'capsule_manager' needs 'endpoint' (host:port)")
-        from ...manager import get_plugin_manager
         from ...registry import ATTESTER, backend_class
 
-        pm = get_plugin_manager()
         attester = None
         name = s.get("attester")
         if name not in (None, "", "none"):

@@ -117,6 +117,7 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
             cm_endpoint=settings.cm_endpoint,
             allowed_endpoints=settings.allowed_cm_endpoints,
             party_id=party_id,
+            pm=pm,
             timeout=settings.key_timeout,
         )
         local_cls = backend_class(pm, STORAGE, "local")
