@@ -11,7 +11,7 @@ not a string that fails at run time.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
@@ -279,23 +279,16 @@ def verifier_for_platform(pm: pluggy.PluginManager, platform: str) -> type[Verif
     )
 
 
-def storage_for_uri(
-    pm: pluggy.PluginManager, uri: str, names: Collection[str] | None = None
-) -> type[Storage]:
+def storage_for_uri(pm: pluggy.PluginManager, uri: str) -> type[Storage]:
     """The highest-priority viable storage class serving ``uri``'s scheme (``file`` when the
-    URI has none); with ``names``, only among those backends (a role's configured ones)."""
+    URI has none)."""
     scheme = uri.split("://", 1)[0] if "://" in uri else "file"
-    candidates = [
-        c
-        for name, c in backends_of(pm, STORAGE).items()
-        if scheme in c.schemes and (names is None or name in names)
-    ]
+    candidates = [c for c in backends_of(pm, STORAGE).values() if scheme in c.schemes]
     usable = [c for c in candidates if c.viable()]
     if not usable:
         hint = KNOWN_PROVIDERS.get("local" if scheme == "file" else scheme)
-        extra = f" Is {hint} installed?" if hint and not candidates and names is None else ""
-        among = f" among {sorted(names)}" if names is not None else ""
-        raise BackendNotFound(f"no usable storage backend for {scheme}:// URIs{among}.{extra}")
+        extra = f" Is {hint} installed?" if hint and not candidates else ""
+        raise BackendNotFound(f"no usable storage backend for {scheme}:// URIs.{extra}")
     return max(usable, key=lambda c: c.priority)
 
 

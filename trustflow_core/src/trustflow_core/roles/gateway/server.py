@@ -66,7 +66,11 @@ class Gateway:
 
     def _contexts(self) -> MtlsContexts:
         if self.mtls is None:
-            self.mtls = MtlsContexts(self.pm, interval=self.tls_reload_interval)
+            self.mtls = MtlsContexts(
+                self.pm,
+                interval=self.tls_reload_interval,
+                channel=self.config.transport_channel,
+            )
         return self.mtls
 
     def _server_ssl(self, listener: Listener) -> ssl.SSLContext | None:
@@ -90,7 +94,7 @@ class Gateway:
             return None
         from ...registry import ENVELOPE_CHANNEL, backend_class
 
-        cls = backend_class(self.pm, ENVELOPE_CHANNEL, "jwe")
+        cls = backend_class(self.pm, ENVELOPE_CHANNEL, self.config.envelope_channel)
         channels = {p: cls.from_settings({"profile": p}) for p in PROFILES}
         return JweFilter.load(listener.jwe, channels)
 
