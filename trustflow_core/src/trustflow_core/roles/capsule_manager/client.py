@@ -128,7 +128,9 @@ class CapsuleManagerClient:
     measurements by the verifier's ``constraint_fields``. An unknown name raises
     :class:`~trustflow_core.errors.BackendNotFound` on first use. ``channel_options``: gRPC
     channel arguments, e.g. ``[("grpc.use_local_subchannel_pool", 1)]`` for a connection of
-    this client's own.
+    this client's own. ``envelope_channel`` names the envelope channel backend sealing the
+    requests (built with ``profile: upstream``); ``pm`` is the plugin manager it and the
+    verifiers come from (default: the installed plugins).
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class CapsuleManagerClient:
         timeout: float = 30.0,
         pm: TrustflowPluginManager | None = None,
         verify_sim: bool = False,
+        envelope_channel: str = "jwe",
     ) -> None:
         self.target = target
         self.tee_plat = tee_plat
@@ -149,6 +152,7 @@ class CapsuleManagerClient:
         self.timeout = timeout
         self.verify_sim = verify_sim
         self._pm = pm
+        self.envelope_channel = envelope_channel
         self._channel_credentials = channel_credentials
         self._channel_options = list(channel_options)
         self._grpc: grpc.aio.Channel | None = None  # made on first use, inside the event loop
@@ -182,7 +186,7 @@ class CapsuleManagerClient:
         if self._jwe is None:
             from ...registry import ENVELOPE_CHANNEL, backend_class
 
-            cls = backend_class(self.pm, ENVELOPE_CHANNEL, "jwe")
+            cls = backend_class(self.pm, ENVELOPE_CHANNEL, self.envelope_channel)
             self._jwe = cls.from_settings({"profile": "upstream"})
         return self._jwe
 

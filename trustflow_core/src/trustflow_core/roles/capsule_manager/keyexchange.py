@@ -16,7 +16,11 @@ Settings:
 * ``tee_plat`` / ``tee_constraints`` -- how the CM's own report is checked (default: the
   development default verifier, which is simulated: not checked, like upstream sim clients);
 * ``owner_id`` -- ``owner_id`` of registered result keys (default ``""`` as upstream apps);
-* ``timeout`` -- seconds per call (default 30).
+* ``timeout`` -- seconds per call (default 30);
+* ``envelope_channel`` -- envelope channel backend of the CM client (default ``jwe``).
+
+Roles build it with :meth:`CapsuleManagerKeyExchange.from_role`: the attester, the channel and
+the verifiers come from the role's plugin manager.
 """
 
 from __future__ import annotations
@@ -52,7 +56,14 @@ SETTINGS = {
     "tee_constraints",
     "owner_id",
     "timeout",
+    "envelope_channel",
 }
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"key exchange 'capsule_manager': {what} must be a backend name")
+    return value
 
 
 def ephemeral_credentials(common_name: str = "TeeApps", *, key_size: int = 3072) -> Credentials:
@@ -94,13 +105,19 @@ class CapsuleManagerKeyExchange(KeyExchange):
         owner_id: str = "",
         timeout: float = 30.0,
         pm: TrustflowPluginManager | None = None,
+        envelope_channel: str = "jwe",
     ) -> None:
         self.endpoint = endpoint
         self.attester = attester
         self.credentials = credentials or ephemeral_credentials()
         self.owner_id = owner_id
         self.client = CapsuleManagerClient(
-            endpoint, tee_plat=tee_plat, tee_constraints=tee_constraints, timeout=timeout, pm=pm
+            endpoint,
+            tee_plat=tee_plat,
+            tee_constraints=tee_constraints,
+            timeout=timeout,
+            pm=pm,
+            envelope_channel=envelope_channel,
         )
 
     def __repr__(self) -> str:
@@ -148,6 +165,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
             owner_id=s.get("owner_id", ""),
             timeout=float(timeout),
             pm=pm,
+            envelope_channel=_name(s.get("envelope_channel", "jwe"), "envelope_channel"),
         )
 
     async def aclose(self) -> None:

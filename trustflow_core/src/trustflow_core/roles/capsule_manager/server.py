@@ -89,7 +89,7 @@ class CapsuleManager:
         return verifier
 
     def _channel(self) -> EnvelopeChannel:
-        cls = backend_class(self.pm, ENVELOPE_CHANNEL, "jwe")
+        cls = backend_class(self.pm, ENVELOPE_CHANNEL, self.settings.envelope_channel)
         return cls.from_settings({"profile": "upstream"})
 
     # ---- lifecycle -------------------------------------------------------------------------
