@@ -187,7 +187,7 @@ class CapsuleManagerClient:
             from ...registry import ENVELOPE_CHANNEL, backend_class
 
             cls = backend_class(self.pm, ENVELOPE_CHANNEL, self.envelope_channel)
-            self._jwe = cls.from_settings({"profile": "upstream"})
+            self._jwe = cls.from_role({"profile": "upstream"}, pm=self.pm)
         return self._jwe
 
     async def _call(self, method: str, request: Message) -> Any:
@@ -245,7 +245,9 @@ class CapsuleManagerClient:
         if report is None:
             raise VerificationError("missing_report", "the capsule manager sent no report")
         policy = self.policy.with_user_data(ra_user_data(cert_pem.encode(), nonce.encode()))
-        verifier = verifier_for_platform(self.pm, report.str_tee_platform).from_settings()
+        verifier = verifier_for_platform(self.pm, report.str_tee_platform).from_role(
+            None, pm=self.pm
+        )
         async with verifier:
             await verifier.verify(report, policy)
 

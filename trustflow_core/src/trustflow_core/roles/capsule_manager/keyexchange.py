@@ -147,7 +147,9 @@ class CapsuleManagerKeyExchange(KeyExchange):
         attester = None
         name = s.get("attester")
         if name not in (None, "", "none"):
-            attester = backend_class(pm, ATTESTER, name).from_settings(s.get("attester_settings"))
+            attester = backend_class(pm, ATTESTER, name).from_role(
+                s.get("attester_settings"), pm=pm
+            )
         creds = None
         if s.get("private_key_file") or s.get("cert_file"):
             if not (s.get("private_key_file") and s.get("cert_file")):

@@ -84,13 +84,13 @@ class CapsuleManager:
         verifier = self._verifiers.get(platform)
         if verifier is None:
             cls = verifier_for_platform(self.pm, platform)
-            verifier = cls.from_settings(self.settings.verifiers.get(cls.name) or None)
+            verifier = cls.from_role(self.settings.verifiers.get(cls.name) or None, pm=self.pm)
             self._verifiers[platform] = verifier
         return verifier
 
     def _channel(self) -> EnvelopeChannel:
         cls = backend_class(self.pm, ENVELOPE_CHANNEL, self.settings.envelope_channel)
-        return cls.from_settings({"profile": "upstream"})
+        return cls.from_role({"profile": "upstream"}, pm=self.pm)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -135,7 +135,9 @@ class CapsuleManager:
         log.debug("storage %r ready", self.store)
         self.identity = identity
         attester_cls = self._attester_class()
-        attester = None if attester_cls is None else attester_cls.from_settings(s.attester or None)
+        attester = (
+            None if attester_cls is None else attester_cls.from_role(s.attester or None, pm=self.pm)
+        )
         if attester is not None:  # like upstream production: fail at start, not per request
             try:
                 await attester.generate(bytes(32))

@@ -163,6 +163,7 @@ class MtlsContexts:
                 "TLS (listeners, clusters) needs the mTLS channel "
                 f"(transport channel {channel!r}): {exc}"
             ) from exc
+        self.pm = pm
         self.interval = interval
         self.channel_settings = dict(channel_settings or {})
         self.watchers: dict[TlsFiles, TlsAssetWatcher] = {}
@@ -171,8 +172,8 @@ class MtlsContexts:
         files = tls_files(tls, server_side, what)
         watcher = self.watchers.get(files)
         if watcher is None:
-            channel = self._channel_cls.from_settings(
-                {**self.channel_settings, "min_version": files.min_version}
+            channel = self._channel_cls.from_role(
+                {**self.channel_settings, "min_version": files.min_version}, pm=self.pm
             )
             try:
                 watcher = TlsAssetWatcher(

@@ -95,7 +95,7 @@ class Gateway:
         from ...registry import ENVELOPE_CHANNEL, backend_class
 
         cls = backend_class(self.pm, ENVELOPE_CHANNEL, self.config.envelope_channel)
-        channels = {p: cls.from_settings({"profile": p}) for p in PROFILES}
+        channels = {p: cls.from_role({"profile": p}, pm=self.pm) for p in PROFILES}
         return JweFilter.load(listener.jwe, channels)
 
     async def start(self) -> None:

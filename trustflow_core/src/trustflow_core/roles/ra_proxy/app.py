@@ -75,7 +75,7 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
             yield
             return
         assert cls is not None
-        async with cls.from_settings(settings.attester_settings) as attester:
+        async with cls.from_role(settings.attester_settings, pm=pm) as attester:
             app[SERVICE] = handlers.RaCertService(cert_pem, attester, settings.report_timeout)
             log.info("RA proxy: attester %r (platform %s)", cls.name, cls.platform)
             yield
