@@ -60,10 +60,10 @@ class Kind(Generic[B]):
     env: str
 
 
-def _kind(label: str, hook: str, contract: object, env: str) -> Any:
-    # mypy rejects an abstract class where type[B] is expected (python/mypy#4717); the
-    # constants below are annotated with their contract instead.
-    return Kind(label, hook, contract, env)  # type: ignore[arg-type]
+def _kind(label: str, hook: str, contract: Any, env: str) -> Any:
+    # mypy rejects an abstract class where type[B] is expected (python/mypy#4717), so the
+    # contract goes in untyped and each constant below is annotated with its Kind[contract].
+    return Kind(label, hook, contract, env)
 
 
 ATTESTER: Kind[Attester] = _kind("attester", "attester", Attester, "TRUSTFLOW_TEE")
