@@ -124,7 +124,7 @@ async def run_backend(
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
         capsule_manager_pb2_grpc as cm_grpc,
     )
-    from trustflow_core.registry import get_backend_class
+    from trustflow_core.registry import ATTESTER, backend_class
     from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
     from trustflow_core.roles.capsule_manager.convert import report_to_pb
     from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
@@ -153,7 +153,7 @@ async def run_backend(
                 initiator_party_id=app.party_id, scope="default", op_name="bench"
             )
             rr.resources.add(resource_uri=uuid)
-            attester = get_backend_class(pm, "attester", "sim").from_settings()
+            attester = backend_class(pm, ATTESTER, "sim").from_settings()
             digest = ra_user_data(app.chain_pems[0].encode(), serialize_canonical(rr))
             report = report_to_pb(await attester.generate(digest))
             gdk = cm_pb2.GetDataKeysRequest(cert=app.chain_pems[0], resource_request=rr)

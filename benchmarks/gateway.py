@@ -140,7 +140,7 @@ def main() -> None:
         parser.error("--rounds must be at least 1")
 
     from trustflow_core.manager import get_plugin_manager
-    from trustflow_core.registry import get_backend_class
+    from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class
 
     env = {**os.environ, "TRUSTFLOW_LOAD_PLUGINS": "tee_sim,channel_jwe"}
     os.environ.update(env)
@@ -196,7 +196,7 @@ def main() -> None:
             )
             wait_port(jwe_port, procs[-1])
 
-            channel = get_backend_class(get_plugin_manager(), "channel", "jwe").from_settings(
+            channel = backend_class(get_plugin_manager(), ENVELOPE_CHANNEL, "jwe").from_settings(
                 {"profile": "upstream", "alg": "RSA-OAEP-256"}
             )
             expected = b"I got your message: hello\n"

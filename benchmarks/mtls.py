@@ -240,7 +240,7 @@ def gateway_configs(root: Path, dirs: dict[str, Path], ports: dict[str, int]) ->
 
 async def measure(args: argparse.Namespace, ports: dict[str, int]) -> None:
     from trustflow_core.manager import get_plugin_manager
-    from trustflow_core.registry import get_backend_class
+    from trustflow_core.registry import TRANSPORT_CHANNEL, backend_class
     from trustflow_core.tls_asset import load_tls_asset
 
     paths = {
@@ -258,7 +258,7 @@ async def measure(args: argparse.Namespace, ports: dict[str, int]) -> None:
     for name, mbs, rps in rows:
         print(f"{name:32} {mbs:9.1f} {mbs / base_mbs:9.2f} {rps:9.0f} {rps / base_rps:9.2f}")
 
-    channel = get_backend_class(get_plugin_manager(), "channel", "mtls")()
+    channel = backend_class(get_plugin_manager(), TRANSPORT_CHANNEL, "mtls")()
     asset, _ = load_tls_asset(args.root / "bob" / "tls.crt", args.root / "bob" / "tls.key")
     mtls_hs = await handshakes_per_second(
         channel.server_ssl_context(asset), channel.client_ssl_context(asset), args.duration

@@ -120,7 +120,7 @@ async def soak(target: str, proc: subprocess.Popen[str], args: argparse.Namespac
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
         capsule_manager_pb2 as cm_pb2,
     )
-    from trustflow_core.registry import get_backend_class
+    from trustflow_core.registry import ATTESTER, backend_class
     from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
     from trustflow_core.roles.capsule_manager.convert import report_to_pb
     from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
@@ -148,7 +148,7 @@ async def soak(target: str, proc: subprocess.Popen[str], args: argparse.Namespac
     await setup.create_data_policy(owner, "default", uuid, [rule])
     rr = cm_pb2.ResourceRequest(initiator_party_id=app.party_id, scope="default", op_name="soak")
     rr.resources.add(resource_uri=uuid)
-    attester = get_backend_class(pm, "attester", "sim").from_settings()
+    attester = backend_class(pm, ATTESTER, "sim").from_settings()
     digest = ra_user_data(app.chain_pems[0].encode(), serialize_canonical(rr))
     report = report_to_pb(await attester.generate(digest))
 

@@ -18,7 +18,7 @@ from trustflow_core.attestation import Policy, Report, ra_user_data
 from trustflow_core.errors import VerificationError
 from trustflow_core.identity import self_signed_cert
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.registry import get_backend_class, verifier_for_platform
+from trustflow_core.registry import ATTESTER, ENVELOPE_CHANNEL, backend_class, verifier_for_platform
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,7 +39,7 @@ def pm(monkeypatch, tmp_path):
 
 
 async def _app_side_get_ra_cert(pm, cert_pem: bytes, nonce: str) -> dict:
-    attester = get_backend_class(pm, "attester", "sim").from_settings({})
+    attester = backend_class(pm, ATTESTER, "sim").from_settings({})
     async with attester:
         report = await attester.generate(ra_user_data(cert_pem, nonce.encode()))
     return {"cert": cert_pem.decode(), "attestation_report": report.to_dict()}
@@ -61,7 +61,7 @@ async def test_client_verifies_app_then_exchanges_sealed_messages(pm, app_identi
     assert verified.simulated
 
     app_public_key = x509.load_pem_x509_certificate(reply["cert"].encode()).public_key()
-    channel = get_backend_class(pm, "channel", "jwe").from_settings({"profile": profile})
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": profile})
     sealed = channel.seal(b'{"message": "hello"}', app_public_key)
     opened = channel.open(sealed.jwe, app_key)
     assert opened.plaintext == b'{"message": "hello"}'

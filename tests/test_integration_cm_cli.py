@@ -26,7 +26,7 @@ from trustflow_core.cli import build_cli
 from trustflow_core.errors import AccessDenied, ObjectNotFound
 from trustflow_core.keyexchange import Resource, ResourceRequest, ResultKey
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.registry import get_backend_class
+from trustflow_core.registry import ATTESTER, backend_class
 from trustflow_core.roles.capsule_manager.keyexchange import CapsuleManagerKeyExchange
 from trustflow_core.testing.databases import throwaway_database
 
@@ -137,7 +137,7 @@ def make_kx(target: str) -> CapsuleManagerKeyExchange:
     if not _APP:
         _APP.append(ephemeral_credentials())
     pm = get_plugin_manager()
-    attester = get_backend_class(pm, "attester", "sim").from_settings()
+    attester = backend_class(pm, ATTESTER, "sim").from_settings()
     return CapsuleManagerKeyExchange(target, attester=attester, pm=pm, credentials=_APP[0])
 
 

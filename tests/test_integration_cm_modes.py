@@ -25,7 +25,7 @@ from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.registry import backends
+from trustflow_core.registry import VERIFIER, backends_of
 from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
 from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, CapsuleManagerError
 from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
@@ -198,7 +198,7 @@ def test_settings_file_and_overrides(tmp_path: Path) -> None:
     s = load_settings(config, port=1234)
     assert s.port == 1234 and s.plat == "none" and s.db_url == "sqlite:///x.db"
     assert s.allow_upstream_sim is True
-    verifiers = backends(get_plugin_manager(), "verifier").values()
+    verifiers = backends_of(get_plugin_manager(), VERIFIER).values()
     policy = s.attestation_policy(verifiers, attester_simulated=False)
     assert policy.main_attributes[0].hex_ta_measurement == "aa"
     assert policy.allow_simulation is False

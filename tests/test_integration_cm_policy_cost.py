@@ -38,7 +38,7 @@ from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.registry import get_backend_class
+from trustflow_core.registry import ATTESTER, backend_class
 from trustflow_core.roles.capsule_manager.client import (
     CapsuleManagerClient,
     CapsuleManagerError,
@@ -138,7 +138,7 @@ async def new_data(c: CapsuleManagerClient, owner: Credentials, *rules: cm_pb2.R
 async def get_keys(c: CapsuleManagerClient, uuid: str) -> list[cm_pb2.DataKey]:
     request = cm_pb2.ResourceRequest(initiator_party_id=APP.party_id, scope=SCOPE, op_name="psi")
     request.resources.add(resource_uri=uuid)
-    attester = get_backend_class(get_plugin_manager(), "attester", "sim").from_settings()
+    attester = backend_class(get_plugin_manager(), ATTESTER, "sim").from_settings()
     digest = ra_user_data(APP.chain_pems[0].encode(), serialize_canonical(request))
     report = report_to_pb(await attester.generate(digest))
     return await c.get_data_keys(APP, request, report)

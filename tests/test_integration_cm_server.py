@@ -20,7 +20,7 @@ from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.registry import get_backend_class
+from trustflow_core.registry import ATTESTER, VERIFIER, backend_class
 from trustflow_core.roles.capsule_manager.client import (
     CapsuleManagerClient,
     CapsuleManagerError,
@@ -65,7 +65,7 @@ async def world(
     cm = CapsuleManager(settings, pm=pm)
     port = await cm.start()
     client = CapsuleManagerClient(f"127.0.0.1:{port}", pm=pm, verify_sim=True)
-    attester = get_backend_class(pm, "attester", "sim").from_settings()
+    attester = backend_class(pm, ATTESTER, "sim").from_settings()
     w = World(
         cm,
         client,
@@ -152,7 +152,7 @@ async def test_get_ra_cert_report_bound_to_cert_and_nonce(world: World) -> None:
     cert, report = await world.client.get_ra_cert("nonce-1")  # verify_sim=True checks it
     assert "BEGIN CERTIFICATE" in cert and report is not None
     assert report.str_tee_platform == "SIM"
-    verifier = get_backend_class(world.pm, "verifier", "sim").from_settings()
+    verifier = backend_class(world.pm, VERIFIER, "sim").from_settings()
     verified = await verifier.verify(report, world.client.policy)
     expected = hashlib.sha256(cert.encode() + b".nonce-1").hexdigest()
     assert verified.attributes.hex_user_data == expected
@@ -456,7 +456,7 @@ def pinned_rule(grantee: str) -> cm_pb2.Rule:
 @pytest.fixture(scope="module")
 def evil_app(world: World) -> tuple[Credentials, Any]:
     """Mallory's app: attested by the same (sim) platform, another measurement."""
-    attester = get_backend_class(world.pm, "attester", "sim").from_settings(
+    attester = backend_class(world.pm, ATTESTER, "sim").from_settings(
         {"measurements": {"hex_ta_measurement": EVIL_TA}}
     )
     return make_party("mallory-app"), attester

@@ -21,7 +21,7 @@ from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.registry import get_backend_class
+from trustflow_core.registry import ATTESTER, backend_class
 from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, CapsuleManagerError
 from trustflow_core.roles.capsule_manager.convert import report_to_pb
 from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
@@ -99,7 +99,7 @@ async def grant_and_get_keys(target: str, times: int) -> None:
         await client.create_data_policy(owner, "default", uuid, [rule])
         rr = cm_pb2.ResourceRequest(initiator_party_id=app.party_id, scope="default", op_name="op")
         rr.resources.add(resource_uri=uuid)
-        attester = get_backend_class(pm, "attester", "sim").from_settings()
+        attester = backend_class(pm, ATTESTER, "sim").from_settings()
         digest = ra_user_data(app.chain_pems[0].encode(), serialize_canonical(rr))
         report = report_to_pb(await attester.generate(digest))
         for _ in range(times):

@@ -28,7 +28,7 @@ from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.registry import get_backend_class
+from trustflow_core.registry import TRANSPORT_CHANNEL, backend_class
 from trustflow_core.roles._server import start_site
 from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
 from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, Credentials
@@ -149,7 +149,7 @@ async def start(world) -> AsyncIterator[Any]:
 
 
 def mtls():
-    return get_backend_class(get_plugin_manager(), "channel", "mtls").from_settings({})
+    return backend_class(get_plugin_manager(), TRANSPORT_CHANNEL, "mtls").from_settings({})
 
 
 async def handshake(server_files: tuple[Path, Path], client_files: tuple[Path, Path]) -> bytes:

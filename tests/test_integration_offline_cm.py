@@ -158,9 +158,9 @@ def visible(directory: Path) -> list[str]:
 
 async def carol_key(cm_world, uuid: str) -> bytes:
     pm = get_plugin_manager()
-    from trustflow_core.registry import get_backend_class
+    from trustflow_core.registry import ATTESTER, backend_class
 
-    attester = get_backend_class(pm, "attester", "sim").from_settings()
+    attester = backend_class(pm, ATTESTER, "sim").from_settings()
     kx = CapsuleManagerKeyExchange(
         cm_world["target"], attester=attester, credentials=cm_world["carol"], pm=pm
     )

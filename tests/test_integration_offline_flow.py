@@ -17,7 +17,7 @@ from trustflow_core.capsule import CapsuleDecryptor, CapsuleEncryptor, encrypt_f
 from trustflow_core.errors import ObjectNotFound
 from trustflow_core.keyexchange import Resource, ResourceRequest, ResultKey
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.registry import get_backend_class, storage_for_uri
+from trustflow_core.registry import KEY_EXCHANGE, backend_class, storage_for_uri
 
 pytestmark = pytest.mark.asyncio
 
@@ -53,7 +53,7 @@ async def test_input_is_decrypted_result_stored_then_key_registered(workspace):
     root, owner_key, plaintext = workspace
     pm = get_plugin_manager()
     keys_file = root / "keys.json"
-    exchange = get_backend_class(pm, "key_exchange", "static").from_settings(
+    exchange = backend_class(pm, KEY_EXCHANGE, "static").from_settings(
         {"keys": {"input-uuid": base64.b64encode(owner_key).decode()}, "keys_file": str(keys_file)}
     )
     storage = storage_for_uri(pm, f"file://{root}/input.csv.enc").from_settings(
@@ -74,7 +74,7 @@ async def test_input_is_decrypted_result_stored_then_key_registered(workspace):
         )
         assert await decrypt_object(storage, uri, result_key) == result
 
-    reloaded = get_backend_class(pm, "key_exchange", "static").from_settings(
+    reloaded = backend_class(pm, KEY_EXCHANGE, "static").from_settings(
         {"keys_file": str(keys_file)}
     )
     [again] = await reloaded.get_data_keys(
@@ -87,7 +87,7 @@ async def test_input_is_decrypted_result_stored_then_key_registered(workspace):
 async def test_failed_upload_leaves_no_result_and_registers_no_key(workspace):
     root, _, _ = workspace
     pm = get_plugin_manager()
-    exchange = get_backend_class(pm, "key_exchange", "static").from_settings({})
+    exchange = backend_class(pm, KEY_EXCHANGE, "static").from_settings({})
     storage = storage_for_uri(pm, str(root)).from_settings({"roots": [str(root)]})
 
     async def dying_source() -> AsyncIterator[bytes]:

@@ -621,3 +621,52 @@ async def test_directory_of_many_files_round_trips(proxy, world):
     assert (await post(proxy, GET, body))[0] == 200
     for rel, data in expected.items():
         assert (world["out"] / "dec" / rel).read_bytes() == data
+
+
+async def test_the_key_exchange_uses_the_proxys_plugin_manager(world, pm):
+    """One plugin manager passed down: the ``capsule_manager`` key exchange finds its attester
+    in the plugin manager the proxy was given (here: an attester registered only there), not in
+    a manager of its own."""
+    import types
+
+    from trustflow_tee_sim.attester import SimAttester
+
+    from trustflow_core import hookimpl
+
+    class RoleOnlyAttester(SimAttester):
+        name = "role-only"
+        development_default = False
+
+    module = types.ModuleType("role_only_attester")
+
+    @hookimpl
+    def trustflow_register_attesters(register):
+        register(RoleOnlyAttester)
+
+    module.trustflow_register_attesters = trustflow_register_attesters
+    pm.register(module)
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert_path, key_path = world["tmp"] / "rsa.crt", world["tmp"] / "rsa.key"
+    cert_path.write_bytes(self_signed_cert(key, "carol").public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    settings = DataCapsuleProxySettings(
+        cert_path=cert_path,
+        private_key_path=key_path,
+        allowed_roots=(str(world["root"]),),
+        plat="role-only",
+        cm_endpoint="127.0.0.1:1",
+    )
+    async with (
+        running_proxy(settings, pm) as url,
+        aiohttp.ClientSession() as http,
+        http.get(url + "/health") as reply,
+    ):
+        assert reply.status == 200

@@ -19,7 +19,7 @@ from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.registry import get_backend_class
+from trustflow_core.registry import ATTESTER, backend_class
 from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
 from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
 from trustflow_core.roles.capsule_manager.keyexchange import (
@@ -76,7 +76,7 @@ def setup(
 
 def make_kx(setup: dict[str, Any], **kw: Any) -> CapsuleManagerKeyExchange:
     pm = get_plugin_manager()
-    attester = get_backend_class(pm, "attester", "sim").from_settings()
+    attester = backend_class(pm, ATTESTER, "sim").from_settings()
     kw.setdefault("attester", attester)
     return CapsuleManagerKeyExchange(setup["target"], credentials=setup["app"], pm=pm, **kw)
 

@@ -17,7 +17,14 @@ from trustflow_core import hookimpl
 from trustflow_core.attestation import Attester, Attributes, Evidence, Report, Verifier
 from trustflow_core.errors import PluginError
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.registry import attester_class, backends, development_default, verifier_class
+from trustflow_core.registry import (
+    ATTESTER,
+    VERIFIER,
+    attester_class,
+    backends_of,
+    development_default,
+    verifier_class,
+)
 
 
 class _Quartz(Verifier):
@@ -137,7 +144,7 @@ def test_policy_identity_exposes_the_declared_fields_in_lowercase() -> None:
 def test_bad_identity_declarations_fail_at_load_naming_the_plugin(pm, declared, match) -> None:
     pm.register(_plugin(verifiers=(_verifier("bad", **declared),)), name="declaring")
     with pytest.raises(PluginError, match=match) as info:
-        backends(pm, "verifier")
+        backends_of(pm, VERIFIER)
     assert "'declaring'" in str(info.value)
 
 
@@ -146,7 +153,7 @@ def test_the_development_default_is_the_one_simulated_backend_that_says_so(pm) -
     dev = _attester("dev", simulated=True, default=True)
     other_sim = _attester("othersim", simulated=True, default=False)
     pm.register(_plugin(attesters=(real, dev, other_sim)), name="p")
-    assert development_default(pm, "attester") is dev
+    assert development_default(pm, ATTESTER) is dev
     assert attester_class(pm, None) is dev
     assert attester_class(pm, "othersim") is other_sim
     assert verifier_class(pm, None) is None  # no verifier declares itself the default
@@ -168,4 +175,4 @@ def test_the_development_default_is_the_one_simulated_backend_that_says_so(pm) -
 def test_development_default_claims_are_checked(pm, attesters, match) -> None:
     pm.register(_plugin(attesters=attesters), name="p")
     with pytest.raises(PluginError, match=match):
-        backends(pm, "attester")
+        backends_of(pm, ATTESTER)

@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from trustflow_core.channel import Jwe
-from trustflow_core.errors import InvalidInput, UnsupportedOperation
+from trustflow_core.errors import BackendNotFound, InvalidInput, UnsupportedOperation
 from trustflow_core.identity import self_signed_cert
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.registry import get_backend_class
+from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class
 from trustflow_core.roles._server import start_site
 from trustflow_core.roles.gateway.config import load_config, parse_config
 from trustflow_core.roles.gateway.jwe_filter import EnvelopeRejected, choose_profile, classify
@@ -433,7 +433,7 @@ async def test_envelopes_are_opened_forwarded_and_replies_sealed(pm, identity, p
     settings = {"profile": profile}
     if profile == "upstream":
         settings["alg"] = "RSA-OAEP-256"
-    channel = get_backend_class(pm, "channel", "jwe").from_settings(settings)
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings(settings)
     content_type = "application/jose+json" if profile == "rfc" else "application/json"
     async with stack(pm, identity, recorder) as (urls, session):
         for path, status_want in (("/teeapp/strict", 200), ("/teeapp?status=500", 500)):
@@ -599,7 +599,7 @@ async def test_a_client_leaving_mid_body_is_handled_quietly(pm, identity, caplog
 @pytest.mark.asyncio
 async def test_an_app_reply_too_large_to_seal_is_502(pm, identity):
     _, key = identity
-    channel = get_backend_class(pm, "channel", "jwe").from_settings({"profile": "rfc"})
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": "rfc"})
     sealed = channel.seal(b"hello", key.public_key())
     async with stack(pm, identity, Recorder(), max_body_bytes=65536) as (urls, session):
         status, _, data = await call(
@@ -631,3 +631,70 @@ async def test_a_client_leaving_mid_reply_is_handled_quietly(pm, identity, caplo
         for r in caplog.records
         if r.levelname == "ERROR" and "roles/gateway" in logging.Formatter().format(r)
     ]
+
+
+# ---- channels chosen by configuration ----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_the_envelope_channel_named_in_the_config_opens_the_envelopes(pm, identity):
+    """``envelope_channel`` in the config picks the JWE filter's backend from the registry: here
+    a third-party channel registered as ``counting`` (the jwe channel, counting what it
+    opens)."""
+    import types
+
+    from trustflow_channel_jwe.channel import JweChannel
+
+    from trustflow_core import hookimpl
+
+    opened: list[bytes] = []
+
+    class CountingChannel(JweChannel):
+        name = "counting"
+
+        def open(self, jwe, private_key):
+            result = super().open(jwe, private_key)
+            opened.append(result.plaintext)
+            return result
+
+    module = types.ModuleType("counting_channel")
+
+    @hookimpl
+    def trustflow_register_channels(register):
+        register(CountingChannel)
+
+    module.trustflow_register_channels = trustflow_register_channels
+    pm.register(module)
+    _, key = identity
+    recorder = Recorder()
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": "rfc"})
+    async with stack(pm, identity, recorder, envelope_channel="counting") as (urls, session):
+        sealed = channel.seal(b"hello", key.public_key())
+        status, _, data = await call(
+            session,
+            "POST",
+            urls["public"] + "/teeapp/strict",
+            json.dumps(sealed.jwe.to_dict()).encode(),
+            {"Content-Type": "application/jose+json"},
+        )
+        assert status == 200
+        assert recorder.requests[-1][3] == b"hello"
+        assert opened == [b"hello"]
+        reply = Jwe.from_dict(json.loads(data))
+        assert channel.open_reply(reply, sealed.cek) == b"I got your message: hello"
+
+
+@pytest.mark.asyncio
+async def test_a_channel_of_the_wrong_kind_fails_start_up_naming_kind_and_installed(
+    identity, monkeypatch
+):
+    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "tee_sim,channel_jwe,channel_mtls")
+    with pytest.raises(BackendNotFound) as info:
+        async with stack(get_plugin_manager(), identity, Recorder(), envelope_channel="mtls"):
+            pass
+    assert str(info.value).startswith(
+        "no envelope channel backend 'mtls' ('mtls' is a transport channel, not an envelope "
+        "channel); installed envelope channel backends: ['jwe']"
+    )
+    with pytest.raises(InvalidInput, match="envelope_channel must be a backend name"):
+        parse_config({**NATIVE, "envelope_channel": ""})

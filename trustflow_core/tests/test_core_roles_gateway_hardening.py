@@ -532,10 +532,10 @@ def post_jwe(target: str, body: bytes, content_type: str = "application/jose+jso
 
 @pytest.mark.asyncio
 async def test_a_replayed_rfc_envelope_is_refused_and_a_fresh_one_passes(pm, deploy):
-    from trustflow_core.registry import get_backend_class
+    from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class
 
     _, key = deploy
-    channel = get_backend_class(pm, "channel", "jwe").from_settings({"profile": "rfc"})
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": "rfc"})
     app = NormalisingApp()
     async with app as app_port, gateway(pm, deploy, app_port) as address:
         captured = json.dumps(channel.seal(b"pay 100", key.public_key()).jwe.to_dict()).encode()
@@ -592,10 +592,10 @@ async def test_a_deeply_nested_protected_header_is_a_clear_400(pm, deploy):
 
 @pytest.mark.asyncio
 async def test_freshness_modes_and_the_unchanged_upstream_profile(pm, deploy):
-    from trustflow_core.registry import get_backend_class
+    from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class
 
     _, key = deploy
-    upstream = get_backend_class(pm, "channel", "jwe").from_settings(
+    upstream = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings(
         {"profile": "upstream", "alg": "RSA-OAEP-256"}
     )
     old_style = rfc_envelope(key.public_key(), b"no claims")  # an RFC client without iat/jti

@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from trustflow_core.errors import InvalidInput, UnsupportedOperation, VerificationError
 from trustflow_core.keyexchange import TlsAsset
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.registry import get_backend_class
+from trustflow_core.registry import TRANSPORT_CHANNEL, backend_class
 from trustflow_core.roles.gateway.config import GatewayConfig, load_config, parse_config
 from trustflow_core.roles.gateway.server import Gateway
 from trustflow_core.testing.transport import flip_pem_byte, impostor_asset, raw_context
@@ -272,7 +272,7 @@ def member_client_context(pm, tls: TlsAsset, *, verify_server: bool = True) -> s
     """The mtls channel's client context, TLS 1.2 only so that a client refused by the
     server fails in the handshake itself (TLS 1.3 reports it at the first read). Without
     ``verify_server`` the client accepts any server, so a failure is the server's refusal."""
-    ctx = get_backend_class(pm, "channel", "mtls")().client_ssl_context(tls)
+    ctx = backend_class(pm, TRANSPORT_CHANNEL, "mtls")().client_ssl_context(tls)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     if not verify_server:
         ctx.verify_mode = ssl.CERT_NONE

@@ -30,7 +30,13 @@ from trustflow_core.manager import TrustflowPluginManager, get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.registry import development_default, get_backend_class
+from trustflow_core.registry import (
+    ATTESTER,
+    KEY_EXCHANGE,
+    VERIFIER,
+    backend_class,
+    development_default,
+)
 from trustflow_core.roles._server import start_site
 from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, Credentials
 from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
@@ -66,12 +72,12 @@ def platform_key(mirage_dir: Path) -> Path:
 
 
 async def test_the_entry_point_registers_mirage_as_a_simulated_named_only_backend(pm) -> None:
-    assert get_backend_class(pm, "attester", "mirage") is MirageAttester
-    assert get_backend_class(pm, "verifier", "mirage") is MirageVerifier
+    assert backend_class(pm, ATTESTER, "mirage") is MirageAttester
+    assert backend_class(pm, VERIFIER, "mirage") is MirageVerifier
     assert MirageVerifier.simulated and MirageAttester.simulated
     with pytest.raises(BackendUnavailable, match="simulated backends must be named"):
-        get_backend_class(pm, "attester")
-    assert development_default(pm, "attester") is None
+        backend_class(pm, ATTESTER)
+    assert development_default(pm, ATTESTER) is None
 
 
 # ---- online: RA proxy + gateway + online client ---------------------------------------------
@@ -273,7 +279,7 @@ async def test_offline_flow_keys_under_owner_rules_over_mirage_identity(
     }
     async with http.post(url + "/DataCapsuleProxy/PutResultData", json=body) as r:
         assert r.status == 200, await r.text()
-    kx_cls = get_backend_class(pm, "key_exchange", "capsule_manager")
+    kx_cls = backend_class(pm, KEY_EXCHANGE, "capsule_manager")
     kx = kx_cls.from_settings(
         {
             "endpoint": f"127.0.0.1:{cm.port}",
@@ -296,7 +302,7 @@ async def test_offline_flow_keys_under_owner_rules_over_mirage_identity(
 async def test_capsule_manager_refuses_mirage_reports_signed_by_an_untrusted_key(
     cm, pm, tmp_path, app_identity
 ):
-    kx = get_backend_class(pm, "key_exchange", "capsule_manager").from_settings(
+    kx = backend_class(pm, KEY_EXCHANGE, "capsule_manager").from_settings(
         {
             "endpoint": f"127.0.0.1:{cm.port}",
             "attester": "mirage",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from trustflow_core.errors import InvalidInput
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.registry import backends, get_backend_class, list_plugins
+from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class, backends_of, list_plugins
 
 from trustflow_channel_jwe.channel import JweChannel
 
@@ -20,8 +20,8 @@ def test_channel_jwe_plugin_is_installed(monkeypatch: pytest.MonkeyPatch) -> Non
     assert info.error is None
     assert "trustflow_register_channels" in info.hooks
     assert [(b.kind, b.name, b.viable) for b in info.backends] == [("channel", "jwe", True)]
-    assert backends(pm, "channel")["jwe"] is JweChannel
-    assert get_backend_class(pm, "channel", "jwe") is JweChannel
+    assert backends_of(pm, ENVELOPE_CHANNEL)["jwe"] is JweChannel
+    assert backend_class(pm, ENVELOPE_CHANNEL, "jwe") is JweChannel
 
 
 def test_default_profile_is_rfc() -> None:

@@ -9,7 +9,7 @@ import tempfile
 import pytest
 from trustflow_core.errors import InvalidInput
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.registry import backends, get_backend_class, list_plugins
+from trustflow_core.registry import TRANSPORT_CHANNEL, backend_class, backends_of, list_plugins
 from trustflow_core.testing.transport import group_asset
 
 from trustflow_channel_mtls import channel as module
@@ -26,8 +26,8 @@ def test_channel_mtls_plugin_is_installed(monkeypatch: pytest.MonkeyPatch) -> No
     assert info.error is None
     assert "trustflow_register_channels" in info.hooks
     assert [(b.kind, b.name, b.viable) for b in info.backends] == [("channel", "mtls", True)]
-    assert backends(pm, "channel")["mtls"] is MtlsChannel
-    assert get_backend_class(pm, "channel", "mtls") is MtlsChannel
+    assert backends_of(pm, TRANSPORT_CHANNEL)["mtls"] is MtlsChannel
+    assert backend_class(pm, TRANSPORT_CHANNEL, "mtls") is MtlsChannel
 
 
 def test_default_and_explicit_settings() -> None:

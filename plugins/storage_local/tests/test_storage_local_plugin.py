@@ -6,7 +6,13 @@ import pytest
 from trustflow_core import get_plugin_manager
 from trustflow_core.errors import BackendNotFound
 from trustflow_core.manager import TrustflowPluginManager
-from trustflow_core.registry import backends, get_backend_class, list_plugins, storage_for_uri
+from trustflow_core.registry import (
+    STORAGE,
+    backend_class,
+    backends_of,
+    list_plugins,
+    storage_for_uri,
+)
 
 import trustflow_storage_local.plugin
 from trustflow_storage_local.storage import LocalStorage
@@ -30,9 +36,9 @@ def test_hook_registers_local_storage(pm: TrustflowPluginManager) -> None:
     with pytest.raises(BackendNotFound, match="trustflow-storage-local"):
         storage_for_uri(pm, "/srv/data.csv")
     pm.register(trustflow_storage_local.plugin, name="storage_local")
-    assert backends(pm, "storage") == {"local": LocalStorage}
+    assert backends_of(pm, STORAGE) == {"local": LocalStorage}
     assert storage_for_uri(pm, "/srv/data.csv") is LocalStorage
     assert storage_for_uri(pm, "file:///srv/data.csv") is LocalStorage
-    assert get_backend_class(pm, "storage", "local") is LocalStorage
+    assert backend_class(pm, STORAGE, "local") is LocalStorage
     with pytest.raises(BackendNotFound):
         storage_for_uri(pm, "s3://bucket/key")

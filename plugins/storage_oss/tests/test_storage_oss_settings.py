@@ -6,7 +6,7 @@ import pytest
 from conftest import ACCESS_KEY, SECRET_KEY
 from trustflow_core.errors import InvalidInput
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.registry import get_backend_class, storage_for_uri
+from trustflow_core.registry import STORAGE, backend_class, storage_for_uri
 
 from trustflow_storage_oss.oss import OssStorage
 from trustflow_storage_oss.s3 import S3Storage
@@ -42,9 +42,9 @@ def test_secrets_are_not_in_repr(s3_settings):
 def test_registered_through_the_plugin(monkeypatch):
     monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "storage_oss")  # the entry point alone
     pm = get_plugin_manager()
-    assert get_backend_class(pm, "storage", "s3") is S3Storage
+    assert backend_class(pm, STORAGE, "s3") is S3Storage
     assert storage_for_uri(pm, "s3://bucket/key") is S3Storage
-    assert get_backend_class(pm, "storage", "oss") is OssStorage
+    assert backend_class(pm, STORAGE, "oss") is OssStorage
     assert storage_for_uri(pm, "oss://bucket/key") is OssStorage
 
 

@@ -10,8 +10,10 @@ from trustflow_core.cli import build_cli
 from trustflow_core.errors import BackendUnavailable
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import (
-    backends,
-    get_backend_class,
+    ATTESTER,
+    VERIFIER,
+    backend_class,
+    backends_of,
     list_plugins,
     verifier_for_platform,
 )
@@ -29,8 +31,8 @@ def test_tee_csv_plugin_is_installed():
 
 def test_backends_are_found_by_name_and_platform():
     pm = get_plugin_manager()
-    assert backends(pm, "attester")["csv"] is CsvAttester
-    assert get_backend_class(pm, "verifier", "csv") is CsvVerifier
+    assert backends_of(pm, ATTESTER)["csv"] is CsvAttester
+    assert backend_class(pm, VERIFIER, "csv") is CsvVerifier
     assert verifier_for_platform(pm, "CSV") is CsvVerifier
 
 
@@ -52,7 +54,7 @@ def files(vectors):
 @pytest.mark.skipif(CsvAttester.viable(), reason="this host is a CSV guest")
 def test_attester_outside_a_guest_is_unavailable(run):
     with pytest.raises(BackendUnavailable, match="csv-guest"):
-        get_backend_class(get_plugin_manager(), "attester", "csv")
+        backend_class(get_plugin_manager(), ATTESTER, "csv")
     result = run("attest", "report", "--plat", "csv", "--user-data", "00")
     assert result.exit_code != 0
     assert "csv-guest" in (result.output + repr(result.exception))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from trustflow_core.errors import BackendUnavailable
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.registry import get_backend_class, list_plugins, verifier_for_platform
+from trustflow_core.registry import (
+    ATTESTER,
+    VERIFIER,
+    backend_class,
+    list_plugins,
+    verifier_for_platform,
+)
 
 from trustflow_tee_sim.attester import SimAttester
 from trustflow_tee_sim.verifier import SimVerifier
@@ -26,19 +32,19 @@ def test_tee_sim_plugin_is_installed():
 
 def test_backends_are_found_by_name_and_platform():
     pm = get_plugin_manager()
-    assert get_backend_class(pm, "attester", "sim") is SimAttester
-    assert get_backend_class(pm, "verifier", "sim") is SimVerifier
+    assert backend_class(pm, ATTESTER, "sim") is SimAttester
+    assert backend_class(pm, VERIFIER, "sim") is SimVerifier
     assert verifier_for_platform(pm, "SIM") is SimVerifier
 
 
 def test_sim_is_never_selected_automatically():
     with pytest.raises(BackendUnavailable, match="simulated backends must be named"):
-        get_backend_class(get_plugin_manager(), "attester")
+        backend_class(get_plugin_manager(), ATTESTER)
 
 
 def test_sim_is_selected_through_the_environment(monkeypatch):
     monkeypatch.setenv("TRUSTFLOW_TEE", "sim")
-    assert get_backend_class(get_plugin_manager(), "attester") is SimAttester
+    assert backend_class(get_plugin_manager(), ATTESTER) is SimAttester
 
 
 def test_class_contract():

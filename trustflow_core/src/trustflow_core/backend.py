@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from typing_extensions import Self
+
+if TYPE_CHECKING:
+    from .manager import TrustflowPluginManager
 
 
 class Backend:
@@ -49,6 +52,18 @@ class Backend:
         if settings:
             raise InvalidInput(f"{cls.kind} {cls.name!r} takes no settings, got {sorted(settings)}")
         return cls()
+
+    @classmethod
+    def from_role(cls, settings: Mapping[str, Any] | None, *, pm: TrustflowPluginManager) -> Self:
+        """Build an instance for a role whose plugin manager is ``pm``: what roles call.
+
+        The default is :meth:`from_settings` (``pm`` unused). A backend that builds other
+        backends (the ``capsule_manager`` key exchange builds its attester and the CM client's
+        channel and verifiers) overrides this to choose them from ``pm``, so that a role and
+        everything it builds see one set of plugins; its :meth:`from_settings` stays usable on
+        its own (then with the installed plugins).
+        """
+        return cls.from_settings(settings)
 
     async def __aenter__(self) -> Self:
         return self

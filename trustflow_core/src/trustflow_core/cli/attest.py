@@ -98,11 +98,11 @@ def report(
     from ..attestation import Attester
     from ..fileio import atomic_write_bytes
     from ..manager import get_plugin_manager
-    from ..registry import get_backend_class
+    from ..registry import ATTESTER, backend_class
 
     data = _parse_hex(user_data, "--user-data")
     settings = _load_mapping(settings_file, "settings file") if settings_file else {}
-    cls: type[Attester] = get_backend_class(get_plugin_manager(), "attester", plat)
+    cls: type[Attester] = backend_class(get_plugin_manager(), ATTESTER, plat)
 
     async def generate() -> Any:
         async with cls.from_settings(settings) as attester:
@@ -170,7 +170,7 @@ def verify(
     """Verify a report against a policy and print the verdict (exit 0 only if accepted)."""
     from ..attestation import MAX_USER_DATA, Attributes, Policy, Report, Verifier
     from ..manager import get_plugin_manager
-    from ..registry import get_backend_class, verifier_for_platform
+    from ..registry import VERIFIER, backend_class, verifier_for_platform
 
     now = _parse_time(at) if at else None
     settings = _load_mapping(settings_file, "settings file") if settings_file else {}
@@ -183,14 +183,14 @@ def verify(
     pm = get_plugin_manager()
     try:
         if quote_file is not None:
-            cls: type[Verifier] = get_backend_class(pm, "verifier", plat)
+            cls: type[Verifier] = backend_class(pm, VERIFIER, plat)
             endorsements = _read_bytes(endorsements_file) if endorsements_file else None
             report = cls.report_from_evidence(_read_bytes(quote_file), endorsements=endorsements)
         else:
             assert report_file is not None
             report = Report.from_dict(_load_mapping(report_file, "report", yaml_ok=False))
             cls = (
-                get_backend_class(pm, "verifier", plat)
+                backend_class(pm, VERIFIER, plat)
                 if plat
                 else verifier_for_platform(pm, report.str_tee_platform)
             )

@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from cryptography import x509
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from google.protobuf.message import Message
 
 from ...attestation import Policy, Report, Verifier, ra_user_data
-from ...channel import Jwe
+from ...channel import EnvelopeChannel, Jwe
 from ...errors import (
     AccessDenied,
     BackendUnavailable,
@@ -48,6 +48,9 @@ from ...wire import parse_json, to_json
 from .convert import report_from_pb
 from .errors import Kind, kind_of_message
 from .freshness import new_claims
+
+if TYPE_CHECKING:
+    from ...manager import TrustflowPluginManager
 
 M = TypeVar("M", bound=Message)
 
@@ -125,7 +128,9 @@ class CapsuleManagerClient:
     measurements by the verifier's ``constraint_fields``. An unknown name raises
     :class:`~trustflow_core.errors.BackendNotFound` on first use. ``channel_options``: gRPC
     channel arguments, e.g. ``[("grpc.use_local_subchannel_pool", 1)]`` for a connection of
-    this client's own.
+    this client's own. ``envelope_channel`` names the envelope channel backend sealing the
+    requests (built with ``profile: upstream``); ``pm`` is the plugin manager it and the
+    verifiers come from (default: the installed plugins).
     """
 
     def __init__(
@@ -137,8 +142,9 @@ class CapsuleManagerClient:
         channel_credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         timeout: float = 30.0,
-        pm: Any = None,
+        pm: TrustflowPluginManager | None = None,
         verify_sim: bool = False,
+        envelope_channel: str = "jwe",
     ) -> None:
         self.target = target
         self.tee_plat = tee_plat
@@ -146,11 +152,12 @@ class CapsuleManagerClient:
         self.timeout = timeout
         self.verify_sim = verify_sim
         self._pm = pm
+        self.envelope_channel = envelope_channel
         self._channel_credentials = channel_credentials
         self._channel_options = list(channel_options)
         self._grpc: grpc.aio.Channel | None = None  # made on first use, inside the event loop
         self._stub: cm_grpc.CapsuleManagerStub | None = None
-        self._jwe: Any = None
+        self._jwe: EnvelopeChannel | None = None
         self._cm_cert_pem: str | None = None
 
     async def __aenter__(self) -> CapsuleManagerClient:
@@ -167,7 +174,7 @@ class CapsuleManagerClient:
     # ---- plumbing --------------------------------------------------------------------------
 
     @property
-    def pm(self) -> Any:
+    def pm(self) -> TrustflowPluginManager:
         if self._pm is None:
             from ...manager import get_plugin_manager
 
@@ -175,12 +182,12 @@ class CapsuleManagerClient:
         return self._pm
 
     @property
-    def channel(self) -> Any:
+    def channel(self) -> EnvelopeChannel:
         if self._jwe is None:
-            from ...registry import get_backend_class
+            from ...registry import ENVELOPE_CHANNEL, backend_class
 
-            cls = get_backend_class(self.pm, "channel", "jwe")
-            self._jwe = cls.from_settings({"profile": "upstream"})
+            cls = backend_class(self.pm, ENVELOPE_CHANNEL, self.envelope_channel)
+            self._jwe = cls.from_role({"profile": "upstream"}, pm=self.pm)
         return self._jwe
 
     async def _call(self, method: str, request: Message) -> Any:
@@ -238,7 +245,9 @@ class CapsuleManagerClient:
         if report is None:
             raise VerificationError("missing_report", "the capsule manager sent no report")
         policy = self.policy.with_user_data(ra_user_data(cert_pem.encode(), nonce.encode()))
-        verifier = verifier_for_platform(self.pm, report.str_tee_platform).from_settings()
+        verifier = verifier_for_platform(self.pm, report.str_tee_platform).from_role(
+            None, pm=self.pm
+        )
         async with verifier:
             await verifier.verify(report, policy)
 

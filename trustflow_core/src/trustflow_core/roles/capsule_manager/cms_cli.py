@@ -58,6 +58,15 @@ def _str(section: Mapping[str, Any], key: str, where: str, *, allow_empty: bool 
     return value
 
 
+def _envelope_channel(config: Mapping[str, Any]) -> str:
+    """``envelope_channel`` (a Trustflow addition to the upstream schema): the envelope channel
+    backend sealing the requests; default ``jwe``."""
+    value = config.get("envelope_channel", "jwe")
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"config: envelope_channel must be a backend name, got {value!r}")
+    return value
+
+
 def _strings(value: Any, where: str) -> list[str]:
     if value is None:
         return []
@@ -150,6 +159,7 @@ class Context:
             tee_constraints=dict(constraints),
             channel_credentials=creds,
             timeout=self.timeout,
+            envelope_channel=_envelope_channel(cfg),
         )
 
     def emit(self, human: str, data: Any) -> None:

@@ -21,6 +21,10 @@ from .cms_cli import cms
 @click.option("--host", help="Listen address (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="gRPC port (default 8888; 0: any).")
 @click.option("--plat", help="TEE backend for the CM's own report: sim, tdx, csv, ... or none.")
+@click.option(
+    "--envelope-channel",
+    help="Envelope channel backend of the JWE/JWS envelopes (default jwe; 'trustflow plugins').",
+)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--storage-url", help="SQLAlchemy URL (default sqlite:///<data dir>/cm.db).")
 @click.option("--private-key-file", type=click.Path(dir_okay=False, path_type=Path))
@@ -44,6 +48,7 @@ def capsule_manager(
     host: str | None,
     port: int | None,
     plat: str | None,
+    envelope_channel: str | None,
     data_dir: Path | None,
     storage_url: str | None,
     private_key_file: Path | None,
@@ -69,6 +74,7 @@ def capsule_manager(
         host=host,
         port=port,
         plat=plat,
+        envelope_channel=envelope_channel,
         data_dir=data_dir,
         storage_url=storage_url,
         private_key_file=private_key_file,

@@ -16,10 +16,13 @@ Settings:
 * ``tee_plat`` / ``tee_constraints`` -- how the CM's own report is checked (default: the
   development default verifier, which is simulated: not checked, like upstream sim clients);
 * ``owner_id`` -- ``owner_id`` of registered result keys (default ``""`` as upstream apps);
-* ``timeout`` -- seconds per call (default 30).
+* ``timeout`` -- seconds per call (default 30);
+* ``envelope_channel`` -- envelope channel backend of the CM client (default ``jwe``).
 
-The module imports without the Capsule Manager's stack (grpc, protobuf): the backend is then
-listed as not usable, with the ``pip install`` that provides it.
+Roles build it with :meth:`CapsuleManagerKeyExchange.from_role`: the attester, the channel and
+the verifiers come from the role's plugin manager. The module imports without the Capsule
+Manager's stack (grpc, protobuf): the backend is then listed as not usable, with the
+``pip install`` that provides it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ if TYPE_CHECKING:
     from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
     from .client import Credentials
 
+if TYPE_CHECKING:
+    from ...manager import TrustflowPluginManager
+
 SETTINGS = {
     "endpoint",
     "attester",
@@ -53,7 +59,14 @@ SETTINGS = {
     "tee_constraints",
     "owner_id",
     "timeout",
+    "envelope_channel",
 }
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"key exchange 'capsule_manager': {what} must be a backend name")
+    return value
 
 
 def ephemeral_credentials(common_name: str = "TeeApps", *, key_size: int = 3072) -> Credentials:
@@ -106,7 +119,8 @@ class CapsuleManagerKeyExchange(KeyExchange):
         tee_constraints: Mapping[str, str | None] | None = None,
         owner_id: str = "",
         timeout: float = 30.0,
-        pm: Any = None,
+        pm: TrustflowPluginManager | None = None,
+        envelope_channel: str = "jwe",
     ) -> None:
         self.endpoint = endpoint
         self.attester = attester
@@ -115,7 +129,12 @@ class CapsuleManagerKeyExchange(KeyExchange):
         self.credentials = credentials or ephemeral_credentials()
         self.owner_id = owner_id
         self.client = CapsuleManagerClient(
-            endpoint, tee_plat=tee_plat, tee_constraints=tee_constraints, timeout=timeout, pm=pm
+            endpoint,
+            tee_plat=tee_plat,
+            tee_constraints=tee_constraints,
+            timeout=timeout,
+            pm=pm,
+            envelope_channel=envelope_channel,
         )
 
     def __repr__(self) -> str:
@@ -123,6 +142,16 @@ class CapsuleManagerKeyExchange(KeyExchange):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
+        """Standalone use: the attester, channel and verifiers come from the installed plugins
+        (:func:`~trustflow_core.manager.get_plugin_manager`); roles call :meth:`from_role`."""
+        from ...manager import get_plugin_manager
+
+        return cls.from_role(settings, pm=get_plugin_manager())
+
+    @classmethod
+    def from_role(cls, settings: Mapping[str, Any] | None, *, pm: TrustflowPluginManager) -> Self:
+        """Build with the role's plugin manager ``pm``: the ``attester`` is chosen from it and
+        the CM client uses it for its channel and verifiers."""
         s = dict(settings or {})
         unknown = sorted(set(s) - SETTINGS)
         if unknown:
@@ -130,16 +159,14 @@ class CapsuleManagerKeyExchange(KeyExchange):
         endpoint = s.get("endpoint")
         if not isinstance(endpoint, str) or not endpoint:
             raise InvalidInput("key exchange 'capsule_manager' needs 'endpoint' (host:port)")
-        from ...manager import get_plugin_manager
-        from ...registry import get_backend_class
+        from ...registry import ATTESTER, backend_class
         from .client import Credentials
 
-        pm = get_plugin_manager()
         attester = None
         name = s.get("attester")
         if name not in (None, "", "none"):
-            attester = get_backend_class(pm, "attester", name).from_settings(
-                s.get("attester_settings")
+            attester = backend_class(pm, ATTESTER, name).from_role(
+                s.get("attester_settings"), pm=pm
             )
         creds = None
         if s.get("private_key_file") or s.get("cert_file"):
@@ -158,6 +185,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
             owner_id=s.get("owner_id", ""),
             timeout=float(timeout),
             pm=pm,
+            envelope_channel=_name(s.get("envelope_channel", "jwe"), "envelope_channel"),
         )
 
     async def aclose(self) -> None:

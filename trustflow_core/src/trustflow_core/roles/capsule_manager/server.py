@@ -13,10 +13,18 @@ import grpc
 from sqlalchemy.exc import SQLAlchemyError
 
 from ...attestation import Attester, Verifier
+from ...channel import EnvelopeChannel
 from ...errors import BackendUnavailable, InvalidInput
 from ...manager import get_plugin_manager
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
-from ...registry import attester_class, backends, get_backend_class, verifier_for_platform
+from ...registry import (
+    ENVELOPE_CHANNEL,
+    VERIFIER,
+    attester_class,
+    backend_class,
+    backends_of,
+    verifier_for_platform,
+)
 from . import identity_keys, port_claim, private_files, storage_url
 from .envelope import Envelopes
 from .errors import CMError
@@ -76,13 +84,13 @@ class CapsuleManager:
         verifier = self._verifiers.get(platform)
         if verifier is None:
             cls = verifier_for_platform(self.pm, platform)
-            verifier = cls.from_settings(self.settings.verifiers.get(cls.name) or None)
+            verifier = cls.from_role(self.settings.verifiers.get(cls.name) or None, pm=self.pm)
             self._verifiers[platform] = verifier
         return verifier
 
-    def _channel(self) -> Any:
-        cls = get_backend_class(self.pm, "channel", "jwe")
-        return cls.from_settings({"profile": "upstream"})
+    def _channel(self) -> EnvelopeChannel:
+        cls = backend_class(self.pm, ENVELOPE_CHANNEL, self.settings.envelope_channel)
+        return cls.from_role({"profile": "upstream"}, pm=self.pm)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -127,7 +135,9 @@ class CapsuleManager:
         log.debug("storage %r ready", self.store)
         self.identity = identity
         attester_cls = self._attester_class()
-        attester = None if attester_cls is None else attester_cls.from_settings(s.attester or None)
+        attester = (
+            None if attester_cls is None else attester_cls.from_role(s.attester or None, pm=self.pm)
+        )
         if attester is not None:  # like upstream production: fail at start, not per request
             try:
                 await attester.generate(bytes(32))
@@ -142,7 +152,7 @@ class CapsuleManager:
             attester=attester,
             verifier_for=self._verifier_for,
             policy=s.attestation_policy(
-                backends(self.pm, "verifier").values(),  # type: ignore[arg-type]
+                backends_of(self.pm, VERIFIER).values(),
                 attester_simulated=(
                     attester_cls.simulated if attester_cls is not None else s.plat is None
                 ),

@@ -27,6 +27,8 @@ requests:                  # freshness claims (iat) of signed owner requests tha
   max_future_seconds: 300    # and at most this far ahead (clock skew)
 attester: {}               # settings of the `plat` attester backend
 verifiers: {sim: {}}       # settings per verifier backend name
+envelope_channel: jwe      # envelope channel backend of the JWE/JWS envelopes (built with
+                           # profile: upstream)
 ```
 """
 
@@ -56,6 +58,7 @@ TOP_KEYS = {
     "requests",
     "attester",
     "verifiers",
+    "envelope_channel",
 }
 
 
@@ -88,6 +91,7 @@ class CMSettings:
     freshness: FreshnessWindow = field(default_factory=FreshnessWindow)
     attester: Mapping[str, Any] = field(default_factory=dict)
     verifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    envelope_channel: str = "jwe"
 
     def __repr__(self) -> str:  # the storage URL's password never shows
         from .storage_url import redact
@@ -229,6 +233,7 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
         "freshness": _freshness(requests),
         "attester": data.get("attester"),
         "verifiers": dict(verifiers) or None,
+        "envelope_channel": data.get("envelope_channel"),
     }
     for name, value in overrides.items():
         if value is not None:
@@ -237,6 +242,9 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
         not isinstance(values["port"], int) or not 0 <= values["port"] <= 65535
     ):
         raise InvalidInput("config: port must be an integer 0..65535")
+    channel = values["envelope_channel"]
+    if channel is not None and (not isinstance(channel, str) or not channel):
+        raise InvalidInput(f"config: envelope_channel must be a backend name, got {channel!r}")
     for name in ("attester",):
         if values[name] is not None and not isinstance(values[name], Mapping):
             raise InvalidInput(f"config: {name} must be a mapping")

@@ -40,7 +40,7 @@ from ...errors import (
     VerificationError,
 )
 from ...manager import TrustflowPluginManager
-from ...registry import get_backend_class, verifier_for_platform
+from ...registry import ENVELOPE_CHANNEL, backend_class, verifier_for_platform
 
 RA_PATH = "/RaProxy/GetRaCert"
 PROFILES = ("rfc", "upstream")
@@ -82,6 +82,7 @@ class OnlineClient:
     data is filled in per call. ``upstream_sim`` accepts a reply without any report (the
     upstream sim RA Proxy) — only together with ``policy.allow_simulation``, and it proves
     nothing about the app. ``verifier_settings`` maps a verifier name to its settings.
+    ``envelope_channel`` names the envelope channel backend in ``pm`` (default ``jwe``).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class OnlineClient:
         verifier_settings: Mapping[str, Mapping[str, Any]] | None = None,
         timeout: float = 30.0,
         ra_path: str = RA_PATH,
+        envelope_channel: str = "jwe",
     ) -> None:
         if profile not in PROFILES:
             raise InvalidInput(f"profile must be one of {PROFILES}, got {profile!r}")
@@ -110,9 +112,8 @@ class OnlineClient:
         settings = {"profile": profile}
         if profile == "upstream":
             settings["alg"] = "RSA-OAEP-256"  # what the gateway (Envoy) decrypts
-        self.channel: EnvelopeChannel = get_backend_class(pm, "channel", "jwe").from_settings(
-            settings
-        )
+        channel_cls = backend_class(pm, ENVELOPE_CHANNEL, envelope_channel)
+        self.channel: EnvelopeChannel = channel_cls.from_role(settings, pm=pm)
         self.app: AttestedApp | None = None
 
     async def __aenter__(self) -> OnlineClient:
@@ -202,7 +203,7 @@ class OnlineClient:
                 cls = verifier_for_platform(self.pm, platform)
             except BackendNotFound as exc:
                 raise VerificationError("platform", str(exc)) from None
-            verifier = cls.from_settings(self.verifier_settings.get(cls.name, {}))
+            verifier = cls.from_role(self.verifier_settings.get(cls.name, {}), pm=self.pm)
             verifiers.append(verifier)
             return verifier
 

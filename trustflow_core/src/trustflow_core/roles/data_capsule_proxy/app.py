@@ -20,7 +20,7 @@ from cryptography import x509
 from ...errors import AccessDenied, CapsuleFormatError, InvalidInput, ObjectNotFound, TrustflowError
 from ...identity import load_pem_chain, party_id_of_chain, party_id_of_key
 from ...manager import TrustflowPluginManager
-from ...registry import attester_class, get_backend_class
+from ...registry import KEY_EXCHANGE, STORAGE, attester_class, backend_class
 from . import handlers
 from .appkeys import SERVICE, TLS_FETCHER
 from .cm_init import TlsAssetFetcher
@@ -101,7 +101,8 @@ async def _start_cm_init(
 
 def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -> web.Application:
     """Build the app. At startup the certificate is read (party id), the key exchange and the
-    local storage are chosen through the registry, and with ``settings.cm_init`` the TLS asset
+    local storage (``settings.local_storage``) are chosen through the registry (object stores
+    per request, from ``settings.object_stores``), and with ``settings.cm_init`` the TLS asset
     is fetched and written (then refreshed in the background); a failure there fails startup
     (:class:`CmInitError` for the TLS asset)."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
@@ -109,7 +110,7 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
     async def backends(app: web.Application) -> AsyncIterator[None]:
         chain = load_pem_chain(settings.read_cert())
         party_id = party_id_of_chain(chain)
-        exchange_cls = get_backend_class(pm, "key_exchange", settings.key_exchange)
+        exchange_cls = backend_class(pm, KEY_EXCHANGE, settings.key_exchange)
         default_attester = None if settings.plat else attester_class(pm, None)
         keys = KeySource(
             exchange_cls,
@@ -117,11 +118,17 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
             cm_endpoint=settings.cm_endpoint,
             allowed_endpoints=settings.allowed_cm_endpoints,
             party_id=party_id,
+            pm=pm,
             timeout=settings.key_timeout,
         )
-        local_cls = get_backend_class(pm, "storage", "local")
-        local = local_cls.from_settings(
-            {"roots": list(settings.allowed_roots), "chunk_size": settings.chunk_size}
+        local_cls = backend_class(pm, STORAGE, settings.local_storage)
+        if "file" not in local_cls.schemes:
+            raise InvalidInput(
+                f"--local-storage {local_cls.name!r} does not serve file paths (it serves "
+                f"{', '.join(s + '://' for s in local_cls.schemes)})"
+            )
+        local = local_cls.from_role(
+            {"roots": list(settings.allowed_roots), "chunk_size": settings.chunk_size}, pm=pm
         )
         async with local:
             fetcher = None
@@ -132,8 +139,10 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
                     app[TLS_FETCHER] = fetcher
                 app[SERVICE] = DataCapsuleProxy(settings, pm, local, keys)
                 log.info(
-                    "data capsule proxy: key exchange %r, roots %s, result format %s",
+                    "data capsule proxy: key exchange %r, local storage %r, roots %s, "
+                    "result format %s",
                     exchange_cls.name,
+                    local_cls.name,
                     list(settings.allowed_roots),
                     settings.result_format,
                 )

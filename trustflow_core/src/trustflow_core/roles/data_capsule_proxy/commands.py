@@ -80,6 +80,21 @@ from .._options import log_options
     "none = object storage refused).",
 )
 @click.option(
+    "--local-storage",
+    default="local",
+    show_default=True,
+    help="Storage backend serving the requests' local paths (see 'trustflow plugins'); it must "
+    "serve file:// URIs.",
+)
+@click.option(
+    "--object-store-backend",
+    "object_store_backends",
+    multiple=True,
+    metavar="TYPE=NAME",
+    help="Storage backend serving a request's s3_config of TYPE (oss, minio; defaults "
+    "oss=oss, minio=s3); NAME 'none' refuses that type (repeatable).",
+)
+@click.option(
     "--result-format",
     type=click.Choice(["v1", "v2"]),
     default="v1",
@@ -108,6 +123,8 @@ def data_capsule_proxy(
     key_exchange_settings: str | None,
     allowed_roots: tuple[str, ...],
     allowed_object_store_endpoints: tuple[str, ...],
+    local_storage: str,
+    object_store_backends: tuple[str, ...],
     result_format: str,
     cm_init_config: Path | None,
     log_path: str | None,
@@ -126,7 +143,7 @@ def data_capsule_proxy(
     from .._server import serve, setup_logging
     from .app import create_app
     from .cm_init import load_cm_init
-    from .settings import DataCapsuleProxySettings
+    from .settings import OBJECT_STORES, DataCapsuleProxySettings
 
     setup_logging(log_path, log_level, log_levels_for)
     try:
@@ -145,6 +162,8 @@ def data_capsule_proxy(
             cm_endpoint=cm_endpoint,
             allowed_cm_endpoints=allowed_cm_endpoints,
             allowed_object_store_endpoints=allowed_object_store_endpoints,
+            local_storage=local_storage,
+            object_stores={**OBJECT_STORES, **_pairs(object_store_backends)},
             result_format=result_format,
             host=host,
             port=port,
@@ -160,6 +179,18 @@ def data_capsule_proxy(
         raise click.ClickException(f"data-capsule-proxy: {' '.join(str(exc).split())}") from None
     except OSError as exc:
         raise click.ClickException(f"data-capsule-proxy: {exc.strerror or exc}") from None
+
+
+def _pairs(values: tuple[str, ...]) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        kind, sep, name = value.partition("=")
+        if not sep or not kind or not name:
+            raise click.BadParameter(
+                f"expected TYPE=NAME, got {value!r}", param_hint="--object-store-backend"
+            )
+        pairs[kind.strip().lower()] = name.strip()
+    return pairs
 
 
 COMMANDS: list[click.Command] = [data_capsule_proxy]

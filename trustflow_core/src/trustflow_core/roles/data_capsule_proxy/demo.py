@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from ... import capsule, capsule_formats
 from ...keyexchange import Resource, ResourceRequest
 from ...manager import get_plugin_manager
-from ...registry import get_backend_class
+from ...registry import ATTESTER, backend_class
 from .harness import running_proxy
 from .settings import DataCapsuleProxySettings
 
@@ -219,7 +219,7 @@ async def _run(
             location = str(data / "join.csv.enc")
             blob = (data / "join.csv.enc").read_bytes()
 
-        attester = get_backend_class(pm, "attester", "sim").from_settings(
+        attester = backend_class(pm, ATTESTER, "sim").from_settings(
             {"platform_key_file": str(platform_key)}
         )
         carol = CapsuleManagerKeyExchange(

@@ -17,10 +17,13 @@ import binascii
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import AccessDenied, BackendUnavailable, InvalidInput, ObjectNotFound
 from ...keyexchange import DataKey, KeyExchange, Resource, ResourceRequest, ResultKey, TlsAsset
+
+if TYPE_CHECKING:
+    from ...manager import TrustflowPluginManager
 
 log = logging.getLogger("trustflow.data_capsule_proxy")
 ENDPOINT_BACKENDS = frozenset({"capsule_manager"})
@@ -48,9 +51,11 @@ class KeySource:
         cm_endpoint: str,
         allowed_endpoints: tuple[str, ...] = (),
         party_id: str,
+        pm: TrustflowPluginManager,
         timeout: float = 30.0,
     ) -> None:
         self.cls = cls
+        self.pm = pm
         self.settings = dict(settings)
         self.cm_endpoint = cm_endpoint
         self.allowed = {cm_endpoint, *allowed_endpoints}
@@ -75,7 +80,7 @@ class KeySource:
                 settings = dict(self.settings)
                 if self.uses_endpoint:
                     settings["endpoint"] = key
-                self._instances[key] = await self.cls.from_settings(settings).__aenter__()
+                self._instances[key] = await self.cls.from_role(settings, pm=self.pm).__aenter__()
             return self._instances[key]
 
     async def open_default(self) -> None:

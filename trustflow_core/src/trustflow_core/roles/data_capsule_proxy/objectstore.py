@@ -20,13 +20,14 @@ from typing import Any, ClassVar
 
 from ...errors import AccessDenied, BackendUnavailable, InvalidInput, ObjectNotFound
 from ...manager import TrustflowPluginManager
-from ...registry import get_backend_class
+from ...registry import STORAGE, backend_class
 from ...storage import DEFAULT_CHUNK_SIZE, ObjectInfo, Storage
 from .settings import DataCapsuleProxySettings
 
 log = logging.getLogger("trustflow.data_capsule_proxy")
 MINIO = 2  # S3StorageType.S3_STORAGE_TYPE_MINIO
 SETTING = "--allowed-object-store-endpoint (allowed_object_store_endpoints)"
+BACKEND_SETTING = "--object-store-backend (object_stores)"
 
 
 @contextlib.asynccontextmanager
@@ -37,8 +38,10 @@ async def open_object_store(
     present: Any,
 ) -> AsyncIterator[tuple[Storage, str]]:
     """The object-store backend for an ``S3Config`` (wrapped in :class:`QuietObjectStore`) and
-    the URI of its ``path``. ``type`` MINIO selects the ``s3`` backend, OSS/unspecified the
-    ``oss`` one; ``cert_check`` is true unless ``present`` shows it was sent as false."""
+    the URI of its ``path``. ``type`` MINIO selects the ``minio`` entry of the settings'
+    ``object_stores`` (``s3`` by default), OSS/unspecified the ``oss`` one (``oss``); a type
+    switched off is refused (403). ``cert_check`` is true unless ``present`` shows it was sent
+    as false."""
     if not config.endpoint or not config.bucket:
         raise InvalidInput("s3_config.endpoint and s3_config.bucket are required")
     if not settings.object_store_allowed(config.endpoint):
@@ -46,7 +49,14 @@ async def open_object_store(
             f"object-store endpoint {config.endpoint!r} is not allowed: the proxy contacts only "
             f"the endpoints configured with {SETTING}"
         )
-    cls = get_backend_class(pm, "storage", "s3" if config.type == MINIO else "oss")
+    kind = "minio" if config.type == MINIO else "oss"
+    name = settings.object_store_backend(kind)
+    if name is None:
+        raise AccessDenied(
+            f"object-store type {kind!r} is not enabled: the proxy serves only the types "
+            f"configured with {BACKEND_SETTING}"
+        )
+    cls = backend_class(pm, STORAGE, name)
     backend_settings = {
         "endpoint": config.endpoint,
         "bucket": config.bucket,
@@ -59,7 +69,7 @@ async def open_object_store(
         "chunk_size": settings.chunk_size,
     }
     path = config.path.strip("/")
-    async with cls.from_settings(backend_settings) as storage:
+    async with cls.from_role(backend_settings, pm=pm) as storage:
         yield (
             QuietObjectStore(storage, config.endpoint),
             f"{cls.schemes[0]}://{config.bucket}/{path}",

@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from .cm_init import CmInitConfig
 
 
+#: A request's ``S3Config.type`` (``oss`` also for an unspecified type) → the storage backend
+#: serving it, by default.
+OBJECT_STORES: Mapping[str, str] = {"oss": "oss", "minio": "s3"}
+#: The value that switches an object-store type off.
+DISABLED = "none"
+
+
 @dataclass(frozen=True)
 class DataCapsuleProxySettings:
     """What ``trustflow data-capsule-proxy`` is started with.
@@ -35,6 +42,15 @@ class DataCapsuleProxySettings:
       a scheme is ignored) a request's ``s3_config`` may name; empty (the default) = object
       storage is refused. Deny by default: otherwise a request could make the proxy connect
       to any address.
+    * ``local_storage`` -- the storage backend (registry name, default ``local``) serving the
+      requests' local paths (``local_fs_config``, ``source_config``); it must serve ``file``
+      URIs and is built with ``roots`` (``allowed_roots``) and ``chunk_size``.
+    * ``object_stores`` -- which storage backend serves a request's ``s3_config`` by its
+      ``type``: ``oss`` (``S3_STORAGE_TYPE_OSS`` and unspecified) and ``minio``; default
+      :data:`OBJECT_STORES` (``oss`` → ``oss``, ``minio`` → ``s3``). A type left out (or mapped
+      to ``none``) is refused (403). The backend is built with the request's ``endpoint``,
+      ``bucket``, credentials, ``region``, ``secure``, ``cert_check`` and ``chunk_size`` and
+      addressed as ``<its first scheme>://<bucket>/<path>``.
     * ``result_format`` -- ``v1`` (upstream-compatible, default) or ``v2`` (authenticated).
     * ``cm_init`` -- a parsed ``--cm-init-config``: fetch the group TLS asset before serving
       and keep it fresh (:mod:`.cm_init`); ``tls_refresh_fraction`` / ``tls_retry_interval``
@@ -50,6 +66,8 @@ class DataCapsuleProxySettings:
     cm_endpoint: str = "127.0.0.1:8888"
     allowed_cm_endpoints: tuple[str, ...] = ()
     allowed_object_store_endpoints: tuple[str, ...] = ()
+    local_storage: str = "local"
+    object_stores: Mapping[str, str] = field(default_factory=lambda: dict(OBJECT_STORES))
     result_format: str = "v1"
     host: str = "127.0.0.1"
     port: int = 8010
@@ -69,6 +87,15 @@ class DataCapsuleProxySettings:
             raise InvalidInput(f"port must be 0..65535, got {self.port}")
         if not self.allowed_roots:
             raise InvalidInput("give at least one --allowed-root directory")
+        if not isinstance(self.local_storage, str) or not self.local_storage:
+            raise InvalidInput(f"local storage must be a backend name, got {self.local_storage!r}")
+        for kind, backend in self.object_stores.items():
+            if kind not in OBJECT_STORES:
+                raise InvalidInput(
+                    f"object-store type must be one of {sorted(OBJECT_STORES)}, got {kind!r}"
+                )
+            if not isinstance(backend, str) or not backend:
+                raise InvalidInput(f"object-store type {kind!r}: backend name is empty")
         for endpoint in self.allowed_object_store_endpoints:
             if not bare_endpoint(endpoint):
                 raise InvalidInput(f"allowed object-store endpoint {endpoint!r} is not host[:port]")
@@ -80,6 +107,11 @@ class DataCapsuleProxySettings:
         return bool(bare) and bare in {
             bare_endpoint(allowed) for allowed in self.allowed_object_store_endpoints
         }
+
+    def object_store_backend(self, kind: str) -> str | None:
+        """The backend name serving object-store type ``kind``; None when it is off."""
+        backend = self.object_stores.get(kind)
+        return None if backend in (None, DISABLED) else backend
 
     def read_cert(self) -> bytes:
         try:

@@ -140,7 +140,7 @@ async def outsider_attempt(port: int, pm: TrustflowPluginManager) -> str:
     behind the ingress answered."""
     import datetime
 
-    from ...registry import get_backend_class
+    from ...registry import TRANSPORT_CHANNEL, backend_class
     from ...tls_asset import issue_group_asset
     from ..capsule_manager.keyexchange import ephemeral_credentials
 
@@ -152,7 +152,9 @@ async def outsider_attempt(port: int, pm: TrustflowPluginManager) -> str:
         member_public_key=ephemeral_credentials("outsider").chain[0].public_key(),
         now=datetime.datetime.now(datetime.timezone.utc),
     )
-    context = get_backend_class(pm, "channel", "mtls").from_settings({}).client_ssl_context(asset)
+    context = (
+        backend_class(pm, TRANSPORT_CHANNEL, "mtls").from_settings({}).client_ssl_context(asset)
+    )
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the outsider accepts any server
     request = (

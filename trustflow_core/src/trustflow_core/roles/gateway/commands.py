@@ -57,6 +57,18 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     help="Seconds between checks of the mTLS asset files (tls.crt / tls.key); changed files "
     "are reloaded without closing a listener.",
 )
+@click.option(
+    "--envelope-channel",
+    default=None,
+    help="Envelope channel backend of the JWE filters (see 'trustflow plugins'). "
+    "Default: the config's envelope_channel, else jwe.",
+)
+@click.option(
+    "--transport-channel",
+    default=None,
+    help="Transport channel backend of TLS listeners and clusters. "
+    "Default: the config's transport_channel, else mtls.",
+)
 @log_options
 def gateway(
     config_file: str,
@@ -64,6 +76,8 @@ def gateway(
     map_path: tuple[str, ...],
     workers: int,
     tls_reload_interval: float,
+    envelope_channel: str | None,
+    transport_channel: str | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
@@ -73,6 +87,7 @@ def gateway(
     (group TLS asset, mtls channel); GET /healthz and /-/plugins on HTTP listeners.
     A missing, tampered or mismatched TLS asset is refused before anything listens."""
     import asyncio
+    import dataclasses
 
     from ...manager import get_plugin_manager
     from .._server import setup_logging, wait_for_signal
@@ -87,6 +102,11 @@ def gateway(
         path_map={
             old: str(Path(new).resolve()) for old, new in _pairs(map_path, "--map-path").items()
         },
+    )
+    config = dataclasses.replace(
+        config,
+        envelope_channel=envelope_channel or config.envelope_channel,
+        transport_channel=transport_channel or config.transport_channel,
     )
 
     if workers > 1 and any(lst.address.port == 0 for lst in config.listeners):

@@ -165,6 +165,11 @@ class GatewayConfig:
     clusters: Mapping[str, Cluster]
     max_body_bytes: int = DEFAULT_MAX_BODY
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    #: The envelope channel backend of the JWE filters and the transport channel backend of
+    #: TLS listeners and clusters (registry names; native-form keys ``envelope_channel`` and
+    #: ``transport_channel``, or the gateway's flags).
+    envelope_channel: str = "jwe"
+    transport_channel: str = "mtls"
     source: str = field(default="<memory>", compare=False)
 
     def __post_init__(self) -> None:
@@ -249,6 +254,12 @@ def _split_hostport(text: Any, what: str) -> tuple[str, int]:
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidInput(f"{what} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{what} must be a backend name, got {value!r}")
     return value
 
 
@@ -341,7 +352,14 @@ def parse_config(
 
 # ---- native form -------------------------------------------------------------------------------
 
-_NATIVE_TOP = {"listeners", "clusters", "max_body_bytes", "request_timeout"}
+_NATIVE_TOP = {
+    "listeners",
+    "clusters",
+    "max_body_bytes",
+    "request_timeout",
+    "envelope_channel",
+    "transport_channel",
+}
 _NATIVE_LISTENER = {
     "name",
     "address",
@@ -413,6 +431,12 @@ def _parse_native(data: Mapping[str, Any], rw: _Rewrites) -> GatewayConfig:
         max_body_bytes=_positive_int(data.get("max_body_bytes", DEFAULT_MAX_BODY), rw.where),
         request_timeout=_duration(
             data.get("request_timeout", DEFAULT_REQUEST_TIMEOUT), f"{rw.where}: request_timeout"
+        ),
+        envelope_channel=_name(
+            data.get("envelope_channel", "jwe"), f"{rw.where}: envelope_channel"
+        ),
+        transport_channel=_name(
+            data.get("transport_channel", "mtls"), f"{rw.where}: transport_channel"
         ),
         source=rw.where,
     )

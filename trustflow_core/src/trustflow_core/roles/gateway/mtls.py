@@ -136,7 +136,8 @@ def tls_files(tls: Mapping[str, Any], server_side: bool, what: str) -> TlsFiles:
 
 
 class MtlsContexts:
-    """SSL contexts for the gateway, built only by the ``mtls`` channel backend of ``pm``.
+    """SSL contexts for the gateway, built only by the transport channel backend ``channel``
+    (the config's ``transport_channel``, default ``mtls``) of ``pm``.
 
     One :class:`TlsAssetWatcher` per distinct :class:`TlsFiles` (listeners and clusters
     naming the same files share it). Creating a watcher loads and validates the asset, so a
@@ -151,15 +152,18 @@ class MtlsContexts:
         *,
         interval: float = DEFAULT_RELOAD_INTERVAL,
         channel_settings: Mapping[str, Any] | None = None,
+        channel: str = "mtls",
     ) -> None:
-        from ...registry import get_backend_class
+        from ...registry import TRANSPORT_CHANNEL, backend_class
 
         try:
-            self._channel_cls = get_backend_class(pm, "channel", "mtls")
+            self._channel_cls = backend_class(pm, TRANSPORT_CHANNEL, channel)
         except BackendNotFound as exc:
             raise UnsupportedOperation(
-                f"TLS (listeners, clusters) needs the mTLS channel (plugin channel_mtls): {exc}"
+                "TLS (listeners, clusters) needs the mTLS channel "
+                f"(transport channel {channel!r}): {exc}"
             ) from exc
+        self.pm = pm
         self.interval = interval
         self.channel_settings = dict(channel_settings or {})
         self.watchers: dict[TlsFiles, TlsAssetWatcher] = {}
@@ -168,8 +172,8 @@ class MtlsContexts:
         files = tls_files(tls, server_side, what)
         watcher = self.watchers.get(files)
         if watcher is None:
-            channel = self._channel_cls.from_settings(
-                {**self.channel_settings, "min_version": files.min_version}
+            channel = self._channel_cls.from_role(
+                {**self.channel_settings, "min_version": files.min_version}, pm=self.pm
             )
             try:
                 watcher = TlsAssetWatcher(
@@ -203,7 +207,7 @@ class MtlsContexts:
 def check_assets(config: GatewayConfig, pm: TrustflowPluginManager) -> int:
     """Load and validate every TLS asset ``config`` names (what :meth:`Gateway.start` would
     do), without serving; return how many file pairs there are. Raises like start-up."""
-    contexts = MtlsContexts(pm) if _uses_tls(config) else None
+    contexts = MtlsContexts(pm, channel=config.transport_channel) if _uses_tls(config) else None
     if contexts is None:
         return 0
     for listener in config.listeners:

@@ -66,7 +66,11 @@ class Gateway:
 
     def _contexts(self) -> MtlsContexts:
         if self.mtls is None:
-            self.mtls = MtlsContexts(self.pm, interval=self.tls_reload_interval)
+            self.mtls = MtlsContexts(
+                self.pm,
+                interval=self.tls_reload_interval,
+                channel=self.config.transport_channel,
+            )
         return self.mtls
 
     def _server_ssl(self, listener: Listener) -> ssl.SSLContext | None:
@@ -88,10 +92,10 @@ class Gateway:
     def _jwe_filter(self, listener: Listener) -> JweFilter | None:
         if listener.jwe is None:
             return None
-        from ...registry import get_backend_class
+        from ...registry import ENVELOPE_CHANNEL, backend_class
 
-        cls = get_backend_class(self.pm, "channel", "jwe")
-        channels = {p: cls.from_settings({"profile": p}) for p in PROFILES}
+        cls = backend_class(self.pm, ENVELOPE_CHANNEL, self.config.envelope_channel)
+        channels = {p: cls.from_role({"profile": p}, pm=self.pm) for p in PROFILES}
         return JweFilter.load(listener.jwe, channels)
 
     async def start(self) -> None:

@@ -16,7 +16,7 @@ from aiohttp import web
 from ...attestation import Attester
 from ...errors import BackendNotFound, InvalidInput, TrustflowError
 from ...manager import TrustflowPluginManager
-from ...registry import attester_class, backends
+from ...registry import ATTESTER, attester_class, backends_of
 from . import handlers
 from .keys import PLUGIN_MANAGER, SERVICE
 from .settings import RaProxySettings
@@ -54,7 +54,7 @@ def _attester_class(pm: TrustflowPluginManager, settings: RaProxySettings) -> ty
     if cls is None:
         raise BackendNotFound(
             "no attester named (--plat) and no development default attester installed; "
-            f"installed: {sorted(backends(pm, 'attester'))}. See 'trustflow plugins'"
+            f"installed: {sorted(backends_of(pm, ATTESTER))}. See 'trustflow plugins'"
         )
     if settings.upstream_sim and not cls.simulated:
         raise InvalidInput(f"--upstream-sim needs a simulated attester, got --plat {settings.plat}")
@@ -75,7 +75,7 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
             yield
             return
         assert cls is not None
-        async with cls.from_settings(settings.attester_settings) as attester:
+        async with cls.from_role(settings.attester_settings, pm=pm) as attester:
             app[SERVICE] = handlers.RaCertService(cert_pem, attester, settings.report_timeout)
             log.info("RA proxy: attester %r (platform %s)", cls.name, cls.platform)
             yield
