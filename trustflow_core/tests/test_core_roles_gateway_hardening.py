@@ -184,7 +184,7 @@ def test_connection_limits_in_the_native_and_envoy_configs(tmp_path):
     assert (tcp.request_headers_timeout, tcp.idle_timeout) == (0, 0)  # 0 = off
     for change, fragment in (
         ({"max_connections": 0}, "max_connections must be a positive integer"),
-        ({"idle_timeout": -1}, "duration must be positive"),
+        ({"idle_timeout": -1}, "duration must be a positive finite number"),
         ({"request_headers_timeout": 1}, "request_headers_timeout is for HTTP listeners"),
     ):
         listeners = [native["listeners"][0], {**native["listeners"][1], **change}]
@@ -687,7 +687,7 @@ def test_freshness_config():
     for bad, fragment in (
         ("sometimes", "mode must be one of"),
         ({"cache_size": 0}, "cache_size must be a positive integer"),
-        ({"window": 0}, "duration must be positive"),
+        ({"window": 0}, "duration must be a positive finite number"),
         ({"ttl": 1}, "unknown key(s) ['ttl']"),
     ):
         with pytest.raises(InvalidInput, match=re.escape(fragment)):
