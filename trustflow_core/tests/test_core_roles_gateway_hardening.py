@@ -221,9 +221,10 @@ async def half_sent(address, count):
     for _ in range(count):
         reader, writer = await asyncio.open_connection(address.host, address.port)
         writer.write(HALF_SENT)
-        connections.append((reader, writer))
-    for _, writer in connections:
+        # drained at once: on a busy machine the first connections may already have been
+        # answered and closed by the time the last one is open
         await writer.drain()
+        connections.append((reader, writer))
     return connections
 
 
