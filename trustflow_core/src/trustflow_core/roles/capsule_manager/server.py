@@ -17,9 +17,9 @@ from ...errors import BackendUnavailable, InvalidInput
 from ...manager import get_plugin_manager
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...registry import attester_class, backends, get_backend_class, verifier_for_platform
+from ..capsule_manager_protocol.errors import CMError
 from . import identity_keys, port_claim, private_files, storage_url
 from .envelope import Envelopes
-from .errors import CMError
 from .sealing import Sealer, load_or_create_key
 from .service import CapsuleManagerService
 from .settings import CMSettings
