@@ -10,8 +10,8 @@ Modules, one concept each:
 * :mod:`.sealing` -- the storage key and at-rest sealing of data keys.
 * :mod:`.storage_models`, :mod:`.storage` -- SQLAlchemy schema and transactional store.
 * :mod:`.policy` -- rules, CEL constraints, lineage merge; :mod:`.constraint_cost` -- the
-  static cost bound of a constraint; :mod:`.constraint_sandbox` -- the run-time budget (worker
-  processes).
+  static cost bound of a constraint; :mod:`.constraint_eval` -- one constraint evaluated in
+  process; :mod:`.constraint_sandbox` -- the run-time budget (worker processes).
 * :mod:`.convert` -- rules and policies <-> protobuf.
 * :mod:`.envelope` -- opening requests, authenticating JWS, sealing responses.
 * :mod:`.service` -- the 13 RPCs; :mod:`.server` -- the ``grpc.aio`` server.
