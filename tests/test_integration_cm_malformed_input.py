@@ -34,8 +34,8 @@ from trustflow_core.proto.secretflowapis.v2.sdc import jwt_pb2, ual_pb2
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, Credentials
-from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
+from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient, Credentials
+from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 from trustflow_core.testing.certs import malformed_certificates, malformed_x5c_entries, to_pem
 from trustflow_core.wire import to_json
 

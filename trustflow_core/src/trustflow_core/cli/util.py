@@ -427,7 +427,7 @@ def _signer(spec: dict[str, Any], where: str) -> tuple[list[str], Any]:
 def sign_vote_request(vote_request_file: Path, signed_vote_request_file: Path) -> None:
     """Sign a data-export vote request (vote_request: type, approved_threshold,
     approved_action, cert_chain_file, private_key_file) like upstream cms_util."""
-    from ..roles.capsule_manager import votes
+    from ..roles.capsule_manager_protocol import votes
 
     doc = _read_yaml(vote_request_file)
     spec = doc.get("vote_request") if isinstance(doc, dict) else None
@@ -442,7 +442,7 @@ def sign_vote_request(vote_request_file: Path, signed_vote_request_file: Path) -
 @click.option("--signed-voter-file", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def voter_sign(voter_file: Path, signed_voter_file: Path) -> None:
     """Sign a vote (vote_request_signature, action, cert_chain_file, private_key_file)."""
-    from ..roles.capsule_manager import votes
+    from ..roles.capsule_manager_protocol import votes
 
     spec = _read_yaml(voter_file)
     if not isinstance(spec, dict):
@@ -471,7 +471,7 @@ def generate_vote_result(
     signed_vote_request_file: Path, signed_voter_files: tuple[Path, ...], vote_result_file: Path
 ) -> None:
     """Combine a signed vote request and signed votes into the data-export certificate."""
-    from ..roles.capsule_manager import votes
+    from ..roles.capsule_manager_protocol import votes
 
     request = _read_yaml(signed_vote_request_file)
     needed = ("cert_chain", "body", "vote_request_signature")

@@ -24,8 +24,13 @@ from ...proto.secretflowapis.v2 import status_pb2
 from ...proto.secretflowapis.v2.sdc import jwt_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...wire import parse_json, to_json
-from .errors import CMError, Kind
-from .freshness import DEFAULT_WINDOW, FreshnessWindow, check_claims, request_digest
+from ..capsule_manager_protocol.errors import CMError, Kind
+from ..capsule_manager_protocol.freshness import (
+    DEFAULT_WINDOW,
+    FreshnessWindow,
+    check_claims,
+    request_digest,
+)
 
 KEY_ALGS = {"RSA-OAEP", "RSA-OAEP-256"}
 OTHER_RFC_ALGS = {

@@ -135,8 +135,11 @@ async def _run(
     work: Path, s3_endpoint: str | None, say: Callable[[str], None], result_format: str
 ) -> OfflineResult:
     from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
-    from ..capsule_manager.client import CapsuleManagerClient
-    from ..capsule_manager.keyexchange import CapsuleManagerKeyExchange, ephemeral_credentials
+    from ..capsule_manager_client.client import CapsuleManagerClient
+    from ..capsule_manager_client.keyexchange import (
+        CapsuleManagerKeyExchange,
+        ephemeral_credentials,
+    )
 
     pm = get_plugin_manager()
     data, ids = work / "data", work / "identities"

@@ -45,9 +45,9 @@ from ...proto.secretflowapis.v2.sdc import jwt_pb2, ual_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...wire import parse_json, to_json
-from .convert import report_from_pb
-from .errors import Kind, kind_of_message
-from .freshness import new_claims
+from ..capsule_manager_protocol.errors import Kind, kind_of_message
+from ..capsule_manager_protocol.freshness import new_claims
+from ..capsule_manager_protocol.reports import report_from_pb
 
 if TYPE_CHECKING:
     from ...manager import TrustflowPluginManager

@@ -192,7 +192,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
         await self.client.aclose()
 
     async def _report(self, digest: bytes) -> Any:
-        from .convert import report_to_pb
+        from ..capsule_manager_protocol.reports import report_to_pb
 
         if self.attester is None:
             return None
