@@ -215,8 +215,11 @@ def _sign(header: bytes, payload: bytes) -> Jws:
 
 def run_jws(data: bytes) -> None:
     """Mode 0: ``header JSON | payload`` signed by alice; 1: JSON of the three members;
-    2: DER certificates that become ``x5c`` under a header signed by alice."""
-    from trustflow_channel_jwe import jws
+    2: DER certificates that become ``x5c`` under a header signed by alice. Through the
+    channel's public ``verify`` (the one the CM and the gateway call)."""
+    from trustflow_channel_jwe.channel import JweChannel
+
+    jws = JweChannel()
 
     mode, parts = split_parts(data, 2)
     if mode % 3 == MODE_MEMBERS:
