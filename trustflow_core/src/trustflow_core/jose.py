@@ -48,9 +48,9 @@ _MESSAGES: dict[Problem, str] = {
 }
 _B64URL_NOPAD = re.compile(r"[A-Za-z0-9_-]*")
 _B64STD_PADDED = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
-# A surrogate code point, raw (only possible in str input) or as a \u escape: the only ways a
-# parsed JSON string can end up holding an unpaired surrogate.
-_SURROGATE = re.compile("[\ud800-\udfff]|\\\\u[dD][89a-fA-F]")
+# A surrogate escaped as \uD800..\uDFFF: with UTF-8 text, the only way a parsed JSON string can
+# end up holding an unpaired surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class MalformedInput(InvalidInput):
@@ -118,9 +118,13 @@ def loads(raw: bytes | bytearray | str, what: str) -> Any:
     """Parse strict JSON (see the module docstring) of any shape; :class:`MalformedInput`
     (problem ``"json"``) naming ``what`` otherwise."""
     try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+        if isinstance(raw, str):
+            raw.encode("utf-8")  # refuses raw surrogates
+            text = raw
+        else:
+            text = raw.decode("utf-8")
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-        if _SURROGATE.search(text):
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # the pairs must still encode
             json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (UnicodeDecodeError, UnicodeEncodeError) as exc:  # bytes, or an unpaired surrogate
         raise MalformedInput(what, "json", f"not valid Unicode ({exc.reason})") from None
