@@ -109,3 +109,24 @@ def test_a_new_role_package_must_be_placed_in_the_layers(tmp_path: Path) -> None
     result = _lint_imports(repo, roots, "roles-layers")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "new_role" in result.stdout
+
+
+def test_every_core_module_is_under_the_machinery_contract() -> None:
+    """A new top-level module of trustflow_core is either role/CLI code or listed in the
+    ``machinery-no-roles`` contract; it cannot slip past the contracts unlisted."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    (machinery,) = [
+        c for c in config["tool"]["importlinter"]["contracts"] if c["id"] == "machinery-no-roles"
+    ]
+    listed = set(machinery["source_modules"])
+    package = REPO / "trustflow_core" / "src" / "trustflow_core"
+    outside = {"roles", "cli", "builtin", "proto", "__init__", "__main__"}
+    found = {
+        f"trustflow_core.{p.stem}"
+        for p in package.iterdir()
+        if p.stem not in outside
+        and ((p.suffix == ".py") or (p.is_dir() and (p / "__init__.py").is_file()))
+    }
+    assert found <= listed, f"not under any contract: {sorted(found - listed)}"

@@ -50,7 +50,7 @@ from ..capsule_manager_protocol.freshness import new_claims
 from ..capsule_manager_protocol.reports import report_from_pb
 
 if TYPE_CHECKING:
-    from ...manager import TrustflowPluginManager
+    import pluggy
 
 M = TypeVar("M", bound=Message)
 
@@ -142,7 +142,7 @@ class CapsuleManagerClient:
         channel_credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         timeout: float = 30.0,
-        pm: TrustflowPluginManager | None = None,
+        pm: pluggy.PluginManager | None = None,
         verify_sim: bool = False,
         envelope_channel: str = "jwe",
     ) -> None:
@@ -174,7 +174,7 @@ class CapsuleManagerClient:
     # ---- plumbing --------------------------------------------------------------------------
 
     @property
-    def pm(self) -> TrustflowPluginManager:
+    def pm(self) -> pluggy.PluginManager:
         if self._pm is None:
             from ...manager import get_plugin_manager
 
