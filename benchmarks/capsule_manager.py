@@ -125,9 +125,9 @@ async def run_backend(
         capsule_manager_pb2_grpc as cm_grpc,
     )
     from trustflow_core.registry import ATTESTER, backend_class
-    from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
-    from trustflow_core.roles.capsule_manager.convert import report_to_pb
-    from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
+    from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
+    from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
+    from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
     from trustflow_core.wire import serialize_canonical
 
     pm = get_plugin_manager()

@@ -121,9 +121,9 @@ async def soak(target: str, proc: subprocess.Popen[str], args: argparse.Namespac
         capsule_manager_pb2 as cm_pb2,
     )
     from trustflow_core.registry import ATTESTER, backend_class
-    from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
-    from trustflow_core.roles.capsule_manager.convert import report_to_pb
-    from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
+    from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
+    from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
+    from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
     from trustflow_core.wire import serialize_canonical
 
     pm = get_plugin_manager()

@@ -36,7 +36,7 @@ from trustflow_core.errors import (
 from trustflow_core.testing.certs import malformed_certificates
 from trustflow_core.testing.fixtures import compat_vectors_dir
 
-from trustflow_core import capsule_formats, capsule_v2
+from trustflow_core import capsule
 
 # ---- shared test data --------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ def text(data: bytes) -> str:
 
 # ---- data capsules -------------------------------------------------------------------------
 
-CAPSULE_KEY_SEGMENT = capsule_v2.MIN_SEGMENT_LEN + 64  # several segments in a small file
+CAPSULE_KEY_SEGMENT = capsule.v2.MIN_SEGMENT_LEN + 64  # several segments in a small file
 
 
 @functools.cache
@@ -93,7 +93,7 @@ def _decrypt(data: bytes) -> bytes:
     chunk, body = _chunked(data)
     out = io.BytesIO()
     src = io.BytesIO(body)
-    reader = capsule_formats.open_reader(capsule_key(), len(body))
+    reader = capsule.open_reader(capsule_key(), len(body))
     while piece := src.read(chunk or len(body) or 1):
         out.write(reader.update(piece))
     reader.finalize()
@@ -107,7 +107,7 @@ def _v1_seeds() -> list[bytes]:
 
 
 def _v2_file(plaintext: bytes) -> bytes:
-    writer = capsule_v2.V2Encryptor(capsule_key(), len(plaintext), CAPSULE_KEY_SEGMENT)
+    writer = capsule.v2.V2Encryptor(capsule_key(), len(plaintext), CAPSULE_KEY_SEGMENT)
     return writer.header + writer.update(plaintext) + writer.finalize()
 
 
@@ -131,7 +131,7 @@ def run_capsule_v2(data: bytes) -> None:
     plaintext = _decrypt(data)
     body = _chunked(data)[1]
     original = _v2_plain().get(body)
-    if original is None and body[: len(capsule_v2.MAGIC)] == capsule_v2.MAGIC:
+    if original is None and body[: len(capsule.v2.MAGIC)] == capsule.v2.MAGIC:
         raise AssertionError(f"a changed v2 capsule decrypted to {len(plaintext)} bytes")
     if original is not None and plaintext != original:
         raise AssertionError("a v2 capsule decrypted to the wrong plaintext")
@@ -215,8 +215,11 @@ def _sign(header: bytes, payload: bytes) -> Jws:
 
 def run_jws(data: bytes) -> None:
     """Mode 0: ``header JSON | payload`` signed by alice; 1: JSON of the three members;
-    2: DER certificates that become ``x5c`` under a header signed by alice."""
-    from trustflow_channel_jwe import jws
+    2: DER certificates that become ``x5c`` under a header signed by alice. Through the
+    channel's public ``verify`` (the one the CM and the gateway call)."""
+    from trustflow_channel_jwe.channel import JweChannel
+
+    jws = JweChannel()
 
     mode, parts = split_parts(data, 2)
     if mode % 3 == MODE_MEMBERS:

@@ -27,7 +27,7 @@ from trustflow_core.errors import AccessDenied, ObjectNotFound
 from trustflow_core.keyexchange import Resource, ResourceRequest, ResultKey
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import ATTESTER, backend_class
-from trustflow_core.roles.capsule_manager.keyexchange import CapsuleManagerKeyExchange
+from trustflow_core.roles.capsule_manager_client.keyexchange import CapsuleManagerKeyExchange
 from trustflow_core.testing.databases import throwaway_database
 
 TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
@@ -132,7 +132,7 @@ _APP: list[Any] = []
 
 def make_kx(target: str) -> CapsuleManagerKeyExchange:
     """The app's key exchange (one app identity for the whole module)."""
-    from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
+    from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 
     if not _APP:
         _APP.append(ephemeral_credentials())
@@ -356,7 +356,7 @@ def test_owner_flow_end_to_end(cli: Any, sim_env: dict[str, str], tmp_path: Path
 
 
 async def send_and_kill(server: Server, owner: Any, keys: list[Any], delay: float) -> None:
-    from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
+    from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
 
     async with CapsuleManagerClient(server.target, timeout=30) as client:
         await client.cm_public_key()
@@ -377,10 +377,10 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
         capsule_manager_pb2 as cm_pb2,
     )
-    from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
-    from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
     from trustflow_core.roles.capsule_manager.sealing import Sealer, load_or_create_key
     from trustflow_core.roles.capsule_manager.storage import Store
+    from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
+    from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 
     owner = ephemeral_credentials("owner")
     n = 1500

@@ -34,8 +34,8 @@ from trustflow_core.proto.secretflowapis.v2.sdc import jwt_pb2, ual_pb2
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, Credentials
-from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
+from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient, Credentials
+from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 from trustflow_core.testing.certs import malformed_certificates, malformed_x5c_entries, to_pem
 from trustflow_core.wire import to_json
 
@@ -122,9 +122,12 @@ def call(cm: CapsuleManagerProcess, method: str, build: Any) -> cm_pb2.Encrypted
     return asyncio.run(go())
 
 
-def signed(inner: Message, signer: Credentials, x5c: list[str] | None) -> Any:
+def signed(
+    inner: Message, signer: Credentials, x5c: list[str] | None, edit: Any = lambda text: text
+) -> Any:
     """An envelope builder: ``inner`` signed (RS256) by ``signer``'s key under a JWS header
-    carrying ``x5c`` as given (none for None, as the SDK's RegisterCert), sealed to the CM."""
+    carrying ``x5c`` as given (none for None, as the SDK's RegisterCert), sealed to the CM;
+    the JWS JSON text is ``edit(text)``."""
 
     async def build(client: CapsuleManagerClient) -> cm_pb2.EncryptedRequest:
         header: dict[str, Any] = {"alg": "RS256"}
@@ -136,7 +139,8 @@ def signed(inner: Message, signer: Credentials, x5c: list[str] | None) -> Any:
             f"{protected}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256()
         )
         jws = {"protected": protected, "payload": payload, "signature": b64url(signature)}
-        jwe = client.channel.seal(json.dumps(jws).encode(), await client.cm_public_key()).jwe
+        text = edit(json.dumps(jws)).encode()
+        jwe = client.channel.seal(text, await client.cm_public_key()).jwe
         return cm_pb2.EncryptedRequest(
             message=jwt_pb2.Jwe(
                 protected_header=jwe.protected,
@@ -307,3 +311,27 @@ def test_deeply_nested_export_certificate_is_a_decode_error(cm: CapsuleManagerPr
     )
     response = call(cm, "GetExportDataKey", signed(request, ALICE, [good]))
     assert_one_line(response, 13, "data_export_certificate is not JSON")
+
+
+# ---- the JWS is strict JSON (trustflow_core.jose) -----------------------------------------
+
+OTHER_PAYLOAD = b64url(to_json(cm_pb2.ListDataPolicyRequest(scope="other"), style="sdk").encode())
+JWS_EDITS = {
+    # two parsers could read different payloads: which one did the signature cover?
+    "duplicate payload": lambda t: t.replace(
+        '{"protected"', f'{{"payload": "{OTHER_PAYLOAD}", "protected"', 1
+    ),
+    "NaN": lambda t: t[:-1] + ', "x": NaN}',
+    "unpaired surrogate": lambda t: t[:-1] + ', "x": "\\ud800"}',
+}
+
+
+@pytest.mark.parametrize("edit", sorted(JWS_EDITS))
+def test_jws_that_is_not_strict_json_is_a_decode_error(
+    cm: CapsuleManagerProcess, edit: str
+) -> None:
+    """Before: the CM parsed the JWS leniently (the last duplicate won; NaN and an escaped
+    unpaired surrogate passed) and answered 0."""
+    good = base64.b64encode(ALICE.chain[0].public_bytes(Encoding.DER)).decode()
+    response = call(cm, "ListDataPolicy", signed(list_policies(), ALICE, [good], JWS_EDITS[edit]))
+    assert_one_line(response, 13, "err code: Decode error; err detail: JWS is not JSON")

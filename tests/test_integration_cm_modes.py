@@ -27,9 +27,12 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
 )
 from trustflow_core.registry import VERIFIER, backends_of
 from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
-from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, CapsuleManagerError
-from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager.settings import CMSettings, TlsSettings, load_settings
+from trustflow_core.roles.capsule_manager_client.client import (
+    CapsuleManagerClient,
+    CapsuleManagerError,
+)
+from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 
 pytestmark = pytest.mark.usefixtures("sim_env")
 

@@ -39,13 +39,13 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.registry import ATTESTER, backend_class
-from trustflow_core.roles.capsule_manager.client import (
+from trustflow_core.roles.capsule_manager_client.client import (
     CapsuleManagerClient,
     CapsuleManagerError,
     Credentials,
 )
-from trustflow_core.roles.capsule_manager.convert import report_to_pb
-from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
+from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
+from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
 from trustflow_core.wire import serialize_canonical
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -29,10 +29,10 @@ from trustflow_core.proto.secretflowapis.v2.sdc import jwt_pb2
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, Credentials
-from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
+from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient, Credentials
+from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 from trustflow_core.wire import to_json
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -21,16 +21,20 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.registry import ATTESTER, VERIFIER, backend_class
-from trustflow_core.roles.capsule_manager.client import (
+from trustflow_core.roles.capsule_manager.server import CapsuleManager
+from trustflow_core.roles.capsule_manager.settings import CMSettings
+from trustflow_core.roles.capsule_manager_client.client import (
     CapsuleManagerClient,
     CapsuleManagerError,
     Credentials,
 )
-from trustflow_core.roles.capsule_manager.convert import report_to_pb
-from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
-from trustflow_core.roles.capsule_manager.server import CapsuleManager
-from trustflow_core.roles.capsule_manager.settings import CMSettings
-from trustflow_core.roles.capsule_manager.votes import sign_vote_request, vote_result, voter_sign
+from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
+from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
+from trustflow_core.roles.capsule_manager_protocol.votes import (
+    sign_vote_request,
+    vote_result,
+    voter_sign,
+)
 from trustflow_core.wire import serialize_canonical
 from trustflow_tee_sim.report import DEFAULT_MEASUREMENTS
 

@@ -31,9 +31,9 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
 from trustflow_core.registry import TRANSPORT_CHANNEL, backend_class
 from trustflow_core.roles._server import start_site
 from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
-from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, Credentials
-from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager.settings import CMSettings
+from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient, Credentials
+from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 from trustflow_core.roles.data_capsule_proxy.app import CmInitError, create_app
 from trustflow_core.roles.data_capsule_proxy.appkeys import TLS_FETCHER
 from trustflow_core.roles.data_capsule_proxy.cm_init import load_cm_init, parse_cm_init

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from test_integration_interact_cm_init import cm_init_file, identity, world  # noqa: F401
-from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
+from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 from trustflow_core.tls_asset import load_tls_asset
 
 TRUSTFLOW = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"

@@ -29,12 +29,12 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
-from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
-from trustflow_core.roles.capsule_manager.keyexchange import (
+from trustflow_core.roles.capsule_manager.settings import CMSettings
+from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
+from trustflow_core.roles.capsule_manager_client.keyexchange import (
     CapsuleManagerKeyExchange,
     ephemeral_credentials,
 )
-from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.data_capsule_proxy.harness import running_proxy
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
 

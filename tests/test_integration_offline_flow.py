@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator
 
 import pytest
-from trustflow_core.capsule import CapsuleDecryptor, CapsuleEncryptor, encrypt_file
+from trustflow_core.capsule import encrypt_file, open_reader, open_writer
 from trustflow_core.errors import ObjectNotFound
 from trustflow_core.keyexchange import Resource, ResourceRequest, ResultKey
 from trustflow_core.manager import get_plugin_manager
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.asyncio
 
 async def decrypt_object(storage, uri: str, key: bytes) -> bytes:
     size = (await storage.stat(uri)).size
-    decryptor = CapsuleDecryptor(key, size)
+    decryptor = open_reader(key, size, "v1")
     out = bytearray()
     async for chunk in storage.read(uri, chunk_size=10_000):
         out += decryptor.update(chunk)
@@ -33,7 +33,7 @@ async def decrypt_object(storage, uri: str, key: bytes) -> bytes:
 
 
 async def encrypted_chunks(data: bytes, key: bytes) -> AsyncIterator[bytes]:
-    encryptor = CapsuleEncryptor(key, len(data))
+    encryptor = open_writer("v1", key, len(data))
     yield encryptor.header
     for start in range(0, len(data), 5000):
         yield encryptor.update(data[start : start + 5000])
@@ -91,7 +91,7 @@ async def test_failed_upload_leaves_no_result_and_registers_no_key(workspace):
     storage = storage_for_uri(pm, str(root)).from_settings({"roots": [str(root)]})
 
     async def dying_source() -> AsyncIterator[bytes]:
-        encryptor = CapsuleEncryptor(os.urandom(16), 1_000_000)
+        encryptor = open_writer("v1", os.urandom(16), 1_000_000)
         yield encryptor.update(b"x" * 100_000)
         raise ConnectionError("app crashed mid-result")
 

@@ -18,7 +18,7 @@ import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from trustflow_core.capsule import decrypt_file, encrypt_file
-from trustflow_core.capsule_v2 import MAGIC
+from trustflow_core.capsule.v2 import MAGIC
 from trustflow_core.identity import self_signed_cert
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.data_capsule_proxy.harness import running_proxy

@@ -17,7 +17,7 @@ import boto3
 import pytest
 import pytest_asyncio
 from test_integration_offline_proxy import GET, PUT, make_cert
-from trustflow_core.capsule import CapsuleDecryptor
+from trustflow_core.capsule import open_reader
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.data_capsule_proxy.harness import running_proxy
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
@@ -233,7 +233,7 @@ async def test_put_result_to_s3_then_register(proxy, relay, s3, world):
     assert objects(s3) == ["results/join.csv.enc"]
     key = base64.b64decode(json.loads(world["keys_file"].read_text())["join_s3"])
     blob = s3[0].get_object(Bucket=s3[1], Key="results/join.csv.enc")["Body"].read()
-    dec = CapsuleDecryptor(key, len(blob))
+    dec = open_reader(key, len(blob), "v1")
     plain = dec.update(blob)
     dec.finalize()
     assert plain == result.read_bytes()

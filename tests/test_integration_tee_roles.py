@@ -43,16 +43,16 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.roles._server import start_site
-from trustflow_core.roles.capsule_manager.client import (
+from trustflow_core.roles.capsule_manager.server import CapsuleManager
+from trustflow_core.roles.capsule_manager.settings import CMSettings
+from trustflow_core.roles.capsule_manager_client.client import (
     CapsuleManagerClient,
     CapsuleManagerError,
     Credentials,
 )
-from trustflow_core.roles.capsule_manager.convert import report_to_pb
-from trustflow_core.roles.capsule_manager.errors import Kind
-from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
-from trustflow_core.roles.capsule_manager.server import CapsuleManager
-from trustflow_core.roles.capsule_manager.settings import CMSettings
+from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
+from trustflow_core.roles.capsule_manager_protocol.errors import Kind
+from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
 from trustflow_core.roles.client.online import OnlineClient
 from trustflow_core.roles.ra_proxy.app import create_app
 from trustflow_core.roles.ra_proxy.settings import RaProxySettings

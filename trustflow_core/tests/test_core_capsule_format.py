@@ -88,7 +88,7 @@ def test_core_capsule_upstream_empty_file_is_empty_plaintext_but_authenticated()
 def test_core_capsule_our_files_have_upstream_sizes() -> None:
     """For every vector, our writer produces a file of the upstream length."""
     for entry in _manifest_data().values():
-        assert capsule.encrypted_size(entry["plaintext_len"]) == entry["encrypted_len"]
+        assert capsule.v1.encrypted_size(entry["plaintext_len"]) == entry["encrypted_len"]
 
 
 # ---- our writer ----------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def test_core_capsule_round_trip(size: int, key_len: int) -> None:
 
     expected_blocks = max(1, -(-size // 8126))
     assert written == len(blob) == 20 + 66 * expected_blocks + size
-    assert len(blob) == capsule.encrypted_size(size)
+    assert len(blob) == capsule.v1.encrypted_size(size)
 
     count, sizes, recovered = _independent_decrypt(blob, key)
     assert recovered == plain
@@ -144,13 +144,13 @@ def test_core_capsule_rejects_bad_key_lengths(key_len: int) -> None:
     with pytest.raises(InvalidInput, match=f"got {key_len} bytes"):
         capsule.encrypt_stream(io.BytesIO(b"x"), io.BytesIO(), bytes(key_len), 1)
     with pytest.raises(InvalidInput, match=f"got {key_len} bytes"):
-        capsule.CapsuleDecryptor(bytes(key_len), 100)
+        capsule.v1.CapsuleDecryptor(bytes(key_len), 100)
 
 
 def test_core_capsule_incremental_api_any_split() -> None:
     key = os.urandom(16)
     plain = os.urandom(2 * 8126 + 300)
-    enc = capsule.CapsuleEncryptor(key, len(plain))
+    enc = capsule.v1.CapsuleEncryptor(key, len(plain))
     parts = [enc.header]
     for i in range(0, len(plain), 1000):
         parts.append(enc.update(plain[i : i + 1000]))
@@ -159,17 +159,17 @@ def test_core_capsule_incremental_api_any_split() -> None:
     assert _independent_decrypt(blob, key)[2] == plain
 
     for step in (1, 19, 20, 21, 8192, 50_000):
-        dec = capsule.CapsuleDecryptor(key, len(blob))
+        dec = capsule.v1.CapsuleDecryptor(key, len(blob))
         out = b"".join(dec.update(blob[i : i + step]) for i in range(0, len(blob), step))
         dec.finalize()
         assert out == plain
 
 
 def test_core_capsule_encryptor_enforces_declared_length() -> None:
-    enc = capsule.CapsuleEncryptor(os.urandom(16), 10)
+    enc = capsule.v1.CapsuleEncryptor(os.urandom(16), 10)
     with pytest.raises(InvalidInput, match="longer than the declared 10"):
         enc.update(bytes(11))
-    enc = capsule.CapsuleEncryptor(os.urandom(16), 10)
+    enc = capsule.v1.CapsuleEncryptor(os.urandom(16), 10)
     enc.update(bytes(9))
     with pytest.raises(InvalidInput, match="ended after 9 of the declared 10"):
         enc.finalize()
@@ -184,7 +184,7 @@ def test_core_capsule_decryptor_rejects_input_past_declared_length() -> None:
     enc = io.BytesIO()
     capsule.encrypt_stream(io.BytesIO(b"abc"), enc, key, 3)
     blob = enc.getvalue()
-    dec = capsule.CapsuleDecryptor(key, len(blob))
+    dec = capsule.v1.CapsuleDecryptor(key, len(blob))
     with pytest.raises(CapsuleFormatError, match="longer than the declared file length"):
         dec.update(blob + b"x")
     with pytest.raises(CapsuleFormatError, match="source is longer than the declared"):
@@ -215,7 +215,7 @@ def test_core_capsule_inplace_round_trip(tmp_path: Path) -> None:
     plain = os.urandom(20_000)
     path.write_bytes(plain)
     capsule.encrypt_file_inplace(path, key)
-    assert path.stat().st_size == capsule.encrypted_size(len(plain))
+    assert path.stat().st_size == capsule.v1.encrypted_size(len(plain))
     assert _independent_decrypt(path.read_bytes(), key)[2] == plain
     capsule.decrypt_file_inplace(path, key)
     assert path.read_bytes() == plain

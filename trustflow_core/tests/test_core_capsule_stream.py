@@ -39,7 +39,7 @@ def test_core_capsule_file_streaming_memory_is_bounded(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
 
-    assert enc.stat().st_size == capsule.encrypted_size(SIZE)
+    assert enc.stat().st_size == capsule.v1.encrypted_size(SIZE)
     assert _sha256(dec) == _sha256(src)
     assert enc_peak < LIMIT, f"encrypt peak {enc_peak} bytes"
     assert dec_peak < LIMIT, f"decrypt peak {dec_peak} bytes"

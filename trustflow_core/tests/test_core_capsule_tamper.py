@@ -1,5 +1,5 @@
-"""Data-capsule reader: every malformed or tampered file raises a specific CapsuleFormatError
-and decrypt_file leaves nothing behind."""
+"""Data-capsule reader of upstream's v1 format: every malformed or tampered file raises a
+specific CapsuleFormatError and decrypt_file leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -95,14 +95,14 @@ def test_core_capsule_tampered_file_is_rejected(case: str, tmp_path: Path) -> No
     src.write_bytes(mutate(BLOB))
     dst = tmp_path / "out"
     with pytest.raises(CapsuleFormatError, match=message):
-        capsule.decrypt_file(src, dst, KEY)
+        capsule.decrypt_file(src, dst, KEY, fmt="v1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.enc"]
 
 
 def test_core_capsule_untampered_baseline_decrypts(tmp_path: Path) -> None:
     """The tampering cases start from a valid file."""
     out = io.BytesIO()
-    capsule.decrypt_stream(io.BytesIO(BLOB), out, KEY, len(BLOB))
+    capsule.decrypt_stream(io.BytesIO(BLOB), out, KEY, len(BLOB), fmt="v1")
     assert out.getvalue() == PLAIN
 
 
@@ -113,7 +113,7 @@ def test_core_capsule_wrong_key_leaves_existing_destination_untouched(tmp_path: 
     dst.write_bytes(b"previous")
     wrong = bytes(b ^ 0x80 for b in KEY)
     with pytest.raises(CapsuleFormatError, match=r"block 1 failed authentication \(wrong key"):
-        capsule.decrypt_file(src, dst, wrong)
+        capsule.decrypt_file(src, dst, wrong, fmt="v1")
     assert dst.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.enc", "out"]
 
@@ -122,7 +122,7 @@ def test_core_capsule_failed_inplace_decrypt_keeps_the_capsule(tmp_path: Path) -
     path = tmp_path / "f.enc"
     path.write_bytes(BLOB[:-1])
     with pytest.raises(CapsuleFormatError, match="block 4 failed authentication"):
-        capsule.decrypt_file_inplace(path, KEY)
+        capsule.decrypt_file_inplace(path, KEY, fmt="v1")
     assert path.read_bytes() == BLOB[:-1]
     assert [p.name for p in tmp_path.iterdir()] == ["f.enc"]
 
@@ -132,15 +132,16 @@ def test_core_capsule_upstream_empty_shape_with_extra_bytes_is_rejected() -> Non
     capsule.encrypt_stream(io.BytesIO(b""), out, KEY, 0)
     blob = bytearray(out.getvalue())
     struct.pack_into("<Q", blob, 8, 0)  # upstream Python's empty shape: accepted
-    assert capsule.decrypt_stream(io.BytesIO(bytes(blob)), io.BytesIO(), KEY, len(blob)) == 0
+    opened = capsule.decrypt_stream(io.BytesIO(bytes(blob)), io.BytesIO(), KEY, len(blob), fmt="v1")
+    assert opened == 0
     longer = bytes(blob) + b"\0"
     with pytest.raises(CapsuleFormatError, match="block_count is 0 but 67 bytes"):
-        capsule.decrypt_stream(io.BytesIO(longer), io.BytesIO(), KEY, len(longer))
+        capsule.decrypt_stream(io.BytesIO(longer), io.BytesIO(), KEY, len(longer), fmt="v1")
 
 
 def test_core_capsule_stream_shorter_than_declared_length() -> None:
     with pytest.raises(CapsuleFormatError, match=f"ended after {len(BLOB) - 10} of the declared"):
-        capsule.decrypt_stream(io.BytesIO(BLOB[:-10]), io.BytesIO(), KEY, len(BLOB))
+        capsule.decrypt_stream(io.BytesIO(BLOB[:-10]), io.BytesIO(), KEY, len(BLOB), fmt="v1")
 
 
 def test_core_capsule_block_reordering_is_undetectable_quirk_51() -> None:
@@ -149,5 +150,5 @@ def test_core_capsule_block_reordering_is_undetectable_quirk_51() -> None:
     blocks = [BLOB[20 + i * 8192 : 20 + (i + 1) * 8192] for i in range(3)]
     swapped = BLOB[:20] + blocks[1] + blocks[0] + blocks[2] + BLOB[LAST:]
     out = io.BytesIO()
-    capsule.decrypt_stream(io.BytesIO(swapped), out, KEY, len(swapped))
+    capsule.decrypt_stream(io.BytesIO(swapped), out, KEY, len(swapped), fmt="v1")
     assert out.getvalue() == PLAIN[8126:16252] + PLAIN[:8126] + PLAIN[16252:]

@@ -10,9 +10,9 @@ import struct
 
 import pytest
 
-from trustflow_core import capsule, capsule_formats
-from trustflow_core.capsule_formats import AutoDecryptor, detect_format, open_writer
-from trustflow_core.capsule_v2 import (
+from trustflow_core import capsule
+from trustflow_core.capsule import AutoDecryptor, detect_format, open_writer
+from trustflow_core.capsule.v2 import (
     HEADER_LEN,
     MAGIC,
     TAG_LEN,
@@ -178,7 +178,7 @@ def test_v1_writer_is_the_upstream_format():
     key, data = os.urandom(16), os.urandom(20_000)
     writer = open_writer("v1", key, len(data))
     blob = writer.header + writer.update(data) + writer.finalize()
-    assert len(blob) == capsule.encrypted_size(len(data))
+    assert len(blob) == capsule.v1.encrypted_size(len(data))
     assert decrypt(key, blob) == data
     with pytest.raises(InvalidInput, match="unknown data capsule format"):
         open_writer("v3", key, 1)
@@ -187,7 +187,7 @@ def test_v1_writer_is_the_upstream_format():
 def test_detect_format_by_prefix():
     key = os.urandom(16)
     assert detect_format(encrypt_v2(key, b"x")[:8]) == "v2"
-    assert detect_format(capsule.CapsuleEncryptor(key, 1).header[:8]) == "v1"
+    assert detect_format(capsule.v1.CapsuleEncryptor(key, 1).header[:8]) == "v1"
     for head in (MAGIC[:7], b"\x01\x00\x00", b"\x02\x00\x00\x00" + bytes(4), MAGIC[:-1] + b"\x03"):
         with pytest.raises(CapsuleFormatError, match="neither v1 nor v2"):
             detect_format(head)
@@ -197,10 +197,27 @@ def test_format_file_functions_refuse_bad_input_before_writing(tmp_path):
     src, dst = tmp_path / "p", tmp_path / "c"
     src.write_bytes(b"abc")
     with pytest.raises(InvalidInput, match="unknown data capsule format 'v3'"):
-        capsule_formats.encrypt_file(src, dst, os.urandom(16), fmt="v3")
+        capsule.encrypt_file(src, dst, os.urandom(16), fmt="v3")
     with pytest.raises(InvalidInput, match="16, 24 or 32"):
-        capsule_formats.encrypt_file_inplace(src, os.urandom(20), fmt="v2")
+        capsule.encrypt_file_inplace(src, os.urandom(20), fmt="v2")
     with pytest.raises(InvalidInput, match="same file"):
-        capsule_formats.decrypt_file(src, src, os.urandom(16))
+        capsule.decrypt_file(src, src, os.urandom(16))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
     assert src.read_bytes() == b"abc"
+
+
+def test_reader_given_a_format_refuses_the_other_one(tmp_path):
+    """``fmt`` on the reader side insists on that format: a v2 file is no v1 capsule and the
+    other way round; an unknown name is refused before any output is written."""
+    key, data = os.urandom(16), b"a,b\n1,2\n"
+    for fmt, other in (("v1", "v2"), ("v2", "v1")):
+        plain, enc = tmp_path / "p", tmp_path / f"{fmt}.enc"
+        plain.write_bytes(data)
+        capsule.encrypt_file(plain, enc, key, fmt=fmt)
+        assert capsule.decrypt_file(enc, tmp_path / "ok", key, fmt=fmt) == len(data)
+        with pytest.raises(CapsuleFormatError):
+            capsule.decrypt_file(enc, tmp_path / "bad", key, fmt=other)
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(InvalidInput, match="unknown data capsule format 'v3'"):
+        capsule.decrypt_file(tmp_path / "v1.enc", tmp_path / "bad", key, fmt="v3")
+    assert not (tmp_path / "bad").exists()

@@ -253,8 +253,8 @@ def test_core_cli_util_inplace_round_trip(size: int, tmp_path: Path) -> None:
     path.write_bytes(plain)
     ok("encrypt-file-inplace", "--file", str(path), "--data-key-b64", key_b64)
     blob = path.read_bytes()
-    assert len(blob) == capsule.encrypted_size(size)
-    assert struct.unpack_from("<IIQI", blob)[:3] == (1, 1, capsule.block_count(size))
+    assert len(blob) == capsule.v1.encrypted_size(size)
+    assert struct.unpack_from("<IIQI", blob)[:3] == (1, 1, capsule.v1.block_count(size))
     ok("decrypt-file-inplace", "--file", str(path), "--data-key-b64", key_b64)
     assert path.read_bytes() == plain
     assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from trustflow_core import capsule, capsule_v2
+from trustflow_core.capsule import v1, v2
 from trustflow_core.cli import build_cli
 from trustflow_core.testing.fixtures import compat_vectors_dir
 
 COMPAT = compat_vectors_dir()
-SEG = capsule_v2.SEGMENT_LEN
-HLEN = capsule_v2.HEADER_LEN
-TAG = capsule_v2.TAG_LEN
+SEG = v2.SEGMENT_LEN
+HLEN = v2.HEADER_LEN
+TAG = v2.TAG_LEN
 # plaintext filling segment 0 and two more, plus a short last segment: four segments
 V2_PLAIN_LEN = (SEG - HLEN - TAG) + 2 * (SEG - TAG) + 1000
 
@@ -74,11 +74,11 @@ def test_core_cli_util_v2_round_trip(fmt: str, size: int, tmp_path: Path) -> Non
     enc = tmp_path / "data.bin.enc"
     blob = enc.read_bytes()
     if fmt == "v2":
-        assert blob.startswith(capsule_v2.MAGIC)
-        assert len(blob) == capsule_v2.v2_size(size)
+        assert blob.startswith(v2.MAGIC)
+        assert len(blob) == v2.v2_size(size)
     else:
-        assert len(blob) == capsule.encrypted_size(size)
-        assert struct.unpack_from("<II", blob) == (capsule.VERSION, capsule.SCHEMA)
+        assert len(blob) == v1.encrypted_size(size)
+        assert struct.unpack_from("<II", blob) == (v1.VERSION, v1.SCHEMA)
     out = tmp_path / "out.bin"
     result = ok(
         "decrypt-file",
@@ -102,7 +102,7 @@ def test_core_cli_util_v2_inplace_round_trip(fmt: str, tmp_path: Path) -> None:
     plain = os.urandom(20_000)
     path.write_bytes(plain)
     ok("encrypt-file-inplace", "--file", str(path), "--data-key-b64", key_b64, "--format", fmt)
-    assert path.read_bytes().startswith(capsule_v2.MAGIC) == (fmt == "v2")
+    assert path.read_bytes().startswith(v2.MAGIC) == (fmt == "v2")
     ok("decrypt-file-inplace", "--file", str(path), "--data-key-b64", key_b64)
     assert path.read_bytes() == plain
     assert _listing(tmp_path) == ["f"]
@@ -113,7 +113,7 @@ def test_core_cli_util_v2_default_is_v1_and_bad_format_is_refused(tmp_path: Path
     src = tmp_path / "a"
     src.write_bytes(b"abc")
     ok("encrypt-file", "--source-file", str(src), "--data-key-b64", key_b64)
-    assert (tmp_path / "a.enc").read_bytes()[:4] == struct.pack("<I", capsule.VERSION)
+    assert (tmp_path / "a.enc").read_bytes()[:4] == struct.pack("<I", v1.VERSION)
     for command in (
         ["encrypt-file", "--source-file", str(src), "--dest-file", str(tmp_path / "b")],
         ["encrypt-file-inplace", "--file", str(src)],
@@ -161,7 +161,7 @@ def v2_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bytes, bytes
     (d / "p").write_bytes(plain)
     ok("encrypt-file", "--source-file", str(d / "p"), "--data-key-b64", key_b64, "--format", "v2")
     blob = (d / "p.enc").read_bytes()
-    assert len(blob) == capsule_v2.v2_size(V2_PLAIN_LEN)
+    assert len(blob) == v2.v2_size(V2_PLAIN_LEN)
     return key_b64, plain, blob
 
 
@@ -176,12 +176,12 @@ def _header_with(blob: bytes, **changes: object) -> bytes:
     fields = dict(
         zip(
             ("magic", "segment_len", "plaintext_len", "salt", "reserved"),
-            capsule_v2.HEADER.unpack(blob[:HLEN]),
+            v2.HEADER.unpack(blob[:HLEN]),
             strict=True,
         )
     )
     fields.update(changes)
-    return capsule_v2.HEADER.pack(*fields.values()) + blob[HLEN:]
+    return v2.HEADER.pack(*fields.values()) + blob[HLEN:]
 
 
 def _flip(data: bytes, index: int) -> bytes:

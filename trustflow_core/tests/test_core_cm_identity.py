@@ -9,8 +9,8 @@ from cryptography import x509
 
 from trustflow_core.errors import InvalidInput
 from trustflow_core.roles.capsule_manager import identity_keys
-from trustflow_core.roles.capsule_manager.errors import CMError, Kind, kind_of_message
 from trustflow_core.roles.capsule_manager.resource_uri import parse_resource_uri
+from trustflow_core.roles.capsule_manager_protocol.errors import CMError, Kind, kind_of_message
 
 
 def test_generated_once_then_loaded(tmp_path: Path) -> None:

@@ -21,12 +21,12 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
 )
 from trustflow_core.registry import ATTESTER, backend_class
 from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
-from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient
-from trustflow_core.roles.capsule_manager.keyexchange import (
+from trustflow_core.roles.capsule_manager.settings import CMSettings
+from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
+from trustflow_core.roles.capsule_manager_client.keyexchange import (
     CapsuleManagerKeyExchange,
     ephemeral_credentials,
 )
-from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.testing.keyexchange import KeyExchangeConformance
 
 SCOPE = "default"

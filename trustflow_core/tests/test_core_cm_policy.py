@@ -239,8 +239,8 @@ def test_constraint_shape(expr: str, comprehension_depth: int, in_process: bool)
 
 
 def test_check_rule_names_rule_constraint_and_limit() -> None:
-    from trustflow_core.roles.capsule_manager.constraint_cost import check_rule
-    from trustflow_core.roles.capsule_manager.errors import CMError, Kind
+    from trustflow_core.roles.capsule_manager.policy import check_rule
+    from trustflow_core.roles.capsule_manager_protocol.errors import CMError, Kind
 
     check_rule(rule(global_constraints=('r.env.tee.platform == "sgx"', "r.op_name ==")))
     with pytest.raises(CMError) as err:

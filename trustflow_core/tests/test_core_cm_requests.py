@@ -14,18 +14,18 @@ import pytest
 from sqlalchemy import inspect, text
 
 from trustflow_core.errors import InvalidInput
-from trustflow_core.roles.capsule_manager.errors import CMError, Kind
-from trustflow_core.roles.capsule_manager.freshness import (
-    FreshnessWindow,
-    RequestMark,
-    check_claims,
-    request_digest,
-)
 from trustflow_core.roles.capsule_manager.policy import OpConstraint, Rule
 from trustflow_core.roles.capsule_manager.sealing import Sealer
 from trustflow_core.roles.capsule_manager.settings import load_settings
 from trustflow_core.roles.capsule_manager.storage import NewKey, Store
 from trustflow_core.roles.capsule_manager.storage_models import SCHEMA_VERSION, Base, RequestRow
+from trustflow_core.roles.capsule_manager_protocol.errors import CMError, Kind
+from trustflow_core.roles.capsule_manager_protocol.freshness import (
+    FreshnessWindow,
+    RequestMark,
+    check_claims,
+    request_digest,
+)
 
 ALICE, BOB = "A" * 52, "B" * 52
 DATA = Path(__file__).parent / "data"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from trustflow_core.roles.capsule_manager.errors import CMError, Kind
 from trustflow_core.roles.capsule_manager.policy import OpConstraint, Rule, derive_result_policy
 from trustflow_core.roles.capsule_manager.sealing import Sealer, load_or_create_key
 from trustflow_core.roles.capsule_manager.storage import NewKey, Store
+from trustflow_core.roles.capsule_manager_protocol.errors import CMError, Kind
 from trustflow_core.testing.databases import throwaway_database
 
 ALICE, BOB = "A" * 52, "B" * 52

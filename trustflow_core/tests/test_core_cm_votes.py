@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from trustflow_core.identity import party_id_of_key
-from trustflow_core.roles.capsule_manager.errors import CMError, Kind
-from trustflow_core.roles.capsule_manager.votes import (
+from trustflow_core.roles.capsule_manager_protocol.errors import CMError, Kind
+from trustflow_core.roles.capsule_manager_protocol.votes import (
     sign_vote_request,
     verify_export_certificate,
     vote_result,

@@ -55,6 +55,16 @@ def test_core_plugin_is_always_registered():
     assert pm.get_plugin("core") is not None
 
 
+def test_core_plugin_is_the_module_its_entry_point_names():
+    """The manager loads the core's own plugin by name (so the plugin machinery imports no
+    role): the name is the ``core`` entry point's, and the plugin is the ``builtin`` module."""
+    from trustflow_core import builtin
+
+    (entry_point,) = metadata.entry_points(group=manager.ENTRY_POINT_GROUP, name="core")
+    assert entry_point.value == manager.CORE_PLUGIN_MODULE
+    assert get_plugin_manager(load_entrypoints=False).get_plugin("core") is builtin
+
+
 def test_a_broken_plugin_aborts_strict_loading(fake_entry_points):
     with pytest.raises(PluginError, match=r"plugin 'broken'.*missing SDK xyz"):
         get_plugin_manager()

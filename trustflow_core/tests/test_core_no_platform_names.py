@@ -62,7 +62,7 @@ def test_the_scan_covers_the_roles_and_the_core_modules() -> None:
         "registry.py",
         "attestation.py",
         "roles/capsule_manager/service.py",
-        "roles/capsule_manager/client.py",
+        "roles/capsule_manager_client/client.py",
         "roles/capsule_manager/settings.py",
         "roles/capsule_manager/server.py",
         "roles/ra_proxy/settings.py",

@@ -592,6 +592,20 @@ async def test_a_deeply_nested_protected_header_is_a_clear_400(pm, deploy):
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("value", [b"NaN", b"-Infinity"])
+async def test_an_envelope_with_a_json_constant_is_a_clear_400_not_forwarded(pm, deploy, value):
+    """Strict JSON (trustflow_core.jose): before, an envelope whose member was ``NaN`` parsed
+    as JSON of another shape and went to the app as a plain body."""
+    body = b'{"protected": "eyJhbGciOiJSU0EtT0FFUCJ9", "ciphertext": ' + value + b"}"
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        status, _, reply = await exchange(address, post_jwe("/plain", body, "application/json"))
+    assert status == 400 and b"malformed or truncated JWE envelope" in reply, (status, reply)
+    assert value + b" is not valid JSON" in reply, reply
+    assert app.seen == []
+
+
+@pytest.mark.asyncio
 async def test_freshness_modes_and_the_unchanged_upstream_profile(pm, deploy):
     from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class
 

@@ -38,10 +38,10 @@ from trustflow_core.registry import (
     development_default,
 )
 from trustflow_core.roles._server import start_site
-from trustflow_core.roles.capsule_manager.client import CapsuleManagerClient, Credentials
-from trustflow_core.roles.capsule_manager.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
+from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient, Credentials
+from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 from trustflow_core.roles.client.online import OnlineClient
 from trustflow_core.roles.data_capsule_proxy.app import create_app as create_proxy
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from typing_extensions import Self
 
 if TYPE_CHECKING:
-    from .manager import TrustflowPluginManager
+    import pluggy
 
 
 class Backend:
@@ -54,7 +54,7 @@ class Backend:
         return cls()
 
     @classmethod
-    def from_role(cls, settings: Mapping[str, Any] | None, *, pm: TrustflowPluginManager) -> Self:
+    def from_role(cls, settings: Mapping[str, Any] | None, *, pm: pluggy.PluginManager) -> Self:
         """Build an instance for a role whose plugin manager is ``pm``: what roles call.
 
         The default is :meth:`from_settings` (``pm`` unused). A backend that builds other

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 @hookimpl
 def trustflow_register_key_exchanges(register: Register[type[KeyExchange]]) -> None:
-    from .roles.capsule_manager.keyexchange import CapsuleManagerKeyExchange
+    from .roles.capsule_manager_client.keyexchange import CapsuleManagerKeyExchange
     from .static_keys import StaticKeyExchange
 
     register(StaticKeyExchange)

@@ -39,6 +39,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 #: role package (``trustflow_core.roles.<role>``) -> the extra its commands need
 ROLE_EXTRAS: dict[str, str] = {
     "capsule_manager": "capsule-manager",
+    "capsule_manager_client": "capsule-manager",
     "ra_proxy": "proxy",
     "gateway": "proxy",
     "client": "proxy",

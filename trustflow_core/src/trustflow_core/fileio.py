@@ -1,17 +1,22 @@
-"""Atomic file writing: a temporary file in the destination directory, fsync, rename.
+"""Files: atomic writing, and reading a JSON/YAML mapping (settings, policies, reports).
 
-Readers see the old file or the complete new one, never a partial one; on error the
-temporary file is removed and the destination is untouched.
+Atomic writing: a temporary file in the destination directory, fsync, rename. Readers see the
+old file or the complete new one, never a partial one; on error the temporary file is removed
+and the destination is untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from .errors import InvalidInput
 
 
 @contextlib.contextmanager
@@ -40,3 +45,29 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int =
     """Write ``data`` to ``path`` atomically with permissions ``mode``."""
     with atomic_writer(path, mode=mode) as out:
         out.write(data)
+
+
+def load_mapping(path: str, what: str, *, yaml_ok: bool = True) -> Mapping[str, Any]:
+    """A JSON (or, with ``yaml_ok``, YAML) file holding a mapping ("-" = stdin): a settings
+    file, a policy, a report. A file that cannot be read, does not parse or holds no mapping
+    raises :class:`~trustflow_core.errors.InvalidInput` naming ``what`` and ``path``."""
+    import yaml
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        if not yaml_ok:
+            raise InvalidInput(f"{what} {path} is not JSON: {exc}") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as yaml_exc:
+            raise InvalidInput(f"{what} {path} is not YAML/JSON: {yaml_exc}") from yaml_exc
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise InvalidInput(f"{what} {path} must hold a mapping, not {type(data).__name__}")
+    return data

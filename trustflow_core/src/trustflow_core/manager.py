@@ -10,6 +10,7 @@ Environment switches (comma-separated entry-point names):
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -17,12 +18,16 @@ from importlib import metadata
 
 import pluggy
 
-from . import builtin, hookspecs
+from . import hookspecs
 from .errors import PluginError
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "trustflow"
 CORE_PLUGIN_NAME = "core"
+#: The core's own plugin (its ``core`` entry point): the built-in backends and every command,
+#: the roles' included. It is loaded by name, as entry points are, so that the plugin machinery
+#: never imports the roles (an import contract in the root pyproject.toml holds it to that).
+CORE_PLUGIN_MODULE = "trustflow_core.builtin"
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ def get_plugin_manager(
     """
     pm = TrustflowPluginManager()
     pm.add_hookspecs(hookspecs)
-    pm.register(builtin, name=CORE_PLUGIN_NAME)
+    pm.register(importlib.import_module(CORE_PLUGIN_MODULE), name=CORE_PLUGIN_NAME)
     pm.sources[CORE_PLUGIN_NAME] = _source_of_distribution("trustflow-core")
     if load_entrypoints and not os.environ.get("TRUSTFLOW_DISABLE_PLUGIN_AUTOLOAD"):
         blocked = set(env_list("TRUSTFLOW_DISABLE_PLUGINS"))

@@ -36,6 +36,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from trustflow_core.errors import InvalidInput, UnsupportedOperation
+from trustflow_core.jose import MalformedInput, parse_object
 
 __all__ = ["STYLES", "Style", "parse_json", "serialize_canonical", "to_json"]
 
@@ -80,18 +81,18 @@ def parse_json(data: str | bytes, message_cls: type[M], *, ignore_unknown: bool 
 
     Keys may be json_names or proto field names; ``null`` and missing keys leave a field unset.
     Unknown keys raise unless ``ignore_unknown`` (the Rust CM and brpc ignore them; the SDK and the
-    C++ proxies do not). Raises InvalidInput naming the message type and the problem for invalid
-    UTF-8, invalid JSON, duplicate keys, a top level that is not an object, unknown keys and values
+    C++ proxies do not). Raises InvalidInput naming the message type and the problem for JSON
+    that is not strict (:mod:`trustflow_core.jose`: invalid UTF-8 or Unicode, duplicate keys,
+    NaN/Infinity, nesting too deep), a top level that is not an object, unknown keys and values
     of the wrong type.
     """
     name = message_cls.DESCRIPTOR.full_name
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidInput(f"{name}: not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidInput(f"{name}: JSON top level must be an object, got {type(obj).__name__}")
+        obj = parse_object(data, name)
+    except MalformedInput as exc:
+        if exc.problem == "object":
+            raise InvalidInput(f"{name}: JSON top level must be an object, {exc.reason}") from None
+        raise InvalidInput(f"{name}: not valid JSON: {exc.reason}") from None
     msg = message_cls()
     try:
         json_format.ParseDict(obj, msg, ignore_unknown_fields=ignore_unknown)
@@ -114,19 +115,6 @@ def serialize_canonical(msg: Message) -> bytes:
 
 
 # ---- helpers ----
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
-
-
-def _no_constant(token: str) -> Any:
-    raise ValueError(f"{token} is not valid JSON")
 
 
 #: A field descriptor: protobuf's pure-Python class or its upb one, which types-protobuf keeps

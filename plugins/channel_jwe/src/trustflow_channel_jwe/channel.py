@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cryptography import x509
@@ -15,7 +16,8 @@ from trustflow_core.channel import (
     SealedEnvelope,
     VerifiedJws,
 )
-from trustflow_core.errors import InvalidInput
+from trustflow_core.errors import EnvelopeError, InvalidInput
+from trustflow_core.jose import MalformedInput
 
 from . import jws as _jws
 from .rfc import KEY_ALGS as RFC_ALGS
@@ -28,6 +30,15 @@ if TYPE_CHECKING:
 PROFILES = ("rfc", "upstream")
 DEFAULT_ALGS = {"rfc": "RSA-OAEP-256", "upstream": "RSA-OAEP"}
 ALLOWED_ALGS = {"rfc": tuple(RFC_ALGS), "upstream": tuple(sorted(OAEP_HASHES))}
+
+
+@contextmanager
+def _envelope_errors() -> Iterator[None]:
+    """Core's strict-parsing refusals (:mod:`trustflow_core.jose`) are envelope errors here."""
+    try:
+        yield
+    except MalformedInput as exc:
+        raise EnvelopeError(str(exc)) from None
 
 
 class JweChannel(EnvelopeChannel):
@@ -88,13 +99,15 @@ class JweChannel(EnvelopeChannel):
         return self._dialect.seal(plaintext, recipient)
 
     def open(self, jwe: Jwe, private_key: RSAPrivateKey) -> OpenedEnvelope:
-        return self._dialect.open(jwe, private_key)
+        with _envelope_errors():
+            return self._dialect.open(jwe, private_key)
 
     def seal_reply(self, plaintext: bytes, cek: bytes) -> Jwe:
         return self._dialect.seal_reply(plaintext, cek)
 
     def open_reply(self, jwe: Jwe, cek: bytes) -> bytes:
-        return self._dialect.open_reply(jwe, cek)
+        with _envelope_errors():
+            return self._dialect.open_reply(jwe, cek)
 
     def sign(
         self,
@@ -107,4 +120,5 @@ class JweChannel(EnvelopeChannel):
         return _jws.sign(payload, private_key, chain, claims=claims)
 
     def verify(self, jws: Jws, *, public_key: RSAPublicKey | None = None) -> VerifiedJws:
-        return _jws.verify(jws, public_key)
+        with _envelope_errors():
+            return _jws.verify(jws, public_key)

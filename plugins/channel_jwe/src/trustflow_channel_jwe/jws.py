@@ -32,15 +32,14 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from trustflow_core.channel import Jws, VerifiedJws
 from trustflow_core.errors import EnvelopeError, InvalidInput
 from trustflow_core.identity import load_der_certificate, signed_by
-
-from .codec import (
+from trustflow_core.jose import (
     b64std_decode,
     b64std_encode,
     b64url_decode,
     b64url_encode,
     compact_json,
     header_string,
-    parse_json_object,
+    parse_object,
 )
 
 HEADER = "JWS protected header"
@@ -135,7 +134,7 @@ def verify(jws: Jws, public_key: RSAPublicKey | None = None) -> VerifiedJws:
     header_json = b64url_decode(jws.protected, "JWS member 'protected'")
     payload = b64url_decode(jws.payload, "JWS member 'payload'")
     signature = b64url_decode(jws.signature, "JWS member 'signature'")
-    header = parse_json_object(header_json, HEADER)
+    header = parse_object(header_json, HEADER)
     if "crit" in header:
         raise EnvelopeError("JWS header member 'crit' is not supported")
     sig_padding = _signature_padding(header)

@@ -34,16 +34,9 @@ from jwcrypto.jwe import JWE
 from jwcrypto.jwk import JWK
 from trustflow_core.channel import Jwe, OpenedEnvelope, SealedEnvelope
 from trustflow_core.errors import EnvelopeError
+from trustflow_core.jose import b64url_encode, compact_json, header_string, parse_object
 
-from .codec import (
-    DecodedJwe,
-    b64url_encode,
-    compact_json,
-    decode_jwe,
-    header_string,
-    parse_json_object,
-    reject_unsupported_members,
-)
+from .codec import DecodedJwe, decode_jwe, reject_unsupported_members
 
 KEY_ALGS = ("RSA-OAEP-256", "RSA-OAEP")
 GCM_KEY_BYTES: dict[str, int] = {"A128GCM": 16, "A192GCM": 24, "A256GCM": 32}
@@ -60,7 +53,7 @@ def _enc_for_key(cek: bytes) -> str:
 
 
 def _header(parts: DecodedJwe, algs: tuple[str, ...]) -> tuple[dict[str, Any], str, str]:
-    header = parse_json_object(parts.header_json, "JWE protected header")
+    header = parse_object(parts.header_json, "JWE protected header")
     reject_unsupported_members(header, "JWE protected header")
     alg = header_string(header, "alg", "JWE protected header")
     enc = header_string(header, "enc", "JWE protected header")

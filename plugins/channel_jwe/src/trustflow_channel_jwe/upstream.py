@@ -27,15 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from trustflow_core.channel import Jwe, OpenedEnvelope, SealedEnvelope
 from trustflow_core.errors import EnvelopeError
+from trustflow_core.jose import b64url_encode, compact_json, header_string, parse_object
 
-from .codec import (
-    b64url_encode,
-    compact_json,
-    decode_jwe,
-    header_string,
-    parse_json_object,
-    reject_unsupported_members,
-)
+from .codec import decode_jwe, reject_unsupported_members
 
 #: ``alg`` → OAEP hash (MGF1 uses the same hash, empty label).
 OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -91,7 +85,7 @@ def gcm_open(cek: bytes, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes) -
 
 
 def _request_header(raw: bytes) -> tuple[dict[str, Any], str, str]:
-    header = parse_json_object(raw, "JWE protected header")
+    header = parse_object(raw, "JWE protected header")
     reject_unsupported_members(header, "JWE protected header")
     alg = header_string(header, "alg", "JWE protected header")
     enc = header_string(header, "enc", "JWE protected header")
@@ -176,7 +170,7 @@ class UpstreamDialect:
         header): ``alg`` must be ``RSA-OAEP-256``, ``enc`` must fit the CEK and
         ``encrypted_key`` must be empty."""
         parts = decode_jwe(jwe)
-        header = parse_json_object(parts.header_json, "JWE protected header")
+        header = parse_object(parts.header_json, "JWE protected header")
         reject_unsupported_members(header, "JWE protected header")
         alg = header_string(header, "alg", "JWE protected header")
         enc = header_string(header, "enc", "JWE protected header")

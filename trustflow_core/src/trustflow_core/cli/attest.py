@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import json
 import sys
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import click
 
 from ..errors import InvalidInput, VerificationError
+from ..fileio import load_mapping
 
 _SETTINGS_HELP = "YAML/JSON mapping of backend settings (as in the config file section)."
 
@@ -32,30 +32,6 @@ def _parse_hex(value: str, what: str) -> bytes:
         return bytes.fromhex(value)
     except ValueError as exc:
         raise InvalidInput(f"{what} must be hex, got {value!r}") from exc
-
-
-def _load_mapping(path: str, what: str, *, yaml_ok: bool = True) -> Mapping[str, Any]:
-    """A JSON (or, with ``yaml_ok``, YAML) file holding a mapping ("-" = stdin)."""
-    import yaml
-
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read {what} {path}: {exc}") from exc
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        if not yaml_ok:
-            raise InvalidInput(f"{what} {path} is not JSON: {exc}") from exc
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as yaml_exc:
-            raise InvalidInput(f"{what} {path} is not YAML/JSON: {yaml_exc}") from yaml_exc
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise InvalidInput(f"{what} {path} must hold a mapping, not {type(data).__name__}")
-    return data
 
 
 def _parse_time(value: str) -> datetime:
@@ -101,7 +77,7 @@ def report(
     from ..registry import ATTESTER, backend_class
 
     data = _parse_hex(user_data, "--user-data")
-    settings = _load_mapping(settings_file, "settings file") if settings_file else {}
+    settings = load_mapping(settings_file, "settings file") if settings_file else {}
     cls: type[Attester] = backend_class(get_plugin_manager(), ATTESTER, plat)
 
     async def generate() -> Any:
@@ -173,8 +149,8 @@ def verify(
     from ..registry import VERIFIER, backend_class, verifier_for_platform
 
     now = _parse_time(at) if at else None
-    settings = _load_mapping(settings_file, "settings file") if settings_file else {}
-    policy = Policy.from_dict(_load_mapping(policy_file, "policy")) if policy_file else None
+    settings = load_mapping(settings_file, "settings file") if settings_file else {}
+    policy = Policy.from_dict(load_mapping(policy_file, "policy")) if policy_file else None
     required = _parse_hex(user_data, "--user-data") if user_data is not None else None
     if (report_file is None) == (quote_file is None):
         raise click.UsageError("give exactly one of --report and --quote")
@@ -188,7 +164,7 @@ def verify(
             report = cls.report_from_evidence(_read_bytes(quote_file), endorsements=endorsements)
         else:
             assert report_file is not None
-            report = Report.from_dict(_load_mapping(report_file, "report", yaml_ok=False))
+            report = Report.from_dict(load_mapping(report_file, "report", yaml_ok=False))
             cls = (
                 backend_class(pm, VERIFIER, plat)
                 if plat

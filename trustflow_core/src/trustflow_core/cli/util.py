@@ -14,9 +14,9 @@ Differences from upstream, all deliberate:
 * outputs are replaced atomically, so a failed decryption leaves nothing behind, and
   in-place variants never lose the original;
 * ``encrypt-file`` / ``encrypt-file-inplace`` take ``--format v1|v2``: ``v1`` (default) is
-  upstream's data capsule, ``v2`` our authenticated format (:mod:`trustflow_core.capsule_v2`)
+  upstream's data capsule, ``v2`` our authenticated format (:mod:`trustflow_core.capsule.v2`)
   that upstream tools cannot read; ``decrypt-file`` / ``decrypt-file-inplace`` detect the
-  format (:mod:`trustflow_core.capsule_formats`);
+  format (:mod:`trustflow_core.capsule`);
 * errors are one ``Error: ...`` line with exit code 1 (upstream: an ``AssertionError``
   traceback).
 """
@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 import click
 
-from .. import capsule, capsule_formats
+from .. import capsule
 from ..errors import AccessDenied, InvalidInput, ObjectNotFound, TrustflowError
 from ..fileio import atomic_write_bytes
 from ..identity import load_pem_chain, party_id_of_chain, party_id_of_key, self_signed_cert
@@ -122,8 +122,8 @@ _quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress ba
 _format_option = click.option(
     "--format",
     "fmt",
-    type=click.Choice(capsule_formats.FORMATS),
-    default=capsule_formats.DEFAULT_FORMAT,
+    type=click.Choice(capsule.FORMATS),
+    default=capsule.DEFAULT_FORMAT,
     show_default=True,
     help="v1: upstream's data capsule (upstream tools read it); v2: authenticated (detects "
     "reordered, dropped or truncated blocks; read by trustflow only).",
@@ -314,7 +314,7 @@ def encrypt_file(
     key = _resolve_key(data_key_b64, data_key_file)
     dest = dest_file or Path(f"{source_file}.enc")
     with _progress(source_file, quiet, "encrypting") as progress, _file_errors():
-        capsule_formats.encrypt_file(source_file, dest, key, fmt=fmt, progress=progress)
+        capsule.encrypt_file(source_file, dest, key, fmt=fmt, progress=progress)
 
 
 @util.command("decrypt-file")
@@ -334,7 +334,7 @@ def decrypt_file(
     key = _resolve_key(data_key_b64, data_key_file)
     dest = dest_file or Path(f"{source_file}.dec")
     with _progress(source_file, quiet, "decrypting") as progress, _file_errors():
-        capsule_formats.decrypt_file(source_file, dest, key, progress=progress)
+        capsule.decrypt_file(source_file, dest, key, progress=progress)
 
 
 @util.command("encrypt-file-inplace")
@@ -348,7 +348,7 @@ def encrypt_file_inplace(
     """Replace a file by its data capsule (atomically; format v1 unless --format v2)."""
     key = _resolve_key(data_key_b64, data_key_file)
     with _progress(path, quiet, "encrypting") as progress, _file_errors():
-        capsule_formats.encrypt_file_inplace(path, key, fmt=fmt, progress=progress)
+        capsule.encrypt_file_inplace(path, key, fmt=fmt, progress=progress)
 
 
 @util.command("decrypt-file-inplace")
@@ -362,7 +362,7 @@ def decrypt_file_inplace(
     0600; untouched on error)."""
     key = _resolve_key(data_key_b64, data_key_file)
     with _progress(path, quiet, "decrypting") as progress, _file_errors():
-        capsule_formats.decrypt_file_inplace(path, key, progress=progress)
+        capsule.decrypt_file_inplace(path, key, progress=progress)
 
 
 # ---- data-export votes (crypto-formats §11) ---------------------------------------------------
@@ -427,7 +427,7 @@ def _signer(spec: dict[str, Any], where: str) -> tuple[list[str], Any]:
 def sign_vote_request(vote_request_file: Path, signed_vote_request_file: Path) -> None:
     """Sign a data-export vote request (vote_request: type, approved_threshold,
     approved_action, cert_chain_file, private_key_file) like upstream cms_util."""
-    from ..roles.capsule_manager import votes
+    from ..roles.capsule_manager_protocol import votes
 
     doc = _read_yaml(vote_request_file)
     spec = doc.get("vote_request") if isinstance(doc, dict) else None
@@ -442,7 +442,7 @@ def sign_vote_request(vote_request_file: Path, signed_vote_request_file: Path) -
 @click.option("--signed-voter-file", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def voter_sign(voter_file: Path, signed_voter_file: Path) -> None:
     """Sign a vote (vote_request_signature, action, cert_chain_file, private_key_file)."""
-    from ..roles.capsule_manager import votes
+    from ..roles.capsule_manager_protocol import votes
 
     spec = _read_yaml(voter_file)
     if not isinstance(spec, dict):
@@ -471,7 +471,7 @@ def generate_vote_result(
     signed_vote_request_file: Path, signed_voter_files: tuple[Path, ...], vote_result_file: Path
 ) -> None:
     """Combine a signed vote request and signed votes into the data-export certificate."""
-    from ..roles.capsule_manager import votes
+    from ..roles.capsule_manager_protocol import votes
 
     request = _read_yaml(signed_vote_request_file)
     needed = ("cert_chain", "body", "vote_request_signature")

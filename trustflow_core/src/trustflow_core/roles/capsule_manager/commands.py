@@ -1,5 +1,6 @@
-"""Command-line entry points of the Capsule Manager role (cheap to import):
-``trustflow capsule-manager`` (the server) and ``trustflow cms`` (the owner CLI)."""
+"""Command-line entry point of the Capsule Manager server (cheap to import):
+``trustflow capsule-manager``. The owner CLI, ``trustflow cms``, is the client side's
+(:mod:`trustflow_core.roles.capsule_manager_client.commands`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 import click
 
 from .._options import log_options
-from .cms_cli import cms
 
 
 @click.command("capsule-manager")
@@ -85,4 +85,4 @@ def capsule_manager(
     asyncio.run(serve(settings, workers=workers, log_settings=log_settings))
 
 
-COMMANDS: list[click.Command] = [capsule_manager, cms]
+COMMANDS: list[click.Command] = [capsule_manager]

@@ -3,8 +3,9 @@
 :func:`parse` parses an expression with ``cel-python``'s parser (once per distinct expression;
 cached) and measures its tree (:class:`Shape`). Two uses:
 
-* :func:`check_rule` -- at policy creation (``CreateDataPolicy``, ``AddDataRule``): a constraint
-  over a limit is refused with ``INVALID_ARGUMENT`` naming the rule, the constraint and the limit.
+* :meth:`Shape.over_limit` -- at policy creation (``CreateDataPolicy``, ``AddDataRule``;
+  :func:`.policy.check_rule`): a constraint over a limit is refused with ``INVALID_ARGUMENT``
+  naming the rule, the constraint and the limit.
 * :attr:`Shape.in_process` -- at evaluation: whether the expression is cheap enough by
   construction to evaluate in the server process. Everything else goes to the run-time budget
   (:mod:`.constraint_sandbox`): expressions with comprehensions, concatenation (``+`` on strings
@@ -20,12 +21,7 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from .errors import CMError, Kind
-
-if TYPE_CHECKING:
-    from .policy import Rule
+from typing import Any
 
 MAX_CHARS = 4096
 MAX_NODES = 2000
@@ -166,31 +162,3 @@ def _called(node: Any) -> str | None:
         if isinstance(child, lark.Token) and child.type == "IDENT":
             return str(child)
     return None
-
-
-def check_rule(rule: Rule) -> None:
-    """Refuse (``INVALID_ARGUMENT``) a rule with a constraint over a limit. Constraints that do
-    not parse are accepted as before: they can never hold, so the rule never matches."""
-    constraints = [
-        (f"constraint {i + 1} of op {op.op_name!r}", c)
-        for op in rule.op_constraints
-        for i, c in enumerate(op.constraints)
-    ]
-    constraints += [
-        (f"global constraint {i + 1}", c) for i, c in enumerate(rule.global_constraints)
-    ]
-    for where, expression in constraints:
-        if len(expression) > MAX_CHARS:
-            _refuse(rule, where, ("characters", len(expression), MAX_CHARS))
-        shape = parse(expression).shape
-        over = shape.over_limit() if shape is not None else None
-        if over is not None:
-            _refuse(rule, where, over)
-
-
-def _refuse(rule: Rule, where: str, over: tuple[str, int, int]) -> None:
-    what, value, limit = over
-    raise CMError(
-        Kind.INVALID_ARGUMENT,
-        f"rule {rule.rule_id!r}: {where} has {what} {value}, over the limit of {limit}",
-    )

@@ -183,7 +183,7 @@ def worker_main() -> None:
     import resource
     import signal
 
-    from .policy import evaluate_cel
+    from .constraint_eval import evaluate_cel
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is not ours
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()

@@ -1,32 +1,18 @@
-"""Protobuf <-> plain values at the edge of the role."""
+"""Protobuf <-> the server's policy values at the edge of the role (reports:
+:mod:`..capsule_manager_protocol.reports`)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import TYPE_CHECKING
 
-from ...attestation import Report
-from ...proto.secretflowapis.v2.sdc import ual_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
-from .errors import CMError, Kind
-
-if TYPE_CHECKING:  # the server's modules (CEL, SQLAlchemy): clients convert reports only
-    from .policy import Rule
-    from .storage import StoredPolicy
-
-REPORT_FIELDS = (
-    "str_report_version",
-    "str_report_type",
-    "str_tee_platform",
-    "json_report",
-    "json_nested_reports",
-)
+from ..capsule_manager_protocol.errors import CMError, Kind
+from .policy import OpConstraint, Rule
+from .storage import StoredPolicy
 
 
 def rule_from_pb(msg: cm_pb2.Rule) -> Rule:
-    from .policy import OpConstraint, Rule
-
     return Rule(
         rule_id=msg.rule_id,
         grantee_party_ids=tuple(msg.grantee_party_ids),
@@ -53,14 +39,6 @@ def rule_to_pb(rule: Rule) -> cm_pb2.Rule:
 
 def policy_to_pb(policy: StoredPolicy) -> cm_pb2.Policy:
     return cm_pb2.Policy(data_uuid=policy.data_uuid, rules=[rule_to_pb(r) for r in policy.rules])
-
-
-def report_from_pb(msg: ual_pb2.UnifiedAttestationReport) -> Report:
-    return Report(**{f: getattr(msg, f) for f in REPORT_FIELDS})
-
-
-def report_to_pb(report: Report) -> ual_pb2.UnifiedAttestationReport:
-    return ual_pb2.UnifiedAttestationReport(**{f: getattr(report, f) for f in REPORT_FIELDS})
 
 
 def check_data_key_b64(value: str, uri: str) -> None:

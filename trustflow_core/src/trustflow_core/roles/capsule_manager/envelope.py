@@ -8,9 +8,6 @@ transport keys with -> 2, ``A192GCM``/CBC ``enc`` -> 12, JWS ``HS256`` -> 3, ``E
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +17,18 @@ from google.protobuf.message import Message
 from ...channel import EnvelopeChannel, Jwe, Jws, VerifiedJws
 from ...errors import EnvelopeError, InvalidInput
 from ...identity import load_pem_chain, party_id_of_chain
+from ...jose import MalformedInput, b64url_decode, parse_object
 from ...proto.secretflowapis.v2 import status_pb2
 from ...proto.secretflowapis.v2.sdc import jwt_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...wire import parse_json, to_json
-from .errors import CMError, Kind
-from .freshness import DEFAULT_WINDOW, FreshnessWindow, check_claims, request_digest
+from ..capsule_manager_protocol.errors import CMError, Kind
+from ..capsule_manager_protocol.freshness import (
+    DEFAULT_WINDOW,
+    FreshnessWindow,
+    check_claims,
+    request_digest,
+)
 
 KEY_ALGS = {"RSA-OAEP", "RSA-OAEP-256"}
 OTHER_RFC_ALGS = {
@@ -51,22 +54,21 @@ MAX_INNER_BYTES = 8 << 20
 
 
 def _b64url(value: str, what: str) -> bytes:
-    if "=" in value or "+" in value or "/" in value:
-        raise CMError(Kind.DECODE, f"{what} is not base64url without padding")
+    """Strict base64url (:mod:`trustflow_core.jose`); a Decode error (13) otherwise."""
     try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        raise CMError(Kind.DECODE, f"{what} is not base64url") from None
+        return b64url_decode(value, what)
+    except MalformedInput as exc:
+        raise CMError(Kind.DECODE, str(exc)) from None
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """A strict JSON object (:mod:`trustflow_core.jose`; any whitespace, as the SDK
+    pretty-prints); a Decode error (13) ``<what> is not JSON`` otherwise."""
     try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise CMError(Kind.DECODE, f"{what} is not JSON") from None
-    if not isinstance(obj, dict):
-        raise CMError(Kind.DECODE, f"{what} is not a JSON object")
-    return obj
+        return parse_object(raw, what)
+    except MalformedInput as exc:
+        shape = "a JSON object" if exc.problem == "object" else "JSON"
+        raise CMError(Kind.DECODE, f"{what} is not {shape}") from None
 
 
 def _check_jwe_header(protected: str) -> None:

@@ -24,7 +24,6 @@ processes within the request's :class:`Budget`. A rule whose evaluation runs out
 from __future__ import annotations
 
 import atexit
-import functools
 import json
 import logging
 import re
@@ -32,9 +31,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..capsule_manager_protocol.errors import CMError, Kind
 from .constraint_cost import MAX_CHARS, parse
+from .constraint_eval import evaluate_cel
 from .constraint_sandbox import Budget, BudgetExceeded, Sandbox
-from .errors import CMError, Kind
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +135,6 @@ def evaluation_object(req: AccessRequest) -> dict[str, Any]:
     return obj
 
 
-@functools.lru_cache(maxsize=4096)
-def _compiled(expression: str) -> Any:
-    import celpy
-
-    tree = parse(expression).tree
-    if tree is None:
-        raise ValueError("does not compile")
-    return celpy.Environment().program(tree)
-
-
 # ``r.a.b == "literal"`` -- the shape of nearly every real constraint -- is decided without the
 # CEL interpreter, with exactly CEL's result: a missing member is an error (false), a value of
 # another type does not compare to a string (false).
@@ -210,19 +200,6 @@ def evaluate(expression: str, r: Mapping[str, Any], budget: Budget | None = None
     if shape.in_process:
         return evaluate_cel(expression, r)
     return _SANDBOX.evaluate(expression, r, budget)
-
-
-def evaluate_cel(expression: str, r: Mapping[str, Any]) -> bool:
-    """Evaluate with the CEL interpreter, in this process (no fast path, no budget)."""
-    import celpy
-
-    try:
-        program = _compiled(expression)
-        result = program.evaluate({"r": celpy.json_to_cel(dict(r))})
-    except Exception as exc:  # any CEL failure makes the rule fail
-        log.info("constraint %r failed: %s", expression, exc)
-        return False
-    return isinstance(result, celpy.celtypes.BoolType) and bool(result)
 
 
 def rule_matches(rule: Rule, req: AccessRequest, r: Mapping[str, Any], budget: Budget) -> bool:
@@ -312,3 +289,31 @@ def derive_result_policy(ancestor_rules: Sequence[Sequence[Rule]]) -> list[Rule]
     for rules in ancestor_rules[1:]:
         result = _merge(result, rules)
     return result
+
+
+def check_rule(rule: Rule) -> None:
+    """Refuse (``INVALID_ARGUMENT``) a rule with a constraint over a limit. Constraints that do
+    not parse are accepted as before: they can never hold, so the rule never matches."""
+    constraints = [
+        (f"constraint {i + 1} of op {op.op_name!r}", c)
+        for op in rule.op_constraints
+        for i, c in enumerate(op.constraints)
+    ]
+    constraints += [
+        (f"global constraint {i + 1}", c) for i, c in enumerate(rule.global_constraints)
+    ]
+    for where, expression in constraints:
+        if len(expression) > MAX_CHARS:
+            _refuse(rule, where, ("characters", len(expression), MAX_CHARS))
+        shape = parse(expression).shape
+        over = shape.over_limit() if shape is not None else None
+        if over is not None:
+            _refuse(rule, where, over)
+
+
+def _refuse(rule: Rule, where: str, over: tuple[str, int, int]) -> None:
+    what, value, limit = over
+    raise CMError(
+        Kind.INVALID_ARGUMENT,
+        f"rule {rule.rule_id!r}: {where} has {what} {value}, over the limit of {limit}",
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import CMError, Kind
+from ..capsule_manager_protocol.errors import CMError, Kind
 
 MAX_URI_CHARS = 512
 MAX_UUID_CHARS = 255

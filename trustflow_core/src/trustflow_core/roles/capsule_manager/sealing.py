@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ...errors import InvalidInput
 from ...fileio import atomic_write_bytes
-from .errors import CMError, Kind
+from ..capsule_manager_protocol.errors import CMError, Kind
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

@@ -25,9 +25,9 @@ from ...registry import (
     backends_of,
     verifier_for_platform,
 )
+from ..capsule_manager_protocol.errors import CMError
 from . import identity_keys, port_claim, private_files, storage_url
 from .envelope import Envelopes
-from .errors import CMError
 from .sealing import Sealer, load_or_create_key
 from .service import CapsuleManagerService
 from .settings import CMSettings

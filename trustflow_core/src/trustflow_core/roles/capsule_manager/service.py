@@ -33,18 +33,25 @@ from ...errors import BackendNotFound, BackendUnavailable, InvalidInput, Verific
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...wire import serialize_canonical
-from .certs import spki_pem, verified_chain_party
-from .constraint_cost import check_rule
+from ..capsule_manager_protocol.certs import spki_pem, verified_chain_party
+from ..capsule_manager_protocol.errors import CMError, Kind
+from ..capsule_manager_protocol.freshness import RequestMark
+from ..capsule_manager_protocol.reports import report_from_pb, report_to_pb
+from ..capsule_manager_protocol.votes import verify_export_certificate
 from .constraint_sandbox import Budget
-from .convert import check_data_key_b64, policy_to_pb, report_from_pb, report_to_pb, rule_from_pb
+from .convert import check_data_key_b64, policy_to_pb, rule_from_pb
 from .envelope import Envelopes, OpenedRequest, error_status, ok_status, recipient_from_cert_pem
-from .errors import CMError, Kind
-from .freshness import RequestMark
 from .identity_keys import CMIdentity
-from .policy import AccessRequest, Rule, allows, derive_result_policy, releases_to_app
+from .policy import (
+    AccessRequest,
+    Rule,
+    allows,
+    check_rule,
+    derive_result_policy,
+    releases_to_app,
+)
 from .resource_uri import parse_resource_uri
 from .storage import NewKey, Store
-from .votes import verify_export_certificate
 
 log = logging.getLogger(__name__)
 monitor = logging.getLogger("trustflow.capsule_manager.monitor")

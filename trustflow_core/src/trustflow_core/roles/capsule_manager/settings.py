@@ -44,7 +44,7 @@ import yaml
 
 from ...attestation import Attributes, Policy, Verifier
 from ...errors import InvalidInput
-from .freshness import FreshnessWindow
+from ..capsule_manager_protocol.freshness import FreshnessWindow
 
 TOP_KEYS = {
     "host",

@@ -46,9 +46,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..capsule_manager_protocol.errors import CMError, Kind
+from ..capsule_manager_protocol.freshness import RequestMark
 from .access_reads import read_access_rows
-from .errors import CMError, Kind
-from .freshness import RequestMark
 from .migrations import SchemaMismatch, migrate
 from .policy import Rule
 from .sealing import Sealer

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .freshness import MAX_JTI_CHARS
+from ..capsule_manager_protocol.freshness import MAX_JTI_CHARS
 
 SCHEMA_VERSION = "2"
 PARTY_ID_LEN = 64

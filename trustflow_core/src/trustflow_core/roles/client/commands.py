@@ -65,19 +65,19 @@ def client(
     attested app key, POST it to PATH and print the sealed reply and its plaintext."""
     import asyncio
 
-    from ...cli.attest import _load_mapping
+    from ...fileio import load_mapping
     from ...manager import get_plugin_manager
     from .online import OnlineClient
     from .policy import build_policy
 
     policy = build_policy(
-        _load_mapping(policy_file, "policy file") if policy_file else None,
+        load_mapping(policy_file, "policy file") if policy_file else None,
         platform=platform,
         measurements=measurement,
         allow_simulation=allow_simulation,
     )
     verifier_settings = (
-        _load_mapping(verifier_settings_file, "verifier settings") if verifier_settings_file else {}
+        load_mapping(verifier_settings_file, "verifier settings") if verifier_settings_file else {}
     )
 
     async def run() -> None:

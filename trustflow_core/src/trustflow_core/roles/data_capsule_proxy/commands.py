@@ -137,8 +137,8 @@ def data_capsule_proxy(
     import asyncio
     import os
 
-    from ...cli.attest import _load_mapping
     from ...errors import TrustflowError
+    from ...fileio import load_mapping
     from ...manager import get_plugin_manager
     from .._server import serve, setup_logging
     from .app import create_app
@@ -155,7 +155,7 @@ def data_capsule_proxy(
             plat=plat,
             key_exchange=key_exchange,
             key_exchange_settings=(
-                _load_mapping(key_exchange_settings, "key exchange settings")
+                load_mapping(key_exchange_settings, "key exchange settings")
                 if key_exchange_settings
                 else {}
             ),

@@ -28,7 +28,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from ... import capsule, capsule_formats
+from ... import capsule
 from ...keyexchange import Resource, ResourceRequest
 from ...manager import get_plugin_manager
 from ...registry import ATTESTER, backend_class
@@ -135,8 +135,11 @@ async def _run(
     work: Path, s3_endpoint: str | None, say: Callable[[str], None], result_format: str
 ) -> OfflineResult:
     from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
-    from ..capsule_manager.client import CapsuleManagerClient
-    from ..capsule_manager.keyexchange import CapsuleManagerKeyExchange, ephemeral_credentials
+    from ..capsule_manager_client.client import CapsuleManagerClient
+    from ..capsule_manager_client.keyexchange import (
+        CapsuleManagerKeyExchange,
+        ephemeral_credentials,
+    )
 
     pm = get_plugin_manager()
     data, ids = work / "data", work / "identities"
@@ -231,7 +234,7 @@ async def _run(
             )
             [result_key] = await carol.get_data_keys(request)
         say("carol: the derived policy of join_uuid lets her fetch its key from the CM")
-    decryptor = capsule_formats.open_reader(result_key.key, len(blob))
+    decryptor = capsule.open_reader(result_key.key, len(blob))
     joined = decryptor.update(blob)
     decryptor.finalize()
     return OfflineResult(joined, joined.count(b"\n") - 1, location, out.decode().strip())

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...capsule_formats import FORMATS
+from ...capsule import FORMATS
 from ...errors import InvalidInput
 
 if TYPE_CHECKING:

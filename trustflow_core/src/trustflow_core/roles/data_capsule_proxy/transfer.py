@@ -21,7 +21,7 @@ class Transform(Protocol):
 def decrypting(key: bytes, file_len: int) -> Callable[[], tuple[Transform, bytes, Callable]]:
     """A factory of (decryptor, prologue, finish) for a capsule of ``file_len`` bytes; the
     reader auto-detects the upstream and v2 formats."""
-    from ...capsule_formats import open_reader
+    from ...capsule import open_reader
 
     def make() -> tuple[Transform, bytes, Callable]:
         reader = open_reader(key, file_len)
@@ -32,7 +32,7 @@ def decrypting(key: bytes, file_len: int) -> Callable[[], tuple[Transform, bytes
 
 def encrypting(key: bytes, plaintext_len: int, fmt: str) -> Callable[[], tuple]:
     """A factory of (encryptor, header, finish) writing format ``fmt`` (``v1`` or ``v2``)."""
-    from ...capsule_formats import open_writer
+    from ...capsule import open_writer
 
     def make() -> tuple[Transform, bytes, Callable]:
         writer = open_writer(fmt, key, plaintext_len)

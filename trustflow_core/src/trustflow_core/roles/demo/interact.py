@@ -120,7 +120,7 @@ def gateway_config(
 
 async def _register(target: str, owner: Any, grantees: list[str]) -> None:
     from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
-    from ..capsule_manager.client import CapsuleManagerClient
+    from ..capsule_manager_client.client import CapsuleManagerClient
 
     async with CapsuleManagerClient(target) as cms:
         await cms.create_data_keys(owner, [(DATA, base64.b64encode(os.urandom(16)).decode())])
@@ -142,7 +142,7 @@ async def outsider_attempt(port: int, pm: TrustflowPluginManager) -> str:
 
     from ...registry import TRANSPORT_CHANNEL, backend_class
     from ...tls_asset import issue_group_asset
-    from ..capsule_manager.keyexchange import ephemeral_credentials
+    from ..capsule_manager_client.keyexchange import ephemeral_credentials
 
     asset = issue_group_asset(
         os.urandom(32),
@@ -203,7 +203,7 @@ async def run_interact(
         with tempfile.TemporaryDirectory(prefix="trustflow-interact-") as tmp:
             return await run_interact(work=Path(tmp), say=say)
     from ...tls_asset import load_tls_asset
-    from ..capsule_manager.keyexchange import ephemeral_credentials
+    from ..capsule_manager_client.keyexchange import ephemeral_credentials
     from ..data_capsule_proxy.cm_init import load_cm_init
     from ..data_capsule_proxy.demo import _capsule_manager, _write_identity
     from ..data_capsule_proxy.harness import running_proxy

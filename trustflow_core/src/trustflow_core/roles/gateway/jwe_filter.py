@@ -2,9 +2,10 @@
 
 Classifying a request body (done only for bodies that start with ``{``):
 
-* valid JSON object whose keys are all ``Jwe`` member names (``protected``/``protected_header``,
-  ``encrypted_key``, ``iv``, ``ciphertext``, ``tag``, ``aad``) with string or null values → an
-  **envelope** (the upstream rule: protobuf JSON parsing with unknown keys rejected);
+* valid JSON object (strict JSON: :mod:`trustflow_core.jose`) whose keys are all ``Jwe``
+  member names (``protected``/``protected_header``, ``encrypted_key``, ``iv``, ``ciphertext``,
+  ``tag``, ``aad``) with string or null values → an **envelope** (the upstream rule: protobuf
+  JSON parsing with unknown keys rejected);
 * valid JSON of any other shape → **plain**, forwarded unchanged (e.g. ``{"nonce": ...}``);
 * invalid JSON whose first key is a ``Jwe`` member name → **rejected** (400): a truncated or
   damaged envelope is never forwarded to the app (upstream would forward it as plain text);
@@ -29,12 +30,10 @@ Replies: ``upstream`` → the Envoy form, all six members in order, app ``Conten
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from ...channel import EnvelopeChannel, Jwe
 from ...errors import EnvelopeError, InvalidInput
+from ...jose import MalformedInput, decode_header, loads
 from .config import JweFilterConfig
 from .freshness import DEFAULT_FRESHNESS, FreshnessConfig, NotFresh, ReplayGuard
 
@@ -75,24 +75,15 @@ class OpenedRequest:
     cek: bytes = field(repr=False)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
-
-
 def classify(body: bytes) -> Jwe | None:
     """The envelope in ``body``, None for a plain body; :class:`EnvelopeRejected` for a damaged
     envelope (see the module docstring)."""
     try:
-        obj = json.loads(body, object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError) as exc:
+        obj = loads(body, "JWE envelope")
+    except MalformedInput as exc:
         match = _FIRST_KEY.match(body)
         if match and match.group(1).decode() in MEMBERS:
-            raise EnvelopeRejected(f"malformed or truncated JWE envelope: {exc}") from None
+            raise EnvelopeRejected(f"malformed or truncated JWE envelope: {exc.reason}") from None
         return None
     if not isinstance(obj, dict) or not set(obj) <= set(MEMBERS):
         return None
@@ -105,12 +96,11 @@ def classify(body: bytes) -> Jwe | None:
 
 
 def _header_enc(protected: str) -> str | None:
+    """The ``enc`` of a well-formed protected header, else None (the channel refuses it)."""
     try:
-        raw = base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4))
-        header = json.loads(raw)
-    except (ValueError, TypeError, RecursionError):
+        enc = decode_header(protected, "JWE protected header").get("enc")
+    except MalformedInput:
         return None
-    enc = header.get("enc") if isinstance(header, dict) else None
     return enc if isinstance(enc, str) else None
 
 

@@ -19,6 +19,7 @@ from ...manager import TrustflowPluginManager
 from ...registry import ATTESTER, attester_class, backends_of
 from . import handlers
 from .keys import PLUGIN_MANAGER, SERVICE
+from .service import RaCertService
 from .settings import RaProxySettings
 
 log = logging.getLogger("trustflow.ra_proxy")
@@ -71,12 +72,12 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
         cert_pem = settings.read_cert()
         cls = _attester_class(pm, settings)
         if settings.upstream_sim:
-            app[SERVICE] = handlers.RaCertService(cert_pem, None)
+            app[SERVICE] = RaCertService(cert_pem, None)
             yield
             return
         assert cls is not None
         async with cls.from_role(settings.attester_settings, pm=pm) as attester:
-            app[SERVICE] = handlers.RaCertService(cert_pem, attester, settings.report_timeout)
+            app[SERVICE] = RaCertService(cert_pem, attester, settings.report_timeout)
             log.info("RA proxy: attester %r (platform %s)", cls.name, cls.platform)
             yield
 

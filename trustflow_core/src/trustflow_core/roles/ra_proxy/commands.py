@@ -55,7 +55,7 @@ def ra_proxy(
     SHA-256(cert || "." || nonce), and GET /health."""
     import asyncio
 
-    from ...cli.attest import _load_mapping
+    from ...fileio import load_mapping
     from ...manager import get_plugin_manager
     from .._server import serve, setup_logging
     from .app import create_app
@@ -66,7 +66,7 @@ def ra_proxy(
         cert_path=cert_path,
         plat=plat,
         upstream_sim=upstream_sim,
-        attester_settings=_load_mapping(settings_file, "settings file") if settings_file else {},
+        attester_settings=load_mapping(settings_file, "settings file") if settings_file else {},
         host=host,
         port=port,
     )

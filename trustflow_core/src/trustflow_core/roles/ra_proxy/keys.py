@@ -8,7 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from ...manager import TrustflowPluginManager
-    from .handlers import RaCertService
+    from .service import RaCertService
 
 SERVICE: web.AppKey[RaCertService] = web.AppKey("service")
 PLUGIN_MANAGER: web.AppKey[TrustflowPluginManager] = web.AppKey("plugin_manager")

@@ -1,4 +1,7 @@
-"""The data-capsule file format (crypto-formats §8): streaming reader and writer.
+"""Upstream's data-capsule format ``v1`` (crypto-formats §8): incremental writer and reader.
+
+Used through the package API (:mod:`trustflow_core.capsule`: ``open_writer("v1", ...)``,
+``encrypt_file(..., fmt="v1")``, format detection for readers).
 
 Compatible with upstream ``cms_util encrypt-file`` / ``decrypt-file``, the Data Capsule Proxy
 and TEEAPPS. All integers are little-endian::
@@ -26,8 +29,8 @@ Writer
 Reader
   The header is checked against the file length before any block is read, and a block's
   plaintext is released only after that block authenticated (the streaming functions may
-  already have emitted earlier blocks when a later one fails; :func:`decrypt_file` writes
-  atomically, so it leaves nothing behind). Every failure raises
+  already have emitted earlier blocks when a later one fails; the package's ``decrypt_file``
+  writes atomically, so it leaves nothing behind). Every failure raises
   :class:`~trustflow_core.errors.CapsuleFormatError` naming the problem:
 
   * the file must hold the 20-byte header; version and schema must be 1 (upstream readers skip
@@ -57,18 +60,14 @@ a changed ``block_len`` misaligns the blocks so that GCM fails.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 import struct
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import CapsuleFormatError, InvalidInput
-from .fileio import atomic_writer
+from ..errors import CapsuleFormatError, InvalidInput
+from ._io import check_key
 
 HEADER = struct.Struct("<IIQI")
 HEADER_LEN = HEADER.size  # 20
@@ -82,18 +81,11 @@ IV_LEN = 12
 TAG_LEN = 16
 MIN_IV_LEN = 8
 MAX_BLOCK_LEN = 1 << 20
-KEY_LENGTHS = (16, 24, 32)
 _TAG_OFFSET = 1 + FIELD_LEN  # 33: tag_len byte
-_IO_CHUNK = 8 * CHUNK_LEN
-
-Progress = Callable[[int], None]
-"""Called with the number of source bytes consumed since the previous call."""
 
 
 def _cipher(key: bytes) -> AESGCM:
-    if len(key) not in KEY_LENGTHS:
-        raise InvalidInput(f"data key must be 16, 24 or 32 bytes long, got {len(key)} bytes")
-    return AESGCM(key)
+    return AESGCM(check_key(key))
 
 
 def block_count(plaintext_len: int) -> int:
@@ -287,181 +279,3 @@ class CapsuleDecryptor:
             )
         if self._next_index <= self._count:
             raise CapsuleFormatError(f"block {self._next_index} is missing")
-
-
-def read_exactly(src: BinaryIO, length: int, progress: Progress | None) -> Iterator[bytes]:
-    """Yield up to ``length`` bytes of ``src`` in chunks; the caller detects a short read."""
-    remaining = length
-    while remaining:
-        data = src.read(min(_IO_CHUNK, remaining))
-        if not data:
-            return
-        remaining -= len(data)
-        if progress:
-            progress(len(data))
-        yield data
-
-
-def encrypt_stream(
-    src: BinaryIO,
-    dst: BinaryIO,
-    key: bytes,
-    plaintext_len: int,
-    *,
-    progress: Progress | None = None,
-) -> int:
-    """Encrypt exactly ``plaintext_len`` bytes of ``src`` into ``dst``; return bytes written.
-
-    Raises :class:`InvalidInput` if the key length is wrong or ``src`` holds fewer or more
-    bytes than declared.
-    """
-    return write_capsule(CapsuleEncryptor(key, plaintext_len), src, dst, plaintext_len, progress)
-
-
-def decrypt_stream(
-    src: BinaryIO,
-    dst: BinaryIO,
-    key: bytes,
-    file_len: int,
-    *,
-    progress: Progress | None = None,
-) -> int:
-    """Decrypt the capsule in ``src`` (exactly ``file_len`` bytes) into ``dst``; return the
-    plaintext length. Raises :class:`CapsuleFormatError` (see the module docstring); what was
-    already written to ``dst`` must then be discarded by the caller.
-    """
-    return read_capsule(CapsuleDecryptor(key, file_len), src, dst, file_len, progress)
-
-
-class StreamWriter(Protocol):
-    """An encryptor of some capsule format: ``header``, then ``update``s and ``finalize``."""
-
-    @property
-    def header(self) -> bytes: ...
-    def update(self, data: bytes) -> bytes: ...
-    def finalize(self) -> bytes: ...
-
-
-class StreamReader(Protocol):
-    """A decryptor of some capsule format: ``update``s, then ``finalize`` (which checks)."""
-
-    def update(self, data: bytes) -> bytes: ...
-    def finalize(self) -> object: ...
-
-
-def write_capsule(
-    writer: StreamWriter,
-    src: BinaryIO,
-    dst: BinaryIO,
-    plaintext_len: int,
-    progress: Progress | None = None,
-) -> int:
-    """Pump exactly ``plaintext_len`` bytes of ``src`` through ``writer`` into ``dst`` (any
-    format); return the bytes written. A source shorter or longer than declared raises
-    :class:`InvalidInput`."""
-    written = dst.write(writer.header) or 0
-    for data in read_exactly(src, plaintext_len, progress):
-        written += dst.write(writer.update(data)) or 0
-    written += dst.write(writer.finalize()) or 0
-    if src.read(1):
-        raise InvalidInput(f"source is longer than the declared {plaintext_len} bytes")
-    return written
-
-
-def read_capsule(
-    reader: StreamReader,
-    src: BinaryIO,
-    dst: BinaryIO,
-    file_len: int,
-    progress: Progress | None = None,
-) -> int:
-    """Pump exactly ``file_len`` bytes of capsule ``src`` through ``reader`` into ``dst`` (any
-    format); return the plaintext length. :class:`CapsuleFormatError` when it does not open
-    or ``src`` is longer; what was written to ``dst`` must then be discarded."""
-    written = 0
-    for data in read_exactly(src, file_len, progress):
-        written += dst.write(reader.update(data)) or 0
-    reader.finalize()
-    if src.read(1):
-        raise CapsuleFormatError(f"source is longer than the declared file length {file_len}")
-    return written
-
-
-def check_distinct(src_path: Path, dst_path: Path) -> None:
-    """Raise :class:`InvalidInput` when both paths name the same file (also via links)."""
-    same = src_path.resolve() == dst_path.resolve()
-    if not same and dst_path.exists():
-        same = os.path.samefile(src_path, dst_path)
-    if same:
-        raise InvalidInput(
-            f"source and destination are the same file ({src_path}); "
-            "use the in-place variant to replace a file"
-        )
-
-
-def transform_file(
-    src_path: Path,
-    dst_path: Path,
-    run: Callable[[BinaryIO, BinaryIO, int], int],
-    mode: int,
-) -> int:
-    """Run ``run(src, dst, source_size)`` from ``src_path`` into an atomic writer for
-    ``dst_path`` created with ``mode``; nothing is left at ``dst_path`` if it raises."""
-    with open(src_path, "rb") as src:
-        size = os.fstat(src.fileno()).st_size
-        with atomic_writer(dst_path, mode=mode) as dst:
-            return run(src, dst, size)
-
-
-def encrypt_file(
-    src_path: str | os.PathLike[str],
-    dst_path: str | os.PathLike[str],
-    key: bytes,
-    *,
-    progress: Progress | None = None,
-) -> int:
-    """Encrypt file ``src_path`` to ``dst_path`` (replaced atomically, mode 0644); return the
-    capsule size. Source and destination must be different files."""
-    src, dst = Path(src_path), Path(dst_path)
-    check_distinct(src, dst)
-    return transform_file(
-        src, dst, lambda s, d, n: encrypt_stream(s, d, key, n, progress=progress), 0o644
-    )
-
-
-def decrypt_file(
-    src_path: str | os.PathLike[str],
-    dst_path: str | os.PathLike[str],
-    key: bytes,
-    *,
-    progress: Progress | None = None,
-) -> int:
-    """Decrypt capsule ``src_path`` to ``dst_path`` (replaced atomically, mode 0600); return the
-    plaintext length. On any error ``dst_path`` is left untouched and no partial file remains.
-    Source and destination must be different files."""
-    src, dst = Path(src_path), Path(dst_path)
-    check_distinct(src, dst)
-    return transform_file(
-        src, dst, lambda s, d, n: decrypt_stream(s, d, key, n, progress=progress), 0o600
-    )
-
-
-def encrypt_file_inplace(
-    path: str | os.PathLike[str], key: bytes, *, progress: Progress | None = None
-) -> int:
-    """Replace plaintext file ``path`` atomically by its capsule (mode 0644)."""
-    p = Path(path)
-    return transform_file(
-        p, p, lambda s, d, n: encrypt_stream(s, d, key, n, progress=progress), 0o644
-    )
-
-
-def decrypt_file_inplace(
-    path: str | os.PathLike[str], key: bytes, *, progress: Progress | None = None
-) -> int:
-    """Replace capsule ``path`` atomically by its plaintext (mode 0600); on error the capsule
-    stays as it was."""
-    p = Path(path)
-    return transform_file(
-        p, p, lambda s, d, n: decrypt_stream(s, d, key, n, progress=progress), 0o600
-    )

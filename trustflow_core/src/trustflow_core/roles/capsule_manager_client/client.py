@@ -45,12 +45,12 @@ from ...proto.secretflowapis.v2.sdc import jwt_pb2, ual_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...wire import parse_json, to_json
-from .convert import report_from_pb
-from .errors import Kind, kind_of_message
-from .freshness import new_claims
+from ..capsule_manager_protocol.errors import Kind, kind_of_message
+from ..capsule_manager_protocol.freshness import new_claims
+from ..capsule_manager_protocol.reports import report_from_pb
 
 if TYPE_CHECKING:
-    from ...manager import TrustflowPluginManager
+    import pluggy
 
 M = TypeVar("M", bound=Message)
 
@@ -142,7 +142,7 @@ class CapsuleManagerClient:
         channel_credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         timeout: float = 30.0,
-        pm: TrustflowPluginManager | None = None,
+        pm: pluggy.PluginManager | None = None,
         verify_sim: bool = False,
         envelope_channel: str = "jwe",
     ) -> None:
@@ -174,7 +174,7 @@ class CapsuleManagerClient:
     # ---- plumbing --------------------------------------------------------------------------
 
     @property
-    def pm(self) -> TrustflowPluginManager:
+    def pm(self) -> pluggy.PluginManager:
         if self._pm is None:
             from ...manager import get_plugin_manager
 

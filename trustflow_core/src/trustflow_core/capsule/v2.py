@@ -1,6 +1,6 @@
 """The authenticated data-capsule format ``v2`` (ours): streaming writer and reader.
 
-Upstream's format (``v1``, :mod:`trustflow_core.capsule`) cannot detect blocks reordered,
+Upstream's format (``v1``, :mod:`trustflow_core.capsule.v1`) cannot detect blocks reordered,
 dropped, duplicated, spliced from another file, or the file truncated at a block boundary
 (quirk 51). ``v2`` is the segmented streaming-AEAD construction of Tink's
 ``AesGcmHkdfStreaming`` (nOAE, Hoang et al. 2015) with our framing::
@@ -24,7 +24,8 @@ released only after it authenticated; memory is bounded by one segment (at most
 :class:`~trustflow_core.errors.CapsuleFormatError` naming the problem; bad writer use or a
 wrong key length raises :class:`~trustflow_core.errors.InvalidInput`.
 
-Format detection and file-level helpers for both formats: :mod:`trustflow_core.capsule_formats`.
+Format detection, streaming and file-level functions for both formats: the package API,
+:mod:`trustflow_core.capsule`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import capsule
-from .errors import CapsuleFormatError, InvalidInput
+from ..errors import CapsuleFormatError, InvalidInput
+from ._io import check_key
 
 MAGIC = b"TFCAPS\x00\x02"
 HEADER = struct.Struct(">8sIQ32s4s")
@@ -53,8 +54,7 @@ Buffer = bytes | bytearray | memoryview
 
 
 def _subkey(key: bytes, salt: bytes) -> AESGCM:
-    if len(key) not in capsule.KEY_LENGTHS:
-        raise InvalidInput(f"data key must be 16, 24 or 32 bytes long, got {len(key)} bytes")
+    check_key(key)
     hkdf = HKDF(algorithm=hashes.SHA256(), length=len(key), salt=salt, info=INFO)
     return AESGCM(hkdf.derive(key))
 

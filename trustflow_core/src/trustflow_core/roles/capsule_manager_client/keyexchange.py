@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .client import Credentials
 
 if TYPE_CHECKING:
-    from ...manager import TrustflowPluginManager
+    import pluggy
 
 SETTINGS = {
     "endpoint",
@@ -119,7 +119,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
         tee_constraints: Mapping[str, str | None] | None = None,
         owner_id: str = "",
         timeout: float = 30.0,
-        pm: TrustflowPluginManager | None = None,
+        pm: pluggy.PluginManager | None = None,
         envelope_channel: str = "jwe",
     ) -> None:
         self.endpoint = endpoint
@@ -149,7 +149,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
         return cls.from_role(settings, pm=get_plugin_manager())
 
     @classmethod
-    def from_role(cls, settings: Mapping[str, Any] | None, *, pm: TrustflowPluginManager) -> Self:
+    def from_role(cls, settings: Mapping[str, Any] | None, *, pm: pluggy.PluginManager) -> Self:
         """Build with the role's plugin manager ``pm``: the ``attester`` is chosen from it and
         the CM client uses it for its channel and verifiers."""
         s = dict(settings or {})
@@ -192,7 +192,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
         await self.client.aclose()
 
     async def _report(self, digest: bytes) -> Any:
-        from .convert import report_to_pb
+        from ..capsule_manager_protocol.reports import report_to_pb
 
         if self.attester is None:
             return None

@@ -1,0 +1,162 @@
+"""Strict parsing of JSON and JOSE material: the one implementation every role and the ``jwe``
+channel use.
+
+* **base64url** (every ``Jwe``/``Jws`` member) is decoded strictly: only the URL-safe alphabet,
+  no ``=`` padding, no impossible length, canonical trailing bits (crypto-formats §1, quirk 10;
+  the upstream Capsule Manager and the C++ proxies decode the same way).
+* **standard base64** (``x5c`` entries, RFC 7515 §4.1.6) must carry canonical padding.
+* **JSON** is UTF-8 text whose objects have no duplicate member names (so that two parsers can
+  never read different values from the same header), no ``NaN``/``Infinity`` constants, no
+  nesting past the parser's limit and no string that is not valid Unicode (an escaped unpaired
+  surrogate such as ``"\\ud800"``). Whitespace is free: upstream's Python SDK pretty-prints its
+  headers; whether a profile insists on the compact form is the caller's decision.
+
+Every refusal raises :class:`MalformedInput` (an
+:class:`~trustflow_core.errors.InvalidInput`) whose message names the input and the problem;
+callers map it to their own status (the CM's in-band codes, the gateway's 400,
+:class:`~trustflow_core.errors.EnvelopeError` in the ``jwe`` channel).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any, Literal
+
+from .errors import InvalidInput
+
+__all__ = [
+    "MalformedInput",
+    "b64std_decode",
+    "b64std_encode",
+    "b64url_decode",
+    "b64url_encode",
+    "compact_json",
+    "decode_header",
+    "header_string",
+    "loads",
+    "parse_object",
+]
+
+Problem = Literal["base64", "json", "object", "member"]
+_MESSAGES: dict[Problem, str] = {
+    "base64": "{what} {reason}",
+    "json": "{what} is not valid JSON: {reason}",
+    "object": "{what} must be a JSON object, {reason}",
+    "member": "{what} {reason}",
+}
+_B64URL_NOPAD = re.compile(r"[A-Za-z0-9_-]*")
+_B64STD_PADDED = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+# A surrogate escaped as \uD800..\uDFFF: with UTF-8 text, the only way a parsed JSON string can
+# end up holding an unpaired surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class MalformedInput(InvalidInput):
+    """Strict parsing refused the input. ``str()`` names the input and the problem;
+    :attr:`problem` says which check failed (``"base64"``; ``"json"``: not strict JSON;
+    ``"object"``: JSON but not an object; ``"member"``: a header member is missing or of the
+    wrong type) and :attr:`reason` why, without the input's name."""
+
+    def __init__(self, what: str, problem: Problem, reason: str) -> None:
+        super().__init__(_MESSAGES[problem].format(what=what, reason=reason))
+        self.what = what
+        self.problem: Problem = problem
+        self.reason = reason
+
+
+def b64url_encode(data: bytes) -> str:
+    """base64url of ``data`` without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(value: str, what: str) -> bytes:
+    """Decode canonical base64url without padding; :class:`MalformedInput` naming ``what`` for
+    padding, characters outside the URL-safe alphabet, an impossible length or non-canonical
+    trailing bits."""
+    if not isinstance(value, str) or not _B64URL_NOPAD.fullmatch(value):
+        raise MalformedInput(what, "base64", "is not base64url without padding")
+    if len(value) % 4 == 1:
+        raise MalformedInput(what, "base64", f"has an impossible base64url length ({len(value)})")
+    data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    if b64url_encode(data) != value:
+        raise MalformedInput(what, "base64", "is non-canonical base64url (stray trailing bits)")
+    return data
+
+
+def b64std_encode(data: bytes) -> str:
+    """Standard base64 of ``data`` with padding (for ``x5c``)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64std_decode(value: str, what: str) -> bytes:
+    """Decode canonical standard base64 with padding; :class:`MalformedInput` naming ``what``
+    otherwise."""
+    if not isinstance(value, str) or not _B64STD_PADDED.fullmatch(value):
+        raise MalformedInput(what, "base64", "is not standard base64 with padding")
+    data = base64.b64decode(value, validate=True)
+    if b64std_encode(data) != value:
+        raise MalformedInput(what, "base64", "is non-canonical base64 (stray trailing bits)")
+    return data
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def loads(raw: bytes | bytearray | str, what: str) -> Any:
+    """Parse strict JSON (see the module docstring) of any shape; :class:`MalformedInput`
+    (problem ``"json"``) naming ``what`` otherwise."""
+    try:
+        if isinstance(raw, str):
+            raw.encode("utf-8")  # refuses raw surrogates
+            text = raw
+        else:
+            text = raw.decode("utf-8")
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # the pairs must still encode
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:  # bytes, or an unpaired surrogate
+        raise MalformedInput(what, "json", f"not valid Unicode ({exc.reason})") from None
+    except RecursionError:
+        raise MalformedInput(what, "json", "nested too deeply") from None
+    except ValueError as exc:
+        raise MalformedInput(what, "json", str(exc)) from None
+    return value
+
+
+def parse_object(raw: bytes | bytearray | str, what: str) -> dict[str, Any]:
+    """:func:`loads` for input that must be a JSON object (problem ``"object"`` otherwise)."""
+    value = loads(raw, what)
+    if not isinstance(value, dict):
+        raise MalformedInput(what, "object", f"got {type(value).__name__}")
+    return value
+
+
+def decode_header(protected: str, what: str) -> dict[str, Any]:
+    """The JOSE header object in the base64url member ``protected``."""
+    return parse_object(b64url_decode(protected, what), what)
+
+
+def compact_json(obj: Any) -> bytes:
+    """Compact ASCII JSON (no spaces), as the upstream CM, C++ proxy and Envoy write headers."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def header_string(header: dict[str, Any], member: str, what: str) -> str:
+    """A required string member of a JOSE header; :class:`MalformedInput` naming it otherwise."""
+    value = header.get(member)
+    if not isinstance(value, str):
+        state = "missing" if value is None else f"not a string ({type(value).__name__})"
+        raise MalformedInput(what, "member", f"member {member!r} is {state}")
+    return value
