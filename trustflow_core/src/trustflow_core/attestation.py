@@ -164,7 +164,8 @@ class VerifiedReport:
 
 
 def ra_user_data(cert_pem: bytes, suffix: bytes) -> bytes:
-    """The RA binding digest: ``SHA-256(cert_pem || "." || suffix)`` (crypto-formats §6).
+    """The RA binding digest: ``SHA-256(cert_pem || "." || suffix)``
+    (docs/compat.md#report-binding).
 
     ``suffix`` is the UTF-8 nonce for GetRaCert, or the serialized ``ResourceRequest``
     for GetDataKeys / GetTlsAsset.
@@ -412,7 +413,7 @@ async def verify_optional(
     upstream_sim: bool,
     now: datetime | None = None,
 ) -> VerifiedReport:
-    """Verify a report that a peer may have omitted (attestation-sim.md §2, quirk 29).
+    """Verify a report that a peer may have omitted (docs/compat.md#sim-report-omitted).
 
     Upstream "sim" peers send **no** ``attestation_report``. With a report present, this is
     ``await verifier_for(report.str_tee_platform).verify(report, policy, now=now)``: a present

@@ -1,6 +1,7 @@
 """Party identities: ``party_id = BASE32(SHA-256(DER SubjectPublicKeyInfo))`` without padding.
 
-The party id of a certificate chain is that of its LAST certificate (crypto-formats §5).
+The party id of a certificate chain is that of its LAST certificate
+(docs/compat.md#party-id-last-cert).
 
 Certificates from the outside (``x5c``, PEM chains in requests and files) are loaded with
 :func:`load_der_certificate` / :func:`load_pem_chain`: ``cryptography`` decodes the public key
@@ -114,7 +115,8 @@ def self_signed_cert(
 ) -> x509.Certificate:
     """A self-signed certificate (SHA-256, random serial, no extensions) for ``key``: subject
     and issuer ``CN=common_name``, valid from now minus ``backdate`` until now plus
-    ``lifetime``. The form of upstream's ``generate-rsa-keypair`` (crypto-formats §7)."""
+    ``lifetime``. The form of upstream's ``generate-rsa-keypair``
+    (docs/compat.md#cm-certificate)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     return (

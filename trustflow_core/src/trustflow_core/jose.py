@@ -2,8 +2,9 @@
 channel use.
 
 * **base64url** (every ``Jwe``/``Jws`` member) is decoded strictly: only the URL-safe alphabet,
-  no ``=`` padding, no impossible length, canonical trailing bits (crypto-formats §1, quirk 10;
-  the upstream Capsule Manager and the C++ proxies decode the same way).
+  no ``=`` padding, no impossible length, canonical trailing bits
+  (docs/compat.md#base64url-unpadded; the upstream Capsule Manager and the C++ proxies decode the
+  same way).
 * **standard base64** (``x5c`` entries, RFC 7515 §4.1.6) must carry canonical padding.
 * **JSON** is UTF-8 text whose objects have no duplicate member names (so that two parsers can
   never read different values from the same header), no ``NaN``/``Infinity`` constants, no

@@ -4,7 +4,7 @@ Design (``docs/tls-asset.md``): a **group CA** is derived deterministically from
 the group may read, and it signs a short-lived **per-member leaf**. The asset a member gets is
 
 * ``cert_pem`` = ``leaf PEM ‖ group-CA PEM`` — its chain *and*, in the upstream Envoy config
-  shape, its trust anchor file (quirk 19);
+  shape, its trust anchor file (docs/compat.md#mtls-one-file-trust);
 * ``private_key_pem`` = the leaf's P-256 key, PKCS#8 PEM.
 
 Derivation (all HKDF-SHA256, RFC 5869)::
@@ -211,8 +211,8 @@ def _leaf_window(
 
 def member_uri(group_hex: str, party_id: str) -> str:
     """The leaf's subjectAltName URI ``urn:trustflow:group:<group id hex>:party:<party id>``.
-    Informational (nobody matches names, quirk 19); it also makes the leaf a complete RFC 5280
-    end-entity certificate for strict verifiers."""
+    Informational (nobody matches names, docs/compat.md#mtls-one-file-trust); it also makes the leaf
+    a complete RFC 5280 end-entity certificate for strict verifiers."""
     return f"urn:trustflow:group:{group_hex}:party:{party_id}"
 
 

@@ -1,4 +1,4 @@
-"""JSON dialects and canonical binary form of the wire messages (spec wire-formats.md §8).
+"""JSON dialects and canonical binary form of the wire messages (docs/compat.md#wire-json-dialects).
 
 The same protobuf message is JSON-encoded differently by each upstream peer; a role must emit what
 its peer expects and accept what its peer sends:
@@ -22,7 +22,7 @@ its peer expects and accept what its peer sends:
     compact, json_names, every scalar and repeated field printed, unset sub-messages omitted.
 
 :func:`parse_json` accepts all of them. :func:`serialize_canonical` gives the bytes that the
-remote-attestation binding hashes (crypto-formats.md §6).
+remote-attestation binding hashes (docs/compat.md#report-binding).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Upstream's data-capsule format ``v1`` (crypto-formats §8): incremental writer and reader.
+"""Upstream's data-capsule format ``v1`` (docs/compat.md#capsule-v1-format): incremental writer and
+reader.
 
 Used through the package API (:mod:`trustflow_core.capsule`: ``open_writer("v1", ...)``,
 ``encrypt_file(..., fmt="v1")``, format detection for readers).
@@ -24,7 +25,8 @@ Writer
   last; the file size is :func:`encrypted_size`. **Empty plaintext** is written as
   ``block_count = 1`` and one 66-byte block whose ciphertext is empty (just the GCM tag of
   nothing). Both upstream readers accept that file. We never write upstream Python's empty
-  file (``block_count = 0`` plus one empty block, quirk 52), which upstream itself cannot read.
+  file (``block_count = 0`` plus one empty block, docs/compat.md#capsule-v1-empty-file), which
+  upstream itself cannot read.
 
 Reader
   The header is checked against the file length before any block is read, and a block's
@@ -43,18 +45,18 @@ Reader
     block fail authentication;
   * ``block_count = 0`` is accepted only in upstream Python's empty-file shape (exactly one
     66-byte block follows, which must authenticate as the empty plaintext): it decrypts to
-    empty plaintext (quirk 52);
+    empty plaintext (docs/compat.md#capsule-v1-empty-file);
   * per block: ``iv_len`` must be 8..32 (the C++ upstream insists on 12; upstream Python
     accepts anything up to 32, but GCM in ``cryptography`` needs at least 8 bytes) and
     ``tag_len`` must be 16; the padding after IV and tag must be zero (both upstream writers
     write zeros; upstream readers do not look); a block is at least 66 bytes;
   * GCM failure -> ``block N failed authentication (wrong key or tampered data)``.
 
-Limits of the format (quirk 51): blocks carry no index and no AAD, so **swapping or
-duplicating whole blocks of one file, or splicing blocks of two files encrypted with the same
-key, is undetectable** by any reader; only per-block GCM protects the data. The header is not
-authenticated either, but each of its fields is fixed or checked against the file length, and
-a changed ``block_len`` misaligns the blocks so that GCM fails.
+Limits of the format (docs/compat.md#capsule-v1-no-integrity): blocks carry no index and no AAD, so
+**swapping or duplicating whole blocks of one file, or splicing blocks of two files encrypted with
+the same key, is undetectable** by any reader; only per-block GCM protects the data. The header is
+not authenticated either, but each of its fields is fixed or checked against the file length, and a
+changed ``block_len`` misaligns the blocks so that GCM fails.
 """
 
 from __future__ import annotations
@@ -198,7 +200,8 @@ class CapsuleDecryptor:
             )
         body = self._file_len - HEADER_LEN
         if count == 0:
-            # Upstream Python's empty file (quirk 52): block_count 0 and one empty block.
+            # Upstream Python's empty file (docs/compat.md#capsule-v1-empty-file): block_count 0 and
+            # one empty block.
             if body != BLOCK_HEADER_LEN:
                 raise CapsuleFormatError(
                     f"header block_count is 0 but {body} bytes of block data follow "

@@ -2,8 +2,8 @@
 
 Upstream's format (``v1``, :mod:`trustflow_core.capsule.v1`) cannot detect blocks reordered,
 dropped, duplicated, spliced from another file, or the file truncated at a block boundary
-(quirk 51). ``v2`` is the segmented streaming-AEAD construction of Tink's
-``AesGcmHkdfStreaming`` (nOAE, Hoang et al. 2015) with our framing::
+(docs/compat.md#capsule-v1-no-integrity). ``v2`` is the segmented streaming-AEAD construction of
+Tink's ``AesGcmHkdfStreaming`` (nOAE, Hoang et al. 2015) with our framing::
 
     header (56 bytes): magic "TFCAPS\\x00\\x02" | u32 segment_len | u64 plaintext_len |
                        32-byte random salt | 4 reserved zero bytes   (integers big-endian)

@@ -1,4 +1,5 @@
-"""``trustflow util``: local utilities, the equivalent of upstream ``cms_util`` (cli.md §3).
+"""``trustflow util``: local utilities, the equivalent of upstream ``cms_util``
+(docs/compat.md#cms-util).
 
 Commands (kebab-case like upstream): ``generate-rsa-keypair``, ``generate-party-id``,
 ``generate-data-key-b64``, ``encrypt-file``, ``decrypt-file``, ``encrypt-file-inplace``,
@@ -167,9 +168,9 @@ def _dest_path(default_suffix: str) -> Callable[..., Any]:
 
 def generate_self_signed(days: int, *, key_bits: int = RSA_BITS) -> tuple[bytes, bytes, str]:
     """A fresh RSA key (3072 bits unless ``key_bits``) and self-signed certificate like
-    upstream ``generate-rsa-keypair`` (crypto-formats §7): CN=capsule-manager, SHA256withRSA,
-    random serial, valid from one day ago for ``days`` days. Returns (PKCS#8 PEM key, PEM
-    certificate, party id)."""
+    upstream ``generate-rsa-keypair`` (docs/compat.md#cm-certificate): CN=capsule-manager,
+    SHA256withRSA, random serial, valid from one day ago for ``days`` days. Returns (PKCS#8 PEM key,
+    PEM certificate, party id)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -365,7 +366,7 @@ def decrypt_file_inplace(
         capsule.decrypt_file_inplace(path, key, progress=progress)
 
 
-# ---- data-export votes (crypto-formats §11) ---------------------------------------------------
+# ---- data-export votes (docs/compat.md#votes) ------------------------------------------------
 
 
 def _read_yaml(path: Path) -> Any:

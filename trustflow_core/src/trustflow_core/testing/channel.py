@@ -12,7 +12,8 @@ Capability fixtures default to the strict answer; override them to relax a check
 
 * ``authenticates_protected_header`` (True): a changed byte of the JWE ``protected`` member
   must make ``open``/``open_reply`` fail. A dialect whose header is not integrity-protected
-  (the upstream JWE dialect, quirk 1) returns False and tests its header handling itself.
+  (the upstream JWE dialect, docs/compat.md#jwe-aad-is-the-aad-member) returns False and tests its
+  header handling itself.
 
 The helpers :func:`tamper_member`, :func:`noncanonical_variants`, :func:`make_cert` and
 :func:`handmade_jws` are public so plugin tests can build their own negative cases.

@@ -1,5 +1,6 @@
 """Opening ``EncryptedRequest``s, authenticating their JWS and sealing responses
-(capsule-manager.md §3, crypto-formats §2-§4), on top of the ``jwe`` channel's upstream profile.
+(docs/compat.md#jwe-dialect, docs/compat.md#jws-dialect), on top of the ``jwe`` channel's upstream
+profile.
 
 Status codes follow upstream where the wire shows them: a known RFC 7518 ``alg`` we do not
 transport keys with -> 2, ``A192GCM``/CBC ``enc`` -> 12, JWS ``HS256`` -> 3, ``ES*``/other

@@ -1,10 +1,10 @@
 """The CM's own key pair: loaded from PEM files, or generated once and saved (key 0600).
 
 Several replicas can share one identity by sharing the two files. A generated certificate is
-self-signed X.509 v3 like upstream (crypto-formats §7: RSA-3072, subject C=CN, ST=HZ, L=HZ,
+self-signed X.509 v3 like upstream (RSA-3072, subject C=CN, ST=HZ, L=HZ,
 O=AntGroup, OU=SecretFlow, CN=CapsuleManager, CA:TRUE, 365 days) without its defects
-(quirk 15): fixed RDN order, a random positive serial, and key usages that include the RSA
-encryption the key is used for.
+(docs/compat.md#cm-certificate): fixed RDN order, a random positive serial, and key usages that
+include the RSA encryption the key is used for.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The policy engine (capsule-manager.md §6) with constraints in CEL (``cel-python``).
+"""The policy engine (docs/compat.md#policy-evaluation) with constraints in CEL (``cel-python``).
 
 A request for one resource is allowed when **any** rule of the resource's policy matches:
 
@@ -6,7 +6,8 @@ A request for one resource is allowed when **any** rule of the resource's policy
 2. the rule has an ``op_constraints`` entry for ``"*"`` or for the request's ``op_name``;
 3. the rule's ``columns`` contain ``"*"`` or every requested column;
 4. every non-blank constraint of the entries whose ``op_name`` equals the request op *exactly*
-   evaluates to ``true`` (``"*"`` entries are not evaluated for a concrete op -- quirk 42);
+   evaluates to ``true`` (``"*"`` entries are not evaluated for a concrete op --
+   docs/compat.md#wildcard-op-skips-constraints);
 5. every ``global_constraints`` string (blank ones fail) evaluates to ``true``.
 
 Constraints are CEL expressions over one variable ``r`` (:func:`evaluation_object`); the
@@ -18,7 +19,7 @@ Cost: :mod:`.constraint_cost` bounds constraints statically (at policy creation)
 constraints that are not cheap by construction run in :mod:`.constraint_sandbox`'s worker
 processes within the request's :class:`Budget`. A rule whose evaluation runs out of budget fails.
 
-:func:`derive_result_policy` is the lineage merge of §6.5 (quirk 40, reproduced).
+:func:`derive_result_policy` is the lineage merge (docs/compat.md#lineage-merge, reproduced).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class AccessRequest:
-    """One single-resource request (§6.1). ``env`` is None when absent."""
+    """One single-resource request. ``env`` is None when absent."""
 
     resource_uri: str
     initiator_party_id: str
@@ -120,8 +121,8 @@ class AccessRequest:
 
 
 def evaluation_object(req: AccessRequest) -> dict[str, Any]:
-    """The object ``r`` constraints see (§6.3); ``env`` only when present, ``attrs`` the raw
-    resource attrs string (quirk 41)."""
+    """The object ``r`` constraints see; ``env`` only when present, ``attrs`` the raw
+    resource attrs string (docs/compat.md#attrs-raw-string)."""
     obj: dict[str, Any] = {
         "resource_uri": req.resource_uri,
         "columns": list(req.columns),
@@ -277,9 +278,10 @@ def _merge(left: Sequence[Rule], right: Sequence[Rule]) -> list[Rule]:
 
 
 def derive_result_policy(ancestor_rules: Sequence[Sequence[Rule]]) -> list[Rule]:
-    """§6.5: copy the first ancestor's rules with blank ids; merge each further ancestor
-    pairwise (grantee intersection, left op constraints whose op the right also names,
-    ``columns=["*"]``, union of global constraints). No ancestors: no rules."""
+    """The lineage merge (docs/compat.md#lineage-merge): copy the first ancestor's rules with blank
+    ids; merge each further ancestor pairwise (grantee intersection, left op constraints whose op
+    the right also names, ``columns=["*"]``, union of global constraints). No ancestors: no
+    rules."""
     if not ancestor_rules:
         return []
     result = [

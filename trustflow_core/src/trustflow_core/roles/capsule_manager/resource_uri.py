@@ -1,6 +1,6 @@
 """Resource URIs: ``{data_uuid}[/{partition_id}[/{segment_id}[/{shard_id}]]]``
-(wire-formats.md §3.3). ``segment_id`` and ``shard_id`` are unsigned 32-bit decimals; an empty
-``data_uuid`` is refused; an empty later component ends parsing."""
+(docs/compat.md#resource-uri). ``segment_id`` and ``shard_id`` are unsigned 32-bit decimals; an
+empty ``data_uuid`` is refused; an empty later component ends parsing."""
 
 from __future__ import annotations
 

@@ -205,8 +205,8 @@ class CapsuleManager:
 
 
 def tls_issuer_secret(storage_key: bytes) -> bytes:
-    """The group-TLS ``issuer_secret`` (docs/tls-asset.md §4), derived from the storage key so
-    replicas sharing the storage key issue the same group CAs, and members holding the data
+    """The group-TLS ``issuer_secret`` (docs/tls-asset.md#4-threat-model), derived from the storage
+    key so replicas sharing the storage key issue the same group CAs, and members holding the data
     key cannot."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF

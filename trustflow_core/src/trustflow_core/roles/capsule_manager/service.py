@@ -1,5 +1,5 @@
 """The 13 RPCs of ``secretflowapis.v2.sdc.capsule_manager.CapsuleManager``
-(capsule-manager.md §5, with the fixes listed in docs/capsule-manager.md).
+(docs/compat.md#cm-rpcs, with the fixes listed in docs/capsule-manager.md).
 
 Every outcome is in band: gRPC status OK, ``status{code, message}`` in the response. Blocking
 work (RSA, SQL, CEL) runs in worker threads; attestation verification is awaited.
@@ -159,8 +159,8 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         return await self._thread(self.envelopes.open, request)
 
     async def _attest(self, report_pb: Any, has_report: bool, digest: bytes) -> VerifiedReport:
-        """Verify an app report bound to ``digest`` (§7). Absent report: only with
-        ``allow_upstream_sim``."""
+        """Verify an app report bound to ``digest`` (docs/compat.md#report-binding). Absent report:
+        only with ``allow_upstream_sim``."""
         report = report_from_pb(report_pb) if has_report else None
         policy = self.policy.with_user_data(digest)
         if report is None:
@@ -214,9 +214,9 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         self, request: cm_pb2.EncryptedRequest, message: type[AppRequest]
     ) -> tuple[cm_pb2.ResourceRequest, RSAPublicKey, dict[str, Any] | None]:
         """Open an app's request (GetDataKeys, GetTlsAsset) and check its report, bound to the
-        app ``cert`` and the serialized resource request (§7). Returns the resource request,
-        the cert's key (replies are sealed to it) and the policy ``env``. A malformed ``env``
-        is refused before attestation, as upstream."""
+        app ``cert`` and the serialized resource request (docs/compat.md#report-binding). Returns
+        the resource request, the cert's key (replies are sealed to it) and the policy ``env``. A
+        malformed ``env`` is refused before attestation, as upstream."""
         opened = await self._open(request)
         inner = opened.parse(message)
         if not inner.HasField("resource_request"):

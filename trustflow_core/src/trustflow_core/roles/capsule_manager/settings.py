@@ -122,7 +122,8 @@ class CMSettings:
         is simulated). Default entries: the :meth:`~Verifier.acceptance_entry` of every
         installed verifier (any genuine report with debug off where the platform has a debug
         flag), simulated ones only when simulation is allowed. Upstream pins no measurement
-        either (quirk 31); owners pin measurements in their rules (``r.env.tee``)."""
+        either (docs/compat.md#cm-pins-no-measurement); owners pin measurements in their rules
+        (``r.env.tee``)."""
         allow_sim = attester_simulated if self.allow_simulation is None else self.allow_simulation
         entries = self.main_attributes
         if entries is None:

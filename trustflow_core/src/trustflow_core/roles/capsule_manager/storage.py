@@ -9,7 +9,9 @@ exists) always see committed state. SQLite write transactions start with ``BEGIN
 The owner mutations take an optional :class:`~.freshness.RequestMark`, recorded in the same
 transaction as the effect; a request recorded before is not applied again (replay protection).
 
-Ownership rules (sound where upstream is lax, quirks 35, 36, 38, 50):
+Ownership rules (sound where upstream is lax: docs/compat.md#data-owner-lookup,
+docs/compat.md#policy-ownership, docs/compat.md#result-key-atomic,
+docs/compat.md#create-keys-atomic):
 
 * a data record (``data_uuid``) belongs to the party that first stored a key or a policy for
   it; nobody else may store or delete its keys, nor create, change or delete its policies;

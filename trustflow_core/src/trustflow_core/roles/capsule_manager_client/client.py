@@ -1,13 +1,13 @@
 """Python client API of the Capsule Manager (owners and TEE apps).
 
-Requests are built like the upstream SDK builds them (crypto-formats §2-§4): inner request JSON
-signed as an RS256 JWS with ``x5c`` = the caller's chain and the freshness claims ``iat``/``jti``
-(which the CM checks; the upstream SDK sends none), sealed to the CM certificate's key
-with the ``jwe`` channel's upstream profile (RSA-OAEP, A128GCM, 12-byte IV). Responses are
-opened with the caller's key and parsed strictly. The CM certificate comes from ``GetRaCert``
-once per client; unless ``tee_plat`` names a simulated verifier (the upstream ``sim``
-convention: nothing is checked) its report is verified against ``tee_constraints`` and bound to
-the certificate and a fresh nonce.
+Requests are built like the upstream SDK builds them (docs/compat.md#jws-dialect): inner request
+JSON signed as an RS256 JWS with ``x5c`` = the caller's chain and the freshness claims
+``iat``/``jti`` (which the CM checks; the upstream SDK sends none), sealed to the CM certificate's
+key with the ``jwe`` channel's upstream profile (RSA-OAEP, A128GCM, 12-byte IV). Responses are
+opened with the caller's key and parsed strictly. The CM certificate comes from ``GetRaCert`` once
+per client; unless ``tee_plat`` names a simulated verifier (the upstream ``sim`` convention: nothing
+is checked) its report is verified against ``tee_constraints`` and bound to the certificate and a
+fresh nonce.
 
 Refusals raise :class:`CapsuleManagerError` (``code``, ``message``, ``kind``); an unreachable
 CM raises :class:`~trustflow_core.errors.BackendUnavailable`.
@@ -112,9 +112,9 @@ class Credentials:
 
 
 def constraints_policy(verifier: type[Verifier], constraints: Mapping[str, str | None]) -> Policy:
-    """The report policy the upstream SDK applies to the CM (cli.md §5.1): the verifier's
-    platform, debug disabled where it has a debug flag, and the ``constraints`` it names
-    (``mr_plat``, ``mr_boot``, ... per its ``constraint_fields``)."""
+    """The report policy the upstream SDK applies to the CM (docs/compat.md#sdk-cm-report-policy):
+    the verifier's platform, debug disabled where it has a debug flag, and the ``constraints`` it
+    names (``mr_plat``, ``mr_boot``, ... per its ``constraint_fields``)."""
     return Policy((verifier.constraints_entry(constraints),), verifier.simulated)
 
 

@@ -1,5 +1,5 @@
-"""``trustflow cms --config-file alice.yaml <command>``: the data owner's CLI (upstream ``cms``,
-cli.md §1) with the upstream YAML schema (cli.md §4.1).
+"""``trustflow cms --config-file alice.yaml <command>``: the data owner's CLI (upstream ``cms``)
+with the upstream YAML schema (docs/compat.md#cms-cli).
 
 Differences from upstream, all deliberate: readable output (``--json`` for machines), a
 one-line ``Error: ...`` and exit code 1 on any failure instead of a traceback; the CM
@@ -76,7 +76,7 @@ def _strings(value: Any, where: str) -> list[str]:
 
 
 def rule_from_config(data: Any, where: str) -> Any:
-    """A ``Rule`` message from a YAML rule mapping (cli.md §1)."""
+    """A ``Rule`` message from a YAML rule mapping (docs/compat.md#cms-cli)."""
     from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 
     if not isinstance(data, Mapping):

@@ -1,7 +1,7 @@
 """The ``capsule_manager`` key exchange: a TEE app's client of the Capsule Manager.
 
 ``get_data_keys`` sends ``GetDataKeys`` with an attestation report binding
-``SHA-256(app_cert_pem || "." || serialize(ResourceRequest))`` (crypto-formats §6);
+``SHA-256(app_cert_pem || "." || serialize(ResourceRequest))`` (docs/compat.md#report-binding);
 ``register_result_key`` sends ``CreateResultDataKey`` with a report binding
 ``SHA-256(serialize(Body))``. Responses are sealed to the app key, which never leaves the app.
 

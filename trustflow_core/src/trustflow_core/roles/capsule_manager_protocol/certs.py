@@ -1,4 +1,4 @@
-"""Certificate chains as the Capsule Manager checks them (crypto-formats §3, quirk 14).
+"""Certificate chains as the Capsule Manager checks them (docs/compat.md#x5c-chain-signature-only).
 
 A chain is leaf first; certificate *i* must be signed by certificate *i+1*. Only signatures
 are checked (no validity period, CA flag, key usage or trust anchor), because upstream clients

@@ -1,4 +1,4 @@
-"""The Capsule Manager's in-band error model (wire-formats.md §10.1, capsule-manager.md §9).
+"""The Capsule Manager's in-band error model (docs/compat.md#cm-status-codes).
 
 Every refusal travels as ``status{code, message}`` with gRPC status OK. The code follows the
 upstream mapping (``Unknown->2, InvalidArgument->3, PermissionDenied->7, UnsupportedErr->12``,

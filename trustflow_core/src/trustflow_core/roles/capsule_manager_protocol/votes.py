@@ -1,13 +1,14 @@
-"""Data-export certificates ("votes", crypto-formats §11; capsule-manager.md §5.12).
+"""Data-export certificates ("votes", docs/compat.md#votes).
 
 Producing (``trustflow util sign-vote-request | voter-sign | generate-vote-result``) follows
 upstream ``cms_util`` byte for byte: bodies are standard base64 of ``json.dumps`` (default
 separators) of the remaining YAML keys in order; signatures are RS256, standard base64.
 
-Verifying (:func:`verify_export_certificate`) is the upstream algorithm made sound (quirk 39):
-invite chains are verified like the request chain, the voter identity is the party id of the
-invite chain's LAST certificate and its signature must verify with the FIRST certificate of that
-same verified chain, and each original owner counts once, however many invites it sent.
+Verifying (:func:`verify_export_certificate`) is the upstream algorithm made sound
+(docs/compat.md#votes): invite chains are verified like the request chain, the voter identity is the
+party id of the invite chain's LAST certificate and its signature must verify with the FIRST
+certificate of that same verified chain, and each original owner counts once, however many invites
+it sent.
 """
 
 from __future__ import annotations

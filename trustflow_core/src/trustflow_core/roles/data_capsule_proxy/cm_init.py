@@ -1,5 +1,5 @@
 """``--cm-init-config cm_init.yaml``: fetch the communication-group TLS asset at start-up and
-keep it fresh (proxies.md §3.2, docs/tls-asset.md §7).
+keep it fresh (docs/compat.md#dcp-cm-init, docs/tls-asset.md#7-using-it).
 
 :func:`load_cm_init` reads the YAML (upstream schema, ``interact-bob-cm_init.yaml``). The
 :class:`TlsAssetFetcher` asks the key exchange's ``get_tls_asset`` (for ``capsule_manager``:

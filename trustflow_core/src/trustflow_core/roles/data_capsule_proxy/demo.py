@@ -1,4 +1,4 @@
-"""The offline PSI scenario end to end on 127.0.0.1 (scenarios.md §2), for ``trustflow demo
+"""The offline PSI scenario end to end on 127.0.0.1 (the offline scenario), for ``trustflow demo
 offline``, tests and docs.
 
 Steps: start a Capsule Manager (SIM attestation, platform key in the work directory); alice and

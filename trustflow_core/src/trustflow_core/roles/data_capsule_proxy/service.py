@@ -1,4 +1,4 @@
-"""GetInputData and PutResultData (proxies.md §3.4-§3.8), streaming and all-or-nothing.
+"""GetInputData and PutResultData (docs/compat.md#dcp-protocol), streaming and all-or-nothing.
 
 Differences from the upstream binary, all deliberate:
 

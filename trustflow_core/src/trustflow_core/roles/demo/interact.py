@@ -1,5 +1,6 @@
-"""The interact scenario end to end on 127.0.0.1 (scenarios.md §3, proxies.md §5), in one
-process, for ``trustflow demo interact``, tests and docs.
+"""The interact scenario end to end on 127.0.0.1 (docs/tls-asset.md,
+docs/compat.md#mtls-one-file-trust), in one process, for ``trustflow demo interact``, tests and
+docs.
 
 Steps: start a Capsule Manager (SIM attestation, platform key in the work directory); alice
 uploads the key of ``breast_cancer_alice`` and the rule ``alice_rule_id2`` granting bob's and
@@ -99,8 +100,9 @@ def _tls(deploy: Path, server_side: bool) -> dict[str, Any]:
 def gateway_config(
     deploy: Path, ingress_port: int, app_port: int, peer_ingress: int
 ) -> GatewayConfig:
-    """One party's gateway (proxies.md §5): ``mtls_ingress`` (TLS, client certificate required)
-    → the local app; ``mtls_egress`` (plain, for the local app) → mTLS to the peer's ingress."""
+    """One party's gateway (docs/compat.md#mtls-one-file-trust): ``mtls_ingress`` (TLS, client
+    certificate required) → the local app; ``mtls_egress`` (plain, for the local app) → mTLS to the
+    peer's ingress."""
     return GatewayConfig(
         listeners=(
             Listener(

@@ -1,4 +1,4 @@
-"""The online scenario end to end on 127.0.0.1 (spec scenarios.md §1), in one process.
+"""The online scenario end to end on 127.0.0.1 (docs/online.md), in one process.
 
 :func:`online_stack` starts the TEE app (default :mod:`.teeapp`), the RA Proxy (sim attester
 with a platform key in the work directory) and the gateway with the JWE filter on free

@@ -1,5 +1,6 @@
 """Gateway role (the Trustflow Envoy): HTTP listeners with prefix routes to upstream clusters,
-the JWE filter that opens client envelopes and seals app replies (spec proxies.md §4), plain
+the JWE filter that opens client envelopes and seals app replies (docs/compat.md#jwe-dialect), plain
 TCP proxy listeners, and mTLS ingress listeners / egress clusters built by the ``mtls`` channel
-from a communication-group TLS asset, reloaded when its files change (proxies.md §5,
-:mod:`.mtls`). Command: ``trustflow gateway``. See docs/online.md and docs/tls-asset.md."""
+from a communication-group TLS asset, reloaded when its files change
+(docs/compat.md#mtls-one-file-trust, :mod:`.mtls`). Command: ``trustflow gateway``. See
+docs/online.md and docs/tls-asset.md."""

@@ -1,10 +1,11 @@
 """Replay protection for RFC 7516 envelopes: ``iat`` and ``jti`` in the protected header.
 
-The upstream JWE dialect does not authenticate its protected header (quirks.md §A.1), so it
-cannot carry freshness claims and is left exactly as upstream has it: a captured upstream
-envelope can be resent. In the RFC profile every header byte is authenticated, and our client
-(``trustflow_channel_jwe``) writes ``iat`` (seconds since the epoch) and ``jti`` (a random id)
-into every envelope it seals. After an envelope has opened, :class:`ReplayGuard` checks them:
+The upstream JWE dialect does not authenticate its protected header
+(docs/compat.md#jwe-aad-is-the-aad-member), so it cannot carry freshness claims and is left exactly
+as upstream has it: a captured upstream envelope can be resent. In the RFC profile every header byte
+is authenticated, and our client (``trustflow_channel_jwe``) writes ``iat`` (seconds since the
+epoch) and ``jti`` (a random id) into every envelope it seals. After an envelope has opened,
+:class:`ReplayGuard` checks them:
 
 * ``off``: nothing is checked.
 * ``optional`` (default): an RFC envelope that carries ``iat``/``jti`` is checked; one without

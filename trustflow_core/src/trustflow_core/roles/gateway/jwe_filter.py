@@ -1,4 +1,4 @@
-"""The JWE filter (upstream ``envoy.filters.http.jwe``, spec proxies.md §4).
+"""The JWE filter (upstream ``envoy.filters.http.jwe``, docs/compat.md#jwe-dialect).
 
 Classifying a request body (done only for bodies that start with ``{``):
 

@@ -11,7 +11,8 @@ since an ignored option could be a security check the operator relies on:
 * ``common_tls_context.tls_certificates``: exactly one ``certificate_chain.filename`` +
   ``private_key.filename`` (the group asset, ``tls.crt`` / ``tls.key``);
 * ``common_tls_context.validation_context.trusted_ca.filename``: must be the certificate chain
-  file (quirk 19 — the channel trusts that file's last certificate, the group CA);
+  file (docs/compat.md#mtls-one-file-trust — the channel trusts that file's last certificate, the
+  group CA);
 * ``common_tls_context.tls_params.tls_minimum_protocol_version``: ``TLSv1_2`` (default,
   also for ``TLS_AUTO``) or ``TLSv1_3``; ``tls_maximum_protocol_version``: ``TLSv1_3`` or
   ``TLS_AUTO``;

@@ -14,7 +14,7 @@ from .keys import PLUGIN_MANAGER, SERVICE
 
 log = logging.getLogger("trustflow.ra_proxy")
 
-#: brpc reaches a method by short service name or by full name (wire-formats.md §9.1).
+#: brpc reaches a method by short service name or by full name (docs/compat.md#brpc-method-names).
 GET_RA_CERT_PATHS = (
     "/RaProxy/GetRaCert",
     "/secretflowapis.v2.sdc.ra_proxy.RaProxy/GetRaCert",
@@ -23,7 +23,8 @@ GET_RA_CERT_PATHS = (
 
 async def get_ra_cert(request: web.Request) -> web.Response:
     body = await request.read()
-    # brpc: proto field names, unknown keys ignored, null = unset (wire-formats.md §8).
+    # brpc: proto field names, unknown keys ignored, null = unset
+    # (docs/compat.md#wire-json-dialects).
     message = parse_json(body, ra_proxy_pb2.GetRaCertRequest, ignore_unknown=True)
     reply = await request.app[SERVICE].get_ra_cert(message)
     log.info(

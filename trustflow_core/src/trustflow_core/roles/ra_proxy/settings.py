@@ -19,8 +19,8 @@ class RaProxySettings:
     * ``plat`` -- attester backend name (``sim``, ``tdx``, ``csv``, ...), chosen through the
       plugin registry (upstream ``--plat``); None: the development default attester.
     * ``upstream_sim`` -- emit **no** report, as the upstream sim proxy does
-      (attestation-sim.md §2); only with a simulated attester (checked at startup). Default:
-      emit the attester's verifiable report.
+      (docs/compat.md#sim-report-omitted); only with a simulated attester (checked at startup).
+      Default: emit the attester's verifiable report.
     * ``attester_settings`` -- the attester backend's settings mapping.
     * ``host``/``port`` -- where to listen (port 0 = any free port).
     * ``max_body_bytes`` -- largest accepted request body.
