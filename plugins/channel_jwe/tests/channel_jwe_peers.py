@@ -1,4 +1,4 @@
-"""Upstream peers, written from the spec text (crypto-formats §2.3, proxies §4) with raw
+"""Upstream peers, written from docs/compat.md#jwe-dialect with raw
 ``cryptography`` calls, independently of the plugin code. Imported by the channel_jwe tests.
 """
 

@@ -49,7 +49,7 @@ class TestJweUpstreamConformance(EnvelopeChannelConformance):
 
     @pytest.fixture
     def authenticates_protected_header(self) -> bool:
-        return False  # quirk 1: GCM AAD is the `aad` member, not the header
+        return False  # the GCM AAD is the `aad` member: docs/compat.md#jwe-aad-is-the-aad-member
 
 
 class TestJweUpstreamOaep256Conformance(TestJweUpstreamConformance):
@@ -210,7 +210,8 @@ def test_upstream_open_refuses_rsa1_5_with_a_clear_message() -> None:
 
 
 def test_upstream_gcm_aad_is_the_aad_member() -> None:
-    """crypto-formats §2.2: AAD = decoded `aad`, so a non-empty aad must be honoured."""
+    """docs/compat.md#jwe-aad-is-the-aad-member: AAD = decoded `aad`, so a non-empty aad must be
+    honoured."""
     key = rsa_test_key("recipient")
     cek = AESGCM.generate_key(bit_length=128)
     iv = os.urandom(12)
@@ -247,7 +248,8 @@ def test_seal_reply_rejects_bad_content_key_sizes(channel: JweChannel, size: int
 
 
 def test_rfc_open_rejects_reformatted_header() -> None:
-    """The opposite of quirk 1: the header bytes are part of the AAD."""
+    """The opposite of docs/compat.md#jwe-aad-is-the-aad-member: the header bytes are part of the
+    AAD."""
     key = rsa_test_key("recipient")
     channel = JweChannel()
     jwe = channel.seal(b"pretty", key.public_key()).jwe

@@ -1,4 +1,4 @@
-"""Fake ``/dev/csv-guest`` firmware for generation tests (csv-attestation.md §7.2).
+"""Fake ``/dev/csv-guest`` firmware for generation tests.
 
 Both fakes check the request like the driver/firmware would (size, ``hash = SM3(data ||
 mnonce)``) and return a 4096-byte page built from the real csv-rs report:

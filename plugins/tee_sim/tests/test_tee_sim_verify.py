@@ -1,4 +1,5 @@
-"""What the sim verifier proves and rejects (attestation-sim.md §2, README "Report format")."""
+"""What the sim verifier proves and rejects (docs/compat.md#sim-report-omitted, README "Report
+format")."""
 
 from __future__ import annotations
 

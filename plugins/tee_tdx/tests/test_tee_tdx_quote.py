@@ -184,7 +184,7 @@ def test_foreign_root_is_rejected() -> None:
 
 
 def test_tdreport_vector_hashes() -> None:
-    """The TDREPORT used by the fake ioctl: both SHA-384 hashes recompute (spec §4)."""
+    """The TDREPORT used by the fake ioctl: both SHA-384 hashes recompute."""
     import hashlib
 
     want = expected_tdx()["tdx/guest-components/tdx_report_1.bin"]

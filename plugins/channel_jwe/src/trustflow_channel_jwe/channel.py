@@ -45,11 +45,11 @@ class JweChannel(EnvelopeChannel):
     """JWE/JWS message envelopes in one of two profiles.
 
     * ``upstream`` — wire-compatible with the upstream Capsule Manager, Python SDK, C++ proxies
-      and Trustflow Envoy (crypto-formats §2-§4). The protected header is NOT authenticated
-      (quirk 1); ``open`` accepts RSA-OAEP/RSA-OAEP-256 with A128GCM/A256GCM and any IV length;
-      ``seal`` writes ``RSA-OAEP`` (SHA-1) + A128GCM as the CM does for responses, or
-      ``RSA-OAEP-256`` with ``alg: RSA-OAEP-256`` (for clients of an Envoy-style gateway);
-      ``seal_reply``/``open_reply`` are the Envoy response form.
+      and Trustflow Envoy (docs/compat.md#jwe-dialect). The protected header is NOT authenticated
+      (docs/compat.md#jwe-aad-is-the-aad-member); ``open`` accepts RSA-OAEP/RSA-OAEP-256 with
+      A128GCM/A256GCM and any IV length; ``seal`` writes ``RSA-OAEP`` (SHA-1) + A128GCM as the CM
+      does for responses, or ``RSA-OAEP-256`` with ``alg: RSA-OAEP-256`` (for clients of an
+      Envoy-style gateway); ``seal_reply``/``open_reply`` are the Envoy response form.
     * ``rfc`` (default) — RFC 7516 via jwcrypto: RSA-OAEP-256 + A256GCM, every byte
       authenticated; requests carry ``iat`` and ``jti`` in the protected header (for replay
       checks by the receiver); replies use ``alg: dir`` under the request's content key.

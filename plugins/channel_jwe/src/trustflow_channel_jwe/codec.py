@@ -1,11 +1,11 @@
 """The JWE members after strict decoding, and the header members this channel refuses.
 
 Strict base64url, base64 and JSON parsing is core's (:mod:`trustflow_core.jose`): every
-``Jwe``/``Jws`` member is base64url without padding, decoded canonically (crypto-formats §1,
-quirk 10); JOSE headers are strict JSON objects (no duplicate members, so that two parsers can
-never read different values from the same header). Its refusals
-(:class:`~trustflow_core.jose.MalformedInput`) become
-:class:`~trustflow_core.errors.EnvelopeError` at the channel's methods.
+``Jwe``/``Jws`` member is base64url without padding, decoded canonically
+(docs/compat.md#base64url-unpadded); JOSE headers are strict JSON objects (no duplicate members, so
+that two parsers can never read different values from the same header). Its refusals
+(:class:`~trustflow_core.jose.MalformedInput`) become :class:`~trustflow_core.errors.EnvelopeError`
+at the channel's methods.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""JWS as the upstream system uses it (crypto-formats §3); also plain RFC 7515 for RS256.
+"""JWS as the upstream system uses it (docs/compat.md#jws-dialect); also plain RFC 7515 for RS256.
 
 * Header ``{"alg":"RS256","x5c":[...]}`` (compact when we write it), ``x5c`` omitted for an
   empty chain; entries are standard base64 **with** padding of DER, leaf first. Extra header
   ``claims`` (e.g. the freshness claims ``iat``/``jti``) follow them; without claims the
   header is byte-for-byte upstream's.
 * Signature: RSASSA-PKCS1-v1_5/SHA-256 over ``ASCII(protected + "." + payload)``. Members are
-  decoded strictly, so the transmitted strings equal the upstream CM's re-encoding (quirk 9).
+  decoded strictly, so the transmitted strings equal the upstream CM's re-encoding
+  (docs/compat.md#jws-dialect).
 * ``PS256`` (RSASSA-PSS/SHA-256, MGF1-SHA-256, salt = 32 bytes) is also accepted, as the CM
   does; ``none``, ``HS*`` and ``ES*``/``EdDSA`` are refused with specific messages.
 * Every ``x5c`` entry must be a fully readable certificate (public key and signature
@@ -13,9 +14,9 @@
   :class:`~trustflow_core.errors.EnvelopeError` naming the entry.
 * The ``x5c`` chain is checked like the upstream CM: certificate *i* must be signed by
   certificate *i+1* — signatures only, **no** validity period, CA, key-usage, name-chaining or
-  trust-anchor checks (quirk 14; upstream certificates are short-lived and self-signed).
-  Identity is the caller's business: the party id of the LAST certificate
-  (:func:`trustflow_core.identity.party_id_of_chain`).
+  trust-anchor checks (docs/compat.md#x5c-chain-signature-only; upstream certificates are
+  short-lived and self-signed). Identity is the caller's business: the party id of the LAST
+  certificate (:func:`trustflow_core.identity.party_id_of_chain`).
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def _parse_x5c(header: dict[str, Any]) -> tuple[x509.Certificate, ...]:
 
 
 def check_chain(chain: Sequence[x509.Certificate]) -> None:
-    """Raise unless every certificate is signed by the next one (crypto-formats §3)."""
+    """Raise unless every certificate is signed by the next one
+    (docs/compat.md#x5c-chain-signature-only)."""
     for i in range(len(chain) - 1):
         if not signed_by(chain[i], chain[i + 1]):
             raise EnvelopeError(f"x5c[{i + 1}] does not sign x5c[{i}]")

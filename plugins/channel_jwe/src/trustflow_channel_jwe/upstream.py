@@ -1,17 +1,18 @@
-"""The upstream JWE dialect ("digital envelope", crypto-formats §2, quirks 1-7).
+"""The upstream JWE dialect ("digital envelope", docs/compat.md#jwe-dialect).
 
 What makes it a dialect rather than RFC 7516:
 
 * the AES-GCM AAD is the decoded ``aad`` member (empty in practice), not ``ASCII(protected)``,
-  so the protected header is **not** authenticated (quirk 1). To limit what an attacker can do
-  with that, :meth:`UpstreamDialect.open` parses the header strictly and lets ``alg``/``enc``
-  pick the algorithms, so any change to them makes decryption fail;
-* any GCM IV length is accepted on input (the Python SDK sends 32-byte IVs, quirk 2);
-  the ``cryptography`` library bounds it to 8..128 bytes;
-* ``RSA-OAEP`` means SHA-1 OAEP (quirk 3); ``RSA1_5`` is refused (the upstream CM accepts it,
-  quirk 12 — refusing is the safer choice and no upstream client sends it);
+  so the protected header is **not** authenticated (docs/compat.md#jwe-aad-is-the-aad-member). To
+  limit what an attacker can do with that, :meth:`UpstreamDialect.open` parses the header strictly
+  and lets ``alg``/``enc`` pick the algorithms, so any change to them makes decryption fail;
+* any GCM IV length is accepted on input (the Python SDK sends 32-byte IVs,
+  docs/compat.md#jwe-any-iv-length); the ``cryptography`` library bounds it to 8..128 bytes;
+* ``RSA-OAEP`` means SHA-1 OAEP (docs/compat.md#jwe-rsa-oaep-is-sha1); ``RSA1_5`` is refused (the
+  upstream CM accepts it, docs/compat.md#jwe-rsa1-5-refused — refusing is the safer choice and no
+  upstream client sends it);
 * replies in the Envoy form reuse the request's CEK and carry ``encrypted_key = ""`` under a
-  header that still says ``RSA-OAEP-256`` (quirk 5).
+  header that still says ``RSA-OAEP-256`` (docs/compat.md#jwe-reply-alg).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 }
 #: ``enc`` → CEK length in bytes.
 GCM_KEY_BYTES: dict[str, int] = {"A128GCM": 16, "A256GCM": 32}
-#: The ``alg`` the Envoy filter writes on replies, although no key is transported (quirk 5).
+#: The ``alg`` the Envoy filter writes on replies, although no key is transported
+#: (docs/compat.md#jwe-reply-alg).
 REPLY_ALG = "RSA-OAEP-256"
 SEAL_ENC = "A128GCM"
 SEAL_IV_BYTES = 12

@@ -72,7 +72,7 @@ class MtlsChannel(TransportChannel):
       (OpenSSL path validation: signatures, validity periods, CA flags, key usage and the
       serverAuth/clientAuth purpose);
     * no hostname or SAN checks (``check_hostname = False``), as in the upstream Envoy config
-      (quirk 19): membership is proven by the CA signature, not by a name;
+      (docs/compat.md#mtls-one-file-trust): membership is proven by the CA signature, not by a name;
     * servers issue no session tickets, so every connection does a full handshake and
       re-verifies the peer's certificate (a revoked member whose leaf expired cannot resume).
 

@@ -1,6 +1,6 @@
 """Settings of the object-store backends and the URIs they serve.
 
-Settings are the ``S3Config`` fields of the wire protocol (``wire-formats.md`` §4) plus tuning:
+Settings are the ``S3Config`` fields of the wire protocol (Data Capsule Proxy proto) plus tuning:
 
 ======================  ==========  =========================================================
 setting                 default     meaning

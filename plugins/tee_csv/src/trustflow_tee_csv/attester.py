@@ -1,5 +1,5 @@
-"""``CsvAttester``: attestation reports from inside a Hygon CSV guest (csv-attestation.md §7,
-attestation-sim.md §3).
+"""``CsvAttester``: attestation reports from inside a Hygon CSV guest, in the
+upstream layout (docs/compat.md#json-report-layout).
 
 Request ``data[64] || mnonce[16] || SM3(data || mnonce)`` with ``data`` = user data (32 bytes,
 zero-filled) || 32 zero bytes and a fresh random ``mnonce``; the firmware answers with a V1

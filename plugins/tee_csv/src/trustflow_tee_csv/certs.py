@@ -1,4 +1,4 @@
-"""Where a chip's HSK and CEK come from (csv-attestation.md §6): a local bundle file, a cert
+"""Where a chip's HSK and CEK come from: a local bundle file, a cert
 directory keyed by chip id, or a Hygon KDS through a cached HTTP client.
 
 Nothing here trusts what it finds: the chain module verifies every certificate against the

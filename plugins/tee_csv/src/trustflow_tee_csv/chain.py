@@ -1,4 +1,4 @@
-"""The Hygon trust chain HRK -> HSK -> CEK -> PEK -> report (csv-attestation.md §5).
+"""The Hygon trust chain HRK -> HSK -> CEK -> PEK -> report (Hygon CSV attestation).
 
 Every function raises :class:`VerificationError` whose ``check`` names the failed step:
 ``hsk``, ``cek``, ``pek``, ``report_signature``, ``report_fields``, ``mac``. Structural
@@ -33,7 +33,7 @@ from .structs import (
 
 _T = TypeVar("_T")
 
-#: The Hygon Root Key, pinned (upstream pins the same public key; csv-attestation.md §6).
+#: The Hygon Root Key, pinned (upstream pins the same public key).
 HRK = PublicKey(
     x=0xBE62E14D62A4F14CF3D702DB09563A75C80935E785CD1F502AF5F21D92C2F62D,
     y=0x3BAB123A57BB7015584F8B97164E95384A640C10B9BE884738744D68B41EB946,

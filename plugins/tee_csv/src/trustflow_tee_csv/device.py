@@ -1,4 +1,4 @@
-"""The ``/dev/csv-guest`` interface (csv-attestation.md §7.1), behind a small seam.
+"""The ``/dev/csv-guest`` interface (Hygon's guest driver), behind a small seam.
 
 :class:`GuestDevice` is what the attester needs: hand in the 112-byte request, get back the
 4096-byte page the firmware wrote. :class:`CsvGuestDevice` implements it with the

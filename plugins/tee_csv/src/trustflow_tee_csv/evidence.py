@@ -1,7 +1,7 @@
 """The CSV ``json_report`` (upstream ``HygonCsvReport``) and the raw evidence forms accepted by
 ``trustflow attest verify --quote``.
 
-``json_report`` is the compact protobuf JSON upstream prints (attestation-sim.md §1)::
+``json_report`` is the compact protobuf JSON upstream prints (docs/compat.md#json-report-layout)::
 
     {"b64_quote": "<base64 of the 2548-byte report>",
      "json_cert_chain": "{\\"b64_hsk_cert\\":\\"…\\",\\"b64_cek_cert\\":\\"…\\"}",

@@ -1,5 +1,5 @@
-"""Binary layouts of Hygon certificates and the V1 CSV attestation report (csv-attestation.md
-§2, §3). Parsing only: nothing here checks a signature.
+"""Binary layouts of Hygon certificates and the V1 CSV attestation report (Hygon's
+layouts). Parsing only: nothing here checks a signature.
 
 All integers are little endian. EC coordinates and signature halves sit in 72-byte slots
 holding a little-endian number; only 32 bytes are meaningful on the SM2 curve, so a slot whose

@@ -9,7 +9,7 @@ attributes they become:
 
 ==========================  ====================================================================
 ``str_format``              ``"trustflow-sim/1"``
-``str_tee_platform``        ``"SIM"`` (a platform upstream never emits, attestation-sim.md §2)
+``str_tee_platform``        ``"SIM"`` (upstream never emits it, docs/compat.md#sim-report-omitted)
 ``hex_user_data``           report data bytes 0..31 (64 lowercase hex chars)
 ``hex_hash_or_pem_pubkey``  report data bytes 32..63 (zero from :class:`SimAttester`)
 ``hex_platform_measurement`` / ``hex_boot_measurement`` / ``hex_ta_measurement``

@@ -1,4 +1,5 @@
-"""``TdxAttester``: TDX reports from inside a TD, in the upstream layout (attestation-sim.md §1).
+"""``TdxAttester``: TDX reports from inside a TD, in the upstream layout
+(docs/compat.md#json-report-layout).
 
 Report data (64 bytes) = user data left-aligned in bytes 0..31 (zero-filled) and 32 zero bytes.
 Passport reports carry collateral (``SgxQlQveCollateral`` JSON) from ``collateral_file`` or the

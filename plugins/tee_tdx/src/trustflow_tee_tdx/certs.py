@@ -1,5 +1,5 @@
 """X.509 for DCAP: strict PEM chains, the pinned Intel SGX Root CA, chain and CRL checks at a
-given time, and the PCK certificate's SGX extension (tdx-attestation.md §5.1-§5.2).
+given time, and the PCK certificate's SGX extension.
 
 Parsed certificates, CRLs and signature results are cached by their exact DER bytes, so a warm
 verifier pays only for what changed. Validity windows are always re-checked at the given time.
@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 from trustflow_core.errors import VerificationError
 
-#: SHA-256 of the DER of the Intel SGX Root CA (tdx-attestation.md §5.1). The certificate
+#: SHA-256 of the DER of the Intel SGX Root CA. The certificate
 #: shipped in ``data/intel_sgx_root_ca.pem`` must hash to this value.
 INTEL_ROOT_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 PCK_CA_NAMES = {"Intel SGX PCK Platform CA": "platform", "Intel SGX PCK Processor CA": "processor"}

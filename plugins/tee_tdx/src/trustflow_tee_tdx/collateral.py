@@ -1,5 +1,5 @@
 """Intel collateral (TCB info, QE identity, CRLs, issuer chains) as one value, and the JSON
-forms it travels in (sgx-tdx-collateral.md §2-§3).
+forms it travels in (Intel PCS API).
 
 Two bundle formats are read:
 

@@ -1,4 +1,4 @@
-"""Getting a quote from inside a TD (tdx-attestation.md §7): configfs-tsm first, the legacy
+"""Getting a quote from inside a TD: configfs-tsm first, the legacy
 ``/dev/tdx_guest`` ioctls second.
 
 Both go through small seams so tests can run without a TD: :class:`ConfigfsOps` (mkdir / read /
@@ -139,7 +139,7 @@ Ioctl = Callable[..., Any]
 
 
 def check_tdreport(tdreport: bytes, report_data: bytes) -> None:
-    """The TDREPORT's two SHA-384 integrity hashes and its REPORTDATA (spec §4)."""
+    """The TDREPORT's two SHA-384 integrity hashes and its REPORTDATA (Intel TDX module ABI)."""
     if len(tdreport) != TDREPORT_LEN:
         raise BackendUnavailable(f"TDREPORT is {len(tdreport)} bytes, not 1024")
     if not (

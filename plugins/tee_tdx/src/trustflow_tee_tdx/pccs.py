@@ -1,5 +1,5 @@
 """A small PCS/PCCS client fetching TDX collateral, cached per (FMSPC, PCK CA) until the
-earliest ``nextUpdate`` of what it fetched (sgx-tdx-collateral.md §1).
+earliest ``nextUpdate`` of what it fetched.
 
 Paths (below ``base_url``): ``/tdx/certification/v4/tcb?fmspc=<HEX>``,
 ``/tdx/certification/v4/qe/identity``, ``/sgx/certification/v4/pckcrl?ca=<platform|processor>

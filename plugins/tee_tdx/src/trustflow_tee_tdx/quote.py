@@ -1,4 +1,4 @@
-"""Strict parser of Intel TDX DCAP quotes v4 and v5 (tdx-attestation.md §2-§3).
+"""Strict parser of Intel TDX DCAP quotes v4 and v5 (Intel's DCAP quote format).
 
 :func:`parse_quote` bounds-checks every length field, accepts trailing bytes after the quote
 (recorded in :attr:`Quote.trailing`) and raises :class:`VerificationError` with check
@@ -97,13 +97,14 @@ class TdBody:
 
     @property
     def debug(self) -> bool:
-        """TDATTRIBUTES bit 0 (DEBUG): the host can read and write the TD (§6; quirk 24)."""
+        """TDATTRIBUTES bit 0 (DEBUG): the host can read and write the TD
+        (docs/compat.md#tdx-debug-bit)."""
         return bool(self.td_attributes_u64 & 1)
 
 
 @dataclass(frozen=True)
 class QeReport:
-    """The fields of the QE's SGX REPORT BODY a verifier uses (§2.5)."""
+    """The fields of the QE's SGX REPORT BODY a verifier uses."""
 
     raw: bytes
     cpu_svn: bytes

@@ -1,4 +1,4 @@
-"""The TDX ``json_report`` of a ``UnifiedAttestationReport`` (attestation-sim.md §1, §4.3).
+"""The TDX ``json_report`` of a ``UnifiedAttestationReport`` (docs/compat.md#json-report-layout).
 
 Upstream layout: compact protobuf JSON of ``IntelTdxReport`` = ``{"b64_quote": "<standard
 base64 of the raw quote>", "json_collateral": "<SgxQlQveCollateral JSON>"}``; BackgroundCheck

@@ -1,4 +1,4 @@
-"""TCB appraisal following Intel QVL (tdx-attestation.md §5 steps 8-9): QE identity matching,
+"""TCB appraisal following Intel QVL: QE identity matching,
 TDX TCB level selection with the module-identity rules, and status combination.
 
 Inputs are the *already signature-checked* inner JSON objects. Structural problems raise

@@ -1,6 +1,7 @@
 """``TdxVerifier``: full DCAP verification of TDX reports and the TDX -> UAL attribute mapping.
 
-Attributes (attestation-sim.md §4.3, with TDX's real DEBUG bit instead of quirk 24's 0x2):
+Attributes (as upstream's TDX verifier, with TDX's real DEBUG bit instead of upstream's 0x2,
+docs/compat.md#tdx-debug-bit):
 
 * ``hex_platform_measurement`` = MRSEAM || MRSIGNERSEAM || MRTD || MRCONFIGID || MROWNER ||
   MROWNERCONFIG; ``hex_boot_measurement`` = RTMR0 || RTMR1; ``hex_ta_measurement`` = RTMR2 ||

@@ -1,4 +1,4 @@
-"""Full DCAP verification of a TDX quote (tdx-attestation.md §5, sgx-tdx-collateral.md §4).
+"""Full DCAP verification of a TDX quote (Intel DCAP quote verification).
 
 :func:`verify_quote` is fail-closed: every failed check raises :class:`VerificationError`
 naming it (``quote_format``, ``quote_header``, ``pck_chain``, ``qe_report_signature``,
