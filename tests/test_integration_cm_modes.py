@@ -68,7 +68,8 @@ def test_upstream_sim_clients_without_report(allow: bool, tmp_path: Path) -> Non
             async with CapsuleManagerClient(cm.target) as client:
                 uuid = "sim-" + os.urandom(4).hex()
                 await setup_data(client, uuid, 'r.env.tee.platform == "sgx"')
-                # an upstream sim client sends no report and may claim any env (quirk 37)
+                # an upstream sim client sends no report and may claim any env
+                # (docs/compat.md#sim-client-env)
                 claimed = json.dumps({"tee": {"platform": "sgx", "sgx": {}}})
                 if not allow:
                     with pytest.raises(CapsuleManagerError) as err:

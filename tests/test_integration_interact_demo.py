@@ -18,7 +18,7 @@ PLUGINS = "channel_jwe,channel_mtls,tee_sim,storage_local"
 
 
 def expected_line(responder: str, sender: str) -> str:
-    """scenarios.md §3: ``print("response: ", text)`` of the upstream app."""
+    """The interact scenario: ``print("response: ", text)`` of the upstream app."""
     body = json.dumps({"message": f"Hello from {sender}!"})
     return f"response:  Hi, I'm {responder}. I got your message: {body}"
 

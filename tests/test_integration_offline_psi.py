@@ -1,4 +1,4 @@
-"""Scenario 2 (scenarios.md §2) on loopback with the static key exchange in place of the Capsule
+"""The offline scenario on loopback with the static key exchange in place of the Capsule
 Manager: a PSI app process asks the Data Capsule Proxy process for alice's and bob's inputs
 (encrypted by the upstream tool), joins them on ``id``, puts the result; the result key is
 registered with both inputs as ancestors, and the result decrypts with it."""

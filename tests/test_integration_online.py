@@ -1,4 +1,4 @@
-"""Online scenario (spec scenarios.md §1) over real loopback servers: the gateway runs the
+"""Online scenario (docs/online.md) over real loopback servers: the gateway runs the
 upstream deployment file ``online-envoy.yml`` (addresses rewritten to loopback), in front of
 the RA proxy (sim attester) and a TEE app that counts what reaches it.
 

@@ -1,4 +1,5 @@
-"""Policy parsing and matching shared by every verifier (attestation-sim.md §4.5)."""
+"""Policy parsing and matching shared by every verifier
+(docs/compat.md#attributes-match-any-entry)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def test_a_mismatch_names_field_expected_and_actual():
 
 
 def test_some_entry_matching_is_enough_even_after_a_string_mismatch():
-    # Upstream stops at the first string mismatch (quirk 21); we try every entry.
+    # Upstream stops at the first string mismatch (docs/compat.md#attributes-match-any-entry); we
+    # try every entry.
     match_policy(
         ACTUAL,
         policy({"hex_ta_measurement": "ff" * 48}, {"hex_ta_measurement": "cd" * 48}),

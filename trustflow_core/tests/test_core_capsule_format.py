@@ -1,4 +1,5 @@
-"""Data-capsule format: upstream vectors decrypt; our writer follows crypto-formats §8."""
+"""Data-capsule format: upstream vectors decrypt; our writer follows
+docs/compat.md#capsule-v1-format."""
 
 from __future__ import annotations
 

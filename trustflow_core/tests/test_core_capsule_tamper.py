@@ -144,7 +144,7 @@ def test_core_capsule_stream_shorter_than_declared_length() -> None:
         capsule.decrypt_stream(io.BytesIO(BLOB[:-10]), io.BytesIO(), KEY, len(BLOB), fmt="v1")
 
 
-def test_core_capsule_block_reordering_is_undetectable_quirk_51() -> None:
+def test_core_capsule_block_reordering_is_undetectable() -> None:
     """Documents the format's limit: blocks carry no index, so swapping two full blocks
     decrypts without error to reordered plaintext. Callers must not rely on ordering."""
     blocks = [BLOB[20 + i * 8192 : 20 + (i + 1) * 8192] for i in range(3)]

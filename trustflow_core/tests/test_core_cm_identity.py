@@ -20,7 +20,7 @@ def test_generated_once_then_loaded(tmp_path: Path) -> None:
     again = identity_keys.load_or_create(key, cert)
     assert again.cert_pem == first.cert_pem and again.party_id == first.party_id
     parsed = x509.load_pem_x509_certificate(first.cert_pem.encode())
-    assert parsed.serial_number > 0  # quirk 15 not reproduced
+    assert parsed.serial_number > 0  # docs/compat.md#cm-certificate: not upstream's 0
     usage = parsed.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.key_encipherment and usage.key_cert_sign
     assert "PRIVATE" not in repr(first) and "private_key" not in repr(first)

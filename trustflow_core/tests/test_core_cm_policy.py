@@ -1,4 +1,5 @@
-"""Policy engine: rule matching (capsule-manager.md §6.2), CEL constraints, lineage merge."""
+"""Policy engine: rule matching (docs/compat.md#policy-evaluation), CEL constraints, lineage
+merge."""
 
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def test_cel_expressions(expr: str, expected: bool) -> None:
 
 def test_evaluation_object_shape() -> None:
     r = evaluation_object(req(attrs='{"k": 1}'))
-    assert r["attrs"] == '{"k": 1}'  # kept as a string (quirk 41)
+    assert r["attrs"] == '{"k": 1}'  # kept as a string (docs/compat.md#attrs-raw-string)
     assert r["env"]["tee"]["platform"] == "sgx"
     assert "env" not in evaluation_object(req(env=None))
 

@@ -1,4 +1,5 @@
-"""Data-export votes: the compat certificates, our producer, and the quirk-39 fixes."""
+"""Data-export votes: the compat certificates, our producer, and our fixes
+(docs/compat.md#votes)."""
 
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ def test_all_owners_must_approve(people: dict[str, Any]) -> None:
 
 
 def test_voter_cannot_claim_another_party(people: dict[str, Any]) -> None:
-    # quirk 39: mallory appends alice's public cert to her own chain to vote as alice
+    # docs/compat.md#votes: mallory appends alice's public cert to her own chain to vote as alice
     owners = {_pid(people["alice"])}
     forged = _cert(
         people, "u", [("mallory", [people["mallory"][1], people["alice"][1]], "APPROVE")]

@@ -137,7 +137,7 @@ SPEC_NUMBERS = [
     ("secretflowapis.v2.teeapps.TaskConfig", "capsule_manager_endpoint", 23),
 ]
 
-# Data Capsule Proxy HEAD numbering (spec §4 table, "HEAD number" column).
+# Data Capsule Proxy HEAD numbering (upstream HEAD revision).
 DCP_HEAD = {
     "GetInputDataRequest": {
         "header": 1,

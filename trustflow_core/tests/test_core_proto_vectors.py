@@ -105,7 +105,7 @@ def test_jws_and_headers_parse_strictly(entry: dict[str, Any]) -> None:
 
     request = cm.EncryptedRequest.FromString((RPC / f"{label}.encrypted_request.pb").read_bytes())
     jwe_header = wire.parse_json(_b64url(request.message.protected_header), jwt_pb2.Jwe.JoseHeader)
-    assert jwe_header.alg in {"RSA-OAEP", "RSA-OAEP-256", "RSA1_5"}  # spec crypto-formats §2.1
+    assert jwe_header.alg in {"RSA-OAEP", "RSA-OAEP-256", "RSA1_5"}  # docs/compat.md#jwe-dialect
     assert jwe_header.enc in {"A128GCM", "A256GCM"}
 
 

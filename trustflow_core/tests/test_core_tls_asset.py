@@ -266,7 +266,7 @@ def test_validate_refuses_naive_now() -> None:
 
 
 def test_upstream_shape_identical_self_signed_asset_is_valid() -> None:
-    """An asset that is one self-signed certificate + its key (the other shape §10 allows)."""
+    """An asset that is one self-signed certificate + its key (the other shape upstream allows)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "group")])
     cert = (

@@ -1,6 +1,7 @@
-"""Requirement (d): the asset works in the upstream Envoy config shape (quirk 19) — the one
-``tls.crt`` file is the certificate chain AND the whole trusted-CA bundle (leaf included), with
-``require_client_certificate`` and no SAN matching. Emulated with plain ``ssl`` over loopback."""
+"""Requirement (d): the asset works in the upstream Envoy config shape
+(docs/compat.md#mtls-one-file-trust) — the one ``tls.crt`` file is the certificate chain AND the
+whole trusted-CA bundle (leaf included), with ``require_client_certificate`` and no SAN matching.
+Emulated with plain ``ssl`` over loopback."""
 
 from __future__ import annotations
 
