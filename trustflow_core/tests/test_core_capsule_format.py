@@ -73,8 +73,8 @@ def test_core_capsule_decrypts_every_compat_vector(name: str, tmp_path: Path) ->
 
 
 def test_core_capsule_upstream_empty_file_is_empty_plaintext_but_authenticated() -> None:
-    """Quirk 52: block_count 0 + one empty block is accepted as empty plaintext, and its
-    GCM tag is still checked."""
+    """docs/compat.md#capsule-v1-empty-file: block_count 0 + one empty block is accepted as empty
+    plaintext, and its GCM tag is still checked."""
     [(name, entry)] = [(n, e) for n, e in _manifest_data().items() if e["plaintext_len"] == 0]
     blob = (COMPAT / "data" / name).read_bytes()
     assert struct.unpack_from("<Q", blob, 8)[0] == entry["header_block_count"] == 0

@@ -1,7 +1,7 @@
-"""The generated descriptors carry exactly the upstream wire identity of the spec.
+"""The generated descriptors carry exactly the upstream wire identity.
 
-Field numbers, names, packages and method names below are facts of wire-formats.md, not vector
-values.
+Field numbers, names, packages and method names below are facts of upstream's protos
+(docs/compat.md#wire-protos), not vector values.
 """
 
 from __future__ import annotations

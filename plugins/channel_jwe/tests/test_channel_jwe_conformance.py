@@ -139,7 +139,8 @@ def test_upstream_open_rejects_rewritten_header(header: dict[str, object]) -> No
 
 
 def test_upstream_header_is_not_authenticated_reformatting_passes() -> None:
-    """Quirk 1, reproduced: the same alg/enc in different JSON formatting still opens."""
+    """docs/compat.md#jwe-aad-is-the-aad-member, reproduced: the same alg/enc in different JSON
+    formatting still opens."""
     key = rsa_test_key("recipient")
     jwe = UPSTREAM.seal(b"pretty", key.public_key()).jwe
     pretty = json.dumps(json.loads(unb64url(jwe.protected)), indent=2).encode()
@@ -295,7 +296,8 @@ def test_verify_names_refused_algorithms(alg: str, message: str) -> None:
 
 
 def test_verify_ignores_validity_periods_and_names() -> None:
-    """Quirk 14: only signatures are checked — an expired, not-name-chained chain passes."""
+    """docs/compat.md#x5c-chain-signature-only: only signatures are checked — an expired,
+    not-name-chained chain passes."""
     root_key, leaf_key = rsa_test_key("old-root"), rsa_test_key("old-leaf")
     long_ago = datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)
     root = make_cert(root_key, root_key, "root", "root", not_before=long_ago, days=1)
