@@ -22,6 +22,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from ...errors import TrustflowError
+
 Row = tuple[Any, ...]
 
 
@@ -45,7 +47,7 @@ def _statements(placeholder: str, uuid_count: int, uri_count: int) -> tuple[str,
     )
 
 
-class _Disconnected(Exception):
+class _Disconnected(TrustflowError):
     """The pooled connection was dead; it has been invalidated (``__cause__``: the error)."""
 
 
