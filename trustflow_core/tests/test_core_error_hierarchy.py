@@ -10,7 +10,6 @@ import pkgutil
 from importlib import metadata
 from types import ModuleType
 
-import trustflow_core
 from trustflow_core.errors import TrustflowError
 from trustflow_core.manager import ENTRY_POINT_GROUP
 
