@@ -7,7 +7,7 @@ cost about 300 µs of CPU per request on SQLite; as plain SQL on a pooled DB-API
 25 µs (both measured with the same statements). Everything else in the store stays on
 SQLAlchemy.
 
-The SQL is written for the tables of :mod:`.storage_models` (``tests`` run it on SQLite,
+The SQL is written for the tables of :mod:`.db_models` (``tests`` run it on SQLite,
 PostgreSQL and MariaDB); placeholders follow the driver's paramstyle (``?`` for sqlite3,
 ``%s`` for psycopg and PyMySQL). A pooled connection that the server closed (restart, idle
 timeout) is invalidated and the read is run once more on a fresh one.

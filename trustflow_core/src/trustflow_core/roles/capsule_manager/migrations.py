@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Table
 from sqlalchemy.orm import Session
 
 from ...errors import TrustflowError
-from .storage_models import SCHEMA_VERSION, Meta, RequestRow
+from .db_models import SCHEMA_VERSION, Meta, RequestRow
 
 
 class SchemaMismatch(TrustflowError):
