@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 APP_CODE = """
 import sys
 from aiohttp import web
-from trustflow_core.roles.demo.teeapp import create_app
+from trustflow_core.demo.teeapp import create_app
 web.run_app(create_app(), host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
 

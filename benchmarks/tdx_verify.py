@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from trustflow_core.attestation import Attributes, Policy
 from trustflow_tee_tdx.collateral import Collateral
+from trustflow_tee_tdx.dcap import clear_caches, verify_quote
 from trustflow_tee_tdx.report import make_report
 from trustflow_tee_tdx.verifier import TdxVerifier
-from trustflow_tee_tdx.verify import clear_caches, verify_quote
 
 #: Inside the bundle's validity window (see the vectors' expected.json).
 VERIFY_TIME = datetime(2025, 7, 1, tzinfo=timezone.utc)

@@ -377,8 +377,8 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
         capsule_manager_pb2 as cm_pb2,
     )
+    from trustflow_core.roles.capsule_manager.database import Database
     from trustflow_core.roles.capsule_manager.sealing import Sealer, load_or_create_key
-    from trustflow_core.roles.capsule_manager.storage import Store
     from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
     from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 
@@ -389,7 +389,7 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
         return [(f"{prefix}{i}", base64.b64encode(os.urandom(16)).decode()) for i in range(n)]
 
     def stored(url: str, keys: list[tuple[str, str]]) -> int:
-        store = Store(url, Sealer(load_or_create_key(tmp_path / "cm" / "storage.key")))
+        store = Database(url, Sealer(load_or_create_key(tmp_path / "cm" / "storage.key")))
         try:
             return len(store.get_keys([u for u, _ in keys]))
         finally:

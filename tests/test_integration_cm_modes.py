@@ -21,12 +21,12 @@ from cryptography.x509.oid import NameOID
 from trustflow_core.attestation import Attributes
 from trustflow_core.cli import build_cli
 from trustflow_core.errors import BackendUnavailable, InvalidInput
+from trustflow_core.harness.capsule_manager import BackgroundCapsuleManager
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.registry import VERIFIER, backends_of
-from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings, TlsSettings, load_settings
 from trustflow_core.roles.capsule_manager_client.client import (
     CapsuleManagerClient,

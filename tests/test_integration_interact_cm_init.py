@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from trustflow_core.errors import AccessDenied, InvalidInput, VerificationError
+from trustflow_core.harness.capsule_manager import BackgroundCapsuleManager
 from trustflow_core.identity import party_id_of_key
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
@@ -30,7 +31,6 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
 )
 from trustflow_core.registry import TRANSPORT_CHANNEL, backend_class
 from trustflow_core.roles._server import start_site
-from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient, Credentials
 from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials

@@ -39,7 +39,7 @@ def test_demo_interact_prints_both_apps_lines(monkeypatch, tmp_path) -> None:
 async def test_both_parties_hold_leaves_of_one_group_for_their_own_keys(
     monkeypatch, tmp_path
 ) -> None:
-    from trustflow_core.roles.demo.interact import PARTIES, run_interact
+    from trustflow_core.demo.interact import PARTIES, run_interact
 
     monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
     monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", PLUGINS)

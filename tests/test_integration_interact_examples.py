@@ -95,9 +95,9 @@ async def test_example_configs_and_app_talk_over_mtls(world, start, tmp_path) ->
 async def test_refreshed_asset_is_reloaded_by_the_running_gateways(world, start, tmp_path):  # noqa: F811
     """The proxies rewrite the files on every refresh (fraction 0: every 0.3 s); the gateways
     pick up each new pair without closing a listener and the apps keep talking."""
+    from trustflow_core.demo import interact_app
+    from trustflow_core.demo.interact import gateway_config
     from trustflow_core.roles._server import start_site
-    from trustflow_core.roles.demo import interact_app
-    from trustflow_core.roles.demo.interact import gateway_config
 
     pm = get_plugin_manager()
     fetchers, runners, deploy, app_ports = {}, [], {}, {}

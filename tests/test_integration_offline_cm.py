@@ -23,19 +23,19 @@ from cryptography.hazmat.primitives import serialization
 from test_integration_offline_psi import expected_join
 from trustflow_core.capsule import decrypt_file
 from trustflow_core.errors import ObjectNotFound
+from trustflow_core.harness.capsule_manager import BackgroundCapsuleManager
+from trustflow_core.harness.data_capsule_proxy import running_proxy
 from trustflow_core.keyexchange import Resource, ResourceRequest
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
 from trustflow_core.roles.capsule_manager_client.keyexchange import (
     CapsuleManagerKeyExchange,
     ephemeral_credentials,
 )
-from trustflow_core.roles.data_capsule_proxy.harness import running_proxy
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
 
 pytestmark = pytest.mark.asyncio

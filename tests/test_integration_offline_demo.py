@@ -7,7 +7,7 @@ import io
 
 import pytest
 from test_integration_offline_psi import expected_join
-from trustflow_core.roles.data_capsule_proxy.demo import run_offline, sample_tables
+from trustflow_core.demo.offline import run_offline, sample_tables
 
 pytestmark = pytest.mark.asyncio
 

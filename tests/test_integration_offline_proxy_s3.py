@@ -18,8 +18,8 @@ import pytest
 import pytest_asyncio
 from test_integration_offline_proxy import GET, PUT, make_cert
 from trustflow_core.capsule import open_reader
+from trustflow_core.harness.data_capsule_proxy import running_proxy
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.roles.data_capsule_proxy.harness import running_proxy
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
 
 pytestmark = pytest.mark.asyncio

@@ -30,11 +30,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from trustflow_core.attestation import Policy
+from trustflow_core.demo.online import online_stack, write_app_identity
 from trustflow_core.errors import EnvelopeError, VerificationError
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles._server import start_site
 from trustflow_core.roles.client.online import OnlineClient
-from trustflow_core.roles.demo.online import online_stack, write_app_identity
 from trustflow_core.roles.gateway.config import load_config
 
 pytestmark = pytest.mark.asyncio

@@ -1,1 +1,1 @@
-../../trustflow_core/src/trustflow_core/roles/data_capsule_proxy/psi_app.py
+../../trustflow_core/src/trustflow_core/demo/psi_app.py

@@ -14,13 +14,13 @@ import pytest
 import pytest_asyncio
 
 from trustflow_core.errors import AccessDenied, InvalidInput, ObjectNotFound
+from trustflow_core.harness.capsule_manager import BackgroundCapsuleManager
 from trustflow_core.keyexchange import Resource, ResourceRequest
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.registry import ATTESTER, backend_class
-from trustflow_core.roles.capsule_manager.background import BackgroundCapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
 from trustflow_core.roles.capsule_manager_client.keyexchange import (

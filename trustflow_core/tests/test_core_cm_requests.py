@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import inspect, text
 
 from trustflow_core.errors import InvalidInput
+from trustflow_core.roles.capsule_manager.database import Database, NewKey
+from trustflow_core.roles.capsule_manager.db_models import SCHEMA_VERSION, Base, RequestRow
 from trustflow_core.roles.capsule_manager.policy import OpConstraint, Rule
 from trustflow_core.roles.capsule_manager.sealing import Sealer
 from trustflow_core.roles.capsule_manager.settings import load_settings
-from trustflow_core.roles.capsule_manager.storage import NewKey, Store
-from trustflow_core.roles.capsule_manager.storage_models import SCHEMA_VERSION, Base, RequestRow
 from trustflow_core.roles.capsule_manager_protocol.errors import CMError, Kind
 from trustflow_core.roles.capsule_manager_protocol.freshness import (
     FreshnessWindow,
@@ -51,15 +51,15 @@ def key() -> bytes:
 
 
 @pytest.fixture
-def store(db_url: str, key: bytes) -> Iterator[Store]:
-    s = Store(db_url, Sealer(key))
+def store(db_url: str, key: bytes) -> Iterator[Database]:
+    s = Database(db_url, Sealer(key))
     Base.metadata.drop_all(s._write_engine)
     s.create_schema()
     yield s
     s.close()
 
 
-def rule_ids(store: Store, uuid: str) -> list[str]:
+def rule_ids(store: Database, uuid: str) -> list[str]:
     policy = store.get_policy("default", uuid)
     return [] if policy is None else [r.rule_id for r in policy.rules]
 
@@ -67,7 +67,7 @@ def rule_ids(store: Store, uuid: str) -> list[str]:
 # ---- recorded requests ----------------------------------------------------------------------
 
 
-def test_recorded_request_applies_once(store: Store) -> None:
+def test_recorded_request_applies_once(store: Database) -> None:
     u = uid()
     store.create_data_keys(ALICE, [NewKey(u, u, "a2V5MQ==")], mark())
     put = mark()
@@ -92,7 +92,7 @@ def test_recorded_request_applies_once(store: Store) -> None:
     assert rule_ids(store, u) == ["again"]
 
 
-def test_refused_request_is_not_recorded(store: Store) -> None:
+def test_refused_request_is_not_recorded(store: Database) -> None:
     u = uid()
     store.create_data_keys(ALICE, [NewKey(u, u, "a2V5MQ==")])
     m = mark(BOB)
@@ -103,7 +103,7 @@ def test_refused_request_is_not_recorded(store: Store) -> None:
     assert m.digest not in digests
 
 
-def test_jti_is_single_use_per_party(store: Store) -> None:
+def test_jti_is_single_use_per_party(store: Database) -> None:
     u, v = uid(), uid()
     store.create_data_keys(ALICE, [NewKey(u, u, "a2V5MQ==")], mark(ALICE, "j-1"))
     with pytest.raises(CMError) as err:
@@ -113,7 +113,7 @@ def test_jti_is_single_use_per_party(store: Store) -> None:
     store.create_data_keys(BOB, [NewKey(v, v, "a2V5MQ==")], mark(BOB, "j-1"))  # other party
 
 
-def test_concurrent_identical_requests_apply_once(store: Store) -> None:
+def test_concurrent_identical_requests_apply_once(store: Database) -> None:
     u = uid()
     store.create_data_keys(ALICE, [NewKey(u, u, "a2V5MQ==")])
     store.put_policy(ALICE, "default", u, [rule("r0")])
@@ -140,7 +140,7 @@ def test_concurrent_identical_requests_apply_once(store: Store) -> None:
 # ---- schema 1 -> 2 --------------------------------------------------------------------------
 
 
-def _stamp(store: Store, version: str) -> None:
+def _stamp(store: Database, version: str) -> None:
     with store._write_engine.begin() as conn:
         conn.execute(
             text("UPDATE cm_meta SET value = :v WHERE name = 'schema_version'"),
@@ -148,7 +148,7 @@ def _stamp(store: Store, version: str) -> None:
         )
 
 
-def _version(store: Store) -> str:
+def _version(store: Database) -> str:
     with store._read_engine.connect() as conn:
         value = conn.execute(
             text("SELECT value FROM cm_meta WHERE name = 'schema_version'")
@@ -161,7 +161,7 @@ def test_migrates_the_committed_v1_database(tmp_path: Path) -> None:
     start, its keys and policies intact, replay protection working."""
     db = tmp_path / "cm.db"
     shutil.copy(DATA / "cm_schema_v1.db", db)
-    store = Store(f"sqlite:///{db}", Sealer(V1_STORAGE_KEY))
+    store = Database(f"sqlite:///{db}", Sealer(V1_STORAGE_KEY))
     try:
         assert _version(store) == "1"
         assert not inspect(store._write_engine).has_table(RequestRow.__tablename__)
@@ -178,7 +178,7 @@ def test_migrates_the_committed_v1_database(tmp_path: Path) -> None:
         store.close()
 
 
-def test_migrates_a_v1_database(store: Store, db_url: str, key: bytes) -> None:
+def test_migrates_a_v1_database(store: Database, db_url: str, key: bytes) -> None:
     """Schema 1 is schema 2 without ``cm_requests``: drop it, stamp 1, start again."""
     u = uid()
     store.create_data_keys(ALICE, [NewKey(u, u, "a2V5MQ==")])
@@ -187,7 +187,7 @@ def test_migrates_a_v1_database(store: Store, db_url: str, key: bytes) -> None:
     with store._write_engine.begin() as conn:
         table.drop(conn)  # type: ignore[attr-defined]
     _stamp(store, "1")
-    again = Store(db_url, Sealer(key))
+    again = Database(db_url, Sealer(key))
     try:
         again.create_schema()
         assert _version(again) == "2"
@@ -203,9 +203,9 @@ def test_migrates_a_v1_database(store: Store, db_url: str, key: bytes) -> None:
         again.close()
 
 
-def test_newer_schema_refused(store: Store, db_url: str, key: bytes) -> None:
+def test_newer_schema_refused(store: Database, db_url: str, key: bytes) -> None:
     _stamp(store, "3")
-    other = Store(db_url, Sealer(key))
+    other = Database(db_url, Sealer(key))
     try:
         with pytest.raises(CMError, match="schema version 3, this Capsule Manager needs 2"):
             other.create_schema()

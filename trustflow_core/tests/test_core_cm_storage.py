@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from trustflow_core.roles.capsule_manager.database import Database, NewKey
 from trustflow_core.roles.capsule_manager.policy import OpConstraint, Rule, derive_result_policy
 from trustflow_core.roles.capsule_manager.sealing import Sealer, load_or_create_key
-from trustflow_core.roles.capsule_manager.storage import NewKey, Store
 from trustflow_core.roles.capsule_manager_protocol.errors import CMError, Kind
 from trustflow_core.testing.databases import throwaway_database
 
@@ -26,10 +26,10 @@ def key() -> bytes:
 
 
 @pytest.fixture
-def store(db_url: str, key: bytes) -> Iterator[Store]:
+def store(db_url: str, key: bytes) -> Iterator[Database]:
     # each test gets an empty schema
-    s = Store(db_url, Sealer(key))
-    from trustflow_core.roles.capsule_manager.storage_models import Base
+    s = Database(db_url, Sealer(key))
+    from trustflow_core.roles.capsule_manager.db_models import Base
 
     Base.metadata.drop_all(s._write_engine)
     s.create_schema()
@@ -53,7 +53,7 @@ def anyone(_uuid: str, _rules: object) -> bool:
     return True
 
 
-def test_keys_roundtrip_and_overwrite(store: Store) -> None:
+def test_keys_roundtrip_and_overwrite(store: Database) -> None:
     u = uid()
     store.create_data_keys(ALICE, [nk(u, "a2V5MQ=="), nk(f"{u}/p1", "a2V5Mg==")])
     assert store.get_keys([u, f"{u}/p1", "missing"]) == {u: "a2V5MQ==", f"{u}/p1": "a2V5Mg=="}
@@ -63,7 +63,7 @@ def test_keys_roundtrip_and_overwrite(store: Store) -> None:
     assert info is not None and info.owner_party_id == ALICE and info.parents == ()
 
 
-def test_other_owner_refused_all_or_nothing(store: Store) -> None:
+def test_other_owner_refused_all_or_nothing(store: Database) -> None:
     u, v = uid(), uid()
     store.create_data_keys(ALICE, [nk(u)])
     with pytest.raises(CMError) as err:
@@ -81,7 +81,7 @@ def test_other_owner_refused_all_or_nothing(store: Store) -> None:
     assert store.get_keys([u]) == {}
 
 
-def test_keys_are_sealed_at_rest(store: Store, db_url: str) -> None:
+def test_keys_are_sealed_at_rest(store: Database, db_url: str) -> None:
     u = uid()
     secret = "c2VjcmV0LWtleS1ieXRlcw=="
     store.create_data_keys(ALICE, [nk(u, secret)])
@@ -93,7 +93,7 @@ def test_keys_are_sealed_at_rest(store: Store, db_url: str) -> None:
     assert len(bytes(row[1])) == 12
 
 
-def test_sealed_value_moved_to_another_row_does_not_open(store: Store) -> None:
+def test_sealed_value_moved_to_another_row_does_not_open(store: Database) -> None:
     u, v = uid(), uid()
     store.create_data_keys(ALICE, [nk(u, "a2V5MQ=="), nk(v, "a2V5Mg==")])
     with store._write_engine.begin() as conn:
@@ -109,8 +109,8 @@ def test_sealed_value_moved_to_another_row_does_not_open(store: Store) -> None:
     assert err.value.kind is Kind.DATA_INTEGRITY
 
 
-def test_wrong_storage_key_refused_at_start(store: Store, db_url: str) -> None:
-    other = Store(db_url, Sealer(os.urandom(32)))
+def test_wrong_storage_key_refused_at_start(store: Database, db_url: str) -> None:
+    other = Database(db_url, Sealer(os.urandom(32)))
     try:
         with pytest.raises(CMError, match="different storage key"):
             other.create_schema()
@@ -118,12 +118,12 @@ def test_wrong_storage_key_refused_at_start(store: Store, db_url: str) -> None:
         other.close()
 
 
-def test_other_schema_version_refused(store: Store, db_url: str, key: bytes) -> None:
+def test_other_schema_version_refused(store: Database, db_url: str, key: bytes) -> None:
     with store._write_engine.begin() as conn:
         conn.execute(
             text("UPDATE cm_meta SET value = :v WHERE name = 'schema_version'"), {"v": b"0"}
         )
-    other = Store(db_url, Sealer(key))
+    other = Database(db_url, Sealer(key))
     try:
         with pytest.raises(CMError, match="schema version 0"):
             other.create_schema()
@@ -131,7 +131,7 @@ def test_other_schema_version_refused(store: Store, db_url: str, key: bytes) -> 
         other.close()
 
 
-def test_policies_rules_and_ownership(store: Store) -> None:
+def test_policies_rules_and_ownership(store: Database) -> None:
     u = uid()
     store.create_data_keys(ALICE, [nk(u)])
     store.put_policy(ALICE, "default", u, [RULE])
@@ -161,7 +161,7 @@ def test_policies_rules_and_ownership(store: Store) -> None:
     assert store.get_policy("default", u) is None
 
 
-def test_access_view_reads_records_policies_and_sealed_keys(store: Store) -> None:
+def test_access_view_reads_records_policies_and_sealed_keys(store: Database) -> None:
     """GetDataKeys' one read, for several resources at once, on every backend."""
     a, b, lonely, missing = uid(), uid(), uid(), uid()
     store.create_data_keys(ALICE, [nk(a, "a2V5QQ=="), nk(f"{a}/part", "a2V5UA==")])
@@ -195,7 +195,7 @@ def test_access_view_reads_records_policies_and_sealed_keys(store: Store) -> Non
     assert view[a][1] is not None and a not in sealed
 
 
-def test_policy_for_unregistered_data_claims_it(store: Store) -> None:
+def test_policy_for_unregistered_data_claims_it(store: Database) -> None:
     u = uid()
     store.add_rule(ALICE, "s", u, RULE)  # creates the policy and claims the uuid
     info = store.data_info(u)
@@ -212,10 +212,10 @@ def test_policy_for_unregistered_data_claims_it(store: Store) -> None:
     store.delete_policy(BOB, "s", uid())  # nothing there: no-op, claims nothing
 
 
-def test_owner_takes_over_a_policy_left_by_another_party(store: Store) -> None:
+def test_owner_takes_over_a_policy_left_by_another_party(store: Database) -> None:
     """A database written before policies claimed their uuid can hold bob's policy on alice's
     data: alice (the data's owner) can replace it; bob can no longer touch it."""
-    from trustflow_core.roles.capsule_manager.storage_models import PolicyRow
+    from trustflow_core.roles.capsule_manager.db_models import PolicyRow
 
     u = uid()
     store.create_data_keys(ALICE, [nk(u)])
@@ -228,7 +228,7 @@ def test_owner_takes_over_a_policy_left_by_another_party(store: Store) -> None:
     assert policy is not None and policy.owner_party_id == ALICE and policy.rules == (RULE,)
 
 
-def test_certs(store: Store) -> None:
+def test_certs(store: Database) -> None:
     store.register_cert(ALICE, "PEM-A")
     with pytest.raises(CMError) as err:
         store.register_cert(ALICE, "PEM-X")
@@ -237,7 +237,7 @@ def test_certs(store: Store) -> None:
     assert store.registered_key(BOB) is None
 
 
-def test_result_key_lineage_atomic(store: Store) -> None:
+def test_result_key_lineage_atomic(store: Database) -> None:
     a, b, res = uid(), uid(), uid()
     store.create_data_keys(ALICE, [nk(a)])
     store.create_data_keys(BOB, [nk(b)])
@@ -274,7 +274,7 @@ def test_result_key_lineage_atomic(store: Store) -> None:
     assert store.get_policy("s", res) == p and store.get_keys([f"{res}/part2"]) == {}
 
 
-def test_result_key_ancestors_checked_in_the_transaction(store: Store) -> None:
+def test_result_key_ancestors_checked_in_the_transaction(store: Database) -> None:
     a, b = uid(), uid()
     store.create_data_keys(ALICE, [nk(a)])
     store.put_policy(ALICE, "s", a, [RULE])
@@ -294,7 +294,7 @@ def test_result_key_ancestors_checked_in_the_transaction(store: Store) -> None:
     assert store.data_info(res) is None and store.get_keys([res]) == {}
 
 
-def test_result_key_cannot_enter_original_data(store: Store) -> None:
+def test_result_key_cannot_enter_original_data(store: Database) -> None:
     a = uid()
     store.create_data_keys(ALICE, [nk(a)])
     store.put_policy(ALICE, "s", a, [RULE])
@@ -305,12 +305,12 @@ def test_result_key_cannot_enter_original_data(store: Store) -> None:
     assert store.get_keys([f"{a}/result"]) == {}
 
 
-def test_original_owners_missing_record(store: Store) -> None:
+def test_original_owners_missing_record(store: Database) -> None:
     with pytest.raises(CMError, match="has be not stored"):
         store.original_owners(uid())
 
 
-def test_concurrent_first_writers_one_owner(store: Store) -> None:
+def test_concurrent_first_writers_one_owner(store: Database) -> None:
     u = uid()
     outcomes: list[str] = []
 
@@ -333,15 +333,15 @@ def test_concurrent_first_writers_one_owner(store: Store) -> None:
 
 def test_restart_keeps_everything(db_url: str, key: bytes) -> None:
     u = uid()
-    first = Store(db_url, Sealer(key))
-    from trustflow_core.roles.capsule_manager.storage_models import Base
+    first = Database(db_url, Sealer(key))
+    from trustflow_core.roles.capsule_manager.db_models import Base
 
     Base.metadata.drop_all(first._write_engine)
     first.create_schema()
     first.create_data_keys(ALICE, [nk(u, "a2V5MQ==")])
     first.put_policy(ALICE, "default", u, [RULE])
     first.close()
-    second = Store(db_url, Sealer(key))
+    second = Database(db_url, Sealer(key))
     second.create_schema()
     assert second.get_keys([u]) == {u: "a2V5MQ=="}
     p = second.get_policy("default", u)
@@ -349,7 +349,7 @@ def test_restart_keeps_everything(db_url: str, key: bytes) -> None:
     second.close()
 
 
-def test_survives_dropped_server_connections(store: Store, db_url: str) -> None:
+def test_survives_dropped_server_connections(store: Database, db_url: str) -> None:
     """Pooled connections killed by the server (restart, idle timeout) are replaced."""
     if not db_url.startswith("postgresql"):
         pytest.skip("server-side connection kill is exercised on PostgreSQL")

@@ -1,16 +1,16 @@
 """Online client: policy building and each verification failure against a real loopback stack
-(app + RA proxy + gateway from trustflow_core.roles.demo.online)."""
+(app + RA proxy + gateway from trustflow_core.demo.online)."""
 
 from __future__ import annotations
 
 import pytest
 
 from trustflow_core.attestation import Attributes, Policy
+from trustflow_core.demo.online import online_stack, write_app_identity
 from trustflow_core.errors import InvalidInput, VerificationError
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.client.online import OnlineClient, OnlineError
 from trustflow_core.roles.client.policy import build_policy
-from trustflow_core.roles.demo.online import online_stack, write_app_identity
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import ast
 import pytest
 from click.testing import CliRunner
 
-from trustflow_core.roles.demo.commands import demo
+from trustflow_core.demo.commands import demo
 
 
 @pytest.fixture(autouse=True)

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from trustflow_core.capsule import decrypt_file, encrypt_file
 from trustflow_core.cli import build_cli
+from trustflow_core.harness.data_capsule_proxy import running_proxy
 from trustflow_core.identity import self_signed_cert
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.roles.data_capsule_proxy.harness import running_proxy
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
 
 from trustflow_storage_memory.backend import MemoryStorage

@@ -24,6 +24,8 @@ import pytest
 import pytest_asyncio
 from trustflow_core.attestation import Attributes, Policy
 from trustflow_core.capsule import decrypt_file, encrypt_file
+from trustflow_core.demo import teeapp
+from trustflow_core.demo.online import default_gateway_config, write_app_identity
 from trustflow_core.errors import AccessDenied, BackendUnavailable, VerificationError
 from trustflow_core.keyexchange import Resource, ResourceRequest
 from trustflow_core.manager import TrustflowPluginManager, get_plugin_manager
@@ -45,8 +47,6 @@ from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_cr
 from trustflow_core.roles.client.online import OnlineClient
 from trustflow_core.roles.data_capsule_proxy.app import create_app as create_proxy
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
-from trustflow_core.roles.demo import teeapp
-from trustflow_core.roles.demo.online import default_gateway_config, write_app_identity
 from trustflow_core.roles.gateway.server import Gateway
 from trustflow_core.roles.ra_proxy.app import create_app as create_ra_proxy
 from trustflow_core.roles.ra_proxy.settings import RaProxySettings

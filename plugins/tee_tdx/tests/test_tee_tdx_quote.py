@@ -10,8 +10,8 @@ from conftest import expected_tdx, quote_files, read, when
 from trustflow_core.errors import VerificationError
 
 from trustflow_tee_tdx import certs
+from trustflow_tee_tdx.dcap import verify_quote_crypto
 from trustflow_tee_tdx.quote import parse_quote
-from trustflow_tee_tdx.verify import verify_quote_crypto
 
 QUOTES = quote_files()
 

@@ -11,9 +11,9 @@ from trustflow_core.attestation import Attributes, Policy
 from trustflow_core.errors import VerificationError
 
 from trustflow_tee_tdx.collateral import Collateral
+from trustflow_tee_tdx.dcap import verify_quote
 from trustflow_tee_tdx.report import make_report
 from trustflow_tee_tdx.verifier import TdxVerifier
-from trustflow_tee_tdx.verify import verify_quote
 
 EVALUATIONS = evaluations()
 IDS = [f"{name}#{i}" for name, i, _ in EVALUATIONS]

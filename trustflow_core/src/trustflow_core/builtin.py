@@ -1,5 +1,5 @@
 """The core's own plugin: the ``static`` and ``capsule_manager`` key exchanges, the core CLI
-commands and the roles' commands (see :mod:`trustflow_core.roles`)."""
+commands, the roles' commands (see :mod:`trustflow_core.roles`) and ``trustflow demo``."""
 
 from __future__ import annotations
 
@@ -25,10 +25,31 @@ def trustflow_register_key_exchanges(register: Register[type[KeyExchange]]) -> N
 
 @hookimpl
 def trustflow_add_commands(cli: click.Group) -> None:
+    """The core commands, every role's commands and ``trustflow demo``. The command modules
+    import only click and the core; each role's commands refuse to run, in one line naming the
+    ``pip install``, while the extra with its stack is missing."""
+    from .cli import require_extra
     from .cli.attest import attest
     from .cli.util import util
-    from .roles import add_role_commands
+    from .demo import commands as demo
+    from .roles.capsule_manager import commands as capsule_manager
+    from .roles.capsule_manager_client import commands as capsule_manager_client
+    from .roles.client import commands as client
+    from .roles.data_capsule_proxy import commands as data_capsule_proxy
+    from .roles.gateway import commands as gateway
+    from .roles.ra_proxy import commands as ra_proxy
 
     cli.add_command(util)
     cli.add_command(attest)
-    add_role_commands(cli)
+    for module, extra in (
+        (capsule_manager, "capsule-manager"),
+        (capsule_manager_client, "capsule-manager"),
+        (client, "proxy"),
+        (data_capsule_proxy, "data-capsule-proxy"),
+        (demo, "all"),
+        (gateway, "proxy"),
+        (ra_proxy, "proxy"),
+    ):
+        for command in module.COMMANDS:
+            require_extra(command, extra)
+            cli.add_command(command)

@@ -36,17 +36,6 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-#: role package (``trustflow_core.roles.<role>``) -> the extra its commands need
-ROLE_EXTRAS: dict[str, str] = {
-    "capsule_manager": "capsule-manager",
-    "capsule_manager_client": "capsule-manager",
-    "ra_proxy": "proxy",
-    "gateway": "proxy",
-    "client": "proxy",
-    "data_capsule_proxy": "data-capsule-proxy",
-    "demo": "all",
-}
-
 
 def install_command(extra: str) -> str:
     """The ``pip install`` that provides ``extra``."""

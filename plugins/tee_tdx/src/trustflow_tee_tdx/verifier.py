@@ -23,11 +23,11 @@ from typing_extensions import Self
 
 from . import PLATFORM
 from .collateral import Collateral, load_collateral_file
+from .dcap import UNKNOWN, QuoteVerdict, verify_quote, verify_quote_crypto
 from .pccs import PccsClient
 from .quote import TdBody
 from .report import make_report, open_report
 from .tcb import NOT_SUPPORTED, STATUSES
-from .verify import UNKNOWN, QuoteVerdict, verify_quote, verify_quote_crypto
 
 #: TCB statuses accepted unless the ``accepted_tcb_statuses`` setting says otherwise.
 DEFAULT_ACCEPTED = (

@@ -3,6 +3,7 @@ through the ``trustflow_add_commands`` hook."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from dataclasses import asdict
@@ -11,6 +12,7 @@ from typing import Any
 import click
 
 from ..errors import TrustflowError
+from ..extras import missing_extra
 
 HELP = """Trustflow: hand encrypted data to TEE applications and release keys only to
 attested, authorized apps.
@@ -35,6 +37,29 @@ class TrustflowGroup(click.Group):
             return super().invoke(ctx)
         except TrustflowError as exc:
             raise click.ClickException(str(exc)) from exc
+
+
+def require_extra(command: click.Command, extra: str, path: str = "trustflow") -> None:
+    """Make ``command`` and every command below it refuse to run, with one line naming the
+    ``pip install``, while ``extra`` is not installed. ``--help`` is answered before any
+    callback runs, so it keeps working."""
+    path = f"{path} {command.name}"
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            require_extra(sub, extra, path)
+    callback = command.callback
+    if callback is None:
+        return
+    what = f"'{path}'"
+
+    @functools.wraps(callback)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        problem = missing_extra(extra, what)
+        if problem:
+            raise click.ClickException(problem)
+        return callback(*args, **kwargs)
+
+    command.callback = guarded
 
 
 @click.command()

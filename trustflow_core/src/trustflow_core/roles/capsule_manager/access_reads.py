@@ -7,7 +7,7 @@ cost about 300 µs of CPU per request on SQLite; as plain SQL on a pooled DB-API
 25 µs (both measured with the same statements). Everything else in the store stays on
 SQLAlchemy.
 
-The SQL is written for the tables of :mod:`.storage_models` (``tests`` run it on SQLite,
+The SQL is written for the tables of :mod:`.db_models` (``tests`` run it on SQLite,
 PostgreSQL and MariaDB); placeholders follow the driver's paramstyle (``?`` for sqlite3,
 ``%s`` for psycopg and PyMySQL). A pooled connection that the server closed (restart, idle
 timeout) is invalidated and the read is run once more on a fresh one.
@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine
+
+from ...errors import TrustflowError
 
 Row = tuple[Any, ...]
 
@@ -45,7 +47,7 @@ def _statements(placeholder: str, uuid_count: int, uri_count: int) -> tuple[str,
     )
 
 
-class _Disconnected(Exception):
+class _Disconnected(TrustflowError):
     """The pooled connection was dead; it has been invalidated (``__cause__``: the error)."""
 
 

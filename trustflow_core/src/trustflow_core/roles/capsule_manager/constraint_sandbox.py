@@ -28,6 +28,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ...errors import TrustflowError
+
 log = logging.getLogger(__name__)
 
 EVALUATION_BUDGET = 1.0  # seconds per request, all its resources and rules together
@@ -38,7 +40,7 @@ WORKER_NICENESS = 10
 _WORKER_CODE = f"from {__name__} import worker_main; worker_main()"
 
 
-class BudgetExceeded(Exception):
+class BudgetExceeded(TrustflowError):
     """The request's evaluation budget ran out, or no worker could answer: the rule fails."""
 
 

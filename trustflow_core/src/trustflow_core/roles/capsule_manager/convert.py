@@ -8,8 +8,8 @@ import binascii
 
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ..capsule_manager_protocol.errors import CMError, Kind
+from .database import StoredPolicy
 from .policy import OpConstraint, Rule
-from .storage import StoredPolicy
 
 
 def rule_from_pb(msg: cm_pb2.Rule) -> Rule:

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Table
 from sqlalchemy.orm import Session
 
-from .storage_models import SCHEMA_VERSION, Meta, RequestRow
+from ...errors import TrustflowError
+from .db_models import SCHEMA_VERSION, Meta, RequestRow
 
 
-class SchemaMismatch(Exception):
+class SchemaMismatch(TrustflowError):
     """The database was created by an incompatible (unknown or newer) version."""
 
 

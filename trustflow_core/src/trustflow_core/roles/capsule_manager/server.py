@@ -26,12 +26,12 @@ from ...registry import (
     verifier_for_platform,
 )
 from ..capsule_manager_protocol.errors import CMError
-from . import identity_keys, port_claim, private_files, storage_url
+from . import database_url, identity_keys, port_claim, private_files
+from .database import Database
 from .envelope import Envelopes
 from .sealing import Sealer, load_or_create_key
 from .service import CapsuleManagerService
 from .settings import CMSettings
-from .storage import Store
 
 log = logging.getLogger(__name__)
 NO_ATTESTER = ("none", "")
@@ -62,7 +62,7 @@ class CapsuleManager:
         self._claim: socket.socket | None = None
         self.pm = pm if pm is not None else get_plugin_manager()
         self.server: grpc.aio.Server | None = None
-        self.store: Store | None = None
+        self.store: Database | None = None
         self.port: int | None = None
         self._verifiers: dict[str, Verifier] = {}
 
@@ -109,8 +109,8 @@ class CapsuleManager:
         if self.sharing != "worker" and s.port:
             port_claim.check_free(s.host, s.port)  # fail before any work; bind decides below
         key_file, cert_file, storage_key_file = s.key_paths
-        url = storage_url.parse(s.db_url)
-        database = storage_url.sqlite_file(url)
+        url = database_url.parse(s.db_url)
+        database = database_url.sqlite_file(url)
         await asyncio.to_thread(
             private_files.secure, s.data_dir, (key_file, storage_key_file), database
         )
@@ -118,19 +118,19 @@ class CapsuleManager:
         log.debug("identity %s from %s and %s", identity.party_id, key_file, cert_file)
         storage_key = await asyncio.to_thread(load_or_create_key, storage_key_file)
         log.debug("storage key from %s", storage_key_file)
-        shown = storage_url.redact(s.db_url, s.db_url)
+        shown = database_url.redact(s.db_url, s.db_url)
         try:
-            self.store = Store(s.db_url, Sealer(storage_key))
+            self.store = Database(s.db_url, Sealer(storage_key))
             await asyncio.to_thread(self.store.create_schema)
         except CMError as exc:
-            detail = storage_url.redact(exc.detail, s.db_url)
+            detail = database_url.redact(exc.detail, s.db_url)
             raise BackendUnavailable(f"storage {shown}: {detail}") from None
         except ImportError as exc:
-            hint = storage_url.missing_driver(url, exc)
+            hint = database_url.missing_driver(url, exc)
             raise BackendUnavailable(f"storage {shown} is not usable: {hint}") from None
         except SQLAlchemyError as exc:
             detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            detail = storage_url.redact(detail, s.db_url)
+            detail = database_url.redact(detail, s.db_url)
             raise BackendUnavailable(f"storage {shown} is not usable: {detail}") from None
         log.debug("storage %r ready", self.store)
         self.identity = identity

@@ -40,6 +40,7 @@ from ..capsule_manager_protocol.reports import report_from_pb, report_to_pb
 from ..capsule_manager_protocol.votes import verify_export_certificate
 from .constraint_sandbox import Budget
 from .convert import check_data_key_b64, policy_to_pb, rule_from_pb
+from .database import Database, NewKey
 from .envelope import Envelopes, OpenedRequest, error_status, ok_status, recipient_from_cert_pem
 from .identity_keys import CMIdentity
 from .policy import (
@@ -51,7 +52,6 @@ from .policy import (
     releases_to_app,
 )
 from .resource_uri import parse_resource_uri
-from .storage import NewKey, Store
 
 log = logging.getLogger(__name__)
 monitor = logging.getLogger("trustflow.capsule_manager.monitor")
@@ -134,7 +134,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
     def __init__(
         self,
         *,
-        store: Store,
+        store: Database,
         envelopes: Envelopes,
         identity: CMIdentity,
         attester: Attester | None,

@@ -94,7 +94,7 @@ class CMSettings:
     envelope_channel: str = "jwe"
 
     def __repr__(self) -> str:  # the storage URL's password never shows
-        from .storage_url import redact
+        from .database_url import redact
 
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         if self.storage_url:

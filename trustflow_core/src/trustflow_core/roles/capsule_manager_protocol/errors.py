@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import enum
 
+from ...errors import TrustflowError
+
 
 class Kind(enum.Enum):
     """Error kinds: ``(status code, kind text)``."""
@@ -35,7 +37,7 @@ class Kind(enum.Enum):
         return self.value[1]
 
 
-class CMError(Exception):
+class CMError(TrustflowError):
     """A refusal with its kind and a detail meant for the client (never secrets)."""
 
     def __init__(self, kind: Kind, detail: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import CMError, Kind
 
-#: The longest ``jti`` accepted (the width of the stored column, storage_models.JTI_LEN).
+#: The longest ``jti`` accepted (the width of the stored column, db_models.JTI_LEN).
 MAX_JTI_CHARS = 128
 
 

@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import TrustflowError
+
 MODES = ("off", "optional", "required")
 DEFAULT_MODE = "optional"
 DEFAULT_WINDOW = 300.0
@@ -55,7 +57,7 @@ class FreshnessConfig:
 DEFAULT_FRESHNESS = FreshnessConfig()
 
 
-class NotFresh(Exception):
+class NotFresh(TrustflowError):
     """The envelope is refused; ``status`` is the HTTP status, ``str()`` the client message."""
 
     def __init__(self, message: str, status: int = 400) -> None:

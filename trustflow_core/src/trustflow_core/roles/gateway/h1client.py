@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
 
+from ...errors import TrustflowError
 from .config import Address
 
 MAX_HEAD = 64 * 1024
 CHUNK = 64 * 1024
 
 
-class UpstreamError(Exception):
+class UpstreamError(TrustflowError):
     """The upstream could not be used (refused, reset, malformed reply)."""
 
 

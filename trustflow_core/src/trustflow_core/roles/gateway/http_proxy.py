@@ -30,6 +30,7 @@ from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ...errors import TrustflowError
 from .config import Cluster, GatewayConfig, Listener
 from .guard import MAX_DEFAULT_CONNECTIONS, HttpGuard
 from .h1client import UpstreamConnectTimeout, UpstreamError, UpstreamResponse, UpstreamTimeout
@@ -79,15 +80,15 @@ def _forward_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> list[
     return [(k, v) for k, v in headers.items() if k.lower() not in drop]
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(TrustflowError):
     pass
 
 
-class BodyTimeout(Exception):
+class BodyTimeout(TrustflowError):
     """The client stopped sending its request body."""
 
 
-class ClientGone(Exception):
+class ClientGone(TrustflowError):
     """The client closed the connection before its request body was complete."""
 
 

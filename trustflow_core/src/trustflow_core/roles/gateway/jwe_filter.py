@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from ...channel import EnvelopeChannel, Jwe
-from ...errors import EnvelopeError, InvalidInput
+from ...errors import EnvelopeError, InvalidInput, TrustflowError
 from ...jose import MalformedInput, decode_header, loads
 from .config import JweFilterConfig
 from .freshness import DEFAULT_FRESHNESS, FreshnessConfig, NotFresh, ReplayGuard
@@ -59,7 +59,7 @@ MEMBERS = {
 _FIRST_KEY = re.compile(rb'\s*\{\s*"([a-z_]{1,20})"')
 
 
-class EnvelopeRejected(Exception):
+class EnvelopeRejected(TrustflowError):
     """The request carried an envelope we will not forward; ``str()`` is the client message,
     ``status`` the HTTP status."""
 

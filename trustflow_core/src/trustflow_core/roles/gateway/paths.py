@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
+from ...errors import TrustflowError
 
-class BadTarget(ValueError):
+
+class BadTarget(TrustflowError, ValueError):
     """The request target is not a normal origin-form path; ``str()`` is the client message."""
 
 

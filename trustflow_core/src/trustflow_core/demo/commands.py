@@ -42,7 +42,7 @@ def offline(s3: bool, quiet: bool) -> None:
     registered with lineage; the grantee fetches and decrypts it."""
     import asyncio
 
-    from ..data_capsule_proxy.demo import run_offline
+    from .offline import run_offline
 
     def say(text: str) -> None:
         if not quiet:
@@ -63,7 +63,7 @@ def interact(quiet: bool) -> None:
 
     import aiohttp
 
-    from ...errors import TrustflowError
+    from ..errors import TrustflowError
     from .interact import run_interact
 
     def say(text: str) -> None:

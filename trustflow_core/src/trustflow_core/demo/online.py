@@ -17,15 +17,15 @@ from typing import Any
 
 from aiohttp import web
 
-from ...attestation import Policy
-from ...fileio import atomic_write_bytes
-from ...manager import TrustflowPluginManager, get_plugin_manager
-from .._server import start_site
-from ..client.online import OnlineClient, Reply
-from ..gateway.config import Address, Cluster, GatewayConfig, JweFilterConfig, Listener, Route
-from ..gateway.server import Gateway
-from ..ra_proxy.app import create_app as create_ra_proxy
-from ..ra_proxy.settings import RaProxySettings
+from ..attestation import Policy
+from ..fileio import atomic_write_bytes
+from ..manager import TrustflowPluginManager, get_plugin_manager
+from ..roles._server import start_site
+from ..roles.client.online import OnlineClient, Reply
+from ..roles.gateway.config import Address, Cluster, GatewayConfig, JweFilterConfig, Listener, Route
+from ..roles.gateway.server import Gateway
+from ..roles.ra_proxy.app import create_app as create_ra_proxy
+from ..roles.ra_proxy.settings import RaProxySettings
 from . import teeapp
 
 LOOPBACK = "127.0.0.1"
@@ -36,7 +36,7 @@ ConfigFactory = Callable[[Path, int, int], GatewayConfig]
 def write_app_identity(directory: Path, name: str = "app") -> tuple[Path, Path]:
     """A fresh RSA-3072 key (``<name>.key``, mode 0600) and self-signed certificate
     (``<name>.crt``) in ``directory``; returns (cert path, key path)."""
-    from ...cli.util import generate_self_signed
+    from ..cli.util import generate_self_signed
 
     key_pem, cert_pem, _ = generate_self_signed(days=1)
     key_path, cert_path = directory / f"{name}.key", directory / f"{name}.crt"

@@ -1,4 +1,4 @@
-"""The Capsule Manager's transactional store (SQLAlchemy 2, synchronous; call it from a thread).
+"""The Capsule Manager's SQL database: the transactional store of keys, policies and requests
 
 URLs: ``sqlite:///<data dir>/cm.db`` (default), ``postgresql+psycopg://...``,
 ``mysql+pymysql://...``. The schema is created on start. Every mutating method runs in ONE
@@ -17,7 +17,7 @@ docs/compat.md#create-keys-atomic):
   it; nobody else may store or delete its keys, nor create, change or delete its policies;
 * a result is registered once, under a new data_uuid, with ancestors whose policies release
   them to the registering app; its key is stored together with its derived policy, or not
-  at all (:meth:`Store.create_result_key`).
+  at all (:meth:`Database.create_result_key`).
 """
 
 from __future__ import annotations
@@ -51,10 +51,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from .access_reads import read_access_rows
-from .migrations import SchemaMismatch, migrate
-from .policy import Rule
-from .sealing import Sealer
-from .storage_models import (
+from .db_models import (
     SCHEMA_VERSION,
     Base,
     Cert,
@@ -65,6 +62,9 @@ from .storage_models import (
     RequestRow,
     RuleRow,
 )
+from .migrations import SchemaMismatch, migrate
+from .policy import Rule
+from .sealing import Sealer
 from .writer_lock import WriterLock
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def _is_retryable(exc: DBAPIError) -> bool:
     )
 
 
-class Store:
+class Database:
     """All persistent Capsule Manager state. Thread-safe; methods block (use a thread)."""
 
     def __init__(self, url: str, sealer: Sealer, *, pool_size: int = 16) -> None:
@@ -162,7 +162,7 @@ class Store:
         self._read = sessionmaker(self._read_engine, expire_on_commit=False)
 
     def __repr__(self) -> str:
-        return f"Store({self._write_engine.url.render_as_string(hide_password=True)!r})"
+        return f"Database({self._write_engine.url.render_as_string(hide_password=True)!r})"
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -696,7 +696,7 @@ def _retry_dead_connection(fn: Callable[[], T]) -> T:
 
 
 class SealedKeys:
-    """Sealed data keys read by :meth:`Store.access_view`."""
+    """Sealed data keys read by :meth:`Database.access_view`."""
 
     def __init__(self, sealer: Sealer, rows: dict[str, tuple[bytes, bytes]]) -> None:
         self._sealer = sealer

@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from ...manager import TrustflowPluginManager
-from .._server import start_site
-from .app import create_app
-from .settings import DataCapsuleProxySettings
+from ..manager import TrustflowPluginManager
+from ..roles._server import start_site
+from ..roles.data_capsule_proxy.app import create_app
+from ..roles.data_capsule_proxy.settings import DataCapsuleProxySettings
 
 
 @contextlib.asynccontextmanager

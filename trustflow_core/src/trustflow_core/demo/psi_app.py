@@ -6,7 +6,7 @@ so the file runs on its own in an app image without trustflow installed. It is t
 
     python psi_app.py --proxy http://127.0.0.1:50003 \\
         --data /shared/data [--cm-endpoint HOST:PORT] [--s3-config JSON]
-    python -m trustflow_core.roles.data_capsule_proxy.psi_app ...   # the same, installed
+    python -m trustflow_core.demo.psi_app ...   # the same, installed
 
 Without ``--s3-config`` the inputs are ``<data>/alice.csv.enc`` and ``<data>/bob.csv.enc`` and
 the result is ``<data>/join.csv.enc``; with it, the inputs are ``inputs/<party>.csv.enc`` and the

@@ -30,10 +30,10 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from ...manager import TrustflowPluginManager, get_plugin_manager
-from .._server import start_site
-from ..gateway.config import Address, Cluster, GatewayConfig, Listener
-from ..gateway.server import Gateway
+from ..manager import TrustflowPluginManager, get_plugin_manager
+from ..roles._server import start_site
+from ..roles.gateway.config import Address, Cluster, GatewayConfig, Listener
+from ..roles.gateway.server import Gateway
 from . import interact_app
 
 LOOPBACK = "127.0.0.1"
@@ -121,8 +121,8 @@ def gateway_config(
 
 
 async def _register(target: str, owner: Any, grantees: list[str]) -> None:
-    from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
-    from ..capsule_manager_client.client import CapsuleManagerClient
+    from ..proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
+    from ..roles.capsule_manager_client.client import CapsuleManagerClient
 
     async with CapsuleManagerClient(target) as cms:
         await cms.create_data_keys(owner, [(DATA, base64.b64encode(os.urandom(16)).decode())])
@@ -142,9 +142,9 @@ async def outsider_attempt(port: int, pm: TrustflowPluginManager) -> str:
     behind the ingress answered."""
     import datetime
 
-    from ...registry import TRANSPORT_CHANNEL, backend_class
-    from ...tls_asset import issue_group_asset
-    from ..capsule_manager_client.keyexchange import ephemeral_credentials
+    from ..registry import TRANSPORT_CHANNEL, backend_class
+    from ..roles.capsule_manager_client.keyexchange import ephemeral_credentials
+    from ..tls_asset import issue_group_asset
 
     asset = issue_group_asset(
         os.urandom(32),
@@ -204,12 +204,12 @@ async def run_interact(
     if work is None:
         with tempfile.TemporaryDirectory(prefix="trustflow-interact-") as tmp:
             return await run_interact(work=Path(tmp), say=say)
-    from ...tls_asset import load_tls_asset
-    from ..capsule_manager_client.keyexchange import ephemeral_credentials
-    from ..data_capsule_proxy.cm_init import load_cm_init
-    from ..data_capsule_proxy.demo import _capsule_manager, _write_identity
-    from ..data_capsule_proxy.harness import running_proxy
-    from ..data_capsule_proxy.settings import DataCapsuleProxySettings
+    from ..harness.data_capsule_proxy import running_proxy
+    from ..roles.capsule_manager_client.keyexchange import ephemeral_credentials
+    from ..roles.data_capsule_proxy.cm_init import load_cm_init
+    from ..roles.data_capsule_proxy.settings import DataCapsuleProxySettings
+    from ..tls_asset import load_tls_asset
+    from .offline import _capsule_manager, _write_identity
 
     pm = get_plugin_manager()
     platform_key = work / "sim_platform_key.pem"

@@ -28,12 +28,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from ... import capsule
-from ...keyexchange import Resource, ResourceRequest
-from ...manager import get_plugin_manager
-from ...registry import ATTESTER, backend_class
-from .harness import running_proxy
-from .settings import DataCapsuleProxySettings
+from .. import capsule
+from ..harness.data_capsule_proxy import running_proxy
+from ..keyexchange import Resource, ResourceRequest
+from ..manager import get_plugin_manager
+from ..registry import ATTESTER, backend_class
+from ..roles.data_capsule_proxy.settings import DataCapsuleProxySettings
 
 SCOPE = "default"
 OPS = ("psi", "train_test_split", "xgb_train")
@@ -96,8 +96,8 @@ def _moto() -> Iterator[str]:
 
 @contextlib.asynccontextmanager
 async def _capsule_manager(work: Path, platform_key: Path, pm: Any) -> AsyncIterator[str]:
-    from ..capsule_manager.server import CapsuleManager
-    from ..capsule_manager.settings import CMSettings
+    from ..roles.capsule_manager.server import CapsuleManager
+    from ..roles.capsule_manager.settings import CMSettings
 
     settings = CMSettings(
         port=0,
@@ -134,9 +134,9 @@ async def run_offline(
 async def _run(
     work: Path, s3_endpoint: str | None, say: Callable[[str], None], result_format: str
 ) -> OfflineResult:
-    from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
-    from ..capsule_manager_client.client import CapsuleManagerClient
-    from ..capsule_manager_client.keyexchange import (
+    from ..proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
+    from ..roles.capsule_manager_client.client import CapsuleManagerClient
+    from ..roles.capsule_manager_client.keyexchange import (
         CapsuleManagerKeyExchange,
         ephemeral_credentials,
     )

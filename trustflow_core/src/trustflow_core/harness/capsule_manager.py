@@ -7,8 +7,8 @@ import asyncio
 import threading
 from typing import Any
 
-from .server import CapsuleManager
-from .settings import CMSettings
+from ..roles.capsule_manager.server import CapsuleManager
+from ..roles.capsule_manager.settings import CMSettings
 
 
 class BackgroundCapsuleManager:

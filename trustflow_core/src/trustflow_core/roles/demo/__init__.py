@@ -1,1 +1,0 @@
-"""``trustflow demo``: end-to-end scenarios on loopback with temporary keys."""
