@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from trustflow_core.capsule import decrypt_file, encrypt_file
 from trustflow_core.capsule.v2 import MAGIC
 from trustflow_core.identity import self_signed_cert

@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from trustflow_core.attestation import Policy
 from trustflow_core.errors import EnvelopeError, VerificationError
 from trustflow_core.manager import get_plugin_manager
@@ -39,7 +40,7 @@ from trustflow_core.roles.gateway.config import load_config
 
 pytestmark = pytest.mark.asyncio
 
-ENVOY_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "envoy"
+ENVOY_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "envoy"
 ENVOY_SAMPLE = Path(os.environ.get("TRUSTFLOW_ENVOY_SAMPLES", ENVOY_SAMPLE)) / "online-envoy.yml"
 ALLOW_SIM = Policy(allow_simulation=True)
 

@@ -14,6 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
 from trustflow_core.attestation import Policy, Report, ra_user_data
 from trustflow_core.errors import VerificationError
 from trustflow_core.identity import self_signed_cert

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "examples" / "online" / "demo_http_server.py"
 ENVOY_SAMPLE = (
     Path(os.environ.get("TRUSTFLOW_ENVOY_SAMPLES", REPO.parent / "shared" / "testdata" / "envoy"))

@@ -19,7 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_integration_offline_proxy import make_cert
+from test_core_offline_proxy import make_cert
+
 from trustflow_core.roles.data_capsule_proxy.paths import STAGE_PREFIX
 
 TRUSTFLOW = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"

@@ -12,8 +12,9 @@ import json
 import subprocess
 import sys
 
-from test_integration_offline_proxy import make_cert
-from test_integration_offline_proxy_cli import free_port, start, stop
+from test_core_offline_proxy import make_cert
+from test_core_offline_proxy_cli import free_port, start, stop
+
 from trustflow_core.capsule import decrypt_file
 
 APP = r"""

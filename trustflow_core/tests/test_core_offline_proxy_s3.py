@@ -16,7 +16,8 @@ import aiohttp
 import boto3
 import pytest
 import pytest_asyncio
-from test_integration_offline_proxy import GET, PUT, make_cert
+from test_core_offline_proxy import GET, PUT, make_cert
+
 from trustflow_core.capsule import open_reader
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.data_capsule_proxy.harness import running_proxy

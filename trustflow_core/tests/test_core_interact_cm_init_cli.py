@@ -16,7 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from test_integration_interact_cm_init import cm_init_file, identity, world  # noqa: F401
+from test_core_interact_cm_init import cm_init_file, identity, world  # noqa: F401
+
 from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 from trustflow_core.tls_asset import load_tls_asset
 

@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_integration_offline_psi import expected_join
+from test_core_offline_psi import expected_join
+
 from trustflow_core.capsule.v2 import MAGIC
 from trustflow_core.roles.data_capsule_proxy import psi_app
 from trustflow_core.roles.data_capsule_proxy.demo import run_offline, sample_tables
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "offline"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from trustflow_core.attestation import ra_user_data
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
@@ -323,6 +324,7 @@ def assert_refused(cm: CM, port: int, reason: str) -> None:
 async def ra_certs(target: str, connections: int) -> set[str]:
     """GetRaCert over ``connections`` separate connections; the certificates seen."""
     import grpc
+
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
         capsule_manager_pb2_grpc as cm_grpc,
     )

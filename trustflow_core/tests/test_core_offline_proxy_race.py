@@ -9,7 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_integration_offline_proxy import GET, PUT, pm, post, proxy, world  # noqa: F401
+from test_core_offline_proxy import GET, PUT, pm, post, proxy, world  # noqa: F401
+
 from trustflow_core.testing.races import exchanging
 
 pytestmark = pytest.mark.asyncio

@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_integration_interact_cm_init import settings_for, start, world  # noqa: F401
+from test_core_interact_cm_init import settings_for, start, world  # noqa: F401
+
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.data_capsule_proxy.cm_init import load_cm_init
 from trustflow_core.roles.gateway.config import load_config
 from trustflow_core.roles.gateway.server import Gateway
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "interact"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "interact"
 # the example's loopback ports: party -> (app, ingress, egress)
 PORTS = {"bob": (8000, 30001, 31001), "carol": (8001, 40001, 41001)}
 PEER = {"bob": "carol", "carol": "bob"}

@@ -6,7 +6,8 @@ import csv
 import io
 
 import pytest
-from test_integration_offline_psi import expected_join
+from test_core_offline_psi import expected_join
+
 from trustflow_core.roles.data_capsule_proxy.demo import run_offline, sample_tables
 
 pytestmark = pytest.mark.asyncio
