@@ -29,6 +29,7 @@ from trustflow_core.roles.capsule_manager_client.client import (
 )
 from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
+from trustflow_core.testing.fixtures import free_port
 from trustflow_core.wire import serialize_canonical
 
 TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
@@ -274,14 +275,6 @@ def test_existing_lax_data_dir_is_tightened_on_start(
 
 
 # ---- finding 14: one Capsule Manager per port; --workers share it only among themselves ---
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def listening_pids(port: int, pids: list[int]) -> set[int]:

@@ -15,13 +15,12 @@ from trustflow_core.capsule.v2 import MAGIC
 from trustflow_core.roles.data_capsule_proxy import psi_app
 from trustflow_core.roles.data_capsule_proxy.demo import run_offline, sample_tables
 
+pytestmark = [
+    pytest.mark.plugins("channel_jwe", "tee_sim", "storage_local", "storage_oss"),
+    pytest.mark.usefixtures("plugin_env"),
+]
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
-
-
-@pytest.fixture(autouse=True)
-def plugins(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_sim,storage_local,storage_oss")
-    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
 
 
 def test_offline_example_is_the_demo_app():
