@@ -52,7 +52,7 @@ def plugin_env(
         return False
     if marker.args:
         monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", ",".join(marker.args))
-    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
+    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "simulated-platform"))
     return True
 
 
