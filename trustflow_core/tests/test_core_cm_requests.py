@@ -46,11 +46,6 @@ def uid() -> str:
 
 
 @pytest.fixture
-def key() -> bytes:
-    return os.urandom(32)
-
-
-@pytest.fixture
 def store(db_url: str, key: bytes) -> Iterator[Database]:
     s = Database(db_url, Sealer(key))
     Base.metadata.drop_all(s._write_engine)

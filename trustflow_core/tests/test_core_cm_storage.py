@@ -21,11 +21,6 @@ ALICE, BOB = "A" * 52, "B" * 52
 
 
 @pytest.fixture
-def key() -> bytes:
-    return os.urandom(32)
-
-
-@pytest.fixture
 def store(db_url: str, key: bytes) -> Iterator[Database]:
     # each test gets an empty schema
     s = Database(db_url, Sealer(key))

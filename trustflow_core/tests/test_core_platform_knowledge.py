@@ -16,7 +16,6 @@ import pytest
 from trustflow_core import hookimpl
 from trustflow_core.attestation import Attester, Attributes, Evidence, Report, Verifier
 from trustflow_core.errors import PluginError
-from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import (
     ATTESTER,
     VERIFIER,
@@ -84,11 +83,6 @@ def _plugin(attesters: tuple[type, ...] = (), verifiers: tuple[type, ...] = ()) 
     module.trustflow_register_attesters = trustflow_register_attesters
     module.trustflow_register_verifiers = trustflow_register_verifiers
     return module
-
-
-@pytest.fixture
-def pm():
-    return get_plugin_manager(load_entrypoints=False)
 
 
 # ---- the declarations -------------------------------------------------------------------------

@@ -70,11 +70,6 @@ def _plugin(modname: str, *, attesters=(), verifiers=()):
     return module
 
 
-@pytest.fixture
-def pm():
-    return get_plugin_manager(load_entrypoints=False)
-
-
 def test_backends_are_collected_from_every_plugin(pm):
     pm.register(_plugin("p1", attesters=[_attester("aaa")]), name="p1")
     pm.register(_plugin("p2", attesters=[_attester("bbb")]), name="p2")

@@ -8,21 +8,15 @@ import pytest
 from trustflow_core.attestation import Attributes, Policy
 from trustflow_core.demo.online import online_stack, write_app_identity
 from trustflow_core.errors import InvalidInput, VerificationError
-from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.client.online import OnlineClient, OnlineError
 from trustflow_core.roles.client.policy import build_policy
+
+pytestmark = pytest.mark.plugins("tee_sim", "channel_jwe")
 
 
 @pytest.fixture(scope="module")
 def identity(tmp_path_factory):
     return write_app_identity(tmp_path_factory.mktemp("deploy"))
-
-
-@pytest.fixture
-def pm(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
-    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "tee_sim,channel_jwe")
-    return get_plugin_manager()
 
 
 def test_build_policy_adds_options_to_every_entry():

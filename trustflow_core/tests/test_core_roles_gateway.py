@@ -31,6 +31,8 @@ from trustflow_core.roles.gateway.config import load_config, parse_config
 from trustflow_core.roles.gateway.jwe_filter import EnvelopeRejected, choose_profile, classify
 from trustflow_core.roles.gateway.server import Gateway
 
+pytestmark = pytest.mark.plugins("tee_sim", "channel_jwe")
+
 ENVOY_DIR = Path(os.environ.get("TRUSTFLOW_ENVOY_SAMPLES", "/work/shared/testdata/envoy"))
 if not (ENVOY_DIR / "online-envoy.yml").is_file():  # next to the repository, wherever it is
     ENVOY_DIR = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "envoy"
@@ -55,12 +57,6 @@ def identity(tmp_path_factory):
         )
     )
     return directory, key
-
-
-@pytest.fixture
-def pm(monkeypatch):
-    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "tee_sim,channel_jwe")
-    return get_plugin_manager()
 
 
 # ---- configuration -----------------------------------------------------------------------------

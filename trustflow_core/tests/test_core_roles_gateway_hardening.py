@@ -27,9 +27,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from trustflow_core.identity import self_signed_cert
-from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.gateway.config import parse_config
 from trustflow_core.roles.gateway.server import Gateway
+from trustflow_core.testing.fixtures import free_port
+
+pytestmark = pytest.mark.plugins("tee_sim", "channel_jwe")
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +49,6 @@ def deploy(tmp_path_factory):
         )
     )
     return directory, key
-
-
-@pytest.fixture
-def pm(monkeypatch):
-    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "tee_sim,channel_jwe")
-    return get_plugin_manager()
 
 
 class NormalisingApp:
@@ -104,12 +100,6 @@ class NormalisingApp:
             pass
         finally:
             writer.close()
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens there after close
 
 
 @contextlib.asynccontextmanager

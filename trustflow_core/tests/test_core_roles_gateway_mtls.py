@@ -10,7 +10,6 @@ import contextlib
 import datetime
 import logging
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -26,12 +25,14 @@ from cryptography.x509.oid import NameOID
 
 from trustflow_core.errors import InvalidInput, UnsupportedOperation, VerificationError
 from trustflow_core.keyexchange import TlsAsset
-from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import TRANSPORT_CHANNEL, backend_class
 from trustflow_core.roles.gateway.config import GatewayConfig, load_config, parse_config
 from trustflow_core.roles.gateway.server import Gateway
+from trustflow_core.testing.fixtures import free_port
 from trustflow_core.testing.transport import flip_pem_byte, impostor_asset, raw_context
 from trustflow_core.tls_asset import issue_group_asset, write_tls_asset
+
+pytestmark = pytest.mark.plugins("channel_mtls")
 
 ENVOY_DIR = Path(os.environ.get("TRUSTFLOW_ENVOY_SAMPLES", "/work/shared/testdata/envoy"))
 if not (ENVOY_DIR / "interact-bob-envoy.yml").is_file():
@@ -61,18 +62,6 @@ def install(tls: TlsAsset, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     write_tls_asset(tls, directory / "tls.crt", directory / "tls.key")
     return directory
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def pm(monkeypatch):
-    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_mtls")
-    return get_plugin_manager()
 
 
 @pytest.fixture(scope="module")

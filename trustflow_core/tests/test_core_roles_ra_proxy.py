@@ -23,7 +23,7 @@ from trustflow_core.roles._server import start_site
 from trustflow_core.roles.ra_proxy.app import create_app
 from trustflow_core.roles.ra_proxy.settings import RaProxySettings
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.plugins("tee_sim", "channel_jwe")]
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +31,6 @@ def cert_pem() -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cert = self_signed_cert(key, "carol", backdate=datetime.timedelta(days=1))
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-@pytest.fixture
-def pm(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
-    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "tee_sim,channel_jwe")
-    return get_plugin_manager()
 
 
 @pytest.fixture

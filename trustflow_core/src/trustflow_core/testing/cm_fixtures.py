@@ -8,6 +8,7 @@
 * ``db_url`` (module scope) — a throw-away database URL, once per backend of
   :data:`~trustflow_core.testing.databases.BACKENDS` (SQLite file, the machine's
   PostgreSQL and MariaDB on 127.0.0.1).
+* ``key`` — a fresh 32-byte sealing key for a CM store.
 """
 
 from __future__ import annotations
@@ -39,3 +40,8 @@ def db_url(
 ) -> Iterator[str]:
     with throwaway_database(request.param, tmp_path_factory.mktemp("db")) as url:
         yield url
+
+
+@pytest.fixture
+def key() -> bytes:
+    return os.urandom(32)

@@ -2,7 +2,13 @@
 
     pytest_plugins = ["trustflow_core.testing.fixtures"]
 
-* ``pm`` — a fresh plugin manager with only the core plugin (no entry points).
+* ``pm`` — a fresh plugin manager: only the core plugin (no entry points), unless the test
+  (or its module, through ``pytestmark``) carries ``@pytest.mark.plugins(*names)``: then the
+  installed entry points (only ``names`` when given, through ``TRUSTFLOW_LOAD_PLUGINS``) with
+  a private ``TRUSTFLOW_SIM_DIR``.
+* ``plugin_env`` — sets that environment for a ``plugins`` marker without building a manager
+  (for code under test that builds its own, e.g. a demo or a subprocess).
+* :func:`free_port` — a free TCP port on 127.0.0.1 (for a server started in another process).
 * ``compat_dir`` — the upstream compatibility vectors directory (:func:`compat_vectors_dir`).
   The vectors are required: when they cannot be found, tests using them fail, never skip.
 * ``compat_manifest`` — its parsed ``manifest.json`` (a fresh copy per test).
@@ -13,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +31,42 @@ COMPAT_ENV = "TRUSTFLOW_COMPAT_DIR"
 COMPAT_RELATIVE = Path("shared", "testdata", "compat")
 
 
+PLUGINS_MARKER = "plugins"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{PLUGINS_MARKER}(*names): the ``pm`` and ``plugin_env`` fixtures load the installed "
+        "plugins (only these names when given) with a private TRUSTFLOW_SIM_DIR",
+    )
+
+
 @pytest.fixture
-def pm() -> TrustflowPluginManager:
-    return get_plugin_manager(load_entrypoints=False)
+def plugin_env(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> bool:
+    """Apply the test's ``plugins`` marker to the environment; whether it has one."""
+    marker = request.node.get_closest_marker(PLUGINS_MARKER)
+    if marker is None:
+        return False
+    if marker.args:
+        monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", ",".join(marker.args))
+    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "simulated-platform"))
+    return True
+
+
+@pytest.fixture
+def pm(plugin_env: bool) -> TrustflowPluginManager:
+    return get_plugin_manager(load_entrypoints=plugin_env)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the caller binds it in another
+    process or server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def find_compat_dir(*starts: Path) -> Path | None:

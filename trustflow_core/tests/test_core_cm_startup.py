@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from trustflow_core.attestation import ra_user_data
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
@@ -28,6 +29,7 @@ from trustflow_core.roles.capsule_manager_client.client import (
 )
 from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
+from trustflow_core.testing.fixtures import free_port
 from trustflow_core.wire import serialize_canonical
 
 TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
@@ -275,14 +277,6 @@ def test_existing_lax_data_dir_is_tightened_on_start(
 # ---- finding 14: one Capsule Manager per port; --workers share it only among themselves ---
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def listening_pids(port: int, pids: list[int]) -> set[int]:
     """Which of ``pids`` hold a socket listening on TCP ``port`` (Linux /proc)."""
     inodes = set()
@@ -323,6 +317,7 @@ def assert_refused(cm: CM, port: int, reason: str) -> None:
 async def ra_certs(target: str, connections: int) -> set[str]:
     """GetRaCert over ``connections`` separate connections; the certificates seen."""
     import grpc
+
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
         capsule_manager_pb2_grpc as cm_grpc,
     )

@@ -29,17 +29,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from trustflow_core.attestation import Policy
 from trustflow_core.demo.online import online_stack, write_app_identity
 from trustflow_core.errors import EnvelopeError, VerificationError
-from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles._server import start_site
 from trustflow_core.roles.client.online import OnlineClient
 from trustflow_core.roles.gateway.config import load_config
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.plugins("tee_sim", "channel_jwe")]
 
-ENVOY_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "envoy"
+ENVOY_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "envoy"
 ENVOY_SAMPLE = Path(os.environ.get("TRUSTFLOW_ENVOY_SAMPLES", ENVOY_SAMPLE)) / "online-envoy.yml"
 ALLOW_SIM = Policy(allow_simulation=True)
 
@@ -77,13 +77,6 @@ def deploy(tmp_path_factory):
     directory = tmp_path_factory.mktemp("deploy")
     write_app_identity(directory, "carol")
     return directory
-
-
-@pytest.fixture
-def pm(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
-    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "tee_sim,channel_jwe")
-    return get_plugin_manager()
 
 
 def envoy_config(deploy: Path, **overrides):

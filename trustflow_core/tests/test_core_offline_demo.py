@@ -6,16 +6,15 @@ import csv
 import io
 
 import pytest
-from test_integration_offline_psi import expected_join
+from test_core_offline_psi import expected_join
+
 from trustflow_core.demo.offline import run_offline, sample_tables
 
-pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture(autouse=True)
-def plugins(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_sim,storage_local,storage_oss")
-    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.plugins("channel_jwe", "tee_sim", "storage_local", "storage_oss"),
+    pytest.mark.usefixtures("plugin_env"),
+]
 
 
 @pytest.mark.parametrize("s3", [False, True], ids=["local", "s3"])

@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator
 
 import pytest
+
 from trustflow_core.capsule import encrypt_file, open_reader, open_writer
 from trustflow_core.errors import ObjectNotFound
 from trustflow_core.keyexchange import Resource, ResourceRequest, ResultKey

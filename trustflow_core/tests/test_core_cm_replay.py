@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from google.protobuf.message import Message
+
 from trustflow_core.channel import Jwe
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc import jwt_pb2
@@ -38,7 +39,7 @@ from trustflow_core.wire import to_json
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SCOPE = "default"
 #: A database written by the schema-1 CM (storage key bytes 0..31).
-V1_DATABASE = Path(__file__).parents[1] / "trustflow_core" / "tests" / "data" / "cm_schema_v1.db"
+V1_DATABASE = Path(__file__).parent / "data" / "cm_schema_v1.db"
 
 
 @dataclasses.dataclass

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+
 from trustflow_core.cli import build_cli
 from trustflow_core.errors import AccessDenied, ObjectNotFound
 from trustflow_core.keyexchange import Resource, ResourceRequest, ResultKey
@@ -450,6 +451,7 @@ def test_killed_mid_flight_leaves_nothing_half_applied(
 
 def test_workers_share_the_port_and_stop_together(sim_env: dict[str, str], tmp_path: Path) -> None:
     import grpc
+
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
         capsule_manager_pb2 as cm_pb2,
     )

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
 from trustflow_core.attestation import Attributes
 from trustflow_core.cli import build_cli
 from trustflow_core.errors import BackendUnavailable, InvalidInput

@@ -9,10 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_integration_offline_proxy import GET, PUT, pm, post, proxy, world  # noqa: F401
+from test_core_offline_proxy import GET, PUT, post, proxy, world  # noqa: F401
+
 from trustflow_core.testing.races import exchanging
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.plugins("storage_local", "storage_oss")]
 SECRET = b"SECRET outside the roots\n"
 #: Upper bound of the race; the old check-then-open code escaped within a few hundred requests.
 RACE_SECONDS = 4.0

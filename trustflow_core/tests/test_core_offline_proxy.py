@@ -17,15 +17,15 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from trustflow_core.capsule import decrypt_file, encrypt_file
 from trustflow_core.capsule.v2 import MAGIC
 from trustflow_core.harness.data_capsule_proxy import running_proxy
 from trustflow_core.identity import self_signed_cert
-from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.data_capsule_proxy.paths import STAGE_PREFIX
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.plugins("storage_local", "storage_oss")]
 GET = "/DataCapsuleProxy/GetInputData"
 PUT = "/DataCapsuleProxy/PutResultData"
 SUCCESS = {"status": {"message": "success"}}
@@ -46,12 +46,6 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
-
-
-@pytest.fixture
-def pm(monkeypatch):
-    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "storage_local,storage_oss")
-    return get_plugin_manager()
 
 
 @pytest.fixture

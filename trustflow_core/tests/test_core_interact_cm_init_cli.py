@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -16,17 +15,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from test_integration_interact_cm_init import cm_init_file, identity, world  # noqa: F401
+from test_core_interact_cm_init import cm_init_file, identity, world  # noqa: F401
+
 from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
+from trustflow_core.testing.fixtures import free_port
 from trustflow_core.tls_asset import load_tls_asset
 
 TRUSTFLOW = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def command(cm: dict, home: Path, party: str, port: int) -> list[str]:

@@ -8,27 +8,22 @@ import asyncio
 import contextlib
 import json
 import shutil
-import socket
 import sys
 from pathlib import Path
 
 import pytest
-from test_integration_interact_cm_init import settings_for, start, world  # noqa: F401
+from test_core_interact_cm_init import settings_for, start, world  # noqa: F401
+
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.data_capsule_proxy.cm_init import load_cm_init
 from trustflow_core.roles.gateway.config import load_config
 from trustflow_core.roles.gateway.server import Gateway
+from trustflow_core.testing.fixtures import free_port
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "interact"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "interact"
 # the example's loopback ports: party -> (app, ingress, egress)
 PORTS = {"bob": (8000, 30001, 31001), "carol": (8001, 40001, 41001)}
 PEER = {"bob": "carol", "carol": "bob"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def first_response(proc: asyncio.subprocess.Process) -> str:

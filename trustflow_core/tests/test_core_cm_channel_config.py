@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from trustflow_channel_jwe.channel import JweChannel
+
+from trustflow_core import hookimpl
 from trustflow_core.errors import BackendNotFound
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings, load_settings
 from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
 from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
-
-from trustflow_core import hookimpl
 
 pytestmark = pytest.mark.asyncio
 

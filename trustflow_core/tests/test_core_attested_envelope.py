@@ -14,13 +14,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
 from trustflow_core.attestation import Policy, Report, ra_user_data
 from trustflow_core.errors import VerificationError
 from trustflow_core.identity import self_signed_cert
-from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import ATTESTER, ENVELOPE_CHANNEL, backend_class, verifier_for_platform
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.plugins()]
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +30,6 @@ def app_identity():
         key, "teeapp", backdate=datetime.timedelta(days=1), lifetime=datetime.timedelta(days=30)
     )
     return key, cert.public_bytes(serialization.Encoding.PEM)
-
-
-@pytest.fixture
-def pm(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
-    return get_plugin_manager()
 
 
 async def _app_side_get_ra_cert(pm, cert_pem: bytes, nonce: str) -> dict:

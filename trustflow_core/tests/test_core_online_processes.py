@@ -4,7 +4,6 @@ and paths rewritten to loopback) and ``trustflow client``; plus ``trustflow demo
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -17,19 +16,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from trustflow_core.testing.fixtures import free_port
+
+REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "examples" / "online" / "demo_http_server.py"
 ENVOY_SAMPLE = (
     Path(os.environ.get("TRUSTFLOW_ENVOY_SAMPLES", REPO.parent / "shared" / "testdata" / "envoy"))
     / "online-envoy.yml"
 )
 TRUSTFLOW = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -9,18 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_integration_offline_psi import expected_join
+from test_core_offline_psi import expected_join
+
 from trustflow_core.capsule.v2 import MAGIC
 from trustflow_core.demo import psi_app
 from trustflow_core.demo.offline import run_offline, sample_tables
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "offline"
+pytestmark = [
+    pytest.mark.plugins("channel_jwe", "tee_sim", "storage_local", "storage_oss"),
+    pytest.mark.usefixtures("plugin_env"),
+]
 
-
-@pytest.fixture(autouse=True)
-def plugins(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRUSTFLOW_LOAD_PLUGINS", "channel_jwe,tee_sim,storage_local,storage_oss")
-    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "offline"
 
 
 def test_offline_example_is_the_demo_app():

@@ -12,9 +12,11 @@ import json
 import subprocess
 import sys
 
-from test_integration_offline_proxy import make_cert
-from test_integration_offline_proxy_cli import free_port, start, stop
+from test_core_offline_proxy import make_cert
+from test_core_offline_proxy_cli import start, stop
+
 from trustflow_core.capsule import decrypt_file
+from trustflow_core.testing.fixtures import free_port
 
 APP = r"""
 import csv, json, sys, urllib.request

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+
 from trustflow_core.attestation import ra_user_data
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from cryptography.x509.oid import NameOID
+from trustflow_tee_sim.report import DEFAULT_MEASUREMENTS
+
 from trustflow_core.attestation import ra_user_data
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
@@ -36,7 +38,6 @@ from trustflow_core.roles.capsule_manager_protocol.votes import (
     voter_sign,
 )
 from trustflow_core.wire import serialize_canonical
-from trustflow_tee_sim.report import DEFAULT_MEASUREMENTS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SCOPE = "default"

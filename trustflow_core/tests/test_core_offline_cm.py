@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
-from test_integration_offline_psi import expected_join
+from test_core_offline_psi import expected_join
+
 from trustflow_core.capsule import decrypt_file
 from trustflow_core.errors import ObjectNotFound
 from trustflow_core.harness.capsule_manager import BackgroundCapsuleManager

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_integration_offline_proxy import make_cert
+from test_core_offline_proxy import make_cert
+
 from trustflow_core.roles.data_capsule_proxy.paths import STAGE_PREFIX
+from trustflow_core.testing.fixtures import free_port
 
 TRUSTFLOW = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(tmp: Path, root: Path, port: int, *extra: str) -> subprocess.Popen:

@@ -10,7 +10,6 @@ import contextlib
 import datetime
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,22 +17,18 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from trustflow_core.keyexchange import TlsAsset
+from trustflow_core.testing.fixtures import free_port
 from trustflow_core.tls_asset import issue_group_asset, write_tls_asset
 
 ENVOY_DIR = Path(os.environ.get("TRUSTFLOW_ENVOY_SAMPLES", "/work/shared/testdata/envoy"))
 if not (ENVOY_DIR / "interact-bob-envoy.yml").is_file():
-    ENVOY_DIR = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "envoy"
+    ENVOY_DIR = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "envoy"
 TRUSTFLOW = Path(sys.executable).parent / "trustflow"
 TIMEOUT = 5.0
 PEER = {"bob": ("172.31.10.1", 40001), "carol": ("172.31.11.1", 30001)}
 OWN = {"bob": 30001, "carol": 40001}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def member_asset(data_key: bytes) -> TlsAsset:

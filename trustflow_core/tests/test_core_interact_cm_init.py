@@ -22,6 +22,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
+
 from trustflow_core.errors import AccessDenied, InvalidInput, VerificationError
 from trustflow_core.harness.capsule_manager import BackgroundCapsuleManager
 from trustflow_core.identity import party_id_of_key
@@ -43,7 +44,7 @@ from trustflow_core.tls_asset import load_tls_asset
 SCOPE = "default"
 DATA = "breast_cancer_alice"
 OTHER = "other_data_alice"
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/testdata/envoy/interact-bob-cm_init.yaml"
+SAMPLE = Path(__file__).resolve().parents[3] / "shared/testdata/envoy/interact-bob-cm_init.yaml"
 PLUGINS = "channel_jwe,channel_mtls,tee_sim,storage_local"
 
 

@@ -1,9 +1,10 @@
 """`trustflow demo offline` through the real CLI group (the scenario itself is tested in
-test_integration_offline_demo.py)."""
+test_core_offline_demo.py)."""
 
 from __future__ import annotations
 
 from click.testing import CliRunner
+
 from trustflow_core.cli import build_cli
 
 

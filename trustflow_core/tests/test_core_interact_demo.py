@@ -10,6 +10,7 @@ import json
 import pytest
 from click.testing import CliRunner
 from cryptography.x509.oid import NameOID
+
 from trustflow_core.cli import build_cli
 from trustflow_core.identity import load_pem_chain, party_id_of_chain
 from trustflow_core.tls_asset import load_tls_asset

@@ -16,21 +16,17 @@ import aiohttp
 import boto3
 import pytest
 import pytest_asyncio
-from test_integration_offline_proxy import GET, PUT, make_cert
+from test_core_offline_proxy import GET, PUT, make_cert
+
 from trustflow_core.capsule import open_reader
 from trustflow_core.harness.data_capsule_proxy import running_proxy
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
+from trustflow_core.testing.fixtures import free_port
 
 pytestmark = pytest.mark.asyncio
 MINIO = "S3_STORAGE_TYPE_MINIO"
 AK, SK = "proxy-test-ak", "proxy-test-sk"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
