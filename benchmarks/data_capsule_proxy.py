@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
 import hashlib
 import json
 import os
@@ -36,8 +35,6 @@ import urllib.request
 from pathlib import Path
 
 from _loopback import free_port
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MiB = 1 << 20
@@ -87,30 +84,13 @@ def raw_gcm(total: int, call: int) -> float:
     return calls * call / (time.perf_counter() - start) / MB
 
 
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    from trustflow_core.identity import self_signed_cert
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = self_signed_cert(
-        key, "bench", backdate=datetime.timedelta(days=1), lifetime=datetime.timedelta(days=1)
-    )
-    cert_path, key_path = directory / "app.crt", directory / "app.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 class Proxy:
     """A ``trustflow data-capsule-proxy`` process on 127.0.0.1."""
 
     def __init__(self, work: Path, fmt: str) -> None:
-        cert, key = make_cert(work)
+        from trustflow_core.testing.certs import write_app_identity
+
+        cert, key = write_app_identity(work, "bench")
         (work / "kx.json").write_text(json.dumps({"keys": {}}))
         self.port = free_port()
         self.proc = subprocess.Popen(

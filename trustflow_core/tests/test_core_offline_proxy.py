@@ -5,7 +5,6 @@ requests get specific 4xx, paths stay confined, failures leave nothing behind.""
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import json
 import os
@@ -16,7 +15,6 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from trustflow_core.capsule import decrypt_file, encrypt_file
 from trustflow_core.capsule.v2 import MAGIC
@@ -24,28 +22,12 @@ from trustflow_core.harness.data_capsule_proxy import running_proxy
 from trustflow_core.identity import self_signed_cert
 from trustflow_core.roles.data_capsule_proxy.paths import STAGE_PREFIX
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
+from trustflow_core.testing.certs import write_app_identity
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.plugins("storage_local", "storage_oss")]
 GET = "/DataCapsuleProxy/GetInputData"
 PUT = "/DataCapsuleProxy/PutResultData"
 SUCCESS = {"status": {"message": "success"}}
-
-
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = self_signed_cert(
-        key, "carol", backdate=datetime.timedelta(days=1), lifetime=datetime.timedelta(days=30)
-    )
-    cert_path, key_path = directory / "app.crt", directory / "app.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 @pytest.fixture
@@ -62,7 +44,7 @@ def world(tmp_path, compat_dir, compat_manifest):
             continue
         (root / name).write_bytes((compat_dir / "data" / name).read_bytes())
         keys[name] = (compat_dir / entry["key_b64_file"]).read_text().strip()
-    cert, key = make_cert(tmp_path)
+    cert, key = write_app_identity(tmp_path)
     return {
         "tmp": tmp_path,
         "root": root,

@@ -18,9 +18,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_core_offline_proxy import make_cert
 
 from trustflow_core.roles.data_capsule_proxy.paths import STAGE_PREFIX
+from trustflow_core.testing.certs import write_app_identity
 from trustflow_core.testing.fixtures import free_port
 
 TRUSTFLOW = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"
@@ -88,7 +88,7 @@ def put(port: int, body: dict, timeout: float = 120) -> tuple[int, str]:
 def setup(tmp_path):
     root = tmp_path / "data"
     (root / "out").mkdir(parents=True)
-    make_cert(tmp_path)
+    write_app_identity(tmp_path)
     keys_file = tmp_path / "keys.json"
     (tmp_path / "kx.json").write_text(json.dumps({"keys": {}, "keys_file": str(keys_file)}))
     return tmp_path, root, keys_file

@@ -16,12 +16,13 @@ import aiohttp
 import boto3
 import pytest
 import pytest_asyncio
-from test_core_offline_proxy import GET, PUT, make_cert
+from test_core_offline_proxy import GET, PUT
 
 from trustflow_core.capsule import open_reader
 from trustflow_core.harness.data_capsule_proxy import running_proxy
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
+from trustflow_core.testing.certs import write_app_identity
 from trustflow_core.testing.fixtures import free_port
 
 pytestmark = pytest.mark.asyncio
@@ -123,7 +124,7 @@ def world(tmp_path, compat_dir, compat_manifest, monkeypatch):
     for name, entry in compat_manifest["data"].items():
         if entry["upstream_decrypt"] == "ok":
             keys[name] = (compat_dir / entry["key_b64_file"]).read_text().strip()
-    cert, key = make_cert(tmp_path)
+    cert, key = write_app_identity(tmp_path)
     return {"root": root, "cert": cert, "key": key, "keys": keys, "keys_file": tmp_path / "k.json"}
 
 

@@ -12,10 +12,10 @@ import json
 import subprocess
 import sys
 
-from test_core_offline_proxy import make_cert
 from test_core_offline_proxy_cli import start, stop
 
 from trustflow_core.capsule import decrypt_file
+from trustflow_core.testing.certs import write_app_identity
 from trustflow_core.testing.fixtures import free_port
 
 APP = r"""
@@ -84,7 +84,7 @@ def expected_join(alice: str, bob: str) -> bytes:
 def test_psi_app_through_the_proxy(tmp_path, compat_dir, compat_manifest):
     data = tmp_path / "data"
     data.mkdir()
-    make_cert(tmp_path)
+    write_app_identity(tmp_path)
     inputs = {"alice": "small.csv.enc", "bob": "large.csv.enc"}
     keys = {}
     for party, vector in inputs.items():

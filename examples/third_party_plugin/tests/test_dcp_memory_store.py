@@ -6,7 +6,6 @@ wrong kind."""
 from __future__ import annotations
 
 import base64
-import datetime
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,14 +15,12 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from trustflow_core.capsule import decrypt_file, encrypt_file
 from trustflow_core.cli import build_cli
 from trustflow_core.harness.data_capsule_proxy import running_proxy
-from trustflow_core.identity import self_signed_cert
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
+from trustflow_core.testing.certs import write_app_identity
 
 from trustflow_storage_memory.backend import MemoryStorage
 
@@ -33,25 +30,8 @@ ENDPOINT = "memory.test:9000"
 KEY = bytes(range(16))
 
 
-def _identity(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = self_signed_cert(
-        key, "carol", backdate=datetime.timedelta(days=1), lifetime=datetime.timedelta(days=30)
-    )
-    cert_path, key_path = directory / "app.crt", directory / "app.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def _settings(tmp_path: Path, **extra: Any) -> DataCapsuleProxySettings:
-    cert, key = _identity(tmp_path)
+    cert, key = write_app_identity(tmp_path)
     root = tmp_path / "data"
     root.mkdir(exist_ok=True)
     return DataCapsuleProxySettings(

@@ -5,13 +5,16 @@ the outside (``x5c`` entries, PEM chains in requests).
 is unreadable: ``cryptography`` parses some of these parts lazily, so each kind fails at a
 different moment (load, ``public_key()``, ``signature_hash_algorithm``) unless the reader
 checks them up front. :func:`malformed_x5c_entries` adds the base64 mistakes of an ``x5c``
-entry.
+entry. :func:`write_app_identity` writes a well-formed app identity to files.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
+import os
 import textwrap
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -78,3 +81,29 @@ def to_pem(der: bytes) -> str:
     """``der`` in a ``CERTIFICATE`` PEM block (whether or not it is a valid certificate)."""
     body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
     return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+
+
+def write_app_identity(
+    directory: Path, common_name: str = "carol", *, days: int = 30
+) -> tuple[Path, Path]:
+    """A fresh P-256 key (``app.key``, mode 0600) and a self-signed certificate (``app.crt``,
+    valid from a day ago for ``days``) in ``directory``, as a TEE app's identity for the Data
+    Capsule Proxy in tests and benchmarks; returns (cert path, key path)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = self_signed_cert(
+        key,
+        common_name,
+        backdate=datetime.timedelta(days=1),
+        lifetime=datetime.timedelta(days=days),
+    )
+    cert_path, key_path = directory / "app.crt", directory / "app.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key_pem)
+    return cert_path, key_path
