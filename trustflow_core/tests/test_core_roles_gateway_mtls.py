@@ -23,7 +23,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from trustflow_core.errors import InvalidInput, UnsupportedOperation, VerificationError
+from trustflow_core.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    UnsupportedOperation,
+    VerificationError,
+)
 from trustflow_core.keyexchange import TlsAsset
 from trustflow_core.registry import TRANSPORT_CHANNEL, backend_class
 from trustflow_core.roles.gateway.config import GatewayConfig, load_config, parse_config
@@ -182,29 +187,49 @@ class Party:
 async def pair(
     pm, tmp_path: Path, bob_tls: TlsAsset, carol_tls: TlsAsset, kind: str = "native"
 ) -> AsyncIterator[tuple[Party, Party]]:
-    """bob and carol: each an echo app behind a gateway with both mTLS listeners."""
-    ports = {name: free_port() for name in ("bob_in", "bob_out", "carol_in", "carol_out")}
+    """bob and carol: each an echo app behind a gateway with both mTLS listeners. Each
+    gateway must know the other's ingress port before it starts, so the ports are picked
+    free beforehand; a port taken in between by another process (parallel test envs) makes
+    the pair start again on new ports."""
     async with echo_app("bob") as bob_app, echo_app("carol") as carol_app:
         bob_dir = install(bob_tls, tmp_path / "bob")
         carol_dir = install(carol_tls, tmp_path / "carol")
-        args = {
-            "bob": (bob_dir, ports["bob_in"], ports["bob_out"], bob_app.port, ports["carol_in"]),
-            "carol": (
-                carol_dir,
-                ports["carol_in"],
-                ports["carol_out"],
-                carol_app.port,
-                ports["bob_in"],
-            ),
-        }
-        configs = {
-            who: native_config(*a) if kind == "native" else envoy_config(who, *a)
-            for who, a in args.items()
-        }
-        bob_gw = Gateway(configs["bob"], pm, tls_reload_interval=0.05)
-        carol_gw = Gateway(configs["carol"], pm, tls_reload_interval=0.05)
-        async with bob_gw, carol_gw:
-            yield Party(bob_app, bob_gw, bob_dir), Party(carol_app, carol_gw, carol_dir)
+        for attempt in range(3):
+            ports = {name: free_port() for name in ("bob_in", "bob_out", "carol_in", "carol_out")}
+            args = {
+                "bob": (
+                    bob_dir,
+                    ports["bob_in"],
+                    ports["bob_out"],
+                    bob_app.port,
+                    ports["carol_in"],
+                ),
+                "carol": (
+                    carol_dir,
+                    ports["carol_in"],
+                    ports["carol_out"],
+                    carol_app.port,
+                    ports["bob_in"],
+                ),
+            }
+            configs = {
+                who: native_config(*a) if kind == "native" else envoy_config(who, *a)
+                for who, a in args.items()
+            }
+            bob_gw = Gateway(configs["bob"], pm, tls_reload_interval=0.05)
+            carol_gw = Gateway(configs["carol"], pm, tls_reload_interval=0.05)
+            stack = contextlib.AsyncExitStack()
+            try:
+                await stack.enter_async_context(bob_gw)
+                await stack.enter_async_context(carol_gw)
+            except BackendUnavailable as exc:
+                await stack.aclose()
+                if "in use" not in str(exc) or attempt == 2:
+                    raise
+                continue
+            async with stack:
+                yield Party(bob_app, bob_gw, bob_dir), Party(carol_app, carol_gw, carol_dir)
+            return
 
 
 # ---- it works -----------------------------------------------------------------------------------
