@@ -1,13 +1,17 @@
 """Helpers the benchmark scripts share: free loopback ports, waiting for a server process to
-listen, and the CPU time a server process (and its workers) used."""
+listen, the CPU time a server process (and its workers) used, and a Capsule Manager process."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -43,3 +47,32 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total + sum(cpu_seconds(int(c)) for c in children)
+
+
+@contextlib.contextmanager
+def capsule_manager_process(
+    extra_args: list[str], env: dict[str, str]
+) -> Iterator[tuple[str, subprocess.Popen[str], list[str]]]:
+    """``trustflow capsule-manager --plat sim --port 0 <extra_args>`` (warnings only); yield its
+    gRPC target, the process and the lines it logs (kept by a thread); stopped on exit."""
+    trustflow = str(Path(sys.executable).parent / "trustflow")
+    cmd = [trustflow, "capsule-manager", "--plat", "sim", "--port", "0", "--log-level", "warning"]
+    proc = subprocess.Popen([*cmd, *extra_args], env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    port = None
+    for line in proc.stderr:
+        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if found:
+            port = int(found.group(1))
+            break
+    if port is None:
+        raise SystemExit(f"capsule manager exited with {proc.wait()}")
+    logged: list[str] = []
+    drain = threading.Thread(target=lambda: logged.extend(proc.stderr or ()), daemon=True)
+    drain.start()
+    try:
+        yield f"127.0.0.1:{port}", proc, logged
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        drain.join(5)

@@ -24,11 +24,7 @@ import argparse
 import asyncio
 import base64
 import os
-import re
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,37 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from _loopback import cpu_seconds
+from _loopback import capsule_manager_process, cpu_seconds
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
-
-TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
 
 
 @contextmanager
 def capsule_manager(
     data_dir: Path, url: str, env: dict[str, str], workers: int
 ) -> Iterator[tuple[str, int]]:
-    args = [TRUSTFLOW, "capsule-manager", "--plat", "sim", "--port", "0", "--data-dir"]
-    args += [str(data_dir), "--storage-url", url, "--log-level", "warning"]
-    args += ["--workers", str(workers)]
-    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    port = None
-    for line in proc.stderr:
-        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-            break
-    if port is None:
-        raise SystemExit(f"capsule manager exited with {proc.wait()}")
-    drain = threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True)  # type: ignore[union-attr]
-    drain.start()
-    try:
-        yield f"127.0.0.1:{port}", proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    extra = ["--data-dir", str(data_dir), "--storage-url", url, "--workers", str(workers)]
+    with capsule_manager_process(extra, env) as (target, proc, _):
+        yield target, proc.pid
 
 
 def rsa_decryptor(key_pem: bytes) -> Callable[[float], tuple[int, float]]:

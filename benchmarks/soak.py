@@ -26,11 +26,9 @@ import argparse
 import asyncio
 import base64
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
+from _loopback import capsule_manager_process
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -89,29 +88,11 @@ def capsule_manager(
     data_dir: Path, env: dict[str, str], args: argparse.Namespace
 ) -> Iterator[tuple[str, subprocess.Popen[str], list[str]]]:
     """Start the CM; yield its target, process and the lines it logs (kept from a thread)."""
-    cmd = [TRUSTFLOW, "capsule-manager", "--plat", "sim", "--port", "0"]
-    cmd += ["--data-dir", str(data_dir), "--workers", str(args.workers), "--log-level", "warning"]
+    extra = ["--data-dir", str(data_dir), "--workers", str(args.workers)]
     if args.storage_url:
-        cmd += ["--storage-url", args.storage_url]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    port = None
-    for line in proc.stderr:
-        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-            break
-    if port is None:
-        raise SystemExit(f"capsule manager exited with {proc.wait()}")
-    logged: list[str] = []
-    drain = threading.Thread(target=lambda: logged.extend(proc.stderr or ()), daemon=True)
-    drain.start()
-    try:
-        yield f"127.0.0.1:{port}", proc, logged
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        drain.join(5)
+        extra += ["--storage-url", args.storage_url]
+    with capsule_manager_process(extra, env) as running:
+        yield running
 
 
 async def soak(target: str, proc: subprocess.Popen[str], args: argparse.Namespace) -> Any:

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf.message import Message
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.proto.secretflowapis.v2.sdc import jwt_pb2, ual_pb2
+from trustflow_core.proto.secretflowapis.v2.sdc import ual_pb2
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
@@ -140,17 +140,7 @@ def signed(
         )
         jws = {"protected": protected, "payload": payload, "signature": b64url(signature)}
         text = edit(json.dumps(jws)).encode()
-        jwe = client.channel.seal(text, await client.cm_public_key()).jwe
-        return cm_pb2.EncryptedRequest(
-            message=jwt_pb2.Jwe(
-                protected_header=jwe.protected,
-                encrypted_key=jwe.encrypted_key,
-                iv=jwe.iv,
-                ciphertext=jwe.ciphertext,
-                tag=jwe.tag,
-            ),
-            has_signature=True,
-        )
+        return await client.seal_request(text)
 
     return build
 
@@ -227,17 +217,7 @@ def sealed_plaintext(plaintext: bytes) -> Any:
     """An envelope builder: ``plaintext`` sealed to the CM as a signed request's JWE."""
 
     async def build(client: CapsuleManagerClient) -> cm_pb2.EncryptedRequest:
-        jwe = client.channel.seal(plaintext, await client.cm_public_key()).jwe
-        return cm_pb2.EncryptedRequest(
-            message=jwt_pb2.Jwe(
-                protected_header=jwe.protected,
-                encrypted_key=jwe.encrypted_key,
-                iv=jwe.iv,
-                ciphertext=jwe.ciphertext,
-                tag=jwe.tag,
-            ),
-            has_signature=True,
-        )
+        return await client.seal_request(plaintext)
 
     return build
 

@@ -26,7 +26,6 @@ from google.protobuf.message import Message
 
 from trustflow_core.channel import Jwe
 from trustflow_core.manager import get_plugin_manager
-from trustflow_core.proto.secretflowapis.v2.sdc import jwt_pb2
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
@@ -99,18 +98,7 @@ async def sealed(
     else:
         jws = channel.sign(payload, creds.private_key, creds.chain, claims=claims)
     plaintext = json.dumps(jws.to_dict(), separators=(",", ":")).encode()
-    jwe = channel.seal(plaintext, await w.client.cm_public_key()).jwe
-    return cm_pb2.EncryptedRequest(
-        message=jwt_pb2.Jwe(
-            protected_header=jwe.protected,
-            encrypted_key=jwe.encrypted_key,
-            iv=jwe.iv,
-            ciphertext=jwe.ciphertext,
-            tag=jwe.tag,
-            aad=jwe.aad,
-        ),
-        has_signature=True,
-    )
+    return await w.client.seal_request(plaintext)
 
 
 def fresh() -> dict[str, Any]:

@@ -20,7 +20,6 @@ from ...errors import EnvelopeError, InvalidInput
 from ...identity import load_pem_chain, party_id_of_chain
 from ...jose import MalformedInput, b64url_decode, parse_object
 from ...proto.secretflowapis.v2 import status_pb2
-from ...proto.secretflowapis.v2.sdc import jwt_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...wire import parse_json, to_json
 from ..capsule_manager_protocol.errors import CMError, Kind
@@ -30,6 +29,7 @@ from ..capsule_manager_protocol.freshness import (
     check_claims,
     request_digest,
 )
+from ..capsule_manager_protocol.messages import jwe_message
 
 KEY_ALGS = {"RSA-OAEP", "RSA-OAEP-256"}
 OTHER_RFC_ALGS = {
@@ -196,14 +196,7 @@ class Envelopes:
         jwe = self._channel.seal(plaintext, recipient).jwe
         return cm_pb2.EncryptedResponse(
             status=ok_status(),
-            message=jwt_pb2.Jwe(
-                protected_header=jwe.protected,
-                encrypted_key=jwe.encrypted_key,
-                iv=jwe.iv,
-                ciphertext=jwe.ciphertext,
-                tag=jwe.tag,
-                aad=jwe.aad,
-            ),
+            message=jwe_message(jwe),
         )
 
 

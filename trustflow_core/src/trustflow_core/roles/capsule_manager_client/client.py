@@ -41,12 +41,13 @@ from ...errors import (
     VerificationError,
 )
 from ...identity import party_id_of_chain
-from ...proto.secretflowapis.v2.sdc import jwt_pb2, ual_pb2
+from ...proto.secretflowapis.v2.sdc import ual_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...wire import parse_json, to_json
 from ..capsule_manager_protocol.errors import Kind, kind_of_message
 from ..capsule_manager_protocol.freshness import new_claims
+from ..capsule_manager_protocol.messages import jwe_message
 from ..capsule_manager_protocol.reports import report_from_pb
 
 if TYPE_CHECKING:
@@ -266,19 +267,14 @@ class CapsuleManagerClient:
     async def envelope(self, inner: Message, creds: Credentials) -> cm_pb2.EncryptedRequest:
         payload = to_json(inner, style="sdk").encode()
         jws = self.channel.sign(payload, creds.private_key, creds.chain, claims=new_claims())
-        plaintext = json.dumps(jws.to_dict(), separators=(",", ":")).encode()
+        return await self.seal_request(json.dumps(jws.to_dict(), separators=(",", ":")).encode())
+
+    async def seal_request(
+        self, plaintext: bytes, *, signed: bool = True
+    ) -> cm_pb2.EncryptedRequest:
+        """``plaintext`` (a JWS as JSON when ``signed``) sealed to the CM as a request."""
         jwe = self.channel.seal(plaintext, await self.cm_public_key()).jwe
-        return cm_pb2.EncryptedRequest(
-            message=jwt_pb2.Jwe(
-                protected_header=jwe.protected,
-                encrypted_key=jwe.encrypted_key,
-                iv=jwe.iv,
-                ciphertext=jwe.ciphertext,
-                tag=jwe.tag,
-                aad=jwe.aad,
-            ),
-            has_signature=True,
-        )
+        return cm_pb2.EncryptedRequest(message=jwe_message(jwe), has_signature=signed)
 
     def _open(self, response: cm_pb2.EncryptedResponse, creds: Credentials, cls: type[M]) -> M:
         if not response.HasField("message"):

@@ -7,6 +7,7 @@ generated protobuf messages only: no gRPC, SQLAlchemy or CEL.
 * :mod:`.freshness` -- the request freshness claims (``iat``/``jti``/digest): made by clients,
   checked by the server.
 * :mod:`.reports` -- attestation reports <-> ``UnifiedAttestationReport``.
+* :mod:`.messages` -- a sealed envelope as the protocol's ``Jwe`` message.
 * :mod:`.certs` -- certificate chains, party ids, RS256; :mod:`.votes` -- data-export
   certificates (signing and verification).
 """
