@@ -155,6 +155,7 @@ class QgsStandIn:
         self.quote = quote
         self.mode = "ok"
         self.requests: list[bytes] = []
+        self.probes = 0
 
     def answer(self, message: bytes) -> bytes:
         major, minor, kind, size, error = struct.unpack_from("<HHIII", message)
@@ -169,6 +170,9 @@ class QgsStandIn:
 
     def handle(self, conn: socket.socket) -> None:
         header = conn.recv(4, socket.MSG_WAITALL)
+        if len(header) < 4:  # a reachability probe: connected and closed
+            self.probes += 1
+            return
         (length,) = struct.unpack(">I", header)
         message = b""
         while len(message) < length:

@@ -334,6 +334,32 @@ class Attester(Backend, abc.ABC):
         :class:`BackendUnavailable`.
         """
 
+    @classmethod
+    def diagnose(cls, settings: Mapping[str, Any] | None = None) -> list[Diagnostic]:
+        """What ``trustflow attest doctor`` reports before it tries to generate: whether this
+        host is a guest of the platform and, for every way the backend could produce
+        evidence with ``settings``, whether it can work here and why (kernel, device nodes,
+        services, endorsement sources). Probes only: nothing is generated, nothing is
+        written. Host problems are results (status ``"fail"``), never exceptions; unusable
+        ``settings`` may raise :class:`InvalidInput`. A ``"fail"`` means generation cannot
+        work, so the doctor does not try. The default reports :meth:`unviable_reason`."""
+        reason = cls.unviable_reason()
+        if reason is None:
+            return [Diagnostic("guest", "ok", f"the {cls.name} backend can run here")]
+        return [Diagnostic("guest", "fail", reason)]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One line of ``trustflow attest doctor``: ``status`` is ``"ok"``, ``"warn"`` (works,
+    but not the way it should or not for every report type), ``"unusable"`` (one of several
+    ways that cannot work here; others may), ``"fail"`` (generation cannot work: the doctor
+    does not try) or ``"info"``."""
+
+    name: str
+    status: str
+    detail: str
+
 
 def check_generate_args(user_data: bytes, report_type: str) -> bytes:
     """Validate :meth:`Attester.generate` arguments; return the 32-byte padded user data."""

@@ -32,6 +32,7 @@ from trustflow_core.attestation import (
     BACKGROUND_CHECK,
     PASSPORT,
     Attester,
+    Diagnostic,
     Report,
     check_generate_args,
     public_key_binding,
@@ -92,6 +93,11 @@ class CsvAttester(Attester):
         except OSError:
             pass
         return f"{DEVICE_PATH} does not exist: not a Hygon CSV guest"
+
+    @classmethod
+    def diagnose(cls, settings: Mapping[str, Any] | None = None) -> list[Diagnostic]:
+        """Kernel, the guest device, where a Passport report's HSK/CEK would come from."""
+        return diagnose(settings or {})
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
@@ -183,3 +189,65 @@ class CsvAttester(Attester):
 def zero_reserved2(report: bytes) -> bytes:
     """``report`` (2548 bytes) with ``reserved2`` (bytes 2484..2515) set to zero."""
     return report[:OFF_RESERVED2] + bytes(OFF_MAC - OFF_RESERVED2) + report[OFF_MAC:REPORT_SIZE]
+
+
+def diagnose(settings: Mapping[str, Any], kernel_release: str | None = None) -> list[Diagnostic]:
+    """The doctor's checks for ``settings`` (the device path and cert sources in them) on a
+    host running ``kernel_release`` (default: this one's)."""
+    release = kernel_release if kernel_release is not None else os.uname().release
+    checks = [
+        Diagnostic(
+            "kernel",
+            "info",
+            f"{release}: CSV guests need Hygon's csv-guest driver (OpenAnolis / openEuler / "
+            "Hygon kernels; not in mainline Linux)",
+        )
+    ]
+    device = Path(settings.get("device") or DEVICE_PATH)
+    try:
+        present = device.exists()
+    except OSError:
+        present = False
+    if present:
+        checks.append(Diagnostic("guest", "ok", f"{device} is present"))
+        checks.append(
+            Diagnostic("path GET_ATTESTATION_REPORT", "ok", f"ioctl 0xC0104401 on {device}")
+        )
+    else:
+        checks.append(
+            Diagnostic("guest", "fail", f"{device} does not exist: not a Hygon CSV guest")
+        )
+    fallback = settings.get("background_check_fallback") is True
+    missing = "fall back to BackgroundCheck" if fallback else "are refused"
+    sources = [
+        (key, settings.get(key))
+        for key in ("hsk_cek_file", "cert_dir", "kds_url")
+        if settings.get(key)
+    ]
+    if not sources:
+        checks.append(
+            Diagnostic(
+                "cert chain",
+                "warn",
+                "no hsk_cek_file, cert_dir or kds_url (e.g. https://cert.hygon.cn): Passport "
+                f"reports {missing}",
+            )
+        )
+    for key, value in sources:
+        if key == "kds_url":
+            checks.append(Diagnostic("cert chain", "ok", f"HSK/CEK from the KDS {value}"))
+            continue
+        path = Path(str(value)).expanduser()
+        exists = path.is_file() if key == "hsk_cek_file" else path.is_dir()
+        checks.append(
+            Diagnostic("cert chain", "ok", f"HSK/CEK from {key} {path}")
+            if exists
+            else Diagnostic("cert chain", "warn", f"{key} {path} does not exist")
+        )
+    if settings.get("public_key_file"):
+        checks.append(
+            Diagnostic(
+                "public key", "info", f"report-data bytes 32..63 bind {settings['public_key_file']}"
+            )
+        )
+    return checks

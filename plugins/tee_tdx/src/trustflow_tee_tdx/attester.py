@@ -22,6 +22,7 @@ from trustflow_core.attestation import (
     BACKGROUND_CHECK,
     PASSPORT,
     Attester,
+    Diagnostic,
     Report,
     check_generate_args,
     public_key_binding,
@@ -112,6 +113,14 @@ class TdxAttester(Attester):
             return detect()
         except Exception as exc:  # viable() must never raise
             return f"cannot probe for TDX: {exc}"
+
+    @classmethod
+    def diagnose(cls, settings: Mapping[str, Any] | None = None) -> list[Diagnostic]:
+        """Kernel, TD detection, every quote path with its reason, the collateral source
+        (:mod:`.doctor`)."""
+        from .doctor import diagnose
+
+        return diagnose(quote_paths(settings or {}), settings or {})
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
