@@ -160,7 +160,8 @@ class TdxAttester(Attester):
         if self.pccs is None:
             raise BackendUnavailable(
                 "Passport TDX reports carry collateral: set the tdx attester's pccs_url or "
-                "collateral_file (or ask for a BackgroundCheck report)"
+                "collateral_file (or ask for a BackgroundCheck report, or set "
+                "background_check_fallback)"
             )
         try:
             parsed = parse_quote(quote)
