@@ -132,7 +132,9 @@ async def test_td_on_6_2_with_the_qgs(td, fake_ioctl) -> None:
         )
     assert len(qgs.requests) == 1
     assert statuses(result.checks)["generate"] == "ok"
-    assert "fallback" in detail(result.checks, "generate")
+    generated = detail(result.checks, "generate")
+    assert generated.startswith("BackgroundCheck report (fallback: no endorsements) via QGS")
+    assert "(skipped configfs-tsm: " in generated
     assert result.verdict == NOT_READY
     assert detail(result.checks, "verify").startswith("check 'quote_signature'")
 
@@ -182,6 +184,7 @@ async def test_configfs_with_a_genuine_quote_is_ready(td, fake_ioctl, tmp_path) 
         make_attester=factory(paths),
     )
     assert result.verdict == READY, result.checks
+    assert detail(result.checks, "generate") == "BackgroundCheck report via configfs-tsm"
     assert result.details["tcb_status"] == "Unknown"
     assert result.to_dict()["report_type"] == "BackgroundCheck"
 

@@ -334,6 +334,11 @@ class Attester(Backend, abc.ABC):
         :class:`BackendUnavailable`.
         """
 
+    def generation_detail(self) -> str:
+        """How the last :meth:`generate` got its evidence (e.g. which kernel interface, and
+        why others were skipped), for ``trustflow attest doctor``; "" = nothing to add."""
+        return ""
+
     @classmethod
     def diagnose(cls, settings: Mapping[str, Any] | None = None) -> list[Diagnostic]:
         """What ``trustflow attest doctor`` reports before it tries to generate: whether this

@@ -78,13 +78,15 @@ async def run_doctor(
     try:
         async with build(settings) as attester:
             report = await attester.generate(binding, report_type=report_type)
+            how = attester.generation_detail()
     except TrustflowError as exc:
         result.checks.append(Diagnostic("generate", "fail", str(exc)))
         return result
     result.report = report
     note = "" if report.str_report_type == report_type else " (fallback: no endorsements)"
+    how = f" {how}" if how else ""
     result.checks.append(
-        Diagnostic("generate", "ok", f"{report.str_report_type} report{note}, {binding.hex()}")
+        Diagnostic("generate", "ok", f"{report.str_report_type} report{note}{how}")
     )
     policy = Policy((verifier_cls.acceptance_entry(),)).with_user_data(binding)
     if attester_cls.simulated:  # say so, but let the doctor check the plumbing

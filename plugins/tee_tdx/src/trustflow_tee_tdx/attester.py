@@ -114,6 +114,16 @@ class TdxAttester(Attester):
         except Exception as exc:  # viable() must never raise
             return f"cannot probe for TDX: {exc}"
 
+    def generation_detail(self) -> str:
+        """``via <path>`` for the last quote, with the paths skipped before it and why."""
+        if not isinstance(self.source, QuotePaths):
+            name = getattr(self.source, "name", "")
+            return f"via {name} (pinned)" if name else ""
+        used = [a.path for a in self.source.attempts if a.ok]
+        skipped = [f"{a.path}: {a.reason}" for a in self.source.attempts if not a.ok]
+        text = f"via {used[0]}" if used else ""
+        return text + (f" (skipped {'; '.join(skipped)})" if skipped and text else "")
+
     @classmethod
     def diagnose(cls, settings: Mapping[str, Any] | None = None) -> list[Diagnostic]:
         """Kernel, TD detection, every quote path with its reason, the collateral source
