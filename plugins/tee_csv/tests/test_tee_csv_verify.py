@@ -219,8 +219,7 @@ async def test_chip_id_field_must_match_the_report(good_report):
 async def test_upstream_shaped_report_verifies(report_raw, hsk_cek_raw, report_expected):
     """What upstream's CSV generator emits (csv_generator.cc): reserved2 zeroed, the chip id
     as the whole 64-byte de-masked sn (NUL padding included), HSK/CEK as base64 JSON."""
-    from trustflow_tee_csv.attester import zero_reserved2
-    from trustflow_tee_csv.structs import CsvReport
+    from trustflow_tee_csv.structs import OFF_MAC, OFF_RESERVED2, CsvReport
 
     sn = CsvReport.parse(report_raw).sn
     assert len(sn) == 64 and sn.rstrip(b"\0").decode() == report_expected["chip_id"]
@@ -229,7 +228,9 @@ async def test_upstream_shaped_report_verifies(report_raw, hsk_cek_raw, report_e
         "b64_cek_cert": base64.b64encode(hsk_cek_raw[832:]).decode(),
     }
     body = {
-        "b64_quote": base64.b64encode(zero_reserved2(report_raw)).decode(),
+        "b64_quote": base64.b64encode(
+            report_raw[:OFF_RESERVED2] + bytes(32) + report_raw[OFF_MAC:]
+        ).decode(),
         "json_cert_chain": json.dumps(chain, separators=(",", ":")),
         "str_chip_id": sn.decode("ascii"),
     }
