@@ -82,6 +82,19 @@ async def test_no_generated_report_carries_reserved2(report_raw, vector_user_dat
 
 
 @pytest.mark.asyncio
+async def test_mac_is_checked_over_reserved2_before_it_is_zeroed(
+    report_raw, vector_nonce, vector_user_data
+):
+    """The MAC covers reserved2 as the firmware wrote it: the guest-side check runs on the
+    untouched report (a changed reserved2 is caught), and only then is the field zeroed."""
+    changed = bytearray(report_raw)
+    changed[OFF_RESERVED2 + 5] ^= 0x80
+    attester = CsvAttester(ReplayFirmware(bytes(changed)), nonce=vector_nonce)
+    with pytest.raises(BackendUnavailable, match="MAC"):
+        await attester.generate(vector_user_data, report_type=BACKGROUND_CHECK)
+
+
+@pytest.mark.asyncio
 async def test_page_tail_after_the_report_is_ignored(report_raw, vector_nonce, vector_user_data):
     """Bytes 2548..4095 of the page are not the report: firmware may leave anything there."""
     firmware = ReplayFirmware(report_raw)
