@@ -1,0 +1,156 @@
+"""The documentation site (mkdocs.yml, docs/) stands alone and its schemas are real:
+
+* no user-facing page links or points outside the repository (the site must be readable from
+  a clone with no sibling folders): every relative link resolves to a page or file inside
+  ``docs/``, and no page names a path that climbs out of the repo;
+* every page under ``docs/`` is in the site's navigation;
+* the configuration examples of ``docs/reference/config.md`` load with the loaders the roles
+  use, so a renamed or removed key breaks this test rather than a reader's deployment.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+PAGES = sorted(DOCS.rglob("*.md"))
+#: Pages outside docs/ that users read first (the site links none of them).
+USER_FACING = [
+    REPO / "README.md",
+    *sorted((REPO / "examples").glob("*/README.md")),
+    *sorted((REPO / "trustflow_core" / "src").rglob("README.md")),
+]
+_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+#: Text that names a place outside the repository: a sibling folder of the clone.
+_OUTSIDE = re.compile(r"\.\./shared\b|\bshared/(?:spec|testdata)\b|\.\./\.\./\.\.")
+_SCHEMA = re.compile(r"<!--\s*schema:\s*([\w-]+)\s*-->\s*\n```yaml\n(.*?)\n```", re.DOTALL)
+
+
+def _links(text: str) -> list[str]:
+    """Markdown link targets outside code spans and fenced blocks."""
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return _LINK.findall(text)
+
+
+def outside_links(page: Path, root: Path) -> list[str]:
+    """Links of ``page`` that do not resolve to an existing file inside ``root``."""
+    bad = []
+    for target in _links(page.read_text()):
+        if target.startswith("#") or re.match(r"https?://|mailto:", target):
+            continue
+        path = target.split("#", 1)[0]
+        resolved = (page.parent / path).resolve()
+        if root.resolve() not in resolved.parents or not resolved.exists():
+            bad.append(target)
+    return bad
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_site_pages_link_only_inside_the_site(page: Path) -> None:
+    assert not outside_links(page, DOCS)
+    assert not _OUTSIDE.findall(page.read_text())
+
+
+@pytest.mark.parametrize("page", USER_FACING, ids=lambda p: str(p.relative_to(REPO)))
+def test_user_facing_readmes_stay_inside_the_repo(page: Path) -> None:
+    assert not outside_links(page, REPO)
+    assert not _OUTSIDE.findall(page.read_text())
+
+
+def test_the_link_check_can_fail(tmp_path: Path) -> None:
+    site = tmp_path / "docs"
+    site.mkdir()
+    (site / "a.md").write_text("ok")
+    page = site / "index.md"
+    page.write_text(
+        "[fine](a.md#x) [anchor](#y) [web](https://example.org) `[code](../x.md)`\n"
+        "[up](../../shared/spec/README.md) [missing](b.md)\n"
+    )
+    assert outside_links(page, site) == ["../../shared/spec/README.md", "b.md"]
+    assert _OUTSIDE.findall("see ../shared/spec/quirks.md")
+
+
+def test_every_page_is_in_the_navigation() -> None:
+    nav = yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"]
+
+    def files(node: Any) -> list[str]:
+        if isinstance(node, str):
+            return [node]
+        if isinstance(node, list):
+            return [f for item in node for f in files(item)]
+        return [f for value in node.values() for f in files(value)]
+
+    listed = set(files(nav))
+    assert listed == {str(p.relative_to(DOCS)) for p in PAGES}
+
+
+def _schemas() -> dict[str, str]:
+    found = _SCHEMA.findall((DOCS / "reference" / "config.md").read_text())
+    return dict(found)
+
+
+def test_config_reference_shows_every_schema() -> None:
+    assert set(_schemas()) == {"capsule-manager", "gateway", "cm-init", "cms", "key-exchange"}
+
+
+def test_capsule_manager_schema_loads(tmp_path: Path) -> None:
+    from trustflow_core.roles.capsule_manager.settings import load_settings
+
+    path = tmp_path / "cm.yaml"
+    path.write_text(_schemas()["capsule-manager"])
+    settings = load_settings(path)
+    assert settings.port == 8888
+    assert settings.tls is not None and settings.tls.client_ca_file is not None
+
+
+def test_gateway_schema_loads(tmp_path: Path) -> None:
+    from trustflow_core.roles.gateway.config import parse_config
+
+    config = parse_config(yaml.safe_load(_schemas()["gateway"]), base=tmp_path)
+    assert [listener.name for listener in config.listeners] == ["public", "egress", "mtls_ingress"]
+    assert set(config.clusters) == {"ra_proxy", "teeapp", "peer"}
+
+
+def test_cm_init_schema_loads(tmp_path: Path) -> None:
+    from trustflow_core.roles.data_capsule_proxy.cm_init import load_cm_init
+
+    path = tmp_path / "cm_init.yaml"
+    path.write_text(_schemas()["cm-init"])
+    assert load_cm_init(path).op_name == "interact"
+
+
+def test_key_exchange_schema_builds_the_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented capsule_manager settings, every key given, build the backend."""
+    from trustflow_core.roles.capsule_manager_client.keyexchange import (
+        CapsuleManagerKeyExchange,
+    )
+    from trustflow_core.cli.util import generate_self_signed
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
+    key_pem, cert_pem, _ = generate_self_signed(days=1)
+    (tmp_path / "app.key").write_bytes(key_pem)
+    (tmp_path / "app.crt").write_bytes(cert_pem)
+    settings = yaml.safe_load(_schemas()["key-exchange"])
+    backend = CapsuleManagerKeyExchange.from_settings(settings)
+    assert backend.attester is not None
+
+
+def test_cms_schema_has_a_section_per_command() -> None:
+    from trustflow_core.roles.capsule_manager_client.cms_cli import cms, rule_from_config
+
+    data = yaml.safe_load(_schemas()["cms"])
+    assert data["host"]
+    rule_from_config(data["register_data_policy"]["rules"][0], "rules[0]")
+    without_section = {"get-public-key", "register-cert"}
+    commands = {name.replace("-", "_") for name in set(cms.commands) - without_section}
+    assert commands <= set(data), f"undocumented sections: {commands - set(data)}"
