@@ -44,7 +44,9 @@ _FIELD = re.compile(
     r"^(?:(repeated|optional)\s+)?(map<[^>]+>|[\w.]+)\s+(\w+)\s*=\s*(\d+)\s*(?:\[[^\]]*\])?;"
 )
 _ENUM_VALUE = re.compile(r"^(\w+)\s*=\s*(-?\d+)\s*;")
-_RPC = re.compile(r"^rpc\s+(\w+)\s*\(\s*(stream\s+)?([\w.]+)\s*\)\s*returns\s*\(\s*(stream\s+)?([\w.]+)\s*\)")
+_RPC = re.compile(
+    r"^rpc\s+(\w+)\s*\(\s*(stream\s+)?([\w.]+)\s*\)\s*returns\s*\(\s*(stream\s+)?([\w.]+)\s*\)"
+)
 _OPEN = re.compile(r"^(message|enum|service|oneof)\s+(\w+)\s*\{")
 
 
@@ -55,9 +57,14 @@ def parse_proto(text: str) -> tuple[str, list[_Block]]:
     blocks: list[_Block] = []
     stack: list[_Block | None] = []  # None: a oneof (its fields belong to the message)
     comment: list[str] = []
+    pending = ""  # a declaration continued on the next line
     for raw in text.splitlines():
         line, _, trailing = raw.strip().partition("//")
-        line = line.strip()
+        line = f"{pending} {line.strip()}".strip() if line.strip() else line.strip()
+        if line and not line.endswith((";", "{", "}")):
+            pending = line
+            continue
+        pending = ""
         if not line:
             if raw.strip().startswith("//"):
                 comment.append(trailing.strip())
@@ -122,9 +129,7 @@ def render_proto(relative: str) -> str:
             out += ["| rpc | request | response | notes |", "|---|---|---|---|"]
             for name, request, response, note in block.rows:
                 path_ = f"/{package}.{block.name}/{name}"
-                out.append(
-                    f"| `{name}` (`{path_}`) | `{request}` | `{response}` | {_cell(note)} |"
-                )
+                out.append(f"| `{name}` (`{path_}`) | `{request}` | `{response}` | {_cell(note)} |")
         elif block.kind == "enum":
             out += ["| value | number | notes |", "|---|---|---|"]
             out += [f"| `{n}` | {v} | {_cell(c)} |" for n, v, c in block.rows]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +131,10 @@ def test_key_exchange_schema_builds_the_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The documented capsule_manager settings, every key given, build the backend."""
+    from trustflow_core.cli.util import generate_self_signed
     from trustflow_core.roles.capsule_manager_client.keyexchange import (
         CapsuleManagerKeyExchange,
     )
-    from trustflow_core.cli.util import generate_self_signed
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
@@ -154,3 +155,73 @@ def test_cms_schema_has_a_section_per_command() -> None:
     without_section = {"get-public-key", "register-cert"}
     commands = {name.replace("-", "_") for name in set(cms.commands) - without_section}
     assert commands <= set(data), f"undocumented sections: {commands - set(data)}"
+
+
+def _pb2_modules() -> dict[str, Any]:
+    """proto file (relative to proto/) -> its generated module."""
+    import importlib
+
+    modules = {}
+    for proto in sorted((REPO / "proto").rglob("*.proto")):
+        relative = proto.relative_to(REPO / "proto").with_suffix("")
+        name = "trustflow_core.proto." + ".".join(relative.parts) + "_pb2"
+        modules[str(relative) + ".proto"] = importlib.import_module(name)
+    return modules
+
+
+def test_grpc_reference_covers_every_message_field_and_rpc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The generated gRPC page (scripts/mkdocs_hooks.py) lists exactly what the compiled
+    descriptors hold: every message with its fields and numbers, every enum value, every rpc."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "scripts/mkdocs_hooks.py")
+    assert spec and spec.loader
+    hooks = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "docs_hooks", hooks)
+    monkeypatch.delitem(sys.modules, "trustflow_docs_cli", raising=False)
+    spec.loader.exec_module(hooks)
+    for relative, module in _pb2_modules().items():
+        package, blocks = hooks.parse_proto((REPO / "proto" / relative).read_text())
+        file = module.DESCRIPTOR
+        assert package == file.package
+        parsed = {(b.kind, b.name): b for b in blocks}
+
+        def walk(messages: Any, prefix: str = "") -> dict[str, Any]:
+            found = {}
+            for message in messages:
+                if message.GetOptions().map_entry:  # map<K, V>: not declared in the file
+                    continue
+                found[prefix + message.name] = message
+                found |= walk(message.nested_types, prefix + message.name + ".")
+            return found
+
+        messages = walk(file.message_types_by_name.values())
+        assert {n for k, n in parsed if k == "message"} == set(messages), relative
+        for name, message in messages.items():
+            rows = {(r[0], int(r[2])) for r in parsed["message", name].rows}
+            assert rows == {(f.name, f.number) for f in message.fields}, f"{relative} {name}"
+        enums = {e.full_name.removeprefix(file.package + "."): e for e in _all_enums(file)}
+        assert {n for k, n in parsed if k == "enum"} == set(enums), relative
+        for name, enum in enums.items():
+            values = {(r[0], int(r[1])) for r in parsed["enum", name].rows}
+            assert values == {(v.name, v.number) for v in enum.values}
+        for service in file.services_by_name.values():
+            rpcs = {
+                (r[0], r[1].split(".")[-1], r[2].split(".")[-1])
+                for r in parsed["service", service.name].rows
+            }
+            assert rpcs == {
+                (m.name, m.input_type.name, m.output_type.name) for m in service.methods
+            }
+
+
+def _all_enums(file: Any) -> list[Any]:
+    found = list(file.enum_types_by_name.values())
+    stack = list(file.message_types_by_name.values())
+    while stack:
+        message = stack.pop()
+        found += message.enum_types
+        stack += message.nested_types
+    return found
