@@ -95,7 +95,7 @@ class Outcome:
     seconds: float
 
 
-def run(howto: HowTo, home: Path, timeout: float = 110.0) -> Outcome:
+def run(howto: HowTo, home: Path, timeout: float = 180.0) -> Outcome:
     """Run the page's commands in a new process group (killed afterwards, whatever
     happened) and return what they did."""
     script, _ = remap_ports(howto.script)
