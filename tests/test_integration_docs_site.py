@@ -226,3 +226,28 @@ def _all_enums(file: Any) -> list[Any]:
         found += message.enum_types
         stack += message.nested_types
     return found
+
+
+def test_online_envoy_example_is_the_native_one(tmp_path: Path) -> None:
+    """examples/online/envoy.yml (the Envoy form the docs point at) loads with the gateway's
+    parser and describes the same gateway as the native YAML of docs/howto/online.md."""
+    from trustflow_core.roles.gateway.config import load_config, parse_config
+
+    envoy = load_config(REPO / "examples/online/envoy.yml", path_map={"/deploy": str(tmp_path)})
+    page = (DOCS / "howto" / "online.md").read_text()
+    native_yaml = re.search(r"cat > gateway.yaml <<'EOF'\n(.*?)\nEOF", page, re.DOTALL)
+    assert native_yaml, "the online how-to writes gateway.yaml"
+    native = parse_config(yaml.safe_load(native_yaml.group(1)), base=tmp_path)
+    for config in (envoy, native):
+        [listener] = config.listeners
+        assert str(listener.address) == "127.0.0.1:50001"
+        assert [(r.prefix, r.cluster) for r in listener.routes] == [
+            ("/RaProxy", "ra_proxy"),
+            ("/teeapp", "teeapp"),
+        ]
+        assert listener.jwe is not None
+        assert listener.jwe.cert_path == tmp_path / "app.crt"
+        assert {n: [str(a) for a in c.endpoints] for n, c in config.clusters.items()} == {
+            "ra_proxy": ["127.0.0.1:50002"],
+            "teeapp": ["127.0.0.1:8000"],
+        }
