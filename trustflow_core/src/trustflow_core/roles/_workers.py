@@ -37,12 +37,12 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable, TrustflowError
-from ._server import GRACE, logging_args, setup_logging
+from ._listeners import GRACE
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-    from ._server import Service
+    from ._listeners import Service
 
 log = logging.getLogger("trustflow.server")
 
@@ -80,21 +80,28 @@ class Workers:
     """The extra processes of one ``role`` server, each running ``factory()`` on ``ports``."""
 
     def __init__(
-        self, role: str, factory: Callable[[], Service], count: int, ports: Sequence[int]
+        self,
+        role: str,
+        factory: Callable[[], Service],
+        count: int,
+        ports: Sequence[int],
+        setup: Callable[[], None] | None = None,
     ) -> None:
+        """``setup()`` runs first in each worker (the logging set-up); like ``factory`` it
+        must pickle."""
         self.role, self.factory, self.count, self.ports = role, factory, count, list(ports)
+        self.setup = setup
         self._workers: list[_Worker] = []
 
     async def start(self) -> bool:
         """Spawn the workers; return True once each serves. Raise :class:`BackendUnavailable`
         with the reason of a worker that could not start."""
         context = multiprocessing.get_context("spawn")
-        setup = logging_args()
         for index in range(1, self.count + 1):
             mine, theirs = context.Pipe()
             process = context.Process(
                 target=_worker_main,
-                args=(self.factory, self.ports, theirs, setup),
+                args=(self.factory, self.ports, theirs, self.setup),
                 name=f"{self.role} worker {index}",
             )
             process.start()
@@ -164,12 +171,12 @@ def _worker_main(
     factory: Callable[[], Service],
     ports: list[int],
     conn: Connection,
-    setup: tuple[str | None, str, tuple[tuple[str, str], ...]] | None,
+    setup: Callable[[], None] | None,
 ) -> None:
     """A worker process: serve ``factory()`` on ``ports`` until SIGTERM or the parent's end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if setup is not None:
-        setup_logging(*setup)
+        setup()
     sys.exit(asyncio.run(_work(factory, ports, conn)))
 
 

@@ -24,7 +24,7 @@ from ...registry import (
     backends_of,
     verifier_for_platform,
 )
-from .._server import GRACE, GrpcListener, Listeners
+from .._listeners import GRACE, GrpcListener, Listeners
 from ..capsule_manager_protocol.errors import CMError
 from . import database_url, identity_keys, private_files
 from .database import Database
@@ -39,7 +39,7 @@ NO_ATTESTER = ("none", "")
 
 class CapsuleManager:
     """A running Capsule Manager. ``await start()`` returns the bound port; ``await stop()``.
-    A :class:`~.._server.Service`: ``trustflow capsule-manager`` runs it with
+    A :class:`~.._listeners.Service`: ``trustflow capsule-manager`` runs it with
     :func:`~.._server.run`, which handles signals and ``--workers``.
 
     ``pm`` is the plugin manager to take backends from (default: all installed plugins).

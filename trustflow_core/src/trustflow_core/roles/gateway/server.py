@@ -17,7 +17,7 @@ from typing import Any
 
 from ...errors import UnsupportedOperation
 from ...manager import TrustflowPluginManager
-from .._server import Listeners, StreamListener, WebListener
+from .._listeners import Listeners, StreamListener, WebListener
 from .config import Address, Cluster, GatewayConfig, Listener
 from .guard import default_max_connections
 from .http_proxy import HttpProxy, create_server
@@ -37,7 +37,7 @@ class Gateway:
     """``async with Gateway(config, pm) as gw:`` serves until the block ends;
     ``gw.addresses[listener_name]`` is the bound address (useful with port 0).
     ``gw.mtls`` (after start) holds the asset watchers of the TLS listeners and clusters.
-    A :class:`~.._server.Service`: ``trustflow gateway`` runs it with :func:`~.._server.run`
+    A :class:`~.._listeners.Service`: ``trustflow gateway`` runs it with :func:`~.._server.run`
     (signals, ``--workers``); ``gw.listeners`` holds one listener per config listener."""
 
     def __init__(
