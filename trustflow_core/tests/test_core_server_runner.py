@@ -1,7 +1,9 @@
-"""The one server runner and worker model (``roles._server``, ``roles._workers``), through the
-real ``trustflow`` commands in subprocesses on 127.0.0.1: one server per port (a second gateway
-or Capsule Manager with ``--workers`` is refused), every worker serves, SIGTERM and the parent's
-death stop every worker, and a port in use is one line on stderr for every role."""
+"""The one server runner and worker model (``roles._server``, ``roles._listeners``,
+``roles._workers``), through the real ``trustflow`` commands in subprocesses on 127.0.0.1: one
+server per port (a second gateway or Capsule Manager with ``--workers`` is refused), every
+worker serves, SIGTERM and the parent's death stop every worker, and a port in use is one line
+on stderr for every role. In process: a second listener is one ``add``, a listener that fails
+closes the others, and a worker that cannot start or dies fails :func:`run` with one line."""
 
 from __future__ import annotations
 
@@ -14,10 +16,16 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from trustflow_core.errors import BackendUnavailable
+from trustflow_core.roles._listeners import Listeners, StreamListener, WebListener
+from trustflow_core.roles._server import AppServer, run
 from trustflow_core.testing.fixtures import free_port
 
 TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
@@ -332,3 +340,87 @@ def test_workers_end_with_their_parent(sim_env: dict[str, str], tmp_path: Path, 
         server.proc.kill()  # no chance to stop them
         server.proc.wait(30)
         assert wait_gone(children) == []
+
+
+# ---- in process: the listener contract and the worker model's failures ----------------------
+
+
+def hello_app(text: str) -> web.Application:
+    async def hello(_request: web.Request) -> web.Response:
+        return web.Response(text=text)
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    return app
+
+
+@pytest.mark.asyncio
+async def test_a_second_listener_is_one_add() -> None:
+    service = AppServer("test-role", hello_app("main"), "127.0.0.1", 0)
+    admin = service.listeners.add(WebListener(hello_app("admin"), "127.0.0.1", 0, label="admin"))
+    await service.start()
+    try:
+        main_port = service.listeners.ports[0]
+        assert service.listeners.lines(["1 worker"]) == [
+            f"test-role listening on http://127.0.0.1:{main_port} (1 worker)",
+            f"test-role listening on http://127.0.0.1:{admin.port} (admin, 1 worker)",
+        ]
+        async with aiohttp.ClientSession() as session:
+            for port, text in ((main_port, "main"), (admin.port, "admin")):
+                async with session.get(f"http://127.0.0.1:{port}/") as response:
+                    assert await response.text() == text
+    finally:
+        await service.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_listener_that_cannot_bind_closes_the_opened_ones() -> None:
+    port = free_port()  # both are free when checked; the second bind fails
+    service = AppServer("test-role", hello_app("main"), "127.0.0.1", port)
+    service.listeners.add(WebListener(hello_app("admin"), "127.0.0.1", port, label="admin"))
+    with pytest.raises(BackendUnavailable) as refused:
+        await service.start()
+    assert str(refused.value) == f"cannot listen on 127.0.0.1:{port}: {IN_USE}"
+    with socket.socket() as probe:  # the first listener is closed again
+        probe.bind(("127.0.0.1", port))
+        probe.listen()
+
+
+async def _hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+class WorkersFail:
+    """A service whose workers fail: ``start`` (they cannot start) or ``die`` (they end with
+    status 3 half a second after they serve). The first process serves normally."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.listeners = Listeners("test-role")
+        self.listeners.add(StreamListener(_hang_up, "127.0.0.1", 0))
+
+    async def start(self) -> None:
+        worker = self.listeners.sharing == "worker"
+        if worker and self.how == "start":
+            raise BackendUnavailable("no such backend here")
+        await self.listeners.open()
+        if worker and self.how == "die":
+            asyncio.get_running_loop().call_later(0.5, os._exit, 3)
+
+    async def stop(self) -> None:
+        await self.listeners.close()
+
+    def notes(self) -> list[str]:
+        return []
+
+
+def test_a_worker_that_cannot_start_fails_the_server_with_its_line() -> None:
+    with pytest.raises(BackendUnavailable) as failed:
+        run(partial(WorkersFail, "start"), workers=2)
+    assert str(failed.value) == "test-role worker 1: no such backend here"
+
+
+def test_a_worker_that_dies_stops_the_server() -> None:
+    with pytest.raises(BackendUnavailable) as failed:
+        run(partial(WorkersFail, "die"), workers=2)
+    assert re.fullmatch(r"test-role worker 1 \(pid \d+\) ended with status 3", str(failed.value))

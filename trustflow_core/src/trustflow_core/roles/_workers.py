@@ -183,8 +183,14 @@ def _worker_main(
 async def _work(factory: Callable[[], Service], ports: list[int], conn: Connection) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_reader(conn.fileno(), stop.set)  # the parent closed its end: it is gone
+    why: list[str] = []
+
+    def stop_for(reason: str) -> None:
+        why.append(reason)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop_for, "SIGTERM")
+    loop.add_reader(conn.fileno(), stop_for, "the parent process ended")  # it closed its end
     service = factory()
     service.listeners.join(ports)
     name = f"{service.listeners.role} worker (pid {os.getpid()})"
@@ -196,7 +202,8 @@ async def _work(factory: Callable[[], Service], ports: list[int], conn: Connecti
     conn.send("serving")
     log.info("%s serving", name)
     await stop.wait()
-    log.info("%s stopping", name)
+    log.info("%s stopping: %s", name, why[0])
+    loop.remove_reader(conn.fileno())
     await service.stop()
     log.info("%s stopped", name)
     return 0
