@@ -414,10 +414,11 @@ class WorkersFail:
         return []
 
 
-def test_a_worker_that_cannot_start_fails_the_server_with_its_line() -> None:
+@pytest.mark.parametrize("workers", [2, 4])
+def test_a_worker_that_cannot_start_fails_the_server_with_its_line(workers: int) -> None:
     with pytest.raises(BackendUnavailable) as failed:
-        run(partial(WorkersFail, "start"), workers=2)
-    assert str(failed.value) == "test-role worker 1: no such backend here"
+        run(partial(WorkersFail, "start"), workers=workers)
+    assert re.fullmatch(r"test-role worker \d: no such backend here", str(failed.value))
 
 
 def test_a_worker_that_dies_stops_the_server() -> None:

@@ -32,7 +32,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -55,17 +55,34 @@ STOP_TIMEOUT = GRACE + 10.0
 async def _readable(conn: Connection) -> None:
     """Return when ``conn`` has a message or its other end is closed."""
     loop = asyncio.get_running_loop()
+    fd = conn.fileno()
     ready: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:
         if not ready.done():
             ready.set_result(None)
 
-    loop.add_reader(conn.fileno(), wake)
+    loop.add_reader(fd, wake)
     try:
         await ready
     finally:
-        loop.remove_reader(conn.fileno())
+        loop.remove_reader(fd)
+
+
+async def _all(*works: Awaitable[None]) -> None:
+    """Await every one of ``works``; on the first failure (or cancellation) cancel the rest
+    and wait until they are gone, then raise."""
+    tasks = [asyncio.ensure_future(work) for work in works]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        await _cancel(tasks)
+
+
+async def _cancel(tasks: Sequence[asyncio.Future[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Worker:
@@ -107,7 +124,7 @@ class Workers:
             process.start()
             theirs.close()
             self._workers.append(_Worker(index, process, mine))
-        await asyncio.gather(*(self._ready(worker) for worker in self._workers))
+        await _all(*(self._ready(worker) for worker in self._workers))
         log.info("%s: all %d processes serve", self.role, self.count + 1)
         return True
 
@@ -134,8 +151,7 @@ class Workers:
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for wait in waits:
-                wait.cancel()
+            await _cancel(waits)
         worker = self._workers[waits.index(next(iter(done)))]
         await asyncio.to_thread(worker.process.join, STOP_TIMEOUT)
         message = f"{worker.name(self.role)} ended with status {worker.process.exitcode}"
