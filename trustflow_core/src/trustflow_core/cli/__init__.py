@@ -13,6 +13,7 @@ import click
 
 from ..errors import TrustflowError
 from ..extras import missing_extra
+from ..settings_schema import ConfigError
 
 HELP = """Trustflow: hand encrypted data to TEE applications and release keys only to
 attested, authorized apps.
@@ -35,8 +36,20 @@ class TrustflowGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConfigError as exc:
+            raise ConfigProblem(str(exc)) from exc
         except TrustflowError as exc:
             raise click.ClickException(str(exc)) from exc
+
+
+class ConfigProblem(click.ClickException):
+    """A :class:`~trustflow_core.settings_schema.ConfigError` at the command line: one
+    ``config error: <file>: <key path>: <problem>`` line on stderr, exit status 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"config error: {self.format_message()}", err=True, file=file)
 
 
 def require_extra(command: click.Command, extra: str, path: str = "trustflow") -> None:

@@ -40,10 +40,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ...attestation import Attributes, Policy, Verifier
-from ...errors import InvalidInput
+from ...settings_schema import Node, load_yaml_file
 from ..capsule_manager_protocol.freshness import FreshnessWindow
 
 TOP_KEYS = {
@@ -131,122 +129,63 @@ class CMSettings:
         return Policy(entries, allow_sim)
 
 
-def _section(data: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
-    value = data.get(key) or {}
-    if not isinstance(value, Mapping):
-        raise InvalidInput(f"config: {key} must be a mapping")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise InvalidInput(f"config: unknown key(s) {unknown} in {key}")
-    return value
-
-
-def _path(value: Any, what: str) -> Path | None:
-    if value is None:
-        return None
-    if not isinstance(value, str | os.PathLike):
-        raise InvalidInput(f"config: {what} must be a path")
-    return Path(value).expanduser()
-
-
-def _bool(value: Any, what: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    raise InvalidInput(f"config: {what} must be true or false")
-
-
-def _seconds(value: Any, default: int, what: str) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"config: {what} must be a whole number of seconds >= 0")
-    return value
-
-
-def _freshness(section: Mapping[str, Any]) -> FreshnessWindow | None:
-    if not section:
-        return None
-    default = FreshnessWindow()
-    return FreshnessWindow(
-        max_future=_seconds(
-            section.get("max_future_seconds"), default.max_future, "requests.max_future_seconds"
-        ),
-        max_age=_seconds(
-            section.get("max_age_seconds"), default.max_age, "requests.max_age_seconds"
-        ),
-    )
-
-
 def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
-    """Read ``config_file`` (optional) and apply non-None ``overrides`` (flag values)."""
-    data: Mapping[str, Any] = {}
-    if config_file is not None:
-        try:
-            data = yaml.safe_load(config_file.read_text()) or {}
-        except OSError as exc:
-            raise InvalidInput(f"config file {config_file}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise InvalidInput(f"config file {config_file} is not valid YAML: {exc}") from None
-        if not isinstance(data, Mapping):
-            raise InvalidInput(f"config file {config_file} must hold a mapping")
-    unknown = sorted(set(data) - TOP_KEYS)
-    if unknown:
-        raise InvalidInput(f"config: unknown key(s) {unknown}")
-    storage = _section(data, "storage", {"url", "storage_key_file"})
-    key = _section(data, "key", {"private_key_file", "cert_file"})
-    tls = _section(data, "tls", {"cert_file", "key_file", "client_ca_file"})
-    att = _section(
-        data, "attestation", {"allow_upstream_sim", "allow_simulation", "main_attributes"}
+    """Read ``config_file`` (optional) and apply non-None ``overrides`` (flag values). A bad
+    value raises :class:`~trustflow_core.settings_schema.ConfigError` naming the file and the
+    key path; relative paths in the file are relative to the working directory (upstream)."""
+    root = (
+        load_yaml_file(config_file, relative_to_file=False)
+        if config_file is not None
+        else Node({}, "<flags>")
     )
-    verifiers = _section(data, "verifiers", set(data.get("verifiers") or {}))
-    requests = _section(data, "requests", {"max_age_seconds", "max_future_seconds"})
+    root.mapping(TOP_KEYS)
+    storage = root.get("storage").mapping({"url", "storage_key_file"})
+    key = root.get("key").mapping({"private_key_file", "cert_file"})
+    tls = root.get("tls")
+    att = root.get("attestation").mapping(
+        {"allow_upstream_sim", "allow_simulation", "main_attributes"}
+    )
+    requests = root.get("requests").mapping({"max_age_seconds", "max_future_seconds"})
     tls_settings = None
-    if tls:
-        cert, tkey = (
-            _path(tls.get("cert_file"), "tls.cert_file"),
-            _path(tls.get("key_file"), "tls.key_file"),
-        )
-        if cert is None or tkey is None:
-            raise InvalidInput("config: tls needs cert_file and key_file")
+    if tls.present:
+        tls.mapping({"cert_file", "key_file", "client_ca_file"}, required=("cert_file", "key_file"))
         tls_settings = TlsSettings(
-            cert, tkey, _path(tls.get("client_ca_file"), "tls.client_ca_file")
+            tls.get("cert_file").path(),
+            tls.get("key_file").path(),
+            tls.get("client_ca_file").path(None),
         )
-    main = att.get("main_attributes")
-    if main is not None:
-        if not isinstance(main, list):
-            raise InvalidInput("config: attestation.main_attributes must be a list")
-        main = tuple(Attributes.from_dict(m) for m in main)
+    main = None
+    if att.get("main_attributes").present:
+        main = tuple(
+            entry.build(Attributes.from_dict) for entry in att.get("main_attributes").elements()
+        )
+    freshness = None
+    if requests.present and requests.value:
+        default = FreshnessWindow()
+        freshness = FreshnessWindow(
+            max_future=requests.get("max_future_seconds").integer(default.max_future, minimum=0),
+            max_age=requests.get("max_age_seconds").integer(default.max_age, minimum=0),
+        )
+    verifiers = {name: node.raw_mapping() for name, node in root.get("verifiers").items()}
     values: dict[str, Any] = {
-        "host": data.get("host"),
-        "port": data.get("port"),
-        "plat": data.get("plat"),
-        "data_dir": _path(data.get("data_dir"), "data_dir"),
-        "storage_url": storage.get("url"),
-        "storage_key_file": _path(storage.get("storage_key_file"), "storage.storage_key_file"),
-        "private_key_file": _path(key.get("private_key_file"), "key.private_key_file"),
-        "cert_file": _path(key.get("cert_file"), "key.cert_file"),
+        "host": root.get("host").string(None),
+        "port": root.get("port").port(None),
+        "plat": root.get("plat").name(None),
+        "data_dir": root.get("data_dir").path(None),
+        "storage_url": storage.get("url").string(None),
+        "storage_key_file": storage.get("storage_key_file").path(None),
+        "private_key_file": key.get("private_key_file").path(None),
+        "cert_file": key.get("cert_file").path(None),
         "tls": tls_settings,
-        "allow_upstream_sim": _bool(
-            att.get("allow_upstream_sim"), "attestation.allow_upstream_sim"
-        ),
-        "allow_simulation": _bool(att.get("allow_simulation"), "attestation.allow_simulation"),
+        "allow_upstream_sim": att.get("allow_upstream_sim").boolean(None),
+        "allow_simulation": att.get("allow_simulation").boolean(None),
         "main_attributes": main,
-        "freshness": _freshness(requests),
-        "attester": data.get("attester"),
-        "verifiers": dict(verifiers) or None,
-        "envelope_channel": data.get("envelope_channel"),
+        "freshness": freshness,
+        "attester": root.get("attester").raw_mapping() if root.get("attester").present else None,
+        "verifiers": verifiers or None,
+        "envelope_channel": root.get("envelope_channel").name(None),
     }
     for name, value in overrides.items():
         if value is not None:
             values[name] = value
-    if values["port"] is not None and (
-        not isinstance(values["port"], int) or not 0 <= values["port"] <= 65535
-    ):
-        raise InvalidInput("config: port must be an integer 0..65535")
-    channel = values["envelope_channel"]
-    if channel is not None and (not isinstance(channel, str) or not channel):
-        raise InvalidInput(f"config: envelope_channel must be a backend name, got {channel!r}")
-    for name in ("attester",):
-        if values[name] is not None and not isinstance(values[name], Mapping):
-            raise InvalidInput(f"config: {name} must be a mapping")
     return CMSettings(**{k: v for k, v in values.items() if v is not None})
