@@ -46,7 +46,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
-def _attester_class(pm: TrustflowPluginManager, settings: RaProxySettings) -> type[Attester] | None:
+def attester_class_for(
+    pm: TrustflowPluginManager, settings: RaProxySettings
+) -> type[Attester] | None:
     """The configured attester; with ``upstream_sim`` it must be simulated (the upstream sim
     proxy sends no report), and an unset ``plat`` needs no attester installed."""
     if settings.upstream_sim and settings.plat is None:
@@ -70,7 +72,7 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         cert_pem = settings.read_cert()
-        cls = _attester_class(pm, settings)
+        cls = attester_class_for(pm, settings)
         if settings.upstream_sim:
             app[SERVICE] = RaCertService(cert_pem, None)
             yield
