@@ -38,11 +38,16 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...attestation import Attributes, Policy, Verifier
+from ...errors import InvalidInput
 from ...settings_schema import Node, load_yaml_file
+from .._options import DEFAULT_PORTS
 from ..capsule_manager_protocol.freshness import FreshnessWindow
+
+if TYPE_CHECKING:
+    from ...manager import TrustflowPluginManager
 
 TOP_KEYS = {
     "host",
@@ -75,7 +80,7 @@ class TlsSettings:
 @dataclass(frozen=True)
 class CMSettings:
     host: str = "127.0.0.1"
-    port: int = 8888
+    port: int = DEFAULT_PORTS["capsule-manager"]
     plat: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
     storage_url: str | None = None
@@ -90,6 +95,10 @@ class CMSettings:
     attester: Mapping[str, Any] = field(default_factory=dict)
     verifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     envelope_channel: str = "jwe"
+    #: Where the settings came from (the config file), named by configuration errors, and
+    #: which of them the file set (the others came from flags, the environment or defaults).
+    source: str = field(default="<flags>", compare=False)
+    from_file: frozenset[str] = field(default=frozenset(), compare=False)
 
     def __repr__(self) -> str:  # the storage URL's password never shows
         from .database_url import redact
@@ -184,8 +193,75 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
         "attester": root.get("attester").raw_mapping() if root.get("attester").present else None,
         "verifiers": verifiers or None,
         "envelope_channel": root.get("envelope_channel").name(None),
+        "source": root.source,
     }
+    values["from_file"] = frozenset(
+        name for name, value in values.items() if value is not None and name != "source"
+    )
     for name, value in overrides.items():
         if value is not None:
             values[name] = value
+            values["from_file"] -= {name}
     return CMSettings(**{k: v for k, v in values.items() if v is not None})
+
+
+def check_settings(settings: CMSettings, pm: TrustflowPluginManager) -> None:
+    """What ``--check-config`` checks beyond parsing: the storage URL parses, the TLS files
+    and existing identity/storage key files are readable, the attester, every configured
+    verifier and the envelope channel exist and build from their settings. Nothing is
+    created, no database is contacted, nothing listens."""
+    import asyncio
+    import functools
+
+    from ...registry import ENVELOPE_CHANNEL, VERIFIER, attester_class, backend_class
+    from . import database_url
+
+    if "storage_url" in settings.from_file:
+        Node(None, settings.source, "storage.url").build(
+            lambda _: database_url.parse(settings.db_url)
+        )
+    else:
+        database_url.parse(settings.db_url)
+    files: list[tuple[str, str, Path | None]] = []  # (key path, field or flag, path)
+    if settings.tls is not None:
+        files += [
+            ("tls.cert_file", "tls", settings.tls.cert_file),
+            ("tls.key_file", "tls", settings.tls.key_file),
+            ("tls.client_ca_file", "tls", settings.tls.client_ca_file),
+        ]
+    for key, name, existing in zip(
+        ("key.private_key_file", "key.cert_file", "storage.storage_key_file"),
+        ("private_key_file", "cert_file", "storage_key_file"),
+        settings.key_paths,
+        strict=True,
+    ):
+        files.append((key, name, existing if existing.exists() else None))
+    for key, name, path in files:
+        if path is None:
+            continue
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            problem = f"cannot read {path}: {exc.strerror or exc}"
+            if name in settings.from_file:
+                raise Node(str(path), settings.source, key).error(problem) from None
+            raise InvalidInput(f"--{name.replace('_', '-')}: {problem}") from None
+    backend_class(pm, ENVELOPE_CHANNEL, settings.envelope_channel)
+    attester = None if settings.plat in ("none", "") else attester_class(pm, settings.plat)
+
+    async def build() -> None:
+        if attester is not None:
+            node = Node(settings.attester, settings.source, "attester")
+            async with node.build(lambda value: attester.from_role(value or None, pm=pm)):
+                pass
+        for name, values in settings.verifiers.items():
+            verifier = backend_class(pm, VERIFIER, name)
+            node = Node(values, settings.source, f"verifiers.{name}")
+            async with node.build(functools.partial(_build, verifier, pm=pm)):
+                pass
+
+    asyncio.run(build())
+
+
+def _build(cls: type[Verifier], value: Mapping[str, Any] | None, *, pm: Any) -> Verifier:
+    return cls.from_role(value or None, pm=pm)

@@ -90,9 +90,9 @@ def parse_cm_init(root: Node) -> CmInitConfig:
     refused (a typo would silently change the request). Relative asset paths are relative to
     ``root.base`` (the config file's directory) when set."""
     root.mapping(set(REQUIRED) | set(OPTIONAL), required=REQUIRED)
-    for key in ("op_name", "tls_cert_path", "tls_key_path"):
-        if not root.get(key).text():
-            raise root.get(key).error("empty")
+    for name in ("op_name", "tls_cert_path", "tls_key_path"):
+        if not root.get(name).text():
+            raise root.get(name).error("empty")
     resources = root.get("resource").elements()
     if not resources:
         raise root.get("resource").error("empty (the group is defined by its first entry)")
