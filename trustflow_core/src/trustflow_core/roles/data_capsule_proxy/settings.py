@@ -213,7 +213,7 @@ def check_settings(
     """What is checked before serving (and all ``--check-config`` does) beyond parsing: the
     certificate reads and names a party, the key exchange and the local storage exist and
     build from their settings (``exchange_settings``: where those came from, for errors), the
-    object-store backends exist. Nothing is contacted, nothing listens."""
+    object-store backends exist when object storage is on. Nothing is contacted, nothing listens."""
     import asyncio
 
     from ...identity import load_pem_chain, party_id_of_chain
@@ -226,7 +226,7 @@ def check_settings(
     local_cls = backend_class(pm, STORAGE, settings.local_storage)
     if "file" not in local_cls.schemes:
         raise InvalidInput(f"--local-storage {local_cls.name!r} does not serve file paths")
-    for kind in OBJECT_STORES:
+    for kind in OBJECT_STORES if settings.allowed_object_store_endpoints else ():
         backend = settings.object_store_backend(kind)
         if backend is not None:
             backend_class(pm, STORAGE, backend)
