@@ -14,6 +14,7 @@ from .._options import DEFAULT_PORTS, LOG_KEYS
 
 if TYPE_CHECKING:
     from ...manager import TrustflowPluginManager
+    from ...storage import Storage
     from .cm_init import CmInitConfig
 
 
@@ -223,9 +224,7 @@ def check_settings(
     exchange_cls = backend_class(pm, KEY_EXCHANGE, settings.key_exchange)
     default_attester = None if settings.plat else attester_class(pm, None)
     full = settings.exchange_settings(default_attester.name if default_attester else None)
-    local_cls = backend_class(pm, STORAGE, settings.local_storage)
-    if "file" not in local_cls.schemes:
-        raise InvalidInput(f"--local-storage {local_cls.name!r} does not serve file paths")
+    local_cls = local_storage_class(pm, settings.local_storage)
     for kind in OBJECT_STORES if settings.allowed_object_store_endpoints else ():
         backend = settings.object_store_backend(kind)
         if backend is not None:
@@ -244,3 +243,17 @@ def check_settings(
             pass
 
     asyncio.run(build())
+
+
+def local_storage_class(pm: TrustflowPluginManager, name: str) -> type[Storage]:
+    """The storage backend ``name`` serving the requests' local paths; it must serve
+    ``file`` URIs."""
+    from ...registry import STORAGE, backend_class
+
+    cls = backend_class(pm, STORAGE, name)
+    if "file" not in cls.schemes:
+        raise InvalidInput(
+            f"--local-storage {cls.name!r} does not serve file paths (it serves "
+            f"{', '.join(s + '://' for s in cls.schemes)})"
+        )
+    return cls

@@ -86,7 +86,8 @@ def gateway(
     from ...manager import get_plugin_manager
     from .._options import config_ok
     from .._server import setup_logging, wait_for_signal
-    from .config import check, load_config
+    from .config import load_config
+    from .preflight import check
     from .server import Gateway
 
     config = load_config(

@@ -54,14 +54,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...errors import InvalidInput
 from ...settings_schema import Node, describe, load_yaml_file
 from .freshness import DEFAULT_FRESHNESS, MODES, FreshnessConfig
-
-if TYPE_CHECKING:
-    from ...manager import TrustflowPluginManager
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 15.0
@@ -566,25 +563,3 @@ def _envoy_listener(spec: Node, i: int, rw: _Rewrites) -> Listener:
     return _listener(
         spec, name=name, address=address, routes=tuple(routes), jwe=jwe, tls=tls, **limits
     )
-
-
-def check(config: GatewayConfig, pm: TrustflowPluginManager) -> None:
-    """What is checked before serving (and all ``--check-config`` does) beyond parsing: every
-    JWE filter's certificate and key load and belong together, the envelope channel builds for
-    both profiles, every TLS asset loads and validates (:func:`.mtls.check_assets`). Nothing
-    listens, no upstream is contacted."""
-    from ...registry import ENVELOPE_CHANNEL, backend_class
-    from .jwe_filter import PROFILES, JweFilter
-    from .mtls import check_assets
-
-    filtered = [listener for listener in config.listeners if listener.jwe is not None]
-    if filtered:
-        envelope = backend_class(pm, ENVELOPE_CHANNEL, config.envelope_channel)
-        channels = {p: envelope.from_role({"profile": p}, pm=pm) for p in PROFILES}
-    for listener in filtered:
-        if listener.jwe is not None:
-            try:
-                JweFilter.load(listener.jwe, channels)
-            except InvalidInput as exc:
-                raise InvalidInput(f"{config.source}: listener {listener.name!r}: {exc}") from None
-    check_assets(config, pm)

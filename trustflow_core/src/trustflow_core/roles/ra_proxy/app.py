@@ -17,6 +17,7 @@ from ...attestation import Attester
 from ...errors import BackendNotFound, InvalidInput, TrustflowError
 from ...manager import TrustflowPluginManager
 from ...registry import ATTESTER, attester_class, backends_of
+from ...settings_schema import Node
 from . import handlers
 from .keys import PLUGIN_MANAGER, SERVICE
 from .service import RaCertService
@@ -89,3 +90,25 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/-/plugins", handlers.plugins)
     return app
+
+
+def check_settings(
+    settings: RaProxySettings, pm: TrustflowPluginManager, attester: Node | None = None
+) -> None:
+    """What is checked before serving (and all ``--check-config`` does) beyond parsing: the
+    certificate file reads as PEM, the attester exists (simulated with ``upstream_sim``) and
+    builds from its settings (``attester``: where they came from, for errors). No report is
+    generated, nothing listens."""
+    import asyncio
+
+    settings.read_cert()
+    cls = attester_class_for(pm, settings)
+    if cls is None or settings.upstream_sim:
+        return
+
+    async def build() -> None:
+        node = attester or Node.settings(settings.attester_settings, "attester settings")
+        async with node.build(lambda value: cls.from_role(value, pm=pm)):
+            pass
+
+    asyncio.run(build())

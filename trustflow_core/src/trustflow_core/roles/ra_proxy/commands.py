@@ -79,8 +79,8 @@ def ra_proxy(
     from ...settings_schema import Node
     from .._options import config_ok, merge_config
     from .._server import serve, setup_logging
-    from .app import create_app
-    from .settings import CONFIG_KEYS, check_settings, settings_from
+    from .app import check_settings, create_app
+    from .settings import CONFIG_KEYS, settings_from
 
     values = merge_config(ctx, config_file, CONFIG_KEYS)
     if settings_file:

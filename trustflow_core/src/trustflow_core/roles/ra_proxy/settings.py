@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...errors import InvalidInput
 from ...settings_schema import Node
 from .._options import DEFAULT_PORTS, LOG_KEYS
-
-if TYPE_CHECKING:
-    from ...manager import TrustflowPluginManager
 
 #: The keys of ``trustflow ra-proxy -c FILE`` and how each is read.
 CONFIG_KEYS: Mapping[str, Callable[[Node], Any]] = {
@@ -89,27 +86,3 @@ def settings_from(values: Mapping[str, Any]) -> RaProxySettings:
         port=values["port"],
         **optional,
     )
-
-
-def check_settings(
-    settings: RaProxySettings, pm: TrustflowPluginManager, attester: Node | None = None
-) -> None:
-    """What is checked before serving (and all ``--check-config`` does) beyond parsing: the
-    certificate file reads as PEM, the attester exists (simulated with ``upstream_sim``) and
-    builds from its settings (``attester``: where they came from, for errors). No report is
-    generated, nothing listens."""
-    import asyncio
-
-    from .app import attester_class_for
-
-    settings.read_cert()
-    cls = attester_class_for(pm, settings)
-    if cls is None or settings.upstream_sim:
-        return
-
-    async def build() -> None:
-        node = attester or Node.settings(settings.attester_settings, "attester settings")
-        async with node.build(lambda value: cls.from_role(value, pm=pm)):
-            pass
-
-    asyncio.run(build())
