@@ -29,6 +29,7 @@ from ..capsule_manager_protocol.errors import CMError
 from . import database_url, identity_keys, port_claim, private_files
 from .database import Database
 from .envelope import Envelopes
+from .health import DEFAULT_INTERVAL, DatabaseHealth
 from .sealing import Sealer, load_or_create_key
 from .service import CapsuleManagerService
 from .settings import CMSettings
@@ -55,7 +56,12 @@ class CapsuleManager:
     """
 
     def __init__(
-        self, settings: CMSettings, *, pm: Any = None, sharing: port_claim.Sharing = "exclusive"
+        self,
+        settings: CMSettings,
+        *,
+        pm: Any = None,
+        sharing: port_claim.Sharing = "exclusive",
+        health_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self.settings = settings
         self.sharing = sharing
@@ -65,6 +71,8 @@ class CapsuleManager:
         self.store: Database | None = None
         self.port: int | None = None
         self._verifiers: dict[str, Verifier] = {}
+        self.health_interval = health_interval
+        self.health: DatabaseHealth | None = None
 
     # ---- parts -----------------------------------------------------------------------------
 
@@ -164,6 +172,8 @@ class CapsuleManager:
         reuse_port = int(self.sharing != "exclusive")
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", reuse_port)])
         cm_grpc.add_CapsuleManagerServicer_to_server(service, self.server)
+        self.health = DatabaseHealth(self.store, s.db_url, self.health_interval)
+        self.health.add_to(self.server)
         address = f"{s.host}:{s.port}"
         port: int
         try:
@@ -178,11 +188,15 @@ class CapsuleManager:
         if self.sharing == "first" and not s.port:  # a port the kernel just chose
             self._claim = port_claim.claim(s.host, port)
         await self.server.start()
+        await self.health.start()
         self.port = port
         log.info("capsule manager %s listening on %s:%d", identity.party_id, s.host, port)
         return port
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None

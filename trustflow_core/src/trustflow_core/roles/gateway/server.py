@@ -99,13 +99,10 @@ class Gateway:
         return JweFilter.load(listener.jwe, channels)
 
     async def start(self) -> None:
-        from ...registry import list_plugins
-
         try:
             self._upstreams = upstreams = Upstreams(
                 self.config.clusters, self.config.request_timeout
             )
-            listing = list_plugins(self.pm)
             default_cap = default_max_connections(len(self.config.listeners))
             for listener in self.config.listeners:
                 server_ssl = self._server_ssl(listener)
@@ -118,6 +115,7 @@ class Gateway:
                         self._client_ssl(cluster),
                         max_connections=listener.max_connections or default_cap,
                         idle_timeout=listener.idle_timeout or 0.0,
+                        listener_name=listener.name,
                     )
                     self._tcp_proxies.append(proxy)
                     with binding(listener.address.host, listener.address.port):
@@ -143,7 +141,6 @@ class Gateway:
                         self.config,
                         upstreams,
                         self._jwe_filter(listener),
-                        listing,
                         max_connections=default_cap,
                     )
                     runner = web.ServerRunner(create_server(http), handle_signals=False)
