@@ -188,12 +188,12 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         policy = self.policy.with_user_data(digest)
         if report is None:
             policy = Policy(policy.main_attributes, allow_simulation=True)
-        # A platform label only once a verifier took the report: never a client's string.
+        # The platform label is the name of the verifier that took the report (sim, tdx, ...):
+        # never a string the client sent.
         platform = "none" if report is None else "unknown"
         try:
             if report is not None:
-                self.verifier_for(report.str_tee_platform)
-                platform = _metrics.bounded(report.str_tee_platform)
+                platform = _metrics.bounded(type(self.verifier_for(report.str_tee_platform)).name)
             verified = await verify_optional(
                 report, policy, self.verifier_for, upstream_sim=self.allow_upstream_sim
             )

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ...errors import UnsupportedOperation
 from ...manager import TrustflowPluginManager
+from .._admin import tcp_reachable
 from .._server import binding
 from .config import Address, Cluster, GatewayConfig, Listener
 from .guard import default_max_connections
@@ -171,6 +172,23 @@ class Gateway:
         except BaseException:
             await self.stop()
             raise
+
+    async def upstreams_ready(self) -> str | None:
+        """A readiness check (:mod:`.._admin`): None when every cluster has an endpoint that
+        accepts a TCP connection now, else one line per cluster that has none."""
+
+        async def reachable(cluster: Cluster) -> str | None:
+            problems = []
+            for endpoint in cluster.endpoints:
+                what = f"cluster {cluster.name}"
+                problem = await tcp_reachable(endpoint.host, endpoint.port, what)
+                if problem is None:
+                    return None
+                problems.append(problem)
+            return "; ".join(problems) or f"cluster {cluster.name}: no endpoint"
+
+        found = await asyncio.gather(*(reachable(c) for c in self.config.clusters.values()))
+        return "\n".join(p for p in found if p) or None
 
     async def stop(self) -> None:
         for server in self._servers:
