@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
@@ -99,7 +100,10 @@ def observe_middleware(role: str) -> Middleware:
     (the incoming ``x-request-id`` when well formed, else a new one; echoed in the reply's
     ``x-request-id``) and records it in ``trustflow_requests_total`` and
     ``trustflow_request_duration_seconds`` by route template (``unmatched`` for no route)
-    and status."""
+    and status; at DEBUG it logs one line per request (method, route template, status,
+    time)."""
+
+    log = logging.getLogger(f"trustflow.{role.replace('-', '_')}")
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -119,6 +123,8 @@ def observe_middleware(role: str) -> Middleware:
                 exc.headers[REQUEST_ID_HEADER] = rid
                 raise
             finally:
-                _metrics.observe_request(role, route, status, time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                _metrics.observe_request(role, route, status, elapsed)
+                log.debug("%s %s -> %d in %.1f ms", request.method, route, status, elapsed * 1e3)
 
     return observe

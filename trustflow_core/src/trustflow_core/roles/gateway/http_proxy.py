@@ -180,7 +180,13 @@ class HttpProxy:
         finally:
             self.guard.idle(request.transport)
             elapsed = time.perf_counter() - started
-            _metrics.observe_request("gateway", self._route_label(request), status, elapsed)
+            route = self._route_label(request)
+            _metrics.observe_request("gateway", route, status, elapsed)
+            if log.isEnabledFor(logging.DEBUG):
+                with request_context(rid):
+                    log.debug(
+                        "%s %s -> %d in %.1f ms", request.method, route, status, elapsed * 1e3
+                    )
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
