@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -272,3 +273,20 @@ async def test_probes_and_readiness_of_gateway_and_proxy(pm, tmp_path):
     )
     assert readiness_checks(static) == []
     assert await tcp_reachable("127.0.0.1", app_port, "x") is not None
+
+
+async def test_every_metric_is_documented():
+    """docs/observability.md lists every metric of roles/_metrics.py with its labels."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from trustflow_core.roles import _metrics
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
+    metrics = [m for m in vars(_metrics).values() if isinstance(m, (Counter, Gauge, Histogram))]
+    assert len(metrics) >= 12
+    for metric in metrics:
+        name = metric._name + ("_total" if isinstance(metric, Counter) else "")
+        row = next((line for line in docs.splitlines() if line.startswith(f"| `{name}` |")), None)
+        assert row is not None, f"{name} is not in docs/observability.md"
+        for label in metric._labelnames:
+            assert f"`{label}`" in row, f"{name}: label {label} undocumented"
