@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 
@@ -73,50 +73,3 @@ async def serve(
         await shutdown_trigger()
     finally:
         await runner.cleanup()
-
-
-#: Level of the loggers outside the project (grpc, SQLAlchemy, the CEL library, aiohttp, ...):
-#: at DEBUG the CEL library alone logs its evaluation internals, gigabytes for a few requests.
-LIBRARY_LEVEL = "WARNING"
-_HANDLER_FLAG = "_trustflow_role_handler"
-
-
-def project_loggers() -> set[str]:
-    """The top-level logger names of the project: ``trustflow``, ``trustflow_core`` and the
-    top-level package of every installed ``trustflow`` plugin entry point."""
-    from importlib import metadata
-
-    from ..manager import ENTRY_POINT_GROUP
-
-    names = {"trustflow", "trustflow_core"}
-    names.update(ep.module.split(".")[0] for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
-    return names
-
-
-def setup_logging(
-    log_path: str | None,
-    level: str = "info",
-    levels_for: Iterable[tuple[str, str]] = (),
-) -> None:
-    """Log to ``log_path`` (appending) or, when None, to stderr: the project's loggers
-    (:func:`project_loggers`) at ``level``, every other logger at :data:`LIBRARY_LEVEL`, and
-    the loggers named in ``levels_for`` (``(name, level)`` pairs) at their own level.
-
-    Calling it again replaces the handler it installed before."""
-    import logging
-
-    handler: logging.Handler = (
-        logging.FileHandler(log_path, encoding="utf-8") if log_path else logging.StreamHandler()
-    )
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
-    setattr(handler, _HANDLER_FLAG, True)
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, _HANDLER_FLAG, False)]:
-        root.removeHandler(old)
-        old.close()
-    root.addHandler(handler)
-    root.setLevel(LIBRARY_LEVEL)
-    for name in project_loggers():
-        logging.getLogger(name).setLevel(level.upper())
-    for name, named_level in levels_for:
-        logging.getLogger(name).setLevel(named_level.upper())

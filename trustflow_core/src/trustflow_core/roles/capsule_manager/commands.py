@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .._options import log_options
+from .._options import admin_options, log_options
 
 
 @click.command("capsule-manager")
@@ -42,6 +42,7 @@ from .._options import log_options
     show_default=True,
     help="Server processes sharing the port (they share keys and database).",
 )
+@admin_options
 @log_options
 def capsule_manager(
     config_file: Path | None,
@@ -56,18 +57,21 @@ def capsule_manager(
     storage_key_file: Path | None,
     allow_upstream_sim: bool | None,
     workers: int,
+    admin_host: str,
+    admin_port: int | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
+    log_format: str,
 ) -> None:
     """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
     import asyncio
 
-    from .._server import setup_logging
+    from .._logging import setup_logging
     from .server import LogSettings, serve
     from .settings import load_settings
 
-    log_settings = LogSettings(log_path, log_level, log_levels_for)
+    log_settings = LogSettings(log_path, log_level, log_levels_for, log_format)
     setup_logging(*log_settings)
     settings = load_settings(
         config_file,
@@ -82,7 +86,8 @@ def capsule_manager(
         storage_key_file=storage_key_file,
         allow_upstream_sim=allow_upstream_sim,
     )
-    asyncio.run(serve(settings, workers=workers, log_settings=log_settings))
+    admin = None if admin_port is None else (admin_host, admin_port)
+    asyncio.run(serve(settings, workers=workers, log_settings=log_settings, admin=admin))
 
 
 COMMANDS: list[click.Command] = [capsule_manager]

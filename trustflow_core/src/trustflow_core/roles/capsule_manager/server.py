@@ -4,6 +4,7 @@ and the ``grpc.aio`` server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from pathlib import Path
@@ -36,14 +37,17 @@ from .settings import CMSettings
 
 log = logging.getLogger(__name__)
 NO_ATTESTER = ("none", "")
+ROLE = "capsule-manager"
 
 
 class LogSettings(NamedTuple):
-    """The arguments of :func:`roles._server.setup_logging`, handed to ``--workers``."""
+    """The arguments of :func:`roles._logging.setup_logging`, handed to ``--workers``."""
 
     log_path: str | None = None
     level: str = "warning"
     levels_for: tuple[tuple[str, str], ...] = ()
+    log_format: str = "text"
+    role: str = ROLE
 
 
 class CapsuleManager:
@@ -253,9 +257,15 @@ def _server_credentials(s: CMSettings) -> grpc.ServerCredentials:
 
 
 async def serve(
-    settings: CMSettings, *, workers: int = 1, log_settings: LogSettings | None = None
+    settings: CMSettings,
+    *,
+    workers: int = 1,
+    log_settings: LogSettings | None = None,
+    admin: tuple[str, int] | None = None,
 ) -> None:
-    """Run until SIGINT/SIGTERM; print one line with the address and identity.
+    """Run until SIGINT/SIGTERM; print one line with the address and identity. ``admin``
+    (host, port): the admin listener (:mod:`.._admin`), in this process only; its readiness
+    is the database's.
 
     ``workers > 1`` starts that many server processes on the same port (``SO_REUSEPORT``; the
     kernel spreads connections over them; no other process may listen there, see
@@ -275,8 +285,10 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the "listening" line is printed
         loop.add_signal_handler(sig, stop.set)
     cm = CapsuleManager(settings, sharing="first" if workers > 1 else "exclusive")
+    admin_site = contextlib.AsyncExitStack()
     try:
         port = await cm.start()
+        await admin_site.enter_async_context(_admin_listener(cm, admin))
     except BaseException:
         await cm.stop(grace=0)
         raise
@@ -299,18 +311,33 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        log.info("%s stopping", ROLE)
         for child in children:
             child.terminate()
+        await admin_site.aclose()
         await cm.stop(grace=2.0)
         for child in children:
             await asyncio.to_thread(child.join, 10)
+        log.info("%s stopped", ROLE)
+
+
+def _admin_listener(
+    cm: CapsuleManager, admin: tuple[str, int] | None
+) -> contextlib.AbstractAsyncContextManager[int | None]:
+    from .._admin import admin_listener, create_admin_app
+
+    async def database() -> str | None:
+        return "database: not open" if cm.health is None else await cm.health.readiness()
+
+    host, port = admin if admin is not None else ("", None)
+    return admin_listener(create_admin_app(ROLE, cm.pm, [database]), host, port, role=ROLE)
 
 
 def _worker_main(settings: CMSettings, parent_pid: int, log_settings: LogSettings) -> None:
     """An extra server process; exits when its parent is gone."""
     import os
 
-    from .._server import setup_logging
+    from .._logging import setup_logging
 
     async def run() -> None:
         cm = CapsuleManager(settings, sharing="worker")

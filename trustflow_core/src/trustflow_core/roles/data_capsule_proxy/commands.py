@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .._options import log_options
+from .._options import admin_options, log_options
 
 
 @click.command("data-capsule-proxy")
@@ -110,6 +110,7 @@ from .._options import log_options
     help="cm_init.yaml: fetch the communication-group TLS asset from the CM before serving "
     "(written to its tls_cert_path / tls_key_path, re-fetched before expiry).",
 )
+@admin_options
 @log_options
 def data_capsule_proxy(
     cert_path: Path,
@@ -127,9 +128,12 @@ def data_capsule_proxy(
     object_store_backends: tuple[str, ...],
     result_format: str,
     cm_init_config: Path | None,
+    admin_host: str,
+    admin_port: int | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
+    log_format: str,
 ) -> None:
     """Serve POST /DataCapsuleProxy/GetInputData and /DataCapsuleProxy/PutResultData (decrypt
     inputs with released keys; encrypt, store and register results) and GET /health.
@@ -140,12 +144,14 @@ def data_capsule_proxy(
     from ...errors import TrustflowError
     from ...fileio import load_mapping
     from ...manager import get_plugin_manager
-    from .._server import serve, setup_logging
-    from .app import create_app
+    from .._admin import create_admin_app, serve_admin_with
+    from .._logging import setup_logging
+    from .._server import serve
+    from .app import ROLE, create_app, readiness_checks
     from .cm_init import load_cm_init
     from .settings import OBJECT_STORES, DataCapsuleProxySettings
 
-    setup_logging(log_path, log_level, log_levels_for)
+    setup_logging(log_path, log_level, log_levels_for, log_format, ROLE)
     try:
         cm_init = load_cm_init(cm_init_config) if cm_init_config else None
         settings = DataCapsuleProxySettings(
@@ -169,7 +175,10 @@ def data_capsule_proxy(
             port=port,
             cm_init=cm_init,
         )
-        app = create_app(settings, get_plugin_manager())
+        pm = get_plugin_manager()
+        app = create_app(settings, pm)
+        admin = create_admin_app(ROLE, pm, readiness_checks(settings))
+        serve_admin_with(app, admin, admin_host, admin_port, role=ROLE)
 
         def started(bound: int) -> None:
             click.echo(f"data-capsule-proxy listening on http://{host}:{bound}", err=True)

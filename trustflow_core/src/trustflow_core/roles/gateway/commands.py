@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .._options import log_options
+from .._options import admin_options, log_options
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -69,6 +69,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     help="Transport channel backend of TLS listeners and clusters. "
     "Default: the config's transport_channel, else mtls.",
 )
+@admin_options
 @log_options
 def gateway(
     config_file: str,
@@ -78,24 +79,32 @@ def gateway(
     tls_reload_interval: float,
     envelope_channel: str | None,
     transport_channel: str | None,
+    admin_host: str,
+    admin_port: int | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
+    log_format: str,
 ) -> None:
     """Serve the listeners of CONFIG: prefix routes to clusters, the JWE filter (opens client
     envelopes, seals app replies), TCP proxying, mTLS ingress listeners and egress clusters
-    (group TLS asset, mtls channel); GET /healthz and /-/plugins on HTTP listeners.
+    (group TLS asset, mtls channel); GET /healthz on HTTP listeners; metrics, probes and
+    /-/plugins on the admin listener (--admin-port).
     A missing, tampered or mismatched TLS asset is refused before anything listens."""
     import asyncio
     import dataclasses
+    import logging
 
     from ...manager import get_plugin_manager
-    from .._server import setup_logging, wait_for_signal
+    from .._admin import admin_listener, create_admin_app
+    from .._logging import setup_logging
+    from .._server import wait_for_signal
     from .config import load_config
     from .mtls import check_assets
     from .server import Gateway
 
-    setup_logging(log_path, log_level, log_levels_for)
+    setup_logging(log_path, log_level, log_levels_for, log_format, "gateway")
+    log = logging.getLogger("trustflow.gateway")
     config = load_config(
         config_file,
         address_map=_pairs(map_address, "--map-address"),
@@ -109,7 +118,7 @@ def gateway(
         transport_channel=transport_channel or config.transport_channel,
     )
 
-    if workers > 1 and any(lst.address.port == 0 for lst in config.listeners):
+    if workers > 1 and (admin_port == 0 or any(lst.address.port == 0 for lst in config.listeners)):
         raise click.BadParameter("port 0 cannot be shared by workers", param_hint="--workers")
     if workers > 1 and any(lst.jwe and lst.jwe.freshness.mode != "off" for lst in config.listeners):
         click.echo(
@@ -121,18 +130,27 @@ def gateway(
     check_assets(config, get_plugin_manager())  # one clear error before any worker starts
 
     async def run(announce: bool) -> None:
-        async with Gateway(
-            config,
-            get_plugin_manager(),
-            reuse_port=workers > 1,
-            tls_reload_interval=tls_reload_interval,
-        ) as gw:
+        pm = get_plugin_manager()
+        async with (
+            Gateway(
+                config, pm, reuse_port=workers > 1, tls_reload_interval=tls_reload_interval
+            ) as gw,
+            admin_listener(
+                create_admin_app("gateway", pm, [gw.upstreams_ready]),
+                admin_host,
+                admin_port,
+                role="gateway",
+                reuse_port=workers > 1,
+            ),
+        ):
             if announce:
                 for name, address in gw.addresses.items():
                     click.echo(
                         f"gateway listener {name} on {address} ({workers} workers)", err=True
                     )
             await wait_for_signal()
+            log.info("gateway stopping")
+        log.info("gateway stopped")
 
     if workers == 1:
         asyncio.run(run(True))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .._options import log_options
+from .._options import admin_options, log_options
 
 
 @click.command("ra-proxy")
@@ -39,6 +39,7 @@ from .._options import log_options
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8010, show_default=True)
+@admin_options
 @log_options
 def ra_proxy(
     cert_path: Path,
@@ -47,9 +48,12 @@ def ra_proxy(
     settings_file: str | None,
     host: str,
     port: int,
+    admin_host: str,
+    admin_port: int | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
+    log_format: str,
 ) -> None:
     """Serve POST /RaProxy/GetRaCert: the app certificate plus an attestation report binding
     SHA-256(cert || "." || nonce), and GET /health."""
@@ -57,11 +61,13 @@ def ra_proxy(
 
     from ...fileio import load_mapping
     from ...manager import get_plugin_manager
-    from .._server import serve, setup_logging
-    from .app import create_app
+    from .._admin import create_admin_app, serve_admin_with
+    from .._logging import setup_logging
+    from .._server import serve
+    from .app import ROLE, create_app
     from .settings import RaProxySettings
 
-    setup_logging(log_path, log_level, log_levels_for)
+    setup_logging(log_path, log_level, log_levels_for, log_format, ROLE)
     settings = RaProxySettings(
         cert_path=cert_path,
         plat=plat,
@@ -70,7 +76,9 @@ def ra_proxy(
         host=host,
         port=port,
     )
-    app = create_app(settings, get_plugin_manager())
+    pm = get_plugin_manager()
+    app = create_app(settings, pm)
+    serve_admin_with(app, create_admin_app(ROLE, pm), admin_host, admin_port, role=ROLE)
 
     def started(bound: int) -> None:
         click.echo(f"ra-proxy listening on http://{host}:{bound}", err=True)
