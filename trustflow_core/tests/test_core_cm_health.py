@@ -1,13 +1,19 @@
 """The Capsule Manager's gRPC health (``grpc.health.v1``) follows its database: a CM on a
 throw-away PostgreSQL database answers SERVING, NOT_SERVING once the database refuses
 connections, SERVING again when it is back, and NOT_SERVING after shutdown began. The admin
-listener's readiness says the same."""
+listener's readiness says the same. And the command with ``--admin-port`` and
+``--log-format json``, as an operator runs it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -21,12 +27,14 @@ from trustflow_core.roles.capsule_manager.health import CM_SERVICE
 from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.testing.databases import admin_url, throwaway_database
+from trustflow_core.testing.fixtures import free_port
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.plugins("channel_jwe", "tee_sim")]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 INTERVAL = 0.2
+TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
 
 
 @contextlib.contextmanager
@@ -115,3 +123,41 @@ async def test_health_follows_the_postgresql_database(pm, tmp_path):
         finally:
             await runner.cleanup()
             await cm.stop(grace=0)
+
+
+async def test_the_command_serves_health_admin_and_json_logs(sim_env, tmp_path):
+    """``trustflow capsule-manager --admin-port ... --log-format json``: gRPC health SERVING,
+    readiness and metrics on the admin port, JSON log lines, shutdown logged."""
+    port, admin_port = free_port(), free_port()
+    log_file = tmp_path / "cm.log"
+    args = [TRUSTFLOW, "capsule-manager", "--plat", "sim", "--data-dir", str(tmp_path / "cm")]
+    args += ["--port", str(port), "--admin-port", str(admin_port)]
+    args += ["--log-format", "json", "--log-path", str(log_file)]
+    proc = subprocess.Popen(args, env=sim_env, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{admin_port}"
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            try:
+                assert await readyz(base) == (200, "ready\n")
+                break
+            except aiohttp.ClientError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.2)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await status_of(health_pb2_grpc.HealthStub(channel), CM_SERVICE) == SERVING
+        async with aiohttp.ClientSession() as http, http.get(base + "/metrics") as r:
+            metrics = await r.text()
+        assert "trustflow_db_up 1.0" in metrics
+        assert 'trustflow_db_duration_seconds_count{operation="ping",outcome="ok"}' in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+        proc.stderr.close()
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert {entry["role"] for entry in lines} == {"capsule-manager"}
+    messages = [entry["message"] for entry in lines]
+    assert "database reachable: serving" in messages
+    assert messages[-2:] == ["capsule-manager stopping", "capsule-manager stopped"]
