@@ -19,12 +19,15 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ...tls_asset import peer_party_id
 from .. import _metrics
 from .config import Cluster
 from .upstreams import Upstreams
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
 log = logging.getLogger("trustflow.gateway")
 CHUNK = 256 * 1024
@@ -63,7 +66,7 @@ async def _pipe(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     watch: _IdleWatch | None,
-    relayed: Any,
+    relayed: Counter,
 ) -> None:
     try:
         while data := await reader.read(CHUNK):
