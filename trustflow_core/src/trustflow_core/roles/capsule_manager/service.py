@@ -142,13 +142,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _Refused(Exception):
-    """A policy refusal on its way to the metrics: ``reason`` (the label) and the error."""
-
-    def __init__(self, reason: str, error: CMError) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.error = error
+def _refused(rpc: str, reason: str, error: CMError) -> CMError:
+    """``error``, after counting it as a policy refusal of ``rpc`` for ``reason``."""
+    _metrics.POLICY_REFUSALS.labels(rpc, reason).inc()
+    return error
 
 
 class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
@@ -285,15 +282,6 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
     ) -> dict[str, str]:
         """The keys of ``uris`` when the policies allow the request; a refusal is counted in
         ``trustflow_policy_refusals_total`` by ``rpc`` and reason."""
-        try:
-            return self._authorize_and_fetch_unmetered(rr, env, uris)
-        except _Refused as refusal:
-            _metrics.POLICY_REFUSALS.labels(rpc, refusal.reason).inc()
-            raise refusal.error from None
-
-    def _authorize_and_fetch_unmetered(
-        self, rr: cm_pb2.ResourceRequest, env: dict[str, Any] | None, uris: list[str]
-    ) -> dict[str, str]:
         if not uris:
             raise CMError(Kind.INVALID_ARGUMENT, "resource_request has no resources")
         parsed = [parse_resource_uri(u) for u in uris]
@@ -302,11 +290,12 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         for res, p in zip(rr.resources, parsed, strict=True):
             info, policy = view[p.data_uuid]
             if info is None:
-                raise _Refused("no_data", CMError(Kind.NOT_FOUND, "party id is not existed"))
+                raise _refused(rpc, "no_data", CMError(Kind.NOT_FOUND, "party id is not existed"))
             if policy is None:
-                raise _Refused("no_policy", CMError(Kind.NOT_FOUND, "data policy is empty."))
+                raise _refused(rpc, "no_policy", CMError(Kind.NOT_FOUND, "data policy is empty."))
             if info.owner_party_id != policy.owner_party_id:
-                raise _Refused(
+                raise _refused(
+                    rpc,
                     "owner_mismatch",
                     CMError(
                         Kind.ASSERT,
@@ -324,7 +313,8 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 env=env,
             )
             if not allows(policy.rules, access, budget):
-                raise _Refused(
+                raise _refused(
+                    rpc,
                     "rules_deny",
                     CMError(
                         Kind.PERMISSION_DENIED,
@@ -332,7 +322,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                     ),
                 )
         if any(u not in sealed for u in uris):
-            raise _Refused("no_key", CMError(Kind.NOT_FOUND, "data_keys not found."))
+            raise _refused(rpc, "no_key", CMError(Kind.NOT_FOUND, "data_keys not found."))
         return {u: sealed.open(u) for u in uris}
 
     @_rpc("get_tls_asset")
