@@ -93,11 +93,15 @@ async def test_online_scenario_moves_the_gateway_and_ra_proxy_counters(pm, tmp_p
             reply = await client.request("/teeapp", b"hello metrics")
         assert reply.plaintext == b"I got your message: hello metrics\n"
         async with aiohttp.ClientSession() as http:  # an envelope that does not open
-            envelope = dict(reply.envelope, protected=reply.envelope["protected"])
-            envelope["ciphertext"] = "AAAA"
+            envelope = dict(reply.envelope, ciphertext="AAAA")
             async with http.post(stack.gateway_url + "/teeapp", data=json.dumps(envelope)) as r:
                 assert r.status == 400
+            stray = "/nowhere/1b4e28ba-2fa1-11d2-883f-0016d3cca427"  # a path is never a label
+            async with http.get(stack.gateway_url + stray) as r:
+                assert r.status == 404
         after = await scrape(base)
+        assert not any(UUID.search(v) for (_, labels) in after for _, v in labels)
+        assert moved(before, after, "trustflow_requests_total", route="public_entry:unrouted") == 1
 
     route = "public_entry:/teeapp"
     assert moved(before, after, "trustflow_requests_total", role="gateway", route=route) == 2
