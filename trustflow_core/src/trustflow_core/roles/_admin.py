@@ -21,18 +21,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..manager import TrustflowPluginManager
 from . import _metrics
+from ._listeners import Service, WebListener
 from ._logging import REQUEST_ID_HEADER, accept_request_id, request_context
-from ._server import binding
 
-log = logging.getLogger("trustflow.server")
 #: A readiness check: returns None when fine, else one line saying what is wrong.
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 #: Seconds each readiness check may take before it counts as failed.
@@ -75,42 +75,15 @@ def create_admin_app(
     return app
 
 
-@contextlib.asynccontextmanager
-async def admin_listener(
-    app: web.Application, host: str, port: int | None, *, role: str, reuse_port: bool = False
-) -> AsyncIterator[int | None]:
-    """Serve the admin ``app`` on ``host:port`` while the block runs (yield the bound port);
-    ``port`` None: no admin listener (yield None). A port that cannot be bound raises
-    :class:`~trustflow_core.errors.BackendUnavailable` naming it."""
-    if port is None:
-        yield None
-        return
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
-        with binding(host, port):
-            await site.start()
-        bound = int(runner.addresses[0][1])
-        log.info("%s admin listener on http://%s:%d", role, host, bound)
-        yield bound
-    finally:
-        await runner.cleanup()
+S = TypeVar("S", bound=Service)
 
 
-def serve_admin_with(
-    app: web.Application, admin: web.Application, host: str, port: int | None, *, role: str
-) -> None:
-    """Run the admin listener (:func:`admin_listener`) for as long as ``app`` runs: it starts
-    after ``app``'s backends (its readiness checks can use them) and stops before them."""
-    if port is None:
-        return
-
-    async def listening(_app: web.Application) -> AsyncIterator[None]:
-        async with admin_listener(admin, host, port, role=role):
-            yield
-
-    app.cleanup_ctx.append(listening)
+def with_admin(service: S, admin: web.Application, host: str, port: int | None) -> S:
+    """``service`` with the admin listener (``admin`` on ``host:port``, labelled ``admin``)
+    added to its listeners; ``port`` None: no admin listener, ``service`` unchanged."""
+    if port is not None:
+        service.listeners.add(WebListener(admin, host, port, label="admin"))
+    return service
 
 
 async def _bounded(check: ReadinessCheck) -> str | None:
@@ -168,17 +141,3 @@ def observe_middleware(role: str) -> Middleware:
                 log.debug("%s %s -> %d in %.1f ms", request.method, route, status, elapsed * 1e3)
 
     return observe
-
-
-def log_lifecycle(app: web.Application, role: str) -> None:
-    """Log ``<role> stopping`` when ``app`` begins to shut down and ``<role> stopped`` when
-    its backends are closed (the last thing its cleanup does)."""
-
-    async def stopping(_app: web.Application) -> None:
-        log.info("%s stopping", role)
-
-    async def stopped(_app: web.Application) -> None:
-        log.info("%s stopped", role)
-
-    app.on_shutdown.append(stopping)
-    app.on_cleanup.append(stopped)

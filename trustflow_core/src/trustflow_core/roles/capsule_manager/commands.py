@@ -65,14 +65,14 @@ def capsule_manager(
     log_format: str,
 ) -> None:
     """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
-    import asyncio
+    import functools
 
     from .._logging import setup_logging
-    from .server import LogSettings, serve
+    from .._server import run
+    from .server import ROLE, capsule_manager_service
     from .settings import load_settings
 
-    log_settings = LogSettings(log_path, log_level, log_levels_for, log_format)
-    setup_logging(*log_settings)
+    setup_logging(log_path, log_level, log_levels_for, log_format, ROLE)
     settings = load_settings(
         config_file,
         host=host,
@@ -86,8 +86,8 @@ def capsule_manager(
         storage_key_file=storage_key_file,
         allow_upstream_sim=allow_upstream_sim,
     )
-    admin = None if admin_port is None else (admin_host, admin_port)
-    asyncio.run(serve(settings, workers=workers, log_settings=log_settings, admin=admin))
+    service = functools.partial(capsule_manager_service, settings, admin_host, admin_port)
+    run(service, workers=workers)
 
 
 COMMANDS: list[click.Command] = [capsule_manager]

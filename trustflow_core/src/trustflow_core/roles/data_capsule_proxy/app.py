@@ -23,7 +23,7 @@ from ...errors import AccessDenied, CapsuleFormatError, InvalidInput, ObjectNotF
 from ...identity import load_pem_chain, party_id_of_chain, party_id_of_key
 from ...manager import TrustflowPluginManager
 from ...registry import KEY_EXCHANGE, STORAGE, attester_class, backend_class
-from .._admin import ReadinessCheck, log_lifecycle, observe_middleware, tcp_reachable
+from .._admin import ReadinessCheck, observe_middleware, tcp_reachable
 from . import handlers
 from .appkeys import SERVICE, TLS_FETCHER
 from .cm_init import TlsAssetFetcher
@@ -162,7 +162,6 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
                 await keys.aclose()
 
     app.cleanup_ctx.append(backends)
-    log_lifecycle(app, ROLE)
     for service in handlers.SERVICE_NAMES:
         app.router.add_post(f"/{service}/GetInputData", handlers.get_input_data)
         app.router.add_post(f"/{service}/PutResultData", handlers.put_result_data)

@@ -138,15 +138,14 @@ def data_capsule_proxy(
     """Serve POST /DataCapsuleProxy/GetInputData and /DataCapsuleProxy/PutResultData (decrypt
     inputs with released keys; encrypt, store and register results) and GET /health.
     A start-up failure (bad settings, TLS asset refused) is one line on stderr and exit 1."""
-    import asyncio
     import os
 
     from ...errors import TrustflowError
     from ...fileio import load_mapping
     from ...manager import get_plugin_manager
-    from .._admin import create_admin_app, serve_admin_with
+    from .._admin import create_admin_app, with_admin
     from .._logging import setup_logging
-    from .._server import serve
+    from .._server import AppServer, run
     from .app import ROLE, create_app, readiness_checks
     from .cm_init import load_cm_init
     from .settings import OBJECT_STORES, DataCapsuleProxySettings
@@ -178,12 +177,7 @@ def data_capsule_proxy(
         pm = get_plugin_manager()
         app = create_app(settings, pm)
         admin = create_admin_app(ROLE, pm, readiness_checks(settings))
-        serve_admin_with(app, admin, admin_host, admin_port, role=ROLE)
-
-        def started(bound: int) -> None:
-            click.echo(f"data-capsule-proxy listening on http://{host}:{bound}", err=True)
-
-        asyncio.run(serve(app, host, port, on_started=started))
+        run(lambda: with_admin(AppServer(ROLE, app, host, port), admin, admin_host, admin_port))
     except TrustflowError as exc:  # one line, whatever the cause's message holds
         raise click.ClickException(f"data-capsule-proxy: {' '.join(str(exc).split())}") from None
     except OSError as exc:

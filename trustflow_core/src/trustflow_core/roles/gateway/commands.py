@@ -91,20 +91,17 @@ def gateway(
     (group TLS asset, mtls channel); GET /healthz on HTTP listeners; metrics, probes and
     /-/plugins on the admin listener (--admin-port).
     A missing, tampered or mismatched TLS asset is refused before anything listens."""
-    import asyncio
     import dataclasses
-    import logging
+    import functools
 
     from ...manager import get_plugin_manager
-    from .._admin import admin_listener, create_admin_app
     from .._logging import setup_logging
-    from .._server import wait_for_signal
+    from .._server import run
     from .config import load_config
     from .mtls import check_assets
-    from .server import Gateway
+    from .server import gateway_service
 
     setup_logging(log_path, log_level, log_levels_for, log_format, "gateway")
-    log = logging.getLogger("trustflow.gateway")
     config = load_config(
         config_file,
         address_map=_pairs(map_address, "--map-address"),
@@ -118,8 +115,6 @@ def gateway(
         transport_channel=transport_channel or config.transport_channel,
     )
 
-    if workers > 1 and (admin_port == 0 or any(lst.address.port == 0 for lst in config.listeners)):
-        raise click.BadParameter("port 0 cannot be shared by workers", param_hint="--workers")
     if workers > 1 and any(lst.jwe and lst.jwe.freshness.mode != "off" for lst in config.listeners):
         click.echo(
             "warning: each worker has its own JWE replay cache; a replay that reaches another "
@@ -129,35 +124,10 @@ def gateway(
 
     check_assets(config, get_plugin_manager())  # one clear error before any worker starts
 
-    async def run(announce: bool) -> None:
-        pm = get_plugin_manager()
-        async with (
-            Gateway(
-                config, pm, reuse_port=workers > 1, tls_reload_interval=tls_reload_interval
-            ) as gw,
-            admin_listener(
-                create_admin_app("gateway", pm, [gw.upstreams_ready]),
-                admin_host,
-                admin_port,
-                role="gateway",
-                reuse_port=workers > 1,
-            ),
-        ):
-            if announce:
-                for name, address in gw.addresses.items():
-                    click.echo(
-                        f"gateway listener {name} on {address} ({workers} workers)", err=True
-                    )
-            await wait_for_signal()
-            log.info("gateway stopping")
-        log.info("gateway stopped")
-
-    if workers == 1:
-        asyncio.run(run(True))
-        return
-    from .workers import run_workers
-
-    run_workers(workers, lambda first: asyncio.run(run(first)))
+    service = functools.partial(
+        gateway_service, config, tls_reload_interval, admin_host, admin_port
+    )
+    run(service, workers=workers)
 
 
 COMMANDS: list[click.Command] = [gateway]

@@ -17,7 +17,7 @@ from ...attestation import Attester
 from ...errors import BackendNotFound, InvalidInput, TrustflowError
 from ...manager import TrustflowPluginManager
 from ...registry import ATTESTER, attester_class, backends_of
-from .._admin import log_lifecycle, observe_middleware
+from .._admin import observe_middleware
 from . import handlers
 from .keys import SERVICE
 from .service import RaCertService
@@ -86,7 +86,6 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
             yield
 
     app.cleanup_ctx.append(backends)
-    log_lifecycle(app, ROLE)
     for path in handlers.GET_RA_CERT_PATHS:
         app.router.add_post(path, handlers.get_ra_cert)
     app.router.add_get("/health", handlers.health)

@@ -57,13 +57,11 @@ def ra_proxy(
 ) -> None:
     """Serve POST /RaProxy/GetRaCert: the app certificate plus an attestation report binding
     SHA-256(cert || "." || nonce), and GET /health."""
-    import asyncio
-
     from ...fileio import load_mapping
     from ...manager import get_plugin_manager
-    from .._admin import create_admin_app, serve_admin_with
+    from .._admin import create_admin_app, with_admin
     from .._logging import setup_logging
-    from .._server import serve
+    from .._server import AppServer, run
     from .app import ROLE, create_app
     from .settings import RaProxySettings
 
@@ -77,13 +75,8 @@ def ra_proxy(
         port=port,
     )
     pm = get_plugin_manager()
-    app = create_app(settings, pm)
-    serve_admin_with(app, create_admin_app(ROLE, pm), admin_host, admin_port, role=ROLE)
-
-    def started(bound: int) -> None:
-        click.echo(f"ra-proxy listening on http://{host}:{bound}", err=True)
-
-    asyncio.run(serve(app, host, port, on_started=started))
+    app, admin = create_app(settings, pm), create_admin_app(ROLE, pm)
+    run(lambda: with_admin(AppServer(ROLE, app, host, port), admin, admin_host, admin_port))
 
 
 COMMANDS: list[click.Command] = [ra_proxy]
