@@ -37,8 +37,6 @@ from ._logging import REQUEST_ID_HEADER, accept_request_id, request_context
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 #: Seconds each readiness check may take before it counts as failed.
 CHECK_TIMEOUT = 2.0
-#: Default address of the admin listener.
-DEFAULT_ADMIN_HOST = "127.0.0.1"
 
 
 def create_admin_app(
