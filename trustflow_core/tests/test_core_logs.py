@@ -24,6 +24,7 @@ from trustflow_core.attestation import Policy
 from trustflow_core.capsule import encrypt_file
 from trustflow_core.demo.online import online_stack, write_app_identity
 from trustflow_core.harness.data_capsule_proxy import running_proxy
+from trustflow_core.roles import _logging
 from trustflow_core.roles._admin import observe_middleware
 from trustflow_core.roles._logging import (
     REQUEST_ID_HEADER,
@@ -51,8 +52,10 @@ RESULT_KEY = web.AppKey("result_key", str)
 
 
 @pytest.fixture
-def restore_logging():
-    """setup_logging changes the root logger: put the test runner's handlers back after."""
+def restore_logging(monkeypatch):
+    """setup_logging changes the root logger (and what workers would be set up with): put the
+    test runner's handlers back after."""
+    monkeypatch.setattr(_logging, "_logging_args", _logging.logging_args())
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     levels = {name: logging.getLogger(name).level for name in ("trustflow", "trustflow_core")}
