@@ -7,9 +7,9 @@ stream or gRPC listeners, :mod:`._listeners`); :class:`AppServer` is the service
 application (the RA proxy, the Data Capsule Proxy). :func:`run` serves one until SIGINT or
 SIGTERM (handled here, once), prints one line per listener,
 ``<role> listening on <address> (<label>, <notes>, <n> worker[s])``, then stops it, each
-listener within its grace period; with ``workers > 1`` it runs the extra processes of
-:mod:`._workers`. A port that cannot be bound is a one-line :class:`BackendUnavailable`.
-:func:`setup_logging` is the roles' logging, the same in every process.
+listener within its grace period, logging ``<role> stopping`` and ``<role> stopped``; with
+``workers > 1`` it runs the extra processes of :mod:`._workers`, logging as this one does
+(:mod:`._logging`). A port that cannot be bound is a one-line :class:`BackendUnavailable`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from aiohttp import web
 
 from ..errors import BackendUnavailable
 from ._listeners import Listeners, Service, WebListener, binding
+from ._logging import logging_args, setup_logging
 
 log = logging.getLogger("trustflow.server")
 T = TypeVar("T")
@@ -106,7 +107,8 @@ async def _serve(factory: Callable[[], Service], workers: int) -> None:
             if workers > 1:
                 from ._workers import Workers
 
-                setup = None if _logging_args is None else partial(setup_logging, *_logging_args)
+                args = logging_args()
+                setup = None if args is None else partial(setup_logging, *args)
                 pool = Workers(role, factory, workers - 1, service.listeners.ports, setup)
                 if not await _until(stop, pool.start()):
                     return
@@ -141,53 +143,3 @@ async def _until(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     return task.result() if task.done() and not task.cancelled() else None
-
-
-#: Level of the loggers outside the project (grpc, SQLAlchemy, the CEL library, aiohttp, ...):
-#: at DEBUG the CEL library alone logs its evaluation internals, gigabytes for a few requests.
-LIBRARY_LEVEL = "WARNING"
-_HANDLER_FLAG = "_trustflow_role_handler"
-#: The arguments of the last :func:`setup_logging` call: workers set up their logging the same.
-_logging_args: tuple[str | None, str, tuple[tuple[str, str], ...]] | None = None
-
-
-def project_loggers() -> set[str]:
-    """The top-level logger names of the project: ``trustflow``, ``trustflow_core`` and the
-    top-level package of every installed ``trustflow`` plugin entry point."""
-    from importlib import metadata
-
-    from ..manager import ENTRY_POINT_GROUP
-
-    names = {"trustflow", "trustflow_core"}
-    names.update(ep.module.split(".")[0] for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
-    return names
-
-
-def setup_logging(
-    log_path: str | None,
-    level: str = "info",
-    levels_for: Iterable[tuple[str, str]] = (),
-) -> None:
-    """Log to ``log_path`` (appending) or, when None, to stderr: the project's loggers
-    (:func:`project_loggers`) at ``level``, every other logger at :data:`LIBRARY_LEVEL`, and
-    the loggers named in ``levels_for`` (``(name, level)`` pairs) at their own level.
-
-    Calling it again replaces the handler it installed before."""
-    global _logging_args
-    levels_for = tuple(levels_for)
-    _logging_args = (log_path, level, levels_for)
-    handler: logging.Handler = (
-        logging.FileHandler(log_path, encoding="utf-8") if log_path else logging.StreamHandler()
-    )
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
-    setattr(handler, _HANDLER_FLAG, True)
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, _HANDLER_FLAG, False)]:
-        root.removeHandler(old)
-        old.close()
-    root.addHandler(handler)
-    root.setLevel(LIBRARY_LEVEL)
-    for name in project_loggers():
-        logging.getLogger(name).setLevel(level.upper())
-    for name, named_level in levels_for:
-        logging.getLogger(name).setLevel(named_level.upper())

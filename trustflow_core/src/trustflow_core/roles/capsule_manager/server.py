@@ -29,12 +29,14 @@ from ..capsule_manager_protocol.errors import CMError
 from . import database_url, identity_keys, private_files
 from .database import Database
 from .envelope import Envelopes
+from .health import DEFAULT_INTERVAL, DatabaseHealth
 from .sealing import Sealer, load_or_create_key
 from .service import CapsuleManagerService
 from .settings import CMSettings
 
 log = logging.getLogger(__name__)
 NO_ATTESTER = ("none", "")
+ROLE = "capsule-manager"
 
 
 class CapsuleManager:
@@ -47,10 +49,12 @@ class CapsuleManager:
     anything listens there) unless the runner makes it the first of several workers.
     """
 
-    def __init__(self, settings: CMSettings, *, pm: Any = None) -> None:
+    def __init__(
+        self, settings: CMSettings, *, pm: Any = None, health_interval: float = DEFAULT_INTERVAL
+    ) -> None:
         self.settings = settings
         self.pm = pm if pm is not None else get_plugin_manager()
-        self.listeners = Listeners("capsule-manager")
+        self.listeners = Listeners(ROLE)
         self._grpc = self.listeners.add(
             GrpcListener(
                 self._add_services,
@@ -64,6 +68,8 @@ class CapsuleManager:
         self.store: Database | None = None
         self.port: int | None = None
         self._verifiers: dict[str, Verifier] = {}
+        self.health_interval = health_interval
+        self.health: DatabaseHealth | None = None
 
     # ---- parts -----------------------------------------------------------------------------
 
@@ -102,8 +108,13 @@ class CapsuleManager:
             raise
 
     def _add_services(self, server: grpc.aio.Server) -> None:
-        assert self.service is not None
+        assert self.service is not None and self.health is not None
         cm_grpc.add_CapsuleManagerServicer_to_server(self.service, server)
+        self.health.add_to(server)
+
+    async def database_ready(self) -> str | None:
+        """The admin listener's readiness check: the database answers now."""
+        return "database: not open" if self.health is None else await self.health.readiness()
 
     async def _start(self) -> int:
         s = self.settings
@@ -161,7 +172,9 @@ class CapsuleManager:
             tls_issuer_secret=tls_issuer_secret(storage_key),
         )
         self.service = service
+        self.health = DatabaseHealth(self.store, s.db_url, self.health_interval)
         await self.listeners.open()
+        await self.health.start()
         self.port = self._grpc.port
         log.info("capsule manager %s serving on %s:%d", identity.party_id, s.host, self.port)
         return self.port
@@ -172,7 +185,10 @@ class CapsuleManager:
 
     async def stop(self, grace: float = GRACE) -> None:
         """Stop serving (open calls get ``grace`` seconds), then close the verifiers and the
-        storage."""
+        storage; the gRPC health says NOT_SERVING from the start of it."""
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
         self._grpc.grace = grace
         await self.listeners.close()
         for verifier in self._verifiers.values():
@@ -188,6 +204,19 @@ class CapsuleManager:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def capsule_manager_service(
+    settings: CMSettings, admin_host: str = "127.0.0.1", admin_port: int | None = None
+) -> CapsuleManager:
+    """The Capsule Manager of ``trustflow capsule-manager`` and of each of its ``--workers`` (a
+    picklable service factory for :func:`~.._server.run`), with the admin listener on
+    ``admin_host:admin_port`` (None: none; readiness: the database answers)."""
+    from .._admin import create_admin_app, with_admin
+
+    cm = CapsuleManager(settings)
+    admin = create_admin_app(ROLE, cm.pm, [cm.database_ready])
+    return with_admin(cm, admin, admin_host, admin_port)
 
 
 def tls_issuer_secret(storage_key: bytes) -> bytes:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .._options import (
+    admin_options,
     check_config_option,
     config_option,
     key_value_pairs,
@@ -62,6 +63,7 @@ from .._options import (
     "Default: the config's transport_channel, else mtls.",
 )
 @check_config_option
+@admin_options
 @log_options
 def gateway(
     config_file: Path,
@@ -72,20 +74,25 @@ def gateway(
     envelope_channel: str | None,
     transport_channel: str | None,
     check_config: bool,
+    admin_host: str,
+    admin_port: int | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
+    log_format: str,
 ) -> None:
     """Serve the listeners of CONFIG: prefix routes to clusters, the JWE filter (opens client
     envelopes, seals app replies), TCP proxying, mTLS ingress listeners and egress clusters
-    (group TLS asset, mtls channel); GET /healthz and /-/plugins on HTTP listeners.
+    (group TLS asset, mtls channel); GET /healthz on HTTP listeners; metrics, probes and
+    /-/plugins on the admin listener (--admin-port).
     A missing, tampered or mismatched TLS asset is refused before anything listens."""
     import dataclasses
     import functools
 
     from ...manager import get_plugin_manager
+    from .._logging import setup_logging
     from .._options import config_ok
-    from .._server import run, setup_logging
+    from .._server import run
     from .config import load_config
     from .preflight import check
     from .server import gateway_service
@@ -112,9 +119,12 @@ def gateway(
     if check_config:
         config_ok()
         return
-    setup_logging(log_path, log_level, log_levels_for)
+    setup_logging(log_path, log_level, log_levels_for, log_format, "gateway")
 
-    run(functools.partial(gateway_service, config, tls_reload_interval), workers=workers)
+    service = functools.partial(
+        gateway_service, config, tls_reload_interval, admin_host, admin_port
+    )
+    run(service, workers=workers)
 
 
 COMMANDS: list[click.Command] = [gateway]

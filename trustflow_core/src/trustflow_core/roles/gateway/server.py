@@ -10,6 +10,7 @@ without closing a listener. A tampered, mismatched or missing asset fails :meth:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from typing import Any
 
 from ...errors import UnsupportedOperation
 from ...manager import TrustflowPluginManager
+from .._admin import create_admin_app, tcp_reachable, with_admin
 from .._listeners import Listeners, StreamListener, WebListener
 from .config import Address, Cluster, GatewayConfig, Listener
 from .guard import default_max_connections
@@ -94,14 +96,12 @@ class Gateway:
     async def start(self) -> None:
         """Open every listener of the config (each fixed port checked before any opens);
         on failure stop again."""
-        from ...registry import list_plugins
-
         try:
             self._upstreams = upstreams = Upstreams(
                 self.config.clusters, self.config.request_timeout
             )
-            listing = list_plugins(self.pm)
             default_cap = default_max_connections(len(self.config.listeners))
+            ours: list[StreamListener | WebListener] = []  # beside them: the admin listener
             for listener in self.config.listeners:
                 server_ssl = self._server_ssl(listener)
                 host, port = listener.address.host, listener.address.port
@@ -119,8 +119,9 @@ class Gateway:
                         self._client_ssl(cluster),
                         max_connections=listener.max_connections or default_cap,
                         idle_timeout=listener.idle_timeout or 0.0,
+                        listener_name=listener.name,
                     )
-                    self.listeners.add(
+                    opened: StreamListener | WebListener = self.listeners.add(
                         StreamListener(
                             proxy.handle,
                             host,
@@ -143,23 +144,40 @@ class Gateway:
                         self.config,
                         upstreams,
                         self._jwe_filter(listener),
-                        listing,
                         max_connections=default_cap,
                     )
-                    self.listeners.add(
+                    opened = self.listeners.add(
                         WebListener(
                             create_server(http), host, port, ssl_context=server_ssl, label=label
                         )
                     )
+                ours.append(opened)
             await self.listeners.open()
-            for listener, opened in zip(self.config.listeners, self.listeners, strict=True):
-                self.addresses[listener.name] = Address(opened.host, opened.port)
-                log.info("gateway %s on %s", opened.label, self.addresses[listener.name])
+            for listener, bound in zip(self.config.listeners, ours, strict=True):
+                self.addresses[listener.name] = Address(bound.host, bound.port)
+                log.info("gateway %s on %s", bound.label, self.addresses[listener.name])
             if self.mtls is not None:
                 self.mtls.start()
         except BaseException:
             await self.stop()
             raise
+
+    async def upstreams_ready(self) -> str | None:
+        """A readiness check (:mod:`.._admin`): None when every cluster has an endpoint that
+        accepts a TCP connection now, else one line per cluster that has none."""
+
+        async def reachable(cluster: Cluster) -> str | None:
+            problems = []
+            for endpoint in cluster.endpoints:
+                what = f"cluster {cluster.name}"
+                problem = await tcp_reachable(endpoint.host, endpoint.port, what)
+                if problem is None:
+                    return None
+                problems.append(problem)
+            return "; ".join(problems) or f"cluster {cluster.name}: no endpoint"
+
+        found = await asyncio.gather(*(reachable(c) for c in self.config.clusters.values()))
+        return "\n".join(p for p in found if p) or None
 
     def notes(self) -> list[str]:
         """Nothing beyond the listeners' labels."""
@@ -182,9 +200,17 @@ class Gateway:
         await self.stop()
 
 
-def gateway_service(config: GatewayConfig, tls_reload_interval: float) -> Gateway:
+def gateway_service(
+    config: GatewayConfig,
+    tls_reload_interval: float,
+    admin_host: str = "127.0.0.1",
+    admin_port: int | None = None,
+) -> Gateway:
     """The gateway of ``trustflow gateway`` and of each of its ``--workers`` (a picklable
-    service factory for :func:`~.._server.run`): the installed plugins, asset reload."""
+    service factory for :func:`~.._server.run`): the installed plugins, asset reload, and the
+    admin listener on ``admin_host:admin_port`` (None: none; readiness: the clusters answer)."""
     from ...manager import get_plugin_manager
 
-    return Gateway(config, get_plugin_manager(), tls_reload_interval=tls_reload_interval)
+    gw = Gateway(config, get_plugin_manager(), tls_reload_interval=tls_reload_interval)
+    admin = create_admin_app("gateway", gw.pm, [gw.upstreams_ready])
+    return with_admin(gw, admin, admin_host, admin_port)
