@@ -45,6 +45,7 @@ from ...proto.secretflowapis.v2.sdc import ual_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...wire import parse_json, to_json
+from .._net import grpc_failure
 from ..capsule_manager_protocol.errors import Kind, kind_of_message
 from ..capsule_manager_protocol.freshness import new_claims
 from ..capsule_manager_protocol.messages import jwe_message
@@ -204,8 +205,7 @@ class CapsuleManagerClient:
             return await getattr(self._stub, method)(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise BackendUnavailable(
-                f"capsule manager {self.target}: {method} failed: {exc.code().name} "
-                f"{exc.details() or ''}".strip()
+                grpc_failure(self.target, method, exc.code().name, exc.details())
             ) from None
 
     async def get_ra_cert(self, nonce: str | None = None) -> tuple[str, Report | None]:
