@@ -395,7 +395,7 @@ def test_owner_cli_help_init_and_options(cli: Any, sim_env: dict[str, str], tmp_
         assert f"wrote {config}" in out
         assert config.stat().st_mode & 0o777 == 0o600
         template = yaml.safe_load(config.read_text())
-        assert template["host"] == server.target and template["tee_plat"] == "sim"
+        assert template["host"] == server.target and template["tee_plat"] is None
         assert template["common"]["private_key_file"] == str(d / "alice.key")
         assert template["common"]["cert_pems_file"] == [str(d / "alice.crt")]
         assert "# You, the data owner" in config.read_text()

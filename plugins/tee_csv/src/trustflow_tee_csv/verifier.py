@@ -20,7 +20,7 @@ from typing_extensions import Self
 from . import chain
 from .certs import CertSources
 from .evidence import CsvEvidence, check_chip_id, parse_endorsements, parse_raw_evidence
-from .structs import POLICY_NODBG, CsvCert, CsvReport
+from .structs import POLICY_NODBG, REPORT_PAGE, REPORT_SIZE, CsvCert, CsvReport
 
 PLATFORM = "CSV"
 _SETTINGS = CertSources.KEYS | {"allow_debug"}
@@ -69,6 +69,13 @@ class CsvVerifier(Verifier):
         if not isinstance(allow_debug, bool):
             raise InvalidInput("csv verifier setting 'allow_debug' must be true or false")
         return cls(CertSources.from_settings("csv verifier", settings), allow_debug=allow_debug)
+
+    @classmethod
+    def recognizes_evidence(cls, evidence: bytes) -> bool:
+        """A binary CSV report: 2548 bytes, or a 4096-byte page whose tail is zero."""
+        return len(evidence) == REPORT_SIZE or (
+            len(evidence) == REPORT_PAGE and not any(evidence[REPORT_SIZE:])
+        )
 
     @classmethod
     def report_from_evidence(cls, evidence: bytes, *, endorsements: bytes | None = None) -> Report:

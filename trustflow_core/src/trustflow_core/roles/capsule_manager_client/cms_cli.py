@@ -371,10 +371,11 @@ TEMPLATE = """\
 # Every value can be overridden on the command line, e.g. --host or --scope; see
 # 'trustflow cms <command> --help'. Paths are relative to the working directory.
 
-# The Capsule Manager: HOST:PORT and the TEE platform it runs on (sim, tdx, csv, ...).
-# Its attestation report is verified unless tee_plat is sim.
+# The Capsule Manager: HOST:PORT and the TEE platform it runs on: the name of the verifier
+# backend for its report (tdx, csv, sim, or a plugin's; null: the development default, the
+# simulated one). Its attestation report is verified unless that verifier is simulated.
 host: "{host}"
-tee_plat: "{tee_plat}"
+tee_plat: {tee_plat}
 # Measurements the CM's report must carry (null: not checked).
 tee_constraints:
   mr_plat: null     # TDX hex_platform_measurement
@@ -468,7 +469,7 @@ def init(c: Context, path: Path, force: bool) -> None:
     cert_files = c.overrides.get("cert_files") or ()
     text = TEMPLATE.format(
         host=c.overrides.get("host") or "127.0.0.1:8888",
-        tee_plat=c.overrides.get("tee_plat") or "sim",
+        tee_plat=_yaml_scalar(c.overrides.get("tee_plat")),
         key_file=_yaml_scalar(c.overrides.get("key_file")),
         cert_files=json.dumps(list(cert_files)) if cert_files else "null",
     )
