@@ -156,3 +156,22 @@ def test_quickstart_ends_with_a_one_line_summary() -> None:
     assert last.startswith('echo "Quick start OK in ${SECONDS}s: ')
     for step in ("demo online", "demo offline", "demo interact", "attest report + verify"):
         assert step in last
+
+
+def test_doc_commands_that_run_pytest_install_it_first() -> None:
+    """The quick start installs no pytest: a page whose commands run ``.venv/bin/pytest`` says
+    how to install it first, in the same code block (a ``[test]`` extra)."""
+    pages = [REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("*/*/README.md")]
+    unprepared = []
+    for page in pages:
+        block: list[str] = []
+        for n, line in enumerate(page.read_text().splitlines(), 1):
+            if line.startswith("```"):
+                block = []
+                continue
+            block.append(line)
+            if line.startswith(".venv/bin/pytest") and not any(
+                "pip install" in prior and "[test]" in prior for prior in block
+            ):
+                unprepared.append(f"{page.relative_to(REPO)}:{n}")
+    assert not unprepared, unprepared
