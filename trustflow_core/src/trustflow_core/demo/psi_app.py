@@ -82,15 +82,11 @@ class Missing:
 NA = Missing()
 
 
-class NotReproducible(ValueError):
-    """An input whose pandas reading this stdlib join cannot reproduce exactly (pandas' own
-    float parser rounds long decimals differently): refused rather than joined differently."""
-
-
 def _exact_float(text: str) -> float:
     """``text`` (a decimal) as the double pandas reads: the same as Python's for at most 15
-    significant digits and a decimal exponent within 10**±22 (one exactly rounded scaling);
-    :class:`NotReproducible` beyond that."""
+    significant digits and a decimal exponent within 10**±22 (one exactly rounded scaling).
+    Beyond that pandas' own parser may round differently, so ValueError: such an input is
+    refused rather than joined differently."""
     body = text.strip().lstrip("+-")
     mantissa, _, exponent = body.lower().partition("e")
     whole, _, frac = mantissa.partition(".")
@@ -98,7 +94,7 @@ def _exact_float(text: str) -> float:
     significant = digits.rstrip("0")
     scale = int(exponent or 0) - len(frac) + (len(digits) - len(significant))
     if len(significant) > 15 or not -22 <= scale <= 22:
-        raise NotReproducible(
+        raise ValueError(
             f"the number {text.strip()!r} has more precision or range than "
             "this join reproduces exactly"
         )
