@@ -48,7 +48,7 @@ def test_a_wheel_per_distribution(wheels: dict[str, Path]) -> None:
 @pytest.mark.parametrize("dist", DISTRIBUTIONS, ids=lambda d: d.name)
 def test_wheel_carries_license_and_metadata(dist: Path, wheels: dict[str, Path]) -> None:
     (package,) = [p.name for p in (dist / "src").glob("trustflow_*") if "." not in p.name]
-    wheel = wheels[package]  # the import package is the wheel's name (STYLE.md §1)
+    wheel = wheels[package]  # the import package is the wheel's name
     with zipfile.ZipFile(wheel) as zf:
         info = next(n.split("/")[0] for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         license_text = zf.read(f"{info}/licenses/LICENSE")

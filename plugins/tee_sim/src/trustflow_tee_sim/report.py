@@ -6,8 +6,8 @@
      "hex_user_data": "<the body's hex_user_data>", "json_body": "<body>"}
 
 ``hex_user_data`` sits at the top as well, where a generic client looks for the report's
-binding (upstream's suggestion for a simulated report, spec attestation-sim §2); it must equal
-the signed body's, so it is covered by the signature. Reports made before it was added (only
+binding (docs/compat.md#sim-report-omitted); it must equal the signed body's, so it is covered
+by the signature. Reports made before it was added (only
 ``hex_signature`` and ``json_body``) are still accepted.
 
 ``json_body`` is canonical JSON of an object whose values are all strings, named after the
