@@ -61,14 +61,13 @@ def capsule_manager(
     log_levels_for: tuple[tuple[str, str], ...],
 ) -> None:
     """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
-    import asyncio
+    import functools
 
-    from .._server import setup_logging
-    from .server import LogSettings, serve
+    from .._server import run, setup_logging
+    from .server import CapsuleManager
     from .settings import load_settings
 
-    log_settings = LogSettings(log_path, log_level, log_levels_for)
-    setup_logging(*log_settings)
+    setup_logging(log_path, log_level, log_levels_for)
     settings = load_settings(
         config_file,
         host=host,
@@ -82,7 +81,7 @@ def capsule_manager(
         storage_key_file=storage_key_file,
         allow_upstream_sim=allow_upstream_sim,
     )
-    asyncio.run(serve(settings, workers=workers, log_settings=log_settings))
+    run(functools.partial(CapsuleManager, settings), workers=workers)
 
 
 COMMANDS: list[click.Command] = [capsule_manager]

@@ -134,13 +134,12 @@ def data_capsule_proxy(
     """Serve POST /DataCapsuleProxy/GetInputData and /DataCapsuleProxy/PutResultData (decrypt
     inputs with released keys; encrypt, store and register results) and GET /health.
     A start-up failure (bad settings, TLS asset refused) is one line on stderr and exit 1."""
-    import asyncio
     import os
 
     from ...errors import TrustflowError
     from ...fileio import load_mapping
     from ...manager import get_plugin_manager
-    from .._server import serve, setup_logging
+    from .._server import AppServer, run, setup_logging
     from .app import create_app
     from .cm_init import load_cm_init
     from .settings import OBJECT_STORES, DataCapsuleProxySettings
@@ -170,11 +169,7 @@ def data_capsule_proxy(
             cm_init=cm_init,
         )
         app = create_app(settings, get_plugin_manager())
-
-        def started(bound: int) -> None:
-            click.echo(f"data-capsule-proxy listening on http://{host}:{bound}", err=True)
-
-        asyncio.run(serve(app, host, port, on_started=started))
+        run(lambda: AppServer("data-capsule-proxy", app, host, port))
     except TrustflowError as exc:  # one line, whatever the cause's message holds
         raise click.ClickException(f"data-capsule-proxy: {' '.join(str(exc).split())}") from None
     except OSError as exc:

@@ -86,14 +86,14 @@ def gateway(
     envelopes, seals app replies), TCP proxying, mTLS ingress listeners and egress clusters
     (group TLS asset, mtls channel); GET /healthz and /-/plugins on HTTP listeners.
     A missing, tampered or mismatched TLS asset is refused before anything listens."""
-    import asyncio
     import dataclasses
+    import functools
 
     from ...manager import get_plugin_manager
-    from .._server import setup_logging, wait_for_signal
+    from .._server import run, setup_logging
     from .config import load_config
     from .mtls import check_assets
-    from .server import Gateway
+    from .server import gateway_service
 
     setup_logging(log_path, log_level, log_levels_for)
     config = load_config(
@@ -109,8 +109,6 @@ def gateway(
         transport_channel=transport_channel or config.transport_channel,
     )
 
-    if workers > 1 and any(lst.address.port == 0 for lst in config.listeners):
-        raise click.BadParameter("port 0 cannot be shared by workers", param_hint="--workers")
     if workers > 1 and any(lst.jwe and lst.jwe.freshness.mode != "off" for lst in config.listeners):
         click.echo(
             "warning: each worker has its own JWE replay cache; a replay that reaches another "
@@ -120,26 +118,7 @@ def gateway(
 
     check_assets(config, get_plugin_manager())  # one clear error before any worker starts
 
-    async def run(announce: bool) -> None:
-        async with Gateway(
-            config,
-            get_plugin_manager(),
-            reuse_port=workers > 1,
-            tls_reload_interval=tls_reload_interval,
-        ) as gw:
-            if announce:
-                for name, address in gw.addresses.items():
-                    click.echo(
-                        f"gateway listener {name} on {address} ({workers} workers)", err=True
-                    )
-            await wait_for_signal()
-
-    if workers == 1:
-        asyncio.run(run(True))
-        return
-    from .workers import run_workers
-
-    run_workers(workers, lambda first: asyncio.run(run(first)))
+    run(functools.partial(gateway_service, config, tls_reload_interval), workers=workers)
 
 
 COMMANDS: list[click.Command] = [gateway]

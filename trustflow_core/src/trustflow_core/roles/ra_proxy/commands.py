@@ -53,11 +53,9 @@ def ra_proxy(
 ) -> None:
     """Serve POST /RaProxy/GetRaCert: the app certificate plus an attestation report binding
     SHA-256(cert || "." || nonce), and GET /health."""
-    import asyncio
-
     from ...fileio import load_mapping
     from ...manager import get_plugin_manager
-    from .._server import serve, setup_logging
+    from .._server import AppServer, run, setup_logging
     from .app import create_app
     from .settings import RaProxySettings
 
@@ -71,11 +69,7 @@ def ra_proxy(
         port=port,
     )
     app = create_app(settings, get_plugin_manager())
-
-    def started(bound: int) -> None:
-        click.echo(f"ra-proxy listening on http://{host}:{bound}", err=True)
-
-    asyncio.run(serve(app, host, port, on_started=started))
+    run(lambda: AppServer("ra-proxy", app, host, port))
 
 
 COMMANDS: list[click.Command] = [ra_proxy]
