@@ -168,12 +168,21 @@ def total(samples, name: str, **labels: str) -> float:
 def test_cli_client_both_profiles_then_clean_shutdown(env, deployment, tmp_path):
     url, procs, admin = deployment
     before = {role: scrape(base) for role, base in admin.items()}
-    for extra in ([], ["--compat"]):
-        done = run(env, "client", "--url", url, "--data", "hello", "--allow-simulation", *extra)
+    # the gateway URL as the README writes it (positional) and as --url
+    for where in ([url], ["--url", url, "--compat"]):
+        done = run(env, "client", *where, "--data", "hello", "--allow-simulation")
         lines = done.stdout.splitlines()
         assert lines[0].startswith("Response: {'protected': '")
         assert lines[1] == "Response Raw: I got your message: hello"
         assert "SIM report verified" in done.stderr
+    as_json = run(env, "client", url, "--data", "hi", "--allow-simulation", "--json")
+    reply = json.loads(as_json.stdout)
+    assert reply["status"] == 200 and reply["plaintext"] == "I got your message: hi\n"
+    assert reply["attested"]["platform"] == "SIM" and reply["attested"]["report_verified"]
+    assert set(reply["envelope"]) >= {"protected", "ciphertext", "tag"}
+    assert as_json.stderr == ""
+    both = run(env, "client", url, "--url", "http://127.0.0.1:9", check=False)
+    assert both.returncode == 2 and "two gateway URLs given" in both.stderr
     refused = run(env, "client", "--url", url, check=False)
     assert refused.returncode == 1
     assert "simulation:" in refused.stderr and "does not allow simulation" in refused.stderr
