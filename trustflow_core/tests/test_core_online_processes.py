@@ -199,7 +199,7 @@ def test_cli_client_both_profiles_then_clean_shutdown(env, deployment, tmp_path)
     assert (
         total(gw_after, "trustflow_requests_total", **teeapp)
         - total(gw_before, "trustflow_requests_total", **teeapp)
-        == 2
+        == 3  # two profiles and --json
     )
     for direction in ("upstream", "downstream"):
         assert total(gw_after, "trustflow_proxy_bytes_total", direction=direction) > total(
@@ -209,7 +209,7 @@ def test_cli_client_both_profiles_then_clean_shutdown(env, deployment, tmp_path)
     assert (
         total(after["ra-proxy"], "trustflow_requests_total", **ra)
         - total(before["ra-proxy"], "trustflow_requests_total", **ra)
-        == 4
+        == 5  # every client run above fetched one report
     )
     for base in admin.values():
         with urllib.request.urlopen(base + "/-/readyz", timeout=5) as r:
@@ -229,7 +229,7 @@ def test_cli_client_both_profiles_then_clean_shutdown(env, deployment, tmp_path)
     messages = [entry["message"] for entry in lines]
     assert any(m.startswith("GetRaCert nonce=") for m in messages)
     assert (
-        sum(1 for e in lines if e["message"].startswith("GetRaCert") and e.get("request_id")) == 4
+        sum(1 for e in lines if e["message"].startswith("GetRaCert") and e.get("request_id")) == 5
     )
     assert messages[-2:] == ["ra-proxy stopping", "ra-proxy stopped"]
 
