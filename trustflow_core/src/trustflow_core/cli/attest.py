@@ -80,12 +80,12 @@ def report(
     """Generate a report binding USER_DATA and print it as wire JSON (or write it to --out)."""
     from ..attestation import Attester
     from ..fileio import atomic_write_bytes
-    from ..manager import get_plugin_manager
     from ..registry import ATTESTER, backend_class
+    from ..roles._options import command_plugin_manager
 
     data = _parse_hex(user_data, "--user-data")
     settings = load_mapping(settings_file, "settings file") if settings_file else {}
-    cls: type[Attester] = backend_class(get_plugin_manager(), ATTESTER, plat)
+    cls: type[Attester] = backend_class(command_plugin_manager(), ATTESTER, plat)
 
     async def generate() -> Any:
         async with cls.from_settings(settings) as attester:
@@ -163,8 +163,8 @@ def verify(
 ) -> None:
     """Verify a report against a policy and print the verdict (exit 0 only if accepted)."""
     from ..attestation import MAX_USER_DATA, Attributes, Policy, Report, Verifier
-    from ..manager import get_plugin_manager
     from ..registry import VERIFIER, backend_class, verifier_for_platform
+    from ..roles._options import command_plugin_manager
 
     now = _parse_time(at) if at else None
     settings = load_mapping(settings_file, "settings file") if settings_file else {}
@@ -174,7 +174,7 @@ def verify(
         raise click.UsageError("give exactly one of --report and --quote")
     if quote_file is not None and not plat:
         raise click.UsageError("--quote needs --plat to know the evidence format")
-    pm = get_plugin_manager()
+    pm = command_plugin_manager()
     try:
         if quote_file is not None:
             cls: type[Verifier] = backend_class(pm, VERIFIER, plat)

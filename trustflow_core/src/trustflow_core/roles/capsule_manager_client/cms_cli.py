@@ -29,6 +29,7 @@ from typing import Any
 import click
 
 from ...errors import InvalidInput, ObjectNotFound, TrustflowError
+from .._options import command_plugin_manager
 
 #: the environment variable naming the config file when --config-file is not given
 CONFIG_ENV = "TRUSTFLOW_CMS_CONFIG"
@@ -209,6 +210,7 @@ class Context:
             raise InvalidInput("config: tee_constraints must be a mapping")
         return CapsuleManagerClient(
             host,
+            pm=command_plugin_manager(),
             tee_plat=str(tee_plat) if tee_plat else None,
             tee_constraints=dict(constraints),
             channel_credentials=creds,

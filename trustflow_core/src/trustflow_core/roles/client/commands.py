@@ -78,7 +78,7 @@ def client(
     import json
 
     from ...fileio import load_mapping
-    from ...manager import get_plugin_manager
+    from .._options import command_plugin_manager
     from .online import OnlineClient
     from .policy import build_policy
 
@@ -101,7 +101,7 @@ def client(
         async with OnlineClient(
             url,
             policy=policy,
-            pm=get_plugin_manager(),
+            pm=command_plugin_manager(),
             profile="upstream" if compat else "rfc",
             upstream_sim=upstream_sim,
             verifier_settings=verifier_settings,
