@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import re
-import signal
 import subprocess
 import sys
 import time
@@ -30,64 +28,18 @@ from trustflow_core.roles.capsule_manager_client.client import (
 from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
 from trustflow_core.testing.fixtures import free_port
+from trustflow_core.testing.processes import RoleProcess
 from trustflow_core.wire import serialize_canonical
 
-TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
-LISTENING = re.compile(r"capsule-manager listening on 127\.0\.0\.1:(\d+)")
 
-
-class CM:
-    """``trustflow capsule-manager`` in a subprocess, its stderr in a file (a debug log may be
-    large; a file never blocks the server)."""
+class CM(RoleProcess):
+    """``trustflow capsule-manager --plat sim --data-dir DIR ...``, its stderr next to DIR."""
 
     def __init__(self, env: dict[str, str], data_dir: Path, *args: str) -> None:
-        self.log = data_dir.parent / f"{data_dir.name}.stderr"
-        with self.log.open("w") as err:
-            self.proc = subprocess.Popen(
-                [TRUSTFLOW, "capsule-manager", "--plat", "sim", "--data-dir", str(data_dir), *args],
-                env=env,
-                stderr=err,
-                stdout=subprocess.DEVNULL,
-            )
-        self.port = 0
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_listening(self, timeout: float = 60) -> CM:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = LISTENING.search(self.output())
-            if found:
-                self.port = int(found.group(1))
-                return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exited with {self.proc.returncode}: {self.output()}")
-            time.sleep(0.1)
-        raise AssertionError(f"not listening after {timeout} s: {self.output()}")
-
-    def exit_code(self, timeout: float = 60) -> int:
-        """Wait for the process to end by itself (a CM that keeps running fails the test)."""
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise AssertionError(f"still running after {timeout} s: {self.output()}") from None
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> CM:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        log = data_dir.parent / f"{data_dir.name}.stderr"
+        super().__init__(
+            env, log, "capsule-manager", "--plat", "sim", "--data-dir", str(data_dir), *args
+        )
 
 
 async def grant_and_get_keys(target: str, times: int) -> None:

@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -27,47 +26,14 @@ from trustflow_core.errors import BackendUnavailable
 from trustflow_core.roles._listeners import Listeners, StreamListener, WebListener
 from trustflow_core.roles._server import AppServer, run
 from trustflow_core.testing.fixtures import free_port
+from trustflow_core.testing.processes import TRUSTFLOW, RoleProcess
 
-TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
-LISTENING = r"{role} listening on (?:http://)?127\.0\.0\.1:(\d+)"
 IN_USE = "Address already in use"
 CLAIMED = "another trustflow server with --workers serves this port"
 
 
-class Server:
-    """A ``trustflow`` server command in a subprocess, its stderr in a file."""
-
-    def __init__(self, env: dict[str, str], log: Path, role: str, *args: str) -> None:
-        self.role, self.log = role, log
-        with log.open("w") as err:
-            self.proc = subprocess.Popen(
-                [TRUSTFLOW, role, *args], env=env, stderr=err, stdout=subprocess.DEVNULL
-            )
-        self.port = 0
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_listening(self, timeout: float = 90) -> Server:
-        pattern = re.compile(LISTENING.format(role=self.role))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = pattern.search(self.output())
-            if found:
-                self.port = int(found.group(1))
-                return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exited with {self.proc.returncode}: {self.output()}")
-            time.sleep(0.1)
-        raise AssertionError(f"not listening after {timeout} s: {self.output()}")
-
-    def exit_code(self, timeout: float = 60) -> int:
-        """Wait for the process to end by itself (one that keeps running fails the test)."""
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise AssertionError(f"still running after {timeout} s: {self.output()}") from None
+class Server(RoleProcess):
+    """A ``trustflow`` server command whose workers never outlive the test."""
 
     def children(self) -> list[int]:
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
@@ -75,18 +41,6 @@ class Server:
             return [int(pid) for pid in path.read_text().split()]
         except OSError:  # ended
             return []
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def __enter__(self) -> Server:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         children = self.children()
