@@ -48,9 +48,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..capsule_manager_protocol.audit import TreeHead
 from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from .access_reads import read_access_rows
+from .audit_log import AuditDraft, AuditLog, StoredEntry
 from .db_models import (
     SCHEMA_VERSION,
     Base,
@@ -136,11 +138,15 @@ def _is_retryable(exc: DBAPIError) -> bool:
 
 
 class Database:
-    """All persistent Capsule Manager state. Thread-safe; methods block (use a thread)."""
+    """All persistent Capsule Manager state. Thread-safe; methods block (use a thread).
+
+    With ``audit`` set (:class:`~.audit_log.AuditLog`), every decision on an owner's data is
+    appended to the audit log in the transaction of its effect (docs/audit.md)."""
 
     def __init__(self, url: str, sealer: Sealer, *, pool_size: int = 16) -> None:
         self.url = url
         self._sealer = sealer
+        self.audit: AuditLog | None = None
         if url.startswith("sqlite"):
             self._write_engine, self._read_engine = _sqlite_engines(url)
             self._sqlite_write_lock: WriterLock | None = WriterLock(self._write_engine.url.database)
@@ -256,6 +262,10 @@ class Database:
 
     # ---- helpers ---------------------------------------------------------------------------
 
+    def _log(self, session: Session, drafts: Sequence[AuditDraft]) -> None:
+        if self.audit is not None:
+            self.audit.append(session, drafts)
+
     @staticmethod
     def _owned_record(session: Session, data_uuid: str, owner: str) -> DataRecord | None:
         record = session.get(DataRecord, data_uuid)
@@ -362,6 +372,18 @@ class Database:
                 conn.execute(_INSERT_KEY, inserts)
             if updates:
                 conn.execute(_UPDATE_KEY, updates)
+            self._log(
+                session,
+                [
+                    AuditDraft(
+                        "keys_created",
+                        owner,
+                        u,
+                        {"resource_uris": sorted(k for k, v in by_uri.items() if v.data_uuid == u)},
+                    )
+                    for u in sorted(uuids)
+                ],
+            )
 
         self._apply(op, request)
 
@@ -375,11 +397,16 @@ class Database:
         def op(session: Session) -> None:
             if self._owned_record(session, data_uuid, owner) is None:
                 return
-            session.execute(
+            deleted = session.execute(
                 delete(DataKeyRow).where(
                     DataKeyRow.resource_uri == resource_uri, DataKeyRow.data_uuid == data_uuid
                 )
             )
+            if cast(Any, deleted).rowcount:
+                self._log(
+                    session,
+                    [AuditDraft("key_deleted", owner, data_uuid, {"resource_uri": resource_uri})],
+                )
 
         self._apply(op, request)
 
@@ -443,6 +470,7 @@ class Database:
         ancestors: Sequence[str],
         derive: Callable[[Sequence[Sequence[Rule]]], list[Rule]],
         releasable: Callable[[str, Sequence[Rule]], bool],
+        app: dict[str, Any] | None = None,
     ) -> bool:
         """Register a result: its key, lineage and derived policy, in one transaction.
 
@@ -457,6 +485,9 @@ class Database:
           policy releases the ancestor to the calling app (PermissionDenied) -- evaluated
           here, on the rules the derived policy is made of;
         * nothing is stored unless all of this holds.
+
+        Audit (docs/audit.md): one ``result_registered`` entry for the result's owner and one
+        for each ancestor's owner, with ``app`` (the registering app's identity).
         """
 
         def op(session: Session) -> bool:
@@ -490,6 +521,22 @@ class Database:
             session.flush()
             self._put_key(session, key)
             self._replace_rules(session, scope, key.data_uuid, owner, derive(ancestor_rules))
+            details = {
+                "result": key.data_uuid,
+                "result_owner": owner,
+                "resource_uri": key.resource_uri,
+                "scope": scope,
+                "ancestors": list(ancestors),
+                **(app or {}),
+            }
+            drafts = [AuditDraft("result_registered", owner, key.data_uuid, details)]
+            for uuid in dict.fromkeys(ancestors):
+                record = session.get(DataRecord, uuid)
+                if record is not None:
+                    drafts.append(
+                        AuditDraft("result_registered", record.owner_party_id, uuid, details)
+                    )
+            self._log(session, drafts)
             return True
 
         return self._tx(op)
@@ -561,6 +608,8 @@ class Database:
         def op(session: Session) -> None:
             self._check_policy_owner(session, scope, data_uuid, owner, claim=True)
             self._replace_rules(session, scope, data_uuid, owner, rules)
+            details = {"scope": scope, "rule_ids": [r.rule_id for r in rules]}
+            self._log(session, [AuditDraft("policy_set", owner, data_uuid, details)])
 
         self._apply(op, request)
 
@@ -576,6 +625,8 @@ class Database:
 
         def op(session: Session) -> None:
             row = self._check_policy_owner(session, scope, data_uuid, owner, claim=True)
+            details = {"scope": scope, "rule_id": rule.rule_id}
+            self._log(session, [AuditDraft("rule_added", owner, data_uuid, details)])
             if row is None:
                 self._replace_rules(session, scope, data_uuid, owner, [rule])
                 return
@@ -593,6 +644,7 @@ class Database:
                 return
             session.execute(delete(RuleRow).where(RuleRow.policy_id == row.id))
             session.delete(row)
+            self._log(session, [AuditDraft("policy_deleted", owner, data_uuid, {"scope": scope})])
 
         self._apply(op, request)
 
@@ -608,11 +660,49 @@ class Database:
             row = self._check_policy_owner(session, scope, data_uuid, owner)
             if row is None:
                 return
-            session.execute(
+            deleted = session.execute(
                 delete(RuleRow).where(RuleRow.policy_id == row.id, RuleRow.rule_id == rule_id)
             )
+            if cast(Any, deleted).rowcount:
+                details = {"scope": scope, "rule_id": rule_id}
+                self._log(session, [AuditDraft("rule_deleted", owner, data_uuid, details)])
 
         self._apply(op, request)
+
+    # ---- audit log (docs/audit.md) ---------------------------------------------------------
+
+    def record_audit(self, drafts: Sequence[AuditDraft]) -> None:
+        """Commit audit entries of a decision that changes nothing else (a key release, a
+        refusal, an export): callers answer only after this returned."""
+        if self.audit is not None and drafts:
+            self._tx(lambda session: self._log(session, drafts))
+
+    def _audit_log(self) -> AuditLog:
+        if self.audit is None:
+            raise CMError(Kind.UNSUPPORTED, "the audit log is turned off on this CM")
+        return self.audit
+
+    def audit_entries(
+        self, owner: str, *, data_uuid: str = "", since_ms: int = 0, start: int = 0, limit: int
+    ) -> list[StoredEntry]:
+        log = self._audit_log()
+        return self._ro(
+            lambda s: log.entries(
+                s, owner, data_uuid=data_uuid, since_ms=since_ms, start=start, limit=limit
+            )
+        )
+
+    def audit_tree_head(self) -> TreeHead:
+        log = self._audit_log()
+        return self._tx(log.tree_head)
+
+    def audit_inclusion_proof(self, owner: str, index: int, tree_size: int) -> list[bytes]:
+        log = self._audit_log()
+        return self._ro(lambda s: log.inclusion_proof(s, owner, index, tree_size))
+
+    def audit_consistency_proof(self, first: int, second: int) -> list[bytes]:
+        log = self._audit_log()
+        return self._ro(lambda s: log.consistency_proof(s, first, second))
 
     def list_policies(self, owner: str, scope: str) -> list[StoredPolicy]:
         def op(session: Session) -> list[StoredPolicy]:

@@ -17,6 +17,7 @@ from ...channel import EnvelopeChannel
 from ...errors import BackendUnavailable, InvalidInput
 from ...manager import get_plugin_manager
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
+from ...proto.trustflowapis.audit.v1 import audit_pb2_grpc as audit_grpc
 from ...registry import (
     ENVELOPE_CHANNEL,
     VERIFIER,
@@ -27,6 +28,8 @@ from ...registry import (
 )
 from ..capsule_manager_protocol.errors import CMError
 from . import database_url, identity_keys, port_claim, private_files
+from .audit_log import AuditLog, mac_key
+from .audit_service import AuditLogService
 from .database import Database
 from .envelope import Envelopes
 from .sealing import Sealer, load_or_create_key
@@ -145,6 +148,8 @@ class CapsuleManager:
                 raise BackendUnavailable(
                     f"attester {type(attester).name!r} cannot produce reports on this host: {exc}"
                 ) from None
+        if s.audit:
+            self.store.audit = AuditLog(identity.private_key, mac_key(storage_key))
         service = CapsuleManagerService(
             store=self.store,
             envelopes=Envelopes(self._channel(), identity.private_key, s.freshness),
@@ -164,6 +169,9 @@ class CapsuleManager:
         reuse_port = int(self.sharing != "exclusive")
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", reuse_port)])
         cm_grpc.add_CapsuleManagerServicer_to_server(service, self.server)
+        audit_grpc.add_AuditLogServicer_to_server(
+            AuditLogService(store=self.store, envelopes=service.envelopes), self.server
+        )
         address = f"{s.host}:{s.port}"
         port: int
         try:

@@ -38,6 +38,7 @@ from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from ..capsule_manager_protocol.reports import report_from_pb, report_to_pb
 from ..capsule_manager_protocol.votes import verify_export_certificate
+from .audit_log import AuditDraft
 from .constraint_sandbox import Budget
 from .convert import check_data_key_b64, policy_to_pb, rule_from_pb
 from .database import Database, NewKey
@@ -128,6 +129,29 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _app_identity(
+    rr: cm_pb2.ResourceRequest, cert_pem: str, verified: VerifiedReport | None
+) -> dict[str, Any]:
+    """Who asked, for audit entries: the initiator party, the SHA-256 fingerprint of the app
+    certificate (DER; empty when unreadable), the attested platform and measurement."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        fingerprint = x509.load_pem_x509_certificate(cert_pem.encode()).fingerprint(hashes.SHA256())
+        cert_sha256 = fingerprint.hex()
+    except ValueError:
+        cert_sha256 = ""
+    attested = verified is not None and verified.details.get("report") != "absent"
+    attrs = verified.attributes if verified is not None and attested else None
+    return {
+        "app_party": rr.initiator_party_id,
+        "cert_sha256": cert_sha256,
+        "platform": attrs.str_tee_platform if attrs is not None else "",
+        "measurement": attrs.hex_ta_measurement if attrs is not None else "",
+    }
+
+
 class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
     """The RPC handlers. ``verifier_for`` maps a report platform to a verifier instance."""
 
@@ -211,12 +235,13 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         return {"request_time": _now(), "tee": tee}
 
     async def _attested_app(
-        self, request: cm_pb2.EncryptedRequest, message: type[AppRequest]
-    ) -> tuple[cm_pb2.ResourceRequest, RSAPublicKey, dict[str, Any] | None]:
+        self, request: cm_pb2.EncryptedRequest, message: type[AppRequest], rpc: str
+    ) -> tuple[cm_pb2.ResourceRequest, RSAPublicKey, dict[str, Any] | None, dict[str, Any]]:
         """Open an app's request (GetDataKeys, GetTlsAsset) and check its report, bound to the
         app ``cert`` and the serialized resource request (docs/compat.md#report-binding). Returns
-        the resource request, the cert's key (replies are sealed to it) and the policy ``env``. A
-        malformed ``env`` is refused before attestation, as upstream."""
+        the resource request, the cert's key (replies are sealed to it), the policy ``env`` and
+        the app's identity for the audit log. A malformed ``env`` is refused before
+        attestation, as upstream; a report that does not verify is a logged refusal."""
         opened = await self._open(request)
         inner = opened.parse(message)
         if not inner.HasField("resource_request"):
@@ -225,18 +250,78 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         _parse_env(rr.env)
         recipient = recipient_from_cert_pem(inner.cert)
         digest = ra_user_data(inner.cert.encode(), serialize_canonical(rr))
-        verified = await self._attest(
-            inner.attestation_report, inner.HasField("attestation_report"), digest
-        )
-        return rr, recipient, self._env_for(verified, rr.env)
+        try:
+            verified = await self._attest(
+                inner.attestation_report, inner.HasField("attestation_report"), digest
+            )
+        except CMError as err:
+            app = _app_identity(rr, inner.cert, None)
+            await self._thread(self._log_refusal, rr, app, rpc, err)
+            raise
+        app = _app_identity(rr, inner.cert, verified)
+        return rr, recipient, self._env_for(verified, rr.env), app
+
+    # ---- audit (docs/audit.md) ---------------------------------------------------------------
+
+    def _access_details(
+        self, rr: cm_pb2.ResourceRequest, app: dict[str, Any], rpc: str
+    ) -> dict[str, Any]:
+        return {**app, "op": rr.op_name, "scope": rr.scope, "rpc": rpc}
+
+    def _log_release(
+        self, rr: cm_pb2.ResourceRequest, app: dict[str, Any], rpc: str, owners: dict[str, str]
+    ) -> None:
+        """Commit one ``key_release`` entry per released resource before any key leaves."""
+        if self.store.audit is None:
+            return
+        base = self._access_details(rr, app, rpc)
+        drafts = []
+        for res in rr.resources:
+            uuid = parse_resource_uri(res.resource_uri).data_uuid
+            details = {**base, "resource_uri": res.resource_uri, "columns": list(res.columns)}
+            drafts.append(AuditDraft("key_release", owners[uuid], uuid, details))
+        self.store.record_audit(drafts)
+
+    def _log_refusal(
+        self, rr: cm_pb2.ResourceRequest, app: dict[str, Any], rpc: str, err: CMError
+    ) -> None:
+        """Log a refused app request once per requested data_uuid that has an owner, within
+        the per-data_uuid bound of the refusal limiter (docs/audit.md#abuse-limits)."""
+        log = self.store.audit
+        if log is None:
+            return
+        base = {**self._access_details(rr, app, rpc), "reason": err.detail}
+        drafts = []
+        seen: set[str] = set()
+        for res in rr.resources:
+            try:
+                uuid = parse_resource_uri(res.resource_uri).data_uuid
+            except CMError:
+                continue
+            if uuid in seen:
+                continue
+            seen.add(uuid)
+            suppressed = log.limiter.admit(uuid)
+            if suppressed is None:
+                continue
+            info = self.store.data_info(uuid)
+            if info is None:
+                continue
+            details = {**base, "resource_uri": res.resource_uri, "columns": list(res.columns)}
+            if suppressed:
+                details["suppressed"] = suppressed
+            drafts.append(AuditDraft("key_refusal", info.owner_party_id, uuid, details))
+        self.store.record_audit(drafts)
 
     @_rpc("get_data_keys")
     async def GetDataKeys(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
-        rr, recipient, env = await self._attested_app(request, cm_pb2.GetDataKeysRequest)
+        rr, recipient, env, app = await self._attested_app(
+            request, cm_pb2.GetDataKeysRequest, "GetDataKeys"
+        )
 
         def work() -> cm_pb2.EncryptedResponse:
             uris = [r.resource_uri for r in rr.resources]
-            keys = self._authorize_and_fetch(rr, env, uris)
+            keys = self._authorize_and_fetch(rr, env, uris, app, "GetDataKeys")
             response = cm_pb2.GetDataKeysResponse(
                 data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
                 cert=self.identity.cert_pem,
@@ -246,8 +331,28 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         return await self._thread(work)
 
     def _authorize_and_fetch(
-        self, rr: cm_pb2.ResourceRequest, env: dict[str, Any] | None, uris: list[str]
+        self,
+        rr: cm_pb2.ResourceRequest,
+        env: dict[str, Any] | None,
+        uris: list[str],
+        app: dict[str, Any],
+        rpc: str,
     ) -> dict[str, str]:
+        """The keys of ``uris`` when the policies allow the request; the decision is logged
+        (docs/audit.md): releases are committed before this returns, refusals before the
+        refusal propagates."""
+        try:
+            keys, owners = self._decide(rr, env, uris)
+        except CMError as err:
+            self._log_refusal(rr, app, rpc, err)
+            raise
+        self._log_release(rr, app, rpc, owners)
+        return keys
+
+    def _decide(
+        self, rr: cm_pb2.ResourceRequest, env: dict[str, Any] | None, uris: list[str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """``(resource_uri -> key, data_uuid -> owner)`` when every resource is allowed."""
         if not uris:
             raise CMError(Kind.INVALID_ARGUMENT, "resource_request has no resources")
         parsed = [parse_resource_uri(u) for u in uris]
@@ -281,20 +386,25 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 )
         if any(u not in sealed for u in uris):
             raise CMError(Kind.NOT_FOUND, "data_keys not found.")
-        return {u: sealed.open(u) for u in uris}
+        owners = {
+            p.data_uuid: info.owner_party_id for p in parsed if (info := view[p.data_uuid][0])
+        }
+        return {u: sealed.open(u) for u in uris}, owners
 
     @_rpc("get_tls_asset")
     async def GetTlsAsset(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
         """Authorized exactly like GetDataKeys; the asset is the communication group's
         (docs/tls-asset.md): group of (scope, first resource, op), leaf for the attested
         ``cert``'s key, sealed to that key."""
-        rr, recipient, env = await self._attested_app(request, cm_pb2.GetTlsAssetRequest)
+        rr, recipient, env, app = await self._attested_app(
+            request, cm_pb2.GetTlsAssetRequest, "GetTlsAsset"
+        )
 
         def work() -> cm_pb2.EncryptedResponse:
             from ...tls_asset import issue_group_asset
 
             uris = [r.resource_uri for r in rr.resources]
-            keys = self._authorize_and_fetch(rr, env, uris)
+            keys = self._authorize_and_fetch(rr, env, uris, app, "GetTlsAsset")
             try:
                 asset = issue_group_asset(
                     base64.b64decode(keys[uris[0]]),
@@ -353,6 +463,14 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             list(body.ancestor_uuids),
             derive_result_policy,
             releasable,
+            {
+                "platform": verified.attributes.str_tee_platform
+                if verified.details.get("report") != "absent"
+                else "",
+                "measurement": verified.attributes.hex_ta_measurement
+                if verified.details.get("report") != "absent"
+                else "",
+            },
         )
         return _status_only()
 
@@ -404,6 +522,16 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             keys = self.store.get_keys([inner.resource_uri])
             if inner.resource_uri not in keys:
                 raise CMError(Kind.NOT_FOUND, "data_keys not found.")
+            info = self.store.data_info(uri.data_uuid)
+            details = {
+                "requester": inner.request_party_id,
+                "resource_uri": inner.resource_uri,
+                "voters": sorted(owners - {inner.request_party_id}),
+            }
+            audience = sorted({*owners, *([info.owner_party_id] if info else [])})
+            self.store.record_audit(
+                [AuditDraft("export", o, uri.data_uuid, details) for o in audience]
+            )
             response = cm_pb2.GetExportDataKeyResponse(
                 data_key=cm_pb2.DataKey(
                     resource_uri=inner.resource_uri, data_key_b64=keys[inner.resource_uri]

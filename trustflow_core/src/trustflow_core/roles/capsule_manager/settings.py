@@ -29,6 +29,7 @@ attester: {}               # settings of the `plat` attester backend
 verifiers: {sim: {}}       # settings per verifier backend name
 envelope_channel: jwe      # envelope channel backend of the JWE/JWS envelopes (built with
                            # profile: upstream)
+audit: {enabled: true}     # the owners' audit log (docs/audit.md)
 ```
 """
 
@@ -59,6 +60,7 @@ TOP_KEYS = {
     "attester",
     "verifiers",
     "envelope_channel",
+    "audit",
 }
 
 
@@ -92,6 +94,7 @@ class CMSettings:
     attester: Mapping[str, Any] = field(default_factory=dict)
     verifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     envelope_channel: str = "jwe"
+    audit: bool = True
 
     def __repr__(self) -> str:  # the storage URL's password never shows
         from .database_url import redact
@@ -200,6 +203,7 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
     )
     verifiers = _section(data, "verifiers", set(data.get("verifiers") or {}))
     requests = _section(data, "requests", {"max_age_seconds", "max_future_seconds"})
+    audit = _section(data, "audit", {"enabled"})
     tls_settings = None
     if tls:
         cert, tkey = (
@@ -235,6 +239,7 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
         "attester": data.get("attester"),
         "verifiers": dict(verifiers) or None,
         "envelope_channel": data.get("envelope_channel"),
+        "audit": _bool(audit.get("enabled"), "audit.enabled"),
     }
     for name, value in overrides.items():
         if value is not None:

@@ -1,0 +1,128 @@
+"""The owner's side of the CM audit log (docs/audit.md): the four ``AuditLog`` RPCs and
+:func:`fetch_bundle`, which gathers a verifiable bundle (signed head, the owner's entries with
+inclusion proofs, a consistency proof from an earlier head) and verifies it before returning."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from ...proto.trustflowapis.audit.v1 import audit_pb2
+from ...proto.trustflowapis.audit.v1 import audit_pb2_grpc as audit_grpc
+from ..capsule_manager_protocol.audit import TreeHead, cm_public_key, verify_bundle
+from .client import CapsuleManagerClient, Credentials
+
+
+def _stub(client: CapsuleManagerClient) -> audit_grpc.AuditLogStub:
+    return audit_grpc.AuditLogStub(client.grpc_channel())
+
+
+async def list_entries(
+    client: CapsuleManagerClient,
+    creds: Credentials,
+    *,
+    data_uuid: str = "",
+    since_ms: int = 0,
+    below: int | None = None,
+) -> list[audit_pb2.AuditEntry]:
+    """All of ``creds``' entries (every page), oldest first; only indexes below ``below``."""
+    out: list[audit_pb2.AuditEntry] = []
+    start = 0
+    while True:
+        request = audit_pb2.ListAuditEntriesRequest(
+            owner_party_id=creds.party_id,
+            data_uuid=data_uuid,
+            since_ms=since_ms,
+            start_index=start,
+        )
+        page = await client.request(
+            "ListEntries", request, creds, audit_pb2.ListAuditEntriesResponse, stub=_stub(client)
+        )
+        assert page is not None
+        out.extend(e for e in page.entries if below is None or e.index < below)
+        if not page.next_index or (below is not None and page.next_index >= below):
+            return out
+        start = page.next_index
+
+
+async def tree_head(client: CapsuleManagerClient, creds: Credentials) -> TreeHead:
+    """The CM's signed head of its whole log (not verified here)."""
+    request = audit_pb2.GetTreeHeadRequest(owner_party_id=creds.party_id)
+    head = await client.request(
+        "GetTreeHead", request, creds, audit_pb2.TreeHead, stub=_stub(client)
+    )
+    assert head is not None
+    return TreeHead(
+        head.size,
+        bytes.fromhex(head.root_hex),
+        head.timestamp_ms,
+        base64.b64decode(head.signature_b64),
+    )
+
+
+async def inclusion_proof(
+    client: CapsuleManagerClient, creds: Credentials, index: int, tree_size: int
+) -> list[str]:
+    request = audit_pb2.GetInclusionProofRequest(
+        owner_party_id=creds.party_id, index=index, tree_size=tree_size
+    )
+    proof = await client.request(
+        "GetInclusionProof", request, creds, audit_pb2.Proof, stub=_stub(client)
+    )
+    assert proof is not None
+    return list(proof.hashes_hex)
+
+
+async def consistency_proof(
+    client: CapsuleManagerClient, creds: Credentials, first: int, second: int
+) -> list[str]:
+    request = audit_pb2.GetConsistencyProofRequest(
+        owner_party_id=creds.party_id, first_size=first, second_size=second
+    )
+    proof = await client.request(
+        "GetConsistencyProof", request, creds, audit_pb2.Proof, stub=_stub(client)
+    )
+    assert proof is not None
+    return list(proof.hashes_hex)
+
+
+async def fetch_bundle(
+    client: CapsuleManagerClient,
+    creds: Credentials,
+    *,
+    data_uuid: str = "",
+    since_ms: int = 0,
+    previous: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A verified audit bundle (format: :mod:`..capsule_manager_protocol.audit`) of
+    ``creds``' entries under the CM's current signed head, with the CM's certificate; with
+    ``previous`` (an earlier bundle), a consistency proof from its head and the check that its
+    entries are unchanged. Raises :class:`~..capsule_manager_protocol.audit.AuditVerificationError`
+    when anything does not verify."""
+    cert_pem = await client.cm_cert_pem()
+    head = await tree_head(client, creds)
+    entries = await list_entries(
+        client, creds, data_uuid=data_uuid, since_ms=since_ms, below=head.size
+    )
+    bundle: dict[str, Any] = {
+        "cm_cert": cert_pem,
+        "owner": creds.party_id,
+        "head": head.to_dict(),
+        "entries": [
+            {
+                "index": e.index,
+                "entry": e.entry_json,
+                "proof": await inclusion_proof(client, creds, e.index, head.size),
+            }
+            for e in entries
+        ],
+    }
+    if previous is not None:
+        old = TreeHead.from_dict(previous.get("head"), "previous head")
+        bundle["consistency"] = {
+            "from": old.to_dict(),
+            "proof": await consistency_proof(client, creds, old.size, head.size),
+        }
+    verify_bundle(bundle, cm_public_key(cert_pem), owner=creds.party_id, previous=previous)
+    return bundle
