@@ -20,8 +20,10 @@ owner's log by sending requests that are refused.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +33,7 @@ from typing import Any, NamedTuple, cast
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..capsule_manager_protocol import merkle
@@ -93,16 +95,21 @@ class AuditLog:
 
     # ---- appending -------------------------------------------------------------------------
 
-    def append(self, session: Session, drafts: Sequence[AuditDraft]) -> None:
-        """Append ``drafts`` in ``session``'s transaction, at the next indexes. The size row
-        is updated first, so a concurrent append waits for this transaction."""
+    def append(self, conn: Connection, drafts: Sequence[AuditDraft]) -> None:
+        """Append ``drafts`` in ``conn``'s transaction, at the next indexes. The size row is
+        updated first, so a concurrent append waits for this transaction."""
         if not drafts:
             return
-        conn = session.connection()
         n = len(drafts)
-        if conn.execute(_GROW, {"n": n}).rowcount == 0:
+        if conn.dialect.update_returning:
+            end = conn.execute(_GROW_RETURNING, {"n": n}).scalar()
+        else:
+            end = (
+                conn.execute(_SIZE_NOW).scalar() if conn.execute(_GROW, {"n": n}).rowcount else None
+            )
+        if end is None:
             conn.execute(insert(_SIZE), {"id": 1, "size": n})  # first append ever (a race: retry)
-        end = conn.execute(_SIZE_NOW).scalar_one()
+            end = n
         start = end - n
         now = self._clock_ms()
         rows = []
@@ -263,6 +270,118 @@ class AuditLog:
             raise CMError(Kind.NOT_FOUND, f"the CM signed no audit head of size {size}")
 
 
+class _Waiter:
+    """A thread blocked in :meth:`GroupCommit.submit`, or a future of
+    :meth:`GroupCommit.submit_async` (completed in its event loop)."""
+
+    __slots__ = ("done", "error", "future", "loop")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        future: asyncio.Future[None] | None = None,
+    ) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.loop, self.future = loop, future
+
+    def finish(self, error: BaseException | None) -> None:
+        self.error = error
+        if self.loop is not None and self.future is not None:
+            self.loop.call_soon_threadsafe(_settle, self.future, error)
+        self.done.set()
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class GroupCommit:
+    """Commits the audit entries of concurrent decisions that change nothing else (key
+    releases, refusals, exports) together: :meth:`submit` queues entries and returns once the
+    transaction holding them committed (or raises its error); one writer thread writes
+    whatever queued while the previous transaction committed, up to ``max_batch`` decisions,
+    in one ``write(drafts)`` call. Entries keep their submission order. A commit per release
+    would cap releases at the database's commit rate (one fsync each on PostgreSQL)."""
+
+    def __init__(self, write: Callable[[list[AuditDraft]], None], *, max_batch: int = 256) -> None:
+        self._write = write
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[Sequence[AuditDraft], _Waiter] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, drafts: Sequence[AuditDraft]) -> None:
+        """Queue ``drafts``; return when they are committed."""
+        waiter = self._enqueue(drafts, _Waiter())
+        waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+
+    async def submit_async(self, drafts: Sequence[AuditDraft]) -> None:
+        """Like :meth:`submit`, awaited: no worker thread waits for the commit."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._enqueue(drafts, _Waiter(loop, future))
+        await future
+
+    def _enqueue(self, drafts: Sequence[AuditDraft], waiter: _Waiter) -> _Waiter:
+        with self._lock:
+            if self._closed:
+                raise CMError(Kind.INTERNAL, "the audit log is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="cm-audit-commit", daemon=True
+                )
+                self._thread.start()
+            self._queue.put((drafts, waiter))
+        return waiter
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            error: BaseException | None = None
+            try:
+                self._write([d for drafts, _ in batch for d in drafts])
+            except BaseException as exc:  # every waiter gets the failure: no key leaves
+                error = exc
+            for _, waiter in batch:
+                waiter.finish(error)
+            if stop:
+                return
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the writer thread."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            self._thread = None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+
 def _head(row: Any) -> TreeHead:
     return TreeHead(row.size, bytes(row.root), row.timestamp_ms, bytes(row.signature))
 
@@ -317,4 +436,5 @@ _ENTRIES = cast(Table, AuditEntryRow.__table__)
 _SIZE = cast(Table, AuditSizeRow.__table__)
 _HEADS = cast(Table, AuditHeadRow.__table__)
 _GROW = update(_SIZE).where(_SIZE.c.id == 1).values(size=_SIZE.c.size + bindparam("n"))
+_GROW_RETURNING = _GROW.returning(_SIZE.c.size)
 _SIZE_NOW = select(_SIZE.c.size).where(_SIZE.c.id == 1)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
+    Connection,
     Engine,
     Table,
     and_,
@@ -52,7 +53,7 @@ from ..capsule_manager_protocol.audit import TreeHead
 from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from .access_reads import read_access_rows
-from .audit_log import AuditDraft, AuditLog, StoredEntry
+from .audit_log import AuditDraft, AuditLog, GroupCommit, StoredEntry
 from .db_models import (
     SCHEMA_VERSION,
     Base,
@@ -147,6 +148,7 @@ class Database:
         self.url = url
         self._sealer = sealer
         self.audit: AuditLog | None = None
+        self._audit_commits = GroupCommit(self._append_audit)
         if url.startswith("sqlite"):
             self._write_engine, self._read_engine = _sqlite_engines(url)
             self._sqlite_write_lock: WriterLock | None = WriterLock(self._write_engine.url.database)
@@ -214,6 +216,7 @@ class Database:
             ) from None
 
     def close(self) -> None:
+        self._audit_commits.close()
         self._write_engine.dispose()
         self._read_engine.dispose()
         if self._sqlite_write_lock is not None:
@@ -224,14 +227,33 @@ class Database:
     def _tx(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in one write transaction, retrying on races (integrity errors,
         deadlocks). :class:`CMError` from ``fn`` rolls back and propagates."""
+
+        def run() -> T:
+            if self._sqlite_write_lock is not None:
+                with self._sqlite_write_lock, self._write.begin() as session:
+                    return fn(session)
+            with self._write.begin() as session:
+                return fn(session)
+
+        return self._retrying(run)
+
+    def _core_tx(self, fn: Callable[[Connection], T]) -> T:
+        """:meth:`_tx` on a Core connection (no ORM session: the audit's hot path)."""
+
+        def run() -> T:
+            if self._sqlite_write_lock is not None:
+                with self._sqlite_write_lock, self._write_engine.begin() as conn:
+                    return fn(conn)
+            with self._write_engine.begin() as conn:
+                return fn(conn)
+
+        return self._retrying(run)
+
+    def _retrying(self, run: Callable[[], T]) -> T:
         delay = 0.005
         for attempt in range(MAX_ATTEMPTS):
             try:
-                if self._sqlite_write_lock is not None:
-                    with self._sqlite_write_lock, self._write.begin() as session:
-                        return fn(session)
-                with self._write.begin() as session:
-                    return fn(session)
+                return run()
             except (IntegrityError, OperationalError) as exc:
                 if attempt + 1 == MAX_ATTEMPTS or not _is_retryable(exc):
                     log.warning("store transaction failed: %s", type(exc).__name__)
@@ -264,7 +286,12 @@ class Database:
 
     def _log(self, session: Session, drafts: Sequence[AuditDraft]) -> None:
         if self.audit is not None:
-            self.audit.append(session, drafts)
+            self.audit.append(session.connection(), drafts)
+
+    def _append_audit(self, drafts: list[AuditDraft]) -> None:
+        log = self.audit
+        if log is not None:
+            self._core_tx(lambda conn: log.append(conn, drafts))
 
     @staticmethod
     def _owned_record(session: Session, data_uuid: str, owner: str) -> DataRecord | None:
@@ -673,9 +700,15 @@ class Database:
 
     def record_audit(self, drafts: Sequence[AuditDraft]) -> None:
         """Commit audit entries of a decision that changes nothing else (a key release, a
-        refusal, an export): callers answer only after this returned."""
+        refusal, an export), grouped with those of concurrent decisions
+        (:class:`~.audit_log.GroupCommit`): callers answer only after this returned."""
         if self.audit is not None and drafts:
-            self._tx(lambda session: self._log(session, drafts))
+            self._audit_commits.submit(drafts)
+
+    async def record_audit_async(self, drafts: Sequence[AuditDraft]) -> None:
+        """:meth:`record_audit` for the event loop (no thread waits for the commit)."""
+        if self.audit is not None and drafts:
+            await self._audit_commits.submit_async(drafts)
 
     def _audit_log(self) -> AuditLog:
         if self.audit is None:

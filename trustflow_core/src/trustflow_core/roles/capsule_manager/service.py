@@ -129,19 +129,25 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@functools.lru_cache(maxsize=1024)
+def _cert_sha256(cert_pem: str) -> str:
+    """SHA-256 fingerprint (hex) of a PEM certificate's DER; empty when it is unreadable.
+    Cached: an app sends the same certificate with every request."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        return x509.load_pem_x509_certificate(cert_pem.encode()).fingerprint(hashes.SHA256()).hex()
+    except ValueError:
+        return ""
+
+
 def _app_identity(
     rr: cm_pb2.ResourceRequest, cert_pem: str, verified: VerifiedReport | None
 ) -> dict[str, Any]:
     """Who asked, for audit entries: the initiator party, the SHA-256 fingerprint of the app
     certificate (DER; empty when unreadable), the attested platform and measurement."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-
-    try:
-        fingerprint = x509.load_pem_x509_certificate(cert_pem.encode()).fingerprint(hashes.SHA256())
-        cert_sha256 = fingerprint.hex()
-    except ValueError:
-        cert_sha256 = ""
+    cert_sha256 = _cert_sha256(cert_pem)
     attested = verified is not None and verified.details.get("report") != "absent"
     attrs = verified.attributes if verified is not None and attested else None
     return {
@@ -268,19 +274,19 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
     ) -> dict[str, Any]:
         return {**app, "op": rr.op_name, "scope": rr.scope, "rpc": rpc}
 
-    def _log_release(
+    def _release_drafts(
         self, rr: cm_pb2.ResourceRequest, app: dict[str, Any], rpc: str, owners: dict[str, str]
-    ) -> None:
-        """Commit one ``key_release`` entry per released resource before any key leaves."""
+    ) -> list[AuditDraft]:
+        """One ``key_release`` entry per released resource (none when the log is off)."""
         if self.store.audit is None:
-            return
+            return []
         base = self._access_details(rr, app, rpc)
         drafts = []
         for res in rr.resources:
             uuid = parse_resource_uri(res.resource_uri).data_uuid
             details = {**base, "resource_uri": res.resource_uri, "columns": list(res.columns)}
             drafts.append(AuditDraft("key_release", owners[uuid], uuid, details))
-        self.store.record_audit(drafts)
+        return drafts
 
     def _log_refusal(
         self, rr: cm_pb2.ResourceRequest, app: dict[str, Any], rpc: str, err: CMError
@@ -319,16 +325,16 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             request, cm_pb2.GetDataKeysRequest, "GetDataKeys"
         )
 
-        def work() -> cm_pb2.EncryptedResponse:
-            uris = [r.resource_uri for r in rr.resources]
-            keys = self._authorize_and_fetch(rr, env, uris, app, "GetDataKeys")
-            response = cm_pb2.GetDataKeysResponse(
-                data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
-                cert=self.identity.cert_pem,
-            )
-            return self.envelopes.seal(response, recipient)
-
-        return await self._thread(work)
+        uris = [r.resource_uri for r in rr.resources]
+        keys, drafts = await self._thread(
+            self._authorize_and_fetch, rr, env, uris, app, "GetDataKeys"
+        )
+        await self.store.record_audit_async(drafts)  # committed before the key leaves
+        response = cm_pb2.GetDataKeysResponse(
+            data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
+            cert=self.identity.cert_pem,
+        )
+        return await self._thread(self.envelopes.seal, response, recipient)
 
     def _authorize_and_fetch(
         self,
@@ -337,17 +343,16 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         uris: list[str],
         app: dict[str, Any],
         rpc: str,
-    ) -> dict[str, str]:
-        """The keys of ``uris`` when the policies allow the request; the decision is logged
-        (docs/audit.md): releases are committed before this returns, refusals before the
-        refusal propagates."""
+    ) -> tuple[dict[str, str], list[AuditDraft]]:
+        """The keys of ``uris`` when the policies allow the request, and the release entries
+        the caller must commit (:meth:`Database.record_audit_async`) before any key leaves. A
+        refusal is logged (docs/audit.md) before it propagates."""
         try:
             keys, owners = self._decide(rr, env, uris)
         except CMError as err:
             self._log_refusal(rr, app, rpc, err)
             raise
-        self._log_release(rr, app, rpc, owners)
-        return keys
+        return keys, self._release_drafts(rr, app, rpc, owners)
 
     def _decide(
         self, rr: cm_pb2.ResourceRequest, env: dict[str, Any] | None, uris: list[str]
@@ -400,11 +405,15 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             request, cm_pb2.GetTlsAssetRequest, "GetTlsAsset"
         )
 
+        uris = [r.resource_uri for r in rr.resources]
+        keys, drafts = await self._thread(
+            self._authorize_and_fetch, rr, env, uris, app, "GetTlsAsset"
+        )
+        await self.store.record_audit_async(drafts)  # committed before the key leaves
+
         def work() -> cm_pb2.EncryptedResponse:
             from ...tls_asset import issue_group_asset
 
-            uris = [r.resource_uri for r in rr.resources]
-            keys = self._authorize_and_fetch(rr, env, uris, app, "GetTlsAsset")
             try:
                 asset = issue_group_asset(
                     base64.b64decode(keys[uris[0]]),
