@@ -287,3 +287,101 @@ async def test_restart_keeps_the_log_consistent(
             after = await audit.fetch_bundle(w.client, owner, previous=before)
         assert after["head"]["size"] == before["head"]["size"] + 1
         assert after["cm_cert"] == before["cm_cert"]
+
+
+# ---- the CLI: `trustflow cms audit`, `trustflow util verify-audit` ---------------------------
+
+
+def owner_config(w: CMWorld, owner: Credentials, d: Path) -> Path:
+    """The owner's cms YAML (its key and certificate written next to it)."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = d / "owner.key"
+    key.write_bytes(
+        owner.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (d / "owner.crt").write_text("".join(owner.chain_pems))
+    config = {
+        "host": w.target,
+        "tee_plat": "sim",
+        "common": {"cert_pems_file": [str(d / "owner.crt")], "private_key_file": str(key)},
+    }
+    path = d / "owner.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+async def cli(*args: str, expect: int = 0) -> str:
+    """Run ``trustflow <args>`` in a thread (its own event loop; the CM's keeps serving)."""
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from trustflow_core.cli import build_cli
+
+    result = await asyncio.to_thread(CliRunner().invoke, build_cli(), list(args))
+    assert result.exit_code == expect, result.output
+    return result.output
+
+
+async def test_cli_audit_table_json_and_offline_verification(
+    cm_world: CMWorld, tmp_path: Path
+) -> None:
+    owner, app, one, two, expected = await owner_flow(cm_world)
+    config = str(owner_config(cm_world, owner, tmp_path))
+    table = await cli("cms", "--config-file", config, "audit")
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["#", "time", "(UTC)", "decision"]
+    assert [line.split()[3] for line in lines[1:-1]] == [kind for kind, _ in expected]
+    assert f"app_party={app.party_id} op=psi columns=id platform=SIM" in table
+    assert f"{len(expected)} entries verified in the CM's signed log" in lines[-1]
+    only = await cli("cms", "--config-file", config, "audit", "--data-uuid", two)
+    assert len(only.splitlines()) == 2 + sum(1 for _, u in expected if u == two)
+    later = await cli("cms", "--config-file", config, "audit", "--since", "2999-01-01")
+    assert "0 entries verified" in later
+    await cli("cms", "--config-file", config, "audit", "--since", "yesterday", expect=1)
+
+    bundle_file, cert_file = tmp_path / "audit.json", tmp_path / "cm.crt"
+    bundle_file.write_text(await cli("cms", "--config-file", config, "audit", "--json"))
+    cert_file.write_text(await cm_world.client.cm_cert_pem())
+    ok = await cli("util", "verify-audit", str(bundle_file), "--cm-cert", str(cert_file))
+    assert ok.startswith(f"verified: {len(expected)} entries")
+
+    # more decisions, then an audit proving the log only grew since the saved one
+    await get_keys(cm_world, app, [one])
+    newer_file = tmp_path / "newer.json"
+    newer_file.write_text(
+        await cli("cms", "--config-file", config, "audit", "--json", "--previous", str(bundle_file))
+    )
+    checked = await cli(
+        "util",
+        "verify-audit",
+        str(newer_file),
+        "--cm-cert",
+        str(cert_file),
+        "--previous",
+        str(bundle_file),
+    )
+    assert (
+        f"consistent with the head of size {json.loads(bundle_file.read_text())['head']['size']}"
+        in checked
+    )
+
+    # an entry edited in the saved bundle is named
+    bundle = json.loads(bundle_file.read_text())
+    index = bundle["entries"][4]["index"]
+    bundle["entries"][4]["entry"] = bundle["entries"][4]["entry"].replace('"psi"', '"sql"')
+    bundle_file.write_text(json.dumps(bundle))
+    failed = await cli(
+        "util", "verify-audit", str(bundle_file), "--cm-cert", str(cert_file), expect=1
+    )
+    assert f"entry #{index} (key_release of {one}) is not in the signed log" in failed
+    # another CM's certificate does not verify the head
+    other = tmp_path / "other.crt"
+    other.write_text(new_party("other-cm").chain_pems[0])
+    failed = await cli("util", "verify-audit", str(newer_file), "--cm-cert", str(other), expect=1)
+    assert "not signed by the CM's key" in failed

@@ -4,7 +4,8 @@
 Commands (kebab-case like upstream): ``generate-rsa-keypair``, ``generate-party-id``,
 ``generate-data-key-b64``, ``encrypt-file``, ``decrypt-file``, ``encrypt-file-inplace``,
 ``decrypt-file-inplace``, and the data-export vote tools ``sign-vote-request``, ``voter-sign``,
-``generate-vote-result`` (byte-identical bodies and signatures to upstream).
+``generate-vote-result`` (byte-identical bodies and signatures to upstream), and ours:
+``verify-audit`` (an owner's audit bundle of the Capsule Manager, docs/audit.md).
 Differences from upstream, all deliberate:
 
 * data keys are decoded strictly (canonical standard base64 of 16, 24 or 32 bytes), where
@@ -488,3 +489,57 @@ def generate_vote_result(
         voters.append(voter)
     with _file_errors():
         atomic_write_bytes(vote_result_file, votes.vote_result(request, voters).encode())
+
+
+@util.command("verify-audit")
+@click.argument("audit_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--cm-cert",
+    "cm_cert_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The CM's certificate (PEM) the tree heads must be signed with.",
+)
+@click.option(
+    "--previous",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An earlier audit of the same owner and filters: its head must be the start of the "
+    "bundle's consistency proof and its entries must be unchanged.",
+)
+@click.option(
+    "--owner", default=None, help="Party id every entry must belong to (default: the bundle's)."
+)
+def verify_audit(
+    audit_file: Path, cm_cert_file: Path, previous: Path | None, owner: str | None
+) -> None:
+    """Check a `trustflow cms audit --json` bundle offline: the CM's signature on the tree
+    head, every entry's form, position and inclusion proof, the consistency proof from the
+    previous head. Exit 1 naming the entry or head at fault."""
+    from ..roles.capsule_manager_protocol.audit import cm_public_key, verify_bundle
+
+    def load(path: Path) -> Any:
+        with _file_errors():
+            text = path.read_text()
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise InvalidInput(f"{path} is not JSON: {exc}") from None
+
+    bundle = load(audit_file)
+    with _file_errors():
+        key = cm_public_key(cm_cert_file.read_bytes())
+    earlier = load(previous) if previous is not None else None
+    if owner is None and isinstance(bundle, dict) and isinstance(bundle.get("owner"), str):
+        owner = bundle["owner"]
+    if earlier is not None:
+        verify_bundle(earlier, key, owner=owner)
+    result = verify_bundle(bundle, key, owner=owner, previous=earlier)
+    since = (
+        f", consistent with the head of size {result.consistent_with.size}"
+        if result.consistent_with is not None
+        else ""
+    )
+    click.echo(
+        f"verified: {len(result.entries)} entries in the CM's log of {result.head.size} entries "
+        f"(root {result.head.root.hex()}){since}"
+    )
