@@ -90,6 +90,8 @@ async def owner_flow(
         await get_keys(w, app, [two])  # refused: the rule grants carol
     with pytest.raises(CapsuleManagerError, match="not satisfied"):
         await get_keys(w, app, [one], op="xgb")  # refused: another op
+    with pytest.raises(CapsuleManagerError, match="attestation report verify failed"):
+        await c.get_data_keys(app, request_for(app, [one]), None)  # refused: no report
     await c.add_data_rule(owner, SCOPE, two, grant_rule(app.party_id, rule_id="r2"))
     await c.delete_data_rule(owner, SCOPE, two, "r1")
     await c.delete_data_key(owner, two)
@@ -100,6 +102,7 @@ async def owner_flow(
         ("policy_set", two),
         ("key_release", one),
         ("key_refusal", two),
+        ("key_refusal", one),
         ("key_refusal", one),
         ("rule_added", two),
         ("rule_deleted", two),
@@ -119,6 +122,9 @@ async def test_owner_sees_exactly_its_decisions_verified_offline(cm_world: CMWor
     assert release["columns"] == ["id"] and len(release["cert_sha256"]) == 64
     assert "not satisfied" in entries[5]["details"]["reason"]
     assert entries[6]["details"]["op"] == "xgb"
+    unattested = entries[7]["details"]
+    assert "attestation report verify failed" in unattested["reason"]
+    assert unattested["platform"] == "" and unattested["app_party"] == app.party_id
     # only one data uuid
     only_two = await audit.fetch_bundle(cm_world.client, owner, data_uuid=two)
     assert [k for k in kinds(only_two)] == [k for k in expected if k[1] == two]
@@ -177,6 +183,59 @@ async def test_heads_before_and_after_are_consistent(cm_world: CMWorld) -> None:
     forged["head"]["size"] -= 1  # a size the CM never signed a head for
     with pytest.raises(CapsuleManagerError, match="signed no audit head"):
         await audit.fetch_bundle(cm_world.client, owner, previous=forged)
+
+
+async def test_result_registration_and_export_reach_every_owner(cm_world: CMWorld) -> None:
+    import hashlib
+
+    from trustflow_core.roles.capsule_manager_protocol.votes import (
+        sign_vote_request,
+        vote_result,
+        voter_sign,
+    )
+
+    c = cm_world.client
+    alice, bob, carol, app = (new_party(n) for n in ("alice", "bob", "carol", "app"))
+    a, b = new_data_uuid(), new_data_uuid()
+    for owner, uuid in ((alice, a), (bob, b)):
+        await c.create_data_keys(owner, [(uuid, data_key_b64())])
+        await c.create_data_policy(owner, SCOPE, uuid, [grant_rule(carol.party_id)])
+    result = new_data_uuid()
+    body = cm_pb2.CreateResultDataKeyRequest.Body(
+        resource_uri=result,
+        scope=SCOPE,
+        data_key_b64=data_key_b64(),
+        ancestor_uuids=[a, b],
+        owner_id=carol.party_id,
+    )
+    digest = hashlib.sha256(serialize_canonical(body)).digest()
+    attester = backend_class(cm_world.pm, ATTESTER, "sim").from_settings()
+    await c.create_result_data_key(app, body, report_to_pb(await attester.generate(digest)))
+    fields = {
+        "type": "TEE_DOWNLOAD",
+        "approved_threshold": 2,
+        "approved_action": f"tee/download,{result}",
+    }
+    signed = sign_vote_request(fields, carol.chain_pems, carol.private_key)
+    invites = [
+        voter_sign(
+            {"action": "APPROVE"}, signed["vote_request_signature"], v.chain_pems, v.private_key
+        )
+        for v in (alice, bob)
+    ]
+    await c.get_export_data_key(carol, result, vote_result(signed, invites))
+    for owner, uuid in ((alice, a), (bob, b), (carol, result)):
+        bundle = await audit.fetch_bundle(c, owner)
+        entries = [json.loads(t) for t in entry_texts(bundle)]
+        registered = [e for e in entries if e["kind"] == "result_registered"]
+        exported = [e for e in entries if e["kind"] == "export"]
+        assert len(registered) == 1 and registered[0]["data_uuid"] == uuid
+        assert registered[0]["details"]["ancestors"] == [a, b]
+        assert registered[0]["details"]["result"] == result
+        assert registered[0]["details"]["platform"] == "SIM"
+        assert len(exported) == 1 and exported[0]["data_uuid"] == result
+        assert exported[0]["details"]["requester"] == carol.party_id
+        assert exported[0]["details"]["voters"] == sorted([alice.party_id, bob.party_id])
 
 
 @pytest.fixture
