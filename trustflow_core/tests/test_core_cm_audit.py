@@ -152,8 +152,8 @@ async def test_another_owner_sees_none_of_it(cm_world: CMWorld) -> None:
     assert await audit.list_entries(cm_world.client, stranger, data_uuid=one) == []
     mine = await audit.list_entries(cm_world.client, owner)
     with pytest.raises(CapsuleManagerError, match="not one of yours"):
-        await audit.inclusion_proof(
-            cm_world.client, stranger, mine[0].index, bundle["head"]["size"]
+        await audit.inclusion_proofs(
+            cm_world.client, stranger, [mine[0].index], bundle["head"]["size"]
         )
     # someone else's signature on the owner's party id is refused like any owner request
     forged = audit.audit_pb2.ListAuditEntriesRequest(owner_party_id=owner.party_id)

@@ -238,22 +238,31 @@ class AuditLog:
         )
         return head
 
-    def inclusion_proof(
-        self, session: Session, owner: str, index: int, tree_size: int
-    ) -> list[bytes]:
-        """The proof that ``owner``'s entry ``index`` is in the signed tree of ``tree_size``."""
-        row = session.execute(
-            select(_ENTRIES.c.owner_party_id).where(_ENTRIES.c.idx == index)
-        ).first()
-        if row is None or not hmac.compare_digest(row[0].encode(), owner.encode()):
-            raise CMError(Kind.NOT_FOUND, f"audit entry #{index} is not one of yours")
+    def inclusion_proofs(
+        self, session: Session, owner: str, indexes: Sequence[int], tree_size: int
+    ) -> list[list[bytes]]:
+        """The proofs that ``owner``'s entries ``indexes`` (at most :data:`MAX_PAGE`) are in
+        the signed tree of ``tree_size`` (one check of the log for all of them)."""
+        if len(indexes) > MAX_PAGE:
+            raise CMError(Kind.INVALID_ARGUMENT, f"at most {MAX_PAGE} proofs per request")
+        wanted = set(indexes)
+        owners = dict(
+            session.execute(
+                select(_ENTRIES.c.idx, _ENTRIES.c.owner_party_id).where(_ENTRIES.c.idx.in_(wanted))
+            ).all()
+        )
+        for index in indexes:
+            found = owners.get(index)
+            if found is None or not hmac.compare_digest(found.encode(), owner.encode()):
+                raise CMError(Kind.NOT_FOUND, f"audit entry #{index} is not one of yours")
+            if index >= tree_size:
+                raise CMError(
+                    Kind.INVALID_ARGUMENT,
+                    f"audit entry #{index} is not in the tree of {tree_size}",
+                )
         self._signed_size(session, tree_size)
-        leaves = self.checked_leaves(session)
-        if index >= tree_size:
-            raise CMError(
-                Kind.INVALID_ARGUMENT, f"audit entry #{index} is not in the tree of {tree_size}"
-            )
-        return merkle.inclusion_proof(index, leaves[:tree_size])
+        leaves = self.checked_leaves(session)[:tree_size]
+        return [merkle.inclusion_proof(index, leaves) for index in indexes]
 
     def consistency_proof(self, session: Session, first: int, second: int) -> list[bytes]:
         """The proof that the signed tree of ``first`` entries is a prefix of ``second``'s."""

@@ -87,15 +87,23 @@ class AuditLogService(audit_grpc.AuditLogServicer):
 
         return await self._serve(request, audit_pb2.GetTreeHeadRequest, answer)
 
-    @_rpc("audit_get_inclusion_proof")
-    async def GetInclusionProof(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
-        def answer(inner: audit_pb2.GetInclusionProofRequest) -> Message:
-            proof = self.store.audit_inclusion_proof(
-                inner.owner_party_id, inner.index, inner.tree_size
+    @_rpc("audit_get_inclusion_proofs")
+    async def GetInclusionProofs(
+        self, request: cm_pb2.EncryptedRequest
+    ) -> cm_pb2.EncryptedResponse:
+        def answer(inner: audit_pb2.GetInclusionProofsRequest) -> Message:
+            indexes = list(inner.indexes)
+            proofs = self.store.audit_inclusion_proofs(
+                inner.owner_party_id, indexes, inner.tree_size
             )
-            return audit_pb2.Proof(hashes_hex=[h.hex() for h in proof])
+            return audit_pb2.InclusionProofs(
+                proofs=[
+                    audit_pb2.InclusionProof(index=i, hashes_hex=[h.hex() for h in proof])
+                    for i, proof in zip(indexes, proofs, strict=True)
+                ]
+            )
 
-        return await self._serve(request, audit_pb2.GetInclusionProofRequest, answer)
+        return await self._serve(request, audit_pb2.GetInclusionProofsRequest, answer)
 
     @_rpc("audit_get_consistency_proof")
     async def GetConsistencyProof(

@@ -729,9 +729,11 @@ class Database:
         log = self._audit_log()
         return self._tx(log.tree_head)
 
-    def audit_inclusion_proof(self, owner: str, index: int, tree_size: int) -> list[bytes]:
+    def audit_inclusion_proofs(
+        self, owner: str, indexes: Sequence[int], tree_size: int
+    ) -> list[list[bytes]]:
         log = self._audit_log()
-        return self._ro(lambda s: log.inclusion_proof(s, owner, index, tree_size))
+        return self._ro(lambda s: log.inclusion_proofs(s, owner, indexes, tree_size))
 
     def audit_consistency_proof(self, first: int, second: int) -> list[bytes]:
         log = self._audit_log()

@@ -5,13 +5,16 @@ inclusion proofs, a consistency proof from an earlier head) and verifies it befo
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...proto.trustflowapis.audit.v1 import audit_pb2
 from ...proto.trustflowapis.audit.v1 import audit_pb2_grpc as audit_grpc
 from ..capsule_manager_protocol.audit import TreeHead, cm_public_key, verify_bundle
 from .client import CapsuleManagerClient, Credentials
+
+#: Most inclusion proofs one request asks for (the CM's page size).
+MAX_PROOFS = 500
 
 
 def _stub(client: CapsuleManagerClient) -> audit_grpc.AuditLogStub:
@@ -61,17 +64,24 @@ async def tree_head(client: CapsuleManagerClient, creds: Credentials) -> TreeHea
     )
 
 
-async def inclusion_proof(
-    client: CapsuleManagerClient, creds: Credentials, index: int, tree_size: int
-) -> list[str]:
-    request = audit_pb2.GetInclusionProofRequest(
-        owner_party_id=creds.party_id, index=index, tree_size=tree_size
-    )
-    proof = await client.request(
-        "GetInclusionProof", request, creds, audit_pb2.Proof, stub=_stub(client)
-    )
-    assert proof is not None
-    return list(proof.hashes_hex)
+async def inclusion_proofs(
+    client: CapsuleManagerClient, creds: Credentials, indexes: Sequence[int], tree_size: int
+) -> dict[int, list[str]]:
+    """``index -> proof`` (hex hashes) of ``creds``' entries in the signed tree of
+    ``tree_size``, fetched :data:`MAX_PROOFS` at a time."""
+    out: dict[int, list[str]] = {}
+    for start in range(0, len(indexes), MAX_PROOFS):
+        request = audit_pb2.GetInclusionProofsRequest(
+            owner_party_id=creds.party_id,
+            indexes=list(indexes[start : start + MAX_PROOFS]),
+            tree_size=tree_size,
+        )
+        proofs = await client.request(
+            "GetInclusionProofs", request, creds, audit_pb2.InclusionProofs, stub=_stub(client)
+        )
+        assert proofs is not None
+        out.update((p.index, list(p.hashes_hex)) for p in proofs.proofs)
+    return out
 
 
 async def consistency_proof(
@@ -105,16 +115,13 @@ async def fetch_bundle(
     entries = await list_entries(
         client, creds, data_uuid=data_uuid, since_ms=since_ms, below=head.size
     )
+    proofs = await inclusion_proofs(client, creds, [e.index for e in entries], head.size)
     bundle: dict[str, Any] = {
         "cm_cert": cert_pem,
         "owner": creds.party_id,
         "head": head.to_dict(),
         "entries": [
-            {
-                "index": e.index,
-                "entry": e.entry_json,
-                "proof": await inclusion_proof(client, creds, e.index, head.size),
-            }
+            {"index": e.index, "entry": e.entry_json, "proof": proofs.get(e.index, [])}
             for e in entries
         ],
     }

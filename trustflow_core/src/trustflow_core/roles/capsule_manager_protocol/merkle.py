@@ -2,11 +2,11 @@
 
 Hashes (RFC 9162 §2.1.1): the empty tree is ``SHA-256("")``, a leaf ``SHA-256(0x00 ‖ data)``,
 an inner node ``SHA-256(0x01 ‖ left ‖ right)``; a tree of ``n`` leaves splits at ``k``, the
-largest power of two smaller than ``n``. Proofs are generated as RFC 9162 §2.1.3.1 (inclusion,
-``PATH``) and §2.1.4.1 (consistency, ``SUBPROOF``) define them and verified with the
-algorithms of §2.1.3.2 and §2.1.4.2. A maintained Python library doing this under a licence
-compatible with ours was not found (pymerkle is GPL-3.0+), so it is implemented here and
-checked against the published Certificate Transparency vectors
+largest power of two smaller than ``n``. Inclusion proofs are generated as RFC 9162 §2.1.3.1
+defines ``PATH``, consistency proofs as RFC 9162 §2.1.4.1 defines ``SUBPROOF``; they are
+verified with the algorithms of RFC 9162 §2.1.3.2 and RFC 9162 §2.1.4.2. No maintained Python
+library doing this under a licence compatible with ours was found (pymerkle is GPL-3.0+), so
+it is implemented here and checked against the published Certificate Transparency vectors
 (``trustflow_core/tests/data/rfc6962_vectors.json``).
 
 Every function takes leaf *hashes* (:func:`leaf_hash` of the entries), not entries. The

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as secretflowapis_dot_v2_dot_sdc_dot_capsule__manager_dot_capsule__manager__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"trustflowapis/audit/v1/audit.proto\x12\x16trustflowapis.audit.v1\x1a;secretflowapis/v2/sdc/capsule_manager/capsule_manager.proto\"~\n\x17ListAuditEntriesRequest\x12\x16\n\x0eowner_party_id\x18\x01 \x01(\t\x12\x11\n\tdata_uuid\x18\x02 \x01(\t\x12\x10\n\x08since_ms\x18\x03 \x01(\x03\x12\x13\n\x0bstart_index\x18\x04 \x01(\x03\x12\x11\n\tpage_size\x18\x05 \x01(\x05\"/\n\nAuditEntry\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x12\n\nentry_json\x18\x02 \x01(\t\"c\n\x18ListAuditEntriesResponse\x12\x33\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\".trustflowapis.audit.v1.AuditEntry\x12\x12\n\nnext_index\x18\x02 \x01(\x03\",\n\x12GetTreeHeadRequest\x12\x16\n\x0eowner_party_id\x18\x01 \x01(\t\"W\n\x08TreeHead\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x10\n\x08root_hex\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x15\n\rsignature_b64\x18\x04 \x01(\t\"T\n\x18GetInclusionProofRequest\x12\x16\n\x0eowner_party_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x03\x12\x11\n\ttree_size\x18\x03 \x01(\x03\"]\n\x1aGetConsistencyProofRequest\x12\x16\n\x0eowner_party_id\x18\x01 \x01(\t\x12\x12\n\nfirst_size\x18\x02 \x01(\x03\x12\x13\n\x0bsecond_size\x18\x03 \x01(\x03\"\x1b\n\x05Proof\x12\x12\n\nhashes_hex\x18\x01 \x03(\t2\xac\x04\n\x08\x41uditLog\x12\x82\x01\n\x0bListEntries\x12\x37.secretflowapis.v2.sdc.capsule_manager.EncryptedRequest\x1a\x38.secretflowapis.v2.sdc.capsule_manager.EncryptedResponse\"\x00\x12\x82\x01\n\x0bGetTreeHead\x12\x37.secretflowapis.v2.sdc.capsule_manager.EncryptedRequest\x1a\x38.secretflowapis.v2.sdc.capsule_manager.EncryptedResponse\"\x00\x12\x88\x01\n\x11GetInclusionProof\x12\x37.secretflowapis.v2.sdc.capsule_manager.EncryptedRequest\x1a\x38.secretflowapis.v2.sdc.capsule_manager.EncryptedResponse\"\x00\x12\x8a\x01\n\x13GetConsistencyProof\x12\x37.secretflowapis.v2.sdc.capsule_manager.EncryptedRequest\x1a\x38.secretflowapis.v2.sdc.capsule_manager.EncryptedResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"trustflowapis/audit/v1/audit.proto\x12\x16trustflowapis.audit.v1\x1a;secretflowapis/v2/sdc/capsule_manager/capsule_manager.proto\"~\n\x17ListAuditEntriesRequest\x12\x16\n\x0eowner_party_id\x18\x01 \x01(\t\x12\x11\n\tdata_uuid\x18\x02 \x01(\t\x12\x10\n\x08since_ms\x18\x03 \x01(\x03\x12\x13\n\x0bstart_index\x18\x04 \x01(\x03\x12\x11\n\tpage_size\x18\x05 \x01(\x05\"/\n\nAuditEntry\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x12\n\nentry_json\x18\x02 \x01(\t\"c\n\x18ListAuditEntriesResponse\x12\x33\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\".trustflowapis.audit.v1.AuditEntry\x12\x12\n\nnext_index\x18\x02 \x01(\x03\",\n\x12GetTreeHeadRequest\x12\x16\n\x0eowner_party_id\x18\x01 \x01(\t\"W\n\x08TreeHead\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x10\n\x08root_hex\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x15\n\rsignature_b64\x18\x04 \x01(\t\"W\n\x19GetInclusionProofsRequest\x12\x16\n\x0eowner_party_id\x18\x01 \x01(\t\x12\x0f\n\x07indexes\x18\x02 \x03(\x03\x12\x11\n\ttree_size\x18\x03 \x01(\x03\"3\n\x0eInclusionProof\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x12\n\nhashes_hex\x18\x02 \x03(\t\"I\n\x0fInclusionProofs\x12\x36\n\x06proofs\x18\x01 \x03(\x0b\x32&.trustflowapis.audit.v1.InclusionProof\"]\n\x1aGetConsistencyProofRequest\x12\x16\n\x0eowner_party_id\x18\x01 \x01(\t\x12\x12\n\nfirst_size\x18\x02 \x01(\x03\x12\x13\n\x0bsecond_size\x18\x03 \x01(\x03\"\x1b\n\x05Proof\x12\x12\n\nhashes_hex\x18\x01 \x03(\t2\xad\x04\n\x08\x41uditLog\x12\x82\x01\n\x0bListEntries\x12\x37.secretflowapis.v2.sdc.capsule_manager.EncryptedRequest\x1a\x38.secretflowapis.v2.sdc.capsule_manager.EncryptedResponse\"\x00\x12\x82\x01\n\x0bGetTreeHead\x12\x37.secretflowapis.v2.sdc.capsule_manager.EncryptedRequest\x1a\x38.secretflowapis.v2.sdc.capsule_manager.EncryptedResponse\"\x00\x12\x89\x01\n\x12GetInclusionProofs\x12\x37.secretflowapis.v2.sdc.capsule_manager.EncryptedRequest\x1a\x38.secretflowapis.v2.sdc.capsule_manager.EncryptedResponse\"\x00\x12\x8a\x01\n\x13GetConsistencyProof\x12\x37.secretflowapis.v2.sdc.capsule_manager.EncryptedRequest\x1a\x38.secretflowapis.v2.sdc.capsule_manager.EncryptedResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,12 +42,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTREEHEADREQUEST']._serialized_end=445
   _globals['_TREEHEAD']._serialized_start=447
   _globals['_TREEHEAD']._serialized_end=534
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=536
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=620
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=622
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=715
-  _globals['_PROOF']._serialized_start=717
-  _globals['_PROOF']._serialized_end=744
-  _globals['_AUDITLOG']._serialized_start=747
-  _globals['_AUDITLOG']._serialized_end=1303
+  _globals['_GETINCLUSIONPROOFSREQUEST']._serialized_start=536
+  _globals['_GETINCLUSIONPROOFSREQUEST']._serialized_end=623
+  _globals['_INCLUSIONPROOF']._serialized_start=625
+  _globals['_INCLUSIONPROOF']._serialized_end=676
+  _globals['_INCLUSIONPROOFS']._serialized_start=678
+  _globals['_INCLUSIONPROOFS']._serialized_end=751
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=753
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=846
+  _globals['_PROOF']._serialized_start=848
+  _globals['_PROOF']._serialized_end=875
+  _globals['_AUDITLOG']._serialized_start=878
+  _globals['_AUDITLOG']._serialized_end=1435
 # @@protoc_insertion_point(module_scope)

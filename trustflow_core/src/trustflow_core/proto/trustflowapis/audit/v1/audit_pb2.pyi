@@ -156,31 +156,78 @@ class TreeHead(_message.Message):
 Global___TreeHead: _TypeAlias = TreeHead  # noqa: Y015
 
 @_typing.final
-class GetInclusionProofRequest(_message.Message):
+class GetInclusionProofsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OWNER_PARTY_ID_FIELD_NUMBER: _builtins.int
-    INDEX_FIELD_NUMBER: _builtins.int
+    INDEXES_FIELD_NUMBER: _builtins.int
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     owner_party_id: _builtins.str
-    index: _builtins.int
-    """One of the owner's entries."""
     tree_size: _builtins.int
     """The size of a head the CM signed."""
+    @_builtins.property
+    def indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Entries of the owner (at most 500)."""
+
     def __init__(
         self,
         *,
         owner_party_id: _builtins.str = ...,
-        index: _builtins.int = ...,
+        indexes: _abc.Iterable[_builtins.int] | None = ...,
         tree_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "owner_party_id", b"owner_party_id", "tree_size", b"tree_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indexes", b"indexes", "owner_party_id", b"owner_party_id", "tree_size", b"tree_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetInclusionProofRequest: _TypeAlias = GetInclusionProofRequest  # noqa: Y015
+Global___GetInclusionProofsRequest: _TypeAlias = GetInclusionProofsRequest  # noqa: Y015
+
+@_typing.final
+class InclusionProof(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    HASHES_HEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    @_builtins.property
+    def hashes_hex(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """RFC 9162 PATH, hashes in hex."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        hashes_hex: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes_hex", b"hashes_hex", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InclusionProof: _TypeAlias = InclusionProof  # noqa: Y015
+
+@_typing.final
+class InclusionProofs(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROOFS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proofs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InclusionProof]: ...
+    def __init__(
+        self,
+        *,
+        proofs: _abc.Iterable[Global___InclusionProof] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proofs", b"proofs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InclusionProofs: _TypeAlias = InclusionProofs  # noqa: Y015
 
 @_typing.final
 class GetConsistencyProofRequest(_message.Message):

@@ -48,8 +48,8 @@ class AuditLogStub:
                 request_serializer=secretflowapis_dot_v2_dot_sdc_dot_capsule__manager_dot_capsule__manager__pb2.EncryptedRequest.SerializeToString,
                 response_deserializer=secretflowapis_dot_v2_dot_sdc_dot_capsule__manager_dot_capsule__manager__pb2.EncryptedResponse.FromString,
                 _registered_method=True)
-        self.GetInclusionProof = channel.unary_unary(
-                '/trustflowapis.audit.v1.AuditLog/GetInclusionProof',
+        self.GetInclusionProofs = channel.unary_unary(
+                '/trustflowapis.audit.v1.AuditLog/GetInclusionProofs',
                 request_serializer=secretflowapis_dot_v2_dot_sdc_dot_capsule__manager_dot_capsule__manager__pb2.EncryptedRequest.SerializeToString,
                 response_deserializer=secretflowapis_dot_v2_dot_sdc_dot_capsule__manager_dot_capsule__manager__pb2.EncryptedResponse.FromString,
                 _registered_method=True)
@@ -81,8 +81,8 @@ class AuditLogServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetInclusionProof(self, request, context):
-        """GetInclusionProofRequest -> Proof.
+    def GetInclusionProofs(self, request, context):
+        """GetInclusionProofsRequest -> InclusionProofs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,8 +108,8 @@ def add_AuditLogServicer_to_server(servicer, server):
                     request_deserializer=secretflowapis_dot_v2_dot_sdc_dot_capsule__manager_dot_capsule__manager__pb2.EncryptedRequest.FromString,
                     response_serializer=secretflowapis_dot_v2_dot_sdc_dot_capsule__manager_dot_capsule__manager__pb2.EncryptedResponse.SerializeToString,
             ),
-            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetInclusionProof,
+            'GetInclusionProofs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProofs,
                     request_deserializer=secretflowapis_dot_v2_dot_sdc_dot_capsule__manager_dot_capsule__manager__pb2.EncryptedRequest.FromString,
                     response_serializer=secretflowapis_dot_v2_dot_sdc_dot_capsule__manager_dot_capsule__manager__pb2.EncryptedResponse.SerializeToString,
             ),
@@ -188,7 +188,7 @@ class AuditLog:
             _registered_method=True)
 
     @staticmethod
-    def GetInclusionProof(request,
+    def GetInclusionProofs(request,
             target,
             options=(),
             channel_credentials=None,
@@ -201,7 +201,7 @@ class AuditLog:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trustflowapis.audit.v1.AuditLog/GetInclusionProof',
+            '/trustflowapis.audit.v1.AuditLog/GetInclusionProofs',
             secretflowapis_dot_v2_dot_sdc_dot_capsule__manager_dot_capsule__manager__pb2.EncryptedRequest.SerializeToString,
             secretflowapis_dot_v2_dot_sdc_dot_capsule__manager_dot_capsule__manager__pb2.EncryptedResponse.FromString,
             options,
