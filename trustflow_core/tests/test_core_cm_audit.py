@@ -430,6 +430,18 @@ async def test_cli_audit_table_json_and_offline_verification(
         in checked
     )
 
+    # the CM's certificate from its attestation report in the bundle instead of a file
+    attested = await cli("util", "verify-audit", str(bundle_file), "--tee-plat", "sim")
+    assert attested == ok
+    assert "cm_attestation" in json.loads(bundle_file.read_text())
+    swapped = json.loads(bundle_file.read_text())
+    swapped["cm_cert"] = new_party("other-cm").chain_pems[0]
+    swapped_file = tmp_path / "swapped.json"
+    swapped_file.write_text(json.dumps(swapped))
+    refused = await cli("util", "verify-audit", str(swapped_file), "--tee-plat", "sim", expect=1)
+    assert "user_data" in refused
+    await cli("util", "verify-audit", str(bundle_file), expect=1)  # neither cert nor platform
+
     # an entry edited in the saved bundle is named
     bundle = json.loads(bundle_file.read_text())
     index = bundle["entries"][4]["index"]

@@ -5,6 +5,7 @@ inclusion proofs, a consistency proof from an earlier head) and verifies it befo
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -110,7 +111,8 @@ async def fetch_bundle(
     ``previous`` (an earlier bundle), a consistency proof from its head and the check that its
     entries are unchanged. Raises :class:`~..capsule_manager_protocol.audit.AuditVerificationError`
     when anything does not verify."""
-    cert_pem = await client.cm_cert_pem()
+    nonce = secrets.token_hex(32)
+    cert_pem, report = await client.get_ra_cert(nonce)  # verified unless tee_plat is simulated
     head = await tree_head(client, creds)
     entries = await list_entries(
         client, creds, data_uuid=data_uuid, since_ms=since_ms, below=head.size
@@ -125,6 +127,8 @@ async def fetch_bundle(
             for e in entries
         ],
     }
+    if report is not None:
+        bundle["cm_attestation"] = {"nonce": nonce, "report": report.to_dict()}
     if previous is not None:
         old = TreeHead.from_dict(previous.get("head"), "previous head")
         bundle["consistency"] = {
@@ -133,3 +137,41 @@ async def fetch_bundle(
         }
     verify_bundle(bundle, cm_public_key(cert_pem), owner=creds.party_id, previous=previous)
     return bundle
+
+
+async def attested_cm_cert(
+    bundle: Mapping[str, Any],
+    tee_plat: str,
+    constraints: Mapping[str, str | None] | None = None,
+    *,
+    pm: Any = None,
+) -> str:
+    """The bundle's CM certificate (PEM), after verifying the CM attestation report in the
+    bundle with the ``tee_plat`` verifier backend: genuine, matching ``constraints`` (the
+    verifier's ``constraint_fields``) and binding ``SHA-256(cert ‖ "." ‖ nonce)`` as
+    ``GetRaCert`` does. Raises :class:`~trustflow_core.errors.VerificationError` otherwise."""
+    from ...attestation import Report, ra_user_data
+    from ...errors import InvalidInput, VerificationError
+    from ...manager import get_plugin_manager
+    from ...registry import verifier_class
+    from .client import constraints_policy
+
+    cert_pem, attestation = bundle.get("cm_cert"), bundle.get("cm_attestation")
+    if not isinstance(cert_pem, str):
+        raise InvalidInput("the bundle holds no cm_cert")
+    if not isinstance(attestation, Mapping) or not isinstance(attestation.get("nonce"), str):
+        raise VerificationError("missing_report", "the bundle holds no CM attestation report")
+    try:
+        report = Report.from_dict(attestation.get("report") or {})
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InvalidInput(f"cm_attestation.report is malformed: {exc}") from None
+    pm = pm or get_plugin_manager()
+    cls = verifier_class(pm, tee_plat)
+    if cls is None:
+        raise VerificationError("platform", f"no verifier {tee_plat!r} is installed")
+    policy = constraints_policy(cls, dict(constraints or {})).with_user_data(
+        ra_user_data(cert_pem.encode(), attestation["nonce"].encode())
+    )
+    async with cls.from_role(None, pm=pm) as verifier:
+        await verifier.verify(report, policy)
+    return cert_pem
