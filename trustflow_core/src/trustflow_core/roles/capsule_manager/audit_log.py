@@ -21,6 +21,7 @@ owner's log by sending requests that are refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import queue
@@ -297,7 +298,8 @@ class _Waiter:
     def finish(self, error: BaseException | None) -> None:
         self.error = error
         if self.loop is not None and self.future is not None:
-            self.loop.call_soon_threadsafe(_settle, self.future, error)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody awaits it
+                self.loop.call_soon_threadsafe(_settle, self.future, error)
         self.done.set()
 
 
