@@ -325,16 +325,18 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             request, cm_pb2.GetDataKeysRequest, "GetDataKeys"
         )
 
-        uris = [r.resource_uri for r in rr.resources]
-        keys, drafts = await self._thread(
-            self._authorize_and_fetch, rr, env, uris, app, "GetDataKeys"
-        )
-        await self.store.record_audit_async(drafts)  # committed before the key leaves
-        response = cm_pb2.GetDataKeysResponse(
-            data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
-            cert=self.identity.cert_pem,
-        )
-        return await self._thread(self.envelopes.seal, response, recipient)
+        def work() -> tuple[cm_pb2.EncryptedResponse, list[AuditDraft]]:
+            uris = [r.resource_uri for r in rr.resources]
+            keys, drafts = self._authorize_and_fetch(rr, env, uris, app, "GetDataKeys")
+            response = cm_pb2.GetDataKeysResponse(
+                data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
+                cert=self.identity.cert_pem,
+            )
+            return self.envelopes.seal(response, recipient), drafts
+
+        sealed, drafts = await self._thread(work)
+        await self.store.record_audit_async(drafts)  # committed before the reply is sent
+        return sealed
 
     def _authorize_and_fetch(
         self,
@@ -345,8 +347,8 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         rpc: str,
     ) -> tuple[dict[str, str], list[AuditDraft]]:
         """The keys of ``uris`` when the policies allow the request, and the release entries
-        the caller must commit (:meth:`Database.record_audit_async`) before any key leaves. A
-        refusal is logged (docs/audit.md) before it propagates."""
+        the caller must commit (:meth:`Database.record_audit_async`) before the reply holding
+        the keys is sent. A refusal is logged (docs/audit.md) before it propagates."""
         try:
             keys, owners = self._decide(rr, env, uris)
         except CMError as err:
@@ -405,15 +407,11 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             request, cm_pb2.GetTlsAssetRequest, "GetTlsAsset"
         )
 
-        uris = [r.resource_uri for r in rr.resources]
-        keys, drafts = await self._thread(
-            self._authorize_and_fetch, rr, env, uris, app, "GetTlsAsset"
-        )
-        await self.store.record_audit_async(drafts)  # committed before the key leaves
-
-        def work() -> cm_pb2.EncryptedResponse:
+        def work() -> tuple[cm_pb2.EncryptedResponse, list[AuditDraft]]:
             from ...tls_asset import issue_group_asset
 
+            uris = [r.resource_uri for r in rr.resources]
+            keys, drafts = self._authorize_and_fetch(rr, env, uris, app, "GetTlsAsset")
             try:
                 asset = issue_group_asset(
                     base64.b64decode(keys[uris[0]]),
@@ -435,9 +433,11 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 ),
                 cert=self.identity.cert_pem,
             )
-            return self.envelopes.seal(response, recipient)
+            return self.envelopes.seal(response, recipient), drafts
 
-        return await self._thread(work)
+        sealed, drafts = await self._thread(work)
+        await self.store.record_audit_async(drafts)  # committed before the reply is sent
+        return sealed
 
     @_rpc("create_result_data_key")
     async def CreateResultDataKey(
