@@ -110,10 +110,9 @@ class AuditEntryRow(Base):
     check). ``owner_party_id``, ``data_uuid`` and ``time_ms`` repeat entry fields for queries."""
 
     __tablename__ = "cm_audit"
-    __table_args__ = (
-        Index("ix_cm_audit_owner", "owner_party_id", "idx"),
-        Index("ix_cm_audit_owner_uuid", "owner_party_id", "data_uuid", "idx"),
-    )
+    # One index besides the key: every append writes it (a data_uuid filter scans the owner's
+    # entries in index order).
+    __table_args__ = (Index("ix_cm_audit_owner", "owner_party_id", "idx"),)
     idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     owner_party_id: Mapped[str] = mapped_column(String(PARTY_ID_LEN))
     data_uuid: Mapped[str] = mapped_column(String(UUID_LEN))
