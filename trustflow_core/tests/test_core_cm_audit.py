@@ -223,6 +223,8 @@ async def test_result_registration_and_export_reach_every_owner(cm_world: CMWorl
         )
         for v in (alice, bob)
     ]
+    with pytest.raises(CapsuleManagerError, match="not all ancestors"):
+        await c.get_export_data_key(carol, result, vote_result(signed, invites[:1]))
     await c.get_export_data_key(carol, result, vote_result(signed, invites))
     for owner, uuid in ((alice, a), (bob, b), (carol, result)):
         bundle = await audit.fetch_bundle(c, owner)
@@ -236,6 +238,12 @@ async def test_result_registration_and_export_reach_every_owner(cm_world: CMWorl
         assert len(exported) == 1 and exported[0]["data_uuid"] == result
         assert exported[0]["details"]["requester"] == carol.party_id
         assert exported[0]["details"]["voters"] == sorted([alice.party_id, bob.party_id])
+    refusals = [
+        json.loads(t)
+        for t in entry_texts(await audit.fetch_bundle(c, carol))
+        if '"export_refusal"' in t
+    ]
+    assert len(refusals) == 1 and "not all ancestors" in refusals[0]["details"]["reason"]
 
 
 @pytest.fixture

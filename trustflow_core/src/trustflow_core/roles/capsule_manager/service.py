@@ -524,13 +524,20 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 opened, inner.request_party_id, missing=Kind.INVALID_ARGUMENT
             )
             uri = parse_resource_uri(inner.resource_uri)
-            owners = self.store.original_owners(uri.data_uuid)
-            verify_export_certificate(
-                inner.data_export_certificate, inner.request_party_id, inner.resource_uri, owners
-            )
-            keys = self.store.get_keys([inner.resource_uri])
-            if inner.resource_uri not in keys:
-                raise CMError(Kind.NOT_FOUND, "data_keys not found.")
+            try:
+                owners = self.store.original_owners(uri.data_uuid)
+                verify_export_certificate(
+                    inner.data_export_certificate,
+                    inner.request_party_id,
+                    inner.resource_uri,
+                    owners,
+                )
+                keys = self.store.get_keys([inner.resource_uri])
+                if inner.resource_uri not in keys:
+                    raise CMError(Kind.NOT_FOUND, "data_keys not found.")
+            except CMError as err:
+                self._log_export_refusal(inner, uri.data_uuid, err)
+                raise
             info = self.store.data_info(uri.data_uuid)
             details = {
                 "requester": inner.request_party_id,
@@ -549,6 +556,29 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             return self.envelopes.seal(response, _signer_key(verified))
 
         return await self._thread(work)
+
+    def _log_export_refusal(
+        self, inner: cm_pb2.GetExportDataKeyRequest, data_uuid: str, err: CMError
+    ) -> None:
+        """An authenticated export request that was refused, for the data's owner (within the
+        refusal limits, docs/audit.md#abuse-limits)."""
+        log = self.store.audit
+        if log is None:
+            return
+        suppressed = log.limiter.admit(data_uuid)
+        info = self.store.data_info(data_uuid) if suppressed is not None else None
+        if info is None:
+            return
+        details: dict[str, Any] = {
+            "requester": inner.request_party_id,
+            "resource_uri": inner.resource_uri,
+            "reason": err.detail,
+        }
+        if suppressed:
+            details["suppressed"] = suppressed
+        self.store.record_audit(
+            [AuditDraft("export_refusal", info.owner_party_id, data_uuid, details)]
+        )
 
     @_rpc("register_cert")
     async def RegisterCert(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:

@@ -48,6 +48,7 @@ KINDS = (
     "policy_deleted",  # scope
     "result_registered",  # result, owner (of the result), scope, ancestors
     "export",  # requester, resource_uri, voters
+    "export_refusal",  # requester, resource_uri, reason, suppressed?
 )
 
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
