@@ -14,6 +14,14 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from trustflow_core.attestation import ra_user_data
+from trustflow_core.harness.cm_world import (
+    CMWorld,
+    data_key_b64,
+    grant_rule,
+    new_data_uuid,
+    new_party,
+    running_cm,
+)
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
@@ -30,14 +38,6 @@ from trustflow_core.roles.capsule_manager_protocol.audit import (
     verify_bundle,
 )
 from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
-from trustflow_core.testing.cm_world import (
-    CMWorld,
-    data_key_b64,
-    grant_rule,
-    new_data_uuid,
-    new_party,
-    running_cm,
-)
 from trustflow_core.testing.databases import throwaway_database
 from trustflow_core.wire import serialize_canonical
 

@@ -13,10 +13,10 @@ from trustflow_channel_jwe.channel import JweChannel
 
 from trustflow_core import hookimpl
 from trustflow_core.errors import BackendNotFound
+from trustflow_core.harness.cm_world import running_cm
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings, load_settings
-from trustflow_core.testing.cm_world import running_cm
 
 pytestmark = pytest.mark.asyncio
 

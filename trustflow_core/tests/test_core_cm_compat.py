@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
 
+from trustflow_core.harness.cm_world import running_cm
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.roles.capsule_manager.settings import CMSettings
-from trustflow_core.testing.cm_world import running_cm
 
 pytestmark = pytest.mark.asyncio
 PLUGINS = "channel_jwe,tee_sim"

@@ -22,18 +22,18 @@ import pytest
 from google.protobuf.message import Message
 
 from trustflow_core.channel import Jwe
-from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
-    capsule_manager_pb2 as cm_pb2,
-)
-from trustflow_core.roles.capsule_manager.settings import CMSettings
-from trustflow_core.roles.capsule_manager_client.client import Credentials
-from trustflow_core.testing.cm_world import (
+from trustflow_core.harness.cm_world import (
     CMWorld,
     data_key_b64,
     grant_rule,
     new_data_uuid,
     running_cm,
 )
+from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+    capsule_manager_pb2 as cm_pb2,
+)
+from trustflow_core.roles.capsule_manager.settings import CMSettings
+from trustflow_core.roles.capsule_manager_client.client import Credentials
 from trustflow_core.wire import to_json
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -13,6 +13,13 @@ from cryptography.x509.oid import NameOID
 from trustflow_tee_sim.report import DEFAULT_MEASUREMENTS
 
 from trustflow_core.attestation import ra_user_data
+from trustflow_core.harness.cm_world import (
+    CMWorld,
+    data_key_b64,
+    grant_rule,
+    new_data_uuid,
+    new_party,
+)
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
@@ -26,13 +33,6 @@ from trustflow_core.roles.capsule_manager_protocol.votes import (
     sign_vote_request,
     vote_result,
     voter_sign,
-)
-from trustflow_core.testing.cm_world import (
-    CMWorld,
-    data_key_b64,
-    grant_rule,
-    new_data_uuid,
-    new_party,
 )
 from trustflow_core.wire import serialize_canonical
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from trustflow_core.attestation import Attributes, Evidence, Report, Verifier
 from trustflow_core.errors import InvalidInput, VerificationError
+from trustflow_core.settings_schema import Node
 from typing_extensions import Self
 
 from . import chain
@@ -57,18 +58,11 @@ class CsvVerifier(Verifier):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        settings = settings or {}
-        if not isinstance(settings, Mapping):
-            raise InvalidInput("csv verifier settings must be a mapping")
-        unknown = sorted(set(settings) - _SETTINGS)
-        if unknown:
-            raise InvalidInput(
-                f"csv verifier got unknown setting(s) {unknown}; known: {sorted(_SETTINGS)}"
-            )
-        allow_debug = settings.get("allow_debug", False)
-        if not isinstance(allow_debug, bool):
-            raise InvalidInput("csv verifier setting 'allow_debug' must be true or false")
-        return cls(CertSources.from_settings("csv verifier", settings), allow_debug=allow_debug)
+        root = Node.settings(settings, "csv verifier settings").mapping(_SETTINGS)
+        return cls(
+            CertSources.from_settings("csv verifier settings", root),
+            allow_debug=root.get("allow_debug").boolean(False),
+        )
 
     @classmethod
     def report_from_evidence(cls, evidence: bytes, *, endorsements: bytes | None = None) -> Report:
@@ -94,10 +88,7 @@ class CsvVerifier(Verifier):
             raise VerificationError(
                 "format", f"str_chip_id {evidence.chip_id!r} is not the report's chip {chip_id!r}"
             )
-        mac = "not checkable: PEK/sn were re-exported or reserved2 zeroed"
-        if chain.mac_checkable(csv):
-            chain.check_mac(csv)
-            mac = "verified"
+        mac = chain.mac_status(csv)
         debug = not csv.policy & POLICY_NODBG
         if debug and not self.allow_debug:
             raise VerificationError(
@@ -122,6 +113,8 @@ class CsvVerifier(Verifier):
             "chip_id": chip_id,
             "cert_chain_source": source,
             "mac": mac,
+            # Non-zero only in raw firmware output: our attester and upstream's zero it.
+            "reserved2": "non-zero (raw firmware report)" if any(csv.reserved2) else "zero",
             "policy": f"{csv.policy:#010x}",
             "pek_firmware_api": f"{pek.api_major}.{pek.api_minor}",
             "cek_firmware_api": f"{endorsement.cek.api_major}.{endorsement.cek.api_minor}",

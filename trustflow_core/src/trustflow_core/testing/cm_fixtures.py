@@ -9,20 +9,15 @@
   :data:`~trustflow_core.testing.databases.BACKENDS` (SQLite file, the machine's
   PostgreSQL and MariaDB on 127.0.0.1).
 * ``key`` — a fresh 32-byte sealing key for a CM store.
-* ``cm_world`` (module scope, asyncio loop of the module) — a sim CM on ``db_url`` with a client
-  and four parties (:class:`~trustflow_core.testing.cm_world.CMWorld`); the client verifies sim
-  reports.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-import pytest_asyncio
 
-from trustflow_core.testing.cm_world import CMWorld, running_cm
 from trustflow_core.testing.databases import BACKENDS, throwaway_database
 
 
@@ -50,16 +45,3 @@ def db_url(
 @pytest.fixture
 def key() -> bytes:
     return os.urandom(32)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def cm_world(
-    sim_env: dict[str, str], db_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[CMWorld]:
-    from trustflow_core.roles.capsule_manager.settings import CMSettings
-
-    settings = CMSettings(
-        port=0, plat="sim", data_dir=tmp_path_factory.mktemp("cm"), storage_url=db_url
-    )
-    async with running_cm(settings, verify_sim=True) as world:
-        yield world

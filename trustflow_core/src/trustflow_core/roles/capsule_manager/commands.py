@@ -8,18 +8,31 @@ from pathlib import Path
 
 import click
 
-from .._options import log_options
+from .._options import (
+    DEFAULT_PORTS,
+    admin_options,
+    check_config_option,
+    log_options,
+    role_command,
+)
 
 
+@role_command
 @click.command("capsule-manager")
 @click.option(
     "-c",
+    "--config",
     "--config-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="YAML settings (see docs/capsule-manager.md); flags override it.",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML settings (see docs/capsule-manager.md); the options below override it.",
 )
 @click.option("--host", help="Listen address (default 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), help="gRPC port (default 8888; 0: any).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help=f"gRPC port (default {DEFAULT_PORTS['capsule-manager']}; 0: any).",
+)
 @click.option("--plat", help="TEE backend for the CM's own report: sim, tdx, csv, ... or none.")
 @click.option(
     "--envelope-channel",
@@ -42,6 +55,8 @@ from .._options import log_options
     show_default=True,
     help="Server processes sharing the port (they share keys and database).",
 )
+@check_config_option
+@admin_options
 @log_options
 def capsule_manager(
     config_file: Path | None,
@@ -56,19 +71,24 @@ def capsule_manager(
     storage_key_file: Path | None,
     allow_upstream_sim: bool | None,
     workers: int,
+    check_config: bool,
+    admin_host: str,
+    admin_port: int | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
+    log_format: str,
 ) -> None:
     """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
-    import asyncio
+    import functools
 
-    from .._server import setup_logging
-    from .server import LogSettings, serve
-    from .settings import load_settings
+    from ...manager import get_plugin_manager
+    from .._logging import setup_logging
+    from .._options import config_ok
+    from .._server import run
+    from .server import ROLE, capsule_manager_service
+    from .settings import check_settings, load_settings
 
-    log_settings = LogSettings(log_path, log_level, log_levels_for)
-    setup_logging(*log_settings)
     settings = load_settings(
         config_file,
         host=host,
@@ -82,7 +102,13 @@ def capsule_manager(
         storage_key_file=storage_key_file,
         allow_upstream_sim=allow_upstream_sim,
     )
-    asyncio.run(serve(settings, workers=workers, log_settings=log_settings))
+    check_settings(settings, get_plugin_manager())
+    if check_config:
+        config_ok()
+        return
+    setup_logging(log_path, log_level, log_levels_for, log_format, ROLE)
+    service = functools.partial(capsule_manager_service, settings, admin_host, admin_port)
+    run(service, workers=workers)
 
 
 COMMANDS: list[click.Command] = [capsule_manager]

@@ -6,31 +6,23 @@ from pathlib import Path
 
 import click
 
-from .._options import log_options
-
-
-def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        old, sep, new = value.partition("=")
-        if not sep or not old or not new:
-            raise click.BadParameter(f"expected OLD=NEW, got {value!r}", param_hint=option)
-        pairs[old] = new
-    return pairs
-
-
-@click.command("gateway")
-@click.option(
-    "-c",
-    "--config",
-    "config_file",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Native gateway YAML or an Envoy static config (envoy.yml).",
+from .._options import (
+    admin_options,
+    check_config_option,
+    config_option,
+    key_value_pairs,
+    log_options,
+    role_command,
 )
+
+
+@role_command
+@click.command("gateway")
+@config_option(required=True, help="Native gateway YAML or an Envoy static config (envoy.yml).")
 @click.option(
     "--map-address",
     multiple=True,
+    callback=key_value_pairs,
     metavar="FROM=TO",
     help="Rewrite an address of the config, e.g. ra-proxy:50002=127.0.0.1:50002 or "
     "0.0.0.0=127.0.0.1 (repeatable).",
@@ -38,6 +30,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option(
     "--map-path",
     multiple=True,
+    callback=key_value_pairs,
     metavar="OLD=NEW",
     help="Rewrite a file path prefix of the config, e.g. /shared/deploy=./deploy (repeatable).",
 )
@@ -69,39 +62,45 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     help="Transport channel backend of TLS listeners and clusters. "
     "Default: the config's transport_channel, else mtls.",
 )
+@check_config_option
+@admin_options
 @log_options
 def gateway(
-    config_file: str,
-    map_address: tuple[str, ...],
-    map_path: tuple[str, ...],
+    config_file: Path,
+    map_address: dict[str, str],
+    map_path: dict[str, str],
     workers: int,
     tls_reload_interval: float,
     envelope_channel: str | None,
     transport_channel: str | None,
+    check_config: bool,
+    admin_host: str,
+    admin_port: int | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
+    log_format: str,
 ) -> None:
     """Serve the listeners of CONFIG: prefix routes to clusters, the JWE filter (opens client
     envelopes, seals app replies), TCP proxying, mTLS ingress listeners and egress clusters
-    (group TLS asset, mtls channel); GET /healthz and /-/plugins on HTTP listeners.
+    (group TLS asset, mtls channel); GET /healthz on HTTP listeners; metrics, probes and
+    /-/plugins on the admin listener (--admin-port).
     A missing, tampered or mismatched TLS asset is refused before anything listens."""
-    import asyncio
     import dataclasses
+    import functools
 
     from ...manager import get_plugin_manager
-    from .._server import setup_logging, wait_for_signal
+    from .._logging import setup_logging
+    from .._options import config_ok
+    from .._server import run
     from .config import load_config
-    from .mtls import check_assets
-    from .server import Gateway
+    from .preflight import check
+    from .server import gateway_service
 
-    setup_logging(log_path, log_level, log_levels_for)
     config = load_config(
         config_file,
-        address_map=_pairs(map_address, "--map-address"),
-        path_map={
-            old: str(Path(new).resolve()) for old, new in _pairs(map_path, "--map-path").items()
-        },
+        address_map=map_address,
+        path_map={old: str(Path(new).resolve()) for old, new in map_path.items()},
     )
     config = dataclasses.replace(
         config,
@@ -109,8 +108,6 @@ def gateway(
         transport_channel=transport_channel or config.transport_channel,
     )
 
-    if workers > 1 and any(lst.address.port == 0 for lst in config.listeners):
-        raise click.BadParameter("port 0 cannot be shared by workers", param_hint="--workers")
     if workers > 1 and any(lst.jwe and lst.jwe.freshness.mode != "off" for lst in config.listeners):
         click.echo(
             "warning: each worker has its own JWE replay cache; a replay that reaches another "
@@ -118,28 +115,16 @@ def gateway(
             err=True,
         )
 
-    check_assets(config, get_plugin_manager())  # one clear error before any worker starts
-
-    async def run(announce: bool) -> None:
-        async with Gateway(
-            config,
-            get_plugin_manager(),
-            reuse_port=workers > 1,
-            tls_reload_interval=tls_reload_interval,
-        ) as gw:
-            if announce:
-                for name, address in gw.addresses.items():
-                    click.echo(
-                        f"gateway listener {name} on {address} ({workers} workers)", err=True
-                    )
-            await wait_for_signal()
-
-    if workers == 1:
-        asyncio.run(run(True))
+    check(config, get_plugin_manager())  # one clear error before any worker starts
+    if check_config:
+        config_ok()
         return
-    from .workers import run_workers
+    setup_logging(log_path, log_level, log_levels_for, log_format, "gateway")
 
-    run_workers(workers, lambda first: asyncio.run(run(first)))
+    service = functools.partial(
+        gateway_service, config, tls_reload_interval, admin_host, admin_port
+    )
+    run(service, workers=workers)
 
 
 COMMANDS: list[click.Command] = [gateway]

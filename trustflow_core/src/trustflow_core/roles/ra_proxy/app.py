@@ -1,9 +1,9 @@
 """``create_app(settings, pm)``: the RA Proxy as an aiohttp application.
 
-Routes: ``POST /RaProxy/GetRaCert`` (and the full-name path), ``GET /health`` (``OK``),
-``GET /-/plugins``. Errors follow the brpc proxy: a body that is not valid JSON of
-``GetRaCertRequest`` gets 400, a failed report generation 500; both ``text/plain`` with the
-reason, plus brpc's error-code header on 500s.
+Routes: ``POST /RaProxy/GetRaCert`` (and the full-name path) and ``GET /health`` (``OK``);
+metrics, probes and ``/-/plugins`` are on the admin listener (:mod:`.._admin`). Errors follow
+the brpc proxy: a body that is not valid JSON of ``GetRaCertRequest`` gets 400, a failed report
+generation 500; both ``text/plain`` with the reason, plus brpc's error-code header on 500s.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from ...attestation import Attester
 from ...errors import BackendNotFound, InvalidInput, TrustflowError
 from ...manager import TrustflowPluginManager
 from ...registry import ATTESTER, attester_class, backends_of
+from ...settings_schema import Node
+from .._admin import observe_middleware
 from . import handlers
-from .keys import PLUGIN_MANAGER, SERVICE
+from .keys import SERVICE
 from .service import RaCertService
 from .settings import RaProxySettings
 
 log = logging.getLogger("trustflow.ra_proxy")
+ROLE = "ra-proxy"
 #: brpc's error-code header and EINTERNAL, sent with every 500 as the upstream proxy does.
 BRPC_ERROR_HEADER = "x-bd-error-code"
 BRPC_EINTERNAL = "2001"
@@ -46,7 +49,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
-def _attester_class(pm: TrustflowPluginManager, settings: RaProxySettings) -> type[Attester] | None:
+def attester_class_for(
+    pm: TrustflowPluginManager, settings: RaProxySettings
+) -> type[Attester] | None:
     """The configured attester; with ``upstream_sim`` it must be simulated (the upstream sim
     proxy sends no report), and an unset ``plat`` needs no attester installed."""
     if settings.upstream_sim and settings.plat is None:
@@ -65,12 +70,14 @@ def _attester_class(pm: TrustflowPluginManager, settings: RaProxySettings) -> ty
 def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.Application:
     """Build the app; the certificate is read and the attester opened at startup (a missing
     backend or unreadable certificate fails startup)."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
-    app[PLUGIN_MANAGER] = pm
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[observe_middleware(ROLE), error_middleware],
+    )
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         cert_pem = settings.read_cert()
-        cls = _attester_class(pm, settings)
+        cls = attester_class_for(pm, settings)
         if settings.upstream_sim:
             app[SERVICE] = RaCertService(cert_pem, None)
             yield
@@ -85,5 +92,26 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
     for path in handlers.GET_RA_CERT_PATHS:
         app.router.add_post(path, handlers.get_ra_cert)
     app.router.add_get("/health", handlers.health)
-    app.router.add_get("/-/plugins", handlers.plugins)
     return app
+
+
+def check_settings(
+    settings: RaProxySettings, pm: TrustflowPluginManager, attester: Node | None = None
+) -> None:
+    """What is checked before serving (and all ``--check-config`` does) beyond parsing: the
+    certificate file reads as PEM, the attester exists (simulated with ``upstream_sim``) and
+    builds from its settings (``attester``: where they came from, for errors). No report is
+    generated, nothing listens."""
+    import asyncio
+
+    settings.read_cert()
+    cls = attester_class_for(pm, settings)
+    if cls is None or settings.upstream_sim:
+        return
+
+    async def build() -> None:
+        node = attester or Node.settings(settings.attester_settings, "attester settings")
+        async with node.build(lambda value: cls.from_role(value, pm=pm)):
+            pass
+
+    asyncio.run(build())

@@ -1,7 +1,7 @@
 """A running Capsule Manager and the parties that talk to it, for tests on 127.0.0.1.
 
 :func:`running_cm` starts an in-process CM (real gRPC on an ephemeral port) and a client for it,
-and stops both; the ``cm_world`` fixture of :mod:`.cm_fixtures` runs one per module and database
+and stops both; the ``cm_world`` fixture of the core's tests runs one per module and database
 backend. The small builders (:func:`new_data_uuid`, :func:`data_key_b64`, :func:`grant_rule`)
 make the requests most CM tests send.
 """
