@@ -246,6 +246,18 @@ async def test_result_registration_and_export_reach_every_owner(cm_world: CMWorl
     assert len(refusals) == 1 and "not all ancestors" in refusals[0]["details"]["reason"]
 
 
+async def test_tls_asset_releases_are_logged(cm_world: CMWorld) -> None:
+    owner, app = new_party("owner"), new_party("app")
+    uuid = new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    request = request_for(app, [uuid])
+    await cm_world.client.get_tls_asset(app, request, await report_for(cm_world, app, request))
+    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    *_, release = [json.loads(t) for t in entry_texts(bundle)]
+    assert release["kind"] == "key_release" and release["details"]["rpc"] == "get_tls_asset"
+
+
 @pytest.fixture
 def sql(db_url: str) -> Iterator[Any]:
     engine = create_engine(db_url)
