@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib
 import os
 import tempfile
 import time
@@ -231,6 +232,30 @@ async def run_backend(
     return results
 
 
+#: backend -> (its driver module, the trustflow-core extra that installs it)
+DRIVERS = {"postgresql": ("psycopg", "postgresql"), "mysql": ("pymysql", "mysql")}
+
+
+def missing_driver(backend: str) -> str | None:
+    """Why ``backend`` cannot be measured in this environment (its driver does not import),
+    naming the extra to install; None when it can."""
+    if backend not in (*DRIVERS, "sqlite"):
+        raise SystemExit(f"unknown backend {backend!r}: choose from sqlite, postgresql, mysql")
+    if backend in DRIVERS:
+        module, extra = DRIVERS[backend]
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            hint = f"pip install 'trustflow-core[{extra}]'"
+            return f"its driver {module} cannot be imported ({exc}): {hint}"
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -258,6 +283,7 @@ def main() -> None:
     modes = [m for m in args.audit.split(",") if m]
     if not modes or set(modes) - {"on", "off"}:
         raise SystemExit("--audit takes on, off or on,off")
+    from sqlalchemy.exc import SQLAlchemyError
     from trustflow_core.testing.databases import throwaway_database
 
     env = {**os.environ, "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim"}
@@ -266,13 +292,24 @@ def main() -> None:
         env["TRUSTFLOW_SIM_DIR"] = os.environ["TRUSTFLOW_SIM_DIR"] = sim_dir
         os.environ["TRUSTFLOW_LOAD_PLUGINS"] = env["TRUSTFLOW_LOAD_PLUGINS"]
         for name in args.backends.split(","):
+            problem = missing_driver(name)
+            if problem:
+                print(f"skipping {name}: {problem}")
+                continue
             for workers in (int(w) for w in args.workers.split(",")):
-                with tempfile.TemporaryDirectory() as dbdir, ExitStack() as dbs:
-                    urls = {
-                        mode: dbs.enter_context(throwaway_database(name, Path(dbdir)))
-                        for mode in modes
-                    }
+                with ExitStack() as stack:
+                    dbdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                    try:
+                        urls = {
+                            mode: stack.enter_context(throwaway_database(name, dbdir))
+                            for mode in modes
+                        }
+                    except SQLAlchemyError as exc:
+                        print(f"skipping {name}: its server cannot be reached: {one_line(exc)}")
+                        break
                     results += asyncio.run(run_backend(name, urls, args, env, workers))
+    if not results:
+        raise SystemExit("no backend could be measured")
     print(
         f"capsule manager, {args.clients} concurrent clients, {args.seconds:.0f} s per RPC, "
         f"{os.cpu_count()} cores, {args.rounds} interleaved rounds; "

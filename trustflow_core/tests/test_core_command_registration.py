@@ -4,6 +4,7 @@ adds commands by being there."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -49,3 +50,51 @@ def test_a_folder_under_roles_adds_no_command(
 
     assert "stray-role" not in build_cli().commands
     assert "trustflow_core.roles.stray_role.commands" not in sys.modules
+
+
+def _renamed_sim_attester_plugin(name: str) -> object:
+    """A plugin registering the sim attester again under ``name``: a backend only the plugin
+    manager it is registered with knows."""
+    import types
+
+    from trustflow_tee_sim.attester import SimAttester
+
+    from trustflow_core import hookimpl
+
+    renamed = type(
+        "RenamedSimAttester", (SimAttester,), {"name": name, "development_default": False}
+    )
+    module = types.ModuleType("renamed_sim_attester")
+
+    @hookimpl
+    def trustflow_register_attesters(register):  # type: ignore[no-untyped-def]
+        register(renamed)
+
+    module.trustflow_register_attesters = trustflow_register_attesters  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["attest", "report", "--plat", "only-here", "--user-data", "00" * 32],
+        ["attest", "doctor", "--plat", "only-here", "--json"],
+    ],
+)
+def test_commands_use_the_plugin_manager_they_were_found_through(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One plugin manager per ``trustflow`` invocation: a backend registered with the manager
+    that assembled the command line is the one the command finds (before, every command loaded
+    the plugins again and did not know it)."""
+    from click.testing import CliRunner
+
+    monkeypatch.setenv("TRUSTFLOW_SIM_DIR", str(tmp_path / "sim"))
+    group = build_cli()
+    group.context_settings["obj"].register(_renamed_sim_attester_plugin("only-here"))
+    result = CliRunner().invoke(group, args)
+    assert result.exit_code == 0, result.output
+    if args[1] == "report":
+        assert '"str_tee_platform": "SIM"' in result.output
+    else:
+        assert json.loads(result.output)["verdict"]

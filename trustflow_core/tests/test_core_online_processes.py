@@ -168,12 +168,21 @@ def total(samples, name: str, **labels: str) -> float:
 def test_cli_client_both_profiles_then_clean_shutdown(env, deployment, tmp_path):
     url, procs, admin = deployment
     before = {role: scrape(base) for role, base in admin.items()}
-    for extra in ([], ["--compat"]):
-        done = run(env, "client", "--url", url, "--data", "hello", "--allow-simulation", *extra)
+    # the gateway URL as the README writes it (positional) and as --url
+    for where in ([url], ["--url", url, "--compat"]):
+        done = run(env, "client", *where, "--data", "hello", "--allow-simulation")
         lines = done.stdout.splitlines()
         assert lines[0].startswith("Response: {'protected': '")
         assert lines[1] == "Response Raw: I got your message: hello"
         assert "SIM report verified" in done.stderr
+    as_json = run(env, "client", url, "--data", "hi", "--allow-simulation", "--json")
+    reply = json.loads(as_json.stdout)
+    assert reply["status"] == 200 and reply["plaintext"] == "I got your message: hi\n"
+    assert reply["attested"]["platform"] == "SIM" and reply["attested"]["report_verified"]
+    assert set(reply["envelope"]) >= {"protected", "ciphertext", "tag"}
+    assert as_json.stderr == ""
+    both = run(env, "client", url, "--url", "http://127.0.0.1:9", check=False)
+    assert both.returncode == 2 and "two gateway URLs given" in both.stderr
     refused = run(env, "client", "--url", url, check=False)
     assert refused.returncode == 1
     assert "simulation:" in refused.stderr and "does not allow simulation" in refused.stderr
@@ -190,7 +199,7 @@ def test_cli_client_both_profiles_then_clean_shutdown(env, deployment, tmp_path)
     assert (
         total(gw_after, "trustflow_requests_total", **teeapp)
         - total(gw_before, "trustflow_requests_total", **teeapp)
-        == 2
+        == 3  # two profiles and --json
     )
     for direction in ("upstream", "downstream"):
         assert total(gw_after, "trustflow_proxy_bytes_total", direction=direction) > total(
@@ -200,7 +209,7 @@ def test_cli_client_both_profiles_then_clean_shutdown(env, deployment, tmp_path)
     assert (
         total(after["ra-proxy"], "trustflow_requests_total", **ra)
         - total(before["ra-proxy"], "trustflow_requests_total", **ra)
-        == 4
+        == 5  # every client run above fetched one report
     )
     for base in admin.values():
         with urllib.request.urlopen(base + "/-/readyz", timeout=5) as r:
@@ -220,7 +229,7 @@ def test_cli_client_both_profiles_then_clean_shutdown(env, deployment, tmp_path)
     messages = [entry["message"] for entry in lines]
     assert any(m.startswith("GetRaCert nonce=") for m in messages)
     assert (
-        sum(1 for e in lines if e["message"].startswith("GetRaCert") and e.get("request_id")) == 4
+        sum(1 for e in lines if e["message"].startswith("GetRaCert") and e.get("request_id")) == 5
     )
     assert messages[-2:] == ["ra-proxy stopping", "ra-proxy stopped"]
 

@@ -450,6 +450,14 @@ class Verifier(Backend, abc.ABC):
         return {"platform": cls.tee_name, cls.tee_name: identity}
 
     @classmethod
+    def recognizes_evidence(cls, evidence: bytes) -> bool:
+        """Whether ``evidence`` (the bytes of a file that is not a report JSON) looks like raw
+        evidence of this platform that :meth:`report_from_evidence` takes: a cheap structural
+        check (magic numbers, sizes), never a verification. Tools use it to name the platform
+        of a raw evidence file given where a report was expected. The default: False."""
+        return False
+
+    @classmethod
     def report_from_evidence(cls, evidence: bytes, *, endorsements: bytes | None = None) -> Report:
         """Wrap raw platform evidence (a TDX quote, a CSV attestation report, ...) and optional
         endorsements (collateral, a certificate chain) into a :class:`Report` in the upstream

@@ -21,7 +21,7 @@ from typing_extensions import Self
 from . import chain
 from .certs import CertSources
 from .evidence import CsvEvidence, check_chip_id, parse_endorsements, parse_raw_evidence
-from .structs import POLICY_NODBG, CsvCert, CsvReport
+from .structs import POLICY_NODBG, REPORT_PAGE, REPORT_SIZE, CsvCert, CsvReport
 
 PLATFORM = "CSV"
 _SETTINGS = CertSources.KEYS | {"allow_debug"}
@@ -62,6 +62,13 @@ class CsvVerifier(Verifier):
         return cls(
             CertSources.from_settings("csv verifier settings", root),
             allow_debug=root.get("allow_debug").boolean(False),
+        )
+
+    @classmethod
+    def recognizes_evidence(cls, evidence: bytes) -> bool:
+        """A binary CSV report: 2548 bytes, or a 4096-byte page whose tail is zero."""
+        return len(evidence) == REPORT_SIZE or (
+            len(evidence) == REPORT_PAGE and not any(evidence[REPORT_SIZE:])
         )
 
     @classmethod

@@ -112,13 +112,17 @@ def plugins(as_json: bool, hook: str | None) -> None:
 
 
 def build_cli() -> click.Group:
-    """A new ``trustflow`` group with the core's and every plugin's commands added."""
+    """A new ``trustflow`` group with the core's and every plugin's commands added. The plugin
+    manager that found the commands is the click context's object: the commands use it
+    (:func:`trustflow_core.roles._options.command_plugin_manager`) instead of loading the
+    plugins again."""
     from ..manager import get_plugin_manager
 
-    group = TrustflowGroup(name="trustflow", help=HELP)
+    pm = get_plugin_manager()
+    group = TrustflowGroup(name="trustflow", help=HELP, context_settings={"obj": pm})
     group.add_command(version)
     group.add_command(plugins)
-    get_plugin_manager().hook.trustflow_add_commands(cli=group)
+    pm.hook.trustflow_add_commands(cli=group)
     return group
 
 

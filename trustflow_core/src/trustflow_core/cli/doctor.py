@@ -49,8 +49,8 @@ def doctor(
     """Check that this host can produce PLAT evidence the local verifier accepts."""
     from ..doctor import READY, run_doctor
     from ..errors import BackendNotFound
-    from ..manager import get_plugin_manager
     from ..registry import ATTESTER, backends_of, verifier_for_platform
+    from ..roles._options import command_plugin_manager
 
     settings = load_mapping(settings_file, "settings file") if settings_file else {}
     verifier_settings = (
@@ -58,7 +58,7 @@ def doctor(
         if verifier_settings_file
         else {}
     )
-    pm = get_plugin_manager()
+    pm = command_plugin_manager()
     attesters = backends_of(pm, ATTESTER)
     attester_cls = attesters.get(plat)
     if attester_cls is None:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from ..manager import TrustflowPluginManager, get_plugin_manager
 from ..settings_schema import Node, load_yaml_file
 from ._logging import LOG_FORMATS
 
@@ -36,6 +37,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_PORTS = {"ra-proxy": 8010, "data-capsule-proxy": 50003, "capsule-manager": 8888}
 ENV_PREFIX = "TRUSTFLOW"
 CONFIG_OK = "configuration OK"
+
+
+def command_plugin_manager() -> TrustflowPluginManager:
+    """The plugin manager the running ``trustflow`` command line was assembled with (its
+    commands came from that manager's plugins; :func:`trustflow_core.cli.build_cli` puts it in
+    the click context), so a command uses the same plugins it was found through. Outside a
+    ``trustflow`` invocation (a command called on its own), a new one."""
+    ctx = click.get_current_context(silent=True)
+    pm = ctx.find_object(TrustflowPluginManager) if ctx is not None else None
+    return pm if pm is not None else get_plugin_manager()
 
 
 def env_prefix(command: str) -> str:

@@ -82,9 +82,8 @@ def capsule_manager(
     """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
     import functools
 
-    from ...manager import get_plugin_manager
     from .._logging import setup_logging
-    from .._options import config_ok
+    from .._options import command_plugin_manager, config_ok
     from .._server import run
     from .server import ROLE, capsule_manager_service
     from .settings import check_settings, load_settings
@@ -102,7 +101,7 @@ def capsule_manager(
         storage_key_file=storage_key_file,
         allow_upstream_sim=allow_upstream_sim,
     )
-    check_settings(settings, get_plugin_manager())
+    check_settings(settings, command_plugin_manager())
     if check_config:
         config_ok()
         return

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ...errors import InvalidInput, ObjectNotFound
-from .cms_cli import Context, cms
+from .cms_cli import Context, cms, json_option
 
 #: Details shown in the table, in this order, for the entry kinds that have them.
 _SHOWN = ("app_party", "op", "columns", "platform", "reason", "requester", "voters", "rule_id")
@@ -100,9 +100,9 @@ def _read_json(path: Path, what: str) -> Any:
     type=click.Path(dir_okay=False, path_type=Path),
     help="An earlier `audit --json` output (same filters): prove the log only grew since.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the verified bundle as JSON.")
+@json_option
 @click.pass_obj
-def audit(c: Context, data_uuid: str, since: str, previous: Path | None, as_json: bool) -> None:
+def audit(c: Context, data_uuid: str, since: str, previous: Path | None) -> None:
     """Show what the CM decided about your data (releases, refusals, policy changes, results,
     exports, deletions), verified against the CM's signed log."""
     from .audit import fetch_bundle
@@ -115,7 +115,7 @@ def audit(c: Context, data_uuid: str, since: str, previous: Path | None, as_json
             client, creds, data_uuid=data_uuid, since_ms=since_ms, previous=earlier
         )
     )
-    if as_json or c.as_json:
+    if c.as_json:
         click.echo(json.dumps(bundle, indent=2))
     else:
         click.echo(render_table(bundle))

@@ -48,6 +48,7 @@ from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_g
 from ...wire import parse_json, to_json
 from .. import _metrics
 from .._logging import REQUEST_ID_HEADER, current_request_id
+from .._net import grpc_failure
 from ..capsule_manager_protocol.errors import Kind, kind_of_message
 from ..capsule_manager_protocol.freshness import new_claims
 from ..capsule_manager_protocol.messages import jwe_message
@@ -221,8 +222,7 @@ class CapsuleManagerClient:
         except grpc.aio.AioRpcError as exc:
             _metrics.CM_CLIENT_REQUESTS.labels(method, exc.code().name).inc()
             raise BackendUnavailable(
-                f"capsule manager {self.target}: {method} failed: {exc.code().name} "
-                f"{exc.details() or ''}".strip()
+                grpc_failure(self.target, method, exc.code().name, exc.details())
             ) from None
         finally:
             _metrics.CM_CLIENT_SECONDS.labels(method).observe(time.perf_counter() - started)

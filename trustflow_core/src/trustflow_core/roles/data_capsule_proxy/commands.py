@@ -169,11 +169,10 @@ def data_capsule_proxy(
 
     from ...errors import TrustflowError
     from ...fileio import load_mapping
-    from ...manager import get_plugin_manager
     from ...settings_schema import ConfigError, Node
     from .._admin import create_admin_app, with_admin
     from .._logging import setup_logging
-    from .._options import config_ok, merge_config
+    from .._options import command_plugin_manager, config_ok, merge_config
     from .._server import AppServer, run
     from .app import ROLE, create_app, readiness_checks
     from .settings import CONFIG_KEYS, check_settings, settings_from
@@ -187,7 +186,7 @@ def data_capsule_proxy(
             )
         settings = settings_from(values)
         host, port = settings.host, settings.port
-        pm = get_plugin_manager()
+        pm = command_plugin_manager()
         check_settings(settings, pm, values.get("key_exchange_settings"))
         if check_config:
             config_ok()

@@ -89,9 +89,8 @@ def gateway(
     import dataclasses
     import functools
 
-    from ...manager import get_plugin_manager
     from .._logging import setup_logging
-    from .._options import config_ok
+    from .._options import command_plugin_manager, config_ok
     from .._server import run
     from .config import load_config
     from .preflight import check
@@ -115,7 +114,7 @@ def gateway(
             err=True,
         )
 
-    check(config, get_plugin_manager())  # one clear error before any worker starts
+    check(config, command_plugin_manager())  # one clear error before any worker starts
     if check_config:
         config_ok()
         return

@@ -78,11 +78,10 @@ def ra_proxy(
     """Serve POST /RaProxy/GetRaCert: the app certificate plus an attestation report binding
     SHA-256(cert || "." || nonce), and GET /health."""
     from ...fileio import load_mapping
-    from ...manager import get_plugin_manager
     from ...settings_schema import Node
     from .._admin import create_admin_app, with_admin
     from .._logging import setup_logging
-    from .._options import config_ok, merge_config
+    from .._options import command_plugin_manager, config_ok, merge_config
     from .._server import AppServer, run
     from .app import ROLE, check_settings, create_app
     from .settings import CONFIG_KEYS, settings_from
@@ -92,7 +91,7 @@ def ra_proxy(
         values["attester"] = Node(load_mapping(settings_file, "settings file"), settings_file)
     settings = settings_from(values)
     host, port = settings.host, settings.port
-    pm = get_plugin_manager()
+    pm = command_plugin_manager()
     check_settings(settings, pm, values.get("attester"))
     if check_config:
         config_ok()
