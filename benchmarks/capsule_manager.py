@@ -14,8 +14,12 @@ own CPU per request is printed too, since it shares the cores. Requests are buil
 clock starts (GetDataKeys: SIM-attested, one pool reused; CreateDataKeys: one fresh request per
 call, 4 keys each), so the clients only do gRPC work during the measurement.
 
+The audit log (docs/audit.md) is measured on and off in the same run: two CMs per backend and
+worker count, one with ``audit: {enabled: false}``, each on its own database, take turns in the
+same rounds; ``audit on/off`` is the ratio of their GetDataKeys/s (target: at least 90%).
+
     .venv/bin/python benchmarks/capsule_manager.py [--seconds 5] [--clients 16]
-        [--backends sqlite,postgresql] [--workers 1,2] [--rounds 3]
+        [--backends sqlite,postgresql] [--workers 1,2] [--rounds 3] [--audit on,off]
 """
 
 from __future__ import annotations
@@ -23,13 +27,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import importlib
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +44,13 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 @contextmanager
 def capsule_manager(
-    data_dir: Path, url: str, env: dict[str, str], workers: int
+    data_dir: Path, url: str, env: dict[str, str], workers: int, audit: bool = True
 ) -> Iterator[tuple[str, int]]:
     extra = ["--data-dir", str(data_dir), "--storage-url", url, "--workers", str(workers)]
+    if not audit:
+        config = data_dir / "no-audit.yaml"
+        config.write_text("audit: {enabled: false}\n")
+        extra += ["-c", str(config)]
     with capsule_manager_process(extra, env) as (target, proc, _):
         yield target, proc.pid
 
@@ -92,16 +99,12 @@ async def drive(
     return time.perf_counter() - started, latencies
 
 
-async def run_backend(
-    name: str, url: str, args: argparse.Namespace, env: dict[str, str], workers: int
-) -> dict[str, Any]:
+async def prepare(target: str, args: argparse.Namespace, pm: Any) -> tuple[list[Any], list[Any]]:
+    """An owner's key and policy on the CM at ``target``; return the pools of enveloped
+    GetDataKeys (SIM-attested, reused) and CreateDataKeys (one per call) requests."""
     from trustflow_core.attestation import ra_user_data
-    from trustflow_core.manager import get_plugin_manager
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
         capsule_manager_pb2 as cm_pb2,
-    )
-    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
-        capsule_manager_pb2_grpc as cm_grpc,
     )
     from trustflow_core.registry import ATTESTER, backend_class
     from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
@@ -109,88 +112,124 @@ async def run_backend(
     from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
     from trustflow_core.wire import serialize_canonical
 
+    owner, app = ephemeral_credentials("owner"), ephemeral_credentials("app")
+    uuid = f"bench-{os.urandom(4).hex()}"
+    async with CapsuleManagerClient(target, pm=pm) as client:
+        await client.create_data_keys(owner, [(uuid, base64.b64encode(os.urandom(16)).decode())])
+        rule = cm_pb2.Rule(
+            rule_id="r",
+            grantee_party_ids=[app.party_id],
+            columns=["*"],
+            global_constraints=['r.env.tee.platform == "sim"'],
+        )
+        rule.op_constraints.add(op_name="bench")
+        await client.create_data_policy(owner, "default", uuid, [rule])
+        rr = cm_pb2.ResourceRequest(
+            initiator_party_id=app.party_id, scope="default", op_name="bench"
+        )
+        rr.resources.add(resource_uri=uuid)
+        attester = backend_class(pm, ATTESTER, "sim").from_settings()
+        digest = ra_user_data(app.chain_pems[0].encode(), serialize_canonical(rr))
+        report = report_to_pb(await attester.generate(digest))
+        gdk = cm_pb2.GetDataKeysRequest(cert=app.chain_pems[0], resource_request=rr)
+        gdk.attestation_report.CopyFrom(report)
+        get_pool = [await client.envelope(gdk, app) for _ in range(64)]
+        create_pool = []
+        for i in range(args.create_requests):
+            req = cm_pb2.CreateDataKeysRequest(owner_party_id=owner.party_id)
+            for j in range(4):
+                req.data_keys.add(
+                    resource_uri=f"{uuid}-c{i}/p{j}",
+                    data_key_b64=base64.b64encode(os.urandom(16)).decode(),
+                )
+            create_pool.append(await client.envelope(req, owner))
+    return get_pool, create_pool
+
+
+async def run_backend(
+    name: str, urls: dict[str, str], args: argparse.Namespace, env: dict[str, str], workers: int
+) -> list[dict[str, Any]]:
+    """Start one CM per audit mode (``urls``: mode -> database URL), measure them in the same
+    interleaved rounds, return one result per mode."""
+    from trustflow_core.manager import get_plugin_manager
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2_grpc as cm_grpc,
+    )
+
     pm = get_plugin_manager()
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        capsule_manager(Path(tmp), url, env, workers) as (target, pid),
-    ):
-        owner, app = ephemeral_credentials("owner"), ephemeral_credentials("app")
-        uuid = f"bench-{os.urandom(4).hex()}"
-        async with CapsuleManagerClient(target, pm=pm) as client:
-            await client.create_data_keys(
-                owner, [(uuid, base64.b64encode(os.urandom(16)).decode())]
+    rpcs = ("GetDataKeys", "CreateDataKeys")
+    with ExitStack() as stack:
+        cms: dict[str, dict[str, Any]] = {}
+        for mode, url in urls.items():
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            target, pid = stack.enter_context(
+                capsule_manager(tmp, url, env, workers, audit=mode == "on")
             )
-            rule = cm_pb2.Rule(
-                rule_id="r",
-                grantee_party_ids=[app.party_id],
-                columns=["*"],
-                global_constraints=['r.env.tee.platform == "sim"'],
-            )
-            rule.op_constraints.add(op_name="bench")
-            await client.create_data_policy(owner, "default", uuid, [rule])
-            rr = cm_pb2.ResourceRequest(
-                initiator_party_id=app.party_id, scope="default", op_name="bench"
-            )
-            rr.resources.add(resource_uri=uuid)
-            attester = backend_class(pm, ATTESTER, "sim").from_settings()
-            digest = ra_user_data(app.chain_pems[0].encode(), serialize_canonical(rr))
-            report = report_to_pb(await attester.generate(digest))
-            gdk = cm_pb2.GetDataKeysRequest(cert=app.chain_pems[0], resource_request=rr)
-            gdk.attestation_report.CopyFrom(report)
-            get_pool = [await client.envelope(gdk, app) for _ in range(64)]
-            create_pool = []
-            for i in range(args.create_requests):
-                req = cm_pb2.CreateDataKeysRequest(owner_party_id=owner.party_id)
-                for j in range(4):
-                    req.data_keys.add(
-                        resource_uri=f"{uuid}-c{i}/p{j}",
-                        data_key_b64=base64.b64encode(os.urandom(16)).decode(),
-                    )
-                create_pool.append(await client.envelope(req, owner))
-        decrypt = rsa_decryptor((Path(tmp) / "cm.key").read_bytes())
+            get_pool, create_pool = await prepare(target, args, pm)
+            cms[mode] = {
+                "tmp": tmp,
+                "pid": pid,
+                "target": target,
+                "pools": {"GetDataKeys": get_pool, "CreateDataKeys": create_pool},
+                "totals": {
+                    rpc: {"elapsed": 0.0, "latencies": [], "cm_cpu": 0.0, "own_cpu": 0.0}
+                    for rpc in rpcs
+                },
+            }
+        first = next(iter(cms.values()))
+        decrypt = rsa_decryptor((first["tmp"] / "cm.key").read_bytes())
         # one connection per client (a local subchannel pool each), as separate clients have
         options = [("grpc.use_local_subchannel_pool", 1)]
-        channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(args.clients)]
-        stubs = [cm_grpc.CapsuleManagerStub(c) for c in channels]
-        calls = {
-            "GetDataKeys": [s.GetDataKeys for s in stubs],
-            "CreateDataKeys": [s.CreateDataKeys for s in stubs],
-        }
-        pools = {"GetDataKeys": get_pool, "CreateDataKeys": create_pool}
-        totals: dict[str, dict[str, Any]] = {
-            rpc: {"elapsed": 0.0, "latencies": [], "cm_cpu": 0.0, "own_cpu": 0.0} for rpc in calls
-        }
+        channels = []
+        for cm in cms.values():
+            mine = [
+                grpc.aio.insecure_channel(cm["target"], options=options)
+                for _ in range(args.clients)
+            ]
+            channels += mine
+            stubs = [cm_grpc.CapsuleManagerStub(c) for c in mine]
+            cm["calls"] = {rpc: [getattr(s, rpc) for s in stubs] for rpc in rpcs}
         decryptions, decrypt_time = 0, 0.0
         try:
-            await drive(calls["GetDataKeys"], get_pool, 0.5, True)  # warm-up
-            # interleaved rounds (RSA ceiling, GetDataKeys, CreateDataKeys, ...): a machine
-            # whose speed drifts during the run affects the ceiling and the RPCs alike
+            for cm in cms.values():  # warm-up
+                await drive(cm["calls"]["GetDataKeys"], cm["pools"]["GetDataKeys"], 0.5, True)
+            # interleaved rounds (RSA ceiling, then each CM's GetDataKeys and CreateDataKeys,
+            # ...): a machine whose speed drifts during the run affects them all alike
             for round_ in range(args.rounds):
-                count, took = decrypt(0.5)  # the CM is idle meanwhile
+                count, took = decrypt(0.5)  # the CMs are idle meanwhile
                 decryptions, decrypt_time = decryptions + count, decrypt_time + took
-                for rpc, pool in pools.items():
-                    reuse = rpc == "GetDataKeys"
-                    chunk = pool if reuse else pool[round_ :: args.rounds]
-                    cpu0, own0 = cpu_seconds(pid), time.process_time()
-                    elapsed, latencies = await drive(
-                        calls[rpc], chunk, args.seconds / args.rounds, reuse
-                    )
-                    total = totals[rpc]
-                    total["elapsed"] += elapsed
-                    total["latencies"] += latencies
-                    total["cm_cpu"] += cpu_seconds(pid) - cpu0
-                    total["own_cpu"] += time.process_time() - own0
+                order = list(cms.values())
+                if round_ % 2:
+                    order.reverse()  # neither mode always runs first
+                for cm in order:
+                    for rpc in rpcs:
+                        pool = cm["pools"][rpc]
+                        reuse = rpc == "GetDataKeys"
+                        chunk = pool if reuse else pool[round_ :: args.rounds]
+                        cpu0, own0 = cpu_seconds(cm["pid"]), time.process_time()
+                        elapsed, latencies = await drive(
+                            cm["calls"][rpc], chunk, args.seconds / args.rounds, reuse
+                        )
+                        total = cm["totals"][rpc]
+                        total["elapsed"] += elapsed
+                        total["latencies"] += latencies
+                        total["cm_cpu"] += cpu_seconds(cm["pid"]) - cpu0
+                        total["own_cpu"] += time.process_time() - own0
         finally:
             for c in channels:
                 await c.close()
-    result: dict[str, Any] = {
-        "backend": f"{name} x{workers}",
-        "ceiling": decryptions / decrypt_time,
-    }
-    for rpc, total in totals.items():
-        rate = len(total["latencies"]) / total["elapsed"]
-        result[rpc] = (rate, total["latencies"], (total["cm_cpu"], total["own_cpu"]))
-    return result
+    results = []
+    for mode, cm in cms.items():
+        result: dict[str, Any] = {
+            "backend": f"{name} x{workers}",
+            "audit": mode,
+            "ceiling": decryptions / decrypt_time,
+        }
+        for rpc, total in cm["totals"].items():
+            rate = len(total["latencies"]) / total["elapsed"]
+            result[rpc] = (rate, total["latencies"], (total["cm_cpu"], total["own_cpu"]))
+        results.append(result)
+    return results
 
 
 #: backend -> (its driver module, the trustflow-core extra that installs it)
@@ -237,7 +276,13 @@ def main() -> None:
         help="CM server processes (--workers of the CM) to measure, comma-separated "
         "(default: 1 and one per core)",
     )
+    parser.add_argument(
+        "--audit", default="on,off", help="audit log modes to measure side by side (on, off)"
+    )
     args = parser.parse_args()
+    modes = [m for m in args.audit.split(",") if m]
+    if not modes or set(modes) - {"on", "off"}:
+        raise SystemExit("--audit takes on, off or on,off")
     from sqlalchemy.exc import SQLAlchemyError
     from trustflow_core.testing.databases import throwaway_database
 
@@ -252,14 +297,17 @@ def main() -> None:
                 print(f"skipping {name}: {problem}")
                 continue
             for workers in (int(w) for w in args.workers.split(",")):
-                with contextlib.ExitStack() as stack:
+                with ExitStack() as stack:
                     dbdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
                     try:
-                        url = stack.enter_context(throwaway_database(name, dbdir))
+                        urls = {
+                            mode: stack.enter_context(throwaway_database(name, dbdir))
+                            for mode in modes
+                        }
                     except SQLAlchemyError as exc:
                         print(f"skipping {name}: its server cannot be reached: {one_line(exc)}")
                         break
-                    results.append(asyncio.run(run_backend(name, url, args, env, workers)))
+                    results += asyncio.run(run_backend(name, urls, args, env, workers))
     if not results:
         raise SystemExit("no backend could be measured")
     print(
@@ -268,7 +316,7 @@ def main() -> None:
         "1 RSA-3072 private op per request"
     )
     print(
-        f"{'backend':<14} {'rpc':<15} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'backend':<14} {'audit':<6} {'rpc':<15} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'RSA ceiling/core':>17} {'ratio':>7} {'CM CPU ms/req':>14} {'CPU ratio':>10} "
         f"{'load gen ms/req':>15}"
     )
@@ -277,10 +325,16 @@ def main() -> None:
             rate, lat, (cm_cpu, client_cpu) = r[rpc]
             cpu, own = cm_cpu / max(1, len(lat)), client_cpu / max(1, len(lat))
             print(
-                f"{r['backend']:<14} {rpc:<15} {rate:8.1f} {pct(lat, 0.5):8.1f} "
+                f"{r['backend']:<14} {r['audit']:<6} {rpc:<15} {rate:8.1f} {pct(lat, 0.5):8.1f} "
                 f"{pct(lat, 0.99):8.1f} {r['ceiling']:17.1f} {rate / r['ceiling']:7.0%} "
                 f"{cpu * 1000:14.2f} {1 / r['ceiling'] / cpu:10.0%} {own * 1000:15.2f}"
             )
+    by_key = {(r["backend"], r["audit"]): r for r in results}
+    for backend in dict.fromkeys(r["backend"] for r in results):
+        on, off = by_key.get((backend, "on")), by_key.get((backend, "off"))
+        if on is not None and off is not None:
+            for rpc in ("GetDataKeys", "CreateDataKeys"):
+                print(f"{backend:<14} {rpc:<15} audit on/off: {on[rpc][0] / off[rpc][0]:6.1%}")
     print(
         "ratio = req/s / RSA-3072 decryptions/s of one core (measured in this run); CPU ratio ="
         " RSA time per request / CPU time the CM process spent per request; load gen = CPU"

@@ -14,8 +14,17 @@ import pytest
 from sqlalchemy import inspect, text
 
 from trustflow_core.errors import InvalidInput
+from trustflow_core.roles.capsule_manager import identity_keys
+from trustflow_core.roles.capsule_manager.audit_log import AuditLog, mac_key
 from trustflow_core.roles.capsule_manager.database import Database, NewKey
-from trustflow_core.roles.capsule_manager.db_models import SCHEMA_VERSION, Base, RequestRow
+from trustflow_core.roles.capsule_manager.db_models import (
+    SCHEMA_VERSION,
+    AuditEntryRow,
+    AuditHeadRow,
+    AuditSizeRow,
+    Base,
+    RequestRow,
+)
 from trustflow_core.roles.capsule_manager.policy import OpConstraint, Rule
 from trustflow_core.roles.capsule_manager.sealing import Sealer
 from trustflow_core.roles.capsule_manager.settings import load_settings
@@ -143,6 +152,9 @@ def _stamp(store: Database, version: str) -> None:
         )
 
 
+IDENTITY = identity_keys.generate()
+
+
 def _version(store: Database) -> str:
     with store._read_engine.connect() as conn:
         value = conn.execute(
@@ -161,7 +173,8 @@ def test_migrates_the_committed_v1_database(tmp_path: Path) -> None:
         assert _version(store) == "1"
         assert not inspect(store._write_engine).has_table(RequestRow.__tablename__)
         store.create_schema()
-        assert _version(store) == SCHEMA_VERSION == "2"
+        assert _version(store) == SCHEMA_VERSION == "3"
+        assert inspect(store._write_engine).has_table(AuditEntryRow.__tablename__)
         assert store.get_keys(["d-v1", "d-v1/p1"]) == {"d-v1": "a2V5MQ==", "d-v1/p1": "a2V5Mg=="}
         assert rule_ids(store, "d-v1") == ["r1"]
         m = mark()
@@ -185,7 +198,7 @@ def test_migrates_a_v1_database(store: Database, db_url: str, key: bytes) -> Non
     again = Database(db_url, Sealer(key))
     try:
         again.create_schema()
-        assert _version(again) == "2"
+        assert _version(again) == "3"
         assert inspect(again._write_engine).has_table(RequestRow.__tablename__)
         assert again.get_keys([u]) == {u: "a2V5MQ=="} and rule_ids(again, u) == ["r1"]
         m = mark(ALICE, "j-migrated")
@@ -193,20 +206,41 @@ def test_migrates_a_v1_database(store: Database, db_url: str, key: bytes) -> Non
         again.add_rule(ALICE, "default", u, rule("r2"), m)
         assert rule_ids(again, u) == ["r1", "r2"]
         again.create_schema()  # a second start: nothing to migrate
-        assert _version(again) == "2"
+        assert _version(again) == "3"
+    finally:
+        again.close()
+
+
+def test_migrates_a_v2_database(store: Database, db_url: str, key: bytes) -> None:
+    """Schema 2 is schema 3 without the audit tables: drop them, stamp 2, start again; the
+    audit log starts empty and works."""
+    u = uid()
+    store.create_data_keys(ALICE, [NewKey(u, u, "a2V5MQ==")])
+    with store._write_engine.begin() as conn:
+        for model in (AuditHeadRow, AuditSizeRow, AuditEntryRow):
+            model.__table__.drop(conn)  # type: ignore[attr-defined]
+    _stamp(store, "2")
+    again = Database(db_url, Sealer(key))
+    try:
+        again.create_schema()
+        assert _version(again) == "3"
+        again.audit = AuditLog(IDENTITY.private_key, mac_key(key))
+        again.put_policy(ALICE, "default", u, [rule("r1")])
+        assert [e.index for e in again.audit_entries(ALICE, limit=10)] == [0]
+        assert again.audit_tree_head().size == 1
     finally:
         again.close()
 
 
 def test_newer_schema_refused(store: Database, db_url: str, key: bytes) -> None:
-    _stamp(store, "3")
+    _stamp(store, "4")
     other = Database(db_url, Sealer(key))
     try:
-        with pytest.raises(CMError, match="schema version 3, this Capsule Manager needs 2"):
+        with pytest.raises(CMError, match="schema version 4, this Capsule Manager needs 3"):
             other.create_schema()
     finally:
         other.close()
-    assert _version(store) == "3"
+    assert _version(store) == "4"
 
 
 # ---- claims ---------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 Commands (kebab-case like upstream): ``generate-rsa-keypair``, ``generate-party-id``,
 ``generate-data-key-b64``, ``encrypt-file``, ``decrypt-file``, ``encrypt-file-inplace``,
 ``decrypt-file-inplace``, and the data-export vote tools ``sign-vote-request``, ``voter-sign``,
-``generate-vote-result`` (byte-identical bodies and signatures to upstream).
+``generate-vote-result`` (byte-identical bodies and signatures to upstream), and ours:
+``verify-audit`` (an owner's audit bundle of the Capsule Manager, docs/audit.md).
 Differences from upstream, all deliberate:
 
 * data keys are decoded strictly (canonical standard base64 of 16, 24 or 32 bytes), where
@@ -37,7 +38,13 @@ from typing import Any, TextIO
 import click
 
 from .. import capsule
-from ..errors import AccessDenied, InvalidInput, ObjectNotFound, TrustflowError
+from ..errors import (
+    AccessDenied,
+    InvalidInput,
+    ObjectNotFound,
+    TrustflowError,
+    VerificationError,
+)
 from ..fileio import atomic_write_bytes
 from ..identity import load_pem_chain, party_id_of_chain, party_id_of_key, self_signed_cert
 
@@ -526,3 +533,101 @@ def generate_vote_result(
         voters.append(voter)
     with _file_errors():
         atomic_write_bytes(vote_result_file, votes.vote_result(request, voters).encode())
+
+
+@util.command("verify-audit")
+@click.argument("audit_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--cm-cert",
+    "cm_cert_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The CM's certificate (PEM) the tree heads must be signed with.",
+)
+@click.option(
+    "--tee-plat",
+    default=None,
+    help="Instead of (or besides) --cm-cert: verify the CM attestation report in the bundle "
+    "with this verifier backend (tdx, csv, sim, ...) and use the certificate it binds.",
+)
+@click.option(
+    "--tee-constraint",
+    "tee_constraints",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="A measurement the CM's report must have (the verifier's constraint fields), repeatable.",
+)
+@click.option(
+    "--previous",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An earlier audit of the same owner and filters: its head must be the start of the "
+    "bundle's consistency proof and its entries must be unchanged.",
+)
+@click.option(
+    "--owner", default=None, help="Party id every entry must belong to (default: the bundle's)."
+)
+def verify_audit(
+    audit_file: Path,
+    cm_cert_file: Path | None,
+    tee_plat: str | None,
+    tee_constraints: tuple[str, ...],
+    previous: Path | None,
+    owner: str | None,
+) -> None:
+    """Check a `trustflow cms audit --json` bundle offline: the CM's signature on the tree
+    head, every entry's form, position and inclusion proof, the consistency proof from the
+    previous head; with --tee-plat, the CM's attestation report binding its certificate.
+    Exit 1 naming the entry or head at fault."""
+    import asyncio
+
+    from ..roles.capsule_manager_client.audit import attested_cm_cert
+    from ..roles.capsule_manager_protocol.audit import cm_public_key, verify_bundle
+
+    if cm_cert_file is None and tee_plat is None:
+        raise InvalidInput("give --cm-cert, --tee-plat or both")
+
+    def load(path: Path) -> Any:
+        with _file_errors():
+            text = path.read_text()
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise InvalidInput(f"{path} is not JSON: {exc}") from None
+
+    bundle = load(audit_file)
+    cert_pem = None
+    if cm_cert_file is not None:
+        with _file_errors():
+            cert_pem = cm_cert_file.read_text()
+    if tee_plat is not None:
+        if not isinstance(bundle, dict):
+            raise InvalidInput("an audit bundle must be a JSON object")
+        constraints: dict[str, str | None] = {}
+        for item in tee_constraints:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise InvalidInput(f"--tee-constraint {item!r} is not FIELD=VALUE")
+            constraints[name] = value
+        from ..roles._options import command_plugin_manager
+
+        pm = command_plugin_manager()
+        attested = asyncio.run(attested_cm_cert(bundle, tee_plat, constraints, pm=pm))
+        if cert_pem is not None and attested.strip() != cert_pem.strip():
+            raise VerificationError("cm_cert", "the attested CM certificate is not --cm-cert")
+        cert_pem = attested
+    assert cert_pem is not None
+    key = cm_public_key(cert_pem)
+    earlier = load(previous) if previous is not None else None
+    if owner is None and isinstance(bundle, dict) and isinstance(bundle.get("owner"), str):
+        owner = bundle["owner"]
+    if earlier is not None:
+        verify_bundle(earlier, key, owner=owner)
+    result = verify_bundle(bundle, key, owner=owner, previous=earlier)
+    since = (
+        f", consistent with the head of size {result.consistent_with.size}"
+        if result.consistent_with is not None
+        else ""
+    )
+    click.echo(
+        f"verified: {len(result.entries)} entries in the CM's log of {result.head.size} entries "
+        f"(root {result.head.root.hex()}){since}"
+    )

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
+    Connection,
     Engine,
     Table,
     and_,
@@ -49,9 +50,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .. import _metrics
+from ..capsule_manager_protocol.audit import TreeHead
 from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from .access_reads import read_access_rows
+from .audit_log import AuditDraft, AuditLog, GroupCommit, StoredEntry
 from .db_models import (
     SCHEMA_VERSION,
     Base,
@@ -137,11 +140,16 @@ def _is_retryable(exc: DBAPIError) -> bool:
 
 
 class Database:
-    """All persistent Capsule Manager state. Thread-safe; methods block (use a thread)."""
+    """All persistent Capsule Manager state. Thread-safe; methods block (use a thread).
+
+    With ``audit`` set (:class:`~.audit_log.AuditLog`), every decision on an owner's data is
+    appended to the audit log in the transaction of its effect (docs/audit.md)."""
 
     def __init__(self, url: str, sealer: Sealer, *, pool_size: int = 16) -> None:
         self.url = url
         self._sealer = sealer
+        self.audit: AuditLog | None = None
+        self._audit_commits = GroupCommit(self._append_audit)
         if url.startswith("sqlite"):
             self._write_engine, self._read_engine = _sqlite_engines(url)
             self._sqlite_write_lock: WriterLock | None = WriterLock(self._write_engine.url.database)
@@ -209,6 +217,7 @@ class Database:
             ) from None
 
     def close(self) -> None:
+        self._audit_commits.close()
         self._write_engine.dispose()
         self._read_engine.dispose()
         if self._sqlite_write_lock is not None:
@@ -219,15 +228,34 @@ class Database:
     def _tx(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in one write transaction, retrying on races (integrity errors,
         deadlocks). :class:`CMError` from ``fn`` rolls back and propagates."""
+
+        def run() -> T:
+            if self._sqlite_write_lock is not None:
+                with self._sqlite_write_lock, self._write.begin() as session:
+                    return fn(session)
+            with self._write.begin() as session:
+                return fn(session)
+
+        return self._retrying(run)
+
+    def _core_tx(self, fn: Callable[[Connection], T]) -> T:
+        """:meth:`_tx` on a Core connection (no ORM session: the audit's hot path)."""
+
+        def run() -> T:
+            if self._sqlite_write_lock is not None:
+                with self._sqlite_write_lock, self._write_engine.begin() as conn:
+                    return fn(conn)
+            with self._write_engine.begin() as conn:
+                return fn(conn)
+
+        return self._retrying(run)
+
+    def _retrying(self, run: Callable[[], T]) -> T:
         delay = 0.005
         for attempt in range(MAX_ATTEMPTS):
             try:
                 with _metrics.db_timer("write"):
-                    if self._sqlite_write_lock is not None:
-                        with self._sqlite_write_lock, self._write.begin() as session:
-                            return fn(session)
-                    with self._write.begin() as session:
-                        return fn(session)
+                    return run()
             except (IntegrityError, OperationalError) as exc:
                 if attempt + 1 == MAX_ATTEMPTS or not _is_retryable(exc):
                     log.warning("store transaction failed: %s", type(exc).__name__)
@@ -273,6 +301,15 @@ class Database:
             conn.execute(select(Meta.name).limit(1)).all()
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def _log(self, session: Session, drafts: Sequence[AuditDraft]) -> None:
+        if self.audit is not None:
+            self.audit.append(session.connection(), drafts)
+
+    def _append_audit(self, drafts: list[AuditDraft]) -> None:
+        log = self.audit
+        if log is not None:
+            self._core_tx(lambda conn: log.append(conn, drafts))
 
     @staticmethod
     def _owned_record(session: Session, data_uuid: str, owner: str) -> DataRecord | None:
@@ -380,6 +417,18 @@ class Database:
                 conn.execute(_INSERT_KEY, inserts)
             if updates:
                 conn.execute(_UPDATE_KEY, updates)
+            self._log(
+                session,
+                [
+                    AuditDraft(
+                        "keys_created",
+                        owner,
+                        u,
+                        {"resource_uris": sorted(k for k, v in by_uri.items() if v.data_uuid == u)},
+                    )
+                    for u in sorted(uuids)
+                ],
+            )
 
         self._apply(op, request)
 
@@ -393,11 +442,16 @@ class Database:
         def op(session: Session) -> None:
             if self._owned_record(session, data_uuid, owner) is None:
                 return
-            session.execute(
+            deleted = session.execute(
                 delete(DataKeyRow).where(
                     DataKeyRow.resource_uri == resource_uri, DataKeyRow.data_uuid == data_uuid
                 )
             )
+            if cast(Any, deleted).rowcount:
+                self._log(
+                    session,
+                    [AuditDraft("key_deleted", owner, data_uuid, {"resource_uri": resource_uri})],
+                )
 
         self._apply(op, request)
 
@@ -461,6 +515,7 @@ class Database:
         ancestors: Sequence[str],
         derive: Callable[[Sequence[Sequence[Rule]]], list[Rule]],
         releasable: Callable[[str, Sequence[Rule]], bool],
+        app: dict[str, Any] | None = None,
     ) -> bool:
         """Register a result: its key, lineage and derived policy, in one transaction.
 
@@ -475,6 +530,9 @@ class Database:
           policy releases the ancestor to the calling app (PermissionDenied) -- evaluated
           here, on the rules the derived policy is made of;
         * nothing is stored unless all of this holds.
+
+        Audit (docs/audit.md): one ``result_registered`` entry for the result's owner and one
+        for each ancestor's owner, with ``app`` (the registering app's identity).
         """
 
         def op(session: Session) -> bool:
@@ -508,6 +566,22 @@ class Database:
             session.flush()
             self._put_key(session, key)
             self._replace_rules(session, scope, key.data_uuid, owner, derive(ancestor_rules))
+            details = {
+                "result": key.data_uuid,
+                "result_owner": owner,
+                "resource_uri": key.resource_uri,
+                "scope": scope,
+                "ancestors": list(ancestors),
+                **(app or {}),
+            }
+            drafts = [AuditDraft("result_registered", owner, key.data_uuid, details)]
+            for uuid in dict.fromkeys(ancestors):
+                record = session.get(DataRecord, uuid)
+                if record is not None:
+                    drafts.append(
+                        AuditDraft("result_registered", record.owner_party_id, uuid, details)
+                    )
+            self._log(session, drafts)
             return True
 
         return self._tx(op)
@@ -579,6 +653,8 @@ class Database:
         def op(session: Session) -> None:
             self._check_policy_owner(session, scope, data_uuid, owner, claim=True)
             self._replace_rules(session, scope, data_uuid, owner, rules)
+            details = {"scope": scope, "rule_ids": [r.rule_id for r in rules]}
+            self._log(session, [AuditDraft("policy_set", owner, data_uuid, details)])
 
         self._apply(op, request)
 
@@ -594,6 +670,8 @@ class Database:
 
         def op(session: Session) -> None:
             row = self._check_policy_owner(session, scope, data_uuid, owner, claim=True)
+            details = {"scope": scope, "rule_id": rule.rule_id}
+            self._log(session, [AuditDraft("rule_added", owner, data_uuid, details)])
             if row is None:
                 self._replace_rules(session, scope, data_uuid, owner, [rule])
                 return
@@ -611,6 +689,7 @@ class Database:
                 return
             session.execute(delete(RuleRow).where(RuleRow.policy_id == row.id))
             session.delete(row)
+            self._log(session, [AuditDraft("policy_deleted", owner, data_uuid, {"scope": scope})])
 
         self._apply(op, request)
 
@@ -626,11 +705,57 @@ class Database:
             row = self._check_policy_owner(session, scope, data_uuid, owner)
             if row is None:
                 return
-            session.execute(
+            deleted = session.execute(
                 delete(RuleRow).where(RuleRow.policy_id == row.id, RuleRow.rule_id == rule_id)
             )
+            if cast(Any, deleted).rowcount:
+                details = {"scope": scope, "rule_id": rule_id}
+                self._log(session, [AuditDraft("rule_deleted", owner, data_uuid, details)])
 
         self._apply(op, request)
+
+    # ---- audit log (docs/audit.md) ---------------------------------------------------------
+
+    def record_audit(self, drafts: Sequence[AuditDraft]) -> None:
+        """Commit audit entries of a decision that changes nothing else (a key release, a
+        refusal, an export), grouped with those of concurrent decisions
+        (:class:`~.audit_log.GroupCommit`): callers answer only after this returned."""
+        if self.audit is not None and drafts:
+            self._audit_commits.submit(drafts)
+
+    async def record_audit_async(self, drafts: Sequence[AuditDraft]) -> None:
+        """:meth:`record_audit` for the event loop (no thread waits for the commit)."""
+        if self.audit is not None and drafts:
+            await self._audit_commits.submit_async(drafts)
+
+    def _audit_log(self) -> AuditLog:
+        if self.audit is None:
+            raise CMError(Kind.UNSUPPORTED, "the audit log is turned off on this CM")
+        return self.audit
+
+    def audit_entries(
+        self, owner: str, *, data_uuid: str = "", since_ms: int = 0, start: int = 0, limit: int
+    ) -> list[StoredEntry]:
+        log = self._audit_log()
+        return self._ro(
+            lambda s: log.entries(
+                s, owner, data_uuid=data_uuid, since_ms=since_ms, start=start, limit=limit
+            )
+        )
+
+    def audit_tree_head(self) -> TreeHead:
+        log = self._audit_log()
+        return self._tx(log.tree_head)
+
+    def audit_inclusion_proofs(
+        self, owner: str, indexes: Sequence[int], tree_size: int
+    ) -> list[list[bytes]]:
+        log = self._audit_log()
+        return self._ro(lambda s: log.inclusion_proofs(s, owner, indexes, tree_size))
+
+    def audit_consistency_proof(self, first: int, second: int) -> list[bytes]:
+        log = self._audit_log()
+        return self._ro(lambda s: log.consistency_proof(s, first, second))
 
     def list_policies(self, owner: str, scope: str) -> list[StoredPolicy]:
         def op(session: Session) -> list[StoredPolicy]:

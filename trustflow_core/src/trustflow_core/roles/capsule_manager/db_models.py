@@ -9,6 +9,9 @@
 | ``cm_policies`` | id; unique (scope, data_uuid) | owner party id |
 | ``cm_rules`` | id (insertion order = rule order) | policy id, rule_id, rule JSON |
 | ``cm_requests`` | digest; unique (party_id, jti) | accepted mutating owner requests (v2) |
+| ``cm_audit`` | idx (0, 1, 2, ...) | audit entries: owner, data_uuid, time, entry JSON, MAC (v3) |
+| ``cm_audit_size`` | id (one row) | the number of audit entries: the append lock (v3) |
+| ``cm_audit_heads`` | size | tree heads the CM signed: root, time, signature (v3) |
 
 Schema versions and the steps between them: :mod:`.migrations`.
 """
@@ -29,7 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..capsule_manager_protocol.freshness import MAX_JTI_CHARS
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 PARTY_ID_LEN = 64
 UUID_LEN = 255
 URI_LEN = 512
@@ -98,3 +101,40 @@ class RequestRow(Base):
     party_id: Mapped[str] = mapped_column(String(PARTY_ID_LEN))
     jti: Mapped[str | None] = mapped_column(String(JTI_LEN), nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditEntryRow(Base):
+    """One audit entry (docs/audit.md): ``idx`` is its leaf index, ``entry_json`` the exact
+    bytes its leaf hashes, ``mac`` an HMAC under a key derived from the storage key binding
+    ``idx`` and ``entry_json`` (a row changed, moved or removed in SQL is named on the next
+    check). ``owner_party_id``, ``data_uuid`` and ``time_ms`` repeat entry fields for queries."""
+
+    __tablename__ = "cm_audit"
+    # One index besides the key: every append writes it (a data_uuid filter scans the owner's
+    # entries in index order).
+    __table_args__ = (Index("ix_cm_audit_owner", "owner_party_id", "idx"),)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    owner_party_id: Mapped[str] = mapped_column(String(PARTY_ID_LEN))
+    data_uuid: Mapped[str] = mapped_column(String(UUID_LEN))
+    time_ms: Mapped[int] = mapped_column(BigInteger)
+    entry_json: Mapped[str] = mapped_column(Text)
+    mac: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditSizeRow(Base):
+    """The number of audit entries, in one row that every append updates first: the row lock
+    orders concurrent appends on PostgreSQL and MariaDB (SQLite serializes writers anyway)."""
+
+    __tablename__ = "cm_audit_size"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditHeadRow(Base):
+    """A tree head the CM signed: the first ``size`` entries have Merkle root ``root``."""
+
+    __tablename__ = "cm_audit_heads"
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)

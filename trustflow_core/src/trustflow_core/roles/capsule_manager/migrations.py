@@ -5,6 +5,7 @@
 |---|---|
 | 1 | ``cm_meta``, ``cm_certs``, ``cm_data``, ``cm_data_keys``, ``cm_policies``, ``cm_rules`` |
 | 2 | + ``cm_requests`` (replay protection of owner requests) |
+| 3 | + ``cm_audit``, ``cm_audit_size``, ``cm_audit_heads`` (the audit log, docs/audit.md) |
 
 :func:`migrate` runs inside the caller's write transaction and stamps the new version there,
 so on PostgreSQL and SQLite a migration applies completely or not at all. MySQL/MariaDB commit
@@ -20,7 +21,7 @@ from sqlalchemy import Connection, Table
 from sqlalchemy.orm import Session
 
 from ...errors import TrustflowError
-from .db_models import SCHEMA_VERSION, Meta, RequestRow
+from .db_models import SCHEMA_VERSION, AuditEntryRow, AuditHeadRow, AuditSizeRow, Meta, RequestRow
 
 
 class SchemaMismatch(TrustflowError):
@@ -33,8 +34,18 @@ def _v1_to_v2(conn: Connection) -> None:
     table.create(conn, checkfirst=True)
 
 
+def _v2_to_v3(conn: Connection) -> None:
+    for model in (AuditEntryRow, AuditSizeRow, AuditHeadRow):
+        table = model.__table__
+        assert isinstance(table, Table)
+        table.create(conn, checkfirst=True)
+
+
 #: ``from version -> (step, to version)``.
-STEPS: dict[str, tuple[Callable[[Connection], None], str]] = {"1": (_v1_to_v2, "2")}
+STEPS: dict[str, tuple[Callable[[Connection], None], str]] = {
+    "1": (_v1_to_v2, "2"),
+    "2": (_v2_to_v3, "3"),
+}
 
 
 def migrate(session: Session) -> str | None:

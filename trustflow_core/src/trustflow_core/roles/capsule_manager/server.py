@@ -16,6 +16,7 @@ from ...channel import EnvelopeChannel
 from ...errors import BackendUnavailable, InvalidInput
 from ...manager import get_plugin_manager
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
+from ...proto.trustflowapis.audit.v1 import audit_pb2_grpc as audit_grpc
 from ...registry import (
     ENVELOPE_CHANNEL,
     VERIFIER,
@@ -27,6 +28,8 @@ from ...registry import (
 from .._listeners import GRACE, GrpcListener, Listeners
 from ..capsule_manager_protocol.errors import CMError
 from . import database_url, identity_keys, private_files
+from .audit_log import AuditLog, mac_key
+from .audit_service import AuditLogService
 from .database import Database
 from .envelope import Envelopes
 from .health import DEFAULT_INTERVAL, DatabaseHealth
@@ -108,8 +111,11 @@ class CapsuleManager:
             raise
 
     def _add_services(self, server: grpc.aio.Server) -> None:
-        assert self.service is not None and self.health is not None
+        assert self.service is not None and self.health is not None and self.store is not None
         cm_grpc.add_CapsuleManagerServicer_to_server(self.service, server)
+        audit_grpc.add_AuditLogServicer_to_server(
+            AuditLogService(store=self.store, envelopes=self.service.envelopes), server
+        )
         self.health.add_to(server)
 
     async def database_ready(self) -> str | None:
@@ -156,6 +162,8 @@ class CapsuleManager:
                 raise BackendUnavailable(
                     f"attester {type(attester).name!r} cannot produce reports on this host: {exc}"
                 ) from None
+        if s.audit:
+            self.store.audit = AuditLog(identity.private_key, mac_key(storage_key))
         service = CapsuleManagerService(
             store=self.store,
             envelopes=Envelopes(self._channel(), identity.private_key, s.freshness),

@@ -40,6 +40,7 @@ from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from ..capsule_manager_protocol.reports import report_from_pb, report_to_pb
 from ..capsule_manager_protocol.votes import verify_export_certificate
+from .audit_log import AuditDraft
 from .constraint_sandbox import Budget
 from .convert import check_data_key_b64, policy_to_pb, rule_from_pb
 from .database import Database, NewKey
@@ -148,6 +149,35 @@ def _refused(rpc: str, reason: str, error: CMError) -> CMError:
     return error
 
 
+@functools.lru_cache(maxsize=1024)
+def _cert_sha256(cert_pem: str) -> str:
+    """SHA-256 fingerprint (hex) of a PEM certificate's DER; empty when it is unreadable.
+    Cached: an app sends the same certificate with every request."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        return x509.load_pem_x509_certificate(cert_pem.encode()).fingerprint(hashes.SHA256()).hex()
+    except ValueError:
+        return ""
+
+
+def _app_identity(
+    rr: cm_pb2.ResourceRequest, cert_pem: str, verified: VerifiedReport | None
+) -> dict[str, Any]:
+    """Who asked, for audit entries: the initiator party, the SHA-256 fingerprint of the app
+    certificate (DER; empty when unreadable), the attested platform and measurement."""
+    cert_sha256 = _cert_sha256(cert_pem)
+    attested = verified is not None and verified.details.get("report") != "absent"
+    attrs = verified.attributes if verified is not None and attested else None
+    return {
+        "app_party": rr.initiator_party_id,
+        "cert_sha256": cert_sha256,
+        "platform": attrs.str_tee_platform if attrs is not None else "",
+        "measurement": attrs.hex_ta_measurement if attrs is not None else "",
+    }
+
+
 class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
     """The RPC handlers. ``verifier_for`` maps a report platform to a verifier instance."""
 
@@ -241,12 +271,13 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         return {"request_time": _now(), "tee": tee}
 
     async def _attested_app(
-        self, request: cm_pb2.EncryptedRequest, message: type[AppRequest]
-    ) -> tuple[cm_pb2.ResourceRequest, RSAPublicKey, dict[str, Any] | None]:
+        self, request: cm_pb2.EncryptedRequest, message: type[AppRequest], rpc: str
+    ) -> tuple[cm_pb2.ResourceRequest, RSAPublicKey, dict[str, Any] | None, dict[str, Any]]:
         """Open an app's request (GetDataKeys, GetTlsAsset) and check its report, bound to the
         app ``cert`` and the serialized resource request (docs/compat.md#report-binding). Returns
-        the resource request, the cert's key (replies are sealed to it) and the policy ``env``. A
-        malformed ``env`` is refused before attestation, as upstream."""
+        the resource request, the cert's key (replies are sealed to it), the policy ``env`` and
+        the app's identity for the audit log. A malformed ``env`` is refused before
+        attestation, as upstream; a report that does not verify is a logged refusal."""
         opened = await self._open(request)
         inner = opened.parse(message)
         if not inner.HasField("resource_request"):
@@ -255,33 +286,112 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         _parse_env(rr.env)
         recipient = recipient_from_cert_pem(inner.cert)
         digest = ra_user_data(inner.cert.encode(), serialize_canonical(rr))
-        verified = await self._attest(
-            inner.attestation_report, inner.HasField("attestation_report"), digest
-        )
-        return rr, recipient, self._env_for(verified, rr.env)
+        try:
+            verified = await self._attest(
+                inner.attestation_report, inner.HasField("attestation_report"), digest
+            )
+        except CMError as err:
+            app = _app_identity(rr, inner.cert, None)
+            await self._thread(self._log_refusal, rr, app, rpc, err)
+            raise
+        app = _app_identity(rr, inner.cert, verified)
+        return rr, recipient, self._env_for(verified, rr.env), app
+
+    # ---- audit (docs/audit.md) ---------------------------------------------------------------
+
+    def _access_details(
+        self, rr: cm_pb2.ResourceRequest, app: dict[str, Any], rpc: str
+    ) -> dict[str, Any]:
+        return {**app, "op": rr.op_name, "scope": rr.scope, "rpc": rpc}
+
+    def _release_drafts(
+        self, rr: cm_pb2.ResourceRequest, app: dict[str, Any], rpc: str, owners: dict[str, str]
+    ) -> list[AuditDraft]:
+        """One ``key_release`` entry per released resource (none when the log is off)."""
+        if self.store.audit is None:
+            return []
+        base = self._access_details(rr, app, rpc)
+        drafts = []
+        for res in rr.resources:
+            uuid = parse_resource_uri(res.resource_uri).data_uuid
+            details = {**base, "resource_uri": res.resource_uri, "columns": list(res.columns)}
+            drafts.append(AuditDraft("key_release", owners[uuid], uuid, details))
+        return drafts
+
+    def _log_refusal(
+        self, rr: cm_pb2.ResourceRequest, app: dict[str, Any], rpc: str, err: CMError
+    ) -> None:
+        """Log a refused app request once per requested data_uuid that has an owner, within
+        the per-data_uuid bound of the refusal limiter (docs/audit.md#abuse-limits)."""
+        log = self.store.audit
+        if log is None:
+            return
+        base = {**self._access_details(rr, app, rpc), "reason": err.detail}
+        drafts = []
+        seen: set[str] = set()
+        for res in rr.resources:
+            try:
+                uuid = parse_resource_uri(res.resource_uri).data_uuid
+            except CMError:
+                continue
+            if uuid in seen:
+                continue
+            seen.add(uuid)
+            suppressed = log.limiter.admit(uuid)
+            if suppressed is None:
+                continue
+            info = self.store.data_info(uuid)
+            if info is None:
+                continue
+            details = {**base, "resource_uri": res.resource_uri, "columns": list(res.columns)}
+            if suppressed:
+                details["suppressed"] = suppressed
+            drafts.append(AuditDraft("key_refusal", info.owner_party_id, uuid, details))
+        self.store.record_audit(drafts)
 
     @_rpc("get_data_keys")
     async def GetDataKeys(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
-        rr, recipient, env = await self._attested_app(request, cm_pb2.GetDataKeysRequest)
+        rr, recipient, env, app = await self._attested_app(
+            request, cm_pb2.GetDataKeysRequest, "get_data_keys"
+        )
 
-        def work() -> cm_pb2.EncryptedResponse:
+        def work() -> tuple[cm_pb2.EncryptedResponse, list[AuditDraft]]:
             uris = [r.resource_uri for r in rr.resources]
-            keys = self._authorize_and_fetch(rr, env, uris, "get_data_keys")
+            keys, drafts = self._authorize_and_fetch(rr, env, uris, app, "get_data_keys")
             response = cm_pb2.GetDataKeysResponse(
                 data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
                 cert=self.identity.cert_pem,
             )
-            sealed = self.envelopes.seal(response, recipient)
-            _metrics.KEY_RELEASES.labels("get_data_keys").inc(len(uris))
-            return sealed
+            return self.envelopes.seal(response, recipient), drafts
 
-        return await self._thread(work)
+        sealed, drafts = await self._thread(work)
+        await self.store.record_audit_async(drafts)  # committed before the reply is sent
+        _metrics.KEY_RELEASES.labels("get_data_keys").inc(len(rr.resources))
+        return sealed
 
     def _authorize_and_fetch(
+        self,
+        rr: cm_pb2.ResourceRequest,
+        env: dict[str, Any] | None,
+        uris: list[str],
+        app: dict[str, Any],
+        rpc: str,
+    ) -> tuple[dict[str, str], list[AuditDraft]]:
+        """The keys of ``uris`` when the policies allow the request, and the release entries
+        the caller must commit (:meth:`Database.record_audit_async`) before the reply holding
+        the keys is sent. A refusal is counted in ``trustflow_policy_refusals_total`` by
+        ``rpc`` and reason, and logged (docs/audit.md) before it propagates."""
+        try:
+            keys, owners = self._decide(rr, env, uris, rpc)
+        except CMError as err:
+            self._log_refusal(rr, app, rpc, err)
+            raise
+        return keys, self._release_drafts(rr, app, rpc, owners)
+
+    def _decide(
         self, rr: cm_pb2.ResourceRequest, env: dict[str, Any] | None, uris: list[str], rpc: str
-    ) -> dict[str, str]:
-        """The keys of ``uris`` when the policies allow the request; a refusal is counted in
-        ``trustflow_policy_refusals_total`` by ``rpc`` and reason."""
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """``(resource_uri -> key, data_uuid -> owner)`` when every resource is allowed."""
         if not uris:
             raise CMError(Kind.INVALID_ARGUMENT, "resource_request has no resources")
         parsed = [parse_resource_uri(u) for u in uris]
@@ -323,20 +433,25 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 )
         if any(u not in sealed for u in uris):
             raise _refused(rpc, "no_key", CMError(Kind.NOT_FOUND, "data_keys not found."))
-        return {u: sealed.open(u) for u in uris}
+        owners = {
+            p.data_uuid: info.owner_party_id for p in parsed if (info := view[p.data_uuid][0])
+        }
+        return {u: sealed.open(u) for u in uris}, owners
 
     @_rpc("get_tls_asset")
     async def GetTlsAsset(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
         """Authorized exactly like GetDataKeys; the asset is the communication group's
         (docs/tls-asset.md): group of (scope, first resource, op), leaf for the attested
         ``cert``'s key, sealed to that key."""
-        rr, recipient, env = await self._attested_app(request, cm_pb2.GetTlsAssetRequest)
+        rr, recipient, env, app = await self._attested_app(
+            request, cm_pb2.GetTlsAssetRequest, "get_tls_asset"
+        )
 
-        def work() -> cm_pb2.EncryptedResponse:
+        def work() -> tuple[cm_pb2.EncryptedResponse, list[AuditDraft]]:
             from ...tls_asset import issue_group_asset
 
             uris = [r.resource_uri for r in rr.resources]
-            keys = self._authorize_and_fetch(rr, env, uris, "get_tls_asset")
+            keys, drafts = self._authorize_and_fetch(rr, env, uris, app, "get_tls_asset")
             try:
                 asset = issue_group_asset(
                     base64.b64decode(keys[uris[0]]),
@@ -358,11 +473,12 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 ),
                 cert=self.identity.cert_pem,
             )
-            sealed = self.envelopes.seal(response, recipient)
-            _metrics.KEY_RELEASES.labels("get_tls_asset").inc(len(uris))
-            return sealed
+            return self.envelopes.seal(response, recipient), drafts
 
-        return await self._thread(work)
+        sealed, drafts = await self._thread(work)
+        await self.store.record_audit_async(drafts)  # committed before the reply is sent
+        _metrics.KEY_RELEASES.labels("get_tls_asset").inc(len(rr.resources))
+        return sealed
 
     @_rpc("create_result_data_key")
     async def CreateResultDataKey(
@@ -400,6 +516,14 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             list(body.ancestor_uuids),
             derive_result_policy,
             releasable,
+            {
+                "platform": verified.attributes.str_tee_platform
+                if verified.details.get("report") != "absent"
+                else "",
+                "measurement": verified.attributes.hex_ta_measurement
+                if verified.details.get("report") != "absent"
+                else "",
+            },
         )
         return _status_only()
 
@@ -444,13 +568,30 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 opened, inner.request_party_id, missing=Kind.INVALID_ARGUMENT
             )
             uri = parse_resource_uri(inner.resource_uri)
-            owners = self.store.original_owners(uri.data_uuid)
-            verify_export_certificate(
-                inner.data_export_certificate, inner.request_party_id, inner.resource_uri, owners
+            try:
+                owners = self.store.original_owners(uri.data_uuid)
+                verify_export_certificate(
+                    inner.data_export_certificate,
+                    inner.request_party_id,
+                    inner.resource_uri,
+                    owners,
+                )
+                keys = self.store.get_keys([inner.resource_uri])
+                if inner.resource_uri not in keys:
+                    raise CMError(Kind.NOT_FOUND, "data_keys not found.")
+            except CMError as err:
+                self._log_export_refusal(inner, uri.data_uuid, err)
+                raise
+            info = self.store.data_info(uri.data_uuid)
+            details = {
+                "requester": inner.request_party_id,
+                "resource_uri": inner.resource_uri,
+                "voters": sorted(owners - {inner.request_party_id}),
+            }
+            audience = sorted({*owners, *([info.owner_party_id] if info else [])})
+            self.store.record_audit(
+                [AuditDraft("export", o, uri.data_uuid, details) for o in audience]
             )
-            keys = self.store.get_keys([inner.resource_uri])
-            if inner.resource_uri not in keys:
-                raise CMError(Kind.NOT_FOUND, "data_keys not found.")
             response = cm_pb2.GetExportDataKeyResponse(
                 data_key=cm_pb2.DataKey(
                     resource_uri=inner.resource_uri, data_key_b64=keys[inner.resource_uri]
@@ -461,6 +602,29 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             return sealed
 
         return await self._thread(work)
+
+    def _log_export_refusal(
+        self, inner: cm_pb2.GetExportDataKeyRequest, data_uuid: str, err: CMError
+    ) -> None:
+        """An authenticated export request that was refused, for the data's owner (within the
+        refusal limits, docs/audit.md#abuse-limits)."""
+        log = self.store.audit
+        if log is None:
+            return
+        suppressed = log.limiter.admit(data_uuid)
+        info = self.store.data_info(data_uuid) if suppressed is not None else None
+        if info is None:
+            return
+        details: dict[str, Any] = {
+            "requester": inner.request_party_id,
+            "resource_uri": inner.resource_uri,
+            "reason": err.detail,
+        }
+        if suppressed:
+            details["suppressed"] = suppressed
+        self.store.record_audit(
+            [AuditDraft("export_refusal", info.owner_party_id, data_uuid, details)]
+        )
 
     @_rpc("register_cert")
     async def RegisterCert(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:

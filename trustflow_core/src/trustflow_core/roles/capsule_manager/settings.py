@@ -29,6 +29,7 @@ attester: {}               # settings of the `plat` attester backend
 verifiers: {sim: {}}       # settings per verifier backend name
 envelope_channel: jwe      # envelope channel backend of the JWE/JWS envelopes (built with
                            # profile: upstream)
+audit: {enabled: true}     # the owners' audit log (docs/audit.md)
 ```
 """
 
@@ -62,6 +63,7 @@ TOP_KEYS = {
     "attester",
     "verifiers",
     "envelope_channel",
+    "audit",
 }
 
 
@@ -95,6 +97,7 @@ class CMSettings:
     attester: Mapping[str, Any] = field(default_factory=dict)
     verifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     envelope_channel: str = "jwe"
+    audit: bool = True
     #: Where the settings came from (the config file), named by configuration errors, and
     #: which of them the file set (the others came from flags, the environment or defaults).
     source: str = field(default="<flags>", compare=False)
@@ -155,6 +158,7 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
         {"allow_upstream_sim", "allow_simulation", "main_attributes"}
     )
     requests = root.get("requests").mapping({"max_age_seconds", "max_future_seconds"})
+    audit = root.get("audit").mapping({"enabled"})
     tls_settings = None
     if tls.present:
         tls.mapping({"cert_file", "key_file", "client_ca_file"}, required=("cert_file", "key_file"))
@@ -193,6 +197,7 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
         "attester": root.get("attester").raw_mapping() if root.get("attester").present else None,
         "verifiers": verifiers or None,
         "envelope_channel": root.get("envelope_channel").name(None),
+        "audit": audit.get("enabled").boolean(None),
         "source": root.source,
     }
     values["from_file"] = frozenset(

@@ -195,22 +195,30 @@ class CapsuleManagerClient:
             self._jwe = cls.from_role({"profile": "upstream"}, pm=self.pm)
         return self._jwe
 
-    async def _call(self, method: str, request: Message) -> Any:
-        if self._stub is None:
+    def grpc_channel(self) -> grpc.aio.Channel:
+        """The gRPC channel to the CM (made on first use, inside the event loop); services of
+        our own next to upstream's (the audit log) use it too."""
+        if self._grpc is None:
             creds = self._channel_credentials
             self._grpc = (
                 grpc.aio.secure_channel(self.target, creds, self._channel_options)
                 if creds is not None
                 else grpc.aio.insecure_channel(self.target, self._channel_options)
             )
-            self._stub = cm_grpc.CapsuleManagerStub(self._grpc)
+        return self._grpc
+
+    async def _call(self, method: str, request: Message, stub: Any = None) -> Any:
+        """Call ``method`` of upstream's service (or of ``stub``, a stub of another service on
+        this client's channel)."""
+        if stub is None:
+            if self._stub is None:
+                self._stub = cm_grpc.CapsuleManagerStub(self.grpc_channel())
+            stub = self._stub
         rid = current_request_id()
         metadata = ((REQUEST_ID_HEADER, rid),) if rid else None
         started = time.perf_counter()
         try:
-            response = await getattr(self._stub, method)(
-                request, timeout=self.timeout, metadata=metadata
-            )
+            response = await getattr(stub, method)(request, timeout=self.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             _metrics.CM_CLIENT_REQUESTS.labels(method, exc.code().name).inc()
             raise BackendUnavailable(
@@ -303,9 +311,12 @@ class CapsuleManagerClient:
         inner: Message,
         creds: Credentials,
         response_cls: type[M] | None = None,
+        *,
+        stub: Any = None,
     ) -> M | None:
-        """Send one enveloped request; return the opened inner response (or None)."""
-        response = await self._call(method, await self.envelope(inner, creds))
+        """Send one enveloped request (to upstream's service, or to ``stub``'s); return the
+        opened inner response (or None)."""
+        response = await self._call(method, await self.envelope(inner, creds), stub)
         if response.status.code != 0:
             raise CapsuleManagerError(response.status.code, response.status.message)
         return None if response_cls is None else self._open(response, creds, response_cls)

@@ -1,0 +1,464 @@
+"""The Capsule Manager's append-only audit log in its SQL store (docs/audit.md).
+
+Entries are appended inside the caller's write transaction (:meth:`AuditLog.append`): the
+owner mutations, result registration and deletion log in the transaction of their effect; a
+key release commits its entries before the key is sealed to the app, a refusal before the
+refusal is answered. Entry ``i`` is leaf ``i`` of an RFC 9162 Merkle tree
+(:mod:`..capsule_manager_protocol.merkle`); tree heads are signed with the CM's key and stored.
+
+Integrity against the database's administrators (who can run SQL but do not hold the storage
+key or the CM key): every row carries an HMAC under a key derived from the storage key over its
+index and entry bytes. :meth:`AuditLog.checked_leaves` — run before any head is signed or proof
+is served — names the first row that was changed (MAC), moved (MAC over another index) or
+removed (a gap, or fewer entries than a signed head covers), and refuses a log whose prefix no
+longer has the root of the last head the CM signed. Owners verify heads and proofs offline
+(:func:`..capsule_manager_protocol.audit.verify_bundle`).
+
+Refusals are rate-limited per data_uuid (:class:`RefusalLimiter`) so that nobody can flood an
+owner's log by sending requests that are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, cast
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from ..capsule_manager_protocol import merkle
+from ..capsule_manager_protocol.audit import TreeHead, encode_entry
+from ..capsule_manager_protocol.errors import CMError, Kind
+from .db_models import AuditEntryRow, AuditHeadRow, AuditSizeRow
+
+#: Most entries one ListEntries page returns.
+MAX_PAGE = 500
+_MAC_INFO = b"trustflow-cm audit entry mac v1"
+
+
+class AuditDraft(NamedTuple):
+    """An entry before it has an index and a time: ``kind`` of :data:`.audit.KINDS`, the
+    ``owner`` who sees it, the ``data_uuid`` it is about, and its ``details``."""
+
+    kind: str
+    owner: str
+    data_uuid: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    index: int
+    entry_json: str
+
+
+def mac_key(storage_key: bytes) -> bytes:
+    """The entry MAC key: HKDF-SHA256 of the storage key (replicas sharing it agree)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_MAC_INFO).derive(storage_key)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class AuditLog:
+    """Appends, checks and proves the log. ``key`` signs tree heads; ``mac_secret`` is
+    :func:`mac_key` of the storage key. Thread-safe (no state besides the limiter)."""
+
+    def __init__(
+        self,
+        key: RSAPrivateKey,
+        mac_secret: bytes,
+        *,
+        limiter: RefusalLimiter | None = None,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self._key = key
+        self._mac_secret = mac_secret
+        self.limiter = limiter or RefusalLimiter()
+        self._clock_ms = clock_ms
+
+    def _mac(self, index: int, entry_json: str) -> bytes:
+        return hmac.new(
+            self._mac_secret, index.to_bytes(8, "big") + entry_json.encode(), hashlib.sha256
+        ).digest()
+
+    # ---- appending -------------------------------------------------------------------------
+
+    def append(self, conn: Connection, drafts: Sequence[AuditDraft]) -> None:
+        """Append ``drafts`` in ``conn``'s transaction, at the next indexes. The size row is
+        updated first, so a concurrent append waits for this transaction."""
+        if not drafts:
+            return
+        n = len(drafts)
+        if conn.dialect.update_returning:
+            end = conn.execute(_GROW_RETURNING, {"n": n}).scalar()
+        else:
+            end = (
+                conn.execute(_SIZE_NOW).scalar() if conn.execute(_GROW, {"n": n}).rowcount else None
+            )
+        if end is None:
+            conn.execute(insert(_SIZE), {"id": 1, "size": n})  # first append ever (a race: retry)
+            end = n
+        start = end - n
+        now = self._clock_ms()
+        rows = []
+        for offset, draft in enumerate(drafts):
+            index = start + offset
+            text = encode_entry(
+                index, now, draft.kind, draft.owner, draft.data_uuid, draft.details
+            ).decode()
+            rows.append(
+                {
+                    "idx": index,
+                    "owner_party_id": draft.owner,
+                    "data_uuid": draft.data_uuid,
+                    "time_ms": now,
+                    "entry_json": text,
+                    "mac": self._mac(index, text),
+                }
+            )
+        conn.execute(insert(_ENTRIES), rows)
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    @staticmethod
+    def entries(
+        session: Session,
+        owner: str,
+        *,
+        data_uuid: str = "",
+        since_ms: int = 0,
+        start: int = 0,
+        limit: int = MAX_PAGE,
+    ) -> list[StoredEntry]:
+        """``owner``'s entries from index ``start`` on, oldest first, at most ``limit``
+        (capped at :data:`MAX_PAGE`); only about ``data_uuid`` / from ``since_ms`` when given."""
+        query = (
+            select(_ENTRIES.c.idx, _ENTRIES.c.entry_json)
+            .where(_ENTRIES.c.owner_party_id == owner, _ENTRIES.c.idx >= start)
+            .order_by(_ENTRIES.c.idx)
+            .limit(max(1, min(limit, MAX_PAGE)))
+        )
+        if data_uuid:
+            query = query.where(_ENTRIES.c.data_uuid == data_uuid)
+        if since_ms:
+            query = query.where(_ENTRIES.c.time_ms >= since_ms)
+        return [StoredEntry(i, text) for i, text in session.execute(query)]
+
+    def checked_leaves(self, session: Session) -> list[bytes]:
+        """The leaf hashes of the whole log, after checking every row and the last signed
+        head. Raise :class:`CMError` (Data Integrity Violated) naming the first entry that was
+        changed, moved or removed in the database."""
+        leaves: list[bytes] = []
+        for index, text, mac in session.execute(
+            select(_ENTRIES.c.idx, _ENTRIES.c.entry_json, _ENTRIES.c.mac).order_by(_ENTRIES.c.idx)
+        ):
+            expected = len(leaves)
+            if index != expected:
+                raise CMError(
+                    Kind.DATA_INTEGRITY,
+                    f"audit entry #{expected} is missing from the database",
+                )
+            if not hmac.compare_digest(bytes(mac), self._mac(index, text)):
+                raise CMError(
+                    Kind.DATA_INTEGRITY,
+                    f"audit entry #{index} was changed or moved in the database",
+                )
+            leaves.append(merkle.leaf_hash(text.encode()))
+        size = session.execute(_SIZE_NOW).scalar()
+        if (size or 0) != len(leaves):
+            raise CMError(
+                Kind.DATA_INTEGRITY,
+                f"audit entries #{len(leaves)}..#{(size or 0) - 1} are missing from the database",
+            )
+        last = self._last_head(session)
+        if last is not None:
+            self._check_head(last, leaves)
+        return leaves
+
+    def _check_head(self, head: TreeHead, leaves: Sequence[bytes]) -> None:
+        try:
+            head.verify(self._key.public_key())
+        except Exception:
+            raise CMError(
+                Kind.DATA_INTEGRITY, f"stored audit head of size {head.size} has a bad signature"
+            ) from None
+        if head.size > len(leaves):
+            raise CMError(
+                Kind.DATA_INTEGRITY,
+                f"audit entries #{len(leaves)}..#{head.size - 1} are missing from the database "
+                f"(the head signed at {head.timestamp_ms} covers them)",
+            )
+        if not hmac.compare_digest(merkle.root(leaves[: head.size]), head.root):
+            raise CMError(
+                Kind.DATA_INTEGRITY,
+                f"the first {head.size} audit entries no longer have the root of the head "
+                f"signed at {head.timestamp_ms}",
+            )
+
+    @staticmethod
+    def _last_head(session: Session) -> TreeHead | None:
+        row = session.execute(select(_HEADS).order_by(_HEADS.c.size.desc()).limit(1)).first()
+        return None if row is None else _head(row)
+
+    @staticmethod
+    def stored_head(session: Session, size: int) -> TreeHead | None:
+        row = session.execute(select(_HEADS).where(_HEADS.c.size == size)).first()
+        return None if row is None else _head(row)
+
+    # ---- heads and proofs ------------------------------------------------------------------
+
+    def tree_head(self, session: Session) -> TreeHead:
+        """The signed head of the whole (checked) log: the stored one when the log did not
+        grow, else a new one, signed and stored in ``session``'s (write) transaction."""
+        leaves = self.checked_leaves(session)
+        last = self._last_head(session)
+        if last is not None and last.size == len(leaves):
+            return last
+        head = TreeHead.sign(self._key, len(leaves), merkle.root(leaves), self._clock_ms())
+        session.execute(
+            insert(_HEADS),
+            {
+                "size": head.size,
+                "root": head.root,
+                "timestamp_ms": head.timestamp_ms,
+                "signature": head.signature,
+            },
+        )
+        return head
+
+    def inclusion_proofs(
+        self, session: Session, owner: str, indexes: Sequence[int], tree_size: int
+    ) -> list[list[bytes]]:
+        """The proofs that ``owner``'s entries ``indexes`` (at most :data:`MAX_PAGE`) are in
+        the signed tree of ``tree_size`` (one check of the log for all of them)."""
+        if len(indexes) > MAX_PAGE:
+            raise CMError(Kind.INVALID_ARGUMENT, f"at most {MAX_PAGE} proofs per request")
+        wanted = set(indexes)
+        owners = dict(
+            session.execute(
+                select(_ENTRIES.c.idx, _ENTRIES.c.owner_party_id).where(_ENTRIES.c.idx.in_(wanted))
+            ).all()
+        )
+        for index in indexes:
+            found = owners.get(index)
+            if found is None or not hmac.compare_digest(found.encode(), owner.encode()):
+                raise CMError(Kind.NOT_FOUND, f"audit entry #{index} is not one of yours")
+            if index >= tree_size:
+                raise CMError(
+                    Kind.INVALID_ARGUMENT,
+                    f"audit entry #{index} is not in the tree of {tree_size}",
+                )
+        self._signed_size(session, tree_size)
+        leaves = self.checked_leaves(session)[:tree_size]
+        return [merkle.inclusion_proof(index, leaves) for index in indexes]
+
+    def consistency_proof(self, session: Session, first: int, second: int) -> list[bytes]:
+        """The proof that the signed tree of ``first`` entries is a prefix of ``second``'s."""
+        if not 0 <= first <= second:
+            raise CMError(Kind.INVALID_ARGUMENT, f"tree size {first} is larger than {second}")
+        if first:
+            self._signed_size(session, first)
+        self._signed_size(session, second)
+        leaves = self.checked_leaves(session)
+        return merkle.consistency_proof(first, leaves[:second])
+
+    def _signed_size(self, session: Session, size: int) -> None:
+        if self.stored_head(session, size) is None:
+            raise CMError(Kind.NOT_FOUND, f"the CM signed no audit head of size {size}")
+
+
+class _Waiter:
+    """A thread blocked in :meth:`GroupCommit.submit`, or a future of
+    :meth:`GroupCommit.submit_async` (completed in its event loop)."""
+
+    __slots__ = ("done", "error", "future", "loop")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        future: asyncio.Future[None] | None = None,
+    ) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.loop, self.future = loop, future
+
+    def finish(self, error: BaseException | None) -> None:
+        self.error = error
+        if self.loop is not None and self.future is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody awaits it
+                self.loop.call_soon_threadsafe(_settle, self.future, error)
+        self.done.set()
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class GroupCommit:
+    """Commits the audit entries of concurrent decisions that change nothing else (key
+    releases, refusals, exports) together: :meth:`submit` queues entries and returns once the
+    transaction holding them committed (or raises its error); one writer thread writes
+    whatever queued while the previous transaction committed, up to ``max_batch`` decisions,
+    in one ``write(drafts)`` call; when the previous batch held more than one, it first waits
+    up to ``linger`` seconds for more (under load, fewer and larger transactions; a lone
+    request never waits). Entries keep their submission order. A commit per release
+    would cap releases at the database's commit rate (one fsync each on PostgreSQL)."""
+
+    def __init__(
+        self,
+        write: Callable[[list[AuditDraft]], None],
+        *,
+        max_batch: int = 256,
+        linger: float = 0.001,
+    ) -> None:
+        self._write = write
+        self._max_batch = max_batch
+        self._linger = linger
+        self._queue: queue.SimpleQueue[tuple[Sequence[AuditDraft], _Waiter] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, drafts: Sequence[AuditDraft]) -> None:
+        """Queue ``drafts``; return when they are committed."""
+        waiter = self._enqueue(drafts, _Waiter())
+        waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+
+    async def submit_async(self, drafts: Sequence[AuditDraft]) -> None:
+        """Like :meth:`submit`, awaited: no worker thread waits for the commit."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._enqueue(drafts, _Waiter(loop, future))
+        await future
+
+    def _enqueue(self, drafts: Sequence[AuditDraft], waiter: _Waiter) -> _Waiter:
+        with self._lock:
+            if self._closed:
+                raise CMError(Kind.INTERNAL, "the audit log is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="cm-audit-commit", daemon=True
+                )
+                self._thread.start()
+            self._queue.put((drafts, waiter))
+        return waiter
+
+    def _run(self) -> None:
+        busy = False  # the previous batch had company: wait briefly for more this time
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            deadline = time.monotonic() + (self._linger if busy else 0.0)
+            while len(batch) < self._max_batch:
+                try:
+                    wait = deadline - time.monotonic()
+                    more = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            error: BaseException | None = None
+            try:
+                self._write([d for drafts, _ in batch for d in drafts])
+            except BaseException as exc:  # every waiter gets the failure: no key leaves
+                error = exc
+            for _, waiter in batch:
+                waiter.finish(error)
+            busy = len(batch) > 1
+            if stop:
+                return
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the writer thread."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            self._thread = None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+
+def _head(row: Any) -> TreeHead:
+    return TreeHead(row.size, bytes(row.root), row.timestamp_ms, bytes(row.signature))
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+    suppressed: int = 0
+
+
+@dataclass
+class RefusalLimiter:
+    """Bounds the refusal entries per data_uuid: a burst of ``burst`` entries, then one per
+    ``interval`` seconds; refusals over the bound are not logged one by one but counted, and
+    the count travels in the next refusal entry of that data_uuid (``details.suppressed``).
+    At most ``max_tracked`` data_uuids are tracked (the oldest is forgotten first). In memory,
+    per CM process. Keyed by data_uuid, not by caller: a caller can mint new identities at
+    will, a data_uuid's log must stay bounded whoever asks."""
+
+    burst: int = 20
+    interval: float = 3.0
+    max_tracked: int = 100_000
+    clock: Callable[[], float] = time.monotonic
+    _buckets: dict[str, _Bucket] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def admit(self, data_uuid: str) -> int | None:
+        """None: do not log this refusal (counted); else the number of refusals not logged
+        since the previous entry of ``data_uuid``, to be logged with this one."""
+        now = self.clock()
+        with self._lock:
+            bucket = self._buckets.pop(data_uuid, None)
+            if bucket is None:
+                bucket = _Bucket(float(self.burst), now)
+                while len(self._buckets) >= self.max_tracked:
+                    self._buckets.pop(next(iter(self._buckets)))
+            self._buckets[data_uuid] = bucket  # most recently used last
+            bucket.tokens = min(
+                float(self.burst), bucket.tokens + (now - bucket.stamp) / self.interval
+            )
+            bucket.stamp = now
+            if bucket.tokens < 1:
+                bucket.suppressed += 1
+                return None
+            bucket.tokens -= 1
+            suppressed, bucket.suppressed = bucket.suppressed, 0
+            return suppressed
+
+
+_ENTRIES = cast(Table, AuditEntryRow.__table__)
+_SIZE = cast(Table, AuditSizeRow.__table__)
+_HEADS = cast(Table, AuditHeadRow.__table__)
+_GROW = update(_SIZE).where(_SIZE.c.id == 1).values(size=_SIZE.c.size + bindparam("n"))
+_GROW_RETURNING = _GROW.returning(_SIZE.c.size)
+_SIZE_NOW = select(_SIZE.c.size).where(_SIZE.c.id == 1)
