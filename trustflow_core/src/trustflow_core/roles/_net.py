@@ -9,6 +9,7 @@ recognized by its type's module and attributes, so each role needs only its own 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import ssl
@@ -34,7 +35,7 @@ def _os_reason(error: BaseException | None) -> str:
         return f"TLS handshake failed ({reason or error})"
     if isinstance(error, ConnectionRefusedError):
         return "connection refused"
-    if isinstance(error, TimeoutError):
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
         return "connection timed out"
     if isinstance(error, OSError):
         return (error.strerror or str(error) or type(error).__name__).rstrip(".").lower()
@@ -46,7 +47,11 @@ def http_failure(exc: BaseException, target: str, action: str, timeout: float | 
     client error or a timeout raised while doing ``action`` (e.g. ``POST /RaProxy/GetRaCert``)
     against ``target`` (e.g. ``gateway http://127.0.0.1:50001``)."""
     name = type(exc).__name__
-    if isinstance(exc, TimeoutError) or name in ("ServerTimeoutError", "ConnectionTimeoutError"):
+    # asyncio.TimeoutError is TimeoutError from Python 3.11 on, a class of its own on 3.10
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or name in (
+        "ServerTimeoutError",
+        "ConnectionTimeoutError",
+    ):
         within = f" within {timeout:g} s" if timeout else ""
         return f"{target}: no answer{within} ({action})"
     os_error: Any = getattr(exc, "os_error", None)  # aiohttp.ClientConnectorError and subclasses

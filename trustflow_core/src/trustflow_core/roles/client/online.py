@@ -19,6 +19,7 @@ failures raise :class:`OnlineError`; a reply that does not open raises
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import secrets
@@ -139,7 +140,7 @@ class OnlineClient:
                 url, data=body, headers={"Content-Type": content_type}
             ) as resp:
                 return resp.status, await resp.read(), resp.content_type
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:  # 3.10: distinct
             reason = http_failure(
                 exc, f"gateway {self.base_url}", f"POST {path}", self._timeout.total
             )
