@@ -25,7 +25,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("sim", "tdx", "csv")
-DEVICES = {"sim": [], "tdx": ["/dev/tdx_guest:/dev/tdx_guest"], "csv": ["/dev/csv-guest:/dev/csv-guest"]}
+DEVICES = {
+    "sim": [],
+    "tdx": ["/dev/tdx_guest:/dev/tdx_guest"],
+    "csv": ["/dev/csv-guest:/dev/csv-guest"],
+}
 PLATFORM = {"sim": "SIM", "tdx": "TDX", "csv": "CSV"}
 LISTEN = "${TF_LISTEN:-127.0.0.1}"
 PORTS = {
@@ -111,20 +115,38 @@ def online(mode: str) -> tuple[str, dict[str, Any]]:
             health=_probe("tcp", f"127.0.0.1:{PORTS['app']}"),
         ),
         "ra-proxy": _service(
-            ["ra-proxy", "--cert_path", "/shared/deploy/carol.crt", "--plat", plat]
-            + ["--host", "127.0.0.1", "--port", PORTS["ra"]]
-            + ["--log_path", "/shared/log/ra-proxy.log"],
+            [
+                "ra-proxy",
+                "--cert_path",
+                "/shared/deploy/carol.crt",
+                "--plat",
+                plat,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                PORTS["ra"],
+                "--log_path",
+                "/shared/log/ra-proxy.log",
+            ],
             volumes=shared,
             devices=DEVICES[mode],
             health=_probe("http", f"http://127.0.0.1:{PORTS['ra']}/health"),
             after={"keys": DONE},
         ),
         "trustflow-envoy": _service(
-            ["gateway", "-c", "/etc/trustflow/envoy.yml"]
-            + ["--map-address", f"0.0.0.0:50001={LISTEN}:{PORTS['gateway']}"]
-            + ["--map-address", f"ra-proxy:50002=127.0.0.1:{PORTS['ra']}"]
-            + ["--map-address", f"teeapp:8000=127.0.0.1:{PORTS['app']}"]
-            + ["--log_path", "/shared/log/envoy.log"],
+            [
+                "gateway",
+                "-c",
+                "/etc/trustflow/envoy.yml",
+                "--map-address",
+                f"0.0.0.0:50001={LISTEN}:{PORTS['gateway']}",
+                "--map-address",
+                f"ra-proxy:50002=127.0.0.1:{PORTS['ra']}",
+                "--map-address",
+                f"teeapp:8000=127.0.0.1:{PORTS['app']}",
+                "--log_path",
+                "/shared/log/envoy.log",
+            ],
             volumes=[*shared, "./envoy.yml:/etc/trustflow/envoy.yml:ro"],
             health=_probe("http", f"http://127.0.0.1:{PORTS['gateway']}/healthz"),
             after={"ra-proxy": HEALTHY, "teeapp": HEALTHY},
@@ -156,8 +178,19 @@ def offline(mode: str) -> tuple[str, dict[str, Any]]:
     services = {
         "keys": _keys("carol"),
         "capsule-manager": _service(
-            ["capsule-manager", "--host", "127.0.0.1", "--port", PORTS["cm"], "--plat", mode]
-            + ["--data-dir", "/var/lib/trustflow/cm", "--log_path", "/shared/log/cm.log"],
+            [
+                "capsule-manager",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                PORTS["cm"],
+                "--plat",
+                mode,
+                "--data-dir",
+                "/var/lib/trustflow/cm",
+                "--log_path",
+                "/shared/log/cm.log",
+            ],
             volumes=[*shared, "cm-data:/var/lib/trustflow"],
             devices=DEVICES[mode],
             health=_probe("grpc", cm),
@@ -170,37 +203,88 @@ def offline(mode: str) -> tuple[str, dict[str, Any]]:
             health=_probe("tcp", f"127.0.0.1:{PORTS['s3']}"),
         ),
         "owners": _service(
-            [*owners, "offline-owners", "--cm", cm, "--grantee-cert", "/shared/deploy/carol.crt"]
-            + ["--data", "/shared/data", "--platform", mode, *s3],
+            [
+                *owners,
+                "offline-owners",
+                "--cm",
+                cm,
+                "--grantee-cert",
+                "/shared/deploy/carol.crt",
+                "--data",
+                "/shared/data",
+                "--owners",
+                "/shared/owners",
+                "--platform",
+                mode,
+                *s3,
+            ],
             entrypoint=["python"],
-            volumes=["deploy:/shared/deploy:ro", "data:/shared/data"],
+            volumes=["deploy:/shared/deploy:ro", "data:/shared/data", "owners:/shared/owners"],
             after={"keys": DONE, "capsule-manager": HEALTHY},
             oneshot=True,
         ),
         "data-capsule-proxy": _service(
-            ["data-capsule-proxy", "--cert-path", "/shared/deploy/carol.crt"]
-            + ["--private_key_path", "/shared/deploy/carol.key", "--plat", mode]
-            + ["--host", "127.0.0.1", "--port", PORTS["dcp"], "--cm_endpoint", cm]
-            + ["--allowed-root", "/shared/data"]
-            + ["--allowed-object-store-endpoint", f"127.0.0.1:{PORTS['s3']}"]
-            + ["--log_path", "/shared/log/data-capsule-proxy.log"],
+            [
+                "data-capsule-proxy",
+                "--cert-path",
+                "/shared/deploy/carol.crt",
+                "--private_key_path",
+                "/shared/deploy/carol.key",
+                "--plat",
+                mode,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                PORTS["dcp"],
+                "--cm_endpoint",
+                cm,
+                "--allowed-root",
+                "/shared/data",
+                "--allowed-object-store-endpoint",
+                f"127.0.0.1:{PORTS['s3']}",
+                "--log_path",
+                "/shared/log/data-capsule-proxy.log",
+            ],
             volumes=[*shared, "data:/shared/data"],
             devices=DEVICES[mode],
             health=_probe("http", f"http://127.0.0.1:{PORTS['dcp']}/health"),
             after={"keys": DONE, "capsule-manager": HEALTHY},
         ),
         "teeapp": _service(
-            ["-m", "trustflow_core.demo.psi_app", "--proxy", f"http://127.0.0.1:{PORTS['dcp']}"]
-            + ["--data", "/shared/data", "--cm-endpoint", cm, *s3],
+            [
+                "-m",
+                "trustflow_core.demo.psi_app",
+                "--proxy",
+                f"http://127.0.0.1:{PORTS['dcp']}",
+                "--data",
+                "/shared/data",
+                "--cm-endpoint",
+                cm,
+                *s3,
+            ],
             entrypoint=["python"],
             volumes=["data:/shared/data"],
             after={"owners": DONE, "data-capsule-proxy": HEALTHY},
             oneshot=True,
         ),
         "result": _service(
-            [*owners, "offline-result", "--cm", cm, "--cert", "/shared/deploy/carol.crt"]
-            + ["--key", "/shared/deploy/carol.key", "--plat", mode, "--data", "/shared/data"]
-            + ["--out", "/shared/data/join.csv", *s3],
+            [
+                *owners,
+                "offline-result",
+                "--cm",
+                cm,
+                "--cert",
+                "/shared/deploy/carol.crt",
+                "--key",
+                "/shared/deploy/carol.key",
+                "--plat",
+                mode,
+                "--data",
+                "/shared/data",
+                "--out",
+                "/shared/data/join.csv",
+                *s3,
+            ],
             entrypoint=["python"],
             volumes=["deploy:/shared/deploy:ro", "data:/shared/data"],
             devices=DEVICES[mode],
@@ -219,20 +303,43 @@ def offline(mode: str) -> tuple[str, dict[str, Any]]:
     )
     return _header("Offline PSI sample", mode, note), {
         "services": services,
-        "volumes": {"deploy": {}, "data": {}, "log": {}, "cm-data": {}},
+        "volumes": {"deploy": {}, "data": {}, "owners": {}, "log": {}, "cm-data": {}},
     }
 
 
 def interact(mode: str) -> tuple[str, dict[str, Any]]:
     cm = f"127.0.0.1:{PORTS['cm']}"
     ports = {
-        "bob": {"ingress": "30001", "egress": "31001", "app": "8000", "dcp": "50003", "peer": "40001"},
-        "carol": {"ingress": "40001", "egress": "41001", "app": "8001", "dcp": "50004", "peer": "30001"},
+        "bob": {
+            "ingress": "30001",
+            "egress": "31001",
+            "app": "8000",
+            "dcp": "50003",
+            "peer": "40001",
+        },
+        "carol": {
+            "ingress": "40001",
+            "egress": "41001",
+            "app": "8001",
+            "dcp": "50004",
+            "peer": "30001",
+        },
     }
     services: dict[str, Any] = {
         "capsule-manager": _service(
-            ["capsule-manager", "--host", "127.0.0.1", "--port", PORTS["cm"], "--plat", mode]
-            + ["--data-dir", "/var/lib/trustflow/cm", "--log_path", "/shared/log/cm.log"],
+            [
+                "capsule-manager",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                PORTS["cm"],
+                "--plat",
+                mode,
+                "--data-dir",
+                "/var/lib/trustflow/cm",
+                "--log_path",
+                "/shared/log/cm.log",
+            ],
             volumes=["log:/shared/log", "cm-data:/var/lib/trustflow", "sim:/shared/deploy/sim"],
             devices=DEVICES[mode],
             health=_probe("grpc", cm),
@@ -241,10 +348,24 @@ def interact(mode: str) -> tuple[str, dict[str, Any]]:
     for party in ("bob", "carol"):
         services[f"{party}-keys"] = _keys(party, f"{party}-deploy")
     services["alice"] = _service(
-        ["/opt/trustflow/samples/owners.py", "interact-owner", "--cm", cm]
-        + ["--grantee-cert", "/shared/bob/bob.crt", "--grantee-cert", "/shared/carol/carol.crt"],
+        [
+            "/opt/trustflow/samples/owners.py",
+            "interact-owner",
+            "--cm",
+            cm,
+            "--grantee-cert",
+            "/shared/bob/bob.crt",
+            "--grantee-cert",
+            "/shared/carol/carol.crt",
+            "--owners",
+            "/shared/owners",
+        ],
         entrypoint=["python"],
-        volumes=["bob-deploy:/shared/bob:ro", "carol-deploy:/shared/carol:ro"],
+        volumes=[
+            "bob-deploy:/shared/bob:ro",
+            "carol-deploy:/shared/carol:ro",
+            "owners:/shared/owners",
+        ],
         after={"capsule-manager": HEALTHY, "bob-keys": DONE, "carol-keys": DONE},
         oneshot=True,
     )
@@ -252,27 +373,56 @@ def interact(mode: str) -> tuple[str, dict[str, Any]]:
         name = party.capitalize()
         deploy = [f"{party}-deploy:/shared/deploy", "log:/shared/log", "sim:/shared/deploy/sim"]
         services[f"{party}-data-capsule-proxy"] = _service(
-            ["data-capsule-proxy", "--cert-path", f"/shared/deploy/{party}.crt"]
-            + ["--private_key_path", f"/shared/deploy/{party}.key", "--cm_endpoint", cm]
-            + ["--cm_init_config", "/etc/trustflow/cm_init.yaml", "--plat", mode]
-            + ["--host", "127.0.0.1", "--port", p["dcp"], "--allowed-root", "/shared/data"]
-            + ["--log_path", f"/shared/log/{party}-data-capsule-proxy.log"],
+            [
+                "data-capsule-proxy",
+                "--cert-path",
+                f"/shared/deploy/{party}.crt",
+                "--private_key_path",
+                f"/shared/deploy/{party}.key",
+                "--cm_endpoint",
+                cm,
+                "--cm_init_config",
+                "/etc/trustflow/cm_init.yaml",
+                "--plat",
+                mode,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                p["dcp"],
+                "--allowed-root",
+                "/shared/data",
+                "--log_path",
+                f"/shared/log/{party}-data-capsule-proxy.log",
+            ],
             volumes=[*deploy, "./cm_init.yaml:/etc/trustflow/cm_init.yaml:ro"],
             devices=DEVICES[mode],
             health=_probe("file", "/shared/deploy/tls.crt"),
             after={"alice": DONE},
         )
         services[f"{party}-envoy"] = _service(
-            ["gateway", "-c", "/etc/trustflow/envoy.yml"]
-            + ["--map-path", "/etc/trustflow/deploy=/shared/deploy"]
-            + ["--log_path", f"/shared/log/{party}-envoy.log"],
+            [
+                "gateway",
+                "-c",
+                "/etc/trustflow/envoy.yml",
+                "--map-path",
+                "/etc/trustflow/deploy=/shared/deploy",
+                "--log_path",
+                f"/shared/log/{party}-envoy.log",
+            ],
             volumes=[*deploy, f"./{party}/envoy.yml:/etc/trustflow/envoy.yml:ro"],
             health=_probe("tcp", f"127.0.0.1:{p['egress']}"),
             after={f"{party}-data-capsule-proxy": HEALTHY},
         )
         services[f"{party}-app"] = _service(
-            ["/opt/trustflow/samples/app.py", "--name", name, "--port", p["app"]]
-            + ["--peer", f"http://127.0.0.1:{p['egress']}/teeapp"],
+            [
+                "/opt/trustflow/samples/app.py",
+                "--name",
+                name,
+                "--port",
+                p["app"],
+                "--peer",
+                f"http://127.0.0.1:{p['egress']}/teeapp",
+            ],
             entrypoint=["python"],
             volumes=[],
             health=_probe("tcp", f"127.0.0.1:{p['app']}"),
@@ -289,6 +439,7 @@ def interact(mode: str) -> tuple[str, dict[str, Any]]:
             "bob-deploy": {},
             "carol-deploy": {},
             "sim": {},
+            "owners": {},
             "log": {},
             "cm-data": {},
         },
@@ -327,7 +478,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path.write_text(text)
     if stale:
-        print(f"stale compose files (run python deploy/compose.py): {', '.join(stale)}", file=sys.stderr)
+        print(
+            f"stale compose files (run python deploy/compose.py): {', '.join(stale)}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

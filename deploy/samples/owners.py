@@ -40,10 +40,33 @@ def sample_tables() -> dict[str, bytes]:
 
 
 def party_id(cert_file: Path) -> str:
-    from trustflow_core.roles.capsule_manager_client.client import party_id_of_chain
     from cryptography import x509
+    from trustflow_core.roles.capsule_manager_client.client import party_id_of_chain
 
     return party_id_of_chain(tuple(x509.load_pem_x509_certificates(cert_file.read_bytes())))
+
+
+def owner_credentials(directory: Path, party: str) -> Any:
+    """The data owner's key and certificate, made on the first run and kept in ``directory``
+    (key 0600), so that a rerun against the same Capsule Manager is the same owner."""
+    from cryptography.hazmat.primitives import serialization
+    from trustflow_core.fileio import atomic_write_bytes
+    from trustflow_core.roles.capsule_manager_client.client import Credentials
+    from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
+
+    key_file, cert_file = directory / f"{party}.key", directory / f"{party}.crt"
+    if key_file.exists() and cert_file.exists():
+        return Credentials.from_files(key_file, [cert_file])
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    creds = ephemeral_credentials(party)
+    key_pem = creds.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    atomic_write_bytes(key_file, key_pem, mode=0o600)
+    atomic_write_bytes(cert_file, creds.chain_pems[0].encode())
+    return creds
 
 
 def s3_client(config: dict[str, str]) -> Any:
@@ -59,12 +82,12 @@ def s3_client(config: dict[str, str]) -> Any:
 
 
 async def offline_owners(args: argparse.Namespace) -> str:
-    from trustflow_core import capsule
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
         capsule_manager_pb2 as cm_pb2,
     )
     from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
-    from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
+
+    from trustflow_core import capsule
 
     grantee = party_id(args.grantee_cert)
     s3 = json.loads(args.s3_config) if args.s3_config else None
@@ -76,7 +99,7 @@ async def offline_owners(args: argparse.Namespace) -> str:
     args.data.mkdir(parents=True, exist_ok=True)
     async with CapsuleManagerClient(args.cm) as cms:
         for party, table in sample_tables().items():
-            owner = ephemeral_credentials(party)
+            owner = owner_credentials(args.owners, party)
             key = os.urandom(16)
             with tempfile.TemporaryDirectory() as tmp:
                 plain = Path(tmp) / f"{party}.csv"
@@ -103,7 +126,6 @@ async def offline_owners(args: argparse.Namespace) -> str:
 
 
 async def offline_result(args: argparse.Namespace) -> str:
-    from trustflow_core import capsule
     from trustflow_core.keyexchange import Resource, ResourceRequest
     from trustflow_core.manager import get_plugin_manager
     from trustflow_core.registry import ATTESTER, backend_class
@@ -111,6 +133,8 @@ async def offline_result(args: argparse.Namespace) -> str:
     from trustflow_core.roles.capsule_manager_client.keyexchange import (
         CapsuleManagerKeyExchange,
     )
+
+    from trustflow_core import capsule
 
     s3 = json.loads(args.s3_config) if args.s3_config else None
     if s3:
@@ -139,10 +163,9 @@ async def interact_owner(args: argparse.Namespace) -> str:
         capsule_manager_pb2 as cm_pb2,
     )
     from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
-    from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 
     grantees = [party_id(cert) for cert in args.grantee_cert]
-    owner = ephemeral_credentials("alice")
+    owner = owner_credentials(args.owners, "alice")
     async with CapsuleManagerClient(args.cm) as cms:
         key = base64.b64encode(os.urandom(16)).decode()
         await cms.create_data_keys(owner, [(INTERACT_DATA, key)])
@@ -164,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     owners.add_argument("--grantee-cert", type=Path, required=True)
     owners.add_argument("--data", type=Path, required=True)
     owners.add_argument("--s3-config", default=None)
+    owners.add_argument("--owners", type=Path, required=True, help="the owners' key directory")
     owners.add_argument("--platform", default="sim", help="the TEE platform the rule requires")
     result = commands.add_parser("offline-result")
     result.add_argument("--cm", required=True)
@@ -176,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     interact = commands.add_parser("interact-owner")
     interact.add_argument("--cm", required=True)
     interact.add_argument("--grantee-cert", type=Path, action="append", required=True)
+    interact.add_argument("--owners", type=Path, required=True, help="alice's key directory")
     args = parser.parse_args(argv)
     run = {
         "offline-owners": offline_owners,
@@ -184,9 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     }[args.command]
     from trustflow_core.errors import TrustflowError
 
+    failures: tuple[type[BaseException], ...] = (TrustflowError, OSError, ValueError, KeyError)
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        failures += (BotoCoreError, ClientError)
+    except ImportError:
+        pass
     try:
         print(asyncio.run(run(args)))
-    except (TrustflowError, OSError, ValueError, KeyError) as exc:
+    except failures as exc:
         print(f"{args.command} failed: {exc}", file=sys.stderr)
         return 1
     return 0
