@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from _stack import ROOT, Stack, podman, podman_env
 
 IMAGE = "localhost/trustflow:test"
