@@ -405,7 +405,7 @@ def interact(mode: str) -> tuple[str, dict[str, Any]]:
                 "-c",
                 "/etc/trustflow/envoy.yml",
                 "--map-path",
-                "/etc/trustflow/deploy=/shared/deploy",
+                "deploy=/shared/deploy",
                 "--log_path",
                 f"/shared/log/{party}-envoy.log",
             ],

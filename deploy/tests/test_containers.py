@@ -53,6 +53,7 @@ def image() -> str:
     )
     assert done.returncode == 0, f"image build failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}"
     print(f"\nimage build: {time.monotonic() - started:.1f} s")
+    podman("image", "prune", "-f", check=False)  # the untagged images earlier builds left
     return IMAGE
 
 
