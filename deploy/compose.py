@@ -309,22 +309,19 @@ def offline(mode: str) -> tuple[str, dict[str, Any]]:
 
 def interact(mode: str) -> tuple[str, dict[str, Any]]:
     cm = f"127.0.0.1:{PORTS['cm']}"
-    ports = {
-        "bob": {
-            "ingress": "30001",
-            "egress": "31001",
-            "app": "8000",
-            "dcp": "50003",
-            "peer": "40001",
-        },
-        "carol": {
-            "ingress": "40001",
-            "egress": "41001",
-            "app": "8001",
-            "dcp": "50004",
-            "peer": "30001",
-        },
+    # upstream's ports (the ones in bob/envoy.yml and carol/envoy.yml), each overridable
+    defaults = {
+        "bob": {"ingress": 30001, "egress": 31001, "app": 8000, "dcp": 50003},
+        "carol": {"ingress": 40001, "egress": 41001, "app": 8001, "dcp": 50004},
     }
+    ports = {
+        party: {
+            what: f"${{TF_{party.upper()}_{what.upper()}_PORT:-{port}}}"
+            for what, port in table.items()
+        }
+        for party, table in defaults.items()
+    }
+    peer = {"bob": "carol", "carol": "bob"}
     services: dict[str, Any] = {
         "capsule-manager": _service(
             [
@@ -406,6 +403,15 @@ def interact(mode: str) -> tuple[str, dict[str, Any]]:
                 "/etc/trustflow/envoy.yml",
                 "--map-path",
                 "deploy=/shared/deploy",
+                "--map-address",
+                f"127.0.0.1:{defaults[party]['ingress']}=127.0.0.1:{p['ingress']}",
+                "--map-address",
+                f"127.0.0.1:{defaults[party]['egress']}=127.0.0.1:{p['egress']}",
+                "--map-address",
+                f"127.0.0.1:{defaults[party]['app']}=127.0.0.1:{p['app']}",
+                "--map-address",
+                f"127.0.0.1:{defaults[peer[party]]['ingress']}"
+                f"=127.0.0.1:{ports[peer[party]]['ingress']}",
                 "--log_path",
                 f"/shared/log/{party}-envoy.log",
             ],
@@ -422,6 +428,8 @@ def interact(mode: str) -> tuple[str, dict[str, Any]]:
                 p["app"],
                 "--peer",
                 f"http://127.0.0.1:{p['egress']}/teeapp",
+                "--interval",
+                "${TF_HELLO_INTERVAL:-10}",
             ],
             entrypoint=["python"],
             volumes=[],

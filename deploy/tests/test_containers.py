@@ -71,8 +71,12 @@ def _free_ports(count: int) -> list[int]:
 def _env(image: str) -> dict[str, str]:
     names = ["TF_GATEWAY_PORT", "TF_RA_PROXY_PORT", "TF_DATA_CAPSULE_PROXY_PORT"]
     names += ["TF_CM_PORT", "TF_APP_PORT", "TF_S3_PORT"]
+    names += [
+        f"TF_{p}_{w}_PORT" for p in ("BOB", "CAROL") for w in ("INGRESS", "EGRESS", "APP", "DCP")
+    ]
     env = dict(zip(names, map(str, _free_ports(len(names))), strict=True))
     env["TRUSTFLOW_IMAGE"] = image
+    env["TF_HELLO_INTERVAL"] = "1"
     return env
 
 
@@ -141,3 +145,23 @@ def test_offline_psi_sample_registers_the_result(stack: Stack) -> None:
     print(f"\noffline scenario ({'+'.join(stack.profiles)}): {time.monotonic() - started:.1f} s")
     assert f"psi: joined {expected} rows; result registered as join_uuid" in outputs["teeapp"]
     assert f"result join_uuid registered; {expected} joined rows" in outputs["result"]
+
+
+@pytest.mark.parametrize("stack", [("interact", ())], indirect=True)
+def test_interact_sample_apps_talk_over_group_mtls(stack: Stack) -> None:
+    started = time.monotonic()
+    stack.up()
+    wanted = {"bob-app": "Hi, I'm Carol. I got your message: ", "carol-app": "Hi, I'm Bob. "}
+    deadline = time.monotonic() + 60
+    logs = {}
+    while wanted and time.monotonic() < deadline:
+        for service, text in list(wanted.items()):
+            logs[service] = podman("logs", stack.container(service), check=False).stdout
+            if any(
+                line.startswith("response: ") and text in line
+                for line in logs[service].splitlines()
+            ):
+                del wanted[service]
+        time.sleep(1)
+    print(f"\ninteract scenario: {time.monotonic() - started:.1f} s")
+    assert not wanted, f"no hello through mTLS: {logs}"
