@@ -53,7 +53,9 @@ def image() -> str:
     )
     assert done.returncode == 0, f"image build failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}"
     print(f"\nimage build: {time.monotonic() - started:.1f} s")
-    podman("image", "prune", "-f", check=False)  # the untagged images earlier builds left
+    # untagged images of builds older than three days (the newer ones are the build cache:
+    # pruning them all would rebuild the venv stage every time)
+    podman("image", "prune", "-f", "--filter", "until=72h", check=False)
     return IMAGE
 
 
