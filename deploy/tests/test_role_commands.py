@@ -8,6 +8,7 @@ files the containers would have (keys, the mounted gateway config and cm_init.ya
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import re
 import shlex
@@ -125,7 +126,39 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (deploy / f"{name}.key").write_bytes(key)
         (deploy / f"{name}.key").chmod(0o600)
         (deploy / f"{name}.crt").write_bytes(cert)
+    _group_asset(deploy)
     return base
+
+
+def _group_asset(deploy: Path) -> None:
+    """The group TLS asset an interact Data Capsule Proxy fetches from the CM before its
+    gateway starts (``tls.crt`` / ``tls.key``)."""
+    import datetime
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from trustflow_core.tls_asset import issue_group_asset, write_tls_asset
+
+    asset = issue_group_asset(
+        os.urandom(32),
+        scope="default",
+        data_uuid="breast_cancer_alice",
+        op_name="interact",
+        member_public_key=ec.generate_private_key(ec.SECP256R1()).public_key(),
+        now=datetime.datetime.now(datetime.timezone.utc),
+    )
+    write_tls_asset(asset, deploy / "tls.crt", deploy / "tls.key")
+
+
+def _not_here(args: list[str]) -> str | None:
+    """The ``--plat`` of ``args`` when its attester cannot run on this host (tdx, csv)."""
+    from trustflow_core.manager import get_plugin_manager
+    from trustflow_core.registry import ATTESTER, backends_of
+
+    attesters = backends_of(get_plugin_manager(), ATTESTER)
+    for option, value in itertools.pairwise(args):
+        if option == "--plat" and value in attesters and not attesters[value].viable():
+            return value
+    return None
 
 
 def _host(text: str, root: Path) -> str:
@@ -174,15 +207,30 @@ def test_role_accepts_the_command_line(
         command, _ = _leaf(cli, args)
     except click.ClickException as exc:
         pytest.fail(f"{origin}: trustflow {shlex.join(argv)}: {exc.format_message()}")
-    if any("--check-config" in p.opts for p in command.params):
-        done = subprocess.run(
-            ["trustflow", *args, "--check-config"],
+    if not any("--check-config" in p.opts for p in command.params):
+        return  # parsed above: every flag, value and file
+
+    def check(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["trustflow", *argv, "--check-config"],
             capture_output=True,
             text=True,
             timeout=60,
+            cwd=root,
             env={**os.environ, "TRUSTFLOW_SIM_DIR": str(root / "shared" / "deploy" / "sim")},
         )
-        assert done.returncode == 0, f"{origin}: {done.stdout}{done.stderr}"
+
+    plat = _not_here(args)
+    if plat is not None:  # what the container's check would say on this host, then as sim
+        done = check(args)
+        assert done.returncode == 1 and f"{plat!r} cannot run here" in done.stderr, origin
+        previous = ["", *args[:-1]]
+        args = [
+            "sim" if (before, arg) == ("--plat", plat) else arg
+            for before, arg in zip(previous, args, strict=True)
+        ]
+    done = check(args)
+    assert done.returncode == 0, f"{origin}: {done.stdout}{done.stderr}"
 
 
 def test_a_misspelt_flag_is_refused() -> None:
