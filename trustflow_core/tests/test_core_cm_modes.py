@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from trustflow_core.attestation import Attributes
 from trustflow_core.cli import build_cli
-from trustflow_core.errors import BackendUnavailable, InvalidInput
+from trustflow_core.errors import BackendUnavailable
 from trustflow_core.harness.capsule_manager import BackgroundCapsuleManager
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
@@ -34,6 +34,7 @@ from trustflow_core.roles.capsule_manager_client.client import (
     CapsuleManagerError,
 )
 from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
+from trustflow_core.settings_schema import ConfigError
 
 pytestmark = pytest.mark.usefixtures("sim_env")
 
@@ -219,17 +220,19 @@ def test_settings_file_and_overrides(tmp_path: Path) -> None:
     )
     real = default.attestation_policy(verifiers, attester_simulated=False)
     assert set(real.main_attributes) == {v.acceptance_entry() for v in verifiers if not v.simulated}
-    for bad, match in (
-        ("nonsense: 1\n", "unknown key"),
-        ("port: many\n", "port"),
-        ("storage: {bogus: 1}\n", "unknown key"),
-        ("tls: {cert_file: a}\n", "cert_file and key_file"),
-        ("- a list\n", "mapping"),
-        ("key: [unclosed\n", "not valid YAML"),
+    for bad, message in (
+        ("nonsense: 1\n", ": unknown key(s) nonsense; known: "),
+        ("port: many\n", ": port: expected an integer 0..65535, got 'many'"),
+        ("storage: {bogus: 1}\n", ": storage: unknown key(s) bogus; known: "),
+        ("tls: {cert_file: a}\n", ": tls: missing required key(s) key_file"),
+        ("- a list\n", ": expected a mapping at the top, got a list"),
+        ("key: [unclosed\n", ": not valid YAML: line 2, column 1: expected ',' or ']'"),
+        ("requests: {max_age_seconds: -1}\n", ": requests.max_age_seconds: expected an integer"),
     ):
         config.write_text(bad)
-        with pytest.raises(InvalidInput, match=match):
+        with pytest.raises(ConfigError) as caught:
             load_settings(config)
+        assert str(caught.value).startswith(f"{config}{message}"), str(caught.value)
 
 
 def test_command_errors_are_one_line(tmp_path: Path) -> None:
@@ -238,7 +241,8 @@ def test_command_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_text("nonsense: 1\n")
     result = runner.invoke(build_cli(), ["capsule-manager", "-c", str(bad)])
     assert result.exit_code == 1
-    assert result.output.startswith("Error:") and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(f"config error: {bad}: unknown key(s) nonsense; known: ")
+    assert len(result.output.strip().splitlines()) == 1
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "cm.key").write_text("x")  # half an identity
     result = runner.invoke(

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from trustflow_core.errors import AccessDenied, InvalidInput, VerificationError
+from trustflow_core.errors import AccessDenied, VerificationError
 from trustflow_core.harness.capsule_manager import BackgroundCapsuleManager
 from trustflow_core.identity import party_id_of_key
 from trustflow_core.manager import get_plugin_manager
@@ -39,6 +39,7 @@ from trustflow_core.roles.data_capsule_proxy.app import CmInitError, create_app
 from trustflow_core.roles.data_capsule_proxy.appkeys import TLS_FETCHER
 from trustflow_core.roles.data_capsule_proxy.cm_init import load_cm_init, parse_cm_init
 from trustflow_core.roles.data_capsule_proxy.settings import DataCapsuleProxySettings
+from trustflow_core.settings_schema import ConfigError, Node
 from trustflow_core.tls_asset import load_tls_asset
 
 SCOPE = "default"
@@ -210,22 +211,34 @@ def test_upstream_sample_parses_into_the_request() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.pop("op_name"), "'op_name' is required"),
-        (lambda d: d.update(resource={"resource_uri": "x"}), "resource must be a sequence"),
-        (lambda d: d.update(resource=[]), "resource is empty"),
-        (lambda d: d.update(tls_key_path=d["tls_cert_path"]), "must differ"),
-        (lambda d: d.update(tls_cert_pth="x"), "unknown key(s) ['tls_cert_pth']"),
-        (lambda d: d["resource"][0].update(columns="id"), "'columns' must be null or a list"),
-        (lambda d: d["resource"][0].pop("resource_uri"), "'resource_uri' is required"),
-        (lambda d: d.update(scope=["a"]), "'scope' must be a string"),
+        (lambda d: d.pop("op_name"), "cm_init.yaml: missing required key(s) op_name"),
+        (
+            lambda d: d.update(resource={"resource_uri": "x"}),
+            "cm_init.yaml: resource: expected a list, got a mapping",
+        ),
+        (lambda d: d.update(resource=[]), "cm_init.yaml: resource: empty"),
+        (
+            lambda d: d.update(tls_key_path=d["tls_cert_path"]),
+            "cm_init.yaml: tls_cert_path and tls_key_path must differ",
+        ),
+        (lambda d: d.update(tls_cert_pth="x"), "cm_init.yaml: unknown key(s) tls_cert_pth; known:"),
+        (
+            lambda d: d["resource"][0].update(columns="id"),
+            "cm_init.yaml: resource[0].columns: expected a list, got 'id'",
+        ),
+        (
+            lambda d: d["resource"][0].pop("resource_uri"),
+            "cm_init.yaml: resource[0]: missing required key(s) resource_uri",
+        ),
+        (lambda d: d.update(scope=["a"]), "cm_init.yaml: scope: expected a string, got a list"),
     ],
 )
 def test_bad_config_is_refused_with_the_reason(change, message) -> None:
     data = yaml.safe_load(SAMPLE.read_text())
     change(data)
-    with pytest.raises(InvalidInput) as info:
-        parse_cm_init(data, "cm_init.yaml")
-    assert message in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse_cm_init(Node(data, "cm_init.yaml"))
+    assert str(info.value).startswith(message)
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path) -> None:
@@ -234,9 +247,12 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path) -> None:
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
     config = load_cm_init(tmp_path / "c.yaml")
     assert config.tls_cert_path == tmp_path / "deploy" / "tls.crt"
-    with pytest.raises(InvalidInput, match="not valid YAML"):
-        (tmp_path / "bad.yaml").write_text("scope: [")
+    (tmp_path / "bad.yaml").write_text("scope: [")
+    with pytest.raises(ConfigError) as info:
         load_cm_init(tmp_path / "bad.yaml")
+    assert str(info.value).startswith(
+        f"{tmp_path / 'bad.yaml'}: not valid YAML: line 1, column 9: expected"
+    )
 
 
 # ---- against the CM -----------------------------------------------------------------------

@@ -30,6 +30,7 @@ from trustflow_core.roles._server import start_site
 from trustflow_core.roles.gateway.config import load_config, parse_config
 from trustflow_core.roles.gateway.jwe_filter import EnvelopeRejected, choose_profile, classify
 from trustflow_core.roles.gateway.server import Gateway
+from trustflow_core.settings_schema import ConfigError
 
 pytestmark = pytest.mark.plugins("tee_sim", "channel_jwe")
 
@@ -119,20 +120,26 @@ NATIVE = {
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        ({"clusters": {}}, "unknown cluster 'app'"),
-        ({"extra": 1}, "unknown key(s) ['extra']"),
-        ({"request_timeout": "soon"}, "duration must look like"),
-        ({"max_body_bytes": 0}, "max_body_bytes must be a positive integer"),
-        ({"listeners": []}, "no listeners"),
-        ({"clusters": {"app": {"endpoints": ["nohost"]}}}, "expected 'host:port'"),
-        ({"clusters": {"app": {"endpoints": ["h:99999"]}}}, "port must be 0..65535"),
+        ({"clusters": {}}, "<memory>: listener 'public' routes to unknown cluster 'app'"),
+        ({"extra": 1}, "<memory>: unknown key(s) extra; known: clusters, "),
+        ({"request_timeout": "soon"}, "<memory>: request_timeout: expected a duration"),
+        ({"max_body_bytes": 0}, "<memory>: max_body_bytes: expected a positive integer, got 0"),
+        ({"listeners": []}, "<memory>: no listeners"),
+        (
+            {"clusters": {"app": {"endpoints": ["nohost"]}}},
+            "<memory>: clusters.app.endpoints[0]: expected 'host:port', got 'nohost'",
+        ),
+        (
+            {"clusters": {"app": {"endpoints": ["h:99999"]}}},
+            "<memory>: clusters.app.endpoints[0]: expected an integer 0..65535, got '99999'",
+        ),
         (
             {
                 "listeners": [
                     {"address": "127.0.0.1:0", "routes": [{"prefix": "x", "cluster": "app"}]}
                 ]
             },
-            "prefix must start with '/'",
+            "<memory>: listeners[0].routes[0].prefix: expected a path prefix starting with '/'",
         ),
         (
             {
@@ -143,29 +150,44 @@ NATIVE = {
                     }
                 ]
             },
-            "require_jwe routes but no jwe filter",
+            "<memory>: listener 'listener0' has require_jwe routes but no jwe filter",
         ),
     ],
 )
 def test_native_config_errors_name_the_problem(change, fragment):
-    with pytest.raises(InvalidInput) as info:
+    with pytest.raises(ConfigError) as info:
         parse_config({**NATIVE, **change})
-    assert fragment in str(info.value)
+    assert str(info.value).startswith(fragment)
 
 
 def test_envoy_config_refuses_what_it_cannot_honour(tmp_path):
     text = (ENVOY_DIR / "online-envoy.yml").read_text()
     for old, new, fragment in [
-        ('{ prefix: "/teeapp" }', '{ safe_regex: {regex: ".*"} }', "only prefix route matches"),
-        ("name: envoy.filters.http.router", "name: envoy.filters.http.lua", "unsupported HTTP"),
-        ("connect_timeout: 0.25s", "connect_timeout: fast", "duration must look like"),
+        (
+            '{ prefix: "/teeapp" }',
+            '{ safe_regex: {regex: ".*"} }',
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config"
+            ".virtual_hosts[0].routes[1].match: unknown key(s) safe_regex; known: prefix",
+        ),
+        (
+            "name: envoy.filters.http.router",
+            "name: envoy.filters.http.lua",
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
+            ".http_filters[1].name: expected the jwe filter or envoy.filters.http.router, "
+            "got 'envoy.filters.http.lua'",
+        ),
+        (
+            "connect_timeout: 0.25s",
+            "connect_timeout: fast",
+            "static_resources.clusters[0].connect_timeout: expected a duration",
+        ),
     ]:
         assert old in text
         path = tmp_path / "envoy.yml"
         path.write_text(text.replace(old, new, 1))
-        with pytest.raises(InvalidInput) as info:
+        with pytest.raises(ConfigError) as info:
             load_config(path)
-        assert fragment in str(info.value)
+        assert str(info.value).startswith(f"{path}: {fragment}"), str(info.value)
 
 
 # ---- JWE filter rules --------------------------------------------------------------------------
@@ -692,5 +714,5 @@ async def test_a_channel_of_the_wrong_kind_fails_start_up_naming_kind_and_instal
         "no envelope channel backend 'mtls' ('mtls' is a transport channel, not an envelope "
         "channel); installed envelope channel backends: ['jwe']"
     )
-    with pytest.raises(InvalidInput, match="envelope_channel must be a backend name"):
+    with pytest.raises(ConfigError, match="<memory>: envelope_channel: expected a backend name"):
         parse_config({**NATIVE, "envelope_channel": ""})

@@ -33,15 +33,15 @@ def temp_files(directory: Path) -> list[Path]:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (None, "'roots'"),
-        ({}, "'roots'"),
+        (None, "local storage settings: missing required key\\(s\\) roots"),
+        ({}, "local storage settings: missing required key\\(s\\) roots"),
         ({"roots": []}, "empty"),
         ({"roots": "/tmp"}, "list"),
         ({"roots": ["relative/dir"]}, "absolute"),
         ({"roots": ["/nonexistent/trustflow-root"]}, "existing directory"),
         ({"roots": ["/"]}, "confines nothing"),
         ({"roots": [None]}, "absolute"),
-        ({"roots": ["{tmp}"], "root": "/x"}, "unknown setting"),
+        ({"roots": ["{tmp}"], "root": "/x"}, "unknown key"),
         ({"roots": ["{tmp}"], "chunk_size": 0}, "chunk_size"),
         ({"roots": ["{tmp}"], "chunk_size": "4096"}, "chunk_size"),
         ({"roots": ["{tmp}"], "chunk_size": True}, "chunk_size"),

@@ -65,7 +65,11 @@ def load_mapping(path: str, what: str, *, yaml_ok: bool = True) -> Mapping[str, 
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as yaml_exc:
-            raise InvalidInput(f"{what} {path} is not YAML/JSON: {yaml_exc}") from yaml_exc
+            from .settings_schema import yaml_problem
+
+            raise InvalidInput(
+                f"{what} {path} is not YAML/JSON: {yaml_problem(yaml_exc)}"
+            ) from yaml_exc
     if data is None:
         return {}
     if not isinstance(data, Mapping):

@@ -20,6 +20,7 @@ from typing_extensions import Self
 from .errors import InvalidInput, ObjectNotFound, UnsupportedOperation
 from .fileio import atomic_write_bytes
 from .keyexchange import DataKey, KeyExchange, ResourceRequest, ResultKey, TlsAsset
+from .settings_schema import Node
 
 
 def _decode_key(uri: str, value: Any) -> bytes:
@@ -30,15 +31,6 @@ def _decode_key(uri: str, value: Any) -> bytes:
     if len(key) not in (16, 24, 32):
         raise InvalidInput(f"data key of {uri!r} is {len(key)} bytes; need 16, 24 or 32")
     return key
-
-
-def _mapping(source: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidInput(
-            f"{source} must be a mapping resource_uri -> data_key_b64 (a JSON object), "
-            f"got {type(value).__name__}"
-        )
-    return value
 
 
 class StaticKeyExchange(KeyExchange):
@@ -53,19 +45,18 @@ class StaticKeyExchange(KeyExchange):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        settings = dict(settings or {})
-        unknown = sorted(set(settings) - {"keys", "keys_file"})
-        if unknown:
-            raise InvalidInput(f"static key exchange: unknown setting(s) {unknown}")
+        root = Node.settings(settings, "static key exchange settings").mapping(
+            {"keys", "keys_file"}
+        )
         table: dict[str, Any] = {}
-        keys_file = Path(settings["keys_file"]) if settings.get("keys_file") else None
+        keys_file = root.get("keys_file").path(None)
         if keys_file is not None and keys_file.exists():
             try:
                 loaded = json.loads(keys_file.read_text())
             except (OSError, ValueError) as exc:
-                raise InvalidInput(f"cannot read keys_file {keys_file}: {exc}") from exc
-            table.update(_mapping(f"keys_file {keys_file}", loaded))
-        table.update(_mapping("setting 'keys'", settings.get("keys") or {}))
+                raise root.get("keys_file").error(f"cannot read {keys_file}: {exc}") from exc
+            table.update(Node(loaded, str(keys_file)).mapping().value)
+        table.update(root.get("keys").mapping().value)
         return cls({uri: _decode_key(uri, v) for uri, v in table.items()}, keys_file)
 
     async def get_data_keys(self, request: ResourceRequest) -> list[DataKey]:

@@ -32,7 +32,8 @@ from trustflow_core.attestation import (
     Verifier,
     check_generate_args,
 )
-from trustflow_core.errors import InvalidInput, VerificationError
+from trustflow_core.errors import VerificationError
+from trustflow_core.settings_schema import Node
 from typing_extensions import Self
 
 from . import keys
@@ -41,25 +42,6 @@ from .report import DEFAULT_MEASUREMENTS, PLATFORM, Claims, is_measurement, open
 NAME = "mirage"
 #: How far a report's ``issued`` time may lie in the verifier's future.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
-
-
-def _check_keys(what: str, settings: Mapping[str, Any], allowed: set[str]) -> None:
-    if not isinstance(settings, Mapping):
-        raise InvalidInput(f"mirage {what} settings must be a mapping")
-    unknown = sorted(set(settings) - allowed)
-    if unknown:
-        raise InvalidInput(
-            f"mirage {what} got unknown setting(s) {unknown}; known {sorted(allowed)}"
-        )
-
-
-def _key_file(what: str, settings: Mapping[str, Any]) -> Path:
-    value = settings.get("platform_key_file")
-    if value is None:
-        return keys.default_key_file()
-    if not isinstance(value, str | Path) or not str(value):
-        raise InvalidInput(f"mirage {what} setting 'platform_key_file' must be a path")
-    return Path(value).expanduser()
 
 
 class MirageAttester(Attester):
@@ -84,22 +66,18 @@ class MirageAttester(Attester):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        settings = settings or {}
-        _check_keys("attester", settings, {"platform_key_file", "measurements", "debug"})
-        measurements = settings.get("measurements") or {}
-        if not isinstance(measurements, Mapping):
-            raise InvalidInput("mirage attester setting 'measurements' must be a mapping")
-        for name, value in measurements.items():
-            if name not in DEFAULT_MEASUREMENTS or not is_measurement(value):
-                known = sorted(DEFAULT_MEASUREMENTS)
-                raise InvalidInput(
-                    f"mirage attester measurement {name!r}: names are {known}, values 64 "
-                    "lowercase hex characters"
-                )
-        debug = settings.get("debug", False)
-        if not isinstance(debug, bool):
-            raise InvalidInput("mirage attester setting 'debug' must be true or false")
-        return cls(_key_file("attester", settings), measurements, debug=debug)
+        root = Node.settings(settings, "mirage attester settings").mapping(
+            {"platform_key_file", "measurements", "debug"}
+        )
+        measurements = root.get("measurements").mapping(DEFAULT_MEASUREMENTS)
+        for _, node in measurements.items():
+            if not is_measurement(node.value):
+                raise node.expected("64 lowercase hex characters")
+        return cls(
+            root.get("platform_key_file").path(keys.default_key_file()),
+            measurements.value,
+            debug=root.get("debug").boolean(False),
+        )
 
     async def generate(self, user_data: bytes, *, report_type: str = PASSPORT) -> Report:
         report_data = check_generate_args(user_data, report_type)
@@ -153,21 +131,18 @@ class MirageVerifier(Verifier):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        settings = settings or {}
-        _check_keys(
-            "verifier", settings, {"trusted_platform_keys", "platform_key_file", "max_age_seconds"}
+        root = Node.settings(settings, "mirage verifier settings").mapping(
+            {"trusted_platform_keys", "platform_key_file", "max_age_seconds"}
         )
-        trusted = settings.get("trusted_platform_keys")
-        if trusted is not None:
-            if not isinstance(trusted, list | tuple):
-                raise InvalidInput("mirage verifier setting 'trusted_platform_keys' must be a list")
-            trusted = [keys.trusted_key(entry) for entry in trusted]
-        max_age = settings.get("max_age_seconds")
-        if max_age is not None:
-            if isinstance(max_age, bool) or not isinstance(max_age, int | float) or max_age <= 0:
-                raise InvalidInput("mirage verifier setting 'max_age_seconds' must be positive")
-            max_age = timedelta(seconds=max_age)
-        return cls(trusted, key_file=_key_file("verifier", settings), max_age=max_age)
+        trusted = root.get("trusted_platform_keys")
+        max_age = root.get("max_age_seconds").number(None, zero_ok=False)
+        return cls(
+            [entry.build(keys.trusted_key) for entry in trusted.elements()]
+            if trusted.present
+            else None,
+            key_file=root.get("platform_key_file").path(keys.default_key_file()),
+            max_age=None if max_age is None else timedelta(seconds=max_age),
+        )
 
     def _trusted(self) -> list[bytes]:
         if self.trusted is not None:

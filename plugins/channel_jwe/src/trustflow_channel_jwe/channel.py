@@ -18,6 +18,7 @@ from trustflow_core.channel import (
 )
 from trustflow_core.errors import EnvelopeError, InvalidInput
 from trustflow_core.jose import MalformedInput
+from trustflow_core.settings_schema import Node
 
 from . import jws as _jws
 from .rfc import KEY_ALGS as RFC_ALGS
@@ -81,16 +82,12 @@ class JweChannel(EnvelopeChannel):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        """Build from ``{"profile": ..., "alg": ...}``; unknown keys or values raise
-        :class:`~trustflow_core.errors.InvalidInput`."""
-        settings = dict(settings or {})
-        unknown = sorted(set(settings) - {"profile", "alg"})
-        if unknown:
-            raise InvalidInput(f"channel 'jwe' got unknown setting(s) {unknown}")
-        for key, value in settings.items():
-            if not isinstance(value, str):
-                raise InvalidInput(f"channel 'jwe' setting {key!r} must be a string")
-        return cls(**settings)
+        """Build from ``{"profile": ..., "alg": ...}``; unknown keys or bad values raise
+        :class:`~trustflow_core.settings_schema.ConfigError`."""
+        root = Node.settings(settings, "jwe channel settings").mapping({"profile", "alg"})
+        profile = root.get("profile").choice(PROFILES, "rfc")
+        alg = root.get("alg").choice(ALLOWED_ALGS[profile], DEFAULT_ALGS[profile])
+        return cls(profile, alg)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(profile={self.profile!r}, alg={self.alg!r})"

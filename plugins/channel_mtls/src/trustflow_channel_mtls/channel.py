@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from trustflow_core.channel import TransportChannel
 from trustflow_core.errors import InvalidInput, VerificationError
 from trustflow_core.keyexchange import TlsAsset
+from trustflow_core.settings_schema import Node
 from trustflow_core.tls_asset import AssetInfo, validate_tls_asset
 
 if TYPE_CHECKING:
@@ -94,16 +95,10 @@ class MtlsChannel(TransportChannel):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        """Build from ``{"min_version": ...}``; unknown keys or values raise
-        :class:`~trustflow_core.errors.InvalidInput`."""
-        settings = dict(settings or {})
-        unknown = sorted(set(settings) - {"min_version"})
-        if unknown:
-            raise InvalidInput(f"channel 'mtls' got unknown setting(s) {unknown}")
-        value = settings.get("min_version", "TLSv1.2")
-        if not isinstance(value, str):
-            raise InvalidInput("channel 'mtls' setting 'min_version' must be a string")
-        return cls(min_version=value)
+        """Build from ``{"min_version": ...}``; unknown keys or bad values raise
+        :class:`~trustflow_core.settings_schema.ConfigError`."""
+        root = Node.settings(settings, "mtls channel settings").mapping({"min_version"})
+        return cls(min_version=root.get("min_version").choice(sorted(MIN_VERSIONS), "TLSv1.2"))
 
     def server_ssl_context(self, asset: TlsAsset) -> ssl.SSLContext:
         ctx = self._context(ssl.PROTOCOL_TLS_SERVER, asset)

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, ClassVar, TypeVar
 
 from trustflow_core.confined import AtomicWrite, ConfinedRoots
 from trustflow_core.errors import AccessDenied, InvalidInput, ObjectNotFound, TrustflowError
+from trustflow_core.settings_schema import Node
 from trustflow_core.storage import DEFAULT_CHUNK_SIZE, ObjectInfo, Storage
 from typing_extensions import Self
 
@@ -63,18 +64,17 @@ class LocalStorage(Storage):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        settings = dict(settings or {})
-        unknown = sorted(set(settings) - set(SETTINGS))
-        if unknown:
-            raise InvalidInput(f"local storage: unknown setting(s) {unknown}; known: {SETTINGS}")
-        if "roots" not in settings:
-            raise InvalidInput(
-                "local storage: setting 'roots' (the directories it may touch) is required"
-            )
+        """Build from ``roots`` (required: the directories it may touch), ``chunk_size`` and
+        ``file_mode``; a bad or unknown setting raises
+        :class:`~trustflow_core.settings_schema.ConfigError` naming it."""
+        root = Node.settings(settings, "local storage settings").mapping(
+            SETTINGS, required=("roots",)
+        )
+        mode = root.get("file_mode")
         return cls(
-            settings["roots"],
-            chunk_size=settings.get("chunk_size", DEFAULT_CHUNK_SIZE),
-            file_mode=settings.get("file_mode", 0o600),
+            root.get("roots").build(_check_roots),
+            chunk_size=root.get("chunk_size").integer(DEFAULT_CHUNK_SIZE, minimum=1),
+            file_mode=mode.build(_check_mode) if mode.present else 0o600,
         )
 
     @property

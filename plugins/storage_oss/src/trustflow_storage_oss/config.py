@@ -30,13 +30,13 @@ characters are refused, so a URI cannot alias another key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from trustflow_core.errors import AccessDenied, InvalidInput
+from trustflow_core.settings_schema import Node
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 STRINGS = (
@@ -83,54 +83,42 @@ class ObjectStoreConfig:
 
     @classmethod
     def from_settings(cls, backend: str, settings: Mapping[str, Any] | None) -> ObjectStoreConfig:
-        """Validate ``settings`` for the backend named ``backend``; raise InvalidInput naming
-        the bad setting."""
-        s = dict(settings or {})
-        unknown = sorted(set(s) - set(SETTINGS))
-        if unknown:
-            raise InvalidInput(
-                f"{backend} storage: unknown setting(s) {unknown}; known: {SETTINGS}"
-            )
-        for name in STRINGS:
-            if not isinstance(s.get(name, ""), str):
-                raise InvalidInput(f"{backend} storage: {name} must be a string")
-        for name in BOOLS:
-            if not isinstance(s.get(name, True), bool):
-                raise InvalidInput(f"{backend} storage: {name} must be true or false")
-        kind = s.get("type", "").lower()
-        if kind not in TYPES:
-            raise InvalidInput(f"{backend} storage: type {kind!r} is not one of {TYPES}")
+        """Validate ``settings`` for the backend named ``backend``; raise
+        :class:`~trustflow_core.settings_schema.ConfigError` naming the bad setting (a secret's
+        value is never shown)."""
+        root = Node.settings(settings, f"{backend} storage settings").mapping(SETTINGS)
+        s = {name: root.get(name).string("", empty=True) for name in STRINGS}
+        kind = root.get("type").choice(TYPES, "")
         if backend == "oss" and kind in ("minio", "s3"):
-            raise InvalidInput(f"oss storage: type {kind!r} needs the s3 backend")
+            raise root.get("type").error(f"type {kind!r} needs the s3 backend")
         if backend == "s3" and kind == "oss":
-            raise InvalidInput("s3 storage: type 'oss' needs the oss backend")
-        if bool(s.get("access_key_id")) != bool(s.get("access_key_secret")):
-            raise InvalidInput(
-                f"{backend} storage: set both access_key_id and access_key_secret or neither"
-            )
-        if s.get("sts_token") and not s.get("access_key_id"):
-            raise InvalidInput(f"{backend} storage: sts_token needs access_key_id")
-        bucket = s.get("bucket", "")
-        if bucket:
-            check_bucket(bucket)
-        path = s.get("path", "").strip("/")
+            raise root.get("type").error("type 'oss' needs the oss backend")
+        if bool(s["access_key_id"]) != bool(s["access_key_secret"]):
+            raise root.error("set both access_key_id and access_key_secret or neither")
+        if s["sts_token"] and not s["access_key_id"]:
+            raise root.get("sts_token").error("sts_token needs access_key_id")
+        if s["bucket"]:
+            root.get("bucket").build(check_bucket)
+        path = s["path"].strip("/")
         if path:
-            check_key(path, f"{backend} storage: path")
+            root.get("path").build(lambda _: check_key(path, "path"))
         return cls(
-            endpoint_url=endpoint_url(backend, s.get("endpoint", ""), s.get("secure", True)),
-            bucket=bucket,
+            endpoint_url=root.get("endpoint").build(
+                lambda _: endpoint_url(backend, s["endpoint"], root.get("secure").boolean(True))
+            ),
+            bucket=s["bucket"],
             path=path,
-            access_key_id=s.get("access_key_id", ""),
-            access_key_secret=s.get("access_key_secret", ""),
-            sts_token=s.get("sts_token", ""),
-            region=s.get("region", ""),
+            access_key_id=s["access_key_id"],
+            access_key_secret=s["access_key_secret"],
+            sts_token=s["sts_token"],
+            region=s["region"],
             type=kind,
-            cert_check=s.get("cert_check", True),
-            chunk_size=_number(backend, s, "chunk_size", 1 << 20, 1, int),
-            part_size=_number(backend, s, "part_size", 8 << 20, MIN_PART_SIZE, int),
-            retries=_number(backend, s, "retries", 4, 1, int),
-            retry_backoff=_number(backend, s, "retry_backoff", 0.2, 0, float),
-            timeout=_number(backend, s, "timeout", 30.0, 0.001, float),
+            cert_check=root.get("cert_check").boolean(True),
+            chunk_size=root.get("chunk_size").integer(1 << 20, minimum=1),
+            part_size=root.get("part_size").integer(8 << 20, minimum=MIN_PART_SIZE),
+            retries=root.get("retries").integer(4, minimum=1),
+            retry_backoff=root.get("retry_backoff").number(0.2),
+            timeout=root.get("timeout").number(30.0, minimum=0.001),
         )
 
     def locate(self, scheme: str, uri: str) -> tuple[str, str]:
@@ -188,15 +176,3 @@ def check_key(key: str, what: str) -> None:
         raise AccessDenied(f"{what}: object key has a '.' or '..' segment")
     if any(seg == "" for seg in segments):
         raise InvalidInput(f"{what}: object key has an empty segment ('//' or a leading '/')")
-
-
-def _number(
-    backend: str, s: Mapping[str, Any], name: str, default: Any, low: float, kind: type
-) -> Any:
-    value = s.get(name, default)
-    bad = isinstance(value, bool) or not isinstance(value, (int, float))
-    if bad or (kind is int and not isinstance(value, int)) or not math.isfinite(value):
-        raise InvalidInput(f"{backend} storage: {name} must be a {kind.__name__}, got {value!r}")
-    if value < low:
-        raise InvalidInput(f"{backend} storage: {name} must be at least {low}, got {value!r}")
-    return kind(value)

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustflow_core.errors import BackendUnavailable, InvalidInput, VerificationError
+from trustflow_core.errors import BackendUnavailable, VerificationError
+from trustflow_core.settings_schema import Node
 
 from .evidence import check_chip_id
 from .structs import HSK_CEK_SIZE
@@ -146,21 +147,18 @@ class CertSources:
         self.kds = KdsClient(kds_url, timeout=kds_timeout) if kds_url else None
 
     @classmethod
-    def from_settings(cls, what: str, settings: Mapping[str, Any]) -> CertSources:
-        """Read :attr:`KEYS` from ``settings`` (other keys are the caller's business)."""
-        timeout = settings.get("kds_timeout_seconds", 5.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise InvalidInput(f"{what} setting 'kds_timeout_seconds' must be positive")
-        kds_url = settings.get("kds_url")
-        if kds_url is not None and (
-            not isinstance(kds_url, str) or not kds_url.startswith(("http://", "https://"))
-        ):
-            raise InvalidInput(f"{what} setting 'kds_url' must be an http(s) URL")
+    def from_settings(cls, what: str, settings: Mapping[str, Any] | Node) -> CertSources:
+        """Read :attr:`KEYS` from ``settings`` (other keys are the caller's business); errors
+        name ``what``."""
+        root = settings if isinstance(settings, Node) else Node.settings(settings, what)
+        kds_url = root.get("kds_url")
+        if kds_url.present and not kds_url.string().startswith(("http://", "https://")):
+            raise kds_url.expected("an http(s) URL")
         return cls(
-            hsk_cek_file=_path(what, settings, "hsk_cek_file"),
-            cert_dir=_path(what, settings, "cert_dir"),
-            kds_url=kds_url,
-            kds_timeout=float(timeout),
+            hsk_cek_file=root.get("hsk_cek_file").path(None),
+            cert_dir=root.get("cert_dir").path(None),
+            kds_url=kds_url.string(None),
+            kds_timeout=root.get("kds_timeout_seconds").number(5.0, zero_ok=False),
         )
 
     @property
@@ -184,12 +182,3 @@ class CertSources:
     async def aclose(self) -> None:
         if self.kds is not None:
             await self.kds.aclose()
-
-
-def _path(what: str, settings: Mapping[str, Any], key: str) -> Path | None:
-    value = settings.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, (str, Path)) or not str(value):
-        raise InvalidInput(f"{what} setting {key!r} must be a path, got {value!r}")
-    return Path(value).expanduser()

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from trustflow_core.attestation import Attributes, Evidence, Report, Verifier
 from trustflow_core.errors import InvalidInput, VerificationError
+from trustflow_core.settings_schema import Node
 from typing_extensions import Self
 
 from . import chain
@@ -57,18 +58,11 @@ class CsvVerifier(Verifier):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        settings = settings or {}
-        if not isinstance(settings, Mapping):
-            raise InvalidInput("csv verifier settings must be a mapping")
-        unknown = sorted(set(settings) - _SETTINGS)
-        if unknown:
-            raise InvalidInput(
-                f"csv verifier got unknown setting(s) {unknown}; known: {sorted(_SETTINGS)}"
-            )
-        allow_debug = settings.get("allow_debug", False)
-        if not isinstance(allow_debug, bool):
-            raise InvalidInput("csv verifier setting 'allow_debug' must be true or false")
-        return cls(CertSources.from_settings("csv verifier", settings), allow_debug=allow_debug)
+        root = Node.settings(settings, "csv verifier settings").mapping(_SETTINGS)
+        return cls(
+            CertSources.from_settings("csv verifier settings", root),
+            allow_debug=root.get("allow_debug").boolean(False),
+        )
 
     @classmethod
     def report_from_evidence(cls, evidence: bytes, *, endorsements: bytes | None = None) -> Report:

@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 from cryptography.hazmat.primitives.asymmetric import ec
 from trustflow_core.attestation import PASSPORT, Attester, Report, check_generate_args
 from trustflow_core.errors import InvalidInput
+from trustflow_core.settings_schema import Node
 from typing_extensions import Self
 
 from . import keys
-from ._settings import check_keys, optional_path
 from .report import DEFAULT_MEASUREMENTS, PLATFORM, TIMESTAMP_FORMAT, SimBody, is_measurement, sign
 
 
@@ -51,16 +51,18 @@ class SimAttester(Attester):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        settings = settings or {}
-        check_keys("sim attester", settings, {"platform_key_file", "measurements", "debug"})
-        measurements = settings.get("measurements") or {}
-        if not isinstance(measurements, Mapping):
-            raise InvalidInput("sim attester setting 'measurements' must be a mapping")
-        debug = settings.get("debug", False)
-        if not isinstance(debug, bool):
-            raise InvalidInput("sim attester setting 'debug' must be true or false")
-        key_file = optional_path("sim attester", settings, "platform_key_file")
-        return cls(key_file, measurements, debug=debug)
+        root = Node.settings(settings, "sim attester settings").mapping(
+            {"platform_key_file", "measurements", "debug"}
+        )
+        measurements = root.get("measurements").mapping(DEFAULT_MEASUREMENTS)
+        for _, node in measurements.items():
+            if not is_measurement(node.string().lower()):
+                raise node.expected("hex of 1 to 64 bytes")
+        return cls(
+            root.get("platform_key_file").path(None),
+            measurements.value,
+            debug=root.get("debug").boolean(False),
+        )
 
     async def generate(self, user_data: bytes, *, report_type: str = PASSPORT) -> Report:
         """A SIM report binding ``user_data`` (bytes 0..31 of the report data; 32..63 zero),

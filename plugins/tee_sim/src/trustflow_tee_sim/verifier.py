@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 from cryptography.hazmat.primitives.asymmetric import ec
 from trustflow_core.attestation import Attributes, Evidence, Report, Verifier
 from trustflow_core.errors import InvalidInput, VerificationError
+from trustflow_core.settings_schema import Node
 from typing_extensions import Self
 
 from . import keys
-from ._settings import check_keys, optional_path
 from .report import PLATFORM, open_report
 
 #: How far a report's timestamp may lie in the verifier's future.
@@ -69,24 +69,21 @@ class SimVerifier(Verifier):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        settings = settings or {}
-        check_keys(
-            "sim verifier",
-            settings,
-            {"trusted_platform_keys", "platform_key_file", "max_age_seconds"},
+        root = Node.settings(settings, "sim verifier settings").mapping(
+            {"trusted_platform_keys", "platform_key_file", "max_age_seconds"}
         )
-        trusted = settings.get("trusted_platform_keys")
-        if trusted is not None:
-            if not isinstance(trusted, (list, tuple)):
-                raise InvalidInput("sim verifier setting 'trusted_platform_keys' must be a list")
-            trusted = [keys.load_trusted_key(entry) for entry in trusted]
-        max_age = settings.get("max_age_seconds")
-        if max_age is not None:
-            if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age <= 0:
-                raise InvalidInput("sim verifier setting 'max_age_seconds' must be positive")
-            max_age = timedelta(seconds=max_age)
-        key_file = optional_path("sim verifier", settings, "platform_key_file")
-        return cls(trusted, key_file=key_file, max_age=max_age)
+        trusted = None
+        if root.get("trusted_platform_keys").present:
+            trusted = [
+                entry.build(keys.load_trusted_key)
+                for entry in root.get("trusted_platform_keys").elements()
+            ]
+        max_age = root.get("max_age_seconds").number(None, zero_ok=False)
+        return cls(
+            trusted,
+            key_file=root.get("platform_key_file").path(None),
+            max_age=None if max_age is None else timedelta(seconds=max_age),
+        )
 
     def _trusted(self) -> list[ec.EllipticCurvePublicKey]:
         """The trusted keys; the key file is parsed again only when its stat changes."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from trustflow_core.errors import BackendUnavailable, InvalidInput, VerificationError
+from trustflow_core.settings_schema import Node
 
 from . import certs
 from .collateral import Collateral, parse_time
@@ -85,18 +86,18 @@ class PccsClient:
         self.requests = 0
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], what: str) -> PccsClient | None:
+    def from_settings(cls, settings: Mapping[str, Any] | Node, what: str) -> PccsClient | None:
         """A client for the ``pccs_url`` / ``root_ca_crl_url`` / ``pccs_timeout_seconds``
-        backend settings, or None without ``pccs_url``."""
-        if not settings.get("pccs_url"):
+        backend settings (other keys are the caller's business), or None without
+        ``pccs_url``; errors name ``what``."""
+        root = settings if isinstance(settings, Node) else Node.settings(settings, what)
+        url = root.get("pccs_url").string(None)
+        if url is None:
             return None
-        timeout = settings.get("pccs_timeout_seconds", 10)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise InvalidInput(f"{what} setting 'pccs_timeout_seconds' must be > 0")
         return cls(
-            settings["pccs_url"],
-            timeout=float(timeout),
-            root_ca_crl_url=settings.get("root_ca_crl_url"),
+            url,
+            timeout=root.get("pccs_timeout_seconds").number(10.0, zero_ok=False),
+            root_ca_crl_url=root.get("root_ca_crl_url").string(None),
         )
 
     async def aclose(self) -> None:

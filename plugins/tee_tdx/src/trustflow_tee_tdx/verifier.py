@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from trustflow_core.attestation import Attributes, Evidence, Report, Verifier
 from trustflow_core.errors import InvalidInput, VerificationError
+from trustflow_core.settings_schema import Node
 from typing_extensions import Self
 
 from . import PLATFORM
@@ -47,13 +48,6 @@ _SETTINGS = {
     "allow_debug_td",
     "min_tcb_evaluation_data_number",
 }
-
-
-def _flag(settings: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = settings.get(key, default)
-    if not isinstance(value, bool):
-        raise InvalidInput(f"tdx verifier setting {key!r} must be true or false")
-    return value
 
 
 def attributes_of(body: TdBody, now: datetime) -> Attributes:
@@ -136,31 +130,20 @@ class TdxVerifier(Verifier):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        settings = settings or {}
-        if not isinstance(settings, Mapping):
-            raise InvalidInput("tdx verifier settings must be a mapping")
-        unknown = sorted(set(settings) - _SETTINGS)
-        if unknown:
-            raise InvalidInput(f"tdx verifier got unknown setting(s) {unknown}")
-        accepted = settings.get("accepted_tcb_statuses", DEFAULT_ACCEPTED)
-        if not isinstance(accepted, (list, tuple)) or not all(isinstance(s, str) for s in accepted):
-            raise InvalidInput("tdx verifier setting 'accepted_tcb_statuses' must be a list")
-        path = settings.get("collateral_file")
-        collateral = load_collateral_file(path) if path else None
-        pccs = PccsClient.from_settings(settings, "tdx verifier")
-        minimum = settings.get("min_tcb_evaluation_data_number", 0)
-        if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
-            raise InvalidInput(
-                "tdx verifier setting 'min_tcb_evaluation_data_number' must be an integer >= 0"
-            )
+        root = Node.settings(settings, "tdx verifier settings").mapping(_SETTINGS)
+        collateral = root.get("collateral_file")
         return cls(
-            min_tcb_evaluation_data_number=minimum,
-            accepted_tcb_statuses=tuple(accepted),
-            collateral=collateral,
-            pccs=pccs,
-            require_collateral=_flag(settings, "require_collateral", True),
-            require_crls=_flag(settings, "require_crls", True),
-            allow_debug_td=_flag(settings, "allow_debug_td", False),
+            min_tcb_evaluation_data_number=root.get("min_tcb_evaluation_data_number").integer(
+                0, minimum=0
+            ),
+            accepted_tcb_statuses=tuple(
+                root.get("accepted_tcb_statuses").strings(list(DEFAULT_ACCEPTED))
+            ),
+            collateral=collateral.build(load_collateral_file) if collateral.present else None,
+            pccs=PccsClient.from_settings(root, "tdx verifier settings"),
+            require_collateral=root.get("require_collateral").boolean(True),
+            require_crls=root.get("require_crls").boolean(True),
+            allow_debug_td=root.get("allow_debug_td").boolean(False),
         )
 
     async def aclose(self) -> None:

@@ -13,6 +13,7 @@ import click
 
 from ..errors import TrustflowError
 from ..extras import missing_extra
+from ..settings_schema import ConfigError
 
 HELP = """Trustflow: hand encrypted data to TEE applications and release keys only to
 attested, authorized apps.
@@ -21,8 +22,10 @@ Run 'trustflow plugins' to see the installed plugins and their backends."""
 
 
 class TrustflowGroup(click.Group):
-    """A click group that turns :class:`TrustflowError` into a one-line error and exit code 1,
-    and refuses a plugin command that would shadow an existing one."""
+    """A click group that turns :class:`TrustflowError` into a one-line error and exit code 1
+    (``config error: FILE: KEY.PATH: problem`` for a
+    :class:`~trustflow_core.settings_schema.ConfigError`, ``Error: ...`` for the others), and
+    refuses a plugin command that would shadow an existing one."""
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         from ..errors import PluginError
@@ -35,6 +38,9 @@ class TrustflowGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConfigError as exc:  # one line: config error: <file>: <key path>: <problem>
+            click.echo(f"config error: {exc}", err=True)
+            ctx.exit(1)
         except TrustflowError as exc:
             raise click.ClickException(str(exc)) from exc
 

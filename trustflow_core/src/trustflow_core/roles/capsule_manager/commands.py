@@ -8,18 +8,25 @@ from pathlib import Path
 
 import click
 
-from .._options import log_options
+from .._options import DEFAULT_PORTS, check_config_option, log_options, role_command
 
 
+@role_command
 @click.command("capsule-manager")
 @click.option(
     "-c",
+    "--config",
     "--config-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="YAML settings (see docs/capsule-manager.md); flags override it.",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML settings (see docs/capsule-manager.md); the options below override it.",
 )
 @click.option("--host", help="Listen address (default 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), help="gRPC port (default 8888; 0: any).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help=f"gRPC port (default {DEFAULT_PORTS['capsule-manager']}; 0: any).",
+)
 @click.option("--plat", help="TEE backend for the CM's own report: sim, tdx, csv, ... or none.")
 @click.option(
     "--envelope-channel",
@@ -42,6 +49,7 @@ from .._options import log_options
     show_default=True,
     help="Server processes sharing the port (they share keys and database).",
 )
+@check_config_option
 @log_options
 def capsule_manager(
     config_file: Path | None,
@@ -56,6 +64,7 @@ def capsule_manager(
     storage_key_file: Path | None,
     allow_upstream_sim: bool | None,
     workers: int,
+    check_config: bool,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
@@ -63,12 +72,12 @@ def capsule_manager(
     """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
     import asyncio
 
+    from ...manager import get_plugin_manager
+    from .._options import config_ok
     from .._server import setup_logging
     from .server import LogSettings, serve
-    from .settings import load_settings
+    from .settings import check_settings, load_settings
 
-    log_settings = LogSettings(log_path, log_level, log_levels_for)
-    setup_logging(*log_settings)
     settings = load_settings(
         config_file,
         host=host,
@@ -82,6 +91,12 @@ def capsule_manager(
         storage_key_file=storage_key_file,
         allow_upstream_sim=allow_upstream_sim,
     )
+    check_settings(settings, get_plugin_manager())
+    if check_config:
+        config_ok()
+        return
+    log_settings = LogSettings(log_path, log_level, log_levels_for)
+    setup_logging(*log_settings)
     asyncio.run(serve(settings, workers=workers, log_settings=log_settings))
 
 

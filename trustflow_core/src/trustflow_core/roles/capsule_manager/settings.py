@@ -38,13 +38,16 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from ...attestation import Attributes, Policy, Verifier
 from ...errors import InvalidInput
+from ...settings_schema import Node, load_yaml_file
+from .._options import DEFAULT_PORTS
 from ..capsule_manager_protocol.freshness import FreshnessWindow
+
+if TYPE_CHECKING:
+    from ...manager import TrustflowPluginManager
 
 TOP_KEYS = {
     "host",
@@ -77,7 +80,7 @@ class TlsSettings:
 @dataclass(frozen=True)
 class CMSettings:
     host: str = "127.0.0.1"
-    port: int = 8888
+    port: int = DEFAULT_PORTS["capsule-manager"]
     plat: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
     storage_url: str | None = None
@@ -92,6 +95,10 @@ class CMSettings:
     attester: Mapping[str, Any] = field(default_factory=dict)
     verifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     envelope_channel: str = "jwe"
+    #: Where the settings came from (the config file), named by configuration errors, and
+    #: which of them the file set (the others came from flags, the environment or defaults).
+    source: str = field(default="<flags>", compare=False)
+    from_file: frozenset[str] = field(default=frozenset(), compare=False)
 
     def __repr__(self) -> str:  # the storage URL's password never shows
         from .database_url import redact
@@ -131,122 +138,130 @@ class CMSettings:
         return Policy(entries, allow_sim)
 
 
-def _section(data: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
-    value = data.get(key) or {}
-    if not isinstance(value, Mapping):
-        raise InvalidInput(f"config: {key} must be a mapping")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise InvalidInput(f"config: unknown key(s) {unknown} in {key}")
-    return value
-
-
-def _path(value: Any, what: str) -> Path | None:
-    if value is None:
-        return None
-    if not isinstance(value, str | os.PathLike):
-        raise InvalidInput(f"config: {what} must be a path")
-    return Path(value).expanduser()
-
-
-def _bool(value: Any, what: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    raise InvalidInput(f"config: {what} must be true or false")
-
-
-def _seconds(value: Any, default: int, what: str) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"config: {what} must be a whole number of seconds >= 0")
-    return value
-
-
-def _freshness(section: Mapping[str, Any]) -> FreshnessWindow | None:
-    if not section:
-        return None
-    default = FreshnessWindow()
-    return FreshnessWindow(
-        max_future=_seconds(
-            section.get("max_future_seconds"), default.max_future, "requests.max_future_seconds"
-        ),
-        max_age=_seconds(
-            section.get("max_age_seconds"), default.max_age, "requests.max_age_seconds"
-        ),
-    )
-
-
 def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
-    """Read ``config_file`` (optional) and apply non-None ``overrides`` (flag values)."""
-    data: Mapping[str, Any] = {}
-    if config_file is not None:
-        try:
-            data = yaml.safe_load(config_file.read_text()) or {}
-        except OSError as exc:
-            raise InvalidInput(f"config file {config_file}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise InvalidInput(f"config file {config_file} is not valid YAML: {exc}") from None
-        if not isinstance(data, Mapping):
-            raise InvalidInput(f"config file {config_file} must hold a mapping")
-    unknown = sorted(set(data) - TOP_KEYS)
-    if unknown:
-        raise InvalidInput(f"config: unknown key(s) {unknown}")
-    storage = _section(data, "storage", {"url", "storage_key_file"})
-    key = _section(data, "key", {"private_key_file", "cert_file"})
-    tls = _section(data, "tls", {"cert_file", "key_file", "client_ca_file"})
-    att = _section(
-        data, "attestation", {"allow_upstream_sim", "allow_simulation", "main_attributes"}
+    """Read ``config_file`` (optional) and apply non-None ``overrides`` (flag values). A bad
+    value raises :class:`~trustflow_core.settings_schema.ConfigError` naming the file and the
+    key path; relative paths in the file are relative to the working directory (upstream)."""
+    root = (
+        load_yaml_file(config_file, relative_to_file=False)
+        if config_file is not None
+        else Node({}, "<flags>")
     )
-    verifiers = _section(data, "verifiers", set(data.get("verifiers") or {}))
-    requests = _section(data, "requests", {"max_age_seconds", "max_future_seconds"})
+    root.mapping(TOP_KEYS)
+    storage = root.get("storage").mapping({"url", "storage_key_file"})
+    key = root.get("key").mapping({"private_key_file", "cert_file"})
+    tls = root.get("tls")
+    att = root.get("attestation").mapping(
+        {"allow_upstream_sim", "allow_simulation", "main_attributes"}
+    )
+    requests = root.get("requests").mapping({"max_age_seconds", "max_future_seconds"})
     tls_settings = None
-    if tls:
-        cert, tkey = (
-            _path(tls.get("cert_file"), "tls.cert_file"),
-            _path(tls.get("key_file"), "tls.key_file"),
-        )
-        if cert is None or tkey is None:
-            raise InvalidInput("config: tls needs cert_file and key_file")
+    if tls.present:
+        tls.mapping({"cert_file", "key_file", "client_ca_file"}, required=("cert_file", "key_file"))
         tls_settings = TlsSettings(
-            cert, tkey, _path(tls.get("client_ca_file"), "tls.client_ca_file")
+            tls.get("cert_file").path(),
+            tls.get("key_file").path(),
+            tls.get("client_ca_file").path(None),
         )
-    main = att.get("main_attributes")
-    if main is not None:
-        if not isinstance(main, list):
-            raise InvalidInput("config: attestation.main_attributes must be a list")
-        main = tuple(Attributes.from_dict(m) for m in main)
+    main = None
+    if att.get("main_attributes").present:
+        main = tuple(
+            entry.build(Attributes.from_dict) for entry in att.get("main_attributes").elements()
+        )
+    freshness = None
+    if requests.present and requests.value:
+        default = FreshnessWindow()
+        freshness = FreshnessWindow(
+            max_future=requests.get("max_future_seconds").integer(default.max_future, minimum=0),
+            max_age=requests.get("max_age_seconds").integer(default.max_age, minimum=0),
+        )
+    verifiers = {name: node.raw_mapping() for name, node in root.get("verifiers").items()}
     values: dict[str, Any] = {
-        "host": data.get("host"),
-        "port": data.get("port"),
-        "plat": data.get("plat"),
-        "data_dir": _path(data.get("data_dir"), "data_dir"),
-        "storage_url": storage.get("url"),
-        "storage_key_file": _path(storage.get("storage_key_file"), "storage.storage_key_file"),
-        "private_key_file": _path(key.get("private_key_file"), "key.private_key_file"),
-        "cert_file": _path(key.get("cert_file"), "key.cert_file"),
+        "host": root.get("host").string(None),
+        "port": root.get("port").port(None),
+        "plat": root.get("plat").name(None),
+        "data_dir": root.get("data_dir").path(None),
+        "storage_url": storage.get("url").string(None),
+        "storage_key_file": storage.get("storage_key_file").path(None),
+        "private_key_file": key.get("private_key_file").path(None),
+        "cert_file": key.get("cert_file").path(None),
         "tls": tls_settings,
-        "allow_upstream_sim": _bool(
-            att.get("allow_upstream_sim"), "attestation.allow_upstream_sim"
-        ),
-        "allow_simulation": _bool(att.get("allow_simulation"), "attestation.allow_simulation"),
+        "allow_upstream_sim": att.get("allow_upstream_sim").boolean(None),
+        "allow_simulation": att.get("allow_simulation").boolean(None),
         "main_attributes": main,
-        "freshness": _freshness(requests),
-        "attester": data.get("attester"),
-        "verifiers": dict(verifiers) or None,
-        "envelope_channel": data.get("envelope_channel"),
+        "freshness": freshness,
+        "attester": root.get("attester").raw_mapping() if root.get("attester").present else None,
+        "verifiers": verifiers or None,
+        "envelope_channel": root.get("envelope_channel").name(None),
+        "source": root.source,
     }
+    values["from_file"] = frozenset(
+        name for name, value in values.items() if value is not None and name != "source"
+    )
     for name, value in overrides.items():
         if value is not None:
             values[name] = value
-    if values["port"] is not None and (
-        not isinstance(values["port"], int) or not 0 <= values["port"] <= 65535
-    ):
-        raise InvalidInput("config: port must be an integer 0..65535")
-    channel = values["envelope_channel"]
-    if channel is not None and (not isinstance(channel, str) or not channel):
-        raise InvalidInput(f"config: envelope_channel must be a backend name, got {channel!r}")
-    for name in ("attester",):
-        if values[name] is not None and not isinstance(values[name], Mapping):
-            raise InvalidInput(f"config: {name} must be a mapping")
+            values["from_file"] -= {name}
     return CMSettings(**{k: v for k, v in values.items() if v is not None})
+
+
+def check_settings(settings: CMSettings, pm: TrustflowPluginManager) -> None:
+    """What ``--check-config`` checks beyond parsing: the storage URL parses, the TLS files
+    and existing identity/storage key files are readable, the attester, every configured
+    verifier and the envelope channel exist and build from their settings. Nothing is
+    created, no database is contacted, nothing listens."""
+    import asyncio
+    import functools
+
+    from ...registry import ENVELOPE_CHANNEL, VERIFIER, attester_class, backend_class
+    from . import database_url
+
+    if "storage_url" in settings.from_file:
+        Node(None, settings.source, "storage.url").build(
+            lambda _: database_url.parse(settings.db_url)
+        )
+    else:
+        database_url.parse(settings.db_url)
+    files: list[tuple[str, str, Path | None]] = []  # (key path, field or flag, path)
+    if settings.tls is not None:
+        files += [
+            ("tls.cert_file", "tls", settings.tls.cert_file),
+            ("tls.key_file", "tls", settings.tls.key_file),
+            ("tls.client_ca_file", "tls", settings.tls.client_ca_file),
+        ]
+    for key, name, existing in zip(
+        ("key.private_key_file", "key.cert_file", "storage.storage_key_file"),
+        ("private_key_file", "cert_file", "storage_key_file"),
+        settings.key_paths,
+        strict=True,
+    ):
+        files.append((key, name, existing if existing.exists() else None))
+    for key, name, path in files:
+        if path is None:
+            continue
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            problem = f"cannot read {path}: {exc.strerror or exc}"
+            if name in settings.from_file:
+                raise Node(str(path), settings.source, key).error(problem) from None
+            raise InvalidInput(f"--{name.replace('_', '-')}: {problem}") from None
+    backend_class(pm, ENVELOPE_CHANNEL, settings.envelope_channel)
+    attester = None if settings.plat in ("none", "") else attester_class(pm, settings.plat)
+
+    async def build() -> None:
+        if attester is not None:
+            node = Node(settings.attester, settings.source, "attester")
+            async with node.build(lambda value: attester.from_role(value or None, pm=pm)):
+                pass
+        for name, values in settings.verifiers.items():
+            verifier = backend_class(pm, VERIFIER, name)
+            node = Node(values, settings.source, f"verifiers.{name}")
+            async with node.build(functools.partial(_build, verifier, pm=pm)):
+                pass
+
+    asyncio.run(build())
+
+
+def _build(cls: type[Verifier], value: Mapping[str, Any] | None, *, pm: Any) -> Verifier:
+    return cls.from_role(value or None, pm=pm)

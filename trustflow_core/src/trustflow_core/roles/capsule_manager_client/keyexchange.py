@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import datetime
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -41,6 +40,7 @@ from ...errors import InvalidInput
 from ...extras import missing_extra
 from ...identity import self_signed_cert
 from ...keyexchange import DataKey, KeyExchange, ResourceRequest, ResultKey, TlsAsset
+from ...settings_schema import Node
 
 if TYPE_CHECKING:
     from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
@@ -61,12 +61,6 @@ SETTINGS = {
     "timeout",
     "envelope_channel",
 }
-
-
-def _name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"key exchange 'capsule_manager': {what} must be a backend name")
-    return value
 
 
 def ephemeral_credentials(common_name: str = "TeeApps", *, key_size: int = 3072) -> Credentials:
@@ -152,40 +146,37 @@ class CapsuleManagerKeyExchange(KeyExchange):
     def from_role(cls, settings: Mapping[str, Any] | None, *, pm: pluggy.PluginManager) -> Self:
         """Build with the role's plugin manager ``pm``: the ``attester`` is chosen from it and
         the CM client uses it for its channel and verifiers."""
-        s = dict(settings or {})
-        unknown = sorted(set(s) - SETTINGS)
-        if unknown:
-            raise InvalidInput(f"key exchange 'capsule_manager' got unknown setting(s) {unknown}")
-        endpoint = s.get("endpoint")
-        if not isinstance(endpoint, str) or not endpoint:
-            raise InvalidInput("key exchange 'capsule_manager' needs 'endpoint' (host:port)")
+        root = Node.settings(settings, "capsule_manager key exchange settings").mapping(
+            SETTINGS, required=("endpoint",)
+        )
         from ...registry import ATTESTER, backend_class
         from .client import Credentials
 
         attester = None
-        name = s.get("attester")
+        name = root.get("attester").string(None, empty=True)
         if name not in (None, "", "none"):
-            attester = backend_class(pm, ATTESTER, name).from_role(
-                s.get("attester_settings"), pm=pm
+            attester_settings = root.get("attester_settings")
+            attester = attester_settings.build(
+                lambda value: backend_class(pm, ATTESTER, name).from_role(value, pm=pm)
             )
         creds = None
-        if s.get("private_key_file") or s.get("cert_file"):
-            if not (s.get("private_key_file") and s.get("cert_file")):
-                raise InvalidInput("give both private_key_file and cert_file")
-            creds = Credentials.from_files(Path(s["private_key_file"]), [Path(s["cert_file"])])
-        timeout = s.get("timeout", 30.0)
-        if not isinstance(timeout, int | float) or timeout <= 0:
-            raise InvalidInput("key exchange 'capsule_manager': timeout must be > 0")
+        key_file = root.get("private_key_file").path(None)
+        cert_file = root.get("cert_file").path(None)
+        if key_file or cert_file:
+            if not (key_file and cert_file):
+                raise root.error("give both private_key_file and cert_file")
+            creds = Credentials.from_files(key_file, [cert_file])
+        constraints = root.get("tee_constraints")
         return cls(
-            endpoint,
+            root.get("endpoint").string(),
             attester=attester,
             credentials=creds,
-            tee_plat=s.get("tee_plat"),
-            tee_constraints=s.get("tee_constraints"),
-            owner_id=s.get("owner_id", ""),
-            timeout=float(timeout),
+            tee_plat=root.get("tee_plat").string(None),
+            tee_constraints=constraints.mapping().value if constraints.present else None,
+            owner_id=root.get("owner_id").string("", empty=True),
+            timeout=root.get("timeout").number(30.0, zero_ok=False),
             pm=pm,
-            envelope_channel=_name(s.get("envelope_channel", "jwe"), "envelope_channel"),
+            envelope_channel=root.get("envelope_channel").name("jwe"),
         )
 
     async def aclose(self) -> None:

@@ -20,13 +20,13 @@ from cryptography import x509
 from ...errors import AccessDenied, CapsuleFormatError, InvalidInput, ObjectNotFound, TrustflowError
 from ...identity import load_pem_chain, party_id_of_chain, party_id_of_key
 from ...manager import TrustflowPluginManager
-from ...registry import KEY_EXCHANGE, STORAGE, attester_class, backend_class
+from ...registry import KEY_EXCHANGE, attester_class, backend_class
 from . import handlers
 from .appkeys import SERVICE, TLS_FETCHER
 from .cm_init import TlsAssetFetcher
 from .keysource import KeySource
 from .service import DataCapsuleProxy
-from .settings import DataCapsuleProxySettings
+from .settings import DataCapsuleProxySettings, local_storage_class
 
 log = logging.getLogger("trustflow.data_capsule_proxy")
 BRPC_ERROR_HEADER = "x-bd-error-code"
@@ -121,12 +121,7 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
             pm=pm,
             timeout=settings.key_timeout,
         )
-        local_cls = backend_class(pm, STORAGE, settings.local_storage)
-        if "file" not in local_cls.schemes:
-            raise InvalidInput(
-                f"--local-storage {local_cls.name!r} does not serve file paths (it serves "
-                f"{', '.join(s + '://' for s in local_cls.schemes)})"
-            )
+        local_cls = local_storage_class(pm, settings.local_storage)
         local = local_cls.from_role(
             {"roots": list(settings.allowed_roots), "chunk_size": settings.chunk_size}, pm=pm
         )

@@ -24,16 +24,16 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from cryptography.x509.oid import NameOID
 
 from ...errors import InvalidInput, VerificationError
 from ...keyexchange import Resource, ResourceRequest, TlsAsset
+from ...settings_schema import Node, load_yaml_file
 from ...tls_asset import AssetInfo, load_tls_asset, write_tls_asset
 
 log = logging.getLogger("trustflow.data_capsule_proxy")
@@ -74,85 +74,49 @@ class CmInitConfig:
         return f"op {self.op_name!r} on {uris} (scope {self.scope!r})"
 
 
-def _string(mapping: Mapping[str, Any], key: str, what: str, *, required: bool) -> str:
-    if key not in mapping or mapping[key] is None:
-        if required:
-            raise InvalidInput(f"{what}: {key!r} is required")
-        return ""
-    value = mapping[key]
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise InvalidInput(f"{what}: {key!r} must be a string, got {type(value).__name__}")
-    return str(value)
-
-
-def _resource(spec: Any, what: str) -> Resource:
-    if not isinstance(spec, Mapping):
-        raise InvalidInput(f"{what} must be a mapping")
-    unknown = sorted(set(spec) - RESOURCE_KEYS)
-    if unknown:
-        raise InvalidInput(f"{what}: unknown key(s) {unknown}")
-    uri = _string(spec, "resource_uri", what, required=True)
-    if not uri:
-        raise InvalidInput(f"{what}: 'resource_uri' is empty")
+def _resource(spec: Node) -> Resource:
+    spec.mapping(RESOURCE_KEYS, required=("resource_uri",))
     columns = spec.get("columns")
-    if columns is None:
-        columns = []
-    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
-        raise InvalidInput(f"{what}: 'columns' must be null or a list of strings")
-    return Resource(uri, tuple(columns), _string(spec, "attrs", what, required=False))
+    return Resource(
+        spec.get("resource_uri").text(),
+        tuple(columns.strings()) if columns.present else (),
+        spec.get("attrs").text(""),
+    )
 
 
-def parse_cm_init(
-    data: Any, source: str = "cm_init.yaml", base: Path | None = None
-) -> CmInitConfig:
+def parse_cm_init(root: Node) -> CmInitConfig:
     """Validate a loaded ``cm_init.yaml``. Keys documented as optional (``env``,
     ``global_attrs``, ``columns``, ``attrs``) may be absent or null (= empty); unknown keys are
     refused (a typo would silently change the request). Relative asset paths are relative to
-    ``base`` (the config file's directory) when given."""
-    if not isinstance(data, Mapping):
-        raise InvalidInput(f"{source}: must be a YAML mapping")
-    unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
-    if unknown:
-        raise InvalidInput(f"{source}: unknown key(s) {unknown}")
-    values = {k: _string(data, k, source, required=True) for k in REQUIRED if k != "resource"}
-    if not values["op_name"]:
-        raise InvalidInput(f"{source}: 'op_name' is empty")
-    resources = data["resource"]
-    if not isinstance(resources, list):
-        raise InvalidInput(f"{source}: resource must be a sequence")
+    ``root.base`` (the config file's directory) when set."""
+    root.mapping(set(REQUIRED) | set(OPTIONAL), required=REQUIRED)
+    for name in ("op_name", "tls_cert_path", "tls_key_path"):
+        if not root.get(name).text():
+            raise root.get(name).error("empty")
+    resources = root.get("resource").elements()
     if not resources:
-        raise InvalidInput(f"{source}: resource is empty (the group is defined by its first entry)")
-    paths = []
-    for key in ("tls_cert_path", "tls_key_path"):
-        if not values[key]:
-            raise InvalidInput(f"{source}: {key!r} is empty")
-        path = Path(values[key]).expanduser()
-        paths.append(base / path if base is not None and not path.is_absolute() else path)
-    if os.path.abspath(paths[0]) == os.path.abspath(paths[1]):
-        raise InvalidInput(f"{source}: tls_cert_path and tls_key_path must differ")
+        raise root.get("resource").error("empty (the group is defined by its first entry)")
+    cert, key = (
+        Node(root.get(k).text(), root.source, k, base=root.base).path()
+        for k in ("tls_cert_path", "tls_key_path")
+    )
+    if os.path.abspath(cert) == os.path.abspath(key):
+        raise root.error("tls_cert_path and tls_key_path must differ")
     return CmInitConfig(
-        scope=values["scope"],
-        op_name=values["op_name"],
-        resources=tuple(_resource(r, f"{source}: resource[{i}]") for i, r in enumerate(resources)),
-        env=_string(data, "env", source, required=False),
-        global_attrs=_string(data, "global_attrs", source, required=False),
-        tls_cert_path=paths[0],
-        tls_key_path=paths[1],
-        source=source,
+        scope=root.get("scope").text(),
+        op_name=root.get("op_name").text(),
+        resources=tuple(_resource(r) for r in resources),
+        env=root.get("env").text(""),
+        global_attrs=root.get("global_attrs").text(""),
+        tls_cert_path=cert,
+        tls_key_path=key,
+        source=root.source,
     )
 
 
 def load_cm_init(path: str | os.PathLike[str]) -> CmInitConfig:
     """Read and validate a ``cm_init.yaml`` file (see :func:`parse_cm_init`)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InvalidInput(f"cannot read --cm-init-config {path}: {exc.strerror or exc}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InvalidInput(f"{path}: not valid YAML: {problem}") from None
-    return parse_cm_init(data, str(path), path.parent)
+    return parse_cm_init(load_yaml_file(path))
 
 
 def check_existing(cert_path: Path, key_path: Path) -> AssetInfo | None:

@@ -7,10 +7,26 @@ from pathlib import Path
 
 import click
 
-from .._options import log_options
+from .._options import (
+    DEFAULT_PORTS,
+    check_config_option,
+    config_option,
+    key_value_pairs,
+    log_options,
+    role_command,
+)
 
 
+@role_command
 @click.command("data-capsule-proxy")
+@config_option(
+    help="YAML config: any option below by its name (cert_path, private_key_path, plat, host, "
+    "port, cm_endpoint, allowed_cm_endpoints, key_exchange, allowed_roots, "
+    "allowed_object_store_endpoints, local_storage, result_format, cm_init_config, log_level, "
+    "log_path; lists as YAML lists) plus key_exchange_settings (a mapping), object_stores "
+    "(TYPE: NAME), max_body_bytes, key_timeout, chunk_size. Relative paths are relative to "
+    "the file."
+)
 @click.option(
     "--cert-path",
     "--cert_path",
@@ -36,7 +52,12 @@ from .._options import log_options
     "simulation mode sends). Default: the development default attester (tee_sim's).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8010, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORTS["data-capsule-proxy"],
+    show_default=True,
+)
 @click.option(
     "--cm-endpoint",
     "--cm_endpoint",
@@ -67,9 +88,9 @@ from .._options import log_options
     "--allowed-root",
     "allowed_roots",
     multiple=True,
-    required=True,
     type=click.Path(file_okay=False, exists=True, resolve_path=False),
-    help="Directory request paths must resolve into (repeatable, required).",
+    help="Directory request paths must resolve into (repeatable; at least one, here or in the "
+    "config file).",
 )
 @click.option(
     "--allowed-object-store-endpoint",
@@ -88,8 +109,9 @@ from .._options import log_options
 )
 @click.option(
     "--object-store-backend",
-    "object_store_backends",
+    "object_stores",
     multiple=True,
+    callback=key_value_pairs,
     metavar="TYPE=NAME",
     help="Storage backend serving a request's s3_config of TYPE (oss, minio; defaults "
     "oss=oss, minio=s3); NAME 'none' refuses that type (repeatable).",
@@ -110,8 +132,12 @@ from .._options import log_options
     help="cm_init.yaml: fetch the communication-group TLS asset from the CM before serving "
     "(written to its tls_cert_path / tls_key_path, re-fetched before expiry).",
 )
+@check_config_option
 @log_options
+@click.pass_context
 def data_capsule_proxy(
+    ctx: click.Context,
+    config_file: Path | None,
     cert_path: Path,
     private_key_path: Path,
     plat: str | None,
@@ -124,9 +150,10 @@ def data_capsule_proxy(
     allowed_roots: tuple[str, ...],
     allowed_object_store_endpoints: tuple[str, ...],
     local_storage: str,
-    object_store_backends: tuple[str, ...],
+    object_stores: dict[str, str],
     result_format: str,
     cm_init_config: Path | None,
+    check_config: bool,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
@@ -135,62 +162,42 @@ def data_capsule_proxy(
     inputs with released keys; encrypt, store and register results) and GET /health.
     A start-up failure (bad settings, TLS asset refused) is one line on stderr and exit 1."""
     import asyncio
-    import os
 
     from ...errors import TrustflowError
     from ...fileio import load_mapping
     from ...manager import get_plugin_manager
+    from ...settings_schema import ConfigError, Node
+    from .._options import config_ok, merge_config
     from .._server import serve, setup_logging
     from .app import create_app
-    from .cm_init import load_cm_init
-    from .settings import OBJECT_STORES, DataCapsuleProxySettings
+    from .settings import CONFIG_KEYS, check_settings, settings_from
 
-    setup_logging(log_path, log_level, log_levels_for)
     try:
-        cm_init = load_cm_init(cm_init_config) if cm_init_config else None
-        settings = DataCapsuleProxySettings(
-            cert_path=cert_path,
-            private_key_path=private_key_path,
-            allowed_roots=tuple(os.path.abspath(r) for r in allowed_roots),
-            plat=plat,
-            key_exchange=key_exchange,
-            key_exchange_settings=(
-                load_mapping(key_exchange_settings, "key exchange settings")
-                if key_exchange_settings
-                else {}
-            ),
-            cm_endpoint=cm_endpoint,
-            allowed_cm_endpoints=allowed_cm_endpoints,
-            allowed_object_store_endpoints=allowed_object_store_endpoints,
-            local_storage=local_storage,
-            object_stores={**OBJECT_STORES, **_pairs(object_store_backends)},
-            result_format=result_format,
-            host=host,
-            port=port,
-            cm_init=cm_init,
-        )
+        values = merge_config(ctx, config_file, CONFIG_KEYS)
+        if key_exchange_settings:
+            values["key_exchange_settings"] = Node(
+                load_mapping(key_exchange_settings, "key exchange settings"),
+                key_exchange_settings,
+            )
+        settings = settings_from(values)
+        host, port = settings.host, settings.port
+        check_settings(settings, get_plugin_manager(), values.get("key_exchange_settings"))
+        if check_config:
+            config_ok()
+            return
+        setup_logging(values["log_path"], values["log_level"], log_levels_for)
         app = create_app(settings, get_plugin_manager())
 
         def started(bound: int) -> None:
             click.echo(f"data-capsule-proxy listening on http://{host}:{bound}", err=True)
 
         asyncio.run(serve(app, host, port, on_started=started))
+    except ConfigError:
+        raise
     except TrustflowError as exc:  # one line, whatever the cause's message holds
         raise click.ClickException(f"data-capsule-proxy: {' '.join(str(exc).split())}") from None
     except OSError as exc:
         raise click.ClickException(f"data-capsule-proxy: {exc.strerror or exc}") from None
-
-
-def _pairs(values: tuple[str, ...]) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        kind, sep, name = value.partition("=")
-        if not sep or not kind or not name:
-            raise click.BadParameter(
-                f"expected TYPE=NAME, got {value!r}", param_hint="--object-store-backend"
-            )
-        pairs[kind.strip().lower()] = name.strip()
-    return pairs
 
 
 COMMANDS: list[click.Command] = [data_capsule_proxy]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...capsule import FORMATS
 from ...errors import InvalidInput
+from ...settings_schema import Node
+from .._options import DEFAULT_PORTS, LOG_KEYS
 
 if TYPE_CHECKING:
+    from ...manager import TrustflowPluginManager
+    from ...storage import Storage
     from .cm_init import CmInitConfig
 
 
@@ -19,6 +23,41 @@ if TYPE_CHECKING:
 OBJECT_STORES: Mapping[str, str] = {"oss": "oss", "minio": "s3"}
 #: The value that switches an object-store type off.
 DISABLED = "none"
+
+
+def _directories(node: Node) -> tuple[str, ...]:
+    roots = tuple(str(e.path()) for e in node.elements())
+    for element, root in zip(node.elements(), roots, strict=True):
+        if not Path(root).is_dir():
+            raise element.expected("an existing directory")
+    return roots
+
+
+#: The keys of ``trustflow data-capsule-proxy -c FILE`` and how each is read: every option by
+#: its name, plus ``key_exchange_settings`` (a mapping) and ``object_stores`` (type → backend).
+CONFIG_KEYS: Mapping[str, Callable[[Node], Any]] = {
+    "cert_path": Node.path,
+    "private_key_path": Node.path,
+    "plat": Node.name,
+    "host": Node.string,
+    "port": Node.port,
+    "cm_endpoint": lambda node: "{}:{}".format(*node.host_port()),
+    "allowed_cm_endpoints": lambda node: tuple(node.strings()),
+    "key_exchange": Node.name,
+    "key_exchange_settings": Node.mapping,
+    "allowed_roots": _directories,
+    "allowed_object_store_endpoints": lambda node: tuple(node.strings()),
+    "local_storage": Node.name,
+    "object_stores": lambda node: {
+        kind: backend.name() for kind, backend in node.mapping(OBJECT_STORES).items()
+    },
+    "result_format": lambda node: node.choice(FORMATS),
+    "cm_init_config": Node.path,
+    "max_body_bytes": lambda node: node.integer(minimum=1),
+    "key_timeout": lambda node: node.number(zero_ok=False),
+    "chunk_size": lambda node: node.integer(minimum=1),
+    **LOG_KEYS,
+}
 
 
 @dataclass(frozen=True)
@@ -70,7 +109,7 @@ class DataCapsuleProxySettings:
     object_stores: Mapping[str, str] = field(default_factory=lambda: dict(OBJECT_STORES))
     result_format: str = "v1"
     host: str = "127.0.0.1"
-    port: int = 8010
+    port: int = DEFAULT_PORTS["data-capsule-proxy"]
     max_body_bytes: int = 1 << 20
     key_timeout: float = 30.0
     chunk_size: int = 1 << 20
@@ -136,3 +175,85 @@ class DataCapsuleProxySettings:
 def bare_endpoint(endpoint: str) -> str:
     """``host[:port]`` of an endpoint, lower-cased, without a scheme or trailing ``/``."""
     return endpoint.split("://", 1)[-1].rstrip("/").lower().strip()
+
+
+def settings_from(values: Mapping[str, Any]) -> DataCapsuleProxySettings:
+    """The settings from the command's merged values (options and :data:`CONFIG_KEYS`);
+    ``cm_init_config`` is read and validated here."""
+    import os
+
+    from .cm_init import load_cm_init
+
+    exchange = values.get("key_exchange_settings")
+    tuning = ("max_body_bytes", "key_timeout", "chunk_size")
+    return DataCapsuleProxySettings(
+        cert_path=Path(values["cert_path"]),
+        private_key_path=Path(values["private_key_path"]),
+        allowed_roots=tuple(os.path.abspath(r) for r in values["allowed_roots"]),
+        plat=values["plat"],
+        key_exchange=values["key_exchange"],
+        key_exchange_settings=exchange.value if isinstance(exchange, Node) else exchange or {},
+        cm_endpoint=values["cm_endpoint"],
+        allowed_cm_endpoints=tuple(values["allowed_cm_endpoints"]),
+        allowed_object_store_endpoints=tuple(values["allowed_object_store_endpoints"]),
+        local_storage=values["local_storage"],
+        object_stores={**OBJECT_STORES, **values["object_stores"]},
+        result_format=values["result_format"],
+        host=values["host"],
+        port=values["port"],
+        cm_init=load_cm_init(values["cm_init_config"]) if values["cm_init_config"] else None,
+        **{k: values[k] for k in tuning if k in values},
+    )
+
+
+def check_settings(
+    settings: DataCapsuleProxySettings,
+    pm: TrustflowPluginManager,
+    exchange_settings: Node | None = None,
+) -> None:
+    """What is checked before serving (and all ``--check-config`` does) beyond parsing: the
+    certificate reads and names a party, the key exchange and the local storage exist and
+    build from their settings (``exchange_settings``: where those came from, for errors), the
+    object-store backends exist when object storage is on. Nothing is contacted, nothing listens."""
+    import asyncio
+
+    from ...identity import load_pem_chain, party_id_of_chain
+    from ...registry import KEY_EXCHANGE, STORAGE, attester_class, backend_class
+
+    party_id_of_chain(load_pem_chain(settings.read_cert()))
+    exchange_cls = backend_class(pm, KEY_EXCHANGE, settings.key_exchange)
+    default_attester = None if settings.plat else attester_class(pm, None)
+    full = settings.exchange_settings(default_attester.name if default_attester else None)
+    local_cls = local_storage_class(pm, settings.local_storage)
+    for kind in OBJECT_STORES if settings.allowed_object_store_endpoints else ():
+        backend = settings.object_store_backend(kind)
+        if backend is not None:
+            backend_class(pm, STORAGE, backend)
+
+    async def build() -> None:
+        node = (
+            Node(full, exchange_settings.source, exchange_settings.key)
+            if exchange_settings is not None
+            else Node.settings(full, "key exchange settings")
+        )
+        async with node.build(lambda value: exchange_cls.from_role(value, pm=pm)):
+            pass
+        local = {"roots": list(settings.allowed_roots), "chunk_size": settings.chunk_size}
+        async with local_cls.from_role(local, pm=pm):
+            pass
+
+    asyncio.run(build())
+
+
+def local_storage_class(pm: TrustflowPluginManager, name: str) -> type[Storage]:
+    """The storage backend ``name`` serving the requests' local paths; it must serve
+    ``file`` URIs."""
+    from ...registry import STORAGE, backend_class
+
+    cls = backend_class(pm, STORAGE, name)
+    if "file" not in cls.schemes:
+        raise InvalidInput(
+            f"--local-storage {cls.name!r} does not serve file paths (it serves "
+            f"{', '.join(s + '://' for s in cls.schemes)})"
+        )
+    return cls

@@ -6,31 +6,22 @@ from pathlib import Path
 
 import click
 
-from .._options import log_options
-
-
-def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        old, sep, new = value.partition("=")
-        if not sep or not old or not new:
-            raise click.BadParameter(f"expected OLD=NEW, got {value!r}", param_hint=option)
-        pairs[old] = new
-    return pairs
-
-
-@click.command("gateway")
-@click.option(
-    "-c",
-    "--config",
-    "config_file",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Native gateway YAML or an Envoy static config (envoy.yml).",
+from .._options import (
+    check_config_option,
+    config_option,
+    key_value_pairs,
+    log_options,
+    role_command,
 )
+
+
+@role_command
+@click.command("gateway")
+@config_option(required=True, help="Native gateway YAML or an Envoy static config (envoy.yml).")
 @click.option(
     "--map-address",
     multiple=True,
+    callback=key_value_pairs,
     metavar="FROM=TO",
     help="Rewrite an address of the config, e.g. ra-proxy:50002=127.0.0.1:50002 or "
     "0.0.0.0=127.0.0.1 (repeatable).",
@@ -38,6 +29,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option(
     "--map-path",
     multiple=True,
+    callback=key_value_pairs,
     metavar="OLD=NEW",
     help="Rewrite a file path prefix of the config, e.g. /shared/deploy=./deploy (repeatable).",
 )
@@ -69,15 +61,17 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     help="Transport channel backend of TLS listeners and clusters. "
     "Default: the config's transport_channel, else mtls.",
 )
+@check_config_option
 @log_options
 def gateway(
-    config_file: str,
-    map_address: tuple[str, ...],
-    map_path: tuple[str, ...],
+    config_file: Path,
+    map_address: dict[str, str],
+    map_path: dict[str, str],
     workers: int,
     tls_reload_interval: float,
     envelope_channel: str | None,
     transport_channel: str | None,
+    check_config: bool,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
@@ -90,18 +84,16 @@ def gateway(
     import dataclasses
 
     from ...manager import get_plugin_manager
+    from .._options import config_ok
     from .._server import setup_logging, wait_for_signal
     from .config import load_config
-    from .mtls import check_assets
+    from .preflight import check
     from .server import Gateway
 
-    setup_logging(log_path, log_level, log_levels_for)
     config = load_config(
         config_file,
-        address_map=_pairs(map_address, "--map-address"),
-        path_map={
-            old: str(Path(new).resolve()) for old, new in _pairs(map_path, "--map-path").items()
-        },
+        address_map=map_address,
+        path_map={old: str(Path(new).resolve()) for old, new in map_path.items()},
     )
     config = dataclasses.replace(
         config,
@@ -118,7 +110,11 @@ def gateway(
             err=True,
         )
 
-    check_assets(config, get_plugin_manager())  # one clear error before any worker starts
+    check(config, get_plugin_manager())  # one clear error before any worker starts
+    if check_config:
+        config_ok()
+        return
+    setup_logging(log_path, log_level, log_levels_for)
 
     async def run(announce: bool) -> None:
         async with Gateway(

@@ -51,14 +51,13 @@ Connection limits, per listener (Envoy names; a duration of 0 turns a timeout of
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ...errors import InvalidInput
+from ...settings_schema import Node, describe, load_yaml_file
 from .freshness import DEFAULT_FRESHNESS, MODES, FreshnessConfig
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
@@ -174,31 +173,31 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         if not self.listeners:
-            raise InvalidInput(f"{self.source}: no listeners")
+            raise InvalidInput("no listeners")
         names = [lst.name for lst in self.listeners]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise InvalidInput(f"{self.source}: duplicate listener name(s) {dupes}")
+            raise InvalidInput(f"duplicate listener name(s) {dupes}")
         for lst in self.listeners:
             wanted = [r.cluster for r in lst.routes]
             if any(r.require_jwe for r in lst.routes) and lst.jwe is None:
                 raise InvalidInput(
-                    f"{self.source}: listener {lst.name!r} has require_jwe routes but no jwe filter"
+                    f"listener {lst.name!r} has require_jwe routes but no jwe filter"
                 )
             if lst.tcp_cluster is not None:
                 wanted.append(lst.tcp_cluster)
             elif not lst.routes:
-                raise InvalidInput(f"{self.source}: listener {lst.name!r} has no routes")
+                raise InvalidInput(f"listener {lst.name!r} has no routes")
             for name in wanted:
                 if name not in self.clusters:
                     raise InvalidInput(
-                        f"{self.source}: listener {lst.name!r} routes to unknown cluster "
+                        f"listener {lst.name!r} routes to unknown cluster "
                         f"{name!r}; clusters: {sorted(self.clusters)}"
                     )
         if self.max_body_bytes <= 0:
-            raise InvalidInput(f"{self.source}: max_body_bytes must be positive")
+            raise InvalidInput("max_body_bytes must be positive")
         if self.request_timeout <= 0:
-            raise InvalidInput(f"{self.source}: request_timeout must be positive")
+            raise InvalidInput("request_timeout must be positive")
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -206,104 +205,28 @@ class GatewayConfig:
 
 @dataclass(frozen=True)
 class _Rewrites:
-    base: Path
     address_map: Mapping[str, str]
     path_map: Mapping[str, str]
-    where: str
 
-    def address(self, host: Any, port: Any, what: str) -> Address:
-        if not isinstance(host, str) or not host:
-            raise InvalidInput(f"{self.where}: {what}: address must be a non-empty string")
-        port = _port(port, f"{self.where}: {what}")
+    def address(self, host: str, port: int) -> Address:
         target = self.address_map.get(f"{host}:{port}") or self.address_map.get(host)
         if target is None:
             return Address(host, port)
         if ":" in target:
-            new_host, _, new_port = target.rpartition(":")
-            return Address(new_host, _port(new_port, f"address map entry for {host}:{port}"))
+            new_host, new_port = Node(target, "--map-address", host).host_port()
+            return Address(new_host, new_port)
         return Address(target, port)
 
-    def path(self, value: Any, what: str) -> Path:
-        if not isinstance(value, str) or not value:
-            raise InvalidInput(f"{self.where}: {what} must be a file path")
+    def host_port(self, node: Node) -> Address:
+        return self.address(*node.host_port())
+
+    def path(self, node: Node) -> Path:
+        value = node.string()
         for old, new in self.path_map.items():
             if value == old or value.startswith(old.rstrip("/") + "/"):
                 value = new + value[len(old) :]
                 break
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.base / path
-
-
-def _port(value: Any, what: str) -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{what}: port must be an integer, got {value!r}") from None
-    if isinstance(value, bool) or not 0 <= port <= 65535:
-        raise InvalidInput(f"{what}: port must be 0..65535, got {value!r}")
-    return port
-
-
-def _split_hostport(text: Any, what: str) -> tuple[str, int]:
-    if not isinstance(text, str) or ":" not in text:
-        raise InvalidInput(f"{what}: expected 'host:port', got {text!r}")
-    host, _, port = text.rpartition(":")
-    return host, _port(port, what)
-
-
-def _mapping(value: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidInput(f"{what} must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"{what} must be a backend name, got {value!r}")
-    return value
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise InvalidInput(f"{what} must be a list, got {type(value).__name__}")
-    return value
-
-
-def _duration(value: Any, what: str, *, zero_is_off: bool = False) -> float:
-    """Seconds from a number or an Envoy duration string (``"0.25s"``); 0 only when
-    ``zero_is_off`` (a timeout that can be turned off)."""
-    if isinstance(value, str):
-        match = re.fullmatch(r"(\d+(?:\.\d+)?)(s|ms)", value.strip())
-        if not match:
-            raise InvalidInput(f"{what}: duration must look like '0.25s' or '250ms', got {value!r}")
-        number = float(match.group(1))
-        seconds = number / 1000 if match.group(2) == "ms" else number
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an integer beyond any float
-            seconds = math.inf
-    else:
-        raise InvalidInput(f"{what}: duration must be a number of seconds, got {value!r}")
-    if not 0 <= seconds < math.inf or (seconds == 0 and not zero_is_off):  # NaN fails too
-        raise InvalidInput(f"{what}: duration must be a positive finite number, got {value!r}")
-    return seconds
-
-
-def _limits(spec: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """The connection-limit keyword arguments of :class:`Listener` present in ``spec``."""
-    limits: dict[str, Any] = {}
-    for key in ("request_headers_timeout", "idle_timeout"):
-        if spec.get(key) is not None:
-            limits[key] = _duration(spec[key], f"{what}: {key}", zero_is_off=True)
-    if spec.get("max_connections") is not None:
-        value = spec["max_connections"]
-        if isinstance(value, str) and value.isdigit():  # Envoy's JSON form of a uint64
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidInput(f"{what}: max_connections must be a positive integer, got {value!r}")
-        limits["max_connections"] = value
-    return limits
+        return Node(value, node.source, node.key, base=node.base).path()
 
 
 def load_config(
@@ -312,26 +235,9 @@ def load_config(
     address_map: Mapping[str, str] | None = None,
     path_map: Mapping[str, str] | None = None,
 ) -> GatewayConfig:
-    """Read a native or Envoy (``static_resources``) YAML file; raise :class:`InvalidInput`
-    naming the file and the offending element."""
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read gateway config {path}: {exc}") from exc
-    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an int of 5000 digits
-        raise InvalidInput(f"gateway config {path} is not YAML: {exc}") from exc
-    except RecursionError:
-        raise InvalidInput(f"gateway config {path} is nested too deeply") from None
-    return parse_config(
-        data,
-        base=path.resolve().parent,
-        address_map=address_map,
-        path_map=path_map,
-        source=str(path),
-    )
+    """Read a native or Envoy (``static_resources``) YAML file; a bad value raises
+    :class:`~trustflow_core.settings_schema.ConfigError` naming the file and its key path."""
+    return _parse(load_yaml_file(path), address_map, path_map)
 
 
 def parse_config(
@@ -343,11 +249,49 @@ def parse_config(
     source: str = "<memory>",
 ) -> GatewayConfig:
     """Parse an already-loaded mapping (native or Envoy form)."""
-    data = _mapping(data, f"gateway config {source}")
-    rw = _Rewrites(base or Path.cwd(), address_map or {}, path_map or {}, source)
-    if "static_resources" in data:
-        return _parse_envoy(data, rw)
-    return _parse_native(data, rw)
+    root = Node(data, source, base=base or Path.cwd())
+    if not isinstance(data, Mapping):
+        raise root.error(f"expected a mapping at the top, got {describe(data)}")
+    return _parse(root, address_map, path_map)
+
+
+def _parse(
+    root: Node, address_map: Mapping[str, str] | None, path_map: Mapping[str, str] | None
+) -> GatewayConfig:
+    rw = _Rewrites(address_map or {}, path_map or {})
+    if "static_resources" in root.value:
+        return _parse_envoy(root, rw)
+    return _parse_native(root, rw)
+
+
+def _config(root: Node, listeners: list[Listener], clusters: dict[str, Cluster]) -> GatewayConfig:
+    """The :class:`GatewayConfig`, its cross-checks (cluster names, ...) reported at the file."""
+    return root.build(
+        lambda data: GatewayConfig(
+            tuple(listeners),
+            clusters,
+            max_body_bytes=root.get("max_body_bytes").integer(DEFAULT_MAX_BODY, minimum=1),
+            request_timeout=root.get("request_timeout").duration(DEFAULT_REQUEST_TIMEOUT),
+            envelope_channel=root.get("envelope_channel").name("jwe"),
+            transport_channel=root.get("transport_channel").name("mtls"),
+            source=root.source,
+        )
+    )
+
+
+def _limits(listener: Node, **nodes: Node) -> dict[str, Any]:
+    """The connection-limit keyword arguments of :class:`Listener` given in ``nodes``."""
+    limits: dict[str, Any] = {}
+    for key in ("request_headers_timeout", "idle_timeout"):
+        if key in nodes and nodes[key].present:
+            limits[key] = nodes[key].duration(zero_is_off=True)
+    if "max_connections" in nodes and nodes["max_connections"].present:
+        limits["max_connections"] = nodes["max_connections"].integer(minimum=1, digits_ok=True)
+    return limits
+
+
+def _listener(node: Node, **kwargs: Any) -> Listener:
+    return node.build(lambda _: Listener(**kwargs))
 
 
 # ---- native form -------------------------------------------------------------------------------
@@ -374,92 +318,61 @@ _NATIVE_LISTENER = {
 _NATIVE_CLUSTER = {"endpoints", "connect_timeout", "tls"}
 
 
-def _no_unknown(obj: Mapping[str, Any], allowed: set[str], what: str) -> None:
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise InvalidInput(f"{what}: unknown key(s) {unknown}; known: {sorted(allowed)}")
-
-
-def _parse_native(data: Mapping[str, Any], rw: _Rewrites) -> GatewayConfig:
-    _no_unknown(data, _NATIVE_TOP, rw.where)
+def _parse_native(root: Node, rw: _Rewrites) -> GatewayConfig:
+    root.mapping(_NATIVE_TOP)
     clusters = {}
-    for name, spec in _mapping(data.get("clusters") or {}, f"{rw.where}: clusters").items():
-        what = f"{rw.where}: cluster {name!r}"
-        spec = _mapping(spec, what)
-        _no_unknown(spec, _NATIVE_CLUSTER, what)
-        endpoints = tuple(
-            rw.address(*_split_hostport(e, what), what)
-            for e in _list(spec.get("endpoints"), f"{what}: endpoints")
-        )
+    for name, spec in root.get("clusters").items():
+        spec.mapping(_NATIVE_CLUSTER)
+        endpoints = tuple(rw.host_port(e) for e in spec.get("endpoints").elements())
         if not endpoints:
-            raise InvalidInput(f"{what}: no endpoints")
-        timeout = spec.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+            raise spec.get("endpoints").error("no endpoints")
         clusters[name] = Cluster(
             name,
             endpoints,
-            _duration(timeout, f"{what}: connect_timeout"),
-            _native_tls(spec.get("tls"), rw, False, f"{what}: tls"),
+            spec.get("connect_timeout").duration(DEFAULT_CONNECT_TIMEOUT),
+            _native_tls(spec.get("tls"), rw, server_side=False),
         )
     listeners = []
-    for i, spec in enumerate(_list(data.get("listeners"), f"{rw.where}: listeners")):
-        what = f"{rw.where}: listeners[{i}]"
-        spec = _mapping(spec, what)
-        _no_unknown(spec, _NATIVE_LISTENER, what)
-        name = spec.get("name") or f"listener{i}"
-        routes = tuple(
-            _native_route(r, f"{what}: routes") for r in _list(spec.get("routes") or [], what)
-        )
-        jwe = None
-        if spec.get("jwe") is not None:
-            jwe = _jwe_config(_mapping(spec["jwe"], f"{what}: jwe"), rw, f"{what}: jwe")
-        if spec.get("tcp_proxy") is not None and (routes or jwe):
-            raise InvalidInput(f"{what}: a tcp_proxy listener has no routes or jwe filter")
+    for i, spec in enumerate(root.get("listeners").elements()):
+        spec.mapping(_NATIVE_LISTENER)
+        routes = tuple(_native_route(r) for r in spec.get("routes").elements(default=[]))
+        jwe = _jwe_config(spec.get("jwe"), rw) if spec.get("jwe").present else None
+        tcp = spec.get("tcp_proxy").string(None)
+        if tcp is not None and (routes or jwe):
+            raise spec.error("a tcp_proxy listener has no routes or jwe filter")
         listeners.append(
-            Listener(
-                name=str(name),
-                address=rw.address(*_split_hostport(spec.get("address"), what), what),
+            _listener(
+                spec,
+                name=spec.get("name").text(f"listener{i}"),
+                address=rw.host_port(spec.get("address")),
                 routes=routes,
                 jwe=jwe,
-                tcp_cluster=spec.get("tcp_proxy"),
-                tls=_native_tls(spec.get("tls"), rw, True, f"{what}: tls"),
-                **_limits(spec, what),
+                tcp_cluster=tcp,
+                tls=_native_tls(spec.get("tls"), rw, server_side=True),
+                **_limits(
+                    spec,
+                    request_headers_timeout=spec.get("request_headers_timeout"),
+                    idle_timeout=spec.get("idle_timeout"),
+                    max_connections=spec.get("max_connections"),
+                ),
             )
         )
-    return GatewayConfig(
-        tuple(listeners),
-        clusters,
-        max_body_bytes=_positive_int(data.get("max_body_bytes", DEFAULT_MAX_BODY), rw.where),
-        request_timeout=_duration(
-            data.get("request_timeout", DEFAULT_REQUEST_TIMEOUT), f"{rw.where}: request_timeout"
-        ),
-        envelope_channel=_name(
-            data.get("envelope_channel", "jwe"), f"{rw.where}: envelope_channel"
-        ),
-        transport_channel=_name(
-            data.get("transport_channel", "mtls"), f"{rw.where}: transport_channel"
-        ),
-        source=rw.where,
-    )
+    return _config(root, listeners, clusters)
 
 
 NATIVE_TLS_VERSIONS = {"TLSv1.2": "TLSv1_2", "TLSv1.3": "TLSv1_3"}
 
 
-def _native_tls(spec: Any, rw: _Rewrites, server_side: bool, what: str) -> Mapping[str, Any] | None:
+def _native_tls(spec: Node, rw: _Rewrites, *, server_side: bool) -> Mapping[str, Any] | None:
     """``{cert_path, private_key_path, min_version?}`` → the Envoy TLS context of the upstream
     interact configs (the certificate file is also the trusted CA file; servers require a
     client certificate)."""
-    if spec is None:
+    if not spec.present:
         return None
-    spec = _mapping(spec, what)
-    _no_unknown(spec, {"cert_path", "private_key_path", "min_version"}, what)
-    cert = str(rw.path(spec.get("cert_path"), f"{what}: cert_path"))
-    key = str(rw.path(spec.get("private_key_path"), f"{what}: private_key_path"))
-    version = spec.get("min_version", "TLSv1.2")
-    if version not in NATIVE_TLS_VERSIONS:
-        raise InvalidInput(
-            f"{what}: min_version must be one of {sorted(NATIVE_TLS_VERSIONS)}, got {version!r}"
-        )
+    spec.mapping({"cert_path", "private_key_path", "min_version"})
+    cert = str(rw.path(spec.get("cert_path")))
+    key = str(rw.path(spec.get("private_key_path")))
+    version = spec.get("min_version").choice(sorted(NATIVE_TLS_VERSIONS), "TLSv1.2")
     kind = "Downstream" if server_side else "Upstream"
     context: dict[str, Any] = {
         "@type": f"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{kind}TlsContext",
@@ -476,198 +389,177 @@ def _native_tls(spec: Any, rw: _Rewrites, server_side: bool, what: str) -> Mappi
     return context
 
 
-def _positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidInput(f"{where}: max_body_bytes must be a positive integer, got {value!r}")
-    return value
+def _native_route(spec: Node) -> Route:
+    spec.mapping({"prefix", "cluster", "require_jwe"})
+    prefix = spec.get("prefix").string()
+    if not prefix.startswith("/"):
+        raise spec.get("prefix").expected("a path prefix starting with '/'")
+    return Route(prefix, spec.get("cluster").string(), spec.get("require_jwe").boolean(False))
 
 
-def _native_route(spec: Any, what: str) -> Route:
-    spec = _mapping(spec, what)
-    _no_unknown(spec, {"prefix", "cluster", "require_jwe"}, what)
-    prefix, cluster = spec.get("prefix"), spec.get("cluster")
-    require_jwe = spec.get("require_jwe", False)
-    if not isinstance(require_jwe, bool):
-        raise InvalidInput(f"{what}: require_jwe must be true or false, got {require_jwe!r}")
-    if not isinstance(prefix, str) or not prefix.startswith("/"):
-        raise InvalidInput(f"{what}: prefix must start with '/', got {prefix!r}")
-    if not isinstance(cluster, str):
-        raise InvalidInput(f"{what}: cluster must be a name, got {cluster!r}")
-    return Route(prefix, cluster, require_jwe)
-
-
-def _jwe_config(spec: Mapping[str, Any], rw: _Rewrites, what: str) -> JweFilterConfig:
-    _no_unknown(spec, {"cert_path", "private_key_path", "freshness", "@type"}, what)
+def _jwe_config(spec: Node, rw: _Rewrites) -> JweFilterConfig:
+    spec.mapping({"cert_path", "private_key_path", "freshness", "@type"})
     return JweFilterConfig(
-        cert_path=rw.path(spec.get("cert_path"), f"{what}: cert_path"),
-        private_key_path=rw.path(spec.get("private_key_path"), f"{what}: private_key_path"),
-        freshness=_freshness(spec.get("freshness"), f"{what}: freshness"),
+        cert_path=rw.path(spec.get("cert_path")),
+        private_key_path=rw.path(spec.get("private_key_path")),
+        freshness=_freshness(spec.get("freshness")),
     )
 
 
-def _freshness(spec: Any, what: str) -> FreshnessConfig:
+def _freshness(spec: Node) -> FreshnessConfig:
     """``freshness: MODE`` or ``freshness: {mode, window, cache_size}`` (all optional)."""
-    if spec is None:
-        return FreshnessConfig()
-    if isinstance(spec, str):
-        spec = {"mode": spec}
-    spec = _mapping(spec, what)
-    _no_unknown(spec, {"mode", "window", "cache_size"}, what)
     default = FreshnessConfig()
-    mode = spec.get("mode", default.mode)
-    if mode not in MODES:
-        raise InvalidInput(f"{what}: mode must be one of {list(MODES)}, got {mode!r}")
-    size = spec.get("cache_size", default.cache_size)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise InvalidInput(f"{what}: cache_size must be a positive integer, got {size!r}")
-    window = _duration(spec.get("window", default.window), f"{what}: window")
-    return FreshnessConfig(mode, window, size)
+    if not spec.present:
+        return default
+    if isinstance(spec.value, str):
+        return FreshnessConfig(spec.choice(MODES), default.window, default.cache_size)
+    spec.mapping({"mode", "window", "cache_size"})
+    return FreshnessConfig(
+        spec.get("mode").choice(MODES, default.mode),
+        spec.get("window").duration(default.window),
+        spec.get("cache_size").integer(default.cache_size, minimum=1),
+    )
 
 
 # ---- Envoy static config subset ---------------------------------------------------------------
 
 
-def _socket_address(obj: Any, rw: _Rewrites, what: str) -> Address:
-    sock = _mapping(_mapping(obj, what).get("socket_address"), f"{what}: socket_address")
-    protocol = sock.get("protocol", "TCP")
-    if protocol != "TCP":
-        raise InvalidInput(f"{what}: only TCP socket addresses are supported, got {protocol!r}")
-    return rw.address(sock.get("address"), sock.get("port_value"), what)
+def _socket_address(obj: Node, rw: _Rewrites) -> Address:
+    sock = obj.mapping().get("socket_address").mapping(required=("address", "port_value"))
+    if sock.get("protocol").string("TCP") != "TCP":
+        raise sock.get("protocol").error("only TCP socket addresses are supported")
+    return rw.address(sock.get("address").string(), sock.get("port_value").port())
 
 
-def _parse_envoy(data: Mapping[str, Any], rw: _Rewrites) -> GatewayConfig:
-    static = _mapping(data["static_resources"], f"{rw.where}: static_resources")
+def _parse_envoy(root: Node, rw: _Rewrites) -> GatewayConfig:
+    static = root.get("static_resources").mapping()
     clusters = {}
-    for i, spec in enumerate(_list(static.get("clusters") or [], f"{rw.where}: clusters")):
-        what = f"{rw.where}: clusters[{i}]"
-        spec = _mapping(spec, what)
-        name = spec.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidInput(f"{what}: cluster without a name")
+    for spec in static.get("clusters").elements(default=[]):
+        spec.mapping()
+        name = spec.get("name").string()
         endpoints = []
-        assignment = _mapping(spec.get("load_assignment"), f"{what}: load_assignment")
-        for group in _list(assignment.get("endpoints"), f"{what}: endpoints"):
-            for lb in _list(_mapping(group, what).get("lb_endpoints"), f"{what}: lb_endpoints"):
-                endpoint = _mapping(_mapping(lb, what).get("endpoint"), f"{what}: endpoint")
-                endpoints.append(_socket_address(endpoint.get("address"), rw, f"{what} ({name})"))
+        assignment = spec.get("load_assignment").mapping(required=("endpoints",))
+        for group in assignment.get("endpoints").elements():
+            for lb in group.mapping().get("lb_endpoints").elements():
+                endpoint = lb.mapping().get("endpoint").mapping(required=("address",))
+                endpoints.append(_socket_address(endpoint.get("address"), rw))
         if not endpoints:
-            raise InvalidInput(f"{what}: cluster {name!r} has no endpoints")
-        timeout = spec.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+            raise assignment.error(f"cluster {name!r} has no endpoints")
         clusters[name] = Cluster(
             name,
             tuple(endpoints),
-            _duration(timeout, f"{what}: connect_timeout"),
-            _tls_context(spec.get("transport_socket"), rw, f"{what}: transport_socket"),
+            spec.get("connect_timeout").duration(DEFAULT_CONNECT_TIMEOUT),
+            _tls_context(spec.get("transport_socket"), rw),
         )
-    listeners = []
-    for i, spec in enumerate(_list(static.get("listeners"), f"{rw.where}: listeners")):
-        listeners.append(_envoy_listener(_mapping(spec, f"listeners[{i}]"), i, rw))
-    return GatewayConfig(tuple(listeners), clusters, source=rw.where)
+    listeners = [
+        _envoy_listener(spec.mapping(), i, rw)
+        for i, spec in enumerate(static.get("listeners").elements())
+    ]
+    return _config(root, listeners, clusters)
 
 
-def _tls_context(socket: Any, rw: _Rewrites, what: str) -> Mapping[str, Any] | None:
+def _tls_context(socket: Node, rw: _Rewrites) -> Mapping[str, Any] | None:
     """The TLS context dict of a transport socket, with every ``filename`` rewritten (and made
     absolute) like the other paths of the config."""
-    if socket is None:
+    if not socket.present:
         return None
-    socket = _mapping(socket, what)
-    if socket.get("name") != "envoy.transport_sockets.tls":
-        raise InvalidInput(f"{what}: unsupported transport socket {socket.get('name')!r}")
-    tls: Mapping[str, Any] = _rewrite_filenames(
-        _mapping(socket.get("typed_config") or {}, f"{what}: typed_config"), rw, what
-    )
+    socket.mapping()
+    if socket.get("name").value != "envoy.transport_sockets.tls":
+        raise socket.get("name").expected("envoy.transport_sockets.tls")
+    tls: Mapping[str, Any] = _rewrite_filenames(socket.get("typed_config").mapping(), rw)
     return tls
 
 
 MAX_TLS_CONTEXT_NODES = 10_000
 
 
-def _rewrite_filenames(obj: Any, rw: _Rewrites, what: str, budget: list[int] | None = None) -> Any:
-    """A copy of ``obj`` with every ``filename`` rewritten; at most
+def _rewrite_filenames(node: Node, rw: _Rewrites, budget: list[int] | None = None) -> Any:
+    """A copy of ``node``'s value with every ``filename`` rewritten; at most
     :data:`MAX_TLS_CONTEXT_NODES` values are copied (YAML aliases can make a small file
     describe an exponentially large tree)."""
     budget = [MAX_TLS_CONTEXT_NODES] if budget is None else budget
     budget[0] -= 1
     if budget[0] < 0:
-        raise InvalidInput(f"{what}: TLS context has more than {MAX_TLS_CONTEXT_NODES} values")
-    if isinstance(obj, Mapping):
+        raise node.error(f"TLS context has more than {MAX_TLS_CONTEXT_NODES} values")
+    if isinstance(node.value, Mapping):
         return {
-            k: str(rw.path(v, f"{what}: filename"))
-            if k == "filename"
-            else _rewrite_filenames(v, rw, what, budget)
-            for k, v in obj.items()
+            k: str(rw.path(child)) if k == "filename" else _rewrite_filenames(child, rw, budget)
+            for k, child in node.items()
         }
-    if isinstance(obj, list):
-        return [_rewrite_filenames(v, rw, what, budget) for v in obj]
-    return obj
+    if isinstance(node.value, list):
+        return [_rewrite_filenames(child, rw, budget) for child in node.elements()]
+    return node.value
 
 
-def _envoy_listener(spec: Mapping[str, Any], i: int, rw: _Rewrites) -> Listener:
-    name = str(spec.get("name") or f"listener{i}")
-    what = f"{rw.where}: listener {name!r}"
-    address = _socket_address(spec.get("address"), rw, what)
-    chains = _list(spec.get("filter_chains"), f"{what}: filter_chains")
+def _envoy_listener(spec: Node, i: int, rw: _Rewrites) -> Listener:
+    name = spec.get("name").text(f"listener{i}")
+    address = _socket_address(spec.get("address"), rw)
+    chains = spec.get("filter_chains").elements()
     if len(chains) != 1:
-        raise InvalidInput(f"{what}: exactly one filter chain is supported, got {len(chains)}")
-    chain = _mapping(chains[0], f"{what}: filter_chains[0]")
-    tls = _tls_context(chain.get("transport_socket"), rw, f"{what}: transport_socket")
-    filters = _list(chain.get("filters"), f"{what}: filters")
+        raise spec.get("filter_chains").error(
+            f"exactly one filter chain is supported, got {len(chains)}"
+        )
+    chain = chains[0].mapping()
+    tls = _tls_context(chain.get("transport_socket"), rw)
+    filters = chain.get("filters").elements()
     limits: dict[str, Any] = {}
-    if filters and _mapping(filters[0], f"{what}: filters[0]").get("name") == CONNECTION_LIMIT:
-        limit = _mapping(filters[0].get("typed_config") or {}, f"{what}: connection_limit")
-        if limit.get("max_connections") is None:
-            raise InvalidInput(f"{what}: connection_limit needs max_connections")
-        limits = _limits({"max_connections": limit["max_connections"]}, what)
+    if filters and filters[0].mapping().get("name").value == CONNECTION_LIMIT:
+        limit = filters[0].get("typed_config").mapping(required=("max_connections",))
+        limits = _limits(spec, max_connections=limit.get("max_connections"))
         filters = filters[1:]
     if len(filters) != 1:
-        raise InvalidInput(
-            f"{what}: exactly one network filter (after an optional {CONNECTION_LIMIT}) is "
+        raise chain.get("filters").error(
+            f"exactly one network filter (after an optional {CONNECTION_LIMIT}) is "
             f"supported, got {len(filters)}"
         )
-    network = _mapping(filters[0], f"{what}: filters[0]")
-    config = _mapping(network.get("typed_config") or {}, f"{what}: typed_config")
-    if network.get("name") == TCP_PROXY:
-        cluster = config.get("cluster")
-        if not isinstance(cluster, str):
-            raise InvalidInput(f"{what}: tcp_proxy needs a cluster name")
-        limits |= _limits({"idle_timeout": config.get("idle_timeout")}, what)
-        return Listener(name, address, tcp_cluster=cluster, tls=tls, **limits)
-    if network.get("name") != HCM:
-        raise InvalidInput(
-            f"{what}: unsupported network filter {network.get('name')!r}; "
-            f"supported: {HCM}, {TCP_PROXY}"
+    network = filters[0].mapping()
+    config = network.get("typed_config").mapping()
+    if network.get("name").value == TCP_PROXY:
+        limits |= _limits(spec, idle_timeout=config.get("idle_timeout"))
+        return _listener(
+            spec,
+            name=name,
+            address=address,
+            tcp_cluster=config.get("cluster").string(),
+            tls=tls,
+            **limits,
         )
+    if network.get("name").value != HCM:
+        raise network.get("name").expected(f"{HCM} or {TCP_PROXY}")
     routes = []
-    route_config = _mapping(config.get("route_config"), f"{what}: route_config")
-    for host in _list(route_config.get("virtual_hosts"), f"{what}: virtual_hosts"):
-        host = _mapping(host, f"{what}: virtual host")
-        domains = host.get("domains", ["*"])
-        if domains != ["*"]:
-            raise InvalidInput(f"{what}: only domains ['*'] are supported, got {domains!r}")
-        for route in _list(host.get("routes"), f"{what}: routes"):
-            route = _mapping(route, f"{what}: route")
-            match = _mapping(route.get("match"), f"{what}: route match")
-            if set(match) != {"prefix"}:
-                raise InvalidInput(f"{what}: only prefix route matches are supported: {match!r}")
-            target = _mapping(route.get("route"), f"{what}: route action")
-            routes.append(_native_route({"prefix": match["prefix"], **target}, f"{what}: route"))
+    route_config = config.get("route_config").mapping(required=("virtual_hosts",))
+    for host in route_config.get("virtual_hosts").elements():
+        host.mapping()
+        domains = host.get("domains")
+        if domains.present and domains.value != ["*"]:
+            raise domains.error(f"only domains ['*'] are supported, got {describe(domains.value)}")
+        for route in host.get("routes").elements():
+            route.mapping()
+            match = route.get("match").mapping({"prefix"}, required=("prefix",))
+            target = route.get("route").mapping({"cluster", "require_jwe"}, required=("cluster",))
+            prefix = match.get("prefix").string()
+            if not prefix.startswith("/"):
+                raise match.get("prefix").expected("a path prefix starting with '/'")
+            routes.append(
+                Route(
+                    prefix, target.get("cluster").string(), target.get("require_jwe").boolean(False)
+                )
+            )
     jwe = None
-    for http_filter in _list(config.get("http_filters") or [], f"{what}: http_filters"):
-        http_filter = _mapping(http_filter, f"{what}: http filter")
-        filter_name = http_filter.get("name")
-        typed = _mapping(http_filter.get("typed_config") or {}, f"{what}: http filter config")
-        if filter_name in JWE_FILTER_NAMES or typed.get("@type") == JWE_CONFIG_TYPE:
-            jwe = _jwe_config(typed, rw, f"{what}: jwe filter")
+    for http_filter in config.get("http_filters").elements(default=[]):
+        http_filter.mapping()
+        filter_name = http_filter.get("name").value
+        typed = http_filter.get("typed_config").mapping()
+        if filter_name in JWE_FILTER_NAMES or typed.get("@type").value == JWE_CONFIG_TYPE:
+            jwe = _jwe_config(typed, rw)
         elif filter_name != ROUTER:
-            raise InvalidInput(f"{what}: unsupported HTTP filter {filter_name!r}")
-    protocol = _mapping(
-        config.get("common_http_protocol_options") or {}, f"{what}: common_http_protocol_options"
-    )
+            raise http_filter.get("name").expected(f"the jwe filter or {ROUTER}")
+    protocol = config.get("common_http_protocol_options").mapping()
     limits |= _limits(
-        {
-            "request_headers_timeout": config.get("request_headers_timeout"),
-            "idle_timeout": protocol.get("idle_timeout"),
-        },
-        what,
+        spec,
+        request_headers_timeout=config.get("request_headers_timeout"),
+        idle_timeout=protocol.get("idle_timeout"),
     )
-    return Listener(name, address, routes=tuple(routes), jwe=jwe, tls=tls, **limits)
+    return _listener(
+        spec, name=name, address=address, routes=tuple(routes), jwe=jwe, tls=tls, **limits
+    )

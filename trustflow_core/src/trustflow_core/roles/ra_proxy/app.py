@@ -17,6 +17,7 @@ from ...attestation import Attester
 from ...errors import BackendNotFound, InvalidInput, TrustflowError
 from ...manager import TrustflowPluginManager
 from ...registry import ATTESTER, attester_class, backends_of
+from ...settings_schema import Node
 from . import handlers
 from .keys import PLUGIN_MANAGER, SERVICE
 from .service import RaCertService
@@ -46,7 +47,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
-def _attester_class(pm: TrustflowPluginManager, settings: RaProxySettings) -> type[Attester] | None:
+def attester_class_for(
+    pm: TrustflowPluginManager, settings: RaProxySettings
+) -> type[Attester] | None:
     """The configured attester; with ``upstream_sim`` it must be simulated (the upstream sim
     proxy sends no report), and an unset ``plat`` needs no attester installed."""
     if settings.upstream_sim and settings.plat is None:
@@ -70,7 +73,7 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         cert_pem = settings.read_cert()
-        cls = _attester_class(pm, settings)
+        cls = attester_class_for(pm, settings)
         if settings.upstream_sim:
             app[SERVICE] = RaCertService(cert_pem, None)
             yield
@@ -87,3 +90,25 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/-/plugins", handlers.plugins)
     return app
+
+
+def check_settings(
+    settings: RaProxySettings, pm: TrustflowPluginManager, attester: Node | None = None
+) -> None:
+    """What is checked before serving (and all ``--check-config`` does) beyond parsing: the
+    certificate file reads as PEM, the attester exists (simulated with ``upstream_sim``) and
+    builds from its settings (``attester``: where they came from, for errors). No report is
+    generated, nothing listens."""
+    import asyncio
+
+    settings.read_cert()
+    cls = attester_class_for(pm, settings)
+    if cls is None or settings.upstream_sim:
+        return
+
+    async def build() -> None:
+        node = attester or Node.settings(settings.attester_settings, "attester settings")
+        async with node.build(lambda value: cls.from_role(value, pm=pm)):
+            pass
+
+    asyncio.run(build())

@@ -6,10 +6,22 @@ from pathlib import Path
 
 import click
 
-from .._options import log_options
+from .._options import (
+    DEFAULT_PORTS,
+    check_config_option,
+    config_option,
+    log_options,
+    role_command,
+)
 
 
+@role_command
 @click.command("ra-proxy")
+@config_option(
+    help="YAML config: any option below by its name (cert_path, plat, upstream_sim, host, "
+    "port, log_level, log_path) plus attester (the attester backend's settings), "
+    "max_body_bytes, report_timeout. Relative paths are relative to the file."
+)
 @click.option(
     "--cert-path",
     "--cert_path",
@@ -38,15 +50,22 @@ from .._options import log_options
     help="YAML/JSON mapping of attester backend settings.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8010, show_default=True)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=DEFAULT_PORTS["ra-proxy"], show_default=True
+)
+@check_config_option
 @log_options
+@click.pass_context
 def ra_proxy(
+    ctx: click.Context,
+    config_file: Path | None,
     cert_path: Path,
     plat: str | None,
     upstream_sim: bool,
     settings_file: str | None,
     host: str,
     port: int,
+    check_config: bool,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
@@ -57,19 +76,22 @@ def ra_proxy(
 
     from ...fileio import load_mapping
     from ...manager import get_plugin_manager
+    from ...settings_schema import Node
+    from .._options import config_ok, merge_config
     from .._server import serve, setup_logging
-    from .app import create_app
-    from .settings import RaProxySettings
+    from .app import check_settings, create_app
+    from .settings import CONFIG_KEYS, settings_from
 
-    setup_logging(log_path, log_level, log_levels_for)
-    settings = RaProxySettings(
-        cert_path=cert_path,
-        plat=plat,
-        upstream_sim=upstream_sim,
-        attester_settings=load_mapping(settings_file, "settings file") if settings_file else {},
-        host=host,
-        port=port,
-    )
+    values = merge_config(ctx, config_file, CONFIG_KEYS)
+    if settings_file:
+        values["attester"] = Node(load_mapping(settings_file, "settings file"), settings_file)
+    settings = settings_from(values)
+    host, port = settings.host, settings.port
+    check_settings(settings, get_plugin_manager(), values.get("attester"))
+    if check_config:
+        config_ok()
+        return
+    setup_logging(values["log_path"], values["log_level"], log_levels_for)
     app = create_app(settings, get_plugin_manager())
 
     def started(bound: int) -> None:

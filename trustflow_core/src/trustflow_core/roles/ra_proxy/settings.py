@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ...errors import InvalidInput
+from ...settings_schema import Node
+from .._options import DEFAULT_PORTS, LOG_KEYS
+
+#: The keys of ``trustflow ra-proxy -c FILE`` and how each is read.
+CONFIG_KEYS: Mapping[str, Callable[[Node], Any]] = {
+    "cert_path": Node.path,
+    "plat": Node.name,
+    "upstream_sim": Node.boolean,
+    "host": Node.string,
+    "port": Node.port,
+    "attester": Node.mapping,
+    "max_body_bytes": lambda node: node.integer(minimum=1),
+    "report_timeout": lambda node: node.number(zero_ok=False),
+    **LOG_KEYS,
+}
 
 
 @dataclass(frozen=True)
@@ -32,7 +47,7 @@ class RaProxySettings:
     upstream_sim: bool = False
     attester_settings: Mapping[str, Any] = field(default_factory=dict)
     host: str = "127.0.0.1"
-    port: int = 8010
+    port: int = DEFAULT_PORTS["ra-proxy"]
     max_body_bytes: int = 64 * 1024
     report_timeout: float = 60.0
 
@@ -57,3 +72,17 @@ class RaProxySettings:
                 f"--cert-path {self.cert_path} is not a PEM X.509 certificate: {exc}"
             ) from exc
         return data
+
+
+def settings_from(values: Mapping[str, Any]) -> RaProxySettings:
+    """The settings from the command's merged values (options and ``CONFIG_KEYS``)."""
+    optional = {k: values[k] for k in ("max_body_bytes", "report_timeout") if k in values}
+    return RaProxySettings(
+        cert_path=Path(values["cert_path"]),
+        plat=values["plat"],
+        upstream_sim=values["upstream_sim"],
+        attester_settings=values["attester"].value if "attester" in values else {},
+        host=values["host"],
+        port=values["port"],
+        **optional,
+    )
