@@ -4,7 +4,7 @@ only (``grpc`` when installed).
 
     trustflow-healthcheck http URL        # exit 0 iff GET URL answers 2xx
     trustflow-healthcheck tcp HOST:PORT   # exit 0 iff a TCP connection opens
-    trustflow-healthcheck grpc HOST:PORT  # exit 0 iff an HTTP/2 gRPC channel becomes ready
+    trustflow-healthcheck grpc HOST:PORT  # exit 0 iff grpc.health.v1 answers SERVING
     trustflow-healthcheck file PATH       # exit 0 iff PATH exists and is not empty
 
 Exit status 1 with one line on stderr saying why otherwise; ``--timeout`` (default 3 s) bounds
@@ -52,17 +52,34 @@ def probe_tcp(target: str, timeout: float) -> str | None:
 
 
 def probe_grpc(target: str, timeout: float) -> str | None:
-    """None when a plaintext gRPC channel to ``target`` gets ready (HTTP/2 settings exchanged),
-    else why not; falls back to TCP without grpcio."""
+    """None when the gRPC server at ``target`` is healthy, else why not: its standard health
+    service (``grpc.health.v1.Health/Check``, the Capsule Manager's reflects its database)
+    must answer SERVING; a server without that service must at least complete the HTTP/2
+    handshake (channel ready). Without grpcio, a TCP connect."""
     try:
         import grpc
     except ImportError:
         return probe_tcp(target, timeout)
+    try:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+    except ImportError:
+        health_pb2 = health_pb2_grpc = None
     with grpc.insecure_channel(target) as channel:
+        if health_pb2 is None or health_pb2_grpc is None:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=timeout)
+            except grpc.FutureTimeoutError:
+                return f"{target}: no gRPC channel within {timeout} s"
+            return None
+        stub = health_pb2_grpc.HealthStub(channel)
         try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            return f"{target}: no gRPC channel within {timeout} s"
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None  # a gRPC server without the health service: it answered
+            return f"{target}: {exc.code().name} {exc.details() or ''}".rstrip()
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        return f"{target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
     return None
 
 
