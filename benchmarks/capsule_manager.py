@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
+import importlib
 import os
 import tempfile
 import time
@@ -191,6 +193,30 @@ async def run_backend(
     return result
 
 
+#: backend -> (its driver module, the trustflow-core extra that installs it)
+DRIVERS = {"postgresql": ("psycopg", "postgresql"), "mysql": ("pymysql", "mysql")}
+
+
+def missing_driver(backend: str) -> str | None:
+    """Why ``backend`` cannot be measured in this environment (its driver does not import),
+    naming the extra to install; None when it can."""
+    if backend not in (*DRIVERS, "sqlite"):
+        raise SystemExit(f"unknown backend {backend!r}: choose from sqlite, postgresql, mysql")
+    if backend in DRIVERS:
+        module, extra = DRIVERS[backend]
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            hint = f"pip install 'trustflow-core[{extra}]'"
+            return f"its driver {module} cannot be imported ({exc}): {hint}"
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -212,6 +238,7 @@ def main() -> None:
         "(default: 1 and one per core)",
     )
     args = parser.parse_args()
+    from sqlalchemy.exc import SQLAlchemyError
     from trustflow_core.testing.databases import throwaway_database
 
     env = {**os.environ, "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim"}
@@ -220,12 +247,21 @@ def main() -> None:
         env["TRUSTFLOW_SIM_DIR"] = os.environ["TRUSTFLOW_SIM_DIR"] = sim_dir
         os.environ["TRUSTFLOW_LOAD_PLUGINS"] = env["TRUSTFLOW_LOAD_PLUGINS"]
         for name in args.backends.split(","):
+            problem = missing_driver(name)
+            if problem:
+                print(f"skipping {name}: {problem}")
+                continue
             for workers in (int(w) for w in args.workers.split(",")):
-                with (
-                    tempfile.TemporaryDirectory() as dbdir,
-                    throwaway_database(name, Path(dbdir)) as url,
-                ):
+                with contextlib.ExitStack() as stack:
+                    dbdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                    try:
+                        url = stack.enter_context(throwaway_database(name, dbdir))
+                    except SQLAlchemyError as exc:
+                        print(f"skipping {name}: its server cannot be reached: {one_line(exc)}")
+                        break
                     results.append(asyncio.run(run_backend(name, url, args, env, workers)))
+    if not results:
+        raise SystemExit("no backend could be measured")
     print(
         f"capsule manager, {args.clients} concurrent clients, {args.seconds:.0f} s per RPC, "
         f"{os.cpu_count()} cores, {args.rounds} interleaved rounds; "

@@ -35,7 +35,7 @@ POLICY = Policy((Attributes(str_tee_platform="CSV"),)).with_user_data(b"user dat
 
 
 def default_vectors() -> Path:
-    from trustflow_core.testing.fixtures import compat_vectors_dir
+    from trustflow_core.testing.support import compat_vectors_dir
 
     return compat_vectors_dir().parent / "attestation" / "csv" / "csv-rs"
 

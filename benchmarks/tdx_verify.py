@@ -42,7 +42,7 @@ POLICY = Policy((Attributes(str_tee_platform="TDX"),))
 
 
 def default_vectors() -> Path:
-    from trustflow_core.testing.fixtures import compat_vectors_dir
+    from trustflow_core.testing.support import compat_vectors_dir
 
     return compat_vectors_dir().parent / "attestation" / "tdx" / "dcap-qvl"
 

@@ -107,7 +107,7 @@ def online(mode: str) -> tuple[str, dict[str, Any]]:
     client = ["client", "--url", f"http://127.0.0.1:{PORTS['gateway']}", "--data", "hello"]
     client += ["--allow-simulation"] if mode == "sim" else ["--platform", PLATFORM[mode]]
     services = {
-        "keys": _keys("carol"),
+        "keys": _keys("app"),
         "teeapp": _service(
             ["/opt/trustflow/samples/demo_http_server.py", "--port", PORTS["app"]],
             entrypoint=["python"],
@@ -118,7 +118,7 @@ def online(mode: str) -> tuple[str, dict[str, Any]]:
             [
                 "ra-proxy",
                 "--cert_path",
-                "/shared/deploy/carol.crt",
+                "/shared/deploy/app.crt",
                 "--plat",
                 plat,
                 "--host",
@@ -138,12 +138,14 @@ def online(mode: str) -> tuple[str, dict[str, Any]]:
                 "gateway",
                 "-c",
                 "/etc/trustflow/envoy.yml",
+                "--map-path",
+                "/deploy=/shared/deploy",
                 "--map-address",
-                f"0.0.0.0:50001={LISTEN}:{PORTS['gateway']}",
+                f"127.0.0.1:50001={LISTEN}:{PORTS['gateway']}",
                 "--map-address",
-                f"ra-proxy:50002=127.0.0.1:{PORTS['ra']}",
+                f"127.0.0.1:50002=127.0.0.1:{PORTS['ra']}",
                 "--map-address",
-                f"teeapp:8000=127.0.0.1:{PORTS['app']}",
+                f"127.0.0.1:8000=127.0.0.1:{PORTS['app']}",
                 "--log_path",
                 "/shared/log/envoy.log",
             ],

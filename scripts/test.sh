@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite: every tox env (one per distribution, integration, py310 and py313 (the
 # distributions' tests on the oldest and newest supported Python), fuzz (every fuzz target for a
-# bounded time), lint, typecheck, proto drift),
+# bounded time), lint, typecheck, proto drift, docs (the documentation site, mkdocs --strict)),
 # two at a time, then one summary line over all of them. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -194,7 +194,7 @@ def test_core_with_tee_tdx_names_the_pccs_extra(core_tdx: Venv, tmp_path: Path) 
 def test_core_with_storage_local_passes_the_conformance_kit(
     make_venv: Callable[..., Venv],
 ) -> None:
-    venv = make_venv("trustflow-core[testing]", "trustflow-storage-local")
+    venv = make_venv("trustflow-core[test]", "trustflow-storage-local")
     installed = venv.packages()
     assert {"trustflow-storage-local", "pytest"} <= installed
     assert not installed & FORBIDDEN, sorted(installed & FORBIDDEN)

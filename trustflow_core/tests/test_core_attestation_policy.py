@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -12,6 +13,8 @@ from trustflow_core.attestation import (
     Policy,
     Report,
     match_policy,
+    public_key_binding,
+    public_key_digest,
     ra_user_data,
 )
 from trustflow_core.errors import InvalidInput, VerificationError
@@ -92,6 +95,55 @@ def test_pem_pubkey_policy_value_is_hashed_like_upstream():
     match_policy(ACTUAL, policy({"hex_hash_or_pem_pubkey": "-----PEM-----"}))
     with pytest.raises(VerificationError, match="hex_hash_or_pem_pubkey"):
         match_policy(ACTUAL, policy({"hex_hash_or_pem_pubkey": "-----OTHER-----"}))
+
+
+def _ec_public_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_pem_pubkey_binding_accepts_any_formatting_of_the_same_key_and_the_hex_digest():
+    pem = _ec_public_pem()
+    bound = dataclasses.replace(ACTUAL, hex_hash_or_pem_pubkey=public_key_digest(pem).hex())
+    assert public_key_digest(pem) == hashlib.sha256(pem).digest()  # canonical = openssl's
+    reformatted = pem.decode().replace("\n", "\r\n").rstrip()  # CRLF, no final newline
+    for value in (pem.decode(), reformatted, public_key_digest(pem).hex().upper()):
+        match_policy(bound, policy({"hex_hash_or_pem_pubkey": value}))
+    other = _ec_public_pem().decode()
+    with pytest.raises(VerificationError, match="hex_hash_or_pem_pubkey"):
+        match_policy(bound, policy({"hex_hash_or_pem_pubkey": other}))
+    unbound = dataclasses.replace(ACTUAL, hex_hash_or_pem_pubkey="00" * 32)
+    with pytest.raises(VerificationError, match="hex_hash_or_pem_pubkey"):
+        match_policy(unbound, policy({"hex_hash_or_pem_pubkey": pem.decode()}))
+
+
+def test_public_key_binding_setting(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    assert public_key_binding(None, "x") == bytes(32)
+    pem = _ec_public_pem()
+    path = tmp_path / "key.pem"
+    path.write_bytes(pem.replace(b"\n", b"\r\n"))
+    assert public_key_binding(str(path), "x") == hashlib.sha256(pem).digest()
+    private = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.write_bytes(private)
+    with pytest.raises(InvalidInput, match="not a private key"):
+        public_key_binding(str(path), "x")
+    path.write_bytes(b"not pem")
+    with pytest.raises(InvalidInput, match="not a PEM public key"):
+        public_key_binding(str(path), "x")
+    with pytest.raises(InvalidInput, match="cannot read"):
+        public_key_binding(str(tmp_path / "absent.pem"), "x")
 
 
 def test_with_user_data_adds_the_binding_to_every_entry():

@@ -13,11 +13,10 @@ from trustflow_channel_jwe.channel import JweChannel
 
 from trustflow_core import hookimpl
 from trustflow_core.errors import BackendNotFound
+from trustflow_core.harness.cm_world import running_cm
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings, load_settings
-from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
-from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
 
 pytestmark = pytest.mark.asyncio
 
@@ -52,15 +51,8 @@ async def test_cm_and_owner_client_use_the_configured_envelope_channel(tmp_path:
     config.write_text("plat: sim\nenvelope_channel: counting\n")
     settings = load_settings(config, port=0, data_dir=tmp_path / "cm")
     assert settings.envelope_channel == "counting"
-    cm = CapsuleManager(settings, pm=pm)
-    port = await cm.start()
-    try:
-        async with CapsuleManagerClient(
-            f"127.0.0.1:{port}", pm=pm, envelope_channel="counting"
-        ) as client:
-            await client.register_cert(ephemeral_credentials("alice", key_size=2048))
-    finally:
-        await cm.stop()
+    async with running_cm(settings, pm=pm, envelope_channel="counting") as world:
+        await world.client.register_cert(world.alice)
     # the client sealed the request with the counting channel, the CM opened it with its own
     assert calls == Counter({"seal": 1, "open": 1})
 

@@ -212,8 +212,18 @@ def test_owner_flow_end_to_end(cli: Any, sim_env: dict[str, str], tmp_path: Path
         listed = json.loads(cli("cms", "--config-file", str(alice), "--json", "get-data-policys"))
         assert [[r["rule_id"] for r in p["rules"]] for p in listed] == [["r1", "r2"]]
         cli("cms", "--config-file", str(alice), "delete-data-rule")
-        human = cli("cms", "--config-file", str(alice), "get-data-policys")
-        assert uuid_a in human and "'r2'" not in human
+        human = cli("cms", "--config-file", str(alice), "get-data-policys").splitlines()
+        assert human[0].split() == [
+            "DATA",
+            "UUID",
+            "RULE",
+            "GRANTEES",
+            "OPS",
+            "COLUMNS",
+            "GLOBAL",
+            "CONSTRAINTS",
+        ]
+        assert [row.split()[:2] for row in human[1:-1]] == [[uuid_a, "r1"]]
         # bob cannot see or touch alice's policy
         assert uuid_a not in cli("cms", "--config-file", str(bob), "get-data-policys")
 
@@ -352,6 +362,88 @@ def test_owner_flow_end_to_end(cli: Any, sim_env: dict[str, str], tmp_path: Path
         assert out.startswith("Error:") and len(out.strip().splitlines()) == 1
         out = cli("cms", "--config-file", str(bob), "delete-data-rule", expect=1)
         assert out.startswith("Error:")
+    finally:
+        server.stop()
+
+
+def test_owner_cli_help_init_and_options(cli: Any, sim_env: dict[str, str], tmp_path: Path) -> None:
+    """``--help`` needs no config; ``cms init`` writes a template the commands accept; options
+    override the config, and replace it altogether for one-off calls; listings are tables."""
+    d = tmp_path
+    for args in (
+        ["cms", "get-public-key", "--help"],
+        ["cms", "--config-file", str(d / "missing.yaml"), "register-data-policy", "--help"],
+        ["cms", "--help"],
+        ["cms", "init", "--help"],
+    ):
+        assert "Usage: " in cli(*args)
+    ids = {
+        name: cli(
+            "util", "generate-rsa-keypair",
+            "--private-key-file", str(d / f"{name}.key"), "--cert-file", str(d / f"{name}.crt"),
+        ).strip()
+        for name in ("alice", "carol")
+    }  # fmt: skip
+    (d / "data.key").write_text(cli("util", "generate-data-key-b64"))
+    uuid = f"opt-{os.urandom(4).hex()}"
+    server = Server(sim_env, d / "cm").start()
+    try:
+        me = ["--key-file", str(d / "alice.key"), "--cert-file", str(d / "alice.crt")]
+        config = d / "alice.yaml"
+        # the template, filled with the group's options, is accepted as it is
+        out = cli("cms", "--host", server.target, *me, "init", str(config))
+        assert f"wrote {config}" in out
+        assert config.stat().st_mode & 0o777 == 0o600
+        template = yaml.safe_load(config.read_text())
+        assert template["host"] == server.target and template["tee_plat"] is None
+        assert template["common"]["private_key_file"] == str(d / "alice.key")
+        assert template["common"]["cert_pems_file"] == [str(d / "alice.crt")]
+        assert "# You, the data owner" in config.read_text()
+        assert "exists" in cli("cms", "init", str(config), expect=1)
+        assert ids["alice"] in cli("cms", "--config-file", str(config), "register-cert")
+
+        # options win over the file: the file's host points nowhere, --host to the CM
+        broken = yaml.safe_load(config.read_text())
+        broken["host"] = "127.0.0.1:9"
+        config.write_text(yaml.safe_dump(broken))
+        assert "connection refused" in cli(
+            "cms", "--config-file", str(config), "get-data-policys", expect=1
+        )
+        with_host = ["cms", "--config-file", str(config), "--host", server.target]
+        assert "0 policy(ies) in scope 'default'" in cli(*with_host, "get-data-policys")
+
+        # one-off calls with no config file at all
+        bare = ["cms", "--host", server.target, *me]
+        cli(*bare, "register-data-keys", "--resource-uri", uuid, "--data-key-file",
+            str(d / "data.key"))  # fmt: skip
+        grant_r1 = ["--rule-id", "r1", "--grantee", ids["carol"], "--op", "psi"]
+        cli(*bare, "register-data-policy", "--data-uuid", uuid, *grant_r1,
+            "--column", "id", "--column", "age")  # fmt: skip
+        added = cli(*bare, "add-data-rule", "--data-uuid", uuid, "--rule-id", "r2",
+                    "--grantee", ids["carol"], "--op", "xgb", "--json")  # fmt: skip
+        assert json.loads(added) == {"data_uuid": uuid, "rule_id": "r2"}
+        rows = cli(*bare, "get-data-policys").splitlines()
+        assert rows[0].split()[:3] == ["DATA", "UUID", "RULE"]
+        assert [r.split()[:3] for r in rows[1:-1]] == [
+            [uuid, "r1", ids["carol"]],
+            [uuid, "r2", ids["carol"]],
+        ]
+        assert "psi" in rows[1] and "id, age" in rows[1] and "xgb" in rows[2]
+        assert rows[-1] == "1 policy(ies) in scope 'default'"
+        cli(*bare, "delete-data-rule", "--data-uuid", uuid, "--rule-id", "r2")
+        listed = json.loads(cli(*bare, "get-data-policys", "--json"))
+        assert [[r["rule_id"] for r in p["rules"]] for p in listed] == [["r1"]]
+
+        # a value neither given nor configured: one line naming the option and the key
+        out = cli(*bare, "delete-data-rule", "--data-uuid", uuid, expect=1)
+        assert out.startswith("Error: delete_data_rule.rule_id is not set: give --rule-id")
+        assert len(out.strip().splitlines()) == 1
+        out = cli("cms", *me, "get-public-key", expect=1)
+        assert out.startswith("Error: host is not set: give --host")
+        assert "need --rule-id" in cli(*bare, "add-data-rule", "--data-uuid", uuid,
+                                        "--op", "psi", expect=2)  # fmt: skip
+        cli(*bare, "delete-data-policy", "--data-uuid", uuid)
+        cli(*bare, "delete-data-key", "--resource-uri", uuid)
     finally:
         server.stop()
 

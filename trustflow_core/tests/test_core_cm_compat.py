@@ -20,11 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
 
-from trustflow_core.manager import get_plugin_manager
+from trustflow_core.harness.cm_world import running_cm
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 
 pytestmark = pytest.mark.asyncio
@@ -74,12 +73,8 @@ async def compat_cm(plugin_env: None, compat_dir: Path, tmp_path: Path) -> Async
         private_key_file=compat_dir / "keys" / "cm.key",
         cert_file=compat_dir / "keys" / "cm.crt",
     )
-    cm = CapsuleManager(settings, pm=get_plugin_manager())
-    port = await cm.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await cm.stop()
+    async with running_cm(settings) as world:
+        yield world.target
 
 
 async def test_recorded_flow(

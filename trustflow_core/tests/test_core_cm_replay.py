@@ -11,28 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import json
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from google.protobuf.message import Message
 
 from trustflow_core.channel import Jwe
-from trustflow_core.manager import get_plugin_manager
+from trustflow_core.harness.cm_world import (
+    CMWorld,
+    data_key_b64,
+    grant_rule,
+    new_data_uuid,
+    running_cm,
+)
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.roles.capsule_manager.server import CapsuleManager
 from trustflow_core.roles.capsule_manager.settings import CMSettings
-from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient, Credentials
-from trustflow_core.roles.capsule_manager_client.keyexchange import ephemeral_credentials
+from trustflow_core.roles.capsule_manager_client.client import Credentials
 from trustflow_core.wire import to_json
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -41,64 +42,19 @@ SCOPE = "default"
 V1_DATABASE = Path(__file__).parent / "data" / "cm_schema_v1.db"
 
 
-@dataclasses.dataclass
-class World:
-    cm: CapsuleManager
-    client: CapsuleManagerClient
-    alice: Credentials
-    carol: Credentials
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def w(
-    sim_env: None, db_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[World]:
-    pm = get_plugin_manager()
-    settings = CMSettings(
-        port=0, plat="sim", data_dir=tmp_path_factory.mktemp("cm"), storage_url=db_url
-    )
-    cm = CapsuleManager(settings, pm=pm)
-    port = await cm.start()
-    client = CapsuleManagerClient(f"127.0.0.1:{port}", pm=pm)
-    alice = ephemeral_credentials("alice", key_size=2048)
-    carol = ephemeral_credentials("carol", key_size=2048)
-    try:
-        yield World(cm, client, alice, carol)
-    finally:
-        await client.aclose()
-        await cm.stop()
-
-
-def uid() -> str:
-    return "d-" + os.urandom(6).hex()
-
-
-def key_b64() -> str:
-    return base64.b64encode(os.urandom(16)).decode()
-
-
-def rule(grantee: str, rule_id: str = "r1") -> cm_pb2.Rule:
-    return cm_pb2.Rule(
-        rule_id=rule_id,
-        grantee_party_ids=[grantee],
-        op_constraints=[cm_pb2.Rule.OpConstraint(op_name="psi")],
-        columns=["*"],
-    )
-
-
 async def sealed(
-    w: World, inner: Message, creds: Credentials, claims: dict[str, Any] | None
+    cm_world: CMWorld, inner: Message, creds: Credentials, claims: dict[str, Any] | None
 ) -> cm_pb2.EncryptedRequest:
     """An owner request: ``claims=None`` is the upstream SDK's form (header ``alg`` + ``x5c``
     only), otherwise the JWS protected header also carries ``claims``."""
-    channel = w.client.channel
+    channel = cm_world.client.channel
     payload = to_json(inner, style="sdk").encode()
     if claims is None:
         jws = channel.sign(payload, creds.private_key, creds.chain)
     else:
         jws = channel.sign(payload, creds.private_key, creds.chain, claims=claims)
     plaintext = json.dumps(jws.to_dict(), separators=(",", ":")).encode()
-    return await w.client.seal_request(plaintext)
+    return await cm_world.client.seal_request(plaintext)
 
 
 def fresh() -> dict[str, Any]:
@@ -109,21 +65,21 @@ def fresh() -> dict[str, Any]:
 STYLES = ["upstream", "ours"]
 
 
-async def capture(w: World, style: str, inner: Message, creds: Credentials) -> Any:
+async def capture(cm_world: CMWorld, style: str, inner: Message, creds: Credentials) -> Any:
     if style == "ours":
-        return await w.client.envelope(inner, creds)
-    return await sealed(w, inner, creds, None)
+        return await cm_world.client.envelope(inner, creds)
+    return await sealed(cm_world, inner, creds, None)
 
 
-async def send(w: World, method: str, request: cm_pb2.EncryptedRequest) -> Any:
-    return (await w.client._call(method, request)).status
+async def send(cm_world: CMWorld, method: str, request: cm_pb2.EncryptedRequest) -> Any:
+    return (await cm_world.client._call(method, request)).status
 
 
 def policy_request(owner: Credentials, uuid: str, grantee: str) -> cm_pb2.CreateDataPolicyRequest:
     return cm_pb2.CreateDataPolicyRequest(
         owner_party_id=owner.party_id,
         scope=SCOPE,
-        policy=cm_pb2.Policy(data_uuid=uuid, rules=[rule(grantee)]),
+        policy=cm_pb2.Policy(data_uuid=uuid, rules=[grant_rule(grantee)]),
     )
 
 
@@ -132,23 +88,23 @@ def add_rule_request(owner: Credentials, uuid: str, rule_id: str) -> cm_pb2.AddD
         owner_party_id=owner.party_id,
         scope=SCOPE,
         data_uuid=uuid,
-        rule=rule(owner.party_id, rule_id),
+        rule=grant_rule(owner.party_id, rule_id),
     )
 
 
-async def grantees(w: World, uuid: str) -> list[list[str]]:
-    policies = await w.client.list_data_policies(w.alice, SCOPE)
+async def grantees(cm_world: CMWorld, uuid: str) -> list[list[str]]:
+    policies = await cm_world.client.list_data_policies(cm_world.alice, SCOPE)
     return [list(r.grantee_party_ids) for p in policies if p.data_uuid == uuid for r in p.rules]
 
 
-def stored_keys(w: World, uri: str) -> dict[str, str]:
-    assert w.cm.store is not None
-    return w.cm.store.get_keys([uri])
+def stored_keys(cm_world: CMWorld, uri: str) -> dict[str, str]:
+    assert cm_world.cm.store is not None
+    return cm_world.cm.store.get_keys([uri])
 
 
-async def new_data(w: World) -> str:
-    uuid = uid()
-    await w.client.create_data_keys(w.alice, [(uuid, key_b64())])
+async def new_data(cm_world: CMWorld) -> str:
+    uuid = new_data_uuid()
+    await cm_world.client.create_data_keys(cm_world.alice, [(uuid, data_key_b64())])
     return uuid
 
 
@@ -156,49 +112,68 @@ async def new_data(w: World) -> str:
 
 
 @pytest.mark.parametrize("style", STYLES)
-async def test_replayed_create_policy_does_not_roll_back(w: World, style: str) -> None:
-    uuid = await new_data(w)
-    captured = await capture(w, style, policy_request(w.alice, uuid, w.carol.party_id), w.alice)
-    assert (await send(w, "CreateDataPolicy", captured)).code == 0
+async def test_replayed_create_policy_does_not_roll_back(cm_world: CMWorld, style: str) -> None:
+    uuid = await new_data(cm_world)
+    captured = await capture(
+        cm_world,
+        style,
+        policy_request(cm_world.alice, uuid, cm_world.carol.party_id),
+        cm_world.alice,
+    )
+    assert (await send(cm_world, "CreateDataPolicy", captured)).code == 0
     # the owner revokes carol's grant
-    await w.client.create_data_policy(w.alice, SCOPE, uuid, [rule(w.alice.party_id)])
-    assert await grantees(w, uuid) == [[w.alice.party_id]]
-    status = await send(w, "CreateDataPolicy", captured)
+    await cm_world.client.create_data_policy(
+        cm_world.alice, SCOPE, uuid, [grant_rule(cm_world.alice.party_id)]
+    )
+    assert await grantees(cm_world, uuid) == [[cm_world.alice.party_id]]
+    status = await send(cm_world, "CreateDataPolicy", captured)
     assert status.code == 0  # answered as the retry of an applied request ...
-    assert await grantees(w, uuid) == [[w.alice.party_id]]  # ... without a second effect
+    assert await grantees(cm_world, uuid) == [
+        [cm_world.alice.party_id]
+    ]  # ... without a second effect
 
 
 @pytest.mark.parametrize("style", STYLES)
-async def test_replayed_delete_key_does_not_delete_recreated_key(w: World, style: str) -> None:
-    uuid = await new_data(w)
-    request = cm_pb2.DeleteDataKeyRequest(owner_party_id=w.alice.party_id, resource_uri=uuid)
-    captured = await capture(w, style, request, w.alice)
-    assert (await send(w, "DeleteDataKey", captured)).code == 0
-    assert stored_keys(w, uuid) == {}
-    recreated = key_b64()
-    await w.client.create_data_keys(w.alice, [(uuid, recreated)])
-    assert (await send(w, "DeleteDataKey", captured)).code == 0
-    assert stored_keys(w, uuid) == {uuid: recreated}
+async def test_replayed_delete_key_does_not_delete_recreated_key(
+    cm_world: CMWorld, style: str
+) -> None:
+    uuid = await new_data(cm_world)
+    request = cm_pb2.DeleteDataKeyRequest(owner_party_id=cm_world.alice.party_id, resource_uri=uuid)
+    captured = await capture(cm_world, style, request, cm_world.alice)
+    assert (await send(cm_world, "DeleteDataKey", captured)).code == 0
+    assert stored_keys(cm_world, uuid) == {}
+    recreated = data_key_b64()
+    await cm_world.client.create_data_keys(cm_world.alice, [(uuid, recreated)])
+    assert (await send(cm_world, "DeleteDataKey", captured)).code == 0
+    assert stored_keys(cm_world, uuid) == {uuid: recreated}
 
 
 @pytest.mark.parametrize("style", STYLES)
-async def test_identical_retries_apply_once(w: World, style: str) -> None:
-    uuid = await new_data(w)
-    await w.client.create_data_policy(w.alice, SCOPE, uuid, [rule(w.alice.party_id, "r0")])
-    captured = await capture(w, style, add_rule_request(w.alice, uuid, "r1"), w.alice)
-    statuses = await asyncio.gather(*(send(w, "AddDataRule", captured) for _ in range(4)))
+async def test_identical_retries_apply_once(cm_world: CMWorld, style: str) -> None:
+    uuid = await new_data(cm_world)
+    await cm_world.client.create_data_policy(
+        cm_world.alice, SCOPE, uuid, [grant_rule(cm_world.alice.party_id, "r0")]
+    )
+    captured = await capture(
+        cm_world, style, add_rule_request(cm_world.alice, uuid, "r1"), cm_world.alice
+    )
+    statuses = await asyncio.gather(*(send(cm_world, "AddDataRule", captured) for _ in range(4)))
     assert [s.code for s in statuses] == [0, 0, 0, 0]
-    assert (await send(w, "AddDataRule", captured)).code == 0
-    assert len(await grantees(w, uuid)) == 2  # r0 and ONE r1
+    assert (await send(cm_world, "AddDataRule", captured)).code == 0
+    assert len(await grantees(cm_world, uuid)) == 2  # r0 and ONE r1
 
 
-async def test_reencoded_envelope_is_recognised(w: World) -> None:
+async def test_reencoded_envelope_is_recognised(cm_world: CMWorld) -> None:
     """Same iv/tag/ciphertext, other JSON spacing in the (unauthenticated) JWE header, other
     protobuf encoding (an unknown field appended): still the same request."""
-    uuid = await new_data(w)
-    await w.client.create_data_policy(w.alice, SCOPE, uuid, [rule(w.alice.party_id, "r0")])
-    captured = await capture(w, "upstream", add_rule_request(w.alice, uuid, "r1"), w.alice)
-    assert (await send(w, "AddDataRule", captured)).code == 0
+    uuid = await new_data(cm_world)
+    await cm_world.client.create_data_policy(
+        cm_world.alice, SCOPE, uuid, [grant_rule(cm_world.alice.party_id, "r0")]
+    )
+    captured = await capture(
+        cm_world, "upstream", add_rule_request(cm_world.alice, uuid, "r1"), cm_world.alice
+    )
+    assert (await send(cm_world, "AddDataRule", captured)).code == 0
     header = json.loads(base64.urlsafe_b64decode(captured.message.protected_header + "=="))
     spaced = json.dumps(header, indent=2).encode()
     variant = cm_pb2.EncryptedRequest()
@@ -207,32 +182,39 @@ async def test_reencoded_envelope_is_recognised(w: World) -> None:
     raw = variant.SerializeToString() + b"\xf8\x3e\x01"  # field 999, varint 1 (unknown)
     reencoded = cm_pb2.EncryptedRequest.FromString(raw)
     assert reencoded.SerializeToString() != captured.SerializeToString()
-    assert (await send(w, "AddDataRule", reencoded)).code == 0
-    assert len(await grantees(w, uuid)) == 2
+    assert (await send(cm_world, "AddDataRule", reencoded)).code == 0
+    assert len(await grantees(cm_world, uuid)) == 2
 
 
-async def test_refused_request_is_not_recorded(w: World) -> None:
+async def test_refused_request_is_not_recorded(cm_world: CMWorld) -> None:
     """A refused request (carol may not set alice's policy) stays refused when re-sent."""
-    uuid = await new_data(w)
+    uuid = await new_data(cm_world)
     captured = await capture(
-        w, "upstream", policy_request(w.carol, uuid, w.carol.party_id), w.carol
+        cm_world,
+        "upstream",
+        policy_request(cm_world.carol, uuid, cm_world.carol.party_id),
+        cm_world.carol,
     )
-    first = await send(w, "CreateDataPolicy", captured)
-    again = await send(w, "CreateDataPolicy", captured)
+    first = await send(cm_world, "CreateDataPolicy", captured)
+    again = await send(cm_world, "CreateDataPolicy", captured)
     assert first.code == again.code == 13 and "party_id" in again.message
 
 
 # ---- freshness claims ---------------------------------------------------------------------
 
 
-async def test_claims_sent_by_our_client_are_accepted(w: World) -> None:
-    uuid = await new_data(w)
-    request = add_rule_request(w.alice, uuid, "r1")
-    assert (await send(w, "AddDataRule", await sealed(w, request, w.alice, fresh()))).code == 0
-    envelope = await w.client.envelope(request, w.alice)
+async def test_claims_sent_by_our_client_are_accepted(cm_world: CMWorld) -> None:
+    uuid = await new_data(cm_world)
+    request = add_rule_request(cm_world.alice, uuid, "r1")
+    assert (
+        await send(
+            cm_world, "AddDataRule", await sealed(cm_world, request, cm_world.alice, fresh())
+        )
+    ).code == 0
+    envelope = await cm_world.client.envelope(request, cm_world.alice)
     m = envelope.message
     jwe = Jwe(m.protected_header, m.encrypted_key, m.iv, m.ciphertext, m.tag, m.aad)
-    plaintext = w.client.channel.open(jwe, w.cm.identity.private_key).plaintext
+    plaintext = cm_world.client.channel.open(jwe, cm_world.cm.identity.private_key).plaintext
     header = json.loads(base64.urlsafe_b64decode(json.loads(plaintext)["protected"] + "=="))
     assert list(header) == ["alg", "x5c", "iat", "jti"]
     assert abs(header["iat"] - time.time()) < 60 and len(header["jti"]) >= 22
@@ -249,38 +231,55 @@ async def test_claims_sent_by_our_client_are_accepted(w: World) -> None:
     ],
     ids=["stale-iat", "future-iat", "non-numeric-iat", "empty-jti", "jti-without-iat"],
 )
-async def test_bad_claims_refused(w: World, claims: dict[str, Any], named: str) -> None:
-    uuid = await new_data(w)
+async def test_bad_claims_refused(cm_world: CMWorld, claims: dict[str, Any], named: str) -> None:
+    uuid = await new_data(cm_world)
     if isinstance(claims.get("iat"), int):
         claims = claims | {"iat": int(time.time()) + claims["iat"]}
-    request = await sealed(w, policy_request(w.alice, uuid, w.carol.party_id), w.alice, claims)
-    status = await send(w, "CreateDataPolicy", request)
+    request = await sealed(
+        cm_world,
+        policy_request(cm_world.alice, uuid, cm_world.carol.party_id),
+        cm_world.alice,
+        claims,
+    )
+    status = await send(cm_world, "CreateDataPolicy", request)
     assert status.code == 3, status
     assert f"JWS header {named}" in status.message
-    assert await grantees(w, uuid) == []
+    assert await grantees(cm_world, uuid) == []
 
 
-async def test_repeated_jti_refused(w: World) -> None:
-    uuid = await new_data(w)
+async def test_repeated_jti_refused(cm_world: CMWorld) -> None:
+    uuid = await new_data(cm_world)
     claims = fresh()
-    first = await sealed(w, policy_request(w.alice, uuid, w.alice.party_id), w.alice, claims)
-    assert (await send(w, "CreateDataPolicy", first)).code == 0
+    first = await sealed(
+        cm_world,
+        policy_request(cm_world.alice, uuid, cm_world.alice.party_id),
+        cm_world.alice,
+        claims,
+    )
+    assert (await send(cm_world, "CreateDataPolicy", first)).code == 0
     # the owner's own JWS, sealed again (a new envelope: new digest), or another request
     # signed with the same jti: refused
-    second = await sealed(w, policy_request(w.alice, uuid, w.carol.party_id), w.alice, claims)
-    status = await send(w, "CreateDataPolicy", second)
+    second = await sealed(
+        cm_world,
+        policy_request(cm_world.alice, uuid, cm_world.carol.party_id),
+        cm_world.alice,
+        claims,
+    )
+    status = await send(cm_world, "CreateDataPolicy", second)
     assert status.code == 3 and "JWS header jti" in status.message, status
-    assert await grantees(w, uuid) == [[w.alice.party_id]]
+    assert await grantees(cm_world, uuid) == [[cm_world.alice.party_id]]
     # the identical envelope is a retry: the original answer, no second effect
-    assert (await send(w, "CreateDataPolicy", first)).code == 0
+    assert (await send(cm_world, "CreateDataPolicy", first)).code == 0
 
 
-async def test_requests_without_claims_keep_working(w: World) -> None:
-    uuid = await new_data(w)
-    for grantee in (w.carol.party_id, w.alice.party_id):
-        request = await sealed(w, policy_request(w.alice, uuid, grantee), w.alice, None)
-        assert (await send(w, "CreateDataPolicy", request)).code == 0
-    assert await grantees(w, uuid) == [[w.alice.party_id]]
+async def test_requests_without_claims_keep_working(cm_world: CMWorld) -> None:
+    uuid = await new_data(cm_world)
+    for grantee in (cm_world.carol.party_id, cm_world.alice.party_id):
+        request = await sealed(
+            cm_world, policy_request(cm_world.alice, uuid, grantee), cm_world.alice, None
+        )
+        assert (await send(cm_world, "CreateDataPolicy", request)).code == 0
+    assert await grantees(cm_world, uuid) == [[cm_world.alice.party_id]]
 
 
 async def test_cm_starts_on_a_schema_1_database(sim_env: None, tmp_path: Path) -> None:
@@ -290,24 +289,17 @@ async def test_cm_starts_on_a_schema_1_database(sim_env: None, tmp_path: Path) -
     data_dir.mkdir(mode=0o700)
     shutil.copy(V1_DATABASE, data_dir / "cm.db")
     (data_dir / "storage.key").write_bytes(base64.b64encode(bytes(range(32))) + b"\n")
-    pm = get_plugin_manager()
-    cm = CapsuleManager(CMSettings(port=0, plat="sim", data_dir=data_dir), pm=pm)
-    port = await cm.start()
-    client = CapsuleManagerClient(f"127.0.0.1:{port}", pm=pm)
-    store = cm.store
-    assert store is not None
-    try:
+    async with running_cm(CMSettings(port=0, plat="sim", data_dir=data_dir)) as cm_world:
+        store = cm_world.cm.store
+        assert store is not None
         assert store.get_keys(["d-v1"]) == {"d-v1": "a2V5MQ=="}
-        alice, carol = (ephemeral_credentials(n, key_size=2048) for n in ("alice", "carol"))
-        w = World(cm, client, alice, carol)
-        uuid = await new_data(w)
-        request = cm_pb2.DeleteDataKeyRequest(owner_party_id=w.alice.party_id, resource_uri=uuid)
-        captured = await capture(w, "upstream", request, w.alice)
-        assert (await send(w, "DeleteDataKey", captured)).code == 0
-        recreated = key_b64()
-        await w.client.create_data_keys(w.alice, [(uuid, recreated)])
-        assert (await send(w, "DeleteDataKey", captured)).code == 0
+        uuid = await new_data(cm_world)
+        request = cm_pb2.DeleteDataKeyRequest(
+            owner_party_id=cm_world.alice.party_id, resource_uri=uuid
+        )
+        captured = await capture(cm_world, "upstream", request, cm_world.alice)
+        assert (await send(cm_world, "DeleteDataKey", captured)).code == 0
+        recreated = data_key_b64()
+        await cm_world.client.create_data_keys(cm_world.alice, [(uuid, recreated)])
+        assert (await send(cm_world, "DeleteDataKey", captured)).code == 0
         assert store.get_keys([uuid]) == {uuid: recreated}
-    finally:
-        await client.aclose()
-        await cm.stop()

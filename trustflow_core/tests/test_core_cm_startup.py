@@ -33,7 +33,7 @@ from trustflow_core.testing.fixtures import free_port
 from trustflow_core.wire import serialize_canonical
 
 TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
-LISTENING = re.compile(r"capsule manager listening on 127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(r"capsule-manager listening on 127\.0\.0\.1:(\d+)")
 
 
 class CM:
@@ -347,7 +347,7 @@ def test_second_cm_on_a_port_in_use_is_refused(
         with CM(sim_env, tmp_path / "c", *args, "--workers", "2") as third:
             reason = "Address already in use"
             if first_workers == "2":
-                reason = "another Capsule Manager with --workers serves this port"
+                reason = "another trustflow server with --workers serves this port"
             assert_refused(third, port, reason)
         assert asyncio.run(ra_certs(first.target, 8)) == certs  # the first one still serves
 

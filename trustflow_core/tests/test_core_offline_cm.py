@@ -181,7 +181,7 @@ async def test_psi_end_to_end_with_the_capsule_manager(
         assert (
             hashlib.sha256(plain).hexdigest() == manifest_module["data"][vector]["plaintext_sha256"]
         )
-    joined = expected_join((data / "alice.csv").read_text(), (data / "bob.csv").read_text())
+    joined = expected_join("compat_small_large")
     (data / "join.csv").write_bytes(joined)
     uuid = f"join_{os.urandom(4).hex()}"
     body = {
@@ -308,7 +308,7 @@ async def test_psi_with_s3_inputs_and_result(cm_world, tmp_path, compat_dir_modu
             }
             async with http.post(url + GET, json=body) as r:
                 assert r.status == 200, await r.text()
-        joined = expected_join((work / "alice.csv").read_text(), (work / "bob.csv").read_text())
+        joined = expected_join("compat_small_large")
         (work / "join.csv").write_bytes(joined)
         body = {
             "cm_result_config": {

@@ -8,7 +8,7 @@ import io
 import pytest
 from test_core_offline_psi import expected_join
 
-from trustflow_core.demo.offline import run_offline, sample_tables
+from trustflow_core.demo.offline import run_offline
 
 pytestmark = [
     pytest.mark.asyncio,
@@ -21,8 +21,7 @@ pytestmark = [
 async def test_offline_demo(tmp_path, s3):
     steps: list[str] = []
     result = await run_offline(s3=s3, work=tmp_path / "work", say=steps.append)
-    alice, bob = (t.decode() for t in sample_tables())
-    assert result.joined_csv == expected_join(alice, bob)
+    assert result.joined_csv == expected_join("demo_sample")
     rows = list(csv.reader(io.StringIO(result.joined_csv.decode())))
     assert result.rows == len(rows) - 1 > 0
     assert result.result_location.startswith("s3://" if s3 else str(tmp_path))

@@ -13,7 +13,7 @@ from test_core_offline_psi import expected_join
 
 from trustflow_core.capsule.v2 import MAGIC
 from trustflow_core.demo import psi_app
-from trustflow_core.demo.offline import run_offline, sample_tables
+from trustflow_core.demo.offline import run_offline
 
 pytestmark = [
     pytest.mark.plugins("channel_jwe", "tee_sim", "storage_local", "storage_oss"),
@@ -64,6 +64,5 @@ def test_offline_example_runs_standalone(tmp_path):
 async def test_offline_demo_with_v2_results(tmp_path):
     work = tmp_path / "work"
     result = await run_offline(work=work, result_format="v2")
-    alice, bob = (t.decode() for t in sample_tables())
-    assert result.joined_csv == expected_join(alice, bob)
+    assert result.joined_csv == expected_join("demo_sample")
     assert (work / "data" / "join.csv.enc").read_bytes()[: len(MAGIC)] == (MAGIC)

@@ -6,11 +6,10 @@ registered with both inputs as ancestors, and the result decrypts with it."""
 from __future__ import annotations
 
 import base64
-import csv
-import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from test_core_offline_proxy_cli import start, stop
 
@@ -19,7 +18,8 @@ from trustflow_core.testing.certs import write_app_identity
 from trustflow_core.testing.fixtures import free_port
 
 APP = r"""
-import csv, json, sys, urllib.request
+import json, sys, urllib.request
+from trustflow_core.demo.psi_app import join  # the example's join (upstream's pandas merge)
 from trustflow_core.proto.secretflowapis.v2.sdc.data_capsule_proxy import (
     data_capsule_proxy_pb2 as pb,
 )
@@ -45,18 +45,7 @@ for party in ("alice", "bob"):
     req.dest_config.path = data
     call("GetInputData", req)
 
-def rows(name):
-    with open(f"{data}/{name}", newline="") as f:
-        return list(csv.reader(f))
-
-alice, bob = rows("alice.csv"), rows("bob.csv")
-bob_by_id = {r[0]: r for r in bob[1:]}
-with open(f"{data}/join.csv", "w", newline="") as f:
-    out = csv.writer(f)
-    out.writerow(alice[0] + [f"bob_{c}" for c in bob[0][1:]])
-    for r in alice[1:]:
-        if r[0] in bob_by_id:
-            out.writerow(r + bob_by_id[r[0]][1:])
+join(data)
 
 req = pb.PutResultDataRequest()
 req.cm_result_config.endpoint = "127.0.0.1:1"
@@ -69,16 +58,13 @@ call("PutResultData", req)
 """
 
 
-def expected_join(alice: str, bob: str) -> bytes:
-    a, b = list(csv.reader(io.StringIO(alice))), list(csv.reader(io.StringIO(bob)))
-    by_id = {r[0]: r for r in b[1:]}
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(a[0] + [f"bob_{c}" for c in b[0][1:]])
-    for r in a[1:]:
-        if r[0] in by_id:
-            writer.writerow(r + by_id[r[0]][1:])
-    return out.getvalue().encode()
+PSI_VECTORS = Path(__file__).resolve().parent / "data" / "psi"
+
+
+def expected_join(case: str) -> bytes:
+    """What upstream's psi.py (pandas.merge(alice, bob, on="id").to_csv(index=False)) wrote
+    for the inputs of ``case`` (data/psi/manifest.json, generated with pandas)."""
+    return (PSI_VECTORS / "cases" / case / "join.csv").read_bytes()
 
 
 def test_psi_app_through_the_proxy(tmp_path, compat_dir, compat_manifest):
@@ -117,5 +103,10 @@ def test_psi_app_through_the_proxy(tmp_path, compat_dir, compat_manifest):
     result_key = base64.b64decode(stored["join_uuid"])
     decrypt_file(data / "join.csv.enc", tmp_path / "join.check", result_key)
     joined = (tmp_path / "join.check").read_bytes()
-    assert joined == expected_join(plain["alice"], plain["bob"])
+    manifest = json.loads((PSI_VECTORS / "manifest.json").read_text())
+    case = manifest["cases"]["compat_small_large"]
+    assert case["inputs_from_compat"] == [
+        compat_manifest["data"][v]["plaintext"] for v in inputs.values()
+    ]
+    assert joined == expected_join("compat_small_large")
     assert joined.count(b"\n") > 1  # the inputs share ids

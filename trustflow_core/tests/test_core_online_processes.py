@@ -4,6 +4,7 @@ and paths rewritten to loopback) and ``trustflow client``; plus ``trustflow demo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -73,8 +74,11 @@ def deployment(env, tmp_path):
         str(deploy / "carol.crt"),
     )
     app_port, ra_port, gw_port = free_port(), free_port(), free_port()
+    admin = {"ra-proxy": free_port(), "gateway": free_port()}
+    multiproc = tmp_path / "gateway-metrics"  # the gateway's workers add up their metrics
+    multiproc.mkdir()
     commands = [
-        ([sys.executable, str(APP), "--port", str(app_port)], None, app_port),
+        ([sys.executable, str(APP), "--port", str(app_port)], None, app_port, env),
         (
             [
                 TRUSTFLOW,
@@ -87,9 +91,14 @@ def deployment(env, tmp_path):
                 str(ra_port),
                 "--log_path",
                 str(tmp_path / "ra_proxy.log"),
+                "--log-format",
+                "json",
+                "--admin-port",
+                str(admin["ra-proxy"]),
             ],
             f"http://127.0.0.1:{ra_port}/health",
             ra_port,
+            env,
         ),
         (
             [
@@ -107,20 +116,24 @@ def deployment(env, tmp_path):
                 f"/shared/deploy={deploy}",
                 "--workers",
                 "2",
+                "--admin-port",
+                str(admin["gateway"]),
             ],
             f"http://127.0.0.1:{gw_port}/healthz",
             gw_port,
+            {**env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)},
         ),
     ]
     procs = []
     try:
-        for argv, url, port in commands:
+        for argv, url, port, proc_env in commands:
             proc = subprocess.Popen(
-                argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                argv, env=proc_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
             procs.append(proc)
             wait_ready(proc, url, port)
-        yield f"http://127.0.0.1:{gw_port}", procs
+        admin_urls = {role: f"http://127.0.0.1:{port}" for role, port in admin.items()}
+        yield f"http://127.0.0.1:{gw_port}", procs, admin_urls
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -135,14 +148,41 @@ def deployment(env, tmp_path):
             proc.stderr.close()
 
 
-def test_cli_client_both_profiles_then_clean_shutdown(env, deployment):
-    url, procs = deployment
-    for extra in ([], ["--compat"]):
-        done = run(env, "client", "--url", url, "--data", "hello", "--allow-simulation", *extra)
+def scrape(admin_url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(admin_url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def test_cli_client_both_profiles_then_clean_shutdown(env, deployment, tmp_path):
+    url, procs, admin = deployment
+    before = {role: scrape(base) for role, base in admin.items()}
+    # the gateway URL as the README writes it (positional) and as --url
+    for where in ([url], ["--url", url, "--compat"]):
+        done = run(env, "client", *where, "--data", "hello", "--allow-simulation")
         lines = done.stdout.splitlines()
         assert lines[0].startswith("Response: {'protected': '")
         assert lines[1] == "Response Raw: I got your message: hello"
         assert "SIM report verified" in done.stderr
+    as_json = run(env, "client", url, "--data", "hi", "--allow-simulation", "--json")
+    reply = json.loads(as_json.stdout)
+    assert reply["status"] == 200 and reply["plaintext"] == "I got your message: hi\n"
+    assert reply["attested"]["platform"] == "SIM" and reply["attested"]["report_verified"]
+    assert set(reply["envelope"]) >= {"protected", "ciphertext", "tag"}
+    assert as_json.stderr == ""
+    both = run(env, "client", url, "--url", "http://127.0.0.1:9", check=False)
+    assert both.returncode == 2 and "two gateway URLs given" in both.stderr
     refused = run(env, "client", "--url", url, check=False)
     assert refused.returncode == 1
     assert "simulation:" in refused.stderr and "does not allow simulation" in refused.stderr
@@ -150,11 +190,48 @@ def test_cli_client_both_profiles_then_clean_shutdown(env, deployment):
     wrong = run(env, "client", "--url", url, "--allow-simulation", "--platform", "TDX", check=False)
     assert wrong.returncode == 1
     assert "str_tee_platform: expected TDX, got SIM" in wrong.stderr
+
+    # the counters moved, as scraped from each role's admin listener (the gateway's two
+    # workers add up through PROMETHEUS_MULTIPROC_DIR)
+    after = {role: scrape(base) for role, base in admin.items()}
+    teeapp = {"role": "gateway", "route": "public_entry:/teeapp", "status": "200"}
+    gw_before, gw_after = before["gateway"], after["gateway"]
+    assert (
+        total(gw_after, "trustflow_requests_total", **teeapp)
+        - total(gw_before, "trustflow_requests_total", **teeapp)
+        == 2
+    )
+    for direction in ("upstream", "downstream"):
+        assert total(gw_after, "trustflow_proxy_bytes_total", direction=direction) > total(
+            gw_before, "trustflow_proxy_bytes_total", direction=direction
+        )
+    ra = {"role": "ra-proxy", "route": "/RaProxy/GetRaCert", "status": "200"}
+    assert (
+        total(after["ra-proxy"], "trustflow_requests_total", **ra)
+        - total(before["ra-proxy"], "trustflow_requests_total", **ra)
+        == 4
+    )
+    for base in admin.values():
+        with urllib.request.urlopen(base + "/-/readyz", timeout=5) as r:
+            assert r.read() == b"ready\n"
+        with urllib.request.urlopen(base + "/-/plugins", timeout=5) as r:
+            assert "tee_sim" in r.read().decode()
+
     _, ra_proxy, gateway = procs
     for proc in (ra_proxy, gateway):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert "Traceback" not in proc.stderr.read()
+    # --log-format json: every line of the RA proxy's log parses; its requests and its
+    # shutdown are there
+    lines = [json.loads(line) for line in (tmp_path / "ra_proxy.log").read_text().splitlines()]
+    assert all(entry["role"] == "ra-proxy" and entry["pid"] == ra_proxy.pid for entry in lines)
+    messages = [entry["message"] for entry in lines]
+    assert any(m.startswith("GetRaCert nonce=") for m in messages)
+    assert (
+        sum(1 for e in lines if e["message"].startswith("GetRaCert") and e.get("request_id")) == 4
+    )
+    assert messages[-2:] == ["ra-proxy stopping", "ra-proxy stopped"]
 
 
 def test_demo_online_command():

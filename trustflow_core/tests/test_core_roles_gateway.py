@@ -425,7 +425,7 @@ async def test_local_replies(pm, identity):
         status, headers, data = await call(session, "GET", urls["public"] + "/healthz")
         assert (status, data) == (200, b"OK\n")
         status, _, data = await call(session, "GET", urls["public"] + "/-/plugins")
-        assert "channel_jwe" in {p["name"] for p in json.loads(data)}
+        assert (status, data) == (404, b"no route for /-/plugins\n")  # on the admin listener
         status, headers, data = await call(session, "GET", urls["public"] + "/nowhere")
         assert (status, data) == (404, b"no route for /nowhere\n")
         assert headers["Content-Type"].startswith("text/plain")

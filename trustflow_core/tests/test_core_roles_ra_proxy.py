@@ -19,6 +19,7 @@ from trustflow_core.hookspecs import hookimpl
 from trustflow_core.identity import self_signed_cert
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import verifier_for_platform
+from trustflow_core.roles._admin import create_admin_app
 from trustflow_core.roles._server import start_site
 from trustflow_core.roles.ra_proxy.app import create_app
 from trustflow_core.roles.ra_proxy.settings import RaProxySettings
@@ -155,12 +156,21 @@ async def test_report_generation_failure_is_brpc_style_500(pm, cert_file, tmp_pa
     assert "Traceback" not in data.decode()
 
 
-async def test_health_and_plugins(pm, cert_file):
+async def test_health_on_the_public_listener_plugins_only_on_the_admin_one(pm, cert_file):
     async with running(RaProxySettings(cert_file, port=0), pm) as session:
         async with session.get("/health") as r:
             assert (r.status, await r.text()) == (200, "OK")
         async with session.get("/-/plugins") as r:
+            assert r.status == 404
+    runner, port = await start_site(create_admin_app("ra-proxy", pm), "127.0.0.1", 0)
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/-/plugins") as r,
+        ):
             listed = {p["name"]: p for p in await r.json()}
+    finally:
+        await runner.cleanup()
     assert {(b["kind"], b["name"]) for b in listed["tee_sim"]["backends"]} == {
         ("attester", "sim"),
         ("verifier", "sim"),

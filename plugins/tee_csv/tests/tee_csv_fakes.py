@@ -37,11 +37,13 @@ def check_request(request: bytes) -> tuple[bytes, bytes]:
 class ReplayFirmware:
     report: bytes
     requests: list[bytes] = field(default_factory=list)
+    #: What the firmware leaves after the report in the page (zeros unless a test says).
+    tail: bytes = b""
 
     def get_report(self, request: bytes) -> bytes:
         check_request(request)
         self.requests.append(request)
-        return self.report.ljust(PAGE, b"\0")
+        return (self.report + self.tail).ljust(PAGE, b"\0")
 
 
 @dataclass

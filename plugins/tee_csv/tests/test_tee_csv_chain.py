@@ -85,8 +85,33 @@ def test_full_chain_verifies(certs, report_raw):
     report = CsvReport.parse(report_raw)
     pek = chain.verify_pek(report.pek_raw, endorsement.cek)
     chain.check_report(report, pek)
-    assert chain.mac_checkable(report)
+    assert chain.mac_status(report) == "verified"
     chain.check_mac(report)
+
+
+def test_mac_covers_reserved2_so_zeroing_it_makes_the_mac_uncheckable(report_raw, report_expected):
+    """What upstream and csv-rs do (check the MAC in the guest, then zero reserved2) leaves a
+    MAC nobody can recompute; a verifier must neither fail such a report nor call it checked.
+    A firmware that itself wrote zeros there still gets its MAC checked."""
+    from trustflow_tee_csv.attester import zero_reserved2
+    from trustflow_tee_csv.sm import hmac_sm3
+    from trustflow_tee_csv.structs import OFF_MAC, OFF_PEK, OFF_RESERVED2
+
+    assert any(bytes.fromhex(report_expected["reserved2"]))
+    zeroed = zero_reserved2(report_raw)
+    assert zeroed[OFF_RESERVED2:OFF_MAC] == bytes(32) and len(zeroed) == len(report_raw)
+    assert zeroed[:OFF_RESERVED2] == report_raw[:OFF_RESERVED2]
+    assert zeroed[OFF_MAC:] == report_raw[OFF_MAC:]
+    report = CsvReport.parse(zeroed)
+    with pytest.raises(VerificationError):
+        chain.check_mac(report)  # the MAC really covers reserved2
+    assert chain.mac_status(report).startswith("not checkable: reserved2 was zeroed")
+    mnonce = bytes.fromhex(report_expected["mnonce"])
+    remaced = zeroed[:OFF_MAC] + hmac_sm3(mnonce, zeroed[OFF_PEK:OFF_MAC])
+    assert chain.mac_status(CsvReport.parse(remaced)) == "verified"
+    swapped = bytearray(remaced)
+    swapped[OFF_PEK + 100] ^= 1  # a PEK swapped after the fact is not "verified"
+    assert chain.mac_status(CsvReport.parse(bytes(swapped))) != "verified"
 
 
 def test_report_signature_is_over_the_masked_bytes(certs, report_raw):

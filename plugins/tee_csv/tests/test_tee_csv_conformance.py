@@ -15,6 +15,7 @@ from trustflow_core.testing.attestation import (
 )
 
 from trustflow_tee_csv.attester import CsvAttester
+from trustflow_tee_csv.certs import CertSources
 from trustflow_tee_csv.evidence import CsvEvidence
 from trustflow_tee_csv.verifier import CsvVerifier
 
@@ -61,5 +62,6 @@ class TestCsvVerifierConformance(VerifierConformance):
 
 class TestCsvAttesterConformance(AttesterConformance):
     @pytest.fixture
-    def attester(self, report_raw):
-        return CsvAttester(TemplateFirmware(report_raw))
+    def attester(self, report_raw, vectors):
+        sources = CertSources(hsk_cek_file=vectors / "csv-rs" / "hsk_cek.cert")
+        return CsvAttester(TemplateFirmware(report_raw), sources)

@@ -3,13 +3,14 @@ trustee evidence failing closed offline, cert sources (report, file, dir, loopba
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import shutil
 
 import pytest
 from tee_csv_kds import KdsStandIn, serve_kds
-from trustflow_core.attestation import Attributes, Policy
+from trustflow_core.attestation import Attributes, Policy, Report
 from trustflow_core.errors import InvalidInput, VerificationError
 
 from trustflow_tee_csv.evidence import CsvEvidence
@@ -212,6 +213,42 @@ async def test_chip_id_field_must_match_the_report(good_report):
     body["str_chip_id"] = "OTHERCHIP"
     report = dataclasses.replace(good_report, json_report=json.dumps(body))
     assert (await rejection(report)).check == "format"
+
+
+@pytest.mark.asyncio
+async def test_upstream_shaped_report_verifies(report_raw, hsk_cek_raw, report_expected):
+    """What upstream's CSV generator emits (csv_generator.cc): reserved2 zeroed, the chip id
+    as the whole 64-byte de-masked sn (NUL padding included), HSK/CEK as base64 JSON."""
+    from trustflow_tee_csv.structs import OFF_MAC, OFF_RESERVED2, CsvReport
+
+    sn = CsvReport.parse(report_raw).sn
+    assert len(sn) == 64 and sn.rstrip(b"\0").decode() == report_expected["chip_id"]
+    chain = {
+        "b64_hsk_cert": base64.b64encode(hsk_cek_raw[:832]).decode(),
+        "b64_cek_cert": base64.b64encode(hsk_cek_raw[832:]).decode(),
+    }
+    body = {
+        "b64_quote": base64.b64encode(
+            report_raw[:OFF_RESERVED2] + bytes(32) + report_raw[OFF_MAC:]
+        ).decode(),
+        "json_cert_chain": json.dumps(chain, separators=(",", ":")),
+        "str_chip_id": sn.decode("ascii"),
+    }
+    report = Report(
+        str_tee_platform="CSV",
+        json_report=json.dumps(body, separators=(",", ":")),
+        str_report_type="Passport",
+    )
+    assert "\\u0000" in report.json_report
+    user_data = bytes.fromhex(report_expected["report_data"])[:32]
+    verified = await verify(report, policy=CSV_ONLY.with_user_data(user_data))
+    assert verified.details["chip_id"] == report_expected["chip_id"]
+    assert verified.details["cert_chain_source"] == "report"
+    assert verified.details["reserved2"] == "zero"
+    # NUL padding is all that is forgiven
+    body["str_chip_id"] = report_expected["chip_id"] + "X"
+    changed = dataclasses.replace(report, json_report=json.dumps(body))
+    assert (await rejection(changed)).check == "format"
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,7 @@ def test_rejected_without_allow_simulation(run, report_file):
 def test_tampered_file_is_rejected_without_traceback(run, report_file):
     wire = json.loads(report_file.read_text())
     inner = wire["json_report"]
-    i = inner.index("hex_user_data") + 20  # a character inside the bound user data
+    i = inner.index('\\"hex_user_data\\":\\"') + 22  # inside the signed body's user data
     wire["json_report"] = inner[:i] + ("1" if inner[i] != "1" else "2") + inner[i + 1 :]
     report_file.write_text(json.dumps(wire))
     result = verify(run, report_file, "--allow-simulation")
@@ -84,6 +84,47 @@ def test_tampered_file_is_rejected_without_traceback(run, report_file):
     assert "rejected: check 'signature' failed" in result.stdout
     assert isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
+
+
+def _rewrite_outer(report_file, change) -> None:
+    wire = json.loads(report_file.read_text())
+    outer = json.loads(wire["json_report"])
+    change(outer)
+    wire["json_report"] = json.dumps(outer, sort_keys=True, separators=(",", ":"))
+    report_file.write_text(json.dumps(wire))
+
+
+def test_user_data_is_at_the_top_of_json_report(run, report_file):
+    """A generic client finds the binding where upstream suggests it, and it is the signed
+    one: the verifier accepts the report and reports the same user data."""
+    outer = json.loads(json.loads(report_file.read_text())["json_report"])
+    assert outer["hex_user_data"] == USER_DATA + "00" * 16
+    assert json.loads(outer["json_body"])["hex_user_data"] == outer["hex_user_data"]
+    result = verify(run, report_file, "--user-data", USER_DATA, "--allow-simulation", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["attributes"]["hex_user_data"] == outer["hex_user_data"]
+
+
+def test_top_level_user_data_must_be_the_signed_one(run, report_file):
+    def other(outer):
+        outer["hex_user_data"] = "ff" * 32
+
+    _rewrite_outer(report_file, other)
+    result = verify(run, report_file, "--allow-simulation", "--json")
+    assert result.exit_code == 1
+    verdict = json.loads(result.stdout)
+    assert verdict["verdict"] == "rejected" and verdict["check"] == "format"
+    assert verdict["message"] == (
+        "json_report hex_user_data is not the signed body's hex_user_data"
+    )
+
+
+def test_reports_without_top_level_user_data_still_verify(run, report_file):
+    """Reports made before the field was added keep verifying (the body is what is signed)."""
+    _rewrite_outer(report_file, lambda outer: outer.pop("hex_user_data"))
+    assert "hex_user_data" not in json.loads(json.loads(report_file.read_text())["json_report"])
+    result = verify(run, report_file, "--user-data", USER_DATA, "--allow-simulation")
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""Fakes of the TD guest kernel interfaces (configfs-tsm tree, /dev/tdx_guest ioctls) and of a
-PCCS, built on the real test vectors. Not a test module."""
+"""Fakes of the TD guest kernel interfaces (configfs-tsm tree, /dev/tdx_guest ioctls), of the
+host's Quote Generation Service (real framing, on 127.0.0.1) and of a PCCS, built on the real
+test vectors. Not a test module."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import ctypes
 import errno
 import json
 import os
+import socket
+import socketserver
 import struct
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote as urlquote
 
@@ -96,6 +101,8 @@ class FakeTdxIoctl:
         self.requests: list[int] = []
         self.status = 0
         self.corrupt_report = False
+        #: A mainline driver: GET_REPORT0 only, GET_QUOTE is ENOTTY.
+        self.mainline = False
 
     def __call__(self, fd: int, request: int, arg, mutate: bool = True) -> int:
         self.requests.append(request)
@@ -107,7 +114,7 @@ class FakeTdxIoctl:
                 report[600] ^= 1
             arg[64:] = report
             return 0
-        if request == guest.TDX_CMD_GET_QUOTE:
+        if request == guest.TDX_CMD_GET_QUOTE and not self.mainline:
             address, length = struct.unpack("<QQ", arg)
             raw = (ctypes.c_char * length).from_address(address).raw
             version, _status, in_len, _out = struct.unpack_from("<QQII", raw)
@@ -129,6 +136,74 @@ class FakeTdxIoctl:
             ctypes.memmove(address, header + out, len(header) + len(out))
             return 0
         raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
+
+
+def qgs_response(quote: bytes, error_code: int = 0) -> bytes:
+    """A QGS GET_QUOTE_RESP message (qgs_msg_lib.h layout) carrying ``quote``."""
+    body = struct.pack("<II", 0, len(quote)) + quote
+    return struct.pack("<HHIII", 1, 1, guest.QGS_GET_QUOTE_RESP, 16 + len(body), error_code) + body
+
+
+class QgsStandIn:
+    """The host's Quote Generation Service as ``libtdx_attest`` talks to it: reads ``u32
+    big-endian length || GET_QUOTE_REQ``, checks the message, answers ``u32 length ||
+    GET_QUOTE_RESP`` with the template quote carrying the TDREPORT's REPORTDATA. ``mode``
+    makes it misbehave: ``"error"`` (error code in the header), ``"hang_up"`` (closes after
+    the request), ``"huge"`` (announces an oversized response)."""
+
+    def __init__(self, quote: bytes) -> None:
+        self.quote = quote
+        self.mode = "ok"
+        self.requests: list[bytes] = []
+        self.probes = 0
+
+    def answer(self, message: bytes) -> bytes:
+        major, minor, kind, size, error = struct.unpack_from("<HHIII", message)
+        assert (major, minor, kind, error) == (1, 1, guest.QGS_GET_QUOTE_REQ, 0)
+        assert size == len(message)
+        report_size, id_size = struct.unpack_from("<II", message, 16)
+        assert report_size == 1024 and id_size == 0 and len(message) == 24 + 1024
+        tdreport = message[24:]
+        self.requests.append(tdreport)
+        quote = quote_with_report_data(self.quote, tdreport[128:192])
+        return qgs_response(quote, 0x12 if self.mode == "error" else 0)
+
+    def handle(self, conn: socket.socket) -> None:
+        header = conn.recv(4, socket.MSG_WAITALL)
+        if len(header) < 4:  # a reachability probe: connected and closed
+            self.probes += 1
+            return
+        (length,) = struct.unpack(">I", header)
+        message = b""
+        while len(message) < length:
+            message += conn.recv(length - len(message))
+        if self.mode == "hang_up":
+            return
+        if self.mode == "huge":
+            conn.sendall(struct.pack(">I", 1 << 20))
+            return
+        response = self.answer(message)
+        conn.sendall(struct.pack(">I", len(response)) + response)
+
+
+@contextlib.contextmanager
+def serve_qgs(fake: QgsStandIn) -> Iterator[tuple[str, int]]:
+    """Run ``fake`` on 127.0.0.1 (free port) in a thread; yield its address."""
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            fake.handle(self.request)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[:2]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def _der(crl: bytes) -> bytes:

@@ -10,8 +10,10 @@ friends uses the wire field names.
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import hmac
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -216,11 +218,71 @@ def _entry_mismatches(actual: Attributes, expected: Attributes) -> list[str]:
             f"got {actual.bool_debug_disabled or '(empty)'}"
         )
     if expected.hex_hash_or_pem_pubkey:
-        # Upstream semantics: the policy holds the PEM, the report the SHA-256 of it.
-        want = hashlib.sha256(expected.hex_hash_or_pem_pubkey.encode()).hexdigest()
-        if not hmac.compare_digest(want, actual.hex_hash_or_pem_pubkey.lower()):
+        got = actual.hex_hash_or_pem_pubkey.lower().encode()
+        if not any(
+            hmac.compare_digest(want.hex().encode(), got)
+            for want in policy_key_digests(expected.hex_hash_or_pem_pubkey)
+        ):
             problems.append("hex_hash_or_pem_pubkey: report is not bound to the policy's key")
     return problems
+
+
+def public_key_digest(pem: str | bytes) -> bytes:
+    """The public-key binding attesters put in report-data bytes 32..63 (the attribute
+    ``hex_hash_or_pem_pubkey``): SHA-256 of the key's canonical PEM, i.e. its
+    SubjectPublicKeyInfo as ``openssl pkey -pubout`` prints it (64-column base64 lines, one
+    trailing newline). ``pem`` must hold exactly one PEM public key; a private key or anything
+    else raises :class:`InvalidInput` (a report must never be bound to a secret)."""
+    from cryptography.hazmat.primitives import serialization
+
+    data = pem.encode() if isinstance(pem, str) else pem
+    if b"PRIVATE KEY" in data:
+        raise InvalidInput("the key to bind must be a PEM public key, not a private key")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"the key to bind is not a PEM public key: {exc}") from exc
+    canonical = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(canonical).digest()
+
+
+def public_key_binding(value: Any, what: str) -> bytes:
+    """The 32 bytes an attester puts in report-data bytes 32..63 for its ``public_key_file``
+    setting ``value``: zeros when unset (None), else :func:`public_key_digest` of the file."""
+    if value is None:
+        return bytes(32)
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise InvalidInput(f"{what} setting 'public_key_file' must be a path")
+    try:
+        with open(value, "rb") as handle:
+            pem = handle.read(64 * 1024)
+    except OSError as exc:
+        raise InvalidInput(f"{what}: cannot read public_key_file {value}: {exc}") from exc
+    try:
+        return public_key_digest(pem)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{what}: public_key_file {value}: {exc}") from exc
+
+
+def policy_key_digests(value: str) -> tuple[bytes, ...]:
+    """The report-data digests a policy's ``hex_hash_or_pem_pubkey`` accepts.
+
+    * 64 hex characters: that SHA-256 itself;
+    * a PEM public key: SHA-256 of the text exactly as written (upstream's rule) and of the
+      key's canonical PEM (:func:`public_key_digest`), so a re-wrapped or CRLF copy of the key
+      still matches reports bound to it;
+    * anything else: SHA-256 of the text (upstream's rule).
+    """
+    text = value.strip()
+    if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return (bytes.fromhex(text),)
+    digests = [hashlib.sha256(value.encode()).digest()]
+    if "-----BEGIN" in value:
+        with contextlib.suppress(InvalidInput):
+            digests.append(public_key_digest(value))
+    return tuple(digests)
 
 
 def _truthy(value: str) -> bool:
@@ -265,10 +327,43 @@ class Attester(Backend, abc.ABC):
 
         ``user_data`` (at most :data:`MAX_USER_DATA` bytes) is placed left-aligned and
         zero-filled in bytes 0..31 of the platform's 64-byte report data, so a verifier
-        exposes it as the 64-hex-char ``hex_user_data``. Longer input or an unknown
+        exposes it as the 64-hex-char ``hex_user_data``. Bytes 32..63 are zero, or the
+        :func:`public_key_digest` of a public key the attester is configured to bind
+        (``hex_hash_or_pem_pubkey``). Longer input or an unknown
         ``report_type`` raises :class:`InvalidInput`; platform failures raise
         :class:`BackendUnavailable`.
         """
+
+    def generation_detail(self) -> str:
+        """How the last :meth:`generate` got its evidence (e.g. which kernel interface, and
+        why others were skipped), for ``trustflow attest doctor``; "" = nothing to add."""
+        return ""
+
+    @classmethod
+    def diagnose(cls, settings: Mapping[str, Any] | None = None) -> list[Diagnostic]:
+        """What ``trustflow attest doctor`` reports before it tries to generate: whether this
+        host is a guest of the platform and, for every way the backend could produce
+        evidence with ``settings``, whether it can work here and why (kernel, device nodes,
+        services, endorsement sources). Probes only: nothing is generated, nothing is
+        written. Host problems are results (status ``"fail"``), never exceptions; unusable
+        ``settings`` may raise :class:`InvalidInput`. A ``"fail"`` means generation cannot
+        work, so the doctor does not try. The default reports :meth:`unviable_reason`."""
+        reason = cls.unviable_reason()
+        if reason is None:
+            return [Diagnostic("guest", "ok", f"the {cls.name} backend can run here")]
+        return [Diagnostic("guest", "fail", reason)]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One line of ``trustflow attest doctor``: ``status`` is ``"ok"``, ``"warn"`` (works,
+    but not the way it should or not for every report type), ``"unusable"`` (one of several
+    ways that cannot work here; others may), ``"fail"`` (generation cannot work: the doctor
+    does not try) or ``"info"``."""
+
+    name: str
+    status: str
+    detail: str
 
 
 def check_generate_args(user_data: bytes, report_type: str) -> bytes:
@@ -353,6 +448,14 @@ class Verifier(Backend, abc.ABC):
             return None
         identity = {f: getattr(attributes, a).lower() for f, a in cls.identity_fields.items()}
         return {"platform": cls.tee_name, cls.tee_name: identity}
+
+    @classmethod
+    def recognizes_evidence(cls, evidence: bytes) -> bool:
+        """Whether ``evidence`` (the bytes of a file that is not a report JSON) looks like raw
+        evidence of this platform that :meth:`report_from_evidence` takes: a cheap structural
+        check (magic numbers, sizes), never a verification. Tools use it to name the platform
+        of a raw evidence file given where a report was expected. The default: False."""
+        return False
 
     @classmethod
     def report_from_evidence(cls, evidence: bytes, *, endorsements: bytes | None = None) -> Report:

@@ -30,6 +30,7 @@ def trustflow_add_commands(cli: click.Group) -> None:
     ``pip install``, while the extra with its stack is missing."""
     from .cli import require_extra
     from .cli.attest import attest
+    from .cli.doctor import doctor
     from .cli.util import util
     from .demo import commands as demo
     from .roles.capsule_manager import commands as capsule_manager
@@ -39,6 +40,7 @@ def trustflow_add_commands(cli: click.Group) -> None:
     from .roles.gateway import commands as gateway
     from .roles.ra_proxy import commands as ra_proxy
 
+    attest.add_command(doctor)
     cli.add_command(util)
     cli.add_command(attest)
     for module, extra in (

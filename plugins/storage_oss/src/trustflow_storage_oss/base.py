@@ -56,6 +56,8 @@ class ObjectStorage(Storage, abc.ABC):
     scheme: ClassVar[str]
     #: Top-level module of the SDK; the backend is unviable when it is not installed.
     sdk_module: ClassVar[str]
+    #: The extra of trustflow-storage-oss that installs the SDK (named when it is missing).
+    sdk_extra: ClassVar[str]
 
     def __init__(self, config: ObjectStoreConfig) -> None:
         self.config = config
@@ -69,8 +71,15 @@ class ObjectStorage(Storage, abc.ABC):
     def unviable_reason(cls) -> str | None:
         import importlib.util
 
-        if importlib.util.find_spec(cls.sdk_module) is None:
-            return f"the {cls.sdk_module} package is not installed"
+        try:
+            spec = importlib.util.find_spec(cls.sdk_module)
+        except ImportError:  # a finder that refuses the name: not importable either
+            spec = None
+        if spec is None:
+            return (
+                f"the {cls.sdk_module} package is not installed: "
+                f"pip install 'trustflow-storage-oss[{cls.sdk_extra}]'"
+            )
         return None
 
     # ---- SDK primitives (blocking; run in worker threads) ----------------------------------

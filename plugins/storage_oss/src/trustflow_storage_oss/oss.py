@@ -34,6 +34,7 @@ class OssStorage(ObjectStorage):
     scheme: ClassVar[str] = "oss"
     schemes: ClassVar[tuple[str, ...]] = ("oss",)
     sdk_module: ClassVar[str] = "oss2"
+    sdk_extra: ClassVar[str] = "oss"
 
     def __init__(self, config: ObjectStoreConfig) -> None:
         super().__init__(config)

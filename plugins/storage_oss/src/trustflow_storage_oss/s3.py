@@ -60,6 +60,7 @@ class S3Storage(ObjectStorage):
     scheme: ClassVar[str] = "s3"
     schemes: ClassVar[tuple[str, ...]] = ("s3",)
     sdk_module: ClassVar[str] = "boto3"
+    sdk_extra: ClassVar[str] = "s3"
 
     def __init__(self, config: ObjectStoreConfig) -> None:
         super().__init__(config)

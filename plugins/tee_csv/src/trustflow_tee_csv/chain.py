@@ -116,11 +116,26 @@ def check_report(report: CsvReport, pek: CsvCert) -> None:
         raise VerificationError("report_signature", "report signature by the PEK does not verify")
 
 
-def mac_checkable(report: CsvReport) -> bool:
-    """Whether the report still carries what its MAC covers: the PEK and ``sn`` as the
-    firmware masked them. Re-exporting tools de-mask them (trustee, csv-rs), upstream trustflow
-    zeroes ``reserved2``; either way the MAC can no longer be recomputed."""
-    return report.pek_masked and any(report.reserved2)
+def mac_status(report: CsvReport) -> str:
+    """Check the report MAC as far as the report still allows, and say how far that was.
+
+    The MAC is ``HMAC-SM3(mnonce, pek_cert || sn || reserved2)`` over the bytes the firmware
+    wrote. Exporters change them: trustee and csv-rs de-mask PEK and ``sn`` (not checkable),
+    and upstream Trustflow, csv-rs and our attester zero ``reserved2`` after checking the MAC in
+    the guest. So: a masked PEK with non-zero ``reserved2`` is a raw firmware report whose MAC
+    must verify (:class:`VerificationError` ``mac`` otherwise); with ``reserved2`` zero the MAC
+    verifies only if the firmware wrote zeros there, and a mismatch means "zeroed on export",
+    not tampering. The MAC key travels in the report, so a remote verifier learns nothing
+    from it that the CEK -> PEK -> report signatures do not already prove."""
+    if not report.pek_masked:
+        return "not checkable: PEK and sn were re-exported unmasked"
+    if any(report.reserved2):
+        check_mac(report)
+        return "verified"
+    expected = hmac_sm3(report.mnonce, report.mac_data)
+    if hmac.compare_digest(expected, report.mac):
+        return "verified"
+    return "not checkable: reserved2 was zeroed on export (as upstream attesters do)"
 
 
 def check_mac(report: CsvReport) -> None:

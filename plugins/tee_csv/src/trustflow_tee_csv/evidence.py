@@ -58,7 +58,8 @@ class CsvEvidence:
         quote = _unb64(body.get("b64_quote"), "b64_quote")
         if not quote:
             raise VerificationError("format", "CSV json_report has no b64_quote")
-        chip_id = _string(body.get("str_chip_id", ""), "str_chip_id")
+        # Upstream keeps the 64-byte serial with its NUL padding; the chip id is the text.
+        chip_id = _string(body.get("str_chip_id", ""), "str_chip_id").rstrip("\0")
         hsk = cek = b""
         chain_text = _string(body.get("json_cert_chain", ""), "json_cert_chain")
         if chain_text:

@@ -21,7 +21,7 @@ from typing_extensions import Self
 from . import chain
 from .certs import CertSources
 from .evidence import CsvEvidence, check_chip_id, parse_endorsements, parse_raw_evidence
-from .structs import POLICY_NODBG, CsvCert, CsvReport
+from .structs import POLICY_NODBG, REPORT_PAGE, REPORT_SIZE, CsvCert, CsvReport
 
 PLATFORM = "CSV"
 _SETTINGS = CertSources.KEYS | {"allow_debug"}
@@ -65,6 +65,13 @@ class CsvVerifier(Verifier):
         )
 
     @classmethod
+    def recognizes_evidence(cls, evidence: bytes) -> bool:
+        """A binary CSV report: 2548 bytes, or a 4096-byte page whose tail is zero."""
+        return len(evidence) == REPORT_SIZE or (
+            len(evidence) == REPORT_PAGE and not any(evidence[REPORT_SIZE:])
+        )
+
+    @classmethod
     def report_from_evidence(cls, evidence: bytes, *, endorsements: bytes | None = None) -> Report:
         """Wrap a raw CSV report (2548 bytes / 4096-byte page), a CSV ``json_report`` or trustee
         JSON evidence, plus optional HSK/CEK (bundle or JSON), into an upstream-layout report."""
@@ -88,10 +95,7 @@ class CsvVerifier(Verifier):
             raise VerificationError(
                 "format", f"str_chip_id {evidence.chip_id!r} is not the report's chip {chip_id!r}"
             )
-        mac = "not checkable: PEK/sn were re-exported or reserved2 zeroed"
-        if chain.mac_checkable(csv):
-            chain.check_mac(csv)
-            mac = "verified"
+        mac = chain.mac_status(csv)
         debug = not csv.policy & POLICY_NODBG
         if debug and not self.allow_debug:
             raise VerificationError(
@@ -116,6 +120,8 @@ class CsvVerifier(Verifier):
             "chip_id": chip_id,
             "cert_chain_source": source,
             "mac": mac,
+            # Non-zero only in raw firmware output: our attester and upstream's zero it.
+            "reserved2": "non-zero (raw firmware report)" if any(csv.reserved2) else "zero",
             "policy": f"{csv.policy:#010x}",
             "pek_firmware_api": f"{pek.api_major}.{pek.api_minor}",
             "cek_firmware_api": f"{endorsement.cek.api_major}.{endorsement.cek.api_minor}",

@@ -1,8 +1,14 @@
 """The ``SIM`` report format: the ``json_report`` of a ``"SIM"`` UnifiedAttestationReport.
 
-``json_report`` is canonical JSON (sorted keys, no spaces, ASCII) of exactly two strings::
+``json_report`` is canonical JSON (sorted keys, no spaces, ASCII) of exactly three strings::
 
-    {"hex_signature": "<r || s, 2 x 32 bytes, lowercase hex>", "json_body": "<body>"}
+    {"hex_signature": "<r || s, 2 x 32 bytes, lowercase hex>",
+     "hex_user_data": "<the body's hex_user_data>", "json_body": "<body>"}
+
+``hex_user_data`` sits at the top as well, where a generic client looks for the report's
+binding (docs/compat.md#sim-report-omitted); it must equal the signed body's, so it is covered
+by the signature. Reports made before it was added (only
+``hex_signature`` and ``json_body``) are still accepted.
 
 ``json_body`` is canonical JSON of an object whose values are all strings, named after the
 attributes they become:
@@ -163,7 +169,13 @@ def sign(body: SimBody, key: ec.EllipticCurvePrivateKey) -> str:
     body_json = body.to_json()
     r, s = decode_dss_signature(key.sign(body_json.encode("ascii"), ec.ECDSA(hashes.SHA256())))
     signature = r.to_bytes(_COORDINATE, "big") + s.to_bytes(_COORDINATE, "big")
-    return canonical_json({"hex_signature": signature.hex(), "json_body": body_json})
+    return canonical_json(
+        {
+            "hex_signature": signature.hex(),
+            "hex_user_data": body.hex_user_data,
+            "json_body": body_json,
+        }
+    )
 
 
 def open_report(json_report: str) -> SimBody:
@@ -172,7 +184,10 @@ def open_report(json_report: str) -> SimBody:
     Whether that key is trusted is the caller's decision. Raises :class:`VerificationError`
     with check ``"format"``, ``"platform"`` or ``"signature"``."""
     outer = _canonical_object(json_report, "json_report")
-    _exact_keys(outer, ["hex_signature", "json_body"], "json_report")
+    layout = ["hex_signature", "hex_user_data", "json_body"]
+    if "hex_user_data" not in outer:  # a report made before the field was added
+        layout.remove("hex_user_data")
+    _exact_keys(outer, layout, "json_report")
     body_json, signature = outer["json_body"], outer["hex_signature"]
     if not isinstance(body_json, str):
         raise VerificationError("format", "json_report field 'json_body' must be a string")
@@ -189,6 +204,10 @@ def open_report(json_report: str) -> SimBody:
         raise VerificationError(
             "signature", "the report body is not signed by its platform key"
         ) from exc
+    if "hex_user_data" in outer and outer["hex_user_data"] != body.hex_user_data:
+        raise VerificationError(
+            "format", "json_report hex_user_data is not the signed body's hex_user_data"
+        )
     return body
 
 

@@ -1,10 +1,18 @@
-"""Getting a quote from inside a TD: configfs-tsm first, the legacy
-``/dev/tdx_guest`` ioctls second.
+"""Getting a quote from inside a TD, by every path Linux guests have:
 
-Both go through small seams so tests can run without a TD: :class:`ConfigfsOps` (mkdir / read /
-write / rmdir on the configfs tree) and an ``ioctl`` callable with the signature of
-:func:`fcntl.ioctl`. All calls block; the attester runs them in a worker thread. Kernel errors
-become :class:`BackendUnavailable`; bad arguments :class:`InvalidInput`.
+1. **configfs-tsm** (``/sys/kernel/config/tsm/report``, Linux >= 6.7): the kernel asks the VMM;
+2. **the QGS over vsock**: the TDREPORT from ``/dev/tdx_guest`` (``TDX_CMD_GET_REPORT0``, Linux
+   >= 6.2), sent as a QGS ``GET_QUOTE_REQ`` to the Quote Generation Service on the host
+   (vsock CID 2, port from ``/etc/tdx-attest.conf``), what Intel's ``libtdx_attest`` tries;
+3. **``TDX_CMD_GET_QUOTE``**: the same QGS message through an ioctl that only out-of-tree
+   ``tdx-guest`` drivers have (mainline answers ENOTTY).
+
+:class:`QuotePaths` tries them in that order and names, per path, why it did not work; an
+operator can pin one. Everything goes through small seams so tests run without a TD:
+:class:`ConfigfsOps` (mkdir / read / write / rmdir on the configfs tree), an ``ioctl`` callable
+with the signature of :func:`fcntl.ioctl`, and the QGS socket's family and address. All calls
+block; the attester runs them in a worker thread. Kernel errors become
+:class:`BackendUnavailable`; bad arguments :class:`InvalidInput`.
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ import errno
 import hashlib
 import hmac
 import os
+import re
 import secrets
+import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +36,10 @@ from trustflow_core.errors import BackendUnavailable, InvalidInput
 
 CONFIGFS_ROOT = Path("/sys/kernel/config/tsm/report")
 DEVICE = Path("/dev/tdx_guest")
+#: Where ``libtdx_attest`` reads the QGS vsock port (``port = N``).
+QGS_CONFIG = Path("/etc/tdx-attest.conf")
+#: ``VMADDR_CID_HOST``: the QGS runs on the host.
+VSOCK_CID_HOST = 2
 REPORT_DATA_LEN = 64
 TDREPORT_LEN = 1024
 #: ``_IOWR('T', 1, struct tdx_report_req)``: report data in, TDREPORT out (upstream kernels).
@@ -32,6 +47,8 @@ TDX_CMD_GET_REPORT0 = 0xC4405401
 #: ``_IOR('T', 4, struct tdx_quote_req)``: out-of-tree drivers / Intel libtdx_attest.
 TDX_CMD_GET_QUOTE = 0x80105404
 QUOTE_BUFFER_LEN = 4 * 4096
+#: Largest QGS message libtdx_attest accepts (its 4-page buffer minus the headers).
+QGS_MESSAGE_MAX = QUOTE_BUFFER_LEN - 24 - 4
 QGS_GET_QUOTE_REQ, QGS_GET_QUOTE_RESP = 0, 1
 _STATUS_TEXT = {
     0xFFFFFFFFFFFFFFFF: "still in flight",
@@ -88,6 +105,20 @@ class ConfigfsTsm:
         self.root = Path(root)
         self.ops = ops or ConfigfsOps()
         self.attempts = attempts
+
+    name = "configfs-tsm"
+
+    def unavailable_reason(self) -> str | None:
+        """Why this path cannot work here, without touching the kernel state; None = try it."""
+        try:
+            if self.root.is_dir():
+                return None
+        except OSError as exc:
+            return f"cannot look at {self.root}: {exc}"
+        return (
+            f"{self.root} does not exist (needs Linux >= 6.7 with the tdx-guest configfs-tsm "
+            "provider and configfs mounted at /sys/kernel/config)"
+        )
 
     def _generation(self, entry: Path) -> int:
         text = self.ops.read(entry / "generation").strip()
@@ -177,11 +208,22 @@ class TdxGuestDevice:
     """Quotes through ``/dev/tdx_guest``: ``TDX_CMD_GET_REPORT0`` for the TDREPORT, then the
     out-of-tree ``TDX_CMD_GET_QUOTE`` with a QGS message in a ``tdx_quote_hdr`` buffer."""
 
+    name = "TDX_CMD_GET_QUOTE ioctl"
+
     def __init__(self, path: Path = DEVICE, ioctl: Ioctl | None = None) -> None:
         import fcntl
 
         self.path = Path(path)
         self.ioctl = ioctl or fcntl.ioctl
+
+    def unavailable_reason(self) -> str | None:
+        """Why ``/dev/tdx_guest`` cannot be used here; None = try it."""
+        try:
+            if self.path.exists():
+                return None
+        except OSError as exc:
+            return f"cannot look at {self.path}: {exc}"
+        return f"{self.path} does not exist (needs Linux >= 6.2 with the tdx-guest driver)"
 
     def _open(self) -> int:
         try:
@@ -216,7 +258,13 @@ class TdxGuestDevice:
         try:
             self.ioctl(fd, TDX_CMD_GET_QUOTE, request)
         except OSError as exc:
-            raise _os_error("TDX_CMD_GET_QUOTE", exc) from exc
+            problem = _os_error("TDX_CMD_GET_QUOTE", exc)
+            if exc.errno == errno.ENOTTY:
+                problem = BackendUnavailable(
+                    f"{problem}: this kernel's tdx-guest driver has no GET_QUOTE (mainline "
+                    "never had it); use configfs-tsm (Linux >= 6.7) or the QGS over vsock"
+                )
+            raise problem from exc
         finally:
             os.close(fd)
         raw = buffer.raw
@@ -230,6 +278,173 @@ class TdxGuestDevice:
         if length != out_len - 4:
             raise BackendUnavailable("TDX_CMD_GET_QUOTE: QGS message length mismatch")
         return qgs_quote_from_response(raw[28 : 28 + length])
+
+
+# ---- the Quote Generation Service over vsock ------------------------------------------------
+
+_PORT_LINE = re.compile(r"\s*port\s*=\s*([0-9]{1,10})\s*")
+
+
+def qgs_port(config: Path = QGS_CONFIG) -> int | None:
+    """The QGS vsock port configured in ``config`` the way ``libtdx_attest`` reads it: the
+    first ``port = N`` line (whitespace anywhere around, nothing else on the line; ``#`` lines
+    are comments). None when the file is missing or names no valid port (1..2**32-1)."""
+    try:
+        text = config.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        match = _PORT_LINE.fullmatch(line)
+        if match:
+            port = int(match.group(1))
+            return port if 0 < port <= 0xFFFFFFFF else None
+    return None
+
+
+def _recv_exactly(sock: socket.socket, size: int, what: str) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise BackendUnavailable(f"QGS closed the connection during {what}")
+        data += chunk
+    return bytes(data)
+
+
+class QgsVsock:
+    """Quotes from the Quote Generation Service: the TDREPORT from ``device``
+    (``TDX_CMD_GET_REPORT0``), a ``GET_QUOTE_REQ`` sent as ``u32 big-endian length ||
+    message``, the ``GET_QUOTE_RESP`` read back the same way.
+
+    ``port`` is the QGS vsock port (None: not configured, the path is unavailable). The socket
+    is a seam: ``family`` (default ``AF_VSOCK``) and ``address`` (default ``(2, port)``) let
+    tests point it at a stand-in on a unix socket or 127.0.0.1.
+    """
+
+    name = "QGS over vsock"
+
+    def __init__(
+        self,
+        device: TdxGuestDevice,
+        port: int | None,
+        *,
+        config: Path = QGS_CONFIG,
+        family: int | None = None,
+        address: Any = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.device = device
+        self.port = port
+        self.config = config
+        self.family = family if family is not None else getattr(socket, "AF_VSOCK", -1)
+        self.address = address if address is not None else (VSOCK_CID_HOST, port)
+        self.timeout = timeout
+
+    def unavailable_reason(self) -> str | None:
+        """Why this path cannot work here (no port, no vsock, no device); None = try it."""
+        if self.port is None:
+            return f"no QGS port: {self.config} has no 'port = N' line (or does not exist)"
+        if self.family == -1:
+            return "this Python has no AF_VSOCK sockets"
+        return self.device.unavailable_reason()
+
+    def _connect(self) -> socket.socket:
+        if self.family == -1:
+            raise BackendUnavailable("this Python has no AF_VSOCK sockets")
+        where = f"QGS at {self.address}"
+        try:
+            sock = socket.socket(self.family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise _os_error(f"creating a socket for the {where}", exc) from exc
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.address)
+        except OSError as exc:
+            sock.close()
+            raise _os_error(f"connecting to the {where}", exc) from exc
+        return sock
+
+    def probe(self) -> str | None:
+        """Whether the QGS accepts a connection (nothing is sent); None = it does."""
+        reason = self.unavailable_reason()
+        if reason is not None:
+            return reason
+        try:
+            self._connect().close()
+        except BackendUnavailable as exc:
+            return str(exc)
+        return None
+
+    def get_quote(self, report_data: bytes) -> bytes:
+        if self.port is None:
+            raise BackendUnavailable(str(self.unavailable_reason()))
+        tdreport = self.device.get_report(report_data)
+        message = qgs_get_quote_request(tdreport)
+        sock = self._connect()
+        try:
+            sock.sendall(struct.pack(">I", len(message)) + message)
+            (length,) = struct.unpack(">I", _recv_exactly(sock, 4, "the response length"))
+            if not 24 <= length <= QGS_MESSAGE_MAX:
+                raise BackendUnavailable(f"QGS response length {length} is out of range")
+            response = _recv_exactly(sock, length, "the response")
+        except OSError as exc:
+            raise _os_error(f"talking to the QGS at {self.address}", exc) from exc
+        finally:
+            sock.close()
+        return qgs_quote_from_response(response)
+
+
+# ---- trying every path ----------------------------------------------------------------------
+
+
+class QuotePath(Protocol):
+    """A :class:`QuoteSource` that can say why it cannot work without trying."""
+
+    name: str
+
+    def unavailable_reason(self) -> str | None: ...
+
+    def get_quote(self, report_data: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One path tried (or skipped) for a quote: ``ok`` and, if not, why."""
+
+    path: str
+    ok: bool
+    reason: str = ""
+
+
+class QuotePaths:
+    """Tries ``paths`` in order (configfs-tsm, QGS over vsock, ``TDX_CMD_GET_QUOTE``) and
+    returns the first quote; a path that cannot work here is skipped with its reason. When
+    none works, :class:`BackendUnavailable` lists every path with its reason. ``attempts``
+    records the last call's paths. Bad report data (:class:`InvalidInput`) stops at once."""
+
+    def __init__(self, paths: Sequence[QuotePath]) -> None:
+        self.paths = list(paths)
+        self.attempts: list[Attempt] = []
+
+    def get_quote(self, report_data: bytes) -> bytes:
+        _check_report_data(report_data)
+        self.attempts = []
+        for path in self.paths:
+            reason = path.unavailable_reason()
+            if reason is None:
+                try:
+                    quote = path.get_quote(report_data)
+                except BackendUnavailable as exc:
+                    reason = str(exc)
+                else:
+                    self.attempts.append(Attempt(path.name, True))
+                    return quote
+            self.attempts.append(Attempt(path.name, False, reason))
+        raise BackendUnavailable(
+            "no TDX quote path worked: " + "; ".join(f"{a.path}: {a.reason}" for a in self.attempts)
+        )
 
 
 def detect(configfs_root: Path = CONFIGFS_ROOT, device: Path = DEVICE) -> str | None:

@@ -156,6 +156,15 @@ class Quote:
         return self.header[12:28]
 
 
+def looks_like_quote(data: bytes) -> bool:
+    """Whether ``data`` starts like a TDX quote (header: version 4 or 5, tee_type 0x81); a
+    structural check only, nothing is verified."""
+    if len(data) < HEADER_LEN:
+        return False
+    version, _, tee_type = struct.unpack("<HHI", data[:8])
+    return version in (4, 5) and tee_type == TEE_TYPE_TDX
+
+
 def parse_quote(data: bytes) -> Quote:
     """Parse a TDX quote v4 or v5 from ``data`` (which may carry trailing bytes)."""
     if not isinstance(data, (bytes, bytearray)):

@@ -26,7 +26,7 @@ from . import PLATFORM
 from .collateral import Collateral, load_collateral_file
 from .dcap import UNKNOWN, QuoteVerdict, verify_quote, verify_quote_crypto
 from .pccs import PccsClient
-from .quote import TdBody
+from .quote import TdBody, looks_like_quote
 from .report import make_report, open_report
 from .tcb import NOT_SUPPORTED, STATUSES
 
@@ -149,6 +149,11 @@ class TdxVerifier(Verifier):
     async def aclose(self) -> None:
         if self.pccs is not None:
             await self.pccs.aclose()
+
+    @classmethod
+    def recognizes_evidence(cls, evidence: bytes) -> bool:
+        """A quote header: version 4 or 5, tee_type TDX (0x81)."""
+        return looks_like_quote(evidence)
 
     @classmethod
     def report_from_evidence(cls, evidence: bytes, *, endorsements: bytes | None = None) -> Report:

@@ -63,14 +63,21 @@ def attest() -> None:
 )
 @click.option("--settings", "settings_file", default=None, help=_SETTINGS_HELP)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write here.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object: the backend, the platform, where the report went, the report.",
+)
 def report(
     plat: str | None,
     user_data: str,
     report_type: str,
     settings_file: str | None,
     out: str | None,
+    as_json: bool,
 ) -> None:
-    """Generate a report binding USER_DATA and print it as wire JSON."""
+    """Generate a report binding USER_DATA and print it as wire JSON (or write it to --out)."""
     from ..attestation import Attester
     from ..fileio import atomic_write_bytes
     from ..manager import get_plugin_manager
@@ -84,11 +91,22 @@ def report(
         async with cls.from_settings(settings) as attester:
             return await attester.generate(data, report_type=report_type)
 
-    text = json.dumps(asyncio.run(generate()).to_dict(), indent=2) + "\n"
-    if out is None:
+    generated = asyncio.run(generate()).to_dict()
+    text = json.dumps(generated, indent=2) + "\n"
+    if out is not None:
+        atomic_write_bytes(out, text.encode())
+    if as_json:
+        result = {
+            "backend": cls.name,
+            "platform": cls.platform,
+            "report_type": report_type,
+            "out": out,
+            "report": generated,
+        }
+        click.echo(json.dumps(result, indent=2))
+    elif out is None:
         click.echo(text, nl=False)
     else:
-        atomic_write_bytes(out, text.encode())
         click.echo(f"wrote {cls.platform} report to {out}", err=True)
 
 
@@ -164,17 +182,28 @@ def verify(
             report = cls.report_from_evidence(_read_bytes(quote_file), endorsements=endorsements)
         else:
             assert report_file is not None
-            report = Report.from_dict(load_mapping(report_file, "report", yaml_ok=False))
-            cls = (
-                backend_class(pm, VERIFIER, plat)
-                if plat
-                else verifier_for_platform(pm, report.str_tee_platform)
-            )
-            if endorsements_file is not None:  # endorsements for a report that lacks them
-                report = cls.report_from_evidence(
-                    json.dumps(report.to_dict()).encode(),
-                    endorsements=_read_bytes(endorsements_file),
+            data = _read_bytes(report_file)
+            if _is_json_text(data):
+                report = Report.from_dict(_report_mapping(data, report_file))
+                cls = (
+                    backend_class(pm, VERIFIER, plat)
+                    if plat
+                    else verifier_for_platform(pm, report.str_tee_platform)
                 )
+                if endorsements_file is not None:  # endorsements for a report that lacks them
+                    report = cls.report_from_evidence(
+                        json.dumps(report.to_dict()).encode(),
+                        endorsements=_read_bytes(endorsements_file),
+                    )
+            else:  # raw evidence where a report was expected: find its platform
+                cls = _raw_evidence_verifier(pm, data, report_file, plat)
+                click.echo(
+                    f"note: {report_file} is raw {cls.platform} evidence, not a report JSON; "
+                    f"verifying it as --quote {report_file} --plat {cls.name}",
+                    err=True,
+                )
+                endorsements = _read_bytes(endorsements_file) if endorsements_file else None
+                report = cls.report_from_evidence(data, endorsements=endorsements)
     except InvalidInput as exc:
         _print_verdict(VerificationError("format", str(exc)), None, as_json)
         ctx.exit(1)
@@ -198,6 +227,46 @@ def verify(
         _print_verdict(exc, None, as_json)
         ctx.exit(1)
     _print_verdict(None, verified, as_json)
+
+
+def _is_json_text(data: bytes) -> bool:
+    """Whether ``data`` is text that starts like a JSON object (a report file), rather than
+    binary evidence."""
+    try:
+        return data.decode("utf-8").lstrip().startswith("{")
+    except UnicodeDecodeError:
+        return False
+
+
+def _report_mapping(data: bytes, path: str) -> Any:
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"report {path} is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"report {path} must hold a mapping, not {type(doc).__name__}")
+    return doc
+
+
+def _raw_evidence_verifier(pm: Any, data: bytes, path: str, plat: str | None) -> Any:
+    """The verifier class for raw evidence ``data`` given as ``--report path``: the one named
+    by ``plat``, else the one installed verifier that recognizes it; :class:`InvalidInput`
+    saying what to do when none or several do."""
+    from ..registry import VERIFIER, backend_class, backends_of
+
+    if plat:
+        return backend_class(pm, VERIFIER, plat)
+    found = [c for c in backends_of(pm, VERIFIER).values() if c.recognizes_evidence(data)]
+    if len(found) == 1:
+        return found[0]
+    why = (
+        "no installed verifier recognizes it as raw evidence"
+        if not found
+        else f"it could be raw evidence of {', '.join(sorted(c.name for c in found))}"
+    )
+    raise InvalidInput(
+        f"{path} is not a report JSON and {why}; for raw evidence use --quote {path} --plat P"
+    )
 
 
 def _read_bytes(path: str) -> bytes:

@@ -297,12 +297,30 @@ def generate_data_key_b64(
 # ---- data capsules -------------------------------------------------------------------------
 
 
+def _capsule_result(
+    as_json: bool, action: str, source: Path, dest: Path, size_in: int, size_out: int, **extra: str
+) -> None:
+    """With ``--json``: one object naming the files and their sizes; else nothing (the
+    upstream commands print nothing either)."""
+    if as_json:
+        result = {
+            "action": action,
+            "source_file": str(source),
+            "dest_file": str(dest),
+            "source_bytes": size_in,
+            "dest_bytes": size_out,
+            **extra,
+        }
+        click.echo(json.dumps(result, indent=2))
+
+
 @util.command("encrypt-file")
 @_src_path()
 @_dest_path(".enc")
 @_key_options
 @_format_option
 @_quiet_option
+@_json_option
 def encrypt_file(
     source_file: Path,
     dest_file: Path | None,
@@ -310,12 +328,15 @@ def encrypt_file(
     data_key_file: TextIO | None,
     fmt: str,
     quiet: bool,
+    as_json: bool,
 ) -> None:
     """Encrypt a file into a data capsule (format v1 unless --format v2)."""
     key = _resolve_key(data_key_b64, data_key_file)
     dest = dest_file or Path(f"{source_file}.enc")
-    with _progress(source_file, quiet, "encrypting") as progress, _file_errors():
-        capsule.encrypt_file(source_file, dest, key, fmt=fmt, progress=progress)
+    with _progress(source_file, quiet or as_json, "encrypting") as progress, _file_errors():
+        size_in = source_file.stat().st_size
+        size_out = capsule.encrypt_file(source_file, dest, key, fmt=fmt, progress=progress)
+    _capsule_result(as_json, "encrypt", source_file, dest, size_in, size_out, format=fmt)
 
 
 @util.command("decrypt-file")
@@ -323,19 +344,23 @@ def encrypt_file(
 @_dest_path(".dec")
 @_key_options
 @_quiet_option
+@_json_option
 def decrypt_file(
     source_file: Path,
     dest_file: Path | None,
     data_key_b64: str | None,
     data_key_file: TextIO | None,
     quiet: bool,
+    as_json: bool,
 ) -> None:
     """Decrypt a data capsule, v1 or v2 (detected); output mode 0600, nothing is written if
     it fails."""
     key = _resolve_key(data_key_b64, data_key_file)
     dest = dest_file or Path(f"{source_file}.dec")
-    with _progress(source_file, quiet, "decrypting") as progress, _file_errors():
-        capsule.decrypt_file(source_file, dest, key, progress=progress)
+    with _progress(source_file, quiet or as_json, "decrypting") as progress, _file_errors():
+        size_in = source_file.stat().st_size
+        size_out = capsule.decrypt_file(source_file, dest, key, progress=progress)
+    _capsule_result(as_json, "decrypt", source_file, dest, size_in, size_out)
 
 
 @util.command("encrypt-file-inplace")
@@ -343,27 +368,40 @@ def decrypt_file(
 @_key_options
 @_format_option
 @_quiet_option
+@_json_option
 def encrypt_file_inplace(
-    path: Path, data_key_b64: str | None, data_key_file: TextIO | None, fmt: str, quiet: bool
+    path: Path,
+    data_key_b64: str | None,
+    data_key_file: TextIO | None,
+    fmt: str,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Replace a file by its data capsule (atomically; format v1 unless --format v2)."""
     key = _resolve_key(data_key_b64, data_key_file)
-    with _progress(path, quiet, "encrypting") as progress, _file_errors():
+    with _progress(path, quiet or as_json, "encrypting") as progress, _file_errors():
+        size_in = path.stat().st_size
         capsule.encrypt_file_inplace(path, key, fmt=fmt, progress=progress)
+        size_out = path.stat().st_size
+    _capsule_result(as_json, "encrypt", path, path, size_in, size_out, format=fmt)
 
 
 @util.command("decrypt-file-inplace")
 @click.option("--file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @_key_options
 @_quiet_option
+@_json_option
 def decrypt_file_inplace(
-    path: Path, data_key_b64: str | None, data_key_file: TextIO | None, quiet: bool
+    path: Path, data_key_b64: str | None, data_key_file: TextIO | None, quiet: bool, as_json: bool
 ) -> None:
     """Replace a data capsule, v1 or v2 (detected), by its plaintext (atomically, mode
     0600; untouched on error)."""
     key = _resolve_key(data_key_b64, data_key_file)
-    with _progress(path, quiet, "decrypting") as progress, _file_errors():
+    with _progress(path, quiet or as_json, "decrypting") as progress, _file_errors():
+        size_in = path.stat().st_size
         capsule.decrypt_file_inplace(path, key, progress=progress)
+        size_out = path.stat().st_size
+    _capsule_result(as_json, "decrypt", path, path, size_in, size_out)
 
 
 # ---- data-export votes (docs/compat.md#votes) ------------------------------------------------

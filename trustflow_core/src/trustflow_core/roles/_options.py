@@ -24,6 +24,7 @@ import click
 from click.core import ParameterSource
 
 from ..settings_schema import Node, load_yaml_file
+from ._logging import LOG_FORMATS
 
 F = TypeVar("F", bound=Callable[..., object])
 C = TypeVar("C", bound=click.Command)
@@ -150,8 +151,8 @@ def _logger_levels(
 
 def log_options(command: F) -> F:
     """Add ``--log-path/--log_path``, ``--log-level/--log_level`` (upstream spellings too; a fixed
-    choice) and ``--log-level-for LOGGER=LEVEL``; pass them to
-    :func:`roles._server.setup_logging`.
+    choice), ``--log-level-for LOGGER=LEVEL`` and ``--log-format text|json``; pass them to
+    :func:`roles._logging.setup_logging`.
 
     ``--log-level`` sets the project's loggers only; third-party libraries (grpc, SQLAlchemy,
     the CEL library, aiohttp, ...) stay at WARNING unless ``--log-level-for`` names them."""
@@ -172,8 +173,34 @@ def log_options(command: F) -> F:
         show_default=True,
         help="Level of the project's loggers (libraries stay at warning).",
     )(command)
-    return click.option(
+    command = click.option(
         "--log-path", "--log_path", "log_path", default=None, help="Log file (else stderr)."
+    )(command)
+    return click.option(
+        "--log-format",
+        type=click.Choice(LOG_FORMATS),
+        default="text",
+        show_default=True,
+        help="Log lines as text or as JSON objects, one per line (docs/observability.md).",
+    )(command)
+
+
+def admin_options(command: F) -> F:
+    """Add ``--admin-port`` (default: no admin listener) and ``--admin-host`` (default
+    127.0.0.1): the listener of ``/metrics``, ``/-/healthz``, ``/-/readyz`` and ``/-/plugins``
+    (:mod:`._admin`, docs/observability.md)."""
+    command = click.option(
+        "--admin-host",
+        default="127.0.0.1",
+        show_default=True,
+        help="Address of the admin listener (keep it on loopback or an internal network).",
+    )(command)
+    return click.option(
+        "--admin-port",
+        type=click.IntRange(0, 65535),
+        default=None,
+        help="Serve /metrics, /-/healthz, /-/readyz and /-/plugins on this port (0: any free "
+        "port). Default: no admin listener.",
     )(command)
 
 
@@ -181,4 +208,5 @@ def log_options(command: F) -> F:
 LOG_KEYS: Mapping[str, Callable[[Node], Any]] = {
     "log_path": lambda node: str(node.path()),
     "log_level": lambda node: node.choice(LOG_LEVELS),
+    "log_format": lambda node: node.choice(LOG_FORMATS),
 }

@@ -1,122 +1,145 @@
-"""The one server runner of the roles: start aiohttp sites, run until SIGINT/SIGTERM, stop
-cleanly (shared by every ``trustflow`` server command, the demos and the tests)."""
+"""The one server runner of the roles.
+
+Every ``trustflow`` server command (``ra-proxy``, ``data-capsule-proxy``, ``gateway``,
+``capsule-manager``), the demos and the tests start and stop their servers through here. A
+role is a :class:`~._listeners.Service` with :class:`~._listeners.Listeners` (aiohttp, asyncio
+stream or gRPC listeners, :mod:`._listeners`); :class:`AppServer` is the service of one aiohttp
+application (the RA proxy, the Data Capsule Proxy). :func:`run` serves one until SIGINT or
+SIGTERM (handled here, once), prints one line per listener,
+``<role> listening on <address> (<label>, <notes>, <n> worker[s])``, then stops it, each
+listener within its grace period, logging ``<role> stopping`` and ``<role> stopped``; with
+``workers > 1`` it runs the extra processes of :mod:`._workers`, logging as this one does
+(:mod:`._logging`). A port that cannot be bound is a one-line :class:`BackendUnavailable`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 from aiohttp import web
 
 from ..errors import BackendUnavailable
+from ._listeners import Listeners, Service, WebListener, binding
+from ._logging import logging_args, setup_logging
+
+log = logging.getLogger("trustflow.server")
+T = TypeVar("T")
 
 
-async def wait_for_signal() -> None:
-    """Return on SIGINT or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+class AppServer:
+    """The :class:`Service` of one aiohttp application on ``host:port``."""
+
+    def __init__(self, role: str, app: web.Application, host: str, port: int) -> None:
+        self.listeners = Listeners(role)
+        self.listeners.add(WebListener(app, host, port))
+
+    async def start(self) -> None:
+        await self.listeners.open()
+
+    async def stop(self) -> None:
+        await self.listeners.close()
+
+    def notes(self) -> list[str]:
+        return []
+
+
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start ``app`` on ``host:port`` (port 0 = any free port); return its aiohttp runner
+    (``await runner.cleanup()`` stops it) and the port; for the demos and tests, which run
+    apps inside their own event loop. Raises :class:`BackendUnavailable` when the address
+    cannot be bound."""
+    listener = WebListener(app, host, port)
+    with binding(host, port):
+        bound = await listener.open(reuse_port=False)
+    assert isinstance(listener.runner, web.AppRunner)
+    return listener.runner, bound
+
+
+# ---- running -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> Iterator[None]:
+    """Call ``stop`` on SIGINT or SIGTERM while the block runs."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stop)
     try:
-        await stop.wait()
+        yield
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
 
 
-@contextlib.contextmanager
-def binding(host: str, port: int) -> Iterator[None]:
-    """Turn a failure to bind ``host:port`` (in use, not an address of this host, no
-    permission) into :class:`BackendUnavailable` naming the address: one line for the user,
-    not a traceback."""
+def run(factory: Callable[[], Service], *, workers: int = 1) -> None:
+    """Serve ``factory()`` until SIGINT or SIGTERM, then stop it; print one listening line
+    per listener on stderr once every process serves.
+
+    ``workers > 1`` runs that many processes sharing the ports (:mod:`._workers`): this one
+    binds first and claims the ports, the others call ``factory()`` in fresh interpreters, so
+    it must pickle (a module-level function or class, or a :func:`functools.partial` of one).
+    Start-up failures raise :class:`BackendUnavailable` (one line); so does a worker that
+    ends while serving, after everything is stopped."""
+    asyncio.run(_serve(factory, workers))
+
+
+async def _serve(factory: Callable[[], Service], workers: int) -> None:
+    from functools import partial
+
+    import click
+
+    stop = asyncio.Event()
+    with stop_signals(asyncio.get_running_loop(), stop.set):  # before anything binds
+        service = factory()
+        role = service.listeners.role
+        if workers > 1:
+            service.listeners.sharing = "first"
+        await service.start()
+        pool = None
+        failure: str | None = None
+        try:
+            if workers > 1:
+                from ._workers import Workers
+
+                args = logging_args()
+                setup = None if args is None else partial(setup_logging, *args)
+                pool = Workers(role, factory, workers - 1, service.listeners.ports, setup)
+                if not await _until(stop, pool.start()):
+                    return
+            count = f"{workers} worker" + "s" * (workers != 1)
+            for line in service.listeners.lines([*service.notes(), count]):
+                click.echo(line, err=True)
+            failure = await _until(stop, pool.ended()) if pool is not None else None
+            if failure is None:
+                await stop.wait()
+        finally:
+            log.info("%s stopping", role)
+            if pool is not None:
+                pool.terminate()
+            await service.stop()
+            if pool is not None:
+                await pool.join()
+            log.info("%s stopped", role)
+        if failure:
+            raise BackendUnavailable(failure)
+
+
+async def _until(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """Await ``work`` unless ``stop`` is set first (then cancel it and return None)."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
     try:
-        yield
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise BackendUnavailable(f"cannot listen on {host}:{port}: {reason}") from None
-
-
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start ``app`` on ``host:port`` (port 0 = any free port); return the runner and the port.
-    Raises :class:`BackendUnavailable` when the address cannot be bound."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        with binding(host, port):
-            await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound = runner.addresses[0][1]
-    return runner, int(bound)
-
-
-async def serve(
-    app: web.Application,
-    host: str,
-    port: int,
-    *,
-    on_started: Callable[[int], None] | None = None,
-    shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
-) -> None:
-    """Serve ``app`` until ``shutdown_trigger`` returns, then clean up."""
-    runner, bound = await start_site(app, host, port)
-    try:
-        if on_started is not None:
-            on_started(bound)
-        await shutdown_trigger()
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        await runner.cleanup()
-
-
-#: Level of the loggers outside the project (grpc, SQLAlchemy, the CEL library, aiohttp, ...):
-#: at DEBUG the CEL library alone logs its evaluation internals, gigabytes for a few requests.
-LIBRARY_LEVEL = "WARNING"
-_HANDLER_FLAG = "_trustflow_role_handler"
-
-
-def project_loggers() -> set[str]:
-    """The top-level logger names of the project: ``trustflow``, ``trustflow_core`` and the
-    top-level package of every installed ``trustflow`` plugin entry point."""
-    from importlib import metadata
-
-    from ..manager import ENTRY_POINT_GROUP
-
-    names = {"trustflow", "trustflow_core"}
-    names.update(ep.module.split(".")[0] for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
-    return names
-
-
-def setup_logging(
-    log_path: str | None,
-    level: str = "info",
-    levels_for: Iterable[tuple[str, str]] = (),
-) -> None:
-    """Log to ``log_path`` (appending) or, when None, to stderr: the project's loggers
-    (:func:`project_loggers`) at ``level``, every other logger at :data:`LIBRARY_LEVEL`, and
-    the loggers named in ``levels_for`` (``(name, level)`` pairs) at their own level.
-
-    Calling it again replaces the handler it installed before."""
-    import logging
-
-    handler: logging.Handler = (
-        logging.FileHandler(log_path, encoding="utf-8") if log_path else logging.StreamHandler()
-    )
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
-    setattr(handler, _HANDLER_FLAG, True)
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, _HANDLER_FLAG, False)]:
-        root.removeHandler(old)
-        old.close()
-    root.addHandler(handler)
-    root.setLevel(LIBRARY_LEVEL)
-    for name in project_loggers():
-        logging.getLogger(name).setLevel(level.upper())
-    for name, named_level in levels_for:
-        logging.getLogger(name).setLevel(named_level.upper())
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return task.result() if task.done() and not task.cancelled() else None

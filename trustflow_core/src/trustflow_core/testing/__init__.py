@@ -1,4 +1,4 @@
-"""Conformance test kits for backend authors (install ``trustflow-core[testing]``).
+"""Conformance test kits for backend authors (run them with ``trustflow-core[test]``).
 
 Subclass a kit in your plugin's tests and override its abstract fixtures::
 
@@ -9,11 +9,26 @@ Subclass a kit in your plugin's tests and override its abstract fixtures::
         async def storage(self, tmp_path): ...
 
 Kit class names do not start with ``Test`` so pytest collects them only through subclasses.
+
+Importing this package needs no pytest: the helpers for benchmarks and scripts
+(:mod:`.support`, :mod:`.certs`, :mod:`.databases`) work with ``trustflow-core`` alone; the
+kits and :mod:`.fixtures` import pytest themselves.
 """
 
 from __future__ import annotations
 
-import pytest
-
-for _kit in ("attestation", "channel", "keyexchange", "storage", "transport", "fixtures", "races"):
-    pytest.register_assert_rewrite(f"trustflow_core.testing.{_kit}")
+try:
+    import pytest
+except ImportError:  # not under pytest: no assertion rewriting to set up
+    pass
+else:
+    for _kit in (
+        "attestation",
+        "channel",
+        "keyexchange",
+        "storage",
+        "transport",
+        "fixtures",
+        "races",
+    ):
+        pytest.register_assert_rewrite(f"trustflow_core.testing.{_kit}")

@@ -18,18 +18,27 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from trustflow_core.manager import TrustflowPluginManager, get_plugin_manager
+from trustflow_core.testing.support import (
+    COMPAT_ENV,
+    COMPAT_RELATIVE,
+    compat_vectors_dir,
+    find_compat_dir,
+    free_port,
+)
 
-COMPAT_ENV = "TRUSTFLOW_COMPAT_DIR"
-COMPAT_RELATIVE = Path("shared", "testdata", "compat")
-
+__all__ = [
+    "COMPAT_ENV",
+    "COMPAT_RELATIVE",
+    "compat_vectors_dir",
+    "find_compat_dir",
+    "free_port",
+]
 
 PLUGINS_MARKER = "plugins"
 
@@ -59,45 +68,6 @@ def plugin_env(
 @pytest.fixture
 def pm(plugin_env: bool) -> TrustflowPluginManager:
     return get_plugin_manager(load_entrypoints=plugin_env)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the caller binds it in another
-    process or server)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def find_compat_dir(*starts: Path) -> Path | None:
-    """The first ``<ancestor>/shared/testdata/compat`` holding a ``manifest.json`` above any
-    of ``starts``, or None."""
-    for start in starts:
-        for ancestor in (start, *start.parents):
-            candidate = ancestor / COMPAT_RELATIVE
-            if (candidate / "manifest.json").is_file():
-                return candidate
-    return None
-
-
-def compat_vectors_dir() -> Path:
-    """The compat vectors: ``$TRUSTFLOW_COMPAT_DIR``, else the first
-    ``<ancestor>/shared/testdata/compat`` above the working directory or this package.
-    Raises :class:`FileNotFoundError` saying how to provide them. Usable at import time
-    (for parametrization)."""
-    configured = os.environ.get(COMPAT_ENV)
-    if configured:
-        path = Path(configured).resolve()
-        if not (path / "manifest.json").is_file():
-            raise FileNotFoundError(f"{COMPAT_ENV}={configured!r} has no manifest.json")
-        return path
-    found = find_compat_dir(Path.cwd().resolve(), Path(__file__).resolve().parent)
-    if found is None:
-        raise FileNotFoundError(
-            f"compat vectors not found: set {COMPAT_ENV} or place them at "
-            f"../{COMPAT_RELATIVE.as_posix()} next to the repository"
-        )
-    return found
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ Modules, one concept each:
   process; :mod:`.constraint_sandbox` -- the run-time budget (worker processes).
 * :mod:`.convert` -- rules and policies <-> protobuf.
 * :mod:`.envelope` -- opening requests, authenticating JWS, sealing responses.
-* :mod:`.service` -- the 13 RPCs; :mod:`.server` -- the ``grpc.aio`` server.
+* :mod:`.service` -- the 13 RPCs; :mod:`.server` -- the Capsule Manager service on its gRPC
+  listener (run, with ``--workers``, by :mod:`trustflow_core.roles._server`).
 * :mod:`.database_url` -- the storage URL shown without its password, missing-driver hints.
 * :mod:`.private_files` -- data directory 0700, database and keys 0600.
-* :mod:`.port_claim` -- one Capsule Manager per port (``--workers`` share it among themselves).
 """

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
-from .._options import DEFAULT_PORTS, check_config_option, log_options, role_command
+from .._options import (
+    DEFAULT_PORTS,
+    admin_options,
+    check_config_option,
+    log_options,
+    role_command,
+)
 
 
 @role_command
@@ -50,6 +56,7 @@ from .._options import DEFAULT_PORTS, check_config_option, log_options, role_com
     help="Server processes sharing the port (they share keys and database).",
 )
 @check_config_option
+@admin_options
 @log_options
 def capsule_manager(
     config_file: Path | None,
@@ -65,17 +72,21 @@ def capsule_manager(
     allow_upstream_sim: bool | None,
     workers: int,
     check_config: bool,
+    admin_host: str,
+    admin_port: int | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
+    log_format: str,
 ) -> None:
     """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
-    import asyncio
+    import functools
 
     from ...manager import get_plugin_manager
+    from .._logging import setup_logging
     from .._options import config_ok
-    from .._server import setup_logging
-    from .server import LogSettings, serve
+    from .._server import run
+    from .server import ROLE, capsule_manager_service
     from .settings import check_settings, load_settings
 
     settings = load_settings(
@@ -95,9 +106,9 @@ def capsule_manager(
     if check_config:
         config_ok()
         return
-    log_settings = LogSettings(log_path, log_level, log_levels_for)
-    setup_logging(*log_settings)
-    asyncio.run(serve(settings, workers=workers, log_settings=log_settings))
+    setup_logging(log_path, log_level, log_levels_for, log_format, ROLE)
+    service = functools.partial(capsule_manager_service, settings, admin_host, admin_port)
+    run(service, workers=workers)
 
 
 COMMANDS: list[click.Command] = [capsule_manager]

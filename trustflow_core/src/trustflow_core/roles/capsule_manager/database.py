@@ -48,6 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .. import _metrics
 from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from .access_reads import read_access_rows
@@ -221,11 +222,12 @@ class Database:
         delay = 0.005
         for attempt in range(MAX_ATTEMPTS):
             try:
-                if self._sqlite_write_lock is not None:
-                    with self._sqlite_write_lock, self._write.begin() as session:
+                with _metrics.db_timer("write"):
+                    if self._sqlite_write_lock is not None:
+                        with self._sqlite_write_lock, self._write.begin() as session:
+                            return fn(session)
+                    with self._write.begin() as session:
                         return fn(session)
-                with self._write.begin() as session:
-                    return fn(session)
             except (IntegrityError, OperationalError) as exc:
                 if attempt + 1 == MAX_ATTEMPTS or not _is_retryable(exc):
                     log.warning("store transaction failed: %s", type(exc).__name__)
@@ -249,10 +251,26 @@ class Database:
 
     def _ro(self, fn: Callable[[Session], T]) -> T:
         def run() -> T:
-            with self._read.begin() as session:
+            with _metrics.db_timer("read"), self._read.begin() as session:
                 return fn(session)
 
         return _retry_dead_connection(run)
+
+    def ping(self) -> str | None:
+        """None when the database answers a read of the meta table (on a fresh connection when
+        the pooled one is dead; reading a table also finds a SQLite file that went away or
+        cannot be read), else the first line of the error (it may name the URL: redact it)."""
+        try:
+            with _metrics.db_timer("ping"):
+                _retry_dead_connection(self._select_one)
+        except Exception as exc:  # a server gone, an unreadable SQLite file, a driver error
+            cause = getattr(exc, "orig", None) or exc
+            return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        return None
+
+    def _select_one(self) -> None:
+        with self._read_engine.connect() as conn:
+            conn.execute(select(Meta.name).limit(1)).all()
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -642,7 +660,10 @@ class Database:
         uris = list(dict.fromkeys(resource_uris))
         if not uuids:
             return {}, SealedKeys(self._sealer, {})
-        record_rows, policy_rows, key_rows = read_access_rows(self._read_engine, scope, uuids, uris)
+        with _metrics.db_timer("read"):
+            record_rows, policy_rows, key_rows = read_access_rows(
+                self._read_engine, scope, uuids, uris
+            )
         records = {
             data_uuid: DataInfo(data_uuid, owner, tuple(json.loads(parents)))
             for data_uuid, owner, parents in record_rows

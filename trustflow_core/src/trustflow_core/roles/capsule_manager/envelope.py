@@ -22,6 +22,7 @@ from ...jose import MalformedInput, b64url_decode, parse_object
 from ...proto.secretflowapis.v2 import status_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...wire import parse_json, to_json
+from .. import _metrics
 from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import (
     DEFAULT_WINDOW,
@@ -51,6 +52,7 @@ OTHER_RFC_ALGS = {
 ENCS = {"A128GCM", "A256GCM"}
 UNSUPPORTED_ENCS = {"A192GCM", "A128CBC-HS256", "A192CBC-HS384", "A256CBC-HS512"}
 JWS_ALGS = {"RS256", "PS256"}
+ROLE = "capsule-manager"
 MAX_INNER_BYTES = 8 << 20
 
 
@@ -140,6 +142,15 @@ class Envelopes:
         self._freshness = freshness
 
     def open(self, request: cm_pb2.EncryptedRequest) -> OpenedRequest:
+        """Open ``request`` (and split its JWS, when signed); a refusal is a :class:`CMError`,
+        counted in ``trustflow_jwe_failures_total`` by its kind."""
+        try:
+            return self._open(request)
+        except CMError as err:
+            _metrics.jwe_failure(ROLE, err.kind.name.lower())
+            raise
+
+    def _open(self, request: cm_pb2.EncryptedRequest) -> OpenedRequest:
         if not request.HasField("message"):
             raise CMError(Kind.NOT_FOUND, "Request content")
         m = request.message

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,46 +24,52 @@ from ...registry import (
     backends_of,
     verifier_for_platform,
 )
+from .._listeners import GRACE, GrpcListener, Listeners
 from ..capsule_manager_protocol.errors import CMError
-from . import database_url, identity_keys, port_claim, private_files
+from . import database_url, identity_keys, private_files
 from .database import Database
 from .envelope import Envelopes
+from .health import DEFAULT_INTERVAL, DatabaseHealth
 from .sealing import Sealer, load_or_create_key
 from .service import CapsuleManagerService
 from .settings import CMSettings
 
 log = logging.getLogger(__name__)
 NO_ATTESTER = ("none", "")
-
-
-class LogSettings(NamedTuple):
-    """The arguments of :func:`roles._server.setup_logging`, handed to ``--workers``."""
-
-    log_path: str | None = None
-    level: str = "warning"
-    levels_for: tuple[tuple[str, str], ...] = ()
+ROLE = "capsule-manager"
 
 
 class CapsuleManager:
     """A running Capsule Manager. ``await start()`` returns the bound port; ``await stop()``.
+    A :class:`~.._listeners.Service`: ``trustflow capsule-manager`` runs it with
+    :func:`~.._server.run`, which handles signals and ``--workers``.
 
     ``pm`` is the plugin manager to take backends from (default: all installed plugins).
-    ``sharing`` says how the port is bound (:mod:`.port_claim`): ``exclusive`` (the default:
-    start fails while anything listens there), ``first`` of several ``--workers`` processes
-    or a ``worker`` joining it.
+    ``listeners`` holds the gRPC listener; the port is bound exclusively (start fails while
+    anything listens there) unless the runner makes it the first of several workers.
     """
 
     def __init__(
-        self, settings: CMSettings, *, pm: Any = None, sharing: port_claim.Sharing = "exclusive"
+        self, settings: CMSettings, *, pm: Any = None, health_interval: float = DEFAULT_INTERVAL
     ) -> None:
         self.settings = settings
-        self.sharing = sharing
-        self._claim: socket.socket | None = None
         self.pm = pm if pm is not None else get_plugin_manager()
-        self.server: grpc.aio.Server | None = None
+        self.listeners = Listeners(ROLE)
+        self._grpc = self.listeners.add(
+            GrpcListener(
+                self._add_services,
+                settings.host,
+                settings.port,
+                credentials=None if settings.tls is None else lambda: _server_credentials(settings),
+                label="gRPC" + (" + TLS" if settings.tls is not None else ""),
+            )
+        )
+        self.service: CapsuleManagerService | None = None
         self.store: Database | None = None
         self.port: int | None = None
         self._verifiers: dict[str, Verifier] = {}
+        self.health_interval = health_interval
+        self.health: DatabaseHealth | None = None
 
     # ---- parts -----------------------------------------------------------------------------
 
@@ -102,12 +107,18 @@ class CapsuleManager:
             await self.stop(grace=0)
             raise
 
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        assert self.service is not None and self.health is not None
+        cm_grpc.add_CapsuleManagerServicer_to_server(self.service, server)
+        self.health.add_to(server)
+
+    async def database_ready(self) -> str | None:
+        """The admin listener's readiness check: the database answers now."""
+        return "database: not open" if self.health is None else await self.health.readiness()
+
     async def _start(self) -> int:
         s = self.settings
-        if self.sharing == "first" and s.port:
-            self._claim = port_claim.claim(s.host, s.port)
-        if self.sharing != "worker" and s.port:
-            port_claim.check_free(s.host, s.port)  # fail before any work; bind decides below
+        self.listeners.check()  # fail before any work; the bind decides below
         key_file, cert_file, storage_key_file = s.key_paths
         url = database_url.parse(s.db_url)
         database = database_url.sqlite_file(url)
@@ -161,40 +172,31 @@ class CapsuleManager:
             tls_issuer_secret=tls_issuer_secret(storage_key),
         )
         self.service = service
-        reuse_port = int(self.sharing != "exclusive")
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", reuse_port)])
-        cm_grpc.add_CapsuleManagerServicer_to_server(service, self.server)
-        address = f"{s.host}:{s.port}"
-        port: int
-        try:
-            if s.tls is None:
-                port = self.server.add_insecure_port(address)
-            else:
-                port = self.server.add_secure_port(address, _server_credentials(s))
-        except RuntimeError:
-            port = 0
-        if port == 0:
-            raise port_claim.refusal(s.host, s.port, port_claim.bind_error(s.host, s.port))
-        if self.sharing == "first" and not s.port:  # a port the kernel just chose
-            self._claim = port_claim.claim(s.host, port)
-        await self.server.start()
-        self.port = port
-        log.info("capsule manager %s listening on %s:%d", identity.party_id, s.host, port)
-        return port
+        self.health = DatabaseHealth(self.store, s.db_url, self.health_interval)
+        await self.listeners.open()
+        await self.health.start()
+        self.port = self._grpc.port
+        log.info("capsule manager %s serving on %s:%d", identity.party_id, s.host, self.port)
+        return self.port
 
-    async def stop(self, grace: float | None = 1.0) -> None:
-        if self.server is not None:
-            await self.server.stop(grace)
-            self.server = None
+    def notes(self) -> list[str]:
+        """For the listening line: the party id and the storage."""
+        return [f"party id {self.identity.party_id}", f"storage {self.store!r}"]
+
+    async def stop(self, grace: float = GRACE) -> None:
+        """Stop serving (open calls get ``grace`` seconds), then close the verifiers and the
+        storage; the gRPC health says NOT_SERVING from the start of it."""
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
+        self._grpc.grace = grace
+        await self.listeners.close()
         for verifier in self._verifiers.values():
             await verifier.aclose()
         self._verifiers.clear()
         if self.store is not None:
             self.store.close()
             self.store = None
-        if self._claim is not None:
-            self._claim.close()
-            self._claim = None
 
     async def __aenter__(self) -> CapsuleManager:
         await self.start()
@@ -202,6 +204,19 @@ class CapsuleManager:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def capsule_manager_service(
+    settings: CMSettings, admin_host: str = "127.0.0.1", admin_port: int | None = None
+) -> CapsuleManager:
+    """The Capsule Manager of ``trustflow capsule-manager`` and of each of its ``--workers`` (a
+    picklable service factory for :func:`~.._server.run`), with the admin listener on
+    ``admin_host:admin_port`` (None: none; readiness: the database answers)."""
+    from .._admin import create_admin_app, with_admin
+
+    cm = CapsuleManager(settings)
+    admin = create_admin_app(ROLE, cm.pm, [cm.database_ready])
+    return with_admin(cm, admin, admin_host, admin_port)
 
 
 def tls_issuer_secret(storage_key: bytes) -> bytes:
@@ -236,76 +251,3 @@ def _server_credentials(s: CMSettings) -> grpc.ServerCredentials:
         root_certificates=_read(s.tls.client_ca_file, "TLS client CA"),
         require_client_auth=True,
     )
-
-
-async def serve(
-    settings: CMSettings, *, workers: int = 1, log_settings: LogSettings | None = None
-) -> None:
-    """Run until SIGINT/SIGTERM; print one line with the address and identity.
-
-    ``workers > 1`` starts that many server processes on the same port (``SO_REUSEPORT``; the
-    kernel spreads connections over them; no other process may listen there, see
-    :mod:`.port_claim`). They share the identity and storage-key files and
-    the database, so any of them can answer any request; the extra ones exit with this one and
-    log as ``log_settings`` says (default: warnings to stderr).
-    """
-    import dataclasses
-    import multiprocessing
-    import os
-    import signal
-
-    import click
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # before the "listening" line is printed
-        loop.add_signal_handler(sig, stop.set)
-    cm = CapsuleManager(settings, sharing="first" if workers > 1 else "exclusive")
-    try:
-        port = await cm.start()
-    except BaseException:
-        await cm.stop(grace=0)
-        raise
-    children = []
-    worker_logs = log_settings or LogSettings()
-    context = multiprocessing.get_context("spawn")
-    for _ in range(workers - 1):
-        child = context.Process(
-            target=_worker_main,
-            args=(dataclasses.replace(settings, port=port), os.getpid(), worker_logs),
-            daemon=True,
-        )
-        child.start()
-        children.append(child)
-    click.echo(
-        f"capsule manager listening on {settings.host}:{port} "
-        f"(party id {cm.identity.party_id}, storage {cm.store!r}, {workers} worker(s))",
-        err=True,
-    )
-    try:
-        await stop.wait()
-    finally:
-        for child in children:
-            child.terminate()
-        await cm.stop(grace=2.0)
-        for child in children:
-            await asyncio.to_thread(child.join, 10)
-
-
-def _worker_main(settings: CMSettings, parent_pid: int, log_settings: LogSettings) -> None:
-    """An extra server process; exits when its parent is gone."""
-    import os
-
-    from .._server import setup_logging
-
-    async def run() -> None:
-        cm = CapsuleManager(settings, sharing="worker")
-        await cm.start()
-        try:
-            while os.getppid() == parent_pid:
-                await asyncio.sleep(1.0)
-        finally:
-            await cm.stop(grace=0.5)
-
-    setup_logging(*log_settings)
-    asyncio.run(run())

@@ -33,6 +33,8 @@ from ...errors import BackendNotFound, BackendUnavailable, InvalidInput, Verific
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...wire import serialize_canonical
+from .. import _metrics
+from .._logging import REQUEST_ID_HEADER, accept_request_id, request_context
 from ..capsule_manager_protocol.certs import spki_pem, verified_chain_party
 from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
@@ -53,6 +55,8 @@ from .policy import (
 )
 from .resource_uri import parse_resource_uri
 
+ROLE = "capsule-manager"
+
 log = logging.getLogger(__name__)
 monitor = logging.getLogger("trustflow.capsule_manager.monitor")
 T = TypeVar("T")
@@ -71,23 +75,33 @@ def _rpc(name: str) -> Callable[..., Any]:
             response_cls = (
                 cm_pb2.GetRaCertResponse if name == "get_ra_cert" else cm_pb2.EncryptedResponse
             )
-            try:
-                response = await fn(self, request)
-            except CMError as err:
-                response = response_cls(status=error_status(err))
-            except Exception:
-                log.exception("%s failed unexpectedly", name)
-                response = response_cls(
-                    status=error_status(CMError(Kind.INTERNAL, "internal error"))
-                )
-            elapsed = (time.perf_counter() - started) * 1000
-            ok = "Y" if response.status.code == 0 else "N"
-            monitor.info("|%s|%s|%.1f|%r", name, ok, elapsed, response.status.message)
+            with request_context(accept_request_id(_metadata_request_id(context))):
+                try:
+                    response = await fn(self, request)
+                except CMError as err:
+                    response = response_cls(status=error_status(err))
+                except Exception:
+                    log.exception("%s failed unexpectedly", name)
+                    response = response_cls(
+                        status=error_status(CMError(Kind.INTERNAL, "internal error"))
+                    )
+                elapsed = time.perf_counter() - started
+                ok = "Y" if response.status.code == 0 else "N"
+                monitor.info("|%s|%s|%.1f|%r", name, ok, elapsed * 1000, response.status.message)
+            _metrics.observe_request(ROLE, name, response.status.code, elapsed)
             return response
 
         return handler
 
     return wrap
+
+
+def _metadata_request_id(context: Any) -> str | None:
+    """The ``x-request-id`` gRPC metadata of the call, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            return value if isinstance(value, str) else None
+    return None
 
 
 def _signer_key(verified: VerifiedJws) -> RSAPublicKey:
@@ -128,6 +142,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _refused(rpc: str, reason: str, error: CMError) -> CMError:
+    """``error``, after counting it as a policy refusal of ``rpc`` for ``reason``."""
+    _metrics.POLICY_REFUSALS.labels(rpc, reason).inc()
+    return error
+
+
 class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
     """The RPC handlers. ``verifier_for`` maps a report platform to a verifier instance."""
 
@@ -165,18 +185,28 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         policy = self.policy.with_user_data(digest)
         if report is None:
             policy = Policy(policy.main_attributes, allow_simulation=True)
+        # The platform label is the name of the verifier that took the report (sim, tdx, ...):
+        # never a string the client sent.
+        platform = "none" if report is None else "unknown"
         try:
-            return await verify_optional(
+            if report is not None:
+                platform = _metrics.bounded(type(self.verifier_for(report.str_tee_platform)).name)
+            verified = await verify_optional(
                 report, policy, self.verifier_for, upstream_sim=self.allow_upstream_sim
             )
         except BackendNotFound as exc:
+            _metrics.attestation_verdict(ROLE, platform, "platform")
             raise CMError(Kind.INVALID_ARGUMENT, f"parse report attributes failed: {exc}") from None
         except (InvalidInput, BackendUnavailable) as exc:
+            _metrics.attestation_verdict(ROLE, platform, "evidence")
             raise CMError(Kind.INVALID_ARGUMENT, f"parse report attributes failed: {exc}") from None
         except VerificationError as exc:
+            _metrics.attestation_verdict(ROLE, platform, exc.check)
             raise CMError(
                 Kind.PERMISSION_DENIED, f"attestation report verify failed: {exc}"
             ) from None
+        _metrics.attestation_verdict(ROLE, platform, None)
+        return verified
 
     # ---- RA --------------------------------------------------------------------------------
 
@@ -236,18 +266,22 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
 
         def work() -> cm_pb2.EncryptedResponse:
             uris = [r.resource_uri for r in rr.resources]
-            keys = self._authorize_and_fetch(rr, env, uris)
+            keys = self._authorize_and_fetch(rr, env, uris, "get_data_keys")
             response = cm_pb2.GetDataKeysResponse(
                 data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
                 cert=self.identity.cert_pem,
             )
-            return self.envelopes.seal(response, recipient)
+            sealed = self.envelopes.seal(response, recipient)
+            _metrics.KEY_RELEASES.labels("get_data_keys").inc(len(uris))
+            return sealed
 
         return await self._thread(work)
 
     def _authorize_and_fetch(
-        self, rr: cm_pb2.ResourceRequest, env: dict[str, Any] | None, uris: list[str]
+        self, rr: cm_pb2.ResourceRequest, env: dict[str, Any] | None, uris: list[str], rpc: str
     ) -> dict[str, str]:
+        """The keys of ``uris`` when the policies allow the request; a refusal is counted in
+        ``trustflow_policy_refusals_total`` by ``rpc`` and reason."""
         if not uris:
             raise CMError(Kind.INVALID_ARGUMENT, "resource_request has no resources")
         parsed = [parse_resource_uri(u) for u in uris]
@@ -256,14 +290,18 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         for res, p in zip(rr.resources, parsed, strict=True):
             info, policy = view[p.data_uuid]
             if info is None:
-                raise CMError(Kind.NOT_FOUND, "party id is not existed")
+                raise _refused(rpc, "no_data", CMError(Kind.NOT_FOUND, "party id is not existed"))
             if policy is None:
-                raise CMError(Kind.NOT_FOUND, "data policy is empty.")
+                raise _refused(rpc, "no_policy", CMError(Kind.NOT_FOUND, "data policy is empty."))
             if info.owner_party_id != policy.owner_party_id:
-                raise CMError(
-                    Kind.ASSERT,
-                    f"the owner of data key {info.owner_party_id} != the owner of data policy "
-                    f"{policy.owner_party_id}",
+                raise _refused(
+                    rpc,
+                    "owner_mismatch",
+                    CMError(
+                        Kind.ASSERT,
+                        f"the owner of data key {info.owner_party_id} != the owner of data "
+                        f"policy {policy.owner_party_id}",
+                    ),
                 )
             access = AccessRequest(
                 resource_uri=res.resource_uri,
@@ -275,12 +313,16 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 env=env,
             )
             if not allows(policy.rules, access, budget):
-                raise CMError(
-                    Kind.PERMISSION_DENIED,
-                    f"request is not satisfied with the policy {p.data_uuid}.",
+                raise _refused(
+                    rpc,
+                    "rules_deny",
+                    CMError(
+                        Kind.PERMISSION_DENIED,
+                        f"request is not satisfied with the policy {p.data_uuid}.",
+                    ),
                 )
         if any(u not in sealed for u in uris):
-            raise CMError(Kind.NOT_FOUND, "data_keys not found.")
+            raise _refused(rpc, "no_key", CMError(Kind.NOT_FOUND, "data_keys not found."))
         return {u: sealed.open(u) for u in uris}
 
     @_rpc("get_tls_asset")
@@ -294,7 +336,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             from ...tls_asset import issue_group_asset
 
             uris = [r.resource_uri for r in rr.resources]
-            keys = self._authorize_and_fetch(rr, env, uris)
+            keys = self._authorize_and_fetch(rr, env, uris, "get_tls_asset")
             try:
                 asset = issue_group_asset(
                     base64.b64decode(keys[uris[0]]),
@@ -316,7 +358,9 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 ),
                 cert=self.identity.cert_pem,
             )
-            return self.envelopes.seal(response, recipient)
+            sealed = self.envelopes.seal(response, recipient)
+            _metrics.KEY_RELEASES.labels("get_tls_asset").inc(len(uris))
+            return sealed
 
         return await self._thread(work)
 
@@ -343,7 +387,10 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         budget = Budget()  # one for all the ancestors of the request
 
         def releasable(ancestor: str, rules: Sequence[Rule]) -> bool:
-            return releases_to_app(rules, ancestor, body.scope, env, budget)
+            released = releases_to_app(rules, ancestor, body.scope, env, budget)
+            if not released:
+                _metrics.POLICY_REFUSALS.labels("create_result_data_key", "ancestor_held").inc()
+            return released
 
         await self._thread(
             self.store.create_result_key,
@@ -409,7 +456,9 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                     resource_uri=inner.resource_uri, data_key_b64=keys[inner.resource_uri]
                 )
             )
-            return self.envelopes.seal(response, _signer_key(verified))
+            sealed = self.envelopes.seal(response, _signer_key(verified))
+            _metrics.KEY_RELEASES.labels("get_export_data_key").inc()
+            return sealed
 
         return await self._thread(work)
 

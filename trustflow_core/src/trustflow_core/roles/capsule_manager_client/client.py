@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,9 @@ from ...proto.secretflowapis.v2.sdc import ual_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
 from ...wire import parse_json, to_json
+from .. import _metrics
+from .._logging import REQUEST_ID_HEADER, current_request_id
+from .._net import grpc_failure
 from ..capsule_manager_protocol.errors import Kind, kind_of_message
 from ..capsule_manager_protocol.freshness import new_claims
 from ..capsule_manager_protocol.messages import jwe_message
@@ -200,13 +204,22 @@ class CapsuleManagerClient:
                 else grpc.aio.insecure_channel(self.target, self._channel_options)
             )
             self._stub = cm_grpc.CapsuleManagerStub(self._grpc)
+        rid = current_request_id()
+        metadata = ((REQUEST_ID_HEADER, rid),) if rid else None
+        started = time.perf_counter()
         try:
-            return await getattr(self._stub, method)(request, timeout=self.timeout)
+            response = await getattr(self._stub, method)(
+                request, timeout=self.timeout, metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
+            _metrics.CM_CLIENT_REQUESTS.labels(method, exc.code().name).inc()
             raise BackendUnavailable(
-                f"capsule manager {self.target}: {method} failed: {exc.code().name} "
-                f"{exc.details() or ''}".strip()
+                grpc_failure(self.target, method, exc.code().name, exc.details())
             ) from None
+        finally:
+            _metrics.CM_CLIENT_SECONDS.labels(method).observe(time.perf_counter() - started)
+        _metrics.CM_CLIENT_REQUESTS.labels(method, str(response.status.code)).inc()
+        return response
 
     async def get_ra_cert(self, nonce: str | None = None) -> tuple[str, Report | None]:
         """``(cm_cert_pem, report)``, the report verified unless ``tee_plat`` is simulated."""

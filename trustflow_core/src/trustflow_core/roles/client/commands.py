@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import click
 
+DEFAULT_URL = "http://127.0.0.1:50001"
+
 
 @click.command("client")
+@click.argument("url_argument", metavar="[URL]", required=False)
 @click.option(
     "--url",
-    default="http://127.0.0.1:50001",
-    show_default=True,
-    help="Gateway base URL (GetRaCert and the app are reached through it).",
+    default=None,
+    help=f"Gateway base URL, the same as the URL argument (default {DEFAULT_URL}).",
 )
 @click.option("--path", default="/teeapp", show_default=True, help="App path to POST to.")
 @click.option("--data", default="hello", show_default=True, help="Request body (text).")
@@ -48,8 +50,15 @@ import click
     help="YAML/JSON mapping: verifier name -> settings (e.g. sim: {trusted_platform_keys: [...]}).",
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per call.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object (attestation, HTTP status, envelope, plaintext) instead of text.",
+)
 def client(
-    url: str,
+    url_argument: str | None,
+    url: str | None,
     path: str,
     data: str,
     compat: bool,
@@ -60,16 +69,24 @@ def client(
     upstream_sim: bool,
     verifier_settings_file: str | None,
     timeout: float,
+    as_json: bool,
 ) -> None:
-    """GetRaCert with a fresh nonce, verify the report against the policy, seal DATA to the
-    attested app key, POST it to PATH and print the sealed reply and its plaintext."""
+    """GetRaCert with a fresh nonce from the gateway at URL (default
+    http://127.0.0.1:50001), verify the report against the policy, seal DATA to the attested
+    app key, POST it to PATH and print the sealed reply and its plaintext."""
     import asyncio
+    import json
 
     from ...fileio import load_mapping
     from ...manager import get_plugin_manager
     from .online import OnlineClient
     from .policy import build_policy
 
+    if url_argument and url and url_argument.rstrip("/") != url.rstrip("/"):
+        raise click.UsageError(f"two gateway URLs given: {url_argument} and --url {url}")
+    url = url_argument or url or DEFAULT_URL
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r} is not an http:// or https:// URL", param_hint="URL")
     policy = build_policy(
         load_mapping(policy_file, "policy file") if policy_file else None,
         platform=platform,
@@ -91,16 +108,27 @@ def client(
             timeout=timeout,
         ) as online:
             app = await online.attest()
-            what = (
-                "no report (upstream sim)"
-                if app.verified.details.get("report")
-                else (f"{app.verified.attributes.str_tee_platform} report verified")
-            )
-            click.echo(f"Attested: {what}; cert bound to nonce {app.nonce[:16]}...", err=True)
+            no_report = bool(app.verified.details.get("report"))
+            platform = app.verified.attributes.str_tee_platform
+            what = "no report (upstream sim)" if no_report else f"{platform} report verified"
+            if not as_json:
+                click.echo(f"Attested: {what}; cert bound to nonce {app.nonce[:16]}...", err=True)
             reply = await online.request(path, data.encode("utf-8"))
-        click.echo(f"Response: {dict(reply.envelope)}")
         text = reply.plaintext.decode("utf-8", "replace")
-        click.echo(f"Response Raw: {text}", nl=not text.endswith("\n"))
+        if as_json:
+            attested = {"platform": platform, "report_verified": not no_report, "nonce": app.nonce}
+            result = {
+                "url": url,
+                "path": path,
+                "attested": attested,
+                "status": reply.status,
+                "envelope": dict(reply.envelope),
+                "plaintext": text,
+            }
+            click.echo(json.dumps(result, indent=2))
+        else:
+            click.echo(f"Response: {dict(reply.envelope)}")
+            click.echo(f"Response Raw: {text}", nl=not text.endswith("\n"))
         if reply.status != 200:
             raise click.ClickException(f"the app answered HTTP {reply.status}")
 

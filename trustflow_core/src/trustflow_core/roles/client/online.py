@@ -41,6 +41,7 @@ from ...errors import (
 )
 from ...manager import TrustflowPluginManager
 from ...registry import ENVELOPE_CHANNEL, backend_class, verifier_for_platform
+from .._net import http_failure
 
 RA_PATH = "/RaProxy/GetRaCert"
 PROFILES = ("rfc", "upstream")
@@ -139,7 +140,10 @@ class OnlineClient:
             ) as resp:
                 return resp.status, await resp.read(), resp.content_type
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise OnlineError(f"POST {url} failed: {exc!r}") from exc
+            reason = http_failure(
+                exc, f"gateway {self.base_url}", f"POST {path}", self._timeout.total
+            )
+            raise OnlineError(reason) from exc
 
     async def get_ra_cert(self, nonce: str) -> dict[str, Any]:
         """Call GetRaCert; return the reply JSON (brpc dialect)."""

@@ -1,7 +1,9 @@
 """``create_app(settings, pm)``: the Data Capsule Proxy as an aiohttp application.
 
 Routes: ``POST /DataCapsuleProxy/GetInputData``, ``POST /DataCapsuleProxy/PutResultData`` (also
-under the full service name) and ``GET /health`` (``OK``).
+under the full service name) and ``GET /health`` (``OK``); metrics, probes and ``/-/plugins``
+are on the admin listener (:func:`readiness_checks`, :mod:`.._admin`). Each request is served
+under its ``x-request-id`` (or a new id), which goes on to the Capsule Manager.
 
 Errors (``text/plain``, the reason as body): malformed request 400, path or endpoint outside
 what is allowed 403, missing input 404, input that is no valid data capsule or fails
@@ -21,14 +23,16 @@ from ...errors import AccessDenied, CapsuleFormatError, InvalidInput, ObjectNotF
 from ...identity import load_pem_chain, party_id_of_chain, party_id_of_key
 from ...manager import TrustflowPluginManager
 from ...registry import KEY_EXCHANGE, attester_class, backend_class
+from .._admin import ReadinessCheck, observe_middleware, tcp_reachable
 from . import handlers
 from .appkeys import SERVICE, TLS_FETCHER
 from .cm_init import TlsAssetFetcher
-from .keysource import KeySource
+from .keysource import ENDPOINT_BACKENDS, KeySource
 from .service import DataCapsuleProxy
 from .settings import DataCapsuleProxySettings, local_storage_class
 
 log = logging.getLogger("trustflow.data_capsule_proxy")
+ROLE = "data-capsule-proxy"
 BRPC_ERROR_HEADER = "x-bd-error-code"
 BRPC_EINTERNAL = "2001"
 STATUS = (
@@ -105,7 +109,10 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
     per request, from ``settings.object_stores``), and with ``settings.cm_init`` the TLS asset
     is fetched and written (then refreshed in the background); a failure there fails startup
     (:class:`CmInitError` for the TLS asset)."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[observe_middleware(ROLE), error_middleware],
+    )
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         chain = load_pem_chain(settings.read_cert())
@@ -155,3 +162,18 @@ def create_app(settings: DataCapsuleProxySettings, pm: TrustflowPluginManager) -
         app.router.add_post(f"/{service}/PutResultData", handlers.put_result_data)
     app.router.add_get("/health", handlers.health)
     return app
+
+
+def readiness_checks(settings: DataCapsuleProxySettings) -> list[ReadinessCheck]:
+    """The proxy is ready when its default Capsule Manager (``--cm-endpoint``) accepts a
+    connection; a key exchange without a Capsule Manager (``static``) needs nothing."""
+    if settings.key_exchange not in ENDPOINT_BACKENDS:
+        return []
+    host, _, port = settings.cm_endpoint.rpartition(":")
+
+    async def capsule_manager() -> str | None:
+        if not port.isdigit():
+            return f"capsule manager endpoint {settings.cm_endpoint!r} has no port"
+        return await tcp_reachable(host.strip("[]"), int(port), "capsule manager")
+
+    return [capsule_manager]

@@ -9,6 +9,7 @@ import click
 
 from .._options import (
     DEFAULT_PORTS,
+    admin_options,
     check_config_option,
     config_option,
     key_value_pairs,
@@ -133,6 +134,7 @@ from .._options import (
     "(written to its tls_cert_path / tls_key_path, re-fetched before expiry).",
 )
 @check_config_option
+@admin_options
 @log_options
 @click.pass_context
 def data_capsule_proxy(
@@ -154,22 +156,26 @@ def data_capsule_proxy(
     result_format: str,
     cm_init_config: Path | None,
     check_config: bool,
+    admin_host: str,
+    admin_port: int | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
+    log_format: str,
 ) -> None:
     """Serve POST /DataCapsuleProxy/GetInputData and /DataCapsuleProxy/PutResultData (decrypt
     inputs with released keys; encrypt, store and register results) and GET /health.
     A start-up failure (bad settings, TLS asset refused) is one line on stderr and exit 1."""
-    import asyncio
 
     from ...errors import TrustflowError
     from ...fileio import load_mapping
     from ...manager import get_plugin_manager
     from ...settings_schema import ConfigError, Node
+    from .._admin import create_admin_app, with_admin
+    from .._logging import setup_logging
     from .._options import config_ok, merge_config
-    from .._server import serve, setup_logging
-    from .app import create_app
+    from .._server import AppServer, run
+    from .app import ROLE, create_app, readiness_checks
     from .settings import CONFIG_KEYS, check_settings, settings_from
 
     try:
@@ -181,17 +187,17 @@ def data_capsule_proxy(
             )
         settings = settings_from(values)
         host, port = settings.host, settings.port
-        check_settings(settings, get_plugin_manager(), values.get("key_exchange_settings"))
+        pm = get_plugin_manager()
+        check_settings(settings, pm, values.get("key_exchange_settings"))
         if check_config:
             config_ok()
             return
-        setup_logging(values["log_path"], values["log_level"], log_levels_for)
-        app = create_app(settings, get_plugin_manager())
-
-        def started(bound: int) -> None:
-            click.echo(f"data-capsule-proxy listening on http://{host}:{bound}", err=True)
-
-        asyncio.run(serve(app, host, port, on_started=started))
+        setup_logging(
+            values["log_path"], values["log_level"], log_levels_for, values["log_format"], ROLE
+        )
+        app = create_app(settings, pm)
+        admin = create_admin_app(ROLE, pm, readiness_checks(settings))
+        run(lambda: with_admin(AppServer(ROLE, app, host, port), admin, admin_host, admin_port))
     except ConfigError:
         raise
     except TrustflowError as exc:  # one line, whatever the cause's message holds

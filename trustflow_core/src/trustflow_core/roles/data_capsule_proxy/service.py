@@ -38,6 +38,7 @@ from typing import Any
 from ...errors import InvalidInput, ObjectNotFound
 from ...manager import TrustflowPluginManager
 from ...storage import ObjectInfo, Storage
+from .. import _metrics
 from .keysource import KeySource, decode_key
 from .objectstore import open_object_store
 from .paths import STAGE_PREFIX, Roots, StagedOutput, basename, relative_name
@@ -45,6 +46,7 @@ from .settings import DataCapsuleProxySettings
 from .transfer import copying, decrypting, encrypting, transformed, write_file
 
 log = logging.getLogger("trustflow.data_capsule_proxy")
+GET, PUT = "get_input_data", "put_result_data"
 RESULT_KEY_LEN = 16  # upstream: 16 random bytes when no data_key_b64 is given
 #: Files of one directory request processed at once (upstream: all concurrently).
 PARALLEL_FILES = 2
@@ -103,7 +105,9 @@ class DataCapsuleProxy:
                 async def one(info: ObjectInfo, out: str, encrypted: bool) -> None:
                     file = await asyncio.to_thread(staged.create, out)
                     make = decrypting(key, info.size) if encrypted else copying  # type: ignore[arg-type]
-                    await write_file(file, transformed(self._read(storage, info.uri), make))
+                    await write_file(
+                        file, _written(GET, transformed(self._read(GET, storage, info.uri), make))
+                    )
 
                 await bounded([functools.partial(one, *job) for job in jobs])
                 final = await asyncio.to_thread(staged.commit)
@@ -165,8 +169,8 @@ class DataCapsuleProxy:
 
             async def one(info: ObjectInfo, out: str) -> None:
                 file = await asyncio.to_thread(staged.create, out, 0o644)
-                source = transformed(self._read(self.local, info.uri), make(info))
-                await write_file(file, source)
+                source = transformed(self._read(PUT, self.local, info.uri), make(info))
+                await write_file(file, _written(PUT, source))
 
             await bounded([functools.partial(one, *job) for job in jobs])
             final = await asyncio.to_thread(staged.commit)
@@ -192,8 +196,8 @@ class DataCapsuleProxy:
 
                 async def one(info: ObjectInfo, out: str) -> None:
                     uri = f"{base.rstrip('/')}/{out}"
-                    source = transformed(self._read(self.local, info.uri), make(info))
-                    await storage.write(uri, source)
+                    source = transformed(self._read(PUT, self.local, info.uri), make(info))
+                    await storage.write(uri, _written(PUT, source))
                     written.append(uri)  # deleted again if the request fails later
 
                 await bounded([functools.partial(one, *job) for job in jobs])
@@ -222,8 +226,14 @@ class DataCapsuleProxy:
         async with open_object_store(self.settings, self.pm, req.s3_config, s3_present) as opened:
             yield opened
 
-    def _read(self, storage: Storage, uri: str) -> AsyncIterator[bytes]:
-        return storage.read(uri, chunk_size=self.settings.chunk_size)
+    def _read(self, operation: str, storage: Storage, uri: str) -> AsyncIterator[bytes]:
+        chunks = storage.read(uri, chunk_size=self.settings.chunk_size)
+        return _metrics.counted(chunks, _metrics.CAPSULE_BYTES.labels(operation, "read"))
+
+
+def _written(operation: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``chunks`` on their way to a destination, counted as written by ``operation``."""
+    return _metrics.counted(chunks, _metrics.CAPSULE_BYTES.labels(operation, "written"))
 
 
 async def bounded(jobs: list[Callable[[], Awaitable[None]]], limit: int = PARALLEL_FILES) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .._options import (
+    admin_options,
     check_config_option,
     config_option,
     key_value_pairs,
@@ -62,6 +63,7 @@ from .._options import (
     "Default: the config's transport_channel, else mtls.",
 )
 @check_config_option
+@admin_options
 @log_options
 def gateway(
     config_file: Path,
@@ -72,23 +74,28 @@ def gateway(
     envelope_channel: str | None,
     transport_channel: str | None,
     check_config: bool,
+    admin_host: str,
+    admin_port: int | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
+    log_format: str,
 ) -> None:
     """Serve the listeners of CONFIG: prefix routes to clusters, the JWE filter (opens client
     envelopes, seals app replies), TCP proxying, mTLS ingress listeners and egress clusters
-    (group TLS asset, mtls channel); GET /healthz and /-/plugins on HTTP listeners.
+    (group TLS asset, mtls channel); GET /healthz on HTTP listeners; metrics, probes and
+    /-/plugins on the admin listener (--admin-port).
     A missing, tampered or mismatched TLS asset is refused before anything listens."""
-    import asyncio
     import dataclasses
+    import functools
 
     from ...manager import get_plugin_manager
+    from .._logging import setup_logging
     from .._options import config_ok
-    from .._server import setup_logging, wait_for_signal
+    from .._server import run
     from .config import load_config
     from .preflight import check
-    from .server import Gateway
+    from .server import gateway_service
 
     config = load_config(
         config_file,
@@ -101,8 +108,6 @@ def gateway(
         transport_channel=transport_channel or config.transport_channel,
     )
 
-    if workers > 1 and any(lst.address.port == 0 for lst in config.listeners):
-        raise click.BadParameter("port 0 cannot be shared by workers", param_hint="--workers")
     if workers > 1 and any(lst.jwe and lst.jwe.freshness.mode != "off" for lst in config.listeners):
         click.echo(
             "warning: each worker has its own JWE replay cache; a replay that reaches another "
@@ -114,28 +119,12 @@ def gateway(
     if check_config:
         config_ok()
         return
-    setup_logging(log_path, log_level, log_levels_for)
+    setup_logging(log_path, log_level, log_levels_for, log_format, "gateway")
 
-    async def run(announce: bool) -> None:
-        async with Gateway(
-            config,
-            get_plugin_manager(),
-            reuse_port=workers > 1,
-            tls_reload_interval=tls_reload_interval,
-        ) as gw:
-            if announce:
-                for name, address in gw.addresses.items():
-                    click.echo(
-                        f"gateway listener {name} on {address} ({workers} workers)", err=True
-                    )
-            await wait_for_signal()
-
-    if workers == 1:
-        asyncio.run(run(True))
-        return
-    from .workers import run_workers
-
-    run_workers(workers, lambda first: asyncio.run(run(first)))
+    service = functools.partial(
+        gateway_service, config, tls_reload_interval, admin_host, admin_port
+    )
+    run(service, workers=workers)
 
 
 COMMANDS: list[click.Command] = [gateway]

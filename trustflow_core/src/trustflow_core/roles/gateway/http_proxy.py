@@ -1,7 +1,11 @@
 """The HTTP listener: prefix routing, the JWE filter, streaming pass-through.
 
-* ``GET /healthz`` → ``OK``; ``GET /-/plugins`` → the plugin listing (both answered by the
-  gateway itself, before routing).
+* ``GET /healthz`` → ``OK`` (answered by the gateway itself, before routing; metrics, probes
+  and the plugin listing are on the admin listener, :mod:`.._admin`).
+* Every request is served under a request id: the client's ``x-request-id`` when well formed,
+  else a new one (:mod:`.._logging`); it is sent to the app in ``x-request-id`` and returned
+  to the client in the reply's ``x-request-id``. Requests, latency and relayed bytes are
+  counted per listener and route (:mod:`.._metrics`).
 * A target whose path is not in normal form (dot segments, ``//``, encoded ``/``; see
   :mod:`.paths`) → 400; routes match the percent-decoded path, the target is forwarded as sent.
 * No matching prefix → 404. Upstream unreachable → 502; no answer within ``request_timeout``
@@ -21,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Any
 
 import aiohttp
@@ -31,6 +35,8 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ...errors import TrustflowError
+from .. import _metrics
+from .._logging import REQUEST_ID_HEADER, accept_request_id, current_request_id, request_context
 from .config import Cluster, GatewayConfig, Listener
 from .guard import MAX_DEFAULT_CONNECTIONS, HttpGuard
 from .h1client import UpstreamConnectTimeout, UpstreamError, UpstreamResponse, UpstreamTimeout
@@ -133,7 +139,6 @@ class HttpProxy:
         config: GatewayConfig,
         upstreams: Upstreams,
         jwe: JweFilter | None,
-        plugin_listing: Any = None,
         max_connections: int = MAX_DEFAULT_CONNECTIONS,
     ) -> None:
         self.listener = listener
@@ -145,10 +150,45 @@ class HttpProxy:
         self.config = config
         self.upstreams = upstreams
         self.jwe = jwe
-        self._plugin_listing = plugin_listing
+        name = listener.name
+        self._to_upstream = _metrics.PROXY_BYTES.labels(name, "upstream")
+        self._to_downstream = _metrics.PROXY_BYTES.labels(name, "downstream")
+
+    def _route_label(self, request: web.BaseRequest) -> str:
+        """``<listener>:<route prefix>`` (or ``/healthz``, ``unrouted``, ``bad_target``)."""
+        try:
+            path = routing_path(request.raw_path)
+        except BadTarget:
+            return f"{self.listener.name}:bad_target"
+        if path == "/healthz":
+            return f"{self.listener.name}:/healthz"
+        route = self.listener.route_for(path)
+        return f"{self.listener.name}:{route.prefix if route else 'unrouted'}"
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self.guard.busy(request.transport)
+        started = time.perf_counter()
+        status = 500
+        rid = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+        try:
+            with request_context(rid):
+                response = await self._serve(request)
+            status = response.status
+            if not response.prepared:
+                response.headers[REQUEST_ID_HEADER] = rid
+            return response
+        finally:
+            self.guard.idle(request.transport)
+            elapsed = time.perf_counter() - started
+            route = self._route_label(request)
+            _metrics.observe_request("gateway", route, status, elapsed)
+            if log.isEnabledFor(logging.DEBUG):
+                with request_context(rid):
+                    log.debug(
+                        "%s %s -> %d in %.1f ms", request.method, route, status, elapsed * 1e3
+                    )
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             return await self._handle(request)
         except BodyTimeout:
@@ -156,8 +196,6 @@ class HttpProxy:
         except ClientGone as exc:
             log.info("%s %s: client left mid-body: %s", request.method, request.path, exc)
             return _text(400, "incomplete request body")
-        finally:
-            self.guard.idle(request.transport)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         timeout = self.config.request_timeout
@@ -167,8 +205,6 @@ class HttpProxy:
             return _text(400, f"refused request target: {exc}")
         if request.method == "GET" and path == "/healthz":
             return web.Response(text="OK\n", content_type="text/plain")
-        if request.method == "GET" and path == "/-/plugins":
-            return web.json_response([asdict(p) for p in self._plugin_listing or ()])
         route = self.listener.route_for(path)
         if route is None:
             return _text(404, f"no route for {path}")
@@ -215,6 +251,7 @@ class HttpProxy:
             opened = self.jwe.open(jwe, request.content_type)
         except EnvelopeRejected as exc:
             log.info("%s %s: %s", request.method, request.path, exc)
+            _metrics.jwe_failure("gateway", exc.cause)
             return _text(exc.status, str(exc))
         return await self._forward(request, cluster, opened.plaintext, opened)
 
@@ -237,7 +274,12 @@ class HttpProxy:
         opened: OpenedRequest | None = None,
     ) -> web.StreamResponse:
         address = self.upstreams.pick(cluster.name)
-        headers = _forward_headers(request.headers)
+        rid = current_request_id()
+        headers = [
+            (k, v) for k, v in _forward_headers(request.headers) if k.lower() != "x-request-id"
+        ]
+        if rid is not None:
+            headers.append((REQUEST_ID_HEADER, rid))
         prior = request.headers.get("X-Forwarded-For")
         if request.remote:
             headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
@@ -251,6 +293,10 @@ class HttpProxy:
             headers.append(("Accept-Encoding", "identity"))
         if isinstance(body, aiohttp.StreamReader):
             body = _chain(b"", body, self.config.request_timeout)
+        if isinstance(body, bytes):
+            self._to_upstream.inc(len(body))
+        elif body is not None:
+            body = _metrics.counted(body, self._to_upstream)
         try:
             upstream = await self.upstreams.client.request(
                 address,
@@ -280,10 +326,12 @@ class HttpProxy:
                 declared = upstream.headers.get("Content-Length")
                 if declared is not None and (request.method == "HEAD" or upstream.status == 304):
                     headers.append(("Content-Length", declared))  # the size of the GET answer
+                small = await upstream.read(SMALL)
+                self._to_downstream.inc(len(small))
                 return web.Response(
                     status=upstream.status,
                     reason=upstream.reason or None,
-                    body=await upstream.read(SMALL),
+                    body=small,
                     headers=headers,
                 )
             return await self._streamed_reply(request, upstream)
@@ -308,10 +356,12 @@ class HttpProxy:
         headers = CIMultiDict(_forward_headers(upstream.headers))
         if opened.profile == "rfc":
             headers["Content-Type"] = JOSE_JSON
+        sealed = self.jwe.seal_reply(opened, payload)
+        self._to_downstream.inc(len(sealed))
         return web.Response(
             status=upstream.status,
             reason=upstream.reason or None,
-            body=self.jwe.seal_reply(opened, payload),
+            body=sealed,
             headers=headers,
         )
 
@@ -325,10 +375,14 @@ class HttpProxy:
         )
         if upstream.content_length is not None:
             reply.content_length = upstream.content_length
+        rid = current_request_id()
+        if rid is not None:
+            reply.headers[REQUEST_ID_HEADER] = rid
         await reply.prepare(request)
         try:
             async for chunk in upstream.iter_chunks():
                 await reply.write(chunk)
+                self._to_downstream.inc(len(chunk))
             await reply.write_eof()
         except UpstreamError as exc:
             log.warning("upstream reply to %s broke off: %s", request.path, exc)

@@ -61,11 +61,17 @@ _FIRST_KEY = re.compile(rb'\s*\{\s*"([a-z_]{1,20})"')
 
 class EnvelopeRejected(TrustflowError):
     """The request carried an envelope we will not forward; ``str()`` is the client message,
-    ``status`` the HTTP status."""
+    ``status`` the HTTP status, ``cause`` one of :data:`CAUSES` (the metrics label)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, cause: str = "malformed") -> None:
         super().__init__(message)
         self.status = status
+        self.cause = cause
+
+
+#: Why an envelope is refused: damaged JSON, both header members, not opened by the key
+#: (tampered, wrong key, unsupported algorithm), a replayed ``jti``, other freshness claims.
+CAUSES = ("malformed", "open_failed", "replay", "not_fresh")
 
 
 @dataclass(frozen=True)
@@ -164,11 +170,14 @@ class JweFilter:
         try:
             opened = self._channels[profile].open(jwe, self._key)
         except EnvelopeError as exc:
-            raise EnvelopeRejected(f"JWE envelope rejected ({profile} profile): {exc}") from None
+            raise EnvelopeRejected(
+                f"JWE envelope rejected ({profile} profile): {exc}", cause="open_failed"
+            ) from None
         try:
             self.replay.check(profile, opened.header)
         except NotFresh as exc:
-            raise EnvelopeRejected(str(exc), exc.status) from None
+            cause = "replay" if exc.status == 409 else "not_fresh"
+            raise EnvelopeRejected(str(exc), exc.status, cause) from None
         return OpenedRequest(profile, opened.plaintext, opened.cek)
 
     def seal_reply(self, request: OpenedRequest, payload: bytes) -> bytes:

@@ -11,17 +11,15 @@ without closing a listener. A tampered, mismatched or missing asset fails :meth:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiohttp import web
-
 from ...errors import UnsupportedOperation
 from ...manager import TrustflowPluginManager
-from .._server import binding
+from .._admin import create_admin_app, tcp_reachable, with_admin
+from .._listeners import Listeners, StreamListener, WebListener
 from .config import Address, Cluster, GatewayConfig, Listener
 from .guard import default_max_connections
 from .http_proxy import HttpProxy, create_server
@@ -40,8 +38,9 @@ HANDSHAKE_TIMEOUT = 10.0
 class Gateway:
     """``async with Gateway(config, pm) as gw:`` serves until the block ends;
     ``gw.addresses[listener_name]`` is the bound address (useful with port 0).
-    ``reuse_port`` lets several gateway processes share the listening ports (workers).
-    ``gw.mtls`` (after start) holds the asset watchers of the TLS listeners and clusters."""
+    ``gw.mtls`` (after start) holds the asset watchers of the TLS listeners and clusters.
+    A :class:`~.._listeners.Service`: ``trustflow gateway`` runs it with :func:`~.._server.run`
+    (signals, ``--workers``); ``gw.listeners`` holds one listener per config listener."""
 
     def __init__(
         self,
@@ -49,19 +48,15 @@ class Gateway:
         pm: TrustflowPluginManager,
         *,
         ssl_factory: SslFactory | None = None,
-        reuse_port: bool = False,
         tls_reload_interval: float = DEFAULT_RELOAD_INTERVAL,
     ) -> None:
         self.config = config
         self.pm = pm
         self.ssl_factory = ssl_factory
-        self.reuse_port = reuse_port
         self.tls_reload_interval = tls_reload_interval
         self.mtls: MtlsContexts | None = None
         self.addresses: dict[str, Address] = {}
-        self._runners: list[web.BaseRunner] = []
-        self._servers: list[asyncio.Server] = []
-        self._tcp_proxies: list[TcpProxy] = []
+        self.listeners = Listeners("gateway")
         self._upstreams: Upstreams | None = None
 
     def _contexts(self) -> MtlsContexts:
@@ -99,16 +94,22 @@ class Gateway:
         return JweFilter.load(listener.jwe, channels)
 
     async def start(self) -> None:
-        from ...registry import list_plugins
-
+        """Open every listener of the config (each fixed port checked before any opens);
+        on failure stop again."""
         try:
             self._upstreams = upstreams = Upstreams(
                 self.config.clusters, self.config.request_timeout
             )
-            listing = list_plugins(self.pm)
             default_cap = default_max_connections(len(self.config.listeners))
+            ours: list[StreamListener | WebListener] = []  # beside them: the admin listener
             for listener in self.config.listeners:
                 server_ssl = self._server_ssl(listener)
+                host, port = listener.address.host, listener.address.port
+                label = (
+                    f"listener {listener.name}: {listener.kind}"
+                    + (" + jwe" if listener.jwe else "")
+                    + (" + mtls" if listener.tls else "")
+                )
                 if listener.kind == "tcp":
                     assert listener.tcp_cluster is not None
                     cluster = self.config.clusters[listener.tcp_cluster]
@@ -118,19 +119,19 @@ class Gateway:
                         self._client_ssl(cluster),
                         max_connections=listener.max_connections or default_cap,
                         idle_timeout=listener.idle_timeout or 0.0,
+                        listener_name=listener.name,
                     )
-                    self._tcp_proxies.append(proxy)
-                    with binding(listener.address.host, listener.address.port):
-                        server = await asyncio.start_server(
+                    opened: StreamListener | WebListener = self.listeners.add(
+                        StreamListener(
                             proxy.handle,
-                            listener.address.host,
-                            listener.address.port,
-                            ssl=server_ssl,
-                            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if server_ssl else None,
-                            reuse_port=self.reuse_port or None,
+                            host,
+                            port,
+                            ssl_context=server_ssl,
+                            handshake_timeout=HANDSHAKE_TIMEOUT,
+                            on_close=proxy.aclose,
+                            label=label,
                         )
-                    self._servers.append(server)
-                    port = server.sockets[0].getsockname()[1]
+                    )
                 else:
                     for route in listener.routes:
                         if self.config.clusters[route.cluster].tls is not None:
@@ -143,54 +144,48 @@ class Gateway:
                         self.config,
                         upstreams,
                         self._jwe_filter(listener),
-                        listing,
                         max_connections=default_cap,
                     )
-                    runner = web.ServerRunner(create_server(http), handle_signals=False)
-                    await runner.setup()
-                    self._runners.append(runner)
-                    site = web.TCPSite(
-                        runner,
-                        listener.address.host,
-                        listener.address.port,
-                        ssl_context=server_ssl,
-                        reuse_address=True,
-                        reuse_port=self.reuse_port or None,
+                    opened = self.listeners.add(
+                        WebListener(
+                            create_server(http), host, port, ssl_context=server_ssl, label=label
+                        )
                     )
-                    with binding(listener.address.host, listener.address.port):
-                        await site.start()
-                    port = runner.addresses[-1][1]
-                self.addresses[listener.name] = Address(listener.address.host, int(port))
-                log.info(
-                    "gateway listener %s (%s) on %s",
-                    listener.name,
-                    listener.kind
-                    + (" + jwe" if listener.jwe else "")
-                    + (" + mtls" if listener.tls else ""),
-                    self.addresses[listener.name],
-                )
+                ours.append(opened)
+            await self.listeners.open()
+            for listener, bound in zip(self.config.listeners, ours, strict=True):
+                self.addresses[listener.name] = Address(bound.host, bound.port)
+                log.info("gateway %s on %s", bound.label, self.addresses[listener.name])
             if self.mtls is not None:
                 self.mtls.start()
         except BaseException:
             await self.stop()
             raise
 
+    async def upstreams_ready(self) -> str | None:
+        """A readiness check (:mod:`.._admin`): None when every cluster has an endpoint that
+        accepts a TCP connection now, else one line per cluster that has none."""
+
+        async def reachable(cluster: Cluster) -> str | None:
+            problems = []
+            for endpoint in cluster.endpoints:
+                what = f"cluster {cluster.name}"
+                problem = await tcp_reachable(endpoint.host, endpoint.port, what)
+                if problem is None:
+                    return None
+                problems.append(problem)
+            return "; ".join(problems) or f"cluster {cluster.name}: no endpoint"
+
+        found = await asyncio.gather(*(reachable(c) for c in self.config.clusters.values()))
+        return "\n".join(p for p in found if p) or None
+
+    def notes(self) -> list[str]:
+        """Nothing beyond the listeners' labels."""
+        return []
+
     async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
-            if hasattr(server, "close_clients"):  # Python 3.13+
-                server.close_clients()
-        for proxy in self._tcp_proxies:
-            await proxy.aclose()
-        self._tcp_proxies.clear()
-        for runner in self._runners:
-            await runner.cleanup()
-        for server in self._servers:
-            # From Python 3.12 wait_closed() also waits for open connections.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 2)
-        self._servers.clear()
-        self._runners.clear()
+        """Close the listeners, the upstream connections and the asset watchers."""
+        await self.listeners.close()
         if self._upstreams is not None:
             await self._upstreams.close()
             self._upstreams = None
@@ -203,3 +198,19 @@ class Gateway:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def gateway_service(
+    config: GatewayConfig,
+    tls_reload_interval: float,
+    admin_host: str = "127.0.0.1",
+    admin_port: int | None = None,
+) -> Gateway:
+    """The gateway of ``trustflow gateway`` and of each of its ``--workers`` (a picklable
+    service factory for :func:`~.._server.run`): the installed plugins, asset reload, and the
+    admin listener on ``admin_host:admin_port`` (None: none; readiness: the clusters answer)."""
+    from ...manager import get_plugin_manager
+
+    gw = Gateway(config, get_plugin_manager(), tls_reload_interval=tls_reload_interval)
+    admin = create_admin_app("gateway", gw.pm, [gw.upstreams_ready])
+    return with_admin(gw, admin, admin_host, admin_port)

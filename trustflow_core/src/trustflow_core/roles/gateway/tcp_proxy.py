@@ -19,10 +19,15 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ...tls_asset import peer_party_id
+from .. import _metrics
 from .config import Cluster
 from .upstreams import Upstreams
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
 log = logging.getLogger("trustflow.gateway")
 CHUNK = 256 * 1024
@@ -58,10 +63,14 @@ class _IdleWatch:
 
 
 async def _pipe(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, watch: _IdleWatch | None
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    watch: _IdleWatch | None,
+    relayed: Counter,
 ) -> None:
     try:
         while data := await reader.read(CHUNK):
+            relayed.inc(len(data))
             if watch is not None:
                 watch.touch()
             writer.write(data)
@@ -78,7 +87,8 @@ class TcpProxy:
     """Connection handler of one TCP listener. ``upstream_ssl`` (TLS clusters, mTLS egress)
     returns the client context for each new upstream connection, so reloaded certificates are
     used from the next connection on. The TLS handshake gets ``handshake_timeout`` seconds on
-    top of the cluster's connect timeout; a refused handshake closes the downstream connection."""
+    top of the cluster's connect timeout; a refused handshake closes the downstream connection.
+    Relayed bytes are counted under ``listener_name`` (default: the cluster's name)."""
 
     def __init__(
         self,
@@ -89,8 +99,12 @@ class TcpProxy:
         *,
         max_connections: int,
         idle_timeout: float,
+        listener_name: str | None = None,
     ) -> None:
         self.cluster = cluster
+        name = listener_name or cluster.name
+        self._to_upstream = _metrics.PROXY_BYTES.labels(name, "upstream")
+        self._to_downstream = _metrics.PROXY_BYTES.labels(name, "downstream")
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.upstreams = upstreams
@@ -135,7 +149,10 @@ class TcpProxy:
             return
         watch = _IdleWatch(self.idle_timeout, (writer, up_writer)) if self.idle_timeout else None
         try:
-            await asyncio.gather(_pipe(reader, up_writer, watch), _pipe(up_reader, writer, watch))
+            await asyncio.gather(
+                _pipe(reader, up_writer, watch, self._to_upstream),
+                _pipe(up_reader, writer, watch, self._to_downstream),
+            )
         finally:
             if watch is not None:
                 watch.cancel()

@@ -1,9 +1,9 @@
 """``create_app(settings, pm)``: the RA Proxy as an aiohttp application.
 
-Routes: ``POST /RaProxy/GetRaCert`` (and the full-name path), ``GET /health`` (``OK``),
-``GET /-/plugins``. Errors follow the brpc proxy: a body that is not valid JSON of
-``GetRaCertRequest`` gets 400, a failed report generation 500; both ``text/plain`` with the
-reason, plus brpc's error-code header on 500s.
+Routes: ``POST /RaProxy/GetRaCert`` (and the full-name path) and ``GET /health`` (``OK``);
+metrics, probes and ``/-/plugins`` are on the admin listener (:mod:`.._admin`). Errors follow
+the brpc proxy: a body that is not valid JSON of ``GetRaCertRequest`` gets 400, a failed report
+generation 500; both ``text/plain`` with the reason, plus brpc's error-code header on 500s.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from ...errors import BackendNotFound, InvalidInput, TrustflowError
 from ...manager import TrustflowPluginManager
 from ...registry import ATTESTER, attester_class, backends_of
 from ...settings_schema import Node
+from .._admin import observe_middleware
 from . import handlers
-from .keys import PLUGIN_MANAGER, SERVICE
+from .keys import SERVICE
 from .service import RaCertService
 from .settings import RaProxySettings
 
 log = logging.getLogger("trustflow.ra_proxy")
+ROLE = "ra-proxy"
 #: brpc's error-code header and EINTERNAL, sent with every 500 as the upstream proxy does.
 BRPC_ERROR_HEADER = "x-bd-error-code"
 BRPC_EINTERNAL = "2001"
@@ -68,8 +70,10 @@ def attester_class_for(
 def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.Application:
     """Build the app; the certificate is read and the attester opened at startup (a missing
     backend or unreadable certificate fails startup)."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
-    app[PLUGIN_MANAGER] = pm
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[observe_middleware(ROLE), error_middleware],
+    )
 
     async def backends(app: web.Application) -> AsyncIterator[None]:
         cert_pem = settings.read_cert()
@@ -88,7 +92,6 @@ def create_app(settings: RaProxySettings, pm: TrustflowPluginManager) -> web.App
     for path in handlers.GET_RA_CERT_PATHS:
         app.router.add_post(path, handlers.get_ra_cert)
     app.router.add_get("/health", handlers.health)
-    app.router.add_get("/-/plugins", handlers.plugins)
     return app
 
 

@@ -8,6 +8,7 @@ import click
 
 from .._options import (
     DEFAULT_PORTS,
+    admin_options,
     check_config_option,
     config_option,
     log_options,
@@ -54,6 +55,7 @@ from .._options import (
     "--port", type=click.IntRange(0, 65535), default=DEFAULT_PORTS["ra-proxy"], show_default=True
 )
 @check_config_option
+@admin_options
 @log_options
 @click.pass_context
 def ra_proxy(
@@ -66,20 +68,23 @@ def ra_proxy(
     host: str,
     port: int,
     check_config: bool,
+    admin_host: str,
+    admin_port: int | None,
     log_path: str | None,
     log_level: str,
     log_levels_for: tuple[tuple[str, str], ...],
+    log_format: str,
 ) -> None:
     """Serve POST /RaProxy/GetRaCert: the app certificate plus an attestation report binding
     SHA-256(cert || "." || nonce), and GET /health."""
-    import asyncio
-
     from ...fileio import load_mapping
     from ...manager import get_plugin_manager
     from ...settings_schema import Node
+    from .._admin import create_admin_app, with_admin
+    from .._logging import setup_logging
     from .._options import config_ok, merge_config
-    from .._server import serve, setup_logging
-    from .app import check_settings, create_app
+    from .._server import AppServer, run
+    from .app import ROLE, check_settings, create_app
     from .settings import CONFIG_KEYS, settings_from
 
     values = merge_config(ctx, config_file, CONFIG_KEYS)
@@ -87,17 +92,16 @@ def ra_proxy(
         values["attester"] = Node(load_mapping(settings_file, "settings file"), settings_file)
     settings = settings_from(values)
     host, port = settings.host, settings.port
-    check_settings(settings, get_plugin_manager(), values.get("attester"))
+    pm = get_plugin_manager()
+    check_settings(settings, pm, values.get("attester"))
     if check_config:
         config_ok()
         return
-    setup_logging(values["log_path"], values["log_level"], log_levels_for)
-    app = create_app(settings, get_plugin_manager())
-
-    def started(bound: int) -> None:
-        click.echo(f"ra-proxy listening on http://{host}:{bound}", err=True)
-
-    asyncio.run(serve(app, host, port, on_started=started))
+    setup_logging(
+        values["log_path"], values["log_level"], log_levels_for, values["log_format"], ROLE
+    )
+    app, admin = create_app(settings, pm), create_admin_app(ROLE, pm)
+    run(lambda: with_admin(AppServer(ROLE, app, host, port), admin, admin_host, admin_port))
 
 
 COMMANDS: list[click.Command] = [ra_proxy]

@@ -4,13 +4,12 @@ the brpc JSON dialect (proto field names, proto3 defaults omitted)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 
 from aiohttp import web
 
 from ...proto.secretflowapis.v2.sdc.ra_proxy import ra_proxy_pb2
 from ...wire import parse_json, to_json
-from .keys import PLUGIN_MANAGER, SERVICE
+from .keys import SERVICE
 
 log = logging.getLogger("trustflow.ra_proxy")
 
@@ -38,10 +37,3 @@ async def get_ra_cert(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     return web.Response(text="OK", content_type="text/plain")
-
-
-async def plugins(request: web.Request) -> web.Response:
-    from ...registry import list_plugins
-
-    infos = [asdict(info) for info in list_plugins(request.app[PLUGIN_MANAGER])]
-    return web.json_response(infos)
