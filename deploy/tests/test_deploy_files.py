@@ -168,7 +168,7 @@ def test_overlay_renders_and_validates(overlay: str) -> None:
             assert device in [m["mountPath"] for m in container["volumeMounts"]]
 
 
-def test_network_policies_expose_only_the_gateway_and_the_cm_port() -> None:
+def test_network_policies_expose_only_the_gateway_the_cm_and_the_metrics() -> None:
     docs = render("postgresql")
     open_ports = {}
     for doc in docs:
@@ -178,7 +178,8 @@ def test_network_policies_expose_only_the_gateway_and_the_cm_port() -> None:
             peers = "anyone" if "from" not in rule else "selected pods"
             for port in rule["ports"]:
                 open_ports[port["port"]] = peers
-    assert open_ports == {50001: "anyone", 8888: "selected pods", 5432: "selected pods"}
+    admin = dict.fromkeys((9888, 9901, 9010, 9011), "selected pods")
+    assert open_ports == {50001: "anyone", 8888: "selected pods", 5432: "selected pods", **admin}
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     assert [p["port"] for p in services["teeapp"]["spec"]["ports"]] == [50001]
 
