@@ -244,6 +244,9 @@ def offline(mode: str) -> tuple[str, dict[str, Any]]:
                 "/shared/data",
                 "--allowed-object-store-endpoint",
                 f"127.0.0.1:{PORTS['s3']}",
+                # the sample's server speaks S3 (type minio); Alibaba OSS (oss2) is not needed
+                "--object-store-backend",
+                "oss=none",
                 "--log_path",
                 "/shared/log/data-capsule-proxy.log",
             ],
