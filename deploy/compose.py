@@ -82,6 +82,29 @@ def _service(
 HEALTHY, DONE = "service_healthy", "service_completed_successfully"
 
 
+def _capsule_manager(mode: str, volumes: list[str]) -> dict[str, Any]:
+    """The sample's Capsule Manager: its data in the ``cm-data`` volume, healthy when its gRPC
+    health service answers SERVING."""
+    return _service(
+        [
+            "capsule-manager",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            PORTS["cm"],
+            "--plat",
+            mode,
+            "--data-dir",
+            "/var/lib/trustflow/cm",
+            "--log_path",
+            "/shared/log/cm.log",
+        ],
+        volumes=volumes,
+        devices=DEVICES[mode],
+        health=_probe("grpc", f"127.0.0.1:{PORTS['cm']}"),
+    )
+
+
 def _keys(name: str, volume: str = "deploy") -> dict[str, Any]:
     """One-shot: the app's RSA key (0600) and self-signed certificate, kept across restarts."""
     script = (
@@ -179,24 +202,7 @@ def offline(mode: str) -> tuple[str, dict[str, Any]]:
     owners = ["/opt/trustflow/samples/owners.py"]
     services = {
         "keys": _keys("carol"),
-        "capsule-manager": _service(
-            [
-                "capsule-manager",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                PORTS["cm"],
-                "--plat",
-                mode,
-                "--data-dir",
-                "/var/lib/trustflow/cm",
-                "--log_path",
-                "/shared/log/cm.log",
-            ],
-            volumes=[*shared, "cm-data:/var/lib/trustflow"],
-            devices=DEVICES[mode],
-            health=_probe("grpc", cm),
-        ),
+        "capsule-manager": _capsule_manager(mode, [*shared, "cm-data:/var/lib/trustflow"]),
         "s3": _service(
             ["-H", "127.0.0.1", "-p", PORTS["s3"]],
             entrypoint=["moto_server"],
@@ -328,23 +334,8 @@ def interact(mode: str) -> tuple[str, dict[str, Any]]:
     }
     peer = {"bob": "carol", "carol": "bob"}
     services: dict[str, Any] = {
-        "capsule-manager": _service(
-            [
-                "capsule-manager",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                PORTS["cm"],
-                "--plat",
-                mode,
-                "--data-dir",
-                "/var/lib/trustflow/cm",
-                "--log_path",
-                "/shared/log/cm.log",
-            ],
-            volumes=["log:/shared/log", "cm-data:/var/lib/trustflow", "sim:/shared/deploy/sim"],
-            devices=DEVICES[mode],
-            health=_probe("grpc", cm),
+        "capsule-manager": _capsule_manager(
+            mode, ["log:/shared/log", "cm-data:/var/lib/trustflow", "sim:/shared/deploy/sim"]
         ),
     }
     for party in ("bob", "carol"):
