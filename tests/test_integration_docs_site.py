@@ -147,16 +147,25 @@ def test_key_exchange_schema_builds_the_backend(
     assert backend.attester is not None
 
 
-def test_cms_schema_has_a_section_per_command() -> None:
-    from trustflow_core.roles.capsule_manager_client.cms_cli import cms, rule_from_config
+def test_cms_schema_has_a_section_per_command(tmp_path: Path) -> None:
+    """The documented owner YAML passes the cms reader (every key known, both rules parse)
+    and has a section for every command that reads one."""
+    from trustflow_core.roles.capsule_manager_client.cms_cli import (
+        cms,
+        load_config,
+        rule_from_config,
+    )
 
-    data = yaml.safe_load(_schemas()["cms"])
-    assert data["host"]
-    rule_from_config(data["register_data_policy"]["rules"][0], "rules[0]")
+    path = tmp_path / "owner.yaml"
+    path.write_text(_schemas()["cms"])
+    root = load_config(path)
+    assert root.get("host").string()
+    assert rule_from_config(root.get("register_data_policy").get("rules").elements()[0]).rule_id
+    assert rule_from_config(root.get("add_data_rule").get("rule")).rule_id == "r2"
     # init writes the file; audit takes its filters as options only
     without_section = {"get-public-key", "register-cert", "init", "audit"}
     commands = {name.replace("-", "_") for name in set(cms.commands) - without_section}
-    assert commands <= set(data), f"undocumented sections: {commands - set(data)}"
+    assert commands <= set(root.value), f"undocumented sections: {commands - set(root.value)}"
 
 
 def _pb2_modules() -> dict[str, Any]:

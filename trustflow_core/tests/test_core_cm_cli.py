@@ -358,8 +358,9 @@ def test_owner_flow_end_to_end(cli: Any, sim_env: dict[str, str], tmp_path: Path
             get_keys(server.target, ok)
         cli("cms", "--config-file", str(alice), "delete-data-key")
         # errors are one line, exit code 1
-        out = cli("cms", "--config-file", str(d / "missing.yaml"), "get-public-key", expect=1)
-        assert out.startswith("Error:") and len(out.strip().splitlines()) == 1
+        missing = d / "missing.yaml"
+        out = cli("cms", "--config-file", str(missing), "get-public-key", expect=1)
+        assert out.strip() == f"config error: {missing}: cannot read: No such file or directory"
         out = cli("cms", "--config-file", str(bob), "delete-data-rule", expect=1)
         assert out.startswith("Error:")
     finally:
@@ -446,6 +447,80 @@ def test_owner_cli_help_init_and_options(cli: Any, sim_env: dict[str, str], tmp_
         cli(*bare, "delete-data-key", "--resource-uri", uuid)
     finally:
         server.stop()
+
+
+_BAD_CONFIGS = {
+    # (YAML, command): the expected stderr after "config error: FILE: "
+    "nested value": (
+        "host: 127.0.0.1:9\nregister_data_policy:\n  data_uuid: u1\n  rules:\n"
+        "    - {rule_id: r1, columns: id}\n",
+        "register-data-policy",
+        "register_data_policy.rules[0].columns: expected a list, got 'id'",
+    ),
+    "YAML syntax": (
+        "host: 127.0.0.1:9\ncommon:\n  party_id: [x\n  scheme: RSA\n",
+        "get-public-key",
+        "not valid YAML: line 4, column 9: expected ',' or ']', but got ':' "
+        "(while parsing a flow sequence)",
+    ),
+    "unknown top-level key": (
+        "hots: 127.0.0.1:9\n",
+        "get-public-key",
+        "unknown key(s) hots; known: add_data_rule, cert_chain_file, common, ",
+    ),
+    "unknown key in a section": (
+        "host: 127.0.0.1:9\ndelete_data_key: {resource_uri: u1, uri: u1}\n",
+        "get-public-key",
+        "delete_data_key: unknown key(s) uri; known: resource_uri",
+    ),
+    "op without a name": (
+        "add_data_rule: {data_uuid: u1, rule: {rule_id: r, op_constraints: [{constraints: []}]}}",
+        "add-data-rule",
+        "add_data_rule.rule.op_constraints[0]: missing required key(s) op_name",
+    ),
+    "data key not base64, not echoed": (
+        "register_data_keys:\n  data_keys:\n    - {resource_uri: u1, data_key_b64: 's3cr#t'}\n",
+        "register-data-keys",
+        "register_data_keys.data_keys[0].data_key_b64: not valid standard base64 (value not shown)",
+    ),
+    "certificate list": (
+        "common: {private_key_file: a.key, cert_pems_file: 5}\n",
+        "register-cert",
+        "common.cert_pems_file: expected a list, got 5",
+    ),
+    "half the TLS files": (
+        "host: 127.0.0.1:9\nroot_ca_file: ca.pem\n",
+        "get-public-key",
+        "root_ca_file, private_key_file, cert_chain_file go together (TLS to the CM), "
+        "or none of them",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_CONFIGS))
+def test_owner_config_errors_name_file_and_key(
+    case: str, sim_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A bad owner YAML, through the real ``trustflow cms`` command: one ``config error: FILE:
+    KEY.PATH: problem`` line on stderr, exit status 1, before any connection or key file is
+    touched (the host is a closed port, the key files do not exist)."""
+    text, command, problem = _BAD_CONFIGS[case]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    done = subprocess.run(
+        [TRUSTFLOW, "cms", "--config-file", str(bad), command],
+        env=sim_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"config error: {bad}: {problem}"), lines[0]
+    assert "s3cr#t" not in done.stderr
 
 
 async def send_and_kill(server: Server, owner: Any, keys: list[Any], delay: float) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 import click
 
 from ...errors import InvalidInput, ObjectNotFound, TrustflowError
+from ...settings_schema import Node, load_yaml_file
 from .._options import command_plugin_manager
 
 #: the environment variable naming the config file when --config-file is not given
@@ -36,58 +37,67 @@ CONFIG_ENV = "TRUSTFLOW_CMS_CONFIG"
 DEFAULT_SCOPE = "default"
 
 
-def _load_yaml(path: Path) -> Mapping[str, Any]:
-    import yaml
+#: Keys of each section (upstream's ``cli-template.yaml``). ``create_data_policy``,
+#: ``add_data_rule.rule_id`` and ``get_export_data_key_b64.party_id`` are read by no command but
+#: accepted: upstream's ``cms_config`` and template write them (docs/compat.md#cms-cli).
+SECTIONS: dict[str, frozenset[str]] = {
+    "common": frozenset({"party_id", "cert_pems_file", "scheme", "private_key_file"}),
+    "register_data_keys": frozenset({"data_keys"}),
+    "get_data_policys": frozenset({"scope"}),
+    "register_data_policy": frozenset({"scope", "data_uuid", "rules"}),
+    "create_data_policy": frozenset({"scope", "data_uuid"}),
+    "add_data_rule": frozenset({"scope", "data_uuid", "rule", "rule_id"}),
+    "delete_data_rule": frozenset({"scope", "data_uuid", "rule_id"}),
+    "delete_data_policy": frozenset({"scope", "data_uuid"}),
+    "get_export_data_key_b64": frozenset(
+        {"party_id", "resource_uri", "data_export_certificate_file"}
+    ),
+    "delete_data_key": frozenset({"resource_uri"}),
+}
+#: The connection settings at the top of the file.
+TLS_FILES = ("root_ca_file", "private_key_file", "cert_chain_file")
+TOP_KEYS = frozenset(
+    {"host", "tee_plat", "tee_constraints", "envelope_channel", *TLS_FILES, *SECTIONS}
+)
+RULE_KEYS = frozenset(
+    {"rule_id", "grantee_party_ids", "op_constraints", "columns", "global_constraints"}
+)
 
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ObjectNotFound(f"config file {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"config file {path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise InvalidInput(f"config file {path} must hold a mapping")
-    return data
+
+def load_config(path: Path | None) -> Node:
+    """The owner YAML at ``path`` (None: no file, an empty one) with every key known: each
+    section a mapping of its own keys, unknown keys refused as by every role's config. Values are
+    typed when the command that reads them runs (a section is read only by its command);
+    relative paths are relative to the working directory, as upstream. Errors are
+    :class:`~trustflow_core.settings_schema.ConfigError` naming the file and key path."""
+    if path is None:
+        return Node({}, "no config file")
+    root = load_yaml_file(path, relative_to_file=False).mapping(TOP_KEYS)
+    for name, keys in SECTIONS.items():
+        root.get(name).mapping(keys)
+    return root
 
 
-def _strings(value: Any, where: str) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidInput(f"config: {where} must be a list of strings")
-    return value
-
-
-def rule_from_config(data: Any, where: str) -> Any:
-    """A ``Rule`` message from a YAML rule mapping (docs/compat.md#cms-cli)."""
+def rule_from_config(node: Node) -> Any:
+    """A ``Rule`` message from a YAML rule mapping (docs/reference/config.md): ``rule_id``
+    required, the lists optional (null: empty)."""
     from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 
-    if not isinstance(data, Mapping):
-        raise InvalidInput(f"config: {where} must be a mapping")
-    rule_id = data.get("rule_id")
-    if not isinstance(rule_id, str) or not rule_id:
-        raise InvalidInput(f"config: {where}.rule_id is required")
-    ops = data.get("op_constraints") or []
-    if not isinstance(ops, list):
-        raise InvalidInput(f"config: {where}.op_constraints must be a list")
+    node.mapping(RULE_KEYS, required=("rule_id",))
     op_msgs = []
-    for i, op in enumerate(ops):
-        if not isinstance(op, Mapping) or not isinstance(op.get("op_name"), str):
-            raise InvalidInput(f"config: {where}.op_constraints[{i}] needs op_name")
+    for op in node.get("op_constraints").elements(default=[]):
+        op.mapping({"op_name", "constraints"}, required=("op_name",))
         op_msgs.append(
             cm_pb2.Rule.OpConstraint(
-                op_name=op["op_name"],
-                constraints=_strings(op.get("constraints"), f"{where}.op_constraints[{i}]"),
+                op_name=op.get("op_name").string(), constraints=op.get("constraints").strings([])
             )
         )
     return cm_pb2.Rule(
-        rule_id=rule_id,
-        grantee_party_ids=_strings(data.get("grantee_party_ids"), f"{where}.grantee_party_ids"),
+        rule_id=node.get("rule_id").string(),
+        grantee_party_ids=node.get("grantee_party_ids").strings([]),
         op_constraints=op_msgs,
-        columns=_strings(data.get("columns"), f"{where}.columns"),
-        global_constraints=_strings(data.get("global_constraints"), f"{where}.global_constraints"),
+        columns=node.get("columns").strings([]),
+        global_constraints=node.get("global_constraints").strings([]),
     )
 
 
@@ -121,23 +131,19 @@ class Context:
         self.overrides = {k: v for k, v in overrides.items() if v not in (None, ())}
         self.as_json = as_json
         self.timeout = timeout
-        self._config: Mapping[str, Any] | None = None
+        self._config: Node | None = None
 
     @property
-    def config(self) -> Mapping[str, Any]:
-        """The YAML; empty when no config file is given (every value then comes from options)."""
+    def config(self) -> Node:
+        """The YAML, checked by :func:`load_config` on first use (never for ``--help``); empty
+        when no config file is given (every value then comes from options)."""
         if self._config is None:
-            self._config = _load_yaml(self.config_file) if self.config_file else {}
+            self._config = load_config(self.config_file)
         return self._config
 
-    def section(self, name: str) -> Mapping[str, Any]:
-        """Section ``name`` of the config; empty when absent."""
-        value = self.config.get(name)
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise InvalidInput(f"config: section '{name}' must be a mapping")
-        return value
+    def section(self, name: str) -> Node:
+        """Section ``name`` of the config (a mapping; empty when absent)."""
+        return self.config.get(name)
 
     def value(
         self,
@@ -149,39 +155,42 @@ class Context:
         default: str | None = None,
     ) -> str:
         """The option's value ``given`` when set, else ``section.key`` of the config (``key``
-        at the top when ``section`` is None), else ``default``; a non-empty string, or
-        :class:`InvalidInput` naming both the option and the config key."""
+        at the top when ``section`` is None), else ``default``; a non-empty string. Not set
+        anywhere: :class:`InvalidInput` naming both the option and the config key; not a
+        string: :class:`~trustflow_core.settings_schema.ConfigError`."""
         if given is not None and given != "":
             return given
+        value = (self.section(section) if section else self.config).get(key).string("", empty=True)
+        if value:
+            return value
+        if default is not None:
+            return default
         where = f"{section}.{key}" if section else key
-        value = (self.section(section) if section else self.config).get(key)
-        if value is None or value == "":
-            if default is not None:
-                return default
-            source = f"in {self.config_file}" if self.config_file else "in a config file"
-            raise InvalidInput(
-                f"{where} is not set: give {flag}, or set it {source} "
-                "('trustflow cms init' writes a template)"
-            )
-        if not isinstance(value, str):
-            raise InvalidInput(f"config: {where} must be a string, got {value!r}")
-        return value
+        source = f"in {self.config_file}" if self.config_file else "in a config file"
+        raise InvalidInput(
+            f"{where} is not set: give {flag}, or set it {source} "
+            "('trustflow cms init' writes a template)"
+        )
 
     def credentials(self) -> Any:
         from .client import Credentials
 
         common = self.section("common")
-        key_file = self.overrides.get("key_file") or common.get("private_key_file")
-        cert_files: Any = self.overrides.get("cert_files") or common.get("cert_pems_file")
-        if isinstance(cert_files, str):
-            cert_files = [cert_files]
+        key_file = self.overrides.get("key_file") or common.get("private_key_file").path(None)
+        cert_files: Any = self.overrides.get("cert_files")
+        if not cert_files:
+            certs = common.get("cert_pems_file")
+            if isinstance(certs.value, str):
+                cert_files = [certs.path()]
+            else:
+                cert_files = [e.path() for e in certs.elements(default=[])]
         if not key_file or not cert_files:
             raise InvalidInput(
                 "the owner's key and certificate are not set: give --key-file and --cert-file, "
                 "or set common.private_key_file and common.cert_pems_file in the config file"
             )
         creds = Credentials.from_files(Path(key_file), [Path(p) for p in cert_files])
-        named = self.overrides.get("party_id") or common.get("party_id")
+        named = self.overrides.get("party_id") or common.get("party_id").string(None, empty=True)
         if named and named != creds.party_id:
             raise InvalidInput(
                 f"party id {named} (--party-id or common.party_id) is not the party id of the "
@@ -196,23 +205,24 @@ class Context:
 
         cfg = self.config
         host = self.value(None, "host", self.overrides.get("host"), "--host")
-        tee_plat = self.overrides.get("tee_plat") or cfg.get("tee_plat")
-        files = [cfg.get(k) for k in ("root_ca_file", "private_key_file", "cert_chain_file")]
+        tee_plat = self.overrides.get("tee_plat") or cfg.get("tee_plat").text(None)
+        files = [cfg.get(k).path(None) for k in TLS_FILES]
         creds = None
-        if all(files):
+        if any(files):
+            if not all(files):
+                raise cfg.error(
+                    f"{', '.join(TLS_FILES)} go together (TLS to the CM), or none of them"
+                )
             try:
-                root, key, chain = (Path(f).read_bytes() for f in files)  # type: ignore[arg-type]
+                root, key, chain = (f.read_bytes() for f in files if f is not None)
             except OSError as exc:
                 raise ObjectNotFound(f"{exc.filename}: {exc.strerror}") from None
             creds = grpc.ssl_channel_credentials(root, key, chain)
-        constraints = cfg.get("tee_constraints") or {}
-        if not isinstance(constraints, Mapping):
-            raise InvalidInput("config: tee_constraints must be a mapping")
         return CapsuleManagerClient(
             host,
             pm=command_plugin_manager(),
-            tee_plat=str(tee_plat) if tee_plat else None,
-            tee_constraints=dict(constraints),
+            tee_plat=tee_plat or None,
+            tee_constraints=cfg.get("tee_constraints").raw_mapping(),
             channel_credentials=creds,
             timeout=self.timeout,
             envelope_channel=self.value(
@@ -303,15 +313,16 @@ def _rule_from_options(
         if grantees or ops or columns or global_constraints:
             raise click.UsageError("--grantee, --op, --column, --global-constraint need --rule-id")
         return None
-    return rule_from_config(
-        {
-            "rule_id": rule_id,
-            "grantee_party_ids": list(grantees),
-            "op_constraints": [{"op_name": op} for op in ops],
-            "columns": list(columns),
-            "global_constraints": list(global_constraints),
-        },
-        "--rule-id",
+    if not rule_id:
+        raise click.UsageError("--rule-id must not be empty")
+    from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
+
+    return cm_pb2.Rule(
+        rule_id=rule_id,
+        grantee_party_ids=grantees,
+        op_constraints=[cm_pb2.Rule.OpConstraint(op_name=op) for op in ops],
+        columns=columns,
+        global_constraints=global_constraints,
     )
 
 
@@ -517,12 +528,20 @@ def register_cert(c: Context, scheme: str | None) -> None:
     c.emit(f"registered certificate of {creds.party_id}", {"party_id": creds.party_id})
 
 
-def _data_key(key: str, where: str) -> str:
-    try:
-        base64.b64decode(key, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput(f"{where} is not valid base64") from None
+def _data_key(key: str) -> str:
+    """``key`` when it is standard base64, else :class:`ValueError`."""
+    base64.b64decode(key, validate=True)
     return key
+
+
+def _config_data_key(node: Node) -> str:
+    """A data key from the config, never echoed in an error (it is a secret)."""
+    if not isinstance(node.value, str) or not node.value:
+        raise node.error("missing or not a string (a data key in standard base64 is required)")
+    try:
+        return _data_key(node.value)
+    except (binascii.Error, ValueError):
+        raise node.error("not valid standard base64 (value not shown)") from None
 
 
 @cms.command("register-data-keys")
@@ -538,7 +557,6 @@ def _data_key(key: str, where: str) -> str:
 def register_data_keys(c: Context, resource_uri: str | None, data_key_file: Path | None) -> None:
     """Register data keys: --resource-uri with --data-key-file, or every entry of
     register_data_keys.data_keys (resource_uri, data_key_b64)."""
-    creds = c.credentials()
     keys = []
     if resource_uri is not None or data_key_file is not None:
         if not resource_uri or data_key_file is None:
@@ -547,24 +565,22 @@ def register_data_keys(c: Context, resource_uri: str | None, data_key_file: Path
             key = data_key_file.read_text().strip()
         except OSError as exc:
             raise ObjectNotFound(f"{data_key_file}: {exc.strerror or exc}") from None
-        keys.append((resource_uri, _data_key(key, f"--data-key-file {data_key_file}")))
+        try:
+            keys.append((resource_uri, _data_key(key)))
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"--data-key-file {data_key_file} is not valid base64") from None
     else:
-        entries = c.section("register_data_keys").get("data_keys")
-        if not isinstance(entries, list) or not entries:
+        entries = c.section("register_data_keys").get("data_keys").elements(default=[])
+        if not entries:
             raise InvalidInput(
                 "no data key given: use --resource-uri and --data-key-file, or list them in "
                 "register_data_keys.data_keys of the config file"
             )
-        for i, entry in enumerate(entries):
-            where = f"register_data_keys.data_keys[{i}]"
-            if not isinstance(entry, Mapping):
-                raise InvalidInput(f"config: {where} must be a mapping")
-            uri, b64 = entry.get("resource_uri"), entry.get("data_key_b64")
-            if not isinstance(uri, str) or not uri:
-                raise InvalidInput(f"config: {where}.resource_uri must be a non-empty string")
-            if not isinstance(b64, str) or not b64:
-                raise InvalidInput(f"config: {where}.data_key_b64 must be a non-empty string")
-            keys.append((uri, _data_key(b64, f"config: {where}.data_key_b64")))
+        for entry in entries:
+            entry.mapping({"resource_uri", "data_key_b64"})
+            uri = entry.get("resource_uri").string()
+            keys.append((uri, _config_data_key(entry.get("data_key_b64"))))
+    creds = c.credentials()
     c.run(lambda client: client.create_data_keys(creds, keys))
     uris = [u for u, _ in keys]
     c.emit(f"registered {len(keys)} data key(s): {', '.join(uris)}", {"resource_uris": uris})
@@ -579,7 +595,6 @@ def register_data_keys(c: Context, resource_uri: str | None, data_key_file: Path
 def register_data_policy(c: Context, scope: str | None, data_uuid: str | None, **rule: Any) -> None:
     """Create (or replace) the policy of a data UUID: register_data_policy.{scope, data_uuid,
     rules}, or the one rule given by --rule-id and its options."""
-    creds = c.credentials()
     sec = "register_data_policy"
     scope = c.value(sec, "scope", scope, "--scope", default=DEFAULT_SCOPE)
     uuid = c.value(sec, "data_uuid", data_uuid, "--data-uuid")
@@ -587,10 +602,9 @@ def register_data_policy(c: Context, scope: str | None, data_uuid: str | None, *
     if one is not None:
         rules = [one]
     else:
-        rules_cfg = c.section(sec).get("rules") or []
-        if not isinstance(rules_cfg, list):
-            raise InvalidInput("config: register_data_policy.rules must be a list")
-        rules = [rule_from_config(r, f"{sec}.rules[{i}]") for i, r in enumerate(rules_cfg)]
+        rules_cfg = c.section(sec).get("rules").elements(default=[])
+        rules = [rule_from_config(r) for r in rules_cfg]
+    creds = c.credentials()
     c.run(lambda client: client.create_data_policy(creds, scope, uuid, rules))
     c.emit(
         f"policy for {uuid} in scope {scope!r}: {len(rules)} rule(s)",
@@ -643,13 +657,13 @@ def get_data_policys(c: Context, scope: str | None) -> None:
 def add_data_rule(c: Context, scope: str | None, data_uuid: str | None, **rule: Any) -> None:
     """Append a rule (add_data_rule.rule, or --rule-id and its options) to the policy
     add_data_rule.{scope, data_uuid}."""
-    creds = c.credentials()
     sec = "add_data_rule"
     scope = c.value(sec, "scope", scope, "--scope", default=DEFAULT_SCOPE)
     uuid = c.value(sec, "data_uuid", data_uuid, "--data-uuid")
     one = _rule_from_options(**rule)
     if one is None:
-        one = rule_from_config(c.section(sec).get("rule"), f"{sec}.rule")
+        one = rule_from_config(c.section(sec).get("rule"))
+    creds = c.credentials()
     c.run(lambda client: client.add_data_rule(creds, scope, uuid, one))
     c.emit(f"added rule {one.rule_id!r} to {uuid}", {"data_uuid": uuid, "rule_id": one.rule_id})
 
