@@ -8,7 +8,10 @@ delete-data-key --resource-uri u1``). ``--help`` never reads the config.
 
 Differences from upstream, all deliberate: readable output (a table for listings, one line
 otherwise; ``--json`` on the group or on any command for machines), a one-line
-``Error: ...`` and exit code 1 on any failure instead of a traceback; the CM certificate is
+``Error: ...`` and exit code 1 on any failure instead of a traceback; the YAML is read through
+:mod:`trustflow_core.settings_schema` like every role's config (a bad value is one
+``config error: FILE: KEY.PATH: problem`` line, keys outside the schema are refused, the three
+TLS files are all given or none); the CM certificate is
 fetched once per command; missing credentials are an error (upstream silently uses a throw-away
 key the CM then refuses); ``common.party_id``, when set, must be the party id of
 ``common.cert_pems_file``; ``get-public-key`` prints the PEM, not a Python bytes repr.
