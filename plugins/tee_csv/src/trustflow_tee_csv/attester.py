@@ -38,6 +38,7 @@ from trustflow_core.attestation import (
     public_key_binding,
 )
 from trustflow_core.errors import BackendUnavailable, InvalidInput, VerificationError
+from trustflow_core.settings_schema import Node
 from typing_extensions import Self
 
 from . import chain
@@ -101,24 +102,13 @@ class CsvAttester(Attester):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        settings = settings or {}
-        if not isinstance(settings, Mapping):
-            raise InvalidInput("csv attester settings must be a mapping")
-        unknown = sorted(set(settings) - _SETTINGS)
-        if unknown:
-            raise InvalidInput(
-                f"csv attester got unknown setting(s) {unknown}; known: {sorted(_SETTINGS)}"
-            )
-        device = settings.get("device")
-        if device is not None and (not isinstance(device, (str, Path)) or not str(device)):
-            raise InvalidInput("csv attester setting 'device' must be a path")
-        fallback = settings.get("background_check_fallback", False)
-        if not isinstance(fallback, bool):
-            raise InvalidInput("csv attester setting 'background_check_fallback' must be a bool")
+        root = Node.settings(settings, "csv attester settings").mapping(_SETTINGS)
+        device = root.get("device").path(None)
+        fallback = root.get("background_check_fallback").boolean(False)
         return cls(
-            CsvGuestDevice(Path(device)) if device else None,
-            CertSources.from_settings("csv attester", settings),
-            key_binding=public_key_binding(settings.get("public_key_file"), "csv attester"),
+            CsvGuestDevice(device) if device else None,
+            CertSources.from_settings("csv attester", root),
+            key_binding=public_key_binding(root.get("public_key_file").path(None), "csv attester"),
             background_check_fallback=fallback,
         )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, ClassVar
 
 from trustflow_core.attestation import (
@@ -28,6 +27,7 @@ from trustflow_core.attestation import (
     public_key_binding,
 )
 from trustflow_core.errors import BackendUnavailable, InvalidInput, VerificationError
+from trustflow_core.settings_schema import Node
 from typing_extensions import Self
 
 from . import PLATFORM, certs
@@ -62,13 +62,6 @@ _SETTINGS = {
     "background_check_fallback",
 }
 INTERFACES = ("auto", "configfs", "vsock", "ioctl")
-
-
-def _path(settings: Mapping[str, Any], key: str, default: Path) -> Path:
-    value = settings.get(key, default)
-    if not isinstance(value, (str, Path)) or not str(value):
-        raise InvalidInput(f"tdx attester setting {key!r} must be a path")
-    return Path(value)
 
 
 class TdxAttester(Attester):
@@ -134,29 +127,19 @@ class TdxAttester(Attester):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        settings = settings or {}
-        if not isinstance(settings, Mapping):
-            raise InvalidInput("tdx attester settings must be a mapping")
-        unknown = sorted(set(settings) - _SETTINGS)
-        if unknown:
-            raise InvalidInput(f"tdx attester got unknown setting(s) {unknown}")
-        interface = settings.get("interface", "auto")
-        if interface not in INTERFACES:
-            raise InvalidInput(f"tdx attester setting 'interface' must be one of {INTERFACES}")
-        fallback = settings.get("background_check_fallback", False)
-        if not isinstance(fallback, bool):
-            raise InvalidInput("tdx attester setting 'background_check_fallback' must be a bool")
-        paths = quote_paths(settings)
+        root = Node.settings(settings, "tdx attester settings").mapping(_SETTINGS)
+        interface = root.get("interface").choice(INTERFACES, "auto")
+        fallback = root.get("background_check_fallback").boolean(False)
+        paths = quote_paths(root)
         source: QuoteSource = QuotePaths(list(paths.values()))
         if interface != "auto":
             source = paths[interface]
-        path = settings.get("collateral_file")
-        pccs = PccsClient.from_settings(settings, "tdx attester")
+        collateral_file = root.get("collateral_file").path(None)
         return cls(
             source,
-            collateral=load_collateral_file(path) if path else None,
-            pccs=pccs,
-            key_binding=public_key_binding(settings.get("public_key_file"), "tdx attester"),
+            collateral=load_collateral_file(collateral_file) if collateral_file else None,
+            pccs=PccsClient.from_settings(root, "tdx attester"),
+            key_binding=public_key_binding(root.get("public_key_file").path(None), "tdx attester"),
             background_check_fallback=fallback,
         )
 
@@ -210,19 +193,17 @@ class TdxAttester(Attester):
         return make_report(quote, collateral, report_type)
 
 
-def quote_paths(settings: Mapping[str, Any]) -> dict[str, QgsVsock | ConfigfsTsm | TdxGuestDevice]:
+def quote_paths(
+    settings: Mapping[str, Any] | Node,
+) -> dict[str, QgsVsock | ConfigfsTsm | TdxGuestDevice]:
     """The three quote paths configured by ``settings`` (keys as the ``interface`` setting),
     in the order :class:`QuotePaths` tries them."""
-    root = _path(settings, "configfs_root", CONFIGFS_ROOT)
-    device = TdxGuestDevice(_path(settings, "device", DEVICE))
-    config = _path(settings, "qgs_config", QGS_CONFIG)
-    port = settings.get("qgs_port")
-    if port is not None and (
-        isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 0xFFFFFFFF
-    ):
-        raise InvalidInput("tdx attester setting 'qgs_port' must be a port number")
+    root = settings if isinstance(settings, Node) else Node.settings(settings, "tdx attester")
+    device = TdxGuestDevice(root.get("device").path(DEVICE))
+    config = root.get("qgs_config").path(QGS_CONFIG)
+    port = root.get("qgs_port").integer(None, minimum=1, maximum=0xFFFFFFFF)
     return {
-        "configfs": ConfigfsTsm(root),
+        "configfs": ConfigfsTsm(root.get("configfs_root").path(CONFIGFS_ROOT)),
         "vsock": QgsVsock(device, port if port is not None else qgs_port(config), config=config),
         "ioctl": device,
     }
