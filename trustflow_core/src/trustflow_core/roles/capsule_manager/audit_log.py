@@ -282,7 +282,7 @@ class AuditLog:
 
 class _Waiter:
     """A thread blocked in :meth:`GroupCommit.submit` (``done`` is set when its batch
-    finished), or a future of :meth:`GroupCommit.submit_async` (completed in its event loop
+    finished), or a future of :meth:`GroupCommit.submit_soon` (completed in its event loop
     by :func:`_finish`, with the other futures of the batch in that loop)."""
 
     __slots__ = ("done", "error", "future", "loop")
@@ -360,12 +360,16 @@ class GroupCommit:
         if waiter.error is not None:
             raise waiter.error
 
-    async def submit_async(self, drafts: Sequence[AuditDraft]) -> None:
-        """Like :meth:`submit`, awaited: no worker thread waits for the commit."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+    def submit_soon(
+        self,
+        drafts: Sequence[AuditDraft],
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[None],
+    ) -> None:
+        """Queue ``drafts`` from any thread and return at once: ``future`` (created in
+        ``loop``) completes in ``loop`` when they are committed, or fails with the error (a
+        future already done, e.g. cancelled, is left alone)."""
         self._enqueue(drafts, _Waiter(loop=loop, future=future))
-        await future
 
     def _enqueue(self, drafts: Sequence[AuditDraft], waiter: _Waiter) -> _Waiter:
         with self._lock:
