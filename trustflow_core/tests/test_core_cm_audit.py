@@ -476,3 +476,27 @@ async def test_cli_audit_table_json_and_offline_verification(
     other.write_text(new_party("other-cm").chain_pems[0])
     failed = await cli("util", "verify-audit", str(newer_file), "--cm-cert", str(other), expect=1)
     assert "not signed by the CM's key" in failed
+
+
+async def test_no_key_leaves_when_its_entry_cannot_be_committed(
+    cm_world: CMWorld, sql: Any
+) -> None:
+    owner, app = new_party("owner"), new_party("app")
+    uuid = new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    with sql.begin() as conn:  # the entry's table is gone: the release's commit fails
+        conn.execute(text("ALTER TABLE cm_audit RENAME TO cm_audit_away"))
+    try:
+        with pytest.raises(CapsuleManagerError) as err:
+            await get_keys(cm_world, app, [uuid])
+        assert err.value.message and "data_key" not in err.value.message
+    finally:
+        with sql.begin() as conn:
+            conn.execute(text("ALTER TABLE cm_audit_away RENAME TO cm_audit"))
+    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    assert kinds(bundle) == [("keys_created", uuid), ("policy_set", uuid)]
+    reply = await get_keys(cm_world, app, [uuid])  # the table is back: released and logged
+    assert len(reply) == 1
+    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    assert kinds(bundle)[-1] == ("key_release", uuid)

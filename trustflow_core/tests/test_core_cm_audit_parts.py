@@ -80,7 +80,11 @@ def test_group_commit_failure_reaches_every_waiter_and_the_next_batch_works() ->
         commits.submit([draft(1)])
 
     async def later() -> None:
-        await commits.submit_async([draft(2)])
+        loop = asyncio.get_running_loop()
+        committed: asyncio.Future[None] = loop.create_future()
+        # queued from another thread, as a GetDataKeys worker does
+        await asyncio.to_thread(commits.submit_soon, [draft(2)], loop, committed)
+        await committed
 
     asyncio.run(later())
     commits.close()

@@ -281,35 +281,48 @@ class AuditLog:
 
 
 class _Waiter:
-    """A thread blocked in :meth:`GroupCommit.submit`, or a future of
-    :meth:`GroupCommit.submit_async` (completed in its event loop)."""
+    """A thread blocked in :meth:`GroupCommit.submit` (``done`` is set when its batch
+    finished), or a future of :meth:`GroupCommit.submit_soon` (completed in its event loop
+    by :func:`_finish`, with the other futures of the batch in that loop)."""
 
     __slots__ = ("done", "error", "future", "loop")
 
     def __init__(
         self,
+        done: threading.Event | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         future: asyncio.Future[None] | None = None,
     ) -> None:
-        self.done = threading.Event()
+        self.done = done
         self.error: BaseException | None = None
         self.loop, self.future = loop, future
 
-    def finish(self, error: BaseException | None) -> None:
-        self.error = error
-        if self.loop is not None and self.future is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody awaits it
-                self.loop.call_soon_threadsafe(_settle, self.future, error)
-        self.done.set()
+
+def _finish(waiters: Sequence[_Waiter], error: BaseException | None) -> None:
+    """Tell ``waiters`` that their batch committed (``error`` None) or failed: one wake-up
+    per event loop for all of its futures (a self-pipe write each would cost more than the
+    append), then the blocked threads."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for waiter in waiters:
+        waiter.error = error
+        if waiter.loop is not None and waiter.future is not None:
+            by_loop.setdefault(waiter.loop, []).append(waiter.future)
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody awaits them
+            loop.call_soon_threadsafe(_settle, futures, error)
+    for waiter in waiters:
+        if waiter.done is not None:
+            waiter.done.set()
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle(futures: Sequence[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 class GroupCommit:
@@ -341,17 +354,22 @@ class GroupCommit:
 
     def submit(self, drafts: Sequence[AuditDraft]) -> None:
         """Queue ``drafts``; return when they are committed."""
-        waiter = self._enqueue(drafts, _Waiter())
-        waiter.done.wait()
+        done = threading.Event()
+        waiter = self._enqueue(drafts, _Waiter(done))
+        done.wait()
         if waiter.error is not None:
             raise waiter.error
 
-    async def submit_async(self, drafts: Sequence[AuditDraft]) -> None:
-        """Like :meth:`submit`, awaited: no worker thread waits for the commit."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._enqueue(drafts, _Waiter(loop, future))
-        await future
+    def submit_soon(
+        self,
+        drafts: Sequence[AuditDraft],
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[None],
+    ) -> None:
+        """Queue ``drafts`` from any thread and return at once: ``future`` (created in
+        ``loop``) completes in ``loop`` when they are committed, or fails with the error (a
+        future already done, e.g. cancelled, is left alone)."""
+        self._enqueue(drafts, _Waiter(loop=loop, future=future))
 
     def _enqueue(self, drafts: Sequence[AuditDraft], waiter: _Waiter) -> _Waiter:
         with self._lock:
@@ -389,8 +407,7 @@ class GroupCommit:
                 self._write([d for drafts, _ in batch for d in drafts])
             except BaseException as exc:  # every waiter gets the failure: no key leaves
                 error = exc
-            for _, waiter in batch:
-                waiter.finish(error)
+            _finish([waiter for _, waiter in batch], error)
             busy = len(batch) > 1
             if stop:
                 return

@@ -22,6 +22,7 @@ docs/compat.md#create-keys-atomic):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import json
@@ -723,10 +724,21 @@ class Database:
         if self.audit is not None and drafts:
             self._audit_commits.submit(drafts)
 
-    async def record_audit_async(self, drafts: Sequence[AuditDraft]) -> None:
-        """:meth:`record_audit` for the event loop (no thread waits for the commit)."""
-        if self.audit is not None and drafts:
-            await self._audit_commits.submit_async(drafts)
+    def record_audit_soon(
+        self,
+        drafts: Sequence[AuditDraft],
+        loop: asyncio.AbstractEventLoop,
+        committed: asyncio.Future[None],
+    ) -> bool:
+        """:meth:`record_audit` without waiting, from a worker thread, for a handler in
+        ``loop``: True when ``drafts`` were queued, and then ``committed`` (a future of
+        ``loop``) completes once they are committed, or fails with the error; the caller
+        awaits it before answering. False (``committed`` untouched): nothing to log. The
+        commit overlaps whatever the caller does until it awaits (sealing the reply)."""
+        if self.audit is None or not drafts:
+            return False
+        self._audit_commits.submit_soon(drafts, loop, committed)
+        return True
 
     def _audit_log(self) -> AuditLog:
         if self.audit is None:

@@ -355,18 +355,38 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             request, cm_pb2.GetDataKeysRequest, "get_data_keys"
         )
 
-        def work() -> tuple[cm_pb2.EncryptedResponse, list[AuditDraft]]:
+        loop = asyncio.get_running_loop()
+        committed: asyncio.Future[None] = loop.create_future()
+
+        def work() -> tuple[cm_pb2.EncryptedResponse, bool]:
             uris = [r.resource_uri for r in rr.resources]
             keys, drafts = self._authorize_and_fetch(rr, env, uris, app, "get_data_keys")
+            logged = self.store.record_audit_soon(drafts, loop, committed)
             response = cm_pb2.GetDataKeysResponse(
                 data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
                 cert=self.identity.cert_pem,
             )
-            return self.envelopes.seal(response, recipient), drafts
+            return self.envelopes.seal(response, recipient), logged
 
-        sealed, drafts = await self._thread(work)
-        await self.store.record_audit_async(drafts)  # committed before the reply is sent
+        sealed = await self._released(work, committed)
         _metrics.KEY_RELEASES.labels("get_data_keys").inc(len(rr.resources))
+        return sealed
+
+    async def _released(
+        self,
+        work: Callable[[], tuple[cm_pb2.EncryptedResponse, bool]],
+        committed: asyncio.Future[None],
+    ) -> cm_pb2.EncryptedResponse:
+        """Run ``work`` in a thread: it decides, queues the release entries
+        (:meth:`Database.record_audit_soon` completing ``committed``) and seals the reply
+        while they commit. The sealed reply is returned only once they are committed (no key
+        leaves without its entry); when ``work`` or the commit fails, the error propagates."""
+        try:
+            sealed, logged = await self._thread(work)
+            if logged:
+                await committed
+        finally:
+            committed.cancel()  # no-op when done; else nobody awaits it (work failed)
         return sealed
 
     def _authorize_and_fetch(
@@ -378,7 +398,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         rpc: str,
     ) -> tuple[dict[str, str], list[AuditDraft]]:
         """The keys of ``uris`` when the policies allow the request, and the release entries
-        the caller must commit (:meth:`Database.record_audit_async`) before the reply holding
+        the caller must commit (:meth:`Database.record_audit_soon`) before the reply holding
         the keys is sent. A refusal is counted in ``trustflow_policy_refusals_total`` by
         ``rpc`` and reason, and logged (docs/audit.md) before it propagates."""
         try:
@@ -447,7 +467,10 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             request, cm_pb2.GetTlsAssetRequest, "get_tls_asset"
         )
 
-        def work() -> tuple[cm_pb2.EncryptedResponse, list[AuditDraft]]:
+        loop = asyncio.get_running_loop()
+        committed: asyncio.Future[None] = loop.create_future()
+
+        def work() -> tuple[cm_pb2.EncryptedResponse, bool]:
             from ...tls_asset import issue_group_asset
 
             uris = [r.resource_uri for r in rr.resources]
@@ -466,6 +489,8 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 raise CMError(Kind.INVALID_ARGUMENT, str(exc)) from None
             except BackendUnavailable as exc:
                 raise CMError(Kind.UNSUPPORTED, str(exc)) from None
+            # queued once the asset exists: a failed issue logs no release
+            logged = self.store.record_audit_soon(drafts, loop, committed)
             response = cm_pb2.GetTlsAssetResponse(
                 data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
                 tls_asset=cm_pb2.TlsAsset(
@@ -473,10 +498,9 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 ),
                 cert=self.identity.cert_pem,
             )
-            return self.envelopes.seal(response, recipient), drafts
+            return self.envelopes.seal(response, recipient), logged
 
-        sealed, drafts = await self._thread(work)
-        await self.store.record_audit_async(drafts)  # committed before the reply is sent
+        sealed = await self._released(work, committed)
         _metrics.KEY_RELEASES.labels("get_tls_asset").inc(len(rr.resources))
         return sealed
 
