@@ -29,6 +29,7 @@ def online(message: str, compat: bool, quiet: bool, as_json: bool) -> None:
     sealed reply and its plaintext, stop everything."""
     import asyncio
 
+    from ..roles.client.commands import print_reply
     from .online import run_online
 
     def say(text: str) -> None:
@@ -36,15 +37,7 @@ def online(message: str, compat: bool, quiet: bool, as_json: bool) -> None:
             click.echo(text, err=True)
 
     reply = asyncio.run(run_online(message.encode("utf-8"), compat=compat, say=say))
-    text = reply.plaintext.decode("utf-8", "replace")
-    if as_json:
-        result = {"status": reply.status, "envelope": dict(reply.envelope), "plaintext": text}
-        click.echo(json.dumps(result, indent=2))
-    else:
-        click.echo(f"Response: {dict(reply.envelope)}")
-        click.echo(f"Response Raw: {text}", nl=not text.endswith("\n"))
-    if reply.status != 200:
-        raise click.ClickException(f"the app answered HTTP {reply.status}")
+    print_reply(reply, as_json)
 
 
 @demo.command("offline")

@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING, Any
+
 import click
+
+if TYPE_CHECKING:
+    from .online import Reply
 
 DEFAULT_URL = "http://127.0.0.1:50001"
 
@@ -75,7 +81,6 @@ def client(
     http://127.0.0.1:50001), verify the report against the policy, seal DATA to the attested
     app key, POST it to PATH and print the sealed reply and its plaintext."""
     import asyncio
-    import json
 
     from ...fileio import load_mapping
     from .._options import command_plugin_manager
@@ -114,25 +119,25 @@ def client(
             if not as_json:
                 click.echo(f"Attested: {what}; cert bound to nonce {app.nonce[:16]}...", err=True)
             reply = await online.request(path, data.encode("utf-8"))
-        text = reply.plaintext.decode("utf-8", "replace")
-        if as_json:
-            attested = {"platform": platform, "report_verified": not no_report, "nonce": app.nonce}
-            result = {
-                "url": url,
-                "path": path,
-                "attested": attested,
-                "status": reply.status,
-                "envelope": dict(reply.envelope),
-                "plaintext": text,
-            }
-            click.echo(json.dumps(result, indent=2))
-        else:
-            click.echo(f"Response: {dict(reply.envelope)}")
-            click.echo(f"Response Raw: {text}", nl=not text.endswith("\n"))
-        if reply.status != 200:
-            raise click.ClickException(f"the app answered HTTP {reply.status}")
+        attested = {"platform": platform, "report_verified": not no_report, "nonce": app.nonce}
+        print_reply(reply, as_json, url=url, path=path, attested=attested)
 
     asyncio.run(run())
+
+
+def print_reply(reply: Reply, as_json: bool, **context: Any) -> None:
+    """Print the app's sealed reply and its plaintext as upstream's client does (``Response:``
+    / ``Response Raw:``), or one JSON object (``context`` first); an HTTP status other than 200
+    is then a one-line error."""
+    text = reply.plaintext.decode("utf-8", "replace")
+    if as_json:
+        result = {**context, "status": reply.status, "envelope": dict(reply.envelope)}
+        click.echo(json.dumps({**result, "plaintext": text}, indent=2))
+    else:
+        click.echo(f"Response: {dict(reply.envelope)}")
+        click.echo(f"Response Raw: {text}", nl=not text.endswith("\n"))
+    if reply.status != 200:
+        raise click.ClickException(f"the app answered HTTP {reply.status}")
 
 
 COMMANDS: list[click.Command] = [client]
