@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trustflow_core.settings_schema import ConfigError, load_yaml_file
+from trustflow_core.testing.settings import settings_error
 
 from trustflow_tee_csv.attester import CsvAttester
 
@@ -24,12 +24,8 @@ from trustflow_tee_csv.attester import CsvAttester
 def test_a_bad_setting_is_named_by_file_and_key(
     tmp_path: Path, text: str, key: str, problem: str
 ) -> None:
-    config = tmp_path / "ra-proxy.yaml"
-    config.write_text("attester:\n" + "".join(f"  {line}\n" for line in text.splitlines()))
-    with pytest.raises(ConfigError) as raised:
-        load_yaml_file(config).get("attester").build(CsvAttester.from_settings)
-    message = str(raised.value)
-    assert message.startswith(f"{config}: {key}: "), message
+    message = settings_error(tmp_path, CsvAttester.from_settings, text)
+    assert message.startswith(f"{tmp_path / 'role.yaml'}: {key}: "), message
     assert problem in message
 
 
