@@ -163,7 +163,7 @@ async def test_another_owner_sees_none_of_it(cm_world: CMWorld) -> None:
             forged,
             stranger,
             audit.audit_pb2.ListAuditEntriesResponse,
-            stub=audit._stub(cm_world.client),
+            stub=audit.audit_grpc.AuditLogStub,
         )
 
 

@@ -107,6 +107,13 @@ CM_CLIENT_REQUESTS = Counter(
     ["rpc", "outcome"],
     namespace=NAMESPACE,
 )
+CM_CLIENT_FAILOVERS = Counter(
+    "cm_client_failovers",
+    "Capsule Manager client calls re-sent to another replica after one was unreachable or did "
+    "not answer in time (docs/failover.md), by RPC.",
+    ["rpc"],
+    namespace=NAMESPACE,
+)
 CM_CLIENT_SECONDS = Histogram(
     "cm_client_request_duration_seconds",
     "Time of a Capsule Manager client's calls, by RPC.",

@@ -82,6 +82,20 @@ def grpc_failure(target: str, method: str, code: str, details: str | None) -> st
     return f"capsule manager {target}: {method} failed: {code} {_first_line(details)}".strip()
 
 
+def grpc_reason(code: str, details: str | None) -> str:
+    """Why a gRPC call failed in plain words (``connection refused``, ``no answer in time``,
+    ...), without the target and method :func:`grpc_failure` adds."""
+    details = (details or "").strip()
+    if code == "UNAVAILABLE":
+        for pattern, words in _GRPC_UNAVAILABLE:
+            if pattern.search(details):
+                return words
+        return f"unavailable: {_first_line(details)}".rstrip(": ")
+    if code == "DEADLINE_EXCEEDED":
+        return "no answer in time"
+    return f"{code} {_first_line(details)}".strip()
+
+
 def _first_line(value: object) -> str:
     lines = str(value).strip().splitlines()
     return lines[0] if lines else ""

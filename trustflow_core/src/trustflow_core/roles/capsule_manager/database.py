@@ -539,7 +539,7 @@ class Database:
         def op(session: Session) -> bool:
             record = session.get(DataRecord, key.data_uuid)
             if record is not None:
-                if self._same_result(session, record, owner, key, ancestors):
+                if self._same_result(session, record, owner, key, scope, ancestors):
                     return False
                 if not json.loads(record.parents_json):
                     raise CMError(Kind.ASSERT, f"data_uuid {key.data_uuid} is not result data")
@@ -593,11 +593,16 @@ class Database:
         record: DataRecord,
         owner: str,
         key: NewKey,
+        scope: str,
         ancestors: Sequence[str],
     ) -> bool:
-        """Whether ``record`` already holds exactly this registration (a client's retry)."""
+        """Whether ``record`` already holds exactly this registration (a client's retry, e.g.
+        re-sent to another replica after the first committed it): same owner, key, ancestors
+        and scope (the derived policy is in it)."""
         row = session.get(DataKeyRow, key.resource_uri)
         if row is None or record.owner_party_id != owner:
+            return False
+        if self._policy_row(session, scope, key.data_uuid) is None:
             return False
         if sorted(set(json.loads(record.parents_json))) != sorted(set(ancestors)):
             return False

@@ -18,10 +18,6 @@ from .client import CapsuleManagerClient, Credentials
 MAX_PROOFS = 500
 
 
-def _stub(client: CapsuleManagerClient) -> audit_grpc.AuditLogStub:
-    return audit_grpc.AuditLogStub(client.grpc_channel())
-
-
 async def list_entries(
     client: CapsuleManagerClient,
     creds: Credentials,
@@ -41,7 +37,11 @@ async def list_entries(
             start_index=start,
         )
         page = await client.request(
-            "ListEntries", request, creds, audit_pb2.ListAuditEntriesResponse, stub=_stub(client)
+            "ListEntries",
+            request,
+            creds,
+            audit_pb2.ListAuditEntriesResponse,
+            stub=audit_grpc.AuditLogStub,
         )
         assert page is not None
         out.extend(e for e in page.entries if below is None or e.index < below)
@@ -54,7 +54,7 @@ async def tree_head(client: CapsuleManagerClient, creds: Credentials) -> TreeHea
     """The CM's signed head of its whole log (not verified here)."""
     request = audit_pb2.GetTreeHeadRequest(owner_party_id=creds.party_id)
     head = await client.request(
-        "GetTreeHead", request, creds, audit_pb2.TreeHead, stub=_stub(client)
+        "GetTreeHead", request, creds, audit_pb2.TreeHead, stub=audit_grpc.AuditLogStub
     )
     assert head is not None
     return TreeHead(
@@ -78,7 +78,11 @@ async def inclusion_proofs(
             tree_size=tree_size,
         )
         proofs = await client.request(
-            "GetInclusionProofs", request, creds, audit_pb2.InclusionProofs, stub=_stub(client)
+            "GetInclusionProofs",
+            request,
+            creds,
+            audit_pb2.InclusionProofs,
+            stub=audit_grpc.AuditLogStub,
         )
         assert proofs is not None
         out.update((p.index, list(p.hashes_hex)) for p in proofs.proofs)
@@ -92,7 +96,7 @@ async def consistency_proof(
         owner_party_id=creds.party_id, first_size=first, second_size=second
     )
     proof = await client.request(
-        "GetConsistencyProof", request, creds, audit_pb2.Proof, stub=_stub(client)
+        "GetConsistencyProof", request, creds, audit_pb2.Proof, stub=audit_grpc.AuditLogStub
     )
     assert proof is not None
     return list(proof.hashes_hex)

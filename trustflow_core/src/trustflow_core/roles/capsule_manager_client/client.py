@@ -9,8 +9,13 @@ per client; unless ``tee_plat`` names a simulated verifier (the upstream ``sim``
 is checked) its report is verified against ``tee_constraints`` and bound to the certificate and a
 fresh nonce.
 
+Several CM replicas (docs/failover.md): ``target`` may list several endpoints (a list, or
+``"h1:p1,h2:p2"``) or name a host that resolves to several addresses; a call that finds its
+replica down (gRPC ``UNAVAILABLE``) or silent (``DEADLINE_EXCEEDED``) is re-sent, as the
+identical request message, to the next one (:mod:`.failover`).
+
 Refusals raise :class:`CapsuleManagerError` (``code``, ``message``, ``kind``); an unreachable
-CM raises :class:`~trustflow_core.errors.BackendUnavailable`.
+CM raises :class:`~trustflow_core.errors.BackendUnavailable` (naming every replica tried).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -53,6 +58,7 @@ from ..capsule_manager_protocol.errors import Kind, kind_of_message
 from ..capsule_manager_protocol.freshness import new_claims
 from ..capsule_manager_protocol.messages import jwe_message
 from ..capsule_manager_protocol.reports import report_from_pb
+from .failover import Failover, parse_endpoints
 
 if TYPE_CHECKING:
     import pluggy
@@ -126,6 +132,10 @@ def constraints_policy(verifier: type[Verifier], constraints: Mapping[str, str |
 class CapsuleManagerClient:
     """An async client. Use ``async with CapsuleManagerClient(...) as cm``.
 
+    ``target``: the CM's ``host:port``, or several replicas' (a list, or comma-separated),
+    tried in order with failover (:mod:`.failover`, docs/failover.md); ``timeout`` bounds each
+    attempt. ``failover_rounds`` / ``failover_backoff`` tune the retry rounds over several
+    addresses.
     ``tee_plat`` names the verifier backend of the CM's platform (``tdx``, ``csv``, ...; the
     upstream CLI's ``tee_plat`` values); None: the development default verifier. A simulated
     one follows the upstream ``sim`` convention: the CM's report is not checked, unless
@@ -140,7 +150,7 @@ class CapsuleManagerClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         tee_plat: str | None = None,
         tee_constraints: Mapping[str, str | None] | None = None,
@@ -150,8 +160,11 @@ class CapsuleManagerClient:
         pm: pluggy.PluginManager | None = None,
         verify_sim: bool = False,
         envelope_channel: str = "jwe",
+        failover_rounds: int | None = None,
+        failover_backoff: float | None = None,
     ) -> None:
-        self.target = target
+        self.endpoints = parse_endpoints(target)
+        self.target = ",".join(self.endpoints)
         self.tee_plat = tee_plat
         self.tee_constraints = dict(tee_constraints or {})
         self.timeout = timeout
@@ -160,8 +173,13 @@ class CapsuleManagerClient:
         self.envelope_channel = envelope_channel
         self._channel_credentials = channel_credentials
         self._channel_options = list(channel_options)
-        self._grpc: grpc.aio.Channel | None = None  # made on first use, inside the event loop
-        self._stub: cm_grpc.CapsuleManagerStub | None = None
+        tuning: dict[str, Any] = {}
+        if failover_rounds is not None:
+            tuning["rounds"] = failover_rounds
+        if failover_backoff is not None:
+            tuning["backoff"] = failover_backoff
+        self._failover_tuning = tuning
+        self._failover: Failover | None = None  # made on first use, inside the event loop
         self._jwe: EnvelopeChannel | None = None
         self._cm_cert_pem: str | None = None
 
@@ -172,9 +190,9 @@ class CapsuleManagerClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._grpc is not None:
-            await self._grpc.close()
-            self._grpc = self._stub = None
+        if self._failover is not None:
+            await self._failover.close()
+            self._failover = None
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -195,39 +213,75 @@ class CapsuleManagerClient:
             self._jwe = cls.from_role({"profile": "upstream"}, pm=self.pm)
         return self._jwe
 
-    def grpc_channel(self) -> grpc.aio.Channel:
-        """The gRPC channel to the CM (made on first use, inside the event loop); services of
-        our own next to upstream's (the audit log) use it too."""
-        if self._grpc is None:
-            creds = self._channel_credentials
-            self._grpc = (
-                grpc.aio.secure_channel(self.target, creds, self._channel_options)
-                if creds is not None
-                else grpc.aio.insecure_channel(self.target, self._channel_options)
+    @property
+    def failover(self) -> Failover:
+        """The replicas' channels and the failover loop (made on first use, inside the event
+        loop)."""
+        if self._failover is None:
+            self._failover = Failover(
+                self.endpoints,
+                credentials=self._channel_credentials,
+                options=self._channel_options,
+                **self._failover_tuning,
             )
-        return self._grpc
+        return self._failover
 
-    async def _call(self, method: str, request: Message, stub: Any = None) -> Any:
-        """Call ``method`` of upstream's service (or of ``stub``, a stub of another service on
-        this client's channel)."""
-        if stub is None:
-            if self._stub is None:
-                self._stub = cm_grpc.CapsuleManagerStub(self.grpc_channel())
-            stub = self._stub
+    def grpc_channel(self) -> grpc.aio.Channel:
+        """The gRPC channel to the replica that answered last (the first endpoint before any
+        call). Calls through :meth:`request` / :meth:`_call` fail over; a stub made on this
+        channel does not."""
+        return self.failover.current_channel()
+
+    async def _call(
+        self,
+        method: str,
+        request: Message,
+        stub: Callable[[grpc.aio.Channel], Any] | None = None,
+    ) -> Any:
+        """Call ``method`` of upstream's service (or of the service whose stub class, or any
+        ``channel -> stub`` factory, is ``stub``), failing over to another replica with the
+        identical ``request`` (:mod:`.failover`). Each attempt is counted in
+        ``trustflow_cm_client_requests_total`` by its outcome."""
+        response, _ = await self._send(method, request, stub)
+        return response
+
+    async def _send(
+        self,
+        method: str,
+        request: Message,
+        stub: Callable[[grpc.aio.Channel], Any] | None = None,
+    ) -> tuple[Any, int]:
+        """:meth:`_call`, and how many attempts it took (more than 1: the request was re-sent
+        to another replica)."""
+        factory = cm_grpc.CapsuleManagerStub if stub is None else stub
         rid = current_request_id()
         metadata = ((REQUEST_ID_HEADER, rid),) if rid else None
+        attempts = 0
+
+        async def attempt(channel: grpc.aio.Channel) -> Any:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return await getattr(factory(channel), method)(
+                    request, timeout=self.timeout, metadata=metadata
+                )
+            except grpc.aio.AioRpcError as exc:
+                _metrics.CM_CLIENT_REQUESTS.labels(method, exc.code().name).inc()
+                raise
+
         started = time.perf_counter()
         try:
-            response = await getattr(stub, method)(request, timeout=self.timeout, metadata=metadata)
+            response = await self.failover.call(
+                method, attempt, _metrics.CM_CLIENT_FAILOVERS.labels(method).inc
+            )
         except grpc.aio.AioRpcError as exc:
-            _metrics.CM_CLIENT_REQUESTS.labels(method, exc.code().name).inc()
             raise BackendUnavailable(
                 grpc_failure(self.target, method, exc.code().name, exc.details())
             ) from None
         finally:
             _metrics.CM_CLIENT_SECONDS.labels(method).observe(time.perf_counter() - started)
         _metrics.CM_CLIENT_REQUESTS.labels(method, str(response.status.code)).inc()
-        return response
+        return response, attempts
 
     async def get_ra_cert(self, nonce: str | None = None) -> tuple[str, Report | None]:
         """``(cm_cert_pem, report)``, the report verified unless ``tee_plat`` is simulated."""
@@ -312,13 +366,22 @@ class CapsuleManagerClient:
         creds: Credentials,
         response_cls: type[M] | None = None,
         *,
-        stub: Any = None,
+        stub: Callable[[grpc.aio.Channel], Any] | None = None,
     ) -> M | None:
-        """Send one enveloped request (to upstream's service, or to ``stub``'s); return the
-        opened inner response (or None)."""
-        response = await self._call(method, await self.envelope(inner, creds), stub)
+        """Send one enveloped request (to upstream's service, or to the service of ``stub``, a
+        stub class); return the opened inner response (or None). The envelope is made once:
+        a failover re-sends the identical bytes (same ``iat``/``jti``), which the CM answers
+        as the first time without a second effect (docs/failover.md)."""
+        response, attempts = await self._send(method, await self.envelope(inner, creds), stub)
         if response.status.code != 0:
-            raise CapsuleManagerError(response.status.code, response.status.message)
+            error = CapsuleManagerError(response.status.code, response.status.message)
+            if method == "RegisterCert" and attempts > 1 and error.kind is Kind.ALREADY_EXISTS:
+                # Re-sent after a replica went away: the CM answers a second registration of
+                # a party "already existed" (upstream's wire behaviour). The party id is
+                # derived from the registered key, so the stored key is this one: the
+                # outcome of the first attempt.
+                return None
+            raise error
         return None if response_cls is None else self._open(response, creds, response_cls)
 
     # ---- owner API -------------------------------------------------------------------------
