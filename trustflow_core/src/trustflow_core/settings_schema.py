@@ -364,6 +364,28 @@ class Node:
             raise self.expected("'host:port'")
         return host, Node(port, self.source, self.key).port()
 
+    def endpoints(self, default: D = REQUIRED, *, check: bool = True) -> tuple[str, ...] | D:
+        """One or more endpoints, in order and without repeats: ``"h1:p1,h2:p2"`` or a list
+        of such strings (docs/failover.md). With ``check`` each must be ``host:port``."""
+        if not self.present:
+            return self._missing(default, "host:port[,host:port...]")
+        if isinstance(self.value, str):
+            items = [(self, part) for part in self.value.split(",")]
+        elif isinstance(self.value, list) and self.value:
+            items = [(e, part) for e in self.elements() for part in e.string().split(",")]
+        else:
+            raise self.expected("'host:port', 'host:port,host:port,...' or a list of them")
+        out: list[str] = []
+        for node, part in items:
+            part = part.strip()
+            if not part:
+                raise node.expected("'host:port[,host:port...]' without empty entries")
+            if check:
+                part = "{}:{}".format(*Node(part, node.source, node.key).host_port())
+            if part not in out:
+                out.append(part)
+        return tuple(out)
+
 
 def _int_words(minimum: int | None, maximum: int | None) -> str:
     if minimum is not None and maximum is not None:

@@ -12,7 +12,9 @@ otherwise; ``--json`` on the group or on any command for machines), a one-line
 :mod:`trustflow_core.settings_schema` like every role's config (a bad value is one
 ``config error: FILE: KEY.PATH: problem`` line, keys outside the schema are refused, the three
 TLS files are all given or none); the CM certificate is
-fetched once per command; missing credentials are an error (upstream silently uses a throw-away
+fetched once per command; ``host`` (``--host``) may list several replicas of one CM
+(``h1:p1,h2:p2`` or a YAML list), tried in order with failover (docs/failover.md); missing
+credentials are an error (upstream silently uses a throw-away
 key the CM then refuses); ``common.party_id``, when set, must be the party id of
 ``common.cert_pems_file``; ``get-public-key`` prints the PEM, not a Python bytes repr.
 """
@@ -207,7 +209,11 @@ class Context:
         from .client import CapsuleManagerClient
 
         cfg = self.config
-        host = self.value(None, "host", self.overrides.get("host"), "--host")
+        host: str | tuple[str, ...]
+        if self.overrides.get("host") or not cfg.get("host").value:
+            host = self.value(None, "host", self.overrides.get("host"), "--host")
+        else:
+            host = cfg.get("host").endpoints(check=False)
         tee_plat = self.overrides.get("tee_plat") or cfg.get("tee_plat").text(None)
         files = [cfg.get(k).path(None) for k in TLS_FILES]
         creds = None
@@ -338,7 +344,12 @@ def _rule_from_options(
     help=f"The owner's YAML (upstream cms schema; 'trustflow cms init' writes one). Also "
     f"${CONFIG_ENV}. Optional when options give every value a command needs.",
 )
-@click.option("--host", default=None, help="Capsule Manager HOST:PORT (overrides 'host').")
+@click.option(
+    "--host",
+    default=None,
+    help="Capsule Manager HOST:PORT, or several replicas HOST:PORT,HOST:PORT,... tried in "
+    "order with failover (overrides 'host').",
+)
 @click.option("--tee-plat", default=None, help="The CM's TEE platform (overrides 'tee_plat').")
 @click.option(
     "--key-file",
@@ -390,6 +401,8 @@ TEMPLATE = """\
 # The Capsule Manager: HOST:PORT and the TEE platform it runs on: the name of the verifier
 # backend for its report (tdx, csv, sim, or a plugin's; null: the development default, the
 # simulated one). Its attestation report is verified unless that verifier is simulated.
+# Several replicas of one CM: "h1:p1,h2:p2" or a YAML list; a request goes to the next one
+# when a replica is down (docs/failover.md).
 host: "{host}"
 tee_plat: {tee_plat}
 # Measurements the CM's report must carry (null: not checked).

@@ -7,7 +7,9 @@
 
 Settings:
 
-* ``endpoint`` (required) -- ``host:port`` of the CM;
+* ``endpoint`` (required) -- ``host:port`` of the CM, or of several replicas of it
+  (``"h1:p1,h2:p2"`` or a list; a host name may resolve to several addresses): requests
+  fail over between them (docs/failover.md);
 * ``attester`` -- attester backend name (``sim``, ``tdx``, ...); absent or ``none``: no report
   (only accepted by a CM started with ``--allow-upstream-sim``);
 * ``attester_settings`` -- mapping passed to the attester;
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import base64
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -105,7 +107,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         *,
         attester: Attester | None = None,
         credentials: Credentials | None = None,
@@ -116,7 +118,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
         pm: pluggy.PluginManager | None = None,
         envelope_channel: str = "jwe",
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = endpoint if isinstance(endpoint, str) else ",".join(endpoint)
         self.attester = attester
         from .client import CapsuleManagerClient
 
@@ -168,7 +170,7 @@ class CapsuleManagerKeyExchange(KeyExchange):
             creds = Credentials.from_files(key_file, [cert_file])
         constraints = root.get("tee_constraints")
         return cls(
-            root.get("endpoint").string(),
+            root.get("endpoint").endpoints(check=False),
             attester=attester,
             credentials=creds,
             tee_plat=root.get("tee_plat").string(None),

@@ -65,7 +65,8 @@ from .._options import (
     "cm_endpoint",
     default="127.0.0.1:8888",
     show_default=True,
-    help="Default Capsule Manager endpoint (host:port).",
+    help="Default Capsule Manager endpoint (host:port), or several replicas of it "
+    "(host:port,host:port,...): key requests fail over between them.",
 )
 @click.option(
     "--allowed-cm-endpoint",

@@ -6,6 +6,8 @@ request's ``cm_resource_config.endpoint`` / ``cm_result_config.endpoint`` is hon
 a backend that takes an ``endpoint`` setting (the ``capsule_manager`` backend), and only if it
 is the configured ``--cm-endpoint`` or listed with ``--allowed-cm-endpoint``: otherwise an app
 could make the proxy send attested requests anywhere. Other backends (``static``) ignore it.
+A ``--cm-endpoint`` listing several replicas (``h1:p1,h2:p2``) is one instance that fails over
+between them (docs/failover.md); a request naming one of those replicas is served by it.
 Every call has a deadline; a timeout becomes BackendUnavailable.
 """
 
@@ -59,6 +61,7 @@ class KeySource:
         self.settings = dict(settings)
         self.cm_endpoint = cm_endpoint
         self.allowed = {cm_endpoint, *allowed_endpoints}
+        self._replicas = frozenset(e.strip() for e in cm_endpoint.split(","))
         self.party_id = party_id
         self.timeout = timeout
         self._instances: dict[str, KeyExchange] = {}
@@ -69,6 +72,8 @@ class KeySource:
         return self.cls.name in ENDPOINT_BACKENDS
 
     async def _instance(self, endpoint: str) -> KeyExchange:
+        if endpoint.strip() in self._replicas:
+            endpoint = ""  # one of the default replicas: the instance that fails over
         key = (endpoint or self.cm_endpoint) if self.uses_endpoint else ""
         if self.uses_endpoint and key not in self.allowed:
             raise AccessDenied(

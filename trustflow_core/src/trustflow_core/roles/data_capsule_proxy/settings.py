@@ -41,7 +41,7 @@ CONFIG_KEYS: Mapping[str, Callable[[Node], Any]] = {
     "plat": Node.name,
     "host": Node.string,
     "port": Node.port,
-    "cm_endpoint": lambda node: "{}:{}".format(*node.host_port()),
+    "cm_endpoint": lambda node: ",".join(node.endpoints()),
     "allowed_cm_endpoints": lambda node: tuple(node.strings()),
     "key_exchange": Node.name,
     "key_exchange_settings": Node.mapping,
@@ -76,7 +76,9 @@ class DataCapsuleProxySettings:
       ``cert_file``/``private_key_file`` (the app identity above, an RSA key), ``attester``
       (``plat``) and ``timeout`` (``key_timeout``).
     * ``cm_endpoint`` / ``allowed_cm_endpoints`` -- default CM endpoint and the others a
-      request may name.
+      request may name. ``cm_endpoint`` may list several replicas of one CM
+      (``"h1:p1,h2:p2"``, or a YAML list in the file): the key exchange fails over between
+      them (docs/failover.md), and a request naming one of them is served by that list.
     * ``allowed_object_store_endpoints`` -- the only object-store endpoints (``host[:port]``,
       a scheme is ignored) a request's ``s3_config`` may name; empty (the default) = object
       storage is refused. Deny by default: otherwise a request could make the proxy connect
@@ -193,7 +195,7 @@ def settings_from(values: Mapping[str, Any]) -> DataCapsuleProxySettings:
         plat=values["plat"],
         key_exchange=values["key_exchange"],
         key_exchange_settings=exchange.value if isinstance(exchange, Node) else exchange or {},
-        cm_endpoint=values["cm_endpoint"],
+        cm_endpoint=",".join(Node(values["cm_endpoint"], "--cm-endpoint").endpoints()),
         allowed_cm_endpoints=tuple(values["allowed_cm_endpoints"]),
         allowed_object_store_endpoints=tuple(values["allowed_object_store_endpoints"]),
         local_storage=values["local_storage"],
