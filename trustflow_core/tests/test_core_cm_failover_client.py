@@ -86,7 +86,10 @@ def test_settings_take_a_list_or_a_comma_separated_string() -> None:
 
 def test_data_capsule_proxy_cm_endpoint_list(tmp_path: Path) -> None:
     from trustflow_core.roles.data_capsule_proxy.keysource import KeySource
-    from trustflow_core.roles.data_capsule_proxy.settings import CONFIG_KEYS
+    from trustflow_core.roles.data_capsule_proxy.settings import (
+        CONFIG_KEYS,
+        DataCapsuleProxySettings,
+    )
 
     read = CONFIG_KEYS["cm_endpoint"]
     assert read(Node(["10.0.0.1:8888", "10.0.0.2:8888"], "dcp.yaml")) == (
@@ -101,6 +104,16 @@ def test_data_capsule_proxy_cm_endpoint_list(tmp_path: Path) -> None:
     )
     # a request naming one of the replicas is served by the failover instance of the list
     assert source._replicas == {"10.0.0.1:8888", "10.0.0.2:8888"}
+    # key_timeout bounds a call: each replica's attempt gets its share
+    settings = DataCapsuleProxySettings(
+        tmp_path / "c",
+        tmp_path / "k",
+        (str(tmp_path),),
+        cm_endpoint=source.cm_endpoint,
+        key_timeout=30,
+    )
+    exchange = settings.exchange_settings("sim")
+    assert exchange["endpoint"] == source.cm_endpoint and exchange["timeout"] == 15
 
 
 # ---- one endpoint down, all down ----------------------------------------------------------

@@ -74,7 +74,8 @@ class DataCapsuleProxySettings:
     * ``key_exchange`` / ``key_exchange_settings`` -- backend name (registry) and its settings.
       For ``capsule_manager`` the settings default ``endpoint`` (``cm_endpoint``),
       ``cert_file``/``private_key_file`` (the app identity above, an RSA key), ``attester``
-      (``plat``) and ``timeout`` (``key_timeout``).
+      (``plat``) and ``timeout`` (``key_timeout``, divided by the number of replicas
+      ``cm_endpoint`` lists: the per-attempt timeout of the failover).
     * ``cm_endpoint`` / ``allowed_cm_endpoints`` -- default CM endpoint and the others a
       request may name. ``cm_endpoint`` may list several replicas of one CM
       (``"h1:p1,h2:p2"``, or a YAML list in the file): the key exchange fails over between
@@ -170,7 +171,10 @@ class DataCapsuleProxySettings:
             settings.setdefault("cert_file", str(self.cert_path))
             settings.setdefault("private_key_file", str(self.private_key_path))
             settings.setdefault("attester", self.plat or default_attester)
-            settings.setdefault("timeout", self.key_timeout)
+            # key_timeout bounds a whole call (KeySource); each of n replicas gets its share,
+            # so that one hung replica leaves time for the next (docs/failover.md)
+            replicas = len(self.cm_endpoint.split(","))
+            settings.setdefault("timeout", self.key_timeout / replicas)
         return settings
 
 
