@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from click.testing import CliRunner
+from prometheus_client import REGISTRY
 
 from trustflow_core.cli import build_cli
 from trustflow_core.errors import BackendUnavailable, InvalidInput
@@ -29,7 +30,6 @@ from trustflow_core.harness.cm_world import (
 )
 from trustflow_core.keyexchange import Resource, ResourceRequest
 from trustflow_core.registry import ATTESTER, backend_class
-from trustflow_core.roles import _metrics
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
 from trustflow_core.roles.capsule_manager_client.failover import (
@@ -59,7 +59,9 @@ def dead() -> str:
 
 
 def failovers(method: str) -> float:
-    return _metrics.CM_CLIENT_FAILOVERS.labels(method)._value.get()  # type: ignore[no-any-return]
+    """How many calls of ``method`` moved to another replica (this process)."""
+    value = REGISTRY.get_sample_value("trustflow_cm_client_failovers_total", {"rpc": method})
+    return value or 0.0
 
 
 # ---- parsing -------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
@@ -42,7 +43,6 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.registry import ATTESTER, backend_class
-from trustflow_core.roles import _metrics
 from trustflow_core.roles.capsule_manager.database import KEYS_TABLE
 from trustflow_core.roles.capsule_manager.sealing import Sealer, load_or_create_key
 from trustflow_core.roles.capsule_manager_client.client import (
@@ -457,7 +457,9 @@ async def test_clients_fail_over_when_a_replica_is_killed(
 
 
 def failovers(method: str) -> float:
-    return _metrics.CM_CLIENT_FAILOVERS.labels(method)._value.get()  # type: ignore[no-any-return]
+    """How many calls of ``method`` moved to another replica (this process)."""
+    value = REGISTRY.get_sample_value("trustflow_cm_client_failovers_total", {"rpc": method})
+    return value or 0.0
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
