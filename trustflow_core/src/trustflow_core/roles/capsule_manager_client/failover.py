@@ -15,8 +15,9 @@ Re-sending is safe for every RPC of the CM because the request bytes are identic
 same JWS, same ``iat``/``jti``): reads and key releases change nothing, owner mutations are
 recorded by their envelope digest in the transaction of their effect (an identical re-send
 is answered as the first time without a second effect), result registrations compare the
-stored registration, and a certificate registration compares the stored key. A single
-address is tried once, exactly as a client of one CM always was.
+stored registration, and a re-sent certificate registration answered "already existed" is the
+first attempt's success (the client decides that: the party id is derived from the key). A
+single address is tried once, exactly as a client of one CM always was.
 """
 
 from __future__ import annotations
