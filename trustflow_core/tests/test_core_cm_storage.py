@@ -262,6 +262,8 @@ def test_result_key_lineage_atomic(store: Database) -> None:
         lambda: store.create_result_key(
             "", nk(f"{res}/part2"), "s", [a, b], derive_result_policy, anyone
         ),
+        # the same registration in another scope (its policy would be missing there)
+        lambda: store.create_result_key("", nk(res), "t", [a, b], derive_result_policy, anyone),
     ):
         with pytest.raises(CMError) as err:
             other()
