@@ -69,7 +69,8 @@ def postgres_database() -> Iterator[str]:
     try:
         url = database.__enter__()
     except OperationalError as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc.orig}")
+        reason = str(exc.orig).strip().splitlines()[0]
+        pytest.skip(f"PostgreSQL (TRUSTFLOW_CM_POSTGRES_ADMIN_URL) is not reachable: {reason}")
     try:
         yield url
     finally:
