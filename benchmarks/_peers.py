@@ -383,7 +383,9 @@ def print_peer_table(results: dict[str, dict[str, dict[str, float]]]) -> None:
 # --- the gateway's upstream client against aiohttp's ------------------------------------------
 
 
-async def _client_slice(kind: str, app_port: int, work: Workload, seconds: float, conc: int):
+async def _client_slice(
+    kind: str, app_port: int, work: Workload, seconds: float, conc: int
+) -> tuple[int, float, int]:
     """``conc`` tasks send ``work`` to the app for ``seconds`` with one client; return
     (requests, this process's CPU seconds meanwhile, errors). The load generator *is* the
     client here, so this process's CPU per request is the client's cost."""

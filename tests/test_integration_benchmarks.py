@@ -38,3 +38,37 @@ def test_capsule_manager_skips_a_backend_without_its_driver() -> None:
     assert lines[0].endswith("pip install 'trustflow-core[postgresql]'")
     assert any(line.startswith("sqlite x1      GetDataKeys") for line in lines)
     assert not any(line.startswith("postgresql") for line in lines)
+
+
+def test_gateway_growth_runs_and_exits_1_on_a_missed_target() -> None:
+    """A tiny run (40 connections, nginx as the reference when installed) with a target no
+    run can meet: the table is printed and the exit status says the target was missed."""
+    done = run_without(
+        NO_PYTEST,
+        BENCHMARKS / "gateway_growth.py",
+        *("--connections", "40", "--base", "4", "--seconds", "0.3", "--rounds", "1"),
+        *("--target", "0.001"),
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("gateway / 40 conns, 40 in flight") for line in lines)
+    assert lines[-1].startswith("growth targets missed: gateway idle-many p50")
+
+
+def test_cm_growth_seeds_measures_and_exits_1_on_a_missed_target() -> None:
+    """Two tiny SQLite sizes: the seeded items read back through the CM's Database (else the
+    script exits with the reason), GetDataKeys is measured on each, and a target no run can
+    meet gives exit status 1 with the misses named."""
+    done = run_without(
+        NO_PYTEST,
+        BENCHMARKS / "cm_growth.py",
+        *("--sizes", "2,30", "--backends", "sqlite", "--seconds", "0.3", "--rounds", "1"),
+        *("--clients", "2", "--target", "0.001"),
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "sqlite: seeded 29 items" in done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.split()[:2] == ["sqlite", "30"] for line in lines)
+    assert lines[-1].startswith("growth targets missed: sqlite 2 items p50")
