@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import shutil
 import statistics
 import subprocess
@@ -251,11 +252,12 @@ class Peers:
     _procs: list[subprocess.Popen] = field(default_factory=list)
 
     def start(self) -> None:
-        nginx, haproxy = shutil.which("nginx"), shutil.which("haproxy")
-        if nginx is None:
-            nginx = next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
-        if haproxy is None:
-            haproxy = next((p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
+        """Start each peer whose binary is on ``$PATH`` or in /usr/sbin (Debian's place, not
+        on a user's PATH); ``TRUSTFLOW_BENCH_PEERS_PATH`` replaces that search path."""
+        search = os.environ.get("TRUSTFLOW_BENCH_PEERS_PATH")
+        if search is None:
+            search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+        nginx, haproxy = shutil.which("nginx", path=search), shutil.which("haproxy", path=search)
         if nginx is None:
             self.skipped["nginx"] = "no nginx binary (Debian: apt-get install nginx-light)"
         else:
