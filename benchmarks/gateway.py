@@ -10,14 +10,20 @@ during the run does not favour one scenario:
   (c) client -> gateway (JWE filter, upstream dialect: RSA-OAEP-256 + A128GCM) -> app,
       every reply opened and checked by the client
 
-plus the RSA-OAEP-SHA256 private-key decryption ceiling of one core with the same key.
+plus the RSA-OAEP-SHA256 private-key decryption ceiling of one core with the same key, and
+(``--peers``, the default; see ``_peers.py``) in the same rounds: the gateway's plain
+pass-through, nginx and haproxy in front of the same app with small bodies, 64 KiB replies and
+1 MiB uploads (req/s, p50/p99, proxy CPU per request; exit 1 when the gateway's CPU per request
+is above the issue 18 targets: 2x nginx's for small requests, 1.5x at 64 KiB and 1 MiB, unless
+``--peer-targets-informational``), and the gateway's upstream client against aiohttp's.
 The app and the gateway run as separate processes (``trustflow gateway``); the load generator
 is this process. Envelopes for (c) are sealed before the run (a pool of fresh CEKs), so the
 client's cost is the same small HTTP work as in (a) and (b).
 
     .venv/bin/python benchmarks/gateway.py [--duration 6] [--rounds 3] [--concurrency 16]
         [--key-bits 3072]
-        [--workers N]   # gateway processes; default one per CPU
+        [--workers N]   # gateway processes (and nginx workers, haproxy threads)
+        [--no-peers] [--peer-duration 3] [--peer-targets-informational]
 """
 
 from __future__ import annotations
@@ -38,15 +44,17 @@ from pathlib import Path
 
 import aiohttp
 from _loopback import cpu_seconds, free_port, wait_port
+from _peers import (
+    APP_CODE,
+    ClientBench,
+    PeerBench,
+    Peers,
+    Proxy,
+    peer_verdicts,
+    print_peer_table,
+)
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
-
-APP_CODE = """
-import sys
-from aiohttp import web
-from trustflow_core.demo.teeapp import create_app
-web.run_app(create_app(), host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
-"""
 
 
 def rsa_ceiling(key, seconds: float) -> float:
@@ -133,9 +141,25 @@ def main() -> None:
         help="gateway worker processes (default: one per CPU, as Envoy's --concurrency)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run nginx/haproxy and the upstream client comparison (default: on)",
+    )
+    parser.add_argument(
+        "--peer-duration", type=float, default=3.0, help="seconds per peer workload and proxy"
+    )
+    parser.add_argument(
+        "--peer-targets-informational",
+        action="store_true",
+        help="print the CPU-per-request ratios to nginx without failing when a target is missed",
+    )
     args = parser.parse_args()
     if args.duration * 3 + args.rounds * 3 * 0.5 + 3 > 50:
         parser.error("--duration and --rounds must keep the whole run under a minute")
+    if args.peers and args.peer_duration * 13 + args.rounds * 13 * 0.3 > 70:
+        parser.error("--peer-duration and --rounds must keep the peers under 70 s")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
@@ -195,6 +219,20 @@ def main() -> None:
                 )
             )
             wait_port(jwe_port, procs[-1])
+            peers = Peers(work, app_port, args.workers)
+            peer_bench = client_bench = None
+            if args.peers:
+                peers.start()
+                gateway = Proxy("gateway", plain_port, procs[1].pid)
+                peer_bench = PeerBench(
+                    [gateway, *peers.proxies],
+                    procs[0].pid,
+                    args.concurrency,
+                    args.peer_duration / args.rounds,
+                )
+                client_bench = ClientBench(
+                    app_port, args.concurrency, args.peer_duration / args.rounds / 2
+                )
 
             channel = backend_class(get_plugin_manager(), ENVELOPE_CHANNEL, "jwe").from_settings(
                 {"profile": "upstream", "alg": "RSA-OAEP-256"}
@@ -240,6 +278,9 @@ def main() -> None:
                     )
                     for i, (p, b) in enumerate(zip(procs, before, strict=True)):
                         cpu[name][i] += cpu_seconds(p.pid) - b
+                if peer_bench and client_bench:
+                    peer_bench.run_round()
+                    client_bench.run_round()
             results = {}
             for name in scenarios:
                 result = summarize(slices[name])
@@ -249,6 +290,8 @@ def main() -> None:
                 results[name] = result
             ceiling = max(ceiling, rsa_ceiling(key, 1.5))
         finally:
+            if "peers" in locals():
+                peers.stop()
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
             for proc in procs:
@@ -267,9 +310,19 @@ def main() -> None:
         "b_over_a": ratio_b,
         "c_over_rsa_ceiling": ratio_c,
     }
+    peer_lines: list[str] = []
+    missed: list[str] = []
+    if peer_bench and client_bench:
+        peer_results = peer_bench.results()
+        peer_lines, missed = peer_verdicts(peer_results)
+        summary["peers"] = peer_results
+        summary["peers_skipped"] = peers.skipped
+        summary["upstream_clients"] = client_bench.results()
+        summary["peer_targets_missed"] = missed
+    fail = bool(missed) and not args.peer_targets_informational
     if args.json:
         print(json.dumps(summary, indent=2))
-        return
+        sys.exit(1 if fail else 0)
     print(
         f"loopback, {args.concurrency} keep-alive clients, {args.duration:g} s per scenario "
         f"in {args.rounds} interleaved rounds, "
@@ -299,6 +352,23 @@ def main() -> None:
         f"{1e6 / ceiling:.0f} us: CPU-bound JWE ceiling of one gateway core "
         f"= {1e6 / cost / ceiling:.0%} of the RSA ceiling"
     )
+    if peer_bench and client_bench:
+        print()
+        for name, reason in peers.skipped.items():
+            print(f"skipping {name}: {reason}")
+        print(
+            f"peers: {args.peer_duration:g} s per workload and proxy in the same {args.rounds} "
+            f"rounds, {args.concurrency} keep-alive connections, raw HTTP/1.1 load generator"
+        )
+        print_peer_table(summary["peers"])
+        for line in peer_lines:
+            print(line)
+        client_bench.print_report()
+        if missed:
+            note = " (informational: --peer-targets-informational)" * (not fail)
+            print(f"peer targets missed: {'; '.join(missed)}{note}")
+    if fail:
+        sys.exit(1)
 
 
 def _jwe(members: dict):

@@ -5,6 +5,7 @@ whose driver is missing with one line naming the extra, instead of crashing. Eac
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from trustflow_core.testing.support import run_without
@@ -38,3 +39,41 @@ def test_capsule_manager_skips_a_backend_without_its_driver() -> None:
     assert lines[0].endswith("pip install 'trustflow-core[postgresql]'")
     assert any(line.startswith("sqlite x1      GetDataKeys") for line in lines)
     assert not any(line.startswith("postgresql") for line in lines)
+
+
+def test_gateway_growth_runs_and_exits_1_on_a_missed_target(tmp_path: Path) -> None:
+    """A tiny run (40 connections) with a target no run can meet, where no nginx can be
+    found: nginx is skipped with the reason, the gateway's table is printed and the exit
+    status says the target was missed."""
+    done = run_without(
+        NO_PYTEST,
+        BENCHMARKS / "gateway_growth.py",
+        *("--connections", "40", "--base", "4", "--seconds", "0.3", "--rounds", "1"),
+        *("--target", "0.001"),
+        env={**os.environ, "TRUSTFLOW_BENCH_PEERS_PATH": str(tmp_path)},
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    assert "skipping nginx: no nginx binary (Debian: apt-get install nginx-light)" in lines
+    assert not any(line.startswith("nginx /") for line in lines)
+    assert any(line.startswith("gateway / 40 conns, 40 in flight") for line in lines)
+    assert lines[-1].startswith("growth targets missed: gateway idle-many p50")
+
+
+def test_cm_growth_seeds_measures_and_exits_1_on_a_missed_target() -> None:
+    """Two tiny SQLite sizes: the seeded items read back through the CM's Database (else the
+    script exits with the reason), GetDataKeys is measured on each, and a target no run can
+    meet gives exit status 1 with the misses named."""
+    done = run_without(
+        NO_PYTEST,
+        BENCHMARKS / "cm_growth.py",
+        *("--sizes", "2,30", "--backends", "sqlite", "--seconds", "0.3", "--rounds", "1"),
+        *("--clients", "2", "--target", "0.001"),
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "sqlite: seeded 29 items" in done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.split()[:2] == ["sqlite", "30"] for line in lines)
+    assert lines[-1].startswith("growth targets missed: sqlite 2 items p50")
