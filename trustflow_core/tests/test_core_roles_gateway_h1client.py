@@ -51,7 +51,7 @@ async def scripted(replies: list[bytes], *, close_after_each: bool = False):
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
     address = Address("127.0.0.1", server.sockets[0].getsockname()[1])
     try:
         yield address, requests, lambda: connections
@@ -141,6 +141,22 @@ async def test_a_stale_pooled_connection_is_retried_once():
         r.release()
         assert connections() == 2
     client.close()
+
+
+async def test_a_burst_of_200_reuses_every_connection_of_the_previous_burst():
+    """Keep-alive connections beyond the pool size are closed after their reply and opened again
+    by the next burst: the default pool keeps 200 busy connections (it used to keep 128)."""
+    burst = 200
+    replies = [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"] * (2 * burst)
+    client = H1Client()
+    async with scripted(replies) as (address, _, connections):
+        for _ in range(2):
+            responses = await asyncio.gather(*(call(client, address) for _ in range(burst)))
+            for r in responses:
+                assert await r.read(1) == b"a"
+                r.release()
+        assert connections() == burst
+        client.close()
 
 
 @pytest.mark.parametrize(

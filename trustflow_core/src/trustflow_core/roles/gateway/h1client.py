@@ -249,7 +249,7 @@ async def _read_head(conn: _Conn) -> tuple[int, str, CIMultiDict[str]]:
 class H1Client:
     """Keep-alive HTTP/1.1 requests to endpoints (one pool each)."""
 
-    def __init__(self, pool_size: int = 128) -> None:
+    def __init__(self, pool_size: int = 1024) -> None:
         self.pool_size = pool_size
         self._pools: dict[Address, Pool] = {}
 

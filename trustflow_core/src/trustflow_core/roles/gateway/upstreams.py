@@ -8,8 +8,11 @@ from collections.abc import Iterator, Mapping
 from .config import Address, Cluster
 from .h1client import H1Client
 
-#: Idle connections kept per upstream endpoint.
-DEFAULT_POOL_SIZE = 128
+#: Idle connections kept per upstream endpoint (and worker). As many as the requests that can be
+#: in flight at once: a smaller pool closes the connections beyond it after each reply and opens
+#: them again, doubling the app's CPU per request at 1,000 busy keep-alive clients
+#: (benchmarks/gateway_growth.py, docs/online.md).
+DEFAULT_POOL_SIZE = 1024
 
 
 class Upstreams:
