@@ -49,6 +49,15 @@ from .._options import (
     help="Accept app requests that carry NO attestation report (upstream sim clients).",
 )
 @click.option(
+    "--join",
+    "join",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Replica mode (docs/replicas.md): obtain the CM identity from this running replica "
+    "by attesting to it (repeatable: the first that answers). Needs a shared PostgreSQL or "
+    "MySQL --storage-url; a replica with its key files or without peers uses or founds its own.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 64),
     default=1,
@@ -70,6 +79,7 @@ def capsule_manager(
     cert_file: Path | None,
     storage_key_file: Path | None,
     allow_upstream_sim: bool | None,
+    join: tuple[str, ...],
     workers: int,
     check_config: bool,
     admin_host: str,
@@ -100,6 +110,7 @@ def capsule_manager(
         cert_file=cert_file,
         storage_key_file=storage_key_file,
         allow_upstream_sim=allow_upstream_sim,
+        join=join or None,
     )
     check_settings(settings, command_plugin_manager())
     if check_config:

@@ -1,0 +1,290 @@
+"""Capsule Manager replicas sharing one PostgreSQL database and one attested identity
+(docs/replicas.md), on 127.0.0.1: a founder and two replicas that join it serve the same CM
+certificate and each other's owner data; the responder refuses a joiner with another
+measurement and a report bound to another key (and logs why); SQLite is refused for replicas;
+readiness says "not joined" until the join succeeded; a database that records another identity
+refuses a second founder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy.exc import OperationalError
+
+from trustflow_core.attestation import ra_user_data
+from trustflow_core.errors import BackendUnavailable, InvalidInput
+from trustflow_core.harness.cm_world import data_key_b64, grant_rule, new_data_uuid, new_party
+from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+    capsule_manager_pb2 as cm_pb2,
+)
+from trustflow_core.proto.trustflowapis.replica.v1 import replica_pb2, replica_pb2_grpc
+from trustflow_core.registry import ATTESTER, backend_class
+from trustflow_core.roles.capsule_manager.replicas import (
+    NONCE_BYTES,
+    JoinFailed,
+    request_binding,
+)
+from trustflow_core.roles.capsule_manager.server import CapsuleManager, capsule_manager_service
+from trustflow_core.roles.capsule_manager.settings import CMSettings, ReplicaSettings
+from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerClient
+from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
+from trustflow_core.testing.databases import throwaway_database
+from trustflow_core.testing.fixtures import free_port
+from trustflow_core.wire import serialize_canonical
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.plugins("channel_jwe", "tee_sim")]
+TRUSTFLOW = str(Path(sys.executable).parent / "trustflow")
+OTHER_TA = "ab" * 32
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards; skip when the server is absent."""
+    try:
+        with throwaway_database("postgresql") as url:
+            yield url
+    except OperationalError as exc:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not available: {exc}".splitlines()[0])
+
+
+def replica(
+    tmp: Path,
+    name: str,
+    url: str,
+    *join: str,
+    attester: dict[str, Any] | None = None,
+    timeout: float = 5.0,
+    port: int = 0,
+) -> CMSettings:
+    return CMSettings(
+        port=port,
+        plat="sim",
+        data_dir=tmp / name,
+        storage_url=url,
+        attester=attester or {},
+        replicas=ReplicaSettings(join=join, join_timeout=timeout),
+    )
+
+
+@contextlib.asynccontextmanager
+async def started(settings: CMSettings, pm: Any) -> AsyncIterator[CapsuleManager]:
+    cm = CapsuleManager(settings, pm=pm)
+    await cm.start()
+    try:
+        yield cm
+    finally:
+        await cm.stop(grace=0)
+
+
+def target(cm: CapsuleManager) -> str:
+    return f"127.0.0.1:{cm.port}"
+
+
+async def test_three_replicas_share_one_identity_and_the_data(pm, tmp_path, pg_url, caplog):
+    caplog.set_level(logging.INFO, "trustflow_core.roles.capsule_manager.replicas")
+    async with contextlib.AsyncExitStack() as stack:
+        founder = await stack.enter_async_context(started(replica(tmp_path, "a", pg_url), pm))
+        second = await stack.enter_async_context(
+            started(replica(tmp_path, "b", pg_url, target(founder)), pm)
+        )
+        # the third joins through the second: any replica answers Join
+        third = await stack.enter_async_context(
+            started(replica(tmp_path, "c", pg_url, "127.0.0.1:1", target(second)), pm)
+        )
+        clients = [
+            await stack.enter_async_context(
+                contextlib.aclosing(CapsuleManagerClient(target(cm), pm=pm, verify_sim=True))
+            )
+            for cm in (founder, second, third)
+        ]
+        certs = {await c.cm_cert_pem() for c in clients}
+        assert len(certs) == 1
+        assert {cm.identity.party_id for cm in (founder, second, third)} == {
+            founder.identity.party_id
+        }
+        # joined replicas keep the identity in memory: no key files were written
+        assert (tmp_path / "a" / "cm.key").exists()
+        assert not (tmp_path / "b" / "cm.key").exists()
+        assert not (tmp_path / "c" / "storage.key").exists()
+        assert "replica join from" in caplog.text and "accepted (SIM report" in caplog.text
+
+        # an owner writes through the founder; the app reads through the others
+        alice, bob, app = new_party("alice"), new_party("bob"), new_party("app")
+        uuid, key = new_data_uuid(), data_key_b64()
+        await clients[0].create_data_keys(alice, [(uuid, key)])
+        await clients[0].create_data_policy(alice, "default", uuid, [grant_rule(bob.party_id)])
+        for client in clients[1:]:
+            policies = await client.list_data_policies(alice, "default")
+            assert uuid in {p.data_uuid for p in policies}
+            request = cm_pb2.ResourceRequest(
+                initiator_party_id=bob.party_id,
+                scope="default",
+                op_name="psi",
+                resources=[cm_pb2.ResourceRequest.Resource(resource_uri=uuid)],
+            )
+            digest = ra_user_data(app.chain_pems[0].encode(), serialize_canonical(request))
+            sim = backend_class(pm, ATTESTER, "sim").from_settings()
+            got = await client.get_data_keys(app, request, report_to_pb(await sim.generate(digest)))
+            assert [(k.resource_uri, k.data_key_b64) for k in got] == [(uuid, key)]
+
+
+async def test_a_joiner_with_another_measurement_is_refused(pm, tmp_path, pg_url, caplog):
+    caplog.set_level(logging.INFO, "trustflow_core.roles.capsule_manager.replicas")
+    async with started(replica(tmp_path, "a", pg_url), pm) as founder:
+        rogue = CapsuleManager(
+            replica(
+                tmp_path,
+                "rogue",
+                pg_url,
+                target(founder),
+                attester={"measurements": {"hex_ta_measurement": OTHER_TA}},
+            ),
+            pm=pm,
+        )
+        with pytest.raises(JoinFailed, match="refused to let this CM join") as info:
+            await rogue.start()
+        assert "hex_ta_measurement" in str(info.value) and OTHER_TA in str(info.value)
+        refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert refusals and refusals[0].name.endswith("replicas")
+        assert "report does not satisfy the join policy" in refusals[0].getMessage()
+        assert "hex_ta_measurement" in refusals[0].getMessage()
+        assert rogue.identity_ready is not None and rogue.store is None
+
+
+async def test_a_report_bound_to_another_key_is_refused(pm, tmp_path, pg_url, caplog):
+    """A genuine report (right measurement) made for one key, replayed with another key: the
+    responder refuses; with its own key it answers (the same request otherwise)."""
+    async with started(replica(tmp_path, "a", pg_url), pm) as founder:
+        sim = backend_class(pm, ATTESTER, "sim").from_settings()
+        nonce = os.urandom(NONCE_BYTES)
+        victim = ec.generate_private_key(ec.SECP256R1()).public_key()
+        attacker = ec.generate_private_key(ec.SECP256R1()).public_key()
+        report = report_to_pb(await sim.generate(request_binding(nonce, victim)))
+
+        def pem(key: ec.EllipticCurvePublicKey) -> str:
+            spki = serialization.PublicFormat.SubjectPublicKeyInfo
+            return key.public_bytes(serialization.Encoding.PEM, spki).decode()
+
+        async with grpc.aio.insecure_channel(target(founder)) as channel:
+            stub = replica_pb2_grpc.ReplicaStub(channel)
+            replayed = replica_pb2.JoinRequest(
+                public_key_pem=pem(attacker), nonce=nonce, attestation_report=report
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Join(replayed, timeout=10)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "not bound to this join request's key" in (info.value.details() or "")
+            assert "not bound to this join request's key" in caplog.text
+            other_nonce = replica_pb2.JoinRequest(
+                public_key_pem=pem(victim), nonce=os.urandom(NONCE_BYTES), attestation_report=report
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Join(other_nonce, timeout=10)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            genuine = replica_pb2.JoinRequest(
+                public_key_pem=pem(victim), nonce=nonce, attestation_report=report
+            )
+            reply = await stub.Join(genuine, timeout=10)
+            assert reply.sealed_identity.count(".") == 4  # compact JWE, useless without the key
+
+
+async def test_a_single_cm_serves_no_join(pm, tmp_path, pg_url):
+    settings = CMSettings(port=0, plat="sim", data_dir=tmp_path / "single", storage_url=pg_url)
+    async with started(settings, pm) as single, grpc.aio.insecure_channel(target(single)) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await replica_pb2_grpc.ReplicaStub(ch).Join(replica_pb2.JoinRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_replicas_refuse_sqlite(pm, tmp_path, sim_env):
+    settings = CMSettings(port=0, plat="sim", data_dir=tmp_path, replicas=ReplicaSettings())
+    with pytest.raises(InvalidInput) as info:
+        await CapsuleManager(settings, pm=pm).start()
+    assert str(info.value).startswith(
+        "replicas need a shared database (PostgreSQL or MySQL); sqlite:///"
+    )
+    assert "is local to one host" in str(info.value)
+    run = subprocess.run(
+        [
+            TRUSTFLOW,
+            "capsule-manager",
+            "--data-dir",
+            str(tmp_path),
+            "--join",
+            "127.0.0.1:1",
+            "--check-config",
+        ],
+        env=sim_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "replicas need a shared database" in lines[0], run.stderr
+
+
+async def test_readiness_says_not_joined_until_joined(pm, tmp_path, pg_url):
+    founder_port, admin_port = free_port(), free_port()
+    joiner = capsule_manager_service(
+        replica(tmp_path, "b", pg_url, f"127.0.0.1:{founder_port}", timeout=30),
+        "127.0.0.1",
+        admin_port,
+    )
+    joiner.pm = pm
+    starting = asyncio.create_task(joiner.start())
+
+    async def readyz() -> tuple[int, str]:
+        url = f"http://127.0.0.1:{admin_port}/-/readyz"
+        async with aiohttp.ClientSession() as http, http.get(url) as r:
+            return r.status, await r.text()
+
+    try:
+        for _ in range(100):
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                status, text = await readyz()
+                if "identity" in text:
+                    break
+            await asyncio.sleep(0.05)
+        assert status == 503
+        assert "identity: not joined yet" in text and "database: not open" in text
+        async with started(replica(tmp_path, "a", pg_url, port=founder_port), pm):
+            await asyncio.wait_for(starting, 30)
+            assert await readyz() == (200, "ready\n")
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await joiner.stop(grace=0)
+
+
+async def test_no_peer_answering_ends_the_join(pm, tmp_path, pg_url):
+    lonely = CapsuleManager(replica(tmp_path, "b", pg_url, "127.0.0.1:1", timeout=0.5), pm=pm)
+    with pytest.raises(JoinFailed, match=r"no replica to join answered within 0.5 s \(127.0.0.1:1"):
+        await lonely.start()
+
+
+async def test_the_database_keeps_its_identity(pm, tmp_path, pg_url):
+    async with started(replica(tmp_path, "a", pg_url), pm):
+        pass
+    # neither key files nor peers: told to join instead of founding a second identity
+    with pytest.raises(InvalidInput, match="pass --join HOST:PORT"):
+        await CapsuleManager(replica(tmp_path, "b", pg_url), pm=pm).start()
+    # its own (different) key pair, e.g. the loser of two founders racing: refused by the
+    # recorded identity before its storage key is even tried
+    other = CMSettings(port=0, plat="sim", data_dir=tmp_path / "c", storage_url=pg_url)
+    with pytest.raises(BackendUnavailable, match="the database belongs to CM identity"):
+        await CapsuleManager(other, pm=pm).start()
