@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import subprocess
@@ -24,18 +25,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.exc import OperationalError
 
-from trustflow_core.attestation import ra_user_data
+from trustflow_core.attestation import Attributes, Policy, ra_user_data
 from trustflow_core.errors import BackendUnavailable, InvalidInput
 from trustflow_core.harness.cm_world import data_key_b64, grant_rule, new_data_uuid, new_party
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.proto.trustflowapis.replica.v1 import replica_pb2, replica_pb2_grpc
-from trustflow_core.registry import ATTESTER, backend_class
+from trustflow_core.registry import ATTESTER, VERIFIER, backend_class, verifier_for_platform
+from trustflow_core.roles.capsule_manager import identity_keys
 from trustflow_core.roles.capsule_manager.replicas import (
     NONCE_BYTES,
+    Bundle,
+    JoinCheck,
     JoinFailed,
+    JoinRefused,
     request_binding,
+    seal_bundle,
 )
 from trustflow_core.roles.capsule_manager.server import CapsuleManager, capsule_manager_service
 from trustflow_core.roles.capsule_manager.settings import CMSettings, ReplicaSettings
@@ -87,6 +93,13 @@ async def started(settings: CMSettings, pm: Any) -> AsyncIterator[CapsuleManager
         yield cm
     finally:
         await cm.stop(grace=0)
+
+
+def verifier_for(pm: Any) -> Any:
+    def get(platform: str) -> Any:
+        return verifier_for_platform(pm, platform).from_settings()
+
+    return get
 
 
 def target(cm: CapsuleManager) -> str:
@@ -288,3 +301,84 @@ async def test_the_database_keeps_its_identity(pm, tmp_path, pg_url):
     other = CMSettings(port=0, plat="sim", data_dir=tmp_path / "c", storage_url=pg_url)
     with pytest.raises(BackendUnavailable, match="the database belongs to CM identity"):
         await CapsuleManager(other, pm=pm).start()
+
+
+async def test_the_joiner_refuses_a_responder_with_another_measurement(pm, tmp_path, pg_url):
+    """Mutual: a responder whose policy admits the joiner, but whose own report carries another
+    measurement than the joiner's policy pins, does not give it an identity."""
+    lax = replica(tmp_path, "a", pg_url)
+    assert lax.replicas is not None
+    lax = dataclasses.replace(
+        lax,
+        replicas=dataclasses.replace(
+            lax.replicas,
+            policy=(Attributes(str_tee_platform="SIM", hex_ta_measurement=OTHER_TA),),
+        ),
+    )
+    async with started(lax, pm) as founder:
+        joiner = CapsuleManager(
+            replica(
+                tmp_path,
+                "b",
+                pg_url,
+                target(founder),
+                attester={"measurements": {"hex_ta_measurement": OTHER_TA}},
+                timeout=0.5,
+            ),
+            pm=pm,
+        )
+        with pytest.raises(JoinFailed, match="not trusted: report does not satisfy the join"):
+            await joiner.start()
+
+
+class SwappingProxy(replica_pb2_grpc.ReplicaServicer):
+    """A network attacker between joiner and responder: forwards the join, then replaces the
+    sealed identity with one of its own, sealed to the joiner's key, keeping the genuine
+    report."""
+
+    def __init__(self, upstream: str, fake: Bundle) -> None:
+        self.upstream, self.fake = upstream, fake
+
+    async def Join(self, request: Any, context: Any) -> Any:
+        async with grpc.aio.insecure_channel(self.upstream) as channel:
+            reply = await replica_pb2_grpc.ReplicaStub(channel).Join(request, timeout=10)
+        key = serialization.load_pem_public_key(request.public_key_pem.encode())
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        return replica_pb2.JoinResponse(
+            sealed_identity=seal_bundle(self.fake, key),
+            attestation_report=reply.attestation_report,
+        )
+
+
+async def test_the_joiner_refuses_an_identity_swapped_in_transit(pm, tmp_path, pg_url):
+    async with started(replica(tmp_path, "a", pg_url), pm) as founder:
+        fake = Bundle(identity_keys.generate(), os.urandom(32))
+        server = grpc.aio.server()
+        replica_pb2_grpc.add_ReplicaServicer_to_server(SwappingProxy(target(founder), fake), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            joiner = CapsuleManager(
+                replica(tmp_path, "b", pg_url, f"127.0.0.1:{port}", timeout=0.5), pm=pm
+            )
+            with pytest.raises(JoinFailed, match="not trusted: report is not bound"):
+                await joiner.start()
+        finally:
+            await server.stop(0)
+
+
+async def test_simulated_joiners_need_a_simulated_responder(pm):
+    """The check a responder whose own attester is genuine applies (simulation not allowed)
+    refuses a sim report, even one with the right measurements and binding."""
+    sim = backend_class(pm, ATTESTER, "sim").from_settings()
+    verifier = backend_class(pm, VERIFIER, "sim").from_settings()
+    binding = os.urandom(32)
+    report = await sim.generate(binding)
+    entry = type(verifier).acceptance_entry()
+    assert await JoinCheck(Policy((entry,), True), lambda _: verifier).check(report, binding)
+    with pytest.raises(JoinRefused, match="simulation"):
+        await JoinCheck(Policy((entry,), False), lambda _: verifier).check(report, binding)
+    with pytest.raises(JoinRefused, match="no verifier for platform"):
+        await JoinCheck(Policy((entry,), True), verifier_for(pm)).check(
+            dataclasses.replace(report, str_tee_platform="NOPE"), binding
+        )
