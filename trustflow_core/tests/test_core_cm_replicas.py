@@ -74,6 +74,7 @@ def replica(
     attester: dict[str, Any] | None = None,
     timeout: float = 5.0,
     port: int = 0,
+    save: bool = False,
 ) -> CMSettings:
     return CMSettings(
         port=port,
@@ -81,7 +82,7 @@ def replica(
         data_dir=tmp / name,
         storage_url=url,
         attester=attester or {},
-        replicas=ReplicaSettings(join=join, join_timeout=timeout),
+        replicas=ReplicaSettings(join=join, join_timeout=timeout, save_joined_identity=save),
     )
 
 
@@ -115,7 +116,7 @@ async def test_three_replicas_share_one_identity_and_the_data(pm, tmp_path, pg_u
         )
         # the third joins through the second: any replica answers Join
         third = await stack.enter_async_context(
-            started(replica(tmp_path, "c", pg_url, "127.0.0.1:1", target(second)), pm)
+            started(replica(tmp_path, "c", pg_url, "127.0.0.1:1", target(second), save=True), pm)
         )
         clients = [
             await stack.enter_async_context(
@@ -128,10 +129,13 @@ async def test_three_replicas_share_one_identity_and_the_data(pm, tmp_path, pg_u
         assert {cm.identity.party_id for cm in (founder, second, third)} == {
             founder.identity.party_id
         }
-        # joined replicas keep the identity in memory: no key files were written
+        # joined replicas keep the identity in memory (no key files), unless told to save it
         assert (tmp_path / "a" / "cm.key").exists()
         assert not (tmp_path / "b" / "cm.key").exists()
-        assert not (tmp_path / "c" / "storage.key").exists()
+        assert not (tmp_path / "b" / "storage.key").exists()
+        for name in ("cm.key", "storage.key"):
+            assert (tmp_path / "c" / name).stat().st_mode & 0o777 == 0o600
+            assert (tmp_path / "c" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
         assert "replica join from" in caplog.text and "accepted (SIM report" in caplog.text
 
         # an owner writes through the founder; the app reads through the others

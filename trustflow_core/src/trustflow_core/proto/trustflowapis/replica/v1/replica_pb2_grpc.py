@@ -49,9 +49,9 @@ class ReplicaServicer:
     """
 
     def Join(self, request, context):
-        """Refused with PERMISSION_DENIED (and a message naming the reason) when the joiner's report
-        does not satisfy the responder's join policy or is not bound to this request; with
-        FAILED_PRECONDITION when the responder is not in replica mode.
+        """Refused with PERMISSION_DENIED and "join refused: <reason>" when the joiner's report does
+        not satisfy the responder's join policy or is not bound to this request (or the key or
+        nonce is malformed). A CM not in replica mode does not serve it (UNIMPLEMENTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
