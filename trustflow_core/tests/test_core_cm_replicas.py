@@ -49,6 +49,7 @@ from trustflow_core.roles.capsule_manager_client.client import CapsuleManagerCli
 from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
 from trustflow_core.testing.databases import throwaway_database
 from trustflow_core.testing.fixtures import free_port
+from trustflow_core.testing.processes import RoleProcess
 from trustflow_core.wire import serialize_canonical
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.plugins("channel_jwe", "tee_sim")]
@@ -178,7 +179,8 @@ async def test_a_joiner_with_another_measurement_is_refused(pm, tmp_path, pg_url
         assert refusals and refusals[0].name.endswith("replicas")
         assert "report does not satisfy the join policy" in refusals[0].getMessage()
         assert "hex_ta_measurement" in refusals[0].getMessage()
-        assert rogue.identity_ready is not None and rogue.store is None
+        assert (await rogue.identity_ready() or "").startswith("identity: not joined yet")
+        assert rogue.store is None
 
 
 async def test_a_report_bound_to_another_key_is_refused(pm, tmp_path, pg_url, caplog):
@@ -386,3 +388,54 @@ async def test_simulated_joiners_need_a_simulated_responder(pm):
         await JoinCheck(Policy((entry,), True), verifier_for(pm)).check(
             dataclasses.replace(report, str_tee_platform="NOPE"), binding
         )
+
+
+async def test_the_command_founds_joins_and_refuses(sim_env, tmp_path, pg_url):
+    """``trustflow capsule-manager`` processes: a founder (``replicas: {}`` in its file), a
+    replica joining through ``--join`` and one through the environment serve one certificate;
+    a replica with another measurement exits with one line and the founder logs why."""
+    import yaml
+
+    def config(name: str, **extra: Any) -> str:
+        path = tmp_path / f"{name}.yaml"
+        settings = {"plat": "sim", "data_dir": str(tmp_path / name), "replicas": {}, **extra}
+        settings["storage"] = {"url": pg_url}
+        path.write_text(yaml.safe_dump(settings))
+        return str(path)
+
+    def cm(name: str, *args: str, env: dict[str, str] | None = None) -> RoleProcess:
+        log = tmp_path / f"{name}.log"
+        return RoleProcess(env or sim_env, log, "capsule-manager", "-c", config(name), *args)
+
+    async def cert(target: str) -> str:
+        async with contextlib.aclosing(CapsuleManagerClient(target, verify_sim=True)) as client:
+            return await client.cm_cert_pem()
+
+    with contextlib.ExitStack() as processes:
+        founder = processes.enter_context(cm("a", "--port", "0")).wait_listening()
+        # the others started together (each process's start-up is mostly imports)
+        b = processes.enter_context(cm("b", "--port", "0", "--join", founder.target))
+        join_env = {**sim_env, "TRUSTFLOW_CAPSULE_MANAGER_JOIN": f"127.0.0.1:1 {founder.target}"}
+        c = processes.enter_context(cm("c", "--port", "0", env=join_env))
+        measurement = {"measurements": {"hex_ta_measurement": OTHER_TA}}
+        rogue = processes.enter_context(
+            RoleProcess(
+                sim_env,
+                tmp_path / "rogue.log",
+                "capsule-manager",
+                "-c",
+                config("rogue", attester=measurement),
+                "--port",
+                "0",
+                "--join",
+                founder.target,
+            )
+        )
+        b.wait_listening()
+        c.wait_listening()
+        assert len({await cert(p.target) for p in (founder, b, c)}) == 1
+        assert rogue.exit_code() == 1
+        last = rogue.output().strip().splitlines()[-1]
+        assert f"replica {founder.target} refused to let this CM join" in last
+        assert "hex_ta_measurement" in last
+        assert "replica join from" in founder.output() and "refused" in founder.output()
