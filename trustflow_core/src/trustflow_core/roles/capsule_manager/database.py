@@ -137,7 +137,8 @@ def _check_identity(recorded_pem: str, cert_pem: str) -> None:
 def recorded_identity(url: str) -> str | None:
     """The CM certificate PEM the database at ``url`` records (None: none, or no schema yet);
     read on a connection of its own, before the store is opened with a storage key."""
-    engine = create_engine(url)
+    connect_args = {} if url.startswith("sqlite") else {"connect_timeout": CONNECT_TIMEOUT}
+    engine = create_engine(url, connect_args=connect_args)
     try:
         if not inspect(engine).has_table(Meta.__tablename__):
             return None
