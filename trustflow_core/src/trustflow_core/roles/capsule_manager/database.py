@@ -129,8 +129,9 @@ def _check_identity(recorded_pem: str, cert_pem: str) -> None:
     recorded, own = party(recorded_pem), party(cert_pem)
     if recorded != own:
         raise IdentityMismatch(
-            f"the database belongs to CM identity {recorded}, this Capsule Manager has {own} "
-            "(a replica must join a running replica instead of founding: --join HOST:PORT)"
+            f"the database belongs to CM identity {recorded}, this Capsule Manager has {own}: "
+            "give it that identity's key files, or (replicas) none and --join HOST:PORT of a "
+            "running replica"
         )
 
 
