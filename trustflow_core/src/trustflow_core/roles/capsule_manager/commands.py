@@ -89,7 +89,11 @@ def capsule_manager(
     log_levels_for: tuple[tuple[str, str], ...],
     log_format: str,
 ) -> None:
-    """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
+    """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager).
+
+    Replicas: several Capsule Managers on one PostgreSQL or MySQL database share one identity.
+    The first founds it (no key files, no --join); every other one obtains it with --join
+    HOST:PORT by attesting to a running replica (docs/replicas.md)."""
     import functools
 
     from .._logging import setup_logging
