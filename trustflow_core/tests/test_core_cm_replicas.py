@@ -439,3 +439,62 @@ async def test_the_command_founds_joins_and_refuses(sim_env, tmp_path, pg_url):
         assert f"replica {founder.target} refused to let this CM join" in last
         assert "hex_ta_measurement" in last
         assert "replica join from" in founder.output() and "refused" in founder.output()
+
+
+def _tls_files(tmp: Path) -> tuple[Path, Path, Path]:
+    """A CA and one certificate for ``localhost`` signed by it (server and client use)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(name: str, key: Any, issuer: x509.Name, signer: Any, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            san = x509.SubjectAlternativeName([x509.DNSName("localhost")])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    pem = serialization.Encoding.PEM
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "replicas-ca")])
+    ca = cert("replicas-ca", ca_key, ca_name, ca_key, True)
+    leaf = cert("localhost", key, ca.subject, ca_key, False)
+    paths = tmp / "ca.crt", tmp / "server.crt", tmp / "server.key"
+    paths[0].write_bytes(ca.public_bytes(pem))
+    paths[1].write_bytes(leaf.public_bytes(pem))
+    private = serialization.PrivateFormat.PKCS8
+    paths[2].write_bytes(key.private_bytes(pem, private, serialization.NoEncryption()))
+    return paths
+
+
+async def test_replicas_join_over_mutual_tls(pm, tmp_path, pg_url):
+    from trustflow_core.roles.capsule_manager.settings import TlsSettings
+
+    ca, cert, key = _tls_files(tmp_path)
+    tls = TlsSettings(cert, key, ca)
+
+    def with_tls(settings: CMSettings, **replicas: Any) -> CMSettings:
+        assert settings.replicas is not None
+        more = dataclasses.replace(settings.replicas, **replicas)
+        return dataclasses.replace(settings, host="localhost", tls=tls, replicas=more)
+
+    async with started(with_tls(replica(tmp_path, "a", pg_url)), pm) as founder:
+        peer = f"localhost:{founder.port}"
+        plain = replica(tmp_path, "b", pg_url, peer)
+        with pytest.raises(InvalidInput, match=r"set replicas\.tls_ca_file"):
+            await CapsuleManager(dataclasses.replace(plain, tls=tls), pm=pm).start()
+        async with started(with_tls(plain, tls_ca_file=ca), pm) as joined:
+            assert joined.identity.cert_pem == founder.identity.cert_pem

@@ -223,6 +223,12 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         )
 
 
+def _channel(peer: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(peer)
+    return grpc.aio.secure_channel(peer, credentials)
+
+
 def _ec_public_key(pem: str) -> ec.EllipticCurvePublicKey:
     try:
         key = serialization.load_pem_public_key(pem.encode())
@@ -251,11 +257,13 @@ async def join(
     *,
     timeout: float,
     progress: JoinProgress | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> Bundle:
     """Obtain the identity from the first of ``peers`` that answers and passes the check,
     retrying the peers with growing pauses for up to ``timeout`` seconds. A peer that refuses
     us (``PERMISSION_DENIED``) ends the join at once (:class:`JoinFailed` with its reason);
-    so does none answering in time (every peer's last problem named)."""
+    so does none answering in time (every peer's last problem named). ``credentials``: TLS to
+    the peers (their CM port has ``tls:``); None: plaintext gRPC."""
     progress = progress or JoinProgress()
     key = ec.generate_private_key(ec.SECP256R1())
     pem = (
@@ -274,7 +282,7 @@ async def join(
                 public_key_pem=pem, nonce=nonce, attestation_report=report_to_pb(report)
             )
             try:
-                async with grpc.aio.insecure_channel(peer) as channel:
+                async with _channel(peer, credentials) as channel:
                     reply = await replica_pb2_grpc.ReplicaStub(channel).Join(
                         request, timeout=min(CALL_TIMEOUT, max(1.0, deadline - time.monotonic()))
                     )

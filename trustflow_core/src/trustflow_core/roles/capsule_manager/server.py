@@ -252,6 +252,7 @@ class CapsuleManager:
                 self.replica_check,
                 timeout=replicas.join_timeout,
                 progress=self.join_progress,
+                credentials=_join_credentials(s),
             )
             if replicas.save_joined_identity:
                 await asyncio.to_thread(identity_keys.save, bundle.identity, key_file, cert_file)
@@ -336,6 +337,20 @@ def _storage_error(exc: ImportError | SQLAlchemyError, url: str) -> BackendUnava
         return BackendUnavailable(f"storage {shown} is not usable: {hint}")
     detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
     return BackendUnavailable(f"storage {shown} is not usable: {database_url.redact(detail, url)}")
+
+
+def _join_credentials(s: CMSettings) -> grpc.ChannelCredentials | None:
+    """TLS to the peers when this CM's port has ``tls:``: their certificates checked against
+    ``replicas.tls_ca_file``; with ``tls.client_ca_file`` (mTLS) this CM's ``tls`` certificate
+    is presented as the client certificate."""
+    if s.tls is None or s.replicas is None or s.replicas.tls_ca_file is None:
+        return None
+    root = _read(s.replicas.tls_ca_file, "replicas.tls_ca_file")
+    if s.tls.client_ca_file is None:
+        return grpc.ssl_channel_credentials(root)
+    return grpc.ssl_channel_credentials(
+        root, _read(s.tls.key_file, "TLS key"), _read(s.tls.cert_file, "TLS certificate")
+    )
 
 
 def _read(path: Path, what: str) -> bytes:

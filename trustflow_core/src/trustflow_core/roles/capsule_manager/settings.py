@@ -39,6 +39,7 @@ replicas:                  # replica mode (docs/replicas.md): several CMs share 
                              # default: this CM's own platform and measurements
   join_timeout_seconds: 60   # how long a joiner retries its peers before giving up
   save_joined_identity: false  # true: write a joined identity to the key files (default: memory)
+  tls_ca_file: peers-ca.pem  # with tls: the CA of the peers' certificates (needed to join)
 ```
 """
 
@@ -75,7 +76,7 @@ TOP_KEYS = {
     "audit",
     "replicas",
 }
-REPLICA_KEYS = {"join", "policy", "join_timeout_seconds", "save_joined_identity"}
+REPLICA_KEYS = {"join", "policy", "join_timeout_seconds", "save_joined_identity", "tls_ca_file"}
 #: Seconds a joiner keeps trying its peers by default.
 DEFAULT_JOIN_TIMEOUT = 60.0
 
@@ -99,12 +100,15 @@ class ReplicaSettings:
     ``join``: ``host:port`` of running replicas to obtain the identity from; ``policy``: the
     attribute entries a joiner (and, on the joiner, the responder) must match (None: this CM's
     own platform and measurements); ``join_timeout``: seconds a joiner retries its peers;
-    ``save_joined_identity``: write a joined identity to the key files (default: memory only)."""
+    ``save_joined_identity``: write a joined identity to the key files (default: memory only);
+    ``tls_ca_file``: the CA of the peers' TLS certificates when the CM port has ``tls:`` (the
+    joiner then presents its own ``tls`` certificate when ``tls.client_ca_file`` is set)."""
 
     join: tuple[str, ...] = ()
     policy: tuple[Attributes, ...] | None = None
     join_timeout: float = DEFAULT_JOIN_TIMEOUT
     save_joined_identity: bool = False
+    tls_ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -183,8 +187,11 @@ class CMSettings:
             )
         if self.plat == "none" or self.plat == "":
             return "replicas attest to each other: plat 'none' cannot join or admit a replica"
-        if self.tls is not None and self.replicas.join:
-            return "replicas.join over a TLS port is not supported yet (docs/replicas.md)"
+        if self.tls is not None and self.replicas.join and self.replicas.tls_ca_file is None:
+            return (
+                "replicas.join with tls: set replicas.tls_ca_file, the CA of the peers' TLS "
+                "certificates"
+            )
         return None
 
 
@@ -284,6 +291,7 @@ def _replicas(node: Node, in_file: bool, join: tuple[str, ...] | None) -> Replic
         policy=policy,
         join_timeout=node.get("join_timeout_seconds").number(DEFAULT_JOIN_TIMEOUT, zero_ok=False),
         save_joined_identity=node.get("save_joined_identity").boolean(False),
+        tls_ca_file=node.get("tls_ca_file").path(None),
     )
 
 
@@ -315,6 +323,8 @@ def check_settings(settings: CMSettings, pm: TrustflowPluginManager) -> None:
             ("tls.key_file", "tls", settings.tls.key_file),
             ("tls.client_ca_file", "tls", settings.tls.client_ca_file),
         ]
+    if settings.replicas is not None and settings.replicas.tls_ca_file is not None:
+        files.append(("replicas.tls_ca_file", "replicas", settings.replicas.tls_ca_file))
     for key, name, existing in zip(
         ("key.private_key_file", "key.cert_file", "storage.storage_key_file"),
         ("private_key_file", "cert_file", "storage_key_file"),
