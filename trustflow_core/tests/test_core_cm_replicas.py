@@ -255,6 +255,12 @@ async def test_replicas_refuse_sqlite(pm, tmp_path, sim_env):
     assert run.returncode != 0
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "replicas need a shared database" in lines[0], run.stderr
+    from click.testing import CliRunner
+
+    from trustflow_core.cli import build_cli
+
+    bad = CliRunner().invoke(build_cli(), ["capsule-manager", "--join", "cm-0", "--check-config"])
+    assert bad.exit_code == 2 and "expected HOST:PORT, got 'cm-0'" in bad.output
 
 
 async def test_readiness_says_not_joined_until_joined(pm, tmp_path, pg_url):

@@ -17,6 +17,17 @@ from .._options import (
 )
 
 
+def _peers(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """A click callback: every ``--join`` value is ``HOST:PORT``."""
+    for value in values:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return values
+
+
 @role_command
 @click.command("capsule-manager")
 @click.option(
@@ -53,6 +64,7 @@ from .._options import (
     "join",
     multiple=True,
     metavar="HOST:PORT",
+    callback=_peers,
     help="Replica mode (docs/replicas.md): obtain the CM identity from this running replica "
     "by attesting to it (repeatable: the first that answers). Needs a shared PostgreSQL or "
     "MySQL --storage-url; a replica with its key files or without peers uses or founds its own.",
