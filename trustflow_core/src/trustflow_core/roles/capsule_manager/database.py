@@ -50,6 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ...errors import TrustflowError
 from .. import _metrics
 from ..capsule_manager_protocol.audit import TreeHead
 from ..capsule_manager_protocol.errors import CMError, Kind
@@ -111,7 +112,7 @@ class NewKey:
 IDENTITY_ROW = "cm_identity_cert"
 
 
-class IdentityMismatch(Exception):
+class IdentityMismatch(TrustflowError):
     """The database records another CM identity than the one starting."""
 
 

@@ -32,7 +32,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ...attestation import Attester, Policy, Report, VerifiedReport, Verifier
-from ...errors import BackendNotFound, BackendUnavailable, InvalidInput, VerificationError
+from ...errors import (
+    BackendNotFound,
+    BackendUnavailable,
+    InvalidInput,
+    TrustflowError,
+    VerificationError,
+)
 from ...proto.trustflowapis.replica.v1 import replica_pb2, replica_pb2_grpc
 from ..capsule_manager_protocol.reports import report_from_pb, report_to_pb
 from . import identity_keys
@@ -61,7 +67,7 @@ class Bundle:
     storage_key: bytes = field(repr=False)
 
 
-class JoinRefused(Exception):
+class JoinRefused(TrustflowError):
     """A report did not pass the join check; the message says why (no secrets)."""
 
 
