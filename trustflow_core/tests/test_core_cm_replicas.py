@@ -35,6 +35,7 @@ from trustflow_core.proto.trustflowapis.replica.v1 import replica_pb2, replica_p
 from trustflow_core.registry import ATTESTER, VERIFIER, backend_class, verifier_for_platform
 from trustflow_core.roles.capsule_manager import identity_keys
 from trustflow_core.roles.capsule_manager.replicas import (
+    METRICS_ROLE,
     NONCE_BYTES,
     Bundle,
     JoinCheck,
@@ -95,6 +96,14 @@ async def started(settings: CMSettings, pm: Any) -> AsyncIterator[CapsuleManager
         yield cm
     finally:
         await cm.stop(grace=0)
+
+
+def verdicts(platform: str, verdict: str, check: str) -> float:
+    """The join verdicts counted so far with these labels."""
+    from prometheus_client import REGISTRY
+
+    labels = {"role": METRICS_ROLE, "platform": platform, "verdict": verdict, "check": check}
+    return REGISTRY.get_sample_value("trustflow_attestation_verdicts_total", labels) or 0.0
 
 
 def verifier_for(pm: Any) -> Any:
@@ -188,6 +197,7 @@ async def test_a_report_bound_to_another_key_is_refused(pm, tmp_path, pg_url, ca
     responder refuses; with its own key it answers (the same request otherwise)."""
     async with started(replica(tmp_path, "a", pg_url), pm) as founder:
         sim = backend_class(pm, ATTESTER, "sim").from_settings()
+        refused_before = verdicts("sim", "rejected", "binding")
         nonce = os.urandom(NONCE_BYTES)
         victim = ec.generate_private_key(ec.SECP256R1()).public_key()
         attacker = ec.generate_private_key(ec.SECP256R1()).public_key()
@@ -207,6 +217,7 @@ async def test_a_report_bound_to_another_key_is_refused(pm, tmp_path, pg_url, ca
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "not bound to this join request's key" in (info.value.details() or "")
             assert "not bound to this join request's key" in caplog.text
+            assert verdicts("sim", "rejected", "binding") == refused_before + 1
             other_nonce = replica_pb2.JoinRequest(
                 public_key_pem=pem(victim), nonce=os.urandom(NONCE_BYTES), attestation_report=report
             )

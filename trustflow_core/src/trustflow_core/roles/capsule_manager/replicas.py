@@ -40,12 +40,15 @@ from ...errors import (
     VerificationError,
 )
 from ...proto.trustflowapis.replica.v1 import replica_pb2, replica_pb2_grpc
+from .. import _metrics
 from ..capsule_manager_protocol.reports import report_from_pb, report_to_pb
 from . import identity_keys
 from .identity_keys import CMIdentity
 
 log = logging.getLogger(__name__)
 SERVICE = "trustflowapis.replica.v1.Replica"
+#: The ``role`` label of the join verdicts in ``trustflow_attestation_verdicts_total``.
+METRICS_ROLE = "capsule-manager-join"
 NONCE_BYTES = 32
 REQUEST_DOMAIN = b"trustflow-cm/v1 replica join request\0"
 REPLY_DOMAIN = b"trustflow-cm/v1 replica join reply\0"
@@ -68,7 +71,13 @@ class Bundle:
 
 
 class JoinRefused(TrustflowError):
-    """A report did not pass the join check; the message says why (no secrets)."""
+    """A report did not pass the join check; the message says why (no secrets), ``check``
+    names the failed check for the metrics (a verifier's check name, ``binding``, ``request``,
+    ``platform``)."""
+
+    def __init__(self, message: str, check: str = "request") -> None:
+        super().__init__(message)
+        self.check = check
 
 
 def request_binding(nonce: bytes, public_key: ec.EllipticCurvePublicKey) -> bytes:
@@ -145,16 +154,18 @@ class JoinCheck:
             verifier = self.verifier_for(report.str_tee_platform)
         except (BackendNotFound, InvalidInput) as exc:
             raise JoinRefused(
-                f"no verifier for platform {report.str_tee_platform!r}: {exc}"
+                f"no verifier for platform {report.str_tee_platform!r}: {exc}", "platform"
             ) from None
         try:
             verified = await verifier.verify(report, self.policy)
         except (VerificationError, InvalidInput) as exc:
-            raise JoinRefused(f"report does not satisfy the join policy: {exc}") from None
+            check = exc.check if isinstance(exc, VerificationError) else "evidence"
+            raise JoinRefused(f"report does not satisfy the join policy: {exc}", check) from None
         if not hmac.compare_digest(verified.user_data, binding):
             raise JoinRefused(
                 "report is not bound to this join request's key and nonce "
-                "(made for another key, or replayed)"
+                "(made for another key, or replayed)",
+                "binding",
             )
         return verified
 
@@ -213,9 +224,11 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
             report = report_from_pb(request.attestation_report)
             verified = await self._check.check(report, request_binding(request.nonce, public_key))
         except JoinRefused as exc:
+            _metrics.attestation_verdict(METRICS_ROLE, self._platform(request), exc.check)
             log.warning("replica join from %s refused: %s", peer, exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"join refused: {exc}")
             raise AssertionError("unreachable") from None
+        _metrics.attestation_verdict(METRICS_ROLE, self._platform(request), None)
         sealed = seal_bundle(self._bundle, public_key)
         own = await self._attester.generate(reply_binding(request.nonce, sealed))
         log.info(
@@ -227,6 +240,15 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         return replica_pb2.JoinResponse(
             sealed_identity=sealed, attestation_report=report_to_pb(own)
         )
+
+    def _platform(self, request: replica_pb2.JoinRequest) -> str:
+        """The metrics label of the report's platform: the name of the verifier that takes it
+        (``sim``, ``tdx``, ...), never a string the peer sent; ``unknown`` when none does."""
+        try:
+            verifier = self._check.verifier_for(request.attestation_report.str_tee_platform)
+        except (BackendNotFound, InvalidInput):
+            return "unknown"
+        return _metrics.bounded(type(verifier).name)
 
 
 def _channel(peer: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
