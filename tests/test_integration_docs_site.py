@@ -110,6 +110,7 @@ def test_capsule_manager_schema_loads(tmp_path: Path) -> None:
     settings = load_settings(path)
     assert settings.port == 8888
     assert settings.tls is not None and settings.tls.client_ca_file is not None
+    assert settings.replicas is not None and settings.replicas.join == ("cm-0.cm:8888",)
 
 
 def test_gateway_schema_loads(tmp_path: Path) -> None:

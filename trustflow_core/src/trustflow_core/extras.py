@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "celpy",
         "aiohttp",
         "prometheus_client",
+        "jwcrypto",
         "trustflow_channel_jwe",
     ),
     "proxy": (

@@ -276,9 +276,10 @@ class Listeners:
         if held is not None:
             self._claims.append(held)
 
-    async def open(self) -> None:
-        """Open every listener in order; on any failure close those opened and raise (a bind
-        failure as :class:`BackendUnavailable` naming the address)."""
+    async def open(self, only: Callable[[Listener], bool] | None = None) -> None:
+        """Open every listener in order (``only``: those it accepts; a later call opens the
+        rest, e.g. the admin listener before a slow start); on any failure close those opened
+        and raise (a bind failure as :class:`BackendUnavailable` naming the address)."""
         try:
             if self._join is not None:
                 if len(self._join) != len(self._all):
@@ -289,6 +290,8 @@ class Listeners:
                     listener.port = port
             self.check()
             for listener in self._all:
+                if listener in self._open or (only is not None and not only(listener)):
+                    continue
                 requested = listener.port
                 with binding(listener.host, requested):
                     listener.port = await listener.open(reuse_port=self.sharing != "exclusive")

@@ -17,6 +17,17 @@ from .._options import (
 )
 
 
+def _peers(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """A click callback: every ``--join`` value is ``HOST:PORT``."""
+    for value in values:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return values
+
+
 @role_command
 @click.command("capsule-manager")
 @click.option(
@@ -49,6 +60,16 @@ from .._options import (
     help="Accept app requests that carry NO attestation report (upstream sim clients).",
 )
 @click.option(
+    "--join",
+    "join",
+    multiple=True,
+    metavar="HOST:PORT",
+    callback=_peers,
+    help="Replica mode (docs/replicas.md): obtain the CM identity from this running replica "
+    "by attesting to it (repeatable: the first that answers). Needs a shared PostgreSQL or "
+    "MySQL --storage-url; a replica with its key files or without peers uses or founds its own.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 64),
     default=1,
@@ -70,6 +91,7 @@ def capsule_manager(
     cert_file: Path | None,
     storage_key_file: Path | None,
     allow_upstream_sim: bool | None,
+    join: tuple[str, ...],
     workers: int,
     check_config: bool,
     admin_host: str,
@@ -79,7 +101,11 @@ def capsule_manager(
     log_levels_for: tuple[tuple[str, str], ...],
     log_format: str,
 ) -> None:
-    """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager)."""
+    """Run the Capsule Manager (gRPC service secretflowapis.v2.sdc.capsule_manager).
+
+    Replicas: several Capsule Managers on one PostgreSQL or MySQL database share one identity.
+    The first founds it (no key files, no --join); every other one obtains it with --join
+    HOST:PORT by attesting to a running replica (docs/replicas.md)."""
     import functools
 
     from .._logging import setup_logging
@@ -100,6 +126,7 @@ def capsule_manager(
         cert_file=cert_file,
         storage_key_file=storage_key_file,
         allow_upstream_sim=allow_upstream_sim,
+        join=join or None,
     )
     check_settings(settings, command_plugin_manager())
     if check_config:

@@ -50,6 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ...errors import TrustflowError
 from .. import _metrics
 from ..capsule_manager_protocol.audit import TreeHead
 from ..capsule_manager_protocol.errors import CMError, Kind
@@ -106,6 +107,48 @@ class NewKey:
 
     def __repr__(self) -> str:
         return f"NewKey(resource_uri={self.resource_uri!r}, data_key_b64=<hidden>)"
+
+
+IDENTITY_ROW = "cm_identity_cert"
+
+
+class IdentityMismatch(TrustflowError):
+    """The database records another CM identity than the one starting."""
+
+
+def _check_identity(recorded_pem: str, cert_pem: str) -> None:
+    from cryptography import x509
+
+    from ...identity import party_id_of_key
+
+    def party(pem: str) -> str:
+        try:
+            return party_id_of_key(x509.load_pem_x509_certificate(pem.encode()).public_key())
+        except ValueError:
+            return "(unreadable certificate)"
+
+    recorded, own = party(recorded_pem), party(cert_pem)
+    if recorded != own:
+        raise IdentityMismatch(
+            f"the database belongs to CM identity {recorded}, this Capsule Manager has {own}: "
+            "give it that identity's key files, or (replicas) none and --join HOST:PORT of a "
+            "running replica"
+        )
+
+
+def recorded_identity(url: str) -> str | None:
+    """The CM certificate PEM the database at ``url`` records (None: none, or no schema yet);
+    read on a connection of its own, before the store is opened with a storage key."""
+    connect_args = {} if url.startswith("sqlite") else {"connect_timeout": CONNECT_TIMEOUT}
+    engine = create_engine(url, connect_args=connect_args)
+    try:
+        if not inspect(engine).has_table(Meta.__tablename__):
+            return None
+        with engine.connect() as conn:
+            value = conn.execute(select(Meta.value).where(Meta.name == IDENTITY_ROW)).scalar()
+        return None if value is None else bytes(value).decode(errors="replace")
+    finally:
+        engine.dispose()
 
 
 def _sqlite_engines(url: str) -> tuple[Engine, Engine]:
@@ -176,11 +219,17 @@ class Database:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def create_schema(self) -> None:
+    def create_schema(self, identity_cert: str | None = None) -> None:
         """Migrate a database of an older schema version (:mod:`.migrations`, one
         transaction), create missing tables and check the storage key against the stored check
         value (written on first start). Raise :class:`CMError` (Data Integrity Violated) when
-        the database is of an unknown or newer version, or sealed under another storage key."""
+        the database is of an unknown or newer version, or sealed under another storage key.
+
+        ``identity_cert`` (the CM certificate PEM, public) is recorded with the check value at
+        founding (or on the first start that passes one) and later compared by public key: a
+        CM whose key pair differs from the recorded one is refused (Data Integrity Violated)
+        before the storage key is checked; this also stops the loser of two founders racing
+        (docs/replicas.md)."""
         try:
             if inspect(self._read_engine).has_table(Meta.__tablename__):
                 self._tx(migrate)
@@ -194,6 +243,8 @@ class Database:
                 nonce, sealed = self._sealer.seal(_CHECK_PLAINTEXT, "cm_meta", "check")
                 session.add(Meta(name="storage_key_check", value=nonce + sealed))
                 session.add(Meta(name="schema_version", value=SCHEMA_VERSION.encode()))
+                if identity_cert is not None:
+                    session.add(Meta(name=IDENTITY_ROW, value=identity_cert.encode()))
                 return
             version = session.get(Meta, "schema_version")
             found = version.value.decode() if version is not None else "?"
@@ -202,13 +253,20 @@ class Database:
                     f"database schema version {found}, this Capsule Manager needs "
                     f"{SCHEMA_VERSION} (no automatic migration between them)"
                 )
+            recorded = session.get(Meta, IDENTITY_ROW)
+            if identity_cert is not None and recorded is not None:
+                _check_identity(recorded.value.decode(errors="replace"), identity_cert)
             plain = self._sealer.open(row.value[:12], row.value[12:], "cm_meta", "check")
             if not hmac.compare_digest(plain, _CHECK_PLAINTEXT):
                 raise CMError(Kind.DATA_INTEGRITY, "storage key check value differs")
+            if identity_cert is not None and recorded is None:
+                session.add(Meta(name=IDENTITY_ROW, value=identity_cert.encode()))
 
         try:
             self._tx(check)
         except SchemaMismatch as exc:
+            raise CMError(Kind.DATA_INTEGRITY, str(exc)) from None
+        except IdentityMismatch as exc:
             raise CMError(Kind.DATA_INTEGRITY, str(exc)) from None
         except CMError as exc:
             raise CMError(

@@ -1,6 +1,7 @@
 """The CM's own key pair: loaded from PEM files, or generated once and saved (key 0600).
 
-Several replicas can share one identity by sharing the two files. A generated certificate is
+Several replicas can share one identity by sharing the two files, or by joining a running
+replica (:mod:`.replicas`, docs/replicas.md). A generated certificate is
 self-signed X.509 v3 like upstream (RSA-3072, subject C=CN, ST=HZ, L=HZ,
 O=AntGroup, OU=SecretFlow, CN=CapsuleManager, CA:TRUE, 365 days) without its defects
 (docs/compat.md#cm-certificate): fixed RDN order, a random positive serial, and key usages that
@@ -81,20 +82,49 @@ def generate() -> CMIdentity:
 
 def load(key_file: Path, cert_file: Path) -> CMIdentity:
     """Load a PEM private key (PKCS#8 or PKCS#1, unencrypted) and its certificate."""
+    return from_pem(key_file.read_bytes(), cert_file.read_text(), f"{key_file} / {cert_file}")
+
+
+def from_pem(key_pem: bytes, cert_pem: str, what: str) -> CMIdentity:
+    """The identity of a PEM private key (RSA, unencrypted) and its certificate, which must hold
+    the key's public key; ``what`` names their origin in errors (:class:`InvalidInput`)."""
     try:
-        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-        cert_pem = cert_file.read_text()
-        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        x509.load_pem_x509_certificate(cert_pem.encode())
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(
-            f"CM key pair {key_file} / {cert_file} cannot be loaded: {exc}"
-        ) from None
+        raise InvalidInput(f"CM key pair {what} cannot be loaded: {exc}") from None
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise InvalidInput(f"CM private key {key_file} is not an RSA key")
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
-        raise InvalidInput(f"CM certificate {cert_file} does not match the key {key_file}")
+        raise InvalidInput(f"CM private key {what} is not an RSA key")
+    if not same_public_key(cert_pem, key.public_key()):
+        raise InvalidInput(f"CM certificate does not match the key ({what})")
     return CMIdentity(key, cert_pem)
+
+
+def same_public_key(cert_pem: str, key: rsa.RSAPublicKey) -> bool:
+    """Whether the certificate ``cert_pem`` certifies ``key`` (False for an unparsable one)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError:
+        return False
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return cert.public_key().public_bytes(*spki) == key.public_bytes(*spki)
+
+
+def private_key_pem(ident: CMIdentity) -> bytes:
+    """The identity's private key as unencrypted PKCS#8 PEM (a secret: never log it)."""
+    return ident.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def save(ident: CMIdentity, key_file: Path, cert_file: Path) -> None:
+    """Write the key (mode 0600) and the certificate (0644), each atomically."""
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    cert_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(key_file, private_key_pem(ident), mode=0o600)
+    atomic_write_bytes(cert_file, ident.cert_pem.encode(), mode=0o644)
 
 
 def load_or_create(key_file: Path, cert_file: Path) -> CMIdentity:
@@ -107,13 +137,5 @@ def load_or_create(key_file: Path, cert_file: Path) -> CMIdentity:
         missing = cert_file if have_key else key_file
         raise InvalidInput(f"CM key pair incomplete: {missing} is missing")
     ident = generate()
-    key_pem = ident.private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    cert_file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(key_file, key_pem, mode=0o600)
-    atomic_write_bytes(cert_file, ident.cert_pem.encode(), mode=0o644)
+    save(ident, key_file, cert_file)
     return ident

@@ -1,8 +1,9 @@
 """At-rest sealing of data keys under the CM storage key.
 
 * The storage key is 32 random bytes (AES-256-GCM), kept in a file (standard base64, mode
-  0600) created on first start. Replicas that share a database must share this file (as they
-  share the CM key pair); a mismatch is detected at start through a sealed check value.
+  0600) created on first start. Replicas that share a database share this key (as they share
+  the CM key pair): by joining a running replica (:mod:`.replicas`) or by sharing the file; a
+  mismatch is detected at start through a sealed check value.
 * Each data key is sealed separately: ``AES-256-GCM(storage_key, nonce = 12 fresh random
   bytes, aad = "trustflow-cm/v1\\0" || table || "\\0" || row id)`` so a sealed value copied to
   another row (another resource_uri) does not open.

@@ -30,6 +30,16 @@ verifiers: {sim: {}}       # settings per verifier backend name
 envelope_channel: jwe      # envelope channel backend of the JWE/JWS envelopes (built with
                            # profile: upstream)
 audit: {enabled: true}     # the owners' audit log (docs/audit.md)
+replicas:                  # replica mode (docs/replicas.md): several CMs share one identity and
+                           # one PostgreSQL/MySQL database (SQLite is refused)
+  join: [cm-0.cm:8888]       # running replicas to obtain the identity from (--join); a replica
+                             # without key files and without peers founds the identity
+  policy:                    # who may join (and whom a joiner accepts): attribute entries like
+    - {str_tee_platform: TDX, hex_ta_measurement: "..."}   # attestation.main_attributes;
+                             # default: this CM's own platform and measurements
+  join_timeout_seconds: 60   # how long a joiner retries its peers before giving up
+  save_joined_identity: false  # true: write a joined identity to the key files (default: memory)
+  tls_ca_file: peers-ca.pem  # with tls: the CA of the peers' certificates (needed to join)
 ```
 """
 
@@ -64,7 +74,11 @@ TOP_KEYS = {
     "verifiers",
     "envelope_channel",
     "audit",
+    "replicas",
 }
+REPLICA_KEYS = {"join", "policy", "join_timeout_seconds", "save_joined_identity", "tls_ca_file"}
+#: Seconds a joiner keeps trying its peers by default.
+DEFAULT_JOIN_TIMEOUT = 60.0
 
 
 def default_data_dir() -> Path:
@@ -77,6 +91,24 @@ class TlsSettings:
     cert_file: Path
     key_file: Path
     client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """The ``replicas:`` section (docs/replicas.md); its presence means replica mode.
+
+    ``join``: ``host:port`` of running replicas to obtain the identity from; ``policy``: the
+    attribute entries a joiner (and, on the joiner, the responder) must match (None: this CM's
+    own platform and measurements); ``join_timeout``: seconds a joiner retries its peers;
+    ``save_joined_identity``: write a joined identity to the key files (default: memory only);
+    ``tls_ca_file``: the CA of the peers' TLS certificates when the CM port has ``tls:`` (the
+    joiner then presents its own ``tls`` certificate when ``tls.client_ca_file`` is set)."""
+
+    join: tuple[str, ...] = ()
+    policy: tuple[Attributes, ...] | None = None
+    join_timeout: float = DEFAULT_JOIN_TIMEOUT
+    save_joined_identity: bool = False
+    tls_ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +130,8 @@ class CMSettings:
     verifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     envelope_channel: str = "jwe"
     audit: bool = True
+    #: Replica mode (the ``replicas:`` section or ``--join``); None: a single CM.
+    replicas: ReplicaSettings | None = None
     #: Where the settings came from (the config file), named by configuration errors, and
     #: which of them the file set (the others came from flags, the environment or defaults).
     source: str = field(default="<flags>", compare=False)
@@ -140,6 +174,26 @@ class CMSettings:
             entries = tuple(v.acceptance_entry() for v in verifiers if allow_sim or not v.simulated)
         return Policy(entries, allow_sim)
 
+    def replica_problem(self) -> str | None:
+        """Why these settings cannot run as a replica (None: they can, or no replica mode):
+        replicas share one database, so a SQLite URL (local to one host) is refused."""
+        if self.replicas is None:
+            return None
+        if self.db_url.startswith("sqlite"):
+            shown = self.db_url.split("?", 1)[0]
+            return (
+                "replicas need a shared database (PostgreSQL or MySQL); "
+                f"{shown} is local to one host (set storage.url)"
+            )
+        if self.plat == "none" or self.plat == "":
+            return "replicas attest to each other: plat 'none' cannot join or admit a replica"
+        if self.tls is not None and self.replicas.join and self.replicas.tls_ca_file is None:
+            return (
+                "replicas.join with tls: set replicas.tls_ca_file, the CA of the peers' TLS "
+                "certificates"
+            )
+        return None
+
 
 def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
     """Read ``config_file`` (optional) and apply non-None ``overrides`` (flag values). A bad
@@ -159,6 +213,8 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
     )
     requests = root.get("requests").mapping({"max_age_seconds", "max_future_seconds"})
     audit = root.get("audit").mapping({"enabled"})
+    in_file = isinstance(root.value, Mapping) and "replicas" in root.value
+    replicas = _replicas(root.get("replicas"), in_file, overrides.pop("join", None))
     tls_settings = None
     if tls.present:
         tls.mapping({"cert_file", "key_file", "client_ca_file"}, required=("cert_file", "key_file"))
@@ -198,6 +254,7 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
         "verifiers": verifiers or None,
         "envelope_channel": root.get("envelope_channel").name(None),
         "audit": audit.get("enabled").boolean(None),
+        "replicas": replicas,
         "source": root.source,
     }
     values["from_file"] = frozenset(
@@ -210,11 +267,40 @@ def load_settings(config_file: Path | None, **overrides: Any) -> CMSettings:
     return CMSettings(**{k: v for k, v in values.items() if v is not None})
 
 
+def _replicas(node: Node, in_file: bool, join: tuple[str, ...] | None) -> ReplicaSettings | None:
+    """The ``replicas:`` section (``in_file``: the file has the key, even empty), with
+    ``--join`` values (``join``) replacing its ``join``; None when neither is given."""
+    if not in_file and not join:
+        return None
+    if node.value is None:
+        node = Node({}, node.source, node.key)
+    node.mapping(REPLICA_KEYS)
+    peers = node.get("join").elements(default=[])
+    for peer in peers:
+        peer.host_port()
+    policy = None
+    if node.get("policy").present:
+        policy = tuple(entry.build(Attributes.from_dict) for entry in node.get("policy").elements())
+        if not policy:
+            raise node.get("policy").expected("at least one attribute entry")
+    if join:
+        for value in join:
+            Node(value, "<flags>", "--join").host_port()
+    return ReplicaSettings(
+        join=tuple(join) if join else tuple(str(p.value) for p in peers),
+        policy=policy,
+        join_timeout=node.get("join_timeout_seconds").number(DEFAULT_JOIN_TIMEOUT, zero_ok=False),
+        save_joined_identity=node.get("save_joined_identity").boolean(False),
+        tls_ca_file=node.get("tls_ca_file").path(None),
+    )
+
+
 def check_settings(settings: CMSettings, pm: TrustflowPluginManager) -> None:
     """What ``--check-config`` checks beyond parsing: the storage URL parses, the TLS files
     and existing identity/storage key files are readable, the attester, every configured
     verifier and the envelope channel exist and build from their settings. Nothing is
-    created, no database is contacted, nothing listens."""
+    created, no database is contacted, nothing listens. Replica mode refuses SQLite
+    (:meth:`CMSettings.replica_problem`)."""
     import asyncio
     import functools
 
@@ -227,6 +313,9 @@ def check_settings(settings: CMSettings, pm: TrustflowPluginManager) -> None:
         )
     else:
         database_url.parse(settings.db_url)
+    problem = settings.replica_problem()
+    if problem is not None:
+        raise InvalidInput(problem)
     files: list[tuple[str, str, Path | None]] = []  # (key path, field or flag, path)
     if settings.tls is not None:
         files += [
@@ -234,6 +323,8 @@ def check_settings(settings: CMSettings, pm: TrustflowPluginManager) -> None:
             ("tls.key_file", "tls", settings.tls.key_file),
             ("tls.client_ca_file", "tls", settings.tls.client_ca_file),
         ]
+    if settings.replicas is not None and settings.replicas.tls_ca_file is not None:
+        files.append(("replicas.tls_ca_file", "replicas", settings.replicas.tls_ca_file))
     for key, name, existing in zip(
         ("key.private_key_file", "key.cert_file", "storage.storage_key_file"),
         ("private_key_file", "cert_file", "storage_key_file"),
