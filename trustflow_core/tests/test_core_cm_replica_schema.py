@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from trustflow_core.roles.capsule_manager import identity_keys
 from trustflow_core.roles.capsule_manager.database import Database, schema_lock
 from trustflow_core.roles.capsule_manager.db_models import (
     SCHEMA_VERSION,
@@ -27,26 +26,21 @@ from trustflow_core.roles.capsule_manager.db_models import (
     AuditSizeRow,
     Base,
 )
-from trustflow_core.roles.capsule_manager.sealing import Sealer, write_key
+from trustflow_core.roles.capsule_manager.sealing import Sealer
 from trustflow_core.roles.capsule_manager_protocol.errors import CMError
-from trustflow_core.testing.databases import admin_url, throwaway_database
+from trustflow_core.testing.databases import throwaway_database
 from trustflow_core.testing.processes import RoleProcess
+from trustflow_core.testing.replicas import shared_identity, unreachable
 
 SERVERS = ["postgresql", "mysql"]
 REPLICAS = 3
 
 
 def reachable_or_skip(kind: str) -> None:
-    """Skip the test (with the reason) when the database server of ``kind`` does not answer."""
-    pytest.importorskip({"postgresql": "psycopg", "mysql": "pymysql"}[kind])
-    engine = create_engine(admin_url(kind), connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:  # no server on this machine
-        pytest.skip(f"{kind} at {engine.url.host}:{engine.url.port} is not reachable: {exc}")
-    finally:
-        engine.dispose()
+    """Skip the test (with the reason) when the database server of ``kind`` cannot be used."""
+    reason = unreachable(kind)
+    if reason is not None:
+        pytest.skip(reason)
 
 
 @pytest.fixture(params=SERVERS)
@@ -172,21 +166,6 @@ def test_schema_lock_wait_is_bounded(fresh_url: str) -> None:
     finally:
         holder.close()
         waiter.close()
-
-
-def shared_identity(root: Path) -> list[str]:
-    """The CM key pair and storage key every replica shares; the flags that name them."""
-    key_file, cert_file, storage_key = root / "cm.key", root / "cm.crt", root / "storage.key"
-    identity_keys.load_or_create(key_file, cert_file)
-    write_key(storage_key, os.urandom(32))
-    return [
-        "--private-key-file",
-        str(key_file),
-        "--cert-file",
-        str(cert_file),
-        "--storage-key-file",
-        str(storage_key),
-    ]
 
 
 def test_three_cm_processes_start_together(
