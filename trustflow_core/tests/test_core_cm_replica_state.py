@@ -10,6 +10,7 @@ served an authorization decision, a replay digest or a registration from a proce
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -190,6 +191,16 @@ async def test_request_applied_by_a_is_a_replay_at_b(rep: Replicas) -> None:
     await rep.a.create_data_policy(rep.owner, SCOPE, uuid, [grant_rule(rep.app.party_id)])
     assert (await send(rep.b, "CreateDataPolicy", captured)).code == 0  # the retry's answer
     assert await rep.grantees(rep.b, uuid) == [[rep.app.party_id]]  # the grant stays revoked
+    # re-encoded (other JSON spacing in the unauthenticated JWE header, an unknown protobuf
+    # field): the same iv/tag/ciphertext, the same request
+    header = json.loads(base64.urlsafe_b64decode(captured.message.protected_header + "=="))
+    variant = cm_pb2.EncryptedRequest()
+    variant.CopyFrom(captured)
+    spaced = json.dumps(header, indent=2).encode()
+    variant.message.protected_header = base64.urlsafe_b64encode(spaced).decode().rstrip("=")
+    reencoded = cm_pb2.EncryptedRequest.FromString(variant.SerializeToString() + b"\xf8\x3e\x01")
+    assert (await send(rep.b, "CreateDataPolicy", reencoded)).code == 0
+    assert await rep.grantees(rep.b, uuid) == [[rep.app.party_id]]
     # the owner's JWS sealed in a new envelope (its jti already used through A): refused by B
     resealed = await sealed(rep.b, grant, rep.owner, claims)
     status = await send(rep.b, "CreateDataPolicy", resealed)
