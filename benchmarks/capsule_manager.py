@@ -455,7 +455,7 @@ def report_replicas(
     )
     print(
         f"{'replicas':>8} {'GetDataKeys/s':>14} {'x baseline':>11} {'CM CPU ms/req':>14} "
-        f"{'PG CPU ms/req':>14} {'loadgen ms/req':>15} {'xacts/req':>10}"
+        f"{'PG CPU ms/req':>14} {'loadgen ms/req':>15} {'xacts/req':>10} {'cores busy':>11}"
     )
     base = None
     rows = {}
@@ -467,8 +467,14 @@ def report_replicas(
         print(
             f"{n:>8} {rate:14.1f} {rate / base:11.2f} {rows[n][1] * 1000:14.2f} "
             f"{rows[n][2] * 1000:14.2f} {rows[n][3] * 1000:15.2f} "
-            f"{t['db'].get('transactions', 0) / count:10.2f}"
+            f"{t['db'].get('transactions', 0) / count:10.2f} "
+            f"{rate * (rows[n][1] + rows[n][2] + rows[n][3]):11.2f}"
         )
+    print(
+        "cores busy = GetDataKeys/s x (CM + PostgreSQL + load generator CPU per request): "
+        f"how much of the {cores} cores this run's processes kept busy (one CM process is "
+        "bounded near one core by its interpreter lock; replicas add cores until none is left)"
+    )
     largest = max(totals)
     db = totals[largest]["db"]
     count = max(1, totals[largest]["count"])

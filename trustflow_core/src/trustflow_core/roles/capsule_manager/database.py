@@ -866,11 +866,12 @@ def _record(session: Session, request: RequestMark) -> bool:
 
 @contextlib.contextmanager
 def schema_lock(engine: Engine, timeout: float | None = None) -> Iterator[None]:
-    """Hold the schema lock of ``engine``'s database: ``pg_advisory_lock`` on PostgreSQL,
-    ``GET_LOCK`` on MySQL/MariaDB (named after the database: those locks are server-wide),
-    on a connection of its own that lives as long as the lock (a replica that dies releases
-    it with its connection). SQLite: nothing (its writes are serialized by the database file
-    lock and :class:`.writer_lock.WriterLock`). Waits at most ``timeout`` seconds
+    """Hold the schema lock of ``engine``'s database: an advisory lock on PostgreSQL
+    (``pg_try_advisory_lock``, polled; its keys are per database), ``GET_LOCK`` on
+    MySQL/MariaDB (named after the database: those locks are server-wide), on a connection of
+    its own that lives as long as the lock (a replica that dies releases it with its
+    connection). SQLite: nothing (its writes are serialized by the database file lock and
+    :class:`.writer_lock.WriterLock`). Waits at most ``timeout`` seconds
     (:data:`SCHEMA_LOCK_TIMEOUT`), then raises :class:`CMError` (Internal)."""
     wait = SCHEMA_LOCK_TIMEOUT if timeout is None else timeout
     dialect = engine.dialect.name
