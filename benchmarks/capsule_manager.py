@@ -386,11 +386,11 @@ async def sql_per_request(
 
 async def run_replicas(args: argparse.Namespace, env: dict[str, str], url: str) -> None:
     """Replicas mode: see the module docstring."""
+    from trustflow_core.harness.replicas import shared_identity
     from trustflow_core.manager import get_plugin_manager
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
         capsule_manager_pb2_grpc as cm_grpc,
     )
-    from trustflow_core.testing.replicas import shared_identity
 
     counts = [int(n) for n in args.replicas.split(",")]
     pm = get_plugin_manager()

@@ -42,7 +42,7 @@ def test_capsule_manager_skips_a_backend_without_its_driver() -> None:
 
 def test_capsule_manager_replicas_mode_prints_baseline_ratios_and_estimate() -> None:
     import pytest
-    from trustflow_core.testing.replicas import unreachable
+    from trustflow_core.harness.replicas import unreachable
 
     reason = unreachable("postgresql")
     if reason is not None:

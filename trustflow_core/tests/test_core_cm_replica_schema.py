@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from trustflow_core.harness.replicas import shared_identity, unreachable
 from trustflow_core.roles.capsule_manager.database import Database, schema_lock
 from trustflow_core.roles.capsule_manager.db_models import (
     SCHEMA_VERSION,
@@ -30,7 +31,6 @@ from trustflow_core.roles.capsule_manager.sealing import Sealer
 from trustflow_core.roles.capsule_manager_protocol.errors import CMError
 from trustflow_core.testing.databases import throwaway_database
 from trustflow_core.testing.processes import RoleProcess
-from trustflow_core.testing.replicas import shared_identity, unreachable
 
 SERVERS = ["postgresql", "mysql"]
 REPLICAS = 3

@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from trustflow_core.attestation import ra_user_data
 from trustflow_core.harness.cm_world import data_key_b64, grant_rule, new_data_uuid, new_party
+from trustflow_core.harness.replicas import shared_identity, unreachable
 from trustflow_core.manager import get_plugin_manager
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
@@ -36,7 +37,6 @@ from trustflow_core.roles.capsule_manager_protocol.freshness import new_claims
 from trustflow_core.roles.capsule_manager_protocol.reports import report_to_pb
 from trustflow_core.testing.databases import throwaway_database
 from trustflow_core.testing.processes import RoleProcess
-from trustflow_core.testing.replicas import shared_identity, unreachable
 from trustflow_core.wire import serialize_canonical, to_json
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

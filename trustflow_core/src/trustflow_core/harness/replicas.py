@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .databases import admin_url
+from ..testing.databases import admin_url
 
 
 def shared_identity(root: Path) -> list[str]:
