@@ -6,8 +6,8 @@ migrates the schema and writes the storage-key check value, and every replica co
 Without the lock, three concurrent ``create_schema`` calls on a fresh PostgreSQL database fail
 (``duplicate key value violates unique constraint "pg_type_typname_nsp_index"``), on MariaDB
 (``Table ... already exists``): :func:`test_concurrent_create_schema` shows the race, and
-:func:`test_three_cm_processes_start_together` fails without the lock on PostgreSQL (5 of 5
-runs) and sometimes on MariaDB."""
+:func:`test_three_cm_processes_start_together` failed without the lock in every run tried
+(on PostgreSQL, sometimes on MariaDB too)."""
 
 from __future__ import annotations
 
