@@ -18,8 +18,17 @@ The audit log (docs/audit.md) is measured on and off in the same run: two CMs pe
 worker count, one with ``audit: {enabled: false}``, each on its own database, take turns in the
 same rounds; ``audit on/off`` is the ratio of their GetDataKeys/s (target: at least 90%).
 
+Replicas mode (``--replicas 1,2,3``, docs/replica-state.md#throughput-of-replicas): that
+many CM processes (one server process each) share one identity (key pair and storage key
+files) and one PostgreSQL database; the clients spread over the first N of them and measure
+aggregate GetDataKeys/s for each N in interleaved rounds, with CPU per request of the CMs and
+of the PostgreSQL backends serving them, and the database work per request (transactions, index
+scans, rows written: ``pg_stat_database`` / ``pg_stat_user_tables``). It prints the 1-replica
+baseline, the ratios, and the estimate for N replicas on N hosts.
+
     .venv/bin/python benchmarks/capsule_manager.py [--seconds 5] [--clients 16]
         [--backends sqlite,postgresql] [--workers 1,2] [--rounds 3] [--audit on,off]
+    .venv/bin/python benchmarks/capsule_manager.py --replicas 1,2,3 [--seconds 6] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -44,9 +53,15 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 @contextmanager
 def capsule_manager(
-    data_dir: Path, url: str, env: dict[str, str], workers: int, audit: bool = True
+    data_dir: Path,
+    url: str,
+    env: dict[str, str],
+    workers: int,
+    more: list[str] | None = None,
+    audit: bool = True,
 ) -> Iterator[tuple[str, int]]:
     extra = ["--data-dir", str(data_dir), "--storage-url", url, "--workers", str(workers)]
+    extra += more or []
     if not audit:
         config = data_dir / "no-audit.yaml"
         config.write_text("audit: {enabled: false}\n")
@@ -261,6 +276,239 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+STAT_TABLES = ("cm_data", "cm_policies", "cm_rules", "cm_data_keys", "cm_audit", "cm_audit_size")
+
+
+def pg_counters(url: str) -> tuple[dict[str, float], dict[int, float]]:
+    """Cumulative counters of the database at ``url``: transactions and per-table index scans
+    and rows written (``pg_stat_*``, flushed first), and the CPU seconds so far of every
+    PostgreSQL backend connected to it (``pid -> seconds``, from /proc)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_stat_force_next_flush()"))
+            counters: dict[str, float] = {}
+            row = conn.execute(
+                text(
+                    "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                    "WHERE datname = current_database()"
+                )
+            ).one()
+            counters["transactions"] = float(row[0])
+            for name, scans, written in conn.execute(
+                text(
+                    "SELECT relname, COALESCE(idx_scan, 0) + COALESCE(seq_scan, 0), "
+                    "n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables"
+                )
+            ):
+                if name in STAT_TABLES:
+                    counters[f"{name} scans"] = float(scans)
+                    counters[f"{name} rows written"] = float(written)
+            mine = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+            pids = [
+                int(pid)
+                for (pid,) in conn.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> :mine"
+                    ),
+                    {"mine": mine},
+                )
+            ]
+    finally:
+        engine.dispose()
+    return counters, {pid: cpu_seconds(pid) for pid in pids}
+
+
+async def sql_per_request(
+    tmp: Path, url: str, pool: list[Any], requests: int = 40
+) -> dict[str, float]:
+    """Statements and round trips to PostgreSQL per GetDataKeys, counted on the wire: a CM
+    in this process on the same identity files (in ``tmp``) and database traces its
+    connections with libpq's trace (``PQtrace``) while it answers ``requests`` GetDataKeys one
+    after the other (so each audit commit carries one request's entries: the upper bound;
+    concurrent requests share commits). Per request: ``statements`` (Parse or simple Query
+    messages, transaction control included), ``round trips`` (ReadyForQuery answers)."""
+    import psycopg
+    from sqlalchemy import event
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2_grpc as cm_grpc,
+    )
+    from trustflow_core.roles.capsule_manager.server import CapsuleManager
+    from trustflow_core.roles.capsule_manager.settings import CMSettings
+
+    settings = CMSettings(
+        port=0,
+        plat="sim",
+        data_dir=tmp / "traced",
+        storage_url=url,
+        private_key_file=tmp / "cm.key",
+        cert_file=tmp / "cm.crt",
+        storage_key_file=tmp / "storage.key",
+    )
+    cm = CapsuleManager(settings, health_interval=3600)
+    trace = tmp / "pg-trace.txt"
+    port = await cm.start()
+    try:
+        assert cm.store is not None
+        engine = cm.store._write_engine
+        with trace.open("w") as out:
+
+            @event.listens_for(engine, "connect")
+            def traced(dbapi_conn: Any, _record: Any) -> None:
+                dbapi_conn.pgconn.trace(out.fileno())
+                dbapi_conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+
+            engine.dispose()  # new connections, traced from their first statement
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = cm_grpc.CapsuleManagerStub(channel).GetDataKeys
+                await call(pool[0])  # connections opened (and their set-up) before counting
+                out.flush()
+                start = trace.stat().st_size
+                for i in range(requests):
+                    response = await call(pool[i % len(pool)])
+                    assert response.status.code == 0, response.status
+            out.flush()
+    finally:
+        await cm.stop()
+    with trace.open() as text:
+        text.seek(start)
+        lines = [line.split("\t") for line in text]
+    frontend = [p[2].strip() for p in lines if len(p) > 2 and p[0] == "F"]
+    backend = [p[2].strip() for p in lines if len(p) > 2 and p[0] == "B"]
+    return {
+        "statements": sum(m in ("Parse", "Query") for m in frontend) / requests,
+        "round trips": backend.count("ReadyForQuery") / requests,
+    }
+
+
+async def run_replicas(args: argparse.Namespace, env: dict[str, str], url: str) -> None:
+    """Replicas mode: see the module docstring."""
+    from trustflow_core.harness.replicas import shared_identity
+    from trustflow_core.manager import get_plugin_manager
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2_grpc as cm_grpc,
+    )
+
+    counts = [int(n) for n in args.replicas.split(",")]
+    pm = get_plugin_manager()
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        shared = shared_identity(tmp)
+        cms = []
+        for i in range(max(counts)):
+            cms.append(stack.enter_context(capsule_manager(tmp / f"cm{i}", url, env, 1, shared)))
+        get_pool, _ = await prepare(cms[0][0], argparse.Namespace(create_requests=0), pm)
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        totals: dict[int, dict[str, Any]] = {
+            n: {"count": 0, "elapsed": 0.0, "cm_cpu": 0.0, "pg_cpu": 0.0, "own": 0.0, "db": {}}
+            for n in counts
+        }
+        channels = []
+        calls = {}
+        for n in counts:  # client i talks to replica i mod n
+            mine = [
+                grpc.aio.insecure_channel(cms[i % n][0], options=options)
+                for i in range(args.clients)
+            ]
+            channels += mine
+            calls[n] = [cm_grpc.CapsuleManagerStub(c).GetDataKeys for c in mine]
+        try:
+            await drive(calls[max(counts)], get_pool, 1.0, True)  # warm-up, every replica
+            for round_ in range(args.rounds):
+                for n in counts if round_ % 2 == 0 else list(reversed(counts)):
+                    db0, pg0 = pg_counters(url)
+                    cpu0 = sum(cpu_seconds(pid) for _, pid in cms)
+                    own0 = time.process_time()
+                    elapsed, latencies = await drive(
+                        calls[n], get_pool, args.seconds / args.rounds, True
+                    )
+                    own = time.process_time() - own0
+                    cpu = sum(cpu_seconds(pid) for _, pid in cms) - cpu0
+                    db1, pg1 = pg_counters(url)
+                    total = totals[n]
+                    total["count"] += len(latencies)
+                    total["elapsed"] += elapsed
+                    total["cm_cpu"] += cpu
+                    total["own"] += own
+                    total["pg_cpu"] += sum(t - pg0.get(pid, 0.0) for pid, t in pg1.items())
+                    for name, value in db1.items():
+                        total["db"][name] = total["db"].get(name, 0.0) + value - db0.get(name, 0)
+        finally:
+            for c in channels:
+                await c.close()
+        sql = await sql_per_request(tmp, url, get_pool)
+    report_replicas(args, totals, sql)
+
+
+def report_replicas(
+    args: argparse.Namespace, totals: dict[int, dict[str, Any]], sql: dict[str, float]
+) -> None:
+    """The table, the ratios to the 1-replica baseline and the N-hosts estimate."""
+    cores = os.cpu_count() or 1
+    print(
+        f"capsule manager replicas on one PostgreSQL, {args.clients} clients, "
+        f"{args.seconds:.0f} s per replica count in {args.rounds} interleaved rounds, {cores} "
+        "cores shared by CMs, PostgreSQL and the load generator"
+    )
+    print(
+        f"{'replicas':>8} {'GetDataKeys/s':>14} {'x baseline':>11} {'CM CPU ms/req':>14} "
+        f"{'PG CPU ms/req':>14} {'loadgen ms/req':>15} {'xacts/req':>10} {'cores busy':>11}"
+    )
+    base = None
+    rows = {}
+    for n, t in totals.items():
+        count = max(1, t["count"])
+        rate = t["count"] / t["elapsed"]
+        base = base or rate
+        rows[n] = (rate, t["cm_cpu"] / count, t["pg_cpu"] / count, t["own"] / count)
+        print(
+            f"{n:>8} {rate:14.1f} {rate / base:11.2f} {rows[n][1] * 1000:14.2f} "
+            f"{rows[n][2] * 1000:14.2f} {rows[n][3] * 1000:15.2f} "
+            f"{t['db'].get('transactions', 0) / count:10.2f} "
+            f"{rate * (rows[n][1] + rows[n][2] + rows[n][3]):11.2f}"
+        )
+    print(
+        "cores busy = GetDataKeys/s x (CM + PostgreSQL + load generator CPU per request): "
+        f"how much of the {cores} cores this run's processes kept busy (one CM process is "
+        "bounded near one core by its interpreter lock; replicas add cores until none is left)"
+    )
+    largest = max(totals)
+    db = totals[largest]["db"]
+    count = max(1, totals[largest]["count"])
+    work = ", ".join(f"{k} {v / count:.2f}" for k, v in sorted(db.items()) if v)
+    print(f"database work per GetDataKeys ({largest} replicas): {work}")
+    print(
+        "SQL per GetDataKeys, one request at a time (libpq trace): "
+        f"{sql['statements']:.2f} statements, {sql['round trips']:.2f} round trips"
+    )
+    _, cm_cpu, pg_cpu, _ = rows[largest]
+    sql_round_trips = sql["round trips"]
+    print(estimate(cm_cpu, pg_cpu, sql_round_trips))
+
+
+def estimate(cm_cpu: float, pg_cpu: float, round_trips: float, rtt: float = 0.0005) -> str:
+    """The closing note (docs/replica-state.md#throughput-of-replicas): what N replicas on N
+    hosts sustain, from the CPU per request of a CM and of PostgreSQL and the round trips a
+    request makes (``rtt``: the network round trip between a replica and the database)."""
+    per_core = 1 / cm_cpu if cm_cpu else float("inf")
+    pg_per_core = 1 / pg_cpu if pg_cpu else float("inf")
+    in_flight = 32  # a replica's connection pool: pool_size 16 + max_overflow 16
+    pool_bound = in_flight / (round_trips * rtt + pg_cpu)
+    return (
+        f"estimate: a replica sustains ~{per_core:.0f} GetDataKeys/s per core of its host "
+        f"(1 / CM CPU per request), so N hosts of C cores ~N x C x {per_core:.0f}/s, until "
+        f"PostgreSQL saturates at ~{pg_per_core:.0f}/s per database core (1 / PG CPU per "
+        f"request): with a P-core database, N x C ~ {pg_per_core / per_core:.1f} x P CM cores. "
+        f"Each request makes {round_trips:.0f} round trips to the database: at "
+        f"{rtt * 1000:.1f} ms RTT that is +{round_trips * rtt * 1000:.1f} ms latency, and a "
+        f"replica's {in_flight} pooled connections bound it to ~{pool_bound:.0f}/s (not the "
+        "limit before CPU is)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -279,7 +527,15 @@ def main() -> None:
     parser.add_argument(
         "--audit", default="on,off", help="audit log modes to measure side by side (on, off)"
     )
+    parser.add_argument(
+        "--replicas",
+        default="",
+        help="replicas mode: CM replica counts to measure on one PostgreSQL database (1,2,3)",
+    )
     args = parser.parse_args()
+    if args.replicas:
+        main_replicas(args)
+        return
     modes = [m for m in args.audit.split(",") if m]
     if not modes or set(modes) - {"on", "off"}:
         raise SystemExit("--audit takes on, off or on,off")
@@ -340,6 +596,24 @@ def main() -> None:
         " RSA time per request / CPU time the CM process spent per request; load gen = CPU"
         " of this process (the 16 clients) per request, on the same 2 cores"
     )
+
+
+def main_replicas(args: argparse.Namespace) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+    from trustflow_core.testing.databases import throwaway_database
+
+    problem = missing_driver("postgresql")
+    if problem:
+        raise SystemExit(f"replicas mode needs PostgreSQL: {problem}")
+    env = {**os.environ, "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim"}
+    with tempfile.TemporaryDirectory() as sim_dir:
+        env["TRUSTFLOW_SIM_DIR"] = os.environ["TRUSTFLOW_SIM_DIR"] = sim_dir
+        os.environ["TRUSTFLOW_LOAD_PLUGINS"] = env["TRUSTFLOW_LOAD_PLUGINS"]
+        try:
+            with throwaway_database("postgresql") as url:
+                asyncio.run(run_replicas(args, env, url))
+        except SQLAlchemyError as exc:
+            raise SystemExit(f"PostgreSQL cannot be reached: {one_line(exc)}") from None
 
 
 if __name__ == "__main__":

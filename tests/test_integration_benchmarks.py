@@ -77,3 +77,25 @@ def test_cm_growth_seeds_measures_and_exits_1_on_a_missed_target() -> None:
     lines = done.stdout.splitlines()
     assert any(line.split()[:2] == ["sqlite", "30"] for line in lines)
     assert lines[-1].startswith("growth targets missed: sqlite 2 items p50")
+
+
+def test_capsule_manager_replicas_mode_prints_baseline_ratios_and_estimate() -> None:
+    import pytest
+    from trustflow_core.harness.replicas import unreachable
+
+    reason = unreachable("postgresql")
+    if reason is not None:
+        pytest.skip(reason)
+    done = run_without(
+        NO_PYTEST,
+        BENCHMARKS / "capsule_manager.py",
+        *("--replicas", "1,2", "--seconds", "0.6", "--rounds", "1", "--clients", "2"),
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    rows = [line.split() for line in lines if line.split()[:1] in (["1"], ["2"])]
+    assert [r[0] for r in rows] == ["1", "2"] and rows[0][2] == "1.00"  # the baseline
+    assert all(float(r[1]) > 0 and float(r[3]) > 0 for r in rows)  # req/s, CM CPU ms/req
+    sql = next(line for line in lines if line.startswith("SQL per GetDataKeys"))
+    assert "statements" in sql and "round trips" in sql
+    assert lines[-1].startswith("estimate: a replica sustains")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "deploy"))
 import compose  # noqa: E402 (deploy/compose.py, the generator)
 
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("sim", "tdx", "csv", "postgresql")
+OVERLAYS = ("sim", "tdx", "csv", "postgresql", "replicas")
 KUBERNETES_VERSION = "1.32.0"
 COMPOSE_FILES = sorted(compose.compose_files())
 DOCKER_COMPOSE = os.environ.get("TRUSTFLOW_DOCKER_COMPOSE") or shutil.which("docker-compose")
@@ -159,13 +159,50 @@ def test_overlay_renders_and_validates(overlay: str) -> None:
     mode = next(
         d for d in docs if d["kind"] == "ConfigMap" and "trustflow-mode" in d["metadata"]["name"]
     )
-    assert mode["data"]["plat"] == ("sim" if overlay == "postgresql" else overlay)
+    assert mode["data"]["plat"] == ("sim" if overlay in ("postgresql", "replicas") else overlay)
     if overlay in ("tdx", "csv"):
         device = compose.DEVICES[overlay][0].split(":")[0]
         for container in _containers(teeapp):
             if container["name"] not in ("ra-proxy", "data-capsule-proxy"):
                 continue
             assert device in [m["mountPath"] for m in container["volumeMounts"]]
+
+
+def test_replicas_overlay_runs_three_cms_on_postgresql_ready_when_joined() -> None:
+    """Three CM pods (the founder and two joiners), all on the PostgreSQL URL of the Secret,
+    ready on /-/readyz ("joined and database reachable"); joiners --join the headless peers
+    Service, which selects every replica; the replicas may reach each other's gRPC port."""
+    docs = render("replicas")
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    founder = by[("Deployment", "capsule-manager")]
+    joiners = by[("Deployment", "capsule-manager-replica")]
+    assert founder["spec"]["replicas"] + joiners["spec"]["replicas"] == 3
+    selectors = [d["spec"]["selector"]["matchLabels"] for d in (founder, joiners)]
+    assert selectors[0] != selectors[1]  # two Deployments never adopt each other's pods
+    for deployment in (founder, joiners):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "capsule-manager"
+        assert labels["trustflow.io/postgresql-client"] == "true"
+        assert labels["app.kubernetes.io/part-of"] == "trustflow"  # under default-deny
+        (cm,) = _containers(deployment)
+        assert cm["readinessProbe"]["httpGet"] == {"path": "/-/readyz", "port": "admin"}
+        assert "grpc" not in cm["readinessProbe"]
+        env = {e["name"]: e for e in cm["env"]}
+        assert "secretKeyRef" in env["TF_CM_STORAGE_URL"]["valueFrom"]
+        assert cm["args"][1:3] == ["-c", "/etc/trustflow/cm/cm.yaml"]
+    (joiner,) = _containers(joiners)
+    peers = by[("Service", "capsule-manager-peers")]
+    assert peers["spec"]["clusterIP"] == "None"
+    assert peers["spec"]["selector"] == {"app.kubernetes.io/name": "capsule-manager"}
+    joins = [b for a, b in zip(joiner["args"], joiner["args"][1:], strict=False) if a == "--join"]
+    assert joins == ["capsule-manager-peers:8888"]
+    assert "--join" not in _containers(founder)[0]["args"]  # the founder creates the identity
+    settings = next(d for d in docs if d["metadata"]["name"].startswith("capsule-manager-replicas"))
+    assert yaml.safe_load(settings["data"]["cm.yaml"]) == {"replicas": {}}
+    policy = by[("NetworkPolicy", "capsule-manager-peers")]
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8888}]
+    assert by[("PodDisruptionBudget", "capsule-manager")]["spec"]["minAvailable"] == 2
+    assert "sqlite" not in yaml.safe_dump_all(docs)
 
 
 def test_network_policies_expose_only_the_gateway_the_cm_and_the_metrics() -> None:

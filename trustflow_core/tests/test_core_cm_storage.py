@@ -369,6 +369,35 @@ def test_survives_dropped_server_connections(store: Database, db_url: str) -> No
     assert store.get_policy("s", u) is not None
 
 
+def test_read_survives_a_restart_that_dropped_every_pooled_connection(
+    store: Database, db_url: str
+) -> None:
+    """A database restart or failover drops all pooled connections at once: GetDataKeys' read
+    (on the DB-API cursor) replaces them all, not just the one it found dead (with four dead
+    connections in the pool, retrying once on the next pooled one failed)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("server-side connection kill is exercised on PostgreSQL")
+    from trustflow_core.testing.databases import admin_url
+
+    u = uid()
+    store.create_data_keys(ALICE, [nk(u)])
+    store.put_policy(ALICE, "s", u, [RULE])
+    held = [store._read_engine.raw_connection() for _ in range(4)]
+    for pooled in held:
+        pooled.close()  # four connections in the pool
+    database = db_url.rsplit("/", 1)[1]
+    admin = create_engine(admin_url("postgresql"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+            {"d": database},
+        )
+    admin.dispose()
+    for _ in range(3):
+        view, sealed = store.access_view("s", [u], [u])
+        assert view[u][1] is not None and sealed.open(u)
+
+
 def test_storage_key_file(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "storage.key"
     key = load_or_create_key(path)

@@ -23,12 +23,13 @@ docs/compat.md#create-keys-atomic):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -45,6 +46,7 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -82,6 +84,15 @@ MAX_ATTEMPTS = 6
 CONNECT_TIMEOUT = 10
 #: Seconds after which pooled connections are replaced.
 POOL_RECYCLE = 1800
+#: Seconds a starting replica waits for another one's schema creation or migration.
+SCHEMA_LOCK_TIMEOUT = 120.0
+#: The PostgreSQL advisory lock key of the schema (a fixed bigint: "tfcmschm").
+SCHEMA_LOCK_KEY = int.from_bytes(b"tfcmschm", "big") - (1 << 63)
+_PG_TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
+_PG_UNLOCK = text("SELECT pg_advisory_unlock(:key)")
+_MY_DATABASE = text("SELECT DATABASE()")
+_MY_GET_LOCK = text("SELECT GET_LOCK(:name, :wait)")
+_MY_RELEASE_LOCK = text("SELECT RELEASE_LOCK(:name)")
 
 
 @dataclass(frozen=True)
@@ -229,7 +240,17 @@ class Database:
         founding (or on the first start that passes one) and later compared by public key: a
         CM whose key pair differs from the recorded one is refused (Data Integrity Violated)
         before the storage key is checked; this also stops the loser of two founders racing
-        (docs/replicas.md)."""
+        (docs/replicas.md).
+
+        Replicas starting together (docs/replica-state.md): on PostgreSQL and MySQL/MariaDB all of
+        this runs under one database-wide lock (:func:`schema_lock`), so exactly one replica
+        migrates, creates the tables and writes the check value, and the others then find
+        them; :class:`CMError` (Internal) when the lock is not obtained in
+        :data:`SCHEMA_LOCK_TIMEOUT` seconds."""
+        with schema_lock(self._write_engine):
+            self._create_schema(identity_cert)
+
+    def _create_schema(self, identity_cert: str | None) -> None:
         try:
             if inspect(self._read_engine).has_table(Meta.__tablename__):
                 self._tx(migrate)
@@ -904,6 +925,49 @@ def _record(session: Session, request: RequestMark) -> bool:
         },
     )
     return True
+
+
+@contextlib.contextmanager
+def schema_lock(engine: Engine, timeout: float | None = None) -> Iterator[None]:
+    """Hold the schema lock of ``engine``'s database: an advisory lock on PostgreSQL
+    (``pg_try_advisory_lock``, polled; its keys are per database), ``GET_LOCK`` on
+    MySQL/MariaDB (named after the database: those locks are server-wide), on a connection of
+    its own that lives as long as the lock (a replica that dies releases it with its
+    connection). SQLite: nothing (its writes are serialized by the database file lock and
+    :class:`.writer_lock.WriterLock`). Waits at most ``timeout`` seconds
+    (:data:`SCHEMA_LOCK_TIMEOUT`), then raises :class:`CMError` (Internal)."""
+    wait = SCHEMA_LOCK_TIMEOUT if timeout is None else timeout
+    dialect = engine.dialect.name
+    if dialect not in ("postgresql", "mysql", "mariadb"):
+        yield
+        return
+    params: dict[str, Any]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if dialect == "postgresql":
+            deadline = time.monotonic() + wait
+            while not conn.execute(_PG_TRY_LOCK, {"key": SCHEMA_LOCK_KEY}).scalar():
+                if time.monotonic() >= deadline:
+                    raise _lock_timeout(wait)
+                time.sleep(0.02)
+            release, params = _PG_UNLOCK, {"key": SCHEMA_LOCK_KEY}
+        else:
+            name = f"trustflow_cm_schema:{conn.execute(_MY_DATABASE).scalar()}"[:64]
+            if conn.execute(_MY_GET_LOCK, {"name": name, "wait": wait}).scalar() != 1:
+                raise _lock_timeout(wait)
+            release, params = _MY_RELEASE_LOCK, {"name": name}
+        try:
+            yield
+        finally:
+            with contextlib.suppress(DBAPIError):  # a lost connection released it already
+                conn.execute(release, params)
+
+
+def _lock_timeout(wait: float) -> CMError:
+    return CMError(
+        Kind.INTERNAL,
+        f"the schema lock was not obtained in {wait:g} s "
+        "(another Capsule Manager replica is creating or migrating the schema)",
+    )
 
 
 def _retry_dead_connection(fn: Callable[[], T]) -> T:
