@@ -9,11 +9,16 @@ during the run does not favour one scenario:
   (b) client -> gateway (no JWE filter) -> app
   (c) client -> gateway (JWE filter, upstream dialect: RSA-OAEP-256 + A128GCM) -> app,
       every reply opened and checked by the client
+  (d) client -> gateway (JWE filter, RFC 7516 profile: ECDH-ES+A128KW on P-256 + A256GCM,
+      replay protection on) -> app, every reply opened and checked; target: (d)/(b) >= 70%
 
 plus the RSA-OAEP-SHA256 private-key decryption ceiling of one core with the same key.
 The app and the gateway run as separate processes (``trustflow gateway``); the load generator
 is this process. Envelopes for (c) are sealed before the run (a pool of fresh CEKs), so the
-client's cost is the same small HTTP work as in (a) and (b).
+client's cost is the same small HTTP work as in (a) and (b). Envelopes for (d) carry a unique
+``jti`` each (the gateway refuses replays), so a fresh pool is sealed before each (d) slice,
+sized from the preceding (b) slice, outside the measured time. Exit status 1 when (d)/(b)
+misses its target.
 
     .venv/bin/python benchmarks/gateway.py [--duration 6] [--rounds 3] [--concurrency 16]
         [--key-bits 3072]
@@ -101,7 +106,14 @@ async def drive(
         stop = start + duration
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return {"latencies": latencies, "elapsed": elapsed, "errors": errors, "warmup": warmup}
+    served = warmup + len(latencies)
+    return {
+        "latencies": latencies,
+        "elapsed": elapsed,
+        "errors": errors,
+        "warmup": warmup,
+        "served": served,
+    }
 
 
 def summarize(slices: list[dict]) -> dict[str, float]:
@@ -134,7 +146,7 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
-    if args.duration * 3 + args.rounds * 3 * 0.5 + 3 > 50:
+    if args.duration * 4 + args.rounds * 4 * 0.5 + 3 > 50:
         parser.error("--duration and --rounds must keep the whole run under a minute")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -158,6 +170,7 @@ def main() -> None:
         key = serialization.load_pem_private_key(key_pem, password=None)
         public_key = x509.load_pem_x509_certificate(cert_pem).public_key()
         app_port, plain_port, jwe_port = free_port(), free_port(), free_port()
+        ecdh_port, ecdh_key = free_port(), _write_ecdh_identity(work)
         config = {
             "listeners": [
                 {
@@ -170,6 +183,17 @@ def main() -> None:
                     "address": f"127.0.0.1:{jwe_port}",
                     "routes": [{"prefix": "/teeapp", "cluster": "app", "require_jwe": True}],
                     "jwe": {"cert_path": "app.crt", "private_key_path": "app.key"},
+                },
+                {
+                    "name": "jwe_ecdh",
+                    "address": f"127.0.0.1:{ecdh_port}",
+                    "routes": [{"prefix": "/teeapp", "cluster": "app", "require_jwe": True}],
+                    "jwe": {
+                        "cert_path": "app.crt",
+                        "private_key_path": "app.key",
+                        "ecdh_cert_path": "app-ecdh.crt",
+                        "ecdh_private_key_path": "app-ecdh.key",
+                    },
                 },
             ],
             "clusters": {"app": {"endpoints": [f"127.0.0.1:{app_port}"]}},
@@ -195,6 +219,7 @@ def main() -> None:
                 )
             )
             wait_port(jwe_port, procs[-1])
+            wait_port(ecdh_port, procs[-1])
 
             channel = backend_class(get_plugin_manager(), ENVELOPE_CHANNEL, "jwe").from_settings(
                 {"profile": "upstream", "alg": "RSA-OAEP-256"}
@@ -215,18 +240,40 @@ def main() -> None:
 
             plain_bodies = [(b"hello", plain_check)]
             jwe_bodies = [sealed(i) for i in range(512)]
+            rfc = backend_class(get_plugin_manager(), ENVELOPE_CHANNEL, "jwe").from_settings(
+                {"profile": "rfc"}
+            )
+
+            def sealed_ecdh() -> tuple[bytes, Callable[[bytes], None]]:
+                envelope = rfc.seal(b"hello", ecdh_key)
+
+                def check(data: bytes) -> None:
+                    reply = rfc.open_reply(_jwe(json.loads(data)), envelope.cek)
+                    assert reply == expected, reply
+
+                members = {k: v for k, v in envelope.jwe.to_dict().items() if v}
+                return json.dumps(members).encode(), check
+
+            def ecdh_bodies() -> _Fresh:
+                """Enough unique envelopes for one (d) slice: 1.5x what the last (b) slice
+                served; each is handed out once (the gateway refuses replays)."""
+                last = slices["b_gateway_plain"][-1]
+                return _Fresh([sealed_ecdh() for _ in range(int(1.5 * last["served"]) + 200)])
+
             ceiling = rsa_ceiling(key, 1.5)
             scenarios = {
                 "a_direct": (app_port, plain_bodies),
                 "b_gateway_plain": (plain_port, plain_bodies),
                 "c_gateway_jwe": (jwe_port, jwe_bodies),
+                "d_gateway_jwe_ecdh": (ecdh_port, ecdh_bodies),
             }
             slices: dict[str, list[dict]] = {name: [] for name in scenarios}
             cpu = {name: [0.0, 0.0] for name in scenarios}
             # interleaved rounds (a, b, c, a, b, c, ...): a machine that speeds up or slows
             # down during the run affects every scenario alike, not just one of them
             for _ in range(args.rounds):
-                for name, (port, bodies) in scenarios.items():
+                for name, (port, pool) in scenarios.items():
+                    bodies = pool() if callable(pool) else pool
                     before = [cpu_seconds(p.pid) for p in procs]
                     slices[name].append(
                         asyncio.run(
@@ -258,6 +305,7 @@ def main() -> None:
                     proc.kill()
     ratio_b = results["b_gateway_plain"]["rps"] / results["a_direct"]["rps"]
     ratio_c = results["c_gateway_jwe"]["rps"] / ceiling
+    ratio_d = results["d_gateway_jwe_ecdh"]["rps"] / results["b_gateway_plain"]["rps"]
     summary = {
         **results,
         "rsa_oaep_sha256_decrypt_per_s_one_core": ceiling,
@@ -266,10 +314,12 @@ def main() -> None:
         "gateway_workers": args.workers,
         "b_over_a": ratio_b,
         "c_over_rsa_ceiling": ratio_c,
+        "d_over_b": ratio_d,
+        "d_over_b_target": ECDH_TARGET,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
-        return
+        sys.exit(0 if ratio_d >= ECDH_TARGET else 1)
     print(
         f"loopback, {args.concurrency} keep-alive clients, {args.duration:g} s per scenario "
         f"in {args.rounds} interleaved rounds, "
@@ -283,6 +333,7 @@ def main() -> None:
         "a_direct": "(a) client -> app",
         "b_gateway_plain": "(b) via gateway, no JWE",
         "c_gateway_jwe": "(c) via gateway, JWE",
+        "d_gateway_jwe_ecdh": "(d) via gateway, JWE ECDH",
     }
     for name, label in labels.items():
         r = results[name]
@@ -299,6 +350,50 @@ def main() -> None:
         f"{1e6 / ceiling:.0f} us: CPU-bound JWE ceiling of one gateway core "
         f"= {1e6 / cost / ceiling:.0%} of the RSA ceiling"
     )
+    met = ratio_d >= ECDH_TARGET
+    print(
+        f"(d)/(b) = {ratio_d:.0%}   (target >= {ECDH_TARGET:.0%}: JWE ECDH req/s vs plain "
+        f"pass-through) {'met' if met else 'MISSED'}"
+    )
+    if not met:
+        sys.exit(1)
+
+
+class _Fresh:
+    """A pool for :func:`drive` that ignores the index and hands out each body once (drive's
+    workers restart at their offset after the warm-up, which would resend envelopes)."""
+
+    def __init__(self, bodies: list) -> None:
+        self._bodies = iter(bodies)
+        self._size = len(bodies)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, _: int):
+        return next(self._bodies)
+
+
+#: (d) JWE ECDH req/s over (b) plain pass-through req/s in the same run (issue 18, item 3).
+ECDH_TARGET = 0.70
+
+
+def _write_ecdh_identity(work: Path):
+    """The app's P-256 key-agreement key and its offer certificate in ``work``; returns the
+    public key."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from trustflow_core.ecdh_offer import offer_certificate
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (work / "app-ecdh.key").write_bytes(key_pem)
+    (work / "app-ecdh.key").chmod(0o600)
+    (work / "app-ecdh.crt").write_bytes(
+        offer_certificate(key).public_bytes(serialization.Encoding.PEM)
+    )
+    return key.public_key()
 
 
 def _jwe(members: dict):

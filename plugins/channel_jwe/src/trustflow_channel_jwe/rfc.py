@@ -32,14 +32,17 @@ from __future__ import annotations
 
 import json
 import secrets
+import struct
 import time
 from types import MappingProxyType
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from jwcrypto.common import JWException
 from jwcrypto.jwa import JWA
 from jwcrypto.jwe import JWE
@@ -53,7 +56,6 @@ from trustflow_core.channel import (
 )
 from trustflow_core.errors import EnvelopeError
 from trustflow_core.jose import (
-    MalformedInput,
     b64url_decode,
     b64url_encode,
     compact_json,
@@ -68,6 +70,7 @@ KEY_ALGS = ("RSA-OAEP-256", "RSA-OAEP")
 ECDH_ALG = "ECDH-ES+A128KW"
 ECDH_CURVE = "P-256"
 EC_COORDINATE_BYTES = 32
+ECDH_KEK_BYTES = 16
 EPK_MEMBERS = frozenset({"kty", "crv", "x", "y"})
 GCM_KEY_BYTES: dict[str, int] = {"A128GCM": 16, "A192GCM": 24, "A256GCM": 32}
 DEFAULT_ENC = "A256GCM"
@@ -98,10 +101,10 @@ def _header(parts: DecodedJwe, algs: tuple[str, ...]) -> tuple[dict[str, Any], s
     return header, alg, enc
 
 
-def _check_epk(header: dict[str, Any]) -> None:
-    """Refuse an ``epk`` that is not exactly a public P-256 point, and non-string
-    ``apu``/``apv``, before any key agreement (invalid-curve and small-subgroup points never
-    reach the ECDH)."""
+def _check_epk(header: dict[str, Any]) -> tuple[ec.EllipticCurvePublicKey, bytes, bytes]:
+    """The ``epk`` public key and the decoded ``apu``/``apv``; refuses an ``epk`` that is not
+    exactly a public P-256 point on the curve (``cryptography`` checks the curve equation), and
+    non-string ``apu``/``apv``, before any key agreement."""
     epk = header.get("epk")
     if not isinstance(epk, dict):
         raise EnvelopeError(f"JWE {ECDH_ALG} needs an 'epk' JSON object in the protected header")
@@ -125,15 +128,32 @@ def _check_epk(header: dict[str, Any]) -> None:
             )
         coordinates.append(int.from_bytes(raw, "big"))
     try:
-        ec.EllipticCurvePublicNumbers(coordinates[0], coordinates[1], ec.SECP256R1()).public_key()
+        point = ec.EllipticCurvePublicNumbers(coordinates[0], coordinates[1], ec.SECP256R1())
+        public = point.public_key()
     except ValueError:
         raise EnvelopeError(f"JWE epk is not a point on {ECDH_CURVE}") from None
+    party_info = []
     for member in ("apu", "apv"):
-        if member in header:
-            value = header[member]
-            if not isinstance(value, str):
-                raise EnvelopeError(f"JWE protected header member {member!r} must be a string")
-            b64url_decode(value, f"JWE protected header member {member!r}")
+        value = header.get(member, "")
+        if not isinstance(value, str):
+            raise EnvelopeError(f"JWE protected header member {member!r} must be a string")
+        party_info.append(b64url_decode(value, f"JWE protected header member {member!r}"))
+    return public, party_info[0], party_info[1]
+
+
+def _ecdh_es_kek(
+    private_key: ec.EllipticCurvePrivateKey, epk: ec.EllipticCurvePublicKey, apu: bytes, apv: bytes
+) -> bytes:
+    """The ``ECDH-ES+A128KW`` key-encryption key (RFC 7518 §4.6.2): Concat KDF (NIST SP 800-56A,
+    SHA-256) over the ECDH shared secret with AlgorithmID = ``alg``, PartyUInfo = ``apu``,
+    PartyVInfo = ``apv``, SuppPubInfo = 128 (bits). The same computation as jwcrypto's
+    ``_EcdhEs._derive`` with ``cryptography``'s public primitives and no JWK objects (which
+    cost more than the key agreement); the tests check both directions against jwcrypto."""
+    otherinfo = b"".join(
+        struct.pack(">I", len(field)) + field for field in (ECDH_ALG.encode("ascii"), apu, apv)
+    ) + struct.pack(">I", ECDH_KEK_BYTES * 8)
+    shared = private_key.exchange(ec.ECDH(), epk)
+    return ConcatKDFHash(hashes.SHA256(), ECDH_KEK_BYTES, otherinfo).derive(shared)
 
 
 class _JwkCache:
@@ -234,25 +254,37 @@ class RfcDialect:
             raise EnvelopeError(f"private key must be an RSA or EC key, got {type(private_key)}")
         parts = decode_jwe(jwe)
         header, alg, enc = _header(parts, algs)
-        if alg == ECDH_ALG:
-            _check_epk(header)
         content = JWA.encryption_alg(enc)
+        if alg == ECDH_ALG:
+            epk, apu, apv = _check_epk(header)
         try:
-            cek = JWA.keymgmt_alg(alg).unwrap(
-                self._jwks.get(private_key), content.wrap_key_size, parts.encrypted_key, header
-            )
-        except (ValueError, TypeError, InvalidUnwrap, MalformedInput, JWException):
+            if alg == ECDH_ALG:
+                assert isinstance(private_key, ec.EllipticCurvePrivateKey)
+                kek = _ecdh_es_kek(private_key, epk, apu, apv)
+                cek = aes_key_unwrap(kek, parts.encrypted_key)
+            else:
+                cek = JWA.keymgmt_alg(alg).unwrap(
+                    self._jwks.get(private_key), content.wrap_key_size, parts.encrypted_key, header
+                )
+        except (ValueError, TypeError, InvalidUnwrap, JWException):
             raise EnvelopeError(
                 f"cannot decrypt JWE encrypted_key with {alg}: not for this key, or altered"
             ) from None
+        if len(cek) * 8 != content.wrap_key_size:
+            raise EnvelopeError(f"JWE content key is {len(cek)} bytes, enc {enc!r} needs another")
         plaintext = _decrypt_content(jwe, parts, enc, cek)
         return OpenedEnvelope(plaintext, MappingProxyType(header), cek)
 
     def seal_reply(self, plaintext: bytes, cek: bytes) -> Jwe:
-        protected = compact_json({"alg": "dir", "enc": _enc_for_key(cek)}).decode("ascii")
-        token = JWE(plaintext, protected=protected, algs=["dir", _enc_for_key(cek)])
-        token.add_recipient(JWK(kty="oct", k=b64url_encode(cek)))
-        return _to_jwe(token)
+        """``{"alg":"dir","enc":<by CEK size>}`` under the request's CEK, fresh 96-bit IV, GCM
+        AAD = ``ASCII(protected)``: what ``jwcrypto.jwe.JWE`` writes for ``dir``, through its
+        content-encryption object without the token object's copying."""
+        enc = _enc_for_key(cek)
+        protected = b64url_encode(compact_json({"alg": "dir", "enc": enc}))
+        iv, ciphertext, tag = JWA.encryption_alg(enc).encrypt(
+            cek, protected.encode("ascii"), plaintext
+        )
+        return Jwe(protected, "", b64url_encode(iv), b64url_encode(ciphertext), b64url_encode(tag))
 
     def open_reply(self, jwe: Jwe, cek: bytes) -> bytes:
         parts = decode_jwe(jwe)

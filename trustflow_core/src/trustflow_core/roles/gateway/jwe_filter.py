@@ -124,9 +124,12 @@ def _header_alg_enc(protected: str) -> tuple[str | None, str | None]:
 
 def choose_profile(jwe: Jwe, content_type: str) -> str:
     """``"rfc"`` or ``"upstream"`` for this request (rules in the module docstring)."""
+    return _profile(content_type, *_header_alg_enc(jwe.protected))
+
+
+def _profile(content_type: str, alg: str | None, enc: str | None) -> str:
     if content_type.lower() == JOSE_JSON:
         return "rfc"
-    alg, enc = _header_alg_enc(jwe.protected)
     if (enc is not None and enc != "A128GCM") or alg == ECDH_ALG:
         return "rfc"
     return "upstream"
@@ -200,10 +203,10 @@ class JweFilter:
 
     def open(self, jwe: Jwe, content_type: str) -> OpenedRequest:
         """Decrypt and check freshness; :class:`EnvelopeRejected` says which check failed."""
-        profile = choose_profile(jwe, content_type)
+        alg, enc = _header_alg_enc(jwe.protected)
+        profile = _profile(content_type, alg, enc)
         key: RSAPrivateKey | ec.EllipticCurvePrivateKey = self._key
-        ecdh = profile == "rfc" and _header_alg_enc(jwe.protected)[0] == ECDH_ALG
-        if ecdh and self._ecdh_key is not None:
+        if profile == "rfc" and alg == ECDH_ALG and self._ecdh_key is not None:
             key = self._ecdh_key
         try:
             opened = self._channels[profile].open(jwe, key)
