@@ -169,3 +169,20 @@ def test_other_curves_and_the_upstream_dialect_refuse_ec(rfc):
     p256 = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(EnvelopeError, match="must be an RSA public key"):
         upstream.seal(b"x", p256.public_key())
+
+
+def test_apu_apv_enter_the_kdf_like_jwcrypto(rfc, ec_key):
+    """PartyUInfo/PartyVInfo from the header feed the Concat KDF exactly as in jwcrypto."""
+    header = {
+        "alg": "ECDH-ES+A128KW",
+        "enc": "A256GCM",
+        "apu": b64url(b"alice"),
+        "apv": b64url(b"bob"),
+    }
+    theirs = JWE(b"with party info", protected=header)
+    theirs.add_recipient(JWK.from_pyca(ec_key.public_key()))
+    parts = theirs.serialize(compact=True).split(".")
+    assert rfc.open(Jwe(*parts[:5]), ec_key).plaintext == b"with party info"
+    bad = {"alg": "ECDH-ES+A128KW", "enc": "A256GCM", "epk": valid_epk(ec_key), "apu": 1}
+    with pytest.raises(EnvelopeError, match="'apu' must be a string"):
+        rfc.open(forged(bad), ec_key)

@@ -132,12 +132,13 @@ def _check_epk(header: dict[str, Any]) -> tuple[ec.EllipticCurvePublicKey, bytes
         public = point.public_key()
     except ValueError:
         raise EnvelopeError(f"JWE epk is not a point on {ECDH_CURVE}") from None
-    party_info = []
-    for member in ("apu", "apv"):
-        value = header.get(member, "")
-        if not isinstance(value, str):
-            raise EnvelopeError(f"JWE protected header member {member!r} must be a string")
-        party_info.append(b64url_decode(value, f"JWE protected header member {member!r}"))
+    party_info = [b"", b""]
+    for i, member in enumerate(("apu", "apv")):
+        if member in header:
+            value = header[member]
+            if not isinstance(value, str):
+                raise EnvelopeError(f"JWE protected header member {member!r} must be a string")
+            party_info[i] = b64url_decode(value, f"JWE protected header member {member!r}")
     return public, party_info[0], party_info[1]
 
 
