@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +124,57 @@ def test_gateway_loads_the_ecdh_pair(tmp_path: Path):
     rsa_as_ecdh = jwe | {"ecdh_cert_path": "app.crt", "ecdh_private_key_path": "app.key"}
     with pytest.raises(InvalidInput, match="must be an EC P-256 key"):
         JweFilter.load(load_config(gateway_file(tmp_path, rsa_as_ecdh)).listeners[0].jwe, {})
+
+
+# ---- as an operator runs it --------------------------------------------------------------------
+
+TRUSTFLOW = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"
+
+
+def trustflow(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "TRUSTFLOW_SIM_DIR": str(tmp_path / "sim"),
+        "TRUSTFLOW_LOAD_PLUGINS": "tee_sim,channel_jwe",
+    }
+    return subprocess.run(
+        [TRUSTFLOW, *args], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+
+
+def test_generate_ecdh_keypair_and_ra_proxy_check_config(tmp_path: Path):
+    made = trustflow(
+        tmp_path,
+        "util",
+        "generate-ecdh-keypair",
+        "--private-key-file",
+        "e.key",
+        "--cert-file",
+        "e.crt",
+    )
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "e.key").stat().st_mode & 0o777 == 0o600
+    assert is_offer(x509.load_pem_x509_certificate((tmp_path / "e.crt").read_bytes()))
+    write_app_identity(tmp_path, "app")
+    ok = trustflow(
+        tmp_path,
+        "ra-proxy",
+        "--cert-path",
+        "app.crt",
+        "--ecdh-cert-path",
+        "e.crt",
+        "--check-config",
+    )
+    assert ok.returncode == 0 and "configuration OK" in ok.stdout + ok.stderr, ok.stderr
+    (tmp_path / "ra.yaml").write_text("cert_path: app.crt\necdh_cert_path: e.crt\n")
+    assert trustflow(tmp_path, "ra-proxy", "-c", "ra.yaml", "--check-config").returncode == 0
+    bad = trustflow(
+        tmp_path,
+        "ra-proxy",
+        "--cert-path",
+        "app.crt",
+        "--ecdh-cert-path",
+        "app.crt",
+        "--check-config",
+    )
+    assert bad.returncode != 0 and "keyUsage of keyAgreement only" in bad.stderr
