@@ -31,6 +31,7 @@ as failure), and its base64url decoder is lenient.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import struct
 import time
@@ -41,6 +42,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from jwcrypto.common import JWException
@@ -76,6 +78,10 @@ GCM_KEY_BYTES: dict[str, int] = {"A128GCM": 16, "A192GCM": 24, "A256GCM": 32}
 DEFAULT_ENC = "A256GCM"
 IV_BYTES = 12
 TAG_BYTES = 16
+#: The protected header of a ``dir`` reply for each ``enc`` (always the same bytes).
+_REPLY_PROTECTED = {
+    enc: b64url_encode(compact_json({"alg": "dir", "enc": enc})) for enc in GCM_KEY_BYTES
+}
 
 
 def _enc_for_key(cek: bytes) -> str:
@@ -181,10 +187,7 @@ def _decrypt_content(jwe: Jwe, parts: DecodedJwe, enc: str, cek: bytes) -> bytes
     if jwe.aad:
         aad += b"." + jwe.aad.encode("ascii")
     try:
-        plaintext: bytes = JWA.encryption_alg(enc).decrypt(
-            cek, aad, parts.iv, parts.ciphertext, parts.tag
-        )
-        return plaintext
+        return AESGCM(cek).decrypt(parts.iv, parts.ciphertext + parts.tag, aad)
     except InvalidTag:
         raise EnvelopeError(
             "JWE does not authenticate: wrong content key, or a member was altered"
@@ -278,14 +281,18 @@ class RfcDialect:
 
     def seal_reply(self, plaintext: bytes, cek: bytes) -> Jwe:
         """``{"alg":"dir","enc":<by CEK size>}`` under the request's CEK, fresh 96-bit IV, GCM
-        AAD = ``ASCII(protected)``: what ``jwcrypto.jwe.JWE`` writes for ``dir``, through its
-        content-encryption object without the token object's copying."""
-        enc = _enc_for_key(cek)
-        protected = b64url_encode(compact_json({"alg": "dir", "enc": enc}))
-        iv, ciphertext, tag = JWA.encryption_alg(enc).encrypt(
-            cek, protected.encode("ascii"), plaintext
+        AAD = ``ASCII(protected)``: what ``jwcrypto.jwe.JWE`` writes for ``dir`` (AES-GCM
+        directly, without the token object's copying)."""
+        protected = _REPLY_PROTECTED[_enc_for_key(cek)]
+        iv = os.urandom(IV_BYTES)
+        sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
+        return Jwe(
+            protected,
+            "",
+            b64url_encode(iv),
+            b64url_encode(sealed[:-TAG_BYTES]),
+            b64url_encode(sealed[-TAG_BYTES:]),
         )
-        return Jwe(protected, "", b64url_encode(iv), b64url_encode(ciphertext), b64url_encode(tag))
 
     def open_reply(self, jwe: Jwe, cek: bytes) -> bytes:
         parts = decode_jwe(jwe)
