@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+from _ecdh import ECDH_TARGET, Fresh, print_ecdh, write_ecdh_identity
 from _loopback import cpu_seconds, free_port, wait_port
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -170,7 +171,7 @@ def main() -> None:
         key = serialization.load_pem_private_key(key_pem, password=None)
         public_key = x509.load_pem_x509_certificate(cert_pem).public_key()
         app_port, plain_port, jwe_port = free_port(), free_port(), free_port()
-        ecdh_port, ecdh_key = free_port(), _write_ecdh_identity(work)
+        ecdh_port, ecdh_key = free_port(), write_ecdh_identity(work)
         config = {
             "listeners": [
                 {
@@ -254,11 +255,11 @@ def main() -> None:
                 members = {k: v for k, v in envelope.jwe.to_dict().items() if v}
                 return json.dumps(members).encode(), check
 
-            def ecdh_bodies() -> _Fresh:
+            def ecdh_bodies() -> Fresh:
                 """Enough unique envelopes for one (d) slice: twice what the busiest (b) slice
                 so far served; each is handed out once (the gateway refuses replays)."""
                 most = max(r["served"] for r in slices["b_gateway_plain"])
-                return _Fresh([sealed_ecdh() for _ in range(2 * most + 200)], sealed_ecdh)
+                return Fresh([sealed_ecdh() for _ in range(2 * most + 200)], sealed_ecdh)
 
             ceiling = rsa_ceiling(key, 1.5)
             scenarios = {
@@ -341,6 +342,7 @@ def main() -> None:
             f"{label:<28}{r['rps']:>8.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>7}"
             f"{r['app_cpu_us_per_req']:>16.0f}{r['gateway_cpu_us_per_req']:>20.0f}"
         )
+    met = print_ecdh(results, ratio_d)
     print(f"RSA-OAEP-SHA256 decrypt ceiling, one core: {ceiling:.0f} ops/s")
     print(f"(b)/(a) = {ratio_b:.0%}   (target >= 50%)")
     print(f"(c)/RSA ceiling = {ratio_c:.0%}   (target >= 50%)")
@@ -350,63 +352,8 @@ def main() -> None:
         f"{1e6 / ceiling:.0f} us: CPU-bound JWE ceiling of one gateway core "
         f"= {1e6 / cost / ceiling:.0%} of the RSA ceiling"
     )
-    ecdh_cost = results["d_gateway_jwe_ecdh"]["gateway_cpu_us_per_req"]
-    plain_cost = results["b_gateway_plain"]["gateway_cpu_us_per_req"]
-    print(
-        f"gateway CPU per JWE ECDH request {ecdh_cost:.0f} us vs plain {plain_cost:.0f} us "
-        f"(+{ecdh_cost - plain_cost:.0f} us: one P-256 ECDH, JOSE parsing, AES, replay check)"
-    )
-    met = ratio_d >= ECDH_TARGET
-    print(
-        f"(d)/(b) = {ratio_d:.0%}   (target >= {ECDH_TARGET:.0%}: JWE ECDH req/s vs plain "
-        f"pass-through) {'met' if met else 'MISSED'}"
-    )
     if not met:
         sys.exit(1)
-
-
-class _Fresh:
-    """A pool for :func:`drive` that ignores the index and hands out each body once (drive's
-    workers restart at their offset after the warm-up, which would resend envelopes); when the
-    pool runs dry it seals more with ``make`` (inside the measured time: counted in ``extra``)."""
-
-    def __init__(self, bodies: list, make: Callable[[], tuple]) -> None:
-        self._bodies = iter(bodies)
-        self._size = len(bodies)
-        self._make = make
-        self.extra = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def __getitem__(self, _: int):
-        try:
-            return next(self._bodies)
-        except StopIteration:
-            self.extra += 1
-            return self._make()
-
-
-#: (d) JWE ECDH req/s over (b) plain pass-through req/s in the same run (issue 18, item 3).
-ECDH_TARGET = 0.70
-
-
-def _write_ecdh_identity(work: Path):
-    """The app's P-256 key-agreement key and its offer certificate in ``work``; returns the
-    public key."""
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from trustflow_core.ecdh_offer import offer_certificate
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (work / "app-ecdh.key").write_bytes(key_pem)
-    (work / "app-ecdh.key").chmod(0o600)
-    (work / "app-ecdh.crt").write_bytes(
-        offer_certificate(key).public_bytes(serialization.Encoding.PEM)
-    )
-    return key.public_key()
 
 
 def _jwe(members: dict):
