@@ -219,8 +219,8 @@ def main() -> None:
                     stderr=subprocess.DEVNULL,
                 )
             )
-            wait_port(jwe_port, procs[-1])
             wait_port(ecdh_port, procs[-1])
+            wait_port(jwe_port, procs[-1])
 
             channel = backend_class(get_plugin_manager(), ENVELOPE_CHANNEL, "jwe").from_settings(
                 {"profile": "upstream", "alg": "RSA-OAEP-256"}
