@@ -200,6 +200,29 @@ def _jwe_seeds(profile: str) -> list[bytes]:
     return seeds + [_jwe_input(j, MODE_REPLY) for j in replies]
 
 
+#: The P-256 key ECDH-ES+A128KW seeds are sealed to (fixed, so stored inputs replay).
+ECDH_SCALAR = 0x5EED_ECD4_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0000_0001
+
+
+@functools.cache
+def _ecdh_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.derive_private_key(ECDH_SCALAR, ec.SECP256R1())
+
+
+def _run_jwe_ecdh(data: bytes) -> None:
+    """The RFC profile's ECDH-ES+A128KW opening (``epk`` checks, Concat KDF, key unwrap)."""
+    found = _jwe_from(data)
+    if found is not None:
+        _channel("rfc").open(found[1], _ecdh_key())
+
+
+def _jwe_ecdh_seeds() -> list[bytes]:
+    sealed = _channel("rfc").seal(b'{"message":"hello"}', _ecdh_key().public_key()).jwe
+    return [_jwe_input(sealed, mode) for mode in (MODE_RAW, MODE_JSON)]
+
+
 # ---- JWS / x5c ---------------------------------------------------------------------------
 
 MODE_HEADER, MODE_MEMBERS, MODE_X5C = 0, 1, 2
@@ -452,6 +475,12 @@ TARGETS: Sequence[Target] = (
         "jwe_rfc",
         functools.partial(_run_jwe, "rfc"),
         _seeds(functools.partial(_jwe_seeds, "rfc")),
+        (EnvelopeError,),
+    ),
+    Target(
+        "jwe_rfc_ecdh",
+        _run_jwe_ecdh,
+        _seeds(_jwe_ecdh_seeds),
         (EnvelopeError,),
     ),
     Target("jws_x5c", run_jws, _seeds(_jws_seeds), (EnvelopeError,)),

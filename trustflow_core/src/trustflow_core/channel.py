@@ -13,11 +13,22 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ec import (
+    EllipticCurvePrivateKey,
+    EllipticCurvePublicKey,
+)
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from .backend import Backend
 from .errors import EnvelopeError
 from .keyexchange import TlsAsset
+
+#: Who an envelope can be sealed to: an RSA key (key transport) or, where a channel profile
+#: supports key agreement (the ``jwe`` channel's ``rfc`` profile: ECDH-ES+A128KW on P-256), an
+#: EC key. The upstream dialect accepts RSA only.
+EnvelopeRecipient = RSAPublicKey | EllipticCurvePublicKey
+#: The private half that opens an envelope sealed to an :data:`EnvelopeRecipient`.
+EnvelopePrivateKey = RSAPrivateKey | EllipticCurvePrivateKey
 
 
 def _from_members(cls: type, data: Mapping[str, Any], what: str) -> dict[str, str]:
@@ -108,12 +119,14 @@ class EnvelopeChannel(Backend, abc.ABC):
     kind: ClassVar[str] = "channel"
 
     @abc.abstractmethod
-    def seal(self, plaintext: bytes, recipient: RSAPublicKey) -> SealedEnvelope:
-        """Encrypt ``plaintext`` to ``recipient`` under a fresh content key."""
+    def seal(self, plaintext: bytes, recipient: EnvelopeRecipient) -> SealedEnvelope:
+        """Encrypt ``plaintext`` to ``recipient`` under a fresh content key; a key type the
+        profile does not support raises :class:`~trustflow_core.errors.EnvelopeError`."""
 
     @abc.abstractmethod
-    def open(self, jwe: Jwe, private_key: RSAPrivateKey) -> OpenedEnvelope:
-        """Decrypt a JWE addressed to ``private_key``."""
+    def open(self, jwe: Jwe, private_key: EnvelopePrivateKey) -> OpenedEnvelope:
+        """Decrypt a JWE addressed to ``private_key``; only the ``alg`` values that fit the
+        key's type are accepted."""
 
     @abc.abstractmethod
     def seal_reply(self, plaintext: bytes, cek: bytes) -> Jwe:

@@ -10,6 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from trustflow_core.channel import (
     EnvelopeChannel,
+    EnvelopePrivateKey,
+    EnvelopeRecipient,
     Jwe,
     Jws,
     OpenedEnvelope,
@@ -54,6 +56,8 @@ class JweChannel(EnvelopeChannel):
     * ``rfc`` (default) — RFC 7516 via jwcrypto: RSA-OAEP-256 + A256GCM, every byte
       authenticated; requests carry ``iat`` and ``jti`` in the protected header (for replay
       checks by the receiver); replies use ``alg: dir`` under the request's content key.
+      Sealed to an EC P-256 key, a request uses ``ECDH-ES+A128KW`` key agreement instead
+      (docs/online.md#ecdh-profile); ``open`` accepts only the ``alg`` that fits its key.
 
     JWS (:meth:`sign`/:meth:`verify`) is the same in both profiles: RS256 with an ``x5c``
     chain that is checked for signatures only (see :mod:`trustflow_channel_jwe.jws`).
@@ -92,12 +96,12 @@ class JweChannel(EnvelopeChannel):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(profile={self.profile!r}, alg={self.alg!r})"
 
-    def seal(self, plaintext: bytes, recipient: RSAPublicKey) -> SealedEnvelope:
-        return self._dialect.seal(plaintext, recipient)
+    def seal(self, plaintext: bytes, recipient: EnvelopeRecipient) -> SealedEnvelope:
+        return self._dialect.seal(plaintext, recipient)  # type: ignore[arg-type]
 
-    def open(self, jwe: Jwe, private_key: RSAPrivateKey) -> OpenedEnvelope:
+    def open(self, jwe: Jwe, private_key: EnvelopePrivateKey) -> OpenedEnvelope:
         with _envelope_errors():
-            return self._dialect.open(jwe, private_key)
+            return self._dialect.open(jwe, private_key)  # type: ignore[arg-type]
 
     def seal_reply(self, plaintext: bytes, cek: bytes) -> Jwe:
         return self._dialect.seal_reply(plaintext, cek)

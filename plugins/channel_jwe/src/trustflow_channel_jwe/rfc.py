@@ -7,6 +7,16 @@ request's content key. IVs must be 96 bits and tags 128 bits (RFC 7518 §5.3). A
 ``Jwe`` dataclass, an empty member means an absent one (``aad``; ``encrypted_key`` with
 ``dir``): drop empty members before handing the JSON to another RFC 7516 library.
 
+Sealed to an EC P-256 key, a request uses ``ECDH-ES+A128KW`` key agreement instead
+(RFC 7518 §4.6: an ephemeral P-256 key ``epk`` in the protected header, Concat KDF with
+SHA-256, the random CEK wrapped with AES-128 key wrap), so opening costs one P-256 ECDH
+instead of an RSA decryption. The reply is the same ``dir`` reply under the request's random
+CEK as for RSA. ``open`` takes the ``alg`` allowlist from the key's type: an RSA key opens
+only ``RSA-OAEP``/``RSA-OAEP-256``, an EC key only ``ECDH-ES+A128KW`` (no direct
+``ECDH-ES``, no other curves); ``epk`` must be exactly ``{kty: EC, crv: P-256, x, y}`` with
+32-byte coordinates of a point on the curve (``cryptography`` checks it; an invalid-curve
+point is refused before any key agreement).
+
 Every request :meth:`RfcDialect.seal` writes carries ``iat`` (seconds since the epoch) and
 ``jti`` (128 random bits, base64url) in its protected header, so a receiver can refuse a
 replayed or stale envelope (the gateway does: ``roles/gateway/freshness.py``); the header is
@@ -21,28 +31,57 @@ as failure), and its base64url decoder is lenient.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import struct
 import time
 from types import MappingProxyType
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from jwcrypto.common import JWException
 from jwcrypto.jwa import JWA
 from jwcrypto.jwe import JWE
 from jwcrypto.jwk import JWK
-from trustflow_core.channel import Jwe, OpenedEnvelope, SealedEnvelope
+from trustflow_core.channel import (
+    EnvelopePrivateKey,
+    EnvelopeRecipient,
+    Jwe,
+    OpenedEnvelope,
+    SealedEnvelope,
+)
 from trustflow_core.errors import EnvelopeError
-from trustflow_core.jose import b64url_encode, compact_json, header_string, parse_object
+from trustflow_core.jose import (
+    b64url_decode,
+    b64url_encode,
+    compact_json,
+    header_string,
+    parse_object,
+)
 
 from .codec import DecodedJwe, decode_jwe, reject_unsupported_members
 
 KEY_ALGS = ("RSA-OAEP-256", "RSA-OAEP")
+#: Key agreement for EC recipients: ephemeral-static ECDH on P-256, the CEK wrapped with A128KW.
+ECDH_ALG = "ECDH-ES+A128KW"
+ECDH_CURVE = "P-256"
+EC_COORDINATE_BYTES = 32
+ECDH_KEK_BYTES = 16
+EPK_MEMBERS = frozenset({"kty", "crv", "x", "y"})
 GCM_KEY_BYTES: dict[str, int] = {"A128GCM": 16, "A192GCM": 24, "A256GCM": 32}
 DEFAULT_ENC = "A256GCM"
 IV_BYTES = 12
 TAG_BYTES = 16
+#: The protected header of a ``dir`` reply for each ``enc`` (always the same bytes).
+_REPLY_PROTECTED = {
+    enc: b64url_encode(compact_json({"alg": "dir", "enc": enc})) for enc in GCM_KEY_BYTES
+}
 
 
 def _enc_for_key(cek: bytes) -> str:
@@ -68,15 +107,87 @@ def _header(parts: DecodedJwe, algs: tuple[str, ...]) -> tuple[dict[str, Any], s
     return header, alg, enc
 
 
+def _check_epk(header: dict[str, Any]) -> tuple[ec.EllipticCurvePublicKey, bytes, bytes]:
+    """The ``epk`` public key and the decoded ``apu``/``apv``; refuses an ``epk`` that is not
+    exactly a public P-256 point on the curve (``cryptography`` checks the curve equation), and
+    non-string ``apu``/``apv``, before any key agreement."""
+    epk = header.get("epk")
+    if not isinstance(epk, dict):
+        raise EnvelopeError(f"JWE {ECDH_ALG} needs an 'epk' JSON object in the protected header")
+    if set(epk) != EPK_MEMBERS:
+        raise EnvelopeError(
+            f"JWE epk must have exactly the members {sorted(EPK_MEMBERS)}, got {sorted(epk)}"
+        )
+    if epk["kty"] != "EC" or epk["crv"] != ECDH_CURVE:
+        raise EnvelopeError(
+            f"JWE epk must be kty 'EC' crv {ECDH_CURVE!r}, got {epk['kty']!r} {epk['crv']!r}"
+        )
+    coordinates = []
+    for member in ("x", "y"):
+        value = epk[member]
+        if not isinstance(value, str):
+            raise EnvelopeError(f"JWE epk member {member!r} must be a string")
+        raw = b64url_decode(value, f"JWE epk member {member!r}")
+        if len(raw) != EC_COORDINATE_BYTES:
+            raise EnvelopeError(
+                f"JWE epk member {member!r} must be {EC_COORDINATE_BYTES} bytes, got {len(raw)}"
+            )
+        coordinates.append(int.from_bytes(raw, "big"))
+    try:
+        point = ec.EllipticCurvePublicNumbers(coordinates[0], coordinates[1], ec.SECP256R1())
+        public = point.public_key()
+    except ValueError:
+        raise EnvelopeError(f"JWE epk is not a point on {ECDH_CURVE}") from None
+    party_info = [b"", b""]
+    for i, member in enumerate(("apu", "apv")):
+        if member in header:
+            value = header[member]
+            if not isinstance(value, str):
+                raise EnvelopeError(f"JWE protected header member {member!r} must be a string")
+            party_info[i] = b64url_decode(value, f"JWE protected header member {member!r}")
+    return public, party_info[0], party_info[1]
+
+
+def _ecdh_es_kek(
+    private_key: ec.EllipticCurvePrivateKey, epk: ec.EllipticCurvePublicKey, apu: bytes, apv: bytes
+) -> bytes:
+    """The ``ECDH-ES+A128KW`` key-encryption key (RFC 7518 §4.6.2): Concat KDF (NIST SP 800-56A,
+    SHA-256) over the ECDH shared secret with AlgorithmID = ``alg``, PartyUInfo = ``apu``,
+    PartyVInfo = ``apv``, SuppPubInfo = 128 (bits). The same computation as jwcrypto's
+    ``_EcdhEs._derive`` with ``cryptography``'s public primitives and no JWK objects (which
+    cost more than the key agreement); the tests check both directions against jwcrypto."""
+    otherinfo = b"".join(
+        struct.pack(">I", len(field)) + field for field in (ECDH_ALG.encode("ascii"), apu, apv)
+    ) + struct.pack(">I", ECDH_KEK_BYTES * 8)
+    shared = private_key.exchange(ec.ECDH(), epk)
+    return ConcatKDFHash(hashes.SHA256(), ECDH_KEK_BYTES, otherinfo).derive(shared)
+
+
+class _JwkCache:
+    """The JWK form of the few long-lived keys a dialect opens with (building it costs about as
+    much as the key agreement itself); keyed by object identity, the key kept alive with it."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._entries: dict[int, tuple[object, JWK]] = {}
+
+    def get(self, key: EnvelopePrivateKey) -> JWK:
+        entry = self._entries.get(id(key))
+        if entry is not None and entry[0] is key:
+            return entry[1]
+        jwk = JWK.from_pyca(key)
+        if len(self._entries) >= self._size:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[id(key)] = (key, jwk)
+        return jwk
+
+
 def _decrypt_content(jwe: Jwe, parts: DecodedJwe, enc: str, cek: bytes) -> bytes:
     aad = jwe.protected.encode("ascii")
     if jwe.aad:
         aad += b"." + jwe.aad.encode("ascii")
     try:
-        plaintext: bytes = JWA.encryption_alg(enc).decrypt(
-            cek, aad, parts.iv, parts.ciphertext, parts.tag
-        )
-        return plaintext
+        return AESGCM(cek).decrypt(parts.iv, parts.ciphertext + parts.tag, aad)
     except InvalidTag:
         raise EnvelopeError(
             "JWE does not authenticate: wrong content key, or a member was altered"
@@ -88,8 +199,9 @@ def _to_jwe(token: JWE) -> Jwe:
 
 
 class RfcDialect:
-    """RFC 7516 JWE (flattened JSON members) with ``alg`` key transport and ``enc`` content
-    encryption for requests, ``dir`` for replies."""
+    """RFC 7516 JWE (flattened JSON members) with ``alg`` key transport (RSA recipients) or
+    ``ECDH-ES+A128KW`` key agreement (EC P-256 recipients) and ``enc`` content encryption for
+    requests, ``dir`` for replies."""
 
     def __init__(self, alg: str = "RSA-OAEP-256", enc: str = DEFAULT_ENC) -> None:
         if alg not in KEY_ALGS:
@@ -98,43 +210,89 @@ class RfcDialect:
             raise ValueError(f"enc must be one of {sorted(GCM_KEY_BYTES)}, got {enc!r}")
         self.alg = alg
         self.enc = enc
+        self._jwks = _JwkCache()
 
-    def seal(self, plaintext: bytes, recipient: RSAPublicKey) -> SealedEnvelope:
-        if not isinstance(recipient, RSAPublicKey):
-            raise EnvelopeError(f"recipient must be an RSA public key, got {type(recipient)}")
+    def seal(self, plaintext: bytes, recipient: EnvelopeRecipient) -> SealedEnvelope:
+        """RSA recipient: ``alg`` (RSA-OAEP-256/RSA-OAEP) key transport; EC P-256 recipient:
+        ``ECDH-ES+A128KW`` with ``epk`` in the protected header. Either way ``enc`` under a
+        fresh random CEK, ``iat`` and ``jti`` in the protected header."""
+        if isinstance(recipient, ec.EllipticCurvePublicKey):
+            if not isinstance(recipient.curve, ec.SECP256R1):
+                raise EnvelopeError(
+                    f"EC recipient must be on {ECDH_CURVE}, got {recipient.curve.name}"
+                )
+            alg = ECDH_ALG
+        elif isinstance(recipient, RSAPublicKey):
+            alg = self.alg
+        else:
+            raise EnvelopeError(
+                f"recipient must be an RSA or EC P-256 public key, got {type(recipient)}"
+            )
         header = {
-            "alg": self.alg,
+            "alg": alg,
             "enc": self.enc,
             "iat": int(time.time()),
             "jti": secrets.token_urlsafe(16),
         }
         protected = compact_json(header).decode("ascii")
-        token = JWE(plaintext, protected=protected, algs=[self.alg, self.enc])
+        token = JWE(plaintext, protected=protected, algs=[alg, self.enc])
         token.add_recipient(JWK.from_pyca(recipient))
-        return SealedEnvelope(_to_jwe(token), token.cek)
+        if alg != ECDH_ALG:
+            return SealedEnvelope(_to_jwe(token), token.cek)
+        # jwcrypto puts ``epk`` in a per-recipient unprotected header, which the six-member
+        # form cannot carry; its compact serialization moves it into the protected header and
+        # re-encrypts, so the epk is authenticated as well.
+        protected, encrypted_key, iv, ciphertext, tag = token.serialize(compact=True).split(".")
+        return SealedEnvelope(Jwe(protected, encrypted_key, iv, ciphertext, tag), token.cek)
 
-    def open(self, jwe: Jwe, private_key: RSAPrivateKey) -> OpenedEnvelope:
-        if not isinstance(private_key, RSAPrivateKey):
-            raise EnvelopeError(f"private key must be an RSA key, got {type(private_key)}")
+    def open(self, jwe: Jwe, private_key: EnvelopePrivateKey) -> OpenedEnvelope:
+        """Open with an RSA key (``RSA-OAEP-256``/``RSA-OAEP`` only) or an EC P-256 key
+        (``ECDH-ES+A128KW`` only, ``epk`` checked first: :func:`_check_epk`)."""
+        if isinstance(private_key, ec.EllipticCurvePrivateKey):
+            if not isinstance(private_key.curve, ec.SECP256R1):
+                raise EnvelopeError(f"EC private key must be on {ECDH_CURVE}")
+            algs: tuple[str, ...] = (ECDH_ALG,)
+        elif isinstance(private_key, RSAPrivateKey):
+            algs = KEY_ALGS
+        else:
+            raise EnvelopeError(f"private key must be an RSA or EC key, got {type(private_key)}")
         parts = decode_jwe(jwe)
-        header, alg, enc = _header(parts, KEY_ALGS)
+        header, alg, enc = _header(parts, algs)
         content = JWA.encryption_alg(enc)
+        if alg == ECDH_ALG:
+            epk, apu, apv = _check_epk(header)
         try:
-            cek = JWA.keymgmt_alg(alg).unwrap(
-                JWK.from_pyca(private_key), content.wrap_key_size, parts.encrypted_key, header
-            )
-        except (ValueError, JWException):
+            if alg == ECDH_ALG:
+                assert isinstance(private_key, ec.EllipticCurvePrivateKey)
+                kek = _ecdh_es_kek(private_key, epk, apu, apv)
+                cek = aes_key_unwrap(kek, parts.encrypted_key)
+            else:
+                cek = JWA.keymgmt_alg(alg).unwrap(
+                    self._jwks.get(private_key), content.wrap_key_size, parts.encrypted_key, header
+                )
+        except (ValueError, TypeError, InvalidUnwrap, JWException):
             raise EnvelopeError(
                 f"cannot decrypt JWE encrypted_key with {alg}: not for this key, or altered"
             ) from None
+        if len(cek) * 8 != content.wrap_key_size:
+            raise EnvelopeError(f"JWE content key is {len(cek)} bytes, enc {enc!r} needs another")
         plaintext = _decrypt_content(jwe, parts, enc, cek)
         return OpenedEnvelope(plaintext, MappingProxyType(header), cek)
 
     def seal_reply(self, plaintext: bytes, cek: bytes) -> Jwe:
-        protected = compact_json({"alg": "dir", "enc": _enc_for_key(cek)}).decode("ascii")
-        token = JWE(plaintext, protected=protected, algs=["dir", _enc_for_key(cek)])
-        token.add_recipient(JWK(kty="oct", k=b64url_encode(cek)))
-        return _to_jwe(token)
+        """``{"alg":"dir","enc":<by CEK size>}`` under the request's CEK, fresh 96-bit IV, GCM
+        AAD = ``ASCII(protected)``: what ``jwcrypto.jwe.JWE`` writes for ``dir`` (AES-GCM
+        directly, without the token object's copying)."""
+        protected = _REPLY_PROTECTED[_enc_for_key(cek)]
+        iv = os.urandom(IV_BYTES)
+        sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
+        return Jwe(
+            protected,
+            "",
+            b64url_encode(iv),
+            b64url_encode(sealed[:-TAG_BYTES]),
+            b64url_encode(sealed[-TAG_BYTES:]),
+        )
 
     def open_reply(self, jwe: Jwe, cek: bytes) -> bytes:
         parts = decode_jwe(jwe)

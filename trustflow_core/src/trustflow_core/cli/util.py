@@ -243,6 +243,54 @@ def generate_rsa_keypair(
         click.echo(party_id)
 
 
+@util.command("generate-ecdh-keypair")
+@click.option(
+    "--private-key-file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the P-256 private key (PKCS#8 PEM, unencrypted, mode 0600).",
+)
+@click.option(
+    "--cert-file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the ECDH offer certificate (PEM) for ra-proxy --ecdh-cert-path.",
+)
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=365,
+    show_default=True,
+    help="Validity of the certificate.",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def generate_ecdh_keypair(private_key_file: Path, cert_file: Path, days: int, force: bool) -> None:
+    """Generate an online app's P-256 key-agreement key and its self-signed offer certificate
+    (CN=trustflow-ecdh, critical keyUsage keyAgreement): the RA Proxy serves it after the app
+    certificate (--ecdh-cert-path), the gateway opens ECDH-ES+A128KW envelopes with the key
+    (docs/online.md#ecdh-profile)."""
+    import datetime
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from ..ecdh_offer import offer_certificate
+
+    if private_key_file.resolve() == cert_file.resolve():
+        raise InvalidInput("--private-key-file and --cert-file must be different files")
+    _check_overwrite(private_key_file, force)
+    _check_overwrite(cert_file, force)
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    cert = offer_certificate(key, lifetime=datetime.timedelta(days=days))
+    with _file_errors():
+        atomic_write_bytes(private_key_file, key_pem, mode=0o600)
+        atomic_write_bytes(cert_file, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    click.echo(f"wrote {private_key_file} (0600) and {cert_file}")
+
+
 @util.command("generate-party-id")
 @click.option(
     "--cert-file",

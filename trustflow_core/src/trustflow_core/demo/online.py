@@ -45,9 +45,31 @@ def write_app_identity(directory: Path, name: str = "app") -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def default_gateway_config(cert_path: Path, key_path: Path) -> ConfigFactory:
+def write_ecdh_identity(directory: Path, name: str = "app-ecdh") -> tuple[Path, Path]:
+    """A fresh P-256 key (``<name>.key``, mode 0600) and its ECDH offer certificate
+    (``<name>.crt``, :func:`trustflow_core.ecdh_offer.offer_certificate`) in ``directory``;
+    returns (cert path, key path)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from ..ecdh_offer import offer_certificate
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    cert_pem = offer_certificate(key).public_bytes(serialization.Encoding.PEM)
+    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.crt"
+    atomic_write_bytes(key_path, key_pem, mode=0o600)
+    atomic_write_bytes(cert_path, cert_pem)
+    return cert_path, key_path
+
+
+def default_gateway_config(
+    cert_path: Path, key_path: Path, ecdh: tuple[Path, Path] | None = None
+) -> ConfigFactory:
     """One listener like the upstream online sample: ``/RaProxy`` and ``/teeapp`` routes and
-    the JWE filter."""
+    the JWE filter (with the ECDH key pair ``ecdh`` = (cert, key) when given)."""
 
     def build(work: Path, ra_port: int, app_port: int) -> GatewayConfig:
         return GatewayConfig(
@@ -56,7 +78,12 @@ def default_gateway_config(cert_path: Path, key_path: Path) -> ConfigFactory:
                     "public_entry",
                     Address(LOOPBACK, 0),
                     routes=(Route("/RaProxy", "ra_proxy"), Route("/teeapp", "teeapp")),
-                    jwe=JweFilterConfig(cert_path, key_path),
+                    jwe=JweFilterConfig(
+                        cert_path,
+                        key_path,
+                        ecdh_cert_path=ecdh[0] if ecdh else None,
+                        ecdh_private_key_path=ecdh[1] if ecdh else None,
+                    ),
                 ),
             ),
             clusters={
@@ -99,8 +126,11 @@ async def online_stack(
     app: web.Application | None = None,
     gateway_config: ConfigFactory | None = None,
     upstream_sim: bool = False,
+    ecdh: tuple[Path, Path] | None = None,
 ) -> AsyncIterator[OnlineStack]:
-    """Start app, RA proxy and gateway on free loopback ports; stop them all on exit."""
+    """Start app, RA proxy and gateway on free loopback ports; stop them all on exit. ``ecdh``
+    = (offer cert, P-256 key): the RA proxy offers it and the default gateway config opens
+    ECDH envelopes with it."""
     platform_key = work / "sim_platform_key.pem"
     runners: list[web.AppRunner] = []
     try:
@@ -112,10 +142,11 @@ async def online_stack(
             upstream_sim=upstream_sim,
             attester_settings={"platform_key_file": str(platform_key)},
             port=0,
+            ecdh_cert_path=ecdh[0] if ecdh else None,
         )
         runner, ra_port = await start_site(create_ra_proxy(settings, pm), LOOPBACK, 0)
         runners.append(runner)
-        build = gateway_config or default_gateway_config(cert_path, key_path)
+        build = gateway_config or default_gateway_config(cert_path, key_path, ecdh)
         async with Gateway(build(work, ra_port, app_port), pm) as gateway:
             yield OnlineStack(
                 work,

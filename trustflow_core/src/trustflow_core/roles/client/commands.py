@@ -29,6 +29,12 @@ DEFAULT_URL = "http://127.0.0.1:50001"
     help="Upstream JWE dialect (jwe_client.py: RSA-OAEP-256, A128GCM, unauthenticated header) "
     "instead of RFC 7516.",
 )
+@click.option(
+    "--no-ecdh",
+    is_flag=True,
+    help="Seal to the app's RSA key even when its attested certificate offers an ECDH "
+    "(P-256) key (default: ECDH-ES+A128KW when offered, RFC 7516 profile only).",
+)
 @click.option("--platform", default=None, help="Required str_tee_platform (e.g. TDX, CSV, SIM).")
 @click.option(
     "--measurement",
@@ -68,6 +74,7 @@ def client(
     path: str,
     data: str,
     compat: bool,
+    no_ecdh: bool,
     platform: str | None,
     measurement: tuple[str, ...],
     policy_file: str | None,
@@ -111,6 +118,7 @@ def client(
             upstream_sim=upstream_sim,
             verifier_settings=verifier_settings,
             timeout=timeout,
+            ecdh=not no_ecdh,
         ) as online:
             app = await online.attest()
             no_report = bool(app.verified.details.get("report"))
@@ -118,8 +126,16 @@ def client(
             what = "no report (upstream sim)" if no_report else f"{platform} report verified"
             if not as_json:
                 click.echo(f"Attested: {what}; cert bound to nonce {app.nonce[:16]}...", err=True)
+                if app.ecdh_key is not None:
+                    use = "not used (--no-ecdh)" if no_ecdh or compat else "used"
+                    click.echo(f"The app offers an attested ECDH (P-256) key: {use}", err=True)
             reply = await online.request(path, data.encode("utf-8"))
-        attested = {"platform": platform, "report_verified": not no_report, "nonce": app.nonce}
+        attested = {
+            "platform": platform,
+            "report_verified": not no_report,
+            "nonce": app.nonce,
+            "request_alg": reply.request_alg,
+        }
         print_reply(reply, as_json, url=url, path=path, attested=attested)
 
     asyncio.run(run())

@@ -5,10 +5,17 @@
    (platform, measurements, ...; simulated evidence only with ``allow_simulation``); then the
    report's user data must equal ``SHA-256(cert || "." || nonce)`` — so a report made for
    another nonce or another certificate is refused.
-3. Take the app's RSA public key from the attested certificate.
-4. Seal the request (``rfc`` profile by default, sent as ``application/jose+json``;
-   ``upstream`` = the ``jwe_client.py`` dialect: RSA-OAEP-256, A128GCM, 12-byte IV, empty AAD,
-   ``application/json``), send it, open the reply with the request's content key.
+3. Take the app's RSA public key from the attested certificate and, when the attested ``cert``
+   also holds the app's ECDH offer (a P-256 key-agreement certificate after the RSA one,
+   :mod:`trustflow_core.ecdh_offer`) and a report was verified, its P-256 key. The offer lies
+   inside the bound ``cert`` text, so it is bound exactly as the RSA key is: a network attacker
+   can neither add an offer (its own key) nor strip one without the report check failing; a
+   reply without a report (``upstream_sim``) never enables ECDH.
+4. Seal the request (``rfc`` profile by default, sent as ``application/jose+json``: to the
+   attested P-256 key with ``ECDH-ES+A128KW`` when offered, unless ``ecdh=False``, else to the
+   RSA key, docs/online.md#ecdh-profile; ``upstream`` = the ``jwe_client.py`` dialect:
+   RSA-OAEP-256, A128GCM, 12-byte IV, empty AAD, ``application/json``), send it, open the
+   reply with the request's content key.
 
 Every failed check raises :class:`~trustflow_core.errors.VerificationError` whose ``check``
 names it (``ra_proxy``, ``cert``, ``missing_report``, ``user_data``, ``policy``, ``platform``,
@@ -29,10 +36,12 @@ from typing import Any
 
 import aiohttp
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from ...attestation import Attributes, Policy, Report, VerifiedReport, ra_user_data, verify_optional
-from ...channel import EnvelopeChannel, Jwe
+from ...channel import EnvelopeChannel, EnvelopeRecipient, Jwe
+from ...ecdh_offer import find_offer
 from ...errors import (
     BackendNotFound,
     EnvelopeError,
@@ -40,6 +49,7 @@ from ...errors import (
     TrustflowError,
     VerificationError,
 )
+from ...jose import decode_header
 from ...manager import TrustflowPluginManager
 from ...registry import ENVELOPE_CHANNEL, backend_class, verifier_for_platform
 from .._net import http_failure
@@ -60,21 +70,26 @@ class OnlineError(TrustflowError):
 
 @dataclass(frozen=True)
 class AttestedApp:
-    """What attestation established: the app certificate, its key, the verified report."""
+    """What attestation established: the app certificate text, its RSA key, the verified
+    report, and the app's P-256 key-agreement key when the attested ``cert`` offers one and a
+    report bound it (else None)."""
 
     cert_pem: bytes
     public_key: RSAPublicKey
     verified: VerifiedReport
     nonce: str
+    ecdh_key: EllipticCurvePublicKey | None = None
 
 
 @dataclass(frozen=True)
 class Reply:
-    """An opened reply: HTTP status, the envelope as received, the plaintext."""
+    """An opened reply: HTTP status, the envelope as received, the plaintext, and the ``alg``
+    the request was sealed with (``ECDH-ES+A128KW`` or an RSA one)."""
 
     status: int
     envelope: Mapping[str, str]
     plaintext: bytes = field(repr=False)
+    request_alg: str = ""
 
 
 class OnlineClient:
@@ -85,6 +100,8 @@ class OnlineClient:
     upstream sim RA Proxy) — only together with ``policy.allow_simulation``, and it proves
     nothing about the app. ``verifier_settings`` maps a verifier name to its settings.
     ``envelope_channel`` names the envelope channel backend in ``pm`` (default ``jwe``).
+    ``ecdh`` (default True): in the rfc profile, seal to the app's P-256 key when the verified
+    report binds an offer of one; False always uses the RSA key.
     """
 
     def __init__(
@@ -99,6 +116,7 @@ class OnlineClient:
         timeout: float = 30.0,
         ra_path: str = RA_PATH,
         envelope_channel: str = "jwe",
+        ecdh: bool = True,
     ) -> None:
         if profile not in PROFILES:
             raise InvalidInput(f"profile must be one of {PROFILES}, got {profile!r}")
@@ -107,6 +125,7 @@ class OnlineClient:
         self.pm = pm
         self.profile = profile
         self.upstream_sim = upstream_sim
+        self.ecdh = ecdh
         self.verifier_settings = dict(verifier_settings or {})
         self.ra_path = ra_path
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -189,13 +208,23 @@ class OnlineClient:
                     f"nonce) = {expected}: it was made for another nonce or another certificate",
                 )
         try:
-            public_key = x509.load_pem_x509_certificate(cert_pem).public_key()
+            certs = x509.load_pem_x509_certificates(cert_pem)
         except ValueError as exc:
             raise VerificationError("cert", f"cert is not a PEM X.509 certificate: {exc}") from None
+        public_key = certs[0].public_key()
         if not isinstance(public_key, RSAPublicKey):
             raise VerificationError("cert", f"cert key is {type(public_key).__name__}, not RSA")
-        self.app = AttestedApp(cert_pem, public_key, verified, nonce)
+        # only a report binds the offer: without one (upstream_sim) nothing is bound
+        ecdh_key = find_offer(certs) if report is not None else None
+        self.app = AttestedApp(cert_pem, public_key, verified, nonce, ecdh_key)
         return self.app
+
+    def recipient(self, app: AttestedApp) -> EnvelopeRecipient:
+        """The key a request to ``app`` is sealed to: its attested P-256 key in the rfc profile
+        when offered (and ``ecdh``), else its RSA key."""
+        if self.profile == "rfc" and self.ecdh and app.ecdh_key is not None:
+            return app.ecdh_key
+        return app.public_key
 
     async def _verify(self, report: Report | None) -> VerifiedReport:
         policy = self.policy
@@ -227,7 +256,7 @@ class OnlineClient:
         open the reply. ``content_type`` is sent in the upstream profile; the rfc profile sends
         ``application/jose+json``."""
         app = self.app or await self.attest()
-        sealed = self.channel.seal(body, app.public_key)
+        sealed = self.channel.seal(body, self.recipient(app))
         members = sealed.jwe.to_dict()
         if self.profile == "rfc":
             members = {k: v for k, v in members.items() if v}
@@ -244,4 +273,5 @@ class OnlineClient:
                 text,
             ) from None
         plaintext = self.channel.open_reply(jwe, sealed.cek)
-        return Reply(status, envelope, plaintext)
+        alg = decode_header(sealed.jwe.protected, "JWE protected header").get("alg", "")
+        return Reply(status, envelope, plaintext, str(alg))

@@ -11,6 +11,8 @@ Native form::
           - {prefix: /RaProxy, cluster: ra_proxy}
           - {prefix: /teeapp, cluster: teeapp, require_jwe: true}   # only envelopes
         jwe: {cert_path: app.crt, private_key_path: app.key}   # optional
+        # jwe: {..., ecdh_cert_path: app-ecdh.crt, ecdh_private_key_path: app-ecdh.key}
+        #      # P-256 key for ECDH-ES+A128KW envelopes (docs/online.md#ecdh-profile)
         # jwe: {..., freshness: required}  # or {mode, window, cache_size}; see .freshness
       - name: egress
         address: 127.0.0.1:31001
@@ -105,12 +107,20 @@ class Route:
 
 @dataclass(frozen=True)
 class JweFilterConfig:
-    """The JWE filter's key material (upstream ``JweConfig``) and the replay protection of
-    RFC-profile envelopes (:mod:`.freshness`; our extension)."""
+    """The JWE filter's key material (upstream ``JweConfig``), the replay protection of
+    RFC-profile envelopes (:mod:`.freshness`; our extension) and, optionally, the app's P-256
+    key agreement certificate and key for ``ECDH-ES+A128KW`` envelopes (our extension; both or
+    neither)."""
 
     cert_path: Path
     private_key_path: Path
     freshness: FreshnessConfig = DEFAULT_FRESHNESS
+    ecdh_cert_path: Path | None = None
+    ecdh_private_key_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ecdh_cert_path is None) != (self.ecdh_private_key_path is None):
+            raise InvalidInput("jwe: ecdh_cert_path and ecdh_private_key_path go together")
 
 
 @dataclass(frozen=True)
@@ -398,11 +408,17 @@ def _native_route(spec: Node) -> Route:
 
 
 def _jwe_config(spec: Node, rw: _Rewrites) -> JweFilterConfig:
-    spec.mapping({"cert_path", "private_key_path", "freshness", "@type"})
+    ecdh = ("ecdh_cert_path", "ecdh_private_key_path")
+    spec.mapping({"cert_path", "private_key_path", "freshness", "@type", *ecdh})
+    if spec.get(ecdh[0]).present != spec.get(ecdh[1]).present:
+        raise spec.error(f"{ecdh[0]} and {ecdh[1]} go together")
+    ecdh_paths = [rw.path(spec.get(k)) if spec.get(k).present else None for k in ecdh]
     return JweFilterConfig(
         cert_path=rw.path(spec.get("cert_path")),
         private_key_path=rw.path(spec.get("private_key_path")),
         freshness=_freshness(spec.get("freshness")),
+        ecdh_cert_path=ecdh_paths[0],
+        ecdh_private_key_path=ecdh_paths[1],
     )
 
 

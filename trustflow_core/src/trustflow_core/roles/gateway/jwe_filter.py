@@ -14,10 +14,16 @@ Classifying a request body (done only for bodies that start with ``{``):
 Choosing the profile of an envelope, per request (one RSA operation, no trial decryption):
 
 1. ``Content-Type: application/jose+json`` (the RFC 7516 §9 media type) → ``rfc``;
-2. else a protected header whose ``enc`` is not ``A128GCM`` → ``rfc`` (the upstream gateway
-   only speaks AES-128-GCM, so no upstream client sends anything else);
+2. else a protected header whose ``enc`` is not ``A128GCM``, or whose ``alg`` is
+   ``ECDH-ES+A128KW`` → ``rfc`` (the upstream gateway only speaks RSA-OAEP-256 with
+   AES-128-GCM, so no upstream client sends anything else);
 3. else ``upstream`` (what ``jwe_client.py`` and the Python SDK send: ``application/json``,
    ``{"alg": "RSA-OAEP-256", "enc": "A128GCM"}``, GCM AAD = decoded ``aad``).
+
+The key: an RFC envelope with ``alg: ECDH-ES+A128KW`` is opened with the listener's P-256 key
+agreement key (``ecdh_private_key_path``; without one it is refused), everything else with the
+RSA key; the channel accepts only the ``alg`` that fits the key it is given, and checks the
+``epk`` point before any key agreement (docs/online.md#ecdh-profile).
 
 After opening, an RFC envelope's ``iat``/``jti`` claims are checked against the listener's
 replay cache (:mod:`.freshness`: replay → 409, stale → 400); upstream envelopes are untouched
@@ -34,9 +40,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from ...channel import EnvelopeChannel, Jwe
@@ -56,6 +64,8 @@ MEMBERS = {
     "tag": "tag",
     "aad": "aad",
 }
+#: The key-agreement ``alg`` of RFC-profile envelopes sealed to the app's P-256 key.
+ECDH_ALG = "ECDH-ES+A128KW"
 _FIRST_KEY = re.compile(rb'\s*\{\s*"([a-z_]{1,20})"')
 
 
@@ -101,23 +111,57 @@ def classify(body: bytes) -> Jwe | None:
     return Jwe.from_dict(members)
 
 
-def _header_enc(protected: str) -> str | None:
-    """The ``enc`` of a well-formed protected header, else None (the channel refuses it)."""
+def _header_alg_enc(protected: str) -> tuple[str | None, str | None]:
+    """``alg`` and ``enc`` of a well-formed protected header, else None (the channel refuses
+    it)."""
     try:
-        enc = decode_header(protected, "JWE protected header").get("enc")
+        header = decode_header(protected, "JWE protected header")
     except MalformedInput:
-        return None
-    return enc if isinstance(enc, str) else None
+        return None, None
+    alg, enc = header.get("alg"), header.get("enc")
+    return (alg if isinstance(alg, str) else None), (enc if isinstance(enc, str) else None)
 
 
 def choose_profile(jwe: Jwe, content_type: str) -> str:
     """``"rfc"`` or ``"upstream"`` for this request (rules in the module docstring)."""
+    return _profile(content_type, *_header_alg_enc(jwe.protected))
+
+
+def _profile(content_type: str, alg: str | None, enc: str | None) -> str:
     if content_type.lower() == JOSE_JSON:
         return "rfc"
-    enc = _header_enc(jwe.protected)
-    if enc is not None and enc != "A128GCM":
+    if (enc is not None and enc != "A128GCM") or alg == ECDH_ALG:
         return "rfc"
     return "upstream"
+
+
+def _load_private_key(path: Path, what: str) -> object:
+    try:
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InvalidInput(f"jwe filter: cannot load {what} {path}: {type(exc).__name__}") from None
+
+
+def _load_cert(path: Path, what: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"jwe filter: cannot load {what} {path}: {exc}") from exc
+
+
+def load_ecdh_key(cert_path: Path, key_path: Path) -> ec.EllipticCurvePrivateKey:
+    """The app's key agreement key: a P-256 private key belonging to the certificate (the one
+    the RA Proxy serves after the RSA certificate, docs/online.md#ecdh-profile)."""
+    cert = _load_cert(cert_path, "ecdh_cert_path")
+    key = _load_private_key(key_path, "ecdh_private_key_path")
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise InvalidInput("jwe filter: the ECDH private key must be an EC P-256 key")
+    public = cert.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or (
+        key.public_key().public_numbers() != public.public_numbers()
+    ):
+        raise InvalidInput(f"jwe filter: {key_path} does not belong to {cert_path}")
+    return key
 
 
 class JweFilter:
@@ -130,8 +174,10 @@ class JweFilter:
         private_key: RSAPrivateKey,
         channels: Mapping[str, EnvelopeChannel],
         freshness: FreshnessConfig = DEFAULT_FRESHNESS,
+        ecdh_key: ec.EllipticCurvePrivateKey | None = None,
     ):
         self._key = private_key
+        self._ecdh_key = ecdh_key
         self._channels = dict(channels)
         self.replay = ReplayGuard(freshness)
 
@@ -140,35 +186,30 @@ class JweFilter:
 
     @classmethod
     def load(cls, config: JweFilterConfig, channels: Mapping[str, EnvelopeChannel]) -> JweFilter:
-        """Read the certificate and private key; they must be PEM and belong together."""
-        try:
-            cert = x509.load_pem_x509_certificate(config.cert_path.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise InvalidInput(
-                f"jwe filter: cannot load cert_path {config.cert_path}: {exc}"
-            ) from exc
-        try:
-            key = serialization.load_pem_private_key(
-                config.private_key_path.read_bytes(), password=None
-            )
-        except (OSError, ValueError, TypeError) as exc:
-            raise InvalidInput(
-                f"jwe filter: cannot load private_key_path {config.private_key_path}: "
-                f"{type(exc).__name__}"
-            ) from None
+        """Read the certificate and private key (and the optional ECDH pair); they must be
+        PEM and belong together."""
+        cert = _load_cert(config.cert_path, "cert_path")
+        key = _load_private_key(config.private_key_path, "private_key_path")
         if not isinstance(key, RSAPrivateKey):
             raise InvalidInput("jwe filter: the private key must be an RSA key")
         if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
             raise InvalidInput(
                 f"jwe filter: {config.private_key_path} does not belong to {config.cert_path}"
             )
-        return cls(key, channels, config.freshness)
+        ecdh_key = None
+        if config.ecdh_cert_path is not None and config.ecdh_private_key_path is not None:
+            ecdh_key = load_ecdh_key(config.ecdh_cert_path, config.ecdh_private_key_path)
+        return cls(key, channels, config.freshness, ecdh_key)
 
     def open(self, jwe: Jwe, content_type: str) -> OpenedRequest:
         """Decrypt and check freshness; :class:`EnvelopeRejected` says which check failed."""
-        profile = choose_profile(jwe, content_type)
+        alg, enc = _header_alg_enc(jwe.protected)
+        profile = _profile(content_type, alg, enc)
+        key: RSAPrivateKey | ec.EllipticCurvePrivateKey = self._key
+        if profile == "rfc" and alg == ECDH_ALG and self._ecdh_key is not None:
+            key = self._ecdh_key
         try:
-            opened = self._channels[profile].open(jwe, self._key)
+            opened = self._channels[profile].open(jwe, key)
         except EnvelopeError as exc:
             raise EnvelopeRejected(
                 f"JWE envelope rejected ({profile} profile): {exc}", cause="open_failed"

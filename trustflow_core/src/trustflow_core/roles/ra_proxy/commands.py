@@ -19,9 +19,9 @@ from .._options import (
 @role_command
 @click.command("ra-proxy")
 @config_option(
-    help="YAML config: any option below by its name (cert_path, plat, upstream_sim, host, "
-    "port, log_level, log_path) plus attester (the attester backend's settings), "
-    "max_body_bytes, report_timeout. Relative paths are relative to the file."
+    help="YAML config: any option below by its name (cert_path, ecdh_cert_path, plat, "
+    "upstream_sim, host, port, log_level, log_path) plus attester (the attester backend's "
+    "settings), max_body_bytes, report_timeout. Relative paths are relative to the file."
 )
 @click.option(
     "--cert-path",
@@ -31,6 +31,14 @@ from .._options import (
     default="app.crt",
     show_default=True,
     help="App certificate PEM: returned as `cert` and bound into every report.",
+)
+@click.option(
+    "--ecdh-cert-path",
+    "ecdh_cert_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Optional P-256 key-agreement certificate (the app's ECDH offer), served after the "
+    "app certificate and bound into every report with it.",
 )
 @click.option(
     "--plat",
@@ -62,6 +70,7 @@ def ra_proxy(
     ctx: click.Context,
     config_file: Path | None,
     cert_path: Path,
+    ecdh_cert_path: Path | None,
     plat: str | None,
     upstream_sim: bool,
     settings_file: str | None,

@@ -1,0 +1,323 @@
+"""ECDH-ES+A128KW envelopes in the online scenario (docs/online.md#ecdh-profile), over real
+loopback servers: RA proxy (sim attester) offering the app's P-256 key after its RSA
+certificate, the gateway with the JWE filter holding both keys, a TEE app recording what
+reaches it, and :class:`OnlineClient`.
+
+* round trip with ECDH; the client picks ECDH when offered and RSA when not (no offer,
+  ``ecdh=False``, upstream profile, or no report to bind the offer);
+* the offer is bound by the report: a network attacker adding its own offer, or stripping the
+  app's, makes the client refuse the report (a client that did not check the binding over the
+  whole ``cert`` would seal to the attacker's key);
+* the gateway refuses an invalid-curve ``epk``, ``alg``/``enc`` outside the allowlist, an
+  ECDH envelope where it holds no EC key, and a replayed ECDH envelope — the app never sees
+  any of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from trustflow_core.attestation import Policy
+from trustflow_core.demo.online import online_stack, write_app_identity, write_ecdh_identity
+from trustflow_core.ecdh_offer import offer_certificate
+from trustflow_core.errors import VerificationError
+from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class
+from trustflow_core.roles._server import start_site
+from trustflow_core.roles.client.online import OnlineClient
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.plugins("tee_sim", "channel_jwe")]
+
+ALLOW_SIM = Policy(allow_simulation=True)
+ECDH = "ECDH-ES+A128KW"
+JOSE = {"Content-Type": "application/jose+json"}
+
+
+def b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64u_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TeeApp:
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+
+    def create_app(self) -> web.Application:
+        async def teeapp(request: web.Request) -> web.Response:
+            body = await request.read()
+            self.seen.append(body)
+            return web.Response(body=b"got " + body, content_type="text/plain")
+
+        app = web.Application()
+        app.router.add_post("/teeapp", teeapp)
+        return app
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("keys")
+    rsa = write_app_identity(directory, "app")
+    ecdh = write_ecdh_identity(directory, "app-ecdh")
+    return rsa, ecdh
+
+
+async def _stack(pm, keys, tmp_path, *, offer: bool, upstream_sim: bool = False):
+    (cert, key), ecdh = keys
+    app = TeeApp()
+    async with online_stack(
+        tmp_path,
+        cert,
+        key,
+        pm=pm,
+        app=app.create_app(),
+        ecdh=ecdh if offer else None,
+        upstream_sim=upstream_sim,
+    ) as running:
+        yield running, app
+
+
+@pytest_asyncio.fixture
+async def stack(pm, keys, tmp_path):
+    async for running in _stack(pm, keys, tmp_path, offer=True):
+        yield running
+
+
+@pytest_asyncio.fixture
+async def rsa_only_stack(pm, keys, tmp_path):
+    async for running in _stack(pm, keys, tmp_path, offer=False):
+        yield running
+
+
+def client(running, pm, url: str | None = None, **options) -> OnlineClient:
+    options.setdefault("policy", ALLOW_SIM)
+    return OnlineClient(
+        url or running.gateway_url, pm=pm, verifier_settings=running.verifier_settings, **options
+    )
+
+
+# ---- negotiation ------------------------------------------------------------------------------
+
+
+async def test_ecdh_round_trip_when_offered(stack, pm):
+    running, app = stack
+    async with client(running, pm) as online:
+        attested = await online.attest()
+        assert attested.ecdh_key is not None
+        reply = await online.request("/teeapp", b"hello")
+        again = await online.request("/teeapp", b"again")
+    assert reply.request_alg == ECDH and again.request_alg == ECDH
+    assert reply.status == 200 and reply.plaintext == b"got hello"
+    assert again.plaintext == b"got again"
+    assert json.loads(b64u_decode(reply.envelope["protected"])) == {"alg": "dir", "enc": "A256GCM"}
+    assert app.seen == [b"hello", b"again"]
+
+
+@pytest.mark.parametrize(
+    ("options", "alg"),
+    [({"ecdh": False}, "RSA-OAEP-256"), ({"profile": "upstream"}, "RSA-OAEP-256")],
+)
+async def test_rsa_when_asked_or_upstream_profile(stack, pm, options, alg):
+    """The offer does not change the upstream dialect: the same RSA envelope as before."""
+    running, _ = stack
+    async with client(running, pm, **options) as online:
+        reply = await online.request("/teeapp", b"hello")
+    assert reply.request_alg == alg and reply.plaintext == b"got hello"
+    if options.get("profile") == "upstream":
+        assert json.loads(b64u_decode(reply.envelope["protected"])) == {
+            "alg": "RSA-OAEP-256",
+            "enc": "A128GCM",
+        }
+
+
+async def test_rsa_when_not_offered(rsa_only_stack, pm):
+    running, _ = rsa_only_stack
+    async with client(running, pm) as online:
+        attested = await online.attest()
+        reply = await online.request("/teeapp", b"hello")
+    assert attested.ecdh_key is None
+    assert reply.request_alg == "RSA-OAEP-256" and reply.plaintext == b"got hello"
+
+
+async def test_no_report_no_ecdh(pm, keys, tmp_path):
+    """An upstream sim RA proxy sends no report: nothing binds the offer, so it is not used."""
+    async for running, app in _stack(pm, keys, tmp_path, offer=True, upstream_sim=True):
+        async with client(running, pm, upstream_sim=True) as online:
+            attested = await online.attest()
+            reply = await online.request("/teeapp", b"hello")
+        assert attested.ecdh_key is None and reply.request_alg == "RSA-OAEP-256"
+        assert app.seen == [b"hello"]
+
+
+# ---- the offer is bound by the report --------------------------------------------------------
+
+
+async def mitm(target: str, rewrite_cert):
+    """A network attacker in front of the gateway rewriting GetRaCert's ``cert``."""
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                target + request.path, data=body, headers={"Content-Type": request.content_type}
+            ) as resp,
+        ):
+            data = await resp.read()
+            if request.path.startswith("/RaProxy") and resp.status == 200:
+                reply = json.loads(data)
+                reply["cert"] = rewrite_cert(reply["cert"])
+                data = json.dumps(reply).encode()
+            return web.Response(body=data, status=resp.status, content_type=resp.content_type)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", forward)
+    return await start_site(app, "127.0.0.1", 0)
+
+
+def attacker_offer() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return offer_certificate(key).public_bytes(serialization.Encoding.PEM).decode()
+
+
+async def test_added_offer_refused(rsa_only_stack, pm):
+    """The attacker appends an offer for its own P-256 key to an RSA-only app's reply."""
+    running, app = rsa_only_stack
+    runner, port = await mitm(running.gateway_url, lambda cert: cert + attacker_offer())
+    try:
+        async with client(running, pm, url=f"http://127.0.0.1:{port}") as online:
+            with pytest.raises(VerificationError) as info:
+                await online.request("/teeapp", b"secret")
+        assert info.value.check == "user_data"
+        assert online.app is None and app.seen == []
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("change", ["replace", "strip"])
+async def test_replaced_or_stripped_offer_refused(stack, pm, change):
+    """Swapping the app's offer for the attacker's, or removing it, breaks the binding: the
+    client refuses the report instead of sealing to an unbound key or silently falling back."""
+    running, app = stack
+    marker = "-----BEGIN CERTIFICATE-----"
+
+    def rewrite(cert: str) -> str:
+        first = cert[: cert.index(marker, len(marker))]
+        return first + (attacker_offer() if change == "replace" else "")
+
+    runner, port = await mitm(running.gateway_url, rewrite)
+    try:
+        async with client(running, pm, url=f"http://127.0.0.1:{port}") as online:
+            with pytest.raises(VerificationError) as info:
+                await online.request("/teeapp", b"secret")
+        assert info.value.check == "user_data" and app.seen == []
+    finally:
+        await runner.cleanup()
+
+
+# ---- the gateway's refusals -------------------------------------------------------------------
+
+
+def forged(header: dict) -> bytes:
+    """An attacker-made RFC envelope with ``header`` (authenticated with a random CEK)."""
+    protected = b64u(json.dumps(header, separators=(",", ":")).encode())
+    iv = os.urandom(12)
+    sealed = AESGCM(os.urandom(32)).encrypt(iv, b"x", protected.encode())
+    members = {
+        "protected": protected,
+        "encrypted_key": b64u(os.urandom(40)),
+        "iv": b64u(iv),
+        "ciphertext": b64u(sealed[:-16]),
+        "tag": b64u(sealed[-16:]),
+    }
+    return json.dumps(members).encode()
+
+
+def epk_of(key: ec.EllipticCurvePrivateKey, y_delta: int = 0) -> dict:
+    numbers = key.public_key().public_numbers()
+    return {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": b64u(numbers.x.to_bytes(32, "big")),
+        "y": b64u(
+            ((numbers.y + y_delta) % (2**256 - 2**224 + 2**192 + 2**96 - 1)).to_bytes(32, "big")
+        ),
+    }
+
+
+async def post(url: str, body: bytes) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=JOSE) as r:
+        return r.status, await r.text()
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ({"alg": ECDH, "enc": "A256GCM", "epk": "invalid-curve"}, "epk is not a point on P-256"),
+        ({"alg": ECDH, "enc": "A256GCM", "epk": "p384"}, "crv 'P-256'"),
+        ({"alg": "ECDH-ES", "enc": "A256GCM", "epk": "valid"}, "alg 'ECDH-ES' is not accepted"),
+        (
+            {"alg": "ECDH-ES+A256KW", "enc": "A256GCM", "epk": "valid"},
+            "alg 'ECDH-ES+A256KW' is not accepted",
+        ),
+        ({"alg": ECDH, "enc": "A128CBC-HS256", "epk": "valid"}, "enc 'A128CBC-HS256'"),
+        ({"alg": ECDH, "enc": "A256GCM"}, "needs an 'epk'"),
+    ],
+)
+async def test_gateway_refuses_bad_ecdh_envelopes(stack, header, message):
+    running, app = stack
+    key = ec.generate_private_key(ec.SECP256R1())
+    epk = {
+        "valid": epk_of(key),
+        "invalid-curve": epk_of(key, y_delta=1),
+        "p384": epk_of(key) | {"crv": "P-384"},
+    }
+    if "epk" in header:
+        header = header | {"epk": epk[header["epk"]]}
+    status, text = await post(running.gateway_url + "/teeapp", forged(header))
+    assert status == 400, text
+    assert message in text
+    assert app.seen == []
+
+
+async def test_gateway_refuses_replayed_ecdh_envelope(stack, pm):
+    running, app = stack
+    async with client(running, pm) as online:
+        attested = await online.attest()
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": "rfc"})
+    assert attested.ecdh_key is not None
+    sealed = channel.seal(b"once", attested.ecdh_key)
+    body = json.dumps({k: v for k, v in sealed.jwe.to_dict().items() if v}).encode()
+    url = running.gateway_url + "/teeapp"
+    assert (await post(url, body))[0] == 200
+    status, text = await post(url, body)
+    assert status == 409 and "replayed" in text
+    assert app.seen == [b"once"]
+
+
+async def test_gateway_without_ecdh_key_refuses_ecdh(rsa_only_stack, pm, keys):
+    """Sealed to a P-256 key the listener does not hold: refused by the RSA allowlist."""
+    running, app = rsa_only_stack
+    ecdh_cert = Path(keys[1][0])
+    from cryptography import x509
+
+    public = x509.load_pem_x509_certificate(ecdh_cert.read_bytes()).public_key()
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": "rfc"})
+    body = json.dumps(
+        {k: v for k, v in channel.seal(b"x", public).jwe.to_dict().items() if v}
+    ).encode()
+    status, text = await post(running.gateway_url + "/teeapp", body)
+    assert status == 400 and "is not accepted here" in text
+    assert app.seen == []
