@@ -500,3 +500,81 @@ async def test_no_key_leaves_when_its_entry_cannot_be_committed(
     assert len(reply) == 1
     bundle = await audit.fetch_bundle(cm_world.client, owner)
     assert kinds(bundle)[-1] == ("key_release", uuid)
+
+
+async def test_a_release_decided_before_a_revocation_is_decided_again(cm_world: CMWorld) -> None:
+    """GetDataKeys decided (policy allows) while the owner deletes the policy: the release's
+    append is held until the deletion committed, then finds the data changed, so the key does
+    not leave; the request is decided again (refused) and the audit shows no release after
+    the revocation."""
+    import asyncio
+    import threading
+
+    owner, app = new_party("owner"), new_party("app")
+    uuid = new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    store = cm_world.cm.store
+    assert store is not None
+    arrived, go = threading.Event(), threading.Event()
+    held: list[int] = []
+
+    def hold() -> None:  # the first batch only: the release decided on the old policy
+        if not held:
+            held.append(1)
+            arrived.set()
+            go.wait(10)
+
+    store.audit_commits.before_write = hold
+    try:
+        task = asyncio.create_task(get_keys(cm_world, app, [uuid]))
+        assert await asyncio.to_thread(arrived.wait, 10)
+        await cm_world.client.delete_data_policy(owner, SCOPE, uuid)  # commits meanwhile
+        go.set()
+        with pytest.raises(CapsuleManagerError, match="data policy is empty"):
+            await task
+    finally:
+        store.audit_commits.before_write = None
+        go.set()
+    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    assert kinds(bundle) == [
+        ("keys_created", uuid),
+        ("policy_set", uuid),
+        ("policy_deleted", uuid),
+        ("key_refusal", uuid),
+    ]
+
+
+async def test_a_change_to_other_data_does_not_stop_a_release(cm_world: CMWorld) -> None:
+    """The read set is per data_uuid: another data's policy change between the decision and
+    the append leaves the release alone."""
+    import asyncio
+    import threading
+
+    owner, app = new_party("owner"), new_party("app")
+    uuid, other = new_data_uuid(), new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64()), (other, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    store = cm_world.cm.store
+    assert store is not None
+    arrived, go = threading.Event(), threading.Event()
+    held: list[int] = []
+
+    def hold() -> None:
+        if not held:
+            held.append(1)
+            arrived.set()
+            go.wait(10)
+
+    store.audit_commits.before_write = hold
+    try:
+        task = asyncio.create_task(get_keys(cm_world, app, [uuid]))
+        assert await asyncio.to_thread(arrived.wait, 10)
+        await cm_world.client.create_data_policy(owner, SCOPE, other, [grant_rule("x")])
+        go.set()
+        assert len(await task) == 1
+    finally:
+        store.audit_commits.before_write = None
+        go.set()
+    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    assert kinds(bundle)[-2:] == [("policy_set", other), ("key_release", uuid)]

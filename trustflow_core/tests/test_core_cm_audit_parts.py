@@ -6,12 +6,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 from trustflow_core.errors import InvalidInput
 from trustflow_core.roles.capsule_manager import identity_keys
-from trustflow_core.roles.capsule_manager.audit_log import AuditDraft, GroupCommit, RefusalLimiter
+from trustflow_core.roles.capsule_manager.audit_log import (
+    AuditDraft,
+    GroupCommit,
+    RefusalLimiter,
+    StaleDecision,
+)
 from trustflow_core.roles.capsule_manager_protocol.audit import (
     AuditVerificationError,
     TreeHead,
@@ -48,9 +55,10 @@ def test_group_commit_batches_concurrent_submissions_in_order() -> None:
     batches: list[list[str]] = []
     gate = threading.Event()
 
-    def write(drafts: list[AuditDraft]) -> None:
+    def write(batch: list[tuple[Sequence[AuditDraft], Any]]) -> list[bool]:
         gate.wait(5)  # the first batch commits slowly: the others queue meanwhile
-        batches.append([d.data_uuid for d in drafts])
+        batches.append([d.data_uuid for drafts, _ in batch for d in drafts])
+        return [True] * len(batch)
 
     commits = GroupCommit(write)
     threads = [threading.Thread(target=commits.submit, args=([draft(i)],)) for i in range(8)]
@@ -67,13 +75,36 @@ def test_group_commit_batches_concurrent_submissions_in_order() -> None:
     assert [u for b in batches for u in b] == [f"d-{i}" for i in range(8)]
 
 
+def test_group_commit_fails_only_the_decisions_whose_read_set_changed() -> None:
+    """``write`` leaves out a decision whose read set no longer holds: its waiter gets
+    StaleDecision, the others of the batch commit."""
+    revisions = {"d-1": 1, "d-2": 7}
+    written: list[str] = []
+
+    def write(batch: list[tuple[Sequence[AuditDraft], Any]]) -> list[bool]:
+        ok = [read is None or all(revisions[u] == r for u, r in read.items()) for _, read in batch]
+        written.extend(
+            d.data_uuid for (drafts, _), good in zip(batch, ok, strict=True) if good for d in drafts
+        )
+        return ok
+
+    commits = GroupCommit(write)
+    commits.submit([draft(1)], {"d-1": 1})
+    with pytest.raises(StaleDecision, match="retry"):
+        commits.submit([draft(2)], {"d-2": 6})
+    commits.submit([draft(3)])
+    commits.close()
+    assert written == ["d-1", "d-3"]
+
+
 def test_group_commit_failure_reaches_every_waiter_and_the_next_batch_works() -> None:
     calls = []
 
-    def write(drafts: list[AuditDraft]) -> None:
-        calls.append(len(drafts))
+    def write(batch: list[tuple[Sequence[AuditDraft], Any]]) -> list[bool]:
+        calls.append(len(batch))
         if len(calls) == 1:
             raise CMError(Kind.INTERNAL, "storage conflict, try again")
+        return [True] * len(batch)
 
     commits = GroupCommit(write)
     with pytest.raises(CMError, match="storage conflict"):

@@ -27,7 +27,7 @@ import hmac
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
@@ -325,19 +325,39 @@ def _settle(futures: Sequence[asyncio.Future[None]], error: BaseException | None
             future.set_exception(error)
 
 
+#: What a release decision read: ``data_uuid -> cm_data.revision`` (:class:`GroupCommit`).
+ReadSet = Mapping[str, int]
+
+
+class StaleDecision(CMError):
+    """A release's read set changed before its entries were appended: nothing was logged and
+    the key must not leave; decide the request again (:meth:`GroupCommit.submit_soon`)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            Kind.INTERNAL, "the data's policy or keys changed while the request was decided, retry"
+        )
+
+
 class GroupCommit:
     """Commits the audit entries of concurrent decisions that change nothing else (key
     releases, refusals, exports) together: :meth:`submit` queues entries and returns once the
     transaction holding them committed (or raises its error); one writer thread writes
     whatever queued while the previous transaction committed, up to ``max_batch`` decisions,
-    in one ``write(drafts)`` call; when the previous batch held more than one, it first waits
+    in one ``write(batch)`` call; when the previous batch held more than one, it first waits
     up to ``linger`` seconds for more (under load, fewer and larger transactions; a lone
     request never waits). Entries keep their submission order. A commit per release
-    would cap releases at the database's commit rate (one fsync each on PostgreSQL)."""
+    would cap releases at the database's commit rate (one fsync each on PostgreSQL).
+
+    ``write`` receives ``[(drafts, read set or None), ...]`` and returns, per decision,
+    whether its entries were appended: a decision whose read set (what it was decided on) no
+    longer holds in the write transaction is left out and its waiter gets
+    :class:`StaleDecision`. ``before_write`` (tests only) runs in the writer thread before
+    each batch is written."""
 
     def __init__(
         self,
-        write: Callable[[list[AuditDraft]], None],
+        write: Callable[[list[tuple[Sequence[AuditDraft], ReadSet | None]]], list[bool]],
         *,
         max_batch: int = 256,
         linger: float = 0.001,
@@ -345,17 +365,19 @@ class GroupCommit:
         self._write = write
         self._max_batch = max_batch
         self._linger = linger
-        self._queue: queue.SimpleQueue[tuple[Sequence[AuditDraft], _Waiter] | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[
+            tuple[Sequence[AuditDraft], ReadSet | None, _Waiter] | None
+        ] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.before_write: Callable[[], None] | None = None
 
-    def submit(self, drafts: Sequence[AuditDraft]) -> None:
-        """Queue ``drafts``; return when they are committed."""
+    def submit(self, drafts: Sequence[AuditDraft], read: ReadSet | None = None) -> None:
+        """Queue ``drafts``; return when they are committed (:class:`StaleDecision` when
+        ``read`` no longer holds: nothing was committed)."""
         done = threading.Event()
-        waiter = self._enqueue(drafts, _Waiter(done))
+        waiter = self._enqueue(drafts, read, _Waiter(done))
         done.wait()
         if waiter.error is not None:
             raise waiter.error
@@ -365,13 +387,17 @@ class GroupCommit:
         drafts: Sequence[AuditDraft],
         loop: asyncio.AbstractEventLoop,
         future: asyncio.Future[None],
+        read: ReadSet | None = None,
     ) -> None:
         """Queue ``drafts`` from any thread and return at once: ``future`` (created in
-        ``loop``) completes in ``loop`` when they are committed, or fails with the error (a
+        ``loop``) completes in ``loop`` when they are committed, or fails with the error
+        (:class:`StaleDecision` when ``read`` no longer holds in the append transaction; a
         future already done, e.g. cancelled, is left alone)."""
-        self._enqueue(drafts, _Waiter(loop=loop, future=future))
+        self._enqueue(drafts, read, _Waiter(loop=loop, future=future))
 
-    def _enqueue(self, drafts: Sequence[AuditDraft], waiter: _Waiter) -> _Waiter:
+    def _enqueue(
+        self, drafts: Sequence[AuditDraft], read: ReadSet | None, waiter: _Waiter
+    ) -> _Waiter:
         with self._lock:
             if self._closed:
                 raise CMError(Kind.INTERNAL, "the audit log is closed")
@@ -380,7 +406,7 @@ class GroupCommit:
                     target=self._run, name="cm-audit-commit", daemon=True
                 )
                 self._thread.start()
-            self._queue.put((drafts, waiter))
+            self._queue.put((drafts, read, waiter))
         return waiter
 
     def _run(self) -> None:
@@ -402,12 +428,18 @@ class GroupCommit:
                     stop = True
                     break
                 batch.append(more)
-            error: BaseException | None = None
+            hook = self.before_write
+            if hook is not None:
+                hook()
             try:
-                self._write([d for drafts, _ in batch for d in drafts])
+                accepted = self._write([(drafts, read) for drafts, read, _ in batch])
             except BaseException as exc:  # every waiter gets the failure: no key leaves
-                error = exc
-            _finish([waiter for _, waiter in batch], error)
+                _finish([waiter for *_, waiter in batch], exc)
+            else:
+                _finish([w for (*_, w), ok in zip(batch, accepted, strict=True) if ok], None)
+                stale = [w for (*_, w), ok in zip(batch, accepted, strict=True) if not ok]
+                if stale:
+                    _finish(stale, StaleDecision())
             busy = len(batch) > 1
             if stop:
                 return

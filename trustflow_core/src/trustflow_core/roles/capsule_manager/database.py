@@ -49,13 +49,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import BindParameter
 
 from .. import _metrics
 from ..capsule_manager_protocol.audit import TreeHead
 from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from .access_reads import read_access_rows
-from .audit_log import AuditDraft, AuditLog, GroupCommit, StoredEntry
+from .audit_log import AuditDraft, AuditLog, GroupCommit, ReadSet, StoredEntry
 from .db_models import (
     SCHEMA_VERSION,
     Base,
@@ -96,6 +97,8 @@ class DataInfo:
     data_uuid: str
     owner_party_id: str
     parents: tuple[str, ...]
+    #: ``cm_data.revision`` when read (:meth:`Database.access_view` only; else 0).
+    revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ class Database:
         self.url = url
         self._sealer = sealer
         self.audit: AuditLog | None = None
-        self._audit_commits = GroupCommit(self._append_audit)
+        self.audit_commits = GroupCommit(self._append_audit)
         if url.startswith("sqlite"):
             self._write_engine, self._read_engine = _sqlite_engines(url)
             self._sqlite_write_lock: WriterLock | None = WriterLock(self._write_engine.url.database)
@@ -218,7 +221,7 @@ class Database:
             ) from None
 
     def close(self) -> None:
-        self._audit_commits.close()
+        self.audit_commits.close()
         self._write_engine.dispose()
         self._read_engine.dispose()
         if self._sqlite_write_lock is not None:
@@ -307,10 +310,39 @@ class Database:
         if self.audit is not None:
             self.audit.append(session.connection(), drafts)
 
-    def _append_audit(self, drafts: list[AuditDraft]) -> None:
+    def _append_audit(self, batch: list[tuple[Sequence[AuditDraft], ReadSet | None]]) -> list[bool]:
+        """Append a group commit's batch in one transaction: the drafts of every decision
+        whose read set still holds (returned True), none of the others. The records read are
+        locked (FOR SHARE; SQLite: the writer lock) until the commit, so no owner mutation of
+        them commits between this check and the entries: a release is serialized before any
+        change it did not see, and its entry precedes that change's entry."""
         log = self.audit
-        if log is not None:
-            self._core_tx(lambda conn: log.append(conn, drafts))
+        if log is None:
+            return [True] * len(batch)
+
+        def run(conn: Connection) -> list[bool]:
+            uuids = sorted({u for _, read in batch if read for u in read})
+            current: dict[str, int] = {}
+            if uuids:
+                current = dict(conn.execute(_REVISIONS, {"uuids": uuids}).all())
+            accepted = [
+                read is None or all(current.get(u) == rev for u, rev in read.items())
+                for _, read in batch
+            ]
+            pairs = zip(batch, accepted, strict=True)
+            log.append(conn, [d for (drafts, _), ok in pairs if ok for d in drafts])
+            return accepted
+
+        return self._core_tx(run)
+
+    @staticmethod
+    def _touch(session: Session, uuids: Iterable[str]) -> None:
+        """Bump the revision of ``uuids``' records in the mutation's transaction (before its
+        audit entries: the lock order of :meth:`_append_audit`), so that a release decided on
+        the state before is not logged after it (docs/audit.md)."""
+        wanted = sorted(set(uuids))
+        if wanted:
+            session.connection().execute(_BUMP_REVISION, {"uuids": wanted})
 
     @staticmethod
     def _owned_record(session: Session, data_uuid: str, owner: str) -> DataRecord | None:
@@ -418,6 +450,7 @@ class Database:
                 conn.execute(_INSERT_KEY, inserts)
             if updates:
                 conn.execute(_UPDATE_KEY, updates)
+            self._touch(session, uuids)
             self._log(
                 session,
                 [
@@ -449,6 +482,7 @@ class Database:
                 )
             )
             if cast(Any, deleted).rowcount:
+                self._touch(session, [data_uuid])
                 self._log(
                     session,
                     [AuditDraft("key_deleted", owner, data_uuid, {"resource_uri": resource_uri})],
@@ -654,6 +688,7 @@ class Database:
         def op(session: Session) -> None:
             self._check_policy_owner(session, scope, data_uuid, owner, claim=True)
             self._replace_rules(session, scope, data_uuid, owner, rules)
+            self._touch(session, [data_uuid])
             details = {"scope": scope, "rule_ids": [r.rule_id for r in rules]}
             self._log(session, [AuditDraft("policy_set", owner, data_uuid, details)])
 
@@ -671,6 +706,7 @@ class Database:
 
         def op(session: Session) -> None:
             row = self._check_policy_owner(session, scope, data_uuid, owner, claim=True)
+            self._touch(session, [data_uuid])
             details = {"scope": scope, "rule_id": rule.rule_id}
             self._log(session, [AuditDraft("rule_added", owner, data_uuid, details)])
             if row is None:
@@ -690,6 +726,8 @@ class Database:
                 return
             session.execute(delete(RuleRow).where(RuleRow.policy_id == row.id))
             session.delete(row)
+            session.flush()
+            self._touch(session, [data_uuid])
             self._log(session, [AuditDraft("policy_deleted", owner, data_uuid, {"scope": scope})])
 
         self._apply(op, request)
@@ -710,6 +748,7 @@ class Database:
                 delete(RuleRow).where(RuleRow.policy_id == row.id, RuleRow.rule_id == rule_id)
             )
             if cast(Any, deleted).rowcount:
+                self._touch(session, [data_uuid])
                 details = {"scope": scope, "rule_id": rule_id}
                 self._log(session, [AuditDraft("rule_deleted", owner, data_uuid, details)])
 
@@ -722,22 +761,28 @@ class Database:
         refusal, an export), grouped with those of concurrent decisions
         (:class:`~.audit_log.GroupCommit`): callers answer only after this returned."""
         if self.audit is not None and drafts:
-            self._audit_commits.submit(drafts)
+            self.audit_commits.submit(drafts)
 
     def record_audit_soon(
         self,
         drafts: Sequence[AuditDraft],
         loop: asyncio.AbstractEventLoop,
         committed: asyncio.Future[None],
+        read: ReadSet | None = None,
     ) -> bool:
         """:meth:`record_audit` without waiting, from a worker thread, for a handler in
         ``loop``: True when ``drafts`` were queued, and then ``committed`` (a future of
         ``loop``) completes once they are committed, or fails with the error; the caller
         awaits it before answering. False (``committed`` untouched): nothing to log. The
-        commit overlaps whatever the caller does until it awaits (sealing the reply)."""
+        commit overlaps whatever the caller does until it awaits (sealing the reply).
+
+        ``read`` (a release's ``data_uuid -> revision`` from :meth:`access_view`): the
+        entries are appended only if those records are still at those revisions in the
+        append transaction; else nothing is appended and ``committed`` fails with
+        :class:`~.audit_log.StaleDecision` (decide again: the key must not leave)."""
         if self.audit is None or not drafts:
             return False
-        self._audit_commits.submit_soon(drafts, loop, committed)
+        self.audit_commits.submit_soon(drafts, loop, committed, read)
         return True
 
     def _audit_log(self) -> AuditLog:
@@ -802,8 +847,8 @@ class Database:
                 self._read_engine, scope, uuids, uris
             )
         records = {
-            data_uuid: DataInfo(data_uuid, owner, tuple(json.loads(parents)))
-            for data_uuid, owner, parents in record_rows
+            data_uuid: DataInfo(data_uuid, owner, tuple(json.loads(parents)), revision)
+            for data_uuid, owner, parents, revision in record_rows
         }
         owners: dict[int, tuple[str, str]] = {}
         rules: dict[int, list[Rule]] = {}
@@ -879,6 +924,18 @@ _PRESENT_KEYS = select(DataKeyRow.resource_uri).where(
     DataKeyRow.resource_uri.in_(bindparam("uris", expanding=True))
 )
 _DATA_TABLE = cast(Table, DataRecord.__table__)
+_UUIDS: BindParameter[Any] = bindparam("uuids", expanding=True)
+_REVISIONS = (
+    select(_DATA_TABLE.c.data_uuid, _DATA_TABLE.c.revision)
+    .where(_DATA_TABLE.c.data_uuid.in_(_UUIDS))
+    .order_by(_DATA_TABLE.c.data_uuid)
+    .with_for_update(read=True)
+)
+_BUMP_REVISION = (
+    update(_DATA_TABLE)
+    .where(_DATA_TABLE.c.data_uuid.in_(_UUIDS))
+    .values(revision=_DATA_TABLE.c.revision + 1)
+)
 _KEYS_TABLE = cast(Table, DataKeyRow.__table__)
 _INSERT_RECORD = insert(_DATA_TABLE)
 _INSERT_KEY = insert(_KEYS_TABLE)

@@ -40,7 +40,7 @@ from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from ..capsule_manager_protocol.reports import report_from_pb, report_to_pb
 from ..capsule_manager_protocol.votes import verify_export_certificate
-from .audit_log import AuditDraft
+from .audit_log import AuditDraft, StaleDecision
 from .constraint_sandbox import Budget
 from .convert import check_data_key_b64, policy_to_pb, rule_from_pb
 from .database import Database, NewKey
@@ -63,6 +63,9 @@ monitor = logging.getLogger("trustflow.capsule_manager.monitor")
 T = TypeVar("T")
 AppRequest = TypeVar("AppRequest", cm_pb2.GetDataKeysRequest, cm_pb2.GetTlsAssetRequest)
 MAX_NONCE_CHARS = 4096
+#: How many times a release is decided again when the data changed before its entry was
+#: appended (:meth:`CapsuleManagerService._released`), before it is refused (retryable).
+REDECISIONS = 3
 VerifierFor = Callable[[str], Verifier]
 
 
@@ -356,38 +359,45 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         )
 
         loop = asyncio.get_running_loop()
-        committed: asyncio.Future[None] = loop.create_future()
 
-        def work() -> tuple[cm_pb2.EncryptedResponse, bool]:
+        def work(committed: asyncio.Future[None]) -> tuple[cm_pb2.EncryptedResponse, bool]:
             uris = [r.resource_uri for r in rr.resources]
-            keys, drafts = self._authorize_and_fetch(rr, env, uris, app, "get_data_keys")
-            logged = self.store.record_audit_soon(drafts, loop, committed)
+            keys, drafts, read = self._authorize_and_fetch(rr, env, uris, app, "get_data_keys")
+            logged = self.store.record_audit_soon(drafts, loop, committed, read)
             response = cm_pb2.GetDataKeysResponse(
                 data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
                 cert=self.identity.cert_pem,
             )
             return self.envelopes.seal(response, recipient), logged
 
-        sealed = await self._released(work, committed)
+        sealed = await self._released(work)
         _metrics.KEY_RELEASES.labels("get_data_keys").inc(len(rr.resources))
         return sealed
 
     async def _released(
-        self,
-        work: Callable[[], tuple[cm_pb2.EncryptedResponse, bool]],
-        committed: asyncio.Future[None],
+        self, work: Callable[[asyncio.Future[None]], tuple[cm_pb2.EncryptedResponse, bool]]
     ) -> cm_pb2.EncryptedResponse:
-        """Run ``work`` in a thread: it decides, queues the release entries
-        (:meth:`Database.record_audit_soon` completing ``committed``) and seals the reply
-        while they commit. The sealed reply is returned only once they are committed (no key
-        leaves without its entry); when ``work`` or the commit fails, the error propagates."""
-        try:
-            sealed, logged = await self._thread(work)
-            if logged:
-                await committed
-        finally:
-            committed.cancel()  # no-op when done; else nobody awaits it (work failed)
-        return sealed
+        """Run ``work(committed)`` in a thread: it decides, queues the release entries with
+        what the decision read (:meth:`Database.record_audit_soon` completing ``committed``)
+        and seals the reply while they commit. The sealed reply is returned only once they are
+        committed (no key leaves without its entry); when ``work`` or the commit fails, the
+        error propagates. When the data changed between the decision and the append
+        (:class:`~.audit_log.StaleDecision`: nothing was logged), the request is decided
+        again on the new state, up to :data:`REDECISIONS` times, then refused (retryable)."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(REDECISIONS + 1):
+            committed: asyncio.Future[None] = loop.create_future()
+            try:
+                sealed, logged = await self._thread(work, committed)
+                if logged:
+                    await committed
+                return sealed
+            except StaleDecision:
+                if attempt == REDECISIONS:
+                    raise
+            finally:
+                committed.cancel()  # no-op when done; else nobody awaits it (work failed)
+        raise AssertionError("unreachable")
 
     def _authorize_and_fetch(
         self,
@@ -396,22 +406,25 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         uris: list[str],
         app: dict[str, Any],
         rpc: str,
-    ) -> tuple[dict[str, str], list[AuditDraft]]:
-        """The keys of ``uris`` when the policies allow the request, and the release entries
+    ) -> tuple[dict[str, str], list[AuditDraft], dict[str, int]]:
+        """The keys of ``uris`` when the policies allow the request, the release entries
         the caller must commit (:meth:`Database.record_audit_soon`) before the reply holding
-        the keys is sent. A refusal is counted in ``trustflow_policy_refusals_total`` by
-        ``rpc`` and reason, and logged (docs/audit.md) before it propagates."""
+        the keys is sent, and the read set they must be committed against (``data_uuid ->
+        revision`` the decision relied on). A refusal is counted in
+        ``trustflow_policy_refusals_total`` by ``rpc`` and reason, and logged (docs/audit.md)
+        before it propagates."""
         try:
-            keys, owners = self._decide(rr, env, uris, rpc)
+            keys, owners, read = self._decide(rr, env, uris, rpc)
         except CMError as err:
             self._log_refusal(rr, app, rpc, err)
             raise
-        return keys, self._release_drafts(rr, app, rpc, owners)
+        return keys, self._release_drafts(rr, app, rpc, owners), read
 
     def _decide(
         self, rr: cm_pb2.ResourceRequest, env: dict[str, Any] | None, uris: list[str], rpc: str
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        """``(resource_uri -> key, data_uuid -> owner)`` when every resource is allowed."""
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
+        """``(resource_uri -> key, data_uuid -> owner, data_uuid -> revision read)`` when
+        every resource is allowed."""
         if not uris:
             raise CMError(Kind.INVALID_ARGUMENT, "resource_request has no resources")
         parsed = [parse_resource_uri(u) for u in uris]
@@ -453,10 +466,10 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 )
         if any(u not in sealed for u in uris):
             raise _refused(rpc, "no_key", CMError(Kind.NOT_FOUND, "data_keys not found."))
-        owners = {
-            p.data_uuid: info.owner_party_id for p in parsed if (info := view[p.data_uuid][0])
-        }
-        return {u: sealed.open(u) for u in uris}, owners
+        infos = [info for p in parsed if (info := view[p.data_uuid][0]) is not None]
+        owners = {info.data_uuid: info.owner_party_id for info in infos}
+        read = {info.data_uuid: info.revision for info in infos}
+        return {u: sealed.open(u) for u in uris}, owners, read
 
     @_rpc("get_tls_asset")
     async def GetTlsAsset(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
@@ -468,13 +481,12 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         )
 
         loop = asyncio.get_running_loop()
-        committed: asyncio.Future[None] = loop.create_future()
 
-        def work() -> tuple[cm_pb2.EncryptedResponse, bool]:
+        def work(committed: asyncio.Future[None]) -> tuple[cm_pb2.EncryptedResponse, bool]:
             from ...tls_asset import issue_group_asset
 
             uris = [r.resource_uri for r in rr.resources]
-            keys, drafts = self._authorize_and_fetch(rr, env, uris, app, "get_tls_asset")
+            keys, drafts, read = self._authorize_and_fetch(rr, env, uris, app, "get_tls_asset")
             try:
                 asset = issue_group_asset(
                     base64.b64decode(keys[uris[0]]),
@@ -490,7 +502,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             except BackendUnavailable as exc:
                 raise CMError(Kind.UNSUPPORTED, str(exc)) from None
             # queued once the asset exists: a failed issue logs no release
-            logged = self.store.record_audit_soon(drafts, loop, committed)
+            logged = self.store.record_audit_soon(drafts, loop, committed, read)
             response = cm_pb2.GetTlsAssetResponse(
                 data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
                 tls_asset=cm_pb2.TlsAsset(
@@ -500,7 +512,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             )
             return self.envelopes.seal(response, recipient), logged
 
-        sealed = await self._released(work, committed)
+        sealed = await self._released(work)
         _metrics.KEY_RELEASES.labels("get_tls_asset").inc(len(rr.resources))
         return sealed
 
