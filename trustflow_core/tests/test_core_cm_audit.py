@@ -578,3 +578,50 @@ async def test_a_change_to_other_data_does_not_stop_a_release(cm_world: CMWorld)
         go.set()
     bundle = await audit.fetch_bundle(cm_world.client, owner)
     assert kinds(bundle)[-2:] == [("policy_set", other), ("key_release", uuid)]
+
+
+async def test_refused_result_registrations_are_logged(cm_world: CMWorld) -> None:
+    """A result registration refused (an ancestor's policy does not release it to the app; no
+    report) is logged for the ancestors' owners with the reason; a refused one that names an
+    existing data_uuid is logged for that data's owner too."""
+    import hashlib
+
+    c = cm_world.client
+    alice, bob, carol, app = (new_party(n) for n in ("alice", "bob", "carol", "app"))
+    a, b = new_data_uuid(), new_data_uuid()
+    await c.create_data_keys(alice, [(a, data_key_b64())])
+    await c.create_data_policy(alice, SCOPE, a, [grant_rule(carol.party_id)])
+    await c.create_data_keys(bob, [(b, data_key_b64())])
+    await c.create_data_policy(bob, SCOPE, b, [])  # no rules: releases to nobody
+
+    async def register(result: str, ancestors: list[str], report: bool = True) -> None:
+        body = cm_pb2.CreateResultDataKeyRequest.Body(
+            resource_uri=result,
+            scope=SCOPE,
+            data_key_b64=data_key_b64(),
+            ancestor_uuids=ancestors,
+            owner_id=carol.party_id,
+        )
+        digest = hashlib.sha256(serialize_canonical(body)).digest()
+        attester = backend_class(cm_world.pm, ATTESTER, "sim").from_settings()
+        pb = report_to_pb(await attester.generate(digest)) if report else None
+        await c.create_result_data_key(app, body, pb)
+
+    with pytest.raises(CapsuleManagerError, match="does not release it"):
+        await register(new_data_uuid(), [a, b])  # b's policy holds it back
+    with pytest.raises(CapsuleManagerError, match="attestation report verify failed"):
+        await register(new_data_uuid(), [a], report=False)
+    with pytest.raises(CapsuleManagerError, match="is not result data"):
+        await register(b, [a])  # names bob's original data
+    alice_entries = [json.loads(t) for t in entry_texts(await audit.fetch_bundle(c, alice))]
+    bob_entries = [json.loads(t) for t in entry_texts(await audit.fetch_bundle(c, bob))]
+    alice_refusals = [e for e in alice_entries if e["kind"] == "result_refusal"]
+    bob_refusals = [e for e in bob_entries if e["kind"] == "result_refusal"]
+    assert [e["data_uuid"] for e in alice_refusals] == [a, a, a]
+    assert "does not release it" in alice_refusals[0]["details"]["reason"]
+    assert "attestation report verify failed" in alice_refusals[1]["details"]["reason"]
+    assert alice_refusals[0]["details"]["ancestors"] == [a, b]
+    assert alice_refusals[0]["details"]["result_owner"] == carol.party_id
+    assert [e["data_uuid"] for e in bob_refusals] == [b, b]
+    assert "is not result data" in bob_refusals[1]["details"]["reason"]
+    assert not [e for e in alice_entries + bob_entries if e["kind"] == "result_registered"]

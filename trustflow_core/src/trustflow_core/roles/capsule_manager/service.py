@@ -525,6 +525,16 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         if not inner.HasField("body"):
             raise CMError(Kind.INVALID_ARGUMENT, "request body is empty")
         body = inner.body
+        try:
+            await self._register_result(inner)
+        except CMError as err:
+            await self._thread(self._log_result_refusal, body, err)
+            raise
+        return _status_only()
+
+    async def _register_result(self, inner: cm_pb2.CreateResultDataKeyRequest) -> None:
+        """Attest the registering app and store the result (:meth:`Database.create_result_key`)."""
+        body = inner.body
         digest = hashlib.sha256(serialize_canonical(body)).digest()
         verified = await self._attest(
             inner.attestation_report, inner.HasField("attestation_report"), digest
@@ -561,7 +571,38 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 else "",
             },
         )
-        return _status_only()
+
+    def _log_result_refusal(
+        self, body: cm_pb2.CreateResultDataKeyRequest.Body, err: CMError
+    ) -> None:
+        """A refused result registration, for the owners of its ancestors and of the data_uuid
+        it names when that exists (within the refusal limits, docs/audit.md#abuse-limits)."""
+        log = self.store.audit
+        if log is None:
+            return
+        try:
+            result = parse_resource_uri(body.resource_uri).data_uuid
+        except CMError:
+            result = ""
+        details: dict[str, Any] = {
+            "result": result,
+            "result_owner": body.owner_id,
+            "resource_uri": body.resource_uri,
+            "scope": body.scope,
+            "ancestors": list(body.ancestor_uuids),
+            "reason": err.detail,
+        }
+        drafts = []
+        for uuid in dict.fromkeys([*body.ancestor_uuids, result]):
+            if not uuid:
+                continue
+            info = self.store.data_info(uuid)
+            suppressed = log.limiter.admit(uuid) if info is not None else None
+            if info is None or suppressed is None:
+                continue
+            entry = {**details, "suppressed": suppressed} if suppressed else details
+            drafts.append(AuditDraft("result_refusal", info.owner_party_id, uuid, entry))
+        self.store.record_audit(drafts)
 
     # ---- data keys (owners) ----------------------------------------------------------------
 
