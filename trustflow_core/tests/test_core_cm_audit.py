@@ -334,7 +334,10 @@ async def test_a_row_changed_in_sql_is_named(cm_world: CMWorld, sql: Any, how: s
     await audit.fetch_bundle(cm_world.client, owner, previous=good)
 
 
-async def test_refusals_are_bounded_per_data_uuid(cm_world: CMWorld) -> None:
+async def test_refusals_are_bounded_per_data_uuid_across_cms(cm_world: CMWorld) -> None:
+    """Two CMs on one database (as two workers or replicas) share the refusal bound: refusals
+    sent to both alternately are logged up to one burst, and the count of those left out
+    travels in the next refusal entry."""
     owner, app = new_party("owner"), new_party("app")
     uuid = new_data_uuid()
     await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
@@ -343,12 +346,16 @@ async def test_refusals_are_bounded_per_data_uuid(cm_world: CMWorld) -> None:
     log = cm_world.cm.store.audit
     assert log is not None
     burst = log.limiter.burst
-    for _ in range(burst + 5):
-        with pytest.raises(CapsuleManagerError, match="not satisfied"):
-            await get_keys(cm_world, app, [uuid])
-    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    async with running_cm(cm_world.cm.settings, verify_sim=True) as other:
+        for i in range(burst + 5):
+            with pytest.raises(CapsuleManagerError, match="not satisfied"):
+                await get_keys(other if i % 2 else cm_world, app, [uuid])
+        bundle = await audit.fetch_bundle(cm_world.client, owner)
     refusals = [k for k in kinds(bundle) if k[0] == "key_refusal"]
     assert burst <= len(refusals) <= burst + 1  # at most one token refilled meanwhile
+    # the limit is shared: more refusals later carry the count of those left out
+    log_entries = [json.loads(t) for t in entry_texts(bundle)]
+    assert all("suppressed" not in e["details"] for e in log_entries[:burst])
 
 
 async def test_restart_keeps_the_log_consistent(

@@ -28,23 +28,61 @@ from trustflow_core.roles.capsule_manager_protocol.audit import (
 from trustflow_core.roles.capsule_manager_protocol.errors import CMError, Kind
 
 
-def test_refusals_over_the_bound_are_counted_and_carried() -> None:
-    now = [0.0]
-    limiter = RefusalLimiter(burst=2, interval=10.0, clock=lambda: now[0])
-    assert [limiter.admit("d") for _ in range(5)] == [0, 0, None, None, None]
-    assert limiter.admit("other") == 0  # per data_uuid
-    now[0] = 10.0
-    assert limiter.admit("d") == 3  # the three left out travel with the next entry
-    assert limiter.admit("d") is None
+def _refusal(uuid: str) -> AuditDraft:
+    return AuditDraft("key_refusal", "owner", uuid, {"reason": "r"}, True)
 
 
-def test_the_limiter_forgets_the_least_recently_used_data_uuid() -> None:
-    limiter = RefusalLimiter(burst=1, interval=1000.0, max_tracked=2, clock=lambda: 0.0)
-    assert limiter.admit("a") == 0 and limiter.admit("b") == 0
-    assert limiter.admit("a") is None  # a is now the most recently used
-    assert limiter.admit("c") == 0  # b is forgotten, not a
-    assert limiter.admit("a") is None
-    assert limiter.admit("b") == 0
+def _admit(limiter: RefusalLimiter, engine: Any, uuids: list[str], now_ms: int) -> list[Any]:
+    """What each refusal of ``uuids`` gets, in one transaction: None (left out) or its
+    carried count."""
+    with engine.begin() as conn:
+        kept = limiter.admit(conn, [_refusal(u) for u in uuids], now_ms)
+    out: list[Any] = []
+    remaining = list(kept)
+    for u in uuids:  # kept drafts are in order; map them back
+        if remaining and remaining[0].data_uuid == u and len(out) < len(uuids):
+            out.append(remaining.pop(0).details.get("suppressed", 0))
+        else:
+            out.append(None)
+    return out
+
+
+@pytest.fixture
+def bucket_db(tmp_path: Any) -> Any:
+    from sqlalchemy import create_engine
+
+    from trustflow_core.roles.capsule_manager.db_models import Base
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'b.db'}")
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_refusals_over_the_bound_are_counted_and_carried(bucket_db: Any) -> None:
+    limiter = RefusalLimiter(burst=2, interval=10.0)
+    assert _admit(limiter, bucket_db, ["d"] * 5, 0) == [0, 0, None, None, None]
+    assert _admit(limiter, bucket_db, ["other"], 0) == [0]  # per data_uuid
+    assert _admit(limiter, bucket_db, ["d"], 9_999) == [None]  # not a whole token yet
+    assert _admit(limiter, bucket_db, ["d"], 10_000) == [4]  # the four left out travel along
+    assert _admit(limiter, bucket_db, ["d"], 10_000) == [None]
+    # frequent refusals still refill (credit is kept to the millisecond, never rounded away)
+    fast = RefusalLimiter(burst=1, interval=1.0)
+    assert _admit(fast, bucket_db, ["e"], 0) == [0]
+    results = [_admit(fast, bucket_db, ["e"], 7 * i)[0] for i in range(1, 150)]
+    assert [r for r in results if r is not None] == [142]  # after 1 s (i = 143), with count
+
+
+def test_the_bucket_state_is_in_the_database(bucket_db: Any) -> None:
+    """Two limiters (two workers, two replicas) on one database share the bucket."""
+    first, second = RefusalLimiter(burst=2, interval=10.0), RefusalLimiter(burst=2, interval=10.0)
+    assert _admit(first, bucket_db, ["d"], 0) == [0]
+    assert _admit(second, bucket_db, ["d"], 0) == [0]
+    assert _admit(first, bucket_db, ["d"], 0) == [None]
+    assert _admit(second, bucket_db, ["d"], 0) == [None]
+    assert _admit(first, bucket_db, ["d"], 10_000) == [2]
+    # a replica whose clock is behind does not refill the bucket
+    assert _admit(second, bucket_db, ["d"], 5_000) == [None]
 
 
 def draft(n: int) -> AuditDraft:

@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from cryptography.hazmat.primitives import hashes
@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from ..capsule_manager_protocol import merkle
 from ..capsule_manager_protocol.audit import TreeHead, encode_entry
 from ..capsule_manager_protocol.errors import CMError, Kind
-from .db_models import AuditEntryRow, AuditHeadRow, AuditSizeRow
+from .db_models import AuditEntryRow, AuditHeadRow, AuditRefusalBucket, AuditSizeRow
 
 #: Most entries one ListEntries page returns.
 MAX_PAGE = 500
@@ -49,12 +49,14 @@ _MAC_INFO = b"trustflow-cm audit entry mac v1"
 
 class AuditDraft(NamedTuple):
     """An entry before it has an index and a time: ``kind`` of :data:`.audit.KINDS`, the
-    ``owner`` who sees it, the ``data_uuid`` it is about, and its ``details``."""
+    ``owner`` who sees it, the ``data_uuid`` it is about, and its ``details``. ``limited``:
+    a refusal, logged only within the bound of :class:`RefusalLimiter`."""
 
     kind: str
     owner: str
     data_uuid: str
     details: dict[str, Any]
+    limited: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def _now_ms() -> int:
 
 class AuditLog:
     """Appends, checks and proves the log. ``key`` signs tree heads; ``mac_secret`` is
-    :func:`mac_key` of the storage key. Thread-safe (no state besides the limiter)."""
+    :func:`mac_key` of the storage key. Thread-safe (no state)."""
 
     def __init__(
         self,
@@ -97,8 +99,12 @@ class AuditLog:
     # ---- appending -------------------------------------------------------------------------
 
     def append(self, conn: Connection, drafts: Sequence[AuditDraft]) -> None:
-        """Append ``drafts`` in ``conn``'s transaction, at the next indexes. The size row is
-        updated first, so a concurrent append waits for this transaction."""
+        """Append ``drafts`` in ``conn``'s transaction, at the next indexes, after leaving
+        out the refusals over the bound (:class:`RefusalLimiter`). The size row is updated
+        first, so a concurrent append waits for this transaction."""
+        now = self._clock_ms()
+        if any(d.limited for d in drafts):
+            drafts = self.limiter.admit(conn, drafts, now)
         if not drafts:
             return
         n = len(drafts)
@@ -112,7 +118,6 @@ class AuditLog:
             conn.execute(insert(_SIZE), {"id": 1, "size": n})  # first append ever (a race: retry)
             end = n
         start = end - n
-        now = self._clock_ms()
         rows = []
         for offset, draft in enumerate(drafts):
             index = start + offset
@@ -459,55 +464,95 @@ def _head(row: Any) -> TreeHead:
     return TreeHead(row.size, bytes(row.root), row.timestamp_ms, bytes(row.signature))
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
-    suppressed: int = 0
-
-
-@dataclass
+@dataclass(frozen=True)
 class RefusalLimiter:
     """Bounds the refusal entries per data_uuid: a burst of ``burst`` entries, then one per
     ``interval`` seconds; refusals over the bound are not logged one by one but counted, and
     the count travels in the next refusal entry of that data_uuid (``details.suppressed``).
-    At most ``max_tracked`` data_uuids are tracked (the oldest is forgotten first). In memory,
-    per CM process. Keyed by data_uuid, not by caller: a caller can mint new identities at
-    will, a data_uuid's log must stay bounded whoever asks."""
+    The buckets are rows of ``cm_audit_refusals``, read and written in the append transaction
+    (:meth:`admit`), so every worker and replica on the database shares one bound. Keyed by
+    data_uuid, not by caller: a caller can mint new identities at will, a data_uuid's log must
+    stay bounded whoever asks."""
 
     burst: int = 20
     interval: float = 3.0
-    max_tracked: int = 100_000
-    clock: Callable[[], float] = time.monotonic
-    _buckets: dict[str, _Bucket] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def admit(self, data_uuid: str) -> int | None:
-        """None: do not log this refusal (counted); else the number of refusals not logged
-        since the previous entry of ``data_uuid``, to be logged with this one."""
-        now = self.clock()
-        with self._lock:
-            bucket = self._buckets.pop(data_uuid, None)
-            if bucket is None:
-                bucket = _Bucket(float(self.burst), now)
-                while len(self._buckets) >= self.max_tracked:
-                    self._buckets.pop(next(iter(self._buckets)))
-            self._buckets[data_uuid] = bucket  # most recently used last
-            bucket.tokens = min(
-                float(self.burst), bucket.tokens + (now - bucket.stamp) / self.interval
+    def admit(
+        self, conn: Connection, drafts: Sequence[AuditDraft], now_ms: int
+    ) -> list[AuditDraft]:
+        """``drafts`` without the refusals (``limited``) over the bound, in ``conn``'s write
+        transaction: each admitted refusal carries the count left out before it. The bucket
+        rows are locked until the commit; two first refusals of a data_uuid at once collide
+        on its key and the transaction is retried."""
+        uuids = sorted({d.data_uuid for d in drafts if d.limited})
+        if not uuids:
+            return list(drafts)
+        cost = max(1, int(self.interval * 1000))
+        capacity = self.burst * cost
+        stored = {
+            row.data_uuid: [row.credit_ms, row.stamp_ms, row.suppressed]
+            for row in conn.execute(_BUCKETS, {"uuids": uuids})
+        }
+        state = {u: stored.get(u, [capacity, now_ms, 0]) for u in uuids}
+        admitted = []
+        for draft in drafts:
+            if not draft.limited:
+                admitted.append(draft)
+                continue
+            bucket = state[draft.data_uuid]
+            elapsed = max(0, now_ms - bucket[1])  # replicas' clocks may differ: never negative
+            bucket[0] = min(capacity, bucket[0] + elapsed)
+            bucket[1] = max(bucket[1], now_ms)
+            if bucket[0] < cost:
+                bucket[2] += 1
+                continue
+            bucket[0] -= cost
+            details = dict(draft.details)
+            if bucket[2]:
+                details["suppressed"] = bucket[2]
+            bucket[2] = 0
+            admitted.append(draft._replace(details=details))
+        rows = [
+            {"b_uuid": u, "credit_ms": b[0], "stamp_ms": b[1], "suppressed": b[2]}
+            for u, b in state.items()
+        ]
+        if updates := [r for r in rows if r["b_uuid"] in stored]:
+            conn.execute(_UPDATE_BUCKET, updates)
+        if inserts := [r for r in rows if r["b_uuid"] not in stored]:
+            conn.execute(
+                insert(_REFUSALS),
+                [
+                    {
+                        "data_uuid": r["b_uuid"],
+                        "credit_ms": r["credit_ms"],
+                        "stamp_ms": r["stamp_ms"],
+                        "suppressed": r["suppressed"],
+                    }
+                    for r in inserts
+                ],
             )
-            bucket.stamp = now
-            if bucket.tokens < 1:
-                bucket.suppressed += 1
-                return None
-            bucket.tokens -= 1
-            suppressed, bucket.suppressed = bucket.suppressed, 0
-            return suppressed
+        return admitted
 
 
 _ENTRIES = cast(Table, AuditEntryRow.__table__)
 _SIZE = cast(Table, AuditSizeRow.__table__)
 _HEADS = cast(Table, AuditHeadRow.__table__)
+_REFUSALS = cast(Table, AuditRefusalBucket.__table__)
+_BUCKETS = (
+    select(_REFUSALS)
+    .where(_REFUSALS.c.data_uuid.in_(bindparam("uuids", expanding=True)))
+    .order_by(_REFUSALS.c.data_uuid)
+    .with_for_update()
+)
+_UPDATE_BUCKET = (
+    update(_REFUSALS)
+    .where(_REFUSALS.c.data_uuid == bindparam("b_uuid"))
+    .values(
+        credit_ms=bindparam("credit_ms"),
+        stamp_ms=bindparam("stamp_ms"),
+        suppressed=bindparam("suppressed"),
+    )
+)
 _GROW = update(_SIZE).where(_SIZE.c.id == 1).values(size=_SIZE.c.size + bindparam("n"))
 _GROW_RETURNING = _GROW.returning(_SIZE.c.size)
 _SIZE_NOW = select(_SIZE.c.size).where(_SIZE.c.id == 1)

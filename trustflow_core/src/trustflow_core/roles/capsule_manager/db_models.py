@@ -149,11 +149,12 @@ class AuditHeadRow(Base):
 
 class AuditRefusalBucket(Base):
     """The refusal-entry token bucket of one data_uuid (docs/audit.md#abuse-limits), shared by
-    every worker and replica on this database: ``tokens_milli`` thousandths of a token at
-    ``stamp_ms`` (epoch ms), and ``suppressed`` refusals not logged since the last entry."""
+    every worker and replica on this database: ``credit_ms`` of refill credit at ``stamp_ms``
+    (epoch ms; the bucket refills one ms of credit per ms, an entry costs the interval), and
+    ``suppressed`` refusals not logged since the data_uuid's last refusal entry."""
 
     __tablename__ = "cm_audit_refusals"
     data_uuid: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
-    tokens_milli: Mapped[int] = mapped_column(BigInteger)
+    credit_ms: Mapped[int] = mapped_column(BigInteger)
     stamp_ms: Mapped[int] = mapped_column(BigInteger)
     suppressed: Mapped[int] = mapped_column(BigInteger, default=0)

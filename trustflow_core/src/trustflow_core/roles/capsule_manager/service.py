@@ -340,16 +340,11 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             if uuid in seen:
                 continue
             seen.add(uuid)
-            suppressed = log.limiter.admit(uuid)
-            if suppressed is None:
-                continue
             info = self.store.data_info(uuid)
             if info is None:
                 continue
             details = {**base, "resource_uri": res.resource_uri, "columns": list(res.columns)}
-            if suppressed:
-                details["suppressed"] = suppressed
-            drafts.append(AuditDraft("key_refusal", info.owner_party_id, uuid, details))
+            drafts.append(AuditDraft("key_refusal", info.owner_party_id, uuid, details, True))
         self.store.record_audit(drafts)
 
     @_rpc("get_data_keys")
@@ -597,11 +592,10 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             if not uuid:
                 continue
             info = self.store.data_info(uuid)
-            suppressed = log.limiter.admit(uuid) if info is not None else None
-            if info is None or suppressed is None:
-                continue
-            entry = {**details, "suppressed": suppressed} if suppressed else details
-            drafts.append(AuditDraft("result_refusal", info.owner_party_id, uuid, entry))
+            if info is not None:
+                drafts.append(
+                    AuditDraft("result_refusal", info.owner_party_id, uuid, details, True)
+                )
         self.store.record_audit(drafts)
 
     # ---- data keys (owners) ----------------------------------------------------------------
@@ -688,8 +682,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         log = self.store.audit
         if log is None:
             return
-        suppressed = log.limiter.admit(data_uuid)
-        info = self.store.data_info(data_uuid) if suppressed is not None else None
+        info = self.store.data_info(data_uuid)
         if info is None:
             return
         details: dict[str, Any] = {
@@ -697,10 +690,8 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             "resource_uri": inner.resource_uri,
             "reason": err.detail,
         }
-        if suppressed:
-            details["suppressed"] = suppressed
         self.store.record_audit(
-            [AuditDraft("export_refusal", info.owner_party_id, data_uuid, details)]
+            [AuditDraft("export_refusal", info.owner_party_id, data_uuid, details, True)]
         )
 
     @_rpc("register_cert")
