@@ -334,6 +334,44 @@ async def test_a_row_changed_in_sql_is_named(cm_world: CMWorld, sql: Any, how: s
     await audit.fetch_bundle(cm_world.client, owner, previous=good)
 
 
+async def test_an_old_row_nobody_reads_is_named_at_the_next_full_check(
+    cm_world: CMWorld, sql: Any
+) -> None:
+    """The verified prefix is kept between calls: a row of another owner changed in SQL
+    does not change the heads the CM signs (they come from the verified leaves) and is named
+    at the next full re-check of the log."""
+    owner, *_ = await owner_flow(cm_world)
+    other, *_ = await owner_flow(cm_world)
+    good = await audit.fetch_bundle(cm_world.client, owner)
+    index = good["entries"][4]["index"]
+    assert cm_world.cm.store is not None and cm_world.cm.store.audit is not None
+    log = cm_world.cm.store.audit
+    with sql.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE cm_audit SET entry_json = REPLACE(entry_json, 'psi', 'xgb') WHERE idx = :i"
+            ),
+            {"i": index},
+        )
+    try:
+        # the other owner's audit: served from verified leaves, the head extends the old one
+        await audit.fetch_bundle(cm_world.client, other)
+        log.full_check_seconds = 0  # the next call re-reads the whole log
+        with pytest.raises(CapsuleManagerError, match=f"audit entry #{index} was changed"):
+            await audit.fetch_bundle(cm_world.client, other)
+    finally:
+        log.full_check_seconds = 300.0
+        with sql.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE cm_audit SET entry_json = REPLACE(entry_json, 'xgb', 'psi') "
+                    "WHERE idx = :i"
+                ),
+                {"i": index},
+            )
+    await audit.fetch_bundle(cm_world.client, owner, previous=good)
+
+
 async def test_refusals_are_bounded_per_data_uuid_across_cms(cm_world: CMWorld) -> None:
     """Two CMs on one database (as two workers or replicas) share the refusal bound: refusals
     sent to both alternately are logged up to one burst, and the count of those left out

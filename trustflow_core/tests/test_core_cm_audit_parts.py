@@ -176,3 +176,28 @@ def test_entries_are_canonical_and_heads_signed() -> None:
     forged = TreeHead(5, head.root, head.timestamp_ms, head.signature)
     with pytest.raises(AuditVerificationError, match="size 5 is not signed"):
         forged.verify(key.public_key())
+
+
+def test_the_incremental_tree_gives_the_rfc_roots_and_proofs() -> None:
+    """merkle.Tree (the CM's verified prefix) against the recursive RFC 9162 definitions,
+    for every prefix, leaf and earlier size of trees up to 40 leaves, and after truncation."""
+    import hashlib
+
+    from trustflow_core.roles.capsule_manager_protocol import merkle
+
+    leaves = [merkle.leaf_hash(hashlib.sha256(bytes([i])).digest()) for i in range(40)]
+    tree = merkle.Tree()
+    for n in range(41):
+        if n:
+            tree.append(leaves[n - 1])
+        for size in range(n + 1):
+            assert tree.root(size) == merkle.root(leaves[:size])
+            for i in range(size):
+                assert tree.inclusion_proof(i, size) == merkle.inclusion_proof(i, leaves[:size])
+            for first in range(size + 1):
+                expected = merkle.consistency_proof(first, leaves[:size])
+                assert tree.consistency_proof(first, size) == expected
+    tree.truncate(13)
+    assert len(tree) == 13 and tree.root(13) == merkle.root(leaves[:13])
+    tree.append(leaves[0])
+    assert tree.root(14) == merkle.root([*leaves[:13], leaves[0]])

@@ -8,11 +8,12 @@ refusal is answered. Entry ``i`` is leaf ``i`` of an RFC 9162 Merkle tree
 
 Integrity against the database's administrators (who can run SQL but do not hold the storage
 key or the CM key): every row carries an HMAC under a key derived from the storage key over its
-index and entry bytes. :meth:`AuditLog.checked_leaves` — run before any head is signed or proof
-is served — names the first row that was changed (MAC), moved (MAC over another index) or
-removed (a gap, or fewer entries than a signed head covers), and refuses a log whose prefix no
-longer has the root of the last head the CM signed. Owners verify heads and proofs offline
-(:func:`..capsule_manager_protocol.audit.verify_bundle`).
+index and entry bytes. :meth:`AuditLog._verified_size` -- run before any head is signed or
+proof is served, incrementally over a verified prefix kept in memory -- names the first row
+that was changed (MAC), moved (MAC over another index) or removed (a gap, or fewer entries
+than a signed head covers), and refuses a log whose prefix no longer has the root of the last
+head the CM signed (when and how old rows are re-checked: :class:`AuditLog`). Owners verify
+heads and proofs offline (:func:`..capsule_manager_protocol.audit.verify_bundle`).
 
 Refusals are rate-limited per data_uuid (:class:`RefusalLimiter`) so that nobody can flood an
 owner's log by sending requests that are refused.
@@ -34,7 +35,7 @@ from typing import Any, NamedTuple, cast
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..capsule_manager_protocol import merkle
@@ -76,7 +77,24 @@ def _now_ms() -> int:
 
 class AuditLog:
     """Appends, checks and proves the log. ``key`` signs tree heads; ``mac_secret`` is
-    :func:`mac_key` of the storage key. Thread-safe (no state)."""
+    :func:`mac_key` of the storage key. Thread-safe.
+
+    **The verified prefix** (docs/audit.md#tamper-evidence): the log's rows are read and
+    their MACs checked once; their leaf hashes are kept in memory (a :class:`merkle.Tree`),
+    so a head or proof only reads and checks the rows appended since (and roots and proofs
+    cost O(log n)). What is kept is re-checked as follows:
+
+    * every head or proof call counts the rows of the verified prefix in SQL (a row
+      removed is named, after a full check);
+    * every row :meth:`entries` serves is compared with its verified leaf (or its MAC
+      checked, when newer than the prefix): an owner is never served a row that was
+      changed or moved, and the row is named;
+    * the whole log is read and every MAC re-checked on the first call of the process and
+      on the first call after ``full_check_seconds`` since the last full check: a row
+      changed in SQL that nobody read is named then at the latest.
+
+    Heads and proofs are computed from verified leaves only, so a row changed after it was
+    verified cannot change what the CM signs or proves."""
 
     def __init__(
         self,
@@ -85,11 +103,17 @@ class AuditLog:
         *,
         limiter: RefusalLimiter | None = None,
         clock_ms: Callable[[], int] = _now_ms,
+        full_check_seconds: float = 300.0,
     ) -> None:
         self._key = key
         self._mac_secret = mac_secret
         self.limiter = limiter or RefusalLimiter()
         self._clock_ms = clock_ms
+        self.full_check_seconds = full_check_seconds
+        self._lock = threading.Lock()
+        self._tree = merkle.Tree()
+        self._full_at: float | None = None  # time.monotonic() of the last full check
+        self._good_heads: set[tuple[int, bytes, int, bytes]] = set()
 
     def _mac(self, index: int, entry_json: str) -> bytes:
         return hmac.new(
@@ -138,8 +162,8 @@ class AuditLog:
 
     # ---- reading ---------------------------------------------------------------------------
 
-    @staticmethod
     def entries(
+        self,
         session: Session,
         owner: str,
         *,
@@ -149,9 +173,11 @@ class AuditLog:
         limit: int = MAX_PAGE,
     ) -> list[StoredEntry]:
         """``owner``'s entries from index ``start`` on, oldest first, at most ``limit``
-        (capped at :data:`MAX_PAGE`); only about ``data_uuid`` / from ``since_ms`` when given."""
+        (capped at :data:`MAX_PAGE`); only about ``data_uuid`` / from ``since_ms`` when given.
+        Each row is checked against its verified leaf, or its MAC when it is newer than the
+        verified prefix: Data Integrity Violated names a row changed or moved in SQL."""
         query = (
-            select(_ENTRIES.c.idx, _ENTRIES.c.entry_json)
+            select(_ENTRIES.c.idx, _ENTRIES.c.entry_json, _ENTRIES.c.mac)
             .where(_ENTRIES.c.owner_party_id == owner, _ENTRIES.c.idx >= start)
             .order_by(_ENTRIES.c.idx)
             .limit(max(1, min(limit, MAX_PAGE)))
@@ -160,17 +186,51 @@ class AuditLog:
             query = query.where(_ENTRIES.c.data_uuid == data_uuid)
         if since_ms:
             query = query.where(_ENTRIES.c.time_ms >= since_ms)
-        return [StoredEntry(i, text) for i, text in session.execute(query)]
+        rows = session.execute(query).all()
+        with self._lock:
+            known = len(self._tree)
+            leaves = [self._tree.leaf(i) if i < known else None for i, _, _ in rows]
+        for (index, text, mac), leaf in zip(rows, leaves, strict=True):
+            if leaf is not None:
+                good = hmac.compare_digest(merkle.leaf_hash(text.encode()), leaf)
+            else:
+                good = hmac.compare_digest(bytes(mac), self._mac(index, text))
+            if not good:
+                raise CMError(
+                    Kind.DATA_INTEGRITY,
+                    f"audit entry #{index} was changed or moved in the database",
+                )
+        return [StoredEntry(i, text) for i, text, _ in rows]
 
-    def checked_leaves(self, session: Session) -> list[bytes]:
-        """The leaf hashes of the whole log, after checking every row and the last signed
-        head. Raise :class:`CMError` (Data Integrity Violated) naming the first entry that was
-        changed, moved or removed in the database."""
-        leaves: list[bytes] = []
+    def _verified_size(self, session: Session) -> int:
+        """Bring the verified prefix up to the log's size in ``session``'s snapshot (see the
+        class docstring) and check the last signed head against it; return that size. Raise
+        :class:`CMError` (Data Integrity Violated) naming the first entry that was changed,
+        moved or removed in the database. Call with ``self._lock`` held."""
+        now = time.monotonic()
+        if self._full_at is None or now - self._full_at >= self.full_check_seconds:
+            self._tree, self._full_at = merkle.Tree(), now
+        size = session.execute(_SIZE_NOW).scalar() or 0
+        if size < len(self._tree):  # a snapshot older than the prefix, or a log rolled back
+            self._tree.truncate(size)
+        verified = len(self._tree)
+        if verified and session.execute(_COUNT_BELOW, {"n": verified}).scalar() != verified:
+            self._tree, self._full_at, verified = merkle.Tree(), now, 0  # name the gap
+        if size > len(self._tree):
+            self._extend(session, size)
+        last = self._last_head(session)
+        if last is not None:
+            self._check_head(last, size)
+        return size
+
+    def _extend(self, session: Session, size: int) -> None:
+        tree = self._tree
         for index, text, mac in session.execute(
-            select(_ENTRIES.c.idx, _ENTRIES.c.entry_json, _ENTRIES.c.mac).order_by(_ENTRIES.c.idx)
+            select(_ENTRIES.c.idx, _ENTRIES.c.entry_json, _ENTRIES.c.mac)
+            .where(_ENTRIES.c.idx >= len(tree), _ENTRIES.c.idx < size)
+            .order_by(_ENTRIES.c.idx)
         ):
-            expected = len(leaves)
+            expected = len(tree)
             if index != expected:
                 raise CMError(
                     Kind.DATA_INTEGRITY,
@@ -181,37 +241,36 @@ class AuditLog:
                     Kind.DATA_INTEGRITY,
                     f"audit entry #{index} was changed or moved in the database",
                 )
-            leaves.append(merkle.leaf_hash(text.encode()))
-        size = session.execute(_SIZE_NOW).scalar()
-        if (size or 0) != len(leaves):
+            tree.append(merkle.leaf_hash(text.encode()))
+        if len(tree) != size:
             raise CMError(
                 Kind.DATA_INTEGRITY,
-                f"audit entries #{len(leaves)}..#{(size or 0) - 1} are missing from the database",
+                f"audit entries #{len(tree)}..#{size - 1} are missing from the database",
             )
-        last = self._last_head(session)
-        if last is not None:
-            self._check_head(last, leaves)
-        return leaves
 
-    def _check_head(self, head: TreeHead, leaves: Sequence[bytes]) -> None:
-        try:
-            head.verify(self._key.public_key())
-        except Exception:
-            raise CMError(
-                Kind.DATA_INTEGRITY, f"stored audit head of size {head.size} has a bad signature"
-            ) from None
-        if head.size > len(leaves):
+    def _check_head(self, head: TreeHead, size: int) -> None:
+        signed = (head.size, head.root, head.timestamp_ms, head.signature)
+        if signed not in self._good_heads:
+            try:
+                head.verify(self._key.public_key())
+            except Exception:
+                raise CMError(
+                    Kind.DATA_INTEGRITY,
+                    f"stored audit head of size {head.size} has a bad signature",
+                ) from None
+        if head.size > size:
             raise CMError(
                 Kind.DATA_INTEGRITY,
-                f"audit entries #{len(leaves)}..#{head.size - 1} are missing from the database "
+                f"audit entries #{size}..#{head.size - 1} are missing from the database "
                 f"(the head signed at {head.timestamp_ms} covers them)",
             )
-        if not hmac.compare_digest(merkle.root(leaves[: head.size]), head.root):
+        if not hmac.compare_digest(self._tree.root(head.size), head.root):
             raise CMError(
                 Kind.DATA_INTEGRITY,
                 f"the first {head.size} audit entries no longer have the root of the head "
                 f"signed at {head.timestamp_ms}",
             )
+        self._good_heads.add(signed)
 
     @staticmethod
     def _last_head(session: Session) -> TreeHead | None:
@@ -228,11 +287,13 @@ class AuditLog:
     def tree_head(self, session: Session) -> TreeHead:
         """The signed head of the whole (checked) log: the stored one when the log did not
         grow, else a new one, signed and stored in ``session``'s (write) transaction."""
-        leaves = self.checked_leaves(session)
-        last = self._last_head(session)
-        if last is not None and last.size == len(leaves):
-            return last
-        head = TreeHead.sign(self._key, len(leaves), merkle.root(leaves), self._clock_ms())
+        with self._lock:
+            size = self._verified_size(session)
+            last = self._last_head(session)
+            if last is not None and last.size == size:
+                return last
+            root = self._tree.root(size)
+        head = TreeHead.sign(self._key, size, root, self._clock_ms())
         session.execute(
             insert(_HEADS),
             {
@@ -267,8 +328,10 @@ class AuditLog:
                     f"audit entry #{index} is not in the tree of {tree_size}",
                 )
         self._signed_size(session, tree_size)
-        leaves = self.checked_leaves(session)[:tree_size]
-        return [merkle.inclusion_proof(index, leaves) for index in indexes]
+        with self._lock:
+            size = self._verified_size(session)
+            self._within(tree_size, size)
+            return [self._tree.inclusion_proof(index, tree_size) for index in indexes]
 
     def consistency_proof(self, session: Session, first: int, second: int) -> list[bytes]:
         """The proof that the signed tree of ``first`` entries is a prefix of ``second``'s."""
@@ -277,8 +340,18 @@ class AuditLog:
         if first:
             self._signed_size(session, first)
         self._signed_size(session, second)
-        leaves = self.checked_leaves(session)
-        return merkle.consistency_proof(first, leaves[:second])
+        with self._lock:
+            size = self._verified_size(session)
+            self._within(second, size)
+            return self._tree.consistency_proof(first, second)
+
+    @staticmethod
+    def _within(tree_size: int, size: int) -> None:
+        if tree_size > size:  # a signed head the last-head check did not cover: a rollback
+            raise CMError(
+                Kind.DATA_INTEGRITY,
+                f"audit entries #{size}..#{tree_size - 1} are missing from the database",
+            )
 
     def _signed_size(self, session: Session, size: int) -> None:
         if self.stored_head(session, size) is None:
@@ -556,3 +629,4 @@ _UPDATE_BUCKET = (
 _GROW = update(_SIZE).where(_SIZE.c.id == 1).values(size=_SIZE.c.size + bindparam("n"))
 _GROW_RETURNING = _GROW.returning(_SIZE.c.size)
 _SIZE_NOW = select(_SIZE.c.size).where(_SIZE.c.id == 1)
+_COUNT_BELOW = select(func.count()).select_from(_ENTRIES).where(_ENTRIES.c.idx < bindparam("n"))
