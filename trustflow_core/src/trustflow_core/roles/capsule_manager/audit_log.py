@@ -43,6 +43,8 @@ from ..capsule_manager_protocol.audit import TreeHead, encode_entry
 from ..capsule_manager_protocol.errors import CMError, Kind
 from .db_models import AuditEntryRow, AuditHeadRow, AuditRefusalBucket, AuditSizeRow
 
+#: The columns of :meth:`AuditLog.rows`, in order.
+ENTRY_COLUMNS = ("idx", "owner_party_id", "data_uuid", "time_ms", "entry_json", "mac")
 #: Most entries one ListEntries page returns.
 MAX_PAGE = 500
 _MAC_INFO = b"trustflow-cm audit entry mac v1"
@@ -142,23 +144,24 @@ class AuditLog:
             conn.execute(insert(_SIZE), {"id": 1, "size": n})  # first append ever (a race: retry)
             end = n
         start = end - n
-        rows = []
-        for offset, draft in enumerate(drafts):
-            index = start + offset
-            text = encode_entry(
-                index, now, draft.kind, draft.owner, draft.data_uuid, draft.details
-            ).decode()
-            rows.append(
-                {
-                    "idx": index,
-                    "owner_party_id": draft.owner,
-                    "data_uuid": draft.data_uuid,
-                    "time_ms": now,
-                    "entry_json": text,
-                    "mac": self._mac(index, text),
-                }
-            )
+        rows = [dict(zip(ENTRY_COLUMNS, row, strict=True)) for row in self.rows(drafts, start, now)]
         conn.execute(insert(_ENTRIES), rows)
+
+    def rows(
+        self, drafts: Sequence[AuditDraft], start: int, now_ms: int
+    ) -> list[tuple[int, str, str, int, str, bytes]]:
+        """The ``cm_audit`` rows (:data:`ENTRY_COLUMNS`) of ``drafts`` at indexes ``start``,
+        ``start + 1``, ..., logged at ``now_ms``."""
+        rows = []
+        for index, draft in enumerate(drafts, start):
+            text = encode_entry(
+                index, now_ms, draft.kind, draft.owner, draft.data_uuid, draft.details
+            ).decode()
+            rows.append((index, draft.owner, draft.data_uuid, now_ms, text, self._mac(index, text)))
+        return rows
+
+    def now_ms(self) -> int:
+        return self._clock_ms()
 
     # ---- reading ---------------------------------------------------------------------------
 

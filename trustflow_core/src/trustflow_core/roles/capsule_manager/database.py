@@ -56,6 +56,7 @@ from ..capsule_manager_protocol.audit import TreeHead
 from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from .access_reads import read_access_rows
+from .audit_appends import DriverError, append_batch
 from .audit_log import AuditDraft, AuditLog, GroupCommit, ReadSet, StoredEntry
 from .db_models import (
     SCHEMA_VERSION,
@@ -319,6 +320,8 @@ class Database:
         log = self.audit
         if log is None:
             return [True] * len(batch)
+        if not any(d.limited for drafts, _ in batch for d in drafts):
+            return self._append_raw(log, batch)
 
         def run(conn: Connection) -> list[bool]:
             uuids = sorted({u for _, read in batch if read for u in read})
@@ -334,6 +337,32 @@ class Database:
             return accepted
 
         return self._core_tx(run)
+
+    def _append_raw(
+        self, audit: AuditLog, batch: list[tuple[Sequence[AuditDraft], ReadSet | None]]
+    ) -> list[bool]:
+        """:meth:`_append_audit` of a batch without refusals on the driver's connection
+        (:mod:`.audit_appends`), retried like :meth:`_tx`."""
+        delay = 0.005
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                with _metrics.db_timer("write"):
+                    if self._sqlite_write_lock is None:
+                        return append_batch(self._write_engine, audit, batch)
+                    with self._sqlite_write_lock:
+                        return append_batch(self._write_engine, audit, batch)
+            except DriverError as exc:
+                cause = type(exc.__cause__).__name__
+                if not exc.retry:
+                    log.warning("audit append failed: %s", cause)
+                    raise CMError(Kind.INTERNAL, "the audit log could not be written") from None
+                if attempt + 1 == MAX_ATTEMPTS:
+                    log.warning("audit append failed: %s", cause)
+                    raise CMError(Kind.INTERNAL, "storage conflict, try again") from None
+                if not exc.disconnected:
+                    time.sleep(delay)
+                    delay *= 2
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _touch(session: Session, uuids: Iterable[str]) -> None:
