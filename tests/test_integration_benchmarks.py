@@ -38,3 +38,12 @@ def test_capsule_manager_skips_a_backend_without_its_driver() -> None:
     assert lines[0].endswith("pip install 'trustflow-core[postgresql]'")
     assert any(line.startswith("sqlite x1      GetDataKeys") for line in lines)
     assert not any(line.startswith("postgresql") for line in lines)
+
+
+def test_audit_heads_runs_without_pytest() -> None:
+    done = run_without(
+        NO_PYTEST, BENCHMARKS / "audit_heads.py", "--entries", "300", "--repeat", "2"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "300 entries on sqlite" in done.stdout
+    assert "prefix kept" in done.stdout and "full check every call" in done.stdout
