@@ -670,3 +670,73 @@ async def test_refused_result_registrations_are_logged(cm_world: CMWorld) -> Non
     assert [e["data_uuid"] for e in bob_refusals] == [b, b]
     assert "is not result data" in bob_refusals[1]["details"]["reason"]
     assert not [e for e in alice_entries + bob_entries if e["kind"] == "result_registered"]
+
+
+async def test_an_export_decided_before_its_key_is_deleted_is_decided_again(
+    cm_world: CMWorld,
+) -> None:
+    """GetExportDataKey decided (votes valid, key present) while the result's owner deletes
+    the key: the export's append is held until the deletion committed, then finds the data
+    changed; the export is decided again and refused, and no export entry is logged."""
+    import asyncio
+    import hashlib
+    import threading
+
+    from trustflow_core.roles.capsule_manager_protocol.votes import (
+        sign_vote_request,
+        vote_result,
+        voter_sign,
+    )
+
+    c = cm_world.client
+    alice, carol, app = (new_party(n) for n in ("alice", "carol", "app"))
+    a = new_data_uuid()
+    await c.create_data_keys(alice, [(a, data_key_b64())])
+    await c.create_data_policy(alice, SCOPE, a, [grant_rule(carol.party_id)])
+    result = new_data_uuid()
+    body = cm_pb2.CreateResultDataKeyRequest.Body(
+        resource_uri=result,
+        scope=SCOPE,
+        data_key_b64=data_key_b64(),
+        ancestor_uuids=[a],
+        owner_id=carol.party_id,
+    )
+    digest = hashlib.sha256(serialize_canonical(body)).digest()
+    attester = backend_class(cm_world.pm, ATTESTER, "sim").from_settings()
+    await c.create_result_data_key(app, body, report_to_pb(await attester.generate(digest)))
+    fields = {
+        "type": "TEE_DOWNLOAD",
+        "approved_threshold": 1,
+        "approved_action": f"tee/download,{result}",
+    }
+    signed = sign_vote_request(fields, carol.chain_pems, carol.private_key)
+    invite = voter_sign(
+        {"action": "APPROVE"}, signed["vote_request_signature"], alice.chain_pems, alice.private_key
+    )
+    store = cm_world.cm.store
+    assert store is not None
+    arrived, go = threading.Event(), threading.Event()
+    held: list[int] = []
+
+    def hold() -> None:
+        if not held:
+            held.append(1)
+            arrived.set()
+            go.wait(10)
+
+    store.audit_commits.before_write = hold
+    try:
+        task = asyncio.create_task(
+            c.get_export_data_key(carol, result, vote_result(signed, [invite]))
+        )
+        assert await asyncio.to_thread(arrived.wait, 10)
+        await c.delete_data_key(carol, result)  # commits while the export waits
+        go.set()
+        with pytest.raises(CapsuleManagerError, match="data_keys not found"):
+            await task
+    finally:
+        store.audit_commits.before_write = None
+        go.set()
+    entries = [json.loads(t) for t in entry_texts(await audit.fetch_bundle(c, carol))]
+    about = [e["kind"] for e in entries if e["data_uuid"] == result]
+    assert about == ["result_registered", "key_deleted", "export_refusal"]

@@ -98,7 +98,7 @@ class DataInfo:
     data_uuid: str
     owner_party_id: str
     parents: tuple[str, ...]
-    #: ``cm_data.revision`` when read (:meth:`Database.access_view` only; else 0).
+    #: ``cm_data.revision`` when read (:meth:`Database.access_view`, :meth:`Database.data_info`).
     revision: int = 0
 
 
@@ -542,7 +542,8 @@ class Database:
             row = session.get(DataRecord, data_uuid)
             if row is None:
                 return None
-            return DataInfo(row.data_uuid, row.owner_party_id, tuple(json.loads(row.parents_json)))
+            parents = tuple(json.loads(row.parents_json))
+            return DataInfo(row.data_uuid, row.owner_party_id, parents, row.revision)
 
         return self._ro(op)
 
@@ -785,12 +786,14 @@ class Database:
 
     # ---- audit log (docs/audit.md) ---------------------------------------------------------
 
-    def record_audit(self, drafts: Sequence[AuditDraft]) -> None:
+    def record_audit(self, drafts: Sequence[AuditDraft], read: ReadSet | None = None) -> None:
         """Commit audit entries of a decision that changes nothing else (a key release, a
         refusal, an export), grouped with those of concurrent decisions
-        (:class:`~.audit_log.GroupCommit`): callers answer only after this returned."""
+        (:class:`~.audit_log.GroupCommit`): callers answer only after this returned. With
+        ``read`` (``data_uuid -> revision`` the decision relied on): committed only if those
+        records are unchanged, else :class:`~.audit_log.StaleDecision` (nothing committed)."""
         if self.audit is not None and drafts:
-            self.audit_commits.submit(drafts)
+            self.audit_commits.submit(drafts, read)
 
     def record_audit_soon(
         self,

@@ -639,40 +639,55 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 opened, inner.request_party_id, missing=Kind.INVALID_ARGUMENT
             )
             uri = parse_resource_uri(inner.resource_uri)
-            try:
-                owners = self.store.original_owners(uri.data_uuid)
-                verify_export_certificate(
-                    inner.data_export_certificate,
-                    inner.request_party_id,
-                    inner.resource_uri,
-                    owners,
-                )
-                keys = self.store.get_keys([inner.resource_uri])
-                if inner.resource_uri not in keys:
-                    raise CMError(Kind.NOT_FOUND, "data_keys not found.")
-            except CMError as err:
-                self._log_export_refusal(inner, uri.data_uuid, err)
-                raise
-            info = self.store.data_info(uri.data_uuid)
-            details = {
-                "requester": inner.request_party_id,
-                "resource_uri": inner.resource_uri,
-                "voters": sorted(owners - {inner.request_party_id}),
-            }
-            audience = sorted({*owners, *([info.owner_party_id] if info else [])})
-            self.store.record_audit(
-                [AuditDraft("export", o, uri.data_uuid, details) for o in audience]
-            )
-            response = cm_pb2.GetExportDataKeyResponse(
-                data_key=cm_pb2.DataKey(
-                    resource_uri=inner.resource_uri, data_key_b64=keys[inner.resource_uri]
-                )
-            )
-            sealed = self.envelopes.seal(response, _signer_key(verified))
-            _metrics.KEY_RELEASES.labels("get_export_data_key").inc()
-            return sealed
+            for attempt in range(REDECISIONS + 1):
+                try:
+                    return self._export(inner, uri.data_uuid, verified)
+                except StaleDecision:
+                    if attempt == REDECISIONS:
+                        raise
+            raise AssertionError("unreachable")
 
         return await self._thread(work)
+
+    def _export(
+        self, inner: cm_pb2.GetExportDataKeyRequest, data_uuid: str, verified: VerifiedJws
+    ) -> cm_pb2.EncryptedResponse:
+        """Decide an export and commit its entries before the sealed key is returned, against
+        the revision of the data's record read first (:class:`~.audit_log.StaleDecision`:
+        the data changed meanwhile, nothing was logged; decide again)."""
+        try:
+            info = self.store.data_info(data_uuid)  # its revision first: what follows is newer
+            owners = self.store.original_owners(data_uuid)
+            verify_export_certificate(
+                inner.data_export_certificate,
+                inner.request_party_id,
+                inner.resource_uri,
+                owners,
+            )
+            keys = self.store.get_keys([inner.resource_uri])
+            if inner.resource_uri not in keys:
+                raise CMError(Kind.NOT_FOUND, "data_keys not found.")
+        except CMError as err:
+            self._log_export_refusal(inner, data_uuid, err)
+            raise
+        details = {
+            "requester": inner.request_party_id,
+            "resource_uri": inner.resource_uri,
+            "voters": sorted(owners - {inner.request_party_id}),
+        }
+        audience = sorted({*owners, *([info.owner_party_id] if info else [])})
+        self.store.record_audit(
+            [AuditDraft("export", o, data_uuid, details) for o in audience],
+            None if info is None else {data_uuid: info.revision},
+        )
+        response = cm_pb2.GetExportDataKeyResponse(
+            data_key=cm_pb2.DataKey(
+                resource_uri=inner.resource_uri, data_key_b64=keys[inner.resource_uri]
+            )
+        )
+        sealed = self.envelopes.seal(response, _signer_key(verified))
+        _metrics.KEY_RELEASES.labels("get_export_data_key").inc()
+        return sealed
 
     def _log_export_refusal(
         self, inner: cm_pb2.GetExportDataKeyRequest, data_uuid: str, err: CMError
