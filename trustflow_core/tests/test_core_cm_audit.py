@@ -740,3 +740,22 @@ async def test_an_export_decided_before_its_key_is_deleted_is_decided_again(
     entries = [json.loads(t) for t in entry_texts(await audit.fetch_bundle(c, carol))]
     about = [e["kind"] for e in entries if e["data_uuid"] == result]
     assert about == ["result_registered", "key_deleted", "export_refusal"]
+
+
+async def test_concurrent_releases_on_two_cms_form_one_verified_log(cm_world: CMWorld) -> None:
+    """Releases on two CMs sharing the database, concurrently (group commits of both
+    appending on the driver's cursor): every release is logged once, the log verifies."""
+    import asyncio
+
+    owner, app = new_party("owner"), new_party("app")
+    uuid = new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    async with running_cm(cm_world.cm.settings, verify_sim=True) as other:
+        replies = await asyncio.gather(*(get_keys(w, app, [uuid]) for w in [cm_world, other] * 8))
+        assert all(len(r) == 1 for r in replies)
+        bundle = await audit.fetch_bundle(other.client, owner)
+    verify_bundle(
+        json.loads(json.dumps(bundle)), cm_public_key(bundle["cm_cert"]), owner=owner.party_id
+    )
+    assert [k for k, _ in kinds(bundle)] == ["keys_created", "policy_set"] + ["key_release"] * 16
