@@ -43,10 +43,13 @@ _RETRYABLE = ("deadlock", "database is locked", "could not serialize", "lock wai
 _REVISIONS = (
     "SELECT data_uuid, revision FROM cm_data WHERE data_uuid IN (:uuids) ORDER BY data_uuid"
 )
-_SHARE_LOCK = {"postgresql": " FOR SHARE", "mysql": " LOCK IN SHARE MODE"}
+#: MariaDB reads the revisions under a share lock before it takes the size row's lock
+#: (PostgreSQL: :func:`_size_first`; SQLite: its writer lock serializes everything).
+_SHARE_LOCK = {"mysql": " LOCK IN SHARE MODE"}
 _GROW_RETURNING = "UPDATE cm_audit_size SET size = size + ? WHERE id = 1 RETURNING size"
 _GROW = "UPDATE cm_audit_size SET size = size + ? WHERE id = 1"
 _SIZE = "SELECT size FROM cm_audit_size WHERE id = 1"
+_SHRINK = "UPDATE cm_audit_size SET size = size - ? WHERE id = 1"
 _FIRST_SIZE = "INSERT INTO cm_audit_size (id, size) VALUES (1, ?)"
 _INSERT = (
     "INSERT INTO cm_audit (idx, owner_party_id, data_uuid, time_ms, entry_json, mac) "
@@ -77,6 +80,11 @@ def append_batch(engine: Engine, log: AuditLog, batch: Batch) -> list[bool]:
             if sqlite:
                 cursor.execute("BEGIN IMMEDIATE")
             uuids = sorted({u for _, read in batch if read for u in read})
+            if dialect.name == "postgresql":
+                done = _size_first(cursor, log, batch, uuids)
+                if done is not None:
+                    connection.commit()
+                    return done
             current: dict[str, int] = {}
             if uuids:
                 lock = _SHARE_LOCK.get(dialect.name, "")
@@ -113,6 +121,37 @@ def append_batch(engine: Engine, log: AuditLog, batch: Batch) -> list[bool]:
                 cursor.close()
     finally:
         connection.close()
+
+
+def _size_first(cur: Any, log: AuditLog, batch: Batch, uuids: Sequence[str]) -> list[bool] | None:
+    """PostgreSQL (READ COMMITTED): take the size row's lock first, growing it by every draft
+    of the batch, then read the revisions with a plain ``SELECT``. Its snapshot is taken
+    after the lock was granted, and every owner mutation bumps its revisions before it
+    appends (takes the same lock), so the ``SELECT`` sees every mutation committed before
+    this append and none can commit before it: the same serialization as a share lock on
+    the records, without writing a row lock into each record's tuple per batch. The drafts
+    of decisions that no longer hold are taken back off the size. None (nothing written
+    but a no-op update): there is no size row yet (the caller's path creates it)."""
+    drafts = [d for ds, _ in batch for d in ds]
+    cur.execute(_sql(_GROW_RETURNING, "%s"), (len(drafts),))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    end = row[0]
+    current: dict[str, int] = {}
+    if uuids:
+        cur.execute(_sql(_REVISIONS, "%s", len(uuids)), list(uuids))
+        current = {u: rev for u, rev in cur.fetchall()}
+    accepted = [
+        read is None or all(current.get(u) == rev for u, rev in read.items()) for _, read in batch
+    ]
+    kept = [d for (ds, _), ok in zip(batch, accepted, strict=True) if ok for d in ds]
+    if len(kept) < len(drafts):
+        cur.execute(_sql(_SHRINK, "%s"), (len(drafts) - len(kept),))
+        end -= len(drafts) - len(kept)
+    if kept:
+        cur.executemany(_sql(_INSERT, "%s"), log.rows(kept, end - len(kept), log.now_ms()))
+    return accepted
 
 
 def _insert(
