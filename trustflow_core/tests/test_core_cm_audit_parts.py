@@ -201,3 +201,36 @@ def test_the_incremental_tree_gives_the_rfc_roots_and_proofs() -> None:
     assert len(tree) == 13 and tree.root(13) == merkle.root(leaves[:13])
     tree.append(leaves[0])
     assert tree.root(14) == merkle.root([*leaves[:13], leaves[0]])
+
+
+def test_write_now_writes_in_the_caller_only_when_the_writer_is_idle() -> None:
+    """GroupCommit.write_now (SQLite's uncontended releases): writes at once when nothing is
+    queued or being written; refuses (False, nothing written) while a batch is written; a
+    stale read set raises StaleDecision with nothing written."""
+    written: list[str] = []
+    gate, started = threading.Event(), threading.Event()
+
+    def write(batch: list[tuple[Sequence[AuditDraft], Any]]) -> list[bool]:
+        if any(d.data_uuid == "d-slow" for drafts, _ in batch for d in drafts):
+            started.set()
+            gate.wait(5)
+        ok = [read is None or read.get("d", 0) == 1 for _, read in batch]
+        written.extend(
+            d.data_uuid for (drafts, _), good in zip(batch, ok, strict=True) if good for d in drafts
+        )
+        return ok
+
+    commits = GroupCommit(write)
+    assert commits.write_now([draft(1)]) is True
+    with pytest.raises(StaleDecision):
+        commits.write_now([draft(2)], {"d": 0})
+    slow = threading.Thread(
+        target=commits.submit, args=([AuditDraft("key_release", "o", "d-slow", {})],)
+    )
+    slow.start()
+    assert started.wait(5)
+    assert commits.write_now([draft(3)]) is False  # the writer thread is busy
+    gate.set()
+    slow.join(5)
+    commits.close()
+    assert written == ["d-1", "d-slow"]

@@ -450,9 +450,30 @@ class GroupCommit:
             tuple[Sequence[AuditDraft], ReadSet | None, _Waiter] | None
         ] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # held while a batch is written (thread or inline)
         self._thread: threading.Thread | None = None
         self._closed = False
         self.before_write: Callable[[], None] | None = None
+
+    def write_now(self, drafts: Sequence[AuditDraft], read: ReadSet | None = None) -> bool:
+        """Write ``drafts`` in the calling thread when no batch is queued or being written
+        (an uncontended decision then needs no hand-off to the writer thread): True when
+        they are committed (:class:`StaleDecision` when ``read`` no longer holds, the
+        write's error when it failed: nothing committed); False, without writing, when the
+        writer is busy (queue them instead)."""
+        if not self._writing.acquire(blocking=False):
+            return False
+        try:
+            if not self._queue.empty():
+                return False
+            hook = self.before_write
+            if hook is not None:
+                hook()
+            if not self._write([(drafts, read)])[0]:
+                raise StaleDecision()
+            return True
+        finally:
+            self._writing.release()
 
     def submit(self, drafts: Sequence[AuditDraft], read: ReadSet | None = None) -> None:
         """Queue ``drafts``; return when they are committed (:class:`StaleDecision` when
@@ -509,11 +530,12 @@ class GroupCommit:
                     stop = True
                     break
                 batch.append(more)
-            hook = self.before_write
-            if hook is not None:
-                hook()
             try:
-                accepted = self._write([(drafts, read) for drafts, read, _ in batch])
+                with self._writing:
+                    hook = self.before_write
+                    if hook is not None:
+                        hook()
+                    accepted = self._write([(drafts, read) for drafts, read, _ in batch])
             except BaseException as exc:  # every waiter gets the failure: no key leaves
                 _finish([waiter for *_, waiter in batch], exc)
             else:

@@ -805,14 +805,20 @@ class Database:
         """:meth:`record_audit` without waiting, from a worker thread, for a handler in
         ``loop``: True when ``drafts`` were queued, and then ``committed`` (a future of
         ``loop``) completes once they are committed, or fails with the error; the caller
-        awaits it before answering. False (``committed`` untouched): nothing to log. The
-        commit overlaps whatever the caller does until it awaits (sealing the reply).
+        awaits it before answering. The commit overlaps whatever the caller does until it
+        awaits (sealing the reply). False (``committed`` untouched): nothing to log, or (on
+        SQLite, whose commits need no fsync) already committed in this thread because no
+        other append was queued or running (:meth:`GroupCommit.write_now`): no hand-off to
+        the writer thread and no wake-up of ``loop``.
 
         ``read`` (a release's ``data_uuid -> revision`` from :meth:`access_view`): the
         entries are appended only if those records are still at those revisions in the
-        append transaction; else nothing is appended and ``committed`` fails with
-        :class:`~.audit_log.StaleDecision` (decide again: the key must not leave)."""
+        append transaction; else nothing is appended and :class:`~.audit_log.StaleDecision`
+        is raised here or ``committed`` fails with it (decide again: the key must not
+        leave)."""
         if self.audit is None or not drafts:
+            return False
+        if self._sqlite_write_lock is not None and self.audit_commits.write_now(drafts, read):
             return False
         self.audit_commits.submit_soon(drafts, loop, committed, read)
         return True
