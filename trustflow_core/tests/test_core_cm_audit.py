@@ -759,3 +759,29 @@ async def test_concurrent_releases_on_two_cms_form_one_verified_log(cm_world: CM
         json.loads(json.dumps(bundle)), cm_public_key(bundle["cm_cert"]), owner=owner.party_id
     )
     assert [k for k, _ in kinds(bundle)] == ["keys_created", "policy_set"] + ["key_release"] * 16
+
+
+async def test_releases_are_logged_after_the_server_dropped_the_connections(
+    cm_world: CMWorld, db_url: str
+) -> None:
+    """The group commit's pooled connections killed by PostgreSQL (a restart): the next
+    release's append is retried on a fresh connection; the key leaves with its entry."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("server-side connection kill is exercised on PostgreSQL")
+    from trustflow_core.testing.databases import admin_url
+
+    owner, app = new_party("owner"), new_party("app")
+    uuid = new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    await get_keys(cm_world, app, [uuid])  # the writer's connection is pooled now
+    admin = create_engine(admin_url("postgresql"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+            {"d": db_url.rsplit("/", 1)[1]},
+        )
+    admin.dispose()
+    assert len(await get_keys(cm_world, app, [uuid])) == 1
+    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    assert [k for k, _ in kinds(bundle)][-2:] == ["key_release", "key_release"]

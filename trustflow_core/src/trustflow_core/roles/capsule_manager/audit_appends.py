@@ -109,7 +109,9 @@ def append_batch(engine: Engine, log: AuditLog, batch: Batch) -> list[bool]:
                 else:
                     connection.rollback()
             if dialect.is_disconnect(exc, connection.driver_connection, cursor):
-                connection.invalidate(exc)
+                # as SQLAlchemy does for its own statements: this connection and every pooled
+                # one opened before it (a restarted server dropped them all) are replaced
+                engine.pool._invalidate(connection, exc)
                 raise DriverError(True, True) from exc
             text = str(exc).lower()
             retry = isinstance(exc, dialect.loaded_dbapi.IntegrityError) or any(
