@@ -10,7 +10,8 @@ SQLAlchemy.
 The SQL is written for the tables of :mod:`.db_models` (``tests`` run it on SQLite,
 PostgreSQL and MariaDB); placeholders follow the driver's paramstyle (``?`` for sqlite3,
 ``%s`` for psycopg and PyMySQL). A pooled connection that the server closed (restart, idle
-timeout) is invalidated and the read is run once more on a fresh one.
+timeout, a failover) is invalidated together with the pooled connections opened before it,
+and the read is run once more on a fresh one.
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ def _read(
                 keys = list(cursor.fetchall())
         except dialect.loaded_dbapi.Error as exc:
             if dialect.is_disconnect(exc, connection.driver_connection, cursor):
-                connection.invalidate(exc)
+                # as SQLAlchemy does for its own statements: this connection, and every pooled
+                # one opened before it (a restarted or failed-over server dropped them all),
+                # is replaced at its next checkout
+                engine.pool._invalidate(connection, exc)
                 raise _Disconnected from exc
             raise
         finally:
