@@ -99,3 +99,12 @@ def test_capsule_manager_replicas_mode_prints_baseline_ratios_and_estimate() -> 
     sql = next(line for line in lines if line.startswith("SQL per GetDataKeys"))
     assert "statements" in sql and "round trips" in sql
     assert lines[-1].startswith("estimate: a replica sustains")
+
+
+def test_audit_heads_runs_without_pytest() -> None:
+    done = run_without(
+        NO_PYTEST, BENCHMARKS / "audit_heads.py", "--entries", "300", "--repeat", "2"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "300 entries on sqlite" in done.stdout
+    assert "prefix kept" in done.stdout and "full check every call" in done.stdout

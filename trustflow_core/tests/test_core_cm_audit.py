@@ -334,7 +334,48 @@ async def test_a_row_changed_in_sql_is_named(cm_world: CMWorld, sql: Any, how: s
     await audit.fetch_bundle(cm_world.client, owner, previous=good)
 
 
-async def test_refusals_are_bounded_per_data_uuid(cm_world: CMWorld) -> None:
+async def test_an_old_row_nobody_reads_is_named_at_the_next_full_check(
+    cm_world: CMWorld, sql: Any
+) -> None:
+    """The verified prefix is kept between calls: a row of another owner changed in SQL
+    does not change the heads the CM signs (they come from the verified leaves) and is named
+    at the next full re-check of the log."""
+    owner, *_ = await owner_flow(cm_world)
+    other, *_ = await owner_flow(cm_world)
+    good = await audit.fetch_bundle(cm_world.client, owner)
+    index = good["entries"][4]["index"]
+    assert cm_world.cm.store is not None and cm_world.cm.store.audit is not None
+    log = cm_world.cm.store.audit
+    with sql.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE cm_audit SET entry_json = REPLACE(entry_json, 'psi', 'xgb') WHERE idx = :i"
+            ),
+            {"i": index},
+        )
+    try:
+        # the other owner's audit: served from verified leaves, the head extends the old one
+        await audit.fetch_bundle(cm_world.client, other)
+        log.full_check_seconds = 0  # the next call re-reads the whole log
+        with pytest.raises(CapsuleManagerError, match=f"audit entry #{index} was changed"):
+            await audit.fetch_bundle(cm_world.client, other)
+    finally:
+        log.full_check_seconds = 300.0
+        with sql.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE cm_audit SET entry_json = REPLACE(entry_json, 'xgb', 'psi') "
+                    "WHERE idx = :i"
+                ),
+                {"i": index},
+            )
+    await audit.fetch_bundle(cm_world.client, owner, previous=good)
+
+
+async def test_refusals_are_bounded_per_data_uuid_across_cms(cm_world: CMWorld) -> None:
+    """Two CMs on one database (as two workers or replicas) share the refusal bound: refusals
+    sent to both alternately are logged up to one burst, and the count of those left out
+    travels in the next refusal entry."""
     owner, app = new_party("owner"), new_party("app")
     uuid = new_data_uuid()
     await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
@@ -343,12 +384,16 @@ async def test_refusals_are_bounded_per_data_uuid(cm_world: CMWorld) -> None:
     log = cm_world.cm.store.audit
     assert log is not None
     burst = log.limiter.burst
-    for _ in range(burst + 5):
-        with pytest.raises(CapsuleManagerError, match="not satisfied"):
-            await get_keys(cm_world, app, [uuid])
-    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    async with running_cm(cm_world.cm.settings, verify_sim=True) as other:
+        for i in range(burst + 5):
+            with pytest.raises(CapsuleManagerError, match="not satisfied"):
+                await get_keys(other if i % 2 else cm_world, app, [uuid])
+        bundle = await audit.fetch_bundle(cm_world.client, owner)
     refusals = [k for k in kinds(bundle) if k[0] == "key_refusal"]
     assert burst <= len(refusals) <= burst + 1  # at most one token refilled meanwhile
+    # the limit is shared: more refusals later carry the count of those left out
+    log_entries = [json.loads(t) for t in entry_texts(bundle)]
+    assert all("suppressed" not in e["details"] for e in log_entries[:burst])
 
 
 async def test_restart_keeps_the_log_consistent(
@@ -500,3 +545,243 @@ async def test_no_key_leaves_when_its_entry_cannot_be_committed(
     assert len(reply) == 1
     bundle = await audit.fetch_bundle(cm_world.client, owner)
     assert kinds(bundle)[-1] == ("key_release", uuid)
+
+
+async def test_a_release_decided_before_a_revocation_is_decided_again(cm_world: CMWorld) -> None:
+    """GetDataKeys decided (policy allows) while the owner deletes the policy: the release's
+    append is held until the deletion committed, then finds the data changed, so the key does
+    not leave; the request is decided again (refused) and the audit shows no release after
+    the revocation."""
+    import asyncio
+    import threading
+
+    owner, app = new_party("owner"), new_party("app")
+    uuid = new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    store = cm_world.cm.store
+    assert store is not None
+    arrived, go = threading.Event(), threading.Event()
+    held: list[int] = []
+
+    def hold() -> None:  # the first batch only: the release decided on the old policy
+        if not held:
+            held.append(1)
+            arrived.set()
+            go.wait(10)
+
+    store.audit_commits.before_write = hold
+    try:
+        task = asyncio.create_task(get_keys(cm_world, app, [uuid]))
+        assert await asyncio.to_thread(arrived.wait, 10)
+        await cm_world.client.delete_data_policy(owner, SCOPE, uuid)  # commits meanwhile
+        go.set()
+        with pytest.raises(CapsuleManagerError, match="data policy is empty"):
+            await task
+    finally:
+        store.audit_commits.before_write = None
+        go.set()
+    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    assert kinds(bundle) == [
+        ("keys_created", uuid),
+        ("policy_set", uuid),
+        ("policy_deleted", uuid),
+        ("key_refusal", uuid),
+    ]
+
+
+async def test_a_change_to_other_data_does_not_stop_a_release(cm_world: CMWorld) -> None:
+    """The read set is per data_uuid: another data's policy change between the decision and
+    the append leaves the release alone."""
+    import asyncio
+    import threading
+
+    owner, app = new_party("owner"), new_party("app")
+    uuid, other = new_data_uuid(), new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64()), (other, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    store = cm_world.cm.store
+    assert store is not None
+    arrived, go = threading.Event(), threading.Event()
+    held: list[int] = []
+
+    def hold() -> None:
+        if not held:
+            held.append(1)
+            arrived.set()
+            go.wait(10)
+
+    store.audit_commits.before_write = hold
+    try:
+        task = asyncio.create_task(get_keys(cm_world, app, [uuid]))
+        assert await asyncio.to_thread(arrived.wait, 10)
+        await cm_world.client.create_data_policy(owner, SCOPE, other, [grant_rule("x")])
+        go.set()
+        assert len(await task) == 1
+    finally:
+        store.audit_commits.before_write = None
+        go.set()
+    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    assert kinds(bundle)[-2:] == [("policy_set", other), ("key_release", uuid)]
+
+
+async def test_refused_result_registrations_are_logged(cm_world: CMWorld) -> None:
+    """A result registration refused (an ancestor's policy does not release it to the app; no
+    report) is logged for the ancestors' owners with the reason; a refused one that names an
+    existing data_uuid is logged for that data's owner too."""
+    import hashlib
+
+    c = cm_world.client
+    alice, bob, carol, app = (new_party(n) for n in ("alice", "bob", "carol", "app"))
+    a, b = new_data_uuid(), new_data_uuid()
+    await c.create_data_keys(alice, [(a, data_key_b64())])
+    await c.create_data_policy(alice, SCOPE, a, [grant_rule(carol.party_id)])
+    await c.create_data_keys(bob, [(b, data_key_b64())])
+    await c.create_data_policy(bob, SCOPE, b, [])  # no rules: releases to nobody
+
+    async def register(result: str, ancestors: list[str], report: bool = True) -> None:
+        body = cm_pb2.CreateResultDataKeyRequest.Body(
+            resource_uri=result,
+            scope=SCOPE,
+            data_key_b64=data_key_b64(),
+            ancestor_uuids=ancestors,
+            owner_id=carol.party_id,
+        )
+        digest = hashlib.sha256(serialize_canonical(body)).digest()
+        attester = backend_class(cm_world.pm, ATTESTER, "sim").from_settings()
+        pb = report_to_pb(await attester.generate(digest)) if report else None
+        await c.create_result_data_key(app, body, pb)
+
+    with pytest.raises(CapsuleManagerError, match="does not release it"):
+        await register(new_data_uuid(), [a, b])  # b's policy holds it back
+    with pytest.raises(CapsuleManagerError, match="attestation report verify failed"):
+        await register(new_data_uuid(), [a], report=False)
+    with pytest.raises(CapsuleManagerError, match="is not result data"):
+        await register(b, [a])  # names bob's original data
+    alice_entries = [json.loads(t) for t in entry_texts(await audit.fetch_bundle(c, alice))]
+    bob_entries = [json.loads(t) for t in entry_texts(await audit.fetch_bundle(c, bob))]
+    alice_refusals = [e for e in alice_entries if e["kind"] == "result_refusal"]
+    bob_refusals = [e for e in bob_entries if e["kind"] == "result_refusal"]
+    assert [e["data_uuid"] for e in alice_refusals] == [a, a, a]
+    assert "does not release it" in alice_refusals[0]["details"]["reason"]
+    assert "attestation report verify failed" in alice_refusals[1]["details"]["reason"]
+    assert alice_refusals[0]["details"]["ancestors"] == [a, b]
+    assert alice_refusals[0]["details"]["result_owner"] == carol.party_id
+    assert [e["data_uuid"] for e in bob_refusals] == [b, b]
+    assert "is not result data" in bob_refusals[1]["details"]["reason"]
+    assert not [e for e in alice_entries + bob_entries if e["kind"] == "result_registered"]
+
+
+async def test_an_export_decided_before_its_key_is_deleted_is_decided_again(
+    cm_world: CMWorld,
+) -> None:
+    """GetExportDataKey decided (votes valid, key present) while the result's owner deletes
+    the key: the export's append is held until the deletion committed, then finds the data
+    changed; the export is decided again and refused, and no export entry is logged."""
+    import asyncio
+    import hashlib
+    import threading
+
+    from trustflow_core.roles.capsule_manager_protocol.votes import (
+        sign_vote_request,
+        vote_result,
+        voter_sign,
+    )
+
+    c = cm_world.client
+    alice, carol, app = (new_party(n) for n in ("alice", "carol", "app"))
+    a = new_data_uuid()
+    await c.create_data_keys(alice, [(a, data_key_b64())])
+    await c.create_data_policy(alice, SCOPE, a, [grant_rule(carol.party_id)])
+    result = new_data_uuid()
+    body = cm_pb2.CreateResultDataKeyRequest.Body(
+        resource_uri=result,
+        scope=SCOPE,
+        data_key_b64=data_key_b64(),
+        ancestor_uuids=[a],
+        owner_id=carol.party_id,
+    )
+    digest = hashlib.sha256(serialize_canonical(body)).digest()
+    attester = backend_class(cm_world.pm, ATTESTER, "sim").from_settings()
+    await c.create_result_data_key(app, body, report_to_pb(await attester.generate(digest)))
+    fields = {
+        "type": "TEE_DOWNLOAD",
+        "approved_threshold": 1,
+        "approved_action": f"tee/download,{result}",
+    }
+    signed = sign_vote_request(fields, carol.chain_pems, carol.private_key)
+    invite = voter_sign(
+        {"action": "APPROVE"}, signed["vote_request_signature"], alice.chain_pems, alice.private_key
+    )
+    store = cm_world.cm.store
+    assert store is not None
+    arrived, go = threading.Event(), threading.Event()
+    held: list[int] = []
+
+    def hold() -> None:
+        if not held:
+            held.append(1)
+            arrived.set()
+            go.wait(10)
+
+    store.audit_commits.before_write = hold
+    try:
+        task = asyncio.create_task(
+            c.get_export_data_key(carol, result, vote_result(signed, [invite]))
+        )
+        assert await asyncio.to_thread(arrived.wait, 10)
+        await c.delete_data_key(carol, result)  # commits while the export waits
+        go.set()
+        with pytest.raises(CapsuleManagerError, match="data_keys not found"):
+            await task
+    finally:
+        store.audit_commits.before_write = None
+        go.set()
+    entries = [json.loads(t) for t in entry_texts(await audit.fetch_bundle(c, carol))]
+    about = [e["kind"] for e in entries if e["data_uuid"] == result]
+    assert about == ["result_registered", "key_deleted", "export_refusal"]
+
+
+async def test_concurrent_releases_on_two_cms_form_one_verified_log(cm_world: CMWorld) -> None:
+    """Releases on two CMs sharing the database, concurrently (group commits of both
+    appending on the driver's cursor): every release is logged once, the log verifies."""
+    import asyncio
+
+    owner, app = new_party("owner"), new_party("app")
+    uuid = new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    async with running_cm(cm_world.cm.settings, verify_sim=True) as other:
+        replies = await asyncio.gather(*(get_keys(w, app, [uuid]) for w in [cm_world, other] * 8))
+        assert all(len(r) == 1 for r in replies)
+        bundle = await audit.fetch_bundle(other.client, owner)
+    verify_bundle(
+        json.loads(json.dumps(bundle)), cm_public_key(bundle["cm_cert"]), owner=owner.party_id
+    )
+    assert [k for k, _ in kinds(bundle)] == ["keys_created", "policy_set"] + ["key_release"] * 16
+
+
+async def test_releases_are_logged_after_the_server_dropped_the_connections(
+    cm_world: CMWorld, db_url: str
+) -> None:
+    """The group commit's pooled connections killed by PostgreSQL (a restart): the next
+    release's append is retried on a fresh connection; the key leaves with its entry."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("server-side connection kill is exercised on PostgreSQL")
+    from trustflow_core.testing.databases import admin_url
+
+    owner, app = new_party("owner"), new_party("app")
+    uuid = new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    await get_keys(cm_world, app, [uuid])  # the writer's connection is pooled now
+    admin = create_engine(admin_url("postgresql"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+            {"d": db_url.rsplit("/", 1)[1]},
+        )
+    admin.dispose()
+    assert len(await get_keys(cm_world, app, [uuid])) == 1
+    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    assert [k for k, _ in kinds(bundle)][-2:] == ["key_release", "key_release"]

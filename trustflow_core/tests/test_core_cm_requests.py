@@ -21,6 +21,7 @@ from trustflow_core.roles.capsule_manager.db_models import (
     SCHEMA_VERSION,
     AuditEntryRow,
     AuditHeadRow,
+    AuditRefusalBucket,
     AuditSizeRow,
     Base,
     RequestRow,
@@ -173,7 +174,7 @@ def test_migrates_the_committed_v1_database(tmp_path: Path) -> None:
         assert _version(store) == "1"
         assert not inspect(store._write_engine).has_table(RequestRow.__tablename__)
         store.create_schema()
-        assert _version(store) == SCHEMA_VERSION == "3"
+        assert _version(store) == SCHEMA_VERSION == "4"
         assert inspect(store._write_engine).has_table(AuditEntryRow.__tablename__)
         assert store.get_keys(["d-v1", "d-v1/p1"]) == {"d-v1": "a2V5MQ==", "d-v1/p1": "a2V5Mg=="}
         assert rule_ids(store, "d-v1") == ["r1"]
@@ -198,7 +199,7 @@ def test_migrates_a_v1_database(store: Database, db_url: str, key: bytes) -> Non
     again = Database(db_url, Sealer(key))
     try:
         again.create_schema()
-        assert _version(again) == "3"
+        assert _version(again) == "4"
         assert inspect(again._write_engine).has_table(RequestRow.__tablename__)
         assert again.get_keys([u]) == {u: "a2V5MQ=="} and rule_ids(again, u) == ["r1"]
         m = mark(ALICE, "j-migrated")
@@ -206,7 +207,7 @@ def test_migrates_a_v1_database(store: Database, db_url: str, key: bytes) -> Non
         again.add_rule(ALICE, "default", u, rule("r2"), m)
         assert rule_ids(again, u) == ["r1", "r2"]
         again.create_schema()  # a second start: nothing to migrate
-        assert _version(again) == "3"
+        assert _version(again) == "4"
     finally:
         again.close()
 
@@ -223,7 +224,7 @@ def test_migrates_a_v2_database(store: Database, db_url: str, key: bytes) -> Non
     again = Database(db_url, Sealer(key))
     try:
         again.create_schema()
-        assert _version(again) == "3"
+        assert _version(again) == "4"
         again.audit = AuditLog(IDENTITY.private_key, mac_key(key))
         again.put_policy(ALICE, "default", u, [rule("r1")])
         assert [e.index for e in again.audit_entries(ALICE, limit=10)] == [0]
@@ -232,15 +233,44 @@ def test_migrates_a_v2_database(store: Database, db_url: str, key: bytes) -> Non
         again.close()
 
 
+def test_migrates_a_v3_database(store: Database, db_url: str, key: bytes) -> None:
+    """Schema 3 is schema 4 without ``cm_data.revision`` and ``cm_audit_refusals``: drop
+    them, stamp 3, start again; the records keep their keys and policies, get revision 0,
+    and owner mutations bump it."""
+    u = uid()
+    store.create_data_keys(ALICE, [NewKey(u, u, "a2V5MQ==")])
+    store.put_policy(ALICE, "default", u, [rule("r1")])
+    with store._write_engine.begin() as conn:
+        AuditRefusalBucket.__table__.drop(conn)  # type: ignore[attr-defined]
+        conn.execute(text("ALTER TABLE cm_data DROP COLUMN revision"))
+    _stamp(store, "3")
+    again = Database(db_url, Sealer(key))
+    try:
+        again.create_schema()
+        assert _version(again) == "4"
+        assert inspect(again._write_engine).has_table(AuditRefusalBucket.__tablename__)
+        view, _ = again.access_view("default", [u])
+        info, policy = view[u]
+        assert info is not None and info.revision == 0
+        assert policy is not None and [r.rule_id for r in policy.rules] == ["r1"]
+        again.add_rule(ALICE, "default", u, rule("r2"))
+        info, _ = again.access_view("default", [u])[0][u]
+        assert info is not None and info.revision == 1
+        again.create_schema()  # a second start: nothing to migrate
+        assert _version(again) == "4"
+    finally:
+        again.close()
+
+
 def test_newer_schema_refused(store: Database, db_url: str, key: bytes) -> None:
-    _stamp(store, "4")
+    _stamp(store, "5")
     other = Database(db_url, Sealer(key))
     try:
-        with pytest.raises(CMError, match="schema version 4, this Capsule Manager needs 3"):
+        with pytest.raises(CMError, match="schema version 5, this Capsule Manager needs 4"):
             other.create_schema()
     finally:
         other.close()
-    assert _version(store) == "4"
+    assert _version(store) == "5"
 
 
 # ---- claims ---------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def _statements(placeholder: str, uuid_count: int, uri_count: int) -> tuple[str,
     the values always travel as parameters."""
     uuids = ", ".join([placeholder] * uuid_count)
     uris = ", ".join([placeholder] * uri_count)
-    records = "SELECT data_uuid, owner_party_id, parents_json FROM cm_data"
+    records = "SELECT data_uuid, owner_party_id, parents_json, revision FROM cm_data"
     policies = (
         "SELECT p.id, p.data_uuid, p.owner_party_id, r.body_json FROM cm_policies p "
         "LEFT OUTER JOIN cm_rules r ON r.policy_id = p.id"
@@ -57,7 +57,8 @@ def read_access_rows(
 ) -> tuple[list[Row], list[Row], list[Row]]:
     """``(records, policy rows, key rows)`` for ``uuids`` in ``scope`` and ``uris``:
 
-    * records: ``(data_uuid, owner_party_id, parents_json)``;
+    * records: ``(data_uuid, owner_party_id, parents_json, revision)`` (read first: whatever
+      the later SELECTs see is at least as new as this revision);
     * policy rows: ``(policy id, data_uuid, owner_party_id, rule body_json or None)``,
       ordered by policy, then rule insertion order;
     * key rows: ``(resource_uri, nonce, sealed_key)`` (bytes-like; empty when ``uris`` is).

@@ -8,11 +8,12 @@ refusal is answered. Entry ``i`` is leaf ``i`` of an RFC 9162 Merkle tree
 
 Integrity against the database's administrators (who can run SQL but do not hold the storage
 key or the CM key): every row carries an HMAC under a key derived from the storage key over its
-index and entry bytes. :meth:`AuditLog.checked_leaves` — run before any head is signed or proof
-is served — names the first row that was changed (MAC), moved (MAC over another index) or
-removed (a gap, or fewer entries than a signed head covers), and refuses a log whose prefix no
-longer has the root of the last head the CM signed. Owners verify heads and proofs offline
-(:func:`..capsule_manager_protocol.audit.verify_bundle`).
+index and entry bytes. :meth:`AuditLog._verified_size` -- run before any head is signed or
+proof is served, incrementally over a verified prefix kept in memory -- names the first row
+that was changed (MAC), moved (MAC over another index) or removed (a gap, or fewer entries
+than a signed head covers), and refuses a log whose prefix no longer has the root of the last
+head the CM signed (when and how old rows are re-checked: :class:`AuditLog`). Owners verify
+heads and proofs offline (:func:`..capsule_manager_protocol.audit.verify_bundle`).
 
 Refusals are rate-limited per data_uuid (:class:`RefusalLimiter`) so that nobody can flood an
 owner's log by sending requests that are refused.
@@ -27,21 +28,23 @@ import hmac
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ..capsule_manager_protocol import merkle
 from ..capsule_manager_protocol.audit import TreeHead, encode_entry
 from ..capsule_manager_protocol.errors import CMError, Kind
-from .db_models import AuditEntryRow, AuditHeadRow, AuditSizeRow
+from .db_models import AuditEntryRow, AuditHeadRow, AuditRefusalBucket, AuditSizeRow
 
+#: The columns of :meth:`AuditLog.rows`, in order.
+ENTRY_COLUMNS = ("idx", "owner_party_id", "data_uuid", "time_ms", "entry_json", "mac")
 #: Most entries one ListEntries page returns.
 MAX_PAGE = 500
 _MAC_INFO = b"trustflow-cm audit entry mac v1"
@@ -49,12 +52,14 @@ _MAC_INFO = b"trustflow-cm audit entry mac v1"
 
 class AuditDraft(NamedTuple):
     """An entry before it has an index and a time: ``kind`` of :data:`.audit.KINDS`, the
-    ``owner`` who sees it, the ``data_uuid`` it is about, and its ``details``."""
+    ``owner`` who sees it, the ``data_uuid`` it is about, and its ``details``. ``limited``:
+    a refusal, logged only within the bound of :class:`RefusalLimiter`."""
 
     kind: str
     owner: str
     data_uuid: str
     details: dict[str, Any]
+    limited: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,24 @@ def _now_ms() -> int:
 
 class AuditLog:
     """Appends, checks and proves the log. ``key`` signs tree heads; ``mac_secret`` is
-    :func:`mac_key` of the storage key. Thread-safe (no state besides the limiter)."""
+    :func:`mac_key` of the storage key. Thread-safe.
+
+    **The verified prefix** (docs/audit.md#tamper-evidence): the log's rows are read and
+    their MACs checked once; their leaf hashes are kept in memory (a :class:`merkle.Tree`),
+    so a head or proof only reads and checks the rows appended since (and roots and proofs
+    cost O(log n)). What is kept is re-checked as follows:
+
+    * every head or proof call counts the rows of the verified prefix in SQL (a row
+      removed is named, after a full check);
+    * every row :meth:`entries` serves is compared with its verified leaf (or its MAC
+      checked, when newer than the prefix): an owner is never served a row that was
+      changed or moved, and the row is named;
+    * the whole log is read and every MAC re-checked on the first call of the process and
+      on the first call after ``full_check_seconds`` since the last full check: a row
+      changed in SQL that nobody read is named then at the latest.
+
+    Heads and proofs are computed from verified leaves only, so a row changed after it was
+    verified cannot change what the CM signs or proves."""
 
     def __init__(
         self,
@@ -83,11 +105,17 @@ class AuditLog:
         *,
         limiter: RefusalLimiter | None = None,
         clock_ms: Callable[[], int] = _now_ms,
+        full_check_seconds: float = 300.0,
     ) -> None:
         self._key = key
         self._mac_secret = mac_secret
         self.limiter = limiter or RefusalLimiter()
         self._clock_ms = clock_ms
+        self.full_check_seconds = full_check_seconds
+        self._lock = threading.Lock()
+        self._tree = merkle.Tree()
+        self._full_at: float | None = None  # time.monotonic() of the last full check
+        self._good_heads: set[tuple[int, bytes, int, bytes]] = set()
 
     def _mac(self, index: int, entry_json: str) -> bytes:
         return hmac.new(
@@ -97,8 +125,12 @@ class AuditLog:
     # ---- appending -------------------------------------------------------------------------
 
     def append(self, conn: Connection, drafts: Sequence[AuditDraft]) -> None:
-        """Append ``drafts`` in ``conn``'s transaction, at the next indexes. The size row is
-        updated first, so a concurrent append waits for this transaction."""
+        """Append ``drafts`` in ``conn``'s transaction, at the next indexes, after leaving
+        out the refusals over the bound (:class:`RefusalLimiter`). The size row is updated
+        first, so a concurrent append waits for this transaction."""
+        now = self._clock_ms()
+        if any(d.limited for d in drafts):
+            drafts = self.limiter.admit(conn, drafts, now)
         if not drafts:
             return
         n = len(drafts)
@@ -112,29 +144,29 @@ class AuditLog:
             conn.execute(insert(_SIZE), {"id": 1, "size": n})  # first append ever (a race: retry)
             end = n
         start = end - n
-        now = self._clock_ms()
-        rows = []
-        for offset, draft in enumerate(drafts):
-            index = start + offset
-            text = encode_entry(
-                index, now, draft.kind, draft.owner, draft.data_uuid, draft.details
-            ).decode()
-            rows.append(
-                {
-                    "idx": index,
-                    "owner_party_id": draft.owner,
-                    "data_uuid": draft.data_uuid,
-                    "time_ms": now,
-                    "entry_json": text,
-                    "mac": self._mac(index, text),
-                }
-            )
+        rows = [dict(zip(ENTRY_COLUMNS, row, strict=True)) for row in self.rows(drafts, start, now)]
         conn.execute(insert(_ENTRIES), rows)
+
+    def rows(
+        self, drafts: Sequence[AuditDraft], start: int, now_ms: int
+    ) -> list[tuple[int, str, str, int, str, bytes]]:
+        """The ``cm_audit`` rows (:data:`ENTRY_COLUMNS`) of ``drafts`` at indexes ``start``,
+        ``start + 1``, ..., logged at ``now_ms``."""
+        rows = []
+        for index, draft in enumerate(drafts, start):
+            text = encode_entry(
+                index, now_ms, draft.kind, draft.owner, draft.data_uuid, draft.details
+            ).decode()
+            rows.append((index, draft.owner, draft.data_uuid, now_ms, text, self._mac(index, text)))
+        return rows
+
+    def now_ms(self) -> int:
+        return self._clock_ms()
 
     # ---- reading ---------------------------------------------------------------------------
 
-    @staticmethod
     def entries(
+        self,
         session: Session,
         owner: str,
         *,
@@ -144,9 +176,11 @@ class AuditLog:
         limit: int = MAX_PAGE,
     ) -> list[StoredEntry]:
         """``owner``'s entries from index ``start`` on, oldest first, at most ``limit``
-        (capped at :data:`MAX_PAGE`); only about ``data_uuid`` / from ``since_ms`` when given."""
+        (capped at :data:`MAX_PAGE`); only about ``data_uuid`` / from ``since_ms`` when given.
+        Each row is checked against its verified leaf, or its MAC when it is newer than the
+        verified prefix: Data Integrity Violated names a row changed or moved in SQL."""
         query = (
-            select(_ENTRIES.c.idx, _ENTRIES.c.entry_json)
+            select(_ENTRIES.c.idx, _ENTRIES.c.entry_json, _ENTRIES.c.mac)
             .where(_ENTRIES.c.owner_party_id == owner, _ENTRIES.c.idx >= start)
             .order_by(_ENTRIES.c.idx)
             .limit(max(1, min(limit, MAX_PAGE)))
@@ -155,17 +189,51 @@ class AuditLog:
             query = query.where(_ENTRIES.c.data_uuid == data_uuid)
         if since_ms:
             query = query.where(_ENTRIES.c.time_ms >= since_ms)
-        return [StoredEntry(i, text) for i, text in session.execute(query)]
+        rows = session.execute(query).all()
+        with self._lock:
+            known = len(self._tree)
+            leaves = [self._tree.leaf(i) if i < known else None for i, _, _ in rows]
+        for (index, text, mac), leaf in zip(rows, leaves, strict=True):
+            if leaf is not None:
+                good = hmac.compare_digest(merkle.leaf_hash(text.encode()), leaf)
+            else:
+                good = hmac.compare_digest(bytes(mac), self._mac(index, text))
+            if not good:
+                raise CMError(
+                    Kind.DATA_INTEGRITY,
+                    f"audit entry #{index} was changed or moved in the database",
+                )
+        return [StoredEntry(i, text) for i, text, _ in rows]
 
-    def checked_leaves(self, session: Session) -> list[bytes]:
-        """The leaf hashes of the whole log, after checking every row and the last signed
-        head. Raise :class:`CMError` (Data Integrity Violated) naming the first entry that was
-        changed, moved or removed in the database."""
-        leaves: list[bytes] = []
+    def _verified_size(self, session: Session) -> int:
+        """Bring the verified prefix up to the log's size in ``session``'s snapshot (see the
+        class docstring) and check the last signed head against it; return that size. Raise
+        :class:`CMError` (Data Integrity Violated) naming the first entry that was changed,
+        moved or removed in the database. Call with ``self._lock`` held."""
+        now = time.monotonic()
+        if self._full_at is None or now - self._full_at >= self.full_check_seconds:
+            self._tree, self._full_at = merkle.Tree(), now
+        size = session.execute(_SIZE_NOW).scalar() or 0
+        if size < len(self._tree):  # a snapshot older than the prefix, or a log rolled back
+            self._tree.truncate(size)
+        verified = len(self._tree)
+        if verified and session.execute(_COUNT_BELOW, {"n": verified}).scalar() != verified:
+            self._tree, self._full_at, verified = merkle.Tree(), now, 0  # name the gap
+        if size > len(self._tree):
+            self._extend(session, size)
+        last = self._last_head(session)
+        if last is not None:
+            self._check_head(last, size)
+        return size
+
+    def _extend(self, session: Session, size: int) -> None:
+        tree = self._tree
         for index, text, mac in session.execute(
-            select(_ENTRIES.c.idx, _ENTRIES.c.entry_json, _ENTRIES.c.mac).order_by(_ENTRIES.c.idx)
+            select(_ENTRIES.c.idx, _ENTRIES.c.entry_json, _ENTRIES.c.mac)
+            .where(_ENTRIES.c.idx >= len(tree), _ENTRIES.c.idx < size)
+            .order_by(_ENTRIES.c.idx)
         ):
-            expected = len(leaves)
+            expected = len(tree)
             if index != expected:
                 raise CMError(
                     Kind.DATA_INTEGRITY,
@@ -176,37 +244,36 @@ class AuditLog:
                     Kind.DATA_INTEGRITY,
                     f"audit entry #{index} was changed or moved in the database",
                 )
-            leaves.append(merkle.leaf_hash(text.encode()))
-        size = session.execute(_SIZE_NOW).scalar()
-        if (size or 0) != len(leaves):
+            tree.append(merkle.leaf_hash(text.encode()))
+        if len(tree) != size:
             raise CMError(
                 Kind.DATA_INTEGRITY,
-                f"audit entries #{len(leaves)}..#{(size or 0) - 1} are missing from the database",
+                f"audit entries #{len(tree)}..#{size - 1} are missing from the database",
             )
-        last = self._last_head(session)
-        if last is not None:
-            self._check_head(last, leaves)
-        return leaves
 
-    def _check_head(self, head: TreeHead, leaves: Sequence[bytes]) -> None:
-        try:
-            head.verify(self._key.public_key())
-        except Exception:
-            raise CMError(
-                Kind.DATA_INTEGRITY, f"stored audit head of size {head.size} has a bad signature"
-            ) from None
-        if head.size > len(leaves):
+    def _check_head(self, head: TreeHead, size: int) -> None:
+        signed = (head.size, head.root, head.timestamp_ms, head.signature)
+        if signed not in self._good_heads:
+            try:
+                head.verify(self._key.public_key())
+            except Exception:
+                raise CMError(
+                    Kind.DATA_INTEGRITY,
+                    f"stored audit head of size {head.size} has a bad signature",
+                ) from None
+        if head.size > size:
             raise CMError(
                 Kind.DATA_INTEGRITY,
-                f"audit entries #{len(leaves)}..#{head.size - 1} are missing from the database "
+                f"audit entries #{size}..#{head.size - 1} are missing from the database "
                 f"(the head signed at {head.timestamp_ms} covers them)",
             )
-        if not hmac.compare_digest(merkle.root(leaves[: head.size]), head.root):
+        if not hmac.compare_digest(self._tree.root(head.size), head.root):
             raise CMError(
                 Kind.DATA_INTEGRITY,
                 f"the first {head.size} audit entries no longer have the root of the head "
                 f"signed at {head.timestamp_ms}",
             )
+        self._good_heads.add(signed)
 
     @staticmethod
     def _last_head(session: Session) -> TreeHead | None:
@@ -223,11 +290,13 @@ class AuditLog:
     def tree_head(self, session: Session) -> TreeHead:
         """The signed head of the whole (checked) log: the stored one when the log did not
         grow, else a new one, signed and stored in ``session``'s (write) transaction."""
-        leaves = self.checked_leaves(session)
-        last = self._last_head(session)
-        if last is not None and last.size == len(leaves):
-            return last
-        head = TreeHead.sign(self._key, len(leaves), merkle.root(leaves), self._clock_ms())
+        with self._lock:
+            size = self._verified_size(session)
+            last = self._last_head(session)
+            if last is not None and last.size == size:
+                return last
+            root = self._tree.root(size)
+        head = TreeHead.sign(self._key, size, root, self._clock_ms())
         session.execute(
             insert(_HEADS),
             {
@@ -262,8 +331,10 @@ class AuditLog:
                     f"audit entry #{index} is not in the tree of {tree_size}",
                 )
         self._signed_size(session, tree_size)
-        leaves = self.checked_leaves(session)[:tree_size]
-        return [merkle.inclusion_proof(index, leaves) for index in indexes]
+        with self._lock:
+            size = self._verified_size(session)
+            self._within(tree_size, size)
+            return [self._tree.inclusion_proof(index, tree_size) for index in indexes]
 
     def consistency_proof(self, session: Session, first: int, second: int) -> list[bytes]:
         """The proof that the signed tree of ``first`` entries is a prefix of ``second``'s."""
@@ -272,8 +343,18 @@ class AuditLog:
         if first:
             self._signed_size(session, first)
         self._signed_size(session, second)
-        leaves = self.checked_leaves(session)
-        return merkle.consistency_proof(first, leaves[:second])
+        with self._lock:
+            size = self._verified_size(session)
+            self._within(second, size)
+            return self._tree.consistency_proof(first, second)
+
+    @staticmethod
+    def _within(tree_size: int, size: int) -> None:
+        if tree_size > size:  # a signed head the last-head check did not cover: a rollback
+            raise CMError(
+                Kind.DATA_INTEGRITY,
+                f"audit entries #{size}..#{tree_size - 1} are missing from the database",
+            )
 
     def _signed_size(self, session: Session, size: int) -> None:
         if self.stored_head(session, size) is None:
@@ -325,19 +406,39 @@ def _settle(futures: Sequence[asyncio.Future[None]], error: BaseException | None
             future.set_exception(error)
 
 
+#: What a release decision read: ``data_uuid -> cm_data.revision`` (:class:`GroupCommit`).
+ReadSet = Mapping[str, int]
+
+
+class StaleDecision(CMError):
+    """A release's read set changed before its entries were appended: nothing was logged and
+    the key must not leave; decide the request again (:meth:`GroupCommit.submit_soon`)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            Kind.INTERNAL, "the data's policy or keys changed while the request was decided, retry"
+        )
+
+
 class GroupCommit:
     """Commits the audit entries of concurrent decisions that change nothing else (key
     releases, refusals, exports) together: :meth:`submit` queues entries and returns once the
     transaction holding them committed (or raises its error); one writer thread writes
     whatever queued while the previous transaction committed, up to ``max_batch`` decisions,
-    in one ``write(drafts)`` call; when the previous batch held more than one, it first waits
+    in one ``write(batch)`` call; when the previous batch held more than one, it first waits
     up to ``linger`` seconds for more (under load, fewer and larger transactions; a lone
     request never waits). Entries keep their submission order. A commit per release
-    would cap releases at the database's commit rate (one fsync each on PostgreSQL)."""
+    would cap releases at the database's commit rate (one fsync each on PostgreSQL).
+
+    ``write`` receives ``[(drafts, read set or None), ...]`` and returns, per decision,
+    whether its entries were appended: a decision whose read set (what it was decided on) no
+    longer holds in the write transaction is left out and its waiter gets
+    :class:`StaleDecision`. ``before_write`` (tests only) runs in the writer thread before
+    each batch is written."""
 
     def __init__(
         self,
-        write: Callable[[list[AuditDraft]], None],
+        write: Callable[[list[tuple[Sequence[AuditDraft], ReadSet | None]]], list[bool]],
         *,
         max_batch: int = 256,
         linger: float = 0.001,
@@ -345,17 +446,40 @@ class GroupCommit:
         self._write = write
         self._max_batch = max_batch
         self._linger = linger
-        self._queue: queue.SimpleQueue[tuple[Sequence[AuditDraft], _Waiter] | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[
+            tuple[Sequence[AuditDraft], ReadSet | None, _Waiter] | None
+        ] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # held while a batch is written (thread or inline)
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.before_write: Callable[[], None] | None = None
 
-    def submit(self, drafts: Sequence[AuditDraft]) -> None:
-        """Queue ``drafts``; return when they are committed."""
+    def write_now(self, drafts: Sequence[AuditDraft], read: ReadSet | None = None) -> bool:
+        """Write ``drafts`` in the calling thread when no batch is queued or being written
+        (an uncontended decision then needs no hand-off to the writer thread): True when
+        they are committed (:class:`StaleDecision` when ``read`` no longer holds, the
+        write's error when it failed: nothing committed); False, without writing, when the
+        writer is busy (queue them instead)."""
+        if not self._writing.acquire(blocking=False):
+            return False
+        try:
+            if not self._queue.empty():
+                return False
+            hook = self.before_write
+            if hook is not None:
+                hook()
+            if not self._write([(drafts, read)])[0]:
+                raise StaleDecision()
+            return True
+        finally:
+            self._writing.release()
+
+    def submit(self, drafts: Sequence[AuditDraft], read: ReadSet | None = None) -> None:
+        """Queue ``drafts``; return when they are committed (:class:`StaleDecision` when
+        ``read`` no longer holds: nothing was committed)."""
         done = threading.Event()
-        waiter = self._enqueue(drafts, _Waiter(done))
+        waiter = self._enqueue(drafts, read, _Waiter(done))
         done.wait()
         if waiter.error is not None:
             raise waiter.error
@@ -365,13 +489,17 @@ class GroupCommit:
         drafts: Sequence[AuditDraft],
         loop: asyncio.AbstractEventLoop,
         future: asyncio.Future[None],
+        read: ReadSet | None = None,
     ) -> None:
         """Queue ``drafts`` from any thread and return at once: ``future`` (created in
-        ``loop``) completes in ``loop`` when they are committed, or fails with the error (a
+        ``loop``) completes in ``loop`` when they are committed, or fails with the error
+        (:class:`StaleDecision` when ``read`` no longer holds in the append transaction; a
         future already done, e.g. cancelled, is left alone)."""
-        self._enqueue(drafts, _Waiter(loop=loop, future=future))
+        self._enqueue(drafts, read, _Waiter(loop=loop, future=future))
 
-    def _enqueue(self, drafts: Sequence[AuditDraft], waiter: _Waiter) -> _Waiter:
+    def _enqueue(
+        self, drafts: Sequence[AuditDraft], read: ReadSet | None, waiter: _Waiter
+    ) -> _Waiter:
         with self._lock:
             if self._closed:
                 raise CMError(Kind.INTERNAL, "the audit log is closed")
@@ -380,7 +508,7 @@ class GroupCommit:
                     target=self._run, name="cm-audit-commit", daemon=True
                 )
                 self._thread.start()
-            self._queue.put((drafts, waiter))
+            self._queue.put((drafts, read, waiter))
         return waiter
 
     def _run(self) -> None:
@@ -402,12 +530,19 @@ class GroupCommit:
                     stop = True
                     break
                 batch.append(more)
-            error: BaseException | None = None
             try:
-                self._write([d for drafts, _ in batch for d in drafts])
+                with self._writing:
+                    hook = self.before_write
+                    if hook is not None:
+                        hook()
+                    accepted = self._write([(drafts, read) for drafts, read, _ in batch])
             except BaseException as exc:  # every waiter gets the failure: no key leaves
-                error = exc
-            _finish([waiter for _, waiter in batch], error)
+                _finish([waiter for *_, waiter in batch], exc)
+            else:
+                _finish([w for (*_, w), ok in zip(batch, accepted, strict=True) if ok], None)
+                stale = [w for (*_, w), ok in zip(batch, accepted, strict=True) if not ok]
+                if stale:
+                    _finish(stale, StaleDecision())
             busy = len(batch) > 1
             if stop:
                 return
@@ -427,55 +562,96 @@ def _head(row: Any) -> TreeHead:
     return TreeHead(row.size, bytes(row.root), row.timestamp_ms, bytes(row.signature))
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
-    suppressed: int = 0
-
-
-@dataclass
+@dataclass(frozen=True)
 class RefusalLimiter:
     """Bounds the refusal entries per data_uuid: a burst of ``burst`` entries, then one per
     ``interval`` seconds; refusals over the bound are not logged one by one but counted, and
     the count travels in the next refusal entry of that data_uuid (``details.suppressed``).
-    At most ``max_tracked`` data_uuids are tracked (the oldest is forgotten first). In memory,
-    per CM process. Keyed by data_uuid, not by caller: a caller can mint new identities at
-    will, a data_uuid's log must stay bounded whoever asks."""
+    The buckets are rows of ``cm_audit_refusals``, read and written in the append transaction
+    (:meth:`admit`), so every worker and replica on the database shares one bound. Keyed by
+    data_uuid, not by caller: a caller can mint new identities at will, a data_uuid's log must
+    stay bounded whoever asks."""
 
     burst: int = 20
     interval: float = 3.0
-    max_tracked: int = 100_000
-    clock: Callable[[], float] = time.monotonic
-    _buckets: dict[str, _Bucket] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def admit(self, data_uuid: str) -> int | None:
-        """None: do not log this refusal (counted); else the number of refusals not logged
-        since the previous entry of ``data_uuid``, to be logged with this one."""
-        now = self.clock()
-        with self._lock:
-            bucket = self._buckets.pop(data_uuid, None)
-            if bucket is None:
-                bucket = _Bucket(float(self.burst), now)
-                while len(self._buckets) >= self.max_tracked:
-                    self._buckets.pop(next(iter(self._buckets)))
-            self._buckets[data_uuid] = bucket  # most recently used last
-            bucket.tokens = min(
-                float(self.burst), bucket.tokens + (now - bucket.stamp) / self.interval
+    def admit(
+        self, conn: Connection, drafts: Sequence[AuditDraft], now_ms: int
+    ) -> list[AuditDraft]:
+        """``drafts`` without the refusals (``limited``) over the bound, in ``conn``'s write
+        transaction: each admitted refusal carries the count left out before it. The bucket
+        rows are locked until the commit; two first refusals of a data_uuid at once collide
+        on its key and the transaction is retried."""
+        uuids = sorted({d.data_uuid for d in drafts if d.limited})
+        if not uuids:
+            return list(drafts)
+        cost = max(1, int(self.interval * 1000))
+        capacity = self.burst * cost
+        stored = {
+            row.data_uuid: [row.credit_ms, row.stamp_ms, row.suppressed]
+            for row in conn.execute(_BUCKETS, {"uuids": uuids})
+        }
+        state = {u: stored.get(u, [capacity, now_ms, 0]) for u in uuids}
+        admitted = []
+        for draft in drafts:
+            if not draft.limited:
+                admitted.append(draft)
+                continue
+            bucket = state[draft.data_uuid]
+            elapsed = max(0, now_ms - bucket[1])  # replicas' clocks may differ: never negative
+            bucket[0] = min(capacity, bucket[0] + elapsed)
+            bucket[1] = max(bucket[1], now_ms)
+            if bucket[0] < cost:
+                bucket[2] += 1
+                continue
+            bucket[0] -= cost
+            details = dict(draft.details)
+            if bucket[2]:
+                details["suppressed"] = bucket[2]
+            bucket[2] = 0
+            admitted.append(draft._replace(details=details))
+        rows = [
+            {"b_uuid": u, "credit_ms": b[0], "stamp_ms": b[1], "suppressed": b[2]}
+            for u, b in state.items()
+        ]
+        if updates := [r for r in rows if r["b_uuid"] in stored]:
+            conn.execute(_UPDATE_BUCKET, updates)
+        if inserts := [r for r in rows if r["b_uuid"] not in stored]:
+            conn.execute(
+                insert(_REFUSALS),
+                [
+                    {
+                        "data_uuid": r["b_uuid"],
+                        "credit_ms": r["credit_ms"],
+                        "stamp_ms": r["stamp_ms"],
+                        "suppressed": r["suppressed"],
+                    }
+                    for r in inserts
+                ],
             )
-            bucket.stamp = now
-            if bucket.tokens < 1:
-                bucket.suppressed += 1
-                return None
-            bucket.tokens -= 1
-            suppressed, bucket.suppressed = bucket.suppressed, 0
-            return suppressed
+        return admitted
 
 
 _ENTRIES = cast(Table, AuditEntryRow.__table__)
 _SIZE = cast(Table, AuditSizeRow.__table__)
 _HEADS = cast(Table, AuditHeadRow.__table__)
+_REFUSALS = cast(Table, AuditRefusalBucket.__table__)
+_BUCKETS = (
+    select(_REFUSALS)
+    .where(_REFUSALS.c.data_uuid.in_(bindparam("uuids", expanding=True)))
+    .order_by(_REFUSALS.c.data_uuid)
+    .with_for_update()
+)
+_UPDATE_BUCKET = (
+    update(_REFUSALS)
+    .where(_REFUSALS.c.data_uuid == bindparam("b_uuid"))
+    .values(
+        credit_ms=bindparam("credit_ms"),
+        stamp_ms=bindparam("stamp_ms"),
+        suppressed=bindparam("suppressed"),
+    )
+)
 _GROW = update(_SIZE).where(_SIZE.c.id == 1).values(size=_SIZE.c.size + bindparam("n"))
 _GROW_RETURNING = _GROW.returning(_SIZE.c.size)
 _SIZE_NOW = select(_SIZE.c.size).where(_SIZE.c.id == 1)
+_COUNT_BELOW = select(func.count()).select_from(_ENTRIES).where(_ENTRIES.c.idx < bindparam("n"))

@@ -51,6 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import BindParameter
 
 from ...errors import TrustflowError
 from .. import _metrics
@@ -58,7 +59,8 @@ from ..capsule_manager_protocol.audit import TreeHead
 from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from .access_reads import read_access_rows
-from .audit_log import AuditDraft, AuditLog, GroupCommit, StoredEntry
+from .audit_appends import DriverError, append_batch
+from .audit_log import AuditDraft, AuditLog, GroupCommit, ReadSet, StoredEntry
 from .db_models import (
     SCHEMA_VERSION,
     Base,
@@ -108,6 +110,8 @@ class DataInfo:
     data_uuid: str
     owner_party_id: str
     parents: tuple[str, ...]
+    #: ``cm_data.revision`` when read (:meth:`Database.access_view`, :meth:`Database.data_info`).
+    revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,7 @@ class Database:
         self.url = url
         self._sealer = sealer
         self.audit: AuditLog | None = None
-        self._audit_commits = GroupCommit(self._append_audit)
+        self.audit_commits = GroupCommit(self._append_audit)
         if url.startswith("sqlite"):
             self._write_engine, self._read_engine = _sqlite_engines(url)
             self._sqlite_write_lock: WriterLock | None = WriterLock(self._write_engine.url.database)
@@ -297,7 +301,7 @@ class Database:
             ) from None
 
     def close(self) -> None:
-        self._audit_commits.close()
+        self.audit_commits.close()
         self._write_engine.dispose()
         self._read_engine.dispose()
         if self._sqlite_write_lock is not None:
@@ -386,10 +390,67 @@ class Database:
         if self.audit is not None:
             self.audit.append(session.connection(), drafts)
 
-    def _append_audit(self, drafts: list[AuditDraft]) -> None:
+    def _append_audit(self, batch: list[tuple[Sequence[AuditDraft], ReadSet | None]]) -> list[bool]:
+        """Append a group commit's batch in one transaction: the drafts of every decision
+        whose read set still holds (returned True), none of the others. The records read are
+        locked (FOR SHARE; SQLite: the writer lock) until the commit, so no owner mutation of
+        them commits between this check and the entries: a release is serialized before any
+        change it did not see, and its entry precedes that change's entry."""
         log = self.audit
-        if log is not None:
-            self._core_tx(lambda conn: log.append(conn, drafts))
+        if log is None:
+            return [True] * len(batch)
+        if not any(d.limited for drafts, _ in batch for d in drafts):
+            return self._append_raw(log, batch)
+
+        def run(conn: Connection) -> list[bool]:
+            uuids = sorted({u for _, read in batch if read for u in read})
+            current: dict[str, int] = {}
+            if uuids:
+                current = dict(conn.execute(_REVISIONS, {"uuids": uuids}).all())
+            accepted = [
+                read is None or all(current.get(u) == rev for u, rev in read.items())
+                for _, read in batch
+            ]
+            pairs = zip(batch, accepted, strict=True)
+            log.append(conn, [d for (drafts, _), ok in pairs if ok for d in drafts])
+            return accepted
+
+        return self._core_tx(run)
+
+    def _append_raw(
+        self, audit: AuditLog, batch: list[tuple[Sequence[AuditDraft], ReadSet | None]]
+    ) -> list[bool]:
+        """:meth:`_append_audit` of a batch without refusals on the driver's connection
+        (:mod:`.audit_appends`), retried like :meth:`_tx`."""
+        delay = 0.005
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                with _metrics.db_timer("write"):
+                    if self._sqlite_write_lock is None:
+                        return append_batch(self._write_engine, audit, batch)
+                    with self._sqlite_write_lock:
+                        return append_batch(self._write_engine, audit, batch)
+            except DriverError as exc:
+                cause = type(exc.__cause__).__name__
+                if not exc.retry:
+                    log.warning("audit append failed: %s", cause)
+                    raise CMError(Kind.INTERNAL, "the audit log could not be written") from None
+                if attempt + 1 == MAX_ATTEMPTS:
+                    log.warning("audit append failed: %s", cause)
+                    raise CMError(Kind.INTERNAL, "storage conflict, try again") from None
+                if not exc.disconnected:
+                    time.sleep(delay)
+                    delay *= 2
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _touch(session: Session, uuids: Iterable[str]) -> None:
+        """Bump the revision of ``uuids``' records in the mutation's transaction (before its
+        audit entries: the lock order of :meth:`_append_audit`), so that a release decided on
+        the state before is not logged after it (docs/audit.md)."""
+        wanted = sorted(set(uuids))
+        if wanted:
+            session.connection().execute(_BUMP_REVISION, {"uuids": wanted})
 
     @staticmethod
     def _owned_record(session: Session, data_uuid: str, owner: str) -> DataRecord | None:
@@ -497,6 +558,7 @@ class Database:
                 conn.execute(_INSERT_KEY, inserts)
             if updates:
                 conn.execute(_UPDATE_KEY, updates)
+            self._touch(session, uuids)
             self._log(
                 session,
                 [
@@ -528,6 +590,7 @@ class Database:
                 )
             )
             if cast(Any, deleted).rowcount:
+                self._touch(session, [data_uuid])
                 self._log(
                     session,
                     [AuditDraft("key_deleted", owner, data_uuid, {"resource_uri": resource_uri})],
@@ -558,7 +621,8 @@ class Database:
             row = session.get(DataRecord, data_uuid)
             if row is None:
                 return None
-            return DataInfo(row.data_uuid, row.owner_party_id, tuple(json.loads(row.parents_json)))
+            parents = tuple(json.loads(row.parents_json))
+            return DataInfo(row.data_uuid, row.owner_party_id, parents, row.revision)
 
         return self._ro(op)
 
@@ -738,6 +802,7 @@ class Database:
         def op(session: Session) -> None:
             self._check_policy_owner(session, scope, data_uuid, owner, claim=True)
             self._replace_rules(session, scope, data_uuid, owner, rules)
+            self._touch(session, [data_uuid])
             details = {"scope": scope, "rule_ids": [r.rule_id for r in rules]}
             self._log(session, [AuditDraft("policy_set", owner, data_uuid, details)])
 
@@ -755,6 +820,7 @@ class Database:
 
         def op(session: Session) -> None:
             row = self._check_policy_owner(session, scope, data_uuid, owner, claim=True)
+            self._touch(session, [data_uuid])
             details = {"scope": scope, "rule_id": rule.rule_id}
             self._log(session, [AuditDraft("rule_added", owner, data_uuid, details)])
             if row is None:
@@ -774,6 +840,8 @@ class Database:
                 return
             session.execute(delete(RuleRow).where(RuleRow.policy_id == row.id))
             session.delete(row)
+            session.flush()
+            self._touch(session, [data_uuid])
             self._log(session, [AuditDraft("policy_deleted", owner, data_uuid, {"scope": scope})])
 
         self._apply(op, request)
@@ -794,6 +862,7 @@ class Database:
                 delete(RuleRow).where(RuleRow.policy_id == row.id, RuleRow.rule_id == rule_id)
             )
             if cast(Any, deleted).rowcount:
+                self._touch(session, [data_uuid])
                 details = {"scope": scope, "rule_id": rule_id}
                 self._log(session, [AuditDraft("rule_deleted", owner, data_uuid, details)])
 
@@ -801,27 +870,41 @@ class Database:
 
     # ---- audit log (docs/audit.md) ---------------------------------------------------------
 
-    def record_audit(self, drafts: Sequence[AuditDraft]) -> None:
+    def record_audit(self, drafts: Sequence[AuditDraft], read: ReadSet | None = None) -> None:
         """Commit audit entries of a decision that changes nothing else (a key release, a
         refusal, an export), grouped with those of concurrent decisions
-        (:class:`~.audit_log.GroupCommit`): callers answer only after this returned."""
+        (:class:`~.audit_log.GroupCommit`): callers answer only after this returned. With
+        ``read`` (``data_uuid -> revision`` the decision relied on): committed only if those
+        records are unchanged, else :class:`~.audit_log.StaleDecision` (nothing committed)."""
         if self.audit is not None and drafts:
-            self._audit_commits.submit(drafts)
+            self.audit_commits.submit(drafts, read)
 
     def record_audit_soon(
         self,
         drafts: Sequence[AuditDraft],
         loop: asyncio.AbstractEventLoop,
         committed: asyncio.Future[None],
+        read: ReadSet | None = None,
     ) -> bool:
         """:meth:`record_audit` without waiting, from a worker thread, for a handler in
         ``loop``: True when ``drafts`` were queued, and then ``committed`` (a future of
         ``loop``) completes once they are committed, or fails with the error; the caller
-        awaits it before answering. False (``committed`` untouched): nothing to log. The
-        commit overlaps whatever the caller does until it awaits (sealing the reply)."""
+        awaits it before answering. The commit overlaps whatever the caller does until it
+        awaits (sealing the reply). False (``committed`` untouched): nothing to log, or (on
+        SQLite, whose commits need no fsync) already committed in this thread because no
+        other append was queued or running (:meth:`GroupCommit.write_now`): no hand-off to
+        the writer thread and no wake-up of ``loop``.
+
+        ``read`` (a release's ``data_uuid -> revision`` from :meth:`access_view`): the
+        entries are appended only if those records are still at those revisions in the
+        append transaction; else nothing is appended and :class:`~.audit_log.StaleDecision`
+        is raised here or ``committed`` fails with it (decide again: the key must not
+        leave)."""
         if self.audit is None or not drafts:
             return False
-        self._audit_commits.submit_soon(drafts, loop, committed)
+        if self._sqlite_write_lock is not None and self.audit_commits.write_now(drafts, read):
+            return False
+        self.audit_commits.submit_soon(drafts, loop, committed, read)
         return True
 
     def _audit_log(self) -> AuditLog:
@@ -886,8 +969,8 @@ class Database:
                 self._read_engine, scope, uuids, uris
             )
         records = {
-            data_uuid: DataInfo(data_uuid, owner, tuple(json.loads(parents)))
-            for data_uuid, owner, parents in record_rows
+            data_uuid: DataInfo(data_uuid, owner, tuple(json.loads(parents)), revision)
+            for data_uuid, owner, parents, revision in record_rows
         }
         owners: dict[int, tuple[str, str]] = {}
         rules: dict[int, list[Rule]] = {}
@@ -1006,6 +1089,18 @@ _PRESENT_KEYS = select(DataKeyRow.resource_uri).where(
     DataKeyRow.resource_uri.in_(bindparam("uris", expanding=True))
 )
 _DATA_TABLE = cast(Table, DataRecord.__table__)
+_UUIDS: BindParameter[Any] = bindparam("uuids", expanding=True)
+_REVISIONS = (
+    select(_DATA_TABLE.c.data_uuid, _DATA_TABLE.c.revision)
+    .where(_DATA_TABLE.c.data_uuid.in_(_UUIDS))
+    .order_by(_DATA_TABLE.c.data_uuid)
+    .with_for_update(read=True)
+)
+_BUMP_REVISION = (
+    update(_DATA_TABLE)
+    .where(_DATA_TABLE.c.data_uuid.in_(_UUIDS))
+    .values(revision=_DATA_TABLE.c.revision + 1)
+)
 _KEYS_TABLE = cast(Table, DataKeyRow.__table__)
 _INSERT_RECORD = insert(_DATA_TABLE)
 _INSERT_KEY = insert(_KEYS_TABLE)

@@ -12,6 +12,10 @@
 | ``cm_audit`` | idx (0, 1, 2, ...) | audit entries: owner, data_uuid, time, entry JSON, MAC (v3) |
 | ``cm_audit_size`` | id (one row) | the number of audit entries: the append lock (v3) |
 | ``cm_audit_heads`` | size | tree heads the CM signed: root, time, signature (v3) |
+| ``cm_audit_refusals`` | data_uuid | refusal-entry token buckets shared by workers/replicas (v4) |
+
+``cm_data.revision`` (v4) counts the owner mutations of a data_uuid (keys, policies, rules):
+a key release re-checks it when its audit entry is appended (docs/audit.md).
 
 Schema versions and the steps between them: :mod:`.migrations`.
 """
@@ -32,7 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..capsule_manager_protocol.freshness import MAX_JTI_CHARS
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 PARTY_ID_LEN = 64
 UUID_LEN = 255
 URI_LEN = 512
@@ -62,6 +66,9 @@ class DataRecord(Base):
     data_uuid: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
     owner_party_id: Mapped[str] = mapped_column(String(PARTY_ID_LEN))
     parents_json: Mapped[str] = mapped_column(Text, default="[]")
+    #: Bumped in the transaction of every owner mutation of this data_uuid's keys, policies
+    #: or rules (v4): a release's entry is appended only if it is still what the decision read.
+    revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class DataKeyRow(Base):
@@ -138,3 +145,16 @@ class AuditHeadRow(Base):
     root: Mapped[bytes] = mapped_column(LargeBinary(32))
     timestamp_ms: Mapped[int] = mapped_column(BigInteger)
     signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditRefusalBucket(Base):
+    """The refusal-entry token bucket of one data_uuid (docs/audit.md#abuse-limits), shared by
+    every worker and replica on this database: ``credit_ms`` of refill credit at ``stamp_ms``
+    (epoch ms; the bucket refills one ms of credit per ms, an entry costs the interval), and
+    ``suppressed`` refusals not logged since the data_uuid's last refusal entry."""
+
+    __tablename__ = "cm_audit_refusals"
+    data_uuid: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    credit_ms: Mapped[int] = mapped_column(BigInteger)
+    stamp_ms: Mapped[int] = mapped_column(BigInteger)
+    suppressed: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -6,6 +6,7 @@
 | 1 | ``cm_meta``, ``cm_certs``, ``cm_data``, ``cm_data_keys``, ``cm_policies``, ``cm_rules`` |
 | 2 | + ``cm_requests`` (replay protection of owner requests) |
 | 3 | + ``cm_audit``, ``cm_audit_size``, ``cm_audit_heads`` (the audit log, docs/audit.md) |
+| 4 | + ``cm_data.revision`` (releases re-checked at append), ``cm_audit_refusals`` |
 
 :func:`migrate` runs inside the caller's write transaction and stamps the new version there,
 so on PostgreSQL and SQLite a migration applies completely or not at all. MySQL/MariaDB commit
@@ -17,11 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Table, inspect, text
 from sqlalchemy.orm import Session
 
 from ...errors import TrustflowError
-from .db_models import SCHEMA_VERSION, AuditEntryRow, AuditHeadRow, AuditSizeRow, Meta, RequestRow
+from .db_models import (
+    SCHEMA_VERSION,
+    AuditEntryRow,
+    AuditHeadRow,
+    AuditRefusalBucket,
+    AuditSizeRow,
+    DataRecord,
+    Meta,
+    RequestRow,
+)
 
 
 class SchemaMismatch(TrustflowError):
@@ -41,10 +51,22 @@ def _v2_to_v3(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v3_to_v4(conn: Connection) -> None:
+    columns = {c["name"] for c in inspect(conn).get_columns(DataRecord.__tablename__)}
+    if "revision" not in columns:
+        conn.execute(
+            text(f"ALTER TABLE {DataRecord.__tablename__} ADD revision BIGINT NOT NULL DEFAULT 0")
+        )
+    table = AuditRefusalBucket.__table__
+    assert isinstance(table, Table)
+    table.create(conn, checkfirst=True)
+
+
 #: ``from version -> (step, to version)``.
 STEPS: dict[str, tuple[Callable[[Connection], None], str]] = {
     "1": (_v1_to_v2, "2"),
     "2": (_v2_to_v3, "3"),
+    "3": (_v3_to_v4, "4"),
 }
 
 

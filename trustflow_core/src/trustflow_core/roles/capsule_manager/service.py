@@ -40,7 +40,7 @@ from ..capsule_manager_protocol.errors import CMError, Kind
 from ..capsule_manager_protocol.freshness import RequestMark
 from ..capsule_manager_protocol.reports import report_from_pb, report_to_pb
 from ..capsule_manager_protocol.votes import verify_export_certificate
-from .audit_log import AuditDraft
+from .audit_log import AuditDraft, StaleDecision
 from .constraint_sandbox import Budget
 from .convert import check_data_key_b64, policy_to_pb, rule_from_pb
 from .database import Database, NewKey
@@ -63,6 +63,9 @@ monitor = logging.getLogger("trustflow.capsule_manager.monitor")
 T = TypeVar("T")
 AppRequest = TypeVar("AppRequest", cm_pb2.GetDataKeysRequest, cm_pb2.GetTlsAssetRequest)
 MAX_NONCE_CHARS = 4096
+#: How many times a release is decided again when the data changed before its entry was
+#: appended (:meth:`CapsuleManagerService._released`), before it is refused (retryable).
+REDECISIONS = 3
 VerifierFor = Callable[[str], Verifier]
 
 
@@ -337,16 +340,11 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             if uuid in seen:
                 continue
             seen.add(uuid)
-            suppressed = log.limiter.admit(uuid)
-            if suppressed is None:
-                continue
             info = self.store.data_info(uuid)
             if info is None:
                 continue
             details = {**base, "resource_uri": res.resource_uri, "columns": list(res.columns)}
-            if suppressed:
-                details["suppressed"] = suppressed
-            drafts.append(AuditDraft("key_refusal", info.owner_party_id, uuid, details))
+            drafts.append(AuditDraft("key_refusal", info.owner_party_id, uuid, details, True))
         self.store.record_audit(drafts)
 
     @_rpc("get_data_keys")
@@ -356,38 +354,45 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         )
 
         loop = asyncio.get_running_loop()
-        committed: asyncio.Future[None] = loop.create_future()
 
-        def work() -> tuple[cm_pb2.EncryptedResponse, bool]:
+        def work(committed: asyncio.Future[None]) -> tuple[cm_pb2.EncryptedResponse, bool]:
             uris = [r.resource_uri for r in rr.resources]
-            keys, drafts = self._authorize_and_fetch(rr, env, uris, app, "get_data_keys")
-            logged = self.store.record_audit_soon(drafts, loop, committed)
+            keys, drafts, read = self._authorize_and_fetch(rr, env, uris, app, "get_data_keys")
+            logged = self.store.record_audit_soon(drafts, loop, committed, read)
             response = cm_pb2.GetDataKeysResponse(
                 data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
                 cert=self.identity.cert_pem,
             )
             return self.envelopes.seal(response, recipient), logged
 
-        sealed = await self._released(work, committed)
+        sealed = await self._released(work)
         _metrics.KEY_RELEASES.labels("get_data_keys").inc(len(rr.resources))
         return sealed
 
     async def _released(
-        self,
-        work: Callable[[], tuple[cm_pb2.EncryptedResponse, bool]],
-        committed: asyncio.Future[None],
+        self, work: Callable[[asyncio.Future[None]], tuple[cm_pb2.EncryptedResponse, bool]]
     ) -> cm_pb2.EncryptedResponse:
-        """Run ``work`` in a thread: it decides, queues the release entries
-        (:meth:`Database.record_audit_soon` completing ``committed``) and seals the reply
-        while they commit. The sealed reply is returned only once they are committed (no key
-        leaves without its entry); when ``work`` or the commit fails, the error propagates."""
-        try:
-            sealed, logged = await self._thread(work)
-            if logged:
-                await committed
-        finally:
-            committed.cancel()  # no-op when done; else nobody awaits it (work failed)
-        return sealed
+        """Run ``work(committed)`` in a thread: it decides, queues the release entries with
+        what the decision read (:meth:`Database.record_audit_soon` completing ``committed``)
+        and seals the reply while they commit. The sealed reply is returned only once they are
+        committed (no key leaves without its entry); when ``work`` or the commit fails, the
+        error propagates. When the data changed between the decision and the append
+        (:class:`~.audit_log.StaleDecision`: nothing was logged), the request is decided
+        again on the new state, up to :data:`REDECISIONS` times, then refused (retryable)."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(REDECISIONS + 1):
+            committed: asyncio.Future[None] = loop.create_future()
+            try:
+                sealed, logged = await self._thread(work, committed)
+                if logged:
+                    await committed
+                return sealed
+            except StaleDecision:
+                if attempt == REDECISIONS:
+                    raise
+            finally:
+                committed.cancel()  # no-op when done; else nobody awaits it (work failed)
+        raise AssertionError("unreachable")
 
     def _authorize_and_fetch(
         self,
@@ -396,22 +401,25 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         uris: list[str],
         app: dict[str, Any],
         rpc: str,
-    ) -> tuple[dict[str, str], list[AuditDraft]]:
-        """The keys of ``uris`` when the policies allow the request, and the release entries
+    ) -> tuple[dict[str, str], list[AuditDraft], dict[str, int]]:
+        """The keys of ``uris`` when the policies allow the request, the release entries
         the caller must commit (:meth:`Database.record_audit_soon`) before the reply holding
-        the keys is sent. A refusal is counted in ``trustflow_policy_refusals_total`` by
-        ``rpc`` and reason, and logged (docs/audit.md) before it propagates."""
+        the keys is sent, and the read set they must be committed against (``data_uuid ->
+        revision`` the decision relied on). A refusal is counted in
+        ``trustflow_policy_refusals_total`` by ``rpc`` and reason, and logged (docs/audit.md)
+        before it propagates."""
         try:
-            keys, owners = self._decide(rr, env, uris, rpc)
+            keys, owners, read = self._decide(rr, env, uris, rpc)
         except CMError as err:
             self._log_refusal(rr, app, rpc, err)
             raise
-        return keys, self._release_drafts(rr, app, rpc, owners)
+        return keys, self._release_drafts(rr, app, rpc, owners), read
 
     def _decide(
         self, rr: cm_pb2.ResourceRequest, env: dict[str, Any] | None, uris: list[str], rpc: str
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        """``(resource_uri -> key, data_uuid -> owner)`` when every resource is allowed."""
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
+        """``(resource_uri -> key, data_uuid -> owner, data_uuid -> revision read)`` when
+        every resource is allowed."""
         if not uris:
             raise CMError(Kind.INVALID_ARGUMENT, "resource_request has no resources")
         parsed = [parse_resource_uri(u) for u in uris]
@@ -453,10 +461,10 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 )
         if any(u not in sealed for u in uris):
             raise _refused(rpc, "no_key", CMError(Kind.NOT_FOUND, "data_keys not found."))
-        owners = {
-            p.data_uuid: info.owner_party_id for p in parsed if (info := view[p.data_uuid][0])
-        }
-        return {u: sealed.open(u) for u in uris}, owners
+        infos = [info for p in parsed if (info := view[p.data_uuid][0]) is not None]
+        owners = {info.data_uuid: info.owner_party_id for info in infos}
+        read = {info.data_uuid: info.revision for info in infos}
+        return {u: sealed.open(u) for u in uris}, owners, read
 
     @_rpc("get_tls_asset")
     async def GetTlsAsset(self, request: cm_pb2.EncryptedRequest) -> cm_pb2.EncryptedResponse:
@@ -468,13 +476,12 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         )
 
         loop = asyncio.get_running_loop()
-        committed: asyncio.Future[None] = loop.create_future()
 
-        def work() -> tuple[cm_pb2.EncryptedResponse, bool]:
+        def work(committed: asyncio.Future[None]) -> tuple[cm_pb2.EncryptedResponse, bool]:
             from ...tls_asset import issue_group_asset
 
             uris = [r.resource_uri for r in rr.resources]
-            keys, drafts = self._authorize_and_fetch(rr, env, uris, app, "get_tls_asset")
+            keys, drafts, read = self._authorize_and_fetch(rr, env, uris, app, "get_tls_asset")
             try:
                 asset = issue_group_asset(
                     base64.b64decode(keys[uris[0]]),
@@ -490,7 +497,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             except BackendUnavailable as exc:
                 raise CMError(Kind.UNSUPPORTED, str(exc)) from None
             # queued once the asset exists: a failed issue logs no release
-            logged = self.store.record_audit_soon(drafts, loop, committed)
+            logged = self.store.record_audit_soon(drafts, loop, committed, read)
             response = cm_pb2.GetTlsAssetResponse(
                 data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
                 tls_asset=cm_pb2.TlsAsset(
@@ -500,7 +507,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             )
             return self.envelopes.seal(response, recipient), logged
 
-        sealed = await self._released(work, committed)
+        sealed = await self._released(work)
         _metrics.KEY_RELEASES.labels("get_tls_asset").inc(len(rr.resources))
         return sealed
 
@@ -512,6 +519,16 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         inner: cm_pb2.CreateResultDataKeyRequest = opened.parse(cm_pb2.CreateResultDataKeyRequest)
         if not inner.HasField("body"):
             raise CMError(Kind.INVALID_ARGUMENT, "request body is empty")
+        body = inner.body
+        try:
+            await self._register_result(inner)
+        except CMError as err:
+            await self._thread(self._log_result_refusal, body, err)
+            raise
+        return _status_only()
+
+    async def _register_result(self, inner: cm_pb2.CreateResultDataKeyRequest) -> None:
+        """Attest the registering app and store the result (:meth:`Database.create_result_key`)."""
         body = inner.body
         digest = hashlib.sha256(serialize_canonical(body)).digest()
         verified = await self._attest(
@@ -549,7 +566,37 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 else "",
             },
         )
-        return _status_only()
+
+    def _log_result_refusal(
+        self, body: cm_pb2.CreateResultDataKeyRequest.Body, err: CMError
+    ) -> None:
+        """A refused result registration, for the owners of its ancestors and of the data_uuid
+        it names when that exists (within the refusal limits, docs/audit.md#abuse-limits)."""
+        log = self.store.audit
+        if log is None:
+            return
+        try:
+            result = parse_resource_uri(body.resource_uri).data_uuid
+        except CMError:
+            result = ""
+        details: dict[str, Any] = {
+            "result": result,
+            "result_owner": body.owner_id,
+            "resource_uri": body.resource_uri,
+            "scope": body.scope,
+            "ancestors": list(body.ancestor_uuids),
+            "reason": err.detail,
+        }
+        drafts = []
+        for uuid in dict.fromkeys([*body.ancestor_uuids, result]):
+            if not uuid:
+                continue
+            info = self.store.data_info(uuid)
+            if info is not None:
+                drafts.append(
+                    AuditDraft("result_refusal", info.owner_party_id, uuid, details, True)
+                )
+        self.store.record_audit(drafts)
 
     # ---- data keys (owners) ----------------------------------------------------------------
 
@@ -592,40 +639,55 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
                 opened, inner.request_party_id, missing=Kind.INVALID_ARGUMENT
             )
             uri = parse_resource_uri(inner.resource_uri)
-            try:
-                owners = self.store.original_owners(uri.data_uuid)
-                verify_export_certificate(
-                    inner.data_export_certificate,
-                    inner.request_party_id,
-                    inner.resource_uri,
-                    owners,
-                )
-                keys = self.store.get_keys([inner.resource_uri])
-                if inner.resource_uri not in keys:
-                    raise CMError(Kind.NOT_FOUND, "data_keys not found.")
-            except CMError as err:
-                self._log_export_refusal(inner, uri.data_uuid, err)
-                raise
-            info = self.store.data_info(uri.data_uuid)
-            details = {
-                "requester": inner.request_party_id,
-                "resource_uri": inner.resource_uri,
-                "voters": sorted(owners - {inner.request_party_id}),
-            }
-            audience = sorted({*owners, *([info.owner_party_id] if info else [])})
-            self.store.record_audit(
-                [AuditDraft("export", o, uri.data_uuid, details) for o in audience]
-            )
-            response = cm_pb2.GetExportDataKeyResponse(
-                data_key=cm_pb2.DataKey(
-                    resource_uri=inner.resource_uri, data_key_b64=keys[inner.resource_uri]
-                )
-            )
-            sealed = self.envelopes.seal(response, _signer_key(verified))
-            _metrics.KEY_RELEASES.labels("get_export_data_key").inc()
-            return sealed
+            for attempt in range(REDECISIONS + 1):
+                try:
+                    return self._export(inner, uri.data_uuid, verified)
+                except StaleDecision:
+                    if attempt == REDECISIONS:
+                        raise
+            raise AssertionError("unreachable")
 
         return await self._thread(work)
+
+    def _export(
+        self, inner: cm_pb2.GetExportDataKeyRequest, data_uuid: str, verified: VerifiedJws
+    ) -> cm_pb2.EncryptedResponse:
+        """Decide an export and commit its entries before the sealed key is returned, against
+        the revision of the data's record read first (:class:`~.audit_log.StaleDecision`:
+        the data changed meanwhile, nothing was logged; decide again)."""
+        try:
+            info = self.store.data_info(data_uuid)  # its revision first: what follows is newer
+            owners = self.store.original_owners(data_uuid)
+            verify_export_certificate(
+                inner.data_export_certificate,
+                inner.request_party_id,
+                inner.resource_uri,
+                owners,
+            )
+            keys = self.store.get_keys([inner.resource_uri])
+            if inner.resource_uri not in keys:
+                raise CMError(Kind.NOT_FOUND, "data_keys not found.")
+        except CMError as err:
+            self._log_export_refusal(inner, data_uuid, err)
+            raise
+        details = {
+            "requester": inner.request_party_id,
+            "resource_uri": inner.resource_uri,
+            "voters": sorted(owners - {inner.request_party_id}),
+        }
+        audience = sorted({*owners, *([info.owner_party_id] if info else [])})
+        self.store.record_audit(
+            [AuditDraft("export", o, data_uuid, details) for o in audience],
+            None if info is None else {data_uuid: info.revision},
+        )
+        response = cm_pb2.GetExportDataKeyResponse(
+            data_key=cm_pb2.DataKey(
+                resource_uri=inner.resource_uri, data_key_b64=keys[inner.resource_uri]
+            )
+        )
+        sealed = self.envelopes.seal(response, _signer_key(verified))
+        _metrics.KEY_RELEASES.labels("get_export_data_key").inc()
+        return sealed
 
     def _log_export_refusal(
         self, inner: cm_pb2.GetExportDataKeyRequest, data_uuid: str, err: CMError
@@ -635,8 +697,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         log = self.store.audit
         if log is None:
             return
-        suppressed = log.limiter.admit(data_uuid)
-        info = self.store.data_info(data_uuid) if suppressed is not None else None
+        info = self.store.data_info(data_uuid)
         if info is None:
             return
         details: dict[str, Any] = {
@@ -644,10 +705,8 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             "resource_uri": inner.resource_uri,
             "reason": err.detail,
         }
-        if suppressed:
-            details["suppressed"] = suppressed
         self.store.record_audit(
-            [AuditDraft("export_refusal", info.owner_party_id, data_uuid, details)]
+            [AuditDraft("export_refusal", info.owner_party_id, data_uuid, details, True)]
         )
 
     @_rpc("register_cert")

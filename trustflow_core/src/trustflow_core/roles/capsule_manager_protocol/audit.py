@@ -47,6 +47,7 @@ KINDS = (
     "rule_deleted",  # scope, rule_id
     "policy_deleted",  # scope
     "result_registered",  # result, owner (of the result), scope, ancestors
+    "result_refusal",  # result, result_owner, resource_uri, scope, ancestors, reason, suppressed?
     "export",  # requester, resource_uri, voters
     "export_refusal",  # requester, resource_uri, reason, suppressed?
 )
