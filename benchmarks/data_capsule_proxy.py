@@ -43,8 +43,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
-from _loopback import free_port
+from _loopback import cpu_seconds, free_port
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MiB = 1 << 20
@@ -85,17 +86,40 @@ def warm(*paths: Path) -> None:
     os.sync()
 
 
-def plain_copy(src: Path, dst: Path) -> float:
-    """Seconds to copy ``src`` to ``dst`` with 1 MiB reads and writes, fsync included."""
+def _copy_read(fin: BinaryIO, fout: BinaryIO) -> None:
+    while data := fin.read(MiB):
+        fout.write(data)
+
+
+def _copy_readinto(fin: BinaryIO, fout: BinaryIO) -> None:
+    view = memoryview(bytearray(MiB))
+    while n := fin.readinto(view):  # type: ignore[attr-defined]
+        fout.write(view[:n])
+
+
+def _copy_kernel(fin: BinaryIO, fout: BinaryIO) -> None:
+    while os.copy_file_range(fin.fileno(), fout.fileno(), 8 * MiB):
+        pass
+
+
+COPIES = {"read": _copy_read, "readinto": _copy_readinto, "kernel": _copy_kernel}
+"""Plain copies: ``read`` (1 MiB ``read``/``write``, the issue's baseline), ``readinto`` (one
+reused 1 MiB buffer: the least a Python program moving bytes through user space does), and
+``kernel`` (``copy_file_range``, what ``cp`` does; no user-space copy, for information)."""
+
+
+def plain_copy(src: Path, dst: Path, how: str) -> tuple[float, float]:
+    """(seconds, CPU seconds) to copy ``src`` to ``dst`` the ``how`` way, fsync included."""
+    cpu = os.times()
     start = time.perf_counter()
     with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while data := fin.read(MiB):
-            fout.write(data)
+        COPIES[how](fin, fout)
         fout.flush()
         os.fsync(fout.fileno())
     took = time.perf_counter() - start
+    after = os.times()
     os.unlink(dst)
-    return took
+    return took, after.user - cpu.user + after.system - cpu.system
 
 
 def raw_gcm(total: int, call: int) -> float:
@@ -145,7 +169,13 @@ class Proxy:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def post(self, method: str, body: dict) -> float:
+    def post(self, method: str, body: dict) -> tuple[float, float]:
+        """(seconds, CPU seconds of the proxy process) of one request."""
+        cpu = cpu_seconds(self.proc.pid)
+        took = self._post(method, body)
+        return took, cpu_seconds(self.proc.pid) - cpu
+
+    def _post(self, method: str, body: dict) -> float:
         request = urllib.request.Request(
             self.url(f"/DataCapsuleProxy/{method}"),
             data=json.dumps(body).encode(),
@@ -159,7 +189,7 @@ class Proxy:
             raise SystemExit(f"{method} failed: {exc.code} {exc.read().decode()}") from None
         return time.perf_counter() - start
 
-    def encrypt(self, key_b64: str, src: Path, out_dir: Path) -> float:
+    def encrypt(self, key_b64: str, src: Path, out_dir: Path) -> tuple[float, float]:
         body = {
             "data_key_b64": key_b64,
             "source_config": {"path": str(src)},
@@ -167,7 +197,7 @@ class Proxy:
         }
         return self.post("PutResultData", body)
 
-    def decrypt(self, key_b64: str, capsule: Path, out_dir: Path) -> float:
+    def decrypt(self, key_b64: str, capsule: Path, out_dir: Path) -> tuple[float, float]:
         body = {
             "data_key_b64": key_b64,
             "local_fs_config": {"path": str(capsule)},
@@ -200,34 +230,44 @@ def speed(work: Path, size_mib: int, rounds: int, formats: list[str]) -> tuple[b
     digest = sha256_of(src)
     key_b64 = base64.b64encode(os.urandom(16)).decode()
     proxies = {fmt: Proxy(work, fmt) for fmt in formats}
-    # per round: copy seconds (two), and per format (encrypt, decrypt) seconds
-    copies: list[tuple[float, float]] = []
-    timed: dict[str, list[tuple[float, float]]] = {fmt: [] for fmt in formats}
+    ops = [f"{fmt} {op}" for fmt in formats for op in ("enc", "dec")]
+    # per round: {step: (seconds, CPU seconds)}; copies twice (before and after the proxy)
+    runs: list[dict[str, list[tuple[float, float]]]] = []
     try:
         for _ in range(rounds):
-            warm(src)
-            before = plain_copy(src, work / "copy.bin")
+            run: dict[str, list[tuple[float, float]]] = {name: [] for name in [*COPIES, *ops]}
+
+            def copies(run: dict[str, list[tuple[float, float]]] = run) -> None:
+                for how in COPIES:
+                    warm(src)
+                    run[how].append(plain_copy(src, work / "copy.bin", how))
+
+            copies()
             for fmt, proxy in proxies.items():
                 enc_dir, dec_dir = work / f"enc-{fmt}", work / f"dec-{fmt}"
                 warm(src)
-                enc_s = proxy.encrypt(key_b64, src, enc_dir)
+                run[f"{fmt} enc"].append(proxy.encrypt(key_b64, src, enc_dir))
                 warm(enc_dir / "data.bin.enc")
-                dec_s = proxy.decrypt(key_b64, enc_dir / "data.bin.enc", dec_dir)
+                run[f"{fmt} dec"].append(proxy.decrypt(key_b64, enc_dir / "data.bin.enc", dec_dir))
                 if sha256_of(dec_dir / "data.bin") != digest:
                     raise SystemExit(f"{fmt}: decrypted output differs from the input")
                 shutil.rmtree(enc_dir)
                 shutil.rmtree(dec_dir)
-                timed[fmt].append((enc_s, dec_s))
-            warm(src)
-            after = plain_copy(src, work / "copy.bin")
-            copies.append((before, after))
+            copies()
+            runs.append(run)
         peaks = {fmt: proxy.peak_rss_mib() for fmt, proxy in proxies.items()}
     finally:
         for proxy in proxies.values():
             proxy.stop()
+    os.unlink(src)
 
-    def rate(seconds: float) -> float:
-        return size / seconds / MB
+    def rate(step: list[tuple[float, float]]) -> float:
+        """MB/s of a step (the mean rate when it ran twice)."""
+        return statistics.mean(size / seconds / MB for seconds, _ in step)
+
+    def cpu(step: list[tuple[float, float]]) -> float:
+        """CPU seconds per GiB of a step."""
+        return statistics.mean(c for _, c in step) * (1 << 30) / size
 
     gcm_big = raw_gcm(min(size, 1024 * MiB), MiB)
     gcm_small = raw_gcm(min(size, 256 * MiB), 8126)
@@ -235,35 +275,37 @@ def speed(work: Path, size_mib: int, rounds: int, formats: list[str]) -> tuple[b
           f"{rounds} interleaved round(s), warm page cache, fsync in every step")  # fmt: skip
     print(f"raw AES-128-GCM, 1 core, 1 MiB calls   {gcm_big:8.0f} MB/s")
     print(f"raw AES-128-GCM, 1 core, 8126 B calls  {gcm_small:8.0f} MB/s")
-    print(f"{'round':6}{'copy MB/s':>20}" + "".join(
-        f"{fmt + ' enc MB/s':>16}{'/copy':>7}{fmt + ' dec MB/s':>16}{'/copy':>7}" for fmt in formats
-    ))  # fmt: skip
-    ratios: dict[str, list[tuple[float, float]]] = {fmt: [] for fmt in formats}
-    for i, (before, after) in enumerate(copies):
-        copy_rate = (rate(before) + rate(after)) / 2
-        line = f"{i + 1:<6}{rate(before):9.0f} /{rate(after):5.0f} ={copy_rate:5.0f}"
-        for fmt in formats:
-            enc_s, dec_s = timed[fmt][i]
-            enc, dec = rate(enc_s) / copy_rate, rate(dec_s) / copy_rate
-            ratios[fmt].append((enc, dec))
-            line += f"{rate(enc_s):16.0f}{enc:7.0%}{rate(dec_s):16.0f}{dec:7.0%}"
+    print(
+        "MB/s per round; copies = mean of the copy before and after the proxy steps; "
+        "baseline = the faster user-space copy (read or readinto); ratios against it"
+    )
+    head = f"{'round':6}{'read':>7}{'readinto':>9}{'kernel':>8}{'baseline':>9}"
+    print(head + "".join(f"{op:>10}{'':>6}" for op in ops))
+    ratios: dict[str, list[float]] = {op: [] for op in ops}
+    for i, run in enumerate(runs):
+        base = max(rate(run["read"]), rate(run["readinto"]))
+        line = f"{i + 1:<6}{rate(run['read']):7.0f}{rate(run['readinto']):9.0f}"
+        line += f"{rate(run['kernel']):8.0f}{base:9.0f}"
+        for op in ops:
+            ratios[op].append(rate(run[op]) / base)
+            line += f"{rate(run[op]):10.0f}{ratios[op][-1]:6.0%}"
         print(line)
+    print("CPU seconds per GiB (median of the rounds; copies: this process, proxy: its process)")
+    print("".join(f"{name:>10}" for name in [*COPIES, *ops]))
+    print("".join(
+        f"{statistics.median(cpu(run[name]) for run in runs):10.2f}" for name in [*COPIES, *ops]
+    ))  # fmt: skip
     ok = True
     for fmt in formats:
-        enc = statistics.median(r[0] for r in ratios[fmt])
-        dec = statistics.median(r[1] for r in ratios[fmt])
-        spread = (
-            f"enc {min(r[0] for r in ratios[fmt]):.0%}..{max(r[0] for r in ratios[fmt]):.0%}, "
-            f"dec {min(r[1] for r in ratios[fmt]):.0%}..{max(r[1] for r in ratios[fmt]):.0%}"
-        )
-        print(f"{fmt}: median encrypt {enc:.0%}, decrypt {dec:.0%} of the plain copy ({spread}); "
-              f"proxy peak RSS {peaks[fmt]:.1f} MiB")  # fmt: skip
+        enc, dec = ratios[f"{fmt} enc"], ratios[f"{fmt} dec"]
+        print(f"{fmt}: encrypt {statistics.median(enc):.0%} ({min(enc):.0%}..{max(enc):.0%}), "
+              f"decrypt {statistics.median(dec):.0%} ({min(dec):.0%}..{max(dec):.0%}) of the "
+              f"baseline copy (median, range); proxy peak RSS {peaks[fmt]:.1f} MiB")  # fmt: skip
         if fmt == "v2":
-            met = enc >= SPEED_TARGET and dec >= SPEED_TARGET
+            met = min(statistics.median(enc), statistics.median(dec)) >= SPEED_TARGET
             ok = ok and met
-            print(f"target v2 encrypt and decrypt >= {SPEED_TARGET:.0%} of the plain copy: "
-                  f"{'met' if met else 'NOT met'}")  # fmt: skip
-    os.unlink(src)
+            print(f"target v2 encrypt and decrypt >= {SPEED_TARGET:.0%} of the plain copy "
+                  f"(median): {'met' if met else 'NOT met'}")  # fmt: skip
     return ok, max(peaks.values())
 
 
@@ -285,10 +327,10 @@ def growth(work: Path, sizes_mib: list[int]) -> tuple[bool, float]:
         try:
             idle = proxy.peak_rss_mib()
             warm(src)
-            enc_s = proxy.encrypt(key_b64, src, base / "enc")
+            enc_s, _ = proxy.encrypt(key_b64, src, base / "enc")
             os.unlink(src)  # room on disk for the decrypted copy
             warm(base / "enc" / "data.bin.enc")
-            dec_s = proxy.decrypt(key_b64, base / "enc" / "data.bin.enc", base / "dec")
+            dec_s, _ = proxy.decrypt(key_b64, base / "enc" / "data.bin.enc", base / "dec")
             peak = proxy.peak_rss_mib()
             if (base / "dec" / "data.bin").stat().st_size != size:
                 raise SystemExit(f"{size_mib} MiB: decrypted output has the wrong size")

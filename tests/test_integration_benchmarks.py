@@ -38,3 +38,20 @@ def test_capsule_manager_skips_a_backend_without_its_driver() -> None:
     assert lines[0].endswith("pip install 'trustflow-core[postgresql]'")
     assert any(line.startswith("sqlite x1      GetDataKeys") for line in lines)
     assert not any(line.startswith("postgresql") for line in lines)
+
+
+def test_data_capsule_proxy_prints_baseline_ratios_and_growth(tmp_path: Path) -> None:
+    """Tiny sizes (the targets may be missed on them: exit 0 or 1, never a crash): the
+    baseline copies, the ratios of one round, the growth table and its RSS ratio."""
+    done = run_without(
+        NO_PYTEST,
+        BENCHMARKS / "data_capsule_proxy.py",
+        *("--size-mib", "4", "--rounds", "1", "--formats", "v2", "--growth-mib", "1,2"),
+        *("--dir", str(tmp_path)),
+    )
+    assert done.returncode in (0, 1), done.stderr
+    out = done.stdout
+    assert "baseline = the faster user-space copy" in out
+    assert "target v2 encrypt and decrypt >= 90% of the plain copy (median): " in out
+    assert "target peak RSS 2 MiB / 1 MiB <= 1.5x: " in out
+    assert list(tmp_path.iterdir()) == []  # the work directory is removed
