@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import threading
 
 import pytest
 from test_core_capsule_v2 import FIRST, REST, SEG, encrypt_v2, segments
@@ -150,3 +151,29 @@ def test_bulk_progress_reports_every_source_byte(tmp_path):
     capsule.decrypt_file(tmp_path / "p.enc", tmp_path / "back", key, progress=seen.append)
     assert sum(seen) == size
     assert (tmp_path / "back").read_bytes() == data
+
+
+class _FailingSink:
+    """A destination whose ``n``-th write fails (a full disk)."""
+
+    def __init__(self, n: int) -> None:
+        self.writes, self.n = 0, n
+
+    def write(self, data: memoryview) -> int:
+        self.writes += 1
+        if self.writes == self.n:
+            raise OSError(28, "No space left on device")
+        return len(data)
+
+
+def test_write_errors_surface_and_leave_no_writer_thread():
+    """The write-behind thread's error reaches the caller and the thread is gone."""
+    key, data = os.urandom(16), os.urandom(FIRST + 20 * REST)
+    blob = encrypt_v2(key, data)
+    before = threading.active_count()
+    for n in (1, 2, 3, 21):
+        with pytest.raises(OSError, match="No space left"):
+            v2.encrypt_stream(key, io.BytesIO(data), _FailingSink(n), len(data), segment_len=SEG)
+        with pytest.raises(OSError, match="No space left"):
+            v2.decrypt_stream(key, io.BytesIO(blob), _FailingSink(n), len(blob))
+    assert threading.active_count() == before

@@ -46,7 +46,12 @@ def get_body(key: bytes, path, out) -> dict:
 
 async def test_v2_files_of_any_segment_size_decrypt_byte_exact(proxy, world):  # noqa: F811
     key = os.urandom(32)
-    for segment_len, size in ((SEG, 10 * SEG + 123), (v2.SEGMENT_LEN, 0), (3 << 20, 7 << 20)):
+    for segment_len, size in (
+        (SEG, 10 * SEG + 123),
+        (v2.SEGMENT_LEN, 0),
+        (3 << 20, 7 << 20),
+        (5 << 20, 11 << 20),
+    ):
         data = os.urandom(size)
         (world["root"] / "in.bin.enc").write_bytes(v2_file(key, data, segment_len))
         out = world["out"] / f"seg-{segment_len}"

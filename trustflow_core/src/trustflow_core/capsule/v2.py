@@ -257,9 +257,16 @@ class V2Decryptor:
 # ---- bulk streams: buffers allocated once per file, writes behind the next segment -------------
 
 WRITE_BEHIND_SEGMENTS = 3
-"""Files of at least this many segments are written by a second thread while the next segment
-is read and sealed/opened (the kernel's copies into the page cache then overlap with the
-reading and AES-GCM); smaller ones are written inline."""
+"""Files of at least this many segments (of at most :data:`WRITE_BEHIND_MAX_SEGMENT` bytes) are
+written by a second thread while the next segment is read and sealed/opened (the kernel's copies
+into the page cache then overlap with the reading and AES-GCM); others are written inline."""
+WRITE_BEHIND_MAX_SEGMENT = 4 << 20
+"""Larger segments (other writers' files may use up to :data:`MAX_SEGMENT_LEN`) are written
+inline: memory stays at two segment buffers instead of three."""
+
+
+def _write_behind(count: int, segment: int) -> bool:
+    return count >= WRITE_BEHIND_SEGMENTS and segment <= WRITE_BEHIND_MAX_SEGMENT
 
 
 class _WriteBehind:
@@ -332,7 +339,7 @@ def encrypt_stream(
     count, first, rest = _layout(plaintext_len, segment_len)
     plain = memoryview(bytearray(min(max(first, rest), plaintext_len)))
     written = dst.write(header) or 0
-    out = _WriteBehind(dst, len(plain) + TAG_LEN, count >= WRITE_BEHIND_SEGMENTS)
+    out = _WriteBehind(dst, len(plain) + TAG_LEN, _write_behind(count, len(plain) + TAG_LEN))
     try:
         done = 0
         for index in range(count):
@@ -381,7 +388,7 @@ def decrypt_stream(
     aead, count, (first, rest, last) = _open_header(aad, key, file_len)
     biggest = max(last, first if count > 1 else 0, rest if count > 2 else 0)
     sealed = memoryview(bytearray(biggest))
-    out = _WriteBehind(dst, biggest - TAG_LEN, count >= WRITE_BEHIND_SEGMENTS)
+    out = _WriteBehind(dst, biggest - TAG_LEN, _write_behind(count, biggest))
     try:
         for index in range(count):
             final = index == count - 1
