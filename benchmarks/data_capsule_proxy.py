@@ -5,14 +5,18 @@
 
 **Speed** (issue 18, item 5). ``--rounds`` interleaved rounds on a file of ``--size-mib`` MiB of
 random bytes in ``--dir`` (default: the system temp directory; the same disk for every step).
-Each round runs, in this order: a plain copy of the file (Python ``read``/``write`` of 1 MiB,
-then fsync: the baseline the issue names), then per format the PutResultData (encrypt) and the
-GetInputData (decrypt) of the same file through a ``trustflow data-capsule-proxy`` process over
-loopback HTTP (the proxy fsyncs its output too), then the plain copy again. Each operation's
-ratio is taken against the mean of the two copies of its round, so a machine that speeds up or
-slows down between rounds moves both sides. Page cache: the inputs are read once before every
-timed step (warm cache for the copy and the proxy alike) and ``sync`` runs before it, so no
-step pays for the write-back of the one before. Decrypted output is checked byte-exact.
+Each round runs, in this order: three plain copies of the file (1 MiB ``read``/``write``: the
+baseline the issue names; ``readinto`` one reused buffer; ``copy_file_range``), each with
+fsync, then per format the PutResultData (encrypt) and the GetInputData (decrypt, of a capsule
+made once before the rounds) through a ``trustflow data-capsule-proxy`` process over loopback
+HTTP (the proxy fsyncs its output too), then the three copies again. Each operation's ratio is
+taken against the faster user-space copy of its round (mean of before and after), so a machine
+that speeds up or slows down between rounds moves both sides. Before every timed step: its
+input is read (warm page cache for the copies and the proxy alike), ``sync`` runs (no step pays
+for the write-back of the one before), and fresh memory is prefaulted (:func:`prefault`: no
+step pays for the host handing memory back); every step's output is deleted before the next.
+Decrypted output is checked byte-exact. Printed too: CPU seconds per GiB of each step (the
+copies' in this process, the proxy's in its process).
 
 **Cost growth** (issue 18, item 6). For each size of ``--growth-mib`` (default 1, 1024 and
 4096 MiB; needs about three times the largest size on disk; ``--no-growth`` skips it), a *fresh*
@@ -76,14 +80,37 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def warm(*paths: Path) -> None:
-    """Read ``paths`` (into the page cache), then flush every dirty page of the machine."""
+def warm(*paths: Path, fresh: int = 0) -> None:
+    """Read ``paths`` (into the page cache), flush every dirty page of the machine, then
+    prefault ``fresh`` bytes of page cache next to the first path (see :func:`prefault`)."""
     buf = bytearray(8 * MiB)
     for path in paths:
         with open(path, "rb", buffering=0) as f:
             while f.readinto(buf):
                 pass
     os.sync()
+    if fresh:
+        prefault(fresh, paths[0].parent)
+
+
+def prefault(size: int, where: Path) -> None:
+    """Write and delete a scratch file of ``size`` bytes in directory ``where`` just before a
+    timed step, so that the page cache the step fills comes from memory the host backs right
+    now (and freed in the same page-cache folios). On a VM with free page reporting
+    (virtio-balloon; this build box), memory that stayed free for a couple of seconds is handed
+    back to the host and costs a host page fault per page when the guest uses it again: seconds
+    per GiB, charged to whichever step happens to allocate first. Prefaulting before every step
+    charges that to no step. (The scratch file is deleted unsynced: no disk write.)"""
+    buf = memoryview(bytearray(8 * MiB))
+    scratch = where / ".prefault.bin"
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        done = 0
+        while done < size:
+            done += os.write(fd, buf)
+    finally:
+        os.close(fd)
+        os.unlink(scratch)
 
 
 def _copy_read(fin: BinaryIO, fout: BinaryIO) -> None:
@@ -231,28 +258,33 @@ def speed(work: Path, size_mib: int, rounds: int, formats: list[str]) -> tuple[b
     key_b64 = base64.b64encode(os.urandom(16)).decode()
     proxies = {fmt: Proxy(work, fmt) for fmt in formats}
     ops = [f"{fmt} {op}" for fmt in formats for op in ("enc", "dec")]
+    fresh = size + 256 * MiB
     # per round: {step: (seconds, CPU seconds)}; copies twice (before and after the proxy)
     runs: list[dict[str, list[tuple[float, float]]]] = []
     try:
+        inputs = {}  # per format: a capsule the decrypt steps read (made once, untimed)
+        for fmt, proxy in proxies.items():
+            proxy.encrypt(key_b64, src, work / f"in-{fmt}")
+            inputs[fmt] = work / f"in-{fmt}" / "data.bin.enc"
         for _ in range(rounds):
             run: dict[str, list[tuple[float, float]]] = {name: [] for name in [*COPIES, *ops]}
 
             def copies(run: dict[str, list[tuple[float, float]]] = run) -> None:
                 for how in COPIES:
-                    warm(src)
+                    warm(src, fresh=fresh)
                     run[how].append(plain_copy(src, work / "copy.bin", how))
 
             copies()
             for fmt, proxy in proxies.items():
-                enc_dir, dec_dir = work / f"enc-{fmt}", work / f"dec-{fmt}"
-                warm(src)
-                run[f"{fmt} enc"].append(proxy.encrypt(key_b64, src, enc_dir))
-                warm(enc_dir / "data.bin.enc")
-                run[f"{fmt} dec"].append(proxy.decrypt(key_b64, enc_dir / "data.bin.enc", dec_dir))
-                if sha256_of(dec_dir / "data.bin") != digest:
+                out = work / f"out-{fmt}"
+                warm(src, fresh=fresh)
+                run[f"{fmt} enc"].append(proxy.encrypt(key_b64, src, out))
+                shutil.rmtree(out)  # every step frees what it wrote before the next one
+                warm(inputs[fmt], fresh=fresh)
+                run[f"{fmt} dec"].append(proxy.decrypt(key_b64, inputs[fmt], out))
+                if sha256_of(out / "data.bin") != digest:
                     raise SystemExit(f"{fmt}: decrypted output differs from the input")
-                shutil.rmtree(enc_dir)
-                shutil.rmtree(dec_dir)
+                shutil.rmtree(out)
             copies()
             runs.append(run)
         peaks = {fmt: proxy.peak_rss_mib() for fmt, proxy in proxies.items()}
@@ -326,10 +358,10 @@ def growth(work: Path, sizes_mib: list[int]) -> tuple[bool, float]:
         proxy = Proxy(base, "v2")
         try:
             idle = proxy.peak_rss_mib()
-            warm(src)
+            warm(src, fresh=min(size + 256 * MiB, 2048 * MiB))
             enc_s, _ = proxy.encrypt(key_b64, src, base / "enc")
             os.unlink(src)  # room on disk for the decrypted copy
-            warm(base / "enc" / "data.bin.enc")
+            warm(base / "enc" / "data.bin.enc", fresh=min(size + 256 * MiB, 2048 * MiB))
             dec_s, _ = proxy.decrypt(key_b64, base / "enc" / "data.bin.enc", base / "dec")
             peak = proxy.peak_rss_mib()
             if (base / "dec" / "data.bin").stat().st_size != size:

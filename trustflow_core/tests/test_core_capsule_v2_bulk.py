@@ -167,7 +167,7 @@ class _FailingSink:
 
 
 def test_write_errors_surface_and_leave_no_writer_thread():
-    """The write-behind thread's error reaches the caller and the thread is gone."""
+    """A failing write reaches the caller at once, and no thread is left behind."""
     key, data = os.urandom(16), os.urandom(FIRST + 20 * REST)
     blob = encrypt_v2(key, data)
     before = threading.active_count()

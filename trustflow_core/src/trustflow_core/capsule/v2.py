@@ -30,10 +30,8 @@ Format detection, streaming and file-level functions for both formats: the packa
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import struct
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
@@ -254,65 +252,7 @@ class V2Decryptor:
             raise CapsuleFormatError(f"input ended after {self._fed} of {self._file_len} bytes")
 
 
-# ---- bulk streams: buffers allocated once per file, writes behind the next segment -------------
-
-WRITE_BEHIND_SEGMENTS = 3
-"""Files of at least this many segments (of at most :data:`WRITE_BEHIND_MAX_SEGMENT` bytes) are
-written by a second thread while the next segment is read and sealed/opened (the kernel's copies
-into the page cache then overlap with the reading and AES-GCM); others are written inline."""
-WRITE_BEHIND_MAX_SEGMENT = 4 << 20
-"""Larger segments (other writers' files may use up to :data:`MAX_SEGMENT_LEN`) are written
-inline: memory stays at two segment buffers instead of three."""
-
-
-def _write_behind(count: int, segment: int) -> bool:
-    return count >= WRITE_BEHIND_SEGMENTS and segment <= WRITE_BEHIND_MAX_SEGMENT
-
-
-class _WriteBehind:
-    """Writes ``dst`` from two rotating buffers of ``size`` bytes: :meth:`buffer` is free to
-    fill, :meth:`submit` queues a filled slice of it and waits for the previous write (so at
-    most one write is in flight and the other buffer is never being written). Without
-    ``threaded`` it writes inline. :meth:`close` waits for the last write; every write error
-    surfaces at the latest there."""
-
-    def __init__(self, dst: BinaryIO, size: int, threaded: bool) -> None:
-        self._dst = dst
-        self._buffers = [memoryview(bytearray(size)) for _ in range(2 if threaded else 1)]
-        self._turn = 0
-        self._pool = ThreadPoolExecutor(1, "capsule-write") if threaded else None
-        self._pending: Future[int | None] | None = None
-        self.written = 0
-
-    def buffer(self) -> memoryview:
-        return self._buffers[self._turn]
-
-    def submit(self, view: memoryview) -> None:
-        if self._pool is None:
-            self.written += self._dst.write(view) or 0
-            return
-        self._wait()
-        self._pending = self._pool.submit(self._dst.write, view)
-        self._turn ^= 1
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self.written += pending.result() or 0
-
-    def close(self) -> int:
-        """Wait for the last write (raising its error); return the bytes written."""
-        try:
-            self._wait()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-        return self.written
-
-    def abort(self) -> None:
-        """Wait for a write in flight, ignoring its outcome (the caller is failing anyway)."""
-        with contextlib.suppress(Exception):
-            self.close()
+# ---- bulk streams: buffers allocated once per file, no per-segment allocation -------------------
 
 
 def encrypt_stream(
@@ -326,9 +266,9 @@ def encrypt_stream(
 ) -> int:
     """Write the v2 file of the next ``plaintext_len`` bytes of ``src`` to ``dst``; return
     the bytes written (:func:`v2_size`). The same bytes as :class:`V2Encryptor`, but read
-    with ``readinto`` and sealed with ``encrypt_into`` into buffers allocated once, written
-    behind the next segment's sealing (:data:`WRITE_BEHIND_SEGMENTS`). ``src`` ending early
-    raises :class:`InvalidInput` (the caller checks that it ends)."""
+    with ``readinto`` and sealed with ``encrypt_into`` into two buffers of one segment each,
+    allocated once. ``src`` ending early raises :class:`InvalidInput` (the caller checks
+    that it ends)."""
     if plaintext_len < 0:
         raise InvalidInput(f"plaintext length must not be negative, got {plaintext_len}")
     if not MIN_SEGMENT_LEN <= segment_len <= MAX_SEGMENT_LEN:
@@ -338,26 +278,22 @@ def encrypt_stream(
     aead = _subkey(key, salt)
     count, first, rest = _layout(plaintext_len, segment_len)
     plain = memoryview(bytearray(min(max(first, rest), plaintext_len)))
+    sealed = memoryview(bytearray(len(plain) + TAG_LEN))
     written = dst.write(header) or 0
-    out = _WriteBehind(dst, len(plain) + TAG_LEN, _write_behind(count, len(plain) + TAG_LEN))
-    try:
-        done = 0
-        for index in range(count):
-            final = index == count - 1
-            want = plaintext_len - done if final else (first if index == 0 else rest)
-            got = fill(src, plain[:want], progress)
-            done += got
-            if got < want:
-                raise InvalidInput(
-                    f"plaintext ended after {done} of the declared {plaintext_len} bytes"
-                )
-            sealed = out.buffer()[: want + TAG_LEN]
-            aead.encrypt_into(_nonce(index, final), plain[:want], header, sealed)
-            out.submit(sealed)
-    except BaseException:
-        out.abort()
-        raise
-    return written + out.close()
+    done = 0
+    for index in range(count):
+        final = index == count - 1
+        want = plaintext_len - done if final else (first if index == 0 else rest)
+        got = fill(src, plain[:want], progress)
+        done += got
+        if got < want:
+            raise InvalidInput(
+                f"plaintext ended after {done} of the declared {plaintext_len} bytes"
+            )
+        out = sealed[: want + TAG_LEN]
+        aead.encrypt_into(_nonce(index, final), plain[:want], header, out)
+        written += dst.write(out) or 0
+    return written
 
 
 def decrypt_stream(
@@ -373,8 +309,8 @@ def decrypt_stream(
     already have read: ``head``) into ``dst``; return the plaintext length. The same checks and
     errors as :class:`V2Decryptor`: the header is checked against ``file_len`` before any
     segment is read, and a segment is written to ``dst`` only after it authenticated. Reads
-    with ``readinto`` and opens with ``decrypt_into`` into buffers allocated once, written
-    behind the next segment's opening (:data:`WRITE_BEHIND_SEGMENTS`). On
+    with ``readinto`` and opens with ``decrypt_into`` into two buffers of one segment each,
+    allocated once. On
     :class:`CapsuleFormatError` what was written to ``dst`` must be discarded; the caller
     checks that ``src`` ends."""
     if file_len < HEADER_LEN + TAG_LEN:
@@ -388,23 +324,20 @@ def decrypt_stream(
     aead, count, (first, rest, last) = _open_header(aad, key, file_len)
     biggest = max(last, first if count > 1 else 0, rest if count > 2 else 0)
     sealed = memoryview(bytearray(biggest))
-    out = _WriteBehind(dst, biggest - TAG_LEN, _write_behind(count, biggest))
-    try:
-        for index in range(count):
-            final = index == count - 1
-            size = last if final else (first if index == 0 else rest)
-            got = fill(src, sealed[:size], progress)
-            fed += got
-            if got < size:
-                raise CapsuleFormatError(f"input ended after {fed} of {file_len} bytes")
-            plain = out.buffer()[: size - TAG_LEN]
-            try:
-                aead.decrypt_into(_nonce(index, final), sealed[:size], aad, plain)
-            except InvalidTag:
-                plain[:] = bytes(len(plain))  # unauthenticated plaintext never leaves
-                raise _auth_failed(index) from None
-            out.submit(plain)
-    except BaseException:
-        out.abort()
-        raise
-    return out.close()
+    plain = memoryview(bytearray(biggest - TAG_LEN))
+    total = 0
+    for index in range(count):
+        final = index == count - 1
+        size = last if final else (first if index == 0 else rest)
+        got = fill(src, sealed[:size], progress)
+        fed += got
+        if got < size:
+            raise CapsuleFormatError(f"input ended after {fed} of {file_len} bytes")
+        out = plain[: size - TAG_LEN]
+        try:
+            aead.decrypt_into(_nonce(index, final), sealed[:size], aad, out)
+        except InvalidTag:
+            out[:] = bytes(len(out))  # unauthenticated plaintext never leaves this buffer
+            raise _auth_failed(index) from None
+        total += dst.write(out) or 0
+    return total
