@@ -27,7 +27,7 @@ smallest's.
 Targets: v2 decrypt and encrypt >= 90 % of the plain copy (median of the rounds' ratios);
 peak RSS growth <= 1.5x from the smallest to the largest file; every proxy's peak RSS
 < 150 MiB. The exit status is 0 when all hold, 1 otherwise. Figures and what was tried:
-docs/observability.md ("Data Capsule Proxy throughput").
+docs/data-capsule-proxy.md.
 """
 
 from __future__ import annotations

@@ -173,3 +173,20 @@ async def test_cancelling_a_local_transfer_stops_its_thread(world, pm):  # noqa:
     # what it left is a prefix of the plaintext, never more: the caller discards it
     with open(world["root"] / "c.bin.enc", "rb") as src:
         assert decrypt_stream(src, io.BytesIO(), key, len(blob)) == 8 << 20
+
+
+async def test_early_writeback_passes_every_byte_through_in_order(tmp_path):
+    """The output wrapper only adds write-back hints: the file holds exactly what was written
+    (across several write-back chunks and odd write sizes)."""
+    from trustflow_core.roles.data_capsule_proxy.transfer import WRITEBACK_CHUNK, EarlyWriteback
+
+    data = os.urandom(2 * WRITEBACK_CHUNK + 12345)
+    with open(tmp_path / "out", "wb") as f:
+        out = EarlyWriteback(f)
+        view, at = memoryview(data), 0
+        for size in (7, (1 << 20) - 16, WRITEBACK_CHUNK, 3, len(data)):
+            at += out.write(view[at : at + size])
+        out.flush()
+        assert out.fileno() == f.fileno()
+    assert at == len(data)
+    assert (tmp_path / "out").read_bytes() == data

@@ -310,9 +310,8 @@ def decrypt_stream(
     errors as :class:`V2Decryptor`: the header is checked against ``file_len`` before any
     segment is read, and a segment is written to ``dst`` only after it authenticated. Reads
     with ``readinto`` and opens with ``decrypt_into`` into two buffers of one segment each,
-    allocated once. On
-    :class:`CapsuleFormatError` what was written to ``dst`` must be discarded; the caller
-    checks that ``src`` ends."""
+    allocated once. On :class:`CapsuleFormatError` what was written to ``dst`` must be
+    discarded; the caller checks that ``src`` ends."""
     if file_len < HEADER_LEN + TAG_LEN:
         raise CapsuleFormatError(f"v2 file of {file_len} bytes is shorter than header + tag")
     header = bytearray(HEADER_LEN)
