@@ -124,15 +124,27 @@ def _copy_readinto(fin: BinaryIO, fout: BinaryIO) -> None:
         fout.write(view[:n])
 
 
+def _copy_readinto_writeback(fin: BinaryIO, fout: BinaryIO) -> None:
+    from trustflow_core.roles.data_capsule_proxy.transfer import EarlyWriteback
+
+    _copy_readinto(fin, EarlyWriteback(fout))  # type: ignore[arg-type]
+
+
 def _copy_kernel(fin: BinaryIO, fout: BinaryIO) -> None:
     while os.copy_file_range(fin.fileno(), fout.fileno(), 8 * MiB):
         pass
 
 
-COPIES = {"read": _copy_read, "readinto": _copy_readinto, "kernel": _copy_kernel}
+COPIES = {
+    "read": _copy_read,
+    "readinto": _copy_readinto,
+    "+wb": _copy_readinto_writeback,
+    "kernel": _copy_kernel,
+}
 """Plain copies: ``read`` (1 MiB ``read``/``write``, the issue's baseline), ``readinto`` (one
-reused 1 MiB buffer: the least a Python program moving bytes through user space does), and
-``kernel`` (``copy_file_range``, what ``cp`` does; no user-space copy, for information)."""
+reused 1 MiB buffer: the least a Python program moving bytes through user space does); for
+information: ``+wb`` (``readinto`` with the proxy's early write-back, the same trick the proxy
+uses) and ``kernel`` (``copy_file_range``, what ``cp`` does; no user-space copy)."""
 
 
 def plain_copy(src: Path, dst: Path, how: str) -> tuple[float, float]:
@@ -311,12 +323,13 @@ def speed(work: Path, size_mib: int, rounds: int, formats: list[str]) -> tuple[b
         "MB/s per round; copies = mean of the copy before and after the proxy steps; "
         "baseline = the faster user-space copy (read or readinto); ratios against it"
     )
-    head = f"{'round':6}{'read':>7}{'readinto':>9}{'kernel':>8}{'baseline':>9}"
+    head = f"{'round':6}{'read':>7}{'readinto':>9}{'+wb':>7}{'kernel':>8}{'baseline':>9}"
     print(head + "".join(f"{op:>10}{'':>6}" for op in ops))
     ratios: dict[str, list[float]] = {op: [] for op in ops}
     for i, run in enumerate(runs):
         base = max(rate(run["read"]), rate(run["readinto"]))
         line = f"{i + 1:<6}{rate(run['read']):7.0f}{rate(run['readinto']):9.0f}"
+        line += f"{rate(run['+wb']):7.0f}"
         line += f"{rate(run['kernel']):8.0f}{base:9.0f}"
         for op in ops:
             ratios[op].append(rate(run[op]) / base)
