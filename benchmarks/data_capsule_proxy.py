@@ -5,11 +5,12 @@
 
 **Speed** (issue 18, item 5). ``--rounds`` interleaved rounds on a file of ``--size-mib`` MiB of
 random bytes in ``--dir`` (default: the system temp directory; the same disk for every step).
-Each round runs, in this order: three plain copies of the file (1 MiB ``read``/``write``: the
-baseline the issue names; ``readinto`` one reused buffer; ``copy_file_range``), each with
-fsync, then per format the PutResultData (encrypt) and the GetInputData (decrypt, of a capsule
-made once before the rounds) through a ``trustflow data-capsule-proxy`` process over loopback
-HTTP (the proxy fsyncs its output too), then the three copies again. Each operation's ratio is
+Each round runs, in this order: four plain copies of the file (1 MiB ``read``/``write``: the
+baseline the issue names; ``readinto`` one reused buffer; for information ``readinto`` with the
+proxy's early write-back and ``copy_file_range``), each with fsync, then per format the
+PutResultData (encrypt) and the GetInputData (decrypt, of a capsule made once before the
+rounds) through a ``trustflow data-capsule-proxy`` process over loopback
+HTTP (the proxy fsyncs its output too), then the four copies again. Each operation's ratio is
 taken against the faster user-space copy of its round (mean of before and after), so a machine
 that speeds up or slows down between rounds moves both sides. Before every timed step: its
 input is read (warm page cache for the copies and the proxy alike), ``sync`` runs (no step pays
