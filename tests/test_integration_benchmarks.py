@@ -108,3 +108,20 @@ def test_audit_heads_runs_without_pytest() -> None:
     assert done.returncode == 0, done.stderr
     assert "300 entries on sqlite" in done.stdout
     assert "prefix kept" in done.stdout and "full check every call" in done.stdout
+
+
+def test_data_capsule_proxy_prints_baseline_ratios_and_growth(tmp_path: Path) -> None:
+    """Tiny sizes (the targets may be missed on them: exit 0 or 1, never a crash): the
+    baseline copies, the ratios of one round, the growth table and its RSS ratio."""
+    done = run_without(
+        NO_PYTEST,
+        BENCHMARKS / "data_capsule_proxy.py",
+        *("--size-mib", "4", "--rounds", "1", "--formats", "v2", "--growth-mib", "1,2"),
+        *("--dir", str(tmp_path)),
+    )
+    assert done.returncode in (0, 1), done.stderr
+    out = done.stdout
+    assert "baseline = the faster user-space copy" in out
+    assert "target v2 encrypt and decrypt >= 90% of the plain copy (median): " in out
+    assert "target peak RSS 2 MiB / 1 MiB <= 1.5x: " in out
+    assert list(tmp_path.iterdir()) == []  # the work directory is removed

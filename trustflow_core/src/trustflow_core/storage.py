@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
 from .backend import Backend
 
@@ -61,6 +61,15 @@ class Storage(Backend, abc.ABC):
     @abc.abstractmethod
     async def delete(self, uri: str) -> None:
         """Delete one object or raise :class:`~trustflow_core.errors.ObjectNotFound`."""
+
+    def open_file(self, uri: str) -> BinaryIO | None:
+        """A blocking binary file open for reading the object at ``uri`` (the caller closes
+        it), offered by backends whose objects are local files so that a caller can move the
+        bytes in one worker thread (``readinto``, ``copy_file_range``) instead of chunk by
+        chunk through :meth:`read`. Blocking: call it from a worker thread. Same errors as
+        :meth:`read`. ``None``, the default, means the backend only streams through
+        :meth:`read`."""
+        return None
 
     async def read_bytes(self, uri: str) -> bytes:
         """Read a whole (small) object into memory."""

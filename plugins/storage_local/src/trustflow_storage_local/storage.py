@@ -95,6 +95,11 @@ class LocalStorage(Storage):
         finally:
             f.close()  # a buffered file: waits for a read still running in a worker thread
 
+    def open_file(self, uri: str) -> BinaryIO:
+        """The file at ``uri`` open for reading (blocking; the caller closes it), with the
+        confinement and errors of :meth:`read`."""
+        return self._open_for_read(uri)
+
     def _open_for_read(self, uri: str) -> BinaryIO:
         loc = self._locate_object(uri)
         try:

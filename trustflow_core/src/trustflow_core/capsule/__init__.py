@@ -29,7 +29,16 @@ from typing import BinaryIO
 
 from ..errors import CapsuleFormatError, InvalidInput
 from . import v1, v2
-from ._io import KEY_LENGTHS, Progress, check_distinct, read_capsule, transform_file, write_capsule
+from ._io import (
+    KEY_LENGTHS,
+    Progress,
+    check_distinct,
+    check_ended,
+    read_capsule,
+    read_exactly,
+    transform_file,
+    write_capsule,
+)
 
 __all__ = [
     "DEFAULT_FORMAT",
@@ -145,8 +154,12 @@ def encrypt_stream(
 ) -> int:
     """Encrypt exactly ``plaintext_len`` bytes of ``src`` into ``dst`` in format ``fmt``;
     return the bytes written. A source shorter or longer than declared raises InvalidInput."""
-    writer = open_writer(fmt, key, plaintext_len)
-    return write_capsule(writer, src, dst, plaintext_len, progress)
+    if fmt != "v2":
+        writer = open_writer(fmt, key, plaintext_len)
+        return write_capsule(writer, src, dst, plaintext_len, progress)
+    written = v2.encrypt_stream(key, src, dst, plaintext_len, progress=progress)
+    check_ended(src, InvalidInput(f"source is longer than the declared {plaintext_len} bytes"))
+    return written
 
 
 def decrypt_stream(
@@ -161,7 +174,23 @@ def decrypt_stream(
     """Decrypt the capsule in ``src`` (exactly ``file_len`` bytes, of format ``fmt`` or, when
     None, of either format) into ``dst``; return the plaintext length. On CapsuleFormatError
     (the file does not open, or ``src`` is longer) the caller discards ``dst``."""
-    return read_capsule(open_reader(key, file_len, fmt), src, dst, file_len, progress)
+    if fmt not in (None, "v2"):  # v1, or an unknown name open_reader refuses
+        return read_capsule(open_reader(key, file_len, fmt), src, dst, file_len, progress)
+    head = b""
+    if fmt is None:
+        auto = AutoDecryptor(key, file_len)  # refuses what is too short to tell
+        head = b"".join(read_exactly(src, DETECT_LEN, progress))
+        if len(head) < DETECT_LEN:
+            auto.update(head)
+            auto.finalize()  # raises: the input ended before the format could be detected
+        if detect_format(head) == "v1":
+            reader = open_reader(key, file_len, "v1")
+            return read_capsule(reader, src, dst, file_len, progress, head=head)
+    total = v2.decrypt_stream(key, src, dst, file_len, head=head, progress=progress)
+    check_ended(
+        src, CapsuleFormatError(f"source is longer than the declared file length {file_len}")
+    )
+    return total
 
 
 def encrypt_file(

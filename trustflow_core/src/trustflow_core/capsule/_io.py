@@ -27,6 +27,20 @@ def check_key(key: bytes) -> bytes:
     return key
 
 
+def fill(src: BinaryIO, view: memoryview, progress: Progress | None = None) -> int:
+    """Read from ``src`` into ``view`` until it is full or ``src`` ends (no intermediate
+    ``bytes``: ``readinto``); return the bytes read, fewer than ``len(view)`` only at the end."""
+    got, want = 0, len(view)
+    while got < want:
+        n = src.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    if progress and got:
+        progress(got)
+    return got
+
+
 def read_exactly(src: BinaryIO, length: int, progress: Progress | None) -> Iterator[bytes]:
     """Yield up to ``length`` bytes of ``src`` in chunks; the caller detects a short read."""
     remaining = length
@@ -81,17 +95,27 @@ def read_capsule(
     dst: BinaryIO,
     file_len: int,
     progress: Progress | None = None,
+    *,
+    head: bytes = b"",
 ) -> int:
-    """Pump exactly ``file_len`` bytes of capsule ``src`` through ``reader`` into ``dst`` (any
-    format); return the plaintext length. :class:`CapsuleFormatError` when it does not open
+    """Pump exactly ``file_len`` bytes of capsule ``src`` (of which the caller already read
+    the first ones, ``head``) through ``reader`` into ``dst`` (any format); return the
+    plaintext length. :class:`CapsuleFormatError` when it does not open
     or ``src`` is longer; what was written to ``dst`` must then be discarded."""
-    written = 0
-    for data in read_exactly(src, file_len, progress):
+    written = dst.write(reader.update(head)) or 0 if head else 0
+    for data in read_exactly(src, file_len - len(head), progress):
         written += dst.write(reader.update(data)) or 0
     reader.finalize()
-    if src.read(1):
-        raise CapsuleFormatError(f"source is longer than the declared file length {file_len}")
+    check_ended(
+        src, CapsuleFormatError(f"source is longer than the declared file length {file_len}")
+    )
     return written
+
+
+def check_ended(src: BinaryIO, error: Exception) -> None:
+    """Raise ``error`` if ``src`` holds more bytes."""
+    if src.read(1):
+        raise error
 
 
 def check_distinct(src_path: Path, dst_path: Path) -> None:

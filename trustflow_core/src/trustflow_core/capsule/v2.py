@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import secrets
 import struct
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -39,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import CapsuleFormatError, InvalidInput
-from ._io import check_key
+from ._io import Progress, check_key, fill
 
 MAGIC = b"TFCAPS\x00\x02"
 HEADER = struct.Struct(">8sIQ32s4s")
@@ -147,6 +148,37 @@ class V2Encryptor:
         return self._seal(self._pending)
 
 
+def _open_header(
+    header: bytes, key: bytes, file_len: int
+) -> tuple[AESGCM, int, tuple[int, int, int]]:
+    """Check a v2 header against the file length; return the segment cipher, the segment
+    count and the sealed sizes of the first, middle and last segments."""
+    magic, segment_len, plaintext_len, salt, reserved = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise CapsuleFormatError("not a v2 data capsule (bad magic)")
+    if reserved != bytes(4):
+        raise CapsuleFormatError("v2 header: reserved bytes are not zero")
+    if not MIN_SEGMENT_LEN <= segment_len <= MAX_SEGMENT_LEN:
+        raise CapsuleFormatError(f"v2 header: segment_len {segment_len} is out of range")
+    expected = v2_size(plaintext_len, segment_len)
+    if expected != file_len:
+        raise CapsuleFormatError(
+            f"v2 header declares {plaintext_len} plaintext bytes ({expected}-byte file) but "
+            f"the file has {file_len} bytes (truncated or extended)"
+        )
+    aead = _subkey(key, salt)
+    count, first, rest = _layout(plaintext_len, segment_len)
+    last = plaintext_len - (first + rest * (count - 2) if count > 1 else 0)
+    return aead, count, (first + TAG_LEN, rest + TAG_LEN, last + TAG_LEN)
+
+
+def _auth_failed(index: int) -> CapsuleFormatError:
+    return CapsuleFormatError(
+        f"v2 segment {index} failed authentication (wrong key, tampered, reordered or "
+        "truncated data)"
+    )
+
+
 class V2Decryptor:
     """Incremental v2 reader of a file of exactly ``file_len`` bytes; releases a segment's
     plaintext only after it authenticated. Errors raise CapsuleFormatError."""
@@ -165,25 +197,8 @@ class V2Decryptor:
             raise CapsuleFormatError(f"v2 file of {file_len} bytes is shorter than header + tag")
 
     def _parse_header(self, header: bytes) -> None:
-        magic, segment_len, plaintext_len, salt, reserved = HEADER.unpack(header)
-        if magic != MAGIC:
-            raise CapsuleFormatError("not a v2 data capsule (bad magic)")
-        if reserved != bytes(4):
-            raise CapsuleFormatError("v2 header: reserved bytes are not zero")
-        if not MIN_SEGMENT_LEN <= segment_len <= MAX_SEGMENT_LEN:
-            raise CapsuleFormatError(f"v2 header: segment_len {segment_len} is out of range")
-        expected = v2_size(plaintext_len, segment_len)
-        if expected != self._file_len:
-            raise CapsuleFormatError(
-                f"v2 header declares {plaintext_len} plaintext bytes ({expected}-byte file) but "
-                f"the file has {self._file_len} bytes (truncated or extended)"
-            )
+        self._aead, self._count, self._sizes = _open_header(header, self._key, self._file_len)
         self._header = header
-        self._aead = _subkey(self._key, salt)
-        count, first, rest = _layout(plaintext_len, segment_len)
-        last = plaintext_len - (first + rest * (count - 2) if count > 1 else 0)
-        self._count = count
-        self._sizes = (first + TAG_LEN, rest + TAG_LEN, last + TAG_LEN)
 
     def _segment_size(self) -> int:
         first, rest, last = self._sizes
@@ -197,10 +212,7 @@ class V2Decryptor:
         try:
             plain = self._aead.decrypt(_nonce(self._index, final), sealed, self._header)
         except InvalidTag:
-            raise CapsuleFormatError(
-                f"v2 segment {self._index} failed authentication (wrong key, tampered, "
-                "reordered or truncated data)"
-            ) from None
+            raise _auth_failed(self._index) from None
         self._index += 1
         return plain
 
@@ -238,3 +250,93 @@ class V2Decryptor:
     def finalize(self) -> None:
         if self._header is None or self._fed != self._file_len or self._index != self._count:
             raise CapsuleFormatError(f"input ended after {self._fed} of {self._file_len} bytes")
+
+
+# ---- bulk streams: buffers allocated once per file, no per-segment allocation -------------------
+
+
+def encrypt_stream(
+    key: bytes,
+    src: BinaryIO,
+    dst: BinaryIO,
+    plaintext_len: int,
+    *,
+    segment_len: int = SEGMENT_LEN,
+    progress: Progress | None = None,
+) -> int:
+    """Write the v2 file of the next ``plaintext_len`` bytes of ``src`` to ``dst``; return
+    the bytes written (:func:`v2_size`). The same bytes as :class:`V2Encryptor`, but read
+    with ``readinto`` and sealed with ``encrypt_into`` into two buffers of one segment each,
+    allocated once. ``src`` ending early raises :class:`InvalidInput` (the caller checks
+    that it ends)."""
+    if plaintext_len < 0:
+        raise InvalidInput(f"plaintext length must not be negative, got {plaintext_len}")
+    if not MIN_SEGMENT_LEN <= segment_len <= MAX_SEGMENT_LEN:
+        raise InvalidInput(f"segment length {segment_len} is out of range")
+    salt = secrets.token_bytes(32)
+    header = HEADER.pack(MAGIC, segment_len, plaintext_len, salt, bytes(4))
+    aead = _subkey(key, salt)
+    count, first, rest = _layout(plaintext_len, segment_len)
+    plain = memoryview(bytearray(min(max(first, rest), plaintext_len)))
+    sealed = memoryview(bytearray(len(plain) + TAG_LEN))
+    written = dst.write(header) or 0
+    done = 0
+    for index in range(count):
+        final = index == count - 1
+        want = plaintext_len - done if final else (first if index == 0 else rest)
+        got = fill(src, plain[:want], progress)
+        done += got
+        if got < want:
+            raise InvalidInput(
+                f"plaintext ended after {done} of the declared {plaintext_len} bytes"
+            )
+        out = sealed[: want + TAG_LEN]
+        aead.encrypt_into(_nonce(index, final), plain[:want], header, out)
+        written += dst.write(out) or 0
+    return written
+
+
+def decrypt_stream(
+    key: bytes,
+    src: BinaryIO,
+    dst: BinaryIO,
+    file_len: int,
+    *,
+    head: bytes = b"",
+    progress: Progress | None = None,
+) -> int:
+    """Decrypt the v2 file of ``file_len`` bytes in ``src`` (whose first bytes the caller may
+    already have read: ``head``) into ``dst``; return the plaintext length. The same checks and
+    errors as :class:`V2Decryptor`: the header is checked against ``file_len`` before any
+    segment is read, and a segment is written to ``dst`` only after it authenticated. Reads
+    with ``readinto`` and opens with ``decrypt_into`` into two buffers of one segment each,
+    allocated once. On :class:`CapsuleFormatError` what was written to ``dst`` must be
+    discarded; the caller checks that ``src`` ends."""
+    if file_len < HEADER_LEN + TAG_LEN:
+        raise CapsuleFormatError(f"v2 file of {file_len} bytes is shorter than header + tag")
+    header = bytearray(HEADER_LEN)
+    header[: len(head)] = head
+    fed = len(head) + fill(src, memoryview(header)[len(head) :], progress)
+    if fed < HEADER_LEN:
+        raise CapsuleFormatError(f"input ended after {fed} of {file_len} bytes")
+    aad = bytes(header)
+    aead, count, (first, rest, last) = _open_header(aad, key, file_len)
+    biggest = max(last, first if count > 1 else 0, rest if count > 2 else 0)
+    sealed = memoryview(bytearray(biggest))
+    plain = memoryview(bytearray(biggest - TAG_LEN))
+    total = 0
+    for index in range(count):
+        final = index == count - 1
+        size = last if final else (first if index == 0 else rest)
+        got = fill(src, sealed[:size], progress)
+        fed += got
+        if got < size:
+            raise CapsuleFormatError(f"input ended after {fed} of {file_len} bytes")
+        out = plain[: size - TAG_LEN]
+        try:
+            aead.decrypt_into(_nonce(index, final), sealed[:size], aad, out)
+        except InvalidTag:
+            out[:] = bytes(len(out))  # unauthenticated plaintext never leaves this buffer
+            raise _auth_failed(index) from None
+        total += dst.write(out) or 0
+    return total

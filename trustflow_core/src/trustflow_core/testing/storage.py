@@ -299,6 +299,20 @@ class StorageConformance:
         await assert_missing(storage, join(base_uri, "absent.bin"))
         await assert_missing(storage, join(base_uri, "no/such/dir/absent.bin"))
 
+    async def test_open_file_gives_what_read_gives(self, storage: Storage, base_uri: str) -> None:
+        """A backend offering local files (``open_file`` not None) serves the same bytes
+        through them as through ``read``, and the same ObjectNotFound for a missing object."""
+        uri = join(base_uri, "local.bin")
+        data = os.urandom(3 * 4096 + 17)
+        await storage.write_bytes(uri, data)
+        opened = await asyncio.to_thread(storage.open_file, uri)
+        if opened is None:
+            pytest.skip("the backend only streams (open_file is None)")
+        with opened:
+            assert opened.read() == data == await read_all(storage, uri)
+        with pytest.raises(ObjectNotFound):
+            await asyncio.to_thread(storage.open_file, join(base_uri, "absent.bin"))
+
     async def test_delete(self, storage: Storage, base_uri: str) -> None:
         keep, gone = join(base_uri, "del/keep.txt"), join(base_uri, "del/gone.txt")
         await storage.write_bytes(keep, b"keep")

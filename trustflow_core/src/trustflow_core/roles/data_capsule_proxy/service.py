@@ -33,7 +33,7 @@ import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import InvalidInput, ObjectNotFound
 from ...manager import TrustflowPluginManager
@@ -43,7 +43,21 @@ from .keysource import KeySource, decode_key
 from .objectstore import open_object_store
 from .paths import STAGE_PREFIX, Roots, StagedOutput, basename, relative_name
 from .settings import DataCapsuleProxySettings
-from .transfer import copying, decrypting, encrypting, transformed, write_file
+from .transfer import (
+    Job,
+    copy_job,
+    copying,
+    decrypt_job,
+    decrypting,
+    encrypt_job,
+    encrypting,
+    run_local,
+    transformed,
+    write_file,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
 log = logging.getLogger("trustflow.data_capsule_proxy")
 GET, PUT = "get_input_data", "put_result_data"
@@ -104,6 +118,9 @@ class DataCapsuleProxy:
 
                 async def one(info: ObjectInfo, out: str, encrypted: bool) -> None:
                     file = await asyncio.to_thread(staged.create, out)
+                    job = decrypt_job(key) if encrypted else copy_job  # type: ignore[arg-type]
+                    if await run_local(storage, info.uri, job, file, info.size, _counters(GET)):
+                        return
                     make = decrypting(key, info.size) if encrypted else copying  # type: ignore[arg-type]
                     await write_file(
                         file, _written(GET, transformed(self._read(GET, storage, info.uri), make))
@@ -152,9 +169,11 @@ class DataCapsuleProxy:
                 return copying
             return encrypting(key, info.size, self.settings.result_format)
 
+        job = encrypt_job(key, self.settings.result_format) if encrypt else copy_job
+
         if dest_kind == "local_fs_config":
             await self._put_local(
-                req.local_fs_config.path, jobs, make, result if register else None, key
+                req.local_fs_config.path, jobs, make, job, result if register else None, key
             )
         else:
             await self._put_object(
@@ -162,13 +181,15 @@ class DataCapsuleProxy:
             )
 
     async def _put_local(
-        self, dest: str, jobs: list, make: Callable, result: Any, key: bytes
+        self, dest: str, jobs: list, make: Callable, job: Job, result: Any, key: bytes
     ) -> None:
         staged = await asyncio.to_thread(StagedOutput, self.roots, dest, "local_fs_config.path")
         try:
 
             async def one(info: ObjectInfo, out: str) -> None:
                 file = await asyncio.to_thread(staged.create, out, 0o644)
+                if await run_local(self.local, info.uri, job, file, info.size, _counters(PUT)):
+                    return
                 source = transformed(self._read(PUT, self.local, info.uri), make(info))
                 await write_file(file, _written(PUT, source))
 
@@ -229,6 +250,14 @@ class DataCapsuleProxy:
     def _read(self, operation: str, storage: Storage, uri: str) -> AsyncIterator[bytes]:
         chunks = storage.read(uri, chunk_size=self.settings.chunk_size)
         return _metrics.counted(chunks, _metrics.CAPSULE_BYTES.labels(operation, "read"))
+
+
+def _counters(operation: str) -> tuple[Counter, Counter]:
+    """The read and written byte counters of ``operation``."""
+    return (
+        _metrics.CAPSULE_BYTES.labels(operation, "read"),
+        _metrics.CAPSULE_BYTES.labels(operation, "written"),
+    )
 
 
 def _written(operation: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
