@@ -20,11 +20,10 @@ import datetime
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from .errors import VerificationError
+from .identity import self_signed_cert
 
 OFFER_COMMON_NAME = "trustflow-ecdh"
 KEY_AGREEMENT_ONLY = x509.KeyUsage(
@@ -50,18 +49,12 @@ def offer_certificate(
     (``CN=trustflow-ecdh``, critical ``keyUsage = keyAgreement``)."""
     if not isinstance(key.curve, ec.SECP256R1):
         raise ValueError(f"the ECDH key must be on P-256, got {key.curve.name}")
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, OFFER_COMMON_NAME)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - backdate)
-        .not_valid_after(now + lifetime)
-        .add_extension(KEY_AGREEMENT_ONLY, critical=True)
-        .sign(key, hashes.SHA256())
+    return self_signed_cert(
+        key,
+        OFFER_COMMON_NAME,
+        backdate=backdate,
+        lifetime=lifetime,
+        critical_extensions=(KEY_AGREEMENT_ONLY,),
     )
 
 

@@ -112,14 +112,15 @@ def self_signed_cert(
     *,
     backdate: datetime.timedelta = datetime.timedelta(0),
     lifetime: datetime.timedelta = datetime.timedelta(days=365),
+    critical_extensions: tuple[x509.ExtensionType, ...] = (),
 ) -> x509.Certificate:
-    """A self-signed certificate (SHA-256, random serial, no extensions) for ``key``: subject
-    and issuer ``CN=common_name``, valid from now minus ``backdate`` until now plus
-    ``lifetime``. The form of upstream's ``generate-rsa-keypair``
-    (docs/compat.md#cm-certificate)."""
+    """A self-signed certificate (SHA-256, random serial) for ``key``: subject and issuer
+    ``CN=common_name``, valid from now minus ``backdate`` until now plus ``lifetime``, with
+    ``critical_extensions`` only (none: the form of upstream's ``generate-rsa-keypair``,
+    docs/compat.md#cm-certificate)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -127,5 +128,7 @@ def self_signed_cert(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - backdate)
         .not_valid_after(now + lifetime)
-        .sign(key, hashes.SHA256())
     )
+    for extension in critical_extensions:
+        builder = builder.add_extension(extension, critical=True)
+    return builder.sign(key, hashes.SHA256())

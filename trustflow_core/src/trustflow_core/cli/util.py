@@ -33,7 +33,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import click
 
@@ -47,6 +47,8 @@ from ..errors import (
 )
 from ..fileio import atomic_write_bytes
 from ..identity import load_pem_chain, party_id_of_chain, party_id_of_key, self_signed_cert
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 PROGRESS_THRESHOLD = 4 * 1024 * 1024
 """Files at least this large get a progress bar on stderr (unless ``--quiet``)."""
@@ -197,41 +199,64 @@ def generate_self_signed(days: int, *, key_bits: int = RSA_BITS) -> tuple[bytes,
     return key_pem, cert_pem, party_id_of_key(key.public_key())
 
 
+def _key_pair_options(key_what: str, cert_what: str) -> Callable[[F], F]:
+    """``--private-key-file``, ``--cert-file``, ``--days`` and ``--force`` of the key pair
+    generators."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(
+            (
+                click.option(
+                    "--private-key-file",
+                    required=True,
+                    type=click.Path(dir_okay=False, path_type=Path),
+                    help=f"Where to write the {key_what} (PKCS#8 PEM, unencrypted, mode 0600).",
+                ),
+                click.option(
+                    "--cert-file",
+                    required=True,
+                    type=click.Path(dir_okay=False, path_type=Path),
+                    help=f"Where to write the {cert_what} (PEM).",
+                ),
+                click.option(
+                    "--days",
+                    type=click.IntRange(min=1),
+                    default=365,
+                    show_default=True,
+                    help="Validity of the certificate.",
+                ),
+                click.option("--force", is_flag=True, help="Overwrite existing files."),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _write_key_pair(
+    private_key_file: Path, cert_file: Path, key_pem: bytes, cert_pem: bytes, force: bool
+) -> None:
+    """Write the key (0600) and the certificate, refusing to overwrite without ``force``."""
+    if private_key_file.resolve() == cert_file.resolve():
+        raise InvalidInput("--private-key-file and --cert-file must be different files")
+    _check_overwrite(private_key_file, force)
+    _check_overwrite(cert_file, force)
+    with _file_errors():
+        atomic_write_bytes(private_key_file, key_pem, mode=0o600)
+        atomic_write_bytes(cert_file, cert_pem, mode=0o644)
+
+
 @util.command("generate-rsa-keypair")
-@click.option(
-    "--private-key-file",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the private key (PKCS#8 PEM, unencrypted, mode 0600).",
-)
-@click.option(
-    "--cert-file",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the self-signed certificate (PEM).",
-)
-@click.option(
-    "--days",
-    type=click.IntRange(min=1),
-    default=365,
-    show_default=True,
-    help="Validity of the certificate.",
-)
-@click.option("--force", is_flag=True, help="Overwrite existing files.")
+@_key_pair_options("private key", "self-signed certificate")
 @_json_option
 def generate_rsa_keypair(
     private_key_file: Path, cert_file: Path, days: int, force: bool, as_json: bool
 ) -> None:
     """Generate an RSA-3072 key pair and a self-signed certificate (CN=capsule-manager);
     print the party id."""
-    if private_key_file.resolve() == cert_file.resolve():
-        raise InvalidInput("--private-key-file and --cert-file must be different files")
-    _check_overwrite(private_key_file, force)
-    _check_overwrite(cert_file, force)
     key_pem, cert_pem, party_id = generate_self_signed(days)
-    with _file_errors():
-        atomic_write_bytes(private_key_file, key_pem, mode=0o600)
-        atomic_write_bytes(cert_file, cert_pem, mode=0o644)
+    _write_key_pair(private_key_file, cert_file, key_pem, cert_pem, force)
     if as_json:
         result = {
             "party_id": party_id,
@@ -244,26 +269,7 @@ def generate_rsa_keypair(
 
 
 @util.command("generate-ecdh-keypair")
-@click.option(
-    "--private-key-file",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the P-256 private key (PKCS#8 PEM, unencrypted, mode 0600).",
-)
-@click.option(
-    "--cert-file",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the ECDH offer certificate (PEM) for ra-proxy --ecdh-cert-path.",
-)
-@click.option(
-    "--days",
-    type=click.IntRange(min=1),
-    default=365,
-    show_default=True,
-    help="Validity of the certificate.",
-)
-@click.option("--force", is_flag=True, help="Overwrite existing files.")
+@_key_pair_options("P-256 private key", "ECDH offer certificate for ra-proxy --ecdh-cert-path")
 def generate_ecdh_keypair(private_key_file: Path, cert_file: Path, days: int, force: bool) -> None:
     """Generate an online app's P-256 key-agreement key and its self-signed offer certificate
     (CN=trustflow-ecdh, critical keyUsage keyAgreement): the RA Proxy serves it after the app
@@ -276,18 +282,13 @@ def generate_ecdh_keypair(private_key_file: Path, cert_file: Path, days: int, fo
 
     from ..ecdh_offer import offer_certificate
 
-    if private_key_file.resolve() == cert_file.resolve():
-        raise InvalidInput("--private-key-file and --cert-file must be different files")
-    _check_overwrite(private_key_file, force)
-    _check_overwrite(cert_file, force)
     key = ec.generate_private_key(ec.SECP256R1())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     cert = offer_certificate(key, lifetime=datetime.timedelta(days=days))
-    with _file_errors():
-        atomic_write_bytes(private_key_file, key_pem, mode=0o600)
-        atomic_write_bytes(cert_file, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    _write_key_pair(private_key_file, cert_file, key_pem, cert_pem, force)
     click.echo(f"wrote {private_key_file} (0600) and {cert_file}")
 
 
