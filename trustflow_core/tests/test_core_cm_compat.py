@@ -7,6 +7,7 @@ key transport, 12-byte IV, AES-GCM with the decoded ``aad``)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,12 +20,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
+from sqlalchemy.exc import OperationalError
 
 from trustflow_core.harness.cm_world import running_cm
 from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
-from trustflow_core.roles.capsule_manager.settings import CMSettings
+from trustflow_core.roles.capsule_manager.sealing import load_or_create_key
+from trustflow_core.roles.capsule_manager.settings import CMSettings, ReplicaSettings
+from trustflow_core.testing.databases import throwaway_database
 
 pytestmark = pytest.mark.asyncio
 PLUGINS = "channel_jwe,tee_sim"
@@ -77,12 +81,18 @@ async def compat_cm(plugin_env: None, compat_dir: Path, tmp_path: Path) -> Async
         yield world.target
 
 
-async def test_recorded_flow(
-    compat_cm: str, compat_dir: Path, compat_manifest: dict[str, Any]
+async def play_recorded_flow(
+    targets: list[str], compat_dir: Path, compat_manifest: dict[str, Any]
 ) -> None:
+    """Send ``rpc_flow``'s recorded requests in order, step ``i`` to ``targets[i % n]``, and
+    check each answer as the upstream SDK would read it."""
     keys = {n: (compat_dir / p["key"]).read_bytes() for n, p in compat_manifest["parties"].items()}
-    async with grpc.aio.insecure_channel(compat_cm) as channel:
-        for step in compat_manifest["rpc_flow"]:
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(grpc.aio.insecure_channel(target)) for target in targets
+        ]
+        for index, step in enumerate(compat_manifest["rpc_flow"]):
+            channel = channels[index % len(channels)]
             label = step["label"]
             call = channel.unary_unary(
                 step["rpc"],
@@ -111,6 +121,52 @@ async def test_recorded_flow(
                 assert got == expected
             else:
                 assert msg.data_key.data_key_b64 == expected
+
+
+async def test_recorded_flow(
+    compat_cm: str, compat_dir: Path, compat_manifest: dict[str, Any]
+) -> None:
+    await play_recorded_flow([compat_cm], compat_dir, compat_manifest)
+
+
+async def test_recorded_flow_across_three_replicas(
+    plugin_env: None, compat_dir: Path, compat_manifest: dict[str, Any], tmp_path: Path
+) -> None:
+    """Upstream-SDK requests work against any replica (docs/replicas.md): a founder holding the
+    compat CM key pair and two replicas that joined it over the attested Join, on one fresh
+    PostgreSQL database, take the recorded flow's requests in turn, each step reading what
+    another replica wrote."""
+    with contextlib.ExitStack() as databases:
+        try:
+            url = databases.enter_context(throwaway_database("postgresql"))
+        except OperationalError as exc:
+            pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not available: {exc}".splitlines()[0])
+        storage_key = tmp_path / "founder.storage.key"
+        load_or_create_key(storage_key)  # the founder's identity is all three files
+        founder = CMSettings(
+            port=0,
+            plat="sim",
+            data_dir=tmp_path / "founder",
+            storage_url=url,
+            private_key_file=compat_dir / "keys" / "cm.key",
+            cert_file=compat_dir / "keys" / "cm.crt",
+            storage_key_file=storage_key,
+            replicas=ReplicaSettings(),
+        )
+
+        async with contextlib.AsyncExitStack() as stack:
+            first = await stack.enter_async_context(running_cm(founder))
+            targets = [first.target]
+            for name in ("second", "third"):
+                joiner = CMSettings(
+                    port=0,
+                    plat="sim",
+                    data_dir=tmp_path / name,
+                    storage_url=url,
+                    replicas=ReplicaSettings(join=(first.target,)),
+                )
+                targets.append((await stack.enter_async_context(running_cm(joiner))).target)
+            await play_recorded_flow(targets, compat_dir, compat_manifest)
 
 
 async def test_replay_of_recorded_requests_is_stable(
