@@ -28,8 +28,13 @@ REVIEWED = {
     "capsule_manager.service._cert_sha256": "certificate PEM text -> fingerprint",
     "capsule_manager.server.CapsuleManager._verifiers": "platform -> verifier built from "
     "this replica's settings (configuration, not data)",
-    "capsule_manager.audit_log.RefusalLimiter._buckets": "rate limit of refusal entries per "
-    "data_uuid, per process: with N replicas the bound is N times as loose, never a decision",
+    "capsule_manager.audit_log.AuditLog._good_head": "the last stored head whose signature "
+    "verified, by its content (size, root, time, signature)",
+    "capsule_manager_protocol.merkle.Tree._levels": "the audit log's verified prefix: leaf "
+    "hashes of rows read back from the database (append-only; rows other replicas append are "
+    "read and MAC-checked before they join it)",
+    "capsule_manager.audit_appends._sql": "SQL text by statement, placeholder style, counts",
+    "capsule_manager.audit_appends._SHARE_LOCK": "constant",
     "capsule_manager.constraint_sandbox.Sandbox._all": "this process's CEL worker processes",
     "capsule_manager.commands.COMMANDS": "constant",
     "capsule_manager.database_url.EXTRAS": "constant",

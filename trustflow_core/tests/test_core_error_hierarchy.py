@@ -18,6 +18,9 @@ EXEMPT = {
     # the storage kit's stand-in for a failure of the caller's own chunk source (not a Trustflow
     # error): a backend under test must let it through untranslated
     "trustflow_core.testing.storage.Boom",
+    # the Data Capsule Proxy's cancellation signal, raised by the progress callback inside a
+    # worker thread's transfer: no ``except TrustflowError`` on the way may turn it into an error
+    "trustflow_core.roles.data_capsule_proxy.transfer._Stopped",
 }
 
 

@@ -22,12 +22,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from ...errors import TrustflowError
 from .audit_log import AuditDraft, AuditLog
 
 Batch = Sequence[tuple[Sequence[AuditDraft], Mapping[str, int] | None]]
 
 
-class DriverError(Exception):
+class DriverError(TrustflowError):
     """A driver error in an append (``__cause__``); ``retry``: a race or a lock timeout
     worth another attempt; ``disconnected``: the pooled connection was dead (invalidated)."""
 

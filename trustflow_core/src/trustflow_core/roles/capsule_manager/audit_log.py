@@ -115,7 +115,8 @@ class AuditLog:
         self._lock = threading.Lock()
         self._tree = merkle.Tree()
         self._full_at: float | None = None  # time.monotonic() of the last full check
-        self._good_heads: set[tuple[int, bytes, int, bytes]] = set()
+        #: the last stored head whose signature verified (only the last one is ever checked)
+        self._good_head: tuple[int, bytes, int, bytes] | None = None
 
     def _mac(self, index: int, entry_json: str) -> bytes:
         return hmac.new(
@@ -253,7 +254,7 @@ class AuditLog:
 
     def _check_head(self, head: TreeHead, size: int) -> None:
         signed = (head.size, head.root, head.timestamp_ms, head.signature)
-        if signed not in self._good_heads:
+        if signed != self._good_head:
             try:
                 head.verify(self._key.public_key())
             except Exception:
@@ -273,7 +274,7 @@ class AuditLog:
                 f"the first {head.size} audit entries no longer have the root of the head "
                 f"signed at {head.timestamp_ms}",
             )
-        self._good_heads.add(signed)
+        self._good_head = signed
 
     @staticmethod
     def _last_head(session: Session) -> TreeHead | None:
