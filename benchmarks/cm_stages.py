@@ -97,14 +97,23 @@ async def stages(args: argparse.Namespace, pm: Any) -> list[tuple[str, float]]:
             rows.append(("RSA-OAEP decryption of the content key (CM key)", rsa))
             opened = envelopes.open(request)
             rows.append(
-                ("envelope: JWE checks, AES-GCM, request digest", per_call(lambda: envelopes.open(request), n) - rsa)
+                (
+                    "envelope: JWE checks, AES-GCM, request digest",
+                    per_call(lambda: envelopes.open(request), n) - rsa,
+                )
             )
             inner = opened.parse(cm_pb2.GetDataKeysRequest)
             rows.append(
-                ("inner request JSON -> protobuf", per_call(lambda: opened.parse(cm_pb2.GetDataKeysRequest), n))
+                (
+                    "inner request JSON -> protobuf",
+                    per_call(lambda: opened.parse(cm_pb2.GetDataKeysRequest), n),
+                )
             )
             rows.append(
-                ("app certificate -> RSA key", per_call(lambda: recipient_from_cert_pem(inner.cert), n))
+                (
+                    "app certificate -> RSA key",
+                    per_call(lambda: recipient_from_cert_pem(inner.cert), n),
+                )
             )
             rr = inner.resource_request
             digest = ra_user_data(inner.cert.encode(), serialize_canonical(rr))
@@ -135,7 +144,10 @@ async def stages(args: argparse.Namespace, pm: Any) -> list[tuple[str, float]]:
             rows.append(("decision: policies, rules, key unsealing", decide - read))
             keys, owners, _ = svc._decide(rr, env, uris, "get_data_keys")
             rows.append(
-                ("release entries (audit drafts)", per_call(lambda: svc._release_drafts(rr, app, "get_data_keys", owners), n))
+                (
+                    "release entries (audit drafts)",
+                    per_call(lambda: svc._release_drafts(rr, app, "get_data_keys", owners), n),
+                )
             )
             response = cm_pb2.GetDataKeysResponse(
                 data_keys=[cm_pb2.DataKey(resource_uri=u, data_key_b64=keys[u]) for u in uris],
@@ -164,9 +176,7 @@ async def totals(args: argparse.Namespace, env: dict[str, str], pm: Any) -> dict
         for mode in ("on", "off"):
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             url = f"sqlite:///{tmp}/cm.db"
-            target, pid = stack.enter_context(
-                capsule_manager(tmp, url, env, 1, audit=mode == "on")
-            )
+            target, pid = stack.enter_context(capsule_manager(tmp, url, env, 1, audit=mode == "on"))
             pool, _ = await prepare(target, argparse.Namespace(create_requests=0), pm)
             cms[mode] = {"tmp": tmp, "pid": pid, "target": target, "pool": pool}
             cms[mode].update(count=0, cpu=0.0, elapsed=0.0)
@@ -227,7 +237,8 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> int:
     for name, seconds in rows:
         print(f"{name:<52} {seconds * 1000:8.3f} {seconds / on_cpu:7.1%}")
     rest = on_cpu - sum(s for _, s in rows)
-    print(f"{'rest: gRPC, event loop, threads, metrics, audit commit':<52} {rest * 1000:8.3f} {rest / on_cpu:7.1%}")
+    rest_name = "rest: gRPC, event loop, threads, metrics, audit commit"
+    print(f"{rest_name:<52} {rest * 1000:8.3f} {rest / on_cpu:7.1%}")
     print(f"{'total (CM process, audit on, /proc)':<52} {on_cpu * 1000:8.3f} {1:7.1%}")
     failed = False
     for mode, (cpu, rate) in measured["modes"].items():

@@ -9,6 +9,7 @@ transport keys with -> 2, ``A192GCM``/CBC ``enc`` -> 12, JWS ``HS256`` -> 3, ``E
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,9 +220,13 @@ def error_status(err: CMError) -> status_pb2.Status:
     return status_pb2.Status(code=err.code, message=err.message)
 
 
+@functools.lru_cache(maxsize=256)
 def recipient_from_cert_pem(pem: str, what: str = "cert") -> RSAPublicKey:
     """The RSA key of the first certificate in ``pem`` (every certificate there must be
-    readable); Crypto error (13) otherwise."""
+    readable); Crypto error (13) otherwise.
+
+    Cached by the full PEM text (an app sends the same certificate with every request): the
+    same text always holds the same key, and a text that is refused raises and is not kept."""
     try:
         key = load_pem_chain(pem.encode(), what)[0].public_key()
     except InvalidInput as exc:
