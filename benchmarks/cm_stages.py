@@ -8,6 +8,8 @@ half a minute on SQLite):
   ``capsule_manager.py``); its CPU per request is read from /proc;
 * **RSA**: the one RSA-3072 OAEP decryption each request needs (the content key, with the CM
   key), timed on one core of this process, in the same interleaved rounds as the CMs;
+* **gRPC floor**: a gRPC server process whose GetDataKeys answers at once, driven the same
+  way in the same rounds: what a unary call costs a Python gRPC server by itself;
 * **stages**: every stage of the request path, called in this process on one of the same
   requests against an in-process CM (same plugins, its own SQLite database, audit on), timed
   with ``time.process_time`` over ``--iterations`` calls each. What the stages do not cover
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +41,32 @@ from typing import Any
 import grpc
 from _loopback import cpu_seconds
 from capsule_manager import capsule_manager, drive, prepare, rsa_decryptor
+
+
+async def serve_noop() -> None:
+    """``--serve-noop``: a gRPC server whose GetDataKeys answers at once with an
+    EncryptedResponse the size of the CM's (prints its port): the floor of a unary call."""
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2 as cm_pb2,
+    )
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2_grpc as cm_grpc,
+    )
+
+    reply = cm_pb2.EncryptedResponse()
+    reply.message.ciphertext = "A" * 3000
+    reply.message.encrypted_key = "B" * 512
+
+    class Noop(cm_grpc.CapsuleManagerServicer):
+        async def GetDataKeys(self, request: Any, context: Any) -> Any:
+            return reply
+
+    server = grpc.aio.server()
+    cm_grpc.add_CapsuleManagerServicer_to_server(Noop(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
 
 
 def per_call(fn: Callable[[], Any], iterations: int) -> float:
@@ -180,6 +209,15 @@ async def totals(args: argparse.Namespace, env: dict[str, str], pm: Any) -> dict
             pool, _ = await prepare(target, argparse.Namespace(create_requests=0), pm)
             cms[mode] = {"tmp": tmp, "pid": pid, "target": target, "pool": pool}
             cms[mode].update(count=0, cpu=0.0, elapsed=0.0)
+        noop = subprocess.Popen(
+            [sys.executable, __file__, "--serve-noop"], stdout=subprocess.PIPE, text=True
+        )
+        stack.callback(noop.wait, 10)
+        stack.callback(noop.terminate)
+        assert noop.stdout is not None
+        port = int(noop.stdout.readline())
+        cms["noop"] = {"pid": noop.pid, "target": f"127.0.0.1:{port}", "pool": cms["on"]["pool"]}
+        cms["noop"].update(count=0, cpu=0.0, elapsed=0.0)
         decrypt = rsa_decryptor((cms["on"]["tmp"] / "cm.key").read_bytes())
         options = [("grpc.use_local_subchannel_pool", 1)]
         channels = []
@@ -227,6 +265,7 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> int:
     measured = await totals(args, env, pm)
     rows = await stages(args, pm)
     rsa = measured["rsa"]
+    noop_cpu = measured["modes"].pop("noop")[0]
     on_cpu = measured["modes"]["on"][0]
     print(
         f"capsule manager CPU per GetDataKeys by stage (SQLite, one CM process, {args.clients} "
@@ -236,8 +275,10 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> int:
     print(f"{'stage':<52} {'ms/req':>8} {'share':>7}")
     for name, seconds in rows:
         print(f"{name:<52} {seconds * 1000:8.3f} {seconds / on_cpu:7.1%}")
+    rows.append(("gRPC unary call (no-op server, same clients)", noop_cpu))
+    print(f"{rows[-1][0]:<52} {noop_cpu * 1000:8.3f} {noop_cpu / on_cpu:7.1%}")
     rest = on_cpu - sum(s for _, s in rows)
-    rest_name = "rest: gRPC, event loop, threads, metrics, audit commit"
+    rest_name = "rest: thread hand-off, event loop, audit commit, ..."
     print(f"{rest_name:<52} {rest * 1000:8.3f} {rest / on_cpu:7.1%}")
     print(f"{'total (CM process, audit on, /proc)':<52} {on_cpu * 1000:8.3f} {1:7.1%}")
     failed = False
@@ -263,7 +304,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_noop:
+        asyncio.run(serve_noop())
+        return
     env = {**os.environ, "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim"}
     with tempfile.TemporaryDirectory() as sim_dir:
         env["TRUSTFLOW_SIM_DIR"] = os.environ["TRUSTFLOW_SIM_DIR"] = sim_dir
