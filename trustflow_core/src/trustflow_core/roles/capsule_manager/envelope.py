@@ -112,12 +112,21 @@ def _check_jws_header(header: dict[str, Any]) -> None:
 @dataclass(frozen=True)
 class OpenedRequest:
     """A decrypted request: the inner request JSON, the JWS it came in (if any) and the
-    envelope's :func:`~.freshness.request_digest`."""
+    envelope's ``iv``, ``tag`` and ``ciphertext`` (base64url, as sent) for :attr:`digest`."""
 
     inner: bytes
     jws: Jws | None
     jws_header: dict[str, Any] | None
-    digest: str
+    sealed: tuple[str, str, str]
+
+    @property
+    def digest(self) -> str:
+        """The envelope's :func:`~.freshness.request_digest` (computed when asked: only owner
+        requests are remembered by it)."""
+        iv, tag, ciphertext = self.sealed
+        return request_digest(
+            _b64url(iv, "JWE iv"), _b64url(tag, "JWE tag"), _b64url(ciphertext, "JWE ciphertext")
+        )
 
     def parse(self, message_cls: type[Any]) -> Any:
         """The inner request (proto field names; unknown keys ignored, as the Rust CM)."""
@@ -163,13 +172,9 @@ class Envelopes:
             raise CMError(Kind.CRYPTO, str(exc)) from None
         if len(plaintext) > MAX_INNER_BYTES:
             raise CMError(Kind.DECODE, "request too large")
-        digest = request_digest(
-            _b64url(m.iv, "JWE iv"),
-            _b64url(m.tag, "JWE tag"),
-            _b64url(m.ciphertext, "JWE ciphertext"),
-        )
+        sealed = (m.iv, m.tag, m.ciphertext)  # the channel decoded them strictly
         if not request.has_signature:
-            return OpenedRequest(plaintext, None, None, digest)
+            return OpenedRequest(plaintext, None, None, sealed)
         obj = _json_object(plaintext, "JWS")
         members = {}
         for name in ("protected", "payload", "signature"):
@@ -180,7 +185,7 @@ class Envelopes:
         jws = Jws(**members)
         header = _json_object(_b64url(jws.protected, "JWS protected header"), "JWS header")
         payload = _b64url(jws.payload, "JWS payload")
-        return OpenedRequest(payload, jws, header, digest)
+        return OpenedRequest(payload, jws, header, sealed)
 
     def authenticate(self, opened: OpenedRequest, party_id: str, *, missing: Kind) -> VerifiedJws:
         """Verify the JWS (x5c chain, signature by x5c[0]), that ``party_id`` is the party
