@@ -125,3 +125,22 @@ def test_data_capsule_proxy_prints_baseline_ratios_and_growth(tmp_path: Path) ->
     assert "target v2 encrypt and decrypt >= 90% of the plain copy (median): " in out
     assert "target peak RSS 2 MiB / 1 MiB <= 1.5x: " in out
     assert list(tmp_path.iterdir()) == []  # the work directory is removed
+
+
+def test_cm_stages_prints_the_stages_and_exits_1_on_a_missed_target() -> None:
+    """A short run with a target no run meets: the stage table, the gRPC floor, the total
+    and the RSA share of each audit mode are printed and the exit status is 1."""
+    done = run_without(
+        NO_PYTEST,
+        BENCHMARKS / "cm_stages.py",
+        *("--seconds", "0.4", "--rounds", "1", "--clients", "2", "--iterations", "5"),
+        *("--target", "0.99"),
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("RSA-OAEP decryption of the content key") for line in lines)
+    assert any(line.startswith("gRPC unary call (no-op server") for line in lines)
+    assert any(line.startswith("total (CM process, audit on, /proc)") for line in lines)
+    assert sum(line.startswith("audit o") and "% of it" in line for line in lines) == 2
+    assert lines[-1] == "FAIL: RSA share with the audit log on is below the target 99%"

@@ -25,6 +25,7 @@ REVIEWED = {
     "capsule_manager.constraint_cost.parse": "CEL expression text -> parse tree",
     "capsule_manager.constraint_eval._compiled": "CEL expression text -> program",
     "capsule_manager.database._rule": "rule JSON text -> parsed immutable Rule",
+    "capsule_manager.envelope.recipient_from_cert_pem": "certificate PEM text -> its RSA key",
     "capsule_manager.service._cert_sha256": "certificate PEM text -> fingerprint",
     "capsule_manager.server.CapsuleManager._verifiers": "platform -> verifier built from "
     "this replica's settings (configuration, not data)",

@@ -158,3 +158,38 @@ def test_base64_helpers_match_the_standard_library() -> None:
     data = bytes(range(200))
     assert jose.b64url_encode(data) == base64.urlsafe_b64encode(data).decode().rstrip("=")
     assert jose.b64std_encode(data) == base64.b64encode(data).decode()
+
+
+def _reference_b64url_decode(value: object) -> bytes | str:
+    """The definition b64url_decode implements (its former code): the alphabet by a regex, the
+    length, canonical trailing bits by re-encoding; a refusal as its message."""
+    import re
+
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", value):
+        return "x is not base64url without padding"
+    if len(value) % 4 == 1:
+        return f"x has an impossible base64url length ({len(value)})"
+    data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    if base64.urlsafe_b64encode(data).rstrip(b"=").decode() != value:
+        return "x is non-canonical base64url (stray trailing bits)"
+    return data
+
+
+def test_b64url_decode_agrees_with_its_definition_on_random_and_mutated_input() -> None:
+    import random
+
+    rng = random.Random(18)
+    alphabet = "AZaz09-_+/= \n\té.\x00" + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    cases: list[object] = ["", "A", "AA", "AB", "AAA", "AAB", "YQ", "YR", "YWJ", "AA==", None, 5]
+    for _ in range(20000):
+        text = jose.b64url_encode(rng.randbytes(rng.randint(0, 9)))
+        if text and rng.random() < 0.6:
+            at = rng.randrange(len(text))
+            text = text[:at] + rng.choice(alphabet) + text[at + 1 :]
+        cases.append(text)
+    for case in cases:
+        try:
+            got: bytes | str = jose.b64url_decode(case, "x")  # type: ignore[arg-type]
+        except jose.MalformedInput as exc:
+            got = str(exc)
+        assert got == _reference_b64url_decode(case), repr(case)

@@ -253,3 +253,57 @@ def test_canonical_bytes_of_resource_request_are_stable() -> None:
     parsed = wire.parse_json(wire.to_json(req, style="sdk"), cm.ResourceRequest)
     assert wire.serialize_canonical(parsed) == wire.serialize_canonical(req)
     assert wire.serialize_canonical(parsed) == req.SerializeToString()
+
+
+def _parse_dict_outcome(data: str, cls: type, ignore_unknown: bool) -> object:
+    """What protobuf's ParseDict makes of ``data``: the message's bytes and whether its
+    sub-messages are set, or the error parse_json reports."""
+    from google.protobuf import json_format
+
+    msg = cls()
+    try:
+        json_format.ParseDict(json.loads(data), msg, ignore_unknown_fields=ignore_unknown)
+    except json_format.ParseError as exc:
+        return f"{cls.DESCRIPTOR.full_name}: {exc}"
+    return msg.SerializeToString(deterministic=True), [f.name for f, _ in msg.ListFields()]
+
+
+def test_parse_json_fast_path_agrees_with_parse_dict() -> None:
+    """parse_json fills messages of strings and sub-messages (the CM's app requests) itself;
+    on every input it must give what ParseDict gives: the same fields set, the same refusal."""
+    import random
+
+    from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
+        capsule_manager_pb2 as cm_pb2,
+    )
+
+    rng = random.Random(18)
+    values: list[object] = [None, "", "x", 1, True, 2.5, [], ["a", "b"], [None], ["a", 1], {}]
+    values += [[{}], [{"resource_uri": "u", "columns": ["c"]}], [{"resourceUri": None}], [1]]
+    top = ["cert", "resource_request", "resourceRequest", "attestation_report", "bogus", "[x.y]"]
+    inner = ["initiator_party_id", "initiatorPartyId", "scope", "op_name", "resources", "env", "z"]
+    report = ["str_report_version", "str_tee_platform", "strTeePlatform", "json_report", "nope"]
+    for _ in range(4000):
+        obj: dict[str, object] = {}
+        for _ in range(rng.randint(0, 4)):
+            key = rng.choice(top)
+            names = inner if key.startswith("resource") else report
+            if (
+                key in ("resource_request", "resourceRequest", "attestation_report")
+                and rng.random() < 0.7
+            ):
+                obj[key] = {rng.choice(names): rng.choice(values) for _ in range(rng.randint(0, 4))}
+            else:
+                obj[key] = rng.choice(values)
+        data = json.dumps(obj)
+        for ignore in (True, False):
+            expected = _parse_dict_outcome(data, cm_pb2.GetDataKeysRequest, ignore)
+            try:
+                msg = wire.parse_json(data, cm_pb2.GetDataKeysRequest, ignore_unknown=ignore)
+                got: object = (
+                    msg.SerializeToString(deterministic=True),
+                    [f.name for f, _ in msg.ListFields()],
+                )
+            except InvalidInput as exc:
+                got = str(exc)
+            assert got == expected, (data, ignore)

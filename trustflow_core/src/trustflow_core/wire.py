@@ -28,6 +28,7 @@ remote-attestation binding hashes (docs/compat.md#report-binding).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from typing import Any, Literal, TypeVar
 
@@ -94,11 +95,90 @@ def parse_json(data: str | bytes, message_cls: type[M], *, ignore_unknown: bool 
             raise InvalidInput(f"{name}: JSON top level must be an object, {exc.reason}") from None
         raise InvalidInput(f"{name}: not valid JSON: {exc.reason}") from None
     msg = message_cls()
+    fields = _plain_fields(message_cls.DESCRIPTOR)
+    if fields is not None and _fill_plain(obj, msg, fields):
+        return msg
+    msg = message_cls()  # anything the fast path does not take: protobuf decides
     try:
         json_format.ParseDict(obj, msg, ignore_unknown_fields=ignore_unknown)
     except (json_format.ParseError, RecursionError) as exc:
         raise InvalidInput(f"{name}: {exc}") from None
     return msg
+
+
+#: key -> (field descriptor, the table of its message type or None for a string field)
+_PlainFields = dict[str, tuple[Any, Any]]
+
+
+@functools.cache
+def _plain_fields(desc: Any) -> _PlainFields | None:
+    """For a message type whose fields are all strings or (repeated) messages of such types
+    (no oneof, map, well-known type or recursion): every key :func:`json_format.ParseDict`
+    accepts for a field (its name and json_name) -> (the field, the table of its message type).
+    None for any other message type."""
+    return _plain_table(desc, frozenset())
+
+
+def _plain_table(desc: Any, enclosing: frozenset[str]) -> _PlainFields | None:
+    if desc.full_name.startswith("google.protobuf.") or desc.oneofs or desc.full_name in enclosing:
+        return None
+    table: _PlainFields = {}
+    field: _Field
+    for field in desc.fields:
+        sub = None
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                return None
+            sub = _plain_table(field.message_type, enclosing | {desc.full_name})
+            if sub is None:
+                return None
+        elif field.type != FieldDescriptor.TYPE_STRING:
+            return None
+        table[field.name] = table[field.json_name] = (field, sub)
+    return table
+
+
+def _fill_plain(obj: dict[str, Any], msg: Any, fields: _PlainFields) -> bool:
+    """Set ``msg`` from ``obj`` exactly as :func:`json_format.ParseDict` would, when ``obj``
+    holds only known keys (each field once) with values of the field's JSON type or ``null``
+    (left unset, as ParseDict clears it); False as soon as anything else appears, and ParseDict
+    decides (it accepts or names the problem). The strings were checked by
+    :func:`trustflow_core.jose.loads`: valid Unicode, what ParseDict checks of a string."""
+    seen = set()
+    for key, value in obj.items():
+        entry = fields.get(key)
+        if entry is None:
+            return False
+        field, sub = entry
+        if field.name in seen:
+            return False
+        seen.add(field.name)
+        if value is None:
+            continue
+        if field.is_repeated:
+            if not isinstance(value, list):
+                return False
+            target = getattr(msg, field.name)
+            if sub is None:
+                if not all(isinstance(item, str) for item in value):
+                    return False
+                target.extend(value)
+                continue
+            for item in value:
+                if not isinstance(item, dict) or not _fill_plain(item, target.add(), sub):
+                    return False
+        elif sub is None:
+            if not isinstance(value, str):
+                return False
+            setattr(msg, field.name, value)
+        else:
+            if not isinstance(value, dict):
+                return False
+            child = getattr(msg, field.name)
+            child.SetInParent()
+            if not _fill_plain(value, child, sub):
+                return False
+    return True
 
 
 def serialize_canonical(msg: Message) -> bytes:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -16,10 +18,27 @@ from trustflow_core.settings_schema import Node
 from typing_extensions import Self
 
 from . import keys
-from .report import PLATFORM, open_report
+from .report import PLATFORM, SimBody, open_report
 
 #: How far a report's timestamp may lie in the verifier's future.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+#: How many verified reports :func:`_verified_report` keeps.
+VERIFIED_REPORTS = 256
+
+
+@functools.lru_cache(maxsize=VERIFIED_REPORTS)
+def _verified_report(json_report: str) -> tuple[SimBody, bytes, str]:
+    """:func:`~.report.open_report` of ``json_report`` (format and the signature by the key
+    the report names), with that key's SubjectPublicKeyInfo DER and its SHA-256 (hex).
+
+    Cached by the report's full text: the same text always opens to the same immutable body
+    (a report that fails raises, and nothing is cached). Whether the key is trusted and
+    whether the timestamp is acceptable are checked by the caller on every use."""
+    body = open_report(json_report)
+    der = keys.spki_der(body.public_key)
+    return body, der, hashlib.sha256(der).hexdigest()
 
 
 class SimVerifier(Verifier):
@@ -108,9 +127,8 @@ class SimVerifier(Verifier):
         return [public]
 
     async def check_evidence(self, report: Report, *, now: datetime) -> Evidence:
-        body = open_report(report.json_report)
-        platform_key = body.public_key
-        if not keys.is_trusted(platform_key, self._trusted()):
+        body, der, key_sha256 = _verified_report(report.json_report)
+        if not any(hmac.compare_digest(der, keys.spki_der(t)) for t in self._trusted()):
             raise VerificationError(
                 "platform_key", "the report is signed by a sim platform key that is not trusted"
             )
@@ -139,6 +157,6 @@ class SimVerifier(Verifier):
         )
         details = {
             "timestamp": body.str_timestamp,
-            "platform_key_sha256": hashlib.sha256(keys.spki_der(platform_key)).hexdigest(),
+            "platform_key_sha256": key_sha256,
         }
         return Evidence(attributes, details)

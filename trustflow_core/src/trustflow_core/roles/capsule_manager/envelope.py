@@ -9,6 +9,7 @@ transport keys with -> 2, ``A192GCM``/CBC ``enc`` -> 12, JWS ``HS256`` -> 3, ``E
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,12 +112,21 @@ def _check_jws_header(header: dict[str, Any]) -> None:
 @dataclass(frozen=True)
 class OpenedRequest:
     """A decrypted request: the inner request JSON, the JWS it came in (if any) and the
-    envelope's :func:`~.freshness.request_digest`."""
+    envelope's ``iv``, ``tag`` and ``ciphertext`` (base64url, as sent) for :attr:`digest`."""
 
     inner: bytes
     jws: Jws | None
     jws_header: dict[str, Any] | None
-    digest: str
+    sealed: tuple[str, str, str]
+
+    @property
+    def digest(self) -> str:
+        """The envelope's :func:`~.freshness.request_digest` (computed when asked: only owner
+        requests are remembered by it)."""
+        iv, tag, ciphertext = self.sealed
+        return request_digest(
+            _b64url(iv, "JWE iv"), _b64url(tag, "JWE tag"), _b64url(ciphertext, "JWE ciphertext")
+        )
 
     def parse(self, message_cls: type[Any]) -> Any:
         """The inner request (proto field names; unknown keys ignored, as the Rust CM)."""
@@ -162,13 +172,9 @@ class Envelopes:
             raise CMError(Kind.CRYPTO, str(exc)) from None
         if len(plaintext) > MAX_INNER_BYTES:
             raise CMError(Kind.DECODE, "request too large")
-        digest = request_digest(
-            _b64url(m.iv, "JWE iv"),
-            _b64url(m.tag, "JWE tag"),
-            _b64url(m.ciphertext, "JWE ciphertext"),
-        )
+        sealed = (m.iv, m.tag, m.ciphertext)  # the channel decoded them strictly
         if not request.has_signature:
-            return OpenedRequest(plaintext, None, None, digest)
+            return OpenedRequest(plaintext, None, None, sealed)
         obj = _json_object(plaintext, "JWS")
         members = {}
         for name in ("protected", "payload", "signature"):
@@ -179,7 +185,7 @@ class Envelopes:
         jws = Jws(**members)
         header = _json_object(_b64url(jws.protected, "JWS protected header"), "JWS header")
         payload = _b64url(jws.payload, "JWS payload")
-        return OpenedRequest(payload, jws, header, digest)
+        return OpenedRequest(payload, jws, header, sealed)
 
     def authenticate(self, opened: OpenedRequest, party_id: str, *, missing: Kind) -> VerifiedJws:
         """Verify the JWS (x5c chain, signature by x5c[0]), that ``party_id`` is the party
@@ -219,9 +225,13 @@ def error_status(err: CMError) -> status_pb2.Status:
     return status_pb2.Status(code=err.code, message=err.message)
 
 
+@functools.lru_cache(maxsize=256)
 def recipient_from_cert_pem(pem: str, what: str = "cert") -> RSAPublicKey:
     """The RSA key of the first certificate in ``pem`` (every certificate there must be
-    readable); Crypto error (13) otherwise."""
+    readable); Crypto error (13) otherwise.
+
+    Cached by the full PEM text (an app sends the same certificate with every request): the
+    same text always holds the same key, and a text that is refused raises and is not kept."""
     try:
         key = load_pem_chain(pem.encode(), what)[0].public_key()
     except InvalidInput as exc:

@@ -1,8 +1,12 @@
 """The 13 RPCs of ``secretflowapis.v2.sdc.capsule_manager.CapsuleManager``
 (docs/compat.md#cm-rpcs, with the fixes listed in docs/capsule-manager.md).
 
-Every outcome is in band: gRPC status OK, ``status{code, message}`` in the response. Blocking
-work (RSA, SQL, CEL) runs in worker threads; attestation verification is awaited.
+Every outcome is in band: gRPC status OK, ``status{code, message}`` in the response. Work that
+may wait (SQL, the CEL sandbox, audit commits) and owner requests run in worker threads;
+attestation verification is awaited. An app request (GetDataKeys, GetTlsAsset,
+CreateResultDataKey) is opened on the event loop: its RSA decryption and parsing are ~1 ms of
+CPU that never waits, and a hand-off to a worker thread and back cost ~0.25 ms of CPU per
+request more on one process (``benchmarks/cm_stages.py``, docs/capsule-manager.md).
 """
 
 from __future__ import annotations
@@ -209,7 +213,8 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         return await asyncio.to_thread(fn, *args)
 
     async def _open(self, request: cm_pb2.EncryptedRequest) -> OpenedRequest:
-        return await self._thread(self.envelopes.open, request)
+        """Open an app's request, on the event loop (see the module docstring)."""
+        return self.envelopes.open(request)
 
     async def _attest(self, report_pb: Any, has_report: bool, digest: bytes) -> VerifiedReport:
         """Verify an app report bound to ``digest`` (docs/compat.md#report-binding). Absent report:
