@@ -5,7 +5,10 @@ before and after are consistent, across a restart too; refusals are bounded per 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -441,7 +444,6 @@ def owner_config(w: CMWorld, owner: Credentials, d: Path) -> Path:
 
 async def cli(*args: str, expect: int = 0) -> str:
     """Run ``trustflow <args>`` in a thread (its own event loop; the CM's keeps serving)."""
-    import asyncio
 
     from click.testing import CliRunner
 
@@ -547,13 +549,42 @@ async def test_no_key_leaves_when_its_entry_cannot_be_committed(
     assert kinds(bundle)[-1] == ("key_release", uuid)
 
 
+class HeldAppend:
+    """The group commit's first batch held in its writer thread until :meth:`release`."""
+
+    def __init__(self) -> None:
+        self._arrived, self._go = threading.Event(), threading.Event()
+
+    def hook(self) -> None:
+        if not self._arrived.is_set():  # the first batch only: the decision made before
+            self._arrived.set()
+            self._go.wait(10)
+
+    async def reached(self) -> None:
+        assert await asyncio.to_thread(self._arrived.wait, 10)
+
+    def release(self) -> None:
+        self._go.set()
+
+
+@contextlib.contextmanager
+def first_append_held(store: Any) -> Iterator[HeldAppend]:
+    """Hold the first audit append of ``store`` (a release decided, its entry not yet written)
+    while the block runs; always released and unhooked at the end."""
+    held = HeldAppend()
+    store.audit_commits.before_write = held.hook
+    try:
+        yield held
+    finally:
+        store.audit_commits.before_write = None
+        held.release()
+
+
 async def test_a_release_decided_before_a_revocation_is_decided_again(cm_world: CMWorld) -> None:
     """GetDataKeys decided (policy allows) while the owner deletes the policy: the release's
     append is held until the deletion committed, then finds the data changed, so the key does
     not leave; the request is decided again (refused) and the audit shows no release after
     the revocation."""
-    import asyncio
-    import threading
 
     owner, app = new_party("owner"), new_party("app")
     uuid = new_data_uuid()
@@ -561,26 +592,13 @@ async def test_a_release_decided_before_a_revocation_is_decided_again(cm_world: 
     await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
     store = cm_world.cm.store
     assert store is not None
-    arrived, go = threading.Event(), threading.Event()
-    held: list[int] = []
-
-    def hold() -> None:  # the first batch only: the release decided on the old policy
-        if not held:
-            held.append(1)
-            arrived.set()
-            go.wait(10)
-
-    store.audit_commits.before_write = hold
-    try:
+    with first_append_held(store) as held:
         task = asyncio.create_task(get_keys(cm_world, app, [uuid]))
-        assert await asyncio.to_thread(arrived.wait, 10)
+        await held.reached()
         await cm_world.client.delete_data_policy(owner, SCOPE, uuid)  # commits meanwhile
-        go.set()
+        held.release()
         with pytest.raises(CapsuleManagerError, match="data policy is empty"):
             await task
-    finally:
-        store.audit_commits.before_write = None
-        go.set()
     bundle = await audit.fetch_bundle(cm_world.client, owner)
     assert kinds(bundle) == [
         ("keys_created", uuid),
@@ -593,8 +611,6 @@ async def test_a_release_decided_before_a_revocation_is_decided_again(cm_world: 
 async def test_a_change_to_other_data_does_not_stop_a_release(cm_world: CMWorld) -> None:
     """The read set is per data_uuid: another data's policy change between the decision and
     the append leaves the release alone."""
-    import asyncio
-    import threading
 
     owner, app = new_party("owner"), new_party("app")
     uuid, other = new_data_uuid(), new_data_uuid()
@@ -602,25 +618,12 @@ async def test_a_change_to_other_data_does_not_stop_a_release(cm_world: CMWorld)
     await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
     store = cm_world.cm.store
     assert store is not None
-    arrived, go = threading.Event(), threading.Event()
-    held: list[int] = []
-
-    def hold() -> None:
-        if not held:
-            held.append(1)
-            arrived.set()
-            go.wait(10)
-
-    store.audit_commits.before_write = hold
-    try:
+    with first_append_held(store) as held:
         task = asyncio.create_task(get_keys(cm_world, app, [uuid]))
-        assert await asyncio.to_thread(arrived.wait, 10)
+        await held.reached()
         await cm_world.client.create_data_policy(owner, SCOPE, other, [grant_rule("x")])
-        go.set()
+        held.release()
         assert len(await task) == 1
-    finally:
-        store.audit_commits.before_write = None
-        go.set()
     bundle = await audit.fetch_bundle(cm_world.client, owner)
     assert kinds(bundle)[-2:] == [("policy_set", other), ("key_release", uuid)]
 
@@ -678,9 +681,7 @@ async def test_an_export_decided_before_its_key_is_deleted_is_decided_again(
     """GetExportDataKey decided (votes valid, key present) while the result's owner deletes
     the key: the export's append is held until the deletion committed, then finds the data
     changed; the export is decided again and refused, and no export entry is logged."""
-    import asyncio
     import hashlib
-    import threading
 
     from trustflow_core.roles.capsule_manager_protocol.votes import (
         sign_vote_request,
@@ -715,28 +716,15 @@ async def test_an_export_decided_before_its_key_is_deleted_is_decided_again(
     )
     store = cm_world.cm.store
     assert store is not None
-    arrived, go = threading.Event(), threading.Event()
-    held: list[int] = []
-
-    def hold() -> None:
-        if not held:
-            held.append(1)
-            arrived.set()
-            go.wait(10)
-
-    store.audit_commits.before_write = hold
-    try:
+    with first_append_held(store) as held:
         task = asyncio.create_task(
             c.get_export_data_key(carol, result, vote_result(signed, [invite]))
         )
-        assert await asyncio.to_thread(arrived.wait, 10)
+        await held.reached()
         await c.delete_data_key(carol, result)  # commits while the export waits
-        go.set()
+        held.release()
         with pytest.raises(CapsuleManagerError, match="data_keys not found"):
             await task
-    finally:
-        store.audit_commits.before_write = None
-        go.set()
     entries = [json.loads(t) for t in entry_texts(await audit.fetch_bundle(c, carol))]
     about = [e["kind"] for e in entries if e["data_uuid"] == result]
     assert about == ["result_registered", "key_deleted", "export_refusal"]
@@ -745,7 +733,6 @@ async def test_an_export_decided_before_its_key_is_deleted_is_decided_again(
 async def test_concurrent_releases_on_two_cms_form_one_verified_log(cm_world: CMWorld) -> None:
     """Releases on two CMs sharing the database, concurrently (group commits of both
     appending on the driver's cursor): every release is logged once, the log verifies."""
-    import asyncio
 
     owner, app = new_party("owner"), new_party("app")
     uuid = new_data_uuid()
