@@ -53,6 +53,10 @@ _URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789
 _URL_TO_STD = bytes.maketrans(b"-_", b"+/")
 #: byte -> its 6-bit value in the base64url alphabet (0 for bytes outside it)
 _B64URL_VALUE = bytes(_URL_ALPHABET.find(bytes([b])) % 64 for b in range(256))
+#: by ``len % 4`` of base64url text: the bits of its last character that encode no data (4 of
+#: them when 2, 2 when 3; none when 0), and the ``=`` padding the standard decoder wants
+_UNUSED_BITS = (0, 0, 0x0F, 0x03)
+_PADDING = (b"", b"", b"==", b"=")
 _B64STD_PADDED = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 # A surrogate escaped as \uD800..\uDFFF: with UTF-8 text, the only way a parsed JSON string can
 # end up holding an unpaired surrogate.
@@ -83,25 +87,20 @@ def b64url_decode(value: str, what: str) -> bytes:
     trailing bits."""
     if isinstance(value, str) and value.isascii():
         raw = value.encode("ascii")
+        tail = len(raw) % 4
         # every byte in the URL-safe alphabet (nothing is left once they are deleted)
-        if not raw.translate(None, _URL_ALPHABET) and len(raw) % 4 != 1:
-            if not _canonical_tail(raw):
+        if tail != 1 and not raw.translate(None, _URL_ALPHABET):
+            # the bits of the last character that encode no data must be zero
+            if tail and _B64URL_VALUE[raw[-1]] & _UNUSED_BITS[tail]:
                 raise MalformedInput(
                     what, "base64", "is non-canonical base64url (stray trailing bits)"
                 )
-            return binascii.a2b_base64(raw.translate(_URL_TO_STD) + b"=" * (-len(raw) % 4))
+            return binascii.a2b_base64(raw.translate(_URL_TO_STD) + _PADDING[tail])
     if not isinstance(value, str) or not _B64URL_NOPAD.fullmatch(value):
         raise MalformedInput(what, "base64", "is not base64url without padding")
     if len(value) % 4 == 1:
         raise MalformedInput(what, "base64", f"has an impossible base64url length ({len(value)})")
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _canonical_tail(raw: bytes) -> bool:
-    """Whether the bits of the last base64url character of ``raw`` that encode no data are
-    zero (4 of them when ``len % 4 == 2``, 2 when 3, none when 0)."""
-    unused = (0, 0, 0x0F, 0x03)[len(raw) % 4]
-    return not unused or not _B64URL_VALUE[raw[-1]] & unused
 
 
 def b64std_encode(data: bytes) -> str:
@@ -121,16 +120,22 @@ def b64std_decode(value: str, what: str) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # a name came twice: find the first repeat for the message
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return obj
 
 
 def _no_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON")
+
+
+#: One decoder for every call (``json.loads`` with hooks builds a new one each time).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
 
 
 def loads(raw: bytes | bytearray | str, what: str) -> Any:
@@ -142,7 +147,9 @@ def loads(raw: bytes | bytearray | str, what: str) -> Any:
             text = raw
         else:
             text = raw.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        if text.startswith("\ufeff"):  # as json.loads does
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _DECODER.decode(text)
         if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # the pairs must still encode
             json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (UnicodeDecodeError, UnicodeEncodeError) as exc:  # bytes, or an unpaired surrogate
@@ -162,9 +169,26 @@ def parse_object(raw: bytes | bytearray | str, what: str) -> dict[str, Any]:
     return value
 
 
-def decode_header(protected: str, what: str) -> dict[str, Any]:
-    """The JOSE header object in the base64url member ``protected``."""
-    return parse_object(b64url_decode(protected, what), what)
+#: The last header :func:`decode_header` decoded: its ``protected`` text and the object.
+_last_header: tuple[str, dict[str, Any]] | None = None
+
+
+def decode_header(protected: str, what: str, *, member: str | None = None) -> dict[str, Any]:
+    """The JOSE header object in the base64url member ``protected`` (a new dict each call;
+    treat nested values, e.g. an ``epk`` object, as read-only). Errors name ``what``, those of
+    the base64url layer ``member`` when given (e.g. ``"JWE member 'protected'"``).
+
+    The last header decoded is kept with its exact ``protected`` text and returned again for
+    the same text without decoding it again: a gateway reads ``alg``/``enc`` to pick the
+    profile and key, then the channel decodes the same member to open the envelope. A result
+    depends on nothing but the text, and only successfully decoded headers are kept."""
+    global _last_header
+    last = _last_header
+    if last is not None and last[0] == protected:
+        return dict(last[1])
+    header = parse_object(b64url_decode(protected, member or what), what)
+    _last_header = (protected, header)
+    return dict(header)
 
 
 def compact_json(obj: Any) -> bytes:
