@@ -23,9 +23,12 @@ replayed or stale envelope (the gateway does: ``roles/gateway/freshness.py``); t
 authenticated, so neither can be changed without breaking the envelope. ``open`` returns
 them with the rest of the header and checks nothing about them itself.
 
-Sealing uses :class:`jwcrypto.jwe.JWE`. Opening uses jwcrypto's JWA algorithm objects on
-strictly decoded members: ``JWE.decrypt`` cannot return an empty plaintext (it treats ``b""``
-as failure), and its base64url decoder is lenient.
+Sealing uses :class:`jwcrypto.jwe.JWE`. Opening does not: ``JWE.decrypt`` cannot return an
+empty plaintext (it treats ``b""`` as failure), its base64url decoder is lenient, and its key
+and algorithm objects cost more than the key agreement. It applies ``cryptography``'s
+primitives to the strictly decoded members with the RFC 7518 parameters (RSAES-OAEP with
+SHA-1 or SHA-256 and MGF1 of the same hash; ECDH on P-256, Concat KDF with SHA-256, AES key
+unwrap; AES-GCM with a 128-bit tag), which the tests check against jwcrypto both ways.
 """
 
 from __future__ import annotations
@@ -45,8 +48,6 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
-from jwcrypto.common import JWException
-from jwcrypto.jwa import JWA
 from jwcrypto.jwe import JWE
 from jwcrypto.jwk import JWK
 from trustflow_core.channel import (
@@ -62,10 +63,10 @@ from trustflow_core.jose import (
     b64url_encode,
     compact_json,
     header_string,
-    parse_object,
 )
 
-from .codec import DecodedJwe, decode_jwe, reject_unsupported_members
+from .codec import DecodedJwe, decode_jwe, decode_protected, reject_unsupported_members
+from .upstream import oaep
 
 KEY_ALGS = ("RSA-OAEP-256", "RSA-OAEP")
 #: Key agreement for EC recipients: ephemeral-static ECDH on P-256, the CEK wrapped with A128KW.
@@ -78,6 +79,14 @@ GCM_KEY_BYTES: dict[str, int] = {"A128GCM": 16, "A192GCM": 24, "A256GCM": 32}
 DEFAULT_ENC = "A256GCM"
 IV_BYTES = 12
 TAG_BYTES = 16
+#: OAEP padding per key-transport ``alg`` (RFC 7518 §4.3; immutable, shared by every call).
+_OAEP = {alg: oaep(alg) for alg in KEY_ALGS}
+_P256 = ec.SECP256R1()
+_ECDH = ec.ECDH()
+_SHA256 = hashes.SHA256()
+#: The fixed parts of the Concat KDF OtherInfo (RFC 7518 §4.6.2): AlgorithmID and SuppPubInfo.
+_KDF_ALGORITHM_ID = struct.pack(">I", len(ECDH_ALG)) + ECDH_ALG.encode("ascii")
+_KDF_SUPP_PUB_INFO = struct.pack(">I", ECDH_KEK_BYTES * 8)
 #: The protected header of a ``dir`` reply for each ``enc`` (always the same bytes).
 _REPLY_PROTECTED = {
     enc: b64url_encode(compact_json({"alg": "dir", "enc": enc})) for enc in GCM_KEY_BYTES
@@ -91,8 +100,8 @@ def _enc_for_key(cek: bytes) -> str:
     raise EnvelopeError(f"content key must be 16, 24 or 32 bytes, got {len(cek)}")
 
 
-def _header(parts: DecodedJwe, algs: tuple[str, ...]) -> tuple[dict[str, Any], str, str]:
-    header = parse_object(parts.header_json, "JWE protected header")
+def _header(jwe: Jwe, parts: DecodedJwe, algs: tuple[str, ...]) -> tuple[dict[str, Any], str, str]:
+    header = decode_protected(jwe)
     reject_unsupported_members(header, "JWE protected header")
     alg = header_string(header, "alg", "JWE protected header")
     enc = header_string(header, "enc", "JWE protected header")
@@ -122,7 +131,7 @@ def _check_epk(header: dict[str, Any]) -> tuple[ec.EllipticCurvePublicKey, bytes
         raise EnvelopeError(
             f"JWE epk must be kty 'EC' crv {ECDH_CURVE!r}, got {epk['kty']!r} {epk['crv']!r}"
         )
-    coordinates = []
+    encoded = b"\x04"  # SEC 1 §2.3.3 uncompressed point: 0x04 || x || y
     for member in ("x", "y"):
         value = epk[member]
         if not isinstance(value, str):
@@ -132,10 +141,9 @@ def _check_epk(header: dict[str, Any]) -> tuple[ec.EllipticCurvePublicKey, bytes
             raise EnvelopeError(
                 f"JWE epk member {member!r} must be {EC_COORDINATE_BYTES} bytes, got {len(raw)}"
             )
-        coordinates.append(int.from_bytes(raw, "big"))
-    try:
-        point = ec.EllipticCurvePublicNumbers(coordinates[0], coordinates[1], ec.SECP256R1())
-        public = point.public_key()
+        encoded += raw
+    try:  # refuses coordinates >= p and points off the curve
+        public = ec.EllipticCurvePublicKey.from_encoded_point(_P256, encoded)
     except ValueError:
         raise EnvelopeError(f"JWE epk is not a point on {ECDH_CURVE}") from None
     party_info = [b"", b""]
@@ -157,29 +165,17 @@ def _ecdh_es_kek(
     ``_EcdhEs._derive`` with ``cryptography``'s public primitives and no JWK objects (which
     cost more than the key agreement); the tests check both directions against jwcrypto."""
     otherinfo = b"".join(
-        struct.pack(">I", len(field)) + field for field in (ECDH_ALG.encode("ascii"), apu, apv)
-    ) + struct.pack(">I", ECDH_KEK_BYTES * 8)
-    shared = private_key.exchange(ec.ECDH(), epk)
-    return ConcatKDFHash(hashes.SHA256(), ECDH_KEK_BYTES, otherinfo).derive(shared)
-
-
-class _JwkCache:
-    """The JWK form of the few long-lived keys a dialect opens with (building it costs about as
-    much as the key agreement itself); keyed by object identity, the key kept alive with it."""
-
-    def __init__(self, size: int = 8) -> None:
-        self._size = size
-        self._entries: dict[int, tuple[object, JWK]] = {}
-
-    def get(self, key: EnvelopePrivateKey) -> JWK:
-        entry = self._entries.get(id(key))
-        if entry is not None and entry[0] is key:
-            return entry[1]
-        jwk = JWK.from_pyca(key)
-        if len(self._entries) >= self._size:
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[id(key)] = (key, jwk)
-        return jwk
+        (
+            _KDF_ALGORITHM_ID,
+            struct.pack(">I", len(apu)),
+            apu,
+            struct.pack(">I", len(apv)),
+            apv,
+            _KDF_SUPP_PUB_INFO,
+        )
+    )
+    shared = private_key.exchange(_ECDH, epk)
+    return ConcatKDFHash(_SHA256, ECDH_KEK_BYTES, otherinfo).derive(shared)
 
 
 def _decrypt_content(jwe: Jwe, parts: DecodedJwe, enc: str, cek: bytes) -> bytes:
@@ -210,7 +206,6 @@ class RfcDialect:
             raise ValueError(f"enc must be one of {sorted(GCM_KEY_BYTES)}, got {enc!r}")
         self.alg = alg
         self.enc = enc
-        self._jwks = _JwkCache()
 
     def seal(self, plaintext: bytes, recipient: EnvelopeRecipient) -> SealedEnvelope:
         """RSA recipient: ``alg`` (RSA-OAEP-256/RSA-OAEP) key transport; EC P-256 recipient:
@@ -257,8 +252,7 @@ class RfcDialect:
         else:
             raise EnvelopeError(f"private key must be an RSA or EC key, got {type(private_key)}")
         parts = decode_jwe(jwe)
-        header, alg, enc = _header(parts, algs)
-        content = JWA.encryption_alg(enc)
+        header, alg, enc = _header(jwe, parts, algs)
         if alg == ECDH_ALG:
             epk, apu, apv = _check_epk(header)
         try:
@@ -267,14 +261,13 @@ class RfcDialect:
                 kek = _ecdh_es_kek(private_key, epk, apu, apv)
                 cek = aes_key_unwrap(kek, parts.encrypted_key)
             else:
-                cek = JWA.keymgmt_alg(alg).unwrap(
-                    self._jwks.get(private_key), content.wrap_key_size, parts.encrypted_key, header
-                )
-        except (ValueError, TypeError, InvalidUnwrap, JWException):
+                assert isinstance(private_key, RSAPrivateKey)
+                cek = private_key.decrypt(parts.encrypted_key, _OAEP[alg])
+        except (ValueError, InvalidUnwrap):
             raise EnvelopeError(
                 f"cannot decrypt JWE encrypted_key with {alg}: not for this key, or altered"
             ) from None
-        if len(cek) * 8 != content.wrap_key_size:
+        if len(cek) != GCM_KEY_BYTES[enc]:
             raise EnvelopeError(f"JWE content key is {len(cek)} bytes, enc {enc!r} needs another")
         plaintext = _decrypt_content(jwe, parts, enc, cek)
         return OpenedEnvelope(plaintext, MappingProxyType(header), cek)
@@ -296,7 +289,7 @@ class RfcDialect:
 
     def open_reply(self, jwe: Jwe, cek: bytes) -> bytes:
         parts = decode_jwe(jwe)
-        _, _, enc = _header(parts, ("dir",))
+        _, _, enc = _header(jwe, parts, ("dir",))
         if enc != _enc_for_key(cek):
             raise EnvelopeError(f"reply JWE enc {enc!r} does not fit a {len(cek)}-byte content key")
         if parts.encrypted_key:
