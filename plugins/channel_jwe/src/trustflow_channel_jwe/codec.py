@@ -15,7 +15,7 @@ from typing import Any
 
 from trustflow_core.channel import Jwe
 from trustflow_core.errors import EnvelopeError
-from trustflow_core.jose import b64url_decode
+from trustflow_core.jose import b64url_decode, decode_header
 
 
 def reject_unsupported_members(header: dict[str, Any], what: str) -> None:
@@ -28,10 +28,9 @@ def reject_unsupported_members(header: dict[str, Any], what: str) -> None:
 
 @dataclass(frozen=True)
 class DecodedJwe:
-    """The six JWE members after strict base64url decoding (``protected`` kept both ways)."""
+    """Five JWE members after strict base64url decoding; the sixth, ``protected``, is decoded
+    with its JSON by :func:`decode_protected`."""
 
-    protected_b64: str
-    header_json: bytes
     encrypted_key: bytes = field(repr=False)
     iv: bytes
     ciphertext: bytes = field(repr=False)
@@ -39,11 +38,17 @@ class DecodedJwe:
     aad: bytes
 
 
+def decode_protected(jwe: Jwe) -> dict[str, Any]:
+    """The protected header of ``jwe``: strict base64url, then a strict JSON object (core's
+    :func:`~trustflow_core.jose.decode_header`, which returns a header the caller has just
+    decoded without decoding it again)."""
+    return decode_header(jwe.protected, "JWE protected header", member="JWE member 'protected'")
+
+
 def decode_jwe(jwe: Jwe) -> DecodedJwe:
-    """Strictly decode every member of ``jwe``; the error names the first bad member."""
+    """Strictly decode the members of ``jwe`` other than ``protected``; the error names the
+    first bad member."""
     return DecodedJwe(
-        protected_b64=jwe.protected,
-        header_json=b64url_decode(jwe.protected, "JWE member 'protected'"),
         encrypted_key=b64url_decode(jwe.encrypted_key, "JWE member 'encrypted_key'"),
         iv=b64url_decode(jwe.iv, "JWE member 'iv'"),
         ciphertext=b64url_decode(jwe.ciphertext, "JWE member 'ciphertext'"),

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from trustflow_core.channel import Jwe, OpenedEnvelope, SealedEnvelope
 from trustflow_core.errors import EnvelopeError
-from trustflow_core.jose import b64url_encode, compact_json, header_string, parse_object
+from trustflow_core.jose import b64url_encode, compact_json, header_string
 
-from .codec import decode_jwe, reject_unsupported_members
+from .codec import decode_jwe, decode_protected, reject_unsupported_members
 
 #: ``alg`` → OAEP hash (MGF1 uses the same hash, empty label).
 OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -86,8 +86,8 @@ def gcm_open(cek: bytes, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes) -
         ) from None
 
 
-def _request_header(raw: bytes) -> tuple[dict[str, Any], str, str]:
-    header = parse_object(raw, "JWE protected header")
+def _request_header(jwe: Jwe) -> tuple[dict[str, Any], str, str]:
+    header = decode_protected(jwe)
     reject_unsupported_members(header, "JWE protected header")
     alg = header_string(header, "alg", "JWE protected header")
     enc = header_string(header, "enc", "JWE protected header")
@@ -139,7 +139,7 @@ class UpstreamDialect:
         if not isinstance(private_key, RSAPrivateKey):
             raise EnvelopeError(f"private key must be an RSA key, got {type(private_key)}")
         parts = decode_jwe(jwe)
-        header, alg, enc = _request_header(parts.header_json)
+        header, alg, enc = _request_header(jwe)
         try:
             cek = private_key.decrypt(parts.encrypted_key, oaep(alg))
         except ValueError:
@@ -172,7 +172,7 @@ class UpstreamDialect:
         header): ``alg`` must be ``RSA-OAEP-256``, ``enc`` must fit the CEK and
         ``encrypted_key`` must be empty."""
         parts = decode_jwe(jwe)
-        header = parse_object(parts.header_json, "JWE protected header")
+        header = decode_protected(jwe)
         reject_unsupported_members(header, "JWE protected header")
         alg = header_string(header, "alg", "JWE protected header")
         enc = header_string(header, "enc", "JWE protected header")
