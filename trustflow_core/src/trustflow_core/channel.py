@@ -59,7 +59,14 @@ class Jwe:
 
     def to_dict(self) -> dict[str, str]:
         """All six members, empty ones included (as the Envoy filter prints them)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            "protected": self.protected,
+            "encrypted_key": self.encrypted_key,
+            "iv": self.iv,
+            "ciphertext": self.ciphertext,
+            "tag": self.tag,
+            "aad": self.aad,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Jwe:

@@ -66,6 +66,9 @@ MEMBERS = {
 }
 #: The key-agreement ``alg`` of RFC-profile envelopes sealed to the app's P-256 key.
 ECDH_ALG = "ECDH-ES+A128KW"
+_MEMBER_NAMES = frozenset(MEMBERS)
+#: Compact JSON for sealed replies (``json.dumps`` with options builds an encoder per call).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 _FIRST_KEY = re.compile(rb'\s*\{\s*"([a-z_]{1,20})"')
 
 
@@ -101,14 +104,26 @@ def classify(body: bytes) -> Jwe | None:
         if match and match.group(1).decode() in MEMBERS:
             raise EnvelopeRejected(f"malformed or truncated JWE envelope: {exc.reason}") from None
         return None
-    if not isinstance(obj, dict) or not set(obj) <= set(MEMBERS):
+    if not isinstance(obj, dict) or not obj.keys() <= _MEMBER_NAMES:
         return None
-    if not all(v is None or isinstance(v, str) for v in obj.values()):
-        return None
-    members = {MEMBERS[k]: v or "" for k, v in obj.items()}
-    if len(members) != len(obj):  # both "protected" and "protected_header"
-        raise EnvelopeRejected("JWE envelope has both 'protected' and 'protected_header'")
-    return Jwe.from_dict(members)
+    for value in obj.values():
+        if value is not None and not isinstance(value, str):
+            return None
+    get = obj.get
+    if "protected_header" in obj:
+        if "protected" in obj:
+            raise EnvelopeRejected("JWE envelope has both 'protected' and 'protected_header'")
+        protected = get("protected_header")
+    else:
+        protected = get("protected")
+    return Jwe(
+        protected or "",
+        get("encrypted_key") or "",
+        get("iv") or "",
+        get("ciphertext") or "",
+        get("tag") or "",
+        get("aad") or "",
+    )
 
 
 def _header_alg_enc(protected: str) -> tuple[str | None, str | None]:
@@ -226,4 +241,4 @@ class JweFilter:
         members = self._channels[request.profile].seal_reply(payload, request.cek).to_dict()
         if request.profile == "rfc":
             members = {k: v for k, v in members.items() if v}
-        return json.dumps(members, separators=(",", ":")).encode("ascii")
+        return _COMPACT.encode(members).encode("ascii")
