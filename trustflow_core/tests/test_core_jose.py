@@ -140,6 +140,27 @@ def test_decode_header_refusals_name_the_header() -> None:
         assert str(caught.value).startswith("JWE protected header ")
 
 
+def test_decode_header_hands_back_only_the_header_of_the_same_text() -> None:
+    """The last decoded header is returned again for the same ``protected`` text (the gateway
+    and the channel read one header): a different text is decoded anew, a text that fails is
+    refused again every time, and a caller changing its copy changes no later result."""
+    first = jose.b64url_encode(b'{"alg":"A","jti":"1"}')
+    header = jose.decode_header(first, "JWE protected header")
+    assert header == {"alg": "A", "jti": "1"}
+    header["jti"] = "changed"
+    assert jose.decode_header(first, "JWE protected header") == {"alg": "A", "jti": "1"}
+    other = jose.b64url_encode(b'{"alg":"A","jti":"2"}')
+    assert jose.decode_header(other, "JWE protected header") == {"alg": "A", "jti": "2"}
+    assert jose.decode_header(first, "JWE protected header") == {"alg": "A", "jti": "1"}
+    duplicate = jose.b64url_encode(b'{"alg":"A","alg":"B"}')
+    for _ in range(2):
+        with pytest.raises(jose.MalformedInput, match="duplicate key 'alg'"):
+            jose.decode_header(duplicate, "JWE protected header")
+    with pytest.raises(jose.MalformedInput) as caught:
+        jose.decode_header(first + "=", "JWE protected header", member="JWE member 'protected'")
+    assert str(caught.value).startswith("JWE member 'protected' ")
+
+
 def test_header_string_member() -> None:
     header = {"alg": "RS256", "enc": 7}
     assert jose.header_string(header, "alg", "JWS header") == "RS256"

@@ -9,8 +9,8 @@ reaches it, and :class:`OnlineClient`.
   app's, makes the client refuse the report (a client that did not check the binding over the
   whole ``cert`` would seal to the attacker's key);
 * the gateway refuses an invalid-curve ``epk``, ``alg``/``enc`` outside the allowlist, an
-  ECDH envelope where it holds no EC key, and a replayed ECDH envelope — the app never sees
-  any of them.
+  ECDH envelope where it holds no EC key, a tampered and a replayed ECDH envelope — the app
+  never sees any of them.
 """
 
 from __future__ import annotations
@@ -304,6 +304,26 @@ async def test_gateway_refuses_replayed_ecdh_envelope(stack, pm):
     assert (await post(url, body))[0] == 200
     status, text = await post(url, body)
     assert status == 409 and "replayed" in text
+    assert app.seen == [b"once"]
+
+
+async def test_gateway_refuses_tampered_ecdh_envelope(stack, pm):
+    """A real ECDH envelope with one bit of its tag flipped is refused (400, the app sees
+    nothing) and does not use up its ``jti``: the intact envelope still passes, once."""
+    running, app = stack
+    async with client(running, pm) as online:
+        attested = await online.attest()
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": "rfc"})
+    assert attested.ecdh_key is not None
+    members = {k: v for k, v in channel.seal(b"once", attested.ecdh_key).jwe.to_dict().items() if v}
+    tag = bytearray(b64u_decode(members["tag"]))
+    tag[0] ^= 0x80
+    url = running.gateway_url + "/teeapp"
+    status, text = await post(url, json.dumps(members | {"tag": b64u(bytes(tag))}).encode())
+    assert status == 400 and "does not authenticate" in text
+    assert app.seen == []
+    assert (await post(url, json.dumps(members).encode()))[0] == 200
+    assert (await post(url, json.dumps(members).encode()))[0] == 409
     assert app.seen == [b"once"]
 
 

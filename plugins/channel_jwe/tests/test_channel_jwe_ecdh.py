@@ -115,6 +115,28 @@ def test_invalid_curve_point_refused_before_key_agreement(rfc, ec_key):
         rfc.open(forged({"alg": "ECDH-ES+A128KW", "enc": "A256GCM", "epk": epk}), ec_key)
 
 
+def test_coordinate_outside_the_field_refused(rfc, ec_key):
+    """A coordinate >= p (here x = p, y of a real point) is no field element: refused as not
+    a point, whatever it is congruent to."""
+    epk = valid_epk(ec_key)
+    epk["x"] = b64url(P256_P.to_bytes(32, "big"))
+    with pytest.raises(EnvelopeError, match="epk is not a point on P-256"):
+        rfc.open(forged({"alg": "ECDH-ES+A128KW", "enc": "A256GCM", "epk": epk}), ec_key)
+
+
+@pytest.mark.parametrize("member", ["tag", "ciphertext", "iv", "encrypted_key", "protected"])
+def test_tampered_member_of_an_ecdh_envelope_fails(rfc, ec_key, member):
+    """One flipped bit in any member of a real ECDH envelope: the key unwrap or the GCM tag
+    refuses it (the protected header, epk included, is the GCM AAD)."""
+    jwe = rfc.seal(b"hello", ec_key.public_key()).jwe
+    value = bytearray(unb64url(getattr(jwe, member)))
+    value[len(value) // 2] ^= 0x01
+    tampered = Jwe(**(jwe.to_dict() | {member: b64url(bytes(value))}))
+    with pytest.raises(EnvelopeError):
+        rfc.open(tampered, ec_key)
+    assert rfc.open(jwe, ec_key).plaintext == b"hello"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
