@@ -51,6 +51,7 @@ _MESSAGES: dict[Problem, str] = {
 _B64URL_NOPAD = re.compile(r"[A-Za-z0-9_-]*")
 _URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _URL_TO_STD = bytes.maketrans(b"-_", b"+/")
+_STD_TO_URL = bytes.maketrans(b"+/", b"-_")
 #: byte -> its 6-bit value in the base64url alphabet (0 for bytes outside it)
 _B64URL_VALUE = bytes(_URL_ALPHABET.find(bytes([b])) % 64 for b in range(256))
 #: by ``len % 4`` of base64url text: the bits of its last character that encode no data (4 of
@@ -78,7 +79,7 @@ class MalformedInput(InvalidInput):
 
 def b64url_encode(data: bytes) -> str:
     """base64url of ``data`` without padding."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_STD_TO_URL, b"=").decode("ascii")
 
 
 def b64url_decode(value: str, what: str) -> bytes:

@@ -93,11 +93,14 @@ _REPLY_PROTECTED = {
 }
 
 
+_ENC_BY_KEY_BYTES = {size: enc for enc, size in GCM_KEY_BYTES.items()}
+
+
 def _enc_for_key(cek: bytes) -> str:
-    for enc, size in GCM_KEY_BYTES.items():
-        if len(cek) == size:
-            return enc
-    raise EnvelopeError(f"content key must be 16, 24 or 32 bytes, got {len(cek)}")
+    enc = _ENC_BY_KEY_BYTES.get(len(cek))
+    if enc is None:
+        raise EnvelopeError(f"content key must be 16, 24 or 32 bytes, got {len(cek)}")
+    return enc
 
 
 def _header(jwe: Jwe, parts: DecodedJwe, algs: tuple[str, ...]) -> tuple[dict[str, Any], str, str]:
