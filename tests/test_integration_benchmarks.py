@@ -144,3 +144,23 @@ def test_cm_stages_prints_the_stages_and_exits_1_on_a_missed_target() -> None:
     assert any(line.startswith("total (CM process, audit on, /proc)") for line in lines)
     assert sum(line.startswith("audit o") and "% of it" in line for line in lines) == 2
     assert lines[-1] == "FAIL: RSA share with the audit log on is below the target 99%"
+
+
+def test_jwe_open_prints_the_filter_against_its_primitives() -> None:
+    """A tiny run: for ECDH and RSA envelopes, the filter's cost, the bare primitives' (the
+    baseline) and the overhead with the primitives' share; informational, exit 0."""
+    done = run_without(
+        NO_PYTEST,
+        BENCHMARKS / "jwe_open.py",
+        *("--envelopes", "20", "--rounds", "1", "--key-bits", "2048"),
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for kind in ("ecdh", "rsa"):
+        assert any(line.startswith(f"{kind:5s} classify + open + seal_reply") for line in lines)
+        assert any(line.startswith(f"{kind:5s} primitives only (baseline)") for line in lines)
+        assert any(
+            line.startswith(f"{kind:5s} overhead beyond the primitives")
+            and "primitives / filter = " in line
+            for line in lines
+        )
