@@ -79,8 +79,6 @@ GCM_KEY_BYTES: dict[str, int] = {"A128GCM": 16, "A192GCM": 24, "A256GCM": 32}
 DEFAULT_ENC = "A256GCM"
 IV_BYTES = 12
 TAG_BYTES = 16
-#: OAEP padding per key-transport ``alg`` (RFC 7518 §4.3; immutable, shared by every call).
-_OAEP = {alg: oaep(alg) for alg in KEY_ALGS}
 _P256 = ec.SECP256R1()
 _ECDH = ec.ECDH()
 _SHA256 = hashes.SHA256()
@@ -265,7 +263,7 @@ class RfcDialect:
                 cek = aes_key_unwrap(kek, parts.encrypted_key)
             else:
                 assert isinstance(private_key, RSAPrivateKey)
-                cek = private_key.decrypt(parts.encrypted_key, _OAEP[alg])
+                cek = private_key.decrypt(parts.encrypted_key, oaep(alg))  # RFC 7518 §4.3
         except (ValueError, InvalidUnwrap):
             raise EnvelopeError(
                 f"cannot decrypt JWE encrypted_key with {alg}: not for this key, or altered"

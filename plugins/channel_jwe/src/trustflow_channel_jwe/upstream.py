@@ -48,10 +48,19 @@ TAG_BYTES = 16
 IV_BYTES_RANGE = (8, 128)
 
 
-def oaep(alg: str) -> padding.OAEP:
-    """OAEP padding for a key-transport ``alg`` name (``RSA-OAEP`` = SHA-1)."""
+def _make_oaep(alg: str) -> padding.OAEP:
     hash_cls = OAEP_HASHES[alg]
     return padding.OAEP(mgf=padding.MGF1(hash_cls()), algorithm=hash_cls(), label=None)
+
+
+#: The padding objects are immutable descriptions: built once, shared by every call.
+_OAEP = {alg: _make_oaep(alg) for alg in OAEP_HASHES}
+
+
+def oaep(alg: str) -> padding.OAEP:
+    """OAEP padding for a key-transport ``alg`` name (``RSA-OAEP`` = SHA-1; MGF1 with the
+    same hash, empty label)."""
+    return _OAEP[alg]
 
 
 def enc_for_key(cek: bytes) -> str:
