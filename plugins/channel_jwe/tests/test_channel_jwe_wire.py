@@ -107,9 +107,14 @@ def test_rfc_requests_carry_authenticated_freshness_claims() -> None:
         JweChannel().open(Jwe.from_dict(members), key)
 
 
-def test_rfc_open_reads_what_a_plain_rfc_library_writes() -> None:
+@pytest.mark.parametrize(
+    ("alg", "enc"),
+    [("RSA-OAEP-256", "A128GCM"), ("RSA-OAEP", "A256GCM"), ("RSA-OAEP-256", "A192GCM")],
+)
+def test_rfc_open_reads_what_a_plain_rfc_library_writes(alg: str, enc: str) -> None:
+    """RSA-OAEP is SHA-1 OAEP, RSA-OAEP-256 SHA-256 (RFC 7518 §4.3), each CEK size."""
     key = rsa_test_key("recipient")
-    token = JWE(PAYLOAD, protected={"alg": "RSA-OAEP-256", "enc": "A128GCM", "kid": "cm"})
+    token = JWE(PAYLOAD, protected={"alg": alg, "enc": enc, "kid": "cm"})
     token.add_recipient(JWK.from_pyca(key.public_key()))
     opened = JweChannel().open(Jwe.from_dict(json.loads(token.serialize())), key)
     assert opened.plaintext == PAYLOAD
