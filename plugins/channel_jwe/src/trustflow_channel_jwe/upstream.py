@@ -43,6 +43,10 @@ GCM_KEY_BYTES: dict[str, int] = {"A128GCM": 16, "A256GCM": 32}
 #: (docs/compat.md#jwe-reply-alg).
 REPLY_ALG = "RSA-OAEP-256"
 SEAL_ENC = "A128GCM"
+#: The protected header of an Envoy-form reply for each ``enc`` (always the same text).
+_REPLY_PROTECTED = {
+    enc: b64url_encode(compact_json({"alg": REPLY_ALG, "enc": enc})) for enc in GCM_KEY_BYTES
+}
 SEAL_IV_BYTES = 12
 TAG_BYTES = 16
 IV_BYTES_RANGE = (8, 128)
@@ -165,10 +169,10 @@ class UpstreamDialect:
     def seal_reply(self, plaintext: bytes, cek: bytes) -> Jwe:
         """The Envoy response form: compact ``{"alg":"RSA-OAEP-256","enc":<by CEK size>}``,
         ``encrypted_key = ""``, fresh 12-byte IV, empty aad, all six members."""
-        header = compact_json({"alg": REPLY_ALG, "enc": enc_for_key(cek)})
+        protected = _REPLY_PROTECTED[enc_for_key(cek)]  # refuses a CEK of another size
         iv, ciphertext, tag = gcm_seal(cek, plaintext)
         return Jwe(
-            protected=b64url_encode(header),
+            protected=protected,
             encrypted_key="",
             iv=b64url_encode(iv),
             ciphertext=b64url_encode(ciphertext),
