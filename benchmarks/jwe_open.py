@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The gateway's time per JWE request outside HTTP (issue 18 item 3), in one run (a few seconds):
+"""The gateway's time per JWE request outside HTTP (issue 18 item 3), in one run (≈ 10-20 s):
 what ``classify`` + ``JweFilter.open`` + ``JweFilter.seal_reply`` cost in this process, against
 the bare cryptography every such request needs, measured in the same interleaved rounds.
 
