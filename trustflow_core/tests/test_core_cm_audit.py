@@ -608,6 +608,54 @@ async def test_a_release_decided_before_a_revocation_is_decided_again(cm_world: 
     ]
 
 
+async def test_a_release_whose_append_waits_behind_a_revocation_is_decided_again(
+    cm_world: CMWorld, sql: Any, db_url: str
+) -> None:
+    """PostgreSQL's one-statement append (docs/audit.md): its snapshot is taken before it
+    waits for the size row, so a revocation that commits while it waits is not in that
+    snapshot. Interleaving: the size row is held (a session of the test) while the owner
+    deletes the policy (its revision bumped, its append waiting) and a GetDataKeys is
+    decided on the old policy and appends (waiting too); once the row is let go, the
+    revocation commits first, and the release must find that (the size it expected has
+    grown), decide again and be refused: no key leaves after the revocation."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the one-statement append is PostgreSQL's")
+    owner, app = new_party("owner"), new_party("app")
+    uuid = new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+
+    async def waiting(count: int) -> None:
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        for _ in range(500):
+            with sql.connect() as probe:
+                if probe.execute(query).scalar() == count:
+                    return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{count} sessions never waited for the size row")
+
+    with sql.connect() as holder:
+        holder.execute(text("SELECT size FROM cm_audit_size WHERE id = 1 FOR UPDATE"))
+        revoke = asyncio.create_task(cm_world.client.delete_data_policy(owner, SCOPE, uuid))
+        await waiting(1)
+        release = asyncio.create_task(get_keys(cm_world, app, [uuid]))
+        await waiting(2)
+        holder.commit()
+    await revoke
+    with pytest.raises(CapsuleManagerError, match="data policy is empty"):
+        await release
+    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    assert kinds(bundle) == [
+        ("keys_created", uuid),
+        ("policy_set", uuid),
+        ("policy_deleted", uuid),
+        ("key_refusal", uuid),
+    ]
+
+
 async def test_a_change_to_other_data_does_not_stop_a_release(cm_world: CMWorld) -> None:
     """The read set is per data_uuid: another data's policy change between the decision and
     the append leaves the release alone."""
