@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 
 from ...errors import TrustflowError
 from .audit_log import AuditDraft, AuditLog
@@ -67,14 +68,19 @@ def _sql(statement: str, placeholder: str, count: int = 0, lock: str = "") -> st
     return statement.replace("?", placeholder) + lock
 
 
-def append_batch(engine: Engine, log: AuditLog, batch: Batch) -> list[bool]:
+def append_batch(
+    engine: Engine, log: AuditLog, batch: Batch, kept: PoolProxiedConnection | None = None
+) -> list[bool]:
     """Append the drafts of every decision in ``batch`` whose read set holds, in one
     transaction; return which did (see :meth:`.database.Database._append_audit`). None of
-    ``batch`` may be ``limited``. Raise :class:`DriverError` on a driver error (rolled back)."""
+    ``batch`` may be ``limited``. Raise :class:`DriverError` on a driver error (rolled back;
+    a dead connection is invalidated, ``kept`` too: the caller drops it). ``kept``: a pooled
+    connection the caller holds for its appends (not returned to the pool here); else one is
+    checked out for this call."""
     dialect = engine.dialect
     ph = "?" if dialect.paramstyle == "qmark" else "%s"
     sqlite = dialect.name == "sqlite"
-    connection = engine.raw_connection()
+    connection = engine.raw_connection() if kept is None else kept
     try:
         cursor = connection.cursor()
         try:
@@ -125,11 +131,19 @@ def append_batch(engine: Engine, log: AuditLog, batch: Batch) -> list[bool]:
                 s in text for s in _RETRYABLE
             )
             raise DriverError(retry, False) from exc
+        except BaseException:  # not the driver's: nothing stays open on a kept connection
+            with contextlib.suppress(dialect.loaded_dbapi.Error):
+                if sqlite:
+                    cursor.execute("ROLLBACK")
+                else:
+                    connection.rollback()
+            raise
         finally:
             with contextlib.suppress(dialect.loaded_dbapi.Error):
                 cursor.close()
     finally:
-        connection.close()
+        if kept is None:
+            connection.close()
 
 
 #: PostgreSQL: a whole append in one statement, run in autocommit (its own transaction, committed
