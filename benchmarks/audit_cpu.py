@@ -36,13 +36,13 @@ def thread_cpu(tid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def cpu_by_thread() -> collections.Counter[str]:
+def cpu_by_thread() -> dict[str, float]:
     """CPU seconds so far of every thread but the main one (the clients' event loop), by
     kind: a CM's event loop (``loop-on`` / ``loop-off``), ``executor`` (asyncio's worker threads
     of both CMs), ``cm-audit-commit``, ``native`` (threads Python did not start: gRPC's)."""
     main = threading.main_thread().native_id
     names = {t.native_id: t.name for t in threading.enumerate()}
-    out: collections.Counter[str] = collections.Counter()
+    out: collections.defaultdict[str, float] = collections.defaultdict(float)
     for entry in os.listdir("/proc/self/task"):
         tid = int(entry)
         if tid == main:
@@ -137,7 +137,7 @@ async def measure(args: argparse.Namespace) -> None:
                     await drive(list(calls), pool, 0.5, True)  # warm-up
                     cm.batches.clear()
                     state[mode] = {"pool": pool, "calls": calls, "requests": 0, "elapsed": 0.0}
-                    state[mode]["cpu"] = collections.Counter()
+                    state[mode]["cpu"] = collections.defaultdict(float)
                 for round_ in range(args.rounds):
                     for mode in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
                         before = cpu_by_thread()

@@ -29,6 +29,7 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.registry import ATTESTER, backend_class
+from trustflow_core.roles.capsule_manager.audit_appends import PAUSE_AFTER_MISS
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.capsule_manager_client import audit
 from trustflow_core.roles.capsule_manager_client.client import (
@@ -572,6 +573,8 @@ def first_append_held(store: Any) -> Iterator[HeldAppend]:
     """Hold the first audit append of ``store`` (a release decided, its entry not yet written)
     while the block runs; always released and unhooked at the end."""
     held = HeldAppend()
+    if store.audit is not None:  # PostgreSQL's one-statement append is tried first, as usual
+        store.audit.one_statement_paused = 0
     store.audit_commits.before_write = held.hook
     try:
         yield held
@@ -637,6 +640,9 @@ async def test_a_release_whose_append_waits_behind_a_revocation_is_decided_again
             await asyncio.sleep(0.02)
         raise AssertionError(f"{count} sessions never waited for the size row")
 
+    store = cm_world.cm.store
+    assert store is not None and store.audit is not None
+    store.audit.one_statement_paused = 0  # this test is about the one statement
     with sql.connect() as holder:
         holder.execute(text("SELECT size FROM cm_audit_size WHERE id = 1 FOR UPDATE"))
         revoke = asyncio.create_task(cm_world.client.delete_data_policy(owner, SCOPE, uuid))
@@ -647,6 +653,7 @@ async def test_a_release_whose_append_waits_behind_a_revocation_is_decided_again
     await revoke
     with pytest.raises(CapsuleManagerError, match="data policy is empty"):
         await release
+    assert store.audit.one_statement_paused == PAUSE_AFTER_MISS  # it ran and wrote nothing
     bundle = await audit.fetch_bundle(cm_world.client, owner)
     assert kinds(bundle) == [
         ("keys_created", uuid),

@@ -174,12 +174,19 @@ def _one_statement_sql(entries: int, pairs: int) -> str:
     return _ONE_GROW.format(holds=holds, rows=", ".join([_ONE_ROW] * entries))
 
 
+#: Batches that take the general path after the one statement wrote nothing: when several
+#: processes append (``--workers``, replicas), the size this process expects is often stale,
+#: and each miss costs a round trip before the general path.
+PAUSE_AFTER_MISS = 16
+
+
 def _one_statement(driver: Any, cur: Any, log: AuditLog, batch: Batch) -> bool:
     """PostgreSQL: append every draft of ``batch`` in ONE round trip, at the indexes from
     ``log.size_hint`` (the size this process last wrote or read), if every decision's read
     set holds; False when nothing was written (no hint, a wrong hint -- another process or
     transaction appended meanwhile --, or a read set that changed: the caller takes the
-    general path, which finds out which).
+    general path, which finds out which; the next :data:`PAUSE_AFTER_MISS` batches take it
+    directly).
 
     The statement's snapshot is taken before it waits for the size row's lock, but it is
     enough: it commits only if the size row still holds ``start`` both in that snapshot and
@@ -191,6 +198,9 @@ def _one_statement(driver: Any, cur: Any, log: AuditLog, batch: Batch) -> bool:
     ``execute`` returns."""
     start = log.size_hint
     if start is None:
+        return False
+    if log.one_statement_paused:
+        log.one_statement_paused -= 1
         return False
     pairs = {(u, rev) for _, read in batch if read for u, rev in read.items()}
     drafts = [d for ds, _ in batch for d in ds]
@@ -206,6 +216,7 @@ def _one_statement(driver: Any, cur: Any, log: AuditLog, batch: Batch) -> bool:
     finally:
         driver.autocommit = False
     if cur.rowcount != len(drafts):
+        log.one_statement_paused = PAUSE_AFTER_MISS
         return False
     log.size_hint = start + len(drafts)
     return True

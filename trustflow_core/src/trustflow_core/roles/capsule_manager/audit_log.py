@@ -120,6 +120,8 @@ class AuditLog:
         #: the log's size after this process's last append, or None: where the next append
         #: most likely starts (:func:`.audit_appends.append_batch` checks it in SQL)
         self.size_hint: int | None = None
+        #: batches left that skip the one-statement append after it missed (the writer's)
+        self.one_statement_paused = 0
 
     def _mac(self, index: int, entry_json: str) -> bytes:
         return hmac.new(
