@@ -29,6 +29,7 @@ from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
     capsule_manager_pb2 as cm_pb2,
 )
 from trustflow_core.registry import ATTESTER, backend_class
+from trustflow_core.roles.capsule_manager.audit_appends import PAUSE_AFTER_MISS
 from trustflow_core.roles.capsule_manager.settings import CMSettings
 from trustflow_core.roles.capsule_manager_client import audit
 from trustflow_core.roles.capsule_manager_client.client import (
@@ -572,6 +573,8 @@ def first_append_held(store: Any) -> Iterator[HeldAppend]:
     """Hold the first audit append of ``store`` (a release decided, its entry not yet written)
     while the block runs; always released and unhooked at the end."""
     held = HeldAppend()
+    if store.audit is not None:  # PostgreSQL's one-statement append is tried first, as usual
+        store.audit.one_statement_paused = 0
     store.audit_commits.before_write = held.hook
     try:
         yield held
@@ -599,6 +602,58 @@ async def test_a_release_decided_before_a_revocation_is_decided_again(cm_world: 
         held.release()
         with pytest.raises(CapsuleManagerError, match="data policy is empty"):
             await task
+    bundle = await audit.fetch_bundle(cm_world.client, owner)
+    assert kinds(bundle) == [
+        ("keys_created", uuid),
+        ("policy_set", uuid),
+        ("policy_deleted", uuid),
+        ("key_refusal", uuid),
+    ]
+
+
+async def test_a_release_whose_append_waits_behind_a_revocation_is_decided_again(
+    cm_world: CMWorld, sql: Any, db_url: str
+) -> None:
+    """PostgreSQL's one-statement append (docs/audit.md): its snapshot is taken before it
+    waits for the size row, so a revocation that commits while it waits is not in that
+    snapshot. Interleaving: the size row is held (a session of the test) while the owner
+    deletes the policy (its revision bumped, its append waiting) and a GetDataKeys is
+    decided on the old policy and appends (waiting too); once the row is let go, the
+    revocation commits first, and the release must find that (the size it expected has
+    grown), decide again and be refused: no key leaves after the revocation."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the one-statement append is PostgreSQL's")
+    owner, app = new_party("owner"), new_party("app")
+    uuid = new_data_uuid()
+    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
+    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+
+    async def waiting(count: int) -> None:
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        for _ in range(500):
+            with sql.connect() as probe:
+                if probe.execute(query).scalar() == count:
+                    return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{count} sessions never waited for the size row")
+
+    store = cm_world.cm.store
+    assert store is not None and store.audit is not None
+    store.audit.one_statement_paused = 0  # this test is about the one statement
+    with sql.connect() as holder:
+        holder.execute(text("SELECT size FROM cm_audit_size WHERE id = 1 FOR UPDATE"))
+        revoke = asyncio.create_task(cm_world.client.delete_data_policy(owner, SCOPE, uuid))
+        await waiting(1)
+        release = asyncio.create_task(get_keys(cm_world, app, [uuid]))
+        await waiting(2)
+        holder.commit()
+    await revoke
+    with pytest.raises(CapsuleManagerError, match="data policy is empty"):
+        await release
+    assert store.audit.one_statement_paused == PAUSE_AFTER_MISS  # it ran and wrote nothing
     bundle = await audit.fetch_bundle(cm_world.client, owner)
     assert kinds(bundle) == [
         ("keys_created", uuid),

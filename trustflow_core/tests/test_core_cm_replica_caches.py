@@ -35,6 +35,7 @@ REVIEWED = {
     "hashes of rows read back from the database (append-only; rows other replicas append are "
     "read and MAC-checked before they join it)",
     "capsule_manager.audit_appends._sql": "SQL text by statement, placeholder style, counts",
+    "capsule_manager.audit_appends._one_statement_sql": "SQL text by counts",
     "capsule_manager.audit_appends._SHARE_LOCK": "constant",
     "capsule_manager.constraint_sandbox.Sandbox._all": "this process's CEL worker processes",
     "capsule_manager.commands.COMMANDS": "constant",

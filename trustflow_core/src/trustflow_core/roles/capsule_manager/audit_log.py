@@ -117,6 +117,11 @@ class AuditLog:
         self._full_at: float | None = None  # time.monotonic() of the last full check
         #: the last stored head whose signature verified (only the last one is ever checked)
         self._good_head: tuple[int, bytes, int, bytes] | None = None
+        #: the log's size after this process's last append, or None: where the next append
+        #: most likely starts (:func:`.audit_appends.append_batch` checks it in SQL)
+        self.size_hint: int | None = None
+        #: batches left that skip the one-statement append after it missed (the writer's)
+        self.one_statement_paused = 0
 
     def _mac(self, index: int, entry_json: str) -> bytes:
         return hmac.new(
@@ -147,6 +152,7 @@ class AuditLog:
         start = end - n
         rows = [dict(zip(ENTRY_COLUMNS, row, strict=True)) for row in self.rows(drafts, start, now)]
         conn.execute(insert(_ENTRIES), rows)
+        self.size_hint = end
 
     def rows(
         self, drafts: Sequence[AuditDraft], start: int, now_ms: int

@@ -51,6 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import BindParameter
 
 from ...errors import TrustflowError
@@ -209,6 +210,7 @@ class Database:
         self._sealer = sealer
         self.audit: AuditLog | None = None
         self.audit_commits = GroupCommit(self._append_audit)
+        self._audit_connection: PoolProxiedConnection | None = None  # :meth:`_append_raw`
         if url.startswith("sqlite"):
             self._write_engine, self._read_engine = _sqlite_engines(url)
             self._sqlite_write_lock: WriterLock | None = WriterLock(self._write_engine.url.database)
@@ -302,6 +304,9 @@ class Database:
 
     def close(self) -> None:
         self.audit_commits.close()
+        if self._audit_connection is not None:
+            self._audit_connection.close()
+            self._audit_connection = None
         self._write_engine.dispose()
         self._read_engine.dispose()
         if self._sqlite_write_lock is not None:
@@ -421,16 +426,24 @@ class Database:
         self, audit: AuditLog, batch: list[tuple[Sequence[AuditDraft], ReadSet | None]]
     ) -> list[bool]:
         """:meth:`_append_audit` of a batch without refusals on the driver's connection
-        (:mod:`.audit_appends`), retried like :meth:`_tx`."""
+        (:mod:`.audit_appends`), retried like :meth:`_tx`. PostgreSQL and MariaDB: on a
+        pooled connection kept for the appends (they run one at a time, in the group
+        commit's writer thread), not checked out and in per batch."""
         delay = 0.005
         for attempt in range(MAX_ATTEMPTS):
             try:
                 with _metrics.db_timer("write"):
                     if self._sqlite_write_lock is None:
-                        return append_batch(self._write_engine, audit, batch)
+                        if self._audit_connection is None:
+                            self._audit_connection = self._write_engine.raw_connection()
+                        return append_batch(
+                            self._write_engine, audit, batch, self._audit_connection
+                        )
                     with self._sqlite_write_lock:
                         return append_batch(self._write_engine, audit, batch)
             except DriverError as exc:
+                if exc.disconnected:
+                    self._audit_connection = None  # invalidated: the next attempt opens one
                 cause = type(exc.__cause__).__name__
                 if not exc.retry:
                     log.warning("audit append failed: %s", cause)
