@@ -697,3 +697,96 @@ def test_freshness_config():
     ):
         with pytest.raises(InvalidInput, match=re.escape(fragment)):
             freshness(bad)
+
+
+# ---- request smuggling: what the relay's parser (llhttp, strict) refuses --------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+            400,
+            id="CL+TE",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\n"
+            b"abc",
+            400,
+            id="two Content-Length",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked, identity\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n",
+            400,
+            id="TE not ending in chunked",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+            400,
+            id="TE lookalike",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3x\r\nabc\r\n0\r\n\r\n",
+            400,
+            id="bad chunk size",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\nabc\n0\r\n\r\n",
+            400,
+            id="bare LF in chunks",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nX-A: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+            400,
+            id="obs-fold",
+        ),
+        pytest.param(b"POST /open HTTP/1.1\nHost: gw\nContent-Length: 0\n\n", 400, id="bare LF"),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost : gw\r\nContent-Length: 0\r\n\r\n",
+            400,
+            id="space before colon",
+        ),
+        pytest.param(
+            b"GET /open HTTP/1.1\r\nHost: gw\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+            431,
+            id="head too large",
+        ),
+    ],
+)
+async def test_ambiguous_requests_are_refused_and_never_reach_the_app(
+    pm, deploy, request_bytes, status
+):
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        got, headers, _ = await exchange(address, request_bytes)
+    assert got == status
+    assert headers["connection"] == "close"
+    assert app.seen == []
+
+
+@pytest.mark.asyncio
+async def test_pipelined_requests_are_answered_in_order(pm, deploy):
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        writer.write(
+            b"POST /one HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\n1"
+            b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+            b"POST /two HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\n2"
+            b"GET /three HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+        )
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    bodies = re.findall(rb"\r\n\r\n(served /[a-z]+|OK\n)", data)
+    assert bodies == [b"served /one", b"OK\n", b"served /two", b"served /three"]
+    assert [(path, body) for path, _, body in app.seen] == [
+        ("/one", b"1"),
+        ("/two", b"2"),
+        ("/three", b""),
+    ]
