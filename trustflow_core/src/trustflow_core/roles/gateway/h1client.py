@@ -61,7 +61,7 @@ class UpstreamTimeout(UpstreamError):
     """The upstream did not answer (or stopped sending) within the request timeout."""
 
 
-class _StaleConnection(UpstreamError):
+class StaleConnection(UpstreamError):
     """A reused connection was closed before the answer started."""
 
 
@@ -97,8 +97,11 @@ class ReplySink(Protocol):
         """The reply is complete (the connection is already pooled or closed)."""
 
     def reply_failed(self, error: UpstreamError) -> None:
-        """The reply broke off after :meth:`reply_head` (before it, the waiter of
-        :meth:`UpstreamConnection.send` gets the error instead)."""
+        """The reply broke off after :meth:`reply_head`."""
+
+    def request_failed(self, error: UpstreamError) -> None:
+        """No reply head came (only when :meth:`UpstreamConnection.send` was asked for no
+        waiter; else the waiter gets the error)."""
 
     def flush(self) -> None:
         """End of one received segment."""
@@ -134,6 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_request = False
         self._reply: Reply | None = None
+        self._headed = False  # the sink got the reply head
         self._got = False  # a byte of the current reply arrived
         self._sending = False  # a streamed request body is not finished
         self._chunked_body = False
@@ -186,7 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
             what = "no answer" if reply is None else "upstream stalled mid-reply: no data"
             error: UpstreamError = UpstreamTimeout(f"{what} within {self.read_timeout:g} s")
         elif self.reused and not self._got:
-            error = _StaleConnection("reused connection closed")
+            error = StaleConnection("reused connection closed")
         elif reply is None:
             error = UpstreamError(
                 "upstream closed the connection before answering"
@@ -243,6 +247,7 @@ class UpstreamConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(reply)
         assert self.sink is not None
+        self._headed = True
         self.sink.reply_head(reply)
         if self._head_request:  # llhttp would wait for the body Content-Length announces
             self._reset_parser = True
@@ -269,18 +274,22 @@ class UpstreamConnection(asyncio.Protocol):
         read_timeout: float,
         streamed: bool = False,
         chunked: bool = False,
-    ) -> asyncio.Future[Reply]:
+        waiter: bool = True,
+    ) -> asyncio.Future[Reply] | None:
         """Send ``head`` (and ``body``); the returned future resolves with the reply head
-        (which ``sink`` also gets), or fails with :class:`UpstreamError`. With ``streamed``
-        the body follows through :meth:`send_body` and :meth:`end_body` (as chunks when
-        ``chunked``)."""
+        (which ``sink`` also gets), or fails with :class:`UpstreamError`; without ``waiter``
+        there is no future and the sink hears of a failure before the head through
+        :meth:`ReplySink.request_failed`. With ``streamed`` the body follows through
+        :meth:`send_body` and :meth:`end_body` (as chunks when ``chunked``)."""
         assert self.transport is not None
         self.sink = sink
         self.read_timeout = read_timeout
         self._head_request = head_request
         self._got = False
+        self._headed = False
         self._reply = None
-        self.waiter = waiter = asyncio.get_running_loop().create_future()
+        future = asyncio.get_running_loop().create_future() if waiter else None
+        self.waiter = future
         sink.bind(self)
         if streamed:
             self._sending = True
@@ -289,7 +298,7 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.transport.write(head + body if body else head)
             self.sweeper.arm(self, read_timeout)
-        return waiter
+        return future
 
     def send_body(self, data: bytes) -> None:
         """One more piece of a streamed request body."""
@@ -361,7 +370,10 @@ class UpstreamConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
         elif sink is not None:
-            sink.reply_failed(error)
+            if self._headed:
+                sink.reply_failed(error)
+            else:
+                sink.request_failed(error)
 
     def _malformed(self, exc: HttpParserError) -> str:
         reason = str(exc)
@@ -461,9 +473,10 @@ class H1Client:
             waiter = conn.send(
                 head, body, sink, head_request=head_request, read_timeout=read_timeout
             )
+            assert waiter is not None
             try:
                 return await waiter
-            except _StaleConnection:
+            except StaleConnection:
                 if attempt:
                     raise UpstreamError("connection closed before answering") from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -521,6 +534,7 @@ class H1Client:
                 streamed=True,
                 chunked=chunked,
             )
+            assert waiter is not None
             try:
                 async for chunk in body:
                     conn.send_body(chunk)
@@ -564,6 +578,9 @@ class _Collector:
 
     def reply_failed(self, error: UpstreamError) -> None:
         self.error = error
+
+    def request_failed(self, error: UpstreamError) -> None:
+        self.error = error  # not reached: request() always has a waiter
 
     def flush(self) -> None:
         if self._wake is not None and not self._wake.done():

@@ -37,14 +37,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .. import _metrics
 from .._logging import accept_request_id, request_context
-from .config import Address, Cluster, GatewayConfig, Listener
+from .config import Address, Cluster, GatewayConfig, Listener, Route
 from .guard import MAX_DEFAULT_CONNECTIONS, HttpGuard
 from .h1client import (
     Reply,
+    StaleConnection,
     UpstreamConnection,
     UpstreamConnectTimeout,
     UpstreamError,
@@ -128,6 +130,7 @@ class HttpProxy:
             port,
             request_timeout=self.config.request_timeout,
             idle_timeout=self.listener.idle_timeout or 0.0,
+            collect=SMALL,
             reply_drop=_REPLY_DROP,
             ssl_context=ssl_context,
             handshake_timeout=handshake_timeout,
@@ -137,10 +140,59 @@ class HttpProxy:
     # ---- relay.Application -----------------------------------------------------------------
 
     def serve(self, ex: Exchange) -> None:
-        asyncio.get_running_loop().create_task(self._serve(ex))
+        """Route ``ex``; answer it locally, or relay it from the protocol callbacks when its
+        body is here and a pooled upstream connection is idle (no task), else in a task."""
+        rid = accept_request_id(_latin1(ex.header(b"x-request-id")))
+        ex.extra = b"x-request-id: %s\r\n" % rid.encode()
+        route = self._route(ex)
+        if route is None:
+            return
+        if (self.jwe is None or not ex.has_body) and ex.header(b"expect") is None:
+            body: bytes | None = None
+            if ex.has_body:
+                length = ex.content_length
+                ready = ex.complete and length is not None and length <= SMALL
+                body = ex.take_body() if ready else None
+            if body is not None or not ex.has_body:
+                cluster = self.upstreams.clusters[route.cluster]
+                address = self.upstreams.pick(cluster.name)
+                conn = self.client.pooled(address)
+                if conn is not None:
+                    head = self._head(ex, rid, address, body, None)
+                    ex.context = (rid, cluster, address, body)
+                    ex.forwarded = len(body) if body else 0
+                    conn.send(
+                        head,
+                        body,
+                        ex,
+                        head_request=ex.method == b"HEAD",
+                        read_timeout=self.config.request_timeout,
+                        waiter=False,
+                    )
+                    return
+                asyncio.get_running_loop().create_task(
+                    self._in_task(ex, rid, self._send(ex, rid, cluster, address, body, None))
+                )
+                return
+        asyncio.get_running_loop().create_task(self._in_task(ex, rid, self._handle(ex, rid, route)))
+
+    def failed(self, ex: Exchange, error: UpstreamError) -> None:
+        """No reply came for a request sent by :meth:`serve` itself: send it again on a new
+        connection when the pooled one was stale, else answer 502/504."""
+        if ex.finished:
+            return
+        rid, cluster, address, body = ex.context
+        with request_context(rid):
+            if isinstance(error, StaleConnection):
+                again = self._send(ex, rid, cluster, address, body, None, fresh=True)
+                asyncio.get_running_loop().create_task(self._in_task(ex, rid, again))
+            else:
+                _upstream_failed(ex, cluster, address, error, self.config.request_timeout)
 
     def done(self, ex: Exchange) -> None:
         elapsed = time.perf_counter() - ex.started
+        if not ex.label:  # answered before it was routed (408, client gone)
+            ex.label = self._label(ex)
         key = (ex.label or f"{self.listener.name}:unrouted", ex.status or 500)
         observers = self._observers.get(key)
         if observers is None:
@@ -160,12 +212,10 @@ class HttpProxy:
 
     # ---- requests --------------------------------------------------------------------------
 
-    async def _serve(self, ex: Exchange) -> None:
-        rid = accept_request_id(_latin1(ex.header(b"x-request-id")))
-        ex.extra = b"x-request-id: %s\r\n" % rid.encode()
+    async def _in_task(self, ex: Exchange, rid: str, work: Coroutine[Any, Any, None]) -> None:
         with request_context(rid):
             try:
-                await self._handle(ex, rid)
+                await work
             except BodyTimeout:
                 text = f"request body not received within {self.config.request_timeout:g} s"
                 _text(ex, 408, text)
@@ -176,27 +226,45 @@ class HttpProxy:
                 log.exception("%s %s failed", ex.method.decode(), ex.path)
                 _text(ex, 500, "internal error")
 
-    async def _handle(self, ex: Exchange, rid: str) -> None:
+    def _label(self, ex: Exchange) -> str:
+        """The metrics route label of ``ex`` (for one answered before :meth:`_route`)."""
+        name = self.listener.name
+        try:
+            path = routing_path(ex.target.decode("latin-1"))
+        except BadTarget:
+            return f"{name}:bad_target"
+        if path == "/healthz":
+            return f"{name}:/healthz"
+        route = self.listener.route_for(path)
+        return self._labels[route.prefix] if route else f"{name}:unrouted"
+
+    def _route(self, ex: Exchange) -> Route | None:
+        """The route of ``ex``, or None when it was answered here (healthz, 400, 404, 415)."""
         name = self.listener.name
         try:
             path = routing_path(ex.target.decode("latin-1"))
         except BadTarget as exc:
             ex.label = f"{name}:bad_target"
-            return _text(ex, 400, f"refused request target: {exc}")
+            _text(ex, 400, f"refused request target: {exc}")
+            return None
         if path == "/healthz":
             ex.label = f"{name}:/healthz"
             if ex.method == b"GET":
-                return _text(ex, 200, "OK")
+                _text(ex, 200, "OK")
+                return None
         route = self.listener.route_for(path)
         if route is None:
             ex.label = ex.label or f"{name}:unrouted"
-            return _text(ex, 404, f"no route for {path}")
+            _text(ex, 404, f"no route for {path}")
+            return None
         ex.label = self._labels[route.prefix]
-        cluster = self.upstreams.clusters[route.cluster]
         if route.require_jwe and not ex.has_body:
-            return _text(
-                ex, 415, f"{route.prefix} accepts only JWE envelopes; the request has no body"
-            )
+            _text(ex, 415, f"{route.prefix} accepts only JWE envelopes; the request has no body")
+            return None
+        return route
+
+    async def _handle(self, ex: Exchange, rid: str, route: Route) -> None:
+        cluster = self.upstreams.clusters[route.cluster]
         expect = ex.header(b"expect")
         if expect is not None and ex.version == "1.1":  # answered here (hop by hop)
             if expect.lower() != b"100-continue":
@@ -283,33 +351,50 @@ class HttpProxy:
         opened: OpenedRequest | None = None,
     ) -> None:
         address = self.upstreams.pick(cluster.name)
+        await self._send(ex, rid, cluster, address, body, opened)
+
+    async def _send(
+        self,
+        ex: Exchange,
+        rid: str,
+        cluster: Cluster,
+        address: Address,
+        body: bytes | object | None,
+        opened: OpenedRequest | None,
+        *,
+        fresh: bool = False,
+    ) -> None:
+        """Relay ``ex`` with ``body`` (bytes, None, or :data:`_STREAM`) to ``address``; a
+        ``fresh`` connection is opened even when one is pooled."""
         head = self._head(ex, rid, address, body, opened)
         sink: Exchange | _Sealer = ex if opened is None else _Sealer(self, ex, opened)
         head_request = ex.method == b"HEAD"
         timeout = self.config.request_timeout
         try:
-            if body is _STREAM:
-                conn: UpstreamConnection | None = self.client.pooled(address)
+            if body is _STREAM or fresh:
+                conn = None if fresh else self.client.pooled(address)
                 if conn is None:
                     conn = await self.client.connect(address, cluster.connect_timeout)
                 if ex.finished:
                     conn.close()
                     return
+                streamed = body is _STREAM
                 waiter = conn.send(
                     head,
-                    None,
+                    None if streamed else body,  # type: ignore[arg-type]
                     sink,
                     head_request=head_request,
                     read_timeout=timeout,
-                    streamed=True,
+                    streamed=streamed,
                     chunked=ex.chunked,
                 )
-                ex.pipe_to(conn)
+                if streamed:
+                    ex.pipe_to(conn)
+                assert waiter is not None
                 await waiter
             else:
                 assert body is None or isinstance(body, bytes)
-                if body:
-                    ex.forwarded = len(body)
+                ex.forwarded = len(body) if body else 0
                 await self.client.exchange(
                     address,
                     head,
@@ -415,6 +500,9 @@ class _Sealer:
         else:
             log.warning("upstream failed mid-reply to %s: %s", self.ex.path, error)
             _text(self.ex, 502, "upstream failed mid-reply")
+
+    def request_failed(self, error: UpstreamError) -> None:
+        self.reply_failed(error)  # not reached: sealed requests always have a waiter
 
     def flush(self) -> None:
         pass

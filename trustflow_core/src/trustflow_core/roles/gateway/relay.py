@@ -137,6 +137,10 @@ class Application(Protocol):
     def done(self, exchange: Exchange) -> None:
         """``exchange`` is over (answered, or the client left); called once."""
 
+    def failed(self, exchange: Exchange, error: UpstreamError) -> None:
+        """The upstream request sent with ``exchange`` as its sink and no waiter got no
+        reply."""
+
 
 class _HeadTooLarge(TrustflowError):
     pass
@@ -162,11 +166,14 @@ class Exchange:
         "complete",
         "conn",
         "content_length",
+        "context",
+        "deferred",
         "extra",
         "finished",
         "forwarded",
         "has_body",
         "headers",
+        "index",
         "keep_alive",
         "label",
         "method",
@@ -208,6 +215,9 @@ class Exchange:
         self.forwarded = 0  #: body bytes sent upstream
         self.extra = b""  #: header lines added to every reply (the request id)
         self.label = ""  #: the metrics route label, set by the application
+        self.context: Any = None  #: the application's
+        self.deferred = False  #: the application is called once the body is complete
+        self.index: dict[bytes, bytes] = {}  #: first value per lower-case header name
         self.upstream: UpstreamConnection | None = None
         self._chunks: list[bytes] = []
         self._size = 0
@@ -222,10 +232,7 @@ class Exchange:
 
     def header(self, lower_name: bytes) -> bytes | None:
         """The first value of a header (``lower_name`` in lower case), None when absent."""
-        for name, value in self.headers:
-            if len(name) == len(lower_name) and name.lower() == lower_name:
-                return value
-        return None
+        return self.index.get(lower_name)
 
     # ---- the request body ------------------------------------------------------------------
 
@@ -289,6 +296,12 @@ class Exchange:
                 break
             await self._more()
         return b"".join(self._chunks)
+
+    def take_body(self) -> bytes:
+        """The complete body, at once (only when :attr:`complete`)."""
+        chunks = self._chunks
+        self._chunks, self._size = [], 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def pipe_to(self, conn: UpstreamConnection) -> None:
         """Send the body to ``conn`` (what is buffered now, the rest as it arrives)."""
@@ -384,7 +397,7 @@ class Exchange:
         if out:
             self._out = []
             if not self.finished:
-                self.conn.write(out[0] if len(out) == 1 else b"".join(out))
+                self.conn.write_all(out)
 
     def reply_end(self) -> None:
         if self.finished:
@@ -394,6 +407,10 @@ class Exchange:
         self.flush()
         self.upstream = None
         self._finish()
+
+    def request_failed(self, error: UpstreamError) -> None:
+        self.upstream = None
+        self.conn.server.app.failed(self, error)
 
     def reply_failed(self, error: UpstreamError) -> None:
         if self.finished:
@@ -467,6 +484,7 @@ class Downstream(asyncio.Protocol):
         self._paused: set[str] = set()
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._index: dict[bytes, bytes] = {}
         self._head_size = 0
         self._length: int | None = None
         self._chunked = False
@@ -544,6 +562,7 @@ class Downstream(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._index = {}
         self._head_size = 0
         self._length = None
         self._chunked = False
@@ -559,10 +578,12 @@ class Downstream(asyncio.Protocol):
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD:
             raise _HeadTooLarge
-        size = len(name)
-        if size == 14 and name.lower() == b"content-length":
+        lower = name.lower()
+        if lower not in self._index:
+            self._index[lower] = value
+        if lower == b"content-length":
             self._length = int(value)  # llhttp checked it
-        elif size == 17 and name.lower() == b"transfer-encoding":
+        elif lower == b"transfer-encoding":
             self._chunked = True  # llhttp refuses anything not ending in chunked
 
     def on_headers_complete(self) -> None:
@@ -577,6 +598,7 @@ class Downstream(asyncio.Protocol):
             self._length,
             self._chunked,
         )
+        ex.index = self._index
         self._parsing = ex
         if self.current is None:
             self._start(ex)
@@ -597,6 +619,9 @@ class Downstream(asyncio.Protocol):
             if ex is self.current:
                 self.deadline = 0.0
             ex._on_complete()
+            if ex.deferred and ex is self.current and not ex.finished:
+                ex.deferred = False
+                self.server.app.serve(ex)
 
     # ---- serving ---------------------------------------------------------------------------
 
@@ -607,6 +632,10 @@ class Downstream(asyncio.Protocol):
         server.guard.busy(self.transport)
         if ex.has_body and not ex.complete and "upstream" not in self._paused:
             server.sweeper.arm(self, server.request_timeout)
+            length = ex.content_length
+            if length is not None and length <= server.collect and b"expect" not in ex.index:
+                ex.deferred = True  # small: served whole, from on_message_complete
+                return
         else:
             self.deadline = 0.0
         server.app.serve(ex)
@@ -649,6 +678,13 @@ class Downstream(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
             self.transport.write(data)
+
+    def write_all(self, pieces: list[bytes]) -> None:
+        if not self.closed and self.transport is not None:
+            if len(pieces) == 1:
+                self.transport.write(pieces[0])
+            else:
+                self.transport.writelines(pieces)  # uvloop: one writev
 
     def pause(self, reason: str) -> None:
         if not self._paused and self.transport is not None:
@@ -698,8 +734,11 @@ class Downstream(asyncio.Protocol):
 
 class RelayListener(Listener):
     """An HTTP listener served by :class:`Downstream` connections for ``app``; ``guard``
-    watches its connections. On close it stops accepting, closes idle connections at once and
-    gives open requests ``grace`` seconds."""
+    watches its connections. ``app.serve`` is called once a request head has arrived, or,
+    for a ``Content-Length`` body of at most ``collect`` bytes without ``Expect``, once the
+    body has arrived too (the common small request is then relayed without waiting). On close
+    it stops accepting, closes idle connections at once and gives open requests ``grace``
+    seconds."""
 
     def __init__(
         self,
@@ -710,6 +749,7 @@ class RelayListener(Listener):
         *,
         request_timeout: float,
         idle_timeout: float = 0.0,
+        collect: int = 64 * 1024,
         reply_drop: frozenset[bytes] = HOP_BY_HOP,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = None,
@@ -720,6 +760,7 @@ class RelayListener(Listener):
         super().__init__(host, port, label=label, scheme=scheme, grace=grace)
         self.app, self.guard = app, guard
         self.request_timeout, self.idle_timeout = request_timeout, idle_timeout
+        self.collect = collect
         self.body_timeout_message = (
             f"request body not received within {request_timeout:g} s\n".encode()
         )
