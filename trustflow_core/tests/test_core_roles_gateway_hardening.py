@@ -790,3 +790,20 @@ async def test_pipelined_requests_are_answered_in_order(pm, deploy):
         ("/two", b"2"),
         ("/three", b""),
     ]
+
+
+@pytest.mark.asyncio
+async def test_local_replies_keep_the_connection_alive(pm, deploy):
+    """Answered while the request head is being parsed, healthz and 404 must not close."""
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        for _ in range(2):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" not in head
+            assert await reader.readexactly(3) == b"OK\n"
+        writer.write(b"GET /sealed HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 415") and b"Connection: close" not in head
+        writer.close()

@@ -89,6 +89,37 @@ def use_uvloop() -> bool:
     return True
 
 
+#: glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_heap(mmap_threshold: int = 1 << 20, trim_threshold: int = 32 << 20) -> bool:
+    """With glibc: allocate blocks below ``mmap_threshold`` bytes from the heap and keep up to
+    ``trim_threshold`` bytes of freed heap instead of returning them to the kernel; return
+    whether it applied. A relay allocates and frees a buffer of up to 256 KiB per socket read:
+    by default glibc maps and unmaps them, and every new one is zero-filled page by page by the
+    kernel (a third of the gateway's CPU per 1 MiB upload, ``benchmarks/gateway.py``)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
+
+
+def relay_process() -> None:
+    """``prepare`` for relaying servers (``trustflow gateway``): :func:`use_uvloop` and
+    :func:`keep_heap`."""
+    use_uvloop()
+    keep_heap()
+
+
 def _prepare_worker(
     logging_setup: Callable[[], None] | None, prepare: Callable[[], object] | None
 ) -> None:

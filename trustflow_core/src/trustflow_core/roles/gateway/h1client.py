@@ -48,6 +48,12 @@ from .deadlines import Sweeper
 
 log = logging.getLogger("trustflow.gateway")
 
+#: Bytes a connection's write buffer holds before the other side is no longer read: a whole
+#: socket read (uvloop reads up to 256 KiB), so that streaming a body does not stop and
+#: start reading the other side (two epoll_ctl calls) after every read. The relay's client
+#: connections use it too.
+WRITE_BUFFER = 256 * 1024
+
 
 class UpstreamError(TrustflowError):
     """The upstream could not be used (refused, reset, malformed reply)."""
@@ -147,6 +153,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport.set_write_buffer_limits(WRITE_BUFFER)
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink

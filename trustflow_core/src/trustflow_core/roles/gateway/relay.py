@@ -50,6 +50,7 @@ from ...errors import TrustflowError
 from .._listeners import GRACE, Listener
 from .deadlines import Sweeper
 from .guard import HttpGuard
+from .h1client import WRITE_BUFFER
 
 if TYPE_CHECKING:
     import ssl
@@ -206,7 +207,7 @@ class Exchange:
         self.content_length = content_length
         self.chunked = chunked
         self.has_body = chunked or bool(content_length)
-        self.complete = False
+        self.complete = not self.has_body  #: the whole request has arrived
         self.started = time.perf_counter()
         self.status = 0
         self.reply_started = False
@@ -494,6 +495,7 @@ class Downstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport.set_write_buffer_limits(WRITE_BUFFER)
         peer = transport.get_extra_info("peername")
         if peer:
             self.remote = str(peer[0]).encode()
