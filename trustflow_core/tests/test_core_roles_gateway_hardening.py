@@ -807,3 +807,34 @@ async def test_local_replies_keep_the_connection_alive(pm, deploy):
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 415") and b"Connection: close" not in head
         writer.close()
+
+
+@pytest.mark.asyncio
+async def test_an_upstream_leaving_mid_reply_cuts_the_reply_and_nothing_else(pm, deploy, caplog):
+    """The reply head was relayed: the client gets a short body and a closed connection (no
+    well-formed reply claims more than was sent), the gateway logs why, the next request
+    is served."""
+    caplog.set_level(logging.WARNING, logger="trustflow.gateway")
+
+    async def leaving(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(leaving, "127.0.0.1", 0)
+    try:
+        async with gateway(pm, deploy, server.sockets[0].getsockname()[1]) as address:
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            writer.write(b"GET /open HTTP/1.1\r\nHost: gw\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), 10)  # the gateway closes
+            writer.close()
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 100\r\n" in data
+            assert data.endswith(b"\r\n\r\n" + b"x" * 10)
+            status, _, body = await exchange(
+                address, b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+            )
+            assert (status, body) == (200, b"OK\n")
+    finally:
+        server.close()
+    assert "upstream reply to /open broke off" in caplog.text

@@ -145,6 +145,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._reply: Reply | None = None
         self._headed = False  # the sink got the reply head
         self._got = False  # a byte of the current reply arrived
+        self._body_seen = 0  # body bytes of the current reply the parser passed on
+        self._raw_left = 0  # body bytes still expected past the parser
         self._sending = False  # a streamed request body is not finished
         self._chunked_body = False
         self._reset_parser = False
@@ -163,6 +165,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._got = True
         if not self._sending:
             self.sweeper.arm(self, self.read_timeout)
+        left = self._raw_left
+        if left:  # the rest of a Content-Length body: relayed as received, no parser copy
+            size = len(data)
+            if size > left:  # more than announced: not HTTP, the connection is not reused
+                data = data[:left]
+            self._raw_left = max(0, left - size)
+            sink.reply_body(data)
+            if size >= left:
+                keep_alive = size == left and self.parser.should_keep_alive()
+                self.parser = HttpResponseParser(self)  # it still expects the body
+                self._complete(keep_alive)
+            sink.flush()
+            return
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
@@ -175,6 +190,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self._reset_parser:
             self._reset_parser = False
             self.parser = HttpResponseParser(self)
+        reply = self._reply
+        if (
+            reply is not None
+            and reply.body
+            and reply.content_length is not None
+            and not reply.chunked
+        ):
+            self._raw_left = reply.content_length - self._body_seen
         sink.flush()
 
     def eof_received(self) -> bool:
@@ -261,6 +284,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._complete(self.parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
         sink = self.sink
         if sink is not None:
             sink.reply_body(body)
@@ -294,6 +318,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = head_request
         self._got = False
         self._headed = False
+        self._body_seen = self._raw_left = 0
         self._reply = None
         future = asyncio.get_running_loop().create_future() if waiter else None
         self.waiter = future
@@ -360,6 +385,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self.sink
         self.sink = None
         self._reply = None
+        self._raw_left = 0
         self.deadline = 0.0
         if keep_alive and not self._sending and not self.closed:
             self.pool.put(self)
@@ -372,6 +398,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self.sink
         self.sink = None
         self._reply = None
+        self._raw_left = 0
         self.close(abort=True)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
