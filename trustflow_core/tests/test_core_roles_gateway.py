@@ -253,7 +253,7 @@ class Recorder:
     async def big(self, request: web.Request) -> web.StreamResponse:
         reply = web.StreamResponse()
         await reply.prepare(request)
-        for i in range(64):
+        for i in range(int(request.query.get("n", "64"))):
             await reply.write(bytes([i]) * 65536)
         await reply.write_eof()
         return reply
@@ -636,7 +636,8 @@ async def test_a_client_leaving_mid_reply_is_handled_quietly(pm, identity, caplo
     async with stack(pm, identity, Recorder()) as (urls, session):
         host, port = urls["plain"].removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        # 64 MiB: more than the kernel's socket buffers hold, so the client leaves mid-reply
+        writer.write(b"GET /big?n=1024 HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
         await reader.readexactly(100_000)
         writer.transport.abort()

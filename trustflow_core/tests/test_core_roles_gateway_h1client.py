@@ -203,3 +203,45 @@ async def test_truncated_body_and_silence():
     with pytest.raises(UpstreamError, match="unreachable"):
         await call(client, Address("127.0.0.1", 9))
     client.close()
+
+
+async def test_a_content_length_body_in_pieces_keeps_the_connection():
+    """Past the first segment a Content-Length body is relayed without the parser; the
+    connection is reused after it, and one that sends more than it announced is not."""
+    connections = 0
+
+    async def pieces(reader, writer):
+        nonlocal connections
+        connections += 1
+        try:
+            for extra in (b"", b"", b"surplus"):
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nabc")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b"de")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b"fgh" + extra)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(pieces, "127.0.0.1", 0)
+    address = Address("127.0.0.1", server.sockets[0].getsockname()[1])
+    client = H1Client()
+    try:
+        for _ in range(3):
+            r = await call(client, address, method="GET", body=None)
+            assert [c async for c in r.iter_chunks()] == [b"abc", b"de", b"fgh"]
+            r.release()
+        assert connections == 1
+        r = await call(client, address, method="GET", body=None)
+        r.release()
+        assert connections == 2  # the surplus closed the first connection
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()

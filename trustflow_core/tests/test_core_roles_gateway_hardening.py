@@ -697,3 +697,144 @@ def test_freshness_config():
     ):
         with pytest.raises(InvalidInput, match=re.escape(fragment)):
             freshness(bad)
+
+
+# ---- request smuggling: what the relay's parser (llhttp, strict) refuses --------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+            400,
+            id="CL+TE",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\n"
+            b"abc",
+            400,
+            id="two Content-Length",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked, identity\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n",
+            400,
+            id="TE not ending in chunked",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+            400,
+            id="TE lookalike",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3x\r\nabc\r\n0\r\n\r\n",
+            400,
+            id="bad chunk size",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\nabc\n0\r\n\r\n",
+            400,
+            id="bare LF in chunks",
+        ),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nX-A: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+            400,
+            id="obs-fold",
+        ),
+        pytest.param(b"POST /open HTTP/1.1\nHost: gw\nContent-Length: 0\n\n", 400, id="bare LF"),
+        pytest.param(
+            b"POST /open HTTP/1.1\r\nHost : gw\r\nContent-Length: 0\r\n\r\n",
+            400,
+            id="space before colon",
+        ),
+        pytest.param(
+            b"GET /open HTTP/1.1\r\nHost: gw\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+            431,
+            id="head too large",
+        ),
+    ],
+)
+async def test_ambiguous_requests_are_refused_and_never_reach_the_app(
+    pm, deploy, request_bytes, status
+):
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        got, headers, _ = await exchange(address, request_bytes)
+    assert got == status
+    assert headers["connection"] == "close"
+    assert app.seen == []
+
+
+@pytest.mark.asyncio
+async def test_pipelined_requests_are_answered_in_order(pm, deploy):
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        writer.write(
+            b"POST /one HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\n1"
+            b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+            b"POST /two HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\n\r\n2"
+            b"GET /three HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+        )
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    bodies = re.findall(rb"\r\n\r\n(served /[a-z]+|OK\n)", data)
+    assert bodies == [b"served /one", b"OK\n", b"served /two", b"served /three"]
+    assert [(path, body) for path, _, body in app.seen] == [
+        ("/one", b"1"),
+        ("/two", b"2"),
+        ("/three", b""),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_local_replies_keep_the_connection_alive(pm, deploy):
+    """Answered while the request head is being parsed, healthz and 404 must not close."""
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        for _ in range(2):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" not in head
+            assert await reader.readexactly(3) == b"OK\n"
+        writer.write(b"GET /sealed HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 415") and b"Connection: close" not in head
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_an_upstream_leaving_mid_reply_cuts_the_reply_and_nothing_else(pm, deploy, caplog):
+    """The reply head was relayed: the client gets a short body and a closed connection (no
+    well-formed reply claims more than was sent), the gateway logs why, the next request
+    is served."""
+    caplog.set_level(logging.WARNING, logger="trustflow.gateway")
+
+    async def leaving(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(leaving, "127.0.0.1", 0)
+    try:
+        async with gateway(pm, deploy, server.sockets[0].getsockname()[1]) as address:
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            writer.write(b"GET /open HTTP/1.1\r\nHost: gw\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), 10)  # the gateway closes
+            writer.close()
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 100\r\n" in data
+            assert data.endswith(b"\r\n\r\n" + b"x" * 10)
+            status, _, body = await exchange(
+                address, b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+            )
+            assert (status, body) == (200, b"OK\n")
+    finally:
+        server.close()
+    assert "upstream reply to /open broke off" in caplog.text

@@ -27,6 +27,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "proxy": (
         "aiohttp",
         "multidict",
+        "httptools",
         "google.protobuf",
         "prometheus_client",
         "trustflow_channel_jwe",
@@ -47,6 +48,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "celpy",
         "aiohttp",
         "multidict",
+        "httptools",
         "trustflow_channel_jwe",
         "trustflow_channel_mtls",
         "trustflow_tee_sim",

@@ -77,19 +77,81 @@ def stop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> I
                 loop.remove_signal_handler(sig)
 
 
-def run(factory: Callable[[], Service], *, workers: int = 1) -> None:
+def use_uvloop() -> bool:
+    """Make ``uvloop`` the event loop of the loops created from now on in this process, when
+    it is installed (else asyncio's own loop stays); return whether it is. For servers whose
+    cost is in the event loop (the gateway's relay), set before :func:`run` starts the loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+#: glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_heap(mmap_threshold: int = 1 << 20, trim_threshold: int = 32 << 20) -> bool:
+    """With glibc: allocate blocks below ``mmap_threshold`` bytes from the heap and keep up to
+    ``trim_threshold`` bytes of freed heap instead of returning them to the kernel; return
+    whether it applied. A relay allocates and frees a buffer of up to 256 KiB per socket read:
+    by default glibc maps and unmaps them, and every new one is zero-filled page by page by the
+    kernel (a third of the gateway's CPU per 1 MiB upload, ``benchmarks/gateway.py``)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
+
+
+def relay_process() -> None:
+    """``prepare`` for relaying servers (``trustflow gateway``): :func:`use_uvloop` and
+    :func:`keep_heap`."""
+    use_uvloop()
+    keep_heap()
+
+
+def _prepare_worker(
+    logging_setup: Callable[[], None] | None, prepare: Callable[[], object] | None
+) -> None:
+    if logging_setup is not None:
+        logging_setup()
+    if prepare is not None:
+        prepare()
+
+
+def run(
+    factory: Callable[[], Service],
+    *,
+    workers: int = 1,
+    prepare: Callable[[], object] | None = None,
+) -> None:
     """Serve ``factory()`` until SIGINT or SIGTERM, then stop it; print one listening line
-    per listener on stderr once every process serves.
+    per listener on stderr once every process serves. ``prepare()`` runs before the event
+    loop starts, in this process and in each worker (e.g. :func:`use_uvloop`; it must pickle).
 
     ``workers > 1`` runs that many processes sharing the ports (:mod:`._workers`): this one
     binds first and claims the ports, the others call ``factory()`` in fresh interpreters, so
     it must pickle (a module-level function or class, or a :func:`functools.partial` of one).
     Start-up failures raise :class:`BackendUnavailable` (one line); so does a worker that
     ends while serving, after everything is stopped."""
-    asyncio.run(_serve(factory, workers))
+    if prepare is not None:
+        prepare()
+    asyncio.run(_serve(factory, workers, prepare))
 
 
-async def _serve(factory: Callable[[], Service], workers: int) -> None:
+async def _serve(
+    factory: Callable[[], Service], workers: int, prepare: Callable[[], object] | None = None
+) -> None:
     from functools import partial
 
     import click
@@ -108,7 +170,11 @@ async def _serve(factory: Callable[[], Service], workers: int) -> None:
                 from ._workers import Workers
 
                 args = logging_args()
-                setup = None if args is None else partial(setup_logging, *args)
+                setup = partial(
+                    _prepare_worker,
+                    None if args is None else partial(setup_logging, *args),
+                    prepare,
+                )
                 pool = Workers(role, factory, workers - 1, service.listeners.ports, setup)
                 if not await _until(stop, pool.start()):
                     return

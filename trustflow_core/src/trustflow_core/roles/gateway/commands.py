@@ -91,7 +91,7 @@ def gateway(
 
     from .._logging import setup_logging
     from .._options import command_plugin_manager, config_ok
-    from .._server import run
+    from .._server import relay_process, run
     from .config import load_config
     from .preflight import check
     from .server import gateway_service
@@ -123,7 +123,7 @@ def gateway(
     service = functools.partial(
         gateway_service, config, tls_reload_interval, admin_host, admin_port
     )
-    run(service, workers=workers)
+    run(service, workers=workers, prepare=relay_process)  # uvloop, malloc settings
 
 
 COMMANDS: list[click.Command] = [gateway]

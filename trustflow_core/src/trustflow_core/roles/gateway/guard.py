@@ -24,6 +24,7 @@ import asyncio
 import logging
 import resource
 from dataclasses import dataclass
+from typing import cast
 
 log = logging.getLogger("trustflow.gateway")
 
@@ -52,8 +53,8 @@ def _reply_and_close(transport: asyncio.BaseTransport, status: str, message: str
         f"HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
-    if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-        transport.write(head.encode() + body)
+    if not transport.is_closing():  # uvloop's transports are no asyncio.WriteTransport
+        cast(asyncio.WriteTransport, transport).write(head.encode() + body)
     transport.close()
 
 

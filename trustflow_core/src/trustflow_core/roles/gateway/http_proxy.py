@@ -1,4 +1,7 @@
-"""The HTTP listener: prefix routing, the JWE filter, streaming pass-through.
+"""The HTTP listener's policy: prefix routing, the JWE filter, streaming pass-through.
+
+Requests reach :class:`HttpProxy` through the relay (:mod:`.relay`: llhttp parsing, framing,
+flow control, keep-alive, timeouts) and go upstream through :mod:`.h1client`.
 
 * ``GET /healthz`` → ``OK`` (answered by the gateway itself, before routing; metrics, probes
   and the plugin listing are on the admin listener, :mod:`.._admin`).
@@ -10,15 +13,23 @@
   :mod:`.paths`) → 400; routes match the percent-decoded path, the target is forwarded as sent.
 * No matching prefix → 404. Upstream unreachable → 502; no answer within ``request_timeout``
   → 504; the upstream's address and the OS error go to the log, not to the client. All local
-  replies are ``text/plain`` with the reason.
-* Headers named by ``Connection`` are dropped with the hop-by-hop ones, both ways.
+  replies are ``text/plain`` with the reason. A request body that stops for
+  ``request_timeout`` → 408; a request that is not HTTP/1.1 (smuggling attempts: both
+  ``Content-Length`` and ``Transfer-Encoding``, bad chunks, obs-fold, ...) → 400 and the
+  connection closes (:mod:`.relay`).
+* Request and reply headers are relayed as received, except: hop-by-hop headers and those
+  named by ``Connection`` are dropped both ways; ``x-request-id`` is set; the client's address
+  is appended to ``X-Forwarded-For``; ``Host`` is added when missing; ``Expect`` is answered
+  here (``100-continue``; anything else → 417); JWE requests ask the app for
+  ``Accept-Encoding: identity``.
 * On a listener with the JWE filter, a body starting with ``{`` is buffered (at most
   ``max_body_bytes``, else 413) and classified (:mod:`.jwe_filter`): envelopes are opened
   (400 when they do not open — the app never sees them), the plaintext is forwarded and the
   app's reply is sealed under the request's content key (also at most ``max_body_bytes``, else
   502). A route with ``require_jwe`` answers 415 to anything but an envelope. Every other
-  body, and every body on a listener without the filter, is streamed through unbuffered, and
-  so is the reply.
+  body, and every body on a listener without the filter, is relayed as it arrives (bodies of
+  up to :data:`SMALL` bytes with a ``Content-Length`` are collected first, so that a request
+  on a stale pooled connection can be sent again), and so is every reply.
 """
 
 from __future__ import annotations
@@ -26,112 +37,56 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
-from aiohttp import HttpVersion11, web
-from aiohttp.web_protocol import RequestHandler
-from multidict import CIMultiDict, CIMultiDictProxy
-
-from ...errors import TrustflowError
 from .. import _metrics
-from .._logging import REQUEST_ID_HEADER, accept_request_id, current_request_id, request_context
-from .config import Cluster, GatewayConfig, Listener
+from .._logging import accept_request_id, request_context
+from .config import Address, Cluster, GatewayConfig, Listener, Route
 from .guard import MAX_DEFAULT_CONNECTIONS, HttpGuard
-from .h1client import UpstreamConnectTimeout, UpstreamError, UpstreamResponse, UpstreamTimeout
+from .h1client import (
+    Reply,
+    StaleConnection,
+    UpstreamConnection,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from .jwe_filter import JOSE_JSON, EnvelopeRejected, JweFilter, OpenedRequest, classify
 from .paths import BadTarget, routing_path
+from .relay import (
+    HOP_BY_HOP,
+    BodyTimeout,
+    BodyTooLarge,
+    ClientGone,
+    Exchange,
+    RelayListener,
+    end_to_end,
+)
 from .upstreams import Upstreams
+
+if TYPE_CHECKING:
+    import ssl
+
+    from prometheus_client import Counter, Histogram
 
 log = logging.getLogger("trustflow.gateway")
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-        "content-length",
-    }
-)
-_WS = b" \t\r\n"
-CHUNK = 64 * 1024
-#: Bodies of known length up to this size are relayed in one piece instead of streamed.
+#: Bodies of known length up to this size are collected before they are sent (replayable).
 SMALL = 64 * 1024
-#: aiohttp's keep-alive timeout when the listener's idle timeout is off.
-NEVER = 10.0**9
-
-
-def _text(status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=message + "\n", content_type="text/plain")
-
-
-def _forward_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> list[tuple[str, str]]:
-    """The end-to-end headers, in order: hop-by-hop and framing headers dropped, and so is
-    every header the message's ``Connection`` header names (RFC 9110 §7.6.1)."""
-    named = {
-        token.strip().lower()
-        for value in headers.getall("Connection", ())
-        for token in value.split(",")
-    }
-    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
-    return [(k, v) for k, v in headers.items() if k.lower() not in drop]
-
-
-class BodyTooLarge(TrustflowError):
-    pass
-
-
-class BodyTimeout(TrustflowError):
-    """The client stopped sending its request body."""
-
-
-class ClientGone(TrustflowError):
-    """The client closed the connection before its request body was complete."""
-
-
-async def _readany(stream: aiohttp.StreamReader, timeout: float) -> bytes:
-    """The next chunk of a request body, waiting at most ``timeout`` seconds."""
-    try:
-        if stream.is_eof():  # everything already received: no wait, no timer
-            return await stream.readany()
-        return await asyncio.wait_for(stream.readany(), timeout)
-    except asyncio.TimeoutError:
-        raise BodyTimeout from None
-    except (ConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise ClientGone(str(exc)) from None
-
-
-async def _read_limited(
-    stream: aiohttp.StreamReader, head: bytes, limit: int, timeout: float
-) -> bytes:
-    buf = bytearray(head)
-    if len(buf) > limit:
-        raise BodyTooLarge
-    while chunk := await _readany(stream, timeout):
-        buf += chunk
-        if len(buf) > limit:
-            raise BodyTooLarge
-    return bytes(buf)
-
-
-async def _chain(head: bytes, stream: aiohttp.StreamReader, timeout: float) -> AsyncIterator[bytes]:
-    if head:
-        yield head
-    while chunk := await _readany(stream, timeout):
-        yield chunk
+_WS = b" \t\r\n"
+#: Request headers the gateway writes itself.
+_REQUEST_DROP = HOP_BY_HOP | {b"x-request-id", b"x-forwarded-for"}
+_JWE_REQUEST_DROP = _REQUEST_DROP | {b"accept-encoding"}
+_REPLY_DROP = frozenset({b"x-request-id"})
+_SEALED_REPLY_DROP = HOP_BY_HOP | _REPLY_DROP | {b"content-type"}
+#: Methods whose requests get ``Content-Length: 0`` when they carry no body.
+_BODILESS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"})
+_STREAM = object()
 
 
 class HttpProxy:
-    """Request handler of one HTTP listener."""
+    """The application of one HTTP listener (:class:`~.relay.Application`)."""
 
     def __init__(
         self,
@@ -149,280 +104,411 @@ class HttpProxy:
         )
         self.config = config
         self.upstreams = upstreams
+        self.client = upstreams.client
         self.jwe = jwe
         name = listener.name
         self._to_upstream = _metrics.PROXY_BYTES.labels(name, "upstream")
         self._to_downstream = _metrics.PROXY_BYTES.labels(name, "downstream")
+        self._labels = {route.prefix: f"{name}:{route.prefix}" for route in listener.routes}
+        self._observers: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._debug = log.isEnabledFor(logging.DEBUG)
 
-    def _route_label(self, request: web.BaseRequest) -> str:
-        """``<listener>:<route prefix>`` (or ``/healthz``, ``unrouted``, ``bad_target``)."""
-        try:
-            path = routing_path(request.raw_path)
-        except BadTarget:
-            return f"{self.listener.name}:bad_target"
-        if path == "/healthz":
-            return f"{self.listener.name}:/healthz"
-        route = self.listener.route_for(path)
-        return f"{self.listener.name}:{route.prefix if route else 'unrouted'}"
+    def relay_listener(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
+        label: str = "",
+    ) -> RelayListener:
+        """The listener serving this proxy on ``host:port``."""
+        return RelayListener(
+            self,
+            self.guard,
+            host,
+            port,
+            request_timeout=self.config.request_timeout,
+            idle_timeout=self.listener.idle_timeout or 0.0,
+            collect=SMALL,
+            reply_drop=_REPLY_DROP,
+            ssl_context=ssl_context,
+            handshake_timeout=handshake_timeout,
+            label=label,
+        )
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.guard.busy(request.transport)
-        started = time.perf_counter()
-        status = 500
-        rid = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
-        try:
-            with request_context(rid):
-                response = await self._serve(request)
-            status = response.status
-            if not response.prepared:
-                response.headers[REQUEST_ID_HEADER] = rid
-            return response
-        finally:
-            self.guard.idle(request.transport)
-            elapsed = time.perf_counter() - started
-            route = self._route_label(request)
-            _metrics.observe_request("gateway", route, status, elapsed)
-            if log.isEnabledFor(logging.DEBUG):
-                with request_context(rid):
-                    log.debug(
-                        "%s %s -> %d in %.1f ms", request.method, route, status, elapsed * 1e3
+    # ---- relay.Application -----------------------------------------------------------------
+
+    def serve(self, ex: Exchange) -> None:
+        """Route ``ex``; answer it locally, or relay it from the protocol callbacks when its
+        body is here and a pooled upstream connection is idle (no task), else in a task."""
+        rid = accept_request_id(_latin1(ex.header(b"x-request-id")))
+        ex.extra = b"x-request-id: %s\r\n" % rid.encode()
+        route = self._route(ex)
+        if route is None:
+            return
+        if (self.jwe is None or not ex.has_body) and ex.header(b"expect") is None:
+            body: bytes | None = None
+            if ex.has_body:
+                length = ex.content_length
+                ready = ex.complete and length is not None and length <= SMALL
+                body = ex.take_body() if ready else None
+            if body is not None or not ex.has_body:
+                cluster = self.upstreams.clusters[route.cluster]
+                address = self.upstreams.pick(cluster.name)
+                conn = self.client.pooled(address)
+                if conn is not None:
+                    head = self._head(ex, rid, address, body, None)
+                    ex.context = (rid, cluster, address, body)
+                    ex.forwarded = len(body) if body else 0
+                    conn.send(
+                        head,
+                        body,
+                        ex,
+                        head_request=ex.method == b"HEAD",
+                        read_timeout=self.config.request_timeout,
+                        waiter=False,
                     )
+                    return
+                asyncio.get_running_loop().create_task(
+                    self._in_task(ex, rid, self._send(ex, rid, cluster, address, body, None))
+                )
+                return
+        asyncio.get_running_loop().create_task(self._in_task(ex, rid, self._handle(ex, rid, route)))
 
-    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            return await self._handle(request)
-        except BodyTimeout:
-            return _text(408, f"request body not received within {self.config.request_timeout:g} s")
-        except ClientGone as exc:
-            log.info("%s %s: client left mid-body: %s", request.method, request.path, exc)
-            return _text(400, "incomplete request body")
+    def failed(self, ex: Exchange, error: UpstreamError) -> None:
+        """No reply came for a request sent by :meth:`serve` itself: send it again on a new
+        connection when the pooled one was stale, else answer 502/504."""
+        if ex.finished:
+            return
+        rid, cluster, address, body = ex.context
+        with request_context(rid):
+            if isinstance(error, StaleConnection):
+                again = self._send(ex, rid, cluster, address, body, None, fresh=True)
+                asyncio.get_running_loop().create_task(self._in_task(ex, rid, again))
+            else:
+                _upstream_failed(ex, cluster, address, error, self.config.request_timeout)
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        timeout = self.config.request_timeout
+    def done(self, ex: Exchange) -> None:
+        elapsed = time.perf_counter() - ex.started
+        if not ex.label:  # answered before it was routed (408, client gone)
+            ex.label = self._label(ex)
+        key = (ex.label or f"{self.listener.name}:unrouted", ex.status or 500)
+        observers = self._observers.get(key)
+        if observers is None:
+            labels = ("gateway", key[0], str(key[1]))
+            observers = self._observers[key] = (
+                _metrics.REQUESTS.labels(*labels),
+                _metrics.REQUEST_SECONDS.labels(*labels),
+            )
+        observers[0].inc()
+        observers[1].observe(elapsed)
+        if ex.sent:
+            self._to_downstream.inc(ex.sent)
+        if ex.forwarded:
+            self._to_upstream.inc(ex.forwarded)
+        if self._debug:
+            log.debug("%s %s -> %d in %.1f ms", ex.method.decode(), key[0], key[1], elapsed * 1e3)
+
+    # ---- requests --------------------------------------------------------------------------
+
+    async def _in_task(self, ex: Exchange, rid: str, work: Coroutine[Any, Any, None]) -> None:
+        with request_context(rid):
+            try:
+                await work
+            except BodyTimeout:
+                text = f"request body not received within {self.config.request_timeout:g} s"
+                _text(ex, 408, text)
+            except ClientGone as exc:
+                log.info("%s %s: client left mid-body: %s", ex.method.decode(), ex.path, exc)
+                _text(ex, 400, "incomplete request body")
+            except Exception:
+                log.exception("%s %s failed", ex.method.decode(), ex.path)
+                _text(ex, 500, "internal error")
+
+    def _label(self, ex: Exchange) -> str:
+        """The metrics route label of ``ex`` (for one answered before :meth:`_route`)."""
+        name = self.listener.name
         try:
-            path = routing_path(request.raw_path)
+            path = routing_path(ex.target.decode("latin-1"))
+        except BadTarget:
+            return f"{name}:bad_target"
+        if path == "/healthz":
+            return f"{name}:/healthz"
+        route = self.listener.route_for(path)
+        return self._labels[route.prefix] if route else f"{name}:unrouted"
+
+    def _route(self, ex: Exchange) -> Route | None:
+        """The route of ``ex``, or None when it was answered here (healthz, 400, 404, 415)."""
+        name = self.listener.name
+        try:
+            path = routing_path(ex.target.decode("latin-1"))
         except BadTarget as exc:
-            return _text(400, f"refused request target: {exc}")
-        if request.method == "GET" and path == "/healthz":
-            return web.Response(text="OK\n", content_type="text/plain")
+            ex.label = f"{name}:bad_target"
+            _text(ex, 400, f"refused request target: {exc}")
+            return None
+        if path == "/healthz":
+            ex.label = f"{name}:/healthz"
+            if ex.method == b"GET":
+                _text(ex, 200, "OK")
+                return None
         route = self.listener.route_for(path)
         if route is None:
-            return _text(404, f"no route for {path}")
+            ex.label = ex.label or f"{name}:unrouted"
+            _text(ex, 404, f"no route for {path}")
+            return None
+        ex.label = self._labels[route.prefix]
+        if route.require_jwe and not ex.has_body:
+            _text(ex, 415, f"{route.prefix} accepts only JWE envelopes; the request has no body")
+            return None
+        return route
+
+    async def _handle(self, ex: Exchange, rid: str, route: Route) -> None:
         cluster = self.upstreams.clusters[route.cluster]
-        if route.require_jwe and not request.body_exists:
-            return _text(415, f"{route.prefix} accepts only JWE envelopes; the request has no body")
-        expect = request.headers.get("Expect")
-        if expect is not None and request.version == HttpVersion11:  # answered here (hop by hop)
-            if expect.lower() != "100-continue":
-                return _text(417, f"unsupported Expect: {expect}")
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # the reply proper has not started
-        if self.jwe is None or not request.body_exists:
-            body: Any = None
-            if request.body_exists:
-                length = request.content_length
-                small = length is not None and length <= SMALL
-                body = (
-                    await _read_limited(request.content, b"", SMALL, timeout)
-                    if small
-                    else (request.content)
-                )
-            return await self._forward(request, cluster, body)
-        head = await self._peek(request)
+        expect = ex.header(b"expect")
+        if expect is not None and ex.version == "1.1":  # answered here (hop by hop)
+            if expect.lower() != b"100-continue":
+                return _text(ex, 417, f"unsupported Expect: {expect.decode('latin-1')}")
+            ex.interim(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.jwe is None or not ex.has_body:
+            if not ex.has_body:
+                return await self._forward(ex, rid, cluster, None)
+            length = ex.content_length
+            if length is not None and length <= SMALL:
+                return await self._forward(ex, rid, cluster, await ex.body(SMALL))
+            return await self._forward(ex, rid, cluster, _STREAM)
+        limit = self.config.max_body_bytes
+        head = await ex.peek(limit)
         if not head.lstrip(_WS).startswith(b"{"):
             if route.require_jwe:
                 return _text(
-                    415, f"{route.prefix} accepts only JWE envelopes; the body is not JSON"
+                    ex, 415, f"{route.prefix} accepts only JWE envelopes; the body is not JSON"
                 )
-            return await self._forward(request, cluster, _chain(head, request.content, timeout))
-        limit = self.config.max_body_bytes
+            return await self._forward(ex, rid, cluster, _STREAM)
         try:
-            if (request.content_length or 0) > limit:
+            if (ex.content_length or 0) > limit:
                 raise BodyTooLarge
-            body = await _read_limited(request.content, head, limit, timeout)
+            body = await ex.body(limit)
         except BodyTooLarge:
-            return _text(413, f"request body larger than {limit} bytes")
+            return _text(ex, 413, f"request body larger than {limit} bytes")
         try:
             jwe = classify(body)
             if jwe is None:
                 if route.require_jwe:
-                    return _text(415, f"{route.prefix} accepts only JWE envelopes; got other JSON")
-                return await self._forward(request, cluster, body)
-            opened = self.jwe.open(jwe, request.content_type)
+                    return _text(
+                        ex, 415, f"{route.prefix} accepts only JWE envelopes; got other JSON"
+                    )
+                return await self._forward(ex, rid, cluster, body)
+            content_type = _latin1(ex.header(b"content-type")) or ""
+            opened = self.jwe.open(jwe, content_type.partition(";")[0].strip())
         except EnvelopeRejected as exc:
-            log.info("%s %s: %s", request.method, request.path, exc)
+            log.info("%s %s: %s", ex.method.decode(), ex.path, exc)
             _metrics.jwe_failure("gateway", exc.cause)
-            return _text(exc.status, str(exc))
-        return await self._forward(request, cluster, opened.plaintext, opened)
+            return _text(ex, exc.status, str(exc))
+        return await self._forward(ex, rid, cluster, opened.plaintext, opened)
 
-    async def _peek(self, request: web.BaseRequest) -> bytes:
-        """Read until the first non-whitespace byte (or EOF, or ``max_body_bytes``)."""
-        chunks = []
-        size = 0
-        while chunk := await _readany(request.content, self.config.request_timeout):
-            chunks.append(chunk)
-            size += len(chunk)
-            if chunk.lstrip(_WS) or size > self.config.max_body_bytes:
-                break
-        return b"".join(chunks)
+    def _head(
+        self,
+        ex: Exchange,
+        rid: str,
+        address: Address,
+        body: bytes | object | None,
+        opened: OpenedRequest | None,
+    ) -> bytes:
+        """The request head for the upstream: the client's headers with the gateway's edits
+        (module docstring) and the framing of ``body``."""
+        drop = _JWE_REQUEST_DROP if opened is not None else _REQUEST_DROP
+        parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n"]
+        parts += end_to_end(ex.headers, drop)
+        parts += (b"x-request-id: ", rid.encode(), b"\r\n")
+        remote = ex.remote
+        prior = ex.header(b"x-forwarded-for")
+        if remote:
+            xff = prior + b", " + remote if prior else remote
+            parts += (b"X-Forwarded-For: ", xff, b"\r\n")
+        elif prior is not None:
+            parts += (b"X-Forwarded-For: ", prior, b"\r\n")
+        if ex.header(b"host") is None:
+            parts.append(b"Host: %s\r\n" % str(address).encode())
+        if opened is not None:  # the reply is sealed byte for byte
+            parts.append(b"Accept-Encoding: identity\r\n")
+        if isinstance(body, bytes):
+            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        elif body is None:
+            parts.append(b"\r\n" if ex.method in _BODILESS else b"Content-Length: 0\r\n\r\n")
+        elif ex.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
+        else:
+            parts.append(b"Content-Length: %d\r\n\r\n" % (ex.content_length or 0))
+        return b"".join(parts)
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        ex: Exchange,
+        rid: str,
         cluster: Cluster,
-        body: bytes | aiohttp.StreamReader | AsyncIterator[bytes] | None,
+        body: bytes | object | None,
         opened: OpenedRequest | None = None,
-    ) -> web.StreamResponse:
+    ) -> None:
         address = self.upstreams.pick(cluster.name)
-        rid = current_request_id()
-        headers = [
-            (k, v) for k, v in _forward_headers(request.headers) if k.lower() != "x-request-id"
-        ]
-        if rid is not None:
-            headers.append((REQUEST_ID_HEADER, rid))
-        prior = request.headers.get("X-Forwarded-For")
-        if request.remote:
-            headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
-            headers.append(
-                ("X-Forwarded-For", f"{prior}, {request.remote}" if prior else request.remote)
-            )
-        if not any(k.lower() == "host" for k, _ in headers):
-            headers.append(("Host", str(address)))
-        if opened is not None:  # the reply is sealed byte for byte
-            headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
-            headers.append(("Accept-Encoding", "identity"))
-        if isinstance(body, aiohttp.StreamReader):
-            body = _chain(b"", body, self.config.request_timeout)
-        if isinstance(body, bytes):
-            self._to_upstream.inc(len(body))
-        elif body is not None:
-            body = _metrics.counted(body, self._to_upstream)
+        await self._send(ex, rid, cluster, address, body, opened)
+
+    async def _send(
+        self,
+        ex: Exchange,
+        rid: str,
+        cluster: Cluster,
+        address: Address,
+        body: bytes | object | None,
+        opened: OpenedRequest | None,
+        *,
+        fresh: bool = False,
+    ) -> None:
+        """Relay ``ex`` with ``body`` (bytes, None, or :data:`_STREAM`) to ``address``; a
+        ``fresh`` connection is opened even when one is pooled."""
+        head = self._head(ex, rid, address, body, opened)
+        sink: Exchange | _Sealer = ex if opened is None else _Sealer(self, ex, opened)
+        head_request = ex.method == b"HEAD"
+        timeout = self.config.request_timeout
         try:
-            upstream = await self.upstreams.client.request(
-                address,
-                request.method,
-                request.raw_path,
-                headers,
-                body,
-                content_length=request.content_length,
-                connect_timeout=cluster.connect_timeout,
-                read_timeout=self.config.request_timeout,
-            )
-        except UpstreamConnectTimeout:
-            log.warning("upstream %s (%s): connect timed out", cluster.name, address)
-            return _text(502, "upstream unreachable: connect timed out")
-        except UpstreamTimeout:
-            log.warning("upstream %s (%s): no answer in time", cluster.name, address)
-            return _text(504, f"upstream did not answer within {self.config.request_timeout:g} s")
-        except UpstreamError as exc:
-            log.warning("upstream %s (%s) unreachable: %s", cluster.name, address, exc)
-            return _text(502, "upstream unreachable")
-        try:
-            if opened is not None:
-                return await self._sealed_reply(upstream, opened)
-            length = upstream.content_length
-            if length is not None and length <= SMALL:
-                headers = _forward_headers(upstream.headers)
-                declared = upstream.headers.get("Content-Length")
-                if declared is not None and (request.method == "HEAD" or upstream.status == 304):
-                    headers.append(("Content-Length", declared))  # the size of the GET answer
-                small = await upstream.read(SMALL)
-                self._to_downstream.inc(len(small))
-                return web.Response(
-                    status=upstream.status,
-                    reason=upstream.reason or None,
-                    body=small,
-                    headers=headers,
+            if body is _STREAM or fresh:
+                conn = None if fresh else self.client.pooled(address)
+                if conn is None:
+                    conn = await self.client.connect(address, cluster.connect_timeout)
+                if ex.finished:
+                    conn.close()
+                    return
+                streamed = body is _STREAM
+                waiter = conn.send(
+                    head,
+                    None if streamed else body,  # type: ignore[arg-type]
+                    sink,
+                    head_request=head_request,
+                    read_timeout=timeout,
+                    streamed=streamed,
+                    chunked=ex.chunked,
                 )
-            return await self._streamed_reply(request, upstream)
-        except UpstreamTimeout:
-            log.warning("upstream %s (%s) stalled mid-reply", cluster.name, address)
-            return _text(504, "upstream stalled mid-reply")
+                if streamed:
+                    ex.pipe_to(conn)
+                assert waiter is not None
+                await waiter
+            else:
+                assert body is None or isinstance(body, bytes)
+                ex.forwarded = len(body) if body else 0
+                await self.client.exchange(
+                    address,
+                    head,
+                    body,
+                    sink,
+                    head_request=head_request,
+                    connect_timeout=cluster.connect_timeout,
+                    read_timeout=timeout,
+                )
         except UpstreamError as exc:
-            log.warning("upstream %s (%s) failed mid-reply: %s", cluster.name, address, exc)
-            return _text(502, "upstream failed mid-reply")
-        finally:
-            upstream.release()
+            if ex.finished:  # the client left, or the body timed out: answered already
+                return
+            _upstream_failed(ex, cluster, address, exc, timeout)
 
-    async def _sealed_reply(
-        self, upstream: UpstreamResponse, opened: OpenedRequest
-    ) -> web.StreamResponse:
+    def sealed(self, ex: Exchange, opened: OpenedRequest, reply: Reply, payload: bytes) -> None:
+        """Answer ``ex`` with the app's ``reply`` sealed for the client."""
         assert self.jwe is not None
-        limit = self.config.max_body_bytes
-        try:
-            payload = await upstream.read(limit)
-        except OverflowError:
-            return _text(502, f"app reply larger than {limit} bytes cannot be sealed")
-        headers = CIMultiDict(_forward_headers(upstream.headers))
-        if opened.profile == "rfc":
-            headers["Content-Type"] = JOSE_JSON
+        headers = end_to_end(reply.headers, _SEALED_REPLY_DROP)
+        content_type = JOSE_JSON.encode() if opened.profile == "rfc" else None
+        if content_type is None:
+            for name, value in reply.headers:
+                if name.lower() == b"content-type":
+                    content_type = value
+                    break
         sealed = self.jwe.seal_reply(opened, payload)
-        self._to_downstream.inc(len(sealed))
-        return web.Response(
-            status=upstream.status,
-            reason=upstream.reason or None,
-            body=sealed,
+        ex.respond(
+            reply.status,
+            sealed,
+            content_type=content_type or b"",
             headers=headers,
+            reason_phrase=reply.reason or None,
         )
 
-    async def _streamed_reply(
-        self, request: web.BaseRequest, upstream: UpstreamResponse
-    ) -> web.StreamResponse:
-        reply = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason or None,
-            headers=_forward_headers(upstream.headers),
-        )
-        if upstream.content_length is not None:
-            reply.content_length = upstream.content_length
-        rid = current_request_id()
-        if rid is not None:
-            reply.headers[REQUEST_ID_HEADER] = rid
-        await reply.prepare(request)
+
+def _latin1(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+def _text(ex: Exchange, status: int, message: str) -> None:
+    ex.respond(status, message.encode() + b"\n")
+
+
+def _upstream_failed(
+    ex: Exchange, cluster: Cluster, address: Address, exc: UpstreamError, timeout: float
+) -> None:
+    """A local 502/504 for an upstream failure before its reply; the detail goes to the log."""
+    if isinstance(exc, UpstreamConnectTimeout):
+        log.warning("upstream %s (%s): connect timed out", cluster.name, address)
+        _text(ex, 502, "upstream unreachable: connect timed out")
+    elif isinstance(exc, UpstreamTimeout):
+        log.warning("upstream %s (%s): no answer in time", cluster.name, address)
+        _text(ex, 504, f"upstream did not answer within {timeout:g} s")
+    else:
+        log.warning("upstream %s (%s) unreachable: %s", cluster.name, address, exc)
+        _text(ex, 502, "upstream unreachable")
+
+
+class _Sealer:
+    """The reply sink of a JWE request: collects the app's reply (at most
+    ``max_body_bytes``), then answers with it sealed."""
+
+    def __init__(self, proxy: HttpProxy, ex: Exchange, opened: OpenedRequest) -> None:
+        self.proxy, self.ex, self.opened = proxy, ex, opened
+        self.limit = proxy.config.max_body_bytes
+        self.reply: Reply | None = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def bind(self, conn: UpstreamConnection) -> None:
+        self.ex.bind(conn)
+
+    def reply_head(self, reply: Reply) -> None:
+        self.reply = reply
+        if (reply.content_length or 0) > self.limit:
+            self._too_large()
+
+    def reply_body(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > self.limit:
+            self._too_large()
+
+    def _too_large(self) -> None:
+        if self.ex.upstream is not None:
+            self.ex.upstream.abort()
+        _text(self.ex, 502, f"app reply larger than {self.limit} bytes cannot be sealed")
+
+    def reply_end(self) -> None:
+        self.ex.upstream = None
+        if self.ex.finished or self.reply is None:
+            return
         try:
-            async for chunk in upstream.iter_chunks():
-                await reply.write(chunk)
-                self._to_downstream.inc(len(chunk))
-            await reply.write_eof()
-        except UpstreamError as exc:
-            log.warning("upstream reply to %s broke off: %s", request.path, exc)
-            reply.force_close()
-        except ConnectionError as exc:  # the client left; the upstream connection is dropped
-            log.info("client left during the reply to %s: %s", request.path, exc)
-            reply.force_close()
-        return reply
+            self.proxy.sealed(self.ex, self.opened, self.reply, b"".join(self.chunks))
+        except Exception:
+            log.exception("sealing the reply to %s failed", self.ex.path)
+            _text(self.ex, 500, "internal error")
 
+    def reply_failed(self, error: UpstreamError) -> None:
+        self.ex.upstream = None
+        if isinstance(error, UpstreamTimeout):
+            log.warning("upstream stalled mid-reply to %s: %s", self.ex.path, error)
+            _text(self.ex, 504, "upstream stalled mid-reply")
+        else:
+            log.warning("upstream failed mid-reply to %s: %s", self.ex.path, error)
+            _text(self.ex, 502, "upstream failed mid-reply")
 
-class _GuardedServer(web.Server):
-    """An aiohttp low-level server that reports each connection to an :class:`HttpGuard`."""
+    def request_failed(self, error: UpstreamError) -> None:
+        self.reply_failed(error)  # not reached: sealed requests always have a waiter
 
-    def __init__(self, guard: HttpGuard, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.guard = guard
+    def flush(self) -> None:
+        pass
 
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
-        self.guard.opened(transport)
+    def pause_source(self) -> None:
+        self.ex.pause_source()
 
-    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
-        transport = handler.transport
-        super().connection_lost(handler, exc)
-        if transport is not None:
-            self.guard.closed(transport)
-
-
-def create_server(proxy: HttpProxy, max_header_bytes: int = 64 * 1024) -> web.Server:
-    """One low-level aiohttp server per HTTP listener: every request goes to ``proxy`` (no
-    router, no middlewares, no access log), every connection is watched by ``proxy.guard``
-    and closed after the listener's ``idle_timeout`` without a request. Bodies are relayed as
-    sent: the server does not decode ``Content-Encoding`` (the app does, or the envelope check
-    refuses the body)."""
-    idle = proxy.listener.idle_timeout or NEVER
-    return _GuardedServer(
-        proxy.guard,
-        proxy.handle,
-        max_field_size=max_header_bytes,
-        auto_decompress=False,
-        access_log=None,
-        keepalive_timeout=idle,
-    )
+    def resume_source(self) -> None:
+        self.ex.resume_source()

@@ -12,9 +12,12 @@ the app serves the path the gateway routed.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote
 
 from ...errors import TrustflowError
+
+_BACKSLASH_OR_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 class BadTarget(TrustflowError, ValueError):
@@ -29,15 +32,20 @@ def routing_path(raw_target: str) -> str:
     raw_path = raw_target.partition("?")[0].partition("#")[0]
     if not raw_path.startswith("/"):
         raise BadTarget("the request target must be a path starting with '/' (origin-form)")
-    if any(c in raw_path.lower() for c in ("%2f", "%5c")):
-        raise BadTarget("encoded '/' or '\\' in the request path")
-    path = unquote(raw_path, errors="replace") if "%" in raw_path else raw_path
-    if "\\" in path or any(ord(c) < 0x20 or c == "\x7f" for c in path):
+    if "%" in raw_path:
+        lowered = raw_path.lower()
+        if "%2f" in lowered or "%5c" in lowered:
+            raise BadTarget("encoded '/' or '\\' in the request path")
+        path = unquote(raw_path, errors="replace")
+    else:
+        path = raw_path
+    if _BACKSLASH_OR_CONTROL.search(path):
         raise BadTarget("backslash or control character in the request path")
-    segments = path.split("/")[1:]
-    for i, segment in enumerate(segments):
-        if segment == "" and i < len(segments) - 1:
-            raise BadTarget("empty segment ('//') in the request path")
-        if segment.partition(";")[0] in (".", ".."):
-            raise BadTarget("dot segment ('.' or '..') in the request path")
+    if "//" in path or "/." in path:  # else neither check below can fail
+        segments = path.split("/")[1:]
+        for i, segment in enumerate(segments):
+            if segment == "" and i < len(segments) - 1:
+                raise BadTarget("empty segment ('//') in the request path")
+            if segment.partition(";")[0] in (".", ".."):
+                raise BadTarget("dot segment ('.' or '..') in the request path")
     return path

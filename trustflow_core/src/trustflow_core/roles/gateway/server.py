@@ -19,10 +19,11 @@ from typing import Any
 from ...errors import UnsupportedOperation
 from ...manager import TrustflowPluginManager
 from .._admin import create_admin_app, tcp_reachable, with_admin
-from .._listeners import Listeners, StreamListener, WebListener
+from .._listeners import Listener as ServiceListener
+from .._listeners import Listeners, StreamListener
 from .config import Address, Cluster, GatewayConfig, Listener
 from .guard import default_max_connections
-from .http_proxy import HttpProxy, create_server
+from .http_proxy import HttpProxy
 from .jwe_filter import PROFILES, JweFilter
 from .mtls import DEFAULT_RELOAD_INTERVAL, MtlsContexts
 from .tcp_proxy import TcpProxy
@@ -101,7 +102,7 @@ class Gateway:
                 self.config.clusters, self.config.request_timeout
             )
             default_cap = default_max_connections(len(self.config.listeners))
-            ours: list[StreamListener | WebListener] = []  # beside them: the admin listener
+            ours: list[ServiceListener] = []  # beside them: the admin listener
             for listener in self.config.listeners:
                 server_ssl = self._server_ssl(listener)
                 host, port = listener.address.host, listener.address.port
@@ -121,7 +122,7 @@ class Gateway:
                         idle_timeout=listener.idle_timeout or 0.0,
                         listener_name=listener.name,
                     )
-                    opened: StreamListener | WebListener = self.listeners.add(
+                    opened: ServiceListener = self.listeners.add(
                         StreamListener(
                             proxy.handle,
                             host,
@@ -147,8 +148,12 @@ class Gateway:
                         max_connections=default_cap,
                     )
                     opened = self.listeners.add(
-                        WebListener(
-                            create_server(http), host, port, ssl_context=server_ssl, label=label
+                        http.relay_listener(
+                            host,
+                            port,
+                            ssl_context=server_ssl,
+                            handshake_timeout=HANDSHAKE_TIMEOUT,
+                            label=label,
                         )
                     )
                 ours.append(opened)

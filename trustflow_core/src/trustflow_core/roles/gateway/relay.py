@@ -1,0 +1,816 @@
+"""The downstream side of an HTTP listener: an :class:`asyncio.Protocol` per client connection,
+requests parsed by llhttp (``httptools``), one :class:`Exchange` per request.
+
+The relay knows HTTP/1.1, not the gateway's policy: an :class:`Application`
+(:class:`~.http_proxy.HttpProxy`) gets each exchange once its head has arrived and answers it,
+locally (:meth:`Exchange.respond`) or by relaying an upstream reply (an exchange is the
+upstream connection's :class:`~.h1client.ReplySink`).
+
+* Parsing is llhttp's strict mode: ``Content-Length`` together with ``Transfer-Encoding``,
+  duplicate or malformed ``Content-Length``, a ``Transfer-Encoding`` other than ending in
+  ``chunked``, bad chunk framing, obs-fold, bare LF line ends and non-ASCII targets are
+  refused with 400 and the connection is closed. A request head above :data:`MAX_HEAD`
+  bytes → 431. An ``Upgrade`` request is served as a plain request, then the connection
+  closes.
+* Request bodies: buffered until the application takes them (:meth:`Exchange.body`,
+  :meth:`Exchange.peek`) or piped to an upstream connection as they arrive
+  (:meth:`Exchange.pipe_to`: ``Content-Length`` bodies byte for byte, chunked bodies
+  re-framed). ``request_timeout`` seconds without a byte of an unfinished body → 408 (or the
+  connection closes when the reply has started).
+* Replies are written as the upstream sends them, once per received segment: the status line
+  and headers as received, minus hop-by-hop headers and those named by ``Connection``;
+  ``Content-Length`` kept, chunked or close-delimited bodies re-framed as chunks (or
+  close-delimited for HTTP/1.0 clients).
+* Flow control: when the upstream's write buffer is full the client is not read; when the
+  client's is full the upstream is not read. A whole body is never held in memory on the
+  streamed path.
+* Keep-alive as the client asks (``Connection``, HTTP version); pipelined requests are served
+  in order. Between requests a connection is closed after ``idle_timeout`` seconds (0: never);
+  the first request head is bounded by the :class:`~.guard.HttpGuard`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
+
+from ...errors import TrustflowError
+from .._listeners import GRACE, Listener
+from .deadlines import Sweeper
+from .guard import HttpGuard
+from .h1client import WRITE_BUFFER
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .h1client import Reply, UpstreamConnection, UpstreamError
+
+log = logging.getLogger("trustflow.gateway")
+
+#: Request line and headers of one request, at most.
+MAX_HEAD = 64 * 1024
+#: Body bytes buffered for an application that has not taken them yet, before the client is
+#: no longer read.
+BUFFER = 256 * 1024
+#: Headers never relayed as they are, both ways (RFC 9110 §7.6.1, plus the framing headers
+#: the relay writes itself, and ``Expect``, answered here).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"content-length",
+    }
+)
+_WS = b" \t\r\n"
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def reason(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The header names the ``Connection`` headers of a message list (lower case)."""
+    return frozenset(
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    )
+
+
+def end_to_end(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
+    """The header lines of ``headers`` (``name``, ``: ``, ``value``, CRLF pieces) without
+    hop-by-hop headers, those named by ``Connection``, and those in ``drop`` (lower-case
+    names; ``drop`` must contain :data:`HOP_BY_HOP`)."""
+    lines: list[bytes] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in drop:
+            if lower == b"connection":
+                named = connection_tokens(headers)
+                if not named <= drop:  # rare: filter again, without those
+                    return end_to_end(headers, drop | named)
+            continue
+        lines += (name, b": ", value, b"\r\n")
+    return lines
+
+
+class BodyTooLarge(TrustflowError):
+    """The request body is larger than the limit the application set."""
+
+
+class BodyTimeout(TrustflowError):
+    """The client stopped sending its request body."""
+
+
+class ClientGone(TrustflowError):
+    """The client closed the connection before its request body was complete."""
+
+
+class Application(Protocol):
+    """What a relay listener serves (the gateway's :class:`~.http_proxy.HttpProxy`)."""
+
+    def serve(self, exchange: Exchange) -> None:
+        """Answer ``exchange`` (its head has arrived; the body may follow)."""
+
+    def done(self, exchange: Exchange) -> None:
+        """``exchange`` is over (answered, or the client left); called once."""
+
+    def failed(self, exchange: Exchange, error: UpstreamError) -> None:
+        """The upstream request sent with ``exchange`` as its sink and no waiter got no
+        reply."""
+
+
+class _HeadTooLarge(TrustflowError):
+    pass
+
+
+class Exchange:
+    """One request of a client connection and its reply.
+
+    ``method`` and ``target`` are the bytes of the request line, ``headers`` the (name, value)
+    pairs as received. The application reads the body with :meth:`body` or :meth:`peek` or
+    hands it to an upstream connection with :meth:`pipe_to`, and answers with
+    :meth:`respond` or by passing the exchange as the upstream's reply sink.
+    """
+
+    __slots__ = (
+        "_chunked_reply",
+        "_chunks",
+        "_out",
+        "_pipe",
+        "_size",
+        "_waiter",
+        "chunked",
+        "complete",
+        "conn",
+        "content_length",
+        "context",
+        "deferred",
+        "extra",
+        "finished",
+        "forwarded",
+        "has_body",
+        "headers",
+        "index",
+        "keep_alive",
+        "label",
+        "method",
+        "reply_started",
+        "sent",
+        "started",
+        "status",
+        "target",
+        "upstream",
+        "version",
+    )
+
+    def __init__(
+        self,
+        conn: Downstream,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: str,
+        keep_alive: bool,
+        content_length: int | None,
+        chunked: bool,
+    ) -> None:
+        self.conn = conn
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.chunked = chunked
+        self.has_body = chunked or bool(content_length)
+        self.complete = not self.has_body  #: the whole request has arrived
+        self.started = time.perf_counter()
+        self.status = 0
+        self.reply_started = False
+        self.finished = False
+        self.sent = 0  #: body bytes written to the client
+        self.forwarded = 0  #: body bytes sent upstream
+        self.extra = b""  #: header lines added to every reply (the request id)
+        self.label = ""  #: the metrics route label, set by the application
+        self.context: Any = None  #: the application's
+        self.deferred = False  #: the application is called once the body is complete
+        self.index: dict[bytes, bytes] = {}  #: first value per lower-case header name
+        self.upstream: UpstreamConnection | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._pipe: UpstreamConnection | None = None
+        self._out: list[bytes] = []
+        self._chunked_reply = False
+
+    @property
+    def remote(self) -> bytes:
+        return self.conn.remote
+
+    def header(self, lower_name: bytes) -> bytes | None:
+        """The first value of a header (``lower_name`` in lower case), None when absent."""
+        return self.index.get(lower_name)
+
+    # ---- the request body ------------------------------------------------------------------
+
+    def _on_body(self, data: bytes) -> None:
+        if self._pipe is not None:
+            self.forwarded += len(data)
+            self._pipe.send_body(data)
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > BUFFER:
+            self.conn.pause("buffer")
+        self._wake()
+
+    def _on_complete(self) -> None:
+        self.complete = True
+        if self._pipe is not None:
+            self._pipe.end_body()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail_wait(self, error: Exception) -> bool:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return False
+        self._waiter = None
+        waiter.set_exception(error)
+        return True
+
+    async def _more(self) -> None:
+        if self.conn.closed:
+            raise ClientGone("connection closed")
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        self.conn.resume("buffer")
+        await waiter
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body; :class:`BodyTooLarge` beyond ``limit`` bytes, :class:`BodyTimeout`,
+        :class:`ClientGone`."""
+        while not self.complete:
+            if self._size > limit:
+                raise BodyTooLarge
+            await self._more()
+        if self._size > limit:
+            raise BodyTooLarge
+        chunks = self._chunks
+        self._chunks, self._size = [], 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def peek(self, limit: int) -> bytes:
+        """The body received so far, once it holds a byte other than whitespace (or is
+        complete, or above ``limit`` bytes); it stays buffered."""
+        while not self.complete and self._size <= limit:
+            if any(c.lstrip(_WS) for c in self._chunks):
+                break
+            await self._more()
+        return b"".join(self._chunks)
+
+    def take_body(self) -> bytes:
+        """The complete body, at once (only when :attr:`complete`)."""
+        chunks = self._chunks
+        self._chunks, self._size = [], 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def pipe_to(self, conn: UpstreamConnection) -> None:
+        """Send the body to ``conn`` (what is buffered now, the rest as it arrives)."""
+        self._pipe = conn
+        chunks = self._chunks
+        self._chunks, self._size = [], 0
+        for chunk in chunks:
+            self.forwarded += len(chunk)
+            conn.send_body(chunk)
+        self.conn.resume("buffer")
+        if self.complete:
+            conn.end_body()
+
+    # ---- replies ---------------------------------------------------------------------------
+
+    def interim(self, line: bytes) -> None:
+        """Write an interim (1xx) reply, e.g. ``100 Continue``."""
+        if not self.reply_started and not self.conn.closed:
+            self.conn.write(line)
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: bytes = b"text/plain; charset=utf-8",
+        headers: list[bytes] | None = None,
+        reason_phrase: bytes | None = None,
+    ) -> None:
+        """The whole reply (a no-op once a reply has started or the client left).
+        ``headers`` are header lines (``name: value\\r\\n`` pieces) added as they are."""
+        if self.reply_started or self.finished:
+            return
+        self.reply_started = True
+        self.status = status
+        close = not self.keep_alive or not self.complete or self.conn.closed
+        self.keep_alive = not close
+        parts = [
+            b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase or reason(status)),
+            *(headers or ()),
+        ]
+        if content_type:
+            parts.append(b"Content-Type: %s\r\n" % content_type)
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+        parts.append(self.extra)
+        parts.append(b"Connection: close\r\n\r\n" if close else self._keep_alive_line())
+        if self.method != b"HEAD":
+            parts.append(body)
+            self.sent = len(body)
+        self.conn.write(b"".join(parts))
+        self._finish()
+
+    def _keep_alive_line(self) -> bytes:
+        return b"\r\n" if self.version == "1.1" else b"Connection: keep-alive\r\n\r\n"
+
+    # ReplySink: the upstream's reply, relayed
+
+    def bind(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        if self.conn.writing_paused and conn.transport is not None:
+            conn.transport.pause_reading()
+
+    def reply_head(self, reply: Reply) -> None:
+        if self.finished:
+            return
+        self.reply_started = True
+        self.status = reply.status
+        parts = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reply.reason or reason(reply.status))]
+        parts += end_to_end(reply.headers, self.conn.server.reply_drop)
+        if reply.body and (reply.chunked or reply.until_close):
+            if self.version == "1.1":
+                self._chunked_reply = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # the end of the body is the end of the connection
+        elif reply.content_length is not None and reply.status != 204:
+            parts.append(b"Content-Length: %d\r\n" % reply.content_length)
+        parts.append(self.extra)
+        parts.append(self._keep_alive_line() if self.keep_alive else b"Connection: close\r\n\r\n")
+        self._out.append(b"".join(parts))
+
+    def reply_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self.sent += len(data)
+        if self._chunked_reply:
+            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            self._out = []
+            if not self.finished:
+                self.conn.write_all(out)
+
+    def reply_end(self) -> None:
+        if self.finished:
+            return
+        if self._chunked_reply:
+            self._out.append(b"0\r\n\r\n")
+        self.flush()
+        self.upstream = None
+        self._finish()
+
+    def request_failed(self, error: UpstreamError) -> None:
+        self.upstream = None
+        self.conn.server.app.failed(self, error)
+
+    def reply_failed(self, error: UpstreamError) -> None:
+        if self.finished:
+            return
+        log.warning("upstream reply to %s broke off: %s", self.path, error)
+        self.flush()
+        self.upstream = None
+        self.keep_alive = False
+        self._finish()
+
+    def pause_source(self) -> None:
+        self.conn.pause("upstream")
+
+    def resume_source(self) -> None:
+        self.conn.resume("upstream")
+
+    # ---- ends ------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        return self.target.decode("latin-1").partition("?")[0]
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.conn.finished(self)
+
+    def _gone(self, exc: Exception | None) -> None:
+        """The client connection closed while this exchange was open."""
+        why = str(exc) if exc else "connection closed"
+        if not self._fail_wait(ClientGone(why)):
+            if not self.complete:
+                log.info("%s %s: client left mid-body: %s", self.method.decode(), self.path, why)
+            elif self.reply_started:
+                log.info("client left during the reply to %s: %s", self.path, why)
+        self.finished = True
+        for conn in (self._pipe, self.upstream):
+            if conn is not None:
+                conn.abort()
+        self._pipe = self.upstream = None
+
+    def _body_timeout(self) -> None:
+        """``request_timeout`` seconds passed without a byte of the unfinished body."""
+        if self._fail_wait(BodyTimeout()):
+            return  # the application answers
+        for conn in (self._pipe, self.upstream):
+            if conn is not None:
+                conn.abort()
+        self._pipe = self.upstream = None
+        self.respond(408, self.conn.server.body_timeout_message)
+        if not self.finished:  # the reply had started: cut it
+            self.keep_alive = False
+            self._finish()
+
+
+class Downstream(asyncio.Protocol):
+    """One client connection of a :class:`RelayListener` (see the module docstring)."""
+
+    deadline: float
+
+    def __init__(self, server: RelayListener) -> None:
+        self.server = server
+        self.deadline = 0.0
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpRequestParser(self)
+        self.remote = b""
+        self.closed = False
+        self.writing_paused = False
+        self.current: Exchange | None = None
+        self._parsing: Exchange | None = None
+        self._queue: collections.deque[Exchange] = collections.deque()
+        self._paused: set[str] = set()
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._index: dict[bytes, bytes] = {}
+        self._head_size = 0
+        self._length: int | None = None
+        self._chunked = False
+        self._dead = False  # the parser stopped (upgrade, error)
+
+    # ---- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport.set_write_buffer_limits(WRITE_BUFFER)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.remote = str(peer[0]).encode()
+        server = self.server
+        server.connections.add(self)
+        server.guard.opened(transport)
+        if transport.is_closing():  # refused by the guard
+            return
+        if server.idle_timeout:
+            server.sweeper.arm(self, server.idle_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._dead:
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade:
+            self._dead = True  # served as a plain request, then closed
+            for ex in (self.current, self._parsing, *self._queue):
+                if ex is not None:
+                    ex.keep_alive = False
+        except HttpParserCallbackError as exc:  # raised by one of the callbacks below
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse(431, f"request head larger than {MAX_HEAD} bytes")
+            else:
+                log.error("relay failed on a request", exc_info=exc.__context__)
+                self._refuse(500, "internal error")
+        except HttpParserError as exc:
+            self._refuse(400, f"malformed request: {exc}")
+
+    def eof_received(self) -> bool | None:
+        ex = self.current
+        if ex is not None and ex.complete and not ex.finished:
+            ex.keep_alive = False  # answer, then close
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        server = self.server
+        server.connections.discard(self)
+        server.sweeper.forget(self)
+        if self.transport is not None:
+            server.guard.closed(self.transport)
+        ex = self.current
+        if ex is not None and not ex.finished:
+            ex._gone(exc)
+            server.app.done(ex)
+        self.current = self._parsing = None
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        upstream = self.current.upstream if self.current is not None else None
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        upstream = self.current.upstream if self.current is not None else None
+        if upstream is not None and upstream.transport is not None and not upstream.closed:
+            upstream.transport.resume_reading()
+
+    # ---- llhttp callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._index = {}
+        self._head_size = 0
+        self._length = None
+        self._chunked = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD:
+            raise _HeadTooLarge
+        lower = name.lower()
+        if lower not in self._index:
+            self._index[lower] = value
+        if lower == b"content-length":
+            self._length = int(value)  # llhttp checked it
+        elif lower == b"transfer-encoding":
+            self._chunked = True  # llhttp refuses anything not ending in chunked
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        ex = Exchange(
+            self,
+            parser.get_method(),
+            self._url,
+            self._headers,
+            parser.get_http_version(),
+            parser.should_keep_alive(),
+            self._length,
+            self._chunked,
+        )
+        ex.index = self._index
+        self._parsing = ex
+        if self.current is None:
+            self._start(ex)
+        else:  # pipelined: served after the current one
+            self._queue.append(ex)
+            self.pause("pipeline")
+
+    def on_body(self, body: bytes) -> None:
+        ex = self._parsing
+        if ex is not None:
+            if ex is self.current and self.deadline:
+                self.server.sweeper.arm(self, self.server.request_timeout)
+            ex._on_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self._parsing
+        if ex is not None:
+            if ex is self.current:
+                self.deadline = 0.0
+            ex._on_complete()
+            if ex.deferred and ex is self.current and not ex.finished:
+                ex.deferred = False
+                self.server.app.serve(ex)
+
+    # ---- serving ---------------------------------------------------------------------------
+
+    def _start(self, ex: Exchange) -> None:
+        self.current = ex
+        server = self.server
+        assert self.transport is not None
+        server.guard.busy(self.transport)
+        if ex.has_body and not ex.complete and "upstream" not in self._paused:
+            server.sweeper.arm(self, server.request_timeout)
+            length = ex.content_length
+            if length is not None and length <= server.collect and b"expect" not in ex.index:
+                ex.deferred = True  # small: served whole, from on_message_complete
+                return
+        else:
+            self.deadline = 0.0
+        server.app.serve(ex)
+
+    def finished(self, ex: Exchange) -> None:
+        """``ex`` is answered: serve the next request, or wait for one, or close."""
+        server = self.server
+        server.app.done(ex)
+        if ex is not self.current:
+            return
+        self.current = None
+        if self.closed:
+            return
+        assert self.transport is not None
+        if not ex.keep_alive or not ex.complete or (self._dead and not self._queue):
+            self.deadline = 0.0
+            self.transport.close()
+            return
+        server.guard.idle(self.transport)
+        self.resume("upstream")
+        self.resume("buffer")
+        if self._queue:
+            ex = self._queue.popleft()
+            if not self._queue:
+                self.resume("pipeline")
+            self._start(ex)
+        elif server.idle_timeout:
+            server.sweeper.arm(self, server.idle_timeout)
+        else:
+            self.deadline = 0.0
+
+    def expired(self) -> None:
+        ex = self.current
+        if ex is None:  # idle
+            if self.transport is not None:
+                self.transport.close()
+        elif not ex.complete:
+            ex._body_timeout()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def write_all(self, pieces: list[bytes]) -> None:
+        if not self.closed and self.transport is not None:
+            if len(pieces) == 1:
+                self.transport.write(pieces[0])
+            else:
+                self.transport.writelines(pieces)  # uvloop: one writev
+
+    def pause(self, reason: str) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+        if reason == "upstream":
+            self.deadline = 0.0  # the upstream's deadline applies meanwhile
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._paused:
+            return
+        self._paused.discard(reason)
+        if not self._paused and not self.closed and self.transport is not None:
+            self.transport.resume_reading()
+            ex = self.current
+            if reason == "upstream" and ex is not None and not ex.complete:
+                self.server.sweeper.arm(self, self.server.request_timeout)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """The client sent something that is not HTTP/1.1: answer (if nothing of a reply was
+        written yet) and close."""
+        self._dead = True
+        ex = self.current
+        if ex is not None and not ex.finished:
+            ex.keep_alive = False
+            if ex.complete:  # a later (pipelined) request is bad: close after this one
+                return
+            if ex._fail_wait(ClientGone(message)):
+                return  # the application answers and the connection closes
+            for conn in (ex._pipe, ex.upstream):
+                if conn is not None:
+                    conn.abort()
+            ex._pipe = ex.upstream = None
+            ex.respond(status, message.encode() + b"\n")
+            if not ex.finished:  # the reply had started: cut it
+                ex._finish()
+            return
+        if self.transport is not None and not self.closed:
+            body = message.encode() + b"\n"
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (status, reason(status), len(body), body)
+            )
+            self.transport.close()
+
+
+class RelayListener(Listener):
+    """An HTTP listener served by :class:`Downstream` connections for ``app``; ``guard``
+    watches its connections. ``app.serve`` is called once a request head has arrived, or,
+    for a ``Content-Length`` body of at most ``collect`` bytes without ``Expect``, once the
+    body has arrived too (the common small request is then relayed without waiting). On close
+    it stops accepting, closes idle connections at once and gives open requests ``grace``
+    seconds."""
+
+    def __init__(
+        self,
+        app: Application,
+        guard: HttpGuard,
+        host: str,
+        port: int,
+        *,
+        request_timeout: float,
+        idle_timeout: float = 0.0,
+        collect: int = 64 * 1024,
+        reply_drop: frozenset[bytes] = HOP_BY_HOP,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
+        label: str = "",
+        grace: float = GRACE,
+    ) -> None:
+        scheme = "https" if ssl_context is not None else "http"
+        super().__init__(host, port, label=label, scheme=scheme, grace=grace)
+        self.app, self.guard = app, guard
+        self.request_timeout, self.idle_timeout = request_timeout, idle_timeout
+        self.collect = collect
+        self.body_timeout_message = (
+            f"request body not received within {request_timeout:g} s\n".encode()
+        )
+        self.reply_drop = HOP_BY_HOP | reply_drop
+        self.ssl_context, self.handshake_timeout = ssl_context, handshake_timeout
+        self.connections: set[Downstream] = set()
+        self.server: asyncio.Server | None = None
+        self._sweeper: Sweeper | None = None
+
+    @property
+    def sweeper(self) -> Sweeper:
+        if self._sweeper is None:
+            self._sweeper = Sweeper()
+        return self._sweeper
+
+    async def open(self, reuse_port: bool) -> int:
+        loop = asyncio.get_running_loop()
+        extra: dict[str, Any] = {}
+        if self.ssl_context is not None:
+            extra = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.handshake_timeout}
+        self.server = await loop.create_server(
+            lambda: Downstream(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            **extra,
+        )
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        server, self.server = self.server, None
+        if server is None:
+            return
+        server.close()
+        deadline = time.monotonic() + self.grace
+        while True:
+            for conn in list(self.connections):
+                if conn.current is None and conn.transport is not None:
+                    conn.transport.close()
+            if not self.connections or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), self.grace)
+        if self._sweeper is not None:
+            self._sweeper.close()
+            self._sweeper = None
