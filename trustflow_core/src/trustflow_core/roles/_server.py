@@ -18,8 +18,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -77,19 +77,34 @@ def stop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> I
                 loop.remove_signal_handler(sig)
 
 
-def run(factory: Callable[[], Service], *, workers: int = 1) -> None:
+def run_loop(main: Coroutine[Any, Any, T], *, fast_loop: bool = False) -> T:
+    """Run ``main`` to completion in a new event loop, as :func:`asyncio.run` does. With
+    ``fast_loop`` the loop is uvloop's (libuv; scheduling, callbacks and socket I/O in C) when
+    uvloop is installed, else asyncio's own (logged once)."""
+    if fast_loop:
+        try:
+            import uvloop
+        except ImportError:
+            log.info("uvloop is not installed: serving on asyncio's event loop")
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
+
+
+def run(factory: Callable[[], Service], *, workers: int = 1, fast_loop: bool = False) -> None:
     """Serve ``factory()`` until SIGINT or SIGTERM, then stop it; print one listening line
-    per listener on stderr once every process serves.
+    per listener on stderr once every process serves. ``fast_loop``: every process serves on
+    uvloop's event loop when it is installed (:func:`run_loop`).
 
     ``workers > 1`` runs that many processes sharing the ports (:mod:`._workers`): this one
     binds first and claims the ports, the others call ``factory()`` in fresh interpreters, so
     it must pickle (a module-level function or class, or a :func:`functools.partial` of one).
     Start-up failures raise :class:`BackendUnavailable` (one line); so does a worker that
     ends while serving, after everything is stopped."""
-    asyncio.run(_serve(factory, workers))
+    run_loop(_serve(factory, workers, fast_loop), fast_loop=fast_loop)
 
 
-async def _serve(factory: Callable[[], Service], workers: int) -> None:
+async def _serve(factory: Callable[[], Service], workers: int, fast_loop: bool) -> None:
     from functools import partial
 
     import click
@@ -109,7 +124,9 @@ async def _serve(factory: Callable[[], Service], workers: int) -> None:
 
                 args = logging_args()
                 setup = None if args is None else partial(setup_logging, *args)
-                pool = Workers(role, factory, workers - 1, service.listeners.ports, setup)
+                pool = Workers(
+                    role, factory, workers - 1, service.listeners.ports, setup, fast_loop
+                )
                 if not await _until(stop, pool.start()):
                     return
             count = f"{workers} worker" + "s" * (workers != 1)

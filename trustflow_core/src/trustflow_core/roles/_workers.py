@@ -103,11 +103,13 @@ class Workers:
         count: int,
         ports: Sequence[int],
         setup: Callable[[], None] | None = None,
+        fast_loop: bool = False,
     ) -> None:
         """``setup()`` runs first in each worker (the logging set-up); like ``factory`` it
-        must pickle."""
+        must pickle. ``fast_loop``: the workers serve on uvloop's event loop when it is
+        installed (:func:`._server.run_loop`)."""
         self.role, self.factory, self.count, self.ports = role, factory, count, list(ports)
-        self.setup = setup
+        self.setup, self.fast_loop = setup, fast_loop
         self._workers: list[_Worker] = []
 
     async def start(self) -> bool:
@@ -118,7 +120,7 @@ class Workers:
             mine, theirs = context.Pipe()
             process = context.Process(
                 target=_worker_main,
-                args=(self.factory, self.ports, theirs, self.setup),
+                args=(self.factory, self.ports, theirs, self.setup, self.fast_loop),
                 name=f"{self.role} worker {index}",
             )
             process.start()
@@ -188,12 +190,15 @@ def _worker_main(
     ports: list[int],
     conn: Connection,
     setup: Callable[[], None] | None,
+    fast_loop: bool = False,
 ) -> None:
     """A worker process: serve ``factory()`` on ``ports`` until SIGTERM or the parent's end."""
+    from ._server import run_loop
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if setup is not None:
         setup()
-    sys.exit(asyncio.run(_work(factory, ports, conn)))
+    sys.exit(run_loop(_work(factory, ports, conn), fast_loop=fast_loop))
 
 
 async def _work(factory: Callable[[], Service], ports: list[int], conn: Connection) -> int:

@@ -134,7 +134,7 @@ def capsule_manager(
         return
     setup_logging(log_path, log_level, log_levels_for, log_format, ROLE)
     service = functools.partial(capsule_manager_service, settings, admin_host, admin_port)
-    run(service, workers=workers)
+    run(service, workers=workers, fast_loop=True)  # uvloop: docs/capsule-manager.md
 
 
 COMMANDS: list[click.Command] = [capsule_manager]
