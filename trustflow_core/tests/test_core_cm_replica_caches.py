@@ -37,6 +37,7 @@ REVIEWED = {
     "capsule_manager.audit_appends._sql": "SQL text by statement, placeholder style, counts",
     "capsule_manager.audit_appends._SHARE_LOCK": "constant",
     "capsule_manager.constraint_sandbox.Sandbox._all": "this process's CEL worker processes",
+    "capsule_manager.worker_threads.WorkerThreads._threads": "this process's worker threads",
     "capsule_manager.commands.COMMANDS": "constant",
     "capsule_manager.database_url.EXTRAS": "constant",
     "capsule_manager.envelope.KEY_ALGS": "constant",
