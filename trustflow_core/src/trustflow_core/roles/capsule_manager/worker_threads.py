@@ -4,8 +4,8 @@ sandbox, sealing) awaited from the event loop with one queue put and one
 
 :func:`asyncio.to_thread` does the same through ``run_in_executor``: a
 ``concurrent.futures.Future`` chained to an asyncio future, a work item, the executor's
-idle-semaphore and thread-count checks and two sets of done-callbacks, about 130 µs of CPU per
-call on the build box against about 75 µs here (``benchmarks/cm_stages.py``,
+idle-semaphore and thread-count checks and two sets of done-callbacks: about 130 µs of CPU per
+call on the build box against about 75 µs here (serial calls in one process,
 docs/capsule-manager.md). Semantics kept from ``to_thread``: the call runs in a copy of the
 caller's context (the request id of its log lines), its exception is raised in the caller, and
 a call whose caller was cancelled before a thread took it is not run.
