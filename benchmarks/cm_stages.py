@@ -11,11 +11,12 @@ half a minute on SQLite):
   (CPU time on both sides of the share: wall time would count other processes' turns on a
   shared machine);
 * **gRPC floor**: a gRPC server process whose GetDataKeys answers at once, driven the same
-  way in the same rounds: what a unary call costs a Python gRPC server by itself;
+  way in the same rounds, on the CM's event loop (uvloop): what a unary call costs a Python
+  gRPC server by itself;
 * **stages**: every stage of the request path, called in this process on one of the same
   requests against an in-process CM (same plugins, its own SQLite database, audit on), timed
   with ``time.process_time`` over ``--iterations`` calls each. What the stages do not cover
-  (gRPC, the event loop, the worker-thread hand-offs, metrics, logging and the audit log's
+  (gRPC, the event loop, the worker-thread hand-off, metrics, logging and the audit log's
   commit) is the total minus their sum.
 
 It prints the stage table, the total per audit mode and the **RSA share** (RSA time per
@@ -331,6 +332,9 @@ def main() -> None:
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_noop:
+        from trustflow_core.roles._server import use_uvloop
+
+        use_uvloop()  # the event loop the CM serves on
         asyncio.run(serve_noop())
         return
     env = {**os.environ, "TRUSTFLOW_LOAD_PLUGINS": "channel_jwe,tee_sim"}

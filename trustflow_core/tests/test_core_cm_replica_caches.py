@@ -38,6 +38,7 @@ REVIEWED = {
     "capsule_manager.audit_appends._one_statement_sql": "SQL text by counts",
     "capsule_manager.audit_appends._SHARE_LOCK": "constant",
     "capsule_manager.constraint_sandbox.Sandbox._all": "this process's CEL worker processes",
+    "capsule_manager.worker_threads.WorkerThreads._threads": "this process's worker threads",
     "capsule_manager.commands.COMMANDS": "constant",
     "capsule_manager.database_url.EXTRAS": "constant",
     "capsule_manager.envelope.KEY_ALGS": "constant",

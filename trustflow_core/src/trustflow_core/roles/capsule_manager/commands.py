@@ -110,7 +110,7 @@ def capsule_manager(
 
     from .._logging import setup_logging
     from .._options import command_plugin_manager, config_ok
-    from .._server import run
+    from .._server import run, use_uvloop
     from .server import ROLE, capsule_manager_service
     from .settings import check_settings, load_settings
 
@@ -134,7 +134,7 @@ def capsule_manager(
         return
     setup_logging(log_path, log_level, log_levels_for, log_format, ROLE)
     service = functools.partial(capsule_manager_service, settings, admin_host, admin_port)
-    run(service, workers=workers)
+    run(service, workers=workers, prepare=use_uvloop)  # uvloop: docs/capsule-manager.md
 
 
 COMMANDS: list[click.Command] = [capsule_manager]

@@ -285,6 +285,8 @@ class CapsuleManager:
             self.health = None
         self._grpc.grace = grace
         await self.listeners.close()
+        if self.service is not None:  # after the listeners: no handler awaits them any more
+            await asyncio.to_thread(self.service.threads.close, grace)
         for verifier in self._verifiers.values():
             await verifier.aclose()
         self._verifiers.clear()

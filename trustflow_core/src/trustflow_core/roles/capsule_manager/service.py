@@ -2,7 +2,8 @@
 (docs/compat.md#cm-rpcs, with the fixes listed in docs/capsule-manager.md).
 
 Every outcome is in band: gRPC status OK, ``status{code, message}`` in the response. Work that
-may wait (SQL, the CEL sandbox, audit commits) and owner requests run in worker threads;
+may wait (SQL, the CEL sandbox, audit commits) and owner requests run in worker threads
+(:mod:`.worker_threads`);
 attestation verification is awaited. An app request (GetDataKeys, GetTlsAsset,
 CreateResultDataKey) is opened on the event loop: its RSA decryption and parsing are ~1 ms of
 CPU that never waits, and a hand-off to a worker thread and back cost ~0.25 ms of CPU per
@@ -59,6 +60,7 @@ from .policy import (
     releases_to_app,
 )
 from .resource_uri import parse_resource_uri
+from .worker_threads import WorkerThreads
 
 ROLE = "capsule-manager"
 
@@ -208,9 +210,10 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
         self.policy = policy
         self.allow_upstream_sim = allow_upstream_sim
         self.tls_issuer_secret = tls_issuer_secret
+        self.threads = WorkerThreads("cm-worker")
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(fn, *args)
+        return await self.threads.run(fn, *args)
 
     async def _open(self, request: cm_pb2.EncryptedRequest) -> OpenedRequest:
         """Open an app's request, on the event loop (see the module docstring)."""
