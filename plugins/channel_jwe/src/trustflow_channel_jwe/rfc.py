@@ -132,7 +132,7 @@ def _check_epk(header: dict[str, Any]) -> tuple[ec.EllipticCurvePublicKey, bytes
         raise EnvelopeError(
             f"JWE epk must be kty 'EC' crv {ECDH_CURVE!r}, got {epk['kty']!r} {epk['crv']!r}"
         )
-    encoded = b"\x04"  # SEC 1 §2.3.3 uncompressed point: 0x04 || x || y
+    encoded = b"\x04"  # SEC 1, section 2.3.3: uncompressed point: 0x04 || x || y
     for member in ("x", "y"):
         value = epk[member]
         if not isinstance(value, str):
