@@ -34,10 +34,19 @@ def slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
+def mkdocs_slug(heading: str) -> str:
+    """The anchor mkdocs (Python-Markdown's ``toc``) gives a Markdown heading."""
+    text = re.sub(r"[^\w\s-]", "", heading).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
 def anchors(page: Path) -> set[str]:
-    """Heading slugs and explicit ``<a id="...">`` anchors of a Markdown page."""
+    """Explicit ``<a id="...">`` anchors of a Markdown page, and the heading slugs that GitHub
+    and mkdocs agree on (``-c CONFIG`` gives ``--c-config`` on one and ``-c-config`` on the
+    other, so a link to it breaks on one of the two)."""
     text = page.read_text(encoding="utf-8")
-    found = {slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, re.MULTILINE)}
+    headings = [m.group(1) for m in re.finditer(r"^#+ (.+)$", text, re.MULTILINE)]
+    found = {slug(h) for h in headings if slug(h) == mkdocs_slug(h)}
     found |= set(re.findall(r'<a id="([\w-]+)"', text))
     return found
 
