@@ -69,6 +69,18 @@ async def get_keys(w: CMWorld, app: Credentials, uris: list[str], op: str = "psi
     return await w.client.get_data_keys(app, request, await report_for(w, app, request))
 
 
+async def one_data_item(
+    w: CMWorld, grantee: str | None = None
+) -> tuple[Credentials, Credentials, str]:
+    """A new owner and app, and one data item of the owner whose policy grants it to
+    ``grantee`` (the app's party id by default)."""
+    owner, app = new_party("owner"), new_party("app")
+    uuid = new_data_uuid()
+    await w.client.create_data_keys(owner, [(uuid, data_key_b64())])
+    await w.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(grantee or app.party_id)])
+    return owner, app, uuid
+
+
 def kinds(bundle: dict[str, Any]) -> list[tuple[str, str]]:
     return [(e["kind"], e["data_uuid"]) for e in map(json.loads, entry_texts(bundle))]
 
@@ -251,10 +263,7 @@ async def test_result_registration_and_export_reach_every_owner(cm_world: CMWorl
 
 
 async def test_tls_asset_releases_are_logged(cm_world: CMWorld) -> None:
-    owner, app = new_party("owner"), new_party("app")
-    uuid = new_data_uuid()
-    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
-    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    owner, app, uuid = await one_data_item(cm_world)
     request = request_for(app, [uuid])
     await cm_world.client.get_tls_asset(app, request, await report_for(cm_world, app, request))
     bundle = await audit.fetch_bundle(cm_world.client, owner)
@@ -380,10 +389,7 @@ async def test_refusals_are_bounded_per_data_uuid_across_cms(cm_world: CMWorld) 
     """Two CMs on one database (as two workers or replicas) share the refusal bound: refusals
     sent to both alternately are logged up to one burst, and the count of those left out
     travels in the next refusal entry."""
-    owner, app = new_party("owner"), new_party("app")
-    uuid = new_data_uuid()
-    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
-    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule("nobody")])
+    owner, app, uuid = await one_data_item(cm_world, "nobody")
     assert cm_world.cm.store is not None
     log = cm_world.cm.store.audit
     assert log is not None
@@ -529,10 +535,7 @@ async def test_cli_audit_table_json_and_offline_verification(
 async def test_no_key_leaves_when_its_entry_cannot_be_committed(
     cm_world: CMWorld, sql: Any
 ) -> None:
-    owner, app = new_party("owner"), new_party("app")
-    uuid = new_data_uuid()
-    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
-    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    owner, app, uuid = await one_data_item(cm_world)
     with sql.begin() as conn:  # the entry's table is gone: the release's commit fails
         conn.execute(text("ALTER TABLE cm_audit RENAME TO cm_audit_away"))
     try:
@@ -589,10 +592,7 @@ async def test_a_release_decided_before_a_revocation_is_decided_again(cm_world: 
     not leave; the request is decided again (refused) and the audit shows no release after
     the revocation."""
 
-    owner, app = new_party("owner"), new_party("app")
-    uuid = new_data_uuid()
-    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
-    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    owner, app, uuid = await one_data_item(cm_world)
     store = cm_world.cm.store
     assert store is not None
     with first_append_held(store) as held:
@@ -623,10 +623,7 @@ async def test_a_release_whose_append_waits_behind_a_revocation_is_decided_again
     grown), decide again and be refused: no key leaves after the revocation."""
     if not db_url.startswith("postgresql"):
         pytest.skip("the one-statement append is PostgreSQL's")
-    owner, app = new_party("owner"), new_party("app")
-    uuid = new_data_uuid()
-    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
-    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    owner, app, uuid = await one_data_item(cm_world)
 
     async def waiting(count: int) -> None:
         query = text(
@@ -789,10 +786,7 @@ async def test_concurrent_releases_on_two_cms_form_one_verified_log(cm_world: CM
     """Releases on two CMs sharing the database, concurrently (group commits of both
     appending on the driver's cursor): every release is logged once, the log verifies."""
 
-    owner, app = new_party("owner"), new_party("app")
-    uuid = new_data_uuid()
-    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
-    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    owner, app, uuid = await one_data_item(cm_world)
     async with running_cm(cm_world.cm.settings, verify_sim=True) as other:
         replies = await asyncio.gather(*(get_keys(w, app, [uuid]) for w in [cm_world, other] * 8))
         assert all(len(r) == 1 for r in replies)
@@ -812,10 +806,7 @@ async def test_releases_are_logged_after_the_server_dropped_the_connections(
         pytest.skip("server-side connection kill is exercised on PostgreSQL")
     from trustflow_core.testing.databases import admin_url
 
-    owner, app = new_party("owner"), new_party("app")
-    uuid = new_data_uuid()
-    await cm_world.client.create_data_keys(owner, [(uuid, data_key_b64())])
-    await cm_world.client.create_data_policy(owner, SCOPE, uuid, [grant_rule(app.party_id)])
+    owner, app, uuid = await one_data_item(cm_world)
     await get_keys(cm_world, app, [uuid])  # the writer's connection is pooled now
     admin = create_engine(admin_url("postgresql"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
