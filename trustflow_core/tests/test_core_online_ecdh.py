@@ -10,7 +10,10 @@ reaches it, and :class:`OnlineClient`.
   whole ``cert`` would seal to the attacker's key);
 * the gateway refuses an invalid-curve ``epk``, ``alg``/``enc`` outside the allowlist, an
   ECDH envelope where it holds no EC key, a tampered and a replayed ECDH envelope — the app
-  never sees any of them.
+  never sees any of them;
+* key-agreement reuse: the client keeps one ephemeral key per window and rotates after it;
+  with the epk's KEK cached in the gateway, a tampered envelope is still 400, a replayed one
+  409, an invalid-curve point still refused; jwcrypto's fresh-key envelopes open beside them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from pathlib import Path
 
 import aiohttp
@@ -41,6 +45,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.plugins("tee_sim", "channel_jwe")
 ALLOW_SIM = Policy(allow_simulation=True)
 ECDH = "ECDH-ES+A128KW"
 JOSE = {"Content-Type": "application/jose+json"}
+P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
 
 
 def b64u(data: bytes) -> str:
@@ -341,3 +346,117 @@ async def test_gateway_without_ecdh_key_refuses_ecdh(rsa_only_stack, pm, keys):
     status, text = await post(running.gateway_url + "/teeapp", body)
     assert status == 400 and "is not accepted here" in text
     assert app.seen == []
+
+
+# ---- key-agreement reuse (docs/online.md#ecdh-profile) --------------------------------------
+
+
+async def test_client_reuses_its_ephemeral_key_within_the_window(stack, pm):
+    """The online client seals up to ``epk_reuse_envelopes`` requests with one ephemeral key,
+    then makes a new one; every request keeps its own jti, and the gateway opens them all."""
+    running, app = stack
+    async with client(running, pm, epk_reuse_envelopes=2) as online:
+        replies = [await online.request("/teeapp", f"m{i}".encode()) for i in range(5)]
+    epks = [json.dumps(r.request_header["epk"], sort_keys=True) for r in replies]
+    assert epks[0] == epks[1] != epks[2] == epks[3] != epks[4]
+    assert len({r.request_header["jti"] for r in replies}) == 5
+    assert [r.plaintext for r in replies] == [f"got m{i}".encode() for i in range(5)]
+    assert app.seen == [f"m{i}".encode() for i in range(5)]
+    async with client(running, pm, epk_reuse_seconds=0) as online:
+        fresh = [await online.request("/teeapp", b"x") for _ in range(3)]
+    assert len({json.dumps(r.request_header["epk"]) for r in fresh}) == 3
+    async with client(running, pm) as online:  # the default window: one key for all
+        default = [await online.request("/teeapp", b"x") for _ in range(3)]
+    assert len({json.dumps(r.request_header["epk"]) for r in default}) == 1
+
+
+def flip(members: dict, member: str) -> dict:
+    value = bytearray(b64u_decode(members[member]))
+    value[len(value) // 2] ^= 0x01
+    return members | {member: b64u(bytes(value))}
+
+
+async def sealed_pair(pm, stack):
+    """Two envelopes to the app's P-256 key with the same (reused) epk."""
+    running, _ = stack
+    async with client(running, pm) as online:
+        attested = await online.attest()
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": "rfc"})
+    assert attested.ecdh_key is not None
+    pair = [
+        {k: v for k, v in channel.seal(m, attested.ecdh_key).jwe.to_dict().items() if v}
+        for m in (b"first", b"second")
+    ]
+    header = [json.loads(b64u_decode(m["protected"])) for m in pair]
+    assert header[0]["epk"] == header[1]["epk"]
+    return pair
+
+
+async def test_gateway_refuses_tampered_envelope_with_a_cached_epk(stack, pm):
+    """Once an epk's KEK is cached, an envelope with that epk but an altered wrapped key,
+    ciphertext or tag is still refused (400) and the app sees nothing; the intact one passes,
+    once (a replay with a cached epk is 409)."""
+    running, app = stack
+    first, second = await sealed_pair(pm, stack)
+    url = running.gateway_url + "/teeapp"
+    assert (await post(url, json.dumps(first).encode()))[0] == 200
+    for member, message in (
+        ("encrypted_key", "cannot decrypt JWE encrypted_key"),
+        ("ciphertext", "does not authenticate"),
+        ("tag", "does not authenticate"),
+    ):
+        status, text = await post(url, json.dumps(flip(second, member)).encode())
+        assert status == 400 and message in text, (member, text)
+    assert app.seen == [b"first"]
+    assert (await post(url, json.dumps(second).encode()))[0] == 200
+    status, text = await post(url, json.dumps(second).encode())
+    assert status == 409 and "replayed" in text
+    assert app.seen == [b"first", b"second"]
+
+
+async def test_gateway_refuses_invalid_curve_epk_after_valid_ones_filled_the_cache(stack, pm):
+    """Valid envelopes fill the gateway's KEK cache; a point off the curve built from a
+    cached epk (same x, y + 1) is still refused before any key agreement."""
+    running, app = stack
+    url = running.gateway_url + "/teeapp"
+    async with client(running, pm, epk_reuse_envelopes=1) as online:
+        replies = [await online.request("/teeapp", b"fill") for _ in range(4)]
+    assert all(r.status == 200 for r in replies)
+    epk = replies[-1].request_header["epk"]
+    y = int.from_bytes(b64u_decode(epk["y"]), "big")
+    off_curve = dict(epk) | {"y": b64u(((y + 1) % P256_P).to_bytes(32, "big"))}
+    header = {"alg": ECDH, "enc": "A256GCM", "epk": off_curve}
+    status, text = await post(url, forged(header))
+    assert status == 400 and "epk is not a point on P-256" in text
+    assert app.seen == [b"fill"] * 4
+
+
+async def test_gateway_opens_fresh_jwcrypto_envelopes_beside_reused_ones(stack, pm, keys):
+    """Interop: envelopes made by plain jwcrypto (a fresh epk each) open beside the reusing
+    client's; the app sees both."""
+    from cryptography import x509
+    from jwcrypto.jwe import JWE
+    from jwcrypto.jwk import JWK
+
+    running, app = stack
+    public = x509.load_pem_x509_certificate(Path(keys[1][0]).read_bytes()).public_key()
+    url = running.gateway_url + "/teeapp"
+    async with client(running, pm) as online:
+        assert (await online.request("/teeapp", b"reused")).status == 200
+    for i in range(2):
+        token = JWE(
+            f"jwcrypto {i}".encode(),
+            protected={"alg": ECDH, "enc": "A256GCM", "iat": int(time.time()), "jti": f"j{i}"},
+        )
+        token.add_recipient(JWK.from_pyca(public))
+        protected, encrypted_key, iv, ciphertext, tag = token.serialize(compact=True).split(".")
+        members = {
+            "protected": protected,
+            "encrypted_key": encrypted_key,
+            "iv": iv,
+            "ciphertext": ciphertext,
+            "tag": tag,
+        }
+        status, text = await post(url, json.dumps(members).encode())
+        assert status == 200, text
+    assert app.seen == [b"reused", b"jwcrypto 0", b"jwcrypto 1"]

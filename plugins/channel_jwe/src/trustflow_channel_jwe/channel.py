@@ -22,8 +22,15 @@ from trustflow_core.jose import MalformedInput
 from trustflow_core.settings_schema import Node
 
 from . import jws as _jws
+from .rfc import (
+    DEFAULT_EPK_REUSE_ENVELOPES,
+    DEFAULT_EPK_REUSE_SECONDS,
+    DEFAULT_KEK_CACHE_ENTRIES,
+    EphemeralKeys,
+    KekCache,
+    RfcDialect,
+)
 from .rfc import KEY_ALGS as RFC_ALGS
-from .rfc import RfcDialect
 from .upstream import OAEP_HASHES, UpstreamDialect
 
 if TYPE_CHECKING:
@@ -32,6 +39,7 @@ if TYPE_CHECKING:
 PROFILES = ("rfc", "upstream")
 DEFAULT_ALGS = {"rfc": "RSA-OAEP-256", "upstream": "RSA-OAEP"}
 ALLOWED_ALGS = {"rfc": tuple(RFC_ALGS), "upstream": tuple(sorted(OAEP_HASHES))}
+_ECDH_SETTINGS = ("epk_reuse_seconds", "epk_reuse_envelopes", "kek_cache_entries")
 
 
 def _envelope_error(exc: MalformedInput) -> EnvelopeError:
@@ -61,12 +69,26 @@ class JweChannel(EnvelopeChannel):
 
     Settings: ``profile`` (``"rfc"`` | ``"upstream"``), ``alg`` (the request key transport
     :meth:`seal` writes: ``"RSA-OAEP-256"`` | ``"RSA-OAEP"``; default ``RSA-OAEP-256`` for rfc,
-    ``RSA-OAEP`` for upstream). The backend holds no keys.
+    ``RSA-OAEP`` for upstream); for the rfc profile's ECDH requests
+    (docs/online.md#ecdh-profile): ``epk_reuse_seconds`` (default 60) and
+    ``epk_reuse_envelopes`` (default 10,000; 1 = a fresh ephemeral key per envelope) bound
+    how long :meth:`seal` reuses one ephemeral key per recipient, ``kek_cache_entries``
+    (default 1,024; 0 = off) how many key-encryption keys :meth:`open` remembers. The backend
+    holds no long-term keys; an rfc channel holds the KEKs of its ephemeral keys and of the
+    envelopes it opened.
     """
 
     name: ClassVar[str] = "jwe"
 
-    def __init__(self, profile: str = "rfc", alg: str | None = None) -> None:
+    def __init__(
+        self,
+        profile: str = "rfc",
+        alg: str | None = None,
+        *,
+        epk_reuse_seconds: float = DEFAULT_EPK_REUSE_SECONDS,
+        epk_reuse_envelopes: int = DEFAULT_EPK_REUSE_ENVELOPES,
+        kek_cache_entries: int = DEFAULT_KEK_CACHE_ENTRIES,
+    ) -> None:
         if profile not in PROFILES:
             raise InvalidInput(f"channel 'jwe': profile must be one of {PROFILES}, got {profile!r}")
         alg = DEFAULT_ALGS[profile] if alg is None else alg
@@ -77,18 +99,42 @@ class JweChannel(EnvelopeChannel):
             )
         self.profile = profile
         self.alg = alg
-        self._dialect: UpstreamDialect | RfcDialect = (
-            UpstreamDialect(alg) if profile == "upstream" else RfcDialect(alg)
-        )
+        self._dialect: UpstreamDialect | RfcDialect
+        if profile == "upstream":
+            self._dialect = UpstreamDialect(alg)
+        else:
+            self._dialect = RfcDialect(
+                alg,
+                ephemeral=EphemeralKeys(epk_reuse_seconds, epk_reuse_envelopes),
+                keks=KekCache(kek_cache_entries),
+            )
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
-        """Build from ``{"profile": ..., "alg": ...}``; unknown keys or bad values raise
+        """Build from ``{"profile": ..., "alg": ..., "epk_reuse_seconds": ...,
+        "epk_reuse_envelopes": ..., "kek_cache_entries": ...}`` (the last three: rfc profile
+        only); unknown keys or bad values raise
         :class:`~trustflow_core.settings_schema.ConfigError`."""
-        root = Node.settings(settings, "jwe channel settings").mapping({"profile", "alg"})
+        root = Node.settings(settings, "jwe channel settings").mapping(
+            {"profile", "alg", *_ECDH_SETTINGS}
+        )
         profile = root.get("profile").choice(PROFILES, "rfc")
         alg = root.get("alg").choice(ALLOWED_ALGS[profile], DEFAULT_ALGS[profile])
-        return cls(profile, alg)
+        if profile != "rfc":
+            for name in _ECDH_SETTINGS:
+                if root.get(name).present:
+                    raise root.get(name).error("applies to the rfc profile only")
+        return cls(
+            profile,
+            alg,
+            epk_reuse_seconds=root.get("epk_reuse_seconds").number(DEFAULT_EPK_REUSE_SECONDS),
+            epk_reuse_envelopes=root.get("epk_reuse_envelopes").integer(
+                DEFAULT_EPK_REUSE_ENVELOPES, minimum=1
+            ),
+            kek_cache_entries=root.get("kek_cache_entries").integer(
+                DEFAULT_KEK_CACHE_ENTRIES, minimum=0
+            ),
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(profile={self.profile!r}, alg={self.alg!r})"

@@ -17,13 +17,27 @@ only ``RSA-OAEP``/``RSA-OAEP-256``, an EC key only ``ECDH-ES+A128KW`` (no direct
 32-byte coordinates of a point on the curve (``cryptography`` checks it; an invalid-curve
 point is refused before any key agreement).
 
+**Key-agreement reuse** (docs/online.md#ecdh-profile), the analogue of TLS session
+resumption with the wire unchanged: :meth:`RfcDialect.seal` reuses one ephemeral P-256 key per
+recipient for a bounded window (:class:`EphemeralKeys`: at most ``epk_reuse_seconds`` and
+``epk_reuse_envelopes`` envelopes, 60 s and 10,000 by default; 1 envelope = a fresh key each
+time), keeping only the derived key-encryption key (KEK), so sealing is a random CEK, an AES
+key wrap and AES-GCM. :meth:`RfcDialect.open` remembers the KEK of envelopes that opened in a
+bounded LRU (:class:`KekCache`, 1,024 entries by default, 0 = off) keyed by the exact ``epk``
+``x``/``y`` text, ``apu``/``apv`` text, ``alg`` and the opening key's own public point: a hit
+skips decoding and checking the point, the ECDH and the KDF (the identical text was decoded and
+checked before); the header checks, the AES key unwrap and the GCM tag stay per envelope. Every
+envelope still has its own random CEK, IV, ``iat`` and ``jti``.
+
 Every request :meth:`RfcDialect.seal` writes carries ``iat`` (seconds since the epoch) and
 ``jti`` (128 random bits, base64url) in its protected header, so a receiver can refuse a
 replayed or stale envelope (the gateway does: ``roles/gateway/freshness.py``); the header is
 authenticated, so neither can be changed without breaking the envelope. ``open`` returns
 them with the rest of the header and checks nothing about them itself.
 
-Sealing uses :class:`jwcrypto.jwe.JWE`. Opening does not: ``JWE.decrypt`` cannot return an
+Sealing to an RSA key uses :class:`jwcrypto.jwe.JWE`; sealing to a P-256 key and opening do
+not. ``ECDH-ES+A128KW`` sealing needs its ephemeral key reused (above), which jwcrypto cannot
+take. Opening: ``JWE.decrypt`` cannot return an
 empty plaintext (it treats ``b""`` as failure), its base64url decoder is lenient, and its key
 and algorithm objects cost more than the key agreement. It applies ``cryptography``'s
 primitives to the strictly decoded members with the RFC 7518 parameters (RSAES-OAEP with
@@ -38,16 +52,19 @@ import os
 import secrets
 import struct
 import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from jwcrypto.jwe import JWE
 from jwcrypto.jwk import JWK
 from trustflow_core.channel import (
@@ -117,14 +134,19 @@ def _header(jwe: Jwe, parts: DecodedJwe, algs: tuple[str, ...]) -> tuple[dict[st
     return header, alg, enc
 
 
-def _check_epk(header: dict[str, Any]) -> tuple[ec.EllipticCurvePublicKey, bytes, bytes]:
-    """The ``epk`` public key and the decoded ``apu``/``apv``; refuses an ``epk`` that is not
-    exactly a public P-256 point on the curve (``cryptography`` checks the curve equation), and
-    non-string ``apu``/``apv``, before any key agreement."""
+#: Which parts of an ECDH envelope decide its KEK, as received: ``x``, ``y``, ``apu`` and
+#: ``apv`` (None when absent) text of the header.
+EpkText = tuple[str, str, str | None, str | None]
+
+
+def _epk_text(header: dict[str, Any]) -> EpkText:
+    """The ``epk`` coordinates and ``apu``/``apv`` as the header holds them, after the checks
+    that cost no decoding: ``epk`` is exactly ``{kty: EC, crv: P-256, x, y}`` and every one of
+    these members is a string. :func:`_epk_point` and :func:`_party_info` decode them."""
     epk = header.get("epk")
     if not isinstance(epk, dict):
         raise EnvelopeError(f"JWE {ECDH_ALG} needs an 'epk' JSON object in the protected header")
-    if set(epk) != EPK_MEMBERS:
+    if epk.keys() != EPK_MEMBERS:
         raise EnvelopeError(
             f"JWE epk must have exactly the members {sorted(EPK_MEMBERS)}, got {sorted(epk)}"
         )
@@ -132,11 +154,23 @@ def _check_epk(header: dict[str, Any]) -> tuple[ec.EllipticCurvePublicKey, bytes
         raise EnvelopeError(
             f"JWE epk must be kty 'EC' crv {ECDH_CURVE!r}, got {epk['kty']!r} {epk['crv']!r}"
         )
-    encoded = b"\x04"  # SEC 1, section 2.3.3: uncompressed point: 0x04 || x || y
-    for member in ("x", "y"):
-        value = epk[member]
+    x, y = epk["x"], epk["y"]
+    for member, value in (("x", x), ("y", y)):
         if not isinstance(value, str):
             raise EnvelopeError(f"JWE epk member {member!r} must be a string")
+    apu, apv = header.get("apu"), header.get("apv")
+    for member, value in (("apu", apu), ("apv", apv)):
+        if value is not None and not isinstance(value, str):
+            raise EnvelopeError(f"JWE protected header member {member!r} must be a string")
+    return x, y, apu, apv
+
+
+def _epk_point(x: str, y: str) -> ec.EllipticCurvePublicKey:
+    """The ``epk`` public key; refuses coordinates that are not 32 bytes of strict base64url
+    and a point that is not on P-256 (``cryptography`` checks the curve equation and that each
+    coordinate is < p), before any key agreement."""
+    encoded = b"\x04"  # SEC 1, section 2.3.3: uncompressed point: 0x04 || x || y
+    for member, value in (("x", x), ("y", y)):
         raw = b64url_decode(value, f"JWE epk member {member!r}")
         if len(raw) != EC_COORDINATE_BYTES:
             raise EnvelopeError(
@@ -144,17 +178,23 @@ def _check_epk(header: dict[str, Any]) -> tuple[ec.EllipticCurvePublicKey, bytes
             )
         encoded += raw
     try:  # refuses coordinates >= p and points off the curve
-        public = ec.EllipticCurvePublicKey.from_encoded_point(_P256, encoded)
+        return ec.EllipticCurvePublicKey.from_encoded_point(_P256, encoded)
     except ValueError:
         raise EnvelopeError(f"JWE epk is not a point on {ECDH_CURVE}") from None
-    party_info = [b"", b""]
-    for i, member in enumerate(("apu", "apv")):
-        if member in header:
-            value = header[member]
-            if not isinstance(value, str):
-                raise EnvelopeError(f"JWE protected header member {member!r} must be a string")
-            party_info[i] = b64url_decode(value, f"JWE protected header member {member!r}")
-    return public, party_info[0], party_info[1]
+
+
+def _party_info(apu: str | None, apv: str | None) -> tuple[bytes, bytes]:
+    """The decoded ``apu``/``apv`` (empty when absent)."""
+    return (
+        b"" if apu is None else b64url_decode(apu, "JWE protected header member 'apu'"),
+        b"" if apv is None else b64url_decode(apv, "JWE protected header member 'apv'"),
+    )
+
+
+def _point_bytes(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
 
 
 def _ecdh_es_kek(
@@ -179,6 +219,117 @@ def _ecdh_es_kek(
     return ConcatKDFHash(_SHA256, ECDH_KEK_BYTES, otherinfo).derive(shared)
 
 
+#: Client side: one ephemeral key serves a recipient for at most this long ...
+DEFAULT_EPK_REUSE_SECONDS = 60.0
+#: ... and at most this many envelopes (1: a fresh ephemeral key per envelope).
+DEFAULT_EPK_REUSE_ENVELOPES = 10_000
+#: Receiver side: KEKs of opened envelopes remembered per dialect (0: none).
+DEFAULT_KEK_CACHE_ENTRIES = 1024
+#: Recipients (client) or opening keys (receiver) one dialect keeps state for; past it, the
+#: oldest is forgotten.
+_MAX_KEYS = 16
+
+
+@dataclass
+class _Ephemeral:
+    epk: dict[str, str]
+    kek: bytes
+    born: float
+    uses: int = 0
+
+
+class EphemeralKeys:
+    """The sealing side's ephemeral P-256 keys: per recipient (by its exact public point), one
+    key for at most ``seconds`` (by ``clock``) and ``envelopes`` envelopes, then a new one.
+    Only its public ``epk`` members and the KEK it agreed with the recipient (Concat KDF,
+    ``apu``/``apv`` empty) are kept; the private scalar is dropped at once. Not thread-safe:
+    one dialect per thread or event loop."""
+
+    def __init__(
+        self,
+        seconds: float = DEFAULT_EPK_REUSE_SECONDS,
+        envelopes: int = DEFAULT_EPK_REUSE_ENVELOPES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not seconds >= 0 or envelopes < 1:
+            raise ValueError("epk reuse needs seconds >= 0 and envelopes >= 1")
+        self.seconds = seconds
+        self.envelopes = envelopes
+        self._clock = clock
+        self._by_recipient: OrderedDict[bytes, _Ephemeral] = OrderedDict()
+
+    def current(self, recipient: ec.EllipticCurvePublicKey) -> tuple[dict[str, str], bytes]:
+        """The ``epk`` members and the KEK for the next envelope to ``recipient``."""
+        point = _point_bytes(recipient)
+        now = self._clock()
+        entry = self._by_recipient.get(point)
+        if (
+            entry is None
+            or entry.uses >= self.envelopes
+            or not entry.born <= now < entry.born + self.seconds
+        ):
+            private = ec.generate_private_key(_P256)
+            numbers = private.public_key().public_numbers()
+            epk = {
+                "kty": "EC",
+                "crv": ECDH_CURVE,
+                "x": b64url_encode(numbers.x.to_bytes(EC_COORDINATE_BYTES, "big")),
+                "y": b64url_encode(numbers.y.to_bytes(EC_COORDINATE_BYTES, "big")),
+            }
+            entry = _Ephemeral(epk, _ecdh_es_kek(private, recipient, b"", b""), now)
+            self._by_recipient[point] = entry
+            while len(self._by_recipient) > _MAX_KEYS:
+                self._by_recipient.popitem(last=False)
+        self._by_recipient.move_to_end(point)
+        entry.uses += 1
+        return entry.epk, entry.kek
+
+
+class KekCache:
+    """The opening side's KEKs: an LRU of at most ``entries`` from (``alg``, the opening key's
+    public point, the ``epk`` ``x``/``y`` text, the ``apu``/``apv`` text) to the KEK those
+    derive. Keyed by the whole text, never a prefix or a digest of it: strict base64url maps
+    each byte string to exactly one text, so equal text means equal bytes. Only the KEKs of
+    envelopes that opened are put in. Not thread-safe: one dialect per thread or event loop
+    (a gateway worker)."""
+
+    def __init__(self, entries: int = DEFAULT_KEK_CACHE_ENTRIES) -> None:
+        if entries < 0:
+            raise ValueError("the KEK cache size must be >= 0")
+        self.entries = entries
+        self._keks: OrderedDict[tuple[str, bytes, EpkText], bytes] = OrderedDict()
+        #: id of an opening key -> (the key, kept alive so the id stays its own; its point)
+        self._points: dict[int, tuple[ec.EllipticCurvePrivateKey, bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._keks)
+
+    def key(
+        self, private_key: ec.EllipticCurvePrivateKey, text: EpkText
+    ) -> tuple[str, bytes, EpkText]:
+        """The cache key of an envelope with ``text`` opened by ``private_key``."""
+        known = self._points.get(id(private_key))
+        if known is None or known[0] is not private_key:
+            if len(self._points) >= _MAX_KEYS:
+                self._points.clear()
+            known = (private_key, _point_bytes(private_key.public_key()))
+            self._points[id(private_key)] = known
+        return ECDH_ALG, known[1], text
+
+    def get(self, key: tuple[str, bytes, EpkText]) -> bytes | None:
+        kek = self._keks.get(key)
+        if kek is not None:
+            self._keks.move_to_end(key)
+        return kek
+
+    def put(self, key: tuple[str, bytes, EpkText], kek: bytes) -> None:
+        if self.entries:
+            self._keks[key] = kek
+            self._keks.move_to_end(key)
+            while len(self._keks) > self.entries:
+                self._keks.popitem(last=False)
+
+
 def _decrypt_content(jwe: Jwe, parts: DecodedJwe, enc: str, cek: bytes) -> bytes:
     aad = jwe.protected.encode("ascii")
     if jwe.aad:
@@ -200,13 +351,25 @@ class RfcDialect:
     ``ECDH-ES+A128KW`` key agreement (EC P-256 recipients) and ``enc`` content encryption for
     requests, ``dir`` for replies."""
 
-    def __init__(self, alg: str = "RSA-OAEP-256", enc: str = DEFAULT_ENC) -> None:
+    def __init__(
+        self,
+        alg: str = "RSA-OAEP-256",
+        enc: str = DEFAULT_ENC,
+        *,
+        ephemeral: EphemeralKeys | None = None,
+        keks: KekCache | None = None,
+    ) -> None:
+        """``ephemeral``: the sealing side's ephemeral P-256 keys (default: reused for 60 s /
+        10,000 envelopes per recipient); ``keks``: the opening side's KEK cache (default:
+        1,024 entries)."""
         if alg not in KEY_ALGS:
             raise ValueError(f"alg must be one of {list(KEY_ALGS)}, got {alg!r}")
         if enc not in GCM_KEY_BYTES:
             raise ValueError(f"enc must be one of {sorted(GCM_KEY_BYTES)}, got {enc!r}")
         self.alg = alg
         self.enc = enc
+        self.ephemeral = EphemeralKeys() if ephemeral is None else ephemeral
+        self.keks = KekCache() if keks is None else keks
 
     def seal(self, plaintext: bytes, recipient: EnvelopeRecipient) -> SealedEnvelope:
         """RSA recipient: ``alg`` (RSA-OAEP-256/RSA-OAEP) key transport; EC P-256 recipient:
@@ -224,6 +387,8 @@ class RfcDialect:
             raise EnvelopeError(
                 f"recipient must be an RSA or EC P-256 public key, got {type(recipient)}"
             )
+        if alg == ECDH_ALG:
+            return self._seal_ecdh(plaintext, recipient)  # type: ignore[arg-type]
         header = {
             "alg": alg,
             "enc": self.enc,
@@ -233,17 +398,38 @@ class RfcDialect:
         protected = compact_json(header).decode("ascii")
         token = JWE(plaintext, protected=protected, algs=[alg, self.enc])
         token.add_recipient(JWK.from_pyca(recipient))
-        if alg != ECDH_ALG:
-            return SealedEnvelope(_to_jwe(token), token.cek)
-        # jwcrypto puts ``epk`` in a per-recipient unprotected header, which the six-member
-        # form cannot carry; its compact serialization moves it into the protected header and
-        # re-encrypts, so the epk is authenticated as well.
-        protected, encrypted_key, iv, ciphertext, tag = token.serialize(compact=True).split(".")
-        return SealedEnvelope(Jwe(protected, encrypted_key, iv, ciphertext, tag), token.cek)
+        return SealedEnvelope(_to_jwe(token), token.cek)
+
+    def _seal_ecdh(self, plaintext: bytes, recipient: ec.EllipticCurvePublicKey) -> SealedEnvelope:
+        """``ECDH-ES+A128KW`` with ``cryptography``'s primitives (jwcrypto makes its own
+        ephemeral key per token, and its six-member form cannot carry ``epk``): the ``epk``
+        and KEK of :attr:`ephemeral`, a fresh random CEK wrapped with AES key wrap (RFC 3394),
+        ``epk``/``iat``/``jti`` in the protected header, which is the GCM AAD."""
+        epk, kek = self.ephemeral.current(recipient)
+        header = {
+            "alg": ECDH_ALG,
+            "enc": self.enc,
+            "epk": epk,
+            "iat": int(time.time()),
+            "jti": secrets.token_urlsafe(16),
+        }
+        protected = b64url_encode(compact_json(header))
+        cek = os.urandom(GCM_KEY_BYTES[self.enc])
+        iv = os.urandom(IV_BYTES)
+        sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
+        jwe = Jwe(
+            protected,
+            b64url_encode(aes_key_wrap(kek, cek)),
+            b64url_encode(iv),
+            b64url_encode(sealed[:-TAG_BYTES]),
+            b64url_encode(sealed[-TAG_BYTES:]),
+        )
+        return SealedEnvelope(jwe, cek)
 
     def open(self, jwe: Jwe, private_key: EnvelopePrivateKey) -> OpenedEnvelope:
         """Open with an RSA key (``RSA-OAEP-256``/``RSA-OAEP`` only) or an EC P-256 key
-        (``ECDH-ES+A128KW`` only, ``epk`` checked first: :func:`_check_epk`)."""
+        (``ECDH-ES+A128KW`` only, ``epk`` checked first: :func:`_epk_text`, and unless
+        :attr:`keks` holds the KEK for that exact text and key, :func:`_epk_point`)."""
         if isinstance(private_key, ec.EllipticCurvePrivateKey):
             if not isinstance(private_key.curve, ec.SECP256R1):
                 raise EnvelopeError(f"EC private key must be on {ECDH_CURVE}")
@@ -254,12 +440,21 @@ class RfcDialect:
             raise EnvelopeError(f"private key must be an RSA or EC key, got {type(private_key)}")
         parts = decode_jwe(jwe)
         header, alg, enc = _header(jwe, parts, algs)
+        kek = cache_key = None
+        derived = False
         if alg == ECDH_ALG:
-            epk, apu, apv = _check_epk(header)
+            assert isinstance(private_key, ec.EllipticCurvePrivateKey)
+            text = _epk_text(header)
+            cache_key = self.keks.key(private_key, text)
+            kek = self.keks.get(cache_key)
+            if kek is None:  # not opened before: decode and check the point, agree
+                epk = _epk_point(text[0], text[1])
+                apu, apv = _party_info(text[2], text[3])
         try:
             if alg == ECDH_ALG:
                 assert isinstance(private_key, ec.EllipticCurvePrivateKey)
-                kek = _ecdh_es_kek(private_key, epk, apu, apv)
+                if kek is None:
+                    kek, derived = _ecdh_es_kek(private_key, epk, apu, apv), True
                 cek = aes_key_unwrap(kek, parts.encrypted_key)
             else:
                 assert isinstance(private_key, RSAPrivateKey)
@@ -271,6 +466,8 @@ class RfcDialect:
         if len(cek) != GCM_KEY_BYTES[enc]:
             raise EnvelopeError(f"JWE content key is {len(cek)} bytes, enc {enc!r} needs another")
         plaintext = _decrypt_content(jwe, parts, enc, cek)
+        if derived:  # it opened: remember its KEK
+            self.keks.put(cache_key, kek)  # type: ignore[arg-type]
         return OpenedEnvelope(plaintext, MappingProxyType(header), cek)
 
     def seal_reply(self, plaintext: bytes, cek: bytes) -> Jwe:

@@ -83,13 +83,15 @@ class AttestedApp:
 
 @dataclass(frozen=True)
 class Reply:
-    """An opened reply: HTTP status, the envelope as received, the plaintext, and the ``alg``
-    the request was sealed with (``ECDH-ES+A128KW`` or an RSA one)."""
+    """An opened reply: HTTP status, the envelope as received, the plaintext, the ``alg``
+    the request was sealed with (``ECDH-ES+A128KW`` or an RSA one) and the request's whole
+    protected header (its ``epk``, ``iat``, ``jti``, ...; public values only)."""
 
     status: int
     envelope: Mapping[str, str]
     plaintext: bytes = field(repr=False)
     request_alg: str = ""
+    request_header: Mapping[str, Any] = field(default_factory=dict)
 
 
 class OnlineClient:
@@ -101,7 +103,11 @@ class OnlineClient:
     nothing about the app. ``verifier_settings`` maps a verifier name to its settings.
     ``envelope_channel`` names the envelope channel backend in ``pm`` (default ``jwe``).
     ``ecdh`` (default True): in the rfc profile, seal to the app's P-256 key when the verified
-    report binds an offer of one; False always uses the RSA key.
+    report binds an offer of one; False always uses the RSA key. ``epk_reuse_seconds`` and
+    ``epk_reuse_envelopes`` (rfc profile): ECDH requests reuse one ephemeral P-256 key per app
+    key for at most that long and that many envelopes, each with its own random content key,
+    ``iat`` and ``jti`` (default 60 s and 10,000; 1 envelope = a fresh key each time;
+    docs/online.md#ecdh-profile).
     """
 
     def __init__(
@@ -117,6 +123,8 @@ class OnlineClient:
         ra_path: str = RA_PATH,
         envelope_channel: str = "jwe",
         ecdh: bool = True,
+        epk_reuse_seconds: float = 60.0,
+        epk_reuse_envelopes: int = 10_000,
     ) -> None:
         if profile not in PROFILES:
             raise InvalidInput(f"profile must be one of {PROFILES}, got {profile!r}")
@@ -130,9 +138,12 @@ class OnlineClient:
         self.ra_path = ra_path
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
-        settings = {"profile": profile}
+        settings: dict[str, Any] = {"profile": profile}
         if profile == "upstream":
             settings["alg"] = "RSA-OAEP-256"  # what the gateway (Envoy) decrypts
+        else:
+            settings["epk_reuse_seconds"] = epk_reuse_seconds
+            settings["epk_reuse_envelopes"] = epk_reuse_envelopes
         channel_cls = backend_class(pm, ENVELOPE_CHANNEL, envelope_channel)
         self.channel: EnvelopeChannel = channel_cls.from_role(settings, pm=pm)
         self.app: AttestedApp | None = None
@@ -273,5 +284,5 @@ class OnlineClient:
                 text,
             ) from None
         plaintext = self.channel.open_reply(jwe, sealed.cek)
-        alg = decode_header(sealed.jwe.protected, "JWE protected header").get("alg", "")
-        return Reply(status, envelope, plaintext, str(alg))
+        header = decode_header(sealed.jwe.protected, "JWE protected header")
+        return Reply(status, envelope, plaintext, str(header.get("alg", "")), header)
