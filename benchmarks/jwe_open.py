@@ -7,14 +7,20 @@ Envelopes are made by the project's own ``jwe`` channel as the clients make them
 
 * **ecdh**: the RFC 7516 profile sealed to the app's P-256 key (``ECDH-ES+A128KW`` +
   A256GCM, ``iat``/``jti`` in the protected header, sent as ``application/jose+json`` as the
-  online client does); replay protection on (the listener default), every ``jti`` seen once
-  per filter: each round opens the pool with a new filter, i.e. an empty replay cache;
+  online client does) with a fresh ephemeral key per envelope (as plain jwcrypto sends them:
+  every one a miss of the filter's KEK cache); replay protection on (the listener default),
+  every ``jti`` seen once per filter: each round opens the pool with a new filter, i.e. an
+  empty replay cache;
+* **ecdh-reused**: the same, sealed as the online client seals them: one ephemeral key for
+  the whole pool (docs/online.md#ecdh-profile), so every envelope after the first is a hit
+  of the KEK cache (the channels, and their caches, live as long as a gateway worker's);
 * **rsa**: the upstream dialect (``RSA-OAEP-256`` + A128GCM, ``application/json``), as
   ``jwe_client.py`` and the (c) row of ``gateway.py`` send it.
 
 Its **primitives** row times only the cryptography on the same envelopes, decoded beforehand:
 for ecdh the ``epk`` point load (with its on-curve check), the P-256 ECDH, the Concat KDF, the
 AES key unwrap, AES-GCM open of the request and AES-GCM seal of a reply under a fresh IV; for
+ecdh-reused the same without the point load, the ECDH and the KDF (the KEK is known); for
 rsa the RSA-OAEP-256 decryption and the two AES-GCM operations. The **overhead** is the
 filter's time per request minus its primitives' (JSON, base64url, header checks, replay cache,
 building the reply): what Python adds to the cryptography. Every envelope goes through the
@@ -26,7 +32,7 @@ Informational (no target, exit 0): the issue's target is the gateway's JWE req/s
 pass-through, measured by ``gateway.py``; this tells where a JWE request's CPU goes.
 
     .venv/bin/python benchmarks/jwe_open.py [--envelopes 1000] [--rounds 5] [--key-bits 3072]
-        [--profile ecdh|rsa]   # also print a cProfile of the filter's calls
+        [--profile ecdh|ecdh-reused|rsa]   # also print a cProfile of the filter's calls
 """
 
 from __future__ import annotations
@@ -73,7 +79,10 @@ class Case:
         self.primitives = primitives
 
 
-def ecdh_case(channel: Any, key: ec.EllipticCurvePrivateKey, count: int) -> Case:
+def ecdh_case(
+    channel: Any, key: ec.EllipticCurvePrivateKey, count: int, name: str = "ecdh"
+) -> Case:
+    """``name`` ``ecdh-reused``: the primitives leave out what a KEK cache hit skips."""
     sealed = [channel.seal(b"hello", key.public_key()).jwe for _ in range(count)]
     bodies = [json.dumps({k: v for k, v in j.to_dict().items() if v}).encode() for j in sealed]
     otherinfo = struct.pack(">I", len(ECDH_ALG)) + ECDH_ALG + bytes(8) + struct.pack(">I", 128)
@@ -85,17 +94,22 @@ def ecdh_case(channel: Any, key: ec.EllipticCurvePrivateKey, count: int) -> Case
         wrapped, iv = b64(jwe.encrypted_key), b64(jwe.iv)
         sealed_body, aad = b64(jwe.ciphertext) + b64(jwe.tag), jwe.protected.encode("ascii")
 
-        def run() -> object:
+        def agree() -> bytes:
             public = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
             shared = key.exchange(agreement, public)
-            kek = ConcatKDFHash(sha256, 16, otherinfo).derive(shared)
+            return ConcatKDFHash(sha256, 16, otherinfo).derive(shared)
+
+        known = agree() if name == "ecdh-reused" else None
+
+        def run() -> object:
+            kek = known or agree()
             cek = aes_key_unwrap(kek, wrapped)
             AESGCM(cek).decrypt(iv, sealed_body, aad)
             return AESGCM(cek).encrypt(os.urandom(12), REPLY, b"x" * 40)
 
         return run
 
-    return Case("ecdh", bodies, "application/jose+json", [primitive(j) for j in sealed])
+    return Case(name, bodies, "application/jose+json", [primitive(j) for j in sealed])
 
 
 def rsa_case(channel: Any, key: rsa.RSAPrivateKey, count: int) -> Case:
@@ -122,7 +136,9 @@ def main() -> None:
     parser.add_argument("--envelopes", type=int, default=1000, help="ecdh envelopes per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--key-bits", type=int, default=3072, help="RSA key size")
-    parser.add_argument("--profile", choices=("ecdh", "rsa"), help="print a cProfile of one")
+    parser.add_argument(
+        "--profile", choices=("ecdh", "ecdh-reused", "rsa"), help="print a cProfile of one"
+    )
     args = parser.parse_args()
 
     from trustflow_core.manager import get_plugin_manager
@@ -134,10 +150,15 @@ def main() -> None:
     channels = {p: cls.from_role({"profile": p}, pm=pm) for p in PROFILES}  # as the gateway
     rsa_key = rsa.generate_private_key(65537, args.key_bits)
     ec_key = ec.generate_private_key(ec.SECP256R1())
-    rfc = cls.from_settings({"profile": "rfc"})
+    rfc_fresh = cls.from_settings({"profile": "rfc", "epk_reuse_envelopes": 1})
+    rfc = cls.from_settings({"profile": "rfc"})  # as the online client: one epk for the pool
     upstream = cls.from_settings({"profile": "upstream", "alg": "RSA-OAEP-256"})
     rsa_count = max(20, args.envelopes // 10)  # one RSA decryption is ~15 ECDH exchanges
-    cases = [ecdh_case(rfc, ec_key, args.envelopes), rsa_case(upstream, rsa_key, rsa_count)]
+    cases = [
+        ecdh_case(rfc_fresh, ec_key, args.envelopes),
+        ecdh_case(rfc, ec_key, args.envelopes, "ecdh-reused"),
+        rsa_case(upstream, rsa_key, rsa_count),
+    ]
 
     def filter_run(case: Case) -> None:
         gateway = JweFilter(rsa_key, channels, ecdh_key=ec_key)  # an empty replay cache
@@ -179,10 +200,10 @@ def main() -> None:
             ("primitives", "primitives only (baseline)"),
         ):
             q1, medians[what], q3 = statistics.quantiles(samples[case.name][what], n=4)
-            print(f"{case.name:5s} {label:30s} {medians[what]:8.1f}   [{q1:.1f}..{q3:.1f}]")
+            print(f"{case.name:11s} {label:30s} {medians[what]:8.1f}   [{q1:.1f}..{q3:.1f}]")
         full, bare = medians["filter"], medians["primitives"]
         print(
-            f"{case.name:5s} overhead beyond the primitives {full - bare:8.1f}   "
+            f"{case.name:11s} overhead beyond the primitives {full - bare:8.1f}   "
             f"primitives / filter = {bare / full:.0%}"
         )
 
