@@ -169,8 +169,11 @@ def main() -> None:
 
     def run_round(case: Case, samples: dict[str, list[float]]) -> None:
         """Each envelope through the filter, then its primitives alone, timed call by call:
-        the median of many calls is robust to the preemptions of a shared machine."""
-        gateway = JweFilter(rsa_key, channels, ecdh_key=ec_key)  # an empty replay cache
+        the median of many calls is robust to the preemptions of a shared machine. New
+        channels each round, as a newly started worker has: empty KEK caches, so every
+        fresh-key envelope is a miss and every reused-key one but the first a hit."""
+        fresh = {p: cls.from_role({"profile": p}, pm=pm) for p in PROFILES}
+        gateway = JweFilter(rsa_key, fresh, ecdh_key=ec_key)  # an empty replay cache
         clock = time.perf_counter_ns
         content_type = case.content_type
         for body, primitives in zip(case.bodies, case.primitives, strict=True):
