@@ -28,17 +28,26 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
 from trustflow_core.attestation import Policy
-from trustflow_core.demo.online import online_stack, write_app_identity, write_ecdh_identity
+from trustflow_core.demo.online import (
+    default_gateway_config,
+    online_stack,
+    write_app_identity,
+    write_ecdh_identity,
+)
 from trustflow_core.ecdh_offer import offer_certificate
 from trustflow_core.errors import VerificationError
 from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class
 from trustflow_core.roles._server import start_site
 from trustflow_core.roles.client.online import OnlineClient
+from trustflow_core.roles.gateway.config import Address, GatewayConfig, Listener, Route
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.plugins("tee_sim", "channel_jwe")]
 
@@ -336,7 +345,6 @@ async def test_gateway_without_ecdh_key_refuses_ecdh(rsa_only_stack, pm, keys):
     """Sealed to a P-256 key the listener does not hold: refused by the RSA allowlist."""
     running, app = rsa_only_stack
     ecdh_cert = Path(keys[1][0])
-    from cryptography import x509
 
     public = x509.load_pem_x509_certificate(ecdh_cert.read_bytes()).public_key()
     channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": "rfc"})
@@ -434,7 +442,6 @@ async def test_gateway_refuses_invalid_curve_epk_after_valid_ones_filled_the_cac
 async def test_gateway_opens_fresh_jwcrypto_envelopes_beside_reused_ones(stack, pm, keys):
     """Interop: envelopes made by plain jwcrypto (a fresh epk each) open beside the reusing
     client's; the app sees both."""
-    from cryptography import x509
     from jwcrypto.jwe import JWE
     from jwcrypto.jwk import JWK
 
@@ -460,3 +467,68 @@ async def test_gateway_opens_fresh_jwcrypto_envelopes_beside_reused_ones(stack, 
         status, text = await post(url, json.dumps(members).encode())
         assert status == 200, text
     assert app.seen == [b"reused", b"jwcrypto 0", b"jwcrypto 1"]
+
+
+async def test_gateway_never_opens_with_a_kek_cached_for_its_other_key(pm, keys, tmp_path):
+    """One gateway, two listeners with different P-256 keys: the same epk sent to both opens
+    on each with its own KEK; an envelope for one key is refused by the other listener even
+    after that epk was cached there (400, the app sees only what opened)."""
+    (cert, key), first = keys
+    second = write_ecdh_identity(tmp_path, "second-ecdh")
+    base = default_gateway_config(cert, key, first)
+    other = default_gateway_config(cert, key, second)
+
+    def build(work, ra_port, app_port) -> GatewayConfig:
+        one, two = base(work, ra_port, app_port), other(work, ra_port, app_port)
+        listener = two.listeners[0]
+        renamed = Listener(
+            "second",
+            Address("127.0.0.1", 0),
+            routes=(Route("/teeapp", "teeapp"),),
+            jwe=listener.jwe,
+        )
+        return GatewayConfig(listeners=(*one.listeners, renamed), clusters=one.clusters)
+
+    def public(path) -> ec.EllipticCurvePublicKey:
+        return x509.load_pem_x509_certificate(Path(path).read_bytes()).public_key()
+
+    ephemeral = ec.generate_private_key(ec.SECP256R1())
+
+    def envelope(recipient, message: bytes) -> bytes:
+        alg = ECDH.encode()
+        otherinfo = len(alg).to_bytes(4, "big") + alg + bytes(8) + (128).to_bytes(4, "big")
+        kek = ConcatKDFHash(hashes.SHA256(), 16, otherinfo).derive(
+            ephemeral.exchange(ec.ECDH(), recipient)
+        )
+        header = {
+            "alg": ECDH,
+            "enc": "A256GCM",
+            "epk": epk_of(ephemeral),
+            "iat": int(time.time()),
+            "jti": b64u(os.urandom(16)),
+        }
+        protected = b64u(json.dumps(header).encode())
+        cek, iv = os.urandom(32), os.urandom(12)
+        sealed = AESGCM(cek).encrypt(iv, message, protected.encode())
+        return json.dumps(
+            {
+                "protected": protected,
+                "encrypted_key": b64u(aes_key_wrap(kek, cek)),
+                "iv": b64u(iv),
+                "ciphertext": b64u(sealed[:-16]),
+                "tag": b64u(sealed[-16:]),
+            }
+        ).encode()
+
+    app = TeeApp()
+    async with online_stack(
+        tmp_path, cert, key, pm=pm, app=app.create_app(), ecdh=first, gateway_config=build
+    ) as running:
+        urls = [f"http://{a}/teeapp" for a in running.gateway.addresses.values()]
+        assert len(urls) == 2
+        assert (await post(urls[0], envelope(public(first[0]), b"to first")))[0] == 200
+        assert (await post(urls[1], envelope(public(second[0]), b"to second")))[0] == 200
+        for url, recipient in ((urls[1], first[0]), (urls[0], second[0])):
+            status, text = await post(url, envelope(public(recipient), b"crossed"))
+            assert status == 400 and "cannot decrypt JWE encrypted_key" in text
+    assert app.seen == [b"to first", b"to second"]
