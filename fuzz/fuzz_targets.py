@@ -211,16 +211,26 @@ def _ecdh_key() -> Any:
     return ec.derive_private_key(ECDH_SCALAR, ec.SECP256R1())
 
 
+@functools.cache
+def _ecdh_sealed() -> Any:
+    """One ECDH envelope to :func:`_ecdh_key` (the seeds' ``epk``)."""
+    return _channel("rfc").seal(b'{"message":"hello"}', _ecdh_key().public_key()).jwe
+
+
 def _run_jwe_ecdh(data: bytes) -> None:
-    """The RFC profile's ECDH-ES+A128KW opening (``epk`` checks, Concat KDF, key unwrap)."""
+    """The RFC profile's ECDH-ES+A128KW opening (``epk`` checks, Concat KDF, key unwrap). A new
+    channel per input that has first opened the seeds' envelope, so its KEK cache holds the
+    seeds' ``epk``: inputs that keep that ``epk`` take the cache-hit path, the rest the full
+    one (the same for every replay of an input)."""
     found = _jwe_from(data)
     if found is not None:
-        _channel("rfc").open(found[1], _ecdh_key())
+        channel = _channel("rfc")
+        channel.open(_ecdh_sealed(), _ecdh_key())
+        channel.open(found[1], _ecdh_key())
 
 
 def _jwe_ecdh_seeds() -> list[bytes]:
-    sealed = _channel("rfc").seal(b'{"message":"hello"}', _ecdh_key().public_key()).jwe
-    return [_jwe_input(sealed, mode) for mode in (MODE_RAW, MODE_JSON)]
+    return [_jwe_input(_ecdh_sealed(), mode) for mode in (MODE_RAW, MODE_JSON)]
 
 
 # ---- JWS / x5c ---------------------------------------------------------------------------
