@@ -65,3 +65,21 @@ async def test_trust_time_and_binding_are_checked_on_every_use(
     earlier = datetime.now(timezone.utc) - timedelta(hours=1)
     assert await refused(verifier, report, now=earlier) == "timestamp"
     assert await refused(verifier, report, policy(b"another request".ljust(32, b"\0")))
+
+
+@pytest.mark.asyncio
+async def test_the_trusted_keys_der_follows_a_changed_key_list(
+    attester: SimAttester, verifier: SimVerifier
+) -> None:
+    """The verifier keeps the DER of its trusted keys only for the same key objects: a
+    verifier whose trusted keys are replaced refuses a report of the key it trusted before,
+    and accepts it again once that key is trusted again."""
+    report = await attester.generate(USER_DATA)
+    trusted = verifier._trusted()
+    trusting = SimVerifier(list(trusted))
+    await trusting.verify(report, policy())  # the DER of the trusted key is kept now
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    trusting.trusted_keys = [other]
+    assert await refused(trusting, report) == "platform_key"
+    trusting.trusted_keys = [other, *trusted]
+    await trusting.verify(report, policy())

@@ -70,8 +70,11 @@ def to_json(msg: Message, *, style: Style) -> str:
         return json_format.MessageToJson(msg, indent=2)
     if style == "cpp":
         obj = json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)
-    elif style in ("serde", "brpc"):
-        obj = _walk(msg, serde=style == "serde")
+    elif style == "serde":
+        plan = _serde_plan(msg.DESCRIPTOR)
+        obj = _walk(msg, serde=True) if plan is None else _walk_plain(msg, plan)
+    elif style == "brpc":
+        obj = _walk(msg, serde=False)
     else:
         raise InvalidInput(f"unknown JSON style {style!r}; expected one of {', '.join(STYLES)}")
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
@@ -227,6 +230,49 @@ def _walk(msg: Message, *, serde: bool) -> dict[str, Any]:
                 out[key] = None
         elif serde or value != field.default_value:
             out[key] = _scalar_or_msg(field, value, serde)
+    return out
+
+
+#: (key, field name, kind, the plan of its message type or None) per field, in declaration
+#: order; kind: ``str``, ``msg`` (singular message), ``strs`` or ``msgs`` (repeated).
+_SerdePlan = tuple[tuple[str, str, str, Any], ...]
+
+
+@functools.cache
+def _serde_plan(desc: Any) -> _SerdePlan | None:
+    """How :func:`_walk` encodes a message type of only strings and (repeated) messages of
+    such types in the serde dialect (the types :func:`_plain_fields` takes), as a flat plan;
+    None for any other type (``_walk`` handles it). Message types are immutable, so the plan
+    of a type never changes."""
+    if _plain_fields(desc) is None:
+        return None
+    plan = []
+    field: _Field
+    for field in desc.fields:
+        key = _SERDE_RENAMES.get(field.name, field.name)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            sub = _serde_plan(field.message_type)
+            plan.append((key, field.name, "msgs" if field.is_repeated else "msg", sub))
+        else:
+            plan.append((key, field.name, "strs" if field.is_repeated else "str", None))
+    return tuple(plan)
+
+
+def _walk_plain(msg: Any, plan: _SerdePlan) -> dict[str, Any]:
+    """:func:`_walk` in the serde dialect of a message whose type has a :func:`_serde_plan`:
+    the same dict (every field in declaration order, an unset message ``null``), without
+    looking at each field's descriptor again."""
+    out: dict[str, Any] = {}
+    for key, name, kind, sub in plan:
+        value = getattr(msg, name)
+        if kind == "str":
+            out[key] = value
+        elif kind == "msg":
+            out[key] = _walk_plain(value, sub) if msg.HasField(name) else None
+        elif kind == "msgs":
+            out[key] = [_walk_plain(item, sub) for item in value]
+        else:
+            out[key] = list(value)
     return out
 
 

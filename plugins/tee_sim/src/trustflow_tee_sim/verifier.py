@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from trustflow_core.attestation import Attributes, Evidence, Report, Verifier
 from trustflow_core.errors import InvalidInput, VerificationError
 from trustflow_core.settings_schema import Node
+from trustflow_core.utc_text import utc_seconds_text
 from typing_extensions import Self
 
 from . import keys
@@ -85,6 +86,7 @@ class SimVerifier(Verifier):
         self.key_file = key_file or keys.default_key_file()
         self.max_age = max_age
         self._file_key: tuple[tuple[int, int, int], ec.EllipticCurvePublicKey] | None = None
+        self._ders: tuple[tuple[ec.EllipticCurvePublicKey, ...], list[bytes]] | None = None
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None = None) -> Self:
@@ -126,9 +128,24 @@ class SimVerifier(Verifier):
         self._file_key = (stamp, public) if stamp is not None else None
         return [public]
 
+    def _trusted_ders(self) -> list[bytes]:
+        """The SubjectPublicKeyInfo DER of each of :meth:`_trusted`'s keys, computed again
+        whenever that list holds other key objects (a changed key file is a new object)."""
+        trusted = tuple(self._trusted())
+        cached = self._ders
+        if (
+            cached is not None
+            and len(cached[0]) == len(trusted)
+            and all(a is b for a, b in zip(cached[0], trusted, strict=True))
+        ):
+            return cached[1]
+        ders = [keys.spki_der(t) for t in trusted]
+        self._ders = (trusted, ders)
+        return ders
+
     async def check_evidence(self, report: Report, *, now: datetime) -> Evidence:
         body, der, key_sha256 = _verified_report(report.json_report)
-        if not any(hmac.compare_digest(der, keys.spki_der(t)) for t in self._trusted()):
+        if not any(hmac.compare_digest(der, t) for t in self._trusted_ders()):
             raise VerificationError(
                 "platform_key", "the report is signed by a sim platform key that is not trusted"
             )
@@ -153,7 +170,7 @@ class SimVerifier(Verifier):
             bool_debug_disabled=body.bool_debug_disabled,
             hex_user_data=body.hex_user_data,
             hex_hash_or_pem_pubkey=body.hex_hash_or_pem_pubkey,
-            str_verified_time=now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            str_verified_time=utc_seconds_text(now),
         )
         details = {
             "timestamp": body.str_timestamp,

@@ -37,6 +37,7 @@ from ...channel import VerifiedJws
 from ...errors import BackendNotFound, BackendUnavailable, InvalidInput, VerificationError
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2 as cm_pb2
 from ...proto.secretflowapis.v2.sdc.capsule_manager import capsule_manager_pb2_grpc as cm_grpc
+from ...utc_text import utc_seconds_text
 from ...wire import serialize_canonical
 from .. import _metrics
 from .._logging import REQUEST_ID_HEADER, accept_request_id, request_context
@@ -149,7 +150,7 @@ def _parse_env(text: str) -> dict[str, Any] | None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_seconds_text()
 
 
 def _refused(rpc: str, reason: str, error: CMError) -> CMError:
@@ -374,7 +375,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             return self.envelopes.seal(response, recipient), logged
 
         sealed = await self._released(work)
-        _metrics.KEY_RELEASES.labels("get_data_keys").inc(len(rr.resources))
+        _metrics.child(_metrics.KEY_RELEASES, "get_data_keys").inc(len(rr.resources))
         return sealed
 
     async def _released(
@@ -516,7 +517,7 @@ class CapsuleManagerService(cm_grpc.CapsuleManagerServicer):
             return self.envelopes.seal(response, recipient), logged
 
         sealed = await self._released(work)
-        _metrics.KEY_RELEASES.labels("get_tls_asset").inc(len(rr.resources))
+        _metrics.child(_metrics.KEY_RELEASES, "get_tls_asset").inc(len(rr.resources))
         return sealed
 
     @_rpc("create_result_data_key")
