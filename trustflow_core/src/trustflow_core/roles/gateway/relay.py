@@ -25,8 +25,10 @@ upstream connection's :class:`~.h1client.ReplySink`).
   client's is full the upstream is not read. A whole body is never held in memory on the
   streamed path.
 * Keep-alive as the client asks (``Connection``, HTTP version); pipelined requests are served
-  in order. Between requests a connection is closed after ``idle_timeout`` seconds (0: never);
-  the first request head is bounded by the :class:`~.guard.HttpGuard`.
+  in order. A client that half-closes over TCP after a complete request still gets its reply;
+  over TLS the connection ends with the client's ``close_notify``. Between requests a
+  connection is closed after ``idle_timeout`` seconds (0: never); the first request head is
+  bounded by the :class:`~.guard.HttpGuard`.
 """
 
 from __future__ import annotations
@@ -527,8 +529,12 @@ class Downstream(asyncio.Protocol):
             self._refuse(400, f"malformed request: {exc}")
 
     def eof_received(self) -> bool | None:
+        """The client half-closed: over TCP its complete open request is still answered,
+        then the connection closes. A TLS transport cannot stay half-open (asyncio's closes
+        itself after the client's ``close_notify`` and ignores a true return): there the
+        client is gone, as when it closes the connection."""
         ex = self.current
-        if ex is not None and ex.complete and not ex.finished:
+        if ex is not None and ex.complete and not ex.finished and self.server.ssl_context is None:
             ex.keep_alive = False  # answer, then close
             return True
         return None
