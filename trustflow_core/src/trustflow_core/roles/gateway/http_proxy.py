@@ -68,8 +68,6 @@ from .upstreams import Upstreams
 if TYPE_CHECKING:
     import ssl
 
-    from prometheus_client import Counter, Histogram
-
 log = logging.getLogger("trustflow.gateway")
 
 #: Bodies of known length up to this size are collected before they are sent (replayable).
@@ -107,10 +105,9 @@ class HttpProxy:
         self.client = upstreams.client
         self.jwe = jwe
         name = listener.name
-        self._to_upstream = _metrics.PROXY_BYTES.labels(name, "upstream")
-        self._to_downstream = _metrics.PROXY_BYTES.labels(name, "downstream")
         self._labels = {route.prefix: f"{name}:{route.prefix}" for route in listener.routes}
-        self._observers: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._unrouted = f"{name}:unrouted"
+        self._tally: _metrics.RequestTally | None = None  # made in the serving loop
         self._debug = log.isEnabledFor(logging.DEBUG)
 
     def relay_listener(
@@ -193,22 +190,17 @@ class HttpProxy:
         elapsed = time.perf_counter() - ex.started
         if not ex.label:  # answered before it was routed (408, client gone)
             ex.label = self._label(ex)
-        key = (ex.label or f"{self.listener.name}:unrouted", ex.status or 500)
-        observers = self._observers.get(key)
-        if observers is None:
-            labels = ("gateway", key[0], str(key[1]))
-            observers = self._observers[key] = (
-                _metrics.REQUESTS.labels(*labels),
-                _metrics.REQUEST_SECONDS.labels(*labels),
-            )
-        observers[0].inc()
-        observers[1].observe(elapsed)
+        tally = self._tally
+        if tally is None:
+            tally = self._tally = _metrics.RequestTally("gateway")
+        label, status = ex.label or self._unrouted, ex.status or 500
+        tally.request(label, status, elapsed)
         if ex.sent:
-            self._to_downstream.inc(ex.sent)
+            tally.relayed(self.listener.name, "downstream", ex.sent)
         if ex.forwarded:
-            self._to_upstream.inc(ex.forwarded)
+            tally.relayed(self.listener.name, "upstream", ex.forwarded)
         if self._debug:
-            log.debug("%s %s -> %d in %.1f ms", ex.method.decode(), key[0], key[1], elapsed * 1e3)
+            log.debug("%s %s -> %d in %.1f ms", ex.method.decode(), label, status, elapsed * 1e3)
 
     # ---- requests --------------------------------------------------------------------------
 
