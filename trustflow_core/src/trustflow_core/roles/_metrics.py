@@ -187,9 +187,9 @@ class _Pending:
 
 
 class RequestTally:
-    """The requests of one hot path (the gateway's relay), counted in plain numbers and added
-    to :data:`REQUESTS`, :data:`REQUEST_SECONDS` and :data:`PROXY_BYTES` in batches instead
-    of a locked update of four or five metrics per request.
+    """The requests of one hot path (a listener of the gateway), counted in plain numbers and
+    added to :data:`REQUESTS`, :data:`REQUEST_SECONDS` and :data:`PROXY_BYTES` in batches
+    instead of a locked update of four or five metrics per request.
 
     A batch is added once per event-loop iteration that counted something (a ``call_soon``
     scheduled by the first count: it runs before the loop polls again, so a later request,
@@ -198,33 +198,31 @@ class RequestTally:
     multiprocess mode they reach the shared files at the same points. Create it in the event
     loop that counts; only that loop's thread may call :meth:`request`."""
 
-    def __init__(self, role: str) -> None:
+    def __init__(self, role: str, listener: str) -> None:
         self.role = role
+        self.listener = listener
         self._bounds: tuple[float, ...] = tuple(REQUEST_SECONDS._upper_bounds)
         self._pending: dict[tuple[str, int], _Pending] = {}
-        self._bytes: dict[tuple[str, str], int] = {}
+        self._upstream = self._downstream = 0
         self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._scheduled = False
         _TALLIES.add(self)
 
-    def request(self, route: str, status: int, seconds: float) -> None:
-        """Count one answered request of ``route`` (a bounded label) and its duration."""
+    def request(
+        self, route: str, status: int, seconds: float, upstream: int, downstream: int
+    ) -> None:
+        """Count one answered request of ``route`` (a bounded label), its duration and the
+        body bytes relayed each way (client to app: ``upstream``)."""
         entry = self._pending.get((route, status))
         if entry is None:
             entry = self._pending[route, status] = _Pending(len(self._bounds))
         entry.count += 1
         entry.seconds += seconds
         entry.buckets[bisect_left(self._bounds, seconds)] += 1
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
-
-    def relayed(self, listener: str, direction: str, size: int) -> None:
-        """Count ``size`` bytes relayed by ``listener`` (``upstream`` or ``downstream``)."""
-        key = (listener, direction)
-        self._bytes[key] = self._bytes.get(key, 0) + size
+        self._upstream += upstream
+        self._downstream += downstream
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
@@ -233,7 +231,8 @@ class RequestTally:
         """Add what was counted since the last flush to the Prometheus metrics."""
         self._scheduled = False
         pending, self._pending = self._pending, {}
-        relayed, self._bytes = self._bytes, {}
+        upstream, downstream = self._upstream, self._downstream
+        self._upstream = self._downstream = 0
         for key, entry in pending.items():
             children = self._children.get(key)
             if children is None:
@@ -250,8 +249,10 @@ class RequestTally:
             for value, count in zip(histogram._buckets, entry.buckets, strict=True):
                 if count:
                     value.inc(count)
-        for (listener, direction), size in relayed.items():
-            PROXY_BYTES.labels(listener, direction).inc(size)
+        if upstream:
+            PROXY_BYTES.labels(self.listener, "upstream").inc(upstream)
+        if downstream:
+            PROXY_BYTES.labels(self.listener, "downstream").inc(downstream)
 
 
 _TALLIES: weakref.WeakSet[RequestTally] = weakref.WeakSet()
