@@ -593,16 +593,6 @@ class Downstream(asyncio.Protocol):
 
     # ---- llhttp callbacks ------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._index = {}
-        self._lines = []
-        self._named = False
-        self._head_size = 0
-        self._length = None
-        self._chunked = False
-
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_size += len(url)
@@ -642,6 +632,15 @@ class Downstream(asyncio.Protocol):
             None if self._named else self._lines,
         )
         self._parsing = ex
+        # the next message starts empty (no on_message_begin: one callback less per request)
+        self._url = b""
+        self._headers = []
+        self._index = {}
+        self._lines = []
+        self._named = False
+        self._head_size = 0
+        self._length = None
+        self._chunked = False
         if self.current is None:
             self._start(ex)
         else:  # pipelined: served after the current one
