@@ -195,7 +195,7 @@ class RequestTally:
     scheduled by the first count: it runs before the loop polls again, so a later request,
     a scrape included, sees it) and, in the tally's thread, by :func:`exposition` before it
     renders. The values are those of per-request updates: same series, same buckets; in
-    multiprocess mode they reach the shared files at the same points. Create it in the event
+    multiprocess mode each flush writes them to the process's files. Create it in the event
     loop that counts; only that loop's thread may call :meth:`request`."""
 
     def __init__(self, role: str, listener: str) -> None:
