@@ -1,6 +1,7 @@
-"""The relay (``roles/gateway/relay.py``) on a real TLS listener on 127.0.0.1: a client that
-ends TLS (``close_notify``) while its request is open ends the exchange like a client that
-leaves, without asyncio's "returning true from eof_received() has no effect" warning."""
+"""The relay (``roles/gateway/relay.py``) when a client ends its side first, on real
+listeners on 127.0.0.1: over TLS (``close_notify``) the exchange ends like a client that
+leaves, without asyncio's "returning true from eof_received() has no effect" warning; over
+TCP a half-closed client still gets the reply to its request."""
 
 from __future__ import annotations
 
@@ -95,5 +96,31 @@ async def test_a_tls_client_ending_tls_mid_request_ends_the_exchange_without_war
         assert after == b""  # nothing can follow the close_notify on this transport
         assert not listener.connections
         assert not [r for r in caplog.records if "eof_received" in r.getMessage()]
+    finally:
+        await listener.close()
+
+
+@pytest.mark.asyncio
+async def test_over_tcp_a_client_that_half_closes_still_gets_its_reply():
+    app = HoldingApp()
+    listener = RelayListener(app, HttpGuard("tcp", 16, 0.0), "127.0.0.1", 0, request_timeout=10.0)
+    port = await listener.open(reuse_port=False)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /held HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(asyncio.to_thread(app.served.wait, 10), 15)
+        writer.write_eof()
+        (exchange,) = app.exchanges
+        for _ in range(500):  # the relay sees the EOF: answer, then close
+            if not exchange.keep_alive:
+                break
+            await asyncio.sleep(0.01)
+        assert not exchange.keep_alive
+        exchange.respond(200, b"late\n")
+        reply = await asyncio.wait_for(reader.read(), 10)  # to the end: the relay closes
+        assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"Connection: close\r\n" in reply and reply.endswith(b"\r\n\r\nlate\n")
+        writer.close()
     finally:
         await listener.close()
