@@ -271,6 +271,28 @@ async def test_no_key_material_in_debug_logs(tmp_path, pm, restore_logging):
                 assert form not in content, f"{name} appears in {log_file.name}"
 
 
+async def test_new_request_ids_are_a_process_prefix_and_a_counter():
+    """Unique without a random draw per request: 20 hex digits of the process, drawn again
+    in a forked child, then a counter."""
+    ids = [_logging.new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert {i[:20] for i in ids} == {ids[0][:20]}
+    assert [int(i[20:], 16) for i in ids] == list(
+        range(int(ids[0][20:], 16), int(ids[0][20:], 16) + 1000)
+    )
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.write(write, _logging.new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    in_child = os.read(read, 64).decode()
+    os.close(read)
+    assert len(in_child) == 32 and in_child[:20] != ids[0][:20]
+
+
 async def test_request_ids_from_clients_are_checked():
     assert accept_request_id("abc-123") == "abc-123"
     for bad in ("", "a\nb", "x" * 129, "<script>", "a b", None):

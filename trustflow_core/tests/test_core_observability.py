@@ -7,6 +7,7 @@ after its scenario and asserts how they moved.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -231,6 +232,62 @@ async def test_policy_refusal_and_attestation_failure_are_counted(pm, tmp_path):
         and v > value(before, name, **dict(labels))
     }
     assert len(rejected) == 1 and rejected != {""}
+
+
+async def test_the_gateways_request_metrics_count_every_request_exactly(pm):
+    """Requests, durations (count, sum, buckets) and relayed bytes of the gateway's HTTP
+    listener, scraped right after the last reply."""
+
+    async def fast(request: web.Request) -> web.Response:
+        return web.Response(body=b"fast!" + await request.read())
+
+    async def slow(_request: web.Request) -> web.Response:
+        await asyncio.sleep(0.3)
+        return web.Response(body=b"slow")
+
+    app = web.Application()
+    app.router.add_post("/app/fast", fast)
+    app.router.add_get("/app/slow", slow)
+    app_runner, app_port = await start_site(app, "127.0.0.1", 0)
+    config = GatewayConfig(
+        listeners=(Listener("exact", Address("127.0.0.1", 0), routes=(Route("/app", "app"),)),),
+        clusters={"app": Cluster("app", (Address("127.0.0.1", app_port),))},
+    )
+    try:
+        async with (
+            Gateway(config, pm) as gateway,
+            admin("gateway", pm) as base,
+            aiohttp.ClientSession() as http,
+        ):
+            address = gateway.addresses["exact"]
+            url = f"http://{address.host}:{address.port}"
+            before = await scrape(base)
+            for _ in range(3):
+                async with http.post(url + "/app/fast", data=b"abc") as r:
+                    assert (r.status, await r.read()) == (200, b"fast!abc")
+            async with http.get(url + "/app/slow") as r:
+                assert (r.status, await r.read()) == (200, b"slow")
+            for _ in range(2):
+                async with http.get(url + "/nope") as r:
+                    assert (r.status, await r.read()) == (404, b"no route for /nope\n")
+            after = await scrape(base)
+    finally:
+        await app_runner.cleanup()
+    ok = {"role": "gateway", "route": "exact:/app", "status": "200"}
+    unrouted = {"role": "gateway", "route": "exact:unrouted", "status": "404"}
+    assert moved(before, after, "trustflow_requests_total", **ok) == 4
+    assert moved(before, after, "trustflow_requests_total", **unrouted) == 2
+    seconds = "trustflow_request_duration_seconds"
+    assert moved(before, after, seconds + "_count", **ok) == 4
+    assert moved(before, after, seconds + "_bucket", le="+Inf", **ok) == 4
+    assert moved(before, after, seconds + "_bucket", le="0.25", **ok) <= 3  # not the slow one
+    assert moved(before, after, seconds + "_sum", **ok) >= 0.3
+    assert moved(before, after, seconds + "_count", **unrouted) == 2
+    relayed = "trustflow_proxy_bytes_total"
+    assert moved(before, after, relayed, listener="exact", direction="upstream") == 3 * 3
+    assert moved(before, after, relayed, listener="exact", direction="downstream") == (
+        3 * 8 + 4 + 2 * 19
+    )
 
 
 async def test_probes_and_readiness_of_gateway_and_proxy(pm, tmp_path):

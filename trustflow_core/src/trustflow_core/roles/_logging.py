@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import json
 import logging
+import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator
@@ -51,9 +53,25 @@ _logging_args: LoggingArgs | None = None
 # ---- request ids -------------------------------------------------------------------------
 
 
+def _draw_id_prefix() -> None:
+    global _id_prefix, _id_count
+    _id_prefix = secrets.token_hex(10)
+    _id_count = itertools.count()
+
+
+_id_prefix = ""
+_id_count = itertools.count()
+_draw_id_prefix()
+os.register_at_fork(after_in_child=_draw_id_prefix)
+
+
 def new_request_id() -> str:
-    """A fresh request id: 32 hex digits."""
-    return secrets.token_hex(16)
+    """A fresh request id: 32 hex digits, a random prefix of the process (80 bits, drawn at
+    start and again in a forked child) and a counter (48 bits), so ids are unique across
+    processes and restarts without a ``getrandom`` per request. An id names a request in the
+    logs; it is not secret nor unpredictable (clients choose their own ids anyway), and
+    nothing may rely on it being so."""
+    return f"{_id_prefix}{next(_id_count) & 0xFFFFFFFFFFFF:012x}"
 
 
 def accept_request_id(incoming: str | None) -> str:

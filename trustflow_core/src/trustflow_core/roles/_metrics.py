@@ -13,10 +13,14 @@ processes of ``--workers`` write their values there and :func:`exposition` adds 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import re
+import threading
 import time
+import weakref
+from bisect import bisect_left
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -182,9 +186,96 @@ async def counted(chunks: AsyncIterable[bytes], counter: Counter) -> AsyncIterat
         yield chunk
 
 
+class _Pending:
+    """One (route, status) of a :class:`RequestTally` since its last flush."""
+
+    __slots__ = ("buckets", "count", "seconds")
+
+    def __init__(self, size: int) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.buckets = [0] * size  # per upper bound, not cumulative (as prometheus-client)
+
+
+class RequestTally:
+    """The requests of one hot path (a listener of the gateway), counted in plain numbers and
+    added to :data:`REQUESTS`, :data:`REQUEST_SECONDS` and :data:`PROXY_BYTES` in batches
+    instead of a locked update of four or five metrics per request.
+
+    A batch is added once per event-loop iteration that counted something (a ``call_soon``
+    scheduled by the first count: it runs before the loop polls again, so a later request,
+    a scrape included, sees it) and, in the tally's thread, by :func:`exposition` before it
+    renders. The values are those of per-request updates: same series, same buckets; in
+    multiprocess mode each flush writes them to the process's files. Create it in the event
+    loop that counts; only that loop's thread may call :meth:`request`."""
+
+    def __init__(self, role: str, listener: str) -> None:
+        self.role = role
+        self.listener = listener
+        self._bounds: tuple[float, ...] = tuple(REQUEST_SECONDS._upper_bounds)
+        self._pending: dict[tuple[str, int], _Pending] = {}
+        self._upstream = self._downstream = 0
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._scheduled = False
+        _TALLIES.add(self)
+
+    def request(
+        self, route: str, status: int, seconds: float, upstream: int, downstream: int
+    ) -> None:
+        """Count one answered request of ``route`` (a bounded label), its duration and the
+        body bytes relayed each way (client to app: ``upstream``)."""
+        entry = self._pending.get((route, status))
+        if entry is None:
+            entry = self._pending[route, status] = _Pending(len(self._bounds))
+        entry.count += 1
+        entry.seconds += seconds
+        entry.buckets[bisect_left(self._bounds, seconds)] += 1
+        self._upstream += upstream
+        self._downstream += downstream
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the Prometheus metrics."""
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        upstream, downstream = self._upstream, self._downstream
+        self._upstream = self._downstream = 0
+        for key, entry in pending.items():
+            children = self._children.get(key)
+            if children is None:
+                labels = (self.role, key[0], str(key[1]))
+                children = self._children[key] = (
+                    REQUESTS.labels(*labels),
+                    REQUEST_SECONDS.labels(*labels),
+                )
+            requests, histogram = children
+            requests.inc(entry.count)
+            # prometheus-client keeps a histogram's sum and per-bucket counts in these
+            # values; adding a batch to them is what observe() does one value at a time
+            histogram._sum.inc(entry.seconds)
+            for value, count in zip(histogram._buckets, entry.buckets, strict=True):
+                if count:
+                    value.inc(count)
+        if upstream:
+            PROXY_BYTES.labels(self.listener, "upstream").inc(upstream)
+        if downstream:
+            PROXY_BYTES.labels(self.listener, "downstream").inc(downstream)
+
+
+_TALLIES: weakref.WeakSet[RequestTally] = weakref.WeakSet()
+
+
 def exposition() -> tuple[bytes, str]:
     """The current values in the Prometheus text format, and its content type (every
     process's values in multiprocess mode)."""
+    thread = threading.get_ident()
+    for tally in list(_TALLIES):
+        if tally._thread == thread:
+            tally.flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

@@ -38,10 +38,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _metrics
-from .._logging import accept_request_id, request_context
+from .._logging import accept_request_id, new_request_id, request_context
 from .config import Address, Cluster, GatewayConfig, Listener, Route
 from .guard import MAX_DEFAULT_CONNECTIONS, HttpGuard
 from .h1client import (
@@ -68,8 +68,6 @@ from .upstreams import Upstreams
 if TYPE_CHECKING:
     import ssl
 
-    from prometheus_client import Counter, Histogram
-
 log = logging.getLogger("trustflow.gateway")
 
 #: Bodies of known length up to this size are collected before they are sent (replayable).
@@ -83,6 +81,18 @@ _SEALED_REPLY_DROP = HOP_BY_HOP | _REPLY_DROP | {b"content-type"}
 #: Methods whose requests get ``Content-Length: 0`` when they carry no body.
 _BODILESS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"})
 _STREAM = object()
+#: Targets of at most this many bytes have their routing kept, up to this many of them.
+_CACHED_TARGET = 256
+_ROUTING_CACHE = 1024
+
+
+class _Routing(NamedTuple):
+    """Where a request target routes: its decoded ``path`` (None when refused, ``error``
+    says why) and the first matching ``route``."""
+
+    path: str | None
+    error: str | None
+    route: Route | None
 
 
 class HttpProxy:
@@ -107,10 +117,13 @@ class HttpProxy:
         self.client = upstreams.client
         self.jwe = jwe
         name = listener.name
-        self._to_upstream = _metrics.PROXY_BYTES.labels(name, "upstream")
-        self._to_downstream = _metrics.PROXY_BYTES.labels(name, "downstream")
         self._labels = {route.prefix: f"{name}:{route.prefix}" for route in listener.routes}
-        self._observers: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._unrouted = f"{name}:unrouted"
+        self._bad_target = f"{name}:bad_target"
+        self._healthz = f"{name}:/healthz"
+        self._routings: dict[bytes, _Routing] = {}
+        self._timeout = config.request_timeout
+        self._tally: _metrics.RequestTally | None = None  # made in the serving loop
         self._debug = log.isEnabledFor(logging.DEBUG)
 
     def relay_listener(
@@ -132,6 +145,7 @@ class HttpProxy:
             idle_timeout=self.listener.idle_timeout or 0.0,
             collect=SMALL,
             reply_drop=_REPLY_DROP,
+            request_drop=_REQUEST_DROP,
             ssl_context=ssl_context,
             handshake_timeout=handshake_timeout,
             label=label,
@@ -142,23 +156,27 @@ class HttpProxy:
     def serve(self, ex: Exchange) -> None:
         """Route ``ex``; answer it locally, or relay it from the protocol callbacks when its
         body is here and a pooled upstream connection is idle (no task), else in a task."""
-        rid = accept_request_id(_latin1(ex.header(b"x-request-id")))
-        ex.extra = b"x-request-id: %s\r\n" % rid.encode()
+        index = ex.index
+        incoming = index.get(b"x-request-id")
+        rid = accept_request_id(incoming.decode("latin-1")) if incoming else new_request_id()
+        ex.extra = b"x-request-id: " + rid.encode() + b"\r\n"
         route = self._route(ex)
         if route is None:
             return
-        if (self.jwe is None or not ex.has_body) and ex.header(b"expect") is None:
+        has_body = ex.has_body
+        if (self.jwe is None or not has_body) and b"expect" not in index:
             body: bytes | None = None
-            if ex.has_body:
+            if has_body:
                 length = ex.content_length
                 ready = ex.complete and length is not None and length <= SMALL
                 body = ex.take_body() if ready else None
-            if body is not None or not ex.has_body:
-                cluster = self.upstreams.clusters[route.cluster]
-                address = self.upstreams.pick(cluster.name)
+            if body is not None or not has_body:
+                upstreams = self.upstreams
+                cluster = upstreams.clusters[route.cluster]
+                address = upstreams.pick(cluster.name)
                 conn = self.client.pooled(address)
                 if conn is not None:
-                    head = self._head(ex, rid, address, body, None)
+                    head = self._head(ex, address, body, None)
                     ex.context = (rid, cluster, address, body)
                     ex.forwarded = len(body) if body else 0
                     conn.send(
@@ -166,7 +184,7 @@ class HttpProxy:
                         body,
                         ex,
                         head_request=ex.method == b"HEAD",
-                        read_timeout=self.config.request_timeout,
+                        read_timeout=self._timeout,
                         waiter=False,
                     )
                     return
@@ -193,22 +211,13 @@ class HttpProxy:
         elapsed = time.perf_counter() - ex.started
         if not ex.label:  # answered before it was routed (408, client gone)
             ex.label = self._label(ex)
-        key = (ex.label or f"{self.listener.name}:unrouted", ex.status or 500)
-        observers = self._observers.get(key)
-        if observers is None:
-            labels = ("gateway", key[0], str(key[1]))
-            observers = self._observers[key] = (
-                _metrics.REQUESTS.labels(*labels),
-                _metrics.REQUEST_SECONDS.labels(*labels),
-            )
-        observers[0].inc()
-        observers[1].observe(elapsed)
-        if ex.sent:
-            self._to_downstream.inc(ex.sent)
-        if ex.forwarded:
-            self._to_upstream.inc(ex.forwarded)
+        tally = self._tally
+        if tally is None:
+            tally = self._tally = _metrics.RequestTally("gateway", self.listener.name)
+        label, status = ex.label or self._unrouted, ex.status or 500
+        tally.request(label, status, elapsed, ex.forwarded, ex.sent)
         if self._debug:
-            log.debug("%s %s -> %d in %.1f ms", ex.method.decode(), key[0], key[1], elapsed * 1e3)
+            log.debug("%s %s -> %d in %.1f ms", ex.method.decode(), label, status, elapsed * 1e3)
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -226,36 +235,50 @@ class HttpProxy:
                 log.exception("%s %s failed", ex.method.decode(), ex.path)
                 _text(ex, 500, "internal error")
 
+    def _routing(self, target: bytes) -> _Routing:
+        """How ``target`` routes; kept for targets of at most :data:`_CACHED_TARGET` bytes
+        (up to :data:`_ROUTING_CACHE` of them): the same target always routes the same."""
+        routing = self._routings.get(target)
+        if routing is not None:
+            return routing
+        try:
+            path = routing_path(target.decode("latin-1"))
+        except BadTarget as exc:
+            routing = _Routing(None, str(exc), None)
+        else:
+            routing = _Routing(path, None, self.listener.route_for(path))
+        if len(target) <= _CACHED_TARGET:
+            if len(self._routings) >= _ROUTING_CACHE:
+                self._routings.clear()
+            self._routings[target] = routing
+        return routing
+
     def _label(self, ex: Exchange) -> str:
         """The metrics route label of ``ex`` (for one answered before :meth:`_route`)."""
-        name = self.listener.name
-        try:
-            path = routing_path(ex.target.decode("latin-1"))
-        except BadTarget:
-            return f"{name}:bad_target"
-        if path == "/healthz":
-            return f"{name}:/healthz"
-        route = self.listener.route_for(path)
-        return self._labels[route.prefix] if route else f"{name}:unrouted"
+        routing = self._routing(ex.target)
+        if routing.error is not None:
+            return self._bad_target
+        if routing.path == "/healthz":
+            return self._healthz
+        route = routing.route
+        return self._labels[route.prefix] if route else self._unrouted
 
     def _route(self, ex: Exchange) -> Route | None:
         """The route of ``ex``, or None when it was answered here (healthz, 400, 404, 415)."""
-        name = self.listener.name
-        try:
-            path = routing_path(ex.target.decode("latin-1"))
-        except BadTarget as exc:
-            ex.label = f"{name}:bad_target"
-            _text(ex, 400, f"refused request target: {exc}")
+        routing = self._routing(ex.target)
+        if routing.error is not None:
+            ex.label = self._bad_target
+            _text(ex, 400, f"refused request target: {routing.error}")
             return None
-        if path == "/healthz":
-            ex.label = f"{name}:/healthz"
+        if routing.path == "/healthz":
+            ex.label = self._healthz
             if ex.method == b"GET":
                 _text(ex, 200, "OK")
                 return None
-        route = self.listener.route_for(path)
+        route = routing.route
         if route is None:
-            ex.label = ex.label or f"{name}:unrouted"
-            _text(ex, 404, f"no route for {path}")
+            ex.label = ex.label or self._unrouted
+            _text(ex, 404, f"no route for {routing.path}")
             return None
         ex.label = self._labels[route.prefix]
         if route.require_jwe and not ex.has_body:
@@ -310,25 +333,28 @@ class HttpProxy:
     def _head(
         self,
         ex: Exchange,
-        rid: str,
         address: Address,
         body: bytes | object | None,
         opened: OpenedRequest | None,
     ) -> bytes:
         """The request head for the upstream: the client's headers with the gateway's edits
         (module docstring) and the framing of ``body``."""
-        drop = _JWE_REQUEST_DROP if opened is not None else _REQUEST_DROP
         parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n"]
-        parts += end_to_end(ex.headers, drop)
-        parts += (b"x-request-id: ", rid.encode(), b"\r\n")
-        remote = ex.remote
-        prior = ex.header(b"x-forwarded-for")
+        lines = ex.lines  # without _REQUEST_DROP (the relay listener's request_drop)
+        if opened is None and lines is not None:
+            parts += lines
+        else:
+            parts += end_to_end(ex.headers, _JWE_REQUEST_DROP if opened else _REQUEST_DROP)
+        parts.append(ex.extra)  # x-request-id
+        index = ex.index
+        remote = ex.conn.remote
+        prior = index.get(b"x-forwarded-for")
         if remote:
             xff = prior + b", " + remote if prior else remote
             parts += (b"X-Forwarded-For: ", xff, b"\r\n")
         elif prior is not None:
             parts += (b"X-Forwarded-For: ", prior, b"\r\n")
-        if ex.header(b"host") is None:
+        if b"host" not in index:
             parts.append(b"Host: %s\r\n" % str(address).encode())
         if opened is not None:  # the reply is sealed byte for byte
             parts.append(b"Accept-Encoding: identity\r\n")
@@ -366,7 +392,7 @@ class HttpProxy:
     ) -> None:
         """Relay ``ex`` with ``body`` (bytes, None, or :data:`_STREAM`) to ``address``; a
         ``fresh`` connection is opened even when one is pooled."""
-        head = self._head(ex, rid, address, body, opened)
+        head = self._head(ex, address, body, opened)
         sink: Exchange | _Sealer = ex if opened is None else _Sealer(self, ex, opened)
         head_request = ex.method == b"HEAD"
         timeout = self.config.request_timeout

@@ -25,8 +25,10 @@ upstream connection's :class:`~.h1client.ReplySink`).
   client's is full the upstream is not read. A whole body is never held in memory on the
   streamed path.
 * Keep-alive as the client asks (``Connection``, HTTP version); pipelined requests are served
-  in order. Between requests a connection is closed after ``idle_timeout`` seconds (0: never);
-  the first request head is bounded by the :class:`~.guard.HttpGuard`.
+  in order. A client that half-closes over TCP after a complete request still gets its reply;
+  over TLS the connection ends with the client's ``close_notify``. Between requests a
+  connection is closed after ``idle_timeout`` seconds (0: never); the first request head is
+  bounded by the :class:`~.guard.HttpGuard`.
 """
 
 from __future__ import annotations
@@ -86,8 +88,22 @@ _WS = b" \t\r\n"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
 def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
+
+
+def _status_line(status: int, phrase: bytes) -> bytes:
+    """``HTTP/1.1 <status> <phrase>`` and CRLF (the standard phrase when ``phrase`` is empty);
+    the first 256 pairs seen are kept."""
+    line = _STATUS_LINES.get((status, phrase))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, phrase or reason(status))
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[status, phrase] = line
+    return line
 
 
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -151,8 +167,9 @@ class Exchange:
     """One request of a client connection and its reply.
 
     ``method`` and ``target`` are the bytes of the request line, ``headers`` the (name, value)
-    pairs as received. The application reads the body with :meth:`body` or :meth:`peek` or
-    hands it to an upstream connection with :meth:`pipe_to`, and answers with
+    pairs as received, ``index`` the first value of each (lower-case) name and ``lines`` those
+    to forward (see the attribute). The application reads the body with :meth:`body` or
+    :meth:`peek` or hands it to an upstream connection with :meth:`pipe_to`, and answers with
     :meth:`respond` or by passing the exchange as the upstream's reply sink.
     """
 
@@ -177,6 +194,7 @@ class Exchange:
         "index",
         "keep_alive",
         "label",
+        "lines",
         "method",
         "reply_started",
         "sent",
@@ -197,6 +215,8 @@ class Exchange:
         keep_alive: bool,
         content_length: int | None,
         chunked: bool,
+        index: dict[bytes, bytes] | None = None,
+        lines: list[bytes] | None = None,
     ) -> None:
         self.conn = conn
         self.method = method
@@ -218,7 +238,12 @@ class Exchange:
         self.label = ""  #: the metrics route label, set by the application
         self.context: Any = None  #: the application's
         self.deferred = False  #: the application is called once the body is complete
-        self.index: dict[bytes, bytes] = {}  #: first value per lower-case header name
+        #: first value per lower-case header name
+        self.index: dict[bytes, bytes] = {} if index is None else index
+        #: the header lines to forward (``name``, ``: ``, ``value``, CRLF pieces): the headers
+        #: without hop-by-hop ones and the listener's ``request_drop``; None when a
+        #: ``Connection`` header names more (then filter with :func:`end_to_end`)
+        self.lines = lines
         self.upstream: UpstreamConnection | None = None
         self._chunks: list[bytes] = []
         self._size = 0
@@ -370,7 +395,7 @@ class Exchange:
             return
         self.reply_started = True
         self.status = reply.status
-        parts = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reply.reason or reason(reply.status))]
+        parts = [_status_line(reply.status, reply.reason)]
         parts += end_to_end(reply.headers, self.conn.server.reply_drop)
         if reply.body and (reply.chunked or reply.until_close):
             if self.version == "1.1":
@@ -486,6 +511,9 @@ class Downstream(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._index: dict[bytes, bytes] = {}
+        self._lines: list[bytes] = []
+        self._named = False  # a Connection header: it may name more headers to drop
+        self._drop = server.request_drop
         self._head_size = 0
         self._length: int | None = None
         self._chunked = False
@@ -527,8 +555,12 @@ class Downstream(asyncio.Protocol):
             self._refuse(400, f"malformed request: {exc}")
 
     def eof_received(self) -> bool | None:
+        """The client half-closed: over TCP its complete open request is still answered,
+        then the connection closes. A TLS transport cannot stay half-open (asyncio's closes
+        itself after the client's ``close_notify`` and ignores a true return): there the
+        client is gone, as when it closes the connection."""
         ex = self.current
-        if ex is not None and ex.complete and not ex.finished:
+        if ex is not None and ex.complete and not ex.finished and self.server.ssl_context is None:
             ex.keep_alive = False  # answer, then close
             return True
         return None
@@ -561,14 +593,6 @@ class Downstream(asyncio.Protocol):
 
     # ---- llhttp callbacks ------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._index = {}
-        self._head_size = 0
-        self._length = None
-        self._chunked = False
-
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_size += len(url)
@@ -581,12 +605,17 @@ class Downstream(asyncio.Protocol):
         if self._head_size > MAX_HEAD:
             raise _HeadTooLarge
         lower = name.lower()
-        if lower not in self._index:
-            self._index[lower] = value
-        if lower == b"content-length":
+        index = self._index
+        if lower not in index:
+            index[lower] = value
+        if lower not in self._drop:
+            self._lines += (name, b": ", value, b"\r\n")
+        elif lower == b"content-length":  # the framing headers are hop-by-hop
             self._length = int(value)  # llhttp checked it
         elif lower == b"transfer-encoding":
             self._chunked = True  # llhttp refuses anything not ending in chunked
+        elif lower == b"connection":
+            self._named = True
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -599,9 +628,19 @@ class Downstream(asyncio.Protocol):
             parser.should_keep_alive(),
             self._length,
             self._chunked,
+            self._index,
+            None if self._named else self._lines,
         )
-        ex.index = self._index
         self._parsing = ex
+        # the next message starts empty (no on_message_begin: one callback less per request)
+        self._url = b""
+        self._headers = []
+        self._index = {}
+        self._lines = []
+        self._named = False
+        self._head_size = 0
+        self._length = None
+        self._chunked = False
         if self.current is None:
             self._start(ex)
         else:  # pipelined: served after the current one
@@ -657,8 +696,9 @@ class Downstream(asyncio.Protocol):
             self.transport.close()
             return
         server.guard.idle(self.transport)
-        self.resume("upstream")
-        self.resume("buffer")
+        if self._paused:
+            self.resume("upstream")
+            self.resume("buffer")
         if self._queue:
             ex = self._queue.popleft()
             if not self._queue:
@@ -740,7 +780,8 @@ class RelayListener(Listener):
     for a ``Content-Length`` body of at most ``collect`` bytes without ``Expect``, once the
     body has arrived too (the common small request is then relayed without waiting). On close
     it stops accepting, closes idle connections at once and gives open requests ``grace``
-    seconds."""
+    seconds. ``reply_drop`` and ``request_drop`` name headers (lower case) not relayed
+    besides the hop-by-hop ones (:attr:`Exchange.lines` leaves out ``request_drop``)."""
 
     def __init__(
         self,
@@ -753,6 +794,7 @@ class RelayListener(Listener):
         idle_timeout: float = 0.0,
         collect: int = 64 * 1024,
         reply_drop: frozenset[bytes] = HOP_BY_HOP,
+        request_drop: frozenset[bytes] = HOP_BY_HOP,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = None,
         label: str = "",
@@ -767,6 +809,7 @@ class RelayListener(Listener):
             f"request body not received within {request_timeout:g} s\n".encode()
         )
         self.reply_drop = HOP_BY_HOP | reply_drop
+        self.request_drop = HOP_BY_HOP | request_drop
         self.ssl_context, self.handshake_timeout = ssl_context, handshake_timeout
         self.connections: set[Downstream] = set()
         self.server: asyncio.Server | None = None
