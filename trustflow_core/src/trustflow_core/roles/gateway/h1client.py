@@ -332,7 +332,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.sweeper.arm(self, read_timeout)
         return future
 
-    def send_body(self, data: bytes) -> None:
+    def send_body(self, data: bytes | memoryview) -> None:
         """One more piece of a streamed request body."""
         if self.closed or not data:
             return

@@ -64,6 +64,9 @@ MAX_HEAD = 64 * 1024
 #: Body bytes buffered for an application that has not taken them yet, before the client is
 #: no longer read.
 BUFFER = 256 * 1024
+#: A ``Content-Length`` request body with at least this many bytes still to come is relayed
+#: past the parser: llhttp would copy every byte into a new ``bytes`` for ``on_body``.
+RAW_MIN = 16 * 1024
 #: Headers never relayed as they are, both ways (RFC 9110 §7.6.1, plus the framing headers
 #: the relay writes itself, and ``Expect``, answered here).
 HOP_BY_HOP = frozenset(
@@ -237,12 +240,12 @@ class Exchange:
 
     # ---- the request body ------------------------------------------------------------------
 
-    def _on_body(self, data: bytes) -> None:
+    def _on_body(self, data: bytes | memoryview) -> None:
         if self._pipe is not None:
             self.forwarded += len(data)
             self._pipe.send_body(data)
             return
-        self._chunks.append(data)
+        self._chunks.append(data if type(data) is bytes else bytes(data))
         self._size += len(data)
         if self._size > BUFFER:
             self.conn.pause("buffer")
@@ -490,6 +493,8 @@ class Downstream(asyncio.Protocol):
         self._length: int | None = None
         self._chunked = False
         self._dead = False  # the parser stopped (upgrade, error)
+        self._raw_left = 0  # bytes of a Content-Length body still to come, past the parser
+        self._body_seen = 0  # body bytes of the message being parsed the parser passed on
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -508,8 +513,67 @@ class Downstream(asyncio.Protocol):
             server.sweeper.arm(self, server.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._dead:
-            return
+        rest: bytes | memoryview = data
+        while rest and not self._dead:
+            rest = self._raw_body(rest) if self._raw_left else self._parse(rest)
+
+    def _parse(self, data: bytes | memoryview) -> bytes | memoryview:
+        """Feed ``data`` to llhttp; return what follows a request head whose
+        ``Content-Length`` body is then relayed past the parser (:meth:`_raw_body`), else
+        nothing. A head that ends inside ``data`` is fed alone, so that the body bytes after it
+        are not copied by the parser's ``on_body``."""
+        if isinstance(data, memoryview):
+            data = bytes(data)  # rare: a pipelined request after a body in one segment
+        rest: bytes | memoryview = b""
+        if not self._body_seen and len(data) > RAW_MIN:  # a head, then a large body?
+            end = data.find(b"\r\n\r\n") + 4
+            if 4 <= end <= len(data) - RAW_MIN:
+                data, rest = data[:end], memoryview(data)[end:]
+        if not self._feed(data):
+            return b""
+        if self._to_raw():
+            return rest
+        if rest and self._feed(rest):
+            self._to_raw()
+        return b""
+
+    def _to_raw(self) -> bool:
+        """When the parser is inside a ``Content-Length`` body with at least :data:`RAW_MIN`
+        bytes to come, relay them past the parser from now on."""
+        ex = self._parsing
+        if (
+            ex is None
+            or ex.complete
+            or not ex.content_length
+            or ex.content_length - self._body_seen < RAW_MIN
+            or self.parser.should_upgrade()  # llhttp stops after this body: let it see it
+        ):
+            return False
+        self._raw_left = ex.content_length - self._body_seen
+        return True
+
+    def _raw_body(self, data: bytes | memoryview) -> bytes | memoryview:
+        """Relay the next bytes of a ``Content-Length`` body as received (``on_body``
+        without the parser, which never sees them); return what follows the body."""
+        left = self._raw_left
+        rest: bytes | memoryview = b""
+        if len(data) > left:
+            view = memoryview(data)
+            data, rest = view[:left], view[left:]
+        self._raw_left = left - len(data)
+        try:
+            self.on_body(data)
+            if not self._raw_left:
+                self.parser = HttpRequestParser(self)  # the old one still expects the body
+                self.on_message_complete()
+        except Exception:
+            log.error("relay failed on a request body", exc_info=True)
+            self._refuse(500, "internal error")
+            return b""
+        return rest
+
+    def _feed(self, data: bytes | memoryview) -> bool:
+        """Feed ``data`` to llhttp; False when the connection stops being parsed."""
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
@@ -525,6 +589,7 @@ class Downstream(asyncio.Protocol):
                 self._refuse(500, "internal error")
         except HttpParserError as exc:
             self._refuse(400, f"malformed request: {exc}")
+        return not self._dead
 
     def eof_received(self) -> bool | None:
         ex = self.current
@@ -608,7 +673,8 @@ class Downstream(asyncio.Protocol):
             self._queue.append(ex)
             self.pause("pipeline")
 
-    def on_body(self, body: bytes) -> None:
+    def on_body(self, body: bytes | memoryview) -> None:
+        self._body_seen += len(body)
         ex = self._parsing
         if ex is not None:
             if ex is self.current and self.deadline:
@@ -616,6 +682,7 @@ class Downstream(asyncio.Protocol):
             ex._on_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_seen = 0
         ex = self._parsing
         if ex is not None:
             if ex is self.current:
