@@ -878,3 +878,32 @@ async def test_large_bodies_relayed_past_the_parser_keep_their_framing(pm, deplo
         ("/three", three),
         ("/four", b""),
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_large_body_to_a_slow_upstream_arrives_intact(pm, deploy):
+    """A body relayed past the parser in pieces (views of the segments read) while the
+    upstream's socket is full: the client is not read meanwhile, every byte arrives once."""
+    body = os.urandom(2 * 1024 * 1024)
+    got: list[bytes] = []
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))
+        received = bytearray()
+        while len(received) < length:
+            await asyncio.sleep(0.01)  # the gateway's writes to it fill its socket
+            received += await reader.read(min(length - len(received), 48 * 1024))
+        got.append(bytes(received))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    try:
+        async with gateway(pm, deploy, server.sockets[0].getsockname()[1]) as address:
+            status, _, reply = await exchange(address, post("/upload", body))
+    finally:
+        server.close()
+    assert (status, reply) == (200, b"ok")
+    assert len(got) == 1 and len(got[0]) == len(body) and got[0] == body
