@@ -50,7 +50,7 @@ from ...errors import TrustflowError
 from .._listeners import GRACE, Listener
 from .deadlines import Sweeper
 from .guard import HttpGuard
-from .h1client import WRITE_BUFFER
+from .h1client import RAW_MIN, WRITE_BUFFER
 
 if TYPE_CHECKING:
     import ssl
@@ -64,9 +64,6 @@ MAX_HEAD = 64 * 1024
 #: Body bytes buffered for an application that has not taken them yet, before the client is
 #: no longer read.
 BUFFER = 256 * 1024
-#: A ``Content-Length`` request body with at least this many bytes still to come is relayed
-#: past the parser: llhttp would copy every byte into a new ``bytes`` for ``on_body``.
-RAW_MIN = 16 * 1024
 #: Headers never relayed as they are, both ways (RFC 9110 §7.6.1, plus the framing headers
 #: the relay writes itself, and ``Expect``, answered here).
 HOP_BY_HOP = frozenset(
@@ -227,7 +224,7 @@ class Exchange:
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._pipe: UpstreamConnection | None = None
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._chunked_reply = False
 
     @property
@@ -387,7 +384,7 @@ class Exchange:
         parts.append(self._keep_alive_line() if self.keep_alive else b"Connection: close\r\n\r\n")
         self._out.append(b"".join(parts))
 
-    def reply_body(self, data: bytes) -> None:
+    def reply_body(self, data: bytes | memoryview) -> None:
         if self.finished:
             return
         self.sent += len(data)
@@ -748,7 +745,7 @@ class Downstream(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def write_all(self, pieces: list[bytes]) -> None:
+    def write_all(self, pieces: list[bytes | memoryview]) -> None:
         if not self.closed and self.transport is not None:
             if len(pieces) == 1:
                 self.transport.write(pieces[0])
