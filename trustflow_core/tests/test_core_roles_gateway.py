@@ -484,6 +484,19 @@ async def test_envelopes_are_opened_forwarded_and_replies_sealed(pm, identity, p
                 assert headers["Content-Type"] == "application/json"
             else:
                 assert headers["Content-Type"] == "application/jose+json"
+        # an envelope above relay.RAW_MIN: its body is buffered as views of the segments read
+        big = os.urandom(100_000)
+        sealed = channel.seal(big, key.public_key())
+        status, _, data = await call(
+            session,
+            "POST",
+            urls["public"] + "/teeapp/strict",
+            json.dumps(sealed.jwe.to_dict()).encode(),
+            {"Content-Type": content_type},
+        )
+        assert (status, recorder.requests[-1][3]) == (200, big)
+        reply = channel.open_reply(Jwe.from_dict(json.loads(data)), sealed.cek)
+        assert reply == b"I got your message: " + big
 
 
 @pytest.mark.asyncio

@@ -90,6 +90,12 @@ def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
+def _joined(chunks: list[bytes | memoryview]) -> bytes:
+    if len(chunks) == 1 and type(chunks[0]) is bytes:
+        return chunks[0]
+    return b"".join(chunks)
+
+
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """The header names the ``Connection`` headers of a message list (lower case)."""
     return frozenset(
@@ -220,7 +226,7 @@ class Exchange:
         self.deferred = False  #: the application is called once the body is complete
         self.index: dict[bytes, bytes] = {}  #: first value per lower-case header name
         self.upstream: UpstreamConnection | None = None
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes | memoryview] = []  # views of segments read: no copy
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._pipe: UpstreamConnection | None = None
@@ -242,7 +248,7 @@ class Exchange:
             self.forwarded += len(data)
             self._pipe.send_body(data)
             return
-        self._chunks.append(data if type(data) is bytes else bytes(data))
+        self._chunks.append(data)
         self._size += len(data)
         if self._size > BUFFER:
             self.conn.pause("buffer")
@@ -287,13 +293,13 @@ class Exchange:
             raise BodyTooLarge
         chunks = self._chunks
         self._chunks, self._size = [], 0
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return _joined(chunks)
 
     async def peek(self, limit: int) -> bytes:
         """The body received so far, once it holds a byte other than whitespace (or is
         complete, or above ``limit`` bytes); it stays buffered."""
         while not self.complete and self._size <= limit:
-            if any(c.lstrip(_WS) for c in self._chunks):
+            if any(bytes(c).lstrip(_WS) for c in self._chunks):
                 break
             await self._more()
         return b"".join(self._chunks)
@@ -302,7 +308,7 @@ class Exchange:
         """The complete body, at once (only when :attr:`complete`)."""
         chunks = self._chunks
         self._chunks, self._size = [], 0
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return _joined(chunks)
 
     def pipe_to(self, conn: UpstreamConnection) -> None:
         """Send the body to ``conn`` (what is buffered now, the rest as it arrives)."""
