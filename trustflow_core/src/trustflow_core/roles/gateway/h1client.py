@@ -6,13 +6,15 @@ whole (bytes) or streamed afterwards (:meth:`UpstreamConnection.send_body`, re-f
 chunks when the connection was opened for a chunked body). The reply goes to a
 :class:`ReplySink` as it is parsed (head, body pieces, end, or failure) from the protocol's
 callbacks: nothing is buffered here, and :meth:`ReplySink.flush` is called once per received
-segment so that the sink can write what it got in one piece. Framing follows RFC 9112
-(llhttp): ``Content-Length``, ``chunked`` (trailers dropped), or read-until-close; no body for
-``HEAD``, 1xx, 204 and 304; interim 1xx replies are skipped. A connection goes back to its pool
-only when the reply was read completely, the request was sent completely and neither side
-asked to close it. A request whose reused connection turns out to be closed before any byte
-of the answer arrived is retried once on a new connection when its body is replayable
-(:meth:`H1Client.exchange`).
+segment so that the sink can write what it got in one piece. A ``Content-Length`` body goes
+to the sink as received (the segments, or ``memoryview`` slices of them), past llhttp, from
+the first segment on when its head is followed by :data:`RAW_MIN` bytes or more.
+Framing follows RFC 9112 (llhttp): ``Content-Length``, ``chunked`` (trailers dropped), or
+read-until-close; no body for ``HEAD``, 1xx, 204 and 304; interim 1xx replies are skipped. A
+connection goes back to its pool only when the reply was read completely, the request was
+sent completely and neither side asked to close it. A request whose reused connection turns
+out to be closed before any byte of the answer arrived is retried once on a new connection
+when its body is replayable (:meth:`H1Client.exchange`).
 
 Timeouts: ``read_timeout`` seconds for the reply head once the request is sent, and between
 two received segments of the reply; while a streamed request body waits for the upstream to

@@ -15,7 +15,10 @@ upstream connection's :class:`~.h1client.ReplySink`).
 * Request bodies: buffered until the application takes them (:meth:`Exchange.body`,
   :meth:`Exchange.peek`) or piped to an upstream connection as they arrive
   (:meth:`Exchange.pipe_to`: ``Content-Length`` bodies byte for byte, chunked bodies
-  re-framed). ``request_timeout`` seconds without a byte of an unfinished body → 408 (or the
+  re-framed). A ``Content-Length`` body with at least :data:`~.h1client.RAW_MIN` bytes to
+  come is counted here, not parsed: the segments read (or ``memoryview`` slices of them)
+  go on as they are, where llhttp would copy every byte for ``on_body``.
+  ``request_timeout`` seconds without a byte of an unfinished body → 408 (or the
   connection closes when the reply has started).
 * Replies are written as the upstream sends them, once per received segment: the status line
   and headers as received, minus hop-by-hop headers and those named by ``Connection``;
