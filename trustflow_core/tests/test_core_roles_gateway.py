@@ -484,6 +484,19 @@ async def test_envelopes_are_opened_forwarded_and_replies_sealed(pm, identity, p
                 assert headers["Content-Type"] == "application/json"
             else:
                 assert headers["Content-Type"] == "application/jose+json"
+        # an envelope above relay.RAW_MIN: its body is buffered as views of the segments read
+        big = os.urandom(100_000)
+        sealed = channel.seal(big, key.public_key())
+        status, _, data = await call(
+            session,
+            "POST",
+            urls["public"] + "/teeapp/strict",
+            json.dumps(sealed.jwe.to_dict()).encode(),
+            {"Content-Type": content_type},
+        )
+        assert (status, recorder.requests[-1][3]) == (200, big)
+        reply = channel.open_reply(Jwe.from_dict(json.loads(data)), sealed.cek)
+        assert reply == b"I got your message: " + big
 
 
 @pytest.mark.asyncio
@@ -570,10 +583,16 @@ async def test_jwe_filter_refuses_a_key_that_does_not_match_the_cert(pm, identit
 async def test_a_stalled_request_body_gets_408(pm, identity):
     recorder = Recorder()
     async with stack(pm, identity, recorder, request_timeout=0.3) as (urls, _):
-        for listener, start in (("public", b'{"protected": "'), ("plain", b"hello")):
+        for listener, length, start in (
+            ("public", 100, b'{"protected": "'),
+            ("plain", 100, b"hello"),
+            ("plain", 200_000, b"x" * 30_000),  # relayed past the parser: relay.RAW_MIN
+        ):
             host, port = urls[listener].removeprefix("http://").split(":")
             reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(b"POST /teeapp HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + start)
+            writer.write(
+                b"POST /teeapp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length + start
+            )
             await writer.drain()
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert head.startswith(b"HTTP/1.1 408 ")

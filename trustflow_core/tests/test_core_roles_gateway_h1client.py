@@ -245,3 +245,33 @@ async def test_a_content_length_body_in_pieces_keeps_the_connection():
         client.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_head_and_a_large_body_in_one_segment():
+    """A head followed by 16 KiB or more in one segment is parsed alone and the
+    ``Content-Length`` body after it relayed as is (``RAW_MIN``): exact bytes, an interim
+    reply before it, a body with more bytes than announced (not reused), a HEAD reply, a
+    chunked body of the same size still parsed."""
+    big = bytes(range(256)) * 256
+    replies = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big,
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big)
+        + big,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(big)
+        + big
+        + b"\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big + b"surplus" * 3000,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    ]
+    client = H1Client()
+    async with scripted(replies) as (address, _, connections):
+        for _ in range(4):
+            r = await call(client, address, method="GET", body=None)
+            assert await r.read(1 << 20) == big
+            r.release()
+        assert connections() == 1
+        r = await call(client, address, method="GET", body=None)
+        assert await r.read(100) == b"hello"
+        r.release()
+        assert connections() == 2  # the surplus closed the first connection
+    client.close()

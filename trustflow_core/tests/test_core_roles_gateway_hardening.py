@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import json
 import logging
+import os
 import posixpath
 import re
 import resource
@@ -838,3 +839,71 @@ async def test_an_upstream_leaving_mid_reply_cuts_the_reply_and_nothing_else(pm,
     finally:
         server.close()
     assert "upstream reply to /open broke off" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_large_bodies_relayed_past_the_parser_keep_their_framing(pm, deploy):
+    """``Content-Length`` bodies of 16 KiB and more are relayed past the parser
+    (``relay.RAW_MIN``): byte for byte whether the body shares a segment with its head, with
+    the next pipelined request, or arrives in pieces after a head split at its blank line,
+    and the request after each one is parsed as a request."""
+    one, two, three = os.urandom(100_000), os.urandom(300_000), os.urandom(40_000)
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        writer.write(
+            b"POST /one HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(one)
+            + one
+            + b"POST /two HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(two)
+            + two
+            + b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+        )
+        writer.write(b"POST /three HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n" % len(three))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"\r\n" + three[:20_000])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        for start in range(20_000, len(three), 7_000):
+            writer.write(three[start : start + 7_000])
+            await writer.drain()
+        writer.write(b"GET /four HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    bodies = re.findall(rb"\r\n\r\n(served /[a-z]+|OK\n)", data)
+    assert bodies == [b"served /one", b"served /two", b"OK\n", b"served /three", b"served /four"]
+    assert [(path, body) for path, _, body in app.seen] == [
+        ("/one", one),
+        ("/two", two),
+        ("/three", three),
+        ("/four", b""),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_large_body_to_a_slow_upstream_arrives_intact(pm, deploy):
+    """A body relayed past the parser in pieces (views of the segments read) while the
+    upstream's socket is full: the client is not read meanwhile, every byte arrives once."""
+    body = os.urandom(2 * 1024 * 1024)
+    got: list[bytes] = []
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))
+        received = bytearray()
+        while len(received) < length:
+            await asyncio.sleep(0.01)  # the gateway's writes to it fill its socket
+            received += await reader.read(min(length - len(received), 48 * 1024))
+        got.append(bytes(received))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    try:
+        async with gateway(pm, deploy, server.sockets[0].getsockname()[1]) as address:
+            status, _, reply = await exchange(address, post("/upload", body))
+    finally:
+        server.close()
+    assert (status, reply) == (200, b"ok")
+    assert len(got) == 1 and len(got[0]) == len(body) and got[0] == body

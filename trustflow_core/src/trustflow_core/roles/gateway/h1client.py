@@ -6,13 +6,15 @@ whole (bytes) or streamed afterwards (:meth:`UpstreamConnection.send_body`, re-f
 chunks when the connection was opened for a chunked body). The reply goes to a
 :class:`ReplySink` as it is parsed (head, body pieces, end, or failure) from the protocol's
 callbacks: nothing is buffered here, and :meth:`ReplySink.flush` is called once per received
-segment so that the sink can write what it got in one piece. Framing follows RFC 9112
-(llhttp): ``Content-Length``, ``chunked`` (trailers dropped), or read-until-close; no body for
-``HEAD``, 1xx, 204 and 304; interim 1xx replies are skipped. A connection goes back to its pool
-only when the reply was read completely, the request was sent completely and neither side
-asked to close it. A request whose reused connection turns out to be closed before any byte
-of the answer arrived is retried once on a new connection when its body is replayable
-(:meth:`H1Client.exchange`).
+segment so that the sink can write what it got in one piece. A ``Content-Length`` body goes
+to the sink as received (the segments, or ``memoryview`` slices of them), past llhttp, from
+the first segment on when its head is followed by :data:`RAW_MIN` bytes or more.
+Framing follows RFC 9112 (llhttp): ``Content-Length``, ``chunked`` (trailers dropped), or
+read-until-close; no body for ``HEAD``, 1xx, 204 and 304; interim 1xx replies are skipped. A
+connection goes back to its pool only when the reply was read completely, the request was
+sent completely and neither side asked to close it. A request whose reused connection turns
+out to be closed before any byte of the answer arrived is retried once on a new connection
+when its body is replayable (:meth:`H1Client.exchange`).
 
 Timeouts: ``read_timeout`` seconds for the reply head once the request is sent, and between
 two received segments of the reply; while a streamed request body waits for the upstream to
@@ -53,6 +55,9 @@ log = logging.getLogger("trustflow.gateway")
 #: start reading the other side (two epoll_ctl calls) after every read. The relay's client
 #: connections use it too.
 WRITE_BUFFER = 256 * 1024
+#: A head followed by at least this many bytes in one segment is fed to llhttp alone, so that
+#: a ``Content-Length`` body after it is relayed without llhttp's copy for ``on_body``.
+RAW_MIN = 16 * 1024
 
 
 class UpstreamError(TrustflowError):
@@ -97,7 +102,7 @@ class ReplySink(Protocol):
 
     def reply_head(self, reply: Reply) -> None: ...
 
-    def reply_body(self, data: bytes) -> None: ...
+    def reply_body(self, data: bytes | memoryview) -> None: ...
 
     def reply_end(self) -> None:
         """The reply is complete (the connection is already pooled or closed)."""
@@ -165,19 +170,38 @@ class UpstreamConnection(asyncio.Protocol):
         self._got = True
         if not self._sending:
             self.sweeper.arm(self, self.read_timeout)
+        if not self._raw_left:
+            rest: bytes | memoryview = b""
+            if self._reply is None and len(data) > RAW_MIN:  # a head, then a large body?
+                end = data.find(b"\r\n\r\n") + 4
+                if 4 <= end <= len(data) - RAW_MIN:  # fed alone: the body is not copied
+                    data, rest = data[:end], memoryview(data)[end:]
+            self._parse(data)
+            if not rest or self.sink is not sink:  # (a HEAD reply, a failure: dropped)
+                sink.flush()
+                return
+            if not self._raw_left:
+                self._parse(rest)
+                sink.flush()
+                return
+            data = rest
+        self._raw_body(data, sink)
+        sink.flush()
+
+    def _raw_body(self, data: bytes | memoryview, sink: ReplySink) -> None:
+        """The rest of a ``Content-Length`` body: relayed as received, no parser copy."""
         left = self._raw_left
-        if left:  # the rest of a Content-Length body: relayed as received, no parser copy
-            size = len(data)
-            if size > left:  # more than announced: not HTTP, the connection is not reused
-                data = data[:left]
-            self._raw_left = max(0, left - size)
-            sink.reply_body(data)
-            if size >= left:
-                keep_alive = size == left and self.parser.should_keep_alive()
-                self.parser = HttpResponseParser(self)  # it still expects the body
-                self._complete(keep_alive)
-            sink.flush()
-            return
+        size = len(data)
+        if size > left:  # more than announced: not HTTP, the connection is not reused
+            data = data[:left]
+        self._raw_left = max(0, left - size)
+        sink.reply_body(data)
+        if size >= left:
+            keep_alive = size == left and self.parser.should_keep_alive()
+            self.parser = HttpResponseParser(self)  # it still expects the body
+            self._complete(keep_alive)
+
+    def _parse(self, data: bytes | memoryview) -> None:
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
@@ -198,7 +222,6 @@ class UpstreamConnection(asyncio.Protocol):
             and not reply.chunked
         ):
             self._raw_left = reply.content_length - self._body_seen
-        sink.flush()
 
     def eof_received(self) -> bool:
         if self.sink is None:
@@ -332,7 +355,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.sweeper.arm(self, read_timeout)
         return future
 
-    def send_body(self, data: bytes) -> None:
+    def send_body(self, data: bytes | memoryview) -> None:
         """One more piece of a streamed request body."""
         if self.closed or not data:
             return
@@ -604,8 +627,8 @@ class _Collector:
     def reply_head(self, reply: Reply) -> None:
         self.done = not reply.body
 
-    def reply_body(self, data: bytes) -> None:
-        self.chunks.append(data)
+    def reply_body(self, data: bytes | memoryview) -> None:
+        self.chunks.append(data if type(data) is bytes else bytes(data))
 
     def reply_end(self) -> None:
         self.done = True

@@ -486,7 +486,7 @@ class _Sealer:
         self.proxy, self.ex, self.opened = proxy, ex, opened
         self.limit = proxy.config.max_body_bytes
         self.reply: Reply | None = None
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes | memoryview] = []
         self.size = 0
 
     def bind(self, conn: UpstreamConnection) -> None:
@@ -497,7 +497,7 @@ class _Sealer:
         if (reply.content_length or 0) > self.limit:
             self._too_large()
 
-    def reply_body(self, data: bytes) -> None:
+    def reply_body(self, data: bytes | memoryview) -> None:
         self.chunks.append(data)
         self.size += len(data)
         if self.size > self.limit:

@@ -15,7 +15,10 @@ upstream connection's :class:`~.h1client.ReplySink`).
 * Request bodies: buffered until the application takes them (:meth:`Exchange.body`,
   :meth:`Exchange.peek`) or piped to an upstream connection as they arrive
   (:meth:`Exchange.pipe_to`: ``Content-Length`` bodies byte for byte, chunked bodies
-  re-framed). ``request_timeout`` seconds without a byte of an unfinished body → 408 (or the
+  re-framed). A ``Content-Length`` body with at least :data:`~.h1client.RAW_MIN` bytes to
+  come is counted here, not parsed: the segments read (or ``memoryview`` slices of them)
+  go on as they are, where llhttp would copy every byte for ``on_body``.
+  ``request_timeout`` seconds without a byte of an unfinished body → 408 (or the
   connection closes when the reply has started).
 * Replies are written as the upstream sends them, once per received segment: the status line
   and headers as received, minus hop-by-hop headers and those named by ``Connection``;
@@ -52,7 +55,7 @@ from ...errors import TrustflowError
 from .._listeners import GRACE, Listener
 from .deadlines import Sweeper
 from .guard import HttpGuard
-from .h1client import WRITE_BUFFER
+from .h1client import RAW_MIN, WRITE_BUFFER
 
 if TYPE_CHECKING:
     import ssl
@@ -104,6 +107,12 @@ def _status_line(status: int, phrase: bytes) -> bytes:
         if len(_STATUS_LINES) < 256:
             _STATUS_LINES[status, phrase] = line
     return line
+
+
+def _joined(chunks: list[bytes | memoryview]) -> bytes:
+    if len(chunks) == 1 and type(chunks[0]) is bytes:
+        return chunks[0]
+    return b"".join(chunks)
 
 
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -245,11 +254,11 @@ class Exchange:
         #: ``Connection`` header names more (then filter with :func:`end_to_end`)
         self.lines = lines
         self.upstream: UpstreamConnection | None = None
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes | memoryview] = []  # views of segments read: no copy
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._pipe: UpstreamConnection | None = None
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._chunked_reply = False
 
     @property
@@ -262,7 +271,7 @@ class Exchange:
 
     # ---- the request body ------------------------------------------------------------------
 
-    def _on_body(self, data: bytes) -> None:
+    def _on_body(self, data: bytes | memoryview) -> None:
         if self._pipe is not None:
             self.forwarded += len(data)
             self._pipe.send_body(data)
@@ -312,13 +321,13 @@ class Exchange:
             raise BodyTooLarge
         chunks = self._chunks
         self._chunks, self._size = [], 0
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return _joined(chunks)
 
     async def peek(self, limit: int) -> bytes:
         """The body received so far, once it holds a byte other than whitespace (or is
         complete, or above ``limit`` bytes); it stays buffered."""
         while not self.complete and self._size <= limit:
-            if any(c.lstrip(_WS) for c in self._chunks):
+            if any(bytes(c).lstrip(_WS) for c in self._chunks):
                 break
             await self._more()
         return b"".join(self._chunks)
@@ -327,7 +336,7 @@ class Exchange:
         """The complete body, at once (only when :attr:`complete`)."""
         chunks = self._chunks
         self._chunks, self._size = [], 0
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return _joined(chunks)
 
     def pipe_to(self, conn: UpstreamConnection) -> None:
         """Send the body to ``conn`` (what is buffered now, the rest as it arrives)."""
@@ -409,7 +418,7 @@ class Exchange:
         parts.append(self._keep_alive_line() if self.keep_alive else b"Connection: close\r\n\r\n")
         self._out.append(b"".join(parts))
 
-    def reply_body(self, data: bytes) -> None:
+    def reply_body(self, data: bytes | memoryview) -> None:
         if self.finished:
             return
         self.sent += len(data)
@@ -518,6 +527,8 @@ class Downstream(asyncio.Protocol):
         self._length: int | None = None
         self._chunked = False
         self._dead = False  # the parser stopped (upgrade, error)
+        self._raw_left = 0  # bytes of a Content-Length body still to come, past the parser
+        self._body_seen = 0  # body bytes of the message being parsed the parser passed on
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -536,8 +547,67 @@ class Downstream(asyncio.Protocol):
             server.sweeper.arm(self, server.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._dead:
-            return
+        rest: bytes | memoryview = data
+        while rest and not self._dead:
+            rest = self._raw_body(rest) if self._raw_left else self._parse(rest)
+
+    def _parse(self, data: bytes | memoryview) -> bytes | memoryview:
+        """Feed ``data`` to llhttp; return what follows a request head whose
+        ``Content-Length`` body is then relayed past the parser (:meth:`_raw_body`), else
+        nothing. A head that ends inside ``data`` is fed alone, so that the body bytes after it
+        are not copied by the parser's ``on_body``."""
+        if isinstance(data, memoryview):
+            data = bytes(data)  # rare: a pipelined request after a body in one segment
+        rest: bytes | memoryview = b""
+        if not self._body_seen and len(data) > RAW_MIN:  # a head, then a large body?
+            end = data.find(b"\r\n\r\n") + 4
+            if 4 <= end <= len(data) - RAW_MIN:
+                data, rest = data[:end], memoryview(data)[end:]
+        if not self._feed(data):
+            return b""
+        if self._to_raw():
+            return rest
+        if rest and self._feed(rest):
+            self._to_raw()
+        return b""
+
+    def _to_raw(self) -> bool:
+        """When the parser is inside a ``Content-Length`` body with at least :data:`RAW_MIN`
+        bytes to come, relay them past the parser from now on."""
+        ex = self._parsing
+        if (
+            ex is None
+            or ex.complete
+            or not ex.content_length
+            or ex.content_length - self._body_seen < RAW_MIN
+            or self.parser.should_upgrade()  # llhttp stops after this body: let it see it
+        ):
+            return False
+        self._raw_left = ex.content_length - self._body_seen
+        return True
+
+    def _raw_body(self, data: bytes | memoryview) -> bytes | memoryview:
+        """Relay the next bytes of a ``Content-Length`` body as received (``on_body``
+        without the parser, which never sees them); return what follows the body."""
+        left = self._raw_left
+        rest: bytes | memoryview = b""
+        if len(data) > left:
+            view = memoryview(data)
+            data, rest = view[:left], view[left:]
+        self._raw_left = left - len(data)
+        try:
+            self.on_body(data)
+            if not self._raw_left:
+                self.parser = HttpRequestParser(self)  # the old one still expects the body
+                self.on_message_complete()
+        except Exception:
+            log.error("relay failed on a request body", exc_info=True)
+            self._refuse(500, "internal error")
+            return b""
+        return rest
+
+    def _feed(self, data: bytes | memoryview) -> bool:
+        """Feed ``data`` to llhttp; False when the connection stops being parsed."""
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
@@ -553,6 +623,7 @@ class Downstream(asyncio.Protocol):
                 self._refuse(500, "internal error")
         except HttpParserError as exc:
             self._refuse(400, f"malformed request: {exc}")
+        return not self._dead
 
     def eof_received(self) -> bool | None:
         """The client half-closed: over TCP its complete open request is still answered,
@@ -647,7 +718,8 @@ class Downstream(asyncio.Protocol):
             self._queue.append(ex)
             self.pause("pipeline")
 
-    def on_body(self, body: bytes) -> None:
+    def on_body(self, body: bytes | memoryview) -> None:
+        self._body_seen += len(body)
         ex = self._parsing
         if ex is not None:
             if ex is self.current and self.deadline:
@@ -655,6 +727,7 @@ class Downstream(asyncio.Protocol):
             ex._on_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_seen = 0
         ex = self._parsing
         if ex is not None:
             if ex is self.current:
@@ -721,7 +794,7 @@ class Downstream(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def write_all(self, pieces: list[bytes]) -> None:
+    def write_all(self, pieces: list[bytes | memoryview]) -> None:
         if not self.closed and self.transport is not None:
             if len(pieces) == 1:
                 self.transport.write(pieces[0])
