@@ -28,7 +28,13 @@ from trustflow_core.manager import get_plugin_manager
 from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class
 from trustflow_core.roles._server import start_site
 from trustflow_core.roles.gateway.config import load_config, parse_config
-from trustflow_core.roles.gateway.jwe_filter import EnvelopeRejected, choose_profile, classify
+from trustflow_core.roles.gateway.jwe_filter import (
+    EnvelopeRejected,
+    OpenedRequest,
+    choose_profile,
+    classify,
+    reply_json,
+)
 from trustflow_core.roles.gateway.server import Gateway
 from trustflow_core.settings_schema import ConfigError
 
@@ -204,6 +210,26 @@ def test_classify_follows_the_upstream_rule_and_rejects_damaged_envelopes():
     for damaged in (b'{"protected": "eyJ", "encrypted_key": "ab', b'{"iv": "a", "iv": "b"}'):
         with pytest.raises(EnvelopeRejected, match="malformed or truncated JWE"):
             classify(damaged)
+
+
+def test_reply_json_is_the_compact_json_of_the_members_on_random_values():
+    """The reply body is built without a dict or encoder object; it must be byte for byte the
+    ``json.dumps(..., separators=(",", ":"))`` of the members, empty ones dropped for rfc."""
+    import random
+
+    rng = random.Random(18)
+    alphabet = 'AZaz09-_"\\/\x00\x1f\x7fé\u2028\ud800😀 '
+    for _ in range(3000):
+        values = [
+            "".join(rng.choice(alphabet) for _ in range(rng.choice((0, 0, 1, 5, 40))))
+            for _ in range(6)
+        ]
+        jwe = Jwe(*values)
+        for drop_empty in (False, True):
+            members = {k: v for k, v in jwe.to_dict().items() if v or not drop_empty}
+            expected = json.dumps(members, separators=(",", ":")).encode("ascii")
+            assert reply_json(jwe, drop_empty) == expected, values
+    assert repr(OpenedRequest("rfc", b"secret", b"k" * 16)) == "OpenedRequest(profile='rfc')"
 
 
 def test_profile_choice():

@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
 
 from cryptography import x509
@@ -67,8 +67,11 @@ MEMBERS = {
 #: The key-agreement ``alg`` of RFC-profile envelopes sealed to the app's P-256 key.
 ECDH_ALG = "ECDH-ES+A128KW"
 _MEMBER_NAMES = frozenset(MEMBERS)
-#: Compact JSON for sealed replies (``json.dumps`` with options builds an encoder per call).
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+#: ``"name":`` of each ``Jwe`` member in :meth:`Jwe.to_dict` order, for building reply JSON.
+_REPLY_NAMES = tuple(
+    f"{json.dumps(name)}:"
+    for name in ("protected", "encrypted_key", "iv", "ciphertext", "tag", "aad")
+)
 _FIRST_KEY = re.compile(rb'\s*\{\s*"([a-z_]{1,20})"')
 
 
@@ -87,11 +90,39 @@ class EnvelopeRejected(TrustflowError):
 CAUSES = ("malformed", "open_failed", "replay", "not_fresh")
 
 
-@dataclass(frozen=True)
 class OpenedRequest:
-    profile: str
-    plaintext: bytes = field(repr=False)
-    cek: bytes = field(repr=False)
+    """An opened request envelope: its ``profile``, the ``plaintext`` for the app and the
+    content key ``cek`` its reply is sealed under (neither shown by ``repr``). A plain slotted
+    class: built once per request, read-only by convention."""
+
+    __slots__ = ("cek", "plaintext", "profile")
+
+    def __init__(self, profile: str, plaintext: bytes, cek: bytes) -> None:
+        self.profile = profile
+        self.plaintext = plaintext
+        self.cek = cek
+
+    def __repr__(self) -> str:
+        return f"OpenedRequest(profile={self.profile!r})"
+
+
+def reply_json(jwe: Jwe, drop_empty: bool) -> bytes:
+    """The compact ASCII JSON object of ``jwe``'s members in :meth:`Jwe.to_dict` order (empty
+    ones left out when ``drop_empty``): byte for byte what
+    ``json.dumps(members, separators=(",", ":"))`` writes, built from the C string encoder
+    without a dict or an encoder object per reply."""
+    values = (jwe.protected, jwe.encrypted_key, jwe.iv, jwe.ciphertext, jwe.tag, jwe.aad)
+    return (
+        "{"
+        + ",".join(
+            [
+                name + _json_string(value)
+                for name, value in zip(_REPLY_NAMES, values, strict=True)
+                if value or not drop_empty
+            ]
+        )
+        + "}"
+    ).encode("ascii")
 
 
 def classify(body: bytes) -> Jwe | None:
@@ -237,8 +268,9 @@ class JweFilter:
         return OpenedRequest(profile, opened.plaintext, opened.cek)
 
     def seal_reply(self, request: OpenedRequest, payload: bytes) -> bytes:
-        """The reply body: compact JSON of the sealed ``payload``."""
-        members = self._channels[request.profile].seal_reply(payload, request.cek).to_dict()
-        if request.profile == "rfc":
-            members = {k: v for k, v in members.items() if v}
-        return _COMPACT.encode(members).encode("ascii")
+        """The reply body: compact JSON of the sealed ``payload`` (:func:`reply_json`; the rfc
+        profile leaves empty members out)."""
+        profile = request.profile
+        return reply_json(
+            self._channels[profile].seal_reply(payload, request.cek), profile == "rfc"
+        )
