@@ -47,7 +47,6 @@ unwrap; AES-GCM with a 128-bit tag), which the tests check against jwcrypto both
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 import secrets
@@ -350,12 +349,12 @@ def _is_ec_key(private_key: object) -> bool:
     return kind
 
 
-def _decrypt_content(jwe: Jwe, parts: DecodedJwe, aead: AESGCM) -> bytes:
+def _decrypt_content(jwe: Jwe, parts: DecodedJwe, enc: str, cek: bytes) -> bytes:
     aad = jwe.protected.encode("ascii")
     if jwe.aad:
         aad += b"." + jwe.aad.encode("ascii")
     try:
-        return aead.decrypt(parts.iv, parts.ciphertext + parts.tag, aad)
+        return AESGCM(cek).decrypt(parts.iv, parts.ciphertext + parts.tag, aad)
     except InvalidTag:
         raise EnvelopeError(
             "JWE does not authenticate: wrong content key, or a member was altered"
@@ -390,10 +389,6 @@ class RfcDialect:
         self.enc = enc
         self.ephemeral = EphemeralKeys() if ephemeral is None else ephemeral
         self.keks = KekCache() if keks is None else keks
-        #: The content key of the last request :meth:`open` opened and its AES-GCM object,
-        #: handed to :meth:`seal_reply` when the reply is sealed under the same key (building
-        #: the object costs more than sealing a small reply); dropped once used.
-        self._opened_gcm: tuple[bytes, AESGCM] | None = None
 
     def seal(self, plaintext: bytes, recipient: EnvelopeRecipient) -> SealedEnvelope:
         """RSA recipient: ``alg`` (RSA-OAEP-256/RSA-OAEP) key transport; EC P-256 recipient:
@@ -485,9 +480,7 @@ class RfcDialect:
             ) from None
         if len(cek) != GCM_KEY_BYTES[enc]:
             raise EnvelopeError(f"JWE content key is {len(cek)} bytes, enc {enc!r} needs another")
-        aead = AESGCM(cek)
-        plaintext = _decrypt_content(jwe, parts, aead)
-        self._opened_gcm = (cek, aead)
+        plaintext = _decrypt_content(jwe, parts, enc, cek)
         if derived:  # it opened: remember its KEK
             self.keks.put(cache_key, kek)  # type: ignore[arg-type]
         return OpenedEnvelope(plaintext, MappingProxyType(header), cek)
@@ -497,13 +490,8 @@ class RfcDialect:
         AAD = ``ASCII(protected)``: what ``jwcrypto.jwe.JWE`` writes for ``dir`` (AES-GCM
         directly, without the token object's copying)."""
         protected = _REPLY_PROTECTED[_enc_for_key(cek)]
-        opened = self._opened_gcm
-        if opened is not None and hmac.compare_digest(opened[0], cek):
-            aead, self._opened_gcm = opened[1], None
-        else:
-            aead = AESGCM(cek)
         iv = os.urandom(IV_BYTES)
-        sealed = aead.encrypt(iv, plaintext, protected.encode("ascii"))
+        sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
         return Jwe(
             protected,
             "",
@@ -519,4 +507,4 @@ class RfcDialect:
             raise EnvelopeError(f"reply JWE enc {enc!r} does not fit a {len(cek)}-byte content key")
         if parts.encrypted_key:
             raise EnvelopeError("reply JWE with alg 'dir' must have an empty encrypted_key")
-        return _decrypt_content(jwe, parts, AESGCM(cek))
+        return _decrypt_content(jwe, parts, enc, cek)
