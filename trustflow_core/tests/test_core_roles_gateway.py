@@ -609,16 +609,17 @@ async def test_jwe_filter_refuses_a_key_that_does_not_match_the_cert(pm, identit
 async def test_a_stalled_request_body_gets_408(pm, identity):
     recorder = Recorder()
     async with stack(pm, identity, recorder, request_timeout=0.3) as (urls, _):
-        for listener, length, start in (
-            ("public", 100, b'{"protected": "'),
-            ("plain", 100, b"hello"),
-            ("plain", 200_000, b"x" * 30_000),  # relayed past the parser: relay.RAW_MIN
+        upgrade = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        for listener, framing, start in (
+            ("public", b"Content-Length: 100", b'{"protected": "'),
+            ("plain", b"Content-Length: 100", b"hello"),
+            ("plain", b"Content-Length: 200000", b"x" * 30_000),  # past the parser: RAW_MIN
+            ("plain", upgrade + b"Content-Length: 100", b"hello"),  # read past llhttp
+            ("plain", upgrade + b"Transfer-Encoding: chunked", b"64\r\nhello"),
         ):
             host, port = urls[listener].removeprefix("http://").split(":")
             reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(
-                b"POST /teeapp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length + start
-            )
+            writer.write(b"POST /teeapp HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing + start)
             await writer.drain()
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert head.startswith(b"HTTP/1.1 408 ")

@@ -737,6 +737,12 @@ def test_freshness_config():
             id="bad chunk size",
         ),
         pytest.param(
+            b"POST /open HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3x\r\nabc\r\n0\r\n\r\n",
+            400,
+            id="bad chunk size after Upgrade",
+        ),
+        pytest.param(
             b"POST /open HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"3\nabc\n0\r\n\r\n",
             400,
@@ -907,3 +913,103 @@ async def test_a_large_body_to_a_slow_upstream_arrives_intact(pm, deploy):
         server.close()
     assert (status, reply) == (200, b"ok")
     assert len(got) == 1 and len(got[0]) == len(body) and got[0] == body
+
+
+class ChunkAwareApp:
+    """A minimal HTTP/1.1 app that reads ``Content-Length`` and chunked bodies, records
+    (target, headers, body) and answers ``got <n> bytes``; it closes when the request asks."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str], bytes]] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        if hasattr(self.server, "close_clients"):
+            self.server.close_clients()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line, *fields = head.decode("latin-1").split("\r\n")[:-2]
+                headers = {k.lower(): v for k, v in (f.split(": ", 1) for f in fields)}
+                if headers.get("transfer-encoding") == "chunked":
+                    body = b""
+                    while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+                        body += await reader.readexactly(size)
+                        assert await reader.readexactly(2) == b"\r\n"
+                    assert await reader.readuntil(b"\r\n") == b"\r\n"
+                else:
+                    body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.seen.append((line.split(" ")[1], headers, body))
+                reply = b"got %d bytes" % len(body)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(reply) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("framing", "body"),
+    [
+        pytest.param("length", b"hello", id="Content-Length"),
+        pytest.param("length", os.urandom(100_000), id="large Content-Length"),
+        pytest.param("chunked", b"hello", id="chunked"),
+        pytest.param("chunked", os.urandom(100_000), id="large chunked"),
+    ],
+)
+async def test_an_upgrade_request_with_a_body_is_served_whole_then_closed(
+    pm, deploy, framing, body
+):
+    """llhttp stops at an ``Upgrade`` request's head (httptools skips its body): the relay
+    reads the body itself, the app gets it whole, the client its reply, then the connection
+    closes. What follows the body is neither parsed as a request nor relayed."""
+    after = b"GET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
+    if framing == "length":
+        request = b"POST /up HTTP/1.1\r\nHost: gw\r\n%sContent-Length: %d\r\n\r\n%s" % (
+            UPGRADE,
+            len(body),
+            body,
+        )
+    else:
+        chunks = b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + 7000]), body[i : i + 7000])
+            for i in range(0, len(body), 7000)
+        )
+        request = (
+            b"POST /up HTTP/1.1\r\nHost: gw\r\n%sTransfer-Encoding: chunked\r\n\r\n" % UPGRADE
+            + chunks
+            + b"0\r\n\r\n"
+        )
+    app = ChunkAwareApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        for split in (None, len(request) // 2):  # one segment, and two
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            try:
+                if split is None:
+                    writer.write(request + after)
+                else:
+                    writer.write(request[:split])
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                    writer.write(request[split:] + after)
+                data = await asyncio.wait_for(reader.read(), 5)  # the gateway closes
+            finally:
+                writer.close()
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data[:200]
+            assert b"Connection: close\r\n" in data
+            assert data.endswith(b"\r\n\r\ngot %d bytes" % len(body))
+    assert [(target, got) for target, _, got in app.seen] == [("/up", body), ("/up", body)]
+    assert all("upgrade" not in headers for _, headers, _ in app.seen)

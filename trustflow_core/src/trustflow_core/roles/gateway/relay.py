@@ -11,7 +11,9 @@ upstream connection's :class:`~.h1client.ReplySink`).
   ``chunked``, bad chunk framing, obs-fold, bare LF line ends and non-ASCII targets are
   refused with 400 and the connection is closed. A request head above :data:`MAX_HEAD`
   bytes → 431. An ``Upgrade`` request is served as a plain request, then the connection
-  closes.
+  closes: llhttp stops at its head (httptools skips the body of a request llhttp would
+  upgrade), so its body, ``Content-Length`` or chunked, is read by a second parser that stops
+  where the body ends; nothing after it is parsed or relayed.
 * Request bodies: buffered until the application takes them (:meth:`Exchange.body`,
   :meth:`Exchange.peek`) or piped to an upstream connection as they arrive
   (:meth:`Exchange.pipe_to`: ``Content-Length`` bodies byte for byte, chunked bodies
@@ -170,6 +172,27 @@ class Application(Protocol):
 
 class _HeadTooLarge(TrustflowError):
     pass
+
+
+class _BodyEnd(TrustflowError):
+    """Raised by :class:`_UpgradeBody` to stop llhttp where an ``Upgrade`` request's body
+    ends."""
+
+
+class _UpgradeBody:
+    """The llhttp callbacks of the parser that reads an ``Upgrade`` request's body (fed a
+    head of its own with the request's framing first): the body goes to ``conn``'s
+    ``on_body``, its end to ``on_message_complete``, and parsing stops there."""
+
+    __slots__ = ("_conn", "on_body")
+
+    def __init__(self, conn: Downstream) -> None:
+        self._conn = conn
+        self.on_body = conn.on_body
+
+    def on_message_complete(self) -> None:
+        self._conn.on_message_complete()
+        raise _BodyEnd
 
 
 class Exchange:
@@ -527,6 +550,8 @@ class Downstream(asyncio.Protocol):
         self._length: int | None = None
         self._chunked = False
         self._dead = False  # the parser stopped (upgrade, error)
+        #: an Upgrade request whose body llhttp skips (read by an :class:`_UpgradeBody` parser)
+        self._upgrade: Exchange | None = None
         self._raw_left = 0  # bytes of a Content-Length body still to come, past the parser
         self._body_seen = 0  # body bytes of the message being parsed the parser passed on
 
@@ -580,7 +605,6 @@ class Downstream(asyncio.Protocol):
             or ex.complete
             or not ex.content_length
             or ex.content_length - self._body_seen < RAW_MIN
-            or self.parser.should_upgrade()  # llhttp stops after this body: let it see it
         ):
             return False
         self._raw_left = ex.content_length - self._body_seen
@@ -600,6 +624,8 @@ class Downstream(asyncio.Protocol):
             if not self._raw_left:
                 self.parser = HttpRequestParser(self)  # the old one still expects the body
                 self.on_message_complete()
+                if self._upgrade is not None:
+                    self._dead = True  # nothing after an Upgrade request is parsed
         except Exception:
             log.error("relay failed on a request body", exc_info=True)
             self._refuse(500, "internal error")
@@ -610,13 +636,17 @@ class Downstream(asyncio.Protocol):
         """Feed ``data`` to llhttp; False when the connection stops being parsed."""
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade:
-            self._dead = True  # served as a plain request, then closed
+        except HttpParserUpgrade as exc:  # served as a plain request, then closed
             for ex in (self.current, self._parsing, *self._queue):
                 if ex is not None:
                     ex.keep_alive = False
+            if self._upgrade is not None:  # its body is still to be read
+                return self._upgrade_body(self._upgrade, data[exc.args[0] :])
+            self._dead = True
         except HttpParserCallbackError as exc:  # raised by one of the callbacks below
-            if isinstance(exc.__context__, _HeadTooLarge):
+            if isinstance(exc.__context__, _BodyEnd):
+                self._dead = True  # nothing after an Upgrade request is parsed
+            elif isinstance(exc.__context__, _HeadTooLarge):
                 self._refuse(431, f"request head larger than {MAX_HEAD} bytes")
             else:
                 log.error("relay failed on a request", exc_info=exc.__context__)
@@ -624,6 +654,19 @@ class Downstream(asyncio.Protocol):
         except HttpParserError as exc:
             self._refuse(400, f"malformed request: {exc}")
         return not self._dead
+
+    def _upgrade_body(self, ex: Exchange, rest: bytes | memoryview) -> bool:
+        """llhttp stopped after the head of ``ex``, an ``Upgrade`` request with a body, before
+        ``rest``: parse the body from now on with a parser of its own that stops where it ends
+        (:class:`_UpgradeBody`, told the framing by a head of the same ``Content-Length`` or
+        chunked framing); feed it ``rest``. False when the connection stops being parsed."""
+        self.parser = HttpRequestParser(_UpgradeBody(self))
+        if ex.chunked:
+            framing = b"Transfer-Encoding: chunked"
+        else:
+            framing = b"Content-Length: %d" % (ex.content_length or 0)
+        self.parser.feed_data(b"POST / HTTP/1.1\r\n%s\r\n\r\n" % framing)
+        return self._feed(rest) if rest else True
 
     def eof_received(self) -> bool | None:
         """The client half-closed: over TCP its complete open request is still answered,
@@ -690,9 +733,10 @@ class Downstream(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        method = parser.get_method()
         ex = Exchange(
             self,
-            parser.get_method(),
+            method,
             self._url,
             self._headers,
             parser.get_http_version(),
@@ -703,6 +747,8 @@ class Downstream(asyncio.Protocol):
             None if self._named else self._lines,
         )
         self._parsing = ex
+        if (self._length or self._chunked) and method != b"CONNECT" and parser.should_upgrade():
+            self._upgrade = ex  # llhttp skips the body: read it past llhttp (_upgrade_body)
         # the next message starts empty (no on_message_begin: one callback less per request)
         self._url = b""
         self._headers = []
@@ -727,8 +773,10 @@ class Downstream(asyncio.Protocol):
             ex._on_body(body)
 
     def on_message_complete(self) -> None:
-        self._body_seen = 0
         ex = self._parsing
+        if ex is not None and ex is self._upgrade and self.parser.should_upgrade():
+            return  # llhttp skipped the body: its end is still to come (_upgrade_body)
+        self._body_seen = 0
         if ex is not None:
             if ex is self.current:
                 self.deadline = 0.0
