@@ -52,16 +52,11 @@ def deploy(tmp_path_factory):
     return directory, key
 
 
-class NormalisingApp:
-    """A minimal HTTP/1.1 app that, like many frameworks, serves the *normalised* path:
-    percent-decoded, slashes merged, dot segments removed. It records what it served and
-    answers with a header it names in ``Connection``."""
+class LoopbackApp:
+    """An app's server on 127.0.0.1 for the length of an ``async with`` (the port as its
+    value); subclasses answer in ``serve``."""
 
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, str], bytes]] = []
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-        self.release = asyncio.Event()  # answers to /hold wait for it
+    server: asyncio.Server | None = None
 
     async def __aenter__(self) -> int:
         self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
@@ -72,6 +67,20 @@ class NormalisingApp:
         self.server.close()
         if hasattr(self.server, "close_clients"):
             self.server.close_clients()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class NormalisingApp(LoopbackApp):
+    """A minimal HTTP/1.1 app that, like many frameworks, serves the *normalised* path:
+    percent-decoded, slashes merged, dot segments removed. It records what it served and
+    answers with a header it names in ``Connection``."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str], bytes]] = []
+        self.connections = 0
+        self.release = asyncio.Event()  # answers to /hold wait for it
 
     @staticmethod
     def normalise(target: str) -> str:
@@ -915,23 +924,12 @@ async def test_a_large_body_to_a_slow_upstream_arrives_intact(pm, deploy):
     assert len(got) == 1 and len(got[0]) == len(body) and got[0] == body
 
 
-class ChunkAwareApp:
+class ChunkAwareApp(LoopbackApp):
     """A minimal HTTP/1.1 app that reads ``Content-Length`` and chunked bodies, records
     (target, headers, body) and answers ``got <n> bytes``; it closes when the request asks."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, dict[str, str], bytes]] = []
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> int:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        if hasattr(self.server, "close_clients"):
-            self.server.close_clients()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
