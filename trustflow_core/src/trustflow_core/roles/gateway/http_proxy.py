@@ -26,7 +26,10 @@ flow control, keep-alive, timeouts) and go upstream through :mod:`.h1client`.
   ``max_body_bytes``, else 413) and classified (:mod:`.jwe_filter`): envelopes are opened
   (400 when they do not open — the app never sees them), the plaintext is forwarded and the
   app's reply is sealed under the request's content key (also at most ``max_body_bytes``, else
-  502). A route with ``require_jwe`` answers 415 to anything but an envelope. Every other
+  502). A route with ``require_jwe`` answers 415 to anything but an envelope. A body of up to
+  :data:`SMALL` bytes with a ``Content-Length`` that has arrived whole is classified and opened
+  in the protocol callbacks and, when a pooled connection is idle, relayed from there (the
+  same rules, no task). Every other
   body, and every body on a listener without the filter, is relayed as it arrives (bodies of
   up to :data:`SMALL` bytes with a ``Content-Length`` are collected first, so that a request
   on a stale pooled connection can be sent again), and so is every reply.
