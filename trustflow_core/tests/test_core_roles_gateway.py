@@ -525,6 +525,109 @@ async def test_envelopes_are_opened_forwarded_and_replies_sealed(pm, identity, p
         assert reply == b"I got your message: " + big
 
 
+@contextlib.asynccontextmanager
+async def one_reply_per_connection(pm, identity, *, then: str, **options):
+    """A gateway (JWE listener ``public``) in front of a raw app that answers the first
+    request of each connection with its body and, on the connection's second request, closes
+    the connection unanswered (``then="close"``) or says nothing (``then="stall"``)."""
+    directory, _ = identity
+    bodies: list[bytes] = []
+    connections = 0
+
+    async def handle(reader, writer):
+        nonlocal connections
+        connections += 1
+        try:
+            for n in (1, 2):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length)
+                if n == 2:
+                    if then == "stall":
+                        await asyncio.sleep(5)
+                    break
+                bodies.append(body)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = parse_config(
+        {
+            "listeners": [
+                {
+                    "name": "public",
+                    "address": "127.0.0.1:0",
+                    "routes": [{"prefix": "/teeapp", "cluster": "app"}],
+                    "jwe": {"cert_path": "carol.crt", "private_key_path": "carol.key"},
+                }
+            ],
+            "clusters": {"app": {"endpoints": [f"127.0.0.1:{port}"]}},
+            **options,
+        },
+        base=directory,
+    )
+    try:
+        async with (
+            Gateway(config, pm) as gw,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session,
+        ):
+            yield f"http://{gw.addresses['public']}/teeapp", session, bodies, lambda: connections
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_an_envelope_on_a_pooled_connection_the_app_closed_is_sent_again(pm, identity):
+    """A small envelope is opened and relayed from the protocol callbacks on an idle pooled
+    connection; when that connection turns out closed, it goes again on a new one and the
+    reply is still sealed (so is a plain JSON body on the JWE listener)."""
+    _, key = identity
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": "rfc"})
+    jose = {"Content-Type": "application/jose+json"}
+    async with one_reply_per_connection(pm, identity, then="close") as (url, session, bodies, n):
+        for i in range(3):
+            sealed = channel.seal(b"hello %d" % i, key.public_key())
+            body = json.dumps(sealed.jwe.to_dict()).encode()
+            status, headers, data = await call(session, "POST", url, body, jose)
+            assert (status, headers["Content-Type"]) == (200, "application/jose+json")
+            assert channel.open_reply(Jwe.from_dict(json.loads(data)), sealed.cek) == (
+                b"hello %d" % i
+            )
+            status, _, data = await call(session, "POST", url, b'{"plain": %d}' % i)
+            assert (status, data) == (200, b'{"plain": %d}' % i)
+        assert bodies == [x for i in range(3) for x in (b"hello %d" % i, b'{"plain": %d}' % i)]
+        assert n() == 6
+
+
+@pytest.mark.asyncio
+async def test_an_envelope_on_a_pooled_connection_the_app_never_answers_is_504(pm, identity):
+    _, key = identity
+    channel = backend_class(pm, ENVELOPE_CHANNEL, "jwe").from_settings({"profile": "rfc"})
+    jose = {"Content-Type": "application/jose+json"}
+    async with one_reply_per_connection(pm, identity, then="stall", request_timeout=0.3) as (
+        url,
+        session,
+        bodies,
+        _,
+    ):
+        for i, want in enumerate((200, 504)):
+            sealed = channel.seal(b"hi %d" % i, key.public_key())
+            body = json.dumps(sealed.jwe.to_dict()).encode()
+            status, _, data = await call(session, "POST", url, body, jose)
+            assert status == want
+        assert data == b"upstream did not answer within 0.3 s\n"
+        assert bodies == [b"hi 0"]
+
+
 @pytest.mark.asyncio
 async def test_connections_to_the_app_are_kept_alive(pm, identity):
     recorder = Recorder()

@@ -26,7 +26,10 @@ flow control, keep-alive, timeouts) and go upstream through :mod:`.h1client`.
   ``max_body_bytes``, else 413) and classified (:mod:`.jwe_filter`): envelopes are opened
   (400 when they do not open — the app never sees them), the plaintext is forwarded and the
   app's reply is sealed under the request's content key (also at most ``max_body_bytes``, else
-  502). A route with ``require_jwe`` answers 415 to anything but an envelope. Every other
+  502). A route with ``require_jwe`` answers 415 to anything but an envelope. A body of up to
+  :data:`SMALL` bytes with a ``Content-Length`` that has arrived whole is classified and opened
+  in the protocol callbacks and, when a pooled connection is idle, relayed from there (the
+  same rules, no task). Every other
   body, and every body on a listener without the filter, is relayed as it arrives (bodies of
   up to :data:`SMALL` bytes with a ``Content-Length`` are collected first, so that a request
   on a stale pooled connection can be sent again), and so is every reply.
@@ -155,7 +158,8 @@ class HttpProxy:
 
     def serve(self, ex: Exchange) -> None:
         """Route ``ex``; answer it locally, or relay it from the protocol callbacks when its
-        body is here and a pooled upstream connection is idle (no task), else in a task."""
+        body is here and a pooled upstream connection is idle (no task; on a JWE listener a
+        small body is classified and an envelope opened there too), else in a task."""
         index = ex.index
         incoming = index.get(b"x-request-id")
         rid = accept_request_id(incoming.decode("latin-1")) if incoming else new_request_id()
@@ -177,7 +181,7 @@ class HttpProxy:
                 conn = self.client.pooled(address)
                 if conn is not None:
                     head = self._head(ex, address, body, None)
-                    ex.context = (rid, cluster, address, body)
+                    ex.context = (rid, cluster, address, body, None)
                     ex.forwarded = len(body) if body else 0
                     conn.send(
                         head,
@@ -192,6 +196,9 @@ class HttpProxy:
                     self._in_task(ex, rid, self._send(ex, rid, cluster, address, body, None))
                 )
                 return
+        elif ex.complete and b"expect" not in index and (ex.content_length or SMALL + 1) <= SMALL:
+            self._serve_whole(ex, rid, route)
+            return
         asyncio.get_running_loop().create_task(self._in_task(ex, rid, self._handle(ex, rid, route)))
 
     def failed(self, ex: Exchange, error: UpstreamError) -> None:
@@ -199,10 +206,10 @@ class HttpProxy:
         connection when the pooled one was stale, else answer 502/504."""
         if ex.finished:
             return
-        rid, cluster, address, body = ex.context
+        rid, cluster, address, body, opened = ex.context
         with request_context(rid):
             if isinstance(error, StaleConnection):
-                again = self._send(ex, rid, cluster, address, body, None, fresh=True)
+                again = self._send(ex, rid, cluster, address, body, opened, fresh=True)
                 asyncio.get_running_loop().create_task(self._in_task(ex, rid, again))
             else:
                 _upstream_failed(ex, cluster, address, error, self.config.request_timeout)
@@ -220,6 +227,73 @@ class HttpProxy:
             log.debug("%s %s -> %d in %.1f ms", ex.method.decode(), label, status, elapsed * 1e3)
 
     # ---- requests --------------------------------------------------------------------------
+
+    def _serve_whole(self, ex: Exchange, rid: str, route: Route) -> None:
+        """Serve a request on a JWE listener whose ``Content-Length`` body (at most
+        :data:`SMALL` bytes) has arrived whole, as :meth:`_handle` would, from the protocol
+        callbacks: classify and open it here, then relay the plaintext (sealing the reply) on
+        an idle pooled connection without a task; in a task only when a connection must be
+        opened."""
+        try:
+            sent = self._whole(ex, rid, route)
+            if sent is None:
+                return  # answered here
+            body, opened = sent
+            cluster = self.upstreams.clusters[route.cluster]
+            address = self.upstreams.pick(cluster.name)
+            conn = self.client.pooled(address)
+            if conn is None:
+                work = self._send(ex, rid, cluster, address, body, opened)
+                asyncio.get_running_loop().create_task(self._in_task(ex, rid, work))
+                return
+            ex.context = (rid, cluster, address, body, opened)
+            ex.forwarded = len(body)
+            conn.send(
+                self._head(ex, address, body, opened),
+                body,
+                ex if opened is None else _Sealer(self, ex, opened),
+                head_request=ex.method == b"HEAD",
+                read_timeout=self._timeout,
+                waiter=False,
+            )
+        except Exception:
+            with request_context(rid):
+                log.exception("%s %s failed", ex.method.decode(), ex.path)
+            _text(ex, 500, "internal error")
+
+    def _whole(
+        self, ex: Exchange, rid: str, route: Route
+    ) -> tuple[bytes, OpenedRequest | None] | None:
+        """The body to relay for a complete request on a JWE listener (the plaintext and its
+        opened envelope, or the body as received), or None when it was answered here (413,
+        415, a refused envelope): :meth:`_handle`'s rules."""
+        body = ex.take_body()
+        if body[:1] != b"{" and not body.lstrip(_WS).startswith(b"{"):
+            if route.require_jwe:
+                _text(ex, 415, f"{route.prefix} accepts only JWE envelopes; the body is not JSON")
+                return None
+            return body, None
+        limit = self.config.max_body_bytes
+        if len(body) > limit:
+            _text(ex, 413, f"request body larger than {limit} bytes")
+            return None
+        assert self.jwe is not None
+        try:
+            jwe = classify(body)
+            if jwe is None:
+                if route.require_jwe:
+                    _text(ex, 415, f"{route.prefix} accepts only JWE envelopes; got other JSON")
+                    return None
+                return body, None
+            content_type = _latin1(ex.index.get(b"content-type")) or ""
+            opened = self.jwe.open(jwe, content_type.partition(";")[0].strip())
+        except EnvelopeRejected as exc:
+            with request_context(rid):
+                log.info("%s %s: %s", ex.method.decode(), ex.path, exc)
+            _metrics.jwe_failure("gateway", exc.cause)
+            _text(ex, exc.status, str(exc))
+            return None
+        return opened.plaintext, opened
 
     async def _in_task(self, ex: Exchange, rid: str, work: Coroutine[Any, Any, None]) -> None:
         with request_context(rid):
@@ -528,7 +602,11 @@ class _Sealer:
             _text(self.ex, 502, "upstream failed mid-reply")
 
     def request_failed(self, error: UpstreamError) -> None:
-        self.reply_failed(error)  # not reached: sealed requests always have a waiter
+        """No reply head came for a request sent without a waiter
+        (:meth:`HttpProxy._serve_whole`): sent again when the connection was stale, else
+        502/504 (:meth:`HttpProxy.failed`)."""
+        self.ex.upstream = None
+        self.proxy.failed(self.ex, error)
 
     def flush(self) -> None:
         pass
