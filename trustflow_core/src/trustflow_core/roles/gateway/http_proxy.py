@@ -277,6 +277,14 @@ class HttpProxy:
         if len(body) > limit:
             _text(ex, 413, f"request body larger than {limit} bytes")
             return None
+        return self._open(ex, rid, route, body)
+
+    def _open(
+        self, ex: Exchange, rid: str, route: Route, body: bytes
+    ) -> tuple[bytes, OpenedRequest | None] | None:
+        """A JSON body on a JWE listener: an envelope opened (its plaintext and the opened
+        envelope), other JSON as received (None for the envelope), or None when it was
+        answered here (415 on a ``require_jwe`` route, the status of a refused envelope)."""
         assert self.jwe is not None
         try:
             jwe = classify(body)
@@ -388,21 +396,9 @@ class HttpProxy:
             body = await ex.body(limit)
         except BodyTooLarge:
             return _text(ex, 413, f"request body larger than {limit} bytes")
-        try:
-            jwe = classify(body)
-            if jwe is None:
-                if route.require_jwe:
-                    return _text(
-                        ex, 415, f"{route.prefix} accepts only JWE envelopes; got other JSON"
-                    )
-                return await self._forward(ex, rid, cluster, body)
-            content_type = _latin1(ex.header(b"content-type")) or ""
-            opened = self.jwe.open(jwe, content_type.partition(";")[0].strip())
-        except EnvelopeRejected as exc:
-            log.info("%s %s: %s", ex.method.decode(), ex.path, exc)
-            _metrics.jwe_failure("gateway", exc.cause)
-            return _text(ex, exc.status, str(exc))
-        return await self._forward(ex, rid, cluster, opened.plaintext, opened)
+        sent = self._open(ex, rid, route, body)
+        if sent is not None:
+            await self._forward(ex, rid, cluster, *sent)
 
     def _head(
         self,
