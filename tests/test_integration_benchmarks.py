@@ -147,7 +147,7 @@ def test_cm_stages_prints_the_stages_and_exits_1_on_a_missed_target() -> None:
 
 
 def test_jwe_open_prints_the_filter_against_its_primitives() -> None:
-    """A tiny run: for ECDH and RSA envelopes, the filter's cost, the bare primitives' (the
+    """A tiny run: for ECDH (fresh and reused epk) and RSA envelopes, the filter's cost, the bare primitives' (the
     baseline) and the overhead with the primitives' share; informational, exit 0."""
     done = run_without(
         NO_PYTEST,
@@ -155,12 +155,12 @@ def test_jwe_open_prints_the_filter_against_its_primitives() -> None:
         *("--envelopes", "20", "--rounds", "1", "--key-bits", "2048"),
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    for kind in ("ecdh", "rsa"):
-        assert any(line.startswith(f"{kind:5s} classify + open + seal_reply") for line in lines)
-        assert any(line.startswith(f"{kind:5s} primitives only (baseline)") for line in lines)
+    rows = [line.split(maxsplit=1) for line in done.stdout.splitlines() if line.strip()]
+    for kind in ("ecdh", "ecdh-reused", "rsa"):
+        mine = [row[1] for row in rows if row[0] == kind and len(row) == 2]
+        assert any(row.startswith("classify + open + seal_reply") for row in mine), kind
+        assert any(row.startswith("primitives only (baseline)") for row in mine), kind
         assert any(
-            line.startswith(f"{kind:5s} overhead beyond the primitives")
-            and "primitives / filter = " in line
-            for line in lines
-        )
+            row.startswith("overhead beyond the primitives") and "primitives / filter = " in row
+            for row in mine
+        ), kind
