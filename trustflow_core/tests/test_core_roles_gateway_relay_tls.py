@@ -66,7 +66,11 @@ def request_then_close_notify(port: int, served: threading.Event) -> bytes:
     with client.wrap_socket(raw, server_hostname="localhost") as tls:
         tls.sendall(b"GET /held HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert served.wait(10)
-        with tls.unwrap() as plain:
+        try:
+            plain = tls.unwrap()
+        except ssl.SSLEOFError:  # asyncio before 3.11 closes without its own close_notify
+            return b""
+        with plain:
             rest = b""
             while chunk := plain.recv(4096):
                 rest += chunk
