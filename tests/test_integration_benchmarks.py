@@ -147,8 +147,9 @@ def test_cm_stages_prints_the_stages_and_exits_1_on_a_missed_target() -> None:
 
 
 def test_jwe_open_prints_the_filter_against_its_primitives() -> None:
-    """A tiny run: for ECDH (fresh and reused epk) and RSA envelopes, the filter's cost, the bare primitives' (the
-    baseline) and the overhead with the primitives' share; informational, exit 0."""
+    """A tiny run: for ECDH (fresh and reused epk) and RSA envelopes, the filter's cost, the
+    bare primitives' (the baseline) and the overhead with the primitives' share;
+    informational, exit 0."""
     done = run_without(
         NO_PYTEST,
         BENCHMARKS / "jwe_open.py",
