@@ -969,7 +969,7 @@ UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
     ],
 )
 async def test_an_upgrade_request_with_a_body_is_served_whole_then_closed(
-    pm, deploy, framing, body
+    pm, deploy, framing, body, caplog
 ):
     """llhttp stops at an ``Upgrade`` request's head (httptools skips its body): the relay
     reads the body itself, the app gets it whole, the client its reply, then the connection
@@ -1011,3 +1011,40 @@ async def test_an_upgrade_request_with_a_body_is_served_whole_then_closed(
             assert data.endswith(b"\r\n\r\ngot %d bytes" % len(body))
     assert [(target, got) for target, _, got in app.seen] == [("/up", body), ("/up", body)]
     assert all("upgrade" not in headers for _, headers, _ in app.seen)
+    assert "relay failed" not in caplog.text  # the body's end is no internal error
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        pytest.param(b"GET /up HTTP/1.1\r\nHost: gw\r\n%s\r\n" % UPGRADE, id="no body"),
+        pytest.param(
+            b"POST /up HTTP/1.1\r\nHost: gw\r\n%sContent-Length: 5\r\n\r\nhello" % UPGRADE,
+            id="Content-Length body",
+        ),
+    ],
+)
+async def test_an_upgrade_request_pipelined_behind_another_is_answered_too(
+    pm, deploy, upgrade, caplog
+):
+    """Requests pipelined before an ``Upgrade`` request keep their keep-alive: each is answered
+    in order, the ``Upgrade`` request last (with ``Connection: close``), then the connection
+    closes; what follows it is neither parsed nor relayed."""
+    first = b"GET /first HTTP/1.1\r\nHost: gw\r\n\r\n"
+    after = b"GET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
+    app = ChunkAwareApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        try:
+            writer.write(first + upgrade + after)
+            data = await asyncio.wait_for(reader.read(), 5)  # the gateway closes
+        finally:
+            writer.close()
+    replies = data.split(b"HTTP/1.1 200 OK\r\n")
+    assert replies[0] == b"" and len(replies) == 3, data
+    assert b"Connection: close\r\n" not in replies[1]
+    assert replies[1].endswith(b"\r\n\r\ngot 0 bytes")
+    assert b"Connection: close\r\n" in replies[2]
+    assert [target for target, _, _ in app.seen] == ["/first", "/up"]
+    assert "relay failed" not in caplog.text

@@ -10,10 +10,11 @@ upstream connection's :class:`~.h1client.ReplySink`).
   duplicate or malformed ``Content-Length``, a ``Transfer-Encoding`` other than ending in
   ``chunked``, bad chunk framing, obs-fold, bare LF line ends and non-ASCII targets are
   refused with 400 and the connection is closed. A request head above :data:`MAX_HEAD`
-  bytes → 431. An ``Upgrade`` request is served as a plain request, then the connection
-  closes: llhttp stops at its head (httptools skips the body of a request llhttp would
-  upgrade), so its body, ``Content-Length`` or chunked, is read by a second parser that stops
-  where the body ends; nothing after it is parsed or relayed.
+  bytes → 431. An ``Upgrade`` request is served as a plain request (after any pipelined
+  before it), then the connection closes: llhttp stops at its head (httptools skips the
+  body of a request llhttp would upgrade), so its body, ``Content-Length`` or chunked, is
+  read by a second parser that stops where the body ends; nothing after it is parsed or
+  relayed.
 * Request bodies: buffered until the application takes them (:meth:`Exchange.body`,
   :meth:`Exchange.peek`) or piped to an upstream connection as they arrive
   (:meth:`Exchange.pipe_to`: ``Content-Length`` bodies byte for byte, chunked bodies
@@ -634,15 +635,11 @@ class Downstream(asyncio.Protocol):
 
     def _feed(self, data: bytes | memoryview) -> bool:
         """Feed ``data`` to llhttp; False when the connection stops being parsed."""
+        upgrade_at: int | None = None
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:  # served as a plain request, then closed
-            for ex in (self.current, self._parsing, *self._queue):
-                if ex is not None:
-                    ex.keep_alive = False
-            if self._upgrade is not None:  # its body is still to be read
-                return self._upgrade_body(self._upgrade, data[exc.args[0] :])
-            self._dead = True
+            upgrade_at = exc.args[0]
         except HttpParserCallbackError as exc:  # raised by one of the callbacks below
             if isinstance(exc.__context__, _BodyEnd):
                 self._dead = True  # nothing after an Upgrade request is parsed
@@ -653,7 +650,20 @@ class Downstream(asyncio.Protocol):
                 self._refuse(500, "internal error")
         except HttpParserError as exc:
             self._refuse(400, f"malformed request: {exc}")
+        if upgrade_at is not None:  # outside the handler: a later error keeps its own context
+            return self._upgraded(data[upgrade_at:])
         return not self._dead
+
+    def _upgraded(self, rest: bytes | memoryview) -> bool:
+        """llhttp stopped after the head of an ``Upgrade`` request, before ``rest``: it is
+        answered after those pipelined before it (which keep their keep-alive), then the
+        connection closes; its body, if any, is read by :meth:`_upgrade_body`."""
+        if self._parsing is not None:  # the Upgrade request
+            self._parsing.keep_alive = False
+        if self._upgrade is not None:  # its body is still to be read
+            return self._upgrade_body(self._upgrade, rest)
+        self._dead = True
+        return False
 
     def _upgrade_body(self, ex: Exchange, rest: bytes | memoryview) -> bool:
         """llhttp stopped after the head of ``ex``, an ``Upgrade`` request with a body, before
