@@ -696,6 +696,7 @@ class Downstream(asyncio.Protocol):
         server.sweeper.forget(self)
         if self.transport is not None:
             server.guard.closed(self.transport)
+            self.transport.close()  # asyncio < 3.11 leaves a TLS transport open after close_notify
         ex = self.current
         if ex is not None and not ex.finished:
             ex._gone(exc)
