@@ -23,11 +23,13 @@ pass-through, nginx and haproxy in front of the same app with small bodies, 64 K
 is above the issue 18 targets: 2x nginx's for small requests, 1.5x at 64 KiB and 1 MiB, unless
 ``--peer-targets-informational``), and the gateway's upstream client against aiohttp's.
 The app and the gateway run as separate processes (``trustflow gateway``); the load generator
-is this process. Envelopes for (c) are sealed before the run (a pool of fresh CEKs), so the
-client's cost is the same small HTTP work as in (a) and (b). Envelopes for (d) carry a unique
-``jti`` each (the gateway refuses replays), so a fresh pool is sealed before each (d) slice,
-sized from the preceding (b) slice, outside the measured time; likewise for (e). Exit status
-1 when (d)/(b) misses its target.
+is this process. CPU per request is printed for each of the three: on a small machine they
+share the cores, so the req/s ratios also carry the load generator's own cost (in (c)-(e) it
+opens and checks every reply). Envelopes for (c) are sealed before the run (a pool of fresh
+CEKs), so the client's cost is the same small HTTP work as in (a) and (b). Envelopes for (d)
+carry a unique ``jti`` each (the gateway refuses replays), so a fresh pool is sealed before
+each (d) slice, sized from the preceding (b) slice, outside the measured time; likewise for
+(e). Exit status 1 when (d)/(b) misses its target.
 
     .venv/bin/python benchmarks/gateway.py [--duration 6] [--rounds 3] [--concurrency 16]
         [--key-bits 3072]
@@ -317,12 +319,14 @@ def main() -> None:
             }
             slices: dict[str, list[dict]] = {name: [] for name in scenarios}
             cpu = {name: [0.0, 0.0] for name in scenarios}
+            client_cpu = dict.fromkeys(scenarios, 0.0)  # this process: the load generator
             # interleaved rounds (a, b, c, a, b, c, ...): a machine that speeds up or slows
             # down during the run affects every scenario alike, not just one of them
             for _ in range(args.rounds):
                 for name, (port, pool) in scenarios.items():
                     bodies = pool() if callable(pool) else pool
                     before = [cpu_seconds(p.pid) for p in procs]
+                    client_before = time.process_time()
                     slices[name].append(
                         asyncio.run(
                             drive(
@@ -333,6 +337,7 @@ def main() -> None:
                             )
                         )
                     )
+                    client_cpu[name] += time.process_time() - client_before
                     for i, (p, b) in enumerate(zip(procs, before, strict=True)):
                         cpu[name][i] += cpu_seconds(p.pid) - b
                 if peer_bench and client_bench:
@@ -344,6 +349,7 @@ def main() -> None:
                 total = result["requests"] + result["warmup_requests"]
                 result["app_cpu_us_per_req"] = 1e6 * cpu[name][0] / total
                 result["gateway_cpu_us_per_req"] = 1e6 * cpu[name][1] / total
+                result["client_cpu_us_per_req"] = 1e6 * client_cpu[name] / total
                 results[name] = result
             ceiling = max(ceiling, rsa_ceiling(key, 1.5))
         finally:
@@ -392,7 +398,7 @@ def main() -> None:
     )
     print(
         f"{'scenario':<28}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
-        f"{'app CPU us/req':>16}{'gateway CPU us/req':>20}"
+        f"{'app CPU us/req':>16}{'gateway CPU us/req':>20}{'client CPU us/req':>19}"
     )
     labels = {
         "a_direct": "(a) client -> app",
@@ -406,6 +412,7 @@ def main() -> None:
         print(
             f"{label:<28}{r['rps']:>8.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>7}"
             f"{r['app_cpu_us_per_req']:>16.0f}{r['gateway_cpu_us_per_req']:>20.0f}"
+            f"{r['client_cpu_us_per_req']:>19.0f}"
         )
     met = print_ecdh(results, ratio_d, ratio_e)
     print(f"RSA-OAEP-SHA256 decrypt ceiling, one core: {ceiling:.0f} ops/s")
