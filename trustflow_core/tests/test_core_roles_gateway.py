@@ -734,6 +734,28 @@ async def test_a_stalled_request_body_gets_408(pm, identity):
 
 
 @pytest.mark.asyncio
+async def test_a_body_trickling_in_within_the_timeout_is_relayed(pm, identity):
+    """The request timeout runs from the last body bytes received, not from the head: a body
+    whose pieces each come within it is relayed whole, however long it takes in all."""
+    recorder = Recorder()
+    async with stack(pm, identity, recorder, request_timeout=0.6) as (urls, _):
+        host, port = urls["plain"].removeprefix("http://").split(":")
+        for size in (50, 200_000):  # collected first; relayed past the parser (RAW_MIN)
+            piece = b"z" * (size // 5)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /teeapp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+            for _ in range(5):  # 1 s in all
+                await asyncio.sleep(0.2)
+                writer.write(piece)
+                await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            writer.close()
+            await writer.wait_closed()
+    assert [len(r[3]) for r in recorder.requests] == [50, 200_000]
+
+
+@pytest.mark.asyncio
 async def test_a_client_leaving_mid_body_is_handled_quietly(pm, identity, caplog):
     caplog.set_level(logging.INFO, logger="trustflow.gateway")
     recorder = Recorder()

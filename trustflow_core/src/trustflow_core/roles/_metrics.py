@@ -191,10 +191,11 @@ class _Pending:
 
     __slots__ = ("buckets", "count", "seconds")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self) -> None:
         self.count = 0
         self.seconds = 0.0
-        self.buckets = [0] * size  # per upper bound, not cumulative (as prometheus-client)
+        #: count per index of an upper bound that was hit (not cumulative, as prometheus-client)
+        self.buckets: dict[int, int] = {}
 
 
 class RequestTally:
@@ -216,6 +217,7 @@ class RequestTally:
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._upstream = self._downstream = 0
         self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._bytes: dict[str, Counter] = {}  # per direction
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._scheduled = False
@@ -228,10 +230,11 @@ class RequestTally:
         body bytes relayed each way (client to app: ``upstream``)."""
         entry = self._pending.get((route, status))
         if entry is None:
-            entry = self._pending[route, status] = _Pending(len(self._bounds))
+            entry = self._pending[route, status] = _Pending()
         entry.count += 1
         entry.seconds += seconds
-        entry.buckets[bisect_left(self._bounds, seconds)] += 1
+        bucket = bisect_left(self._bounds, seconds)
+        entry.buckets[bucket] = entry.buckets.get(bucket, 0) + 1
         self._upstream += upstream
         self._downstream += downstream
         if not self._scheduled:
@@ -239,7 +242,9 @@ class RequestTally:
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Add what was counted since the last flush to the Prometheus metrics."""
+        """Add what was counted since the last flush to the Prometheus metrics (their values
+        directly, as ``inc()`` and ``observe()`` do after checks that hold here: it runs
+        once per loop iteration of a busy gateway)."""
         self._scheduled = False
         pending, self._pending = self._pending, {}
         upstream, downstream = self._upstream, self._downstream
@@ -253,17 +258,19 @@ class RequestTally:
                     REQUEST_SECONDS.labels(*labels),
                 )
             requests, histogram = children
-            requests.inc(entry.count)
+            requests._value.inc(entry.count)
             # prometheus-client keeps a histogram's sum and per-bucket counts in these
             # values; adding a batch to them is what observe() does one value at a time
             histogram._sum.inc(entry.seconds)
-            for value, count in zip(histogram._buckets, entry.buckets, strict=True):
-                if count:
-                    value.inc(count)
-        if upstream:
-            PROXY_BYTES.labels(self.listener, "upstream").inc(upstream)
-        if downstream:
-            PROXY_BYTES.labels(self.listener, "downstream").inc(downstream)
+            buckets = histogram._buckets
+            for index, count in entry.buckets.items():
+                buckets[index].inc(count)
+        for direction, count in (("upstream", upstream), ("downstream", downstream)):
+            if count:
+                child = self._bytes.get(direction)
+                if child is None:
+                    child = self._bytes[direction] = PROXY_BYTES.labels(self.listener, direction)
+                child._value.inc(count)
 
 
 _TALLIES: weakref.WeakSet[RequestTally] = weakref.WeakSet()

@@ -56,7 +56,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ...errors import InvalidInput
 from ...settings_schema import Node, describe, load_yaml_file
@@ -76,8 +76,10 @@ ROUTER = "envoy.filters.http.router"
 CONNECTION_LIMIT = "envoy.filters.network.connection_limit"
 
 
-@dataclass(frozen=True)
-class Address:
+class Address(NamedTuple):
+    """A tuple, not a dataclass: hashed and compared in C (a pool is looked up by its
+    address for every relayed request)."""
+
     host: str
     port: int
 

@@ -168,24 +168,22 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self._got = True
-        if not self._sending:
-            self.sweeper.arm(self, self.read_timeout)
-        if not self._raw_left:
+        if self._raw_left:
+            self._raw_body(data, sink)
+        else:
             rest: bytes | memoryview = b""
             if self._reply is None and len(data) > RAW_MIN:  # a head, then a large body?
                 end = data.find(b"\r\n\r\n") + 4
                 if 4 <= end <= len(data) - RAW_MIN:  # fed alone: the body is not copied
                     data, rest = data[:end], memoryview(data)[end:]
             self._parse(data)
-            if not rest or self.sink is not sink:  # (a HEAD reply, a failure: dropped)
-                sink.flush()
-                return
-            if not self._raw_left:
-                self._parse(rest)
-                sink.flush()
-                return
-            data = rest
-        self._raw_body(data, sink)
+            if rest and self.sink is sink:  # (else a HEAD reply, a failure: dropped)
+                if self._raw_left:
+                    self._raw_body(rest, sink)
+                else:
+                    self._parse(rest)
+        if self.sink is sink and not self._sending:  # the reply goes on: wait for more
+            self.sweeper.arm(self, self.read_timeout)
         sink.flush()
 
     def _raw_body(self, data: bytes | memoryview, sink: ReplySink) -> None:

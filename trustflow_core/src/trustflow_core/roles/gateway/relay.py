@@ -304,13 +304,15 @@ class Exchange:
         self._size += len(data)
         if self._size > BUFFER:
             self.conn.pause("buffer")
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _on_complete(self) -> None:
         self.complete = True
         if self._pipe is not None:
             self._pipe.end_body()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -555,6 +557,8 @@ class Downstream(asyncio.Protocol):
         self._upgrade: Exchange | None = None
         self._raw_left = 0  # bytes of a Content-Length body still to come, past the parser
         self._body_seen = 0  # body bytes of the message being parsed the parser passed on
+        self._fed = False  # body bytes of the current request arrived in this segment
+        self.sweeper = server.sweeper  # created in the serving loop, as this protocol
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -570,12 +574,17 @@ class Downstream(asyncio.Protocol):
         if transport.is_closing():  # refused by the guard
             return
         if server.idle_timeout:
-            server.sweeper.arm(self, server.idle_timeout)
+            self.sweeper.arm(self, server.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         rest: bytes | memoryview = data
         while rest and not self._dead:
             rest = self._raw_body(rest) if self._raw_left else self._parse(rest)
+        if self._fed:  # once per segment, not per piece of body
+            self._fed = False
+            ex = self.current
+            if ex is not None and not ex.complete and self.deadline:
+                self.sweeper.arm(self, self.server.request_timeout)
 
     def _parse(self, data: bytes | memoryview) -> bytes | memoryview:
         """Feed ``data`` to llhttp; return what follows a request head whose
@@ -693,7 +702,7 @@ class Downstream(asyncio.Protocol):
         self.closed = True
         server = self.server
         server.connections.discard(self)
-        server.sweeper.forget(self)
+        self.sweeper.forget(self)
         if self.transport is not None:
             server.guard.closed(self.transport)
             self.transport.close()  # asyncio < 3.11 leaves a TLS transport open after close_notify
@@ -779,8 +788,8 @@ class Downstream(asyncio.Protocol):
         self._body_seen += len(body)
         ex = self._parsing
         if ex is not None:
-            if ex is self.current and self.deadline:
-                self.server.sweeper.arm(self, self.server.request_timeout)
+            if ex is self.current:
+                self._fed = True  # the deadline moves on at the end of the segment
             ex._on_body(body)
 
     def on_message_complete(self) -> None:
@@ -804,7 +813,7 @@ class Downstream(asyncio.Protocol):
         assert self.transport is not None
         server.guard.busy(self.transport)
         if ex.has_body and not ex.complete and "upstream" not in self._paused:
-            server.sweeper.arm(self, server.request_timeout)
+            self.sweeper.arm(self, server.request_timeout)
             length = ex.content_length
             if length is not None and length <= server.collect and b"expect" not in ex.index:
                 ex.deferred = True  # small: served whole, from on_message_complete
@@ -837,7 +846,7 @@ class Downstream(asyncio.Protocol):
                 self.resume("pipeline")
             self._start(ex)
         elif server.idle_timeout:
-            server.sweeper.arm(self, server.idle_timeout)
+            self.sweeper.arm(self, server.idle_timeout)
         else:
             self.deadline = 0.0
 
@@ -875,7 +884,7 @@ class Downstream(asyncio.Protocol):
             self.transport.resume_reading()
             ex = self.current
             if reason == "upstream" and ex is not None and not ex.complete:
-                self.server.sweeper.arm(self, self.server.request_timeout)
+                self.sweeper.arm(self, self.server.request_timeout)
 
     def _refuse(self, status: int, message: str) -> None:
         """The client sent something that is not HTTP/1.1: answer (if nothing of a reply was
