@@ -399,6 +399,51 @@ async def test_certificates_reload_without_dropping_listeners(pm, tmp_path, grou
 
 
 @pytest.mark.asyncio
+async def test_stopping_while_a_tunnel_connects_closes_its_client(pm, tmp_path, group_key):
+    """The egress is still in the TLS handshake with a peer that never answers when the
+    gateway stops: the tunnel's handler is cancelled and closes its client's connection (it
+    used to leave it open, its socket held until the transport was collected)."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        with contextlib.suppress(ConnectionError, OSError):
+            await reader.read()  # never answers the handshake
+        writer.close()
+
+    peer = await asyncio.start_server(silent, "127.0.0.1", 0)
+    deploy = install(asset(group_key), tmp_path / "bob")
+    tls = {"cert_path": "tls.crt", "private_key_path": "tls.key"}
+    config = parse_config(
+        {
+            "listeners": [{"name": "mtls_egress", "address": "127.0.0.1:0", "tcp_proxy": "peer"}],
+            "clusters": {
+                "peer": {
+                    "endpoints": [f"127.0.0.1:{peer.sockets[0].getsockname()[1]}"],
+                    "tls": tls,
+                }
+            },
+        },
+        base=deploy,
+    )
+    try:
+        async with Gateway(config, pm) as gateway:
+            port = gateway.addresses["mtls_egress"].port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"hello\n")
+            await asyncio.wait_for(accepted.wait(), TIMEOUT)
+        try:
+            assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""  # closed
+        except ConnectionResetError:
+            pass  # closed too
+        finally:
+            writer.close()
+    finally:
+        peer.close()
+        await peer.wait_closed()
+
+
+@pytest.mark.asyncio
 async def test_a_tampered_file_during_reload_keeps_the_previous_asset(pm, tmp_path, group_key):
     async with pair(pm, tmp_path, asset(group_key), asset(group_key)) as (bob, carol):
         crt = carol.deploy / "tls.crt"

@@ -147,6 +147,9 @@ class TcpProxy:
             log.warning("tcp_proxy: cannot reach %s (%s): %r", self.cluster.name, address, exc)
             writer.close()
             return
+        except BaseException:  # cancelled (the listener stops) while connecting
+            writer.close()
+            raise
         watch = _IdleWatch(self.idle_timeout, (writer, up_writer)) if self.idle_timeout else None
         try:
             await asyncio.gather(
