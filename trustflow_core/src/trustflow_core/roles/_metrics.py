@@ -187,11 +187,14 @@ async def counted(chunks: AsyncIterable[bytes], counter: Counter) -> AsyncIterat
 
 
 class _Pending:
-    """One (route, status) of a :class:`RequestTally` since its last flush."""
+    """One (route, status) of a :class:`RequestTally`: its metrics and what was counted
+    since the last flush (kept from one flush to the next: nothing is allocated per batch)."""
 
-    __slots__ = ("buckets", "count", "seconds")
+    __slots__ = ("buckets", "count", "histogram", "requests", "seconds")
 
-    def __init__(self) -> None:
+    def __init__(self, requests: Counter, histogram: Histogram) -> None:
+        self.requests = requests
+        self.histogram = histogram
         self.count = 0
         self.seconds = 0.0
         #: count per index of an upper bound that was hit (not cumulative, as prometheus-client)
@@ -214,9 +217,9 @@ class RequestTally:
         self.role = role
         self.listener = listener
         self._bounds: tuple[float, ...] = tuple(REQUEST_SECONDS._upper_bounds)
-        self._pending: dict[tuple[str, int], _Pending] = {}
+        self._series: dict[tuple[str, int], _Pending] = {}  # every (route, status) seen
+        self._dirty: list[_Pending] = []  # those counted since the last flush
         self._upstream = self._downstream = 0
-        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self._bytes: dict[str, Counter] = {}  # per direction
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
@@ -228,9 +231,14 @@ class RequestTally:
     ) -> None:
         """Count one answered request of ``route`` (a bounded label), its duration and the
         body bytes relayed each way (client to app: ``upstream``)."""
-        entry = self._pending.get((route, status))
+        entry = self._series.get((route, status))
         if entry is None:
-            entry = self._pending[route, status] = _Pending()
+            labels = (self.role, route, str(status))
+            entry = self._series[route, status] = _Pending(
+                REQUESTS.labels(*labels), REQUEST_SECONDS.labels(*labels)
+            )
+        if not entry.count:
+            self._dirty.append(entry)
         entry.count += 1
         entry.seconds += seconds
         bucket = bisect_left(self._bounds, seconds)
@@ -246,31 +254,30 @@ class RequestTally:
         directly, as ``inc()`` and ``observe()`` do after checks that hold here: it runs
         once per loop iteration of a busy gateway)."""
         self._scheduled = False
-        pending, self._pending = self._pending, {}
-        upstream, downstream = self._upstream, self._downstream
-        self._upstream = self._downstream = 0
-        for key, entry in pending.items():
-            children = self._children.get(key)
-            if children is None:
-                labels = (self.role, key[0], str(key[1]))
-                children = self._children[key] = (
-                    REQUESTS.labels(*labels),
-                    REQUEST_SECONDS.labels(*labels),
-                )
-            requests, histogram = children
-            requests._value.inc(entry.count)
+        dirty, self._dirty = self._dirty, []
+        for entry in dirty:
+            entry.requests._value.inc(entry.count)
             # prometheus-client keeps a histogram's sum and per-bucket counts in these
             # values; adding a batch to them is what observe() does one value at a time
+            histogram = entry.histogram
             histogram._sum.inc(entry.seconds)
             buckets = histogram._buckets
             for index, count in entry.buckets.items():
                 buckets[index].inc(count)
-        for direction, count in (("upstream", upstream), ("downstream", downstream)):
-            if count:
-                child = self._bytes.get(direction)
-                if child is None:
-                    child = self._bytes[direction] = PROXY_BYTES.labels(self.listener, direction)
-                child._value.inc(count)
+            entry.count, entry.seconds = 0, 0.0
+            entry.buckets.clear()
+        if self._upstream:
+            self._add_bytes("upstream", self._upstream)
+            self._upstream = 0
+        if self._downstream:
+            self._add_bytes("downstream", self._downstream)
+            self._downstream = 0
+
+    def _add_bytes(self, direction: str, count: int) -> None:
+        child = self._bytes.get(direction)
+        if child is None:
+            child = self._bytes[direction] = PROXY_BYTES.labels(self.listener, direction)
+        child._value.inc(count)
 
 
 _TALLIES: weakref.WeakSet[RequestTally] = weakref.WeakSet()
