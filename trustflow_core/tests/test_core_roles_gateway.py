@@ -734,6 +734,36 @@ async def test_a_stalled_request_body_gets_408(pm, identity):
 
 
 @pytest.mark.asyncio
+async def test_a_stalled_body_on_a_kept_alive_connection_gets_408(pm, identity):
+    """A request whose head arrives without its body on a kept-alive connection gets its own
+    body deadline: the connection's idle deadline (longer) does not stand in for it (nor does
+    the re-arm on body bytes: none came), whether the head came alone or in the same segment
+    as a whole request before it."""
+    recorder = Recorder()
+    async with stack(pm, identity, recorder, request_timeout=0.3) as (urls, _):
+        host, port = urls["plain"].removeprefix("http://").split(":")
+        whole = b"POST /teeapp HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+        stalled = b"POST /teeapp HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"  # no body byte
+        for segments in ((whole, stalled), (whole + stalled,)):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            for segment in segments:
+                writer.write(segment)
+                await writer.drain()
+                await asyncio.sleep(0.05)  # the whole request is answered first
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 408 ")
+            body = await asyncio.wait_for(reader.read(200), 5)
+            assert b"request body not received within 0.3 s" in body
+            writer.close()
+            await writer.wait_closed()
+    assert len(recorder.requests) == 2
+
+
+@pytest.mark.asyncio
 async def test_a_body_trickling_in_within_the_timeout_is_relayed(pm, identity):
     """The request timeout runs from the last body bytes received, not from the head: a body
     whose pieces each come within it is relayed whole, however long it takes in all."""
