@@ -708,6 +708,16 @@ async def test_jwe_filter_refuses_a_key_that_does_not_match_the_cert(pm, identit
             pass
 
 
+async def expect_408_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    """The next reply is the 408 of a body that did not come within 0.3 s; close."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 408 ")
+    body = await asyncio.wait_for(reader.read(200), 5)
+    assert b"request body not received within 0.3 s" in body
+    writer.close()
+    await writer.wait_closed()
+
+
 @pytest.mark.asyncio
 async def test_a_stalled_request_body_gets_408(pm, identity):
     recorder = Recorder()
@@ -724,12 +734,7 @@ async def test_a_stalled_request_body_gets_408(pm, identity):
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(b"POST /teeapp HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing + start)
             await writer.drain()
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            assert head.startswith(b"HTTP/1.1 408 ")
-            body = await asyncio.wait_for(reader.read(200), 5)
-            assert b"request body not received within 0.3 s" in body
-            writer.close()
-            await writer.wait_closed()
+            await expect_408_then_close(reader, writer)
     assert recorder.requests == []
 
 
@@ -754,12 +759,7 @@ async def test_a_stalled_body_on_a_kept_alive_connection_gets_408(pm, identity):
             assert head.startswith(b"HTTP/1.1 200 ")
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            assert head.startswith(b"HTTP/1.1 408 ")
-            body = await asyncio.wait_for(reader.read(200), 5)
-            assert b"request body not received within 0.3 s" in body
-            writer.close()
-            await writer.wait_closed()
+            await expect_408_then_close(reader, writer)
     assert len(recorder.requests) == 2
 
 
