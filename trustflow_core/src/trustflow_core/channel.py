@@ -7,6 +7,7 @@ Two ABCs under one registration hook: :class:`EnvelopeChannel` works per message
 from __future__ import annotations
 
 import abc
+import functools
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -31,8 +32,11 @@ EnvelopeRecipient = RSAPublicKey | EllipticCurvePublicKey
 EnvelopePrivateKey = RSAPrivateKey | EllipticCurvePrivateKey
 
 
-#: The member names of each envelope dataclass (``dataclasses.fields`` costs microseconds a call).
-_NAMES: dict[type, frozenset[str]] = {}
+@functools.cache
+def _member_names(cls: type) -> frozenset[str]:
+    """The member names of an envelope dataclass (``dataclasses.fields`` costs microseconds a
+    call, and every envelope is parsed with them)."""
+    return frozenset(f.name for f in fields(cls))
 
 
 def _from_members(cls: type, data: Mapping[str, Any], what: str) -> dict[str, str]:
@@ -40,9 +44,7 @@ def _from_members(cls: type, data: Mapping[str, Any], what: str) -> dict[str, st
     values other than strings refused."""
     if not isinstance(data, Mapping):
         raise EnvelopeError(f"{what} must be a JSON object")
-    names = _NAMES.get(cls)
-    if names is None:
-        names = _NAMES[cls] = frozenset(f.name for f in fields(cls))
+    names = _member_names(cls)
     if not data.keys() <= names:
         raise EnvelopeError(f"{what} has unknown member(s) {sorted(set(data) - names)}")
     values = dict.fromkeys(names, "")
