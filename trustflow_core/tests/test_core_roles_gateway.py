@@ -918,3 +918,46 @@ async def test_a_channel_of_the_wrong_kind_fails_start_up_naming_kind_and_instal
     )
     with pytest.raises(ConfigError, match="<memory>: envelope_channel: expected a backend name"):
         parse_config({**NATIVE, "envelope_channel": ""})
+
+
+async def _reply_head(reader: asyncio.StreamReader) -> bytes:
+    return (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).lower()
+
+
+@pytest.mark.asyncio
+async def test_the_client_http_version_decides_framing_and_keep_alive(pm, identity):
+    """An HTTP/1.0 client never gets a chunked reply: an app reply without a length reaches
+    it unchunked and ends with the connection; it is kept alive only when it asks
+    (``Connection: keep-alive``, echoed). An HTTP/1.1 client asking to close gets the chunked
+    reply, then the close. (The relay tells 1.1 from the rest without asking llhttp for the
+    version when no Connection header came.)"""
+    recorder = Recorder()
+    expected = bytes([0]) * 65536 + bytes([1]) * 65536
+    async with stack(pm, identity, recorder) as (urls, _):
+        host, port = urls["plain"].removeprefix("http://").split(":")
+        for request in (b"GET /big?n=2 HTTP/1.0\r\n\r\n", b"GET /big?n=2 HTTP/2.0\r\n\r\n"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(request)
+            head = await _reply_head(reader)
+            assert head.startswith(b"http/1.1 200 ")
+            assert b"transfer-encoding" not in head and b"connection: close" in head
+            assert await asyncio.wait_for(reader.read(), 5) == expected  # then EOF
+            writer.close()
+
+        reader, writer = await asyncio.open_connection(host, int(port))
+        for _ in range(2):
+            writer.write(b"GET /teeapp/again HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            head = await _reply_head(reader)
+            assert head.startswith(b"http/1.1 200 ") and b"connection: keep-alive" in head
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            assert await reader.readexactly(length) == b"I got your message: "
+        writer.close()
+
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /big?n=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head = await _reply_head(reader)
+        assert b"transfer-encoding: chunked" in head and b"connection: close" in head
+        rest = await asyncio.wait_for(reader.read(), 5)
+        assert rest.endswith(b"0\r\n\r\n") and len(rest) > len(expected)
+        writer.close()
+    assert [path for _, path, _, _ in recorder.requests] == ["/teeapp/again"] * 2
