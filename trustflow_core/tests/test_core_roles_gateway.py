@@ -708,10 +708,35 @@ async def test_jwe_filter_refuses_a_key_that_does_not_match_the_cert(pm, identit
             pass
 
 
+async def reply_head(reader: asyncio.StreamReader) -> bytes:
+    """The next reply head, in lower case."""
+    return (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).lower()
+
+
+async def length_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """The body of a reply whose (lower-case) ``head`` announces its Content-Length."""
+    length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+    return await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+def unchunked(data: bytes) -> bytes:
+    """The body in a whole chunked encoding (no trailers); AssertionError if it is not one."""
+    body = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert data == b"\r\n", data[:20]
+            return body
+        body, data = body + data[:size], data[size:]
+        assert data.startswith(b"\r\n")
+        data = data[2:]
+
+
 async def expect_408_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
     """The next reply is the 408 of a body that did not come within 0.3 s; close."""
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 408 ")
+    head = await reply_head(reader)
+    assert head.startswith(b"http/1.1 408 ")
     body = await asyncio.wait_for(reader.read(200), 5)
     assert b"request body not received within 0.3 s" in body
     writer.close()
@@ -755,10 +780,9 @@ async def test_a_stalled_body_on_a_kept_alive_connection_gets_408(pm, identity):
                 writer.write(segment)
                 await writer.drain()
                 await asyncio.sleep(0.05)  # the whole request is answered first
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            assert head.startswith(b"HTTP/1.1 200 ")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
+            head = await reply_head(reader)
+            assert head.startswith(b"http/1.1 200 ")
+            assert await length_body(reader, head) == b"I got your message: hello"
             await expect_408_then_close(reader, writer)
     assert len(recorder.requests) == 2
 
@@ -778,8 +802,7 @@ async def test_a_body_trickling_in_within_the_timeout_is_relayed(pm, identity):
                 await asyncio.sleep(0.2)
                 writer.write(piece)
                 await writer.drain()
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            assert head.startswith(b"HTTP/1.1 200 ")
+            assert (await reply_head(reader)).startswith(b"http/1.1 200 ")
             writer.close()
             await writer.wait_closed()
     assert [len(r[3]) for r in recorder.requests] == [50, 200_000]
@@ -920,10 +943,6 @@ async def test_a_channel_of_the_wrong_kind_fails_start_up_naming_kind_and_instal
         parse_config({**NATIVE, "envelope_channel": ""})
 
 
-async def _reply_head(reader: asyncio.StreamReader) -> bytes:
-    return (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).lower()
-
-
 @pytest.mark.asyncio
 async def test_the_client_http_version_decides_framing_and_keep_alive(pm, identity):
     """An HTTP/1.0 client never gets a chunked reply: an app reply without a length reaches
@@ -938,7 +957,7 @@ async def test_the_client_http_version_decides_framing_and_keep_alive(pm, identi
         for request in (b"GET /big?n=2 HTTP/1.0\r\n\r\n", b"GET /big?n=2 HTTP/2.0\r\n\r\n"):
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(request)
-            head = await _reply_head(reader)
+            head = await reply_head(reader)
             assert head.startswith(b"http/1.1 200 ")
             assert b"transfer-encoding" not in head and b"connection: close" in head
             assert await asyncio.wait_for(reader.read(), 5) == expected  # then EOF
@@ -947,17 +966,15 @@ async def test_the_client_http_version_decides_framing_and_keep_alive(pm, identi
         reader, writer = await asyncio.open_connection(host, int(port))
         for _ in range(2):
             writer.write(b"GET /teeapp/again HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-            head = await _reply_head(reader)
+            head = await reply_head(reader)
             assert head.startswith(b"http/1.1 200 ") and b"connection: keep-alive" in head
-            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
-            assert await reader.readexactly(length) == b"I got your message: "
+            assert await length_body(reader, head) == b"I got your message: "
         writer.close()
 
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"GET /big?n=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        head = await _reply_head(reader)
+        head = await reply_head(reader)
         assert b"transfer-encoding: chunked" in head and b"connection: close" in head
-        rest = await asyncio.wait_for(reader.read(), 5)
-        assert rest.endswith(b"0\r\n\r\n") and len(rest) > len(expected)
+        assert unchunked(await asyncio.wait_for(reader.read(), 5)) == expected  # then EOF
         writer.close()
     assert [path for _, path, _, _ in recorder.requests] == ["/teeapp/again"] * 2
