@@ -118,13 +118,17 @@ async def test_refreshed_asset_is_reloaded_by_the_running_gateways(world, start,
                 assert carol.mtls is not None and bob.mtls is not None
                 before = [w.generation for gw in (bob, carol) for w in gw.mtls.watchers.values()]
                 fetches = {p: f.fetches for p, f in fetchers.items()}
+                # both are awaited: a fetch just before the snapshot of ``fetches`` can be what
+                # a gateway reloads just after the snapshot of ``before``
                 for _ in range(100):
                     now = [w.generation for gw in (bob, carol) for w in gw.mtls.watchers.values()]
-                    if all(n > b for n, b in zip(now, before, strict=True)):
+                    reloaded = all(n > b for n, b in zip(now, before, strict=True))
+                    fetched = all(f.fetches > fetches[p] for p, f in fetchers.items())
+                    if reloaded and fetched:
                         break
                     await asyncio.sleep(0.1)
-                assert all(n > b for n, b in zip(now, before, strict=True)), (before, now)
-                assert all(f.fetches > fetches[p] for p, f in fetchers.items())
+                assert reloaded, (before, now)
+                assert fetched, (fetches, {p: f.fetches for p, f in fetchers.items()})
                 assert all(f.failures == 0 for f in fetchers.values())
                 assert await interact_app.say_hello("Bob", egress) == first
     finally:
