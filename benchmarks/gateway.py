@@ -51,10 +51,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _compiled import build_compiled, with_path
 from _ecdh import ECDH_TARGET, Fresh, print_ecdh, write_ecdh_identity
 from _loopback import cpu_seconds, free_port, wait_port
 from _peers import (
@@ -146,6 +148,37 @@ def summarize(slices: list[dict]) -> dict[str, float]:
     }
 
 
+@dataclass
+class Interpreted:
+    """The interpreted gateway beside the compiled one: a plain pass-through listener."""
+
+    process: subprocess.Popen
+    proxy: Proxy
+
+
+def start_interpreted(
+    trustflow: str, work: Path, app_port: int, workers: int, env: dict[str, str]
+) -> Interpreted:
+    port = free_port()
+    config = {
+        "listeners": [
+            {
+                "name": "plain",
+                "address": f"127.0.0.1:{port}",
+                "routes": [{"prefix": "/teeapp", "cluster": "app"}],
+            }
+        ],
+        "clusters": {"app": {"endpoints": [f"127.0.0.1:{app_port}"]}},
+    }
+    (work / "interpreted.yml").write_text(json.dumps(config))
+    command = [trustflow, "gateway", "-c", str(work / "interpreted.yml"), "--log-level", "error"]
+    process = subprocess.Popen(
+        [*command, "--workers", str(workers)], env=env, stderr=subprocess.DEVNULL
+    )
+    wait_port(port, process)
+    return Interpreted(process, Proxy("gateway (interpreted)", port, process.pid))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per scenario")
@@ -161,6 +194,14 @@ def main() -> None:
         help="gateway worker processes (default: one per CPU, as Envoy's --concurrency)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--build",
+        choices=("compiled", "interpreted"),
+        default="compiled",
+        help="the gateway's request path: compiled by mypyc (a TRUSTFLOW_COMPILE=1 wheel of this "
+        "checkout, as the image ships it; the default: the interpreted gateway then joins the "
+        "peers as an informational row) or interpreted (the venv's install)",
+    )
     parser.add_argument(
         "--peers",
         action=argparse.BooleanOptionalAction,
@@ -190,6 +231,7 @@ def main() -> None:
     os.environ.update(env)
     trustflow = shutil.which("trustflow", path=str(Path(sys.executable).parent)) or "trustflow"
     procs: list[subprocess.Popen] = []
+    extra_procs: list[subprocess.Popen] = []  # not in the (a)-(e) CPU accounting
     with tempfile.TemporaryDirectory(prefix="trustflow-bench-") as tmp:
         work = Path(tmp)
         from cryptography import x509
@@ -200,6 +242,9 @@ def main() -> None:
         (work / "app.key").chmod(0o600)
         (work / "app.crt").write_bytes(cert_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
+        gateway_env = env
+        if args.build == "compiled":
+            gateway_env = with_path(env, build_compiled(work))
         public_key = x509.load_pem_x509_certificate(cert_pem).public_key()
         app_port, plain_port, jwe_port = free_port(), free_port(), free_port()
         ecdh_port, ecdh_key = free_port(), write_ecdh_identity(work)
@@ -246,7 +291,7 @@ def main() -> None:
                         "--workers",
                         str(args.workers),
                     ],
-                    env=env,
+                    env=gateway_env,
                     stderr=subprocess.DEVNULL,
                 )
             )
@@ -257,8 +302,13 @@ def main() -> None:
             if args.peers:
                 peers.start()
                 gateway = Proxy("gateway", plain_port, procs[1].pid)
+                others = peers.proxies
+                if args.build == "compiled":
+                    interpreted = start_interpreted(trustflow, work, app_port, args.workers, env)
+                    extra_procs.append(interpreted.process)
+                    others = [interpreted.proxy, *others]
                 peer_bench = PeerBench(
-                    [gateway, *peers.proxies],
+                    [gateway, *others],
                     procs[0].pid,
                     args.concurrency,
                     args.peer_duration / args.rounds,
@@ -355,9 +405,9 @@ def main() -> None:
         finally:
             if "peers" in locals():
                 peers.stop()
-            for proc in procs:
+            for proc in procs + extra_procs:
                 proc.send_signal(signal.SIGTERM)
-            for proc in procs:
+            for proc in procs + extra_procs:
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
@@ -372,6 +422,7 @@ def main() -> None:
         "key_bits": args.key_bits,
         "concurrency": args.concurrency,
         "gateway_workers": args.workers,
+        "gateway_build": args.build,
         "b_over_a": ratio_b,
         "c_over_rsa_ceiling": ratio_c,
         "d_over_b": ratio_d,
@@ -394,7 +445,8 @@ def main() -> None:
     print(
         f"loopback, {args.concurrency} keep-alive clients, {args.duration:g} s per scenario "
         f"in {args.rounds} interleaved rounds, "
-        f"RSA-{args.key_bits} app key, {os.cpu_count()} CPUs, {args.workers} gateway worker(s)"
+        f"RSA-{args.key_bits} app key, {os.cpu_count()} CPUs, {args.workers} gateway worker(s), "
+        f"{args.build} gateway"
     )
     print(
         f"{'scenario':<28}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"

@@ -3,8 +3,9 @@
 # CA bundle passed as build secrets (never copied into a layer).
 #   deploy/build-image.sh [TAG]            default TAG: trustflow:latest
 # Environment: ENGINE (podman|docker; default podman if installed), BASE (default the
-# Dockerfile's python:3.12-slim), EXTRAS, PLUGINS, EXTRA_REQUIREMENTS (build args), CA_BUNDLE
-# (default $PIP_CERT, $SSL_CERT_FILE or /etc/ssl/certs/ca-certificates.crt), PIP_INDEX_URL
+# Dockerfile's python:3.12-slim), BUILD_BASE, COMPILE, EXTRAS, PLUGINS, EXTRA_REQUIREMENTS (build
+# args), CA_BUNDLE (default $PIP_CERT, $SSL_CERT_FILE or /etc/ssl/certs/ca-certificates.crt),
+# PIP_INDEX_URL
 # (default: pip's configured index, if any). With podman, ENGINE_ARGS defaults to
 # "--runtime runc" when runc is installed.
 set -euo pipefail
@@ -25,7 +26,7 @@ trap 'rm -rf "$secrets"' EXIT
 } > "$secrets/pip.conf"
 args=(--secret "id=pip_conf,src=$secrets/pip.conf")
 [ ! -s "$CA_BUNDLE" ] || args+=(--secret "id=ca_bundle,src=$CA_BUNDLE")
-for arg in BASE EXTRAS PLUGINS EXTRA_REQUIREMENTS; do
+for arg in BASE BUILD_BASE COMPILE EXTRAS PLUGINS EXTRA_REQUIREMENTS; do
     [ -z "${!arg:-}" ] || args+=(--build-arg "$arg=${!arg}")
 done
 # shellcheck disable=SC2086 # ENGINE_ARGS is a list of words

@@ -665,6 +665,25 @@ class _Collector:
         return self.chunks.popleft()
 
 
+class _BodyChunks:
+    """The pieces of a reply body, in order, until its end (an iterator class rather than an
+    async generator, which the compiled build cannot express: roles/gateway/compiled.py)."""
+
+    __slots__ = ("_collector",)
+
+    def __init__(self, collector: _Collector) -> None:
+        self._collector = collector
+
+    def __aiter__(self) -> _BodyChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._collector.next()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+
 @dataclass
 class UpstreamResponse:
     """Status line and headers; the body is read with :meth:`read` or :meth:`iter_chunks`,
@@ -693,9 +712,8 @@ class UpstreamResponse:
             return 0
         return None if self.reply.chunked else self.reply.content_length
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        while chunk := await self._collector.next():
-            yield chunk
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        return _BodyChunks(self._collector)
 
     async def read(self, limit: int) -> bytes:
         """The whole body; :class:`OverflowError` beyond ``limit`` bytes."""

@@ -978,7 +978,10 @@ class RelayListener(Listener):
             reuse_port=reuse_port or None,
             **extra,
         )
-        return int(self.server.sockets[0].getsockname()[1])
+        # untyped: uvloop's Server.sockets is a list where typeshed says tuple, a type the
+        # compiled build (compiled.py) would check
+        server: Any = self.server
+        return int(server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         server, self.server = self.server, None

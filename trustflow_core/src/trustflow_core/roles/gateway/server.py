@@ -21,6 +21,7 @@ from ...manager import TrustflowPluginManager
 from .._admin import create_admin_app, tcp_reachable, with_admin
 from .._listeners import Listener as ServiceListener
 from .._listeners import Listeners, StreamListener
+from . import compiled
 from .config import Address, Cluster, GatewayConfig, Listener
 from .guard import default_max_connections
 from .http_proxy import HttpProxy
@@ -161,6 +162,7 @@ class Gateway:
             for listener, bound in zip(self.config.listeners, ours, strict=True):
                 self.addresses[listener.name] = Address(bound.host, bound.port)
                 log.info("gateway %s on %s", bound.label, self.addresses[listener.name])
+            log.info("gateway request path: %s", compiled.build())
             if self.mtls is not None:
                 self.mtls.start()
         except BaseException:

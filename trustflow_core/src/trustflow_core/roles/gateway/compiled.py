@@ -1,0 +1,43 @@
+"""Which build of the gateway's request path is running: its modules compiled by mypyc into C
+extensions (a wheel built with ``TRUSTFLOW_COMPILE=1``, as the image is), or interpreted.
+
+:data:`MODULES` is the one list of what is compiled: ``trustflow_core/setup.py`` reads it (without
+importing the package) and hands those files to mypyc; the benchmark and the gateway's start-up
+log report :func:`build`. A compiled module takes the place of its source in the same package,
+with the same behaviour (the ``compiled`` tox env runs the gateway's tests against it); mypyc
+checks the annotated types at run time and cannot express async generators, and a frozen
+dataclass it compiled cannot be unpickled: the configuration handed to spawned workers
+(``config.py``, ``freshness.FreshnessConfig``) stays interpreted.
+docs/packaging.md#the-compiled-gateway
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+
+#: The modules on the gateway's request path, compiled together (this module is not one).
+MODULES = (
+    "trustflow_core.roles.gateway.deadlines",
+    "trustflow_core.roles.gateway.guard",
+    "trustflow_core.roles.gateway.h1client",
+    "trustflow_core.roles.gateway.http_proxy",
+    "trustflow_core.roles.gateway.jwe_filter",
+    "trustflow_core.roles.gateway.relay",
+    "trustflow_core.roles.gateway.upstreams",
+)
+
+
+def is_compiled(module: str) -> bool:
+    """Whether ``module`` was imported from a C extension."""
+    origin = importlib.import_module(module).__file__ or ""
+    return origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def build() -> str:
+    """``"compiled"`` when every module of :data:`MODULES` runs compiled, ``"interpreted"`` when
+    none does, else ``"mixed"`` (a stale extension beside newer sources, say)."""
+    compiled = [is_compiled(module) for module in MODULES]
+    if all(compiled):
+        return "compiled"
+    return "mixed" if any(compiled) else "interpreted"
