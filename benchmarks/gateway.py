@@ -22,6 +22,10 @@ pass-through, nginx and haproxy in front of the same app with small bodies, 64 K
 1 MiB uploads (req/s, p50/p99, proxy CPU per request; exit 1 when the gateway's CPU per request
 is above the issue 18 targets: 2x nginx's for small requests, 1.5x at 64 KiB and 1 MiB, unless
 ``--peer-targets-informational``), and the gateway's upstream client against aiohttp's.
+The gateway is the compiled build (``--build compiled``, the default: a ``TRUSTFLOW_COMPILE=1``
+wheel of this checkout, built first, about a minute; docs/packaging.md#the-compiled-gateway),
+with the interpreted one beside it in the peer rounds as an unjudged row; ``--build interpreted``
+runs the venv's install alone.
 The app and the gateway run as separate processes (``trustflow gateway``); the load generator
 is this process. CPU per request is printed for each of the three: on a small machine they
 share the cores, so the req/s ratios also carry the load generator's own cost (in (c)-(e) it
@@ -35,6 +39,7 @@ each (d) slice, sized from the preceding (b) slice, outside the measured time; l
         [--key-bits 3072]
         [--workers N]   # gateway processes (and nginx workers, haproxy threads)
         [--no-peers] [--peer-duration 3] [--peer-targets-informational]
+        [--build compiled|interpreted]
 """
 
 from __future__ import annotations
