@@ -1,5 +1,5 @@
 """The gateway's compiled build for the benchmarks: a wheel of trustflow_core built with
-``TRUSTFLOW_COMPILE=1`` (its request path compiled by mypyc, as the image installs it), unpacked
+``TRUSTFLOW_COMPILE=1`` (its request path compiled by mypyc, as a compiling image build), unpacked
 into a folder that goes first on a gateway process's ``PYTHONPATH``."""
 
 from __future__ import annotations

@@ -204,8 +204,8 @@ def main() -> None:
         choices=("compiled", "interpreted"),
         default="compiled",
         help="the gateway's request path: compiled by mypyc (a TRUSTFLOW_COMPILE=1 wheel of this "
-        "checkout, as the image ships it; the default: the interpreted gateway then joins the "
-        "peers as an informational row) or interpreted (the venv's install)",
+        "checkout, the default; the interpreted gateway then joins the peers as an informational "
+        "row) or interpreted (the venv's install)",
     )
     parser.add_argument(
         "--peers",

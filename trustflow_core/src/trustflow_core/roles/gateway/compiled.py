@@ -1,5 +1,5 @@
 """Which build of the gateway's request path is running: its modules compiled by mypyc into C
-extensions (a wheel built with ``TRUSTFLOW_COMPILE=1``, as the image is), or interpreted.
+extensions (a wheel built with ``TRUSTFLOW_COMPILE=1``; the image when it can), or interpreted.
 
 :data:`MODULES` is the one list of what is compiled: ``trustflow_core/setup.py`` reads it (without
 importing the package) and hands those files to mypyc; the benchmark and the gateway's start-up
