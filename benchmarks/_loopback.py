@@ -1,9 +1,11 @@
 """Helpers the benchmark scripts share: free loopback ports, waiting for a server process to
-listen, the CPU time a server process (and its workers) used, and a Capsule Manager process."""
+listen, the CPU time a server process (and its workers) used, a plain pass-through gateway
+process and a Capsule Manager process."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -47,6 +49,38 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total + sum(cpu_seconds(int(c)) for c in children)
+
+
+def plain_gateway(
+    trustflow: str, folder: Path, name: str, app_port: int, workers: int, env: dict[str, str]
+) -> tuple[subprocess.Popen, int]:
+    """Start ``trustflow gateway`` (``workers`` processes, errors-only log) with one plain
+    listener relaying ``/teeapp`` to the app on ``app_port``, its config written to
+    ``folder/<name>.yml``, and wait until it listens; return the process and its port."""
+    port = free_port()
+    config = {
+        "listeners": [
+            {
+                "name": "plain",
+                "address": f"127.0.0.1:{port}",
+                "routes": [{"prefix": "/teeapp", "cluster": "app"}],
+            }
+        ],
+        "clusters": {"app": {"endpoints": [f"127.0.0.1:{app_port}"]}},
+    }
+    path = folder / f"{name}.yml"
+    path.write_text(json.dumps(config))
+    command = [trustflow, "gateway", "-c", str(path), "--log-level", "error"]
+    process = subprocess.Popen(
+        [*command, "--workers", str(workers)], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_port(port, process)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, port
 
 
 @contextlib.contextmanager

@@ -56,14 +56,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from _compiled import build_compiled, with_path
 from _ecdh import ECDH_TARGET, Fresh, print_ecdh, write_ecdh_identity
-from _loopback import cpu_seconds, free_port, wait_port
+from _loopback import cpu_seconds, free_port, plain_gateway, wait_port
 from _peers import (
     APP_CODE,
     ClientBench,
@@ -151,37 +150,6 @@ def summarize(slices: list[dict]) -> dict[str, float]:
         "requests": len(latencies),
         "warmup_requests": sum(s["warmup"] for s in slices),
     }
-
-
-@dataclass
-class Interpreted:
-    """The interpreted gateway beside the compiled one: a plain pass-through listener."""
-
-    process: subprocess.Popen
-    proxy: Proxy
-
-
-def start_interpreted(
-    trustflow: str, work: Path, app_port: int, workers: int, env: dict[str, str]
-) -> Interpreted:
-    port = free_port()
-    config = {
-        "listeners": [
-            {
-                "name": "plain",
-                "address": f"127.0.0.1:{port}",
-                "routes": [{"prefix": "/teeapp", "cluster": "app"}],
-            }
-        ],
-        "clusters": {"app": {"endpoints": [f"127.0.0.1:{app_port}"]}},
-    }
-    (work / "interpreted.yml").write_text(json.dumps(config))
-    command = [trustflow, "gateway", "-c", str(work / "interpreted.yml"), "--log-level", "error"]
-    process = subprocess.Popen(
-        [*command, "--workers", str(workers)], env=env, stderr=subprocess.DEVNULL
-    )
-    wait_port(port, process)
-    return Interpreted(process, Proxy("gateway (interpreted)", port, process.pid))
 
 
 def main() -> None:
@@ -308,10 +276,12 @@ def main() -> None:
                 peers.start()
                 gateway = Proxy("gateway", plain_port, procs[1].pid)
                 others = peers.proxies
-                if args.build == "compiled":
-                    interpreted = start_interpreted(trustflow, work, app_port, args.workers, env)
-                    extra_procs.append(interpreted.process)
-                    others = [interpreted.proxy, *others]
+                if args.build == "compiled":  # the interpreted gateway beside it, unjudged
+                    interpreted, port = plain_gateway(
+                        trustflow, work, "interpreted", app_port, args.workers, env
+                    )
+                    extra_procs.append(interpreted)
+                    others = [Proxy("gateway (interpreted)", port, interpreted.pid), *others]
                 peer_bench = PeerBench(
                     [gateway, *others],
                     procs[0].pid,

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _loopback import cpu_seconds, free_port, wait_port
+from _loopback import cpu_seconds, free_port, plain_gateway, wait_port
 from _peers import APP_CODE, WORKLOADS, Peers, Proxy, drive_raw, summarize
 
 
@@ -90,25 +90,14 @@ def main() -> None:
     own: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory(prefix="trustflow-gwgrowth-") as tmp:
         peers = Peers(Path(tmp), app_port=0, workers=args.workers)
-        app_port, gw_port = free_port(), free_port()
-        config = {
-            "listeners": [
-                {
-                    "name": "plain",
-                    "address": f"127.0.0.1:{gw_port}",
-                    "routes": [{"prefix": "/teeapp", "cluster": "app"}],
-                }
-            ],
-            "clusters": {"app": {"endpoints": [f"127.0.0.1:{app_port}"]}},
-        }
-        (Path(tmp) / "gateway.yml").write_text(json.dumps(config))
+        app_port = free_port()
         try:
             procs.append(subprocess.Popen([sys.executable, "-c", APP_CODE, str(app_port)], env=env))
             wait_port(app_port, procs[-1])
-            cmd = [trustflow, "gateway", "-c", str(Path(tmp) / "gateway.yml")]
-            cmd += ["--log-level", "error", "--workers", str(args.workers)]
-            procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL))
-            wait_port(gw_port, procs[-1])
+            gateway, gw_port = plain_gateway(
+                trustflow, Path(tmp), "gateway", app_port, args.workers, env
+            )
+            procs.append(gateway)
             proxies = [Proxy("gateway", gw_port, procs[1].pid)]
             if args.nginx:
                 peers.app_port = app_port
