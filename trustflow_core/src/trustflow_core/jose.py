@@ -82,10 +82,11 @@ def b64url_encode(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).translate(_STD_TO_URL, b"=").decode("ascii")
 
 
-def b64url_decode(value: str, what: str) -> bytes:
+def b64url_decode(value: object, what: str) -> bytes:
     """Decode canonical base64url without padding; :class:`MalformedInput` naming ``what`` for
-    padding, characters outside the URL-safe alphabet, an impossible length or non-canonical
-    trailing bits."""
+    a value that is not a string, padding, characters outside the URL-safe alphabet, an
+    impossible length or non-canonical trailing bits. (``value`` is typed ``object``: it comes
+    from parsed JSON, and the compiled build checks annotations at the call.)"""
     if isinstance(value, str) and value.isascii():
         raw = value.encode("ascii")
         tail = len(raw) % 4
@@ -109,9 +110,9 @@ def b64std_encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def b64std_decode(value: str, what: str) -> bytes:
+def b64std_decode(value: object, what: str) -> bytes:
     """Decode canonical standard base64 with padding; :class:`MalformedInput` naming ``what``
-    otherwise."""
+    otherwise (a value that is not a string included)."""
     if not isinstance(value, str) or not _B64STD_PADDED.fullmatch(value):
         raise MalformedInput(what, "base64", "is not standard base64 with padding")
     data = base64.b64decode(value, validate=True)

@@ -16,8 +16,12 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 
-#: The modules on the gateway's request path, compiled together (this module is not one).
+#: The modules on the gateway's request path, compiled together (this module is not one): the
+#: gateway's own, and the strict JSON and base64url parsing (``trustflow_core.jose``) that its
+#: JWE filter and the ``jwe`` channel run on every envelope (shared with every role: in a
+#: compiled build the CM and the CLI parse with the compiled module too).
 MODULES = (
+    "trustflow_core.jose",
     "trustflow_core.roles.gateway.deadlines",
     "trustflow_core.roles.gateway.guard",
     "trustflow_core.roles.gateway.h1client",
