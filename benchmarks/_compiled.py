@@ -1,6 +1,7 @@
-"""The gateway's compiled build for the benchmarks: a wheel of trustflow_core built with
-``TRUSTFLOW_COMPILE=1`` (its request path compiled by mypyc, as a compiling image build), unpacked
-into a folder that goes first on a gateway process's ``PYTHONPATH``."""
+"""The gateway's compiled build for the benchmarks: wheels of trustflow_core and of the jwe
+channel built with ``TRUSTFLOW_COMPILE=1`` (the gateway's request path and the channel's RFC
+path compiled by mypyc, as a compiling image build), unpacked into a folder that goes first on a
+gateway process's ``PYTHONPATH``."""
 
 from __future__ import annotations
 
@@ -10,18 +11,23 @@ import sys
 import zipfile
 from pathlib import Path
 
-#: the trustflow_core project of this checkout
-CORE = Path(__file__).resolve().parents[1] / "trustflow_core"
+ROOT = Path(__file__).resolve().parents[1]
+#: the projects of this checkout compiled for the gateway, and where each reports its build
+COMPILED = {
+    ROOT / "trustflow_core": "trustflow_core.roles.gateway.compiled",
+    ROOT / "plugins" / "channel_jwe": "trustflow_channel_jwe.compiled",
+}
 
 
 def build_compiled(work: Path) -> Path:
-    """Build the compiled wheel of this checkout's core and unpack its package (not its
-    metadata: the venv's own install keeps providing the entry points) into ``work``; return
-    the folder to put first on ``PYTHONPATH``. Exit naming the problem when the build fails or
-    does not run compiled."""
+    """Build the compiled wheels of this checkout's core and jwe channel and unpack their
+    packages (not their metadata: the venv's own installs keep providing the entry points) into
+    ``work``; return the folder to put first on ``PYTHONPATH``. Exit naming the problem when a
+    build fails or does not run compiled."""
     wheels, site = work / "wheel", work / "compiled"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(CORE)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels)]
+        + [str(project) for project in COMPILED],
         env={**os.environ, "TRUSTFLOW_COMPILE": "1"},
         capture_output=True,
         text=True,
@@ -29,18 +35,19 @@ def build_compiled(work: Path) -> Path:
     if build.returncode:
         tail = "\n".join(build.stderr.strip().splitlines()[-15:])
         raise SystemExit(f"cannot build the compiled gateway (--build interpreted):\n{tail}")
-    (wheel,) = wheels.glob("trustflow_core-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(site, [n for n in archive.namelist() if ".dist-info/" not in n])
-    probe = "from trustflow_core.roles.gateway import compiled; print(compiled.build())"
-    check = subprocess.run(
-        [sys.executable, "-c", probe],
-        env=with_path(os.environ, site),
-        capture_output=True,
-        text=True,
-    )
-    if check.stdout.strip() != "compiled":
-        raise SystemExit(f"the compiled wheel runs {check.stdout.strip()!r}: {check.stderr}")
+    for wheel in wheels.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(site, [n for n in archive.namelist() if ".dist-info/" not in n])
+    probe = "import importlib, sys; print(importlib.import_module(sys.argv[1]).build())"
+    for listing in COMPILED.values():
+        check = subprocess.run(
+            [sys.executable, "-c", probe, listing],
+            env=with_path(os.environ, site),
+            capture_output=True,
+            text=True,
+        )
+        if check.stdout.strip() != "compiled":
+            raise SystemExit(f"{listing} runs {check.stdout.strip()!r}: {check.stderr}")
     return site
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from trustflow_core.compiled_build import is_compiled
 from trustflow_core.roles.gateway import compiled
 from trustflow_core.testing.fixtures import free_port
 
@@ -23,7 +24,7 @@ def _expected() -> str:
 
 
 def test_the_running_build_is_the_one_installed() -> None:
-    assert compiled.build() == _expected(), {m: compiled.is_compiled(m) for m in compiled.MODULES}
+    assert compiled.build() == _expected(), {m: is_compiled(m) for m in compiled.MODULES}
 
 
 def test_the_gateway_logs_its_build_at_start(tmp_path: Path) -> None:

@@ -13,9 +13,6 @@ docs/packaging.md#the-compiled-gateway
 
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
-
 #: The modules on the gateway's request path, compiled together (this module is not one): the
 #: gateway's own, and the strict JSON and base64url parsing (``trustflow_core.jose``) that its
 #: JWE filter and the ``jwe`` channel run on every envelope (shared with every role: in a
@@ -32,16 +29,10 @@ MODULES = (
 )
 
 
-def is_compiled(module: str) -> bool:
-    """Whether ``module`` was imported from a C extension."""
-    origin = importlib.import_module(module).__file__ or ""
-    return origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
-
-
 def build() -> str:
-    """``"compiled"`` when every module of :data:`MODULES` runs compiled, ``"interpreted"`` when
-    none does, else ``"mixed"`` (a stale extension beside newer sources, say)."""
-    compiled = [is_compiled(module) for module in MODULES]
-    if all(compiled):
-        return "compiled"
-    return "mixed" if any(compiled) else "interpreted"
+    """``"compiled"``, ``"interpreted"`` or ``"mixed"``
+    (:func:`~trustflow_core.compiled_build.build_of`). Imported here, not at the top:
+    ``setup.py`` runs this file to read :data:`MODULES` before the package is importable."""
+    from ...compiled_build import build_of
+
+    return build_of(MODULES)
