@@ -7,25 +7,13 @@ docs/packaging.md#the-compiled-gateway"""
 
 from __future__ import annotations
 
-import os
-import runpy
+import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import setup
 
-SRC = Path("src")
+# the backend's folder: compiled_extensions() is shared with the build backend
+sys.path.insert(0, str(Path(__file__).parent / "build_support"))
+from backend import compiled_extensions
 
-
-def compiled_extensions() -> list[Extension]:
-    if os.environ.get("TRUSTFLOW_COMPILE") != "1":
-        return []
-    from mypyc.build import mypycify
-
-    listing = runpy.run_path(str(SRC / "trustflow_core/roles/gateway/compiled.py"))
-    paths = [str(SRC.joinpath(*name.split("."))) + ".py" for name in listing["MODULES"]]
-    # no config file (the repository's would apply its lint settings); the build environment
-    # holds cryptography, no other library: their types are Any to mypyc
-    return mypycify(["--config-file=", "--ignore-missing-imports", *paths], opt_level="3")
-
-
-setup(ext_modules=compiled_extensions())
+setup(ext_modules=compiled_extensions("src/trustflow_core/roles/gateway/compiled.py"))

@@ -1,13 +1,15 @@
 """setuptools' PEP 517 backend, with mypy among the build requirements when
-``TRUSTFLOW_COMPILE=1`` asks ``setup.py`` to compile with mypyc. Only a wheel is compiled: the
+``TRUSTFLOW_COMPILE=1`` asks ``setup.py`` to compile with mypyc (:func:`compiled_extensions`,
+which each project's ``setup.py`` calls with its list of modules). Only a wheel is compiled: the
 other hooks (requirements, metadata, sdist, editable) run ``setup.py`` with the option off, so
 mypy runs once per build and an editable install stays interpreted (an extension would shadow
-the source being edited)."""
+the source being edited). trustflow-core's; the jwe channel's ``build_support`` links here."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import runpy
 import shutil
 import sys
 from collections.abc import Iterator
@@ -22,6 +24,21 @@ COMPILER = ["mypy==2.4.1", "cryptography>=45"]
 
 def _compiling() -> bool:
     return os.environ.get("TRUSTFLOW_COMPILE") == "1"
+
+
+def compiled_extensions(listing: str) -> list[Any]:
+    """The C extensions of the modules named by ``MODULES`` in the file ``listing`` (under
+    ``src``, read without importing the package) when compiling, else none."""
+    if not _compiling():
+        return []
+    from mypyc.build import mypycify
+
+    modules = runpy.run_path(listing)["MODULES"]
+    paths = [os.path.join("src", *name.split(".")) + ".py" for name in modules]
+    # no config file (the repository's would apply its lint settings); the build environment
+    # holds cryptography and no other library (trustflow-core neither, for a plugin): their
+    # types are Any to mypyc
+    return mypycify(["--config-file=", "--ignore-missing-imports", *paths], opt_level="3")
 
 
 @contextlib.contextmanager
