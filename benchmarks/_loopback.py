@@ -51,6 +51,22 @@ def cpu_seconds(pid: int) -> float:
     return total + sum(cpu_seconds(int(c)) for c in children)
 
 
+def thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:
+    """User + system CPU time so far of each thread of a process, by (thread id, OS-level
+    thread name) (Linux /proc; threads that ended are gone from it)."""
+    threads: dict[tuple[int, str], float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (task / "comm").read_text().rstrip("\n")
+        except OSError:
+            continue
+        threads[(int(task.name), name)] = (int(fields[11]) + int(fields[12])) / os.sysconf(
+            "SC_CLK_TCK"
+        )
+    return threads
+
+
 def plain_gateway(
     trustflow: str, folder: Path, name: str, app_port: int, workers: int, env: dict[str, str]
 ) -> tuple[subprocess.Popen, int]:

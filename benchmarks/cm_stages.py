@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from _loopback import cpu_seconds
+from _loopback import cpu_seconds, thread_cpu_seconds
 from capsule_manager import capsule_manager, drive, prepare
 
 
@@ -231,6 +231,38 @@ async def stages(args: argparse.Namespace, pm: Any) -> list[tuple[str, float]]:
     return rows
 
 
+#: The CM's threads, grouped by their OS-level names (the CM names its own threads).
+THREAD_GROUPS = (
+    ("event loop: gRPC handlers, request opening (its RSA decryption)", "main"),
+    ("worker threads: decision, audit append, sealing", "cm-worker"),
+    ("audit writer thread (contended appends)", "cm-audit-commit"),
+    ("gRPC's own threads and the rest", ""),
+)
+
+
+def thread_group(pid: int, tid: int, name: str) -> str:
+    """The label of :data:`THREAD_GROUPS` that thread ``tid`` (OS-level ``name``) of the CM
+    process ``pid`` belongs to."""
+    for label, prefix in THREAD_GROUPS:
+        if prefix == "main" and tid == pid:
+            return label
+        if prefix not in ("main", "") and tid != pid and name.startswith(prefix):
+            return label
+    return THREAD_GROUPS[-1][0]
+
+
+def by_thread_group(
+    pid: int, before: dict[tuple[int, str], float], after: dict[tuple[int, str], float]
+) -> dict[str, float]:
+    """The CPU seconds each of :data:`THREAD_GROUPS` spent between two
+    :func:`~_loopback.thread_cpu_seconds` readings of process ``pid``."""
+    spent: dict[str, float] = {}
+    for (tid, name), seconds in after.items():
+        label = thread_group(pid, tid, name)
+        spent[label] = spent.get(label, 0.0) + seconds - before.get((tid, name), 0.0)
+    return spent
+
+
 async def totals(args: argparse.Namespace, env: dict[str, str], pm: Any) -> dict[str, Any]:
     """CM CPU per GetDataKeys for each audit mode and RSA decryptions/s, interleaved."""
     from trustflow_core.proto.secretflowapis.v2.sdc.capsule_manager import (
@@ -245,7 +277,7 @@ async def totals(args: argparse.Namespace, env: dict[str, str], pm: Any) -> dict
             target, pid = stack.enter_context(capsule_manager(tmp, url, env, 1, audit=mode == "on"))
             pool, _ = await prepare(target, argparse.Namespace(create_requests=0), pm)
             cms[mode] = {"tmp": tmp, "pid": pid, "target": target, "pool": pool}
-            cms[mode].update(count=0, cpu=0.0, elapsed=0.0)
+            cms[mode].update(count=0, cpu=0.0, elapsed=0.0, threads={})
         noop = subprocess.Popen(
             [sys.executable, __file__, "--serve-noop"], stdout=subprocess.PIPE, text=True
         )
@@ -254,7 +286,7 @@ async def totals(args: argparse.Namespace, env: dict[str, str], pm: Any) -> dict
         assert noop.stdout is not None
         port = int(noop.stdout.readline())
         cms["noop"] = {"pid": noop.pid, "target": f"127.0.0.1:{port}", "pool": cms["on"]["pool"]}
-        cms["noop"].update(count=0, cpu=0.0, elapsed=0.0)
+        cms["noop"].update(count=0, cpu=0.0, elapsed=0.0, threads={})
         decrypt = rsa_cpu((cms["on"]["tmp"] / "cm.key").read_bytes())
         options = [("grpc.use_local_subchannel_pool", 1)]
         channels = []
@@ -276,18 +308,24 @@ async def totals(args: argparse.Namespace, env: dict[str, str], pm: Any) -> dict
                 if round_ % 2:
                     order.reverse()
                 for cm in order:
-                    cpu0 = cpu_seconds(cm["pid"])
+                    cpu0, threads0 = cpu_seconds(cm["pid"]), thread_cpu_seconds(cm["pid"])
                     elapsed, latencies = await drive(
                         cm["calls"], cm["pool"], args.seconds / args.rounds, True
                     )
                     cm["cpu"] += cpu_seconds(cm["pid"]) - cpu0
+                    for group, seconds in by_thread_group(
+                        cm["pid"], threads0, thread_cpu_seconds(cm["pid"])
+                    ).items():
+                        cm["threads"][group] = cm["threads"].get(group, 0.0) + seconds
                     cm["count"] += len(latencies)
                     cm["elapsed"] += elapsed
         finally:
             for c in channels:
                 await c.close()
+    on = cms["on"]
     return {
         "rsa": decrypt_time / decryptions,
+        "threads": {g: seconds / max(1, on["count"]) for g, seconds in on["threads"].items()},
         "modes": {
             m: (cm["cpu"] / max(1, cm["count"]), cm["count"] / cm["elapsed"])
             for m, cm in cms.items()
@@ -318,6 +356,10 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> int:
     rest_name = "rest: thread hand-off, event loop, metrics, logs, ..."
     print(f"{rest_name:<52} {rest * 1000:8.3f} {rest / on_cpu:7.1%}")
     print(f"{'total (CM process, audit on, /proc)':<52} {on_cpu * 1000:8.3f} {1:7.1%}")
+    print("the same total, live, by thread (/proc per thread, audit on):")
+    for label, _ in THREAD_GROUPS:
+        seconds = measured["threads"].get(label, 0.0)
+        print(f"  {label:<66} {seconds * 1000:8.3f} {seconds / on_cpu:7.1%}")
     failed = False
     for mode, (cpu, rate) in measured["modes"].items():
         share = rsa / cpu

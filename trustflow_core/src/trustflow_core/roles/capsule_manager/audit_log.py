@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from .._thread_names import name_native_thread
 from ..capsule_manager_protocol import merkle
 from ..capsule_manager_protocol.audit import TreeHead, encode_entry
 from ..capsule_manager_protocol.errors import CMError, Kind
@@ -519,6 +520,7 @@ class GroupCommit:
         return waiter
 
     def _run(self) -> None:
+        name_native_thread()
         busy = False  # the previous batch had company: wait briefly for more this time
         while True:
             item = self._queue.get()

@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .._thread_names import name_native_thread
+
 T = TypeVar("T")
 #: As many threads as asyncio's default executor has (``min(32, cores + 4)``): the calls may
 #: wait (a PostgreSQL round trip, the SQLite writer lock, a sandboxed constraint).
@@ -70,6 +72,7 @@ class WorkerThreads:
                 self._threads.append(thread)
 
     def _work(self) -> None:
+        name_native_thread()
         while (call := self._calls.get()) is not None:
             _run_one(*call)
             del call  # nothing of it is kept while the thread waits for the next
