@@ -42,13 +42,23 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time so far of a process and its live descendants (Linux /proc); a
     process that ended meanwhile counts as 0."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """:func:`cpu_seconds` as (user, system): the process's own code and the kernel's work
+    for it."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        return 0.0
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total + sum(cpu_seconds(int(c)) for c in children)
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    user, system = int(fields[11]) / tick, int(fields[12]) / tick
+    for child in children:
+        child_user, child_system = cpu_split(int(child))
+        user, system = user + child_user, system + child_system
+    return user, system
 
 
 def thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _loopback import cpu_seconds, free_port, wait_port
+from _loopback import cpu_seconds, cpu_split, free_port, wait_port
 
 #: The app every scenario reaches (also ``benchmarks/gateway.py``'s): the online demo's echo
 #: on ``POST /teeapp`` plus a 64 KiB reply and a 1 MiB upload under the same route prefix.
@@ -314,17 +314,20 @@ class PeerBench:
         self.seconds = seconds_per_slice
         self.slices: dict[tuple[str, str], list[dict]] = collections.defaultdict(list)
         self.cpu: dict[tuple[str, str], float] = collections.defaultdict(float)
+        self.system: dict[tuple[str, str], float] = collections.defaultdict(float)
         self.app_cpu: dict[tuple[str, str], float] = collections.defaultdict(float)
 
     def run_round(self) -> None:
         for work in WORKLOADS:
             for proxy in self.proxies:
                 key = (work.name, proxy.name)
-                before, app_before = cpu_seconds(proxy.pid), cpu_seconds(self.app_pid)
+                before, app_before = cpu_split(proxy.pid), cpu_seconds(self.app_pid)
                 self.slices[key].append(
                     asyncio.run(drive_raw(proxy.port, work, self.seconds, self.concurrency))
                 )
-                self.cpu[key] += cpu_seconds(proxy.pid) - before
+                user, system = cpu_split(proxy.pid)
+                self.cpu[key] += user + system - sum(before)
+                self.system[key] += system - before[1]
                 self.app_cpu[key] += cpu_seconds(self.app_pid) - app_before
 
     def results(self) -> dict[str, dict[str, dict[str, float]]]:
@@ -334,6 +337,9 @@ class PeerBench:
                 key = (work.name, proxy.name)
                 row = summarize(self.slices[key], self.cpu[key])
                 row["app_cpu_us_per_req"] = summarize(self.slices[key], self.app_cpu[key])[
+                    "cpu_us_per_req"
+                ]
+                row["system_us_per_req"] = summarize(self.slices[key], self.system[key])[
                     "cpu_us_per_req"
                 ]
                 out.setdefault(work.name, {})[proxy.name] = row
@@ -359,9 +365,15 @@ def peer_verdicts(
                 f"{rows['gateway']['cpu_us_per_req'] / rows['haproxy']['cpu_us_per_req']:.2f}x"
             )
         verdict = "ok" if ratio <= limit else "MISSED"
+        gateway, nginx = rows["gateway"], rows["nginx"]
+        split = (
+            f"; kernel {gateway['system_us_per_req']:.0f} vs {nginx['system_us_per_req']:.0f} us, "
+            f"user {gateway['cpu_us_per_req'] - gateway['system_us_per_req']:.0f} vs "
+            f"{nginx['cpu_us_per_req'] - nginx['system_us_per_req']:.0f} us"
+        )
         lines.append(
             f"{name}: gateway CPU/request = {ratio:.2f}x nginx's "
-            f"(target <= {limit:g}x: {verdict}){extra}"
+            f"(target <= {limit:g}x: {verdict}){extra}{split}"
         )
         if ratio > limit:
             missed.append(f"{name} {ratio:.2f}x > {limit:g}x")
@@ -371,14 +383,14 @@ def peer_verdicts(
 def print_peer_table(results: dict[str, dict[str, dict[str, float]]]) -> None:
     print(
         f"{'workload / proxy':<28}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
-        f"{'proxy CPU us/req':>18}{'app CPU us/req':>16}"
+        f"{'proxy CPU us/req':>18}{'of it kernel':>14}{'app CPU us/req':>16}"
     )
     for work, rows in results.items():
         for proxy, r in rows.items():
             print(
                 f"{work + ' / ' + proxy:<28}{r['rps']:>8.0f}{r['p50_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}{r['errors']:>7}{r['cpu_us_per_req']:>18.0f}"
-                f"{r['app_cpu_us_per_req']:>16.0f}"
+                f"{r['system_us_per_req']:>14.0f}{r['app_cpu_us_per_req']:>16.0f}"
             )
 
 
