@@ -80,18 +80,33 @@ class _Abandoned(UpstreamError):
     """The caller gave the request up (its client left)."""
 
 
-@dataclass(slots=True)
 class Reply:
     """A reply head as received: ``headers`` are the raw (name, value) pairs in order.
-    ``body`` says whether a body follows; ``until_close`` that it ends with the connection."""
+    ``body`` says whether a body follows; ``until_close`` that it ends with the connection.
 
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    content_length: int | None
-    chunked: bool
-    body: bool
-    until_close: bool
+    A plain class, not a dataclass: one is made per relayed reply, and in the compiled
+    build a dataclass's ``__init__`` stays the interpreted function ``dataclasses`` wrote
+    (2.4 k instructions of a 96 k small request), where this one is compiled."""
+
+    __slots__ = ("body", "chunked", "content_length", "headers", "reason", "status", "until_close")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        content_length: int | None,
+        chunked: bool,
+        body: bool,
+        until_close: bool,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.body = body
+        self.until_close = until_close
 
 
 class ReplySink(Protocol):
