@@ -24,6 +24,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 from .errors import InvalidInput
@@ -136,8 +137,26 @@ def _no_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON")
 
 
-#: One decoder for every call (``json.loads`` with hooks builds a new one each time).
+#: One decoder for every call (``json.loads`` with hooks builds a new one each time); its C
+#: scanner is called directly, as ``JSONDecoder.decode`` and ``raw_decode`` would, with their
+#: whitespace rule and messages (they are two interpreted frames a parse, also in the compiled
+#: build).
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _decode(text: str) -> Any:
+    """``_DECODER.decode(text)``: one JSON value, whitespace around it and nothing else."""
+    start = _WHITESPACE.match(text).end()  # type: ignore[union-attr]  # always matches
+    try:
+        value, end = _SCAN(text, start)
+    except StopIteration as stop:
+        raise json.JSONDecodeError("Expecting value", text, stop.value) from None
+    end = _WHITESPACE.match(text, end).end()  # type: ignore[union-attr]
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
 
 
 def loads(raw: bytes | bytearray | str, what: str) -> Any:
@@ -151,7 +170,7 @@ def loads(raw: bytes | bytearray | str, what: str) -> Any:
             text = raw.decode("utf-8")
         if text.startswith("\ufeff"):  # as json.loads does
             raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-        value = _DECODER.decode(text)
+        value = _decode(text)
         if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # the pairs must still encode
             json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (UnicodeDecodeError, UnicodeEncodeError) as exc:  # bytes, or an unpaired surrogate

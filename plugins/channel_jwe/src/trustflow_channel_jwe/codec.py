@@ -10,7 +10,7 @@ at the channel's methods.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from trustflow_core.channel import Jwe
 from trustflow_core.errors import EnvelopeError
@@ -25,16 +25,22 @@ def reject_unsupported_members(header: dict[str, Any], what: str) -> None:
             raise EnvelopeError(f"{what} member {member!r} is not supported")
 
 
-class DecodedJwe(NamedTuple):
+class DecodedJwe:
     """Five JWE members after strict base64url decoding; the sixth, ``protected``, is decoded
-    with its JSON by :func:`decode_protected`. (A named tuple: built once per envelope, at a
-    fraction of a frozen dataclass's cost.)"""
+    with its JSON by :func:`decode_protected`. (A plain class: built once per envelope, at a
+    fraction of a frozen dataclass's cost, and compiled with the channel's RFC path, where a
+    named tuple's ``__new__`` would stay interpreted.)"""
 
-    encrypted_key: bytes
-    iv: bytes
-    ciphertext: bytes
-    tag: bytes
-    aad: bytes
+    __slots__ = ("aad", "ciphertext", "encrypted_key", "iv", "tag")
+
+    def __init__(
+        self, encrypted_key: bytes, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes
+    ) -> None:
+        self.encrypted_key = encrypted_key
+        self.iv = iv
+        self.ciphertext = ciphertext
+        self.tag = tag
+        self.aad = aad
 
     def __repr__(self) -> str:
         return f"DecodedJwe(iv={self.iv!r}, tag={self.tag!r}, aad={self.aad!r})"
