@@ -45,16 +45,21 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+def _stat_seconds(stat: Path) -> tuple[float, float]:
+    """(user, system) CPU seconds of a ``/proc/.../stat`` file (a process's or a thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_split(pid: int) -> tuple[float, float]:
     """:func:`cpu_seconds` as (user, system): the process's own code and the kernel's work
     for it."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        user, system = _stat_seconds(Path(f"/proc/{pid}/stat"))
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    user, system = int(fields[11]) / tick, int(fields[12]) / tick
     for child in children:
         child_user, child_system = cpu_split(int(child))
         user, system = user + child_user, system + child_system
@@ -67,13 +72,11 @@ def thread_cpu_seconds(pid: int) -> dict[tuple[int, str], float]:
     threads: dict[tuple[int, str], float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            seconds = sum(_stat_seconds(task / "stat"))
             name = (task / "comm").read_text().rstrip("\n")
         except OSError:
             continue
-        threads[(int(task.name), name)] = (int(fields[11]) + int(fields[12])) / os.sysconf(
-            "SC_CLK_TCK"
-        )
+        threads[(int(task.name), name)] = seconds
     return threads
 
 

@@ -231,24 +231,26 @@ async def stages(args: argparse.Namespace, pm: Any) -> list[tuple[str, float]]:
     return rows
 
 
-#: The CM's threads, grouped by their OS-level names (the CM names its own threads).
-THREAD_GROUPS = (
-    ("event loop: gRPC handlers, request opening (its RSA decryption)", "main"),
+#: The CM's threads: its event loop (the main thread), then groups by OS-level name prefix (the
+#: CM names its own threads); every other thread is gRPC's.
+EVENT_LOOP = "event loop: gRPC handlers, request opening (its RSA decryption)"
+NAMED_THREADS = (
     ("worker threads: decision, audit append, sealing", "cm-worker"),
     ("audit writer thread (contended appends)", "cm-audit-commit"),
-    ("gRPC's own threads and the rest", ""),
 )
+OTHER_THREADS = "gRPC's own threads and the rest"
+THREAD_GROUPS = (EVENT_LOOP, *(label for label, _ in NAMED_THREADS), OTHER_THREADS)
 
 
 def thread_group(pid: int, tid: int, name: str) -> str:
-    """The label of :data:`THREAD_GROUPS` that thread ``tid`` (OS-level ``name``) of the CM
-    process ``pid`` belongs to."""
-    for label, prefix in THREAD_GROUPS:
-        if prefix == "main" and tid == pid:
+    """Which of :data:`THREAD_GROUPS` thread ``tid`` (OS-level ``name``) of the CM process
+    ``pid`` belongs to."""
+    if tid == pid:
+        return EVENT_LOOP
+    for label, prefix in NAMED_THREADS:
+        if name.startswith(prefix):
             return label
-        if prefix not in ("main", "") and tid != pid and name.startswith(prefix):
-            return label
-    return THREAD_GROUPS[-1][0]
+    return OTHER_THREADS
 
 
 def by_thread_group(
@@ -357,7 +359,7 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> int:
     print(f"{rest_name:<52} {rest * 1000:8.3f} {rest / on_cpu:7.1%}")
     print(f"{'total (CM process, audit on, /proc)':<52} {on_cpu * 1000:8.3f} {1:7.1%}")
     print("the same total, live, by thread (/proc per thread, audit on):")
-    for label, _ in THREAD_GROUPS:
+    for label in THREAD_GROUPS:
         seconds = measured["threads"].get(label, 0.0)
         print(f"  {label:<66} {seconds * 1000:8.3f} {seconds / on_cpu:7.1%}")
     failed = False
