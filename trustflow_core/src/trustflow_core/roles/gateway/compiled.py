@@ -25,6 +25,7 @@ MODULES = (
     "trustflow_core.roles.gateway.http_proxy",
     "trustflow_core.roles.gateway.jwe_filter",
     "trustflow_core.roles.gateway.relay",
+    "trustflow_core.roles.gateway.replay",
     "trustflow_core.roles.gateway.upstreams",
 )
 

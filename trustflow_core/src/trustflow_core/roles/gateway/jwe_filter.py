@@ -51,7 +51,8 @@ from ...channel import EnvelopeChannel, Jwe
 from ...errors import EnvelopeError, InvalidInput, TrustflowError
 from ...jose import MalformedInput, decode_header, loads
 from .config import JweFilterConfig
-from .freshness import DEFAULT_FRESHNESS, FreshnessConfig, NotFresh, ReplayGuard
+from .freshness import DEFAULT_FRESHNESS, FreshnessConfig, NotFresh
+from .replay import ReplayGuard
 
 JOSE_JSON = "application/jose+json"
 PROFILES = ("upstream", "rfc")
@@ -213,7 +214,7 @@ def load_ecdh_key(cert_path: Path, key_path: Path) -> ec.EllipticCurvePrivateKey
 class JweFilter:
     """Opens request envelopes with the app private key and seals replies under the request's
     content key, through the ``jwe`` envelope channel (one instance per profile); refuses
-    replayed and stale RFC envelopes through a :class:`~.freshness.ReplayGuard`."""
+    replayed and stale RFC envelopes through a :class:`~.replay.ReplayGuard`."""
 
     def __init__(
         self,
