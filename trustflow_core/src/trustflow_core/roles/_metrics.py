@@ -186,6 +186,11 @@ async def counted(chunks: AsyncIterable[bytes], counter: Counter) -> AsyncIterat
         yield chunk
 
 
+#: Longest a :class:`RequestTally` of a busy event loop keeps its counts before adding them to
+#: the metrics (seconds).
+FLUSH_DELAY = 0.1
+
+
 class _Pending:
     """One (route, status) of a :class:`RequestTally`: its metrics and what was counted
     since the last flush (kept from one flush to the next: nothing is allocated per batch)."""
@@ -206,12 +211,16 @@ class RequestTally:
     added to :data:`REQUESTS`, :data:`REQUEST_SECONDS` and :data:`PROXY_BYTES` in batches
     instead of a locked update of four or five metrics per request.
 
-    A batch is added once per event-loop iteration that counted something (a ``call_soon``
-    scheduled by the first count: it runs before the loop polls again, so a later request,
-    a scrape included, sees it) and, in the tally's thread, by :func:`exposition` before it
-    renders. The values are those of per-request updates: same series, same buckets; in
-    multiprocess mode each flush writes them to the process's files. Create it in the event
-    loop that counts; only that loop's thread may call :meth:`request`."""
+    A batch is added as soon as an iteration of the event loop counts nothing after it (the
+    loop has gone idle, or serves only other work), and at most :data:`FLUSH_DELAY` seconds
+    after its first count while every iteration keeps counting (a busy loop pays for one
+    flush per interval, not one per iteration); in the tally's thread :func:`exposition`
+    adds it before it renders, and :func:`flush_tallies` when the serving loop stops. So a
+    scrape answered by the process that counted sees every request answered before it, and
+    one answered by another ``--workers`` process (multiprocess mode) sees them at most
+    :data:`FLUSH_DELAY` later. The values are those of per-request updates: same series,
+    same buckets; in multiprocess mode each flush writes them to the process's files. Create
+    it in the event loop that counts; only that loop's thread may call :meth:`request`."""
 
     def __init__(self, role: str, listener: str) -> None:
         self.role = role
@@ -224,6 +233,9 @@ class RequestTally:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._scheduled = False
+        self._counted = 0  # requests counted so far: tells a busy loop from an idle one
+        self._batch = 0  # flushes so far: a look scheduled before the last flush is stale
+        self._timer: asyncio.TimerHandle | None = None
         _TALLIES.add(self)
 
     def request(
@@ -245,15 +257,33 @@ class RequestTally:
         entry.buckets[bucket] = entry.buckets.get(bucket, 0) + 1
         self._upstream += upstream
         self._downstream += downstream
+        self._counted += 1
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self.flush)
+            self._loop.call_soon(self._look, self._batch, None)
+
+    def _look(self, batch: int, mark: int | None) -> None:
+        """Runs once the loop has polled after the first count of a batch, notes how many
+        requests are counted by then (``mark``) and looks again after the next poll: nothing
+        counted since means the loop went idle, and the batch is added now; a loop still
+        counting is busy, and the batch is added :data:`FLUSH_DELAY` later."""
+        if batch != self._batch:  # flushed meanwhile (a scrape): a new batch has its own look
+            return
+        if mark is None:
+            self._loop.call_soon(self._look, batch, self._counted)
+        elif self._counted == mark:
+            self.flush()
+        else:
+            self._timer = self._loop.call_later(FLUSH_DELAY, self.flush)
 
     def flush(self) -> None:
         """Add what was counted since the last flush to the Prometheus metrics (their values
-        directly, as ``inc()`` and ``observe()`` do after checks that hold here: it runs
-        once per loop iteration of a busy gateway)."""
+        directly, as ``inc()`` and ``observe()`` do after checks that hold here)."""
         self._scheduled = False
+        self._batch += 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         dirty, self._dirty = self._dirty, []
         for entry in dirty:
             entry.requests._value.inc(entry.count)
@@ -283,13 +313,19 @@ class RequestTally:
 _TALLIES: weakref.WeakSet[RequestTally] = weakref.WeakSet()
 
 
-def exposition() -> tuple[bytes, str]:
-    """The current values in the Prometheus text format, and its content type (every
-    process's values in multiprocess mode)."""
+def flush_tallies() -> None:
+    """Add the pending counts of every :class:`RequestTally` of the calling thread to the
+    metrics (before a scrape renders them, and when a serving loop stops)."""
     thread = threading.get_ident()
     for tally in list(_TALLIES):
         if tally._thread == thread:
             tally.flush()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The current values in the Prometheus text format, and its content type (every
+    process's values in multiprocess mode)."""
+    flush_tallies()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

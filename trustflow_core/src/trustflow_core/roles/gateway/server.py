@@ -21,6 +21,7 @@ from ...manager import TrustflowPluginManager
 from .._admin import create_admin_app, tcp_reachable, with_admin
 from .._listeners import Listener as ServiceListener
 from .._listeners import Listeners, StreamListener
+from .._metrics import flush_tallies
 from . import compiled
 from .config import Address, Cluster, GatewayConfig, Listener
 from .guard import default_max_connections
@@ -191,13 +192,15 @@ class Gateway:
         return []
 
     async def stop(self) -> None:
-        """Close the listeners, the upstream connections and the asset watchers."""
+        """Close the listeners, the upstream connections and the asset watchers; add the
+        request counts still pending to the metrics."""
         await self.listeners.close()
         if self._upstreams is not None:
             await self._upstreams.close()
             self._upstreams = None
         if self.mtls is not None:
             await self.mtls.aclose()
+        flush_tallies()
 
     async def __aenter__(self) -> Gateway:
         await self.start()
