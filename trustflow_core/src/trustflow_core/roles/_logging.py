@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import itertools
 import json
 import logging
-import os
-import re
-import secrets
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 
+# re-exported: the roles take request ids from here (compiled with the gateway in _request_ids)
+from ._request_ids import accept_request_id as accept_request_id
+from ._request_ids import new_request_id as new_request_id
+
 #: Header (HTTP) and metadata key (gRPC) carrying the request id; lower case, as gRPC needs.
 REQUEST_ID_HEADER = "x-request-id"
-#: What an incoming request id may look like; anything else is replaced by a new id, so a
-#: client cannot write arbitrary text (newlines, escapes, megabytes) into the logs.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
 LOG_FORMATS = ("text", "json")
 #: Level of the loggers outside the project (grpc, SQLAlchemy, the CEL library, aiohttp, ...):
 #: at DEBUG the CEL library alone logs its evaluation internals, gigabytes for a few requests.
@@ -51,36 +48,6 @@ _logging_args: LoggingArgs | None = None
 
 
 # ---- request ids -------------------------------------------------------------------------
-
-
-def _draw_id_prefix() -> None:
-    global _id_prefix, _id_count
-    _id_prefix = secrets.token_hex(10)
-    _id_count = itertools.count()
-
-
-_id_prefix = ""
-_id_count = itertools.count()
-_draw_id_prefix()
-os.register_at_fork(after_in_child=_draw_id_prefix)
-
-
-def new_request_id() -> str:
-    """A fresh request id: 32 hex digits, a random prefix of the process (80 bits, drawn at
-    start and again in a forked child) and a counter (48 bits), so ids are unique across
-    processes and restarts without a ``getrandom`` per request. An id names a request in the
-    logs; it is not secret nor unpredictable (clients choose their own ids anyway), and
-    nothing may rely on it being so."""
-    # printf style: a third less time than an f-string with a format spec (once per request)
-    return "%s%012x" % (_id_prefix, next(_id_count) & 0xFFFFFFFFFFFF)  # noqa: UP031
-
-
-def accept_request_id(incoming: str | None) -> str:
-    """``incoming`` (an ``x-request-id`` value) when it is a well-formed id (at most 128
-    characters of letters, digits and ``._:@/+=-``), else a new one."""
-    if incoming and _REQUEST_ID.fullmatch(incoming):
-        return incoming
-    return new_request_id()
 
 
 def current_request_id() -> str | None:

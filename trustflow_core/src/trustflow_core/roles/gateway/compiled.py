@@ -14,11 +14,14 @@ docs/packaging.md#the-compiled-gateway
 from __future__ import annotations
 
 #: The modules on the gateway's request path, compiled together (this module is not one): the
-#: gateway's own, and the strict JSON and base64url parsing (``trustflow_core.jose``) that its
-#: JWE filter and the ``jwe`` channel run on every envelope (shared with every role: in a
-#: compiled build the CM and the CLI parse with the compiled module too).
+#: gateway's own; the strict JSON and base64url parsing (``trustflow_core.jose``) that its
+#: JWE filter and the ``jwe`` channel run on every envelope; the request ids and the request
+#: tally of the roles' metrics it takes or makes and counts per request (shared with every
+#: role: in a compiled build the CM and the CLI use the compiled modules too).
 MODULES = (
     "trustflow_core.jose",
+    "trustflow_core.roles._request_ids",
+    "trustflow_core.roles._request_tally",
     "trustflow_core.roles.gateway.deadlines",
     "trustflow_core.roles.gateway.guard",
     "trustflow_core.roles.gateway.h1client",

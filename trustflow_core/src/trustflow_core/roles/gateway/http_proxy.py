@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _metrics
 from .._logging import accept_request_id, new_request_id, request_context
+from .._request_tally import RequestTally
 from .config import Address, Cluster, GatewayConfig, Listener, Route
 from .guard import MAX_DEFAULT_CONNECTIONS, HttpGuard
 from .h1client import (
@@ -126,7 +127,7 @@ class HttpProxy:
         self._healthz = f"{name}:/healthz"
         self._routings: dict[bytes, _Routing] = {}
         self._timeout = config.request_timeout
-        self._tally: _metrics.RequestTally | None = None  # made in the serving loop
+        self._tally: RequestTally | None = None  # made in the serving loop
         self._debug = log.isEnabledFor(logging.DEBUG)
 
     def relay_listener(
@@ -220,7 +221,7 @@ class HttpProxy:
             ex.label = self._label(ex)
         tally = self._tally
         if tally is None:
-            tally = self._tally = _metrics.RequestTally("gateway", self.listener.name)
+            tally = self._tally = RequestTally("gateway", self.listener.name)
         label, status = ex.label or self._unrouted, ex.status or 500
         tally.request(label, status, elapsed, ex.forwarded, ex.sent)
         if self._debug:
