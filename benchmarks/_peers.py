@@ -24,6 +24,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,8 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
             backlog=4096)
 """
 
+#: The row of ``_floor.py``: a proxy on the gateway's stack without its features.
+FLOOR = "floor (stack only)"
 UPLOAD = 1024 * 1024
 SMALL_REPLY = b"I got your message: hello\n"
 
@@ -302,6 +305,17 @@ class Peers:
                 proc.kill()
 
 
+def start_floor(app_port: int, processes: int) -> tuple[subprocess.Popen, int]:
+    """Start ``_floor.py`` (``processes`` processes) in front of the app; return its parent
+    process and port."""
+    port = free_port()
+    floor = Path(__file__).with_name("_floor.py")
+    command = [sys.executable, str(floor), str(port), str(app_port), str(processes)]
+    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc, port
+
+
 class PeerBench:
     """Every workload through every proxy, one slice per :meth:`run_round`, CPU per proxy."""
 
@@ -363,6 +377,11 @@ def peer_verdicts(
             extra = (
                 f", vs haproxy "
                 f"{rows['gateway']['cpu_us_per_req'] / rows['haproxy']['cpu_us_per_req']:.2f}x"
+            )
+        if FLOOR in rows:  # what the stack costs without the gateway's features
+            extra += (
+                f"; the stack alone (floor) "
+                f"{rows[FLOOR]['cpu_us_per_req'] / rows['nginx']['cpu_us_per_req']:.2f}x"
             )
         verdict = "ok" if ratio <= limit else "MISSED"
         gateway, nginx = rows["gateway"], rows["nginx"]

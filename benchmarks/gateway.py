@@ -65,12 +65,14 @@ from _ecdh import ECDH_TARGET, Fresh, print_ecdh, write_ecdh_identity
 from _loopback import cpu_seconds, free_port, plain_gateway, wait_port
 from _peers import (
     APP_CODE,
+    FLOOR,
     ClientBench,
     PeerBench,
     Peers,
     Proxy,
     peer_verdicts,
     print_peer_table,
+    start_floor,
 )
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -275,15 +277,18 @@ def main() -> None:
             if args.peers:
                 peers.start()
                 gateway = Proxy("gateway", plain_port, procs[1].pid)
-                others = peers.proxies
-                if args.build == "compiled":  # the interpreted gateway beside it, unjudged
+                unjudged = []  # rows of ours beside the gateway's
+                if args.build == "compiled":  # the interpreted gateway
                     interpreted, port = plain_gateway(
                         trustflow, work, "interpreted", app_port, args.workers, env
                     )
                     extra_procs.append(interpreted)
-                    others = [Proxy("gateway (interpreted)", port, interpreted.pid), *others]
+                    unjudged.append(Proxy("gateway (interpreted)", port, interpreted.pid))
+                floor, port = start_floor(app_port, args.workers)  # the stack alone
+                extra_procs.append(floor)
+                unjudged.append(Proxy(FLOOR, port, floor.pid))
                 peer_bench = PeerBench(
-                    [gateway, *others],
+                    [gateway, *unjudged, *peers.proxies],
                     procs[0].pid,
                     args.concurrency,
                     args.peer_duration / args.rounds,
