@@ -61,17 +61,18 @@ class Downstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.upstream: Upstream | None = None
-        self.pending: list[bytes] = []  # received while an upstream connection opens
+        self.pending: list[bytes] = []  # received while no upstream connection is attached
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.pending.append(data)
         self.parser.feed_data(data)  # the end of a head attaches an upstream connection
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.write(data)
-        else:
-            self.pending.append(data)
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.writelines(self.pending)
+            self.pending = []
 
     def on_headers_complete(self) -> None:
         self.floor.attach(self)
