@@ -10,6 +10,7 @@ input and puts a result; plus the online scenario (JWE filter) for the gateway's
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import os
@@ -291,6 +292,18 @@ async def test_new_request_ids_are_a_process_prefix_and_a_counter():
     in_child = os.read(read, 64).decode()
     os.close(read)
     assert len(in_child) == 32 and in_child[:20] != ids[0][:20]
+
+
+async def test_request_ids_stay_consecutive_across_a_block_of_65536(monkeypatch):
+    """The first 28 hex digits of an id are kept per block of 65,536 ids: crossing into the
+    next block renews them, so the ids around the boundary are still the counter's values."""
+    from trustflow_core.roles import _request_ids
+
+    prefix = _logging.new_request_id()[:20]
+    monkeypatch.setattr(_request_ids, "_id_count", itertools.count(3 * 65536 - 3))
+    ids = [_logging.new_request_id() for _ in range(6)]
+    assert [i[20:] for i in ids] == [f"{n:012x}" for n in range(3 * 65536 - 3, 3 * 65536 + 3)]
+    assert {i[:20] for i in ids} == {prefix}
 
 
 async def test_request_ids_from_clients_are_checked():
