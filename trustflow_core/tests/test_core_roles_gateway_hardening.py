@@ -494,6 +494,22 @@ async def test_headers_named_in_connection_are_dropped_both_ways(pm, deploy):
     assert "x-app-hop" not in headers
 
 
+@pytest.mark.asyncio
+async def test_clients_cannot_make_the_gateway_keep_their_long_header_names(pm, deploy):
+    """The relay remembers the lower-case form of header names it has seen; a client sending
+    ever new 4 KiB names gets its requests relayed, and none of its names is kept."""
+    from trustflow_core.roles.gateway import relay
+
+    app = NormalisingApp()
+    async with app as app_port, gateway(pm, deploy, app_port) as address:
+        for i in range(20):
+            name = f"X-{i:04d}-" + "a" * 4096
+            status, _, body = await exchange(address, post("/open", b"hi", f"{name}: {i}\r\n"))
+            assert (status, body) == (200, b"served /open")
+    assert len(app.seen) == 20 and app.seen[-1][1][f"X-0019-{'a' * 4096}"] == "19"
+    assert max(map(len, relay._LOWER)) <= 64 and len(relay._LOWER) <= 512
+
+
 # ---- finding 12: a 502 says nothing about the inside ------------------------------------------
 
 
