@@ -24,8 +24,9 @@ is above the issue 18 targets: 2x nginx's for small requests, 1.5x at 64 KiB and
 ``--peer-targets-informational``), and the gateway's upstream client against aiohttp's.
 The gateway is the compiled build (``--build compiled``, the default: a ``TRUSTFLOW_COMPILE=1``
 wheel of this checkout, built first, about a minute; docs/packaging.md#the-compiled-gateway),
-with the interpreted one beside it in the peer rounds as an unjudged row; ``--build interpreted``
-runs the venv's install alone.
+with the interpreted one beside it in the peer rounds as an unjudged row, and the floor
+(``_floor.py``: a proxy on the same stack without the gateway's features, unjudged);
+``--build interpreted`` runs the venv's install alone.
 The app and the gateway run as separate processes (``trustflow gateway``); the load generator
 is this process. CPU per request is printed for each of the three: on a small machine they
 share the cores, so the req/s ratios also carry the load generator's own cost (in (c)-(e) it

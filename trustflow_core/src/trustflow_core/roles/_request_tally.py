@@ -60,7 +60,7 @@ class RequestTally:
         self._counted = 0  # requests counted so far: tells a busy loop from an idle one
         self._batch = 0  # flushes so far: a look scheduled before the last flush is stale
         self._timer: asyncio.TimerHandle | None = None
-        self._registration = register_tally(self.flush)
+        self._registration = register_tally(self.flush)  # held: registered while alive
 
     def request(
         self, route: str, status: int, seconds: float, upstream: int, downstream: int

@@ -17,7 +17,6 @@ class ReplayGuard:
     """Checks and records the freshness claims of opened envelopes (module docstring)."""
 
     def __init__(self, config: FreshnessConfig, clock: Callable[[], float] = time.time) -> None:
-        self.config = config
         self._mode = config.mode
         self._window = float(config.window)
         self._cache_size = config.cache_size
