@@ -300,7 +300,7 @@ async def test_request_ids_stay_consecutive_across_a_block_of_65536(monkeypatch)
     from trustflow_core.roles import _request_ids
 
     prefix = _logging.new_request_id()[:20]
-    monkeypatch.setattr(_request_ids, "_id_count", itertools.count(3 * 65536 - 3))
+    monkeypatch.setattr(_request_ids._IDS, "count", itertools.count(3 * 65536 - 3))
     ids = [_logging.new_request_id() for _ in range(6)]
     assert [i[20:] for i in ids] == [f"{n:012x}" for n in range(3 * 65536 - 3, 3 * 65536 + 3)]
     assert {i[:20] for i in ids} == {prefix}

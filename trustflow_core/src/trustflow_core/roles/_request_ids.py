@@ -14,29 +14,35 @@ from typing import Final
 
 #: What an incoming request id may look like; anything else is replaced by a new id, so a
 #: client cannot write arbitrary text (newlines, escapes, megabytes) into the logs.
-REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
+REQUEST_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
 #: The counter's 48 bits; the bit above them (``hex(_TOP | n)[3:]`` is ``n`` as 12 hex digits
 #: with leading zeros); two hex digits of each byte value.
 _MASK: Final = (1 << 48) - 1
 _TOP: Final = 1 << 48
 _HEX2: Final = tuple(f"{value:02x}" for value in range(256))
 
-_id_prefix = ""
-_id_count = itertools.count()
-#: (n >> 16, the id's first 28 hex digits) of the last id made: its last four digits are two
-#: table lookups (a new id costs a third of ``"%s%012x" % (prefix, n)`` in the compiled build)
-_block: tuple[int, str] = (-1, "")
+
+class _Ids:
+    """The process's id state: a random prefix, a counter, and (n >> 16, the id's first 28
+    hex digits) of the last id made, so that its last four digits are two table lookups (a new
+    id costs a third of ``"%s%012x" % (prefix, n)`` in the compiled build). One instance,
+    reached through a final name: the compiled build reads it without a globals lookup."""
+
+    def __init__(self) -> None:
+        self.prefix = ""
+        self.count = itertools.count()
+        self.block: tuple[int, str] = (-1, "")
+        self.redraw()
+
+    def redraw(self) -> None:
+        """A new prefix and a counter from 0 (at start, and in a forked child)."""
+        self.prefix = secrets.token_hex(10)
+        self.count = itertools.count()
+        self.block = (-1, "")
 
 
-def _draw_id_prefix() -> None:
-    global _id_prefix, _id_count, _block
-    _id_prefix = secrets.token_hex(10)
-    _id_count = itertools.count()
-    _block = (-1, "")
-
-
-_draw_id_prefix()
-os.register_at_fork(after_in_child=_draw_id_prefix)
+_IDS: Final = _Ids()
+os.register_at_fork(after_in_child=_IDS.redraw)
 
 
 def new_request_id() -> str:
@@ -45,11 +51,11 @@ def new_request_id() -> str:
     processes and restarts without a ``getrandom`` per request. An id names a request in the
     logs; it is not secret nor unpredictable (clients choose their own ids anyway), and
     nothing may rely on it being so."""
-    global _block
-    n = next(_id_count) & _MASK
-    block = _block  # read once: another thread may replace it meanwhile
+    ids = _IDS
+    n = next(ids.count) & _MASK
+    block = ids.block  # read once: another thread may replace it meanwhile
     if block[0] != n >> 16:
-        block = _block = (n >> 16, _id_prefix + hex(_TOP | n)[3:11])
+        block = ids.block = (n >> 16, ids.prefix + hex(_TOP | n)[3:11])
     return block[1] + _HEX2[(n >> 8) & 255] + _HEX2[n & 255]
 
 

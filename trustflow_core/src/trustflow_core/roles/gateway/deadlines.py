@@ -10,10 +10,10 @@ fires up to :data:`TICK` seconds late, which no timeout of the gateway needs to 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Final, Protocol
 
 #: Seconds between two checks (the resolution of every deadline).
-TICK = 0.05
+TICK: Final = 0.05
 
 
 class Expiring(Protocol):

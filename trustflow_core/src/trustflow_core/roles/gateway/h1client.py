@@ -34,7 +34,7 @@ import collections
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 from httptools import (
     HttpParserCallbackError,
@@ -54,10 +54,10 @@ log = logging.getLogger("trustflow.gateway")
 #: socket read (uvloop reads up to 256 KiB), so that streaming a body does not stop and
 #: start reading the other side (two epoll_ctl calls) after every read. The relay's client
 #: connections use it too.
-WRITE_BUFFER = 256 * 1024
+WRITE_BUFFER: Final = 256 * 1024
 #: A head followed by at least this many bytes in one segment is fed to llhttp alone, so that
 #: a ``Content-Length`` body after it is relayed without llhttp's copy for ``on_body``.
-RAW_MIN = 16 * 1024
+RAW_MIN: Final = 16 * 1024
 
 
 class UpstreamError(TrustflowError):
@@ -139,7 +139,7 @@ class ReplySink(Protocol):
     def resume_source(self) -> None: ...
 
 
-_NO_BODY_STATUS = frozenset({204, 304})
+_NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 class UpstreamConnection(asyncio.Protocol):

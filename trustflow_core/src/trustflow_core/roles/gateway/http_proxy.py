@@ -41,7 +41,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .. import _metrics
 from .._logging import accept_request_id, new_request_id, request_context
@@ -75,19 +75,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("trustflow.gateway")
 
 #: Bodies of known length up to this size are collected before they are sent (replayable).
-SMALL = 64 * 1024
-_WS = b" \t\r\n"
+SMALL: Final = 64 * 1024
+_WS: Final = b" \t\r\n"
 #: Request headers the gateway writes itself.
-_REQUEST_DROP = HOP_BY_HOP | {b"x-request-id", b"x-forwarded-for"}
-_JWE_REQUEST_DROP = _REQUEST_DROP | {b"accept-encoding"}
-_REPLY_DROP = frozenset({b"x-request-id"})
-_SEALED_REPLY_DROP = HOP_BY_HOP | _REPLY_DROP | {b"content-type"}
+_REQUEST_DROP: Final = HOP_BY_HOP | {b"x-request-id", b"x-forwarded-for"}
+_JWE_REQUEST_DROP: Final = _REQUEST_DROP | {b"accept-encoding"}
+_REPLY_DROP: Final = frozenset({b"x-request-id"})
+_SEALED_REPLY_DROP: Final = HOP_BY_HOP | _REPLY_DROP | {b"content-type"}
 #: Methods whose requests get ``Content-Length: 0`` when they carry no body.
-_BODILESS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"})
-_STREAM = object()
+_BODILESS: Final = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"})
+_STREAM: Final = object()
 #: Targets of at most this many bytes have their routing kept, up to this many of them.
-_CACHED_TARGET = 256
-_ROUTING_CACHE = 1024
+_CACHED_TARGET: Final = 256
+_ROUTING_CACHE: Final = 1024
 
 
 class _Routing(NamedTuple):

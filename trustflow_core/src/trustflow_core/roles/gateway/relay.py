@@ -45,7 +45,7 @@ import contextlib
 import logging
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from httptools import (
     HttpParserCallbackError,
@@ -68,13 +68,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("trustflow.gateway")
 
 #: Request line and headers of one request, at most.
-MAX_HEAD = 64 * 1024
+MAX_HEAD: Final = 64 * 1024
 #: Body bytes buffered for an application that has not taken them yet, before the client is
 #: no longer read.
-BUFFER = 256 * 1024
+BUFFER: Final = 256 * 1024
 #: Headers never relayed as they are, both ways (RFC 9110 §7.6.1, plus the framing headers
 #: the relay writes itself, and ``Expect``, answered here).
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -90,11 +90,11 @@ HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
-_WS = b" \t\r\n"
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_WS: Final = b" \t\r\n"
+_REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
 
 
 def reason(status: int) -> bytes:
@@ -115,9 +115,9 @@ def _status_line(status: int, phrase: bytes) -> bytes:
 #: Header names as they arrive -> lower case, for the first :data:`_LOWER_NAMES` names seen of
 #: at most :data:`_LOWER_LENGTH` bytes (a dict lookup is a third of a ``bytes.lower`` method
 #: call in the compiled build; clients choose the names, so the table keeps at most 64 KiB).
-_LOWER: dict[bytes, bytes] = {}
-_LOWER_NAMES = 512
-_LOWER_LENGTH = 64
+_LOWER: Final[dict[bytes, bytes]] = {}
+_LOWER_NAMES: Final = 512
+_LOWER_LENGTH: Final = 64
 
 
 def _lower_name(name: bytes) -> bytes:
