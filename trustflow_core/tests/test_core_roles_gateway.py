@@ -250,6 +250,7 @@ class Recorder:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict, bytes]] = []
         self.peers: set[tuple] = set()
+        self.header_lines: list[list[tuple[str, str]]] = []  # per request, repeats kept
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -262,6 +263,7 @@ class Recorder:
     async def echo(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.requests.append((request.method, request.path_qs, dict(request.headers), body))
+        self.header_lines.append(list(request.headers.items()))
         self.peers.add(request.transport.get_extra_info("peername"))
         status = int(request.query.get("status", "200"))
         return web.Response(
@@ -487,11 +489,16 @@ async def test_envelopes_are_opened_forwarded_and_replies_sealed(pm, identity, p
                 "POST",
                 urls["public"] + path,
                 json.dumps(sealed.jwe.to_dict()).encode(),
-                {"Content-Type": content_type},
+                {"Content-Type": content_type, "Accept-Encoding": "gzip", "X-Note": "kept"},
             )
             assert status == status_want
             assert recorder.requests[-1][3] == b"hello"
             assert recorder.requests[-1][2]["Content-Length"] == "5"
+            # the reply is sealed byte for byte: the app is asked for no content coding (the
+            # client's Accept-Encoding is dropped, not repeated); other headers pass
+            seen = recorder.header_lines[-1]
+            assert [v for n, v in seen if n.lower() == "accept-encoding"] == ["identity"]
+            assert ("X-Note", "kept") in seen
             reply = json.loads(data)
             assert channel.open_reply(Jwe.from_dict(reply), sealed.cek) == (
                 b"I got your message: hello"

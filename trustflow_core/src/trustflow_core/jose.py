@@ -25,7 +25,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from .errors import InvalidInput
 
@@ -43,26 +43,31 @@ __all__ = [
 ]
 
 Problem = Literal["base64", "json", "object", "member"]
-_MESSAGES: dict[Problem, str] = {
+_MESSAGES: Final[dict[Problem, str]] = {
     "base64": "{what} {reason}",
     "json": "{what} is not valid JSON: {reason}",
     "object": "{what} must be a JSON object, {reason}",
     "member": "{what} {reason}",
 }
-_B64URL_NOPAD = re.compile(r"[A-Za-z0-9_-]*")
-_URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_URL_TO_STD = bytes.maketrans(b"-_", b"+/")
-_STD_TO_URL = bytes.maketrans(b"+/", b"-_")
+_B64URL_NOPAD: Final = re.compile(r"[A-Za-z0-9_-]*")
+_URL_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_URL_TO_STD: Final = bytes.maketrans(b"-_", b"+/")
+_STD_TO_URL: Final = bytes.maketrans(b"+/", b"-_")
 #: byte -> its 6-bit value in the base64url alphabet (0 for bytes outside it)
-_B64URL_VALUE = bytes(_URL_ALPHABET.find(bytes([b])) % 64 for b in range(256))
+_B64URL_VALUE: Final = bytes(_URL_ALPHABET.find(bytes([b])) % 64 for b in range(256))
 #: by ``len % 4`` of base64url text: the bits of its last character that encode no data (4 of
 #: them when 2, 2 when 3; none when 0), and the ``=`` padding the standard decoder wants
-_UNUSED_BITS = (0, 0, 0x0F, 0x03)
-_PADDING = (b"", b"", b"==", b"=")
-_B64STD_PADDED = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_UNUSED_BITS: Final = (0, 0, 0x0F, 0x03)
+_PADDING: Final = (b"", b"", b"==", b"=")
+#: binascii's codecs under final names (the compiled build calls them without two lookups)
+_a2b_base64: Final = binascii.a2b_base64
+_b2a_base64: Final = binascii.b2a_base64
+_B64STD_PADDED: Final = re.compile(
+    r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+)
 # A surrogate escaped as \uD800..\uDFFF: with UTF-8 text, the only way a parsed JSON string can
 # end up holding an unpaired surrogate.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class MalformedInput(InvalidInput):
@@ -80,7 +85,7 @@ class MalformedInput(InvalidInput):
 
 def b64url_encode(data: bytes) -> str:
     """base64url of ``data`` without padding."""
-    return binascii.b2a_base64(data, newline=False).translate(_STD_TO_URL, b"=").decode("ascii")
+    return _b2a_base64(data, newline=False).translate(_STD_TO_URL, b"=").decode("ascii")
 
 
 def b64url_decode(value: object, what: str) -> bytes:
@@ -98,7 +103,7 @@ def b64url_decode(value: object, what: str) -> bytes:
                 raise MalformedInput(
                     what, "base64", "is non-canonical base64url (stray trailing bits)"
                 )
-            return binascii.a2b_base64(raw.translate(_URL_TO_STD) + _PADDING[tail])
+            return _a2b_base64(raw.translate(_URL_TO_STD) + _PADDING[tail])
     if not isinstance(value, str) or not _B64URL_NOPAD.fullmatch(value):
         raise MalformedInput(what, "base64", "is not base64url without padding")
     if len(value) % 4 == 1:
@@ -141,19 +146,24 @@ def _no_constant(token: str) -> Any:
 #: scanner is called directly, as ``JSONDecoder.decode`` and ``raw_decode`` would, with their
 #: whitespace rule and messages (they are two interpreted frames a parse, also in the compiled
 #: build).
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_WHITESPACE: Final = re.compile(r"[ \t\n\r]*")
+#: What :data:`_WHITESPACE` matches, one character at a time.
+_JSON_SPACE: Final = " \t\n\r"
 
 
 def _decode(text: str) -> Any:
     """``_DECODER.decode(text)``: one JSON value, whitespace around it and nothing else."""
-    start = _WHITESPACE.match(text).end()  # type: ignore[union-attr]  # always matches
+    start = 0
+    if text[:1] in _JSON_SPACE:  # rare: the pattern only then (two method calls a parse)
+        start = _WHITESPACE.match(text).end()  # type: ignore[union-attr]  # always matches
     try:
         value, end = _SCAN(text, start)
     except StopIteration as stop:
         raise json.JSONDecodeError("Expecting value", text, stop.value) from None
-    end = _WHITESPACE.match(text, end).end()  # type: ignore[union-attr]
+    if end != len(text):
+        end = _WHITESPACE.match(text, end).end()  # type: ignore[union-attr]
     if end != len(text):
         raise json.JSONDecodeError("Extra data", text, end)
     return value

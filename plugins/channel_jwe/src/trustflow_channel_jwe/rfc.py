@@ -56,7 +56,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -85,30 +85,40 @@ from trustflow_core.jose import (
 from .codec import DecodedJwe, decode_jwe, decode_protected, reject_unsupported_members
 from .upstream import oaep
 
-KEY_ALGS = ("RSA-OAEP-256", "RSA-OAEP")
+KEY_ALGS: Final = ("RSA-OAEP-256", "RSA-OAEP")
 #: Key agreement for EC recipients: ephemeral-static ECDH on P-256, the CEK wrapped with A128KW.
-ECDH_ALG = "ECDH-ES+A128KW"
-ECDH_CURVE = "P-256"
-EC_COORDINATE_BYTES = 32
-ECDH_KEK_BYTES = 16
-EPK_MEMBERS = frozenset({"kty", "crv", "x", "y"})
-GCM_KEY_BYTES: dict[str, int] = {"A128GCM": 16, "A192GCM": 24, "A256GCM": 32}
-DEFAULT_ENC = "A256GCM"
-IV_BYTES = 12
-TAG_BYTES = 16
-_P256 = ec.SECP256R1()
-_ECDH = ec.ECDH()
-_SHA256 = hashes.SHA256()
+ECDH_ALG: Final = "ECDH-ES+A128KW"
+ECDH_CURVE: Final = "P-256"
+EC_COORDINATE_BYTES: Final = 32
+ECDH_KEK_BYTES: Final = 16
+EPK_MEMBERS: Final = frozenset({"kty", "crv", "x", "y"})
+GCM_KEY_BYTES: Final[dict[str, int]] = {"A128GCM": 16, "A192GCM": 24, "A256GCM": 32}
+DEFAULT_ENC: Final = "A256GCM"
+IV_BYTES: Final = 12
+TAG_BYTES: Final = 16
+_P256: Final = ec.SECP256R1()
+_ECDH: Final = ec.ECDH()
+_SHA256: Final = hashes.SHA256()
 #: The fixed parts of the Concat KDF OtherInfo (RFC 7518 §4.6.2): AlgorithmID and SuppPubInfo.
-_KDF_ALGORITHM_ID = struct.pack(">I", len(ECDH_ALG)) + ECDH_ALG.encode("ascii")
-_KDF_SUPP_PUB_INFO = struct.pack(">I", ECDH_KEK_BYTES * 8)
+_KDF_ALGORITHM_ID: Final = struct.pack(">I", len(ECDH_ALG)) + ECDH_ALG.encode("ascii")
+_KDF_SUPP_PUB_INFO: Final = struct.pack(">I", ECDH_KEK_BYTES * 8)
 #: The protected header of a ``dir`` reply for each ``enc`` (always the same bytes).
-_REPLY_PROTECTED = {
+_REPLY_PROTECTED: Final = {
     enc: b64url_encode(compact_json({"alg": "dir", "enc": enc})) for enc in GCM_KEY_BYTES
 }
 
 
-_ENC_BY_KEY_BYTES = {size: enc for enc, size in GCM_KEY_BYTES.items()}
+_ENC_BY_KEY_BYTES: Final = {size: enc for enc, size in GCM_KEY_BYTES.items()}
+#: What runs per envelope from other packages, under final names: the compiled build calls
+#: them without a globals lookup each time (core's functions are not native calls from here).
+_AESGCM: Final = AESGCM
+_Jwe: Final = Jwe
+_OpenedEnvelope: Final = OpenedEnvelope
+_MappingProxyType: Final = MappingProxyType
+_aes_key_unwrap: Final = aes_key_unwrap
+_b64url_decode: Final = b64url_decode
+_b64url_encode: Final = b64url_encode
+_header_string: Final = header_string
 
 
 def _enc_for_key(cek: bytes) -> str:
@@ -121,8 +131,8 @@ def _enc_for_key(cek: bytes) -> str:
 def _header(jwe: Jwe, parts: DecodedJwe, algs: tuple[str, ...]) -> tuple[dict[str, Any], str, str]:
     header = decode_protected(jwe)
     reject_unsupported_members(header, "JWE protected header")
-    alg = header_string(header, "alg", "JWE protected header")
-    enc = header_string(header, "enc", "JWE protected header")
+    alg = _header_string(header, "alg", "JWE protected header")
+    enc = _header_string(header, "enc", "JWE protected header")
     if alg not in algs:
         raise EnvelopeError(f"JWE alg {alg!r} is not accepted here; expected one of {list(algs)}")
     if enc not in GCM_KEY_BYTES:
@@ -171,7 +181,7 @@ def _epk_point(x: str, y: str) -> ec.EllipticCurvePublicKey:
     coordinate is < p), before any key agreement."""
     encoded = b"\x04"  # SEC 1, section 2.3.3: uncompressed point: 0x04 || x || y
     for member, value in (("x", x), ("y", y)):
-        raw = b64url_decode(value, f"JWE epk member {member!r}")
+        raw = _b64url_decode(value, f"JWE epk member {member!r}")
         if len(raw) != EC_COORDINATE_BYTES:
             raise EnvelopeError(
                 f"JWE epk member {member!r} must be {EC_COORDINATE_BYTES} bytes, got {len(raw)}"
@@ -186,8 +196,8 @@ def _epk_point(x: str, y: str) -> ec.EllipticCurvePublicKey:
 def _party_info(apu: str | None, apv: str | None) -> tuple[bytes, bytes]:
     """The decoded ``apu``/``apv`` (empty when absent)."""
     return (
-        b"" if apu is None else b64url_decode(apu, "JWE protected header member 'apu'"),
-        b"" if apv is None else b64url_decode(apv, "JWE protected header member 'apv'"),
+        b"" if apu is None else _b64url_decode(apu, "JWE protected header member 'apu'"),
+        b"" if apv is None else _b64url_decode(apv, "JWE protected header member 'apv'"),
     )
 
 
@@ -227,7 +237,7 @@ DEFAULT_EPK_REUSE_ENVELOPES = 10_000
 DEFAULT_KEK_CACHE_ENTRIES = 1024
 #: Recipients (client) or opening keys (receiver) one dialect keeps state for; past it, the
 #: oldest is forgotten.
-_MAX_KEYS = 16
+_MAX_KEYS: Final = 16
 
 
 @dataclass
@@ -332,7 +342,7 @@ class KekCache:
 
 #: The type of an opening key -> whether it is an EC key (else RSA): ``isinstance`` against
 #: ``cryptography``'s key ABCs costs about 0.3 us a call, per envelope.
-_EC_KEY_TYPES: dict[type, bool] = {}
+_EC_KEY_TYPES: Final[dict[type, bool]] = {}
 
 
 def _is_ec_key(private_key: object) -> bool:
@@ -354,7 +364,7 @@ def _decrypt_content(jwe: Jwe, parts: DecodedJwe, enc: str, cek: bytes) -> bytes
     if jwe.aad:
         aad += b"." + jwe.aad.encode("ascii")
     try:
-        return AESGCM(cek).decrypt(parts.iv, parts.ciphertext + parts.tag, aad)
+        return _AESGCM(cek).decrypt(parts.iv, parts.ciphertext + parts.tag, aad)
     except InvalidTag:
         raise EnvelopeError(
             "JWE does not authenticate: wrong content key, or a member was altered"
@@ -432,16 +442,16 @@ class RfcDialect:
             "iat": int(time.time()),
             "jti": secrets.token_urlsafe(16),
         }
-        protected = b64url_encode(compact_json(header))
+        protected = _b64url_encode(compact_json(header))
         cek = os.urandom(GCM_KEY_BYTES[self.enc])
         iv = os.urandom(IV_BYTES)
-        sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
-        jwe = Jwe(
+        sealed = _AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
+        jwe = _Jwe(
             protected,
-            b64url_encode(aes_key_wrap(kek, cek)),
-            b64url_encode(iv),
-            b64url_encode(sealed[:-TAG_BYTES]),
-            b64url_encode(sealed[-TAG_BYTES:]),
+            _b64url_encode(aes_key_wrap(kek, cek)),
+            _b64url_encode(iv),
+            _b64url_encode(sealed[:-TAG_BYTES]),
+            _b64url_encode(sealed[-TAG_BYTES:]),
         )
         return SealedEnvelope(jwe, cek)
 
@@ -471,7 +481,7 @@ class RfcDialect:
             if alg == ECDH_ALG:
                 if kek is None:
                     kek, derived = _ecdh_es_kek(ec_key, epk, apu, apv), True
-                cek = aes_key_unwrap(kek, parts.encrypted_key)
+                cek = _aes_key_unwrap(kek, parts.encrypted_key)
             else:  # RFC 7518 §4.3
                 cek = cast(RSAPrivateKey, private_key).decrypt(parts.encrypted_key, oaep(alg))
         except (ValueError, InvalidUnwrap):
@@ -483,7 +493,7 @@ class RfcDialect:
         plaintext = _decrypt_content(jwe, parts, enc, cek)
         if derived:  # it opened: remember its KEK
             self.keks.put(cache_key, kek)  # type: ignore[arg-type]
-        return OpenedEnvelope(plaintext, MappingProxyType(header), cek)
+        return _OpenedEnvelope(plaintext, _MappingProxyType(header), cek)
 
     def seal_reply(self, plaintext: bytes, cek: bytes) -> Jwe:
         """``{"alg":"dir","enc":<by CEK size>}`` under the request's CEK, fresh 96-bit IV, GCM
@@ -491,13 +501,13 @@ class RfcDialect:
         directly, without the token object's copying)."""
         protected = _REPLY_PROTECTED[_enc_for_key(cek)]
         iv = os.urandom(IV_BYTES)
-        sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
-        return Jwe(
+        sealed = _AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
+        return _Jwe(
             protected,
             "",
-            b64url_encode(iv),
-            b64url_encode(sealed[:-TAG_BYTES]),
-            b64url_encode(sealed[-TAG_BYTES:]),
+            _b64url_encode(iv),
+            _b64url_encode(sealed[:-TAG_BYTES]),
+            _b64url_encode(sealed[-TAG_BYTES:]),
         )
 
     def open_reply(self, jwe: Jwe, cek: bytes) -> bytes:

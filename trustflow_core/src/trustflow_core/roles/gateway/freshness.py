@@ -33,6 +33,7 @@ be.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from ...errors import TrustflowError
 
@@ -41,8 +42,8 @@ DEFAULT_MODE = "optional"
 DEFAULT_WINDOW = 300.0
 DEFAULT_CACHE_SIZE = 100_000
 #: Seconds an ``iat`` may lie in the future (clock skew between client and gateway).
-FUTURE_SKEW = 60.0
-MAX_JTI_LENGTH = 128
+FUTURE_SKEW: Final = 60.0
+MAX_JTI_LENGTH: Final = 128
 
 
 @dataclass(frozen=True)

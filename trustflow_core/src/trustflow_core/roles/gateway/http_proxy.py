@@ -412,10 +412,12 @@ class HttpProxy:
         (module docstring) and the framing of ``body``."""
         parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n"]
         lines = ex.lines  # without _REQUEST_DROP (the relay listener's request_drop)
-        if opened is None and lines is not None:
-            parts += lines
-        else:
+        if lines is None:  # a Connection header named more
             parts += end_to_end(ex.headers, _JWE_REQUEST_DROP if opened else _REQUEST_DROP)
+        elif opened is None or b"accept-encoding" not in ex.index:
+            parts += lines
+        else:  # _JWE_REQUEST_DROP: the one header more it drops
+            parts += _without(lines, b"accept-encoding")
         parts.append(ex.extra)  # x-request-id
         index = ex.index
         remote = ex.conn.remote
@@ -524,6 +526,18 @@ class HttpProxy:
             headers=headers,
             reason_phrase=reply.reason or None,
         )
+
+
+def _without(lines: list[bytes], lower_name: bytes) -> list[bytes]:
+    """Header ``lines`` (``name``, ``: ``, ``value``, CRLF pieces) without those named
+    ``lower_name`` (lower case): a name of another length is not lower-cased."""
+    size = len(lower_name)
+    kept: list[bytes] = []
+    for i in range(0, len(lines), 4):
+        name = lines[i]
+        if len(name) != size or name.lower() != lower_name:
+            kept += lines[i : i + 4]
+    return kept
 
 
 def _latin1(value: bytes | None) -> str | None:

@@ -39,8 +39,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from json.encoder import encode_basestring_ascii as _json_string
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -54,9 +55,9 @@ from .config import JweFilterConfig
 from .freshness import DEFAULT_FRESHNESS, FreshnessConfig, NotFresh
 from .replay import ReplayGuard
 
-JOSE_JSON = "application/jose+json"
+JOSE_JSON: Final = "application/jose+json"
 PROFILES = ("upstream", "rfc")
-MEMBERS = {
+MEMBERS: Final = {
     "protected": "protected",
     "protected_header": "protected",
     "encrypted_key": "encrypted_key",
@@ -66,14 +67,18 @@ MEMBERS = {
     "aad": "aad",
 }
 #: The key-agreement ``alg`` of RFC-profile envelopes sealed to the app's P-256 key.
-ECDH_ALG = "ECDH-ES+A128KW"
-_MEMBER_NAMES = frozenset(MEMBERS)
+ECDH_ALG: Final = "ECDH-ES+A128KW"
+_MEMBER_NAMES: Final = frozenset(MEMBERS)
 #: ``"name":`` of each ``Jwe`` member in :meth:`Jwe.to_dict` order, for building reply JSON.
-_REPLY_NAMES = tuple(
+_REPLY_NAMES: Final = tuple(
     f"{json.dumps(name)}:"
     for name in ("protected", "encrypted_key", "iv", "ciphertext", "tag", "aad")
 )
-_FIRST_KEY = re.compile(rb'\s*\{\s*"([a-z_]{1,20})"')
+_FIRST_KEY: Final = re.compile(rb'\s*\{\s*"([a-z_]{1,20})"')
+#: The envelope class and the C string encoder under final names (no globals lookup per
+#: envelope in the compiled build).
+_Jwe: Final = Jwe
+_json_string: Final = encode_basestring_ascii
 
 
 class EnvelopeRejected(TrustflowError):
@@ -141,20 +146,19 @@ def classify(body: bytes) -> Jwe | None:
     for value in obj.values():
         if value is not None and not isinstance(value, str):
             return None
-    get = obj.get
     if "protected_header" in obj:
         if "protected" in obj:
             raise EnvelopeRejected("JWE envelope has both 'protected' and 'protected_header'")
-        protected = get("protected_header")
+        protected = obj.get("protected_header")
     else:
-        protected = get("protected")
-    return Jwe(
+        protected = obj.get("protected")
+    return _Jwe(
         protected or "",
-        get("encrypted_key") or "",
-        get("iv") or "",
-        get("ciphertext") or "",
-        get("tag") or "",
-        get("aad") or "",
+        obj.get("encrypted_key") or "",
+        obj.get("iv") or "",
+        obj.get("ciphertext") or "",
+        obj.get("tag") or "",
+        obj.get("aad") or "",
     )
 
 
