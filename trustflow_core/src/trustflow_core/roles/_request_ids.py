@@ -28,10 +28,11 @@ class _Ids:
     id costs a third of ``"%s%012x" % (prefix, n)`` in the compiled build). One instance,
     reached through a final name: the compiled build reads it without a globals lookup."""
 
+    prefix: str
+    count: itertools.count[int]
+    block: tuple[int, str]
+
     def __init__(self) -> None:
-        self.prefix = ""
-        self.count = itertools.count()
-        self.block: tuple[int, str] = (-1, "")
         self.redraw()
 
     def redraw(self) -> None:
