@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -58,6 +60,23 @@ def wait_ready(proc: subprocess.Popen, url: str | None, port: int) -> None:
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"{proc.args} did not become ready")
+
+
+def wait_line(proc: subprocess.Popen, needle: str, timeout: float = 60) -> None:
+    """Read ``proc``'s stderr until a line holds ``needle`` (the lines before it are gone)."""
+    seen: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            seen.append(line)
+            if needle in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    if not found.wait(timeout):
+        raise AssertionError(f"{proc.args}: no {needle!r} in {''.join(seen)}")
 
 
 @pytest.fixture
@@ -132,6 +151,7 @@ def deployment(env, tmp_path):
             )
             procs.append(proc)
             wait_ready(proc, url, port)
+        wait_line(procs[-1], "2 workers)")  # the gateway: every worker serves
         admin_urls = {role: f"http://127.0.0.1:{port}" for role, port in admin.items()}
         yield f"http://127.0.0.1:{gw_port}", procs, admin_urls
     finally:
@@ -232,6 +252,40 @@ def test_cli_client_both_profiles_then_clean_shutdown(env, deployment, tmp_path)
         sum(1 for e in lines if e["message"].startswith("GetRaCert") and e.get("request_id")) == 5
     )
     assert messages[-2:] == ["ra-proxy stopping", "ra-proxy stopped"]
+
+
+def test_a_replay_is_refused_by_every_worker(deployment, tmp_path):
+    """The gateway runs two workers; each replay of a captured envelope arrives on a new
+    connection, which the kernel hands to either worker: all of them are refused, because
+    the workers share one replay cache (each had its own before, and about half of the
+    replays were served)."""
+    from cryptography import x509
+    from jwcrypto.jwe import JWE
+    from jwcrypto.jwk import JWK
+
+    url, _, _ = deployment
+    cert = x509.load_pem_x509_certificate((tmp_path / "deploy" / "carol.crt").read_bytes())
+
+    def envelope(jti: str) -> bytes:
+        header = {"alg": "RSA-OAEP-256", "enc": "A256GCM", "iat": int(time.time()), "jti": jti}
+        token = JWE(b"pay 100", protected=json.dumps(header), algs=[header["alg"], header["enc"]])
+        token.add_recipient(JWK.from_pyca(cert.public_key()))
+        return token.serialize().encode()
+
+    def post(body: bytes) -> int:
+        request = urllib.request.Request(
+            url + "/teeapp", body, {"Content-Type": "application/jose+json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return reply.status
+        except urllib.error.HTTPError as refused:
+            return refused.code
+
+    captured = envelope("captured")
+    statuses = [post(captured) for _ in range(24)]  # a new connection each
+    assert statuses == [200] + [409] * 23
+    assert [post(envelope(f"fresh-{i}")) for i in range(8)] == [200] * 8
 
 
 def test_demo_online_command():

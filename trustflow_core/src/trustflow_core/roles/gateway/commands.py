@@ -94,7 +94,7 @@ def gateway(
     from .._server import relay_process, run
     from .config import load_config
     from .preflight import check
-    from .server import gateway_service
+    from .server import gateway_service, shared_replay_caches
 
     config = load_config(
         config_file,
@@ -107,21 +107,15 @@ def gateway(
         transport_channel=transport_channel or config.transport_channel,
     )
 
-    if workers > 1 and any(lst.jwe and lst.jwe.freshness.mode != "off" for lst in config.listeners):
-        click.echo(
-            "warning: each worker has its own JWE replay cache; a replay that reaches another "
-            "worker is not recognised (run one worker where replay protection matters)",
-            err=True,
-        )
-
     check(config, command_plugin_manager())  # one clear error before any worker starts
     if check_config:
         config_ok()
         return
     setup_logging(log_path, log_level, log_levels_for, log_format, "gateway")
 
+    shared = shared_replay_caches(config) if workers > 1 else None
     service = functools.partial(
-        gateway_service, config, tls_reload_interval, admin_host, admin_port
+        gateway_service, config, tls_reload_interval, admin_host, admin_port, shared
     )
     run(service, workers=workers, prepare=relay_process)  # uvloop, malloc settings
 

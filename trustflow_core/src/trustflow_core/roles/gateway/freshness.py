@@ -14,15 +14,15 @@ epoch) and ``jti`` (a random id) into every envelope it seals. After an envelope
 
 Checked means: ``iat`` not older than ``window`` seconds nor more than :data:`FUTURE_SKEW`
 seconds ahead, and ``jti`` not seen before within the window. The cache of seen ids is bounded
-(``cache_size``): an entry leaves when its ``iat`` falls out of the window. When the cache is
-full, the entry with the oldest ``iat`` is evicted and the guard's *floor* rises to that
-``iat``: from then on any envelope with ``iat`` at or below the floor is refused as too old.
-So a flood of fresh envelopes can shorten the effective window but never makes the guard
-forget an id it would still accept, and honest clients sending fresh envelopes keep getting
-through.
+(``cache_size`` slots, in buckets): an entry leaves when its ``iat`` falls out of the window.
+When an id's bucket is full, the entry with the oldest ``iat`` is evicted and the bucket's
+*floor* rises to that ``iat``: from then on any envelope of that bucket with ``iat`` at or
+below the floor is refused as too old. So a flood of fresh envelopes can shorten the effective
+window but never makes the guard forget an id it would still accept, and honest clients
+sending fresh envelopes keep getting through (:mod:`.replay`).
 
-The cache is per process: with ``trustflow gateway --workers N`` a replay that the kernel
-hands to another worker is not recognised (see docs/online.md).
+With ``trustflow gateway --workers N`` every worker uses the same cache
+(:mod:`.shared_replay`), so a replay is refused whichever worker receives it.
 
 This module holds the settings and the refusal; the guard, on every envelope's path, is compiled
 with the gateway's request path (:mod:`.replay`), while :class:`FreshnessConfig` stays
@@ -40,7 +40,7 @@ from ...errors import TrustflowError
 MODES = ("off", "optional", "required")
 DEFAULT_MODE = "optional"
 DEFAULT_WINDOW = 300.0
-DEFAULT_CACHE_SIZE = 100_000
+DEFAULT_CACHE_SIZE = 1_000_000
 #: Seconds an ``iat`` may lie in the future (clock skew between client and gateway).
 FUTURE_SKEW: Final = 60.0
 MAX_JTI_LENGTH: Final = 128

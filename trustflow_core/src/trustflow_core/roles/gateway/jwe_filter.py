@@ -53,7 +53,7 @@ from ...errors import EnvelopeError, InvalidInput, TrustflowError
 from ...jose import MalformedInput, decode_header, loads
 from .config import JweFilterConfig
 from .freshness import DEFAULT_FRESHNESS, FreshnessConfig, NotFresh
-from .replay import ReplayGuard
+from .replay import ReplayGuard, ReplayTable
 
 JOSE_JSON: Final = "application/jose+json"
 PROFILES = ("upstream", "rfc")
@@ -226,19 +226,26 @@ class JweFilter:
         channels: Mapping[str, EnvelopeChannel],
         freshness: FreshnessConfig = DEFAULT_FRESHNESS,
         ecdh_key: ec.EllipticCurvePrivateKey | None = None,
+        replay_table: ReplayTable | None = None,
     ):
         self._key = private_key
         self._ecdh_key = ecdh_key
         self._channels = dict(channels)
-        self.replay = ReplayGuard(freshness)
+        self.replay = ReplayGuard(freshness, replay_table)
 
     def __repr__(self) -> str:
         return f"JweFilter(profiles={sorted(self._channels)})"
 
     @classmethod
-    def load(cls, config: JweFilterConfig, channels: Mapping[str, EnvelopeChannel]) -> JweFilter:
+    def load(
+        cls,
+        config: JweFilterConfig,
+        channels: Mapping[str, EnvelopeChannel],
+        replay_table: ReplayTable | None = None,
+    ) -> JweFilter:
         """Read the certificate and private key (and the optional ECDH pair); they must be
-        PEM and belong together."""
+        PEM and belong together. ``replay_table``: where the replay guard keeps the ids of
+        accepted envelopes (default: a table of this process)."""
         cert = _load_cert(config.cert_path, "cert_path")
         key = _load_private_key(config.private_key_path, "private_key_path")
         if not isinstance(key, RSAPrivateKey):
@@ -250,7 +257,7 @@ class JweFilter:
         ecdh_key = None
         if config.ecdh_cert_path is not None and config.ecdh_private_key_path is not None:
             ecdh_key = load_ecdh_key(config.ecdh_cert_path, config.ecdh_private_key_path)
-        return cls(key, channels, config.freshness, ecdh_key)
+        return cls(key, channels, config.freshness, ecdh_key, replay_table)
 
     def open(self, jwe: Jwe, content_type: str) -> OpenedRequest:
         """Decrypt and check freshness; :class:`EnvelopeRejected` says which check failed."""

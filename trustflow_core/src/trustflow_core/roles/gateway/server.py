@@ -28,6 +28,7 @@ from .guard import default_max_connections
 from .http_proxy import HttpProxy
 from .jwe_filter import PROFILES, JweFilter
 from .mtls import DEFAULT_RELOAD_INTERVAL, MtlsContexts
+from .shared_replay import SharedReplayCache
 from .tcp_proxy import TcpProxy
 from .upstreams import Upstreams
 
@@ -42,6 +43,8 @@ class Gateway:
     """``async with Gateway(config, pm) as gw:`` serves until the block ends;
     ``gw.addresses[listener_name]`` is the bound address (useful with port 0).
     ``gw.mtls`` (after start) holds the asset watchers of the TLS listeners and clusters.
+    ``replay_caches`` (listener name → cache) gives JWE listeners a replay cache shared with
+    other processes (``--workers``); the others keep one of their own.
     A :class:`~.._listeners.Service`: ``trustflow gateway`` runs it with :func:`~.._server.run`
     (signals, ``--workers``); ``gw.listeners`` holds one listener per config listener."""
 
@@ -52,8 +55,10 @@ class Gateway:
         *,
         ssl_factory: SslFactory | None = None,
         tls_reload_interval: float = DEFAULT_RELOAD_INTERVAL,
+        replay_caches: Mapping[str, SharedReplayCache] | None = None,
     ) -> None:
         self.config = config
+        self.replay_caches = dict(replay_caches or {})
         self.pm = pm
         self.ssl_factory = ssl_factory
         self.tls_reload_interval = tls_reload_interval
@@ -94,7 +99,8 @@ class Gateway:
 
         cls = backend_class(self.pm, ENVELOPE_CHANNEL, self.config.envelope_channel)
         channels = {p: cls.from_role({"profile": p}, pm=self.pm) for p in PROFILES}
-        return JweFilter.load(listener.jwe, channels)
+        shared = self.replay_caches.get(listener.name)
+        return JweFilter.load(listener.jwe, channels, None if shared is None else shared.table())
 
     async def start(self) -> None:
         """Open every listener of the config (each fixed port checked before any opens);
@@ -215,12 +221,29 @@ def gateway_service(
     tls_reload_interval: float,
     admin_host: str = "127.0.0.1",
     admin_port: int | None = None,
+    replay_caches: Mapping[str, SharedReplayCache] | None = None,
 ) -> Gateway:
     """The gateway of ``trustflow gateway`` and of each of its ``--workers`` (a picklable
-    service factory for :func:`~.._server.run`): the installed plugins, asset reload, and the
-    admin listener on ``admin_host:admin_port`` (None: none; readiness: the clusters answer)."""
+    service factory for :func:`~.._server.run`): the installed plugins, asset reload, the
+    admin listener on ``admin_host:admin_port`` (None: none; readiness: the clusters answer)
+    and the ``replay_caches`` the workers share (:func:`shared_replay_caches`)."""
     from ...manager import get_plugin_manager
 
-    gw = Gateway(config, get_plugin_manager(), tls_reload_interval=tls_reload_interval)
+    gw = Gateway(
+        config,
+        get_plugin_manager(),
+        tls_reload_interval=tls_reload_interval,
+        replay_caches=replay_caches,
+    )
     admin = create_admin_app("gateway", gw.pm, [gw.upstreams_ready])
     return with_admin(gw, admin, admin_host, admin_port)
+
+
+def shared_replay_caches(config: GatewayConfig) -> dict[str, SharedReplayCache]:
+    """One :class:`~.shared_replay.SharedReplayCache` per JWE listener whose replay protection
+    is on, by listener name: what the ``--workers`` of one gateway share."""
+    return {
+        listener.name: SharedReplayCache(listener.jwe.freshness.cache_size)
+        for listener in config.listeners
+        if listener.jwe is not None and listener.jwe.freshness.mode != "off"
+    }

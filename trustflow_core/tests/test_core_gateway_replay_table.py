@@ -1,0 +1,105 @@
+"""The replay table's buckets (``roles.gateway.replay``): a full bucket evicts its oldest id
+and raises its own floor, ids that left the window free their slots, a busy shared lock is a
+503. The guard's rules through a real gateway are in ``test_core_roles_gateway_hardening.py``;
+the table shared by ``--workers`` in ``test_core_online_processes.py``."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import mmap
+import multiprocessing
+
+import pytest
+
+from trustflow_core.roles.gateway.freshness import NotFresh
+from trustflow_core.roles.gateway.replay import MAX_WIDTH, TAG_SIZE, ReplayTable, geometry
+from trustflow_core.roles.gateway.shared_replay import SharedReplayCache
+
+KEY = bytes(range(16))
+BUCKETS = 4
+SIZE = BUCKETS * MAX_WIDTH
+
+
+def bucket_of(jti: str) -> int:
+    """The bucket the table picks for ``jti`` (its keyed hash's first 8 bytes)."""
+    digest = hashlib.blake2b(jti.encode(), digest_size=16, key=KEY).digest()
+    return int.from_bytes(digest[:8], "little") % BUCKETS
+
+
+def ids_in(bucket: int, count: int, prefix: str = "id") -> list[str]:
+    found = (f"{prefix}{i}" for i in itertools.count())
+    return list(itertools.islice((j for j in found if bucket_of(j) == bucket), count))
+
+
+def refusal(table: ReplayTable, jti: str, iat: float, horizon: float) -> tuple[int, str] | None:
+    try:
+        table.add(jti, iat, horizon)
+    except NotFresh as exc:
+        return exc.status, str(exc)
+    return None
+
+
+def test_geometry_covers_small_and_large_caches():
+    assert geometry(3) == (1, 3, 8 * 4 + TAG_SIZE * 3)
+    assert geometry(MAX_WIDTH * 1000)[:2] == (1000, MAX_WIDTH)
+    assert geometry(MAX_WIDTH + 1)[:2] == (2, MAX_WIDTH)  # rounded up, never fewer slots
+    with pytest.raises(ValueError, match="wrong size"):
+        ReplayTable(mmap.mmap(-1, 10), SIZE, KEY)
+
+
+def test_a_full_bucket_evicts_its_oldest_and_raises_only_its_own_floor():
+    table = ReplayTable(mmap.mmap(-1, geometry(SIZE)[2]), SIZE, KEY)
+    crowded = ids_in(0, MAX_WIDTH + 1)
+    for age, jti in enumerate(crowded[:MAX_WIDTH]):
+        assert refusal(table, jti, 1000.0 + age, 900.0) is None
+    assert refusal(table, crowded[MAX_WIDTH], 2000.0, 900.0) is None  # evicts iat 1000
+    evicted = refusal(table, crowded[0], 1000.0, 900.0)
+    assert evicted is not None and evicted[0] == 400 and "older than the replay cache" in evicted[1]
+    assert refusal(table, ids_in(0, 1, "late")[0], 999.0, 900.0)[0] == 400
+    for jti in crowded[1:]:  # still remembered
+        assert refusal(table, jti, 1500.0, 900.0) == (
+            409,
+            "replayed JWE: this jti was already accepted",
+        )
+    assert refusal(table, ids_in(1, 1, "other")[0], 950.0, 900.0) is None  # its own floor
+
+
+def test_ids_that_left_the_window_free_their_slots():
+    table = ReplayTable(mmap.mmap(-1, geometry(SIZE)[2]), SIZE, KEY)
+    early, later = ids_in(2, MAX_WIDTH), ids_in(2, MAX_WIDTH, "later")
+    for jti in early:
+        table.add(jti, 100.0, 50.0)
+    assert refusal(table, early[0], 100.0, 50.0)[0] == 409
+    for jti in later:  # the window moved past iat 100: every slot is free again
+        assert refusal(table, jti, 500.0, 400.0) is None
+    assert refusal(table, early[0], 400.0, 400.0) is None  # forgotten with its window
+
+
+def test_a_busy_shared_lock_refuses_with_503():
+    class Busy:
+        def acquire(self, block: bool, timeout: float) -> bool:
+            return False
+
+        def release(self) -> None:
+            raise AssertionError("never acquired")
+
+    table = ReplayTable(mmap.mmap(-1, geometry(SIZE)[2]), SIZE, KEY, Busy())
+    status, message = refusal(table, "a", 1000.0, 900.0)
+    assert status == 503 and "replay cache shared by the workers" in message
+
+
+def _add_in_child(cache: SharedReplayCache, jti: str, iat: float) -> None:
+    cache.table().add(jti, iat, iat - 60)
+
+
+def test_a_spawned_process_writes_into_the_same_table():
+    cache = SharedReplayCache(SIZE)
+    child = multiprocessing.get_context("spawn").Process(
+        target=_add_in_child, args=(cache, "from-child", 1000.0)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert refusal(cache.table(), "from-child", 1000.0, 940.0)[0] == 409
+    assert refusal(cache.table(), "from-parent", 1000.0, 940.0) is None
