@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import mmap
 import multiprocessing
+import random
 
 import pytest
 
@@ -103,3 +104,33 @@ def test_a_spawned_process_writes_into_the_same_table():
     assert child.exitcode == 0
     assert refusal(cache.table(), "from-child", 1000.0, 940.0)[0] == 409
     assert refusal(cache.table(), "from-parent", 1000.0, 940.0) is None
+
+
+@pytest.mark.parametrize("cache_size", [1, 3, MAX_WIDTH, MAX_WIDTH + 1, 40, 1024])
+@pytest.mark.parametrize("seed", range(4))
+def test_random_traffic_never_lets_a_live_replay_through(cache_size, seed):
+    """Against a model of every id accepted so far: resending an accepted (jti, iat) while
+    its iat is inside the window is always refused; 409 only for an id accepted before; and
+    a table with room for every id never refuses by its floor."""
+    rng = random.Random(seed)
+    table = ReplayTable(mmap.mmap(-1, geometry(cache_size)[2]), cache_size, KEY)
+    accepted: dict[str, list[float]] = {}
+    horizon = 1000.0
+    for _ in range(3000):
+        horizon += rng.choice((0.0, 0.0, 0.5, 3.0))
+        if accepted and rng.random() < 0.4:  # a replay of something accepted
+            jti = rng.choice(sorted(accepted))
+            iat = rng.choice(accepted[jti])
+        else:
+            jti = f"id{rng.randrange(60)}"
+            iat = horizon + rng.choice((0.0, 1.0, 5.0, 20.0, 60.0))
+        outcome = refusal(table, jti, iat, horizon)
+        live_before = [t for t in accepted.get(jti, []) if t >= horizon]
+        if iat in live_before:
+            assert outcome is not None, (jti, iat, horizon)
+        if outcome is not None and outcome[0] == 409:
+            assert live_before, (jti, iat, horizon)
+        if cache_size == 1024:
+            assert outcome is None or outcome[0] == 409, (jti, iat, outcome)
+        if outcome is None:
+            accepted.setdefault(jti, []).append(iat)
