@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import mmap
 import multiprocessing
+import os
 import random
 
 import pytest
@@ -94,7 +95,10 @@ def _add_in_child(cache: SharedReplayCache, jti: str, iat: float) -> None:
     cache.table().add(jti, iat, iat - 60)
 
 
-def test_a_spawned_process_writes_into_the_same_table():
+@pytest.mark.parametrize("memory", ["memfd", "unlinked temporary file"])
+def test_a_spawned_process_writes_into_the_same_table(memory, monkeypatch):
+    if memory != "memfd":  # as on a system without memfd_create
+        monkeypatch.delattr(os, "memfd_create")
     cache = SharedReplayCache(SIZE)
     child = multiprocessing.get_context("spawn").Process(
         target=_add_in_child, args=(cache, "from-child", 1000.0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import multiprocessing
 import os
+import tempfile
 from multiprocessing.reduction import DupFd
 from typing import Any
 
@@ -30,7 +31,7 @@ class SharedReplayCache:
         self.cache_size = cache_size
         self._key = os.urandom(KEY_SIZE)
         self._lock = multiprocessing.get_context("spawn").Lock()
-        self._fd = os.memfd_create("trustflow-replay-cache")
+        self._fd = _anonymous_file()
         os.ftruncate(self._fd, geometry(cache_size)[2])  # all zeros: an empty table
         self._table: ReplayTable | None = None
 
@@ -43,6 +44,16 @@ class SharedReplayCache:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _attach, (self.cache_size, self._key, self._lock, DupFd(self._fd))
+
+
+def _anonymous_file() -> int:
+    """A file descriptor of memory with no name: a ``memfd`` (Linux), else an unlinked
+    temporary file."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("trustflow-replay-cache")
+    handle, path = tempfile.mkstemp(prefix="trustflow-replay-")
+    os.unlink(path)
+    return handle
 
 
 def _attach(cache_size: int, key: bytes, lock: Any, fd: Any) -> SharedReplayCache:
