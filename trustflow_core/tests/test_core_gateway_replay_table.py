@@ -34,6 +34,16 @@ def ids_in(bucket: int, count: int, prefix: str = "id") -> list[str]:
     return list(itertools.islice((j for j in found if bucket_of(j) == bucket), count))
 
 
+class BusyLock:
+    """A shared lock that another process holds for longer than the table waits."""
+
+    def acquire(self, block: bool, timeout: float) -> bool:
+        return False
+
+    def release(self) -> None:
+        raise AssertionError("never acquired")
+
+
 def refusal(table: ReplayTable, jti: str, iat: float, horizon: float) -> tuple[int, str] | None:
     try:
         table.add(jti, iat, horizon)
@@ -79,14 +89,7 @@ def test_ids_that_left_the_window_free_their_slots():
 
 
 def test_a_busy_shared_lock_refuses_with_503():
-    class Busy:
-        def acquire(self, block: bool, timeout: float) -> bool:
-            return False
-
-        def release(self) -> None:
-            raise AssertionError("never acquired")
-
-    table = ReplayTable(mmap.mmap(-1, geometry(SIZE)[2]), SIZE, KEY, Busy())
+    table = ReplayTable(mmap.mmap(-1, geometry(SIZE)[2]), SIZE, KEY, BusyLock())
     status, message = refusal(table, "a", 1000.0, 900.0)
     assert status == 503 and "replay cache shared by the workers" in message
 
@@ -138,3 +141,29 @@ def test_random_traffic_never_lets_a_live_replay_through(cache_size, seed):
             assert outcome is None or outcome[0] == 409, (jti, iat, outcome)
         if outcome is None:
             accepted.setdefault(jti, []).append(iat)
+
+
+def test_a_busy_shared_lock_is_a_503_of_its_own_cause_at_the_jwe_filter():
+    """What the gateway answers and counts (``trustflow_jwe_failures_total{cause}``)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from trustflow_core.manager import get_plugin_manager
+    from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class
+    from trustflow_core.roles.gateway.freshness import FreshnessConfig
+    from trustflow_core.roles.gateway.jwe_filter import (
+        CAUSES,
+        PROFILES,
+        EnvelopeRejected,
+        JweFilter,
+    )
+
+    cls = backend_class(get_plugin_manager(), ENVELOPE_CHANNEL, "jwe")
+    key = rsa.generate_private_key(65537, 2048)
+    table = ReplayTable(mmap.mmap(-1, geometry(SIZE)[2]), SIZE, KEY, BusyLock())
+    channels = {p: cls.from_settings({"profile": p}) for p in PROFILES}
+    jwe_filter = JweFilter(key, channels, FreshnessConfig("required"), replay_table=table)
+    envelope = channels["rfc"].seal(b"x", key.public_key()).jwe
+    with pytest.raises(EnvelopeRejected) as refused:
+        jwe_filter.open(envelope, "application/jose+json")
+    assert (refused.value.status, refused.value.cause) == (503, "replay_cache_unavailable")
+    assert refused.value.cause in CAUSES

@@ -92,8 +92,10 @@ class EnvelopeRejected(TrustflowError):
 
 
 #: Why an envelope is refused: damaged JSON, both header members, not opened by the key
-#: (tampered, wrong key, unsupported algorithm), a replayed ``jti``, other freshness claims.
-CAUSES = ("malformed", "open_failed", "replay", "not_fresh")
+#: (tampered, wrong key, unsupported algorithm), a replayed ``jti``, other freshness claims,
+#: the replay cache shared by the workers not answering (503).
+CAUSES = ("malformed", "open_failed", "replay", "not_fresh", "replay_cache_unavailable")
+_FRESHNESS_CAUSES: Final = {409: "replay", 503: "replay_cache_unavailable"}
 
 
 class OpenedRequest:
@@ -275,7 +277,7 @@ class JweFilter:
         try:
             self.replay.check(profile, opened.header)
         except NotFresh as exc:
-            cause = "replay" if exc.status == 409 else "not_fresh"
+            cause = _FRESHNESS_CAUSES.get(exc.status, "not_fresh")
             raise EnvelopeRejected(str(exc), exc.status, cause) from None
         return OpenedRequest(profile, opened.plaintext, opened.cek)
 
