@@ -1,5 +1,5 @@
-"""The replay table's buckets (``roles.gateway.replay``): a full bucket evicts its oldest id
-and raises its own floor, ids that left the window free their slots, a busy shared lock is a
+"""The replay table's buckets (``roles.gateway.replay``): a full bucket evicts the id it has held
+longest and raises its own floor, ids that left the window free their slots, a busy shared lock is a
 503. The guard's rules through a real gateway are in ``test_core_roles_gateway_hardening.py``;
 the table shared by ``--workers`` in ``test_core_online_processes.py``."""
 
@@ -53,14 +53,14 @@ def refusal(table: ReplayTable, jti: str, iat: float, horizon: float) -> tuple[i
 
 
 def test_geometry_covers_small_and_large_caches():
-    assert geometry(3) == (1, 3, 8 * 4 + TAG_SIZE * 3)
+    assert geometry(3) == (1, 3, 16 + (8 + TAG_SIZE) * 3)
     assert geometry(MAX_WIDTH * 1000)[:2] == (1000, MAX_WIDTH)
     assert geometry(MAX_WIDTH + 1)[:2] == (2, MAX_WIDTH)  # rounded up, never fewer slots
     with pytest.raises(ValueError, match="wrong size"):
         ReplayTable(mmap.mmap(-1, 10), SIZE, KEY)
 
 
-def test_a_full_bucket_evicts_its_oldest_and_raises_only_its_own_floor():
+def test_a_full_bucket_evicts_its_longest_held_and_raises_only_its_own_floor():
     table = ReplayTable(mmap.mmap(-1, geometry(SIZE)[2]), SIZE, KEY)
     crowded = ids_in(0, MAX_WIDTH + 1)
     for age, jti in enumerate(crowded[:MAX_WIDTH]):

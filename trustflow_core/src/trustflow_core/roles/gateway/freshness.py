@@ -15,9 +15,9 @@ epoch) and ``jti`` (a random id) into every envelope it seals. After an envelope
 Checked means: ``iat`` not older than ``window`` seconds nor more than :data:`FUTURE_SKEW`
 seconds ahead, and ``jti`` not seen before within the window. The cache of seen ids is bounded
 (``cache_size`` slots, in buckets): an entry leaves when its ``iat`` falls out of the window.
-When an id's bucket is full, the entry with the oldest ``iat`` is evicted and the bucket's
-*floor* rises to that ``iat``: from then on any envelope of that bucket with ``iat`` at or
-below the floor is refused as too old. So a flood of fresh envelopes can shorten the effective
+When an id's bucket is full, the entry it has held longest is evicted and the bucket's
+*floor* rises to that entry's ``iat``: from then on any envelope of that bucket with ``iat`` at
+or below the floor is refused as too old. So a flood of fresh envelopes can shorten the effective
 window but never makes the guard forget an id it would still accept, and honest clients
 sending fresh envelopes keep getting through (:mod:`.replay`).
 

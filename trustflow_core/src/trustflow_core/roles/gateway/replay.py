@@ -7,17 +7,18 @@ every RFC envelope.
 (:mod:`.shared_replay` maps one block into every worker, with one lock): ``cache_size`` slots
 in buckets of :data:`MAX_WIDTH`. A keyed BLAKE2b-128 hash of the ``jti`` (the key is random
 per gateway, so nobody can aim ids at one bucket) picks its bucket (first half) and is its
-*tag* there (second half); a slot holds a tag and the ``iat`` it came with. Each bucket has a
-*floor*: recording an id into a full bucket (every slot's ``iat`` still inside the window)
-evicts the slot with the oldest ``iat`` and raises the bucket's floor to it; an envelope whose
-``iat`` is at or below its bucket's floor is refused. So the evicted id can never come back
-(its ``iat`` is at or below the floor of the bucket its hash picks), and a flood of fresh
-envelopes shortens the effective window instead of making the guard forget an id it would
-still accept. A slot whose ``iat`` left the window is free. All bytes zero is an empty table
-(``iat`` 0.0 is older than any window).
+*tag* there (second half); a slot holds a tag and the ``iat`` it came with. A bucket writes
+its slots in turn, each new id over the one it has held longest. An id whose ``iat`` left the
+window no longer counts; overwriting one that still counts raises the bucket's *floor* to its
+``iat``, and an envelope whose ``iat`` is at or below its bucket's floor is refused. So an
+evicted id can never come back (its ``iat`` is at or below the floor of the bucket its hash
+picks), and a flood of fresh envelopes shortens the effective window instead of making the
+guard forget an id it would still accept. All bytes zero is an empty table (``iat`` 0.0 is
+older than any window).
 
-Layout of a bucket of ``width`` slots (little-endian): the floor (double), ``width`` ``iat``
-values (doubles), ``width`` tags (:data:`TAG_SIZE` bytes each).
+Layout of a bucket of ``width`` slots (little-endian): the floor (double), the next slot to
+write (unsigned 64-bit), ``width`` ``iat`` values (doubles), ``width`` tags (:data:`TAG_SIZE`
+bytes each).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ MAX_WIDTH: Final = 16
 LOCK_TIMEOUT: Final = 2.0
 
 _DOUBLE: Final = struct.Struct("<d")
+_HEADER: Final = struct.Struct("<dQ")  # a bucket's floor, and the slot to write next
 _blake2b: Final = hashlib.blake2b
 _NOT_A_DATE: Final = "JWE protected header member 'iat' must be a number (NumericDate)"
 
@@ -57,7 +59,7 @@ def geometry(cache_size: int) -> tuple[int, int, int]:
     """``(buckets, width, bytes)`` of a table of ``cache_size`` slots (``cache_size`` ≥ 1)."""
     width = min(MAX_WIDTH, cache_size)
     buckets = -(-cache_size // width)
-    return buckets, width, buckets * (8 * (1 + width) + TAG_SIZE * width)
+    return buckets, width, buckets * (_HEADER.size + (8 + TAG_SIZE) * width)
 
 
 class ReplayTable:
@@ -76,7 +78,7 @@ class ReplayTable:
         self._buckets = buckets
         self._width = width
         self._stride = size // buckets
-        self._iats = struct.Struct(f"<{1 + width}d")  # the floor, then the slots' iat
+        self._bucket = struct.Struct(f"<dQ{width}d")  # _HEADER, then each slot's iat
         self._hasher = _blake2b(digest_size=16, key=key)
         self._lock = lock
 
@@ -109,13 +111,13 @@ class ReplayTable:
     def _add(self, tag: bytes, base: int, iat: float, horizon: float) -> None:
         buffer = self._buffer
         width = self._width
-        values = self._iats.unpack_from(buffer, base)
-        tags = base + 8 * (1 + width)
+        values = self._bucket.unpack_from(buffer, base)  # floor, next slot, each slot's iat
+        tags = base + self._bucket.size
         end = tags + TAG_SIZE * width
         at = buffer.find(tag, tags, end)
         while at >= 0:
             slot, misaligned = divmod(at - tags, TAG_SIZE)
-            if not misaligned and values[1 + slot] >= horizon:
+            if not misaligned and values[2 + slot] >= horizon:
                 raise NotFresh("replayed JWE: this jti was already accepted", status=409)
             at = buffer.find(tag, at + 1, end)
         floor: float = values[0]
@@ -124,11 +126,12 @@ class ReplayTable:
                 "JWE iat is older than the replay cache can vouch for while it is full; "
                 "send a newly sealed envelope"
             )
-        oldest: float = min(values[1:])
-        victim = values.index(oldest, 1) - 1
-        if oldest >= horizon:  # a live id leaves: nothing at or below its iat gets in again
-            _DOUBLE.pack_into(buffer, base, max(floor, oldest))
-        _DOUBLE.pack_into(buffer, base + 8 * (1 + victim), iat)
+        victim: int = values[1] % width  # the slot written longest ago
+        held: float = values[2 + victim]
+        if held >= horizon:  # a live id leaves: nothing at or below its iat gets in again
+            floor = max(floor, held)
+        _HEADER.pack_into(buffer, base, floor, victim + 1)
+        _DOUBLE.pack_into(buffer, base + _HEADER.size + 8 * victim, iat)
         start = tags + TAG_SIZE * victim
         buffer[start : start + TAG_SIZE] = tag
 
