@@ -1,18 +1,21 @@
-"""The replay table's buckets (``roles.gateway.replay``): a full bucket evicts the id it has held
-longest and raises its own floor, ids that left the window free their slots, a busy shared lock is a
-503. The guard's rules through a real gateway are in ``test_core_roles_gateway_hardening.py``;
-the table shared by ``--workers`` in ``test_core_online_processes.py``."""
+"""The replay table's buckets (``roles.gateway.replay``): a full bucket evicts the id it has
+held longest and raises its own floor, ids that left the window free their slots, a busy
+shared lock is a 503, each refusal has its metrics cause. The guard's rules through a real
+gateway are in ``test_core_roles_gateway_hardening.py``; the table shared by ``--workers`` in
+``test_core_online_processes.py``."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import mmap
 import multiprocessing
 import os
 import random
 
 import pytest
+from test_core_roles_gateway_hardening import rfc_envelope
 
 from trustflow_core.roles.gateway.freshness import NotFresh
 from trustflow_core.roles.gateway.replay import MAX_WIDTH, TAG_SIZE, ReplayTable, geometry
@@ -143,10 +146,14 @@ def test_random_traffic_never_lets_a_live_replay_through(cache_size, seed):
             accepted.setdefault(jti, []).append(iat)
 
 
-def test_a_busy_shared_lock_is_a_503_of_its_own_cause_at_the_jwe_filter():
-    """What the gateway answers and counts (``trustflow_jwe_failures_total{cause}``)."""
+def test_each_freshness_refusal_has_its_own_cause_at_the_jwe_filter():
+    """What the gateway answers and counts (``trustflow_jwe_failures_total{cause}``): an
+    operator tells a replay from a cache too small for the traffic and from a stale clock."""
+    import time
+
     from cryptography.hazmat.primitives.asymmetric import rsa
 
+    from trustflow_core.channel import Jwe
     from trustflow_core.manager import get_plugin_manager
     from trustflow_core.registry import ENVELOPE_CHANNEL, backend_class
     from trustflow_core.roles.gateway.freshness import FreshnessConfig
@@ -159,11 +166,27 @@ def test_a_busy_shared_lock_is_a_503_of_its_own_cause_at_the_jwe_filter():
 
     cls = backend_class(get_plugin_manager(), ENVELOPE_CHANNEL, "jwe")
     key = rsa.generate_private_key(65537, 2048)
-    table = ReplayTable(mmap.mmap(-1, geometry(SIZE)[2]), SIZE, KEY, BusyLock())
     channels = {p: cls.from_settings({"profile": p}) for p in PROFILES}
-    jwe_filter = JweFilter(key, channels, FreshnessConfig("required"), replay_table=table)
-    envelope = channels["rfc"].seal(b"x", key.public_key()).jwe
-    with pytest.raises(EnvelopeRejected) as refused:
-        jwe_filter.open(envelope, "application/jose+json")
-    assert (refused.value.status, refused.value.cause) == (503, "replay_cache_unavailable")
-    assert refused.value.cause in CAUSES
+    now = int(time.time())
+
+    def envelope(iat: int, jti: str):
+        return Jwe.from_dict(json.loads(rfc_envelope(key.public_key(), b"x", iat=iat, jti=jti)))
+
+    def cause(jwe_filter: JweFilter, jwe) -> tuple[int, str] | None:
+        try:
+            jwe_filter.open(jwe, "application/jose+json")
+        except EnvelopeRejected as refused:
+            assert refused.cause in CAUSES
+            return refused.status, refused.cause
+        return None
+
+    one_slot = JweFilter(key, channels, FreshnessConfig("required", 300, 1))
+    first = envelope(now - 10, "first")
+    assert cause(one_slot, first) is None
+    assert cause(one_slot, first) == (409, "replay")
+    assert cause(one_slot, envelope(now - 20, "second")) is None  # evicts "first": floor now-10
+    assert cause(one_slot, envelope(now - 15, "third")) == (400, "replay_cache_full")
+    assert cause(one_slot, envelope(now - 1000, "old")) == (400, "not_fresh")
+    busy = ReplayTable(mmap.mmap(-1, geometry(SIZE)[2]), SIZE, KEY, BusyLock())
+    shared = JweFilter(key, channels, FreshnessConfig("required"), replay_table=busy)
+    assert cause(shared, envelope(now, "any")) == (503, "replay_cache_unavailable")

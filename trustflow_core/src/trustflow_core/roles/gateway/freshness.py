@@ -59,8 +59,10 @@ DEFAULT_FRESHNESS = FreshnessConfig()
 
 
 class NotFresh(TrustflowError):
-    """The envelope is refused; ``status`` is the HTTP status, ``str()`` the client message."""
+    """The envelope is refused; ``status`` is the HTTP status, ``str()`` the client message,
+    ``cause`` the metrics label (``jwe_filter.CAUSES``)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, cause: str = "not_fresh") -> None:
         super().__init__(message)
         self.status = status
+        self.cause = cause

@@ -92,10 +92,17 @@ class EnvelopeRejected(TrustflowError):
 
 
 #: Why an envelope is refused: damaged JSON, both header members, not opened by the key
-#: (tampered, wrong key, unsupported algorithm), a replayed ``jti``, other freshness claims,
-#: the replay cache shared by the workers not answering (503).
-CAUSES = ("malformed", "open_failed", "replay", "not_fresh", "replay_cache_unavailable")
-_FRESHNESS_CAUSES: Final = {409: "replay", 503: "replay_cache_unavailable"}
+#: (tampered, wrong key, unsupported algorithm), a replayed ``jti``, an ``iat`` at or below
+#: the floor of a full replay cache (raise ``cache_size`` when it counts honest clients), other
+#: freshness claims, the replay cache shared by the workers not answering (503).
+CAUSES = (
+    "malformed",
+    "open_failed",
+    "replay",
+    "replay_cache_full",
+    "not_fresh",
+    "replay_cache_unavailable",
+)
 
 
 class OpenedRequest:
@@ -277,8 +284,7 @@ class JweFilter:
         try:
             self.replay.check(profile, opened.header)
         except NotFresh as exc:
-            cause = _FRESHNESS_CAUSES.get(exc.status, "not_fresh")
-            raise EnvelopeRejected(str(exc), exc.status, cause) from None
+            raise EnvelopeRejected(str(exc), exc.status, exc.cause) from None
         return OpenedRequest(profile, opened.plaintext, opened.cek)
 
     def seal_reply(self, request: OpenedRequest, payload: bytes) -> bytes:

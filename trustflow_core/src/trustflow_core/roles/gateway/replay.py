@@ -102,7 +102,11 @@ class ReplayTable:
             self._add(tag, base, iat, horizon)
             return
         if not lock.acquire(True, LOCK_TIMEOUT):
-            raise NotFresh("the replay cache shared by the workers did not answer", status=503)
+            raise NotFresh(
+                "the replay cache shared by the workers did not answer",
+                503,
+                "replay_cache_unavailable",
+            )
         try:
             self._add(tag, base, iat, horizon)
         finally:
@@ -118,13 +122,14 @@ class ReplayTable:
         while at >= 0:
             slot, misaligned = divmod(at - tags, TAG_SIZE)
             if not misaligned and values[2 + slot] >= horizon:
-                raise NotFresh("replayed JWE: this jti was already accepted", status=409)
+                raise NotFresh("replayed JWE: this jti was already accepted", 409, "replay")
             at = buffer.find(tag, at + 1, end)
         floor: float = values[0]
         if iat <= floor:
             raise NotFresh(
                 "JWE iat is older than the replay cache can vouch for while it is full; "
-                "send a newly sealed envelope"
+                "send a newly sealed envelope",
+                cause="replay_cache_full",
             )
         victim: int = values[1] % width  # the slot written longest ago
         held: float = values[2 + victim]
