@@ -260,17 +260,13 @@ def test_a_replay_is_refused_by_every_worker(deployment, tmp_path):
     the workers share one replay cache (each had its own before, and about half of the
     replays were served)."""
     from cryptography import x509
-    from jwcrypto.jwe import JWE
-    from jwcrypto.jwk import JWK
+    from test_core_roles_gateway_hardening import rfc_envelope
 
     url, _, _ = deployment
     cert = x509.load_pem_x509_certificate((tmp_path / "deploy" / "carol.crt").read_bytes())
 
     def envelope(jti: str) -> bytes:
-        header = {"alg": "RSA-OAEP-256", "enc": "A256GCM", "iat": int(time.time()), "jti": jti}
-        token = JWE(b"pay 100", protected=json.dumps(header), algs=[header["alg"], header["enc"]])
-        token.add_recipient(JWK.from_pyca(cert.public_key()))
-        return token.serialize().encode()
+        return rfc_envelope(cert.public_key(), b"pay 100", iat=int(time.time()), jti=jti)
 
     def post(body: bytes) -> int:
         request = urllib.request.Request(
