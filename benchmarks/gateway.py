@@ -34,10 +34,9 @@ cryptography is kept out of the measured time at both ends, so that in every sce
 client's cost in it is the same small HTTP work as in (a) and (b): every reply of (c)-(e)
 is opened and checked after its slice's clock stops (the client CPU column leaves those
 checks out), and envelopes for (c) are sealed before the run (a pool of fresh CEKs).
-Envelopes for (d)
-carry a unique ``jti`` each (the gateway refuses replays), so a fresh pool is sealed before
-each (d) slice, sized from the preceding (b) slice, outside the measured time; likewise for
-(e). Exit status 1 when (d)/(b) misses its target.
+Envelopes for (d) carry a unique ``jti`` each (the gateway refuses replays), so a fresh pool
+is sealed before each (d) slice, sized from the preceding (b) slice, outside the measured
+time; likewise for (e). Exit status 1 when (d)/(b) misses its target.
 
     .venv/bin/python benchmarks/gateway.py [--duration 6] [--rounds 3] [--concurrency 16]
         [--key-bits 3072]
